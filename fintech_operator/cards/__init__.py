@@ -1,0 +1,1 @@
+"""Card issuance: tokenization (no card number ever leaves this package's memory)."""

@@ -1,0 +1,161 @@
+"""The ``fintech-operator`` command: the operator, its consumers and the local platform."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fintech_operator import runtime  # noqa: PLC0415 - keep `--help` fast
+
+    return runtime.run_operator(namespaces=args.namespace, liveness_port=args.liveness_port)
+
+
+def _cmd_rewards(args: argparse.Namespace) -> int:
+    from fintech_operator.rewards import consumer  # noqa: PLC0415
+
+    return consumer.main(group_id=args.group)
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from fintech_operator import config  # noqa: PLC0415
+    from fintech_operator.ledger import migrate  # noqa: PLC0415
+
+    applied = migrate.apply(config.load().database_url)
+    print(f"migrations applied: {applied or 'none (up to date)'}")
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    import yaml  # noqa: PLC0415
+
+    from fintech_operator.api import crdgen  # noqa: PLC0415
+
+    if args.write:
+        for path in crdgen.write_all(Path(args.write)):
+            print(path)
+        return 0
+    print(yaml.safe_dump_all(crdgen.render_all(), sort_keys=False), end="")
+    return 0
+
+
+def _platform(args: argparse.Namespace) -> object:
+    from fintech_operator.stack import platform  # noqa: PLC0415
+
+    state_dir = Path(args.state_dir) if args.state_dir else platform.default_state_dir()
+    return platform.Platform.load(state_dir)
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from fintech_operator.stack import build, platform  # noqa: PLC0415
+
+    plat = _platform(args)
+    assert isinstance(plat, platform.Platform)  # noqa: S101 - narrows the lazy import's type
+    if args.action == "up":
+        if all(v == "running" for v in plat.status().values()) and plat.env_file.exists():
+            print(f"platform already running; state in {plat.state_dir}", file=sys.stderr)
+            return 0
+        plat.stop()
+        plat.start()
+        print(f"platform ready; run: eval \"$(fintech-operator stack env)\"", file=sys.stderr)
+        return 0
+    if args.action == "down":
+        plat.stop()
+        if args.purge:
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(plat.state_dir, ignore_errors=True)
+        return 0
+    if args.action == "env":
+        if not plat.env_file.exists():
+            print("platform not started; run: fintech-operator stack up", file=sys.stderr)
+            return 1
+        print(plat.env_file.read_text(), end="")
+        return 0
+    if args.action == "build":
+        print(build.ensure_all())
+        return 0
+    states = plat.status()
+    for name, state in states.items():
+        print(f"{name:10} {state}")
+    return 0 if all(v == "running" for v in states.values()) else 1
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    """Bring the platform up, migrate, install CRDs, then run the operator and consumers."""
+    from fintech_operator.stack import platform  # noqa: PLC0415
+
+    plat = _platform(args)
+    assert isinstance(plat, platform.Platform)  # noqa: S101
+    if not all(v == "running" for v in plat.status().values()):
+        plat.stop()
+        plat.start()
+    env = dict(os.environ)
+    for line in plat.env_file.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = os.path.expandvars(value.strip("'\""))
+    exe = [sys.executable, "-m", "fintech_operator"]
+    subprocess.run([*exe, "migrate"], env=env, check=True)
+    kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
+    subprocess.run(kubectl, env=env, check=True)
+    children = [subprocess.Popen([*exe, "run"], env=env),
+                subprocess.Popen([*exe, "rewards"], env=env)]  # fmt: skip
+    print("operator and rewards consumer running; Ctrl-C stops them "
+          "(the platform stays up: `make down` stops it)", file=sys.stderr)  # fmt: skip
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    for child in children:
+        child.wait(timeout=30)
+    return max(child.returncode or 0 for child in children)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the kopf operator")
+    run.add_argument("--namespace", "-n", action="append", default=[],
+                     help="watch only this namespace (repeatable; default: all)")  # fmt: skip
+    run.add_argument("--liveness-port", type=int, default=8080, help="probe port (0 = off)")
+    run.set_defaults(func=_cmd_run)
+    rewards = sub.add_parser("rewards", help="run the rewards consumer")
+    rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
+    rewards.set_defaults(func=_cmd_rewards)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
+    crds = sub.add_parser("crds", help="print the generated CRDs")
+    crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
+    crds.set_defaults(func=_cmd_crds)
+    for name, func, help_text in (
+        ("stack", _cmd_stack, "the local real platform"),
+        ("dev", _cmd_dev, "platform + operator + consumers in the foreground"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        if name == "stack":
+            cmd.add_argument("action", choices=["up", "down", "env", "status", "build"])
+            cmd.add_argument("--purge", action="store_true", help="down: also delete all data")
+        cmd.add_argument("--state-dir", help="platform state directory")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Process settings, read once from the environment and validated at start-up.
+
+Every limit has a unit in its name, a default and a bound; a bad value stops the
+process at start with a message naming the variable, never later in a handler.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "FINTECH_"
+
+
+class Settings(BaseModel):
+    """All tunables of the operator and its consumers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: Annotated[str, Field(min_length=1, description="libpq DSN of the ledger")]
+    kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
+    db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
+    db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8
+    db_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    kafka_request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 30_000
+    topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
+    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
+    consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or out of bounds; the message names the variable."""
+
+
+def _env_name(field: str) -> str:
+    # The two connection strings use the names every tool already knows.
+    if field in ("database_url", "kafka_bootstrap_servers"):
+        return field.upper()
+    return ENV_PREFIX + field.upper()
+
+
+def load(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from the environment, failing with the variable's name."""
+    source = os.environ if environ is None else environ
+    values = {f: source[_env_name(f)] for f in Settings.model_fields if _env_name(f) in source}
+    try:
+        settings = Settings.model_validate(values)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{_env_name(str(err['loc'][0]))}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
+    if settings.db_pool_min_size > settings.db_pool_max_size:
+        raise SettingsError(
+            f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
+        )
+    return settings

@@ -1,0 +1,1 @@
+"""Events: the wire contract, the topics, and the outbox relay to Kafka."""

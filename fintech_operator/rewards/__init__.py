@@ -1,0 +1,1 @@
+"""Rewards: the points rule (pure) and the Kafka consumer that applies it."""

@@ -1,0 +1,517 @@
+"""The real local platform: etcd, kube-apiserver, PostgreSQL and Kafka on 127.0.0.1.
+
+One ``Platform`` owns one state directory. ``start`` brings every part up and
+returns only when each answers its own readiness check; ``stop`` stops exactly the
+processes it recorded (checked against their command line) and nothing else. The
+test fixtures and the ``stack`` CLI both use this class, so tests run on the same
+code a developer runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from fintech_operator.stack import build, certs, versions
+
+READY_TIMEOUT_SECONDS = 180.0
+STOP_TIMEOUT_SECONDS = 30.0
+POLL_INTERVAL_SECONDS = 0.25
+KAFKA_HEAP = "-Xmx768m"
+DATABASE_NAME = "fintech"
+PG_SUPERUSER = "postgres"
+
+
+class PlatformError(RuntimeError):
+    """A part failed; the message says which part, why, and where its log is."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of every listener; dev uses fixed ones, tests pick free ones."""
+
+    etcd_client: int = 23790
+    etcd_peer: int = 23800
+    apiserver: int = 26443
+    postgres: int = 25432
+    kafka: int = 29092
+    kafka_controller: int = 29093
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ask the kernel for six unused loopback ports (test platforms run side by side)."""
+        sockets = [socket.socket() for _ in range(6)]
+        try:
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            numbers = [sock.getsockname()[1] for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+        return cls(*numbers)
+
+
+def default_state_dir() -> Path:
+    """World-traversable so the unprivileged PostgreSQL user can reach its data."""
+    configured = os.environ.get("FINTECH_STACK_DIR")
+    if configured:
+        return Path(configured)
+    return Path("/var/tmp") / f"fintech-operator-{os.getuid()}" / "dev"
+
+
+def _say(message: str) -> None:
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+def _wait(what: str, log: Path, check: object, timeout_seconds: float) -> None:
+    """Poll ``check`` until it returns True; fail naming the part and its log."""
+    deadline = time.monotonic() + timeout_seconds
+    last_error = "not ready"
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure just means "not yet"
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(POLL_INTERVAL_SECONDS)
+    raise PlatformError(f"{what} did not become ready in {timeout_seconds:.0f}s ({last_error}); "
+                        f"log: {log}")  # fmt: skip
+
+
+class Platform:
+    """Start, check and stop the four real components under one state directory."""
+
+    def __init__(self, state_dir: Path, ports: Ports | None = None, *, fast_disk: bool = False):
+        self.state_dir = state_dir
+        self.ports = ports or Ports()
+        # Tests trade durability for speed; a developer's platform keeps fsync on.
+        self.fast_disk = fast_disk
+        self.logs = state_dir / "logs"
+        self.pids: dict[str, int] = {}
+
+    # ---- paths and connection details -------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env.sh"
+
+    @property
+    def database_url(self) -> str:
+        return self.database_url_for(DATABASE_NAME)
+
+    def database_url_for(self, database: str) -> str:
+        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.ports.postgres}/{database}"
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.ports.kafka}"
+
+    def env(self, binaries: build.Binaries) -> dict[str, str]:
+        """The variables a shell, a test or the operator needs to reach the platform."""
+        path_dirs = [str(p) for p in binaries.bin_dirs] + [str(_pg_bin())]
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "PATH": os.pathsep.join([*path_dirs, os.environ.get("PATH", "")]),
+        }
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> build.Binaries:
+        """Build what is missing, then start every part and wait until each is ready."""
+        binaries = build.ensure_all()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)
+        self.logs.mkdir(exist_ok=True)
+        self._save()
+        try:
+            self._start_etcd(binaries)
+            self._start_apiserver(binaries)
+            self._start_postgres()
+            self._start_kafka(binaries)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_env(binaries)
+        return binaries
+
+    def stop(self) -> None:
+        """Stop what this platform started, newest first; leave everything else alone."""
+        state = self._load()
+        for name in ("kafka", "apiserver", "etcd"):
+            pid = state.get(name)
+            if pid:
+                _terminate(name, pid, str(self.state_dir))
+        pgdata = self.state_dir / "pg" / "data"
+        if (pgdata / "postmaster.pid").exists():
+            _pg(["pg_ctl", "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=False)
+        self.pids = {}
+        if self.state_dir.exists():
+            self._save()
+
+    def status(self) -> dict[str, str]:
+        """Each part's liveness as a short word, for ``stack status``."""
+        state = self._load()
+        result = {name: ("running" if _alive(pid, str(self.state_dir)) else "stopped")
+                  for name, pid in state.items()}  # fmt: skip
+        pgdata = self.state_dir / "pg" / "data"
+        running = _pg(["pg_ctl", "-D", str(pgdata), "status"], check=False).returncode == 0
+        result["postgres"] = "running" if running else "stopped"
+        return result
+
+    # ---- state file ---------------------------------------------------------------------
+
+    def _save(self) -> None:
+        data = {"pids": self.pids, "ports": asdict(self.ports)}
+        (self.state_dir / "platform.json").write_text(json.dumps(data, indent=2))
+
+    def _load(self) -> dict[str, int]:
+        path = self.state_dir / "platform.json"
+        if not path.exists():
+            return {}
+        pids: dict[str, int] = json.loads(path.read_text()).get("pids", {})
+        return pids
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Platform:
+        """The platform recorded in ``state_dir`` (its ports come from the state file)."""
+        path = state_dir / "platform.json"
+        ports = Ports(**json.loads(path.read_text())["ports"]) if path.exists() else Ports()
+        return cls(state_dir, ports)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as sink:
+            proc = subprocess.Popen(
+                cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, cwd=self.state_dir,
+            )  # fmt: skip
+        self.pids[name] = proc.pid
+        self._save()
+        return log
+
+    # ---- etcd ---------------------------------------------------------------------------
+
+    def _start_etcd(self, binaries: build.Binaries) -> None:
+        _say(f"starting etcd v{versions.ETCD_VERSION} on 127.0.0.1:{self.ports.etcd_client}")
+        client = f"http://127.0.0.1:{self.ports.etcd_client}"
+        peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
+        cmd = [
+            str(binaries.etcd), "--name=fintech", f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=fintech={peer}", "--log-level=warn",
+            f"--unsafe-no-fsync={'true' if self.fast_disk else 'false'}",
+        ]  # fmt: skip
+        log = self._spawn("etcd", cmd)
+        _wait("etcd", log, lambda: httpx.get(f"{client}/health", timeout=2).is_success, 60)
+
+    # ---- kube-apiserver -----------------------------------------------------------------
+
+    def _start_apiserver(self, binaries: build.Binaries) -> None:
+        _say(f"starting kube-apiserver v{versions.KUBERNETES_VERSION} on "
+             f"https://127.0.0.1:{self.ports.apiserver}")  # fmt: skip
+        pki_dir = self.state_dir / "pki"
+        pki = _load_or_generate_pki(pki_dir)
+        port = self.ports.apiserver
+        cmd = [
+            str(binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
+            f"--cert-dir={pki_dir}", f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}", f"--client-ca-file={pki.ca_cert}",
+            f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-account-issuer=https://127.0.0.1:{port}",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--allow-privileged=true", "--profiling=false", "--endpoint-reconciler-type=none",
+        ]  # fmt: skip
+        log = self._spawn("apiserver", cmd)
+        self._write_kubeconfig(pki)
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        url = f"https://127.0.0.1:{port}/readyz"
+
+        def ready() -> bool:
+            return httpx.get(url, verify=context, timeout=3).is_success
+
+        _wait("kube-apiserver", log, ready, READY_TIMEOUT_SECONDS)
+
+    def _write_kubeconfig(self, pki: certs.ApiserverPki) -> None:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fintech-local", "cluster": {
+                "server": f"https://127.0.0.1:{self.ports.apiserver}",
+                "certificate-authority-data": b64(pki.ca_cert)}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate-data": b64(pki.admin_cert),
+                "client-key-data": b64(pki.admin_key)}}],
+            "contexts": [{"name": "fintech-local", "context": {
+                "cluster": "fintech-local", "user": "admin", "namespace": "default"}}],
+            "current-context": "fintech-local",
+        }  # fmt: skip
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        self.kubeconfig.chmod(0o600)
+
+    # ---- PostgreSQL ---------------------------------------------------------------------
+
+    def _start_postgres(self) -> None:
+        _ensure_postgres_installed()
+        _say(f"starting PostgreSQL {_pg_version()} on 127.0.0.1:{self.ports.postgres}")
+        home = self.state_dir / "pg"
+        home.mkdir(exist_ok=True)
+        _chown_to_pg_user(home)
+        data, log = home / "data", self.logs / "postgres.log"
+        if not (data / "PG_VERSION").exists():
+            _pg(["initdb", "-D", str(data), "--auth=trust", f"--username={PG_SUPERUSER}",
+                 "--encoding=UTF8", "--no-locale", "--no-sync"])  # fmt: skip
+        options = [f"-p {self.ports.postgres}", f"-k {home}", "-c listen_addresses=127.0.0.1",
+                   "-c max_connections=300"]  # fmt: skip
+        if self.fast_disk:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        _chown_to_pg_user(log, create=True)
+        result = _pg(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "120",
+                      "-o", " ".join(options), "start"], check=False)  # fmt: skip
+        if result.returncode != 0:
+            raise PlatformError(f"postgres failed to start: {result.stdout.strip()}; log: {log}")
+        self._create_database(DATABASE_NAME)
+
+    def _create_database(self, name: str) -> None:
+        import psycopg  # noqa: PLC0415 - only the platform needs it at this point
+
+        with psycopg.connect(self.database_url_for("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if exists.fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+
+    # ---- Kafka --------------------------------------------------------------------------
+
+    def _start_kafka(self, binaries: build.Binaries) -> None:
+        _say(f"starting Apache Kafka {versions.KAFKA_VERSION} (KRaft) on "
+             f"{self.kafka_bootstrap_servers}")  # fmt: skip
+        home = self.state_dir / "kafka"
+        home.mkdir(exist_ok=True)
+        properties = home / "server.properties"
+        properties.write_text(_kafka_properties(self.ports, home / "data"))
+        (home / "log4j2.properties").write_text(_LOG4J2)
+        classpath = f"{binaries.kafka_libs}/*"
+        java = [_java(), KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}", "-cp", classpath]  # fmt: skip
+        if not (home / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                   "-c", str(properties)]  # fmt: skip
+            result = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
+            if result.returncode != 0:
+                raise PlatformError(f"kafka storage format failed: {result.stdout}{result.stderr}")
+        log = self._spawn("kafka", [*java, "kafka.Kafka", str(properties)])
+        bootstrap = self.kafka_bootstrap_servers
+        _wait("kafka", log, lambda: asyncio.run(_kafka_ready(bootstrap)), READY_TIMEOUT_SECONDS)
+
+    # ---- env file -----------------------------------------------------------------------
+
+    def _write_env(self, binaries: build.Binaries) -> None:
+        env = self.env(binaries)
+        path_value = os.pathsep.join([*env["PATH"].split(os.pathsep)[:4], "$PATH"])
+        lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()
+                 if key != "PATH"]  # fmt: skip
+        lines.append(f'export PATH="{path_value}"')
+        self.env_file.write_text("\n".join(lines) + "\n")
+
+
+_LOG4J2 = """\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.console.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.org.name = org.apache.kafka
+logger.org.level = WARN
+"""
+
+
+def _kafka_properties(ports: Ports, data_dir: Path) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.kafka_controller}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka},"
+        f"CONTROLLER://127.0.0.1:{ports.kafka_controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "3",
+        # One node: every internal topic must fit on a single replica.
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # The product creates its topics explicitly with known partitions and configs.
+        "auto.create.topics.enable": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+async def _kafka_ready(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - heavy import, used late
+
+    host, port = bootstrap.rsplit(":", 1)
+    # A plain connect first: the admin client logs an error for every refused attempt.
+    with socket.create_connection((host, int(port)), timeout=2):
+        pass
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=5)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
+        return bool(cluster.get("brokers"))
+    finally:
+        await admin.close()
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise PlatformError("kafka: no java on PATH; install a JDK 17 or newer")
+    return found
+
+
+def _load_or_generate_pki(directory: Path) -> certs.ApiserverPki:
+    if (directory / "sa.pub").exists():
+        return certs.ApiserverPki(
+            *(directory / n for n in ("ca.crt", "apiserver.crt", "apiserver.key", "admin.crt",
+                                      "admin.key", "sa.key", "sa.pub"))  # fmt: skip
+        )
+    return certs.generate(directory)
+
+
+# ---- process helpers ------------------------------------------------------------------------
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs and is ours: its command line names our state directory."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline and not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def _terminate(name: str, pid: int, marker: str) -> None:
+    if not _alive(pid, marker):
+        return
+    _say(f"stopping {name} (pid {pid})")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and _alive(pid, marker):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _alive(pid, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+# ---- PostgreSQL helpers ---------------------------------------------------------------------
+
+
+def _pg_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
+    if not candidates:
+        raise PlatformError("postgres: no server binaries under /usr/lib/postgresql")
+    return candidates[0].parent
+
+
+def _pg_version() -> str:
+    out = subprocess.run([str(_pg_bin() / "postgres"), "--version"], capture_output=True,
+                         text=True, check=True, timeout=10)  # fmt: skip
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the third word is the version.
+    return out.stdout.split()[2]
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root; as root we run it as the distribution's user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise PlatformError("postgres: running as root but no 'postgres' user exists") from exc
+    return "postgres"
+
+
+def _chown_to_pg_user(path: Path, *, create: bool = False) -> None:
+    if create and not path.exists():
+        path.touch()
+    user = _pg_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _pg(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [str(_pg_bin() / args[0]), *args[1:]]
+    user = _pg_user()
+    if user is not None:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False,
+                            cwd="/")  # fmt: skip
+    if check and result.returncode != 0:
+        raise PlatformError(f"postgres: {' '.join(args[:2])} failed: {result.stderr.strip()}")
+    return result
+
+
+def _ensure_postgres_installed() -> None:
+    """Install Debian's PostgreSQL server when missing, without its default cluster."""
+    if list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise PlatformError("postgres: server not installed; run: apt-get install postgresql")
+    _say("installing PostgreSQL from Debian's packages (first time only)")
+    conf = Path("/etc/postgresql-common/createcluster.d")
+    conf.mkdir(parents=True, exist_ok=True)
+    # We initdb our own cluster; the package's default one would squat on port 5432.
+    (conf / "fintech-operator.conf").write_text("create_main_cluster = false\n")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):  # fmt: skip
+        subprocess.run(cmd, check=True, env=env, timeout=900)

@@ -1,0 +1,213 @@
+"""Fixtures on the real local platform: the same code as ``fintech-operator stack``.
+
+The platform starts once per test session on free loopback ports in its own state
+directory, so a developer's ``make dev`` platform is never touched. A component that
+fails to start fails every test that needs it: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+import pytest
+
+from fintech_operator.stack import build, platform, versions
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Kubectl(Protocol):
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+class RunningPlatform:
+    """What tests need to reach the session's platform."""
+
+    def __init__(self, plat: platform.Platform, binaries: build.Binaries) -> None:
+        self.platform = plat
+        self.binaries = binaries
+        self.env: dict[str, str] = {**os.environ, **plat.env(binaries)}
+        self.kubeconfig = plat.kubeconfig
+        self.database_url = plat.database_url
+        self.kafka_bootstrap_servers = plat.kafka_bootstrap_servers
+
+    def database_url_for(self, name: str) -> str:
+        return self.platform.database_url_for(name)
+
+
+def _versions_line(running: RunningPlatform) -> str:
+    kubectl = subprocess.run(
+        [str(running.binaries.kubectl), "version", "-o", "json"],
+        env=running.env, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    server = re.search(r'"serverVersion":\s*{[^}]*"gitVersion":\s*"([^"]+)"', kubectl.stdout)
+    with psycopg.connect(running.database_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    etcd = subprocess.run([str(running.binaries.etcd), "--version"], capture_output=True,
+                          text=True, check=True, timeout=30).stdout.split("\n")[0]  # fmt: skip
+    return (
+        f"real platform: kube-apiserver {server.group(1) if server else '?'}, "
+        f"{etcd.strip()}, PostgreSQL {row[0] if row else '?'}, "
+        f"Apache Kafka {versions.KAFKA_VERSION} at {running.kafka_bootstrap_servers}"
+    )
+
+
+@pytest.fixture(scope="session")
+def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
+    """Start etcd, kube-apiserver, PostgreSQL and Kafka for this session; stop them after."""
+    base = platform.default_state_dir().parent
+    state_dir = base / f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    plat = platform.Platform(state_dir, platform.Ports.free(), fast_disk=True)
+    started = time.monotonic()
+    binaries = plat.start()
+    running = RunningPlatform(plat, binaries)
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    line = f"{_versions_line(running)} (up in {time.monotonic() - started:.1f}s)"
+    if reporter is not None:
+        reporter.write_line("\n" + line)
+    try:
+        yield running
+    finally:
+        plat.stop()
+        if not os.environ.get("FINTECH_KEEP_TEST_PLATFORM"):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kubectl(platform_running: RunningPlatform) -> Kubectl:
+    """Run the real kubectl against the session's kube-apiserver."""
+
+    def run(*args: str, input: str | None = None, check: bool = True) -> (
+        subprocess.CompletedProcess[str]
+    ):
+        cmd = [str(platform_running.binaries.kubectl), *args]
+        result = subprocess.run(cmd, input=input, env=platform_running.env, capture_output=True,
+                                text=True, timeout=120, check=False)  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kubectl: Kubectl) -> None:
+    """Install the generated CRDs and wait until the API server serves them."""
+    kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace per test; deletion is not awaited (there is no namespace controller)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _module_db_name(request: pytest.FixtureRequest) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.lower())[-40:]
+    return f"t_{stem}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def database_url(
+    platform_running: RunningPlatform, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test module."""
+    name = _module_db_name(request)
+    admin = platform_running.database_url_for("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield platform_running.database_url_for(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def migrated_database_url(database_url: str) -> str:
+    """A fresh database for one module with every migration applied."""
+    from fintech_operator.ledger import migrate  # noqa: PLC0415 - unit runs need no ledger
+
+    migrate.apply(database_url)
+    return database_url
+
+
+class OperatorProcesses:
+    """The operator and the rewards consumer as real subprocesses, logs kept for failures."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        cmd = [sys.executable, "-m", "fintech_operator", *args]
+        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def operator_env(
+    platform_running: RunningPlatform, migrated_database_url: str
+) -> dict[str, str]:
+    """Environment for product processes: the module's database and the session's Kafka."""
+    return {
+        **platform_running.env,
+        "DATABASE_URL": migrated_database_url,
+        "FINTECH_HEALTH_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def operator_processes(
+    operator_env: dict[str, str], crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcesses]:
+    """Run ``fintech-operator run`` and ``fintech-operator rewards`` for one module."""
+    procs = OperatorProcesses(operator_env, tmp_path_factory.mktemp("operator"))
+    group = f"rewards-{uuid.uuid4().hex[:6]}"
+    procs.start("operator", "run", "--liveness-port", "0")
+    procs.start("rewards", "rewards", "--group", group)
+    yield procs
+    procs.stop()
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout_seconds: float = 60.0, interval: float = 0.3
+) -> Any:
+    """Poll ``probe`` until it returns a truthy value; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}; last={last!r}")
