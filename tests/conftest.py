@@ -75,8 +75,11 @@ def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
     running = RunningPlatform(plat, binaries)
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     line = f"{_versions_line(running)} (up in {time.monotonic() - started:.1f}s)"
-    if reporter is not None:
-        reporter.write_line("\n" + line)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        # Said once per session so a CI log proves which real components ran.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n" + line)
     try:
         yield running
     finally:

@@ -80,11 +80,25 @@ def _say(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
 
 
-def _wait(what: str, log: Path, check: object, timeout_seconds: float) -> None:
-    """Poll ``check`` until it returns True; fail naming the part and its log."""
+def _wait(
+    what: str,
+    log: Path,
+    check: object,
+    timeout_seconds: float,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll ``check`` until it returns True; fail naming the part and its log.
+
+    A process that exits while we wait fails at once: waiting out the timeout would
+    only hide the reason, which is in its log.
+    """
     deadline = time.monotonic() + timeout_seconds
     last_error = "not ready"
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise PlatformError(f"{what} exited with code {proc.returncode} while starting: "
+                                f"{tail[-600:]}; log: {log}")  # fmt: skip
         try:
             if check():  # type: ignore[operator]
                 return
@@ -105,6 +119,7 @@ class Platform:
         self.fast_disk = fast_disk
         self.logs = state_dir / "logs"
         self.pids: dict[str, int] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- paths and connection details -------------------------------------------------
 
@@ -164,6 +179,11 @@ class Platform:
             pid = state.get(name)
             if pid:
                 _terminate(name, pid, str(self.state_dir))
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                # Reap our own child so Python does not warn that it is still running.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=STOP_TIMEOUT_SECONDS)
         pgdata = self.state_dir / "pg" / "data"
         if (pgdata / "postmaster.pid").exists():
             _pg(["pg_ctl", "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=False)
@@ -209,6 +229,7 @@ class Platform:
                 start_new_session=True, env=env, cwd=self.state_dir,
             )  # fmt: skip
         self.pids[name] = proc.pid
+        self.procs[name] = proc
         self._save()
         return log
 
@@ -226,7 +247,8 @@ class Platform:
             f"--unsafe-no-fsync={'true' if self.fast_disk else 'false'}",
         ]  # fmt: skip
         log = self._spawn("etcd", cmd)
-        _wait("etcd", log, lambda: httpx.get(f"{client}/health", timeout=2).is_success, 60)
+        _wait("etcd", log, lambda: httpx.get(f"{client}/health", timeout=2).is_success, 60,
+              self.procs["etcd"])
 
     # ---- kube-apiserver -----------------------------------------------------------------
 
@@ -257,7 +279,7 @@ class Platform:
         def ready() -> bool:
             return httpx.get(url, verify=context, timeout=3).is_success
 
-        _wait("kube-apiserver", log, ready, READY_TIMEOUT_SECONDS)
+        _wait("kube-apiserver", log, ready, READY_TIMEOUT_SECONDS, self.procs["apiserver"])
 
     def _write_kubeconfig(self, pki: certs.ApiserverPki) -> None:
         def b64(path: Path) -> str:
@@ -332,7 +354,8 @@ class Platform:
                 raise PlatformError(f"kafka storage format failed: {result.stdout}{result.stderr}")
         log = self._spawn("kafka", [*java, "kafka.Kafka", str(properties)])
         bootstrap = self.kafka_bootstrap_servers
-        _wait("kafka", log, lambda: asyncio.run(_kafka_ready(bootstrap)), READY_TIMEOUT_SECONDS)
+        _wait("kafka", log, lambda: asyncio.run(_kafka_ready(bootstrap)), READY_TIMEOUT_SECONDS,
+              self.procs["kafka"])
 
     # ---- env file -----------------------------------------------------------------------
 
