@@ -65,7 +65,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             return 0
         plat.stop()
         plat.start()
-        print(f"platform ready; run: eval \"$(fintech-operator stack env)\"", file=sys.stderr)
+        print('platform ready; run: eval "$(fintech-operator stack env)"', file=sys.stderr)
         return 0
     if args.action == "down":
         plat.stop()

@@ -87,7 +87,7 @@ def run_operator(namespaces: list[str], liveness_port: int) -> int:
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
-            namespaces=namespaces or None,
+            namespaces=namespaces,
             liveness_endpoint=liveness,
             standalone=True,
         )

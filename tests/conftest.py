@@ -92,9 +92,9 @@ def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
 def kubectl(platform_running: RunningPlatform) -> Kubectl:
     """Run the real kubectl against the session's kube-apiserver."""
 
-    def run(*args: str, input: str | None = None, check: bool = True) -> (
-        subprocess.CompletedProcess[str]
-    ):
+    def run(
+        *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(platform_running.binaries.kubectl), *args]
         result = subprocess.run(cmd, input=input, env=platform_running.env, capture_output=True,
                                 text=True, timeout=120, check=False)  # fmt: skip
@@ -158,10 +158,12 @@ class OperatorProcesses:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, *args: str) -> None:
-        log = (self.log_dir / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", "fintech_operator", *args]
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)  # fmt: skip
+        # The child keeps its own copy of the descriptor; ours can close right away.
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
@@ -177,14 +179,13 @@ class OperatorProcesses:
 
 
 @pytest.fixture(scope="module")
-def operator_env(
-    platform_running: RunningPlatform, migrated_database_url: str
-) -> dict[str, str]:
+def operator_env(platform_running: RunningPlatform, migrated_database_url: str) -> dict[str, str]:
     """Environment for product processes: the module's database and the session's Kafka."""
     return {
         **platform_running.env,
         "DATABASE_URL": migrated_database_url,
         "FINTECH_HEALTH_PORT": "0",
+        "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
 

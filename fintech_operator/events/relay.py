@@ -24,7 +24,7 @@ SEND_TIMEOUT_SECONDS = 60.0
 ERROR_BACKOFF_SECONDS = 2.0
 
 _CLAIM = """
-SELECT id, event_id, topic, key, payload, headers
+SELECT id, event_id, topic, key, payload, headers, journal_id
 FROM outbox WHERE published_at IS NULL
 ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
 """
@@ -58,8 +58,12 @@ async def publish_batch(
         if not rows:
             return 0
         futures = []
-        for _id, event_id, topic, key, payload, headers in rows:
-            value = schema.encode(payload if isinstance(payload, dict) else json.loads(payload))
+        for _id, event_id, topic, key, payload, headers, journal_id in rows:
+            body = dict(payload if isinstance(payload, dict) else json.loads(payload))
+            if journal_id is not None:
+                # The journal's id exists only once its transaction ran; the row has it.
+                body["journalId"] = journal_id
+            value = schema.encode(body)
             futures.append(
                 await producer.send(
                     topic,

@@ -23,7 +23,7 @@ class PostingPosted(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schemaVersion")
+    schema_version: Literal[1] = Field(1, alias="schemaVersion")
     type: Literal["posting.posted"] = "posting.posted"
     event_id: uuid.UUID = Field(alias="eventId")
     journal_id: Annotated[StrictInt, Field(gt=0)] = Field(alias="journalId")

@@ -102,7 +102,7 @@ def _wait(
         try:
             if check():  # type: ignore[operator]
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure just means "not yet"
+        except Exception as exc:
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(POLL_INTERVAL_SECONDS)
     raise PlatformError(f"{what} did not become ready in {timeout_seconds:.0f}s ({last_error}); "
@@ -247,8 +247,13 @@ class Platform:
             f"--unsafe-no-fsync={'true' if self.fast_disk else 'false'}",
         ]  # fmt: skip
         log = self._spawn("etcd", cmd)
-        _wait("etcd", log, lambda: httpx.get(f"{client}/health", timeout=2).is_success, 60,
-              self.procs["etcd"])
+        _wait(
+            "etcd",
+            log,
+            lambda: httpx.get(f"{client}/health", timeout=2).is_success,
+            60,
+            self.procs["etcd"],
+        )
 
     # ---- kube-apiserver -----------------------------------------------------------------
 
@@ -354,8 +359,13 @@ class Platform:
                 raise PlatformError(f"kafka storage format failed: {result.stdout}{result.stderr}")
         log = self._spawn("kafka", [*java, "kafka.Kafka", str(properties)])
         bootstrap = self.kafka_bootstrap_servers
-        _wait("kafka", log, lambda: asyncio.run(_kafka_ready(bootstrap)), READY_TIMEOUT_SECONDS,
-              self.procs["kafka"])
+        _wait(
+            "kafka",
+            log,
+            lambda: asyncio.run(_kafka_ready(bootstrap)),
+            READY_TIMEOUT_SECONDS,
+            self.procs["kafka"],
+        )
 
     # ---- env file -----------------------------------------------------------------------
 
@@ -438,8 +448,18 @@ def _java() -> str:
 def _load_or_generate_pki(directory: Path) -> certs.ApiserverPki:
     if (directory / "sa.pub").exists():
         return certs.ApiserverPki(
-            *(directory / n for n in ("ca.crt", "apiserver.crt", "apiserver.key", "admin.crt",
-                                      "admin.key", "sa.key", "sa.pub"))  # fmt: skip
+            *(
+                directory / n
+                for n in (
+                    "ca.crt",
+                    "apiserver.crt",
+                    "apiserver.key",
+                    "admin.crt",
+                    "admin.key",
+                    "sa.key",
+                    "sa.pub",
+                )
+            )  # fmt: skip
         )
     return certs.generate(directory)
 

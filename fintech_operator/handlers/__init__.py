@@ -1,0 +1,8 @@
+"""kopf handlers, one module per kind: decode, call the domain, patch status.
+
+Importing this package registers every handler with kopf.
+"""
+
+from fintech_operator.handlers import cardproduct, cards, indexes, postings
+
+__all__ = ["cardproduct", "cards", "indexes", "postings"]

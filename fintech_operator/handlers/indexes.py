@@ -1,0 +1,39 @@
+"""In-memory indexes of products and cards, kept current by kopf's watches.
+
+Handlers look up a posting's card and a card's product here instead of calling the
+API server on every event; a miss right after creation is retried, not rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from fintech_operator import api
+
+
+@kopf.index(api.GROUP, api.VERSION, "cardproducts")
+def cardproducts(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): dict(spec)}
+
+
+@kopf.index(api.GROUP, api.VERSION, "cards")
+def cards(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[Any, Any]:
+    return {
+        (namespace, name): {
+            "phase": status.get("phase"),
+            "account": status.get("account"),
+            "currency": (status.get("balance") or {}).get("currency"),
+            "spendLimit": spec.get("spendLimit"),
+            "product": spec.get("product"),
+        }
+    }
+
+
+def first(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
+    """The single value stored under ``key``, or None when kopf has not seen it yet."""
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None

@@ -1,0 +1,195 @@
+"""Posting: one ledger transaction and one status patch per posting.
+
+A posting is decided exactly once: ``Posted`` with its journal, or ``Rejected`` with a
+reason from the fixed set documented on ``PostingStatus.reason``. The idempotency key
+(default ``namespace/name``) makes a replayed handler, a restarted operator, or a
+deleted and re-applied object return the first journal instead of posting twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import kopf
+import pydantic
+
+from fintech_operator import api
+from fintech_operator.events import schema, topics
+from fintech_operator.handlers import indexes, report
+from fintech_operator.ledger import engine, model, rules
+
+DECIDED_PHASES = frozenset({"Posted", "Rejected"})
+TEMPORARY_DELAY_SECONDS = 2.0
+
+
+class Rejection(Exception):
+    """A final, user-visible refusal: becomes ``Rejected`` with this reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@kopf.index(api.GROUP, api.VERSION, "postings")
+def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): {"journalId": status.get("journalId")}}
+
+
+def _card_or_retry(
+    cards: kopf.Index[Any, Any], namespace: str, card_name: str, retry: int, limit: int
+) -> dict[str, Any]:
+    """The issued card; not yet seen or not yet issued is retried, then rejected."""
+    card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
+    pending = card is None or card.get("phase") in (None, "Pending")
+    if pending and retry < limit:
+        raise kopf.TemporaryError(f"card {card_name!r} not issued yet",
+                                  delay=TEMPORARY_DELAY_SECONDS)  # fmt: skip
+    if card is None:
+        raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
+    if card.get("phase") != "Active":
+        raise Rejection("CardNotActive", f"card {card_name!r} is {card.get('phase') or 'Pending'}")
+    return card
+
+
+def _lines(spec: api.PostingSpec, account: str) -> tuple[model.Line, ...]:
+    if spec.entries:
+        explicit = [
+            model.Line(e.account, model.Direction(e.direction.value.lower()), e.amount_minor,
+                       e.currency)
+            for e in spec.entries
+        ]  # fmt: skip
+        return rules.validate_explicit(explicit)
+    return rules.lines_for(model.PostingKind(spec.type.value), account, spec.amount_minor,
+                           spec.currency)  # fmt: skip
+
+
+def _guard(
+    spec: api.PostingSpec, card: dict[str, Any], product: dict[str, Any], now: datetime.datetime
+) -> model.SpendGuard | None:
+    # The card's own limit wins; a card without one inherits its product's default.
+    limit = card.get("spendLimit") or product.get("spendLimit")
+    if not limit or spec.type is not api.PostingType.PURCHASE or spec.entries:
+        return None
+    return model.SpendGuard(card["account"], int(limit["amount"]),
+                            model.SpendInterval(limit["interval"]), now)  # fmt: skip
+
+
+def _event(
+    spec: api.PostingSpec, namespace: str, name: str, product: dict[str, Any],
+    occurred_at: datetime.datetime,
+) -> model.OutboxEvent:  # fmt: skip
+    """The ``posting.posted`` event; the relay adds the journal id the database assigns."""
+    event_id = uuid.uuid4()
+    payload = {
+        "schemaVersion": schema.SCHEMA_VERSION, "type": "posting.posted",
+        "eventId": str(event_id), "card": f"{namespace}/{spec.card}",
+        "posting": f"{namespace}/{name}", "postingType": spec.type.value,
+        "amountMinor": spec.amount_minor, "currency": spec.currency,
+        "rewardsRateBps": int(product.get("rewardsRateBps", 0)),
+        "earnOn": list(product.get("earnOn") or ["Purchase"]),
+        "reversesJournalId": None,
+        "occurredAt": occurred_at.isoformat().replace("+00:00", "Z"),
+    }  # fmt: skip
+    return model.OutboxEvent(event_id, topics.POSTINGS, f"{namespace}/{spec.card}", payload)
+
+
+def _occurred_at(spec: api.PostingSpec, body: kopf.Body) -> datetime.datetime:
+    # Deterministic, so a replay hashes the same request: the user's time or creation time.
+    if spec.occurred_at is not None:
+        return spec.occurred_at
+    created = str(body.metadata.get("creationTimestamp"))
+    return datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+
+
+def build_request(
+    spec: api.PostingSpec, body: kopf.Body, card: dict[str, Any], product: dict[str, Any]
+) -> model.PostingRequest:
+    """Translate a Posting resource into a ledger request (no I/O)."""
+    namespace = report.namespace_of(body.metadata.namespace)
+    name = str(body.metadata.name)
+    if spec.currency != card.get("currency"):
+        raise Rejection("CurrencyMismatch",
+                        f"posting is in {spec.currency}, card account is in {card.get('currency')}")  # fmt: skip
+    occurred_at = _occurred_at(spec, body)
+    return model.PostingRequest(
+        idempotency_key=spec.idempotency_key or f"{namespace}/{name}",
+        kind=model.PostingKind(spec.type.value),
+        lines=_lines(spec, card["account"]),
+        occurred_at=occurred_at,
+        reference=spec.reference,
+        metadata={
+            "posting": f"{namespace}/{name}",
+            "uid": str(body.metadata.uid),
+            "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
+        },  # fmt: skip
+        events=(_event(spec, namespace, name, product, occurred_at),),
+        guard=_guard(spec, card, product, report.now()),
+    )
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, "postings")
+@kopf.on.create(api.GROUP, api.VERSION, "postings")
+async def post(
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, namespace: str | None, retry: int,
+    memo: kopf.Memo, **kwargs: Any,
+) -> None:  # fmt: skip
+    if body.status.get("phase") in DECIDED_PHASES:
+        return
+    namespace = report.namespace_of(namespace)
+    # kopf passes each index as a keyword argument named after its function.
+    cards, cardproducts, postings = kwargs["cards"], kwargs["cardproducts"], kwargs["postings"]
+    try:
+        posting = api.PostingSpec.model_validate(dict(spec))
+        card = _card_or_retry(cards, namespace, posting.card, retry,
+                              memo.settings.missing_card_retry_limit)  # fmt: skip
+        if posting.reverses:
+            result = await _reverse(memo, posting, body, postings)
+        else:
+            product = indexes.first(cardproducts, (namespace, str(card.get("product")))) or {}
+            result = await engine.post(memo.pool, build_request(posting, body, card, product))
+    except pydantic.ValidationError as exc:
+        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        return
+    except Rejection as exc:
+        report.reject(body, patch, exc.reason, exc.message)
+        return
+    except model.LedgerError as exc:
+        report.reject(body, patch, exc.reason, exc.message)
+        return
+    _posted(body, patch, result)
+
+
+async def _reverse(
+    memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body, postings: kopf.Index[Any, Any]
+) -> Any:
+    namespace = report.namespace_of(body.metadata.namespace)
+    target = indexes.first(postings, (namespace, str(posting.reverses)))
+    journal = (target or {}).get("journalId")
+    if not journal:
+        raise Rejection(
+            "JournalNotFound", f"posting {posting.reverses!r} has no journal to reverse"
+        )
+    key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
+    return await engine.reverse(memo.pool, key, int(journal), f"reversed by {key}")
+
+
+def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
+    journal = result.journal
+    generation = int(body.metadata.get("generation") or 0)
+    replay = " (replayed: the idempotency key had already posted)" if result.replayed else ""
+    message = f"journal {journal.id}{replay}"
+    patch.status.update(
+        {
+            "phase": "Posted",
+            "journalId": str(journal.id),
+            "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
+            "conditions": report.condition(
+                body.status, api.READY, True, "Posted", message, generation
+            ),  # fmt: skip
+            "observedGeneration": generation,
+        }
+    )
+    kopf.info(body, reason="Posted", message=message)
