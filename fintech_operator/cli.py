@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fintech_operator.stack import platform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,55 +52,73 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _platform(args: argparse.Namespace) -> object:
+def _platform(args: argparse.Namespace) -> platform.Platform:
     from fintech_operator.stack import platform  # noqa: PLC0415
 
     state_dir = Path(args.state_dir) if args.state_dir else platform.default_state_dir()
     return platform.Platform.load(state_dir)
 
 
-def _cmd_stack(args: argparse.Namespace) -> int:
-    from fintech_operator.stack import build, platform  # noqa: PLC0415
+def _running(plat: platform.Platform) -> bool:
+    return all(v == "running" for v in plat.status().values()) and plat.env_file.exists()
 
-    plat = _platform(args)
-    assert isinstance(plat, platform.Platform)  # noqa: S101 - narrows the lazy import's type
-    if args.action == "up":
-        if all(v == "running" for v in plat.status().values()) and plat.env_file.exists():
-            print(f"platform already running; state in {plat.state_dir}", file=sys.stderr)
-            return 0
-        plat.stop()
-        plat.start()
-        print('platform ready; run: eval "$(fintech-operator stack env)"', file=sys.stderr)
-        return 0
-    if args.action == "down":
-        plat.stop()
-        if args.purge:
-            import shutil  # noqa: PLC0415
 
-            shutil.rmtree(plat.state_dir, ignore_errors=True)
+def _stack_up(plat: platform.Platform, _: argparse.Namespace) -> int:
+    if _running(plat):
+        print(f"platform already running; state in {plat.state_dir}", file=sys.stderr)
         return 0
-    if args.action == "env":
-        if not plat.env_file.exists():
-            print("platform not started; run: fintech-operator stack up", file=sys.stderr)
-            return 1
-        print(plat.env_file.read_text(), end="")
-        return 0
-    if args.action == "build":
-        print(build.ensure_all())
-        return 0
+    plat.stop()
+    plat.start()
+    print('platform ready; run: eval "$(fintech-operator stack env)"', file=sys.stderr)
+    return 0
+
+
+def _stack_down(plat: platform.Platform, args: argparse.Namespace) -> int:
+    plat.stop()
+    if args.purge:
+        shutil.rmtree(plat.state_dir, ignore_errors=True)
+    return 0
+
+
+def _stack_env(plat: platform.Platform, _: argparse.Namespace) -> int:
+    if not plat.env_file.exists():
+        print("platform not started; run: fintech-operator stack up", file=sys.stderr)
+        return 1
+    print(plat.env_file.read_text(), end="")
+    return 0
+
+
+def _stack_build(_plat: platform.Platform, _: argparse.Namespace) -> int:
+    from fintech_operator.stack import build  # noqa: PLC0415
+
+    print(build.ensure_all())
+    return 0
+
+
+def _stack_status(plat: platform.Platform, _: argparse.Namespace) -> int:
     states = plat.status()
     for name, state in states.items():
         print(f"{name:10} {state}")
     return 0 if all(v == "running" for v in states.values()) else 1
 
 
+_STACK_ACTIONS = {
+    "up": _stack_up,
+    "down": _stack_down,
+    "env": _stack_env,
+    "build": _stack_build,
+    "status": _stack_status,
+}
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    return _STACK_ACTIONS[args.action](_platform(args), args)
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     """Bring the platform up, migrate, install CRDs, then run the operator and consumers."""
-    from fintech_operator.stack import platform  # noqa: PLC0415
-
     plat = _platform(args)
-    assert isinstance(plat, platform.Platform)  # noqa: S101
-    if not all(v == "running" for v in plat.status().values()):
+    if not _running(plat):
         plat.stop()
         plat.start()
     env = dict(os.environ)
@@ -106,10 +129,15 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
     subprocess.run(kubectl, env=env, check=True)
-    children = [subprocess.Popen([*exe, "run"], env=env),
-                subprocess.Popen([*exe, "rewards"], env=env)]  # fmt: skip
-    print("operator and rewards consumer running; Ctrl-C stops them "
-          "(the platform stays up: `make down` stops it)", file=sys.stderr)  # fmt: skip
+    children = [
+        subprocess.Popen([*exe, "run"], env=env),
+        subprocess.Popen([*exe, "rewards"], env=env),
+    ]
+    print(
+        "operator and rewards consumer running; Ctrl-C stops them "
+        "(the platform stays up: `make down` stops it)",
+        file=sys.stderr,
+    )
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -127,8 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the kopf operator")
-    run.add_argument("--namespace", "-n", action="append", default=[],
-                     help="watch only this namespace (repeatable; default: all)")  # fmt: skip
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all)",
+    )
     run.add_argument("--liveness-port", type=int, default=8080, help="probe port (0 = off)")
     run.set_defaults(func=_cmd_run)
     rewards = sub.add_parser("rewards", help="run the rewards consumer")
@@ -144,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=help_text)
         if name == "stack":
-            cmd.add_argument("action", choices=["up", "down", "env", "status", "build"])
+            cmd.add_argument("action", choices=sorted(_STACK_ACTIONS))
             cmd.add_argument("--purge", action="store_true", help="down: also delete all data")
         cmd.add_argument("--state-dir", help="platform state directory")
         cmd.set_defaults(func=func)

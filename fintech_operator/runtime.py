@@ -40,21 +40,30 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     applied = await asyncio.to_thread(migrate.apply, app.database_url)
     log.info("database migrations applied: %s", applied or "none (up to date)")
-    await topics.ensure(app.kafka_bootstrap_servers, app.topic_partitions,
-                        app.kafka_request_timeout_ms)  # fmt: skip
+    await topics.ensure(
+        app.kafka_bootstrap_servers, app.topic_partitions, app.kafka_request_timeout_ms
+    )
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        app.database_url, min_size=app.db_pool_min_size, max_size=app.db_pool_max_size,
-        timeout=app.db_timeout_seconds, open=False,
-    )  # fmt: skip
+        app.database_url,
+        min_size=app.db_pool_min_size,
+        max_size=app.db_pool_max_size,
+        timeout=app.db_timeout_seconds,
+        open=False,
+    )
     await pool.open(wait=True, timeout=app.db_timeout_seconds)
     producer = relay.new_producer(app.kafka_bootstrap_servers, app.kafka_request_timeout_ms)
     await producer.start()
     stop = asyncio.Event()
     relay_task = asyncio.create_task(
-        relay.run(pool, producer, batch_size=app.relay_batch_size,
-                  idle_interval_ms=app.relay_idle_interval_ms, stop=stop),
+        relay.run(
+            pool,
+            producer,
+            batch_size=app.relay_batch_size,
+            idle_interval_ms=app.relay_idle_interval_ms,
+            stop=stop,
+        ),
         name="outbox-relay",
-    )  # fmt: skip
+    )
     memo.settings = app
     memo.pool = pool
     memo.producer = producer

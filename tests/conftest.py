@@ -50,13 +50,22 @@ class RunningPlatform:
 def _versions_line(running: RunningPlatform) -> str:
     kubectl = subprocess.run(
         [str(running.binaries.kubectl), "version", "-o", "json"],
-        env=running.env, capture_output=True, text=True, check=True, timeout=30,
-    )  # fmt: skip
+        env=running.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     server = re.search(r'"serverVersion":\s*{[^}]*"gitVersion":\s*"([^"]+)"', kubectl.stdout)
     with psycopg.connect(running.database_url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
-    etcd = subprocess.run([str(running.binaries.etcd), "--version"], capture_output=True,
-                          text=True, check=True, timeout=30).stdout.split("\n")[0]  # fmt: skip
+    etcd = subprocess.run(
+        [str(running.binaries.etcd), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split("\n")[0]
     return (
         f"real platform: kube-apiserver {server.group(1) if server else '?'}, "
         f"{etcd.strip()}, PostgreSQL {row[0] if row else '?'}, "
@@ -96,8 +105,15 @@ def kubectl(platform_running: RunningPlatform) -> Kubectl:
         *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         cmd = [str(platform_running.binaries.kubectl), *args]
-        result = subprocess.run(cmd, input=input, env=platform_running.env, capture_output=True,
-                                text=True, timeout=120, check=False)  # fmt: skip
+        result = subprocess.run(
+            cmd,
+            input=input,
+            env=platform_running.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result

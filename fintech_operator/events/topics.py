@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -29,9 +30,8 @@ async def ensure(bootstrap_servers: str, partitions: int, request_timeout_ms: in
             if name not in existing
         ]
         if missing:
-            try:
+            # Another process may create one between our list and create: same result.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await asyncio.wait_for(admin.create_topics(missing), ADMIN_TIMEOUT_SECONDS)
-            except TopicAlreadyExistsError:
-                pass  # Another process created it between our list and create: same result.
     finally:
         await admin.close()

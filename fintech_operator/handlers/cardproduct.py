@@ -25,8 +25,9 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: An
         return
     message = f"{product.currency} at {product.rewards_rate_bps} bps"
     patch.status["phase"] = "Ready"
-    patch.status["conditions"] = report.condition(body.status, api.READY, True, "Valid",
-                                                  message, generation)  # fmt: skip
+    patch.status["conditions"] = report.condition(
+        body.status, api.READY, True, "Valid", message, generation
+    )
     patch.status["observedGeneration"] = generation
     patch.status["reason"] = None
     patch.status["message"] = None
@@ -34,9 +35,12 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: An
 
 @kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=PRODUCT_COUNT_INTERVAL_SECONDS)
 async def count_cards(
-    namespace: str | None, name: str, status: kopf.Status, patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    status: kopf.Status,
+    patch: kopf.Patch,
     **kwargs: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Keep ``status.cards`` current; only a change is written, so idle products cost nothing."""
     count = sum(
         1

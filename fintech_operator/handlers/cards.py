@@ -35,8 +35,9 @@ def _product_or_retry(
     raw = indexes.first(products, (namespace, name))
     if raw is None:
         if retry < limit:
-            raise kopf.TemporaryError(f"card product {name!r} not found yet",
-                                      delay=TEMPORARY_DELAY_SECONDS)  # fmt: skip
+            raise kopf.TemporaryError(
+                f"card product {name!r} not found yet", delay=TEMPORARY_DELAY_SECONDS
+            )
         return None
     return api.CardProductSpec.model_validate(raw)
 
@@ -44,9 +45,15 @@ def _product_or_retry(
 @kopf.on.resume(api.GROUP, api.VERSION, "cards")
 @kopf.on.create(api.GROUP, api.VERSION, "cards")
 async def issue(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, namespace: str | None, name: str,
-    retry: int, memo: kopf.Memo, **kwargs: Any,
-) -> None:  # fmt: skip
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    retry: int,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
     if body.status.get("phase") in DECIDED_PHASES:
         return
     namespace = report.namespace_of(namespace)
@@ -58,8 +65,12 @@ async def issue(
     limit = memo.settings.missing_card_retry_limit
     product = _product_or_retry(kwargs["cardproducts"], namespace, card.product, retry, limit)
     if product is None:
-        report.reject(body, patch, "ProductNotFound",
-                      f"card product {card.product!r} does not exist in {namespace}")  # fmt: skip
+        report.reject(
+            body,
+            patch,
+            "ProductNotFound",
+            f"card product {card.product!r} does not exist in {namespace}",
+        )
         return
     if card.holder.kyc_status is not api.KycStatus.ACCEPTED:
         _hold_for_review(body, patch, f"holder KYC status is {card.holder.kyc_status.value}")
@@ -72,31 +83,47 @@ def _hold_for_review(body: kopf.Body, patch: kopf.Patch, why: str) -> None:
     patch.status["phase"] = "PendingReview"
     patch.status["reason"] = "KycNotAccepted"
     patch.status["message"] = why
-    patch.status["conditions"] = report.condition(body.status, "ComplianceCleared", False,
-                                                  "KycNotAccepted", why, generation)  # fmt: skip
+    patch.status["conditions"] = report.condition(
+        body.status, "ComplianceCleared", False, "KycNotAccepted", why, generation
+    )
     patch.status["observedGeneration"] = generation
     kopf.warn(body, reason="PendingReview", message=why)
 
 
 async def _open(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, name: str,
-    card: api.CardSpec, product: api.CardProductSpec,
-) -> None:  # fmt: skip
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    card: api.CardSpec,
+    product: api.CardProductSpec,
+) -> None:
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
     issued = await _TOKENIZER.issue(f"{namespace}/{name}")
     async with memo.pool.connection() as conn:
         await engine.open_card_account(
-            conn, namespace, name, currency,
+            conn,
+            namespace,
+            name,
+            currency,
             metadata={"card": f"{namespace}/{name}", "uid": str(body.metadata.uid)},
-        )  # fmt: skip
+        )
     if product.issuance_fee is not None and product.issuance_fee.amount_minor > 0:
         await _post_issuance_fee(memo, body, code, product.issuance_fee.amount_minor, currency)
     generation = int(body.metadata.get("generation") or 0)
-    conditions = report.condition(body.status, "LedgerAccountOpened", True, "Opened", code,
-                                  generation)  # fmt: skip
-    conditions = report.condition({"conditions": conditions}, api.READY, True, "Issued",
-                                  f"issued, last 4 {issued.last4}", generation)  # fmt: skip
+    conditions = report.condition(
+        body.status, "LedgerAccountOpened", True, "Opened", code, generation
+    )
+    conditions = report.condition(
+        {"conditions": conditions},
+        api.READY,
+        True,
+        "Issued",
+        f"issued, last 4 {issued.last4}",
+        generation,
+    )
     patch.status.update(
         {
             "phase": "Frozen" if card.state is api.CardState.FROZEN else "Active",
@@ -143,8 +170,9 @@ async def state_changed(
     if new in ("Active", "Frozen") and new != phase:
         patch.status["phase"] = new
         patch.status["observedGeneration"] = generation
-        kopf.info(body, reason="Frozen" if new == "Frozen" else "Unfrozen",
-                  message=f"card is now {new}")  # fmt: skip
+        kopf.info(
+            body, reason="Frozen" if new == "Frozen" else "Unfrozen", message=f"card is now {new}"
+        )
     elif new == "Closed":
         await _close(body, patch, memo, generation)
 
@@ -156,19 +184,26 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, generation
             await engine.close_account(conn, code)
         except model.AccountNotEmpty as exc:
             why = f"{exc.message}; pay or refund the balance to zero, then closing completes"
-            patch.status["conditions"] = report.condition(body.status, api.READY, False,
-                                                          "BalanceNotZero", why, generation)  # fmt: skip
+            patch.status["conditions"] = report.condition(
+                body.status, api.READY, False, "BalanceNotZero", why, generation
+            )
             kopf.warn(body, reason="BalanceNotZero", message=why)
             raise kopf.TemporaryError(why, delay=30) from exc
     patch.status["phase"] = "Closed"
     patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = report.condition(body.status, api.READY, False, "Closed",
-                                                  "card closed", generation)  # fmt: skip
+    patch.status["conditions"] = report.condition(
+        body.status, api.READY, False, "Closed", "card closed", generation
+    )
     kopf.info(body, reason="Closed", message="card closed; its ledger history is kept")
 
 
-@kopf.timer(api.GROUP, api.VERSION, "cards", interval=_refresh_interval_seconds(),
-            when=lambda status, **_: status.get("phase") in ISSUED_PHASES)  # fmt: skip
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    "cards",
+    interval=_refresh_interval_seconds(),
+    when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
+)
 async def refresh(
     body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:

@@ -45,8 +45,9 @@ def _card_or_retry(
     card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
     pending = card is None or card.get("phase") in (None, "Pending")
     if pending and retry < limit:
-        raise kopf.TemporaryError(f"card {card_name!r} not issued yet",
-                                  delay=TEMPORARY_DELAY_SECONDS)  # fmt: skip
+        raise kopf.TemporaryError(
+            f"card {card_name!r} not issued yet", delay=TEMPORARY_DELAY_SECONDS
+        )
     if card is None:
         raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
     if card.get("phase") != "Active":
@@ -57,13 +58,15 @@ def _card_or_retry(
 def _lines(spec: api.PostingSpec, account: str) -> tuple[model.Line, ...]:
     if spec.entries:
         explicit = [
-            model.Line(e.account, model.Direction(e.direction.value.lower()), e.amount_minor,
-                       e.currency)
+            model.Line(
+                e.account, model.Direction(e.direction.value.lower()), e.amount_minor, e.currency
+            )
             for e in spec.entries
-        ]  # fmt: skip
+        ]
         return rules.validate_explicit(explicit)
-    return rules.lines_for(model.PostingKind(spec.type.value), account, spec.amount_minor,
-                           spec.currency)  # fmt: skip
+    return rules.lines_for(
+        model.PostingKind(spec.type.value), account, spec.amount_minor, spec.currency
+    )
 
 
 def _guard(
@@ -73,26 +76,34 @@ def _guard(
     limit = card.get("spendLimit") or product.get("spendLimit")
     if not limit or spec.type is not api.PostingType.PURCHASE or spec.entries:
         return None
-    return model.SpendGuard(card["account"], int(limit["amount"]),
-                            model.SpendInterval(limit["interval"]), now)  # fmt: skip
+    return model.SpendGuard(
+        card["account"], int(limit["amount"]), model.SpendInterval(limit["interval"]), now
+    )
 
 
 def _event(
-    spec: api.PostingSpec, namespace: str, name: str, product: dict[str, Any],
+    spec: api.PostingSpec,
+    namespace: str,
+    name: str,
+    product: dict[str, Any],
     occurred_at: datetime.datetime,
-) -> model.OutboxEvent:  # fmt: skip
+) -> model.OutboxEvent:
     """The ``posting.posted`` event; the relay adds the journal id the database assigns."""
     event_id = uuid.uuid4()
     payload = {
-        "schemaVersion": schema.SCHEMA_VERSION, "type": "posting.posted",
-        "eventId": str(event_id), "card": f"{namespace}/{spec.card}",
-        "posting": f"{namespace}/{name}", "postingType": spec.type.value,
-        "amountMinor": spec.amount_minor, "currency": spec.currency,
+        "schemaVersion": schema.SCHEMA_VERSION,
+        "type": "posting.posted",
+        "eventId": str(event_id),
+        "card": f"{namespace}/{spec.card}",
+        "posting": f"{namespace}/{name}",
+        "postingType": spec.type.value,
+        "amountMinor": spec.amount_minor,
+        "currency": spec.currency,
         "rewardsRateBps": int(product.get("rewardsRateBps", 0)),
         "earnOn": list(product.get("earnOn") or ["Purchase"]),
         "reversesJournalId": None,
         "occurredAt": occurred_at.isoformat().replace("+00:00", "Z"),
-    }  # fmt: skip
+    }
     return model.OutboxEvent(event_id, topics.POSTINGS, f"{namespace}/{spec.card}", payload)
 
 
@@ -111,8 +122,10 @@ def build_request(
     namespace = report.namespace_of(body.metadata.namespace)
     name = str(body.metadata.name)
     if spec.currency != card.get("currency"):
-        raise Rejection("CurrencyMismatch",
-                        f"posting is in {spec.currency}, card account is in {card.get('currency')}")  # fmt: skip
+        raise Rejection(
+            "CurrencyMismatch",
+            f"posting is in {spec.currency}, card account is in {card.get('currency')}",
+        )
     occurred_at = _occurred_at(spec, body)
     return model.PostingRequest(
         idempotency_key=spec.idempotency_key or f"{namespace}/{name}",
@@ -124,7 +137,7 @@ def build_request(
             "posting": f"{namespace}/{name}",
             "uid": str(body.metadata.uid),
             "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
-        },  # fmt: skip
+        },
         events=(_event(spec, namespace, name, product, occurred_at),),
         guard=_guard(spec, card, product, report.now()),
     )
@@ -133,9 +146,14 @@ def build_request(
 @kopf.on.resume(api.GROUP, api.VERSION, "postings")
 @kopf.on.create(api.GROUP, api.VERSION, "postings")
 async def post(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, namespace: str | None, retry: int,
-    memo: kopf.Memo, **kwargs: Any,
-) -> None:  # fmt: skip
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    retry: int,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
     if body.status.get("phase") in DECIDED_PHASES:
         return
     namespace = report.namespace_of(namespace)
@@ -143,8 +161,9 @@ async def post(
     cards, cardproducts, postings = kwargs["cards"], kwargs["cardproducts"], kwargs["postings"]
     try:
         posting = api.PostingSpec.model_validate(dict(spec))
-        card = _card_or_retry(cards, namespace, posting.card, retry,
-                              memo.settings.missing_card_retry_limit)  # fmt: skip
+        card = _card_or_retry(
+            cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
+        )
         if posting.reverses:
             result = await _reverse(memo, posting, body, postings)
         else:
@@ -188,7 +207,7 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
             "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
             "conditions": report.condition(
                 body.status, api.READY, True, "Posted", message, generation
-            ),  # fmt: skip
+            ),
             "observedGeneration": generation,
         }
     )

@@ -47,8 +47,9 @@ def reject(
     generation = int(body.metadata.get("generation") or 0)
     conditions = condition(body.status, api.READY, False, reason, message, generation)
     for type_ in extra_conditions:
-        conditions = condition({"conditions": conditions}, type_, False, reason, message,
-                               generation)  # fmt: skip
+        conditions = condition(
+            {"conditions": conditions}, type_, False, reason, message, generation
+        )
     patch.status["phase"] = "Rejected"
     patch.status["reason"] = reason
     patch.status["message"] = message[:1024]

@@ -56,9 +56,17 @@ async def apply_event(pool: AsyncConnectionPool[Any], event: schema.PostingPoste
             kind = "accrual" if signed > 0 else "reversal"
             await conn.execute(
                 _ACCRUE,
-                (event.event_id, event.card, event.journal_id, kind, signed,
-                 event.amount_minor, event.currency, event.rewards_rate_bps),
-            )  # fmt: skip
+                (
+                    event.event_id,
+                    event.card,
+                    event.journal_id,
+                    kind,
+                    signed,
+                    event.amount_minor,
+                    event.currency,
+                    event.rewards_rate_bps,
+                ),
+            )
     return True
 
 
@@ -70,16 +78,17 @@ async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, reason
         *(record.headers or ()),
     ]
     await asyncio.wait_for(
-        producer.send_and_wait(topics.POSTINGS_DLQ, record.value, key=record.key,
-                               headers=headers),
+        producer.send_and_wait(topics.POSTINGS_DLQ, record.value, key=record.key, headers=headers),
         relay.SEND_TIMEOUT_SECONDS,
-    )  # fmt: skip
+    )
 
 
 async def handle(
-    pool: AsyncConnectionPool[Any], producer: AIOKafkaProducer, record: ConsumerRecord,
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    record: ConsumerRecord,
     max_attempts: int,
-) -> str:  # fmt: skip
+) -> str:
     """Apply or dead-letter one record; transient database errors retry a bounded number."""
     try:
         event = schema.decode_posting(record.value)
@@ -102,8 +111,11 @@ async def handle(
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await topics.ensure(settings.kafka_bootstrap_servers, settings.topic_partitions,
-                        settings.kafka_request_timeout_ms)  # fmt: skip
+    await topics.ensure(
+        settings.kafka_bootstrap_servers,
+        settings.topic_partitions,
+        settings.kafka_request_timeout_ms,
+    )
     consumer = AIOKafkaConsumer(
         topics.POSTINGS,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -114,26 +126,31 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
         max_poll_records=settings.consumer_batch_size,
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
-    producer = relay.new_producer(settings.kafka_bootstrap_servers,
-                                  settings.kafka_request_timeout_ms)  # fmt: skip
+    producer = relay.new_producer(
+        settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
+    )
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=settings.db_pool_max_size,
-        timeout=settings.db_timeout_seconds, open=False,
-    )  # fmt: skip
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_timeout_seconds,
+        open=False,
+    )
     await pool.open(wait=True, timeout=settings.db_timeout_seconds)
     await producer.start()
     await consumer.start()
     log.info("rewards consumer started in group %s", group_id)
     try:
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
-                                             max_records=settings.consumer_batch_size)  # fmt: skip
+            batches = await consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS, max_records=settings.consumer_batch_size
+            )
             for records in batches.values():
                 for record in records:
-                    outcome = await handle(pool, producer, record,
-                                           settings.consumer_max_attempts)  # fmt: skip
-                    log.info("event %s/%d/%d %s", record.topic, record.partition,
-                             record.offset, outcome)  # fmt: skip
+                    outcome = await handle(pool, producer, record, settings.consumer_max_attempts)
+                    log.info(
+                        "event %s/%d/%d %s", record.topic, record.partition, record.offset, outcome
+                    )
             if batches:
                 await consumer.commit()
     finally:

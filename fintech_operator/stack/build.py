@@ -73,10 +73,8 @@ def _run_logged(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], what:
             cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert proc.stdout is not None  # noqa: S101 - Popen with PIPE always sets it
-        lines = 0
-        for line in proc.stdout:
+        for lines, line in enumerate(proc.stdout, start=1):
             sink.write(line)
-            lines += 1
             if lines % 200 == 0:
                 elapsed = int(time.monotonic() - started)
                 _say(f"  {what}: {lines} steps, {elapsed}s")
@@ -88,15 +86,40 @@ def _run_logged(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], what:
 
 def _kubernetes_go_mod() -> str:
     staging = [
-        "api", "apiextensions-apiserver", "apimachinery", "apiserver", "cli-runtime",
-        "client-go", "cloud-provider", "cluster-bootstrap", "code-generator",
-        "component-base", "component-helpers", "controller-manager", "cri-api",
-        "cri-client", "cri-streaming", "csi-translation-lib", "dynamic-resource-allocation",
-        "endpointslice", "externaljwt", "kms", "kube-aggregator", "kube-controller-manager",
-        "kube-proxy", "kube-scheduler", "kubectl", "kubelet", "metrics", "mount-utils",
-        "pod-security-admission", "sample-apiserver", "sample-cli-plugin",
-        "sample-controller", "streaming",
-    ]  # fmt: skip
+        "api",
+        "apiextensions-apiserver",
+        "apimachinery",
+        "apiserver",
+        "cli-runtime",
+        "client-go",
+        "cloud-provider",
+        "cluster-bootstrap",
+        "code-generator",
+        "component-base",
+        "component-helpers",
+        "controller-manager",
+        "cri-api",
+        "cri-client",
+        "cri-streaming",
+        "csi-translation-lib",
+        "dynamic-resource-allocation",
+        "endpointslice",
+        "externaljwt",
+        "kms",
+        "kube-aggregator",
+        "kube-controller-manager",
+        "kube-proxy",
+        "kube-scheduler",
+        "kubectl",
+        "kubelet",
+        "metrics",
+        "mount-utils",
+        "pod-security-admission",
+        "sample-apiserver",
+        "sample-cli-plugin",
+        "sample-controller",
+        "streaming",
+    ]
     replaces = "\n".join(
         f"\tk8s.io/{name} => k8s.io/{name} v{versions.KUBERNETES_STAGING_VERSION}"
         for name in staging
@@ -143,8 +166,17 @@ def _build_kubernetes(root: Path) -> tuple[Path, Path]:
     env, log = _go_env(src), home / "build.log"
     _run_logged(["go", "mod", "tidy", "-e"], src, log, env, "kubernetes go mod tidy")
     for name in ("kube-apiserver", "kubectl"):
-        cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _kubernetes_ldflags(),
-               "-o", str(home / "bin" / name), f"k8s.io/kubernetes/cmd/{name}"]  # fmt: skip
+        cmd = [
+            "go",
+            "build",
+            "-v",
+            "-trimpath",
+            "-ldflags",
+            _kubernetes_ldflags(),
+            "-o",
+            str(home / "bin" / name),
+            f"k8s.io/kubernetes/cmd/{name}",
+        ]
         _run_logged(cmd, src, log, env, f"build {name}")
     (home / ".done").write_text(versions.KUBERNETES_VERSION)
     return apiserver, kubectl
@@ -198,8 +230,15 @@ def _build_helm(root: Path) -> Path:
             f"-X {pkg}/pkg/chartutil.k8sVersionMinor={minor}",
         ]
     )
-    cmd = ["go", "install", "-v", "-trimpath", "-ldflags", ldflags,
-           f"{pkg}/cmd/helm@v{versions.HELM_VERSION}"]  # fmt: skip
+    cmd = [
+        "go",
+        "install",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        ldflags,
+        f"{pkg}/cmd/helm@v{versions.HELM_VERSION}",
+    ]
     _run_logged(cmd, home, log, env, "build helm")
     (home / ".done").write_text(versions.HELM_VERSION)
     return binary
@@ -235,8 +274,14 @@ def _fetch_kafka(root: Path) -> Path:
         raise BuildError("kafka: Maven (mvn) is not installed; install the 'maven' package")
     home.mkdir(parents=True, exist_ok=True)
     (home / "pom.xml").write_text(_kafka_pom())
-    cmd = ["mvn", "-B", "-q", "dependency:copy-dependencies",
-           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]  # fmt: skip
+    cmd = [
+        "mvn",
+        "-B",
+        "-q",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
     _run_logged(cmd, home, home / "build.log", dict(os.environ), "kafka jars")
     (home / ".done").write_text(versions.KAFKA_VERSION)
     return libs

@@ -73,7 +73,7 @@ def default_state_dir() -> Path:
     configured = os.environ.get("FINTECH_STACK_DIR")
     if configured:
         return Path(configured)
-    return Path("/var/tmp") / f"fintech-operator-{os.getuid()}" / "dev"
+    return Path("/var/tmp") / f"fintech-operator-{os.getuid()}" / "dev"  # noqa: S108
 
 
 def _say(message: str) -> None:
@@ -97,16 +97,19 @@ def _wait(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-            raise PlatformError(f"{what} exited with code {proc.returncode} while starting: "
-                                f"{tail[-600:]}; log: {log}")  # fmt: skip
+            raise PlatformError(
+                f"{what} exited with code {proc.returncode} while starting: "
+                f"{tail[-600:]}; log: {log}"
+            )
         try:
             if check():  # type: ignore[operator]
                 return
         except Exception as exc:
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(POLL_INTERVAL_SECONDS)
-    raise PlatformError(f"{what} did not become ready in {timeout_seconds:.0f}s ({last_error}); "
-                        f"log: {log}")  # fmt: skip
+    raise PlatformError(
+        f"{what} did not become ready in {timeout_seconds:.0f}s ({last_error}); log: {log}"
+    )
 
 
 class Platform:
@@ -194,8 +197,10 @@ class Platform:
     def status(self) -> dict[str, str]:
         """Each part's liveness as a short word, for ``stack status``."""
         state = self._load()
-        result = {name: ("running" if _alive(pid, str(self.state_dir)) else "stopped")
-                  for name, pid in state.items()}  # fmt: skip
+        result = {
+            name: ("running" if _alive(pid, str(self.state_dir)) else "stopped")
+            for name, pid in state.items()
+        }
         pgdata = self.state_dir / "pg" / "data"
         running = _pg(["pg_ctl", "-D", str(pgdata), "status"], check=False).returncode == 0
         result["postgres"] = "running" if running else "stopped"
@@ -225,9 +230,14 @@ class Platform:
         log = self.logs / f"{name}.log"
         with log.open("ab") as sink:
             proc = subprocess.Popen(
-                cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, cwd=self.state_dir,
-            )  # fmt: skip
+                cmd,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=self.state_dir,
+            )
         self.pids[name] = proc.pid
         self.procs[name] = proc
         self._save()
@@ -240,12 +250,17 @@ class Platform:
         client = f"http://127.0.0.1:{self.ports.etcd_client}"
         peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
         cmd = [
-            str(binaries.etcd), "--name=fintech", f"--data-dir={self.state_dir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=fintech={peer}", "--log-level=warn",
+            str(binaries.etcd),
+            "--name=fintech",
+            f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=fintech={peer}",
+            "--log-level=warn",
             f"--unsafe-no-fsync={'true' if self.fast_disk else 'false'}",
-        ]  # fmt: skip
+        ]
         log = self._spawn("etcd", cmd)
         _wait(
             "etcd",
@@ -258,23 +273,32 @@ class Platform:
     # ---- kube-apiserver -----------------------------------------------------------------
 
     def _start_apiserver(self, binaries: build.Binaries) -> None:
-        _say(f"starting kube-apiserver v{versions.KUBERNETES_VERSION} on "
-             f"https://127.0.0.1:{self.ports.apiserver}")  # fmt: skip
+        _say(
+            f"starting kube-apiserver v{versions.KUBERNETES_VERSION} on "
+            f"https://127.0.0.1:{self.ports.apiserver}"
+        )
         pki_dir = self.state_dir / "pki"
         pki = _load_or_generate_pki(pki_dir)
         port = self.ports.apiserver
         cmd = [
             str(binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            f"--cert-dir={pki_dir}", f"--tls-cert-file={pki.serving_cert}",
-            f"--tls-private-key-file={pki.serving_key}", f"--client-ca-file={pki.ca_cert}",
-            f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            "--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24",
+            f"--cert-dir={pki_dir}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--secure-port={port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
             f"--service-account-issuer=https://127.0.0.1:{port}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--allow-privileged=true", "--profiling=false", "--endpoint-reconciler-type=none",
-        ]  # fmt: skip
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--endpoint-reconciler-type=none",
+        ]
         log = self._spawn("apiserver", cmd)
         self._write_kubeconfig(pki)
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -293,16 +317,36 @@ class Platform:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fintech-local", "cluster": {
-                "server": f"https://127.0.0.1:{self.ports.apiserver}",
-                "certificate-authority-data": b64(pki.ca_cert)}}],
-            "users": [{"name": "admin", "user": {
-                "client-certificate-data": b64(pki.admin_cert),
-                "client-key-data": b64(pki.admin_key)}}],
-            "contexts": [{"name": "fintech-local", "context": {
-                "cluster": "fintech-local", "user": "admin", "namespace": "default"}}],
+            "clusters": [
+                {
+                    "name": "fintech-local",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{self.ports.apiserver}",
+                        "certificate-authority-data": b64(pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64(pki.admin_cert),
+                        "client-key-data": b64(pki.admin_key),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "fintech-local",
+                    "context": {
+                        "cluster": "fintech-local",
+                        "user": "admin",
+                        "namespace": "default",
+                    },
+                }
+            ],
             "current-context": "fintech-local",
-        }  # fmt: skip
+        }
         self.kubeconfig.write_text(json.dumps(config, indent=2))
         self.kubeconfig.chmod(0o600)
 
@@ -316,15 +360,43 @@ class Platform:
         _chown_to_pg_user(home)
         data, log = home / "data", self.logs / "postgres.log"
         if not (data / "PG_VERSION").exists():
-            _pg(["initdb", "-D", str(data), "--auth=trust", f"--username={PG_SUPERUSER}",
-                 "--encoding=UTF8", "--no-locale", "--no-sync"])  # fmt: skip
-        options = [f"-p {self.ports.postgres}", f"-k {home}", "-c listen_addresses=127.0.0.1",
-                   "-c max_connections=300"]  # fmt: skip
+            _pg(
+                [
+                    "initdb",
+                    "-D",
+                    str(data),
+                    "--auth=trust",
+                    f"--username={PG_SUPERUSER}",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ]
+            )
+        options = [
+            f"-p {self.ports.postgres}",
+            f"-k {home}",
+            "-c listen_addresses=127.0.0.1",
+            "-c max_connections=300",
+        ]
         if self.fast_disk:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         _chown_to_pg_user(log, create=True)
-        result = _pg(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "120",
-                      "-o", " ".join(options), "start"], check=False)  # fmt: skip
+        result = _pg(
+            [
+                "pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                " ".join(options),
+                "start",
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise PlatformError(f"postgres failed to start: {result.stdout.strip()}; log: {log}")
         self._create_database(DATABASE_NAME)
@@ -340,20 +412,36 @@ class Platform:
     # ---- Kafka --------------------------------------------------------------------------
 
     def _start_kafka(self, binaries: build.Binaries) -> None:
-        _say(f"starting Apache Kafka {versions.KAFKA_VERSION} (KRaft) on "
-             f"{self.kafka_bootstrap_servers}")  # fmt: skip
+        _say(
+            f"starting Apache Kafka {versions.KAFKA_VERSION} (KRaft) on "
+            f"{self.kafka_bootstrap_servers}"
+        )
         home = self.state_dir / "kafka"
         home.mkdir(exist_ok=True)
         properties = home / "server.properties"
         properties.write_text(_kafka_properties(self.ports, home / "data"))
         (home / "log4j2.properties").write_text(_LOG4J2)
         classpath = f"{binaries.kafka_libs}/*"
-        java = [_java(), KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}", "-cp", classpath]  # fmt: skip
+        java = [
+            _java(),
+            KAFKA_HEAP,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+            "-cp",
+            classpath,
+        ]
         if not (home / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                   "-c", str(properties)]  # fmt: skip
+            fmt = [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(properties),
+            ]
             result = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
             if result.returncode != 0:
                 raise PlatformError(f"kafka storage format failed: {result.stdout}{result.stderr}")
@@ -372,8 +460,9 @@ class Platform:
     def _write_env(self, binaries: build.Binaries) -> None:
         env = self.env(binaries)
         path_value = os.pathsep.join([*env["PATH"].split(os.pathsep)[:4], "$PATH"])
-        lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()
-                 if key != "PATH"]  # fmt: skip
+        lines = [
+            f"export {key}={shlex.quote(value)}" for key, value in env.items() if key != "PATH"
+        ]
         lines.append(f'export PATH="{path_value}"')
         self.env_file.write_text("\n".join(lines) + "\n")
 
@@ -459,7 +548,7 @@ def _load_or_generate_pki(directory: Path) -> certs.ApiserverPki:
                     "sa.key",
                     "sa.pub",
                 )
-            )  # fmt: skip
+            )
         )
     return certs.generate(directory)
 
@@ -473,7 +562,7 @@ def _alive(pid: int, marker: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    return marker in cmdline and not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    return marker in cmdline and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def _terminate(name: str, pid: int, marker: str) -> None:
@@ -505,8 +594,13 @@ def _pg_bin() -> Path:
 
 
 def _pg_version() -> str:
-    out = subprocess.run([str(_pg_bin() / "postgres"), "--version"], capture_output=True,
-                         text=True, check=True, timeout=10)  # fmt: skip
+    out = subprocess.run(
+        [str(_pg_bin() / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
     # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the third word is the version.
     return out.stdout.split()[2]
 
@@ -536,8 +630,7 @@ def _pg(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[s
     user = _pg_user()
     if user is not None:
         cmd = ["runuser", "-u", user, "--", *cmd]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False,
-                            cwd="/")  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False, cwd="/")
     if check and result.returncode != 0:
         raise PlatformError(f"postgres: {' '.join(args[:2])} failed: {result.stderr.strip()}")
     return result
@@ -555,6 +648,8 @@ def _ensure_postgres_installed() -> None:
     # We initdb our own cluster; the package's default one would squat on port 5432.
     (conf / "fintech-operator.conf").write_text("create_main_cluster = false\n")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):  # fmt: skip
+    for cmd in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+    ):
         subprocess.run(cmd, check=True, env=env, timeout=900)

@@ -37,15 +37,18 @@ def _status_when(kubectl: Kubectl, ns: str, kind: str, name: str, phases: set[st
 
 
 def test_apply_examples_accrues_one_percent(
-    kubectl: Kubectl, namespace: str, operator_processes: OperatorProcesses,
+    kubectl: Kubectl,
+    namespace: str,
+    operator_processes: OperatorProcesses,
     operator_env: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     """The whole seed path works and the purchase earns exactly 1% in rewards_ledger."""
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     try:
         card = _status_when(kubectl, namespace, "card", "u-demo-card", {"Active", "Rejected"})
-        posting = _status_when(kubectl, namespace, "posting", "purchase-0001",
-                               {"Posted", "Rejected"})  # fmt: skip
+        posting = _status_when(
+            kubectl, namespace, "posting", "purchase-0001", {"Posted", "Rejected"}
+        )
     except AssertionError:
         print(operator_processes.log("operator")[-5000:])
         raise
@@ -60,8 +63,9 @@ def test_apply_examples_accrues_one_percent(
         with psycopg.connect(database_url) as conn:
             return conn.execute(
                 "SELECT id, card, journal_id, kind, points, amount_minor, currency, rate_bps "
-                "FROM rewards_ledger WHERE journal_id = %s", (journal_id,),
-            ).fetchall()  # fmt: skip
+                "FROM rewards_ledger WHERE journal_id = %s",
+                (journal_id,),
+            ).fetchall()
 
     rows = wait_for("a rewards_ledger row", rewards_rows, timeout_seconds=60)
     print("\nrewards_ledger:")
@@ -86,11 +90,13 @@ def _assert_journal_balanced_and_published(database_url: str, journal_id: int) -
     with psycopg.connect(database_url) as conn:
         sums = conn.execute(
             "SELECT direction, SUM(amount_minor) FROM entries WHERE journal_id = %s "
-            "GROUP BY direction ORDER BY direction", (journal_id,),
-        ).fetchall()  # fmt: skip
+            "GROUP BY direction ORDER BY direction",
+            (journal_id,),
+        ).fetchall()
         published = conn.execute(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) "
-            "FROM outbox WHERE journal_id = %s", (journal_id,),
-        ).fetchone()  # fmt: skip
+            "FROM outbox WHERE journal_id = %s",
+            (journal_id,),
+        ).fetchone()
     assert sums == [("credit", PURCHASE_MINOR), ("debit", PURCHASE_MINOR)]
     assert published == (1, 1)

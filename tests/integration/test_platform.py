@@ -68,8 +68,13 @@ async def test_kafka_round_trip(platform_running: RunningPlatform) -> None:
         await producer.send_and_wait(topic, b"hello", key=b"k")
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         record = await asyncio.wait_for(consumer.getone(), 30)

@@ -407,3 +407,13 @@ def test_format_validation_error_lists_indexes_and_caps() -> None:
     message = api.format_validation_error(caught.value, limit=2)
     assert message.startswith("spec.entries[0].amount: ")
     assert message.endswith("; and 2 more")
+
+
+def test_longest_card_account_fits() -> None:
+    """The ledger's longest card account (63-char namespace, 253-char name) is a valid
+    entry account and card status account, so no real card is refused for its name."""
+    account = f"card:{'n' * 63}/{'c' * 253}:USD"
+    data = posting_spec()
+    data["entries"][0]["account"] = account
+    assert api.PostingSpec.model_validate(data).entries is not None
+    assert api.CardStatus.model_validate({"account": account}).account == account

@@ -13,12 +13,20 @@ from fintech_operator.events import schema
 
 def _payload(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "schemaVersion": 1, "type": "posting.posted", "eventId": str(uuid.uuid4()),
-        "journalId": 7, "card": "ns/card", "posting": "ns/p1", "postingType": "Purchase",
-        "amountMinor": 12_500, "currency": "USD", "rewardsRateBps": 100,
-        "earnOn": ["Purchase"], "reversesJournalId": None,
+        "schemaVersion": 1,
+        "type": "posting.posted",
+        "eventId": str(uuid.uuid4()),
+        "journalId": 7,
+        "card": "ns/card",
+        "posting": "ns/p1",
+        "postingType": "Purchase",
+        "amountMinor": 12_500,
+        "currency": "USD",
+        "rewardsRateBps": 100,
+        "earnOn": ["Purchase"],
+        "reversesJournalId": None,
         "occurredAt": "2026-11-29T10:00:00Z",
-    }  # fmt: skip
+    }
     base.update(changes)
     return base
 

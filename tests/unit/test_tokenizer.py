@@ -9,9 +9,14 @@ from fintech_operator.cards import tokenizer
 
 @pytest.mark.parametrize(
     ("number", "valid"),
-    [("4111111111111111", True), ("4111111111111112", False), ("79927398713", True),
-     ("", False), ("4a11", False)],
-)  # fmt: skip
+    [
+        ("4111111111111111", True),
+        ("4111111111111112", False),
+        ("79927398713", True),
+        ("", False),
+        ("4a11", False),
+    ],
+)
 def test_luhn(number: str, valid: bool) -> None:
     """The Luhn check accepts known-good numbers and refuses altered or non-digit ones."""
     assert tokenizer.luhn_valid(number) is valid
@@ -28,9 +33,8 @@ async def test_issue_returns_token_and_last4_only() -> None:
     assert set(vars(first)) == {"token", "last4"}
 
 
-@pytest.mark.parametrize(("token", "last4"), [("tok_x", "123"), ("abc", "1234"),
-                                               ("tok_x", "12a4")])  # fmt: skip
+@pytest.mark.parametrize(("token", "last4"), [("tok_x", "123"), ("abc", "1234"), ("tok_x", "12a4")])
 def test_issued_token_refuses_malformed_values(token: str, last4: str) -> None:
     """A token without the prefix or a last4 that is not four digits is refused."""
-    with pytest.raises(ValueError, match="last4|token"):
+    with pytest.raises(ValueError, match=r"last4|token"):
         tokenizer.IssuedToken(token=token, last4=last4)

@@ -1,0 +1,103 @@
+"""The fintech.dev/v1alpha1 API: pydantic models of every kind, the single source of the CRDs.
+
+Handlers decode ``spec`` and ``status`` with these models (``CardSpec.model_validate``)
+and encode status with :func:`to_api`; ``crdgen`` turns the same models into the CRD
+schemas under ``crds/``. Everything public is listed in ``__all__``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fintech_operator.api import card, cardproduct, posting
+from fintech_operator.api.card import (
+    CardPhase,
+    CardSpec,
+    CardState,
+    CardStatus,
+    CardType,
+    Decision,
+    Holder,
+    KycStatus,
+)
+from fintech_operator.api.cardproduct import CardProductPhase, CardProductSpec, CardProductStatus
+from fintech_operator.api.common import (
+    API_VERSION,
+    CATEGORY,
+    GROUP,
+    READY,
+    VERSION,
+    Condition,
+    ConditionStatus,
+    FeeAmount,
+    KindInfo,
+    Money,
+    PostingType,
+    PrinterColumn,
+    SpendInterval,
+    SpendLimit,
+    conditions_from_status,
+    find_condition,
+    format_validation_error,
+    is_condition_true,
+    set_condition,
+    to_api,
+)
+from fintech_operator.api.posting import (
+    Direction,
+    Entry,
+    Merchant,
+    PostingPhase,
+    PostingReason,
+    PostingSpec,
+    PostingStatus,
+)
+
+# Every kind of the API, in the order their CRDs are generated and installed.
+KINDS: Final[tuple[KindInfo, ...]] = (
+    cardproduct.KIND_INFO,
+    card.KIND_INFO,
+    posting.KIND_INFO,
+)
+
+__all__ = [
+    "API_VERSION",
+    "CATEGORY",
+    "GROUP",
+    "KINDS",
+    "READY",
+    "VERSION",
+    "CardPhase",
+    "CardProductPhase",
+    "CardProductSpec",
+    "CardProductStatus",
+    "CardSpec",
+    "CardState",
+    "CardStatus",
+    "CardType",
+    "Condition",
+    "ConditionStatus",
+    "Decision",
+    "Direction",
+    "Entry",
+    "FeeAmount",
+    "Holder",
+    "KindInfo",
+    "KycStatus",
+    "Merchant",
+    "Money",
+    "PostingPhase",
+    "PostingReason",
+    "PostingSpec",
+    "PostingStatus",
+    "PostingType",
+    "PrinterColumn",
+    "SpendInterval",
+    "SpendLimit",
+    "conditions_from_status",
+    "find_condition",
+    "format_validation_error",
+    "is_condition_true",
+    "set_condition",
+    "to_api",
+]

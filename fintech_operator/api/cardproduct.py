@@ -1,0 +1,124 @@
+"""CardProduct: the terms a family of cards is issued under (currency, rewards, fees, limits)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+import pydantic
+
+from fintech_operator.api import common
+
+RATE_BPS_MAX: Final = 10_000
+EARN_ON_MAX_ITEMS: Final = len(common.PostingType)
+
+
+class CardProductPhase(enum.StrEnum):
+    """Lifecycle of a product as the operator sees it."""
+
+    PENDING = "Pending"
+    READY = "Ready"
+    REJECTED = "Rejected"
+
+
+class CardProductSpec(common.SpecModel):
+    """Desired terms of the product."""
+
+    currency: common.CurrencyCode = pydantic.Field(
+        description=(
+            "ISO 4217 code of the product, three uppercase letters, e.g. USD. Every card "
+            "of the product holds its balance in this currency. Immutable."
+        ),
+        json_schema_extra=common.immutable("currency", "cards hold their balances in it"),
+    )
+    rewards_rate_bps: pydantic.StrictInt = pydantic.Field(
+        default=0,
+        ge=0,
+        le=RATE_BPS_MAX,
+        description=(
+            "Rewards points earned per eligible posting, in basis points of its amount "
+            "in minor units: points = floor(amount x rate / 10000), so 100 = 1%. "
+            f"0 to {RATE_BPS_MAX}; default 0 (no rewards)."
+        ),
+    )
+    earn_on: tuple[common.PostingType, ...] = pydantic.Field(
+        default=(common.PostingType.PURCHASE,),
+        max_length=EARN_ON_MAX_ITEMS,
+        description=(
+            "Posting types that earn points, without duplicates; a Refund of an earning "
+            "posting takes its points back in proportion. Default [Purchase]."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    issuance_fee: common.FeeAmount | None = pydantic.Field(
+        default=None,
+        description="Fee posted to a card when it is issued, in the product currency. "
+        "Absent means no fee.",
+    )
+    spend_limit: common.SpendLimit | None = pydantic.Field(
+        default=None,
+        description="Spend limit of cards that do not set their own, in the product "
+        "currency. Absent means no limit.",
+    )
+
+    @pydantic.field_validator("earn_on")
+    @classmethod
+    def _earn_on_unique(
+        cls, value: tuple[common.PostingType, ...]
+    ) -> tuple[common.PostingType, ...]:
+        """Refuse duplicates: the API server treats the list as a set and would too."""
+        if len(set(value)) != len(value):
+            raise ValueError("earnOn must not list a posting type twice")
+        return value
+
+
+class CardProductStatus(common.StatusModel):
+    """Observed state of the product, written by the operator only."""
+
+    phase: CardProductPhase | None = pydantic.Field(
+        default=None,
+        description="Pending until the operator has checked the product, then Ready "
+        "(cards can be issued) or Rejected (see reason and message).",
+    )
+    cards: common.Count | None = pydantic.Field(
+        default=None, description="Number of cards issued under the product and not closed."
+    )
+    reason: common.Reason | None = pydantic.Field(
+        default=None, description="CamelCase cause of a Rejected phase."
+    )
+    message: common.Message | None = pydantic.Field(
+        default=None, description="Human-readable details of the phase."
+    )
+    conditions: list[common.Condition] = pydantic.Field(
+        default_factory=list,
+        max_length=common.CONDITIONS_MAX_ITEMS,
+        description="Current conditions of the product; Ready is always present once seen.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: common.Generation | None = pydantic.Field(
+        default=None, description="metadata.generation the status was computed from."
+    )
+    kopf: dict[str, Any] | None = common.kopf_status_field()
+
+
+KIND_INFO: Final = common.KindInfo(
+    kind="CardProduct",
+    plural="cardproducts",
+    singular="cardproduct",
+    short_names=("cp",),
+    description=(
+        "CardProduct is the set of terms cards are issued under: currency, rewards rate, "
+        "which postings earn points, issuance fee and the default spend limit."
+    ),
+    spec_model=CardProductSpec,
+    status_model=CardProductStatus,
+    printer_columns=(
+        common.PrinterColumn("Currency", "string", ".spec.currency", "ISO 4217 currency."),
+        common.PrinterColumn(
+            "Rate(bps)", "integer", ".spec.rewardsRateBps", "Rewards rate in basis points."
+        ),
+        common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.PrinterColumn("Cards", "integer", ".status.cards", "Open cards of the product."),
+        common.age_column(),
+    ),
+)

@@ -1,0 +1,336 @@
+"""Types shared by every kind: money, names, conditions and the per-kind CRD facts.
+
+Money is always an integer number of minor units (1250 = 12.50) next to an ISO 4217
+code; ``StrictInt`` refuses floats, numeric strings and booleans so that no float can
+ever become an amount, not even ``12.0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Final
+
+import pydantic
+from pydantic import alias_generators
+from pydantic import config as pydantic_config
+
+GROUP: Final = "fintech.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "fintech"
+
+# 10^15 minor units is 10^13 of a two-decimal currency: far above any real
+# amount, far below int64 overflow even after summing many of them.
+AMOUNT_MINOR_MAX: Final = 10**15
+INT32_MAX: Final = 2**31 - 1
+# Kubernetes' own limits for object names (DNS-1123 subdomain) and condition text.
+OBJECT_NAME_MAX_LENGTH: Final = 253
+CONDITION_MESSAGE_MAX_LENGTH: Final = 32768
+CONDITIONS_MAX_ITEMS: Final = 16
+# A ledger account code such as ``card:<namespace>/<card>:<CUR>`` holds a 63-character
+# namespace and a 253-character name, so 512 leaves room for every kind of account.
+ACCOUNT_MAX_LENGTH: Final = 512
+VALIDATION_MESSAGE_MAX_LENGTH: Final = 1024
+
+READY: Final = "Ready"
+
+# Python attributes carry their unit (``amount_minor``); the YAML contract says
+# ``amount``. Every other name is the plain camelCase of the attribute.
+_ALIAS_OVERRIDES: Final[Mapping[str, str]] = {"amount_minor": "amount"}
+
+
+def api_alias(field_name: str) -> str:
+    """Return the YAML/JSON name of a Python attribute."""
+    return _ALIAS_OVERRIDES.get(field_name) or alias_generators.to_camel(field_name)
+
+
+class SpecModel(pydantic.BaseModel):
+    """Base of user-written objects: unknown fields are errors, never silently dropped."""
+
+    model_config = pydantic.ConfigDict(
+        alias_generator=api_alias,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class StatusModel(pydantic.BaseModel):
+    """Base of operator-written status.
+
+    Unknown keys are ignored rather than refused so that an operator can read the
+    status a newer (or older) version of itself wrote; the CRD schema still prunes
+    anything the API does not declare.
+    """
+
+    model_config = pydantic.ConfigDict(
+        alias_generator=api_alias,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+
+AmountMinor = Annotated[pydantic.StrictInt, pydantic.Field(ge=0, le=AMOUNT_MINOR_MAX)]
+PositiveAmountMinor = Annotated[pydantic.StrictInt, pydantic.Field(ge=1, le=AMOUNT_MINOR_MAX)]
+SignedAmountMinor = Annotated[
+    pydantic.StrictInt, pydantic.Field(ge=-AMOUNT_MINOR_MAX, le=AMOUNT_MINOR_MAX)
+]
+# No upper bound: ``format: int64`` says it, and a 2**63 bound would be rounded by the
+# float64 the API server stores schema bounds in.
+Generation = Annotated[pydantic.StrictInt, pydantic.Field(ge=0)]
+Count = Annotated[pydantic.StrictInt, pydantic.Field(ge=0)]
+CurrencyCode = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{3}$", min_length=3, max_length=3)]
+CountryCode = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{2}$", min_length=2, max_length=2)]
+ObjectName = Annotated[
+    str,
+    pydantic.Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        min_length=1,
+        max_length=OBJECT_NAME_MAX_LENGTH,
+    ),
+]
+# The same rule Kubernetes applies to metav1.Condition.reason: CamelCase words.
+Reason = Annotated[
+    str,
+    pydantic.Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", min_length=1, max_length=1024
+    ),
+]
+Message = Annotated[str, pydantic.Field(max_length=CONDITION_MESSAGE_MAX_LENGTH)]
+Timestamp = pydantic.AwareDatetime
+
+
+class PostingType(enum.StrEnum):
+    """What a posting does to a card account."""
+
+    PURCHASE = "Purchase"
+    REFUND = "Refund"
+    PAYMENT = "Payment"
+    FEE = "Fee"
+    ADJUSTMENT = "Adjustment"
+
+
+class SpendInterval(enum.StrEnum):
+    """The window a spend limit is measured over."""
+
+    PER_TRANSACTION = "PerTransaction"
+    DAILY = "Daily"
+    MONTHLY = "Monthly"
+    LIFETIME = "Lifetime"
+
+
+class SpendLimit(SpecModel):
+    """The most a card may spend in one interval."""
+
+    amount_minor: AmountMinor = pydantic.Field(
+        description=(
+            "Maximum spend in minor units of the card's currency (1250 = 12.50), "
+            f"an integer from 0 to {AMOUNT_MINOR_MAX}; 0 blocks all spending."
+        )
+    )
+    interval: SpendInterval = pydantic.Field(
+        description=(
+            "Window the limit applies to: PerTransaction (each posting alone), Daily and "
+            "Monthly (calendar day and month in UTC) or Lifetime (all postings ever)."
+        )
+    )
+
+
+class FeeAmount(SpecModel):
+    """An amount in the currency of the object that declares it."""
+
+    amount_minor: AmountMinor = pydantic.Field(
+        description=(
+            "Fee in minor units of the product currency (1250 = 12.50), "
+            f"an integer from 0 to {AMOUNT_MINOR_MAX}."
+        )
+    )
+
+
+class Money(StatusModel):
+    """A signed amount with its currency, as reported by the ledger."""
+
+    amount_minor: SignedAmountMinor = pydantic.Field(
+        description=(
+            "Amount in minor units of currency (1250 = 12.50); negative when the account "
+            "is in credit."
+        )
+    )
+    currency: CurrencyCode = pydantic.Field(
+        description="ISO 4217 code of the amount, three uppercase letters, e.g. USD."
+    )
+
+
+class ConditionStatus(enum.StrEnum):
+    """Whether a condition holds, as in Kubernetes' metav1.Condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """One aspect of the object's current state, shaped like Kubernetes' metav1.Condition."""
+
+    type: str = pydantic.Field(
+        pattern=(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+            r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        ),
+        min_length=1,
+        max_length=316,
+        description="Kind of condition in CamelCase, e.g. Ready. Unique within the list.",
+    )
+    status: ConditionStatus = pydantic.Field(
+        description="Whether the condition holds: True, False or Unknown."
+    )
+    reason: Reason = pydantic.Field(
+        description="Machine-readable CamelCase cause of the last transition, e.g. Posted."
+    )
+    message: Message = pydantic.Field(
+        default="",
+        description="Human-readable details of the last transition; may be empty.",
+    )
+    last_transition_time: Timestamp = pydantic.Field(
+        description=(
+            "When status last changed (RFC 3339). It does not move when only the "
+            "reason or message changes."
+        )
+    )
+    observed_generation: Generation | None = pydantic.Field(
+        default=None,
+        description="metadata.generation of the object the condition was computed from.",
+    )
+
+
+def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    """Return the condition of the given type, or None when there is none."""
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_condition_true(conditions: Sequence[Condition], type_: str) -> bool:
+    """Tell whether the condition of the given type exists and has status True."""
+    found = find_condition(conditions, type_)
+    return found is not None and found.status is ConditionStatus.TRUE
+
+
+def set_condition(conditions: Sequence[Condition], new: Condition) -> list[Condition]:
+    """Return a copy of ``conditions`` where ``new`` replaces the condition of its type.
+
+    The transition time records when the status changed, so when the status is the
+    same as before the old ``lastTransitionTime`` is kept even if reason or message
+    differ. A condition of a new type is appended; order is otherwise preserved.
+    """
+    old = find_condition(conditions, new.type)
+    if old is None:
+        return [*conditions, new]
+    if old.status == new.status:
+        new = new.model_copy(update={"last_transition_time": old.last_transition_time})
+    return [new if c.type == new.type else c for c in conditions]
+
+
+def conditions_from_status(raw: Sequence[Mapping[str, Any]] | None) -> list[Condition]:
+    """Parse ``status.conditions`` as read from the API server (absent means empty)."""
+    return [Condition.model_validate(item) for item in raw or ()]
+
+
+def to_api(model: pydantic.BaseModel) -> dict[str, Any]:
+    """Serialize a model the way the API stores it: camelCase names, JSON types, no nulls."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def format_validation_error(
+    error: pydantic.ValidationError, root: str = "spec", limit: int = 5
+) -> str:
+    """Render a validation error as one line naming each bad field, e.g. for status.message.
+
+    At most ``limit`` problems are listed and the text is capped, because the message
+    ends up in a status field and an Event that have size limits of their own.
+    """
+    problems = [_describe(root, item) for item in error.errors(include_url=False)]
+    shown = "; ".join(problems[:limit])
+    if len(problems) > limit:
+        shown += f"; and {len(problems) - limit} more"
+    return shown[:VALIDATION_MESSAGE_MAX_LENGTH]
+
+
+def _describe(root: str, item: Mapping[str, Any]) -> str:
+    """Describe one pydantic error as ``root.path.to.field: message``."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
+    return f"{root}{path}: {item['msg']}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrinterColumn:
+    """One column of ``kubectl get`` output."""
+
+    name: str
+    type: str
+    json_path: str
+    description: str
+    priority: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class KindInfo:
+    """Everything the CRD of one kind needs beyond its spec and status models."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str
+    spec_model: type[pydantic.BaseModel]
+    status_model: type[pydantic.BaseModel]
+    printer_columns: tuple[PrinterColumn, ...]
+    # Fields usable in ``kubectl get --field-selector``, as JSONPaths.
+    selectable_fields: tuple[str, ...] = ()
+
+    @property
+    def crd_name(self) -> str:
+        """The CRD's metadata.name, ``<plural>.<group>``."""
+        return f"{self.plural}.{GROUP}"
+
+
+def cel_rules(*rules: tuple[str, str]) -> pydantic_config.JsonDict:
+    """Schema extra holding CEL validation rules, each a ``(rule, message)`` pair.
+
+    The API server evaluates them on create and update, so bad YAML is refused at
+    apply time with the message instead of being rejected later by the operator.
+    """
+    return {
+        "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]
+    }
+
+
+def immutable(field: str, why: str) -> pydantic_config.JsonDict:
+    """Schema extra refusing any change of a field once the object exists."""
+    return cel_rules(("self == oldSelf", f"{field} is immutable: {why}"))
+
+
+def age_column() -> PrinterColumn:
+    """The conventional last column: time since creation."""
+    return PrinterColumn(
+        name="Age",
+        type="date",
+        json_path=".metadata.creationTimestamp",
+        description="Time since the object was created.",
+    )
+
+
+def kopf_status_field() -> Any:
+    """Field for ``status.kopf``: the framework's own progress and diff-base storage.
+
+    kopf keeps handler progress there when configured to leave annotations alone (so
+    GitOps tools see no drift); the schema must keep it or the API server prunes it.
+    """
+    return pydantic.Field(
+        default=None,
+        description=(
+            "Internal state of the kopf framework (handler progress, last handled "
+            "configuration). Not part of the API; do not rely on it."
+        ),
+    )

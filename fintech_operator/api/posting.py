@@ -1,0 +1,230 @@
+"""Posting: one money movement on a card, recorded once in the double-entry ledger."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+import pydantic
+
+from fintech_operator.api import common
+
+MERCHANT_NAME_MAX_LENGTH: Final = 128
+REFERENCE_MAX_LENGTH: Final = 128
+IDEMPOTENCY_KEY_MAX_LENGTH: Final = 256
+ENTRIES_MIN_ITEMS: Final = 2
+ENTRIES_MAX_ITEMS: Final = 32
+JOURNAL_ID_MAX_LENGTH: Final = 64
+
+
+class PostingPhase(enum.StrEnum):
+    """Lifecycle of a posting: it is decided exactly once."""
+
+    PENDING = "Pending"
+    POSTED = "Posted"
+    REJECTED = "Rejected"
+
+
+class PostingReason(enum.StrEnum):
+    """Why a posting was rejected. The set is fixed; the schema keeps the field open
+    (CamelCase text) so that a status patch from a newer operator is never refused."""
+
+    CARD_NOT_FOUND = "CardNotFound"
+    CARD_NOT_ACTIVE = "CardNotActive"
+    CURRENCY_MISMATCH = "CurrencyMismatch"
+    SPEND_LIMIT_EXCEEDED = "SpendLimitExceeded"
+    UNBALANCED = "Unbalanced"
+    IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
+    ALREADY_REVERSED = "AlreadyReversed"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class Direction(enum.StrEnum):
+    """Side of a double-entry line."""
+
+    DEBIT = "Debit"
+    CREDIT = "Credit"
+
+
+class Merchant(common.SpecModel):
+    """Where a purchase or refund happened."""
+
+    name: str = pydantic.Field(
+        min_length=1,
+        max_length=MERCHANT_NAME_MAX_LENGTH,
+        description=f"Merchant name as shown to the user, 1 to {MERCHANT_NAME_MAX_LENGTH} "
+        "characters.",
+    )
+    mcc: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[0-9]{4}$",
+        min_length=4,
+        max_length=4,
+        description="ISO 18245 merchant category code, exactly four digits, e.g. 5812.",
+    )
+    country: common.CountryCode | None = pydantic.Field(
+        default=None,
+        description="ISO 3166-1 alpha-2 country of the merchant, two uppercase letters.",
+    )
+
+
+class Entry(common.SpecModel):
+    """One explicit line of a double-entry journal."""
+
+    account: str = pydantic.Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9:._/@-]*$",
+        min_length=1,
+        max_length=common.ACCOUNT_MAX_LENGTH,
+        description="Ledger account of the line, e.g. the card's status.account.",
+    )
+    direction: Direction = pydantic.Field(description="Debit or Credit.")
+    amount_minor: common.PositiveAmountMinor = pydantic.Field(
+        description=f"Line amount in minor units of currency, 1 to {common.AMOUNT_MINOR_MAX}."
+    )
+    currency: common.CurrencyCode = pydantic.Field(
+        description="ISO 4217 code of the line, three uppercase letters."
+    )
+
+
+class PostingSpec(common.SpecModel):
+    """Desired posting. The whole spec is immutable: correct a posting by reversing it."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=common.immutable(
+            "spec", "a posting is recorded once; create a Posting that reverses it instead"
+        )
+    )
+
+    card: common.ObjectName = pydantic.Field(
+        description="Name of the Card in the same namespace whose account is posted to."
+    )
+    type: common.PostingType = pydantic.Field(
+        description=(
+            "Purchase and Fee add to what the user owes, Refund and Payment reduce it, "
+            "Adjustment moves it either way (explicit entries recommended)."
+        )
+    )
+    amount_minor: common.PositiveAmountMinor = pydantic.Field(
+        description=(
+            "Amount in minor units of currency (12500 = 125.00), an integer from 1 to "
+            f"{common.AMOUNT_MINOR_MAX}; never a decimal."
+        )
+    )
+    currency: common.CurrencyCode = pydantic.Field(
+        description="ISO 4217 code, three uppercase letters; must equal the card's currency."
+    )
+    merchant: Merchant | None = pydantic.Field(
+        default=None, description="Where the purchase or refund happened, if anywhere."
+    )
+    reference: str | None = pydantic.Field(
+        default=None,
+        min_length=1,
+        max_length=REFERENCE_MAX_LENGTH,
+        description="External identifier from the processor, used by reconciliation to "
+        f"match records; up to {REFERENCE_MAX_LENGTH} characters.",
+    )
+    occurred_at: common.Timestamp | None = pydantic.Field(
+        default=None,
+        description="When the movement happened (RFC 3339). Default: the object's "
+        "creationTimestamp. Daily and Monthly spend limits count it in this UTC window.",
+    )
+    idempotency_key: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[!-~]+$",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+        description=(
+            "Key that posts at most once: printable ASCII without spaces, up to "
+            f"{IDEMPOTENCY_KEY_MAX_LENGTH} characters. Default: <namespace>/<name>, so a "
+            "deleted and re-applied Posting never posts twice."
+        ),
+    )
+    entries: list[Entry] | None = pydantic.Field(
+        default=None,
+        min_length=ENTRIES_MIN_ITEMS,
+        max_length=ENTRIES_MAX_ITEMS,
+        description=(
+            f"Advanced: explicit journal lines ({ENTRIES_MIN_ITEMS} to {ENTRIES_MAX_ITEMS}) "
+            "instead of the lines the type implies. Debits must equal credits per currency "
+            "or the posting is Rejected with reason Unbalanced."
+        ),
+    )
+    reverses: common.ObjectName | None = pydantic.Field(
+        default=None,
+        description="Name of a Posting in the same namespace to reverse; amount and "
+        "currency must match it. A posting can be reversed once (else AlreadyReversed).",
+    )
+    ttl_seconds_after_finished: pydantic.StrictInt | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=common.INT32_MAX,
+        description="Seconds after the posting is Posted or Rejected when the operator "
+        "deletes the object; the ledger keeps the journal. Absent means never.",
+    )
+
+
+class PostingStatus(common.StatusModel):
+    """Observed state of the posting, written by the operator only."""
+
+    phase: PostingPhase | None = pydantic.Field(
+        default=None,
+        description="Pending until decided, then Posted (in the ledger) or Rejected "
+        "(see reason). A decided posting never changes phase.",
+    )
+    journal_id: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        min_length=1,
+        max_length=JOURNAL_ID_MAX_LENGTH,
+        description="Identifier of the ledger journal, as a string so 64-bit ids survive "
+        "JSON clients that use doubles.",
+    )
+    posted_at: common.Timestamp | None = pydantic.Field(
+        default=None, description="When the journal was committed (RFC 3339)."
+    )
+    reason: common.Reason | None = pydantic.Field(
+        default=None,
+        description=(
+            "Why the posting was Rejected, one of: CardNotFound, CardNotActive, "
+            "CurrencyMismatch, SpendLimitExceeded, Unbalanced, IdempotencyConflict, "
+            "AlreadyReversed, InvalidSpec."
+        ),
+    )
+    message: common.Message | None = pydantic.Field(
+        default=None, description="Human-readable details of the decision."
+    )
+    conditions: list[common.Condition] = pydantic.Field(
+        default_factory=list,
+        max_length=common.CONDITIONS_MAX_ITEMS,
+        description="Current conditions of the posting; Ready is True once Posted.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: common.Generation | None = pydantic.Field(
+        default=None, description="metadata.generation the status was computed from."
+    )
+    kopf: dict[str, Any] | None = common.kopf_status_field()
+
+
+KIND_INFO: Final = common.KindInfo(
+    kind="Posting",
+    plural="postings",
+    singular="posting",
+    short_names=("post", "pst"),
+    description=(
+        "Posting is one money movement on a card (purchase, refund, payment, fee or "
+        "adjustment). The operator records it once, as a balanced journal in the ledger, "
+        "and reports the outcome in status. Its spec is immutable."
+    ),
+    spec_model=PostingSpec,
+    status_model=PostingStatus,
+    printer_columns=(
+        common.PrinterColumn("Card", "string", ".spec.card", "Card posted to."),
+        common.PrinterColumn("Type", "string", ".spec.type", "Posting type."),
+        common.PrinterColumn("Amount", "integer", ".spec.amount", "Amount in minor units."),
+        common.PrinterColumn("Currency", "string", ".spec.currency", "ISO 4217 currency."),
+        common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.PrinterColumn("Reason", "string", ".status.reason", "Why it was rejected."),
+        common.age_column(),
+    ),
+    selectable_fields=(".spec.card", ".spec.type"),
+)
