@@ -207,16 +207,38 @@ def operator_env(platform_running: RunningPlatform, migrated_database_url: str) 
 
 
 @pytest.fixture(scope="module")
+def operator_prefix() -> str:
+    """Namespaces of one module share this prefix; the module's operator watches only them.
+
+    Operators of earlier modules are gone, but their objects stay (there is no namespace
+    controller to delete them), so each operator must see only its own module's objects.
+    """
+    return f"m{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
 def operator_processes(
-    operator_env: dict[str, str], crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+    operator_env: dict[str, str],
+    crds_installed: None,
+    operator_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcesses]:
     """Run ``fintech-operator run`` and ``fintech-operator rewards`` for one module."""
     procs = OperatorProcesses(operator_env, tmp_path_factory.mktemp("operator"))
-    group = f"rewards-{uuid.uuid4().hex[:6]}"
-    procs.start("operator", "run", "--liveness-port", "0")
+    group = f"rewards-{operator_prefix}"
+    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
     procs.start("rewards", "rewards", "--group", group)
     yield procs
     procs.stop()
+
+
+@pytest.fixture
+def op_namespace(kubectl: Kubectl, operator_prefix: str) -> Iterator[str]:
+    """A fresh namespace watched by this module's operator."""
+    name = f"{operator_prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def wait_for(

@@ -22,8 +22,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PURCHASE_MINOR = 12_500
 
 
-def _get(kubectl: Kubectl, namespace: str, kind: str, name: str) -> dict[str, Any]:
-    out = kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout
+def _get(kubectl: Kubectl, op_namespace: str, kind: str, name: str) -> dict[str, Any]:
+    out = kubectl("get", "-n", op_namespace, kind, name, "-o", "json").stdout
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -38,16 +38,16 @@ def _status_when(kubectl: Kubectl, ns: str, kind: str, name: str, phases: set[st
 
 def test_apply_examples_accrues_one_percent(
     kubectl: Kubectl,
-    namespace: str,
+    op_namespace: str,
     operator_processes: OperatorProcesses,
     operator_env: dict[str, str],
 ) -> None:
     """The whole seed path works and the purchase earns exactly 1% in rewards_ledger."""
-    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
+    kubectl("apply", "-n", op_namespace, "-f", str(EXAMPLES))
     try:
-        card = _status_when(kubectl, namespace, "card", "u-demo-card", {"Active", "Rejected"})
+        card = _status_when(kubectl, op_namespace, "card", "u-demo-card", {"Active", "Rejected"})
         posting = _status_when(
-            kubectl, namespace, "posting", "purchase-0001", {"Posted", "Rejected"}
+            kubectl, op_namespace, "posting", "purchase-0001", {"Posted", "Rejected"}
         )
     except AssertionError:
         print(operator_processes.log("operator")[-5000:])
@@ -73,15 +73,15 @@ def test_apply_examples_accrues_one_percent(
     for row in rows:
         print(" | ".join(str(v) for v in row))
     assert len(rows) == 1
-    assert rows[0][1] == f"{namespace}/u-demo-card"
+    assert rows[0][1] == f"{op_namespace}/u-demo-card"
     assert rows[0][4] == PURCHASE_MINOR // 100
     _assert_journal_balanced_and_published(database_url, journal_id)
-    balance = wait_for("the card balance in status", lambda: _balance(kubectl, namespace))
+    balance = wait_for("the card balance in status", lambda: _balance(kubectl, op_namespace))
     assert balance == {"amount": PURCHASE_MINOR, "currency": "USD"}
 
 
-def _balance(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
-    status = _get(kubectl, namespace, "card", "u-demo-card").get("status") or {}
+def _balance(kubectl: Kubectl, op_namespace: str) -> dict[str, Any] | None:
+    status = _get(kubectl, op_namespace, "card", "u-demo-card").get("status") or {}
     balance: dict[str, Any] | None = status.get("balance")
     return balance if balance and balance.get("amount") == PURCHASE_MINOR else None
 
