@@ -202,6 +202,8 @@ def operator_env(platform_running: RunningPlatform, migrated_database_url: str) 
         "DATABASE_URL": migrated_database_url,
         "FINTECH_HEALTH_PORT": "0",
         "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",
+        # A posting for a card that never appears is rejected after a few seconds.
+        "FINTECH_MISSING_CARD_RETRY_LIMIT": "3",
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -29,6 +29,7 @@ def cards(
             "currency": (status.get("balance") or {}).get("currency"),
             "spendLimit": spec.get("spendLimit"),
             "product": spec.get("product"),
+            "namespace": namespace,
         }
     }
 

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 import pydantic
 
-from fintech_operator import api
+from fintech_operator import api, kube, posting_rules
 from fintech_operator.events import schema, topics
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model, rules
@@ -41,7 +41,7 @@ def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) ->
 def _card_or_retry(
     cards: kopf.Index[Any, Any], namespace: str, card_name: str, retry: int, limit: int
 ) -> dict[str, Any]:
-    """The issued card; not yet seen or not yet issued is retried, then rejected."""
+    """The card if it exists; not yet seen or not yet issued is retried, then rejected."""
     card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
     pending = card is None or card.get("phase") in (None, "Pending")
     if pending and retry < limit:
@@ -50,9 +50,15 @@ def _card_or_retry(
         )
     if card is None:
         raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
-    if card.get("phase") != "Active":
-        raise Rejection("CardNotActive", f"card {card_name!r} is {card.get('phase') or 'Pending'}")
     return card
+
+
+def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec) -> None:
+    phase = card.get("phase")
+    if not posting_rules.card_accepts(phase, spec.type.value):
+        raise Rejection(
+            "CardNotActive", f"card {spec.card!r} is {phase or 'Pending'}: {spec.type} refused"
+        )
 
 
 def _lines(spec: api.PostingSpec, account: str) -> tuple[model.Line, ...]:
@@ -135,7 +141,7 @@ def build_request(
         reference=spec.reference,
         metadata={
             "posting": f"{namespace}/{name}",
-            "uid": str(body.metadata.uid),
+            "specHash": posting_rules.spec_hash(api.to_api(spec)),
             "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
         },
         events=(_event(spec, namespace, name, product, occurred_at),),
@@ -164,11 +170,13 @@ async def post(
         card = _card_or_retry(
             cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
         )
+        _check_card_accepts(card, posting)
         if posting.reverses:
             result = await _reverse(memo, posting, body, postings)
         else:
-            product = indexes.first(cardproducts, (namespace, str(card.get("product")))) or {}
-            result = await engine.post(memo.pool, build_request(posting, body, card, product))
+            result = await _replay(memo, posting, body) or await engine.post(
+                memo.pool, build_request(posting, body, card, _product(cardproducts, card))
+            )
     except pydantic.ValidationError as exc:
         report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
         return
@@ -179,6 +187,31 @@ async def post(
         report.reject(body, patch, exc.reason, exc.message)
         return
     _posted(body, patch, result)
+
+
+def _product(cardproducts: kopf.Index[Any, Any], card: dict[str, Any]) -> dict[str, Any]:
+    namespace, product = card.get("namespace"), card.get("product")
+    found: dict[str, Any] | None = indexes.first(cardproducts, (str(namespace), str(product)))
+    return found or {}
+
+
+async def _replay(memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body) -> Any:
+    """The first result of this posting's idempotency key, or None if it never posted.
+
+    A deleted and re-applied object has a new uid and creation time, so the ledger's
+    request hash would differ; what must match is the spec, recorded as ``specHash``.
+    """
+    key = posting.idempotency_key or f"{body.metadata.namespace}/{body.metadata.name}"
+    async with memo.pool.connection() as conn:
+        journal = await engine.journal_by_key(conn, key)
+    if journal is None:
+        return None
+    if journal.metadata.get("specHash") != posting_rules.spec_hash(api.to_api(posting)):
+        raise Rejection(
+            "IdempotencyConflict",
+            f"idempotency key {key!r} already posted journal {journal.id} with another spec",
+        )
+    return model.PostResult(journal=journal, replayed=True)
 
 
 async def _reverse(
@@ -212,3 +245,25 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
         }
     )
     kopf.info(body, reason="Posted", message=message)
+
+
+TTL_CHECK_INTERVAL_SECONDS = 5.0
+
+
+def _finished_at(status: kopf.Status) -> datetime.datetime | None:
+    ready = api.find_condition(api.conditions_from_status(status.get("conditions")), api.READY)
+    return None if ready is None else ready.last_transition_time
+
+
+@kopf.timer(
+    api.GROUP, api.VERSION, "postings", interval=TTL_CHECK_INTERVAL_SECONDS,
+    when=lambda spec, status, **_: spec.get("ttlSecondsAfterFinished") is not None
+    and status.get("phase") in DECIDED_PHASES,
+)  # fmt: skip
+async def expire(
+    body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any
+) -> None:
+    """Delete a finished posting after its TTL, like a Job; the ledger keeps the journal."""
+    ttl = spec.get("ttlSecondsAfterFinished")
+    if posting_rules.ttl_due(_finished_at(body.status), ttl, report.now()):
+        await kube.delete("postings", report.namespace_of(namespace), name, uid)

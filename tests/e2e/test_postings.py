@@ -1,0 +1,263 @@
+"""Postings applied with kubectl against the real platform and a real operator process.
+
+Each test states the ledger outcome it proves; every refusal is checked to leave no
+journal behind.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import Kubectl, OperatorProcesses, wait_for
+
+pytestmark = pytest.mark.e2e
+
+PRODUCT = """
+apiVersion: fintech.dev/v1alpha1
+kind: CardProduct
+metadata: {name: standard}
+spec: {currency: USD, rewardsRateBps: 100}
+"""
+CARD = """
+apiVersion: fintech.dev/v1alpha1
+kind: Card
+metadata: {name: %(name)s}
+spec:
+  userId: u_%(name)s
+  product: standard
+  holder: {name: Ada Lovelace, country: GB, kycStatus: Accepted}
+  state: %(state)s
+  spendLimit: {amount: %(limit)d, interval: Daily}
+"""
+
+
+def _posting(name: str, card: str, type_: str, amount: int, **extra: Any) -> str:
+    spec = {"card": card, "type": type_, "amount": amount, "currency": "USD", **extra}
+    return json.dumps({"apiVersion": "fintech.dev/v1alpha1", "kind": "Posting",
+                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
+
+
+def _apply(kubectl: Kubectl, ns: str, text: str, check: bool = True) -> Any:
+    return kubectl("apply", "-n", ns, "-f", "-", input=textwrap.dedent(text), check=check)
+
+
+def _status(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any]:
+    out = kubectl("get", "-n", ns, kind, name, "-o", "json").stdout
+    status: dict[str, Any] = json.loads(out).get("status") or {}
+    return status
+
+
+def _decided(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = _status(kubectl, ns, "posting", name)
+        return status if status.get("phase") in ("Posted", "Rejected") else None
+
+    result: dict[str, Any] = wait_for(f"posting {name} decided", probe, timeout_seconds=60)
+    return result
+
+
+def _card(
+    kubectl: Kubectl, ns: str, name: str, *, state: str = "Active", limit: int = 10**9
+) -> None:
+    _apply(kubectl, ns, PRODUCT)
+    _apply(kubectl, ns, CARD % {"name": name, "state": state, "limit": limit})
+    wait_for(
+        f"card {name} issued",
+        lambda: _status(kubectl, ns, "card", name).get("phase") in ("Active", "Frozen"),
+    )
+
+
+def _journals(database_url: str, key: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM journals WHERE idempotency_key = %s", (key,))
+        found = row.fetchone()
+    return int(found[0]) if found else 0
+
+
+def _balance(database_url: str, account: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT b.debits_minor - b.credits_minor FROM account_balances b "
+            "JOIN accounts a ON a.id = b.account_id WHERE a.code = %s", (account,),
+        ).fetchone()  # fmt: skip
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture(scope="module")
+def database(operator_env: dict[str, str]) -> str:
+    return operator_env["DATABASE_URL"]
+
+
+def test_each_type_posts_with_the_right_balance(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """Purchase, Refund, Payment, Fee and Adjustment all post; the balance is their net."""
+    ns = op_namespace
+    _card(kubectl, ns, "c1")
+    amounts = {"Purchase": 10_000, "Refund": 2_000, "Payment": 3_000, "Fee": 500,
+               "Adjustment": 100}  # fmt: skip
+    for type_, amount in amounts.items():
+        _apply(kubectl, ns, _posting(f"p-{type_.lower()}", "c1", type_, amount))
+    for type_ in amounts:
+        status = _decided(kubectl, ns, f"p-{type_.lower()}")
+        assert status["phase"] == "Posted", status
+        assert int(status["journalId"]) > 0
+    expected = 10_000 - 2_000 - 3_000 + 500 + 100
+    assert _balance(database, f"card:{ns}/c1:USD") == expected
+    shown = wait_for(
+        "card status balance",
+        lambda: (_status(kubectl, ns, "card", "c1").get("balance") or {}).get("amount") == expected,
+    )
+    assert shown
+
+
+def test_reapplying_a_deleted_posting_never_posts_twice(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """Delete and re-apply (as Argo CD may): the same journal comes back, one journal total."""
+    ns = op_namespace
+    _card(kubectl, ns, "c2")
+    text = _posting("again", "c2", "Purchase", 700)
+    _apply(kubectl, ns, text)
+    first = _decided(kubectl, ns, "again")
+    kubectl("delete", "-n", ns, "posting", "again")
+    _apply(kubectl, ns, text)
+    second = _decided(kubectl, ns, "again")
+    assert first["phase"] == second["phase"] == "Posted"
+    assert first["journalId"] == second["journalId"]
+    assert _journals(database, f"{ns}/again") == 1
+    assert _balance(database, f"card:{ns}/c2:USD") == 700
+
+
+def test_same_explicit_key_with_another_body_is_a_conflict(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A second object reusing an idempotency key with a different amount is rejected."""
+    ns = op_namespace
+    _card(kubectl, ns, "c3")
+    _apply(kubectl, ns, _posting("k1", "c3", "Purchase", 100, idempotencyKey="ext-42"))
+    assert _decided(kubectl, ns, "k1")["phase"] == "Posted"
+    _apply(kubectl, ns, _posting("k2", "c3", "Purchase", 999, idempotencyKey="ext-42"))
+    status = _decided(kubectl, ns, "k2")
+    assert (status["phase"], status["reason"]) == ("Rejected", "IdempotencyConflict")
+    assert _journals(database, "ext-42") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "card", "extra", "reason"),
+    [
+        ("unknown-card", "nope", {}, "CardNotFound"),
+        ("wrong-currency", "c4", {"currency": "EUR"}, "CurrencyMismatch"),
+        ("over-limit", "c4", {"amount": 60_000}, "SpendLimitExceeded"),
+        ("unbalanced", "c4", {"entries": "UNBALANCED"}, "Unbalanced"),
+    ],
+)
+def test_bad_postings_end_rejected_with_reason_and_no_journal(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str,
+    name: str, card: str, extra: dict[str, Any], reason: str,
+) -> None:  # fmt: skip
+    """Each semantically bad posting ends Rejected with its reason, an Event, and no journal."""
+    ns = op_namespace
+    _card(kubectl, ns, "c4", limit=50_000)
+    if extra.get("entries") == "UNBALANCED":
+        extra = {"entries": [
+            {"account": f"card:{ns}/c4:USD", "direction": "Debit", "amount": 500,
+             "currency": "USD"},
+            {"account": "system:adjustments:USD", "direction": "Credit", "amount": 400,
+             "currency": "USD"},
+        ]}  # fmt: skip
+    amount = extra.pop("amount", 1_000)
+    _apply(kubectl, ns, _posting(name, card, "Purchase", amount, **extra))
+    status = _decided(kubectl, ns, name)
+    assert (status["phase"], status.get("reason")) == ("Rejected", reason), status
+    assert status["message"]
+    assert _journals(database, f"{ns}/{name}") == 0
+    events = kubectl("get", "events", "-n", ns, "--field-selector",
+                     f"involvedObject.name={name}", "-o", "json").stdout  # fmt: skip
+    assert reason in events
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("amount", 0, "spec.amount"),
+        ("amount", -5, "spec.amount"),
+        ("amount", 10**16, "spec.amount"),
+        ("amount", 12.5, "spec.amount"),
+        ("merchant", {"name": "X", "mcc": "58a4"}, "spec.merchant.mcc"),
+    ],
+)
+def test_malformed_postings_are_refused_at_apply_time(
+    kubectl: Kubectl, op_namespace: str, field: str, value: Any, named: str
+) -> None:
+    """Zero, negative, huge and fractional amounts and a malformed MCC never reach the ledger."""
+    spec = {"card": "c", "type": "Purchase", "amount": 100, "currency": "USD", field: value}
+    doc = json.dumps({"apiVersion": "fintech.dev/v1alpha1", "kind": "Posting",
+                      "metadata": {"name": "bad"}, "spec": spec})  # fmt: skip
+    result = _apply(kubectl, op_namespace, doc, check=False)
+    assert result.returncode != 0
+    assert named in result.stderr
+
+
+def test_posted_spec_cannot_be_edited(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
+) -> None:
+    """Changing the amount of a posted Posting is refused by the API server (CEL)."""
+    ns = op_namespace
+    _card(kubectl, ns, "c5")
+    _apply(kubectl, ns, _posting("fixed", "c5", "Purchase", 100))
+    assert _decided(kubectl, ns, "fixed")["phase"] == "Posted"
+    result = _apply(kubectl, ns, _posting("fixed", "c5", "Purchase", 200), check=False)
+    assert result.returncode != 0
+    assert "immutable" in result.stderr
+
+
+def test_reversal_once_then_refused(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A reversal restores the balance; reversing it again or twice is rejected."""
+    ns = op_namespace
+    _card(kubectl, ns, "c6")
+    _apply(kubectl, ns, _posting("buy", "c6", "Purchase", 4_000))
+    assert _decided(kubectl, ns, "buy")["phase"] == "Posted"
+    _apply(kubectl, ns, _posting("undo", "c6", "Purchase", 4_000, reverses="buy"))
+    assert _decided(kubectl, ns, "undo")["phase"] == "Posted"
+    assert _balance(database, f"card:{ns}/c6:USD") == 0
+    _apply(kubectl, ns, _posting("undo2", "c6", "Purchase", 4_000, reverses="buy"))
+    assert _decided(kubectl, ns, "undo2")["reason"] == "AlreadyReversed"
+    _apply(kubectl, ns, _posting("undo3", "c6", "Purchase", 4_000, reverses="undo"))
+    assert _decided(kubectl, ns, "undo3")["phase"] == "Rejected"
+    assert _balance(database, f"card:{ns}/c6:USD") == 0
+
+
+def test_frozen_card_refuses_purchases_but_takes_refunds(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
+) -> None:
+    """A Frozen card rejects a purchase with CardNotActive and still posts a refund."""
+    ns = op_namespace
+    _card(kubectl, ns, "c7", state="Frozen")
+    _apply(kubectl, ns, _posting("f-buy", "c7", "Purchase", 100))
+    _apply(kubectl, ns, _posting("f-refund", "c7", "Refund", 100))
+    assert _decided(kubectl, ns, "f-buy")["reason"] == "CardNotActive"
+    assert _decided(kubectl, ns, "f-refund")["phase"] == "Posted"
+
+
+def test_ttl_deletes_the_object_and_keeps_the_journal(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """ttlSecondsAfterFinished removes the finished Posting; its journal stays in the ledger."""
+    ns = op_namespace
+    _card(kubectl, ns, "c8")
+    _apply(kubectl, ns, _posting("short", "c8", "Purchase", 300, ttlSecondsAfterFinished=1))
+    assert _decided(kubectl, ns, "short")["phase"] == "Posted"
+
+    def gone() -> bool:
+        return kubectl("get", "-n", ns, "posting", "short", check=False).returncode != 0
+
+    assert wait_for("posting deleted by its TTL", gone, timeout_seconds=30)
+    assert _journals(database, f"{ns}/short") == 1
