@@ -9,6 +9,8 @@ command -v java >/dev/null 2>&1 || missing="$missing openjdk-17-jre-headless"
 command -v mvn >/dev/null 2>&1 || missing="$missing maven"
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgresql"
 command -v runuser >/dev/null 2>&1 || missing="$missing util-linux"
+# Argo CD runs health checks in Lua 5.1; the tests run ours with the same language version.
+command -v lua5.1 >/dev/null 2>&1 || missing="$missing lua5.1"
 if [ -z "$missing" ]; then
   exit 0
 fi
