@@ -20,6 +20,8 @@ from tests.conftest import Kubectl, OperatorProcesses, wait_for
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PURCHASE_MINOR = 12_500
+# Purchase 125.00, refund 25.00, payment 50.00, fee 3.00, adjustment 1.00.
+BALANCE_MINOR = 12_500 - 2_500 - 5_000 + 300 + 100
 
 
 def _get(kubectl: Kubectl, op_namespace: str, kind: str, name: str) -> dict[str, Any]:
@@ -77,13 +79,13 @@ def test_apply_examples_accrues_one_percent(
     assert rows[0][4] == PURCHASE_MINOR // 100
     _assert_journal_balanced_and_published(database_url, journal_id)
     balance = wait_for("the card balance in status", lambda: _balance(kubectl, op_namespace))
-    assert balance == {"amount": PURCHASE_MINOR, "currency": "USD"}
+    assert balance == {"amount": BALANCE_MINOR, "currency": "USD"}
 
 
 def _balance(kubectl: Kubectl, op_namespace: str) -> dict[str, Any] | None:
     status = _get(kubectl, op_namespace, "card", "u-demo-card").get("status") or {}
     balance: dict[str, Any] | None = status.get("balance")
-    return balance if balance and balance.get("amount") == PURCHASE_MINOR else None
+    return balance if balance and balance.get("amount") == BALANCE_MINOR else None
 
 
 def _assert_journal_balanced_and_published(database_url: str, journal_id: int) -> None:
