@@ -1,0 +1,855 @@
+"""The ledger's PostgreSQL adapter (async psycopg 3): posting, reversal, balances, accounts.
+
+Error policy (house rule 8), the same for every function here:
+
+- :class:`model.LedgerError` subclasses are permanent decisions about the request (bad input,
+  unknown account, limit exceeded, idempotency conflict). Nothing was written. Handlers turn them
+  into a ``Rejected`` status with ``error.reason``; retrying gives the same answer.
+- Serialization failures (40001) and deadlocks (40P01) are retried inside :func:`post` and
+  :func:`reverse`, at most ``Limits.attempts_max`` times with a small jittered backoff.
+- A unique violation on the idempotency key is a replay, never an error: the first journal is
+  returned with ``replayed=True`` (or :class:`model.IdempotencyConflict` if the request differs).
+- Anything else is a ``psycopg.Error`` (connection lost, lock or statement timeout, retries
+  exhausted): transient, safe to retry, because the transaction was rolled back.
+
+Isolation: every transaction runs at READ COMMITTED, set explicitly because a server default may
+differ. Correctness comes from row locks, not from snapshots: :func:`post` locks the card accounts
+it writes (``FOR NO KEY UPDATE``, in id order so concurrent postings cannot deadlock), and each
+later statement takes a fresh snapshot, so the spend-limit read sees every posting committed
+before the lock was granted (Invariant 8). REPEATABLE READ would be wrong here: a transaction that
+waited for the lock would keep its older snapshot and miss the postings it waited for.
+
+System accounts (``network_settlement`` and friends) are not locked: every posting touches them, so
+locking them would serialise all postings of a currency for the whole transaction. Their balance
+rows are still updated atomically (by a trigger), and entries are inserted in account-id order, so
+those row locks are also taken in one global order and are held only from insert to commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+
+from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow, tuple_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator.ledger import model, rules
+
+Cursor = AsyncCursor[TupleRow]
+
+# The risk engine's hook: runs inside the posting transaction after the account locks, so its
+# reads (velocity, history) are consistent with the write; it refuses by raising a LedgerError.
+Check = Callable[[AsyncConnection[Any], model.PostingRequest], Awaitable[None]]
+
+_T = TypeVar("_T")
+_RETRYABLE: Final = (errors.SerializationFailure, errors.DeadlockDetected)
+_ENTRIES_LIMIT_MAX: Final = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one ledger call. Checked on construction, so a bad setting fails at start-up."""
+
+    attempts_max: int = 5  # Tries of one transaction on serialization failure or deadlock.
+    backoff_base_ms: int = 5  # First retry waits about this long; doubles per try.
+    backoff_max_ms: int = 200  # Cap of one wait.
+    lock_timeout_ms: int = 5_000  # Longest wait for a row lock (another posting on the card).
+    statement_timeout_ms: int = 15_000  # Longest single statement.
+    pool_timeout_seconds: float = 10.0  # Longest wait for a pooled connection.
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts_max <= 20:
+            raise ValueError(f"attempts_max must be in 1..20, got {self.attempts_max}")
+        if not 0 < self.backoff_base_ms <= self.backoff_max_ms <= 10_000:
+            raise ValueError("need 0 < backoff_base_ms <= backoff_max_ms <= 10000")
+        if not 0 < self.lock_timeout_ms <= self.statement_timeout_ms <= 600_000:
+            raise ValueError("need 0 < lock_timeout_ms <= statement_timeout_ms <= 600000")
+        if not 0 < self.pool_timeout_seconds <= 600:
+            raise ValueError("pool_timeout_seconds must be in (0, 600]")
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one transaction will write: a validated request, or a reversal built from the DB."""
+
+    idempotency_key: str
+    request_hash: str
+    kind: model.PostingKind
+    lines: tuple[model.Line, ...]
+    reference: str | None
+    occurred_at: datetime | None  # None: the database's now() (reversals).
+    metadata: Mapping[str, object]
+    events: tuple[model.OutboxEvent, ...]
+    reverses_journal_id: int | None = None
+
+    @property
+    def account_codes(self) -> list[str]:
+        return sorted({line.account_code for line in self.lines})
+
+
+@dataclass(frozen=True)
+class _AccountRow:
+    id: int
+    code: str
+    kind: model.AccountKind
+    currency: str
+    status: model.AccountStatus
+    # (debits, credits, entry count) read under the row lock; None for unlocked system accounts.
+    totals: tuple[int, int, int] | None
+
+
+# --- Accounts -----------------------------------------------------------------------------------
+
+
+async def open_account(
+    conn: AsyncConnection[Any],
+    code: str,
+    currency: str,
+    kind: model.AccountKind,
+    normal_balance: model.Direction,
+    *,
+    metadata: Mapping[str, object] | None = None,
+) -> model.Account:
+    """Open an account, or return it if it exists with the same currency, kind and normal balance.
+
+    An existing account keeps its first metadata and its status (a closed account stays closed).
+    """
+    kind = model.as_enum(model.AccountKind, kind, "kind")
+    normal = model.as_enum(model.Direction, normal_balance, "normal_balance")
+    model.check_account_code(code, kind, model.check_currency(currency))
+    data = model.check_json_object({} if metadata is None else metadata, "account metadata")
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency, metadata)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (code) DO NOTHING",
+            (code, kind.value, normal.value, currency, Jsonb(dict(data))),
+        )
+        account = await _account(cur, code)
+    if (account.currency, account.kind, account.normal_balance) != (currency, kind, normal):
+        raise model.AccountConflict(
+            f"account {code} exists as {account.kind} {account.normal_balance}-normal"
+            f" {account.currency}"
+        )
+    return account
+
+
+async def open_card_account(
+    conn: AsyncConnection[Any],
+    namespace: str,
+    card: str,
+    currency: str,
+    metadata: Mapping[str, object] | None = None,
+) -> model.Account:
+    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``."""
+    code = model.card_account_code(namespace, card, currency)
+    return await open_account(
+        conn, code, currency, model.AccountKind.CARD, model.CARD_NORMAL_BALANCE, metadata=metadata
+    )
+
+
+async def ensure_system_accounts(conn: AsyncConnection[Any], currency: str) -> list[model.Account]:
+    """Open every system account of ``currency`` (idempotent). :func:`post` also opens on demand."""
+    return [
+        await open_account(
+            conn,
+            model.system_account_code(account, currency),
+            currency,
+            model.AccountKind.SYSTEM,
+            normal,
+        )
+        for account, normal in model.SYSTEM_NORMAL_BALANCE.items()
+    ]
+
+
+async def close_account(conn: AsyncConnection[Any], code: str) -> model.Account:
+    """Close a card account whose balance is zero; closing is final and idempotent."""
+    async with _transaction(conn) as cur:
+        await cur.execute("SELECT id FROM accounts WHERE code = %s FOR NO KEY UPDATE", (code,))
+        if await cur.fetchone() is None:
+            raise model.AccountNotFound(f"account {code} does not exist")
+        account = await _account(cur, code)  # A fresh statement: sees postings we waited for.
+        if account.kind is model.AccountKind.SYSTEM:
+            raise model.InvalidRequest(f"system account {code} cannot be closed")
+        if account.status is model.AccountStatus.CLOSED:
+            return account
+        held = await _balance(cur, code)
+        if held.debits_minor != held.credits_minor:
+            raise model.AccountNotEmpty(f"account {code} has balance {held.balance_minor}")
+        await cur.execute(
+            "UPDATE accounts SET status = 'closed', closed_at = now() WHERE id = %s", (account.id,)
+        )
+        return await _account(cur, code)
+
+
+async def account(conn: AsyncConnection[Any], code: str) -> model.Account:
+    async with _transaction(conn) as cur:
+        return await _account(cur, code)
+
+
+# --- Posting ------------------------------------------------------------------------------------
+
+
+async def post(
+    pool: AsyncConnectionPool[Any],
+    request: model.PostingRequest,
+    *,
+    check: Check | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> model.PostResult:
+    """Post a balanced journal, its entries, balances and outbox rows in ONE transaction.
+
+    In order: lock the card accounts; return the first journal if the key already posted (or
+    raise IdempotencyConflict); check accounts are open and in the line's currency; enforce the
+    spend guard; run ``check``; write; read back and verify; commit.
+    """
+    if not isinstance(request, model.PostingRequest):
+        raise model.InvalidRequest("post needs a model.PostingRequest")
+    plan = _Plan(
+        idempotency_key=request.idempotency_key,
+        request_hash=rules.request_hash(request),
+        kind=request.kind,
+        lines=tuple(request.lines),
+        reference=request.reference,
+        occurred_at=request.occurred_at,
+        metadata=request.metadata,
+        events=tuple(request.events),
+    )
+
+    async def attempt(cur: Cursor) -> model.PostResult:
+        return await _post_locked(cur, plan, request, check)
+
+    return await _run(pool, limits, attempt)
+
+
+async def reverse(
+    pool: AsyncConnectionPool[Any],
+    idempotency_key: str,
+    journal_id: int,
+    reason: str,
+    *,
+    events: Sequence[model.OutboxEvent] = (),
+    limits: Limits = DEFAULT_LIMITS,
+) -> model.PostResult:
+    """Post the opposite of journal ``journal_id`` (at most once) and return the reversal.
+
+    The reversal is an ordinary journal of kind ``Reversal`` whose ``reverses_journal_id`` points
+    at the original; the database's UNIQUE constraint on it makes a second reversal impossible.
+    """
+    model.check_text(idempotency_key, "idempotency_key")
+    model.check_text(reason, "reason")
+    if type(journal_id) is not int or journal_id <= 0:
+        raise model.InvalidRequest("journal_id must be a positive int")
+    checked_events = _checked_events(events)
+    request_hash = rules.reversal_request_hash(journal_id, reason)
+
+    async def attempt(cur: Cursor) -> model.PostResult:
+        original = await _reversible(cur, idempotency_key, request_hash, journal_id)
+        if isinstance(original, model.PostResult):
+            return original
+        plan = _Plan(
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            kind=model.PostingKind.REVERSAL,
+            lines=rules.reversal_lines(original.lines),
+            reference=original.reference,
+            occurred_at=None,
+            metadata={"reason": reason},
+            events=checked_events,
+            reverses_journal_id=journal_id,
+        )
+        return await _reverse_locked(cur, plan)
+
+    return await _run(pool, limits, attempt)
+
+
+async def _post_locked(
+    cur: Cursor, plan: _Plan, request: model.PostingRequest, check: Check | None
+) -> model.PostResult:
+    accounts = await _lock_accounts(cur, plan.account_codes)
+    # Idempotency is checked after the locks, not before: a racer with the same key that
+    # committed while we waited must be a replay, before any limit check could refuse it.
+    existing = await _existing(cur, plan)
+    if existing is not None:
+        return existing
+    _check_accounts(accounts, plan.lines)
+    if request.guard is not None:
+        await _check_guard(cur, accounts[request.guard.account_code], request, request.guard)
+    if check is not None:
+        await check(cur.connection, request)
+    return await _write(cur, plan, accounts)
+
+
+async def _reversible(
+    cur: Cursor, key: str, request_hash: str, journal_id: int
+) -> model.Journal | model.PostResult:
+    """The journal to reverse, or the earlier result when this reversal was already posted."""
+    existing = await _existing_by_key(cur, key, request_hash)
+    if existing is not None:
+        return existing
+    original = await _load_journal(cur, journal_id)
+    if original is None:
+        raise model.JournalNotFound(f"journal {journal_id} does not exist")
+    if original.kind is model.PostingKind.REVERSAL:
+        raise model.NotReversible(f"journal {journal_id} is a reversal; post it again instead")
+    return original
+
+
+async def _reverse_locked(cur: Cursor, plan: _Plan) -> model.PostResult:
+    accounts = await _lock_accounts(cur, plan.account_codes)
+    existing = await _existing(cur, plan)
+    if existing is not None:
+        return existing
+    await cur.execute(
+        "SELECT id FROM journals WHERE reverses_journal_id = %s", (plan.reverses_journal_id,)
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        raise model.AlreadyReversed(
+            f"journal {plan.reverses_journal_id} was already reversed by journal {row[0]}"
+        )
+    _check_accounts(accounts, plan.lines)
+    return await _write(cur, plan, accounts)
+
+
+async def _run(
+    pool: AsyncConnectionPool[Any], limits: Limits, body: Callable[[Cursor], Awaitable[_T]]
+) -> _T:
+    """Run ``body`` in a fresh READ COMMITTED transaction, retrying 40001/40P01 a bounded time."""
+    attempt = 1
+    while True:
+        try:
+            async with (
+                pool.connection(timeout=limits.pool_timeout_seconds) as conn,
+                _transaction(conn, limits, top_level=True) as cur,
+            ):
+                return await body(cur)
+        except _RETRYABLE:
+            if attempt >= limits.attempts_max:
+                raise
+            await asyncio.sleep(_backoff_seconds(limits, attempt))
+            attempt += 1
+
+
+def _backoff_seconds(limits: Limits, attempt: int) -> float:
+    """Exponential backoff with jitter in [50%, 100%], so racers do not retry in lock-step."""
+    cap_ms = min(limits.backoff_max_ms, limits.backoff_base_ms << (attempt - 1))
+    return cap_ms * (500 + secrets.randbelow(501)) / 1_000_000
+
+
+@asynccontextmanager
+async def _transaction(
+    conn: AsyncConnection[Any], limits: Limits = DEFAULT_LIMITS, *, top_level: bool = False
+) -> AsyncIterator[Cursor]:
+    """A transaction (or a savepoint inside the caller's) with a tuple-row cursor.
+
+    Isolation and timeouts can only be set when this is the outermost transaction; inside the
+    caller's transaction they are the caller's, and it must be READ COMMITTED (the default).
+    """
+    outermost = conn.info.transaction_status is TransactionStatus.IDLE
+    if top_level and not outermost:
+        raise RuntimeError("a pooled connection must not be inside a transaction")
+    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        if outermost:
+            # Integers from a validated Limits: nothing user-controlled reaches this text.
+            await cur.execute(
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;"
+                f" SET LOCAL lock_timeout = {int(limits.lock_timeout_ms)};"
+                f" SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}".encode()
+            )
+        yield cur
+
+
+# --- Posting steps ------------------------------------------------------------------------------
+
+_LOCK_ACCOUNTS: Final = """
+WITH locked AS (
+    SELECT a.id, a.code, a.kind, a.currency, a.status,
+           b.debits_minor, b.credits_minor, b.entry_count
+      FROM accounts a
+      JOIN account_balances b ON b.account_id = a.id
+     WHERE a.code = ANY(%(codes)s) AND a.kind <> 'system'
+     ORDER BY a.id
+       FOR NO KEY UPDATE OF a, b
+)
+SELECT * FROM locked
+UNION ALL
+SELECT a.id, a.code, a.kind, a.currency, a.status, NULL, NULL, NULL
+  FROM accounts a
+ WHERE a.code = ANY(%(codes)s) AND a.kind = 'system'
+"""
+
+
+async def _lock_accounts(cur: Cursor, codes: list[str]) -> dict[str, _AccountRow]:
+    """Lock the card accounts of ``codes`` in id order; read the rest. Opens missing system ones.
+
+    The balance rows are locked with their accounts so that, if a concurrent posting updated them
+    while we waited, PostgreSQL returns the newest version (the totals verified after the write).
+    """
+    accounts = await _select_accounts(cur, codes)
+    missing_system = {
+        code: parsed
+        for code in codes
+        if code not in accounts and (parsed := model.parse_system_code(code)) is not None
+    }
+    for code, (system, currency) in missing_system.items():
+        await _insert_system_account(cur, code, system, currency)
+    if missing_system:
+        accounts.update(await _select_accounts(cur, list(missing_system)))
+    return accounts
+
+
+async def _select_accounts(cur: Cursor, codes: list[str]) -> dict[str, _AccountRow]:
+    await cur.execute(_LOCK_ACCOUNTS, {"codes": codes})
+    rows = await cur.fetchall()
+    return {
+        str(code): _AccountRow(
+            id=int(id_),
+            code=str(code),
+            kind=model.AccountKind(kind),
+            currency=str(currency),
+            status=model.AccountStatus(status),
+            totals=None if debits is None else (int(debits), int(credits), int(count)),
+        )
+        for id_, code, kind, currency, status, debits, credits, count in rows
+    }
+
+
+async def _insert_system_account(
+    cur: Cursor, code: str, system: model.SystemAccount, currency: str
+) -> None:
+    normal = model.SYSTEM_NORMAL_BALANCE[system]
+    await cur.execute(
+        "INSERT INTO accounts (code, kind, normal_balance, currency)"
+        " VALUES (%s, 'system', %s, %s) ON CONFLICT (code) DO NOTHING",
+        (code, normal.value, currency),
+    )
+
+
+def _check_accounts(accounts: Mapping[str, _AccountRow], lines: Iterable[model.Line]) -> None:
+    for line in lines:
+        account = accounts.get(line.account_code)
+        if account is None:
+            raise model.AccountNotFound(f"account {line.account_code} does not exist")
+        if account.status is not model.AccountStatus.OPEN:
+            raise model.AccountClosed(f"account {line.account_code} is closed")
+        if account.currency != line.currency:
+            raise model.CurrencyMismatch(
+                f"line in {line.currency} on account {line.account_code} in {account.currency}"
+            )
+
+
+async def _check_guard(
+    cur: Cursor, account: _AccountRow, request: model.PostingRequest, guard: model.SpendGuard
+) -> None:
+    """Invariant 8: the spend read and the posting happen under the same account lock."""
+    if account.totals is None:
+        raise model.InvalidRequest("a spend guard must be on a card account, not a system one")
+    requested = rules.requested_spend(request, guard.account_code)
+    spent = 0
+    if guard.interval is not model.SpendInterval.PER_TRANSACTION:
+        start = rules.spend_window_start(guard.interval, guard.now)
+        spent = await _spent_since(cur, account.id, start)
+    rules.check_spend(guard, spent, requested)
+
+
+async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:
+    """Debits of spend kinds to the account posted since ``start``, minus reversed ones.
+
+    Reads only the window's range of the partial index on (account_id, posted_at), so a Daily
+    limit costs the same on a card with years of history. Lifetime reads every debit.
+    """
+    await cur.execute(
+        """
+        SELECT coalesce(sum(e.amount_minor), 0)
+          FROM entries e
+          JOIN journals j ON j.id = e.journal_id
+         WHERE e.account_id = %(account)s
+           AND e.direction = 'debit'
+           AND e.posted_at >= coalesce(%(start)s::timestamptz, '-infinity')
+           AND j.kind = ANY(%(kinds)s)
+           AND NOT EXISTS (SELECT 1 FROM journals r WHERE r.reverses_journal_id = j.id)
+        """,
+        {"account": account_id, "kinds": sorted(rules.SPEND_KINDS), "start": start},
+    )
+    row = await cur.fetchone()
+    return _exact_int(None if row is None else row[0], "spent")
+
+
+async def _existing(cur: Cursor, plan: _Plan) -> model.PostResult | None:
+    return await _existing_by_key(cur, plan.idempotency_key, plan.request_hash)
+
+
+async def _existing_by_key(cur: Cursor, key: str, request_hash: str) -> model.PostResult | None:
+    """Invariant 3: the first journal of ``key`` if it has the same hash; a conflict otherwise."""
+    await cur.execute("SELECT id, request_hash FROM journals WHERE idempotency_key = %s", (key,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    journal_id, first_hash = int(row[0]), str(row[1])
+    if first_hash != request_hash:
+        raise model.IdempotencyConflict(
+            f"idempotency key {key!r} already posted journal {journal_id} for another request"
+        )
+    journal = await _load_journal(cur, journal_id)
+    if journal is None:
+        raise model.InvariantViolation(f"journal {journal_id} has no entries")
+    return model.PostResult(journal=journal, replayed=True)
+
+
+async def _write(cur: Cursor, plan: _Plan, accounts: Mapping[str, _AccountRow]) -> model.PostResult:
+    journal_id = await _insert_journal(cur, plan)
+    if journal_id is None:
+        # A racer with the same key committed between our check and our insert.
+        existing = await _existing(cur, plan)
+        if existing is None:
+            raise model.InvariantViolation(f"key {plan.idempotency_key!r} conflicted but is absent")
+        return existing
+    await _insert_entries(cur, journal_id, plan.lines, accounts)
+    await _insert_outbox(cur, journal_id, plan.events)
+    journal = _verified_journal(await _load_journal(cur, journal_id), plan)
+    await _verify_totals(cur, plan, accounts)
+    return model.PostResult(journal=journal, replayed=False)
+
+
+async def _insert_journal(cur: Cursor, plan: _Plan) -> int | None:
+    """Insert the journal; ``None`` when the idempotency key was taken by a concurrent racer."""
+    try:
+        await cur.execute(
+            """
+            INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at,
+                                  reverses_journal_id, metadata)
+            VALUES (%s, %s, %s, %s, coalesce(%s::timestamptz, now()), %s, %s)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+            """,
+            (
+                plan.idempotency_key,
+                plan.request_hash,
+                plan.kind.value,
+                plan.reference,
+                plan.occurred_at,
+                plan.reverses_journal_id,
+                Jsonb(dict(plan.metadata)),
+            ),
+        )
+    except errors.UniqueViolation as exc:
+        if exc.diag.constraint_name == "journals_reverses_journal_id_key":
+            raise model.AlreadyReversed(
+                f"journal {plan.reverses_journal_id} was already reversed"
+            ) from exc
+        raise
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def _insert_entries(
+    cur: Cursor, journal_id: int, lines: Iterable[model.Line], accounts: Mapping[str, _AccountRow]
+) -> None:
+    # Account-id order: the balance trigger then locks balance rows in one global order.
+    rows = sorted(
+        (accounts[line.account_code].id, line.direction.value, line.amount_minor, line.currency)
+        for line in lines
+    )
+    await cur.executemany(
+        "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [(journal_id, *row) for row in rows],
+    )
+
+
+async def _insert_outbox(cur: Cursor, journal_id: int, events: Sequence[model.OutboxEvent]) -> None:
+    if not events:
+        return
+    try:
+        await cur.executemany(
+            "INSERT INTO outbox (event_id, topic, key, payload, headers, journal_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    e.event_id,
+                    e.topic,
+                    e.key,
+                    Jsonb(dict(e.payload)),
+                    Jsonb(dict(e.headers)),
+                    journal_id,
+                )
+                for e in events
+            ],
+        )
+    except errors.UniqueViolation as exc:
+        raise model.InvalidRequest(
+            f"an event id was already used: {exc.diag.message_detail}"
+        ) from exc
+
+
+def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journal:
+    """House rule 6: what the database holds is exactly what we meant to write."""
+    if journal is None:
+        raise model.InvariantViolation(f"journal {plan.idempotency_key!r} not found after insert")
+    written = (
+        journal.idempotency_key,
+        journal.request_hash,
+        journal.kind,
+        sorted(_keys(journal.lines)),
+    )
+    meant = (plan.idempotency_key, plan.request_hash, plan.kind, sorted(_keys(plan.lines)))
+    if written != meant or journal.reverses_journal_id != plan.reverses_journal_id:
+        raise model.InvariantViolation(f"journal {journal.id} read back {written}, meant {meant}")
+    return journal
+
+
+async def _verify_totals(cur: Cursor, plan: _Plan, accounts: Mapping[str, _AccountRow]) -> None:
+    """The locked accounts' totals moved by exactly this journal's lines."""
+    expected = _expected_totals(plan.lines, accounts)
+    if not expected:
+        return
+    await cur.execute(
+        "SELECT account_id, debits_minor, credits_minor, entry_count"
+        " FROM account_balances WHERE account_id = ANY(%s)",
+        (list(expected),),
+    )
+    actual = {int(a): (int(d), int(c), int(n)) for a, d, c, n in await cur.fetchall()}
+    if actual != expected:
+        raise model.InvariantViolation(f"balances {actual} after write, expected {expected}")
+
+
+def _expected_totals(
+    lines: Iterable[model.Line], accounts: Mapping[str, _AccountRow]
+) -> dict[int, tuple[int, int, int]]:
+    expected: dict[int, tuple[int, int, int]] = {}
+    for line in lines:
+        account = accounts[line.account_code]
+        if account.totals is None:  # Unlocked system account: others move it concurrently.
+            continue
+        debits, credits, count = expected.get(account.id, account.totals)
+        if line.direction is model.Direction.DEBIT:
+            debits += line.amount_minor
+        else:
+            credits += line.amount_minor
+        expected[account.id] = (debits, credits, count + 1)
+    return expected
+
+
+def _keys(lines: Iterable[model.Line]) -> list[tuple[str, str, int, str]]:
+    return [(x.account_code, x.direction.value, x.amount_minor, x.currency) for x in lines]
+
+
+def _checked_events(events: Sequence[model.OutboxEvent]) -> tuple[model.OutboxEvent, ...]:
+    checked = tuple(events)
+    if len(checked) > model.EVENTS_MAX or not all(
+        isinstance(event, model.OutboxEvent) for event in checked
+    ):
+        raise model.InvalidRequest(f"events must be at most {model.EVENTS_MAX} OutboxEvents")
+    if len({event.event_id for event in checked}) != len(checked):
+        raise model.InvalidRequest("event ids must be unique within a posting")
+    return checked
+
+
+# --- Reads --------------------------------------------------------------------------------------
+
+_JOURNAL: Final = """
+SELECT j.id, j.idempotency_key, j.request_hash, j.kind, j.reference, j.occurred_at, j.posted_at,
+       j.reverses_journal_id, j.metadata, a.code, e.direction, e.amount_minor, e.currency
+  FROM journals j
+  JOIN entries e ON e.journal_id = j.id
+  JOIN accounts a ON a.id = e.account_id
+ WHERE j.id = %s
+ ORDER BY e.id
+"""
+
+
+async def journal(conn: AsyncConnection[Any], journal_id: int) -> model.Journal:
+    async with _transaction(conn) as cur:
+        found = await _load_journal(cur, journal_id)
+    if found is None:
+        raise model.JournalNotFound(f"journal {journal_id} does not exist")
+    return found
+
+
+async def journal_by_key(conn: AsyncConnection[Any], idempotency_key: str) -> model.Journal | None:
+    """The journal an idempotency key posted, if any (handlers use it to rebuild a status)."""
+    async with _transaction(conn) as cur:
+        await cur.execute("SELECT id FROM journals WHERE idempotency_key = %s", (idempotency_key,))
+        row = await cur.fetchone()
+        return None if row is None else await _load_journal(cur, int(row[0]))
+
+
+async def _load_journal(cur: Cursor, journal_id: int) -> model.Journal | None:
+    await cur.execute(_JOURNAL, (journal_id,))
+    rows = await cur.fetchall()
+    if not rows:
+        return None
+    id_, key, request_hash, kind, reference, occurred_at, posted_at, reverses, metadata = rows[0][
+        :9
+    ]
+    # model.Line re-checks every amount and currency read back (house rule 6).
+    lines = tuple(
+        model.Line(str(code), model.Direction(direction), amount, str(currency))
+        for *_, code, direction, amount, currency in rows
+    )
+    return model.Journal(
+        id=int(id_),
+        idempotency_key=str(key),
+        request_hash=str(request_hash),
+        kind=model.PostingKind(kind),
+        reference=None if reference is None else str(reference),
+        occurred_at=occurred_at,
+        posted_at=posted_at,
+        reverses_journal_id=None if reverses is None else int(reverses),
+        metadata=dict(metadata),
+        lines=lines,
+    )
+
+
+async def balance(conn: AsyncConnection[Any], account_code: str) -> model.Balance:
+    async with _transaction(conn) as cur:
+        return await _balance(cur, account_code)
+
+
+async def _balance(cur: Cursor, account_code: str) -> model.Balance:
+    await cur.execute(
+        "SELECT a.currency, a.normal_balance, b.debits_minor, b.credits_minor, b.entry_count"
+        " FROM accounts a JOIN account_balances b ON b.account_id = a.id WHERE a.code = %s",
+        (account_code,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise model.AccountNotFound(f"account {account_code} does not exist")
+    currency, normal, debits, credits, count = row
+    return model.Balance(
+        account_code=account_code,
+        currency=str(currency),
+        normal_balance=model.Direction(normal),
+        debits_minor=debits,
+        credits_minor=credits,
+        entry_count=count,
+    )
+
+
+async def entries(
+    conn: AsyncConnection[Any], account_code: str, limit: int = 50, before_id: int | None = None
+) -> list[model.Entry]:
+    """An account's entries, newest first; page with ``before_id`` = the last id you saw."""
+    if type(limit) is not int or not 0 < limit <= _ENTRIES_LIMIT_MAX:
+        raise model.InvalidRequest(f"limit must be an int in 1..{_ENTRIES_LIMIT_MAX}")
+    if before_id is not None and (type(before_id) is not int or before_id <= 0):
+        raise model.InvalidRequest("before_id must be a positive int or None")
+    async with _transaction(conn) as cur:
+        await _account(cur, account_code)  # AccountNotFound rather than an empty page.
+        await cur.execute(
+            """
+            SELECT e.id, e.journal_id, a.code, e.direction, e.amount_minor, e.currency,
+                   j.kind, j.reference, j.posted_at
+              FROM entries e
+              JOIN accounts a ON a.id = e.account_id
+              JOIN journals j ON j.id = e.journal_id
+             WHERE a.code = %(code)s AND (%(before)s::bigint IS NULL OR e.id < %(before)s::bigint)
+             ORDER BY e.id DESC
+             LIMIT %(limit)s
+            """,
+            {"code": account_code, "before": before_id, "limit": limit},
+        )
+        rows = await cur.fetchall()
+    return [
+        model.Entry(
+            id=int(id_),
+            journal_id=int(journal_id),
+            account_code=str(code),
+            direction=model.Direction(direction),
+            amount_minor=model.check_amount(amount),
+            currency=model.check_currency(currency),
+            journal_kind=model.PostingKind(kind),
+            reference=None if reference is None else str(reference),
+            posted_at=posted_at,
+        )
+        for id_, journal_id, code, direction, amount, currency, kind, reference, posted_at in rows
+    ]
+
+
+async def trial_balance(conn: AsyncConnection[Any]) -> dict[str, tuple[int, int]]:
+    """Total (debits, credits) per currency over all accounts; equal when the ledger is sound."""
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "SELECT a.currency, coalesce(sum(b.debits_minor), 0), coalesce(sum(b.credits_minor), 0)"
+            " FROM accounts a JOIN account_balances b ON b.account_id = a.id"
+            " GROUP BY a.currency ORDER BY a.currency"
+        )
+        rows = await cur.fetchall()
+    return {
+        str(currency): (_exact_int(debits, "debits"), _exact_int(credits, "credits"))
+        for currency, debits, credits in rows
+    }
+
+
+async def balance_drift(conn: AsyncConnection[Any]) -> list[str]:
+    """Codes of accounts whose running balance disagrees with their entries (always empty).
+
+    A full scan of the entries: a reconciliation check, not something to run per request.
+    """
+    async with _transaction(conn) as cur:
+        await cur.execute("SELECT code FROM ledger_balance_drift ORDER BY code")
+        return [str(code) for (code,) in await cur.fetchall()]
+
+
+async def _account(cur: Cursor, code: str) -> model.Account:
+    await cur.execute(
+        "SELECT id, code, kind, normal_balance, currency, status, metadata, created_at, closed_at"
+        " FROM accounts WHERE code = %s",
+        (code,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise model.AccountNotFound(f"account {code} does not exist")
+    id_, code_, kind, normal, currency, status, metadata, created_at, closed_at = row
+    return model.Account(
+        id=int(id_),
+        code=str(code_),
+        kind=model.AccountKind(kind),
+        normal_balance=model.Direction(normal),
+        currency=str(currency),
+        status=model.AccountStatus(status),
+        metadata=dict(metadata),
+        created_at=created_at,
+        closed_at=closed_at,
+    )
+
+
+def _exact_int(value: object, what: str) -> int:
+    """Sums come back as ``numeric``; accept them only when they are whole numbers."""
+    if type(value) is int:
+        return value
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    raise model.InvariantViolation(f"{what} read back as {value!r}, not a whole number")
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Check",
+    "Limits",
+    "account",
+    "balance",
+    "balance_drift",
+    "close_account",
+    "ensure_system_accounts",
+    "entries",
+    "journal",
+    "journal_by_key",
+    "open_account",
+    "open_card_account",
+    "post",
+    "reverse",
+    "trial_balance",
+]
