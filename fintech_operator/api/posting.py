@@ -36,6 +36,11 @@ class PostingReason(enum.StrEnum):
     UNBALANCED = "Unbalanced"
     IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
     ALREADY_REVERSED = "AlreadyReversed"
+    NOT_REVERSIBLE = "NotReversible"
+    JOURNAL_NOT_FOUND = "JournalNotFound"
+    ACCOUNT_NOT_FOUND = "AccountNotFound"
+    ACCOUNT_CLOSED = "AccountClosed"
+    RISK_DECLINED = "RiskDeclined"
     INVALID_SPEC = "InvalidSpec"
 
 
@@ -185,9 +190,13 @@ class PostingStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None,
         description=(
-            "Why the posting was Rejected, one of: CardNotFound, CardNotActive, "
-            "CurrencyMismatch, SpendLimitExceeded, Unbalanced, IdempotencyConflict, "
-            "AlreadyReversed, InvalidSpec."
+            "Why the posting was Rejected, one of: CardNotFound (no such card in the "
+            "namespace), CardNotActive (the card's phase refuses this type), CurrencyMismatch, "
+            "SpendLimitExceeded, Unbalanced (explicit entries do not balance per currency), "
+            "IdempotencyConflict (the key already posted another request), AlreadyReversed, "
+            "NotReversible (a reversal cannot be reversed), JournalNotFound (reverses names a "
+            "posting without a journal), AccountNotFound and AccountClosed (explicit entries), "
+            "RiskDeclined, InvalidSpec. A rejection is final."
         ),
     )
     message: common.Message | None = pydantic.Field(

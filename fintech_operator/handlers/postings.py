@@ -9,16 +9,16 @@ deleted and re-applied object return the first journal instead of posting twice.
 from __future__ import annotations
 
 import datetime
-import uuid
 from typing import Any
 
 import kopf
 import pydantic
 
 from fintech_operator import api, kube, posting_rules
-from fintech_operator.events import schema, topics
+from fintech_operator.events import schema
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model, rules
+from fintech_operator.observability import metrics, tracing
 
 DECIDED_PHASES = frozenset({"Posted", "Rejected"})
 TEMPORARY_DELAY_SECONDS = 2.0
@@ -94,23 +94,23 @@ def _event(
     product: dict[str, Any],
     occurred_at: datetime.datetime,
 ) -> model.OutboxEvent:
-    """The ``posting.posted`` event; the relay adds the journal id the database assigns."""
-    event_id = uuid.uuid4()
-    payload = {
-        "schemaVersion": schema.SCHEMA_VERSION,
-        "type": "posting.posted",
-        "eventId": str(event_id),
-        "card": f"{namespace}/{spec.card}",
-        "posting": f"{namespace}/{name}",
-        "postingType": spec.type.value,
-        "amountMinor": spec.amount_minor,
-        "currency": spec.currency,
-        "rewardsRateBps": int(product.get("rewardsRateBps", 0)),
-        "earnOn": list(product.get("earnOn") or ["Purchase"]),
-        "reversesJournalId": None,
-        "occurredAt": occurred_at.isoformat().replace("+00:00", "Z"),
-    }
-    return model.OutboxEvent(event_id, topics.POSTINGS, f"{namespace}/{spec.card}", payload)
+    """The ``dev.fintech.posting.posted.v1`` event; the relay adds the journal id."""
+    merchant = spec.merchant.model_dump(mode="json", exclude_none=True) if spec.merchant else None
+    return schema.posting_posted(
+        namespace=namespace,
+        name=name,
+        card=spec.card,
+        posting_type=spec.type.value,
+        amount_minor=spec.amount_minor,
+        currency=spec.currency,
+        rewards_rate_bps=int(product.get("rewardsRateBps", 0)),
+        earn_on=list(product.get("earnOn") or ["Purchase"]),
+        occurred_at=occurred_at,
+        now=datetime.datetime.now(datetime.UTC),
+        reference=spec.reference,
+        merchant=merchant,
+        headers=tracing.context_headers(),
+    )
 
 
 def _occurred_at(spec: api.PostingSpec, body: kopf.Body) -> datetime.datetime:
@@ -184,7 +184,7 @@ async def post(
         report.reject(body, patch, exc.reason, exc.message)
         return
     except model.LedgerError as exc:
-        report.reject(body, patch, exc.reason, exc.message)
+        report.reject(body, patch, _reason(exc), exc.message)
         return
     _posted(body, patch, result)
 
@@ -228,6 +228,15 @@ async def _reverse(
     return await engine.reverse(memo.pool, key, int(journal), f"reversed by {key}")
 
 
+def _reason(exc: model.LedgerError) -> str:
+    """The documented reason for a ledger refusal; malformed requests are InvalidSpec."""
+    if isinstance(exc, model.Unbalanced):
+        return str(api.PostingReason.UNBALANCED)
+    if isinstance(exc, model.InvalidRequest):
+        return str(api.PostingReason.INVALID_SPEC)
+    return exc.reason
+
+
 def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
     journal = result.journal
     generation = int(body.metadata.get("generation") or 0)
@@ -245,6 +254,7 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
         }
     )
     kopf.info(body, reason="Posted", message=message)
+    metrics.posting_decided(body.get("spec"), "replayed" if result.replayed else "posted")
 
 
 TTL_CHECK_INTERVAL_SECONDS = 5.0
