@@ -28,12 +28,80 @@ class Settings(BaseModel):
     kafka_request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 30_000
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
     relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
-    relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
+    # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
+    relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
     consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
     health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Events, rewards and notifications (issue 5).
+    topic_prefix: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9._-]{0,64}$",
+            description="Prepended to every topic name, so several environments (or test "
+            "runs) can share one Kafka cluster; default empty.",
+        ),
+    ] = ""
+    topic_replication_factor: Annotated[
+        int,
+        Field(ge=1, le=5, description="Replicas of each topic the product creates; default 1."),
+    ] = 1
+    relay_send_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=300,
+            description="Longest wait for Kafka to acknowledge one relay batch before the "
+            "batch is rolled back and retried; default 30.",
+        ),
+    ] = 30.0
+    relay_backoff_max_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=300,
+            description="Cap of the relay's exponential backoff while Kafka or PostgreSQL is "
+            "down; default 10.",
+        ),
+    ] = 10.0
+    notifier_refresh_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=300,
+            description="How often the notifier re-reads Webhook resources and their Secrets; "
+            "a new Webhook receives events within this time. Default 10.",
+        ),
+    ] = 10.0
+    notifier_poll_interval_ms: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=60_000,
+            description="Longest sleep of an idle delivery worker when no notification wakes "
+            "it; default 1000.",
+        ),
+    ] = 1000
+    notifier_max_in_flight: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Webhook HTTP requests in flight at once over all endpoints of one "
+            "notifier process; default 64.",
+        ),
+    ] = 64
+    webhook_status_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=3600,
+            description="How often the operator copies delivery state into Webhook status "
+            "(only changes are patched); default 10.",
+        ),
+    ] = 10.0
 
 
 class SettingsError(RuntimeError):

@@ -40,9 +40,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     applied = await asyncio.to_thread(migrate.apply, app.database_url)
     log.info("database migrations applied: %s", applied or "none (up to date)")
-    await topics.ensure(
-        app.kafka_bootstrap_servers, app.topic_partitions, app.kafka_request_timeout_ms
-    )
+    await topics.ensure_for(app)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         app.database_url,
         min_size=app.db_pool_min_size,
@@ -51,22 +49,13 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         open=False,
     )
     await pool.open(wait=True, timeout=app.db_timeout_seconds)
-    producer = relay.new_producer(app.kafka_bootstrap_servers, app.kafka_request_timeout_ms)
-    await producer.start()
+    # The relay owns its Kafka producer: it replaces it after a failed batch so that nothing
+    # an abandoned producer still holds can overtake a retry. Trace context travels in the
+    # outbox rows' headers, which the relay publishes as Kafka headers.
     stop = asyncio.Event()
-    relay_task = asyncio.create_task(
-        relay.run(
-            pool,
-            producer,
-            batch_size=app.relay_batch_size,
-            idle_interval_ms=app.relay_idle_interval_ms,
-            stop=stop,
-        ),
-        name="outbox-relay",
-    )
+    relay_task = asyncio.create_task(relay.run(app, pool, stop), name="outbox-relay")
     memo.settings = app
     memo.pool = pool
-    memo.producer = producer
     memo.relay_stop = stop
     memo.relay_task = relay_task
 

@@ -1,33 +1,151 @@
 """The outbox relay: rows written with the ledger transaction, published to Kafka.
 
 The database transaction that posts a journal also writes its events to ``outbox``.
-This relay publishes unpublished rows in id order and marks them published only
-after Kafka acknowledged them (``acks=all``, idempotent producer). A crash between
-the two publishes a row again; consumers dedupe by ``event_id`` (at least once on
-the wire, at most once in effect).
+The relay publishes unpublished rows in id order and marks them published only after
+Kafka acknowledged every one of them (``acks=all``, idempotent producer), in the same
+transaction that claimed them. A crash between the two publishes the rows again;
+consumers de-duplicate by event id (at least once on the wire, at most once in effect).
+
+Order. Events are keyed by card, so one card's events land on one partition. Rows of
+one card are inserted in commit order (the ledger locks the card account), claimed in
+id order, and a batch's rows of one partition go out as ONE Kafka batch (or, when they
+do not fit, as consecutive batches each awaited before the next), so a partition
+receives either a whole run of rows or none of it. A failed batch is retried from the
+oldest unpublished row with a NEW producer; whatever a discarded producer still
+delivers later is a duplicate of rows whose first copy is already in order. So the
+first copy of each event on a partition is always in outbox order.
+
+Replicas. Every batch runs under a transaction-scoped advisory lock taken with
+``pg_try_advisory_xact_lock``: one relay publishes at a time and the others stand by,
+which keeps the order above across replicas (two relays publishing disjoint batches at
+once could interleave one card's events). The claim also says ``FOR UPDATE SKIP
+LOCKED``, so even without the lock no row could be published by two relays at once.
+
+Wake-up. The relay LISTENs on ``fintech_outbox`` (a trigger of migration 0020 NOTIFYs
+at each insert's commit) and publishes at once; ``FINTECH_RELAY_IDLE_INTERVAL_MS`` is
+only the fallback scan. While Kafka or PostgreSQL is down it backs off exponentially up
+to ``FINTECH_RELAY_BACKOFF_MAX_SECONDS`` and retries forever: rows wait in the outbox.
+
+Run it inside the operator (see ``runtime``) or alone: ``python -m fintech_operator.events.relay``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from typing import Any
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
+import psycopg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator.events import schema
+from fintech_operator import config, logs
+from fintech_operator.events import envelope, topics, wakeup
 
 log = logging.getLogger(__name__)
-SEND_TIMEOUT_SECONDS = 60.0
-ERROR_BACKOFF_SECONDS = 2.0
+CHANNEL: Final = "fintech_outbox"
+# "outboxrl" in ASCII: the relay's advisory lock, fixed forever so all versions contend on it.
+RELAY_LOCK_KEY: Final = 0x6F7574626F78726C
+PRODUCER_STOP_TIMEOUT_SECONDS: Final = 10.0
+BACKOFF_FIRST_SECONDS: Final = 0.25
+# A batch bigger than this is split into consecutive Kafka batches (Kafka's default limit
+# is 1 MiB per request; events are at most envelope.EVENT_BYTES_MAX each).
+KAFKA_BATCH_BYTES_MAX: Final = 900 * 1024
+SEND_TIMEOUT_SECONDS: Final = 60.0  # Kept for callers of the old name (the DLQ sends).
 
-_CLAIM = """
+_CLAIM: Final = """
 SELECT id, event_id, topic, key, payload, headers, journal_id
-FROM outbox WHERE published_at IS NULL
-ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+  FROM outbox
+ WHERE published_at IS NULL
+ ORDER BY id
+ LIMIT %s
+   FOR UPDATE SKIP LOCKED
 """
+_MARK: Final = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
+STANDBY: Final = -1
+
+
+class RelayError(ValueError):
+    """An outbox row cannot be published as it is (a bug upstream; the relay stops on it)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One outbox row as the Kafka record it becomes (pure data)."""
+
+    row_id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def to_message(
+    row_id: int,
+    event_id: str,
+    topic: str,
+    key: str | None,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+    journal_id: int | None,
+    prefix: str,
+) -> Message:
+    """The record of one row: prefixed topic, card key, canonical JSON, CloudEvents headers.
+
+    A ``data.journalId`` of ``null`` is a placeholder for the journal the row was written
+    with; it is filled in here. Nothing else of the payload changes.
+    """
+    body = dict(payload)
+    data = body.get("data")
+    if isinstance(data, dict) and "journalId" in data and data["journalId"] is None:
+        if journal_id is None:
+            raise RelayError(f"outbox row {row_id} asks for a journal id but has none")
+        body["data"] = {**data, "journalId": int(journal_id)}
+    value = envelope.encode(body)
+    pairs = [("event-id", event_id.encode()), ("content-type", envelope.CONTENT_TYPE.encode())]
+    pairs += [(str(k), str(v).encode()) for k, v in (headers or {}).items()]
+    return Message(
+        row_id=row_id,
+        topic=topics.qualified(topic, prefix),
+        key=key.encode() if key else None,
+        value=value,
+        headers=tuple(pairs),
+    )
+
+
+def partition_for(key: bytes | None, row_id: int, partitions: Sequence[int]) -> int:
+    """Kafka's default partitioner (murmur2 of the key), so any client agrees with us."""
+    ordered = sorted(partitions)
+    if not ordered:
+        raise RelayError("topic has no partitions")
+    if key is None:
+        return ordered[row_id % len(ordered)]
+    hashed: int = murmur2(key)
+    return ordered[(hashed & 0x7FFFFFFF) % len(ordered)]
+
+
+def backoff_seconds(failures: int, cap_seconds: float) -> float:
+    """0.25 s, 0.5 s, 1 s, ... doubling per consecutive failure, capped."""
+    if failures < 1:
+        return 0.0
+    return float(min(cap_seconds, BACKOFF_FIRST_SECONDS * 2 ** min(failures - 1, 30)))
+
+
+def group_by_partition(
+    messages: Iterable[Message], partitions: Mapping[str, Sequence[int]]
+) -> dict[tuple[str, int], list[Message]]:
+    """Messages per (topic, partition), each list in the order given."""
+    groups: dict[tuple[str, int], list[Message]] = {}
+    for message in messages:
+        partition = partition_for(message.key, message.row_id, partitions[message.topic])
+        groups.setdefault((message.topic, partition), []).append(message)
+    return groups
 
 
 def new_producer(bootstrap_servers: str, request_timeout_ms: int) -> AIOKafkaProducer:
@@ -38,66 +156,155 @@ def new_producer(bootstrap_servers: str, request_timeout_ms: int) -> AIOKafkaPro
         enable_idempotence=True,
         linger_ms=5,
         request_timeout_ms=request_timeout_ms,
-        max_batch_size=1 << 20,
+        max_batch_size=KAFKA_BATCH_BYTES_MAX,
+        max_request_size=1 << 20,
     )
 
 
-def _headers(event_id: str, extra: dict[str, Any] | None) -> list[tuple[str, bytes]]:
-    headers = [("event-id", event_id.encode())]
-    for key, value in (extra or {}).items():
-        headers.append((str(key), str(value).encode()))
-    return headers
+async def _send_partition(
+    producer: AIOKafkaProducer, topic: str, partition: int, messages: list[Message]
+) -> None:
+    """Send one partition's messages as consecutive batches, each acknowledged before the next."""
+    pending = list(messages)
+    while pending:
+        batch = producer.create_batch()
+        taken = 0
+        for message in pending:
+            headers = list(message.headers)
+            added = batch.append(
+                key=message.key, value=message.value, timestamp=None, headers=headers
+            )
+            if added is None:
+                break
+            taken += 1
+        if taken == 0:
+            raise RelayError(f"outbox row {pending[0].row_id} does not fit in a Kafka batch")
+        batch.close()  # Exactly our records: nothing from send() may join this batch.
+        await (await producer.send_batch(batch, topic, partition=partition))
+        pending = pending[taken:]
+
+
+async def send_all(producer: AIOKafkaProducer, messages: Sequence[Message]) -> None:
+    """Send messages so each partition gets them in order, all partitions at once."""
+    partitions: dict[str, list[int]] = {}
+    for topic in {message.topic for message in messages}:
+        partitions[topic] = sorted(await producer.partitions_for(topic))
+    groups = group_by_partition(messages, partitions)
+    await asyncio.gather(
+        *(
+            _send_partition(producer, topic, partition, group)
+            for (topic, partition), group in groups.items()
+        )
+    )
 
 
 async def publish_batch(
-    pool: AsyncConnectionPool[Any], producer: AIOKafkaProducer, batch_size: int
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    batch_size: int,
+    *,
+    prefix: str = "",
+    send_timeout_seconds: float = SEND_TIMEOUT_SECONDS,
 ) -> int:
-    """Publish up to ``batch_size`` unpublished rows; return how many were published."""
+    """Publish up to ``batch_size`` rows; return how many, or :data:`STANDBY` when another
+    relay holds the lock."""
     async with pool.connection() as conn, conn.transaction():
+        # A relay that hangs must not hold its rows and the lock forever.
+        idle_ms = int((send_timeout_seconds + 30) * 1000)
+        await conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (str(idle_ms),)
+        )
+        locked = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK_KEY,))
+        ).fetchone()
+        if not locked or not locked[0]:
+            return STANDBY
         rows = await (await conn.execute(_CLAIM, (batch_size,))).fetchall()
         if not rows:
             return 0
-        futures = []
-        for _id, event_id, topic, key, payload, headers, journal_id in rows:
-            body = dict(payload if isinstance(payload, dict) else json.loads(payload))
-            if journal_id is not None:
-                # The journal's id exists only once its transaction ran; the row has it.
-                body["journalId"] = journal_id
-            value = schema.encode(body)
-            futures.append(
-                await producer.send(
-                    topic,
-                    value=value,
-                    key=key.encode() if key else None,
-                    headers=_headers(str(event_id), headers),
-                )
-            )
-        await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT_SECONDS)
-        ids = [row[0] for row in rows]
-        await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", (ids,))
+        messages = [
+            to_message(row_id, str(event_id), topic, key, payload, headers, journal_id, prefix)
+            for row_id, event_id, topic, key, payload, headers, journal_id in rows
+        ]
+        await asyncio.wait_for(send_all(producer, messages), send_timeout_seconds)
+        await conn.execute(_MARK, ([message.row_id for message in messages],))
     return len(rows)
 
 
+async def _start_producer(settings: config.Settings) -> AIOKafkaProducer:
+    producer = new_producer(settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms)
+    try:
+        await asyncio.wait_for(producer.start(), settings.relay_send_timeout_seconds)
+    except BaseException:
+        await discard(producer)
+        raise
+    return producer
+
+
+async def discard(producer: AIOKafkaProducer | None) -> None:
+    """Stop a producer without letting a dead broker hold us up."""
+    if producer is None:
+        return
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(producer.stop(), PRODUCER_STOP_TIMEOUT_SECONDS)
+
+
 async def run(
-    pool: AsyncConnectionPool[Any],
-    producer: AIOKafkaProducer,
-    *,
-    batch_size: int,
-    idle_interval_ms: int,
-    stop: asyncio.Event,
+    settings: config.Settings, pool: AsyncConnectionPool[Any], stop: asyncio.Event
 ) -> None:
-    """Relay until ``stop`` is set; transient failures back off and retry, never crash."""
-    while not stop.is_set():
-        try:
-            published = await publish_batch(pool, producer, batch_size)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("outbox relay failed; retrying in %.1fs", ERROR_BACKOFF_SECONDS)
-            published = 0
-            await _sleep_or_stop(stop, ERROR_BACKOFF_SECONDS)
-        if published == 0:
-            await _sleep_or_stop(stop, idle_interval_ms / 1000)
+    """Relay until ``stop`` is set; outages back off and retry, never crash the process."""
+    listener = wakeup.Listener(settings.database_url, CHANNEL)
+    listener.start()
+    producer: AIOKafkaProducer | None = None
+    failures = 0
+    poll_seconds = settings.relay_idle_interval_ms / 1000
+    try:
+        while not stop.is_set():
+            listener.clear()
+            try:
+                if producer is None:
+                    producer = await _start_producer(settings)
+                published = await publish_batch(
+                    pool,
+                    producer,
+                    settings.relay_batch_size,
+                    prefix=settings.topic_prefix,
+                    send_timeout_seconds=settings.relay_send_timeout_seconds,
+                )
+                failures = 0
+            except (KafkaError, psycopg.Error, OSError, TimeoutError, ValueError) as exc:
+                # ValueError covers RelayError and EnvelopeError: a row that cannot be sent is a
+                # bug upstream; skipping it would break the order, so it is retried and logged
+                # loudly until someone fixes it.
+                failures += 1
+                delay = backoff_seconds(failures, settings.relay_backoff_max_seconds)
+                level = logging.ERROR if isinstance(exc, ValueError) else logging.WARNING
+                log.log(
+                    level, "outbox relay: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay
+                )
+                # Whatever the old producer still holds may arrive late: only as duplicates.
+                await discard(producer)
+                producer = None
+                await _sleep_or_stop(stop, delay)
+                continue
+            if published == STANDBY:
+                await _sleep_or_stop(stop, poll_seconds)  # Another replica is publishing.
+            elif published < settings.relay_batch_size:
+                await _wait(listener, stop, poll_seconds)
+    finally:
+        await discard(producer)
+        await listener.close()
+
+
+async def _wait(listener: wakeup.Listener, stop: asyncio.Event, seconds: float) -> None:
+    stopping = asyncio.ensure_future(stop.wait())
+    waking = asyncio.ensure_future(listener.wait(seconds))
+    try:
+        await asyncio.wait({stopping, waking}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopping, waking):
+            task.cancel()
+        await asyncio.gather(stopping, waking, return_exceptions=True)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -105,3 +312,36 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         return
+
+
+def main() -> int:
+    """Run the relay alone (``python -m fintech_operator.events.relay``) until SIGTERM."""
+    logs.configure()
+    settings = config.load()
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await topics.ensure_for(settings)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=1,
+            max_size=2,
+            timeout=settings.db_timeout_seconds,
+            open=False,
+        )
+        await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+        try:
+            log.info("outbox relay started")
+            await run(settings, pool, stop)
+        finally:
+            await pool.close()
+
+    asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

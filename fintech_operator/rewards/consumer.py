@@ -1,10 +1,21 @@
 """The rewards consumer: ``postings`` events in, ``rewards_ledger`` rows out.
 
-Offsets are committed by hand only after a batch is applied in PostgreSQL, and each
-event is recorded in ``processed_events`` in the same transaction as its points, so a
-redelivered event changes nothing (at least once on the wire, at most once in
-effect). A message that cannot be parsed goes to the dead-letter topic with the
-reason, and the consumer moves on.
+Exactly once in effect. Each poll's records are applied in ONE PostgreSQL transaction
+that also records every event id in ``processed_events``; offsets are committed to
+Kafka only after that transaction committed. A crash before the commit loses nothing
+(the records come again); a crash after it and before the offset commit replays
+records whose ids are already recorded, and they change nothing.
+
+Poison. A message that is not a valid event of a known type, or whose amounts break
+the points rule, goes to ``postings.rewards.dlq`` with the reason in the ``dlq-reason``
+header, and the batch goes on. If the database refuses the batch for one event's data
+(a constraint), the batch is retried one event per transaction to find it, and only
+that event is dead-lettered. An unreachable database is retried a bounded number of
+times, then the process exits non-zero for its supervisor to restart (the records
+are not committed, so they come again).
+
+It runs as its own process, ``fintech-operator rewards``, in a consumer group that
+scales with the topic's partitions.
 """
 
 from __future__ import annotations
@@ -12,95 +23,99 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import psycopg
-import pydantic
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
-from fintech_operator.events import relay, schema, topics
-from fintech_operator.rewards import points
+from fintech_operator.events import deadletter, relay, schema, topics
+from fintech_operator.rewards import points, store
 
 log = logging.getLogger(__name__)
-CONSUMER_NAME = "rewards"
-POLL_TIMEOUT_MS = 1000
-RETRY_BACKOFF_SECONDS = 1.0
-
-_MARK = """
-INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s)
-ON CONFLICT DO NOTHING
-"""
-_ACCRUE = """
-INSERT INTO rewards_ledger
-  (event_id, card, journal_id, kind, points, amount_minor, currency, rate_bps)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-"""
+CONSUMER_NAME: Final = topics.REWARDS
+POLL_TIMEOUT_MS: Final = 1000
+RETRY_BACKOFF_SECONDS: Final = 1.0
+DLQ_TIMEOUT_SECONDS: Final = 60.0
+SESSION_TIMEOUT_MS: Final = 30_000
+HEARTBEAT_INTERVAL_MS: Final = 3_000
+MAX_POLL_INTERVAL_MS: Final = 300_000
+_DATA_ERRORS: Final = (psycopg.errors.IntegrityError, psycopg.errors.DataError)
 
 
-async def apply_event(pool: AsyncConnectionPool[Any], event: schema.PostingPosted) -> bool:
-    """Apply one event; False when it was applied before (a redelivery)."""
-    signed = points.for_posting(
-        event.posting_type,
-        event.amount_minor,
-        event.rewards_rate_bps,
-        event.earn_on,
-        is_reversal=event.reverses_journal_id is not None,
-    )
-    async with pool.connection() as conn, conn.transaction():
-        marked = await conn.execute(_MARK, (CONSUMER_NAME, event.event_id))
-        if marked.rowcount == 0:
-            return False
-        if signed != 0:
-            kind = "accrual" if signed > 0 else "reversal"
-            await conn.execute(
-                _ACCRUE,
-                (
-                    event.event_id,
-                    event.card,
-                    event.journal_id,
-                    kind,
-                    signed,
-                    event.amount_minor,
-                    event.currency,
-                    event.rewards_rate_bps,
-                ),
-            )
-    return True
+@dataclass(frozen=True)
+class Planned:
+    """A record and what it does to the rewards ledger."""
+
+    record: Any
+    entry: store.Entry
 
 
-async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, reason: str) -> None:
-    """Park a poison message with where it came from and why, so nothing is lost."""
-    headers = [
-        ("dlq-reason", reason[:1000].encode()),
-        ("dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        *(record.headers or ()),
-    ]
-    await asyncio.wait_for(
-        producer.send_and_wait(topics.POSTINGS_DLQ, record.value, key=record.key, headers=headers),
-        relay.SEND_TIMEOUT_SECONDS,
-    )
+@dataclass
+class Outcome:
+    """What one batch did, for logs and tests."""
+
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
 
 
-async def handle(
-    pool: AsyncConnectionPool[Any],
-    producer: AIOKafkaProducer,
-    record: ConsumerRecord,
-    max_attempts: int,
-) -> str:
-    """Apply or dead-letter one record; transient database errors retry a bounded number."""
+def plan(record: Any) -> Planned | deadletter.Poison:
+    """Decode a record and compute its points (pure); a Poison says why it cannot apply."""
     try:
-        event = schema.decode_posting(record.value)
-    except (ValueError, pydantic.ValidationError) as exc:
-        await dead_letter(producer, record, f"invalid event: {exc}")
-        return "dead-lettered"
+        event = schema.decode(record.value)
+    except schema.EventError as exc:
+        return deadletter.Poison(record, f"invalid event: {exc}")
+    data = event.data
+    if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
+        return deadletter.Poison(record, f"event type {event.type} is not for rewards")
+    reversal = isinstance(data, schema.PostingReversedData)
+    try:
+        signed = points.for_posting(
+            data.posting_type,
+            data.amount,
+            data.rewards_rate_bps,
+            data.earn_on,
+            is_reversal=reversal,
+        )
+    except points.PointsError as exc:
+        return deadletter.Poison(record, f"invalid amounts: {exc}")
+    if data.journal_id is None:  # decode() refuses it; the type checker wants it proven.
+        return deadletter.Poison(record, "event has no journalId")
+    entry = store.Entry(
+        event_id=event.event_id,
+        event_type=event.type,
+        card=data.card,
+        posting=data.posting,
+        journal_id=data.journal_id,
+        posting_type=data.posting_type,
+        points=signed,
+        amount_minor=data.amount,
+        currency=data.currency,
+        rate_bps=data.rewards_rate_bps,
+        reverses_journal_id=(
+            data.reverses_journal_id if isinstance(data, schema.PostingReversedData) else None
+        ),
+        occurred_at=event.envelope.moment,
+    )
+    return Planned(record, entry)
+
+
+async def apply_batch(
+    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], max_attempts: int
+) -> tuple[int, list[deadletter.Poison]]:
+    """Apply in one transaction; return (events applied now, events the database refused)."""
     for attempt in range(1, max_attempts + 1):
         try:
-            return "applied" if await apply_event(pool, event) else "duplicate"
-        except points.PointsError as exc:
-            await dead_letter(producer, record, f"invalid amounts: {exc}")
-            return "dead-lettered"
+            async with pool.connection() as conn, conn.transaction():
+                applied = await store.apply(conn, CONSUMER_NAME, [p.entry for p in planned])
+            return len(applied), []
+        except _DATA_ERRORS:
+            return await _apply_one_by_one(pool, planned)
         except psycopg.OperationalError:
             if attempt == max_attempts:
                 raise
@@ -109,15 +124,67 @@ async def handle(
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
-    """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await topics.ensure(
-        settings.kafka_bootstrap_servers,
-        settings.topic_partitions,
-        settings.kafka_request_timeout_ms,
+async def _apply_one_by_one(
+    pool: AsyncConnectionPool[Any], planned: Sequence[Planned]
+) -> tuple[int, list[deadletter.Poison]]:
+    applied = 0
+    refused: list[deadletter.Poison] = []
+    for item in planned:
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                applied += len(await store.apply(conn, CONSUMER_NAME, [item.entry]))
+        except _DATA_ERRORS as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            refused.append(deadletter.Poison(item.record, f"refused by the database: {reason}"))
+    return applied, refused
+
+
+async def process(
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    records: Sequence[Any],
+    *,
+    prefix: str,
+    max_attempts: int,
+) -> Outcome:
+    """Dead-letter what cannot apply, apply the rest in one transaction."""
+    planned: list[Planned] = []
+    poisons: list[deadletter.Poison] = []
+    for record in records:
+        result = plan(record)
+        if isinstance(result, Planned):
+            planned.append(result)
+        else:
+            poisons.append(result)
+    applied, refused = await apply_batch(pool, planned, max_attempts) if planned else (0, [])
+    poisons += refused
+    await deadletter.send(
+        producer,
+        poisons,
+        consumer=CONSUMER_NAME,
+        prefix=prefix,
+        timeout_seconds=DLQ_TIMEOUT_SECONDS,
     )
-    consumer = AIOKafkaConsumer(
-        topics.POSTINGS,
+    for poison in poisons:
+        record = poison.record
+        log.warning(
+            "dead-lettered %s/%d/%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            poison.reason,
+        )
+    return Outcome(
+        applied=applied,
+        duplicates=len(planned) - len(refused) - applied,
+        dead_lettered=len(poisons),
+    )
+
+
+def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
+    """A consumer whose commit, reset and isolation behaviour is stated, not defaulted."""
+    return AIOKafkaConsumer(
+        topics.qualified(topics.POSTINGS, settings.topic_prefix),
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
@@ -125,7 +192,17 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
         isolation_level="read_committed",
         max_poll_records=settings.consumer_batch_size,
         request_timeout_ms=settings.kafka_request_timeout_ms,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        fetch_max_wait_ms=100,
     )
+
+
+async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
+    """Consume until ``stop`` is set, committing offsets after each applied batch."""
+    await topics.ensure_for(settings)
+    consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(
         settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
     )
@@ -145,18 +222,39 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
             batches = await consumer.getmany(
                 timeout_ms=POLL_TIMEOUT_MS, max_records=settings.consumer_batch_size
             )
-            for records in batches.values():
-                for record in records:
-                    outcome = await handle(pool, producer, record, settings.consumer_max_attempts)
-                    log.info(
-                        "event %s/%d/%d %s", record.topic, record.partition, record.offset, outcome
-                    )
-            if batches:
-                await consumer.commit()
+            records = [record for part in batches.values() for record in part]
+            if not records:
+                continue
+            outcome = await process(
+                pool,
+                producer,
+                records,
+                prefix=settings.topic_prefix,
+                max_attempts=settings.consumer_max_attempts,
+            )
+            await _commit(consumer)
+            log.info(
+                "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+                len(records),
+                outcome.applied,
+                outcome.duplicates,
+                outcome.dead_lettered,
+            )
     finally:
         await consumer.stop()
         await producer.stop()
         await pool.close()
+
+
+async def _commit(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.commit()
+    except CommitFailedError as exc:
+        # The group rebalanced: the partition's new owner gets these records again, and
+        # they are already recorded in processed_events, so they change nothing.
+        log.warning("offset commit refused after a rebalance: %s", exc)
+    except KafkaError:
+        log.exception("offset commit failed; the batch will be redelivered and skipped")
 
 
 def main(group_id: str) -> int:

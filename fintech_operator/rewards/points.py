@@ -1,8 +1,12 @@
 """The points rule, DESIGN.md invariant 6 (pure: no I/O).
 
-Points for a posting are ``floor(amount_minor * rate_bps / 10000)`` when its type
-earns; a refund of an earning type takes back points the same way, so a full refund
-cancels its purchase exactly; a reversal takes back what the reversed journal gave.
+Points for a posting are ``floor(amount_minor * rate_bps / 10000)`` when its type is
+in the product's ``earnOn``. A ``Refund`` never earns: it takes points back the same
+way (negative) when purchases earn, so a full refund cancels its purchase exactly and
+partial refunds never take back more than the purchase gave (a sum of floors is at
+most the floor of the sum). A reversal takes back exactly what the reversed journal
+gave, computed from the original posting's own terms, which its event carries. A
+balance may go negative (a refund after the points were spent), as real programs allow.
 Integer arithmetic only: no float ever touches an amount.
 """
 
@@ -12,6 +16,8 @@ from collections.abc import Collection
 
 BPS_DENOMINATOR = 10_000
 MAX_RATE_BPS = 10_000
+AMOUNT_MINOR_MAX = 10**15
+POSTING_TYPES = frozenset({"Purchase", "Refund", "Payment", "Fee", "Adjustment"})
 
 
 class PointsError(ValueError):
@@ -19,10 +25,19 @@ class PointsError(ValueError):
 
 
 def _check(amount_minor: int, rate_bps: int) -> None:
-    if type(amount_minor) is not int or amount_minor <= 0:
-        raise PointsError(f"amount_minor must be a positive int, got {amount_minor!r}")
+    if type(amount_minor) is not int or not 0 < amount_minor <= AMOUNT_MINOR_MAX:
+        raise PointsError(
+            f"amount_minor must be an int in 1..{AMOUNT_MINOR_MAX}, got {amount_minor!r}"
+        )
     if type(rate_bps) is not int or not 0 <= rate_bps <= MAX_RATE_BPS:
         raise PointsError(f"rate_bps must be an int in 0..{MAX_RATE_BPS}, got {rate_bps!r}")
+
+
+def _check_types(posting_type: str, earn_on: Collection[str]) -> None:
+    if posting_type not in POSTING_TYPES:
+        raise PointsError(f"unknown posting type {posting_type!r}")
+    if isinstance(earn_on, str) or not all(t in POSTING_TYPES for t in earn_on):
+        raise PointsError(f"earn_on must be a collection of posting types, got {earn_on!r}")
 
 
 def accrual(amount_minor: int, rate_bps: int) -> int:
@@ -39,12 +54,17 @@ def for_posting(
     *,
     is_reversal: bool = False,
 ) -> int:
-    """Signed points for one posting event: positive accrues, negative takes back."""
-    if posting_type in earn_on:
+    """Signed points for one posting event: positive accrues, negative takes back.
+
+    For a reversal pass the ORIGINAL posting's type, amount and terms with
+    ``is_reversal=True``: the result is the exact negation of what the original gave.
+    """
+    _check(amount_minor, rate_bps)
+    _check_types(posting_type, earn_on)
+    if posting_type == "Refund":
+        points = -accrual(amount_minor, rate_bps) if "Purchase" in earn_on else 0
+    elif posting_type in earn_on:
         points = accrual(amount_minor, rate_bps)
-    elif posting_type == "Refund" and "Purchase" in earn_on:
-        points = -accrual(amount_minor, rate_bps)
     else:
-        _check(amount_minor, rate_bps)
         points = 0
     return -points if is_reversal else points

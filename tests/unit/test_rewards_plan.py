@@ -1,0 +1,119 @@
+"""The rewards consumer's pure step: a Kafka record in, a ledger entry or a poison out."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from fintech_operator.events import deadletter
+from fintech_operator.rewards import consumer
+from tests.unit.test_events_schema import posted, reversed_, wire
+
+NOW = datetime.datetime(2026, 11, 29, 10, 0, tzinfo=datetime.UTC)
+
+
+@dataclass
+class Record:
+    """The fields of aiokafka's ConsumerRecord the consumer reads."""
+
+    value: bytes | None
+    topic: str = "postings"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = b"shop/alice-card"
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def record_of(event: dict[str, Any]) -> Record:
+    return Record(json.dumps(event).encode())
+
+
+def test_a_purchase_accrues_its_points() -> None:
+    """1% of 12 500 is 125 points, recorded with its card, posting, journal and time."""
+    planned = consumer.plan(record_of(wire(posted(), journal_id=7)))
+    assert isinstance(planned, consumer.Planned)
+    entry = planned.entry
+    assert (entry.points, entry.kind, entry.card, entry.posting) == (
+        125,
+        "accrual",
+        "shop/alice-card",
+        "shop/purchase-1",
+    )
+    assert (entry.journal_id, entry.reverses_journal_id) == (7, None)
+    assert entry.event_id == uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+def test_a_refund_takes_points_back() -> None:
+    """A refund's entry is negative and of kind reversal."""
+    planned = consumer.plan(record_of(wire(posted(posting_type="Refund"), journal_id=9)))
+    assert isinstance(planned, consumer.Planned)
+    assert (planned.entry.points, planned.entry.kind) == (-125, "reversal")
+
+
+def test_a_reversal_negates_the_original_with_its_own_terms() -> None:
+    """Reversing a purchase takes back exactly what it gave, whatever today's terms are."""
+    original = wire(posted(amount_minor=20_000, rewards_rate_bps=250), journal_id=7)
+    planned = consumer.plan(record_of(wire(reversed_(original), journal_id=8)))
+    assert isinstance(planned, consumer.Planned)
+    assert (planned.entry.points, planned.entry.reverses_journal_id) == (-500, 7)
+    assert planned.entry.journal_id == 8
+
+
+def test_types_outside_earn_on_are_recorded_with_zero_points() -> None:
+    """A payment is applied (so it is never re-applied) but moves no points."""
+    planned = consumer.plan(record_of(wire(posted(posting_type="Payment"))))
+    assert isinstance(planned, consumer.Planned)
+    assert planned.entry.points == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "invalid event"),
+        (b"{", "invalid event"),
+        (json.dumps({"schemaVersion": 1, "type": "posting.posted"}).encode(), "invalid event"),
+    ],
+)
+def test_undecodable_records_are_poison_with_a_reason(value: bytes | None, reason: str) -> None:
+    """Missing values, broken JSON and the old flat format become poison, not crashes."""
+    poison = consumer.plan(Record(value))
+    assert isinstance(poison, deadletter.Poison)
+    assert poison.reason.startswith(reason)
+
+
+def test_the_largest_amount_at_the_highest_rate_is_exact() -> None:
+    """10^15 minor units at 100% gives 10^15 points: integers, no overflow, no rounding."""
+    event = wire(posted(amount_minor=10**15, rewards_rate_bps=10_000))
+    planned = consumer.plan(record_of(event))
+    assert isinstance(planned, consumer.Planned)
+    assert planned.entry.points == 10**15
+
+
+def test_dead_letter_headers_say_why_who_when_and_where_from() -> None:
+    """DLQ headers come first, older dlq-* headers are dropped, the rest are kept."""
+    record = Record(
+        b"x",
+        topic="t.postings",
+        partition=2,
+        offset=41,
+        headers=[("dlq-reason", b"old"), ("traceparent", b"00-1")],
+    )
+    headers = deadletter.headers(record, "invalid\nevent: bad", "rewards", NOW)
+    assert headers == [
+        ("dlq-reason", b"invalid event: bad"),
+        ("dlq-consumer", b"rewards"),
+        ("dlq-source", b"t.postings/2/41"),
+        ("dlq-time", b"2026-11-29T10:00:00.000Z"),
+        ("traceparent", b"00-1"),
+    ]
+
+
+def test_dead_letter_reasons_are_bounded() -> None:
+    """A huge reason (say, a whole payload in an error) is cut to a bounded header."""
+    headers = deadletter.headers(Record(b"x"), "x" * 10_000, "rewards", NOW)
+    assert len(headers[0][1]) == deadletter.REASON_MAX_CHARS
