@@ -35,6 +35,35 @@ class Settings(BaseModel):
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
     health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Observability (issue 7): /metrics listens on FINTECH_HEALTH_HOST like the probes.
+    metrics_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="TCP port of the Prometheus /metrics endpoint; 0 (the default) turns "
+            "it and the outbox/lag collector off, so processes sharing a host never collide. "
+            "The Helm chart sets 9102.",
+        ),
+    ] = 0
+    metrics_collect_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=3600,
+            description="How often the operator reads outbox backlog and consumer lag for "
+            "/metrics; also the timeout of one such read. Default 15.",
+        ),
+    ] = 15.0
+    metrics_consumer_groups_max: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1000,
+            description="Most Kafka consumer groups whose lag is exported (in name order), "
+            "bounding the label count; 0 turns lag collection off. Default 50.",
+        ),
+    ] = 50
     # Events, rewards and notifications (issue 5).
     topic_prefix: Annotated[
         str,

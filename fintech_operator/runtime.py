@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from fintech_operator import api, config, logs
 from fintech_operator.events import relay, topics
 from fintech_operator.ledger import migrate
+from fintech_operator.observability import collector, lifecycle, tracing
 
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -47,6 +48,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         max_size=app.db_pool_max_size,
         timeout=app.db_timeout_seconds,
         open=False,
+        connection_class=tracing.TracedConnection,
     )
     await pool.open(wait=True, timeout=app.db_timeout_seconds)
     # The relay owns its Kafka producer: it replaces it after a failed batch so that nothing
@@ -58,10 +60,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
+    memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await collector.stop(memo.get("metrics_collector"))
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:
         stop.set()
@@ -79,6 +83,8 @@ def run_operator(namespaces: list[str], liveness_port: int) -> int:
     logs.configure()
     config.load()  # Fail now, with the variable's name, rather than inside a handler.
     from fintech_operator import handlers  # noqa: PLC0415, F401 - registers every handler
+
+    lifecycle.start_operator(config.load())  # tracing, /metrics, timing of every handler
 
     host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None

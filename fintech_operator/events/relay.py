@@ -47,6 +47,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
 from fintech_operator.events import envelope, topics, wakeup
+from fintech_operator.observability import tracing
 
 log = logging.getLogger(__name__)
 CHANNEL: Final = "fintech_outbox"
@@ -184,6 +185,7 @@ async def _send_partition(
         pending = pending[taken:]
 
 
+@tracing.kafka_send  # one span per batch, in (or linked to) the traces its rows carry
 async def send_all(producer: AIOKafkaProducer, messages: Sequence[Message]) -> None:
     """Send messages so each partition gets them in order, all partitions at once."""
     partitions: dict[str, list[int]] = {}

@@ -29,6 +29,7 @@ def cards(
             "currency": (status.get("balance") or {}).get("currency"),
             "spendLimit": spec.get("spendLimit"),
             "product": spec.get("product"),
+            "token": status.get("token"),  # for log lines of its postings (never a PAN)
             "namespace": namespace,
         }
     }

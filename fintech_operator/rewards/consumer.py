@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
 from fintech_operator.events import deadletter, relay, schema, topics
+from fintech_operator.observability import lifecycle, tracing
 from fintech_operator.rewards import points, store
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ async def _apply_one_by_one(
     return applied, refused
 
 
+@tracing.kafka_process(CONSUMER_NAME)  # a span per batch in its events' traces; counts
 async def process(
     pool: AsyncConnectionPool[Any],
     producer: AIOKafkaProducer,
@@ -212,6 +214,7 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
         max_size=settings.db_pool_max_size,
         timeout=settings.db_timeout_seconds,
         open=False,
+        connection_class=tracing.TracedConnection,
     )
     await pool.open(wait=True, timeout=settings.db_timeout_seconds)
     await producer.start()
@@ -261,6 +264,7 @@ def main(group_id: str) -> int:
     """Entry point of ``fintech-operator rewards``."""
     logs.configure()
     settings = config.load()
+    lifecycle.start_process(settings, "fintech-rewards")  # tracing; /metrics when a port is set
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,53 @@
+"""Start-up of observability in each process: tracing, ``/metrics`` and handler timing.
+
+A process calls :func:`start_process` once, after its settings are loaded and before it
+does any work; the operator calls :func:`start_operator`, which also instruments its kopf
+handlers (they must be imported first, since importing them registers them).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import wsgiref.simple_server
+from typing import Final
+
+from fintech_operator import config
+from fintech_operator.observability import metrics, reconcile, tracing
+
+log = logging.getLogger(__name__)
+# The same variable as the liveness probe's: one setting decides what the process listens on.
+HOST_ENV: Final = "FINTECH_HEALTH_HOST"
+DEFAULT_HOST: Final = "127.0.0.1"
+
+
+def version() -> str:
+    """The installed package's version, or ``unknown`` when run from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("fintech-operator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def start_process(
+    settings: config.Settings, service: str
+) -> wsgiref.simple_server.WSGIServer | None:
+    """Set up tracing and, when ``FINTECH_METRICS_PORT`` is not 0, serve ``/metrics``."""
+    tracing.setup(service, version())
+    metrics.build_info.labels(version(), service).set(1)
+    if settings.metrics_port == 0:
+        log.info("metrics server off (FINTECH_METRICS_PORT=0)")
+        return None
+    return metrics.serve(os.environ.get(HOST_ENV, DEFAULT_HOST), settings.metrics_port)
+
+
+def start_operator(settings: config.Settings) -> wsgiref.simple_server.WSGIServer | None:
+    """:func:`start_process` for the operator, plus timing and tracing of its kopf handlers."""
+    server = start_process(settings, "fintech-operator")
+    count = reconcile.instrument()
+    log.info("instrumented %d kopf handlers", count)
+    return server
+
+
+__all__ = ["start_operator", "start_process", "version"]

@@ -1,0 +1,294 @@
+"""Prometheus metrics of the product: one registry, named metrics, bounded labels.
+
+Every metric lives in :data:`REGISTRY` (not prometheus_client's global one, so a test or an
+embedding program sees exactly ours) and is changed only through the small functions below.
+Each function maps its inputs onto a fixed, bounded set of label values: a label value that
+comes from a user's YAML (a currency, a posting type, a rejection reason) is checked against
+its expected shape and becomes ``other`` when it does not fit, so a typo in a resource can
+never create an unbounded number of time series.
+
+Names carry their unit at the end (``_seconds``, ``_messages``, ``_minor``) as Prometheus'
+conventions ask. Amounts are exported as the sum of integer minor units. Prometheus stores
+every sample as a float64, which is exact for integers up to 2**53 (about 90 trillion dollars
+in cents); the metric is telemetry for dashboards and alerts, never read back into the ledger,
+so invariant 4 (no float touches an amount) holds for the books.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import wsgiref.simple_server
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+prometheus_client.ProcessCollector(registry=REGISTRY)
+prometheus_client.PlatformCollector(registry=REGISTRY)
+prometheus_client.GCCollector(registry=REGISTRY)
+
+OTHER: Final = "other"
+# Reconciles span from a few milliseconds (a status patch) to seconds (a contended ledger
+# transaction retried after a serialization failure); the buckets cover both ends.
+RECONCILE_BUCKETS_SECONDS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+WEBHOOK_BUCKETS_SECONDS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RECONCILE_OUTCOMES: Final = frozenset(
+    {"success", "rejected", "retry", "failed", "error", "cancelled"}
+)
+POSTING_TYPES: Final = frozenset({"Purchase", "Refund", "Payment", "Fee", "Adjustment"})
+POSTING_OUTCOMES: Final = frozenset({"posted", "replayed", "rejected"})
+WEBHOOK_OUTCOMES: Final = frozenset({"delivered", "failed", "exhausted"})
+PRODUCE_OUTCOMES: Final = frozenset({"ok", "error"})
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# Reasons and kinds are CamelCase words from fixed sets in the code; anything else is a bug
+# or user input and is folded into ``other``.
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+build_info = Gauge(
+    "fintech_build_info",
+    "Always 1; the labels name the running version and process.",
+    ["version", "service"],
+    registry=REGISTRY,
+)
+reconcile_duration_seconds = Histogram(
+    "fintech_reconcile_duration_seconds",
+    "Time spent in one kopf handler call, by resource kind, handler and outcome "
+    "(success, rejected, retry, failed, error, cancelled). Its _count is the number of reconciles.",
+    ["kind", "handler", "outcome"],
+    buckets=RECONCILE_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+rejections_total = Counter(
+    "fintech_rejections_total",
+    "Resources moved to phase Rejected, by kind and reason (status.reason).",
+    ["kind", "reason"],
+    registry=REGISTRY,
+)
+postings_total = Counter(
+    "fintech_postings_total",
+    "Posting resources decided, by type, currency and outcome (posted, replayed, rejected).",
+    ["type", "currency", "outcome"],
+    registry=REGISTRY,
+)
+posting_amount_minor_total = Counter(
+    "fintech_posting_amount_minor_total",
+    "Sum of the amounts of newly posted Postings, in minor units of the currency.",
+    ["type", "currency"],
+    registry=REGISTRY,
+)
+kafka_produced_total = Counter(
+    "fintech_kafka_produced_total",
+    "Messages handed to Kafka by this process, by topic and outcome of the broker ack.",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+consumer_events_total = Counter(
+    "fintech_consumer_events_total",
+    "Kafka records handled by a consumer, by outcome (applied, duplicates, dead_lettered, error).",
+    ["consumer", "outcome"],
+    registry=REGISTRY,
+)
+webhook_deliveries_total = Counter(
+    "fintech_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome: delivered, failed (will retry), exhausted (gave up).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+webhook_delivery_duration_seconds = Histogram(
+    "fintech_webhook_delivery_duration_seconds",
+    "Time of one webhook HTTP delivery attempt, by outcome.",
+    ["outcome"],
+    buckets=WEBHOOK_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+collect_errors_total = Counter(
+    "fintech_metrics_collect_errors_total",
+    "Failed runs of the periodic collector, by source (outbox, consumer_lag).",
+    ["source"],
+    registry=REGISTRY,
+)
+
+
+def _word(value: object) -> str:
+    text = str(value) if value is not None else ""
+    return text if _WORD.fullmatch(text) else OTHER
+
+
+def _token(value: object) -> str:
+    text = str(value) if value is not None else ""
+    return text if _TOKEN.fullmatch(text) else OTHER
+
+
+def _member(value: object, allowed: frozenset[str]) -> str:
+    return value if isinstance(value, str) and value in allowed else OTHER
+
+
+def currency_label(value: object) -> str:
+    """An ISO 4217-shaped code, or ``other``."""
+    return value if isinstance(value, str) and _CURRENCY.fullmatch(value) else OTHER
+
+
+def reconcile(kind: object, handler: str, outcome: str, duration_seconds: float) -> None:
+    """Record one handler call of ``kind`` that ended with ``outcome``."""
+    reconcile_duration_seconds.labels(
+        _word(kind), handler[:64], _member(outcome, RECONCILE_OUTCOMES)
+    ).observe(max(0.0, duration_seconds))
+
+
+def rejection(kind: object, reason: object) -> None:
+    """Count a resource that moved to phase Rejected with ``reason``."""
+    rejections_total.labels(_word(kind), _word(reason)).inc()
+
+
+def posting_decided(spec: Mapping[str, Any] | None, outcome: str) -> None:
+    """Count a decided Posting; only a new ``posted`` one adds its amount.
+
+    ``spec`` is the resource's spec as the user wrote it (``type``, ``amount``, ``currency``).
+    A replay returns the first journal and posts nothing, so its amount is not added twice.
+    """
+    spec = spec or {}
+    type_ = _member(spec.get("type"), POSTING_TYPES)
+    currency = currency_label(spec.get("currency"))
+    postings_total.labels(type_, currency, _member(outcome, POSTING_OUTCOMES)).inc()
+    amount = spec.get("amount")
+    # bool is an int in Python; an amount is never a bool (or a float: invariant 4).
+    if outcome == "posted" and type(amount) is int and amount > 0:
+        posting_amount_minor_total.labels(type_, currency).inc(amount)
+
+
+def kafka_produced(topic: str, ok: bool) -> None:
+    """Count one message acknowledged (or failed) by the broker."""
+    kafka_produced_total.labels(_token(topic), "ok" if ok else "error").inc()
+
+
+def consumer_event(consumer: str, outcome: str, count: int = 1) -> None:
+    """Count ``count`` records handled by ``consumer`` with ``outcome``."""
+    consumer_events_total.labels(_token(consumer), _token(outcome)).inc(max(0, count))
+
+
+def webhook_delivery(outcome: str, duration_seconds: float) -> None:
+    """Record one webhook delivery attempt: ``delivered``, ``failed`` or ``exhausted``."""
+    label = _member(outcome, WEBHOOK_OUTCOMES)
+    webhook_deliveries_total.labels(label).inc()
+    webhook_delivery_duration_seconds.labels(label).observe(max(0.0, duration_seconds))
+
+
+def collect_error(source: str) -> None:
+    """Count a failed run of a periodic collector."""
+    collect_errors_total.labels(_token(source)).inc()
+
+
+@dataclass
+class _Snapshot:
+    outbox_backlog: int | None = None
+    outbox_oldest_age_seconds: float | None = None
+    consumer_lag: dict[tuple[str, str, int], int] = field(default_factory=dict)
+
+
+class SnapshotCollector(Collector):
+    """Gauges read from a snapshot the periodic collector replaces as a whole.
+
+    Replacing the snapshot (rather than setting long-lived gauges) drops the series of a
+    consumer group or partition that no longer exists, with no bookkeeping of what was set.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = _Snapshot()
+
+    def set_outbox(self, backlog: int, oldest_age_seconds: float) -> None:
+        with self._lock:
+            self._snapshot.outbox_backlog = backlog
+            self._snapshot.outbox_oldest_age_seconds = oldest_age_seconds
+
+    def set_consumer_lag(self, lag: Mapping[tuple[str, str, int], int]) -> None:
+        with self._lock:
+            self._snapshot.consumer_lag = dict(lag)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        with self._lock:
+            snap = _Snapshot(
+                self._snapshot.outbox_backlog,
+                self._snapshot.outbox_oldest_age_seconds,
+                dict(self._snapshot.consumer_lag),
+            )
+        if snap.outbox_backlog is not None:
+            yield GaugeMetricFamily(
+                "fintech_outbox_backlog",
+                "Outbox rows not yet published to Kafka (counted up to a cap).",
+                value=snap.outbox_backlog,
+            )
+        if snap.outbox_oldest_age_seconds is not None:
+            yield GaugeMetricFamily(
+                "fintech_outbox_oldest_age_seconds",
+                "Age of the oldest unpublished outbox row; 0 when the outbox is empty.",
+                value=snap.outbox_oldest_age_seconds,
+            )
+        lag = GaugeMetricFamily(
+            "fintech_consumer_lag_messages",
+            "Messages between a consumer group's committed offset and the partition's end.",
+            labels=["consumer", "topic", "partition"],
+        )
+        for (group, topic, partition), value in sorted(snap.consumer_lag.items()):
+            lag.add_metric([group, topic, str(partition)], value)
+        yield lag
+
+
+SNAPSHOT: Final = SnapshotCollector()
+REGISTRY.register(SNAPSHOT)
+
+
+class MetricsServerError(RuntimeError):
+    """The /metrics server could not start; the message names the address and setting."""
+
+
+def serve(host: str, port: int) -> wsgiref.simple_server.WSGIServer:
+    """Serve ``/metrics`` from :data:`REGISTRY` on ``host:port`` in a daemon thread.
+
+    Port 0 asks the OS for a free port (tests use it); read ``server.server_port``.
+    """
+    try:
+        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        raise MetricsServerError(
+            f"cannot serve /metrics on {host}:{port} (FINTECH_METRICS_PORT): {exc}"
+        ) from exc
+    log.info("serving /metrics on %s:%d", host, server.server_port)
+    return server
+
+
+def sample(name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """The current value of one sample, or None; for tests and diagnostics."""
+    value: float | None = REGISTRY.get_sample_value(name, dict(labels or {}))
+    return value
+
+
+__all__ = [
+    "REGISTRY",
+    "SNAPSHOT",
+    "MetricsServerError",
+    "collect_error",
+    "consumer_event",
+    "currency_label",
+    "kafka_produced",
+    "posting_decided",
+    "reconcile",
+    "rejection",
+    "sample",
+    "serve",
+    "webhook_delivery",
+]
