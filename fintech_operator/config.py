@@ -132,6 +132,43 @@ class Settings(BaseModel):
         ),
     ] = 10.0
 
+    # Reconciliation runs (issue 6).
+    recon_workers_max: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=16,
+            description="ReconciliationRuns worked on at once, each in its own thread with its "
+            "own database connection (outside the pool); others wait. Default 2.",
+        ),
+    ] = 2
+    recon_records_max: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000_000,
+            description="Most records one settlement source may hold; a larger source fails "
+            "the run as SourceTooLarge. Default 10000000.",
+        ),
+    ] = 10_000_000
+    recon_statement_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=86_400,
+            description="Longest single SQL statement of a run (loading, joining); default 1800.",
+        ),
+    ] = 1800
+    recon_work_mem_mb: Annotated[
+        int,
+        Field(
+            ge=4,
+            le=4096,
+            description="PostgreSQL work_mem of a run's transaction, in MiB: memory per sort "
+            "or hash before it spills to disk. Default 64.",
+        ),
+    ] = 64
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or out of bounds; the message names the variable."""

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from fintech_operator.api import card, cardproduct, posting
+from fintech_operator.api import (
+    card,
+    cardproduct,
+    posting,
+    reconciliationrun,
+    reconciliationschedule,
+)
 from fintech_operator.api.card import (
     CardPhase,
     CardSpec,
@@ -52,12 +58,24 @@ from fintech_operator.api.posting import (
     PostingSpec,
     PostingStatus,
 )
+from fintech_operator.api.reconciliationrun import (
+    ReconciliationPhase,
+    ReconciliationRunSpec,
+    ReconciliationRunStatus,
+    ReconciliationRunTemplate,
+)
+from fintech_operator.api.reconciliationschedule import (
+    ReconciliationScheduleSpec,
+    ReconciliationScheduleStatus,
+)
 
 # Every kind of the API, in the order their CRDs are generated and installed.
 KINDS: Final[tuple[KindInfo, ...]] = (
     cardproduct.KIND_INFO,
     card.KIND_INFO,
     posting.KIND_INFO,
+    reconciliationrun.KIND_INFO,
+    reconciliationschedule.KIND_INFO,
 )
 
 __all__ = [
@@ -92,6 +110,12 @@ __all__ = [
     "PostingStatus",
     "PostingType",
     "PrinterColumn",
+    "ReconciliationPhase",
+    "ReconciliationRunSpec",
+    "ReconciliationRunStatus",
+    "ReconciliationRunTemplate",
+    "ReconciliationScheduleSpec",
+    "ReconciliationScheduleStatus",
     "SpendInterval",
     "SpendLimit",
     "conditions_from_status",

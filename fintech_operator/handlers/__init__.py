@@ -3,6 +3,6 @@
 Importing this package registers every handler with kopf.
 """
 
-from fintech_operator.handlers import cardproduct, cards, indexes, postings
+from fintech_operator.handlers import cardproduct, cards, indexes, postings, recon
 
-__all__ = ["cardproduct", "cards", "indexes", "postings"]
+__all__ = ["cardproduct", "cards", "indexes", "postings", "recon"]
