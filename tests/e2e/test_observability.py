@@ -204,26 +204,29 @@ def _get(
 
 
 def test_metrics_move_for_real_reconciles(observed: Observed, applied: dict[str, Any]) -> None:
-    """Posting counters, amounts, reconcile histogram, rejections, outbox and lag all move."""
+    """Posting counters, amounts, reconcile histogram and rejections move; the outbox backlog
+    and the consumer group's lag are exported and settle at zero once everything is relayed."""
     reason = str(applied["wrong"]["reason"])
     posted = {"type": "Purchase", "currency": "USD"}
 
     def ready() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
         samples = _scrape(observed.operator_port)
         lag = [
-            k
-            for k in samples
-            if k[0] == "fintech_consumer_lag_messages" and ("consumer", observed.group) in k[1]
+            value
+            for (name, labels), value in samples.items()
+            if name == "fintech_consumer_lag_messages" and ("consumer", observed.group) in labels
         ]
+        # Settled: the outbox is drained and the rewards consumer has committed everything.
         wanted = (
             (_get(samples, "fintech_postings_total", **posted, outcome="posted") or 0) >= 1
             and (_get(samples, "fintech_rejections_total", kind="Posting", reason=reason) or 0) >= 1
-            and _get(samples, "fintech_outbox_backlog") is not None
+            and _get(samples, "fintech_outbox_backlog") == 0
             and bool(lag)
+            and sum(lag) == 0
         )
         return samples if wanted else None
 
-    samples = wait_for("operator metrics after the examples", ready, 120)
+    samples = wait_for("operator metrics to settle after the examples", ready, 120)
     assert (_get(samples, "fintech_posting_amount_minor_total", **posted) or 0) >= PURCHASE_MINOR
     rejected = {"type": "Purchase", "currency": "EUR", "outcome": "rejected"}
     assert _get(samples, "fintech_postings_total", **rejected) == 1
