@@ -12,9 +12,12 @@ from typing import Final
 from fintech_operator.api import (
     card,
     cardproduct,
+    cardreview,
+    compliancepolicy,
     posting,
     reconciliationrun,
     reconciliationschedule,
+    riskpolicy,
 )
 from fintech_operator.api.card import (
     CardPhase,
@@ -25,8 +28,16 @@ from fintech_operator.api.card import (
     Decision,
     Holder,
     KycStatus,
+    ReviewRecord,
+    SanctionsMatch,
 )
 from fintech_operator.api.cardproduct import CardProductPhase, CardProductSpec, CardProductStatus
+from fintech_operator.api.cardreview import (
+    CardReviewPhase,
+    CardReviewSpec,
+    CardReviewStatus,
+    ReviewDecision,
+)
 from fintech_operator.api.common import (
     API_VERSION,
     CATEGORY,
@@ -49,6 +60,15 @@ from fintech_operator.api.common import (
     set_condition,
     to_api,
 )
+from fintech_operator.api.compliancepolicy import (
+    AmlRules,
+    CompliancePolicyPhase,
+    CompliancePolicySpec,
+    CompliancePolicyStatus,
+    KycRules,
+    SanctionsRules,
+    StructuringRule,
+)
 from fintech_operator.api.posting import (
     Direction,
     Entry,
@@ -68,12 +88,22 @@ from fintech_operator.api.reconciliationschedule import (
     ReconciliationScheduleSpec,
     ReconciliationScheduleStatus,
 )
+from fintech_operator.api.riskpolicy import (
+    PolicyMoney,
+    RiskPolicyPhase,
+    RiskPolicySpec,
+    RiskPolicyStatus,
+    RuleAction,
+)
 
 # Every kind of the API, in the order their CRDs are generated and installed.
 KINDS: Final[tuple[KindInfo, ...]] = (
     cardproduct.KIND_INFO,
     card.KIND_INFO,
     posting.KIND_INFO,
+    riskpolicy.KIND_INFO,
+    compliancepolicy.KIND_INFO,
+    cardreview.KIND_INFO,
     reconciliationrun.KIND_INFO,
     reconciliationschedule.KIND_INFO,
 )
@@ -85,14 +115,21 @@ __all__ = [
     "KINDS",
     "READY",
     "VERSION",
+    "AmlRules",
     "CardPhase",
     "CardProductPhase",
     "CardProductSpec",
     "CardProductStatus",
+    "CardReviewPhase",
+    "CardReviewSpec",
+    "CardReviewStatus",
     "CardSpec",
     "CardState",
     "CardStatus",
     "CardType",
+    "CompliancePolicyPhase",
+    "CompliancePolicySpec",
+    "CompliancePolicyStatus",
     "Condition",
     "ConditionStatus",
     "Decision",
@@ -101,9 +138,11 @@ __all__ = [
     "FeeAmount",
     "Holder",
     "KindInfo",
+    "KycRules",
     "KycStatus",
     "Merchant",
     "Money",
+    "PolicyMoney",
     "PostingPhase",
     "PostingReason",
     "PostingSpec",
@@ -116,8 +155,17 @@ __all__ = [
     "ReconciliationRunTemplate",
     "ReconciliationScheduleSpec",
     "ReconciliationScheduleStatus",
+    "ReviewDecision",
+    "ReviewRecord",
+    "RiskPolicyPhase",
+    "RiskPolicySpec",
+    "RiskPolicyStatus",
+    "RuleAction",
+    "SanctionsMatch",
+    "SanctionsRules",
     "SpendInterval",
     "SpendLimit",
+    "StructuringRule",
     "conditions_from_status",
     "find_condition",
     "format_validation_error",

@@ -15,6 +15,9 @@ MEMO_MAX_LENGTH: Final = 256
 TOKEN_MAX_LENGTH: Final = 128
 DECISION_MAX_LENGTH: Final = 64
 DECISION_REASONS_MAX_ITEMS: Final = 16
+DETAIL_MAX_LENGTH: Final = 256
+ENTRY_ID_MAX_LENGTH: Final = 32
+RECORD_ID_MAX_LENGTH: Final = 20
 POINTS_MAX: Final = common.AMOUNT_MINOR_MAX
 
 
@@ -124,6 +127,71 @@ class CardSpec(common.SpecModel):
 RuleName = Annotated[common.Reason, pydantic.Field(description="CamelCase name of a rule.")]
 
 
+DetailLine = Annotated[
+    str, pydantic.Field(max_length=DETAIL_MAX_LENGTH, description="One line of explanation.")
+]
+
+
+class SanctionsMatch(common.StatusModel):
+    """An entry of the sanctions list that the holder's name resembles."""
+
+    name: str = pydantic.Field(
+        max_length=HOLDER_NAME_MAX_LENGTH, description="The listed name, as written in the list."
+    )
+    entry_id: str | None = pydantic.Field(
+        default=None, max_length=ENTRY_ID_MAX_LENGTH, description="ent_num of the list entry."
+    )
+    program: str | None = pydantic.Field(
+        default=None, max_length=DETAIL_MAX_LENGTH, description="Sanctions program of the entry."
+    )
+    score_bps: pydantic.StrictInt = pydantic.Field(
+        ge=0,
+        le=10_000,
+        description="Jaro-Winkler similarity of the normalized names, in basis points.",
+    )
+    exact: bool = pydantic.Field(
+        default=False, description="True when the normalized names are identical."
+    )
+
+
+class ReviewRecord(common.StatusModel):
+    """A reviewer's decision as applied to the card."""
+
+    decision: str = pydantic.Field(max_length=DECISION_MAX_LENGTH, description="Approve or Reject.")
+    reviewer: str = pydantic.Field(max_length=HOLDER_NAME_MAX_LENGTH, description="Who decided.")
+    comment: str | None = pydantic.Field(
+        default=None, max_length=common.VALIDATION_MESSAGE_MAX_LENGTH, description="Why."
+    )
+    card_review: str | None = pydantic.Field(
+        default=None,
+        max_length=common.OBJECT_NAME_MAX_LENGTH,
+        description="Name of the CardReview object that carried the decision.",
+    )
+    reviewed_at: common.Timestamp | None = pydantic.Field(
+        default=None, description="When the decision was recorded (RFC 3339)."
+    )
+
+
+class AmlStatus(common.StatusModel):
+    """AML alerts raised on the card's postings (details in compliance_alerts)."""
+
+    alerts: common.Count = pydantic.Field(
+        default=0, description="Alerts announced on the card so far (Events ComplianceAlert)."
+    )
+    last_alert_id: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[0-9]+$",
+        min_length=1,
+        max_length=RECORD_ID_MAX_LENGTH,
+        description="compliance_alerts id of the newest alert announced, as a string.",
+    )
+    last_alert: str | None = pydantic.Field(
+        default=None,
+        max_length=DETAIL_MAX_LENGTH,
+        description="The newest alert in words, e.g. 'DailyThreshold on 2025-01-15'.",
+    )
+
+
 class Decision(common.StatusModel):
     """Summary of a risk or compliance decision. Fields beyond these are kept as written."""
 
@@ -153,6 +221,22 @@ class Decision(common.StatusModel):
     )
     decided_at: common.Timestamp | None = pydantic.Field(
         default=None, description="When the decision was made (RFC 3339)."
+    )
+    details: list[DetailLine] = pydantic.Field(
+        default_factory=list,
+        max_length=DECISION_REASONS_MAX_ITEMS,
+        description="One line per rule that fired, saying what it saw, e.g. "
+        "'BlockedHolderCountry: holder country KP is blocked'.",
+    )
+    record_id: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[0-9]+$",
+        min_length=1,
+        max_length=RECORD_ID_MAX_LENGTH,
+        description="Id of the audit row (risk_assessments or compliance_checks), as a string.",
+    )
+    match: SanctionsMatch | None = pydantic.Field(
+        default=None, description="The best sanctions-list match, when screening found one."
     )
 
 
@@ -202,6 +286,12 @@ class CardStatus(common.StatusModel):
     )
     issued_at: common.Timestamp | None = pydantic.Field(
         default=None, description="When the card was issued (RFC 3339)."
+    )
+    aml: AmlStatus | None = pydantic.Field(
+        default=None, description="AML alerts raised on the card's postings."
+    )
+    review: ReviewRecord | None = pydantic.Field(
+        default=None, description="Manual review decision, when the card needed one."
     )
     reason: common.Reason | None = pydantic.Field(
         default=None,

@@ -294,10 +294,25 @@ def render_all() -> list[dict[str, Any]]:
     return [render_crd(info) for info in api.KINDS]
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """A safe dumper that writes a shared node (an enum used by two fields) out in full.
+
+    Anchors and aliases (``&id001``/``*id001``) are valid YAML but unreadable in a CRD.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render_text(crd: Mapping[str, Any]) -> str:
     """Serialize one CRD as the exact text committed under crds/."""
-    body = yaml.safe_dump(
-        dict(crd), sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
+    body = yaml.dump(
+        dict(crd),
+        Dumper=_NoAliasDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
     )
     return HEADER + body
 

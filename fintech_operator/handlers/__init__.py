@@ -3,6 +3,22 @@
 Importing this package registers every handler with kopf.
 """
 
-from fintech_operator.handlers import cardproduct, cards, indexes, postings, recon
+from fintech_operator.handlers import (
+    cardproduct,
+    cards,
+    indexes,
+    policies,
+    postings,
+    recon,
+    reviews,
+)
 
-__all__ = ["cardproduct", "cards", "indexes", "postings", "recon"]
+__all__ = [
+    "cardproduct",
+    "cards",
+    "indexes",
+    "policies",
+    "postings",
+    "recon",
+    "reviews",
+]

@@ -11,6 +11,11 @@ from fintech_operator import api
 from fintech_operator.handlers import report
 
 PRODUCT_COUNT_INTERVAL_SECONDS = 15.0
+# While cards use a product being deleted, deletion is re-checked this often.
+DELETE_RECHECK_SECONDS = 10.0
+USERS_SHOWN_MAX = 5
+# Cards in these phases no longer need their product: it may be deleted under them.
+FINISHED_PHASES = frozenset({"Closed", "Rejected"})
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, "cardproducts")
@@ -53,4 +58,43 @@ async def count_cards(
         patch.status["cards"] = count
 
 
-__all__ = ["count_cards", "reconcile"]
+def _users(cards: kopf.Index[Any, Any], namespace: str | None, name: str) -> list[str]:
+    """Names of the cards of the product that still need it (not Closed, not Rejected)."""
+    return sorted(
+        card_name
+        for (card_namespace, card_name), store in cards.items()
+        if card_namespace == namespace
+        for value in store
+        if value.get("product") == name and value.get("phase") not in FINISHED_PHASES
+    )
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, "cardproducts")
+async def protect(
+    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, **kwargs: Any
+) -> None:
+    """Hold the finalizer while cards use the product, saying which and what to do.
+
+    Cards keep their balances in the product's currency and read its rewards and fees; deleting
+    it under them would strand them. This waits as long as they exist, by design, and says so.
+    """
+    users = _users(kwargs["cards"], namespace, name)
+    if not users:
+        return
+    shown = ", ".join(users[:USERS_SHOWN_MAX])
+    more = f" and {len(users) - USERS_SHOWN_MAX} more" if len(users) > USERS_SHOWN_MAX else ""
+    message = (
+        f"deletion waits: {len(users)} card(s) still use this product ({shown}{more}); "
+        "close or delete them first"
+    )
+    generation = int(body.metadata.get("generation") or 0)
+    patch.status["reason"] = "InUse"
+    patch.status["message"] = message
+    patch.status["conditions"] = report.condition(
+        body.status, api.READY, False, "DeletionBlocked", message, generation
+    )
+    kopf.warn(body, reason="DeletionBlocked", message=message)
+    raise kopf.TemporaryError(message, delay=DELETE_RECHECK_SECONDS)
+
+
+__all__ = ["count_cards", "protect", "reconcile"]

@@ -1,31 +1,100 @@
-"""Card: issue (token, last 4, ledger account), freeze and unfreeze, refresh balances.
+"""Card: assess (risk + compliance), issue, review, freeze, close and delete.
 
-Issuance is decided once: a card whose status already has a phase is never issued
-again, so a restart of the operator cannot mint a second token or account.
+The lifecycle and what decides each step are in :mod:`fintech_operator.cards.lifecycle` and
+``docs/cards.md``. Crash safety: an assessment is recorded under a key made of the card's uid
+and generation before anything acts on it, and a replay finds the recorded decision, so a
+restarted operator never decides a card twice; issuance (account, fee) is idempotent by key;
+a card whose status has a decided phase is never issued again.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Final
 
 import kopf
+import psycopg
 import pydantic
 
 from fintech_operator import api, config
-from fintech_operator.cards import tokenizer
+from fintech_operator.cards import lifecycle, tokenizer
+from fintech_operator.compliance import lists, rules
+from fintech_operator.compliance import model as compliance_model
+from fintech_operator.compliance import policy as compliance_policy
+from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model
 from fintech_operator.rewards import store
+from fintech_operator.risk import engine as risk_engine
+from fintech_operator.risk import model as risk_model
+from fintech_operator.risk import policy as risk_policy
+from fintech_operator.risk import store as risk_store
 
-DECIDED_PHASES = frozenset({"Active", "Frozen", "Closed", "Rejected", "PendingReview"})
-ISSUED_PHASES = frozenset({"Active", "Frozen"})
-TEMPORARY_DELAY_SECONDS = 2.0
+DECIDED_PHASES: Final = frozenset({"Active", "Frozen", "Closed", "Rejected", "PendingReview"})
+ISSUED_PHASES: Final = lifecycle.ISSUED_PHASES
+TEMPORARY_DELAY_SECONDS: Final = 2.0
+# A sanctions list that cannot be read is retried this often before the card is held for review.
+SCREENING_RETRY_LIMIT: Final = 3
+# How often a card in PendingReview looks for a recorded CardReview.
+REVIEW_POLL_INTERVAL_SECONDS: Final = 2.0
+# Deleting a card waits at most this many attempts (about a minute) for the database; then the
+# finalizer is released anyway and the account is left open: the finalizer never blocks forever.
+DELETE_RETRY_LIMIT: Final = 6
+DELETE_RETRY_DELAY_SECONDS: Final = 10.0
+ALERT_EVENTS_PER_REFRESH_MAX: Final = 20
 _TOKENIZER: tokenizer.Tokenizer = tokenizer.BuiltinTokenizer()
+# Sanctions lists, compiled once per ConfigMap version and shared by every card and policy.
+LISTS: Final = lists.ListCache(lists.fetch_configmap)
+
+
+def normal_event(body: kopf.Body, reason: str, message: str) -> None:
+    """A Normal Event on the object.
+
+    Not ``kopf.info``: the operator posts kopf's own events only from WARNING up (see runtime),
+    and ``kopf.info`` obeys that level too, so a user would never see issuance or closing.
+    """
+    kopf.event(body, type="Normal", reason=reason, message=message[:1024])
 
 
 def _refresh_interval_seconds() -> float:
     return config.load().card_refresh_interval_seconds
+
+
+def _generation(body: kopf.Body) -> int:
+    return int(body.metadata.get("generation") or 0)
+
+
+# --- Indexes --------------------------------------------------------------------------------------
+
+
+@kopf.index(api.GROUP, api.VERSION, "cards")
+def card_facts(
+    namespace: str | None, name: str, uid: str | None, status: kopf.Status, **_: Any
+) -> dict[Any, Any]:
+    """(namespace, name) -> uid and phase: CardReviews find their card here."""
+    return {(namespace, name): {"uid": uid, "phase": status.get("phase")}}
+
+
+@kopf.index(api.GROUP, api.VERSION, "cards")
+def cards_by_user(
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    **_: Any,
+) -> dict[Any, Any]:
+    """(namespace, userId) -> the user's cards, for the MaxCardsPerUser rule."""
+    return {
+        (namespace, spec.get("userId")): {
+            "name": name,
+            "phase": status.get("phase"),
+            "created": str(meta.get("creationTimestamp") or ""),
+        }
+    }
+
+
+# --- Issuance -------------------------------------------------------------------------------------
 
 
 def _product_or_retry(
@@ -54,6 +123,7 @@ async def issue(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
+    """Assess a new card and issue it, hold it for review, or reject it."""
     if body.status.get("phase") in DECIDED_PHASES:
         return
     namespace = report.namespace_of(namespace)
@@ -61,6 +131,9 @@ async def issue(
         card = api.CardSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
         report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        return
+    if card.state is api.CardState.CLOSED:
+        _closed_unissued(body, patch)
         return
     limit = memo.settings.missing_card_retry_limit
     product = _product_or_retry(kwargs["cardproducts"], namespace, card.product, retry, limit)
@@ -72,22 +145,158 @@ async def issue(
             f"card product {card.product!r} does not exist in {namespace}",
         )
         return
-    if card.holder.kyc_status is not api.KycStatus.ACCEPTED:
-        _hold_for_review(body, patch, f"holder KYC status is {card.holder.kyc_status.value}")
-        return
-    await _open(body, patch, memo, namespace, name, card, product)
+    await _assess(body, patch, memo, namespace, name, card, product, retry, kwargs)
 
 
-def _hold_for_review(body: kopf.Body, patch: kopf.Patch, why: str) -> None:
-    generation = int(body.metadata.get("generation") or 0)
+async def _assess(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    card: api.CardSpec,
+    product: api.CardProductSpec,
+    retry: int,
+    indexes_: dict[str, Any],
+) -> None:
+    """Risk and compliance for the card's current generation, recorded, then acted on."""
+    uid = str(body.metadata.uid)
+    generation = _generation(body)
+    rpolicy = risk_policy.select(indexes_["riskpolicies"], namespace)
+    cpolicy = compliance_policy.select(indexes_["compliancepolicies"], namespace)
+    owned = indexes_["cards_by_user"].get((namespace, card.user_id)) or ()
+    facts = risk_model.IssuanceFacts(
+        holder_country=card.holder.country,
+        user_cards=lifecycle.user_cards(
+            owned, name, str(body.metadata.get("creationTimestamp") or "")
+        ),
+    )
+    decision = risk_engine.assess_issuance(rpolicy, facts)
+    checks = [
+        rules.check_kyc(cpolicy, card.holder.kyc_status.value),
+        await _screen(cpolicy, namespace, card.holder.name, retry),
+    ]
+    subject = f"{namespace}/{name}"
+    base = f"card-issuance/{subject}/{uid}/g{generation}"
+    async with memo.pool.connection() as conn, conn.transaction():
+        risk_row = await risk_store.record(
+            conn,
+            risk_model.Assessment(
+                idempotency_key=f"{base}/risk",
+                subject_kind="CardIssuance",
+                subject=subject,
+                subject_uid=uid,
+                decision=decision,
+                inputs={"issuance": facts.to_json(), "userId": card.user_id},
+            ),
+        )
+        stored = [
+            await compliance_store.record_check(
+                conn,
+                idempotency_key=f"{base}/{check.kind.value}",
+                subject_kind="CardIssuance",
+                subject=subject,
+                subject_uid=uid,
+                policy=cpolicy.ref,
+                check=check,
+            )
+            for check in checks
+        ]
+    now = report.now()
+    recorded = [(row.id, row.check) for row in stored]
+    patch.status["risk"] = lifecycle.risk_status(risk_row.decision, risk_row.id, now)
+    patch.status["compliance"] = lifecycle.compliance_status(cpolicy.ref, recorded, now)
+    conditions = _assessment_conditions(body, risk_row.decision, [c for _, c in recorded])
+    verdict = lifecycle.verdict(risk_row.decision, [check for _, check in recorded])
+    normal_event(body, reason="RiskAssessed", message=risk_row.decision.summary()[:1024])
+    if verdict.phase == "Rejected":
+        report.reject(body, patch, verdict.reason, verdict.message)
+        patch.status["conditions"] = _merge(conditions, patch.status["conditions"])
+    elif verdict.phase == "PendingReview":
+        _hold_for_review(body, patch, verdict, conditions)
+    else:
+        await _open(body, patch, memo, namespace, name, card, product, conditions)
+
+
+async def _screen(
+    policy: compliance_model.Policy, namespace: str, holder_name: str, retry: int
+) -> compliance_model.CheckResult:
+    """Screen the holder's name against the policy's list, failing closed to Review."""
+    sanctions = policy.spec.sanctions
+    if sanctions is None:
+        return rules.sanctions_not_configured()
+    ref = f"configmap {namespace}/{sanctions.config_map}[{sanctions.key}]"
+    try:
+        loaded = await LISTS.get(namespace, sanctions.config_map, sanctions.key)
+    except lists.ListUnavailable as exc:
+        if retry < SCREENING_RETRY_LIMIT:
+            raise kopf.TemporaryError(exc.message, delay=TEMPORARY_DELAY_SECONDS) from exc
+        return rules.sanctions_unavailable(exc.message, ref)
+    return rules.check_sanctions(
+        loaded.screener, holder_name, sanctions.match_threshold_bps, loaded.ref
+    )
+
+
+def _assessment_conditions(
+    body: kopf.Body,
+    decision: risk_model.Decision,
+    checks: list[compliance_model.CheckResult],
+) -> list[dict[str, Any]]:
+    generation = _generation(body)
+    conditions = report.condition(
+        body.status,
+        "RiskAssessed",
+        True,
+        decision.action.value,
+        decision.summary(),
+        generation,
+    )
+    worst = compliance_model.worst(checks)
+    cleared = worst is None or worst.outcome is compliance_model.Outcome.CLEAR
+    return report.condition(
+        {"conditions": conditions},
+        "ComplianceCleared",
+        cleared,
+        "Cleared" if cleared or worst is None else worst.reason,
+        "; ".join(f"{check.kind.value}: {check.detail}" for check in checks),
+        generation,
+    )
+
+
+def _merge(base: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``base`` with the conditions of ``extra`` laid over it by type."""
+    merged = {condition["type"]: condition for condition in base}
+    merged.update({condition["type"]: condition for condition in extra})
+    return list(merged.values())
+
+
+def _hold_for_review(
+    body: kopf.Body, patch: kopf.Patch, verdict: lifecycle.Verdict, conditions: list[dict[str, Any]]
+) -> None:
+    generation = _generation(body)
+    why = f"{verdict.message}; a reviewer decides with a CardReview (see docs/cards.md)"
     patch.status["phase"] = "PendingReview"
-    patch.status["reason"] = "KycNotAccepted"
-    patch.status["message"] = why
+    patch.status["reason"] = verdict.reason
+    patch.status["message"] = why[:1024]
     patch.status["conditions"] = report.condition(
-        body.status, "ComplianceCleared", False, "KycNotAccepted", why, generation
+        {"conditions": conditions}, api.READY, False, verdict.reason, why, generation
     )
     patch.status["observedGeneration"] = generation
-    kopf.warn(body, reason="PendingReview", message=why)
+    kopf.warn(body, reason="PendingReview", message=why[:1024])
+
+
+def _closed_unissued(body: kopf.Body, patch: kopf.Patch) -> None:
+    """spec.state Closed before the card was ever issued: nothing to open or close."""
+    generation = _generation(body)
+    message = "closed before it was issued; no ledger account was opened"
+    patch.status["phase"] = "Closed"
+    patch.status["reason"] = "ClosedBeforeIssue"
+    patch.status["message"] = message
+    patch.status["conditions"] = report.condition(
+        body.status, api.READY, False, "ClosedBeforeIssue", message, generation
+    )
+    patch.status["observedGeneration"] = generation
+    normal_event(body, reason="Closed", message=message)
 
 
 async def _open(
@@ -98,7 +307,9 @@ async def _open(
     name: str,
     card: api.CardSpec,
     product: api.CardProductSpec,
+    conditions: list[dict[str, Any]],
 ) -> None:
+    """Open the card's ledger account, charge the issuance fee, and report it issued."""
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
     issued = await _TOKENIZER.issue(f"{namespace}/{name}")
@@ -112,9 +323,9 @@ async def _open(
         )
     if product.issuance_fee is not None and product.issuance_fee.amount_minor > 0:
         await _post_issuance_fee(memo, body, code, product.issuance_fee.amount_minor, currency)
-    generation = int(body.metadata.get("generation") or 0)
+    generation = _generation(body)
     conditions = report.condition(
-        body.status, "LedgerAccountOpened", True, "Opened", code, generation
+        {"conditions": conditions}, "LedgerAccountOpened", True, "Opened", code, generation
     )
     conditions = report.condition(
         {"conditions": conditions},
@@ -133,11 +344,13 @@ async def _open(
             "balance": {"amount": 0, "currency": currency},
             "rewardsPoints": 0,
             "issuedAt": report.timestamp(),
+            "reason": None,
+            "message": None,
             "conditions": conditions,
             "observedGeneration": generation,
         }
     )
-    kopf.info(body, reason="Issued", message=f"card issued on {code}, last 4 {issued.last4}")
+    normal_event(body, reason="Issued", message=f"card issued on {code}, last 4 {issued.last4}")
 
 
 async def _post_issuance_fee(
@@ -158,43 +371,158 @@ async def _post_issuance_fee(
     await engine.post(memo.pool, request)
 
 
+# --- Re-assessment and manual review --------------------------------------------------------------
+
+
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.holder")
+async def holder_changed(
+    body: kopf.Body,
+    old: Any,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    """A card waiting for review is assessed again when its holder changes (e.g. KYC done).
+
+    A recorded review wins: once a reviewer decided, the new holder data changes nothing.
+    """
+    if old is None or body.status.get("phase") != "PendingReview":
+        return
+    namespace = report.namespace_of(namespace)
+    async with memo.pool.connection() as conn:
+        if await compliance_store.find_review(conn, str(body.metadata.uid)) is not None:
+            return
+    card = api.CardSpec.model_validate(dict(spec))
+    product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
+    if product is None:
+        report.reject(body, patch, "ProductNotFound", f"card product {card.product!r} is gone")
+        return
+    parsed = api.CardProductSpec.model_validate(product)
+    await _assess(body, patch, memo, namespace, name, card, parsed, kwargs["retry"], kwargs)
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    "cards",
+    interval=REVIEW_POLL_INTERVAL_SECONDS,
+    when=lambda status, **_: status.get("phase") == "PendingReview",
+)
+async def apply_review(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    """Apply the recorded CardReview of a card in PendingReview: issue it or reject it."""
+    async with memo.pool.connection() as conn:
+        review = await compliance_store.find_review(conn, str(body.metadata.uid))
+    if review is None:
+        return
+    namespace = report.namespace_of(namespace)
+    patch.status["review"] = api.to_api(
+        api.ReviewRecord(
+            decision=review.decision,
+            reviewer=review.reviewer,
+            comment=review.comment,
+            card_review=review.review.split("/", 1)[1],
+            reviewed_at=review.created_at.replace(microsecond=0),
+        )
+    )
+    who = f"{review.decision} by {review.reviewer} (CardReview {review.review}): {review.comment}"
+    if review.decision != api.ReviewDecision.APPROVE.value:
+        report.reject(body, patch, "ReviewRejected", who)
+        return
+    normal_event(body, reason="ReviewApproved", message=who[:1024])
+    card = api.CardSpec.model_validate(dict(spec))
+    product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
+    if product is None:
+        report.reject(body, patch, "ProductNotFound", f"card product {card.product!r} is gone")
+        return
+    conditions = report.condition(
+        body.status, "ComplianceCleared", True, "ReviewApproved", who, _generation(body)
+    )
+    await _open(
+        body,
+        patch,
+        memo,
+        namespace,
+        name,
+        card,
+        api.CardProductSpec.model_validate(product),
+        conditions,
+    )
+
+
+# --- State: freeze, unfreeze, close ---------------------------------------------------------------
+
+
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state")
 async def state_changed(
-    body: kopf.Body, new: Any, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Freeze, unfreeze or close an issued card when ``spec.state`` changes."""
-    phase = body.status.get("phase")
-    if phase not in ISSUED_PHASES:
+    """Freeze, unfreeze or close a card when ``spec.state`` changes (creation is issue's job)."""
+    if old is None:
         return
-    generation = int(body.metadata.get("generation") or 0)
-    if new in ("Active", "Frozen") and new != phase:
+    phase = body.status.get("phase")
+    generation = _generation(body)
+    if phase in ISSUED_PHASES and new in ("Active", "Frozen") and new != phase:
         patch.status["phase"] = new
         patch.status["observedGeneration"] = generation
-        kopf.info(
+        patch.status["conditions"] = report.condition(
+            body.status, api.READY, True, new, f"card is {new}", generation
+        )
+        normal_event(
             body, reason="Frozen" if new == "Frozen" else "Unfrozen", message=f"card is now {new}"
         )
-    elif new == "Closed":
-        await _close(body, patch, memo, generation)
+    elif new == "Closed" and phase in ISSUED_PHASES:
+        await _close(body, patch, memo, announce=True)
+    elif new == "Closed" and phase == "PendingReview":
+        _closed_unissued(body, patch)
 
 
-async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, generation: int) -> None:
+async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:
+    """Close the card's account; while its balance is not zero, say why and keep the phase.
+
+    The refresh timer tries again, so closing completes by itself once the balance is zero.
+    """
+    generation = _generation(body)
     code = str(body.status.get("account"))
     async with memo.pool.connection() as conn:
         try:
             await engine.close_account(conn, code)
         except model.AccountNotEmpty as exc:
-            why = f"{exc.message}; pay or refund the balance to zero, then closing completes"
+            why = (
+                f"closing waits: {exc.message}; post a Payment (or Refund) that brings the "
+                "balance to zero and closing completes by itself"
+            )
+            if announce or body.status.get("reason") != "BalanceNotZero":
+                kopf.warn(body, reason="BalanceNotZero", message=why)
+            patch.status["reason"] = "BalanceNotZero"
+            patch.status["message"] = why
             patch.status["conditions"] = report.condition(
                 body.status, api.READY, False, "BalanceNotZero", why, generation
             )
-            kopf.warn(body, reason="BalanceNotZero", message=why)
-            raise kopf.TemporaryError(why, delay=30) from exc
+            return
     patch.status["phase"] = "Closed"
+    patch.status["reason"] = None
+    patch.status["message"] = None
     patch.status["observedGeneration"] = generation
     patch.status["conditions"] = report.condition(
-        body.status, api.READY, False, "Closed", "card closed", generation
+        body.status,
+        api.READY,
+        False,
+        "Closed",
+        "card closed; its ledger history is kept",
+        generation,
     )
-    kopf.info(body, reason="Closed", message="card closed; its ledger history is kept")
+    normal_event(body, reason="Closed", message="card closed; its ledger history is kept")
 
 
 @kopf.timer(
@@ -205,16 +533,113 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, generation
     when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
 )
 async def refresh(
-    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    spec: kopf.Spec,
+    namespace: str | None,
+    name: str,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    """Mirror the ledger balance and the rewards points into status when they change."""
+    """Mirror balance, points and AML alerts into status; finish a close that was waiting."""
     code = str(body.status.get("account"))
+    card = f"{namespace}/{name}"
+    aml = dict(body.status.get("aml") or {})
     async with memo.pool.connection() as conn:
         balance = await engine.balance(conn, code)
-        points = await store.points_balance(conn, f"{namespace}/{name}")
+        points = await store.points_balance(conn, card)
+        alerts = await compliance_store.alerts_after(
+            conn, card, int(aml.get("lastAlertId") or 0), ALERT_EVENTS_PER_REFRESH_MAX
+        )
     amount = balance.balance_minor
     current = body.status.get("balance") or {}
     if current.get("amount") != amount:
         patch.status["balance"] = {"amount": amount, "currency": balance.currency}
     if body.status.get("rewardsPoints") != points:
         patch.status["rewardsPoints"] = points
+    if alerts:
+        _announce_alerts(body, patch, aml, alerts)
+    if spec.get("state") == "Closed" and amount == 0:
+        await _close(body, patch, memo, announce=False)
+
+
+def _announce_alerts(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    aml: dict[str, Any],
+    alerts: list[compliance_model.Alert],
+) -> None:
+    """One warning Event per new AML alert; status.aml remembers the last one announced."""
+    for alert in alerts:
+        kopf.warn(
+            body,
+            reason="ComplianceAlert",
+            message=(
+                f"{alert.kind.value} on {alert.business_day}: {alert.posting_count} posting(s) "
+                f"totalling {alert.total_minor} {alert.currency} (threshold "
+                f"{alert.threshold_minor}, policy {alert.policy}); the posting was not blocked"
+            ),
+        )
+    last = alerts[-1]
+    patch.status["aml"] = api.to_api(
+        api.card.AmlStatus(
+            alerts=int(aml.get("alerts") or 0) + len(alerts),
+            last_alert_id=str(last.id),
+            last_alert=f"{last.kind.value} on {last.business_day}",
+        )
+    )
+
+
+# --- Deletion -------------------------------------------------------------------------------------
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, "cards")
+async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    """Close the card's ledger account, keeping its history; never block deletion for long.
+
+    A balance that is not zero is a debt: the account stays open with its full history and the
+    deletion goes ahead (the Event says so). A database outage is retried a bounded number of
+    times, then the finalizer is released with a warning.
+    """
+    code = body.status.get("account")
+    if not code or body.status.get("phase") == "Closed":
+        return
+    try:
+        async with memo.pool.connection() as conn:
+            await engine.close_account(conn, str(code))
+    except model.AccountNotEmpty as exc:
+        kopf.warn(
+            body,
+            reason="AccountLeftOpen",
+            message=f"{exc.message}: the card is deleted but its account stays open with its "
+            "balance and history in the ledger",
+        )
+        return
+    except model.AccountNotFound:
+        return
+    except (psycopg.Error, OSError) as exc:
+        if retry < DELETE_RETRY_LIMIT:
+            raise kopf.TemporaryError(
+                f"closing {code} failed: {exc}", delay=DELETE_RETRY_DELAY_SECONDS
+            ) from exc
+        kopf.warn(
+            body,
+            reason="AccountLeftOpen",
+            message=f"gave up closing {code} after {retry} attempts ({exc}); the card is "
+            "deleted and its account left open",
+        )
+        return
+    normal_event(body, reason="AccountClosed", message=f"account {code} closed; history kept")
+
+
+__all__ = [
+    "apply_review",
+    "card_facts",
+    "cards_by_user",
+    "delete",
+    "holder_changed",
+    "issue",
+    "normal_event",
+    "refresh",
+    "state_changed",
+]

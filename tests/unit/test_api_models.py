@@ -107,6 +107,8 @@ def test_full_valid_specs_parse(model: type[pydantic.BaseModel]) -> None:
 def test_examples_parse(path: Path) -> None:
     """Every shipped example is a valid object of its kind, in our API version."""
     for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        if not document["apiVersion"].startswith(f"{api.GROUP}/"):
+            continue  # Kubernetes' own kinds (the sanctions ConfigMap, reviewer RBAC).
         info = next(k for k in api.KINDS if k.kind == document["kind"])
         assert document["apiVersion"] == api.API_VERSION
         info.spec_model.model_validate(document["spec"])

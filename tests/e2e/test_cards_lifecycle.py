@@ -1,0 +1,573 @@
+"""Every transition of the card lifecycle, through the operator as a real process.
+
+One operator serves the module; each test works in its own namespace with a few objects:
+issuance with risk and compliance (approve, review, reject through each kind of rule), manual
+review with CardReview, freeze and unfreeze, a close refused while the balance is not zero and
+completed once it is paid, CEL refusing a reopening, deletion with the finalizer, the product
+that waits for its cards, policy status, and finally the PAN scan of everything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from fintech_operator.cards import pan
+from tests.conftest import Kubectl, OperatorProcesses, wait_for
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TIMEOUT_SECONDS = 90.0
+
+
+# --- Helpers --------------------------------------------------------------------------------------
+
+
+def apply(kubectl: Kubectl, ns: str, *objects: dict[str, Any]) -> None:
+    documents = [{"apiVersion": "fintech.dev/v1alpha1", **obj} for obj in objects]
+    kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(documents))
+
+
+def get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any] | None:
+    result = kubectl("get", "-n", ns, kind, name, "-o", "json", check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr:
+            return None
+        raise AssertionError(result.stderr)
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+def status_of(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any]:
+    obj = get(kubectl, ns, kind, name)
+    return dict((obj or {}).get("status") or {})
+
+
+def wait_status(
+    kubectl: Kubectl,
+    procs: OperatorProcesses,
+    ns: str,
+    kind: str,
+    name: str,
+    what: str,
+    predicate: Any,
+) -> dict[str, Any]:
+    """Wait until the object's status satisfies ``predicate``; show the operator log if not."""
+
+    def probe() -> dict[str, Any] | None:
+        status = status_of(kubectl, ns, kind, name)
+        return status if predicate(status) else None
+
+    try:
+        found: dict[str, Any] = wait_for(
+            f"{kind}/{name} {what}", probe, timeout_seconds=TIMEOUT_SECONDS
+        )
+    except AssertionError:
+        print(procs.log("operator")[-6000:])
+        raise
+    return found
+
+
+def phase_in(*phases: str) -> Any:
+    return lambda status: status.get("phase") in phases
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def events(kubectl: Kubectl, ns: str, name: str) -> list[tuple[str, str, str]]:
+    out = kubectl(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    ).stdout
+    return [(e["type"], e["reason"], e["message"]) for e in json.loads(out)["items"]]
+
+
+def wait_event(kubectl: Kubectl, ns: str, name: str, type_: str, reason: str) -> str:
+    """Wait for an Event (kopf posts them in the background); return its message."""
+
+    def probe() -> str | None:
+        found = [e for e in events(kubectl, ns, name) if e[:2] == (type_, reason)]
+        return found[-1][2] if found else None
+
+    message: str = wait_for(f"{type_} event {reason} on {name}", probe, timeout_seconds=30)
+    return message
+
+
+def product(name: str = "standard", fee: int = 0) -> dict[str, Any]:
+    spec: dict[str, Any] = {"currency": "USD", "rewardsRateBps": 100}
+    if fee:
+        spec["issuanceFee"] = {"amount": fee}
+    return {"kind": "CardProduct", "metadata": {"name": name}, "spec": spec}
+
+
+def card(
+    name: str,
+    *,
+    user: str = "u1",
+    holder: str = "Ana Example",
+    country: str = "US",
+    kyc: str = "Accepted",
+    state: str = "Active",
+) -> dict[str, Any]:
+    return {
+        "kind": "Card",
+        "metadata": {"name": name},
+        "spec": {
+            "userId": user,
+            "product": "standard",
+            "holder": {"name": holder, "country": country, "kycStatus": kyc},
+            "state": state,
+        },
+    }
+
+
+def review(name: str, card_name: str, decision: str) -> dict[str, Any]:
+    return {
+        "kind": "CardReview",
+        "metadata": {"name": name},
+        "spec": {
+            "card": card_name,
+            "decision": decision,
+            "reviewer": "reviewer@example.com",
+            "comment": f"{decision}: documents checked against the list entry",
+        },
+    }
+
+
+def compliance_with_list(kubectl: Kubectl, ns: str, **kyc: Any) -> None:
+    """The example sanctions ConfigMap and a policy screening against it (review allowed)."""
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "04-sanctions-list.yaml"))
+    apply(
+        kubectl,
+        ns,
+        {
+            "kind": "CompliancePolicy",
+            "metadata": {"name": "screening"},
+            "spec": {
+                "kyc": kyc or {"allowReview": True},
+                "sanctions": {"configMap": "sdn-list", "matchThresholdBps": 9000},
+            },
+        },
+    )
+
+
+def db_rows(operator_env: dict[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(operator_env["DATABASE_URL"]) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+# --- Issuance, freeze, close ----------------------------------------------------------------------
+
+
+def test_issue_freeze_close_refused_then_paid_and_closed(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """Pending -> Active (fee charged) -> Frozen -> Active -> close refused -> paid -> Closed."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(fee=500), card("c1"))
+    status = wait_status(kubectl, procs, ns, "card", "c1", "issued", phase_in("Active", "Rejected"))
+    assert status["phase"] == "Active", status
+    assert status["token"].startswith("tok_")
+    assert re.fullmatch(r"\d{4}", status["last4"])
+    assert status["risk"]["decision"] == "Approve"
+    assert status["risk"]["policy"] == "builtin/default"
+    assert status["compliance"]["decision"] == "Clear"
+    assert status["compliance"]["reasons"] == ["KycAccepted", "NotConfigured"]
+    for type_ in ("RiskAssessed", "ComplianceCleared", "LedgerAccountOpened", "Ready"):
+        assert condition(status, type_)["status"] == "True", type_
+    assert status["issuedAt"]
+    # The issuance fee is in the ledger and mirrored into status.
+    wait_status(
+        kubectl, procs, ns, "card", "c1", "balance 500", lambda s: s["balance"]["amount"] == 500
+    )
+    # spec.userId is immutable (CEL).
+    refused = kubectl(
+        "patch",
+        "card",
+        "c1",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"userId":"u2"}}',
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "userId is immutable" in refused.stderr
+
+    for state in ("Frozen", "Active"):
+        kubectl(
+            "patch",
+            "card",
+            "c1",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            f'{{"spec":{{"state":"{state}"}}}}',
+        )
+        wait_status(kubectl, procs, ns, "card", "c1", state, phase_in(state))
+
+    kubectl("patch", "card", "c1", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}')
+    status = wait_status(
+        kubectl,
+        procs,
+        ns,
+        "card",
+        "c1",
+        "close refused",
+        lambda s: s.get("reason") == "BalanceNotZero",
+    )
+    assert status["phase"] == "Active"
+    assert "post a Payment" in status["message"]
+    assert condition(status, "Ready")["reason"] == "BalanceNotZero"
+    assert "post a Payment" in wait_event(kubectl, ns, "c1", "Warning", "BalanceNotZero")
+
+    apply(
+        kubectl,
+        ns,
+        {
+            "kind": "Posting",
+            "metadata": {"name": "pay-fee"},
+            "spec": {"card": "c1", "type": "Payment", "amount": 500, "currency": "USD"},
+        },
+    )
+    status = wait_status(kubectl, procs, ns, "card", "c1", "closed", phase_in("Closed"))
+    assert "reason" not in status
+    account = status["account"]
+    assert db_rows(operator_env, "SELECT status FROM accounts WHERE code = %s", account) == [
+        ("closed",)
+    ]
+    # Closed is final: the API server refuses a reopening before the operator sees it.
+    reopen = kubectl(
+        "patch",
+        "card",
+        "c1",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"state":"Active"}}',
+        check=False,
+    )
+    assert reopen.returncode != 0
+    assert "Closed is final" in reopen.stderr
+
+
+# --- Risk and compliance at issuance --------------------------------------------------------------
+
+
+def test_risk_rules_review_and_decline_and_default_kyc_rejects(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """A blocked holder country declines, too many cards reviews, KYC Pending is rejected."""
+    ns, procs = op_namespace, operator_processes
+    apply(
+        kubectl,
+        ns,
+        product(),
+        {
+            "kind": "RiskPolicy",
+            "metadata": {"name": "strict"},
+            "spec": {
+                "blockedHolderCountries": {"countries": ["KP"]},
+                "maxCardsPerUser": {"maxCards": 1, "action": "Review"},
+            },
+        },
+    )
+    wait_status(kubectl, procs, ns, "riskpolicy", "strict", "ready", lambda s: s.get("inUse"))
+    apply(kubectl, ns, card("first", user="u9"))
+    wait_status(kubectl, procs, ns, "card", "first", "issued", phase_in("Active"))
+    apply(
+        kubectl,
+        ns,
+        card("second", user="u9"),
+        card("abroad", user="u8", country="KP"),
+        card("no-kyc", user="u7", kyc="Pending"),
+    )
+    second = wait_status(kubectl, procs, ns, "card", "second", "held", phase_in("PendingReview"))
+    assert second["reason"] == "RiskReview"
+    assert second["risk"]["reasons"] == ["MaxCardsPerUser"]
+    assert second["risk"]["score"] == 500
+    assert second["risk"]["policy"] == f"{ns}/strict"
+    assert "account" not in second
+    abroad = wait_status(kubectl, procs, ns, "card", "abroad", "declined", phase_in("Rejected"))
+    assert abroad["reason"] == "RiskDeclined"
+    assert abroad["risk"]["decision"] == "Decline"
+    assert abroad["risk"]["details"] == ["BlockedHolderCountry: holder country KP is blocked"]
+    assert condition(abroad, "Ready")["status"] == "False"
+    no_kyc = wait_status(kubectl, procs, ns, "card", "no-kyc", "rejected", phase_in("Rejected"))
+    assert no_kyc["reason"] == "KycNotAccepted"
+    assert condition(no_kyc, "ComplianceCleared")["status"] == "False"
+    rows = db_rows(
+        operator_env,
+        "SELECT subject, decision, matched->0->>'rule' FROM risk_assessments"
+        " WHERE subject LIKE %s ORDER BY subject",
+        f"{ns}/%",
+    )
+    assert rows == [
+        (f"{ns}/abroad", "Decline", "BlockedHolderCountry"),
+        (f"{ns}/first", "Approve", None),
+        (f"{ns}/no-kyc", "Approve", None),
+        (f"{ns}/second", "Review", "MaxCardsPerUser"),
+    ]
+    checks = db_rows(
+        operator_env,
+        "SELECT check_kind, outcome, reason FROM compliance_checks WHERE subject = %s ORDER BY id",
+        f"{ns}/no-kyc",
+    )
+    assert checks == [("Kyc", "Reject", "KycNotAccepted"), ("Sanctions", "Clear", "NotConfigured")]
+
+
+def test_sanctions_exact_rejects_and_fuzzy_reviews_then_reviewer_rejects(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """An exact listed name is Rejected; a close one waits for review and a reviewer rejects it."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product())
+    compliance_with_list(kubectl, ns)
+    policy = wait_status(
+        kubectl, procs, ns, "compliancepolicy", "screening", "ready", phase_in("Ready")
+    )
+    assert policy["sanctionsList"]["entries"] == 13
+    assert policy["inUse"] is True
+    apply(
+        kubectl,
+        ns,
+        card("exact", holder="Ivan Demo Petrov"),
+        card("close", user="u2", holder="Ivan Demo Petrow"),
+    )
+    exact = wait_status(kubectl, procs, ns, "card", "exact", "rejected", phase_in("Rejected"))
+    assert exact["reason"] == "ExactMatch"
+    assert exact["compliance"]["match"]["entryId"] == "90001"
+    assert exact["compliance"]["match"]["exact"] is True
+    close = wait_status(kubectl, procs, ns, "card", "close", "held", phase_in("PendingReview"))
+    assert close["reason"] == "PossibleMatch"
+    assert close["compliance"]["match"]["name"] == "PETROV, Ivan Demo"
+    assert close["compliance"]["match"]["scoreBps"] >= 9000
+    assert "CardReview" in wait_event(kubectl, ns, "close", "Warning", "PendingReview")
+
+    apply(kubectl, ns, review("close-no", "close", "Reject"))
+    wait_status(kubectl, procs, ns, "cardreview", "close-no", "recorded", phase_in("Recorded"))
+    close = wait_status(kubectl, procs, ns, "card", "close", "rejected", phase_in("Rejected"))
+    assert close["reason"] == "ReviewRejected"
+    assert close["review"]["decision"] == "Reject"
+    assert close["review"]["reviewer"] == "reviewer@example.com"
+    assert close["review"]["cardReview"] == "close-no"
+    # A review of a card that is not waiting is refused with a reason.
+    apply(kubectl, ns, review("too-late", "close", "Approve"))
+    late = wait_status(kubectl, procs, ns, "cardreview", "too-late", "refused", phase_in("Refused"))
+    assert late["reason"] == "CardNotPendingReview"
+    rows = db_rows(
+        operator_env,
+        "SELECT check_kind, outcome, reason, result->'hit'->>'entryId' FROM compliance_checks"
+        " WHERE subject IN (%s, %s) AND check_kind = 'Sanctions' ORDER BY subject",
+        f"{ns}/close",
+        f"{ns}/exact",
+    )
+    assert rows == [
+        ("Sanctions", "Review", "PossibleMatch", "90001"),
+        ("Sanctions", "Reject", "ExactMatch", "90001"),
+    ]
+
+
+def test_kyc_pending_reviewed_and_approved(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """PendingReview -> CardReview Approve -> Active; the decision is recorded once."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product())
+    compliance_with_list(kubectl, ns)
+    wait_status(kubectl, procs, ns, "compliancepolicy", "screening", "ready", phase_in("Ready"))
+    apply(kubectl, ns, card("waiting", kyc="Pending"))
+    held = wait_status(kubectl, procs, ns, "card", "waiting", "held", phase_in("PendingReview"))
+    assert held["reason"] == "KycPending"
+    # The review may be applied in the same batch as another: the first one recorded wins.
+    apply(kubectl, ns, review("yes", "waiting", "Approve"))
+    recorded = wait_status(
+        kubectl, procs, ns, "cardreview", "yes", "recorded", phase_in("Recorded", "Refused")
+    )
+    assert recorded["phase"] == "Recorded", recorded
+    status = wait_status(kubectl, procs, ns, "card", "waiting", "issued", phase_in("Active"))
+    assert status["review"]["decision"] == "Approve"
+    assert condition(status, "ComplianceCleared")["reason"] == "ReviewApproved"
+    assert status["last4"]
+    assert "reviewer@example.com" in wait_event(kubectl, ns, "waiting", "Normal", "ReviewApproved")
+    assert "last 4" in wait_event(kubectl, ns, "waiting", "Normal", "Issued")
+    rows = db_rows(
+        operator_env,
+        "SELECT decision, reviewer, review FROM card_reviews WHERE card = %s",
+        f"{ns}/waiting",
+    )
+    assert rows == [("Approve", "reviewer@example.com", f"{ns}/yes")]
+
+
+# --- Deletion -------------------------------------------------------------------------------------
+
+
+def test_delete_closes_the_account_and_product_waits_for_its_cards(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """A product in use waits, saying why; deleting cards closes or keeps their accounts."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(fee=0), card("empty"), card("owing", user="u2"))
+    empty = wait_status(kubectl, procs, ns, "card", "empty", "issued", phase_in("Active"))
+    owing = wait_status(kubectl, procs, ns, "card", "owing", "issued", phase_in("Active"))
+    apply(
+        kubectl,
+        ns,
+        {
+            "kind": "Posting",
+            "metadata": {"name": "buy"},
+            "spec": {"card": "owing", "type": "Purchase", "amount": 700, "currency": "USD"},
+        },
+    )
+    wait_status(kubectl, procs, ns, "posting", "buy", "posted", phase_in("Posted", "Rejected"))
+
+    kubectl("delete", "cardproduct", "standard", "-n", ns, "--wait=false")
+    blocked = wait_status(
+        kubectl,
+        procs,
+        ns,
+        "cardproduct",
+        "standard",
+        "blocked",
+        lambda s: s.get("reason") == "InUse",
+    )
+    assert "2 card(s) still use this product (empty, owing)" in blocked["message"]
+    assert "close or delete them" in wait_event(
+        kubectl, ns, "standard", "Warning", "DeletionBlocked"
+    )
+    assert get(kubectl, ns, "cardproduct", "standard") is not None
+
+    kubectl("delete", "card", "empty", "owing", "-n", ns, "--timeout=60s")
+    assert get(kubectl, ns, "card", "empty") is None
+    accounts = dict(
+        db_rows(
+            operator_env,
+            "SELECT code, status FROM accounts WHERE code IN (%s, %s)",
+            empty["account"],
+            owing["account"],
+        )
+    )
+    assert accounts == {empty["account"]: "closed", owing["account"]: "open"}
+    kept = db_rows(
+        operator_env,
+        "SELECT count(*) FROM entries e JOIN accounts a ON a.id = e.account_id WHERE a.code = %s",
+        owing["account"],
+    )
+    assert kept == [(1,)]
+    assert "stays open" in wait_event(kubectl, ns, "owing", "Warning", "AccountLeftOpen")
+    assert "closed" in wait_event(kubectl, ns, "empty", "Normal", "AccountClosed")
+    wait_for(
+        "the product to be deleted once its cards are gone",
+        lambda: get(kubectl, ns, "cardproduct", "standard") is None,
+        timeout_seconds=TIMEOUT_SECONDS,
+    )
+
+
+# --- Policies -------------------------------------------------------------------------------------
+
+
+def test_policy_status_in_use_and_missing_list(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
+) -> None:
+    """The first policy by name is in use; a missing sanctions list degrades until it exists."""
+    ns, procs = op_namespace, operator_processes
+    apply(
+        kubectl,
+        ns,
+        {"kind": "RiskPolicy", "metadata": {"name": "a"}, "spec": {}},
+        {"kind": "RiskPolicy", "metadata": {"name": "b"}, "spec": {}},
+        {
+            "kind": "CompliancePolicy",
+            "metadata": {"name": "screening"},
+            "spec": {"sanctions": {"configMap": "sdn-list"}},
+        },
+    )
+    a = wait_status(kubectl, procs, ns, "riskpolicy", "a", "ready", phase_in("Ready"))
+    b = wait_status(kubectl, procs, ns, "riskpolicy", "b", "ready", phase_in("Ready"))
+    assert (a["inUse"], b["inUse"]) == (True, False)
+    degraded = wait_status(
+        kubectl, procs, ns, "compliancepolicy", "screening", "degraded", phase_in("Degraded")
+    )
+    assert degraded["reason"] == "SanctionsListNotFound"
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "04-sanctions-list.yaml"))
+    ready = wait_status(
+        kubectl, procs, ns, "compliancepolicy", "screening", "list loaded", phase_in("Ready")
+    )
+    assert ready["sanctionsList"]["entries"] == 13
+    kubectl("delete", "riskpolicy", "a", "-n", ns)
+    wait_status(kubectl, procs, ns, "riskpolicy", "b", "in use", lambda s: s.get("inUse"))
+
+
+# --- No card number anywhere ----------------------------------------------------------------------
+
+FINTECH_KINDS = "cards,cardproducts,postings,riskpolicies,compliancepolicies,cardreviews"
+
+
+def test_no_card_number_in_database_logs_or_resources(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """Invariant 7: no Luhn-valid 13-19 digit number in a pg_dump, the logs or any resource.
+
+    A fresh card is issued first, so the scan covers at least one issuance by the built-in
+    tokenizer (which does create a number in memory), on top of everything earlier tests made.
+    """
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(), card(f"pan-{uuid.uuid4().hex[:6]}"))
+    wait_for(
+        "a card issued for the scan",
+        lambda: any(
+            item.get("status", {}).get("phase") == "Active"
+            for item in json.loads(kubectl("get", "cards", "-n", ns, "-o", "json").stdout)["items"]
+        ),
+        timeout_seconds=TIMEOUT_SECONDS,
+    )
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", operator_env["DATABASE_URL"]],
+        env=operator_env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "risk_assessments" in dump
+    assert "tok_" in dump or "card:" in dump
+    resources = kubectl("get", f"{FINTECH_KINDS},events,configmaps", "-A", "-o", "json").stdout
+    assert "tok_" in resources
+    sources = {
+        "database dump": dump,
+        "operator log": procs.log("operator"),
+        "rewards log": procs.log("rewards"),
+        "resources": resources,
+    }
+    leaks = {where: pan.find_pans(text) for where, text in sources.items()}
+    assert {where: found for where, found in leaks.items() if found} == {}, leaks
