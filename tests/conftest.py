@@ -195,11 +195,18 @@ class OperatorProcesses:
 
 
 @pytest.fixture(scope="module")
-def operator_env(platform_running: RunningPlatform, migrated_database_url: str) -> dict[str, str]:
-    """Environment for product processes: the module's database and the session's Kafka."""
+def operator_env(
+    platform_running: RunningPlatform, migrated_database_url: str, operator_prefix: str
+) -> dict[str, str]:
+    """Environment for product processes: the module's database and topics, the session's Kafka.
+
+    Each module has its own database, so it must have its own topics too: a consumer of
+    another module's events would apply them against a database without those cards.
+    """
     return {
         **platform_running.env,
         "DATABASE_URL": migrated_database_url,
+        "FINTECH_TOPIC_PREFIX": f"{operator_prefix}.",
         "FINTECH_HEALTH_PORT": "0",
         "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",
         # A posting for a card that never appears is rejected after a few seconds.
