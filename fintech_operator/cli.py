@@ -30,6 +30,12 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     return consumer.main(group_id=args.group)
 
 
+def _cmd_notifier(args: argparse.Namespace) -> int:
+    from fintech_operator.notify import service  # noqa: PLC0415
+
+    return service.main(namespaces=args.namespace, group_id=args.group)
+
+
 def _cmd_migrate(_: argparse.Namespace) -> int:
     from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
@@ -167,10 +173,24 @@ def _parser() -> argparse.ArgumentParser:
     rewards = sub.add_parser("rewards", help="run the rewards consumer")
     rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
     rewards.set_defaults(func=_cmd_rewards)
+    notifier = sub.add_parser("notifier", help="run the webhook notifier")
+    notifier.add_argument("--group", default="fintech-notifier", help="Kafka consumer group")
+    notifier.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="serve Webhooks of namespaces matching this shell pattern (repeatable; default: all)",
+    )
+    notifier.set_defaults(func=_cmd_notifier)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
     crds = sub.add_parser("crds", help="print the generated CRDs")
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     crds.set_defaults(func=_cmd_crds)
+    # `recon report RUN`: its arguments live with the command, in fintech_operator/recon/report.py.
+    from fintech_operator.recon import report as recon_report  # noqa: PLC0415
+
+    recon_report.add_arguments(sub.add_parser("recon", help="reconciliation run reports"))
     for name, func, help_text in (
         ("stack", _cmd_stack, "the local real platform"),
         ("dev", _cmd_dev, "platform + operator + consumers in the foreground"),

@@ -131,6 +131,15 @@ class Settings(BaseModel):
             "(only changes are patched); default 10.",
         ),
     ] = 10.0
+    webhook_log_retention_hours: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=8760,
+            description="Finished webhook deliveries (delivered or failed) and their attempts "
+            "are deleted this many hours after they finished; default 336 (14 days).",
+        ),
+    ] = 336
 
     # Reconciliation runs (issue 6).
     recon_workers_max: Annotated[

@@ -70,8 +70,6 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     if stop is not None:
         stop.set()
         await asyncio.wait_for(memo.relay_task, timeout=30)
-    if memo.get("producer") is not None:
-        await memo.producer.stop()
     if memo.get("pool") is not None:
         await memo.pool.close()
 

@@ -18,6 +18,7 @@ from fintech_operator.api import (
     reconciliationrun,
     reconciliationschedule,
     riskpolicy,
+    webhook,
 )
 from fintech_operator.api.card import (
     CardPhase,
@@ -95,6 +96,7 @@ from fintech_operator.api.riskpolicy import (
     RiskPolicyStatus,
     RuleAction,
 )
+from fintech_operator.api.webhook import WebhookPhase, WebhookSpec, WebhookStatus
 
 # Every kind of the API, in the order their CRDs are generated and installed.
 KINDS: Final[tuple[KindInfo, ...]] = (
@@ -106,6 +108,7 @@ KINDS: Final[tuple[KindInfo, ...]] = (
     cardreview.KIND_INFO,
     reconciliationrun.KIND_INFO,
     reconciliationschedule.KIND_INFO,
+    webhook.KIND_INFO,
 )
 
 __all__ = [
@@ -166,6 +169,9 @@ __all__ = [
     "SpendInterval",
     "SpendLimit",
     "StructuringRule",
+    "WebhookPhase",
+    "WebhookSpec",
+    "WebhookStatus",
     "conditions_from_status",
     "find_condition",
     "format_validation_error",

@@ -11,6 +11,7 @@ from fintech_operator.handlers import (
     postings,
     recon,
     reviews,
+    webhooks,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "postings",
     "recon",
     "reviews",
+    "webhooks",
 ]

@@ -1,0 +1,391 @@
+"""The notifier process (``fintech-operator notifier``): events in, signed webhooks out.
+
+Three loops share one PostgreSQL pool:
+
+1. **Routing** (a Kafka consumer group over ``cards``, ``postings``, ``compliance`` and
+   ``recon``): each poll's events are matched against the Webhooks (same namespace,
+   subscribed type, happened after the Webhook was created) and queued in
+   ``webhook_deliveries`` in one transaction; offsets are committed after it. A message
+   that is not a valid event goes to ``<topic>.notifier.dlq`` with the reason. Routing
+   never waits for an endpoint, so a slow endpoint cannot slow the stream.
+2. **Refresh** (every ``FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS``): re-reads Webhooks and
+   their Secrets, and takes ownership of endpoints with PostgreSQL session advisory
+   locks, so with several replicas each endpoint is delivered by exactly one of them
+   (its rate limit and breaker are exact); a replica that dies releases its locks with
+   its connection, and another takes its endpoints at its next refresh.
+3. **Delivery**: one :class:`worker.EndpointWorker` per owned endpoint, woken at once by
+   ``NOTIFY fintech_webhook_delivery`` (migration 0022) when its deliveries are queued.
+
+Limits: an event waits for its endpoint at most ``retry.maxAgeSeconds`` (default 3
+days) and is tried at most ``retry.maxAttempts`` times (default 10, doubling waits from
+5 s, capped at 1 h); then it is marked failed in the delivery log, never dropped
+silently. Finished deliveries are kept ``FINTECH_WEBHOOK_LOG_RETENTION_HOURS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, KafkaError
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator import config, logs
+from fintech_operator.events import deadletter, envelope, relay, schema, topics, wakeup
+from fintech_operator.notify import endpoints, store, worker
+
+log = logging.getLogger(__name__)
+CONSUMER_NAME: Final = topics.NOTIFIER
+DELIVERY_CHANNEL: Final = "fintech_webhook_delivery"
+# "notf" in ASCII: the class of the per-endpoint advisory locks (two-int form, its own space).
+LOCK_CLASS: Final = 0x6E6F7466
+POLL_TIMEOUT_MS: Final = 1000
+ROUTE_BATCH_MAX: Final = 500
+CLEAN_EVERY_SECONDS: Final = 3600.0
+CLEAN_BATCH_MAX: Final = 10_000
+DLQ_TIMEOUT_SECONDS: Final = 60.0
+
+
+def route(
+    records: Iterable[Any], subscribed: Sequence[endpoints.Endpoint]
+) -> tuple[list[store.Delivery], list[deadletter.Poison]]:
+    """Match records to endpoints (pure): deliveries to queue, and poison to dead-letter.
+
+    A known type must also pass its data schema; an unknown type with a valid envelope is
+    delivered as it is (a newer producer's event is still an event).
+    """
+    deliveries: list[store.Delivery] = []
+    poisons: list[deadletter.Poison] = []
+    for record in records:
+        try:
+            cloud = envelope.decode(record.value)
+            if cloud.type in schema.CATALOG:
+                schema.typed(cloud)
+        except (envelope.EnvelopeError, schema.EventError) as exc:
+            poisons.append(deadletter.Poison(record, f"invalid event: {exc}"))
+            continue
+        namespace, moment = cloud.namespace, cloud.moment
+        deliveries += [
+            store.Delivery(ep.uid, ep.ref, cloud.event_id, cloud.type, bytes(record.value))
+            for ep in subscribed
+            if ep.wants(namespace, cloud.type, moment)
+        ]
+    return deliveries, poisons
+
+
+def lock_id(uid: uuid.UUID) -> int:
+    """The advisory lock object id of an endpoint (a collision only shares an owner)."""
+    return int.from_bytes(uid.bytes[:4], "big", signed=True)
+
+
+class Ownership:
+    """Session advisory locks on one dedicated connection: the endpoints this process serves."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.held: set[uuid.UUID] = set()
+
+    async def sync(self, wanted: set[uuid.UUID]) -> set[uuid.UUID]:
+        """Try to hold every wanted endpoint, release the others; return those held."""
+        try:
+            conn = await self._connection()
+            for uid in sorted(wanted - self.held):
+                row = await (
+                    await conn.execute(
+                        "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_id(uid))
+                    )
+                ).fetchone()
+                if row and row[0]:
+                    self.held.add(uid)
+            for uid in sorted(self.held - wanted):
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, lock_id(uid)))
+                self.held.discard(uid)
+        except psycopg.Error:
+            # The connection (and so every lock) is gone: serve nothing until it is back.
+            log.exception("notifier: lost the ownership connection")
+            await self.close()
+        return set(self.held)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self.held = set()
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=10
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+        self._conn = None
+        self.held = set()
+
+
+class Notifier:
+    """The state of one notifier process: endpoints, owned workers, and its loops."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        pool: AsyncConnectionPool[Any],
+        client: httpx.AsyncClient,
+        source: Any,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.client = client
+        self.source = source
+        self.owner = f"{socket.gethostname()}/{os.getpid()}"
+        self.ownership = Ownership(settings.database_url)
+        self.endpoints: list[endpoints.Endpoint] = []
+        self.workers: dict[uuid.UUID, worker.EndpointWorker] = {}
+        self.in_flight = asyncio.Semaphore(settings.notifier_max_in_flight)
+        self._reported: set[str] = set()
+
+    async def refresh(self) -> None:
+        """Re-read Webhooks, take or give up endpoints, start, update or stop their workers."""
+        found, problems = await self.source.load()
+        for problem in set(problems) - self._reported:
+            log.warning("notifier: Webhook cannot be served: %s", problem)
+        self._reported = set(problems)
+        self.endpoints = found
+        by_uid = {ep.uid: ep for ep in found}
+        owned = await self.ownership.sync(set(by_uid))
+        async with self.pool.connection() as conn:
+            for uid in owned:
+                ep = by_uid[uid]
+                await store.register(
+                    conn, uid, ep.namespace, ep.name, ep.generation, self.owner, ep.problem
+                )
+        for uid in set(self.workers) - owned:
+            await self.workers.pop(uid).stop()
+        for uid in owned:
+            current = self.workers.get(uid)
+            if current is None:
+                self.workers[uid] = self._start(by_uid[uid])
+            elif current.endpoint != by_uid[uid]:
+                current.update(by_uid[uid])
+
+    def _start(self, endpoint: endpoints.Endpoint) -> worker.EndpointWorker:
+        started = worker.EndpointWorker(
+            endpoint,
+            self.pool,
+            self.client,
+            self.in_flight,
+            self.settings.notifier_poll_interval_ms / 1000,
+        )
+        started.start()
+        log.info("notifier: serving %s (%s)", endpoint.ref, endpoint.url)
+        return started
+
+    def wake(self, payloads: Iterable[str]) -> None:
+        for payload in payloads:
+            with contextlib.suppress(ValueError):
+                found = self.workers.get(uuid.UUID(payload))
+                if found is not None:
+                    found.wake()
+
+    async def stop(self) -> None:
+        for each in list(self.workers.values()):
+            await each.stop()
+        self.workers.clear()
+        await self.ownership.close()
+
+    async def route_batch(self, producer: AIOKafkaProducer, records: Sequence[Any]) -> int:
+        """Queue one poll's deliveries in one transaction and dead-letter its poison."""
+        deliveries, poisons = route(records, self.endpoints)
+        queued = 0
+        if deliveries:
+            async with self.pool.connection() as conn, conn.transaction():
+                queued = await store.enqueue(conn, deliveries)
+        await deadletter.send(
+            producer,
+            poisons,
+            consumer=CONSUMER_NAME,
+            prefix=self.settings.topic_prefix,
+            timeout_seconds=DLQ_TIMEOUT_SECONDS,
+        )
+        for poison in poisons:
+            record = poison.record
+            log.warning(
+                "dead-lettered %s/%d/%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                poison.reason,
+            )
+        return queued
+
+
+def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
+    """A consumer whose commit, reset and isolation behaviour is stated, not defaulted.
+
+    ``earliest``: a new group reads the topics' retention once; events from before a
+    Webhook existed are filtered out by time, so nothing old is sent and nothing new is
+    skipped, even when the group's offsets were never committed.
+    """
+    return AIOKafkaConsumer(
+        *(topics.qualified(topic, settings.topic_prefix) for topic in topics.SOURCES),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=ROUTE_BATCH_MAX,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        session_timeout_ms=30_000,
+        heartbeat_interval_ms=3_000,
+        max_poll_interval_ms=300_000,
+        fetch_max_wait_ms=100,
+    )
+
+
+async def _refresh_loop(notifier: Notifier, stop: asyncio.Event) -> None:
+    interval = notifier.settings.notifier_refresh_interval_seconds
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        try:
+            await notifier.refresh()
+        except Exception:  # The API server or the database is away: keep the last view.
+            log.exception("notifier: refresh failed; keeping the current endpoints")
+
+
+async def _wake_loop(notifier: Notifier, listener: wakeup.Listener, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if await listener.wait(1.0):
+            notifier.wake(listener.clear())
+
+
+async def _clean_loop(notifier: Notifier, stop: asyncio.Event) -> None:
+    retention = notifier.settings.webhook_log_retention_hours * 3600.0
+    while not stop.is_set():
+        try:
+            async with notifier.pool.connection() as conn:
+                removed = await store.clean(conn, retention, CLEAN_BATCH_MAX)
+            if removed:
+                log.info("notifier: deleted %d finished deliveries past retention", removed)
+        except psycopg.Error:
+            log.exception("notifier: clean-up of the delivery log failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CLEAN_EVERY_SECONDS)
+
+
+async def _route_loop(
+    notifier: Notifier, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=ROUTE_BATCH_MAX)
+        records = [record for part in batches.values() for record in part]
+        if not records:
+            continue
+        queued = await notifier.route_batch(producer, records)
+        try:
+            await consumer.commit()
+        except CommitFailedError as exc:
+            log.warning("offset commit refused after a rebalance: %s", exc)
+        except KafkaError:
+            log.exception("offset commit failed; the records will be routed again (no effect)")
+        log.info("routed %d records: %d new deliveries", len(records), queued)
+
+
+async def _first_refresh(notifier: Notifier, stop: asyncio.Event) -> None:
+    """Routing must not start before the Webhooks are known, or their events would be missed."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await notifier.refresh()
+            return
+        except Exception:
+            log.exception("notifier: cannot read Webhooks yet; retrying in %.0fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def run(
+    settings: config.Settings, namespaces: Sequence[str], group_id: str, stop: asyncio.Event
+) -> None:
+    """Run the notifier until ``stop`` is set."""
+    await topics.ensure_for(settings)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_timeout_seconds,
+        open=False,
+    )
+    await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+    limits = httpx.Limits(
+        max_connections=settings.notifier_max_in_flight,
+        max_keepalive_connections=min(settings.notifier_max_in_flight, 32),
+    )
+    client = httpx.AsyncClient(follow_redirects=False, limits=limits, timeout=30.0)
+    notifier = Notifier(settings, pool, client, endpoints.KubeSource(namespaces))
+    listener = wakeup.Listener(settings.database_url, DELIVERY_CHANNEL)
+    listener.start()
+    producer = relay.new_producer(
+        settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
+    )
+    consumer = new_consumer(settings, group_id)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await _first_refresh(notifier, stop)
+        await producer.start()
+        await consumer.start()
+        log.info("notifier started in group %s", group_id)
+        tasks = [
+            asyncio.create_task(_route_loop(notifier, consumer, producer, stop), name="route"),
+            asyncio.create_task(_refresh_loop(notifier, stop), name="refresh"),
+            asyncio.create_task(_wake_loop(notifier, listener, stop), name="wake"),
+            asyncio.create_task(_clean_loop(notifier, stop), name="clean"),
+        ]
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for task in done:
+            if task is not stopping and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await notifier.stop()
+        await listener.close()
+        await consumer.stop()
+        await producer.stop()
+        await client.aclose()
+        await pool.close()
+
+
+def main(namespaces: Sequence[str], group_id: str) -> int:
+    """Entry point of ``fintech-operator notifier``."""
+    logs.configure()
+    # httpx logs every request at INFO; the worker logs failures itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = config.load()
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, namespaces, group_id, stop)
+
+    asyncio.run(runner())
+    return 0

@@ -1,0 +1,325 @@
+"""The notifier's tables (migration 0022): enqueue, claim, record, report.
+
+Writes come from two places: the Kafka consumer enqueues deliveries (any notifier
+replica), and the one worker that owns an endpoint records its attempts. The operator
+only reads (:func:`endpoint_report`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+
+from fintech_operator.notify import policy
+
+_ENQUEUE: Final = """
+INSERT INTO webhook_deliveries (webhook_uid, webhook, event_id, event_type, body)
+SELECT * FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::text[], %s::bytea[])
+ON CONFLICT (webhook_uid, event_id) DO NOTHING
+"""
+_DUE: Final = """
+SELECT id, event_id, event_type, body, attempts, created_at
+  FROM webhook_deliveries
+ WHERE webhook_uid = %s AND state = 'pending' AND next_attempt_at <= now()
+ ORDER BY next_attempt_at, id
+ LIMIT %s
+"""
+_NEXT_DUE: Final = """
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+  FROM webhook_deliveries WHERE webhook_uid = %s AND state = 'pending'
+"""
+_EXPIRE: Final = """
+WITH expired AS (
+    UPDATE webhook_deliveries
+       SET state = 'failed', finished_at = now(),
+           last_error = 'expired: waited longer than retry.maxAgeSeconds'
+     WHERE webhook_uid = %s AND state = 'pending'
+       AND created_at < now() - make_interval(secs => %s)
+    RETURNING 1
+)
+SELECT count(*) FROM expired
+"""
+_REGISTER: Final = """
+INSERT INTO webhook_endpoints (webhook_uid, namespace, name, generation, owner, problem)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (webhook_uid) DO UPDATE
+   SET namespace = excluded.namespace, name = excluded.name, generation = excluded.generation,
+       owner = excluded.owner, problem = excluded.problem, updated_at = now()
+"""
+_CLEAN: Final = """
+DELETE FROM webhook_deliveries
+ WHERE id IN (SELECT id FROM webhook_deliveries
+               WHERE finished_at < now() - make_interval(secs => %s)
+               ORDER BY finished_at LIMIT %s)
+"""
+ERROR_MAX_CHARS: Final = 1000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event to send to one endpoint."""
+
+    webhook_uid: uuid.UUID
+    webhook: str
+    event_id: uuid.UUID
+    event_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Due:
+    """A pending delivery whose time has come."""
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    body: bytes
+    attempts: int
+    created_at: datetime.datetime
+
+
+async def enqueue(conn: psycopg.AsyncConnection[Any], deliveries: Sequence[Delivery]) -> int:
+    """Queue deliveries (a repeated (endpoint, event) is ignored); return how many are new."""
+    if not deliveries:
+        return 0
+    cur = await conn.execute(
+        _ENQUEUE,
+        (
+            [d.webhook_uid for d in deliveries],
+            [d.webhook for d in deliveries],
+            [d.event_id for d in deliveries],
+            [d.event_type for d in deliveries],
+            [d.body for d in deliveries],
+        ),
+    )
+    return max(cur.rowcount, 0)
+
+
+async def due(conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, limit: int) -> list[Due]:
+    cur = await conn.execute(_DUE, (webhook_uid, limit))
+    return [
+        Due(int(i), event_id, str(event_type), bytes(body), int(attempts), created_at)
+        for i, event_id, event_type, body, attempts, created_at in await cur.fetchall()
+    ]
+
+
+async def seconds_until_next(
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID
+) -> float | None:
+    """Seconds until the endpoint's next pending delivery is due (None: nothing pending)."""
+    row = await (await conn.execute(_NEXT_DUE, (webhook_uid,))).fetchone()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
+async def expire(
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, max_age_seconds: float
+) -> int:
+    """Give up on deliveries that waited longer than ``max_age_seconds``; return how many."""
+    row = await (await conn.execute(_EXPIRE, (webhook_uid, max_age_seconds))).fetchone()
+    expired = int(row[0]) if row else 0
+    if expired:
+        await conn.execute(
+            "UPDATE webhook_endpoints SET failed_total = failed_total + %s,"
+            " last_outcome = 'Expired', updated_at = now() WHERE webhook_uid = %s",
+            (expired, webhook_uid),
+        )
+    return expired
+
+
+async def register(
+    conn: psycopg.AsyncConnection[Any],
+    webhook_uid: uuid.UUID,
+    namespace: str,
+    name: str,
+    generation: int,
+    owner: str,
+    problem: str | None,
+) -> None:
+    """Say that ``owner`` serves this endpoint, and what holds its deliveries if anything."""
+    await conn.execute(
+        _REGISTER,
+        (
+            webhook_uid,
+            namespace,
+            name,
+            generation,
+            owner,
+            None if problem is None else problem[:1000],
+        ),
+    )
+
+
+async def record_attempt(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    webhook_uid: uuid.UUID,
+    delivery: Due,
+    attempt: policy.Attempt,
+    duration_ms: int,
+    step: policy.NextStep | None,
+    breaker: policy.CircuitBreaker,
+) -> None:
+    """Log one attempt, move the delivery on, and save the endpoint's state, atomically.
+
+    ``step`` is None after a success; otherwise it says retry (with its delay) or give up.
+    """
+    number = delivery.attempts + 1
+    error = None if attempt.error is None else attempt.error[:ERROR_MAX_CHARS]
+    await conn.execute(
+        "INSERT INTO webhook_delivery_attempts"
+        " (delivery_id, attempt, outcome, status_code, error, duration_ms)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (delivery.id, number, attempt.outcome.value, attempt.status_code, error, duration_ms),
+    )
+    if step is None:
+        state, next_in, finished = "delivered", 0.0, True
+    elif step.verdict is policy.Verdict.RETRY:
+        state, next_in, finished = "pending", step.delay_seconds, False
+    else:
+        state, next_in, finished = "failed", 0.0, True
+    await conn.execute(
+        "UPDATE webhook_deliveries SET state = %s, attempts = %s,"
+        " next_attempt_at = now() + make_interval(secs => %s),"
+        " last_status_code = %s, last_error = %s,"
+        " finished_at = CASE WHEN %s THEN now() END"
+        " WHERE id = %s AND state = 'pending'",
+        (state, number, next_in, attempt.status_code, error, finished, delivery.id),
+    )
+    delivered = step is None
+    outcome = (
+        "Expired"
+        if step is not None and step.verdict is policy.Verdict.EXPIRED
+        else (attempt.outcome.value)
+    )
+    await conn.execute(
+        """
+        UPDATE webhook_endpoints
+           SET circuit = %s,
+               circuit_open_until = to_timestamp(%s),
+               consecutive_failures = %s,
+               last_attempt_at = now(),
+               last_success_at = CASE WHEN %s THEN now() ELSE last_success_at END,
+               last_event_id = %s, last_event_type = %s, last_outcome = %s,
+               last_status_code = %s, last_error = %s,
+               delivered_total = delivered_total + CASE WHEN %s THEN 1 ELSE 0 END,
+               failed_total = failed_total + CASE WHEN %s THEN 1 ELSE 0 END,
+               updated_at = now()
+         WHERE webhook_uid = %s
+        """,
+        (
+            breaker.state.value,
+            breaker.open_until,
+            breaker.consecutive_failures,
+            delivered,
+            delivery.event_id,
+            delivery.event_type,
+            outcome,
+            attempt.status_code,
+            error,
+            delivered,
+            finished and not delivered,
+            webhook_uid,
+        ),
+    )
+
+
+async def save_breaker(
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, breaker: policy.CircuitBreaker
+) -> None:
+    await conn.execute(
+        "UPDATE webhook_endpoints SET circuit = %s, circuit_open_until = to_timestamp(%s),"
+        " consecutive_failures = %s, updated_at = now() WHERE webhook_uid = %s",
+        (breaker.state.value, breaker.open_until, breaker.consecutive_failures, webhook_uid),
+    )
+
+
+async def load_breaker(
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, threshold: int, open_seconds: float
+) -> policy.CircuitBreaker:
+    """The endpoint's saved breaker (a new owner carries on where the last one stopped)."""
+    row = await (
+        await conn.execute(
+            "SELECT circuit, extract(epoch FROM circuit_open_until)::float8, consecutive_failures"
+            " FROM webhook_endpoints WHERE webhook_uid = %s",
+            (webhook_uid,),
+        )
+    ).fetchone()
+    if row is None:
+        return policy.CircuitBreaker(threshold, open_seconds)
+    circuit, open_until, failures = row
+    state = policy.Circuit(circuit)
+    if state is policy.Circuit.HALF_OPEN:
+        state = policy.Circuit.OPEN  # The trial's outcome was lost with its owner: rest again.
+        open_until = 0.0
+    return policy.CircuitBreaker(
+        threshold,
+        open_seconds,
+        state=state,
+        consecutive_failures=int(failures),
+        open_until=None if state is not policy.Circuit.OPEN else float(open_until or 0.0),
+    )
+
+
+async def clean(conn: psycopg.AsyncConnection[Any], retention_seconds: float, limit: int) -> int:
+    """Delete finished deliveries (and their attempts) older than the retention; bounded."""
+    cur = await conn.execute(_CLEAN, (retention_seconds, limit))
+    return max(cur.rowcount, 0)
+
+
+@dataclass(frozen=True)
+class EndpointReport:
+    """What the operator shows in a Webhook's status."""
+
+    problem: str | None
+    circuit: str
+    consecutive_failures: int
+    last_attempt_at: datetime.datetime | None
+    last_success_at: datetime.datetime | None
+    last_event_id: uuid.UUID | None
+    last_event_type: str | None
+    last_outcome: str | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_total: int
+    failed_total: int
+    pending: int
+
+
+async def endpoint_report(
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID
+) -> EndpointReport | None:
+    row = await (
+        await conn.execute(
+            """
+            SELECT problem, circuit, consecutive_failures, last_attempt_at, last_success_at,
+                   last_event_id, last_event_type, last_outcome, last_status_code, last_error,
+                   delivered_total, failed_total,
+                   (SELECT count(*) FROM webhook_deliveries d
+                     WHERE d.webhook_uid = e.webhook_uid AND d.state = 'pending')
+              FROM webhook_endpoints e WHERE webhook_uid = %s
+            """,
+            (webhook_uid,),
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    return EndpointReport(
+        problem=row[0],
+        circuit=str(row[1]),
+        consecutive_failures=int(row[2]),
+        last_attempt_at=row[3],
+        last_success_at=row[4],
+        last_event_id=row[5],
+        last_event_type=row[6],
+        last_outcome=row[7],
+        last_status_code=row[8],
+        last_error=row[9],
+        delivered_total=int(row[10]),
+        failed_total=int(row[11]),
+        pending=int(row[12]),
+    )

@@ -1,0 +1,211 @@
+"""One endpoint's delivery loop: due deliveries out, one at a time, signed, bounded.
+
+Each Webhook endpoint has its own worker task (in the notifier that owns it), so a slow
+or dead endpoint only ever delays its own events: its requests wait for its own
+timeout, its own rate limit and its own circuit breaker. All workers of a process share
+one bound on requests in flight (``FINTECH_NOTIFIER_MAX_IN_FLIGHT``).
+
+A delivery is tried oldest first. A failure schedules the next attempt on the retry
+policy's doubling schedule while later events go on, so receivers must order by the
+event's ``time`` (and de-duplicate by ``webhook-id``). The attempt, the delivery's new
+state and the endpoint's breaker are written in one transaction after each request; a
+crash between a 2xx and that commit is the only way an event is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator.events import envelope
+from fintech_operator.notify import endpoints, policy, signing, store
+
+log = logging.getLogger(__name__)
+BATCH_SIZE: Final = 50
+RESPONSE_BYTES_MAX: Final = 4096
+USER_AGENT: Final = "fintech-operator-notifier/1"
+EXPIRE_EVERY_SECONDS: Final = 30.0
+
+
+class EndpointWorker:
+    """Delivers one endpoint's queue until stopped; reconfigured in place on edits."""
+
+    def __init__(
+        self,
+        endpoint: endpoints.Endpoint,
+        pool: AsyncConnectionPool[Any],
+        client: httpx.AsyncClient,
+        in_flight: asyncio.Semaphore,
+        poll_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self._pool = pool
+        self._client = client
+        self._in_flight = in_flight
+        self._poll_seconds = poll_seconds
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._breaker = policy.CircuitBreaker(endpoint.failure_threshold, endpoint.open_seconds)
+        self._bucket = policy.TokenBucket.full(endpoint.rate_per_second, endpoint.burst, clock())
+        self._last_expire = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"webhook-{self.endpoint.ref}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def update(self, endpoint: endpoints.Endpoint) -> None:
+        """Take a new configuration (an edited Webhook or a fixed Secret) without losing state."""
+        now = self._clock()
+        self._breaker = self._breaker.reconfigured(
+            endpoint.failure_threshold, endpoint.open_seconds
+        )
+        self._bucket = self._bucket.reconfigured(endpoint.rate_per_second, endpoint.burst, now)
+        self.endpoint = endpoint
+        self._wake.set()
+
+    async def _run(self) -> None:
+        async with self._pool.connection() as conn:
+            self._breaker = await store.load_breaker(
+                conn, self.endpoint.uid, self.endpoint.failure_threshold, self.endpoint.open_seconds
+            )
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                wait = await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # One endpoint's trouble (its database writes) never ends the loop.
+                log.exception("webhook %s: delivery round failed", self.endpoint.ref)
+                wait = self._poll_seconds
+            if wait > 0:
+                await self._sleep(wait)
+
+    async def _round(self) -> float:
+        """Deliver what is due; return how long to sleep before the next round."""
+        endpoint = self.endpoint
+        await self._expire_old(endpoint)
+        if endpoint.suspend or endpoint.key is None:
+            return self._poll_seconds  # Held: events wait (and expire) in the log.
+        allowed, self._breaker = self._breaker.allow(self._clock())
+        if not allowed:
+            return max(0.05, self._breaker.seconds_until_allowed(self._clock()))
+        async with self._pool.connection() as conn:
+            batch = await store.due(conn, endpoint.uid, BATCH_SIZE)
+            if not batch:
+                until = await store.seconds_until_next(conn, endpoint.uid)
+                return self._poll_seconds if until is None else min(self._poll_seconds, until)
+        for delivery in batch:
+            if self._stop.is_set() or self.endpoint is not endpoint:
+                return 0.0  # Stopping, or reconfigured: start a fresh round.
+            allowed, self._breaker = self._breaker.allow(self._clock())
+            if not allowed:
+                return 0.0
+            await self._take_token()
+            await self._deliver(endpoint, delivery)
+        return 0.0
+
+    async def _expire_old(self, endpoint: endpoints.Endpoint) -> None:
+        now = self._clock()
+        if now - self._last_expire < EXPIRE_EVERY_SECONDS:
+            return
+        self._last_expire = now
+        async with self._pool.connection() as conn:
+            expired = await store.expire(conn, endpoint.uid, endpoint.retry.max_age_seconds)
+        if expired:
+            log.warning("webhook %s: %d deliveries expired", endpoint.ref, expired)
+
+    async def _take_token(self) -> None:
+        while True:
+            wait, self._bucket = self._bucket.take(self._clock())
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    async def _deliver(self, endpoint: endpoints.Endpoint, delivery: store.Due) -> None:
+        started = time.monotonic()
+        attempt = await self._send(endpoint, delivery)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        now = self._clock()
+        if attempt.outcome is policy.Outcome.DELIVERED:
+            step = None
+            self._breaker = self._breaker.on_success()
+        else:
+            age = now - delivery.created_at.timestamp()
+            step = endpoint.retry.after_failure(delivery.attempts + 1, age)
+            self._breaker = self._breaker.on_failure(now)
+            log.info(
+                "webhook %s: event %s attempt %d failed (%s); %s",
+                endpoint.ref,
+                delivery.event_id,
+                delivery.attempts + 1,
+                attempt.error,
+                step.verdict.value,
+            )
+        async with self._pool.connection() as conn, conn.transaction():
+            await store.record_attempt(
+                conn,
+                webhook_uid=endpoint.uid,
+                delivery=delivery,
+                attempt=attempt,
+                duration_ms=duration_ms,
+                step=step,
+                breaker=self._breaker,
+            )
+
+    async def _send(self, endpoint: endpoints.Endpoint, delivery: store.Due) -> policy.Attempt:
+        key = endpoint.key
+        if key is None:
+            return policy.classify(None, "no signing key")
+        timestamp = int(self._clock())
+        headers = {
+            "content-type": envelope.CONTENT_TYPE,
+            "user-agent": USER_AGENT,
+            **signing.headers(key, str(delivery.event_id), timestamp, delivery.body),
+        }
+        try:
+            async with self._in_flight, asyncio.timeout(endpoint.timeout_seconds):
+                request = self._client.build_request(
+                    "POST", endpoint.url, content=delivery.body, headers=headers
+                )
+                response = await self._client.send(request, stream=True)
+                try:
+                    await _read_bounded(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return policy.classify(None, f"no answer within {endpoint.timeout_seconds:g}s")
+        except httpx.HTTPError as exc:
+            return policy.classify(None, f"{type(exc).__name__}: {exc}")
+        return policy.classify(response.status_code, None)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+
+async def _read_bounded(response: httpx.Response) -> None:
+    """Drain at most a few KiB of the answer: an endpoint cannot make us read a huge body."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= RESPONSE_BYTES_MAX:
+            break

@@ -1,0 +1,355 @@
+"""The notifier process end to end: Webhook and Secret in the real API server, events through
+the real relay and Kafka, signed HTTP deliveries to a receiver this test runs on 127.0.0.1.
+
+The receiver checks each signature with its own few lines of HMAC (not the product's
+code), answers per path (``/ok`` always 200, ``/flaky`` 500 twice per event then 200,
+``/slow`` answers after the notifier's timeout), and records every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fintech_operator import config
+from fintech_operator.events import topics
+from tests.conftest import Kubectl, RunningPlatform
+from tests.integration.test_relay import (
+    Subprocess,
+    eventually,
+    new_prefix,
+    open_cards,
+    open_pool,
+    post,
+    process_env,
+    running_relay,
+    scalar,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+SECRET = "whsec_" + base64.b64encode(b"fintech-operator-test-key-0123").decode()
+SLOW_SECONDS = 2.5
+
+
+@dataclass(frozen=True)
+class Seen:
+    path: str
+    event_id: str
+    status: int
+    verified: bool
+    body: dict[str, Any]
+    at: float
+
+
+class Receiver:
+    """A loopback HTTP server that verifies Standard Webhooks signatures independently."""
+
+    def __init__(self, secret: str) -> None:
+        self.key = base64.b64decode(secret.removeprefix("whsec_"))
+        self.seen: list[Seen] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                event_id = self.headers.get("webhook-id", "")
+                verified = receiver.verify(dict(self.headers), body)
+                with receiver.lock:
+                    earlier = sum(
+                        1 for s in receiver.seen if (s.path, s.event_id) == (self.path, event_id)
+                    )
+                status = receiver.answer(self.path, earlier)
+                if self.path == "/slow":
+                    time.sleep(SLOW_SECONDS)
+                with receiver.lock:
+                    receiver.seen.append(
+                        Seen(self.path, event_id, status, verified, json.loads(body), time.time())
+                    )
+                with contextlib.suppress(OSError):  # The notifier may have hung up (timeout).
+                    self.send_response(status)
+                    self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def verify(self, headers: dict[str, str], body: bytes) -> bool:
+        lower = {k.lower(): v for k, v in headers.items()}
+        signed = f"{lower['webhook-id']}.{lower['webhook-timestamp']}.".encode() + body
+        expected = hmac.new(self.key, signed, hashlib.sha256).digest()
+        offered = [s.removeprefix("v1,") for s in lower["webhook-signature"].split(" ")]
+        fresh = abs(time.time() - int(lower["webhook-timestamp"])) < 300
+        return fresh and any(
+            hmac.compare_digest(base64.b64encode(expected).decode(), sig) for sig in offered
+        )
+
+    @staticmethod
+    def answer(path: str, earlier: int) -> int:
+        if path == "/flaky":
+            return 500 if earlier < 2 else 200
+        return 200
+
+    def requests(self, path: str) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.path == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver(SECRET)
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def _apply(kubectl: Kubectl, namespace: str, *objects: dict[str, Any]) -> None:
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+    )
+
+
+def secret_object(name: str, value: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"secret": value},
+    }
+
+
+def webhook_object(name: str, url: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "Webhook",
+        "metadata": {"name": name},
+        "spec": {
+            "url": url,
+            "eventTypes": ["dev.fintech.posting.*"],
+            "secretRef": {"name": "hook-secret"},
+            **spec,
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def notifier_process(
+    plat: RunningPlatform, settings: config.Settings, namespace: str, group: str, log_dir: Path
+) -> AsyncIterator[Subprocess]:
+    env = process_env(
+        plat,
+        settings,
+        FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS="1",
+        FINTECH_NOTIFIER_POLL_INTERVAL_MS="200",
+    )
+    proc = Subprocess(
+        "notifier",
+        ["-m", "fintech_operator", "notifier", "--namespace", namespace, "--group", group],
+        env,
+        log_dir,
+    )
+    try:
+        yield proc
+    except BaseException:
+        print(proc.log()[-4000:])
+        raise
+    finally:
+        proc.stop()
+
+
+async def served(database_url: str, names: list[str]) -> bool:
+    count = await scalar(
+        database_url,
+        "SELECT count(*) FROM webhook_endpoints WHERE name = ANY(%s) AND owner IS NOT NULL",
+        names,
+    )
+    return int(count) == len(names)
+
+
+async def test_signed_deliveries_with_retries_isolation_and_no_duplicates(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    crds_installed: None,
+    kubectl: Kubectl,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """Five postings reach three Webhooks of the namespace:
+
+    - ``ok`` gets each event once, correctly signed, with the CloudEvent as body;
+    - ``flaky`` fails twice per event, is retried, then gets each event, and after its 2xx
+      the event is never sent again (not even by a restarted notifier in a new group that
+      reads every event again);
+    - ``slow`` times out, opens its circuit, and never held up the other two: they were
+      complete while ``slow`` had delivered nothing;
+    - an event of another namespace reaches nobody.
+    """
+    settings = settings_for(platform_running, migrated_database_url, new_prefix())
+    await topics.ensure_for(settings)
+    fast_retry = {"retry": {"initialDelaySeconds": 1, "maxDelaySeconds": 2}}
+    _apply(
+        kubectl,
+        namespace,
+        secret_object("hook-secret", SECRET),
+        webhook_object("ok", f"{receiver.url}/ok"),
+        webhook_object(
+            "flaky",
+            f"{receiver.url}/flaky",
+            circuitBreaker={"failureThreshold": 100},  # This one tests retries, not the breaker.
+            **fast_retry,
+        ),
+        webhook_object(
+            "slow",
+            f"{receiver.url}/slow",
+            timeoutSeconds=1,
+            circuitBreaker={"failureThreshold": 2, "openSeconds": 60},
+            **fast_retry,
+        ),
+    )
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, namespace, ("alice", "bob"))
+        await open_cards(pool, "not-watched", ("eve",))
+        async with notifier_process(
+            platform_running, settings, namespace, "g-notify-1", tmp_path
+        ) as first:
+            await eventually(
+                "the notifier serving all three",
+                lambda: served(migrated_database_url, ["ok", "flaky", "slow"]),
+            )
+            ids = [
+                str(
+                    (await post(pool, namespace, ("alice", "bob")[i % 2], amount_minor=100 + i))[
+                        1
+                    ].event_id
+                )
+                for i in range(5)
+            ]
+            await post(pool, "not-watched", "eve")
+            async with running_relay(settings, pool):
+                await eventually("ok to have all five", lambda: _has(receiver, "/ok", ids, 200))
+                slow_done = [s for s in receiver.requests("/slow") if s.status == 200]
+                await eventually(
+                    "flaky to have all five", lambda: _has(receiver, "/flaky", ids, 200), 90
+                )
+                await asyncio.sleep(3)  # Room for any wrong extra attempt to show up.
+            first_log = first.log()
+        # A new group reads every event again: the delivery log keeps them from going twice.
+        async with notifier_process(
+            platform_running, settings, namespace, "g-notify-2", tmp_path
+        ) as second:
+            await eventually("the new group to route the events again", lambda: _routed(second), 60)
+            await asyncio.sleep(3)
+            assert "0 new deliveries" in second.log()
+
+    ok, flaky = receiver.requests("/ok"), receiver.requests("/flaky")
+    assert all(s.verified for s in receiver.seen), "a request with a bad signature arrived"
+    assert sorted(s.event_id for s in ok) == sorted(ids), "ok saw an event twice or missed one"
+    assert {s.body["id"] for s in ok} == set(ids)
+    assert all(s.body["type"] == "dev.fintech.posting.posted.v1" for s in ok)
+    per_event = Counter(s.event_id for s in flaky)
+    assert per_event == dict.fromkeys(ids, 3), per_event
+    for event_id in ids:
+        statuses = [s.status for s in flaky if s.event_id == event_id]
+        assert statuses == [500, 500, 200], "a request followed a success"
+    assert slow_done == [], "the slow endpoint answered in time after all?"
+    assert all(s.body["subject"].startswith(f"namespaces/{namespace}/") for s in receiver.seen)
+    attempts = await scalar(
+        migrated_database_url,
+        "SELECT count(*) FROM webhook_delivery_attempts a JOIN webhook_deliveries d"
+        " ON d.id = a.delivery_id WHERE d.webhook = %s",
+        f"{namespace}/flaky",
+    )
+    assert attempts == 15
+    circuit = await scalar(
+        migrated_database_url, "SELECT circuit FROM webhook_endpoints WHERE name = 'slow'"
+    )
+    assert circuit in ("Open", "HalfOpen"), circuit
+    assert "Traceback" not in first_log, first_log[-3000:]
+
+
+async def _has(receiver: Receiver, path: str, ids: list[str], status: int) -> bool:
+    done = {s.event_id for s in receiver.requests(path) if s.status == status}
+    return set(ids) <= done
+
+
+async def _routed(proc: Subprocess) -> bool:
+    return "routed 6 records" in proc.log()
+
+
+async def test_events_wait_for_a_missing_secret_and_go_once_it_exists(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    crds_installed: None,
+    kubectl: Kubectl,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """A Webhook whose Secret does not exist yet queues its events (nothing is lost); when
+    the Secret is created, the waiting events are delivered, signed with it."""
+    settings = settings_for(platform_running, migrated_database_url, new_prefix())
+    await topics.ensure_for(settings)
+    _apply(kubectl, namespace, webhook_object("late", f"{receiver.url}/ok"))
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, namespace, ("carol",))
+        async with notifier_process(platform_running, settings, namespace, "g-late", tmp_path):
+            await eventually(
+                "the notifier serving it", lambda: served(migrated_database_url, ["late"])
+            )
+            ids = [str((await post(pool, namespace, "carol"))[1].event_id) for _ in range(3)]
+            async with running_relay(settings, pool):
+                await eventually(
+                    "three deliveries queued",
+                    lambda: _pending(migrated_database_url, f"{namespace}/late", 3),
+                )
+                problem = await scalar(
+                    migrated_database_url,
+                    "SELECT problem FROM webhook_endpoints WHERE name = 'late'",
+                )
+                assert str(problem).startswith("SecretNotFound")
+                assert receiver.requests("/ok") == []
+                _apply(kubectl, namespace, secret_object("hook-secret", SECRET))
+                await eventually(
+                    "the waiting events delivered", lambda: _has(receiver, "/ok", ids, 200)
+                )
+    assert all(s.verified for s in receiver.requests("/ok"))
+
+
+async def _pending(database_url: str, webhook: str, expected: int) -> bool:
+    count = await scalar(
+        database_url,
+        "SELECT count(*) FROM webhook_deliveries WHERE webhook = %s AND state = 'pending'",
+        webhook,
+    )
+    return int(count) >= expected
