@@ -37,6 +37,14 @@ TRANSIENT_RETRY_SECONDS: Final = 5.0
 KUBE_TIMEOUT_SECONDS: Final = 30
 
 _T = TypeVar("_T")
+
+
+def _normal(body: kopf.Body, reason: str, message: str) -> None:
+    """A Normal Event. kopf.info is filtered by the operator's posting level (WARNING, to keep
+    kopf's own chatter out of Events); these are decisions users want to see."""
+    kopf.event(body, type="Normal", reason=reason, message=message[:1024])
+
+
 # Set when the operator stops: running workers roll back at their next checkpoint.
 _STOPPING = threading.Event()
 
@@ -149,7 +157,7 @@ async def start(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
     )
-    kopf.info(body, reason="Started", message="reconciliation started")
+    _normal(body, "Started", "reconciliation started")
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
@@ -229,7 +237,7 @@ def _report(body: kopf.Body, patch: kopf.Patch, outcome: store.RunState) -> None
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
     )
-    kopf.info(body, reason="Succeeded", message=line)
+    _normal(body, "Succeeded", line)
     if exceptions:
         kopf.warn(
             body,
@@ -401,7 +409,7 @@ async def tick(
         patch.status["lastScheduleTime"] = _iso(due)
         patch.status["lastRunName"] = run_name
         if created:
-            kopf.info(body, reason="RunCreated", message=f"created {run_name} for {_iso(due)}")
+            _normal(body, "RunCreated", f"created {run_name} for {_iso(due)}")
     pruned = await in_worker(
         lambda: _prune(
             namespace,
@@ -415,7 +423,7 @@ async def tick(
         f"recon-prune-{name}",
     )
     if pruned:
-        kopf.info(body, reason="RunsDeleted", message=f"history limit: deleted {', '.join(pruned)}")
+        _normal(body, "RunsDeleted", f"history limit: deleted {', '.join(pruned)}")
     _schedule_status(body, status, patch, wanted, cron, now, generation)
 
 

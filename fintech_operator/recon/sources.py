@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -45,7 +46,10 @@ def kube_client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # KUBECONFIG is read now: the library reads it once, when it is first imported.
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
     return kubernetes.client.ApiClient(configuration)
 
 

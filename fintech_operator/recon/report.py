@@ -1,0 +1,106 @@
+"""``fintech-operator recon report RUN``: list a run's exceptions, or export them as CSV.
+
+Reads the ledger database directly (``DATABASE_URL`` or ``--database-url``); the exceptions
+are streamed from a server-side cursor, so a run with millions of them exports in flat memory.
+Exit status: 0 when the run finished (whatever it found), 1 when there is no such run, 2 when
+it is still running or failed (nothing to report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+TABLE_WIDTHS = (12, 18, 8, 36, 6, 40, 40)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``recon`` command's sub-commands (no heavy imports: ``--help`` stays fast)."""
+    sub = parser.add_subparsers(dest="recon_command", required=True)
+    report = sub.add_parser("report", help="list or export the exceptions of a ReconciliationRun")
+    report.add_argument("run", help="name of the ReconciliationRun")
+    report.add_argument("-n", "--namespace", default="default", help="its namespace")
+    report.add_argument("--format", choices=("table", "csv"), default="table", help="output format")
+    report.add_argument("-o", "--output", help="write to this file instead of stdout")
+    report.add_argument("--check", help="only this check, e.g. Settlement or Rewards")
+    report.add_argument(
+        "--errors-only", action="store_true", help="leave out informational findings"
+    )
+    report.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="libpq DSN of the ledger (default: $DATABASE_URL)",
+    )
+    report.set_defaults(func=main)
+
+
+def write_csv(rows: Iterable[Sequence[Any]], out: TextIO) -> int:
+    """Write the CSV export (header first); returns the number of rows."""
+    from fintech_operator.recon import store  # noqa: PLC0415 - keep `--help` fast
+
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(store.REPORT_COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow(["" if value is None else value for value in row])
+        count += 1
+    return count
+
+
+def write_table(rows: Iterable[Sequence[Any]], out: TextIO) -> int:
+    """Write fixed-width columns, each cell cut to its width, for a terminal."""
+    from fintech_operator.recon import store  # noqa: PLC0415
+
+    def line(cells: Sequence[Any]) -> str:
+        return "  ".join(
+            _cell(value, width) for value, width in zip(cells, TABLE_WIDTHS, strict=True)
+        ).rstrip()
+
+    out.write(line([name.upper() for name in store.REPORT_COLUMNS]) + "\n")
+    count = 0
+    for row in rows:
+        out.write(line(row) + "\n")
+        count += 1
+    return count
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main(args: argparse.Namespace) -> int:
+    from fintech_operator.recon import model, store  # noqa: PLC0415
+
+    if not args.database_url:
+        print("recon report: set DATABASE_URL or pass --database-url", file=sys.stderr)
+        return 2
+    with store.connect(args.database_url, store.Limits()) as conn:
+        run = store.latest_run(conn, args.namespace, args.run)
+        if run is None:
+            print(
+                f"no ReconciliationRun {args.namespace}/{args.run} in the ledger", file=sys.stderr
+            )
+            return 1
+        if run.state != "succeeded" or run.summary is None:
+            detail = f": {run.reason}: {run.message}" if run.state == "failed" else ""
+            print(f"{args.namespace}/{args.run} is {run.state}{detail}", file=sys.stderr)
+            return 2
+        print(
+            f"{args.namespace}/{args.run} attempt {run.attempt}: {model.summary_line(run.summary)}",
+            file=sys.stderr,
+        )
+        rows = store.exceptions(
+            conn, run.run_id, include_info=not args.errors_only, check=args.check
+        )
+        write = write_csv if args.format == "csv" else write_table
+        if args.output:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                write(rows, out)
+        else:
+            write(rows, sys.stdout)
+    return 0

@@ -1,0 +1,227 @@
+"""Reconciliation from `kubectl apply`, with the operator and the rewards consumer as processes.
+
+The example postings are posted by the operator, then the example run (a ConfigMap with
+January's settlement file) is applied: it must end Succeeded with its one planted exception,
+say so in its conditions and Events, and `fintech-operator recon report` must export it. A run
+with a missing ConfigMap must fail with its reason, and a schedule must create runs and keep
+only its history limit of finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Kubectl, OperatorProcesses, wait_for
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+RUN = "settlement-2025-01"
+
+
+def get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(kubectl("get", "-n", ns, kind, name, "-o", "json").stdout)
+    return found
+
+
+def phase_in(
+    kubectl: Kubectl, procs: OperatorProcesses, ns: str, kind: str, name: str, phases: set[str]
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status: dict[str, Any] = get(kubectl, ns, kind, name).get("status") or {}
+        return status if status.get("phase") in phases else None
+
+    try:
+        found: dict[str, Any] = wait_for(f"{kind}/{name} in {phases}", probe, timeout_seconds=120)
+    except AssertionError:
+        print(procs.log("operator")[-6000:])
+        raise
+    return found
+
+
+def event_reasons(kubectl: Kubectl, ns: str, name: str) -> set[str]:
+    listed = json.loads(
+        kubectl(
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "json",
+        ).stdout
+    )
+    return {item["reason"] for item in listed["items"]}
+
+
+def test_reconciliation_from_kubectl(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """The example run matches the example purchase and refund, reports the one transaction the
+    ledger never saw, shows it in status, conditions and Events, exports it as CSV, and refuses
+    a change of its spec; a run whose ConfigMap is missing fails with SourceNotFound."""
+    ns = op_namespace
+    for example in (
+        "00-cardproduct-standard",
+        "10-card-u_demo",
+        "20-posting-purchase",
+        "21-posting-refund",
+    ):
+        kubectl("apply", "-n", ns, "-f", str(EXAMPLES / f"{example}.yaml"))
+    for posting in ("purchase-0001", "refund-0001"):
+        posted = phase_in(
+            kubectl, operator_processes, ns, "posting", posting, {"Posted", "Rejected"}
+        )
+        assert posted["phase"] == "Posted", posted
+
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "50-reconciliationrun.yaml"))
+    status = phase_in(kubectl, operator_processes, ns, "recon", RUN, {"Succeeded", "Failed"})
+    assert status["phase"] == "Succeeded", status
+    summary = status["summary"]
+    assert (summary["recordsRead"], summary["matched"], summary["missingInLedger"]) == (3, 2, 1)
+    assert summary["exceptions"] == 1
+    assert summary["checks"] == {
+        "settlement": {"result": "Failed", "exceptions": 1},
+        "trialBalance": {"result": "Passed", "exceptions": 0},
+        "rewards": {"result": "Passed", "exceptions": 0},
+        "events": {"result": "Passed", "exceptions": 0},
+    }
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "Completed")
+    assert conditions["Reconciled"]["status"] == "False"
+    assert status["attempt"] == 1
+    assert status["startedAt"] <= status["completedAt"]
+    assert {"Started", "Succeeded", "ExceptionsFound"} <= event_reasons(kubectl, ns, RUN)
+    table = kubectl("get", "-n", ns, "recon", RUN).stdout
+    assert "Succeeded" in table
+
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fintech_operator",
+            "recon",
+            "report",
+            RUN,
+            "-n",
+            ns,
+            "--format",
+            "csv",
+        ],
+        env=operator_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = report.stdout.splitlines()
+    assert lines[0] == "check,kind,severity,reference,line,expected,actual"
+    assert lines[1:] == [
+        "Settlement,MissingInLedger,error,auth-9d81e0c4,4,no posting,"
+        "4200 USD at 2025-01-17T18:02:00Z"
+    ]
+
+    refused = kubectl(
+        "patch",
+        "-n",
+        ns,
+        "recon",
+        RUN,
+        "--type=merge",
+        "-p",
+        '{"spec":{"matching":{"amountToleranceMinor":100}}}',
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "spec is immutable" in refused.stderr
+
+    missing = {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "ReconciliationRun",
+        "metadata": {"name": "no-file"},
+        "spec": {"source": {"configMapKeyRef": {"name": "nowhere", "key": "s.csv"}}},
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(missing))
+    failed = phase_in(kubectl, operator_processes, ns, "recon", "no-file", {"Succeeded", "Failed"})
+    assert (failed["phase"], failed["reason"]) == ("Failed", "SourceNotFound")
+    assert f"ConfigMap {ns}/nowhere does not exist" in failed["message"]
+    assert "Failed" in event_reasons(kubectl, ns, "no-file")
+
+
+def test_schedule_creates_runs_and_keeps_its_history_limit(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
+) -> None:
+    """A schedule firing every minute creates an owned run with the window ending at the
+    scheduled time, and deletes finished runs beyond successfulRunsHistoryLimit."""
+    ns = op_namespace
+    schedule = {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "ReconciliationSchedule",
+        "metadata": {"name": "every-minute"},
+        "spec": {
+            "schedule": "* * * * *",
+            "windowSeconds": 3600,
+            "successfulRunsHistoryLimit": 1,
+            "template": {"checks": ["TrialBalance"]},
+        },
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(schedule))
+    uid = get(kubectl, ns, "rsched", "every-minute")["metadata"]["uid"]
+    # Two older runs of this schedule, as a previous day would have left them.
+    for name in ("every-minute-old-1", "every-minute-old-2"):
+        run = {
+            "apiVersion": "fintech.dev/v1alpha1",
+            "kind": "ReconciliationRun",
+            "metadata": {
+                "name": name,
+                "labels": {"fintech.dev/schedule": "every-minute"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "fintech.dev/v1alpha1",
+                        "kind": "ReconciliationSchedule",
+                        "name": "every-minute",
+                        "uid": uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {"checks": ["TrialBalance"]},
+        }
+        kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(run))
+        phase_in(kubectl, operator_processes, ns, "recon", name, {"Succeeded"})
+
+    def created_and_pruned() -> dict[str, Any] | None:
+        status: dict[str, Any] = get(kubectl, ns, "rsched", "every-minute").get("status") or {}
+        names = kubectl(
+            "get", "-n", ns, "recon", "-l", "fintech.dev/schedule=every-minute", "-o", "name"
+        ).stdout.split()
+        created = status.get("lastRunName")
+        if not created or any(n.endswith("-old-1") for n in names):
+            return None
+        return status if f"reconciliationrun.fintech.dev/{created}" in names else None
+
+    try:
+        status = wait_for(
+            "a scheduled run and pruned history",
+            created_and_pruned,
+            timeout_seconds=150,
+            interval=2,
+        )
+    except AssertionError:
+        print(operator_processes.log("operator")[-6000:])
+        raise
+    assert status["phase"] == "Active"
+    created = get(kubectl, ns, "recon", status["lastRunName"])
+    window = created["spec"]["window"]
+    assert window["end"] == status["lastScheduleTime"]
+    assert created["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert "RunCreated" in event_reasons(kubectl, ns, "every-minute")
