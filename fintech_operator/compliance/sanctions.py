@@ -10,10 +10,12 @@ Speed (a list of 20,000 names must screen in milliseconds, see ``bench/bench_scr
   normalized (accents folded, punctuation dropped, upper case), ``LAST, First`` also gets the
   ``FIRST LAST`` order, every name also gets its token-sorted form, and exact forms go into a
   dict. Choices are kept sorted by length.
-- Per screening, an exact match is one dict lookup. The fuzzy pass compares only names whose
-  length *can* reach the threshold: Jaro-Winkler is at most ``0.6 * Jaro + 0.4`` and Jaro is at
-  most ``(2 + shorter/longer) / 3``, so a threshold T needs ``shorter/longer >= 5T - 4``. That
-  window is found by bisection and handed to rapidfuzz's C implementation with a score cutoff.
+- Per screening, an exact match is one dict lookup. The fuzzy pass compares the name with the
+  written forms and its sorted tokens with the sorted forms (not every pair), and only names
+  whose length *can* reach the threshold: Jaro-Winkler is at most ``0.6 * Jaro + 0.4`` and Jaro
+  is at most ``(2 + shorter/longer) / 3``, so a threshold T needs ``shorter/longer >= 5T - 4``.
+  That window is found by bisection and handed to rapidfuzz's C implementation with a score
+  cutoff and a small result limit, so Python only ever handles a handful of candidates.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import io
 import math
 import unicodedata
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -223,38 +226,80 @@ def length_ratio_min(threshold_bps: int) -> float:
     return max(0.0, 5 * threshold_bps / BPS - 4)
 
 
-class Screener:
-    """A compiled list: build once per list version, screen many names."""
+class _Choices:
+    """Names to compare against, sorted by length, each with the index of its entry."""
 
-    def __init__(self, entries: Sequence[Entry], forms: Sequence[tuple[str, int]]) -> None:
-        # Fuzzy choices sorted by length; ``_owners[i]`` is the entry of ``_choices[i]``.
-        ordered = sorted(forms, key=lambda form: (len(form[0]), form[0]))
+    def __init__(self, forms: Iterable[tuple[str, int]]) -> None:
+        ordered = sorted(set(forms), key=lambda form: (len(form[0]), form[0], form[1]))
+        self.names: list[str] = [form for form, _ in ordered]
+        self.owners: list[int] = [owner for _, owner in ordered]
+        self.lengths: list[int] = [len(form) for form in self.names]
+        self.forms_per_owner_max = max(Counter(self.owners).values(), default=1)
+
+    def candidates(
+        self, probe: str, threshold_bps: int, owners: int
+    ) -> list[tuple[str, float, int]]:
+        """The best choices at or near the threshold, enough of them to cover ``owners`` entries.
+
+        Only names whose length can reach the threshold are compared (see the module doc).
+        """
+        ratio = length_ratio_min(threshold_bps)
+        length = len(probe)
+        low = math.ceil(length * ratio) if ratio > 0 else 0
+        high = math.floor(length / ratio) if ratio > 0 else max(self.lengths, default=0)
+        start = bisect.bisect_left(self.lengths, low)
+        end = bisect.bisect_right(self.lengths, high)
+        if start >= end:
+            return []
+        # A hair under the threshold: the basis-point rounding of the caller makes the final call.
+        cutoff = max(0.0, threshold_bps / BPS - 0.5 / BPS)
+        found = process.extract(
+            probe,
+            self.names[start:end],
+            scorer=JaroWinkler.normalized_similarity,
+            score_cutoff=cutoff,
+            # The top few suffice: an entry has at most forms_per_owner_max names here, so these
+            # cover the best ``owners`` entries whatever their other names score.
+            limit=owners * self.forms_per_owner_max,
+        )
+        return [
+            (choice, float(score), self.owners[start + index]) for choice, score, index in found
+        ]
+
+
+class Screener:
+    """A compiled list: build once per list version, screen many names.
+
+    A name's similarity to an entry is the best Jaro-Winkler score of the name against the
+    entry's written forms, or of the name's tokens sorted against the entry's tokens sorted (so
+    word order does not matter); an exact match is equality of either.
+    """
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
         self.entries: tuple[Entry, ...] = tuple(entries)
-        self._choices: list[str] = [form for form, _ in ordered]
-        self._owners: list[int] = [owner for _, owner in ordered]
-        self._lengths: list[int] = [len(form) for form in self._choices]
-        # Exact forms: as written and token-sorted, so "SMITH JOHN" is exactly "JOHN SMITH".
+        if not self.entries:
+            raise ListError("the list has no entries")
+        written = [
+            (form, owner)
+            for owner, entry in enumerate(self.entries)
+            for form in name_forms(entry.name)
+        ]
+        self._written = _Choices(written)
+        self._sorted = _Choices((token_sorted(form), owner) for form, owner in written)
         self._exact: dict[str, int] = {}
-        for form, owner in forms:
+        for form, owner in written:
             self._exact.setdefault(form, owner)
+        for form, owner in written:
             self._exact.setdefault(token_sorted(form), owner)
 
     @classmethod
     def build(cls, entries: Iterable[Entry]) -> Screener:
-        listed = tuple(entries)
-        if not listed:
-            raise ListError("the list has no entries")
-        forms: list[tuple[str, int]] = []
-        for index, entry in enumerate(listed):
-            written = name_forms(entry.name)
-            unique = dict.fromkeys([*written, *(token_sorted(form) for form in written)])
-            forms.extend((form, index) for form in unique)
-        return cls(listed, forms)
+        return cls(tuple(entries))
 
     @property
     def size(self) -> int:
-        """Names compared against (every form of every entry)."""
-        return len(self._choices)
+        """Names compared against (every form of every entry, written and token-sorted)."""
+        return len(self._written.names) + len(self._sorted.names)
 
     def screen(self, name: str, threshold_bps: int, *, limit: int = 5) -> Result:
         """Screen one name: the exact hit, and fuzzy hits at or above ``threshold_bps``."""
@@ -280,12 +325,16 @@ class Screener:
         self, query: str, threshold_bps: int, limit: int, skip: int | None
     ) -> tuple[Hit, ...]:
         best: dict[int, tuple[int, str]] = {}
-        for probe in dict.fromkeys((query, token_sorted(query))):
-            for choice, score, position in self._candidates(probe, threshold_bps):
-                owner = self._owners[position]
-                score_bps = min(BPS, round(score * BPS))
-                if score_bps >= threshold_bps and score_bps > best.get(owner, (-1, ""))[0]:
-                    best[owner] = (score_bps, choice)
+        # One more entry than asked for, in case the exact entry is among them and is skipped.
+        wanted = limit + 1
+        found = [
+            *self._written.candidates(query, threshold_bps, wanted),
+            *self._sorted.candidates(token_sorted(query), threshold_bps, wanted),
+        ]
+        for choice, score, owner in found:
+            score_bps = min(BPS, round(score * BPS))
+            if score_bps >= threshold_bps and score_bps > best.get(owner, (-1, ""))[0]:
+                best[owner] = (score_bps, choice)
         ranked = sorted(
             (item for item in best.items() if item[0] != skip),
             key=lambda item: (-item[1][0], self.entries[item[0]].name),
@@ -294,23 +343,3 @@ class Screener:
             Hit(self.entries[owner], score_bps, False, choice)
             for owner, (score_bps, choice) in ranked[:limit]
         )
-
-    def _candidates(self, probe: str, threshold_bps: int) -> list[tuple[str, float, int]]:
-        ratio = length_ratio_min(threshold_bps)
-        length = len(probe)
-        low = math.ceil(length * ratio) if ratio > 0 else 0
-        high = math.floor(length / ratio) if ratio > 0 else max(self._lengths, default=0)
-        start = bisect.bisect_left(self._lengths, low)
-        end = bisect.bisect_right(self._lengths, high)
-        if start >= end:
-            return []
-        # A hair under the threshold: the basis-point rounding above makes the final call.
-        cutoff = max(0.0, threshold_bps / BPS - 0.5 / BPS)
-        found = process.extract(
-            probe,
-            self._choices[start:end],
-            scorer=JaroWinkler.normalized_similarity,
-            score_cutoff=cutoff,
-            limit=None,
-        )
-        return [(choice, float(score), start + index) for choice, score, index in found]
