@@ -15,10 +15,14 @@ import kopf
 import pydantic
 
 from fintech_operator import api, kube, posting_rules
+from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.events import schema
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model, rules
 from fintech_operator.observability import metrics, tracing
+from fintech_operator.risk import model as risk_model
+from fintech_operator.risk import policy as risk_policy
+from fintech_operator.risk import store as risk_store
 
 DECIDED_PHASES = frozenset({"Posted", "Rejected"})
 TEMPORARY_DELAY_SECONDS = 2.0
@@ -174,8 +178,13 @@ async def post(
         if posting.reverses:
             result = await _reverse(memo, posting, body, postings)
         else:
-            result = await _replay(memo, posting, body) or await engine.post(
-                memo.pool, build_request(posting, body, card, _product(cardproducts, card))
+            result = await _replay(memo, posting, body) or await _post_with_risk(
+                memo,
+                build_request(posting, body, card, _product(cardproducts, card)),
+                posting,
+                body,
+                card,
+                kwargs,
             )
     except pydantic.ValidationError as exc:
         report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
@@ -187,6 +196,48 @@ async def post(
         report.reject(body, patch, _reason(exc), exc.message)
         return
     _posted(body, patch, result)
+
+
+# --- Risk and AML (issue 4): API in fintech_operator/risk/store.py, described in docs/cards.md --
+
+
+async def _post_with_risk(
+    memo: kopf.Memo,
+    request: model.PostingRequest,
+    posting: api.PostingSpec,
+    body: kopf.Body,
+    card: dict[str, Any],
+    indexes_: dict[str, Any],
+) -> model.PostResult:
+    """``engine.post`` with the namespace's risk rules and AML monitoring in its transaction.
+
+    A decline raises ``risk_model.RiskDeclined`` (a LedgerError, reason RiskDeclined).
+    """
+    namespace = report.namespace_of(body.metadata.namespace)
+    account = str(card.get("account"))
+    if account not in request.account_codes:
+        # Explicit entries that leave the card's account alone: no card-level rule applies.
+        return await engine.post(memo.pool, request)
+    merchant = posting.merchant
+    check = risk_store.PostingCheck(
+        risk_policy.select(indexes_["riskpolicies"], namespace),
+        risk_model.PostingFacts(
+            card=f"{namespace}/{posting.card}",
+            account_code=account,
+            kind=posting.type.value,
+            amount_minor=posting.amount_minor,
+            currency=posting.currency,
+            merchant_mcc=merchant.mcc if merchant else None,
+            merchant_country=merchant.country if merchant else None,
+        ),
+        subject=f"{namespace}/{body.metadata.name}",
+        subject_uid=str(body.metadata.uid),
+        compliance_policy=compliance_policy.select(indexes_["compliancepolicies"], namespace),
+    )
+    return await risk_store.post(memo.pool, request, check)
+
+
+# --- End of risk and AML --------------------------------------------------------------------------
 
 
 def _product(cardproducts: kopf.Index[Any, Any], card: dict[str, Any]) -> dict[str, Any]:

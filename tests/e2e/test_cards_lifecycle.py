@@ -490,6 +490,108 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     )
 
 
+# --- Postings: risk and AML -----------------------------------------------------------------------
+
+
+def posting(name: str, amount: int, mcc: str = "5814") -> dict[str, Any]:
+    return {
+        "kind": "Posting",
+        "metadata": {"name": name},
+        "spec": {
+            "card": "spender",
+            "type": "Purchase",
+            "amount": amount,
+            "currency": "USD",
+            "merchant": {"name": "Shop", "mcc": mcc, "country": "US"},
+        },
+    }
+
+
+def test_posting_risk_rules_and_aml_alert(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """Amount and velocity decline (RiskDeclined), an MCC reviews but posts, AML alerts once."""
+    ns, procs = op_namespace, operator_processes
+    apply(
+        kubectl,
+        ns,
+        product(),
+        {
+            "kind": "RiskPolicy",
+            "metadata": {"name": "limits"},
+            "spec": {
+                "maxAmountPerTransaction": {"amount": 100_000, "currency": "USD"},
+                "blockedMccs": {"codes": ["7995"], "action": "Review"},
+                "velocity": [{"windowSeconds": 3600, "maxCount": 4, "action": "Decline"}],
+            },
+        },
+        {
+            "kind": "CompliancePolicy",
+            "metadata": {"name": "aml"},
+            "spec": {
+                "aml": {
+                    "dailyThreshold": {"amount": 150_000, "currency": "USD"},
+                    "structuring": {"enabled": False},
+                }
+            },
+        },
+    )
+    wait_status(kubectl, procs, ns, "riskpolicy", "limits", "ready", lambda s: s.get("inUse"))
+    wait_status(kubectl, procs, ns, "compliancepolicy", "aml", "ready", phase_in("Ready"))
+    apply(kubectl, ns, card("spender"))
+    wait_status(kubectl, procs, ns, "card", "spender", "issued", phase_in("Active"))
+    # (posting, amount, merchant category, phase, risk decision, rule that fired)
+    expected = [
+        ("too-big", 200_000, "5814", "Rejected", "Decline", "MaxAmountPerTransaction"),
+        ("casino", 90_000, "7995", "Posted", "Review", "BlockedMcc"),
+        ("groceries", 70_000, "5814", "Posted", "Approve", None),  # 160,000 today: AML alert
+        ("coffee-1", 1_000, "5814", "Posted", "Approve", None),
+        ("coffee-2", 1_000, "5814", "Posted", "Approve", None),  # the 4th purchase this hour
+        ("coffee-3", 1_000, "5814", "Rejected", "Decline", "VelocityCount"),  # the 5th
+    ]
+    for name, amount, mcc, phase, _, _ in expected:
+        apply(kubectl, ns, posting(name, amount, mcc))
+        status = wait_status(
+            kubectl, procs, ns, "posting", name, "decided", phase_in("Posted", "Rejected")
+        )
+        assert status["phase"] == phase, (name, status)
+        if phase == "Rejected":
+            assert status["reason"] == "RiskDeclined", status
+    decisions = db_rows(
+        operator_env,
+        "SELECT subject, decision, matched->0->>'rule' FROM risk_assessments"
+        " WHERE subject_kind = 'Posting' AND subject LIKE %s ORDER BY id",
+        f"{ns}/%",
+    )
+    assert decisions == [(f"{ns}/{row[0]}", row[4], row[5]) for row in expected]
+    status = wait_status(
+        kubectl, procs, ns, "card", "spender", "alert announced", lambda s: s.get("aml")
+    )
+    assert status["aml"]["alerts"] == 1
+    assert status["aml"]["lastAlert"].startswith("DailyThreshold on ")
+    assert "160000 USD" in wait_event(kubectl, ns, "spender", "Warning", "ComplianceAlert")
+    alerts = db_rows(
+        operator_env,
+        "SELECT a.alert_kind, a.total_minor, a.posting_count, o.topic"
+        " FROM compliance_alerts a JOIN outbox o ON o.event_id = a.event_id WHERE a.card = %s",
+        f"{ns}/spender",
+    )
+    assert alerts == [("DailyThreshold", 160_000, 2, "compliance")]
+    wait_for(
+        "the alert event to be published to Kafka",
+        lambda: db_rows(
+            operator_env,
+            "SELECT 1 FROM outbox o JOIN compliance_alerts a ON a.event_id = o.event_id"
+            " WHERE a.card = %s AND o.published_at IS NOT NULL",
+            f"{ns}/spender",
+        ),
+        timeout_seconds=TIMEOUT_SECONDS,
+    )
+
+
 # --- Policies -------------------------------------------------------------------------------------
 
 
