@@ -332,6 +332,17 @@ def test_risk_rules_review_and_decline_and_default_kyc_rejects(
         f"{ns}/no-kyc",
     )
     assert checks == [("Kyc", "Reject", "KycNotAccepted"), ("Sanctions", "Clear", "NotConfigured")]
+    # A card waiting for review can still be closed: it never gets an account.
+    kubectl(
+        "patch", "card", "second", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}'
+    )
+    closed = wait_status(kubectl, procs, ns, "card", "second", "closed", phase_in("Closed"))
+    assert closed["reason"] == "ClosedBeforeIssue"
+    # A card applied Frozen is issued Frozen.
+    apply(kubectl, ns, card("cold", user="u6", state="Frozen"))
+    cold = wait_status(kubectl, procs, ns, "card", "cold", "issued", phase_in("Frozen", "Active"))
+    assert cold["phase"] == "Frozen"
+    assert cold["account"]
 
 
 def test_sanctions_exact_rejects_and_fuzzy_reviews_then_reviewer_rejects(
@@ -421,6 +432,21 @@ def test_kyc_pending_reviewed_and_approved(
         f"{ns}/waiting",
     )
     assert rows == [("Approve", "reviewer@example.com", f"{ns}/yes")]
+    # KYC completed while waiting: the card is assessed again and issued without a review.
+    apply(kubectl, ns, card("kyc-later", user="u3", kyc="Pending"))
+    wait_status(kubectl, procs, ns, "card", "kyc-later", "held", phase_in("PendingReview"))
+    patch = '{"spec":{"holder":{"kycStatus":"Accepted"}}}'
+    kubectl("patch", "card", "kyc-later", "-n", ns, "--type=merge", "-p", patch)
+    later = wait_status(kubectl, procs, ns, "card", "kyc-later", "issued", phase_in("Active"))
+    assert "review" not in later
+    assert later["compliance"]["reasons"] == ["KycAccepted", "NoMatch"]
+    generations = db_rows(
+        operator_env,
+        "SELECT outcome FROM compliance_checks WHERE subject = %s AND check_kind = 'Kyc'"
+        " ORDER BY id",
+        f"{ns}/kyc-later",
+    )
+    assert generations == [("Review",), ("Clear",)]
 
 
 # --- Deletion -------------------------------------------------------------------------------------
