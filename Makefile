@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: setup dev down test lint unit integration e2e crds bench clean
+.PHONY: setup dev down test lint chart-lint unit integration e2e crds bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check fintech_operator tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m fintech_operator.api.crdgen --check
+
+## chart-lint: `helm lint --strict` on the chart (the cached Helm build) and hadolint on the Dockerfile
+chart-lint: setup
+	"$$($(BIN)/python -c 'from fintech_operator.stack import build; print(build.ensure_all().helm)')" \
+		lint --strict charts/fintech-operator
+	$(BIN)/hadolint Dockerfile
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q tests/unit

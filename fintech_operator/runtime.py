@@ -23,6 +23,12 @@ from fintech_operator.observability import collector, lifecycle, tracing
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
 HEALTH_HOST_ENV = "FINTECH_HEALTH_HOST"
+# One active operator: the chart names a kopf peering object (KopfPeering per watched namespace,
+# or a ClusterKopfPeering) here; unset, as in development and tests, the operator is standalone.
+PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
+# Each replica takes a random priority unless given one: the highest is active, the others pause
+# as warm standbys (kopf pauses ALL operators of equal priority, so equal values are a mistake).
+PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
 
 
 @kopf.on.startup()
@@ -77,6 +83,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
 def run_operator(namespaces: list[str], liveness_port: int) -> int:
     """Entry point of ``fintech-operator run``."""
     import os  # noqa: PLC0415
+    import secrets  # noqa: PLC0415
 
     logs.configure()
     config.load()  # Fail now, with the variable's name, rather than inside a handler.
@@ -84,14 +91,23 @@ def run_operator(namespaces: list[str], liveness_port: int) -> int:
 
     lifecycle.start_operator(config.load())  # tracing, /metrics, timing of every handler
 
+    peering_name = os.environ.get(PEERING_NAME_ENV) or None
+    priority = int(os.environ.get(PEERING_PRIORITY_ENV) or secrets.randbelow(2**31 - 2) + 1)
     host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None
+    # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
+    # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
     asyncio.run(
         kopf.operator(
+            settings=kopf_settings,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=liveness,
-            standalone=True,
+            standalone=peering_name is None,
+            peering_name=peering_name,
+            priority=priority,
         )
     )
     return 0

@@ -1,0 +1,199 @@
+{{/*
+Names, labels and the pieces every process shares. Components: operator, rewards, notifier,
+postgresql, kafka, test.
+*/}}
+
+{{- define "fintech.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "fintech.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's object name: <fullname>-<component>, within 63 characters. */}}
+{{- define "fintech.component.fullname" -}}
+{{- printf "%s-%s" (include "fintech.fullname" .root | trunc 50 | trimSuffix "-") .component -}}
+{{- end -}}
+
+{{- define "fintech.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fintech.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "fintech.labels" -}}
+{{ include "fintech.selectorLabels" . }}
+app.kubernetes.io/part-of: fintech-operator
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The image reference: a digest wins over a tag; the tag defaults to appVersion. */}}
+{{- define "fintech.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fintech.serviceAccountName" -}}
+{{- $values := index .root.Values .component -}}
+{{- if $values.serviceAccount.create -}}
+{{- default (include "fintech.component.fullname" .) $values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" $values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fintech.peeringName" -}}
+{{- default (include "fintech.fullname" .) .Values.operator.peering.name -}}
+{{- end -}}
+
+{{- define "fintech.postgresql.secretName" -}}
+{{- default (include "fintech.component.fullname" (dict "root" . "component" "postgresql")) .Values.postgresql.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The namespaces the default CardProduct and policies go to. */}}
+{{- define "fintech.defaultsNamespaces" -}}
+{{- $namespaces := .Values.defaults.namespaces | default (list .Release.Namespace) -}}
+{{- toJson $namespaces -}}
+{{- end -}}
+
+{{/*
+The Kinds (plural resource names) of every fintech.dev CRD the chart ships, read from
+crds/fintech/: RBAC and the default policies follow the CRDs, so a new kind needs no chart edit.
+*/}}
+{{- define "fintech.crdPlurals" -}}
+{{- $plurals := list -}}
+{{- range $path, $_ := .Files.Glob "crds/fintech/*.yaml" -}}
+{{- $crd := $.Files.Get $path | fromYaml -}}
+{{- if eq $crd.spec.group "fintech.dev" -}}
+{{- $plurals = append $plurals $crd.spec.names.plural -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (sortAlpha $plurals) -}}
+{{- end -}}
+
+{{/* Fails the render when the chart does not ship the CRD of a kind it is asked to create. */}}
+{{- define "fintech.requireKind" -}}
+{{- $plurals := include "fintech.crdPlurals" .root | fromJsonArray -}}
+{{- if not (has .plural $plurals) -}}
+{{- fail (printf "%s is enabled but this chart ships no CRD for %s (crds/fintech/%s.fintech.dev.yaml); disable it or upgrade the chart" .value .plural .plural) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fintech.databaseUrl" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- $host := include "fintech.component.fullname" (dict "root" . "component" "postgresql") -}}
+{{- printf "postgresql://%s@%s.%s.svc:%d/%s" .Values.postgresql.auth.username $host .Release.Namespace (int .Values.postgresql.port) .Values.postgresql.auth.database -}}
+{{- else -}}
+{{- .Values.externalDatabase.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fintech.kafkaBootstrap" -}}
+{{- if .Values.kafka.enabled -}}
+{{- $host := include "fintech.component.fullname" (dict "root" . "component" "kafka") -}}
+{{- printf "%s.%s.svc:%d" $host .Release.Namespace (int .Values.kafka.port) -}}
+{{- else -}}
+{{- .Values.externalKafka.bootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The environment of the three processes: where the ledger and Kafka are, the password as
+PGPASSWORD (libpq reads it, so it never appears in a URL), settings, metrics and tracing.
+*/}}
+{{- define "fintech.env" -}}
+{{- $root := .root -}}
+- name: DATABASE_URL
+  value: {{ include "fintech.databaseUrl" $root | quote }}
+{{- if $root.Values.postgresql.enabled }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fintech.postgresql.secretName" $root }}
+      key: {{ $root.Values.postgresql.auth.passwordKey }}
+{{- else if $root.Values.externalDatabase.existingSecret }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.externalDatabase.existingSecret }}
+      key: {{ $root.Values.externalDatabase.passwordKey }}
+{{- end }}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ include "fintech.kafkaBootstrap" $root | quote }}
+{{- range $key, $value := $root.Values.config }}
+- name: {{ printf "FINTECH_%s" ($key | snakecase | upper) }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+# Probes and /metrics listen on every interface of the pod (the default is loopback).
+- name: FINTECH_HEALTH_HOST
+  value: "0.0.0.0"
+{{- if $root.Values.metrics.enabled }}
+- name: FINTECH_METRICS_PORT
+  value: {{ $root.Values.metrics.port | toString | quote }}
+{{- end }}
+{{- if $root.Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $root.Values.tracing.otlpEndpoint | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "fintech-%s" .component | quote }}
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- with $root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "fintech.podSecurityContext" -}}
+{{ toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{- define "fintech.containerSecurityContext" -}}
+{{ toYaml .Values.containerSecurityContext }}
+{{- end -}}
+
+{{/* Scheduling knobs of one component's values. */}}
+{{- define "fintech.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The ports every process exposes for metrics. */}}
+{{- define "fintech.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end -}}

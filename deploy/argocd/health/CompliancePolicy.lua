@@ -1,0 +1,15 @@
+-- Argo CD health of a fintech.dev CompliancePolicy (Lua 5.1; `obj` is the CompliancePolicy).
+-- Ready is Healthy; Rejected (invalid rules or a missing list) is Degraded.
+local hs = {}
+local status = obj.status or {}
+if status.phase == "Ready" then
+  hs.status = "Healthy"
+  hs.message = "Ready"
+elseif status.phase == "Rejected" then
+  hs.status = "Degraded"
+  hs.message = "Rejected: " .. (status.reason or "") .. " " .. (status.message or "")
+else
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to check the policy"
+end
+return hs
