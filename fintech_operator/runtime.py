@@ -39,8 +39,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
         field="status.kopf.last-handled-configuration"
     )
-    # Our own Events say what a user needs; kopf's per-handler chatter stays in the logs.
-    settings.posting.level = logging.WARNING
+    # Our own Events (kopf.info/warn) say what a user needs; kopf's per-handler log
+    # chatter stays in the logs. The level also filters explicit events, so it must
+    # stay at INFO for the Normal "Posted"/"Issued" Events to reach the API.
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]

@@ -109,6 +109,13 @@ def test_each_type_posts_with_the_right_balance(
         assert int(status["journalId"]) > 0
     expected = 10_000 - 2_000 - 3_000 + 500 + 100
     assert _balance(database, f"card:{ns}/c1:USD") == expected
+    posted_event = wait_for(
+        "a Normal Posted Event",
+        lambda: "Posted" in kubectl("get", "events", "-n", ns, "--field-selector",
+                                    "involvedObject.name=p-purchase,type=Normal",
+                                    "-o", "jsonpath={.items[*].reason}").stdout,
+    )  # fmt: skip
+    assert posted_event
     shown = wait_for(
         "card status balance",
         lambda: (_status(kubectl, ns, "card", "c1").get("balance") or {}).get("amount") == expected,
