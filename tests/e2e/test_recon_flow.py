@@ -4,17 +4,24 @@ The example postings are posted by the operator, then the example run (a ConfigM
 January's settlement file) is applied: it must end Succeeded with its one planted exception,
 say so in its conditions and Events, and `fintech-operator recon report` must export it. A run
 with a missing ConfigMap must fail with its reason, and a schedule must create runs and keep
-only its history limit of finished ones.
+only its history limit of finished ones. An operator killed in the middle of a run must, once
+restarted, run it again as attempt 2 and report every exception exactly once.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import Kubectl, OperatorProcesses, wait_for
@@ -225,3 +232,85 @@ def test_schedule_creates_runs_and_keeps_its_history_limit(
     assert window["end"] == status["lastScheduleTime"]
     assert created["metadata"]["ownerReferences"][0]["uid"] == uid
     assert "RunCreated" in event_reasons(kubectl, ns, "every-minute")
+
+
+SLOW_ROWS = 3000
+
+
+class _SlowFile(http.server.BaseHTTPRequestHandler):
+    """A settlement file that takes a few seconds to stream, so a run can be caught mid-way."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/csv")
+        self.end_headers()
+        self.wfile.write(b"reference,amount,currency,occurredAt\n")
+        for n in range(SLOW_ROWS):
+            self.wfile.write(f"SLOW-{n},{n + 1},USD,2031-01-01T00:00:00Z\n".encode())
+            if n % 100 == 0:
+                self.wfile.flush()
+                time.sleep(0.2)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def slow_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/slow.csv"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_run_interrupted_by_an_operator_crash_restarts_cleanly(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+    operator_prefix: str,
+    slow_url: str,
+) -> None:
+    """SIGKILL the operator while a run is loading its file: nothing of attempt 1 is visible;
+    the restarted operator resumes the run as attempt 2, and each exception is stored once."""
+    ns = op_namespace
+    run = {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "ReconciliationRun",
+        "metadata": {"name": "slow"},
+        "spec": {
+            "source": {"http": {"url": slow_url, "timeoutSeconds": 30}},
+            "checks": ["Settlement"],
+            "window": {"start": "2031-01-01T00:00:00Z", "end": "2031-01-02T00:00:00Z"},
+        },
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(run))
+    uid = get(kubectl, ns, "recon", "slow")["metadata"]["uid"]
+    dsn = operator_env["DATABASE_URL"]
+
+    def attempt_running() -> tuple[Any, ...] | None:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT id, attempt, state FROM recon_runs WHERE uid = %s", (uid,)
+            ).fetchone()
+        return row if row is not None and row[1:] == (1, "running") else None
+
+    run_id = wait_for("attempt 1 under way", attempt_running, timeout_seconds=60)[0]
+    operator_processes.procs["operator"].send_signal(signal.SIGKILL)
+    operator_processes.procs["operator"].wait(timeout=30)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM recon_exceptions WHERE run_id = %s", (run_id,)
+        ).fetchone() == (0,)
+    operator_processes.start(
+        "operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*"
+    )
+    status = phase_in(kubectl, operator_processes, ns, "recon", "slow", {"Succeeded", "Failed"})
+    assert (status["phase"], status["attempt"]) == ("Succeeded", 2), status
+    assert status["summary"]["missingInLedger"] == SLOW_ROWS
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT reference) FROM recon_exceptions WHERE run_id = %s",
+            (run_id,),
+        ).fetchone() == (SLOW_ROWS, SLOW_ROWS)
