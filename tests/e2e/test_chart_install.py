@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,10 @@ def test_install_renders_only_namespaced_objects(release: Release, kubectl: Kube
         release.helm("status", release.name, "-n", release.namespace, "-o", "json").stdout
     )
     assert status["info"]["status"] == "deployed"
+    notes = status["info"]["notes"]
+    assert f"rollout status deployment/{release.name}-fintech-operator-operator" in notes
+    assert f"The operator watches {release.apps}." in notes
+    assert "kubectl apply --server-side --force-conflicts" in notes
 
 
 def test_card_and_posting_reconcile_as_the_charts_service_accounts(
@@ -315,6 +320,11 @@ def test_card_and_posting_reconcile_as_the_charts_service_accounts(
     wait_for("the Warning Event of the held card", warned, timeout_seconds=60)
     for pod in ("operator-a", "rewards-a"):
         assert "Forbidden" not in pods.log(pod), pods.log(pod)[-3000:]
+        # The consumers' liveness and readiness probes ask /metrics on the metrics port.
+        url = f"http://127.0.0.1:{pods.envs[pod]['FINTECH_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            assert b"fintech_build_info" in response.read()
 
 
 def test_helm_test_hook_command_passes_against_the_operator(release: Release, pods: Pods) -> None:

@@ -13,6 +13,7 @@ import base64
 import json
 import re
 import subprocess
+import tarfile
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
@@ -225,6 +226,22 @@ def test_chart_crds_are_exactly_the_generated_crds(chart_crds: list[dict[str, An
     assert by_name == generated
     others = {c["metadata"]["name"] for c in chart_crds if c["spec"]["group"] != "fintech.dev"}
     assert others == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_packaged_chart_carries_the_crd_files_byte_for_byte(helm: Helm, tmp_path: Path) -> None:
+    """`helm package` (what a chart repository serves) resolves the crds/ link into real files
+    identical to the repository's crds/, so a published chart needs no repository around it."""
+    helm("package", str(CHART), "-d", str(tmp_path))
+    (archive,) = tmp_path.glob("fintech-operator-*.tgz")
+    packaged: dict[str, bytes] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.name.startswith("fintech-operator/crds/fintech/") and member.isfile():
+                content = tar.extractfile(member)
+                assert content is not None
+                packaged[Path(member.name).name] = content.read()
+    generated = {p.name: p.read_bytes() for p in (REPO_ROOT / "crds").glob("*.yaml")}
+    assert packaged == generated
 
 
 BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
@@ -512,3 +529,31 @@ def test_helm_test_hook_asks_the_operator_service(helm: Helm) -> None:
     url = pod["spec"]["containers"][0]["env"][0]["value"]
     assert url == f"http://{service['metadata']['name']}.fin.svc:8080/healthz"
     assert service["spec"]["ports"][0]["targetPort"] == "health"
+
+
+def test_dashboards_ship_as_configmaps_for_grafana(helm: Helm) -> None:
+    """With metrics.dashboards.enabled, each dashboards/*.json becomes a ConfigMap with the
+    sidecar label, holding the file unchanged."""
+    docs = helm.template({"metrics": {"dashboards": {"enabled": True}}})
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert files
+    maps = [d for d in find(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+    shipped = {key: json.loads(value) for m in maps for key, value in m["data"].items()}
+    assert shipped == {f.name: json.loads(f.read_text()) for f in files}
+    assert not [d for d in find(helm.template({}), "ConfigMap") if "dashboards" in str(d)]
+
+
+def test_network_policies_admit_exactly_the_release_processes(helm: Helm) -> None:
+    """PostgreSQL and Kafka admit pods that carry the release's process labels, which the three
+    processes have and the databases themselves (and other releases) do not."""
+    docs = helm.template({})
+    for component in ("postgresql", "kafka"):
+        policy = one(docs, "NetworkPolicy", f"-{component}")
+        peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        admitted = sorted(
+            d["metadata"]["name"].rsplit("-", 1)[1]
+            for d in find(docs, "Deployment") + find(docs, "StatefulSet")
+            if peer.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        )
+        assert admitted == ["notifier", "operator", "rewards"], component
+        assert peer["app.kubernetes.io/instance"] == "fin"
