@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import pydantic
 
-from fintech_operator.api import common
+from fintech_operator.api import card, common
 
 MERCHANT_NAME_MAX_LENGTH: Final = 128
 REFERENCE_MAX_LENGTH: Final = 128
@@ -175,6 +175,11 @@ class PostingStatus(common.StatusModel):
         default=None,
         description="Pending until decided, then Posted (in the ledger) or Rejected "
         "(see reason). A decided posting never changes phase.",
+    )
+    risk: card.Decision | None = pydantic.Field(
+        default=None,
+        description="The risk policy's decision on this posting (Approve, Review or Decline), "
+        "its score and the rules that matched; recorded in risk_assessments.",
     )
     journal_id: str | None = pydantic.Field(
         default=None,

@@ -15,6 +15,7 @@ import kopf
 import pydantic
 
 from fintech_operator import api, kube, posting_rules
+from fintech_operator.cards import lifecycle
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.events import schema
 from fintech_operator.handlers import indexes, report
@@ -185,11 +186,17 @@ async def post(
                 body,
                 card,
                 kwargs,
+                patch,
             )
     except pydantic.ValidationError as exc:
         report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
         return
     except Rejection as exc:
+        report.reject(body, patch, exc.reason, exc.message)
+        return
+    except risk_model.RiskDeclined as exc:
+        if exc.record_id is not None:
+            patch.status["risk"] = lifecycle.risk_status(exc.decision, exc.record_id, report.now())
         report.reject(body, patch, exc.reason, exc.message)
         return
     except model.LedgerError as exc:
@@ -208,6 +215,7 @@ async def _post_with_risk(
     body: kopf.Body,
     card: dict[str, Any],
     indexes_: dict[str, Any],
+    patch: kopf.Patch,
 ) -> model.PostResult:
     """``engine.post`` with the namespace's risk rules and AML monitoring in its transaction.
 
@@ -234,7 +242,11 @@ async def _post_with_risk(
         subject_uid=str(body.metadata.uid),
         compliance_policy=compliance_policy.select(indexes_["compliancepolicies"], namespace),
     )
-    return await risk_store.post(memo.pool, request, check)
+    result = await risk_store.post(memo.pool, request, check)
+    if check.decision is not None and check.record_id is not None:
+        # Shown on the resource as well as stored: a Review still posts, and says so here.
+        patch.status["risk"] = lifecycle.risk_status(check.decision, check.record_id, report.now())
+    return result
 
 
 # --- End of risk and AML --------------------------------------------------------------------------

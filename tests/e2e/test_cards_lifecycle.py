@@ -578,12 +578,14 @@ def test_posting_risk_rules_and_aml_alert(
         ("coffee-2", 1_000, "5814", "Posted", "Approve", None),  # the 4th purchase this hour
         ("coffee-3", 1_000, "5814", "Rejected", "Decline", "VelocityCount"),  # the 5th
     ]
-    for name, amount, mcc, phase, _, _ in expected:
+    for name, amount, mcc, phase, decision, _ in expected:
         apply(kubectl, ns, posting(name, amount, mcc))
         status = wait_status(
             kubectl, procs, ns, "posting", name, "decided", phase_in("Posted", "Rejected")
         )
         assert status["phase"] == phase, (name, status)
+        # The decision is shown on the Posting too, a Review included (it still posts).
+        assert status["risk"]["decision"] == decision, (name, status)
         if phase == "Rejected":
             assert status["reason"] == "RiskDeclined", status
     decisions = db_rows(
