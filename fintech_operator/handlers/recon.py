@@ -247,10 +247,20 @@ def _report(body: kopf.Body, patch: kopf.Patch, outcome: store.RunState) -> None
         )
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, RUNS, optional=True)
-async def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Drop a deleted run's rows (best effort: optional, so no finalizer blocks deletion)."""
-    uid = str(body.metadata.uid)
+@kopf.on.event(api.GROUP, api.VERSION, RUNS)
+async def forget(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Drop a deleted run's rows and exceptions.
+
+    A watch event, not an on.delete handler: runs carry no finalizer (deleting one never waits
+    for the operator), and kopf calls delete handlers only for objects that wait. A run deleted
+    while no operator watches keeps its rows; they are small, and a re-created run of the same
+    name gets new ones (its uid differs), which is what ``recon report`` shows.
+    """
+    if event.get("type") != "DELETED":
+        return
+    uid = str(event.get("object", {}).get("metadata", {}).get("uid", ""))
+    if not uid:
+        return
 
     def work() -> int:
         with store.connect(memo.recon_dsn, memo.recon_limits) as conn:

@@ -75,7 +75,8 @@ def test_reconciliation_from_kubectl(
 ) -> None:
     """The example run matches the example purchase and refund, reports the one transaction the
     ledger never saw, shows it in status, conditions and Events, exports it as CSV, and refuses
-    a change of its spec; a run whose ConfigMap is missing fails with SourceNotFound."""
+    a change of its spec; a run whose ConfigMap is missing fails with SourceNotFound, and once
+    deleted its rows leave the database."""
     ns = op_namespace
     for example in (
         "00-cardproduct-standard",
@@ -162,6 +163,16 @@ def test_reconciliation_from_kubectl(
     assert (failed["phase"], failed["reason"]) == ("Failed", "SourceNotFound")
     assert f"ConfigMap {ns}/nowhere does not exist" in failed["message"]
     assert "Failed" in event_reasons(kubectl, ns, "no-file")
+
+    uid = get(kubectl, ns, "recon", "no-file")["metadata"]["uid"]
+    kubectl("delete", "-n", ns, "recon", "no-file")
+
+    def rows_gone() -> bool:
+        with psycopg.connect(operator_env["DATABASE_URL"]) as conn:
+            row = conn.execute("SELECT count(*) FROM recon_runs WHERE uid = %s", (uid,)).fetchone()
+        return row == (0,)
+
+    wait_for("the deleted run's rows to go", rows_gone, timeout_seconds=60)
 
 
 def test_schedule_creates_runs_and_keeps_its_history_limit(
