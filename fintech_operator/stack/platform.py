@@ -437,10 +437,10 @@ class Platform:
                 *java,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(properties),
+                # One argument, not two: a base64 id may start with "-", which the
+                # tool's parser would otherwise read as an option.
+                f"--cluster-id={cluster_id}",
+                f"--config={properties}",
             ]
             result = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
             if result.returncode != 0:
