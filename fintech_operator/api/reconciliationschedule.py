@@ -86,6 +86,8 @@ class ReconciliationScheduleSpec(common.SpecModel):
 
 
 class ReconciliationScheduleStatus(common.StatusModel):
+    """What the operator observed: the schedule's phase and the runs it created."""
+
     phase: SchedulePhase | None = pydantic.Field(
         default=None, description="Active, Suspended, or Invalid (see the Ready condition)."
     )
