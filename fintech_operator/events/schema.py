@@ -29,7 +29,9 @@ from fintech_operator.ledger import model
 
 POSTING_POSTED: Final = "dev.fintech.posting.posted.v1"
 POSTING_REVERSED: Final = "dev.fintech.posting.reversed.v1"
+COMPLIANCE_ALERT_RAISED: Final = "dev.fintech.compliance.alert.raised.v1"
 SOURCE_LEDGER: Final = "/fintech-operator/ledger"
+SOURCE_COMPLIANCE: Final = "/fintech-operator/compliance"
 AMOUNT_MINOR_MAX: Final = 10**15
 RATE_BPS_MAX: Final = 10_000
 REASON_MAX_LENGTH: Final = 1024
@@ -114,6 +116,25 @@ class PostingReversedData(_PostingTerms):
     reason: Annotated[str, Field(min_length=1, max_length=REASON_MAX_LENGTH)]
 
 
+class ComplianceAlertRaisedData(_Data):
+    """``dev.fintech.compliance.alert.raised.v1``: an AML rule flagged a card's postings.
+
+    Produced by the compliance domain (``compliance.store.alert_event``) on topic
+    ``compliance``, about the card, once per card, business day, kind and currency.
+    """
+
+    alert_id: Annotated[StrictInt, Field(ge=1)]
+    alert_kind: Literal["DailyThreshold", "Structuring"]
+    card: ObjectRef
+    business_day: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    currency: Currency
+    total_minor: Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]
+    posting_count: Annotated[StrictInt, Field(ge=0)]
+    threshold_minor: Annotated[StrictInt, Field(ge=1, le=AMOUNT_MINOR_MAX)]
+    policy: Annotated[str, Field(min_length=3, max_length=400)]
+    posting_key: Annotated[str, Field(min_length=1, max_length=600)]
+
+
 @dataclass(frozen=True)
 class EventType:
     """Facts of one event type: its topic, the object kind it is about, its data model."""
@@ -131,6 +152,13 @@ CATALOG: Final[Mapping[str, EventType]] = {
     ),
     POSTING_REVERSED: EventType(
         POSTING_REVERSED, topics.POSTINGS, "postings", SOURCE_LEDGER, PostingReversedData
+    ),
+    COMPLIANCE_ALERT_RAISED: EventType(
+        COMPLIANCE_ALERT_RAISED,
+        topics.COMPLIANCE,
+        "cards",
+        SOURCE_COMPLIANCE,
+        ComplianceAlertRaisedData,
     ),
 }
 
@@ -309,11 +337,11 @@ def typed(cloud: envelope.CloudEvent) -> Event:
         data = info.data_model.model_validate(cloud.data)
     except pydantic.ValidationError as exc:
         raise EventError(f"invalid data of {cloud.type}: {_first_errors(exc)}") from exc
-    if isinstance(data, _PostingTerms):
-        if data.journal_id is None:
-            raise EventError(f"{cloud.type} on the wire must carry data.journalId")
-        if cloud.extensions.get("partitionkey") != data.card:
-            raise EventError(f"{cloud.type} must have partitionkey equal to data.card")
+    if isinstance(data, _PostingTerms) and data.journal_id is None:
+        raise EventError(f"{cloud.type} on the wire must carry data.journalId")
+    card = getattr(data, "card", None)
+    if card is not None and cloud.extensions.get("partitionkey") != card:
+        raise EventError(f"{cloud.type} must have partitionkey equal to data.card")
     return Event(cloud, data)
 
 

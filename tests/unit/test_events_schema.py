@@ -20,7 +20,7 @@ import referencing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fintech_operator.events import relay, schema
+from fintech_operator.events import envelope, relay, schema
 from fintech_operator.ledger import model
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
@@ -346,3 +346,58 @@ def test_any_valid_posting_round_trips_through_schema_and_decoder(
     assert (data.amount, data.journal_id, data.rewards_rate_bps) == (amount_minor, journal_id, rate)
     parsed = datetime.datetime.fromisoformat(data.occurred_at)
     assert abs(parsed - occurred_at) < datetime.timedelta(milliseconds=1)
+
+
+def compliance_alert(**data_changes: Any) -> dict[str, Any]:
+    """A compliance alert event shaped as compliance.store.alert_event builds it."""
+    data: dict[str, Any] = {
+        "alertId": 3,
+        "alertKind": "DailyThreshold",
+        "card": "shop/alice-card",
+        "businessDay": "2026-11-29",
+        "currency": "USD",
+        "totalMinor": 1_250_000,
+        "postingCount": 4,
+        "thresholdMinor": 1_000_000,
+        "policy": "shop/aml",
+        "postingKey": "shop/purchase-9",
+    }
+    data.update(data_changes)
+    return envelope.build(
+        event_id=uuid.UUID("00000000-0000-4000-8000-000000000003"),
+        type_=schema.COMPLIANCE_ALERT_RAISED,
+        source=schema.SOURCE_COMPLIANCE,
+        subject_text=envelope.subject("shop", "cards", "alice-card"),
+        time=NOW,
+        data=data,
+        extensions={"partitionkey": "shop/alice-card"},
+    )
+
+
+def test_compliance_alert_matches_its_schema_and_decodes() -> None:
+    """The compliance domain's alert validates against its schema and decodes typed."""
+    event = compliance_alert()
+    validator(schema.COMPLIANCE_ALERT_RAISED).validate(event)
+    data = schema.decode(json.dumps(event).encode()).data
+    assert isinstance(data, schema.ComplianceAlertRaisedData)
+    assert (data.alert_kind, data.total_minor) == ("DailyThreshold", 1_250_000)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"alertKind": "Velocity"},
+        {"totalMinor": -1},
+        {"thresholdMinor": 0},
+        {"businessDay": "29/11/2026"},
+        {"policy": "x"},
+        {"alertId": "3"},
+        {"extra": 1},
+    ],
+)
+def test_broken_compliance_alerts_are_refused(changes: dict[str, Any]) -> None:
+    """Unknown kinds, negative totals, bad days and extra fields fail schema and decoder."""
+    event = compliance_alert(**changes)
+    assert not validator(schema.COMPLIANCE_ALERT_RAISED).is_valid(event)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(event).encode())
