@@ -413,6 +413,19 @@ def test_one_operator_at_a_time(helm: Helm) -> None:
     assert one(scoped, "KopfPeering")["metadata"]["namespace"] == "payments"
 
 
+def test_default_product_goes_where_the_operator_watches(helm: Helm) -> None:
+    """The default CardProduct lands in the release namespace in cluster scope, in every
+    watched namespace in namespace scope, and wherever defaults.namespaces says otherwise."""
+
+    def places(values: dict[str, Any]) -> list[str]:
+        docs = helm.template(values, namespace="fintech-system")
+        return sorted(d["metadata"]["namespace"] for d in find(docs, "CardProduct"))
+
+    assert places({}) == ["fintech-system"]
+    assert places(external(["payments", "treasury"])) == ["payments", "treasury"]
+    assert places({"defaults": {"namespaces": ["cards-eu"]}}) == ["cards-eu"]
+
+
 def test_every_pod_is_hardened_and_bounded(helm: Helm) -> None:
     """Each container runs non-root on a read-only root, no capabilities, with a memory limit,
     and each long-running one has liveness and readiness probes."""

@@ -68,10 +68,16 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- default (include "fintech.component.fullname" (dict "root" . "component" "postgresql")) .Values.postgresql.auth.existingSecret -}}
 {{- end -}}
 
-{{/* The namespaces the default CardProduct and policies go to. */}}
+{{/*
+The namespaces the default CardProduct and policies go to: defaults.namespaces, else the
+watched namespaces (namespace scope), else the release namespace.
+*/}}
 {{- define "fintech.defaultsNamespaces" -}}
-{{- $namespaces := .Values.defaults.namespaces | default (list .Release.Namespace) -}}
-{{- toJson $namespaces -}}
+{{- $fallback := list .Release.Namespace -}}
+{{- if eq .Values.rbac.scope "namespace" -}}
+{{- $fallback = .Values.watchNamespaces -}}
+{{- end -}}
+{{- toJson (.Values.defaults.namespaces | default $fallback) -}}
 {{- end -}}
 
 {{/*
