@@ -281,9 +281,7 @@ async def run(
                 failures += 1
                 delay = backoff_seconds(failures, settings.relay_backoff_max_seconds)
                 level = logging.ERROR if isinstance(exc, ValueError) else logging.WARNING
-                log.log(
-                    level, "outbox relay: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay
-                )
+                log.log(level, "outbox relay: %r; retrying in %.2fs", exc, delay)
                 # Whatever the old producer still holds may arrive late: only as duplicates.
                 await discard(producer)
                 producer = None

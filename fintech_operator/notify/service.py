@@ -32,6 +32,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
@@ -43,6 +44,7 @@ from psycopg_pool import AsyncConnectionPool
 from fintech_operator import config, logs
 from fintech_operator.events import deadletter, envelope, relay, schema, topics, wakeup
 from fintech_operator.notify import endpoints, store, worker
+from fintech_operator.observability import lifecycle, tracing
 
 log = logging.getLogger(__name__)
 CONSUMER_NAME: Final = topics.NOTIFIER
@@ -86,6 +88,16 @@ def route(
 def lock_id(uid: uuid.UUID) -> int:
     """The advisory lock object id of an endpoint (a collision only shares an owner)."""
     return int.from_bytes(uid.bytes[:4], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What one poll did (the field names are the ones the consumer metrics count)."""
+
+    applied: int
+    dead_lettered: int
+    queued: int
+    duplicates: int = 0
 
 
 class Ownership:
@@ -203,7 +215,8 @@ class Notifier:
         self.workers.clear()
         await self.ownership.close()
 
-    async def route_batch(self, producer: AIOKafkaProducer, records: Sequence[Any]) -> int:
+    @tracing.kafka_process(CONSUMER_NAME)  # a span per poll; counts applied and dead-lettered
+    async def route_batch(self, producer: AIOKafkaProducer, records: Sequence[Any]) -> Routed:
         """Queue one poll's deliveries in one transaction and dead-letter its poison."""
         deliveries, poisons = route(records, self.endpoints)
         queued = 0
@@ -226,7 +239,9 @@ class Notifier:
                 record.offset,
                 poison.reason,
             )
-        return queued
+        return Routed(
+            applied=len(records) - len(poisons), dead_lettered=len(poisons), queued=queued
+        )
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
@@ -293,14 +308,14 @@ async def _route_loop(
         records = [record for part in batches.values() for record in part]
         if not records:
             continue
-        queued = await notifier.route_batch(producer, records)
+        routed = await notifier.route_batch(producer, records)
         try:
             await consumer.commit()
         except CommitFailedError as exc:
             log.warning("offset commit refused after a rebalance: %s", exc)
         except KafkaError:
             log.exception("offset commit failed; the records will be routed again (no effect)")
-        log.info("routed %d records: %d new deliveries", len(records), queued)
+        log.info("routed %d records: %d new deliveries", len(records), routed.queued)
 
 
 async def _first_refresh(notifier: Notifier, stop: asyncio.Event) -> None:
@@ -328,6 +343,7 @@ async def run(
         max_size=settings.db_pool_max_size,
         timeout=settings.db_timeout_seconds,
         open=False,
+        connection_class=tracing.TracedConnection,
     )
     await pool.open(wait=True, timeout=settings.db_timeout_seconds)
     limits = httpx.Limits(
@@ -379,6 +395,7 @@ def main(namespaces: Sequence[str], group_id: str) -> int:
     # httpx logs every request at INFO; the worker logs failures itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = config.load()
+    lifecycle.start_process(settings, "fintech-notifier")  # tracing; /metrics when a port is set
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.events import envelope
 from fintech_operator.notify import endpoints, policy, signing, store
+from fintech_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 BATCH_SIZE: Final = 50
@@ -160,6 +161,7 @@ class EndpointWorker:
                 attempt.error,
                 step.verdict.value,
             )
+        metrics.webhook_delivery(_metric_outcome(step), duration_ms / 1000)
         async with self._pool.connection() as conn, conn.transaction():
             await store.record_attempt(
                 conn,
@@ -200,6 +202,12 @@ class EndpointWorker:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+
+
+def _metric_outcome(step: policy.NextStep | None) -> str:
+    if step is None:
+        return "delivered"
+    return "failed" if step.verdict is policy.Verdict.RETRY else "exhausted"
 
 
 async def _read_bounded(response: httpx.Response) -> None:

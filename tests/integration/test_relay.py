@@ -425,3 +425,29 @@ async def _count_processed(database_url: str, ids: set[str], expected: int) -> b
         list(ids),
     )
     return int(count) >= expected
+
+
+async def test_a_second_relay_stands_by_while_one_publishes(
+    platform_running: RunningPlatform, migrated_database_url: str, prefix: str
+) -> None:
+    """While one relay holds the publishing lock, another publishes nothing (STANDBY) and
+    leaves the rows alone; once the lock is free it publishes them."""
+    settings = settings_for(platform_running, migrated_database_url, prefix)
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, "standby", ("alice",))
+        await post(pool, "standby", "alice")
+        producer = relay.new_producer(
+            settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
+        )
+        await producer.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(migrated_database_url) as other:
+                await other.execute("SELECT pg_advisory_xact_lock(%s)", (relay.RELAY_LOCK_KEY,))
+                outcome = await relay.publish_batch(pool, producer, 10, prefix=prefix)
+                assert outcome == relay.STANDBY
+                assert await unpublished(migrated_database_url) == 1
+                await other.rollback()
+            assert await relay.publish_batch(pool, producer, 10, prefix=prefix) == 1
+        finally:
+            await producer.stop()
+    assert await unpublished(migrated_database_url) == 0
