@@ -57,6 +57,14 @@ DELETE FROM webhook_deliveries
                WHERE finished_at < now() - make_interval(secs => %s)
                ORDER BY finished_at LIMIT %s)
 """
+_ABANDON: Final = """
+UPDATE webhook_deliveries
+   SET state = 'failed', finished_at = now(),
+       last_error = 'expired: no notifier served the endpoint (was the Webhook deleted?)'
+ WHERE id IN (SELECT id FROM webhook_deliveries
+               WHERE state = 'pending' AND created_at < now() - make_interval(secs => %s)
+               ORDER BY id LIMIT %s)
+"""
 ERROR_MAX_CHARS: Final = 1000
 
 
@@ -266,7 +274,13 @@ async def load_breaker(
 
 
 async def clean(conn: psycopg.AsyncConnection[Any], retention_seconds: float, limit: int) -> int:
-    """Delete finished deliveries (and their attempts) older than the retention; bounded."""
+    """Delete finished deliveries (and their attempts) older than the retention; bounded.
+
+    Pending deliveries older than the longest age any Webhook may allow belong to endpoints
+    that no notifier serves any more (the Webhook was deleted): they are failed first, so
+    the log stays bounded even then.
+    """
+    await conn.execute(_ABANDON, (policy.AGE_SECONDS_MAX, limit))
     cur = await conn.execute(_CLEAN, (retention_seconds, limit))
     return max(cur.rowcount, 0)
 

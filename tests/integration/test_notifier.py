@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from fintech_operator import config
@@ -353,3 +354,48 @@ async def _pending(database_url: str, webhook: str, expected: int) -> bool:
         webhook,
     )
     return int(count) >= expected
+
+
+async def test_the_delivery_log_stays_bounded(migrated_database_url: str) -> None:
+    """Clean-up fails deliveries nobody can serve any more (older than the longest allowed
+    age), deletes finished ones past the retention with their attempts, and a delivered row
+    can never be set back to pending."""
+    from fintech_operator.notify import store  # noqa: PLC0415
+
+    async with open_pool(migrated_database_url) as pool, pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                """
+                INSERT INTO webhook_deliveries
+                  (webhook_uid, webhook, event_id, event_type, body, state, created_at, finished_at)
+                VALUES (gen_random_uuid(), 'gone/hook', gen_random_uuid(), 'dev.fintech.x.v1',
+                        '{}', 'pending', now() - interval '8 days', NULL),
+                       (gen_random_uuid(), 'old/hook', gen_random_uuid(), 'dev.fintech.x.v1',
+                        '{}', 'delivered', now() - interval '30 days', now() - interval '20 days'),
+                       (gen_random_uuid(), 'new/hook', gen_random_uuid(), 'dev.fintech.x.v1',
+                        '{}', 'delivered', now(), now())
+                RETURNING id
+                """
+            )
+        ).fetchall()
+        gone, old, new = (row[0] for row in rows)
+        await conn.execute(
+            "INSERT INTO webhook_delivery_attempts (delivery_id, attempt, outcome, duration_ms)"
+            " VALUES (%s, 1, 'Delivered', 5)",
+            (old,),
+        )
+        removed = await store.clean(conn, retention_seconds=14 * 86_400, limit=100)
+        states = dict(
+            await (
+                await conn.execute(
+                    "SELECT id, state FROM webhook_deliveries WHERE id = ANY(%s)",
+                    ([gone, old, new],),
+                )
+            ).fetchall()
+        )
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            await conn.execute(
+                "UPDATE webhook_deliveries SET state = 'pending' WHERE id = %s", (new,)
+            )
+    assert removed == 1
+    assert states == {gone: "failed", new: "delivered"}
