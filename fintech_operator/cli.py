@@ -180,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
         "-n",
         action="append",
         default=[],
-        help="serve Webhooks of namespaces matching this shell pattern (repeatable; default: all)",
+        help="serve Webhooks of this namespace, or of namespaces matching this shell pattern "
+        "(repeatable; default: all). Exact names need only namespaced read access to "
+        "webhooks; patterns and the default list them cluster-wide.",
     )
     notifier.set_defaults(func=_cmd_notifier)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)

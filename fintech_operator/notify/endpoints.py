@@ -151,13 +151,30 @@ class KubeSource:
         """Every selected Webhook as an Endpoint, and the problems of those that are invalid."""
         return await asyncio.to_thread(self._load)
 
-    def _load(self) -> tuple[list[Endpoint], list[str]]:
-        listed: dict[str, Any] = self._custom.list_cluster_custom_object(
+    def _list(self) -> list[dict[str, Any]]:
+        """Webhooks of the exact namespaces given (a namespaced Role is enough), or of every
+        namespace when none or patterns are given (then filtered; needs a ClusterRole)."""
+        if self._namespaces and not any(set(ns) & set("*?[") for ns in self._namespaces):
+            items: list[dict[str, Any]] = []
+            for namespace in self._namespaces:
+                listed: dict[str, Any] = self._custom.list_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    "webhooks",
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+                items += listed.get("items") or []
+            return items
+        everything: dict[str, Any] = self._custom.list_cluster_custom_object(
             api.GROUP, api.VERSION, "webhooks", _request_timeout=REQUEST_TIMEOUT_SECONDS
         )
+        return list(everything.get("items") or [])
+
+    def _load(self) -> tuple[list[Endpoint], list[str]]:
         endpoints: list[Endpoint] = []
         problems: list[str] = []
-        for obj in listed.get("items") or []:
+        for obj in self._list():
             metadata = obj.get("metadata") or {}
             if not namespace_selected(str(metadata.get("namespace")), self._namespaces):
                 continue
