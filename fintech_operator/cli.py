@@ -138,9 +138,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     children = [
         subprocess.Popen([*exe, "run"], env=env),
         subprocess.Popen([*exe, "rewards"], env=env),
+        subprocess.Popen([*exe, "notifier"], env=env),
     ]
     print(
-        "operator and rewards consumer running; Ctrl-C stops them "
+        "operator, rewards consumer and notifier running; Ctrl-C stops them "
         "(the platform stays up: `make down` stops it)",
         file=sys.stderr,
     )

@@ -17,7 +17,7 @@ import pydantic
 from fintech_operator import api, kube, posting_rules
 from fintech_operator.cards import lifecycle
 from fintech_operator.compliance import policy as compliance_policy
-from fintech_operator.events import schema
+from fintech_operator.events import outbox, schema
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model, rules
 from fintech_operator.observability import metrics, tracing
@@ -288,7 +288,21 @@ async def _reverse(
             "JournalNotFound", f"posting {posting.reverses!r} has no journal to reverse"
         )
     key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
-    return await engine.reverse(memo.pool, key, int(journal), f"reversed by {key}")
+    reason = f"reversed by {key}"
+    async with memo.pool.connection() as conn:
+        original = await outbox.posted_event(conn, int(journal))
+    # The reversal's event carries the original's terms, so consumers take back exactly
+    # what the original gave. A journal without an event (explicit entries) has none.
+    events = []
+    if original is not None:
+        events.append(
+            schema.posting_reversed(
+                original, reverses_journal_id=int(journal), namespace=namespace,
+                name=str(body.metadata.name), reason=reason, now=report.now(),
+                headers=tracing.context_headers(),
+            )
+        )  # fmt: skip
+    return await engine.reverse(memo.pool, key, int(journal), reason, events=events)
 
 
 def _reason(exc: model.LedgerError) -> str:

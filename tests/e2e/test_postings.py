@@ -241,6 +241,16 @@ def test_reversal_once_then_refused(
     assert _decided(kubectl, ns, "undo3")["phase"] == "Rejected"
     assert _balance(database, f"card:{ns}/c6:USD") == 0
 
+    def rewards() -> list[int] | None:
+        with psycopg.connect(database) as conn:
+            rows = conn.execute(
+                "SELECT points FROM rewards_ledger WHERE card = %s ORDER BY id", (f"{ns}/c6",)
+            ).fetchall()
+        return [int(r[0]) for r in rows] if len(rows) == 2 else None
+
+    # The reversal's event takes back exactly the purchase's 1%, through Kafka.
+    assert wait_for("the purchase's points and their reversal", rewards) == [40, -40]
+
 
 def test_frozen_card_refuses_purchases_but_takes_refunds(
     kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
