@@ -348,6 +348,29 @@ def test_helm_test_hook_command_passes_against_the_operator(release: Release, po
     assert "200" in result.stdout
 
 
+def test_notifier_serves_webhooks_as_its_service_account(
+    release: Release, pods: Pods, kubectl: Kubectl, platform_running: RunningPlatform
+) -> None:
+    """With only the chart's RBAC, the notifier lists the watched namespace's Webhooks and
+    reads their signing Secret, and the operator reports the Webhook Active."""
+    env = _pod_env(kubectl, release, "notifier", "notifier-a")
+    env["KUBECONFIG"] = str(
+        _kubeconfig_for(kubectl, platform_running, release, release.service_account("notifier"))
+    )
+    env["FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS"] = "1"
+    pods.start("notifier-a", list(_container(release, "notifier")["args"]), env)
+    kubectl("apply", "-n", release.apps, "-f", str(EXAMPLES / "40-webhook.yaml"))
+    name = "postings-to-local-receiver"
+    try:
+        webhook = _phase_in(kubectl, release.apps, "webhook", name, {"Active", "Rejected"})
+    except AssertionError:
+        print(pods.log("notifier-a")[-5000:])
+        raise
+    assert webhook["status"]["phase"] == "Active", webhook["status"]
+    assert run_health("Webhook", webhook)[0] == "Healthy"
+    assert "Forbidden" not in pods.log("notifier-a"), pods.log("notifier-a")[-3000:]
+
+
 def _can(kubectl: Kubectl, kubeconfig: Path, *args: str) -> bool:
     result = kubectl("--kubeconfig", str(kubeconfig), "auth", "can-i", *args, check=False)
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
