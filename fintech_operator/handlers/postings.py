@@ -342,15 +342,21 @@ def _finished_at(status: kopf.Status) -> datetime.datetime | None:
     return None if ready is None else ready.last_transition_time
 
 
+# The filter reads only the (immutable) spec: a filter on status would depend on kopf
+# re-spawning the timer when the phase changes, which proved unreliable under load.
 @kopf.timer(
     api.GROUP, api.VERSION, "postings", interval=TTL_CHECK_INTERVAL_SECONDS,
-    when=lambda spec, status, **_: spec.get("ttlSecondsAfterFinished") is not None
-    and status.get("phase") in DECIDED_PHASES,
+    when=lambda spec, **_: spec.get("ttlSecondsAfterFinished") is not None,
+    # A failed delete (an API hiccup) is retried at the next tick, not after kopf's
+    # default minute-long backoff.
+    backoff=TTL_CHECK_INTERVAL_SECONDS,
 )  # fmt: skip
 async def expire(
     body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any
 ) -> None:
     """Delete a finished posting after its TTL, like a Job; the ledger keeps the journal."""
+    if body.status.get("phase") not in DECIDED_PHASES:
+        return
     ttl = spec.get("ttlSecondsAfterFinished")
     if posting_rules.ttl_due(_finished_at(body.status), ttl, report.now()):
         await kube.delete("postings", report.namespace_of(namespace), name, uid)

@@ -276,5 +276,10 @@ def test_ttl_deletes_the_object_and_keeps_the_journal(
     def gone() -> bool:
         return kubectl("get", "-n", ns, "posting", "short", check=False).returncode != 0
 
-    assert wait_for("posting deleted by its TTL", gone, timeout_seconds=30)
+    try:
+        assert wait_for("posting deleted by its TTL", gone, timeout_seconds=30)
+    except AssertionError:
+        log = operator_processes.log("operator").splitlines()
+        print("\n".join(line for line in log if '"short"' in line or "expire" in line))
+        raise
     assert _journals(database, f"{ns}/short") == 1
