@@ -116,10 +116,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RoutineSuccessFilter(logging.Filter):
+    """Drop kopf's INFO line for every successful timer tick.
+
+    Card balances are refreshed by a timer per card; at 10,000 cards every 10 s that is a
+    thousand "Timer 'refresh' succeeded." lines a second, burying everything that matters.
+    Failures and every other message pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not record.name.startswith("kopf"):
+            return True
+        message = record.getMessage()
+        return not (message.startswith(("Timer ", "Daemon ")) and message.endswith(" succeeded."))
+
+
 def configure() -> None:
     """Install the JSON handler at the level named by FINTECH_LOG_LEVEL (default INFO)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RoutineSuccessFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("FINTECH_LOG_LEVEL", "INFO").upper())

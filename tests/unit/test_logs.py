@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -113,3 +114,22 @@ def test_kopf_object_lines_name_their_resource_without_settings() -> None:
     assert "settings" not in line
     assert "k8s_skip" not in line
     assert "k8s_ref" not in line
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "message", "kept"),
+    [
+        ("kopf.objects", logging.INFO, "Timer 'refresh' succeeded.", False),
+        ("kopf.objects", logging.INFO, "Daemon 'x' succeeded.", False),
+        ("kopf.objects", logging.ERROR, "Timer 'refresh' succeeded.", True),
+        ("kopf.objects", logging.INFO, "Handler 'post' succeeded.", True),
+        ("kopf.objects", logging.INFO, "Timer 'refresh' failed temporarily: x", True),
+        ("fintech_operator.x", logging.INFO, "Timer 'refresh' succeeded.", True),
+    ],
+)
+def test_routine_timer_successes_are_dropped(
+    name: str, level: int, message: str, kept: bool
+) -> None:
+    """Only kopf's INFO 'Timer/Daemon ... succeeded.' lines are dropped; failures stay."""
+    record = logging.LogRecord(name, level, __file__, 1, message, None, None)
+    assert logs.RoutineSuccessFilter().filter(record) is kept
