@@ -91,7 +91,7 @@ def test_reconciliation_from_kubectl(
         )
         assert posted["phase"] == "Posted", posted
 
-    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "50-reconciliationrun.yaml"))
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "reconciliation" / "50-reconciliationrun.yaml"))
     status = phase_in(kubectl, operator_processes, ns, "recon", RUN, {"Succeeded", "Failed"})
     assert status["phase"] == "Succeeded", status
     summary = status["summary"]

@@ -103,7 +103,7 @@ def test_full_valid_specs_parse(model: type[pydantic.BaseModel]) -> None:
     assert set(api.to_api(parsed)) == set(data)
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
 def test_examples_parse(path: Path) -> None:
     """Every shipped example is a valid object of its kind, in our API version."""
     for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
