@@ -442,8 +442,11 @@ def _check_accounts(accounts: Mapping[str, _AccountRow], lines: Iterable[model.L
         account = accounts.get(line.account_code)
         if account is None:
             raise model.AccountNotFound(f"account {line.account_code} does not exist")
-        if account.status is not model.AccountStatus.OPEN:
-            raise model.AccountClosed(f"account {line.account_code} is closed")
+        # A closed account takes credits only (late refunds); see migration 0002.
+        if account.status is not model.AccountStatus.OPEN and line.direction is not (
+            model.Direction.CREDIT
+        ):
+            raise model.AccountClosed(f"account {line.account_code} is closed to debits")
         if account.currency != line.currency:
             raise model.CurrencyMismatch(
                 f"line in {line.currency} on account {line.account_code} in {account.currency}"

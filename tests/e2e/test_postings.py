@@ -283,3 +283,20 @@ def test_ttl_deletes_the_object_and_keeps_the_journal(
         print("\n".join(line for line in log if '"short"' in line or "expire" in line))
         raise
     assert _journals(database, f"{ns}/short") == 1
+
+
+def test_closed_card_takes_late_refunds_only(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A Closed card rejects a purchase and a payment but still posts a late refund."""
+    ns = op_namespace
+    _card(kubectl, ns, "c9")
+    kubectl("patch", "-n", ns, "card", "c9", "--type=merge", "-p", '{"spec":{"state":"Closed"}}')
+    wait_for("card c9 closed", lambda: _status(kubectl, ns, "card", "c9").get("phase") == "Closed")
+    _apply(kubectl, ns, _posting("late-refund", "c9", "Refund", 250))
+    _apply(kubectl, ns, _posting("after-close", "c9", "Purchase", 100))
+    _apply(kubectl, ns, _posting("pay-closed", "c9", "Payment", 100))
+    assert _decided(kubectl, ns, "late-refund")["phase"] == "Posted"
+    assert _decided(kubectl, ns, "after-close")["reason"] == "CardNotActive"
+    assert _decided(kubectl, ns, "pay-closed")["reason"] == "CardNotActive"
+    assert _balance(database, f"card:{ns}/c9:USD") == -250

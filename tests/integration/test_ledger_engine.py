@@ -170,6 +170,15 @@ async def test_account_checks_refuse_before_writing(pool: AsyncConnectionPool[An
     with pytest.raises(model.AccountClosed):
         await engine.post(pool, request(card, 100))
     assert (await card_balance(pool, card)).entry_count == 0
+    # A late refund still reaches a closed card: closed accounts take credits only.
+    refund = model.PostingRequest(
+        f"k-{uuid.uuid4()}",
+        K.REFUND,
+        rules.lines_for(K.REFUND, card, 100, "USD"),
+        T0,
+    )
+    await engine.post(pool, refund)
+    assert (await card_balance(pool, card)).balance_minor == -100
 
 
 async def test_accounts_open_idempotently_and_close_only_at_zero(
@@ -617,7 +626,7 @@ def test_database_refuses_an_entry_in_another_currency(
 def test_database_refuses_entries_on_closed_accounts(
     migrated_database_url: str, raw: psycopg.Connection[Any]
 ) -> None:
-    """Closing is final, needs a zero balance, and a closed account takes no entries."""
+    """Closing is final, needs a zero balance, and a closed account takes no debits."""
     a, b, c = raw_account(raw), raw_account(raw), raw_account(raw)
     commit_raw(migrated_database_url, [(a, "debit", 5, "USD"), (b, "credit", 5, "USD")])
     with pytest.raises(errors.CheckViolation, match="non-zero balance"):
@@ -627,6 +636,8 @@ def test_database_refuses_entries_on_closed_accounts(
         raw.execute("UPDATE accounts SET status = 'open', closed_at = NULL WHERE id = %s", (c,))
     with pytest.raises(errors.CheckViolation, match="closed"):
         commit_raw(migrated_database_url, [(c, "debit", 5, "USD"), (b, "credit", 5, "USD")])
+    # Credits (late refunds) are the one thing a closed account still takes.
+    commit_raw(migrated_database_url, [(b, "debit", 5, "USD"), (c, "credit", 5, "USD")])
 
 
 def test_database_refuses_a_reversal_that_does_not_mirror(
