@@ -25,15 +25,16 @@ def card_accepts(phase: str | None, posting_type: str) -> bool:
     return posting_type in ACCEPTED_BY_PHASE.get(phase or "", frozenset())
 
 
-def ttl_due(
+def ttl_remaining_seconds(
     finished_at: datetime.datetime | None, ttl_seconds: int | None, now: datetime.datetime
-) -> bool:
-    """Whether a finished posting's ``ttlSecondsAfterFinished`` has run out."""
+) -> float:
+    """Seconds until a finished posting expires; 0 when due, infinity without a TTL."""
     if finished_at is None or ttl_seconds is None:
-        return False
+        return float("inf")
     if ttl_seconds < 0:
         raise ValueError("ttl_seconds must not be negative")
-    return now >= finished_at + datetime.timedelta(seconds=ttl_seconds)
+    expires = finished_at + datetime.timedelta(seconds=ttl_seconds)
+    return max(0.0, (expires - now).total_seconds())
 
 
 # Fields that do not change what the ledger records: editing them is not a new request.

@@ -334,7 +334,8 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
     metrics.posting_decided(body.get("spec"), "replayed" if result.replayed else "posted")
 
 
-TTL_CHECK_INTERVAL_SECONDS = 5.0
+# Long TTLs are re-checked at least this often, so a clock step cannot strand an object.
+TTL_RECHECK_MAX_SECONDS = 3600.0
 
 
 def _finished_at(status: kopf.Status) -> datetime.datetime | None:
@@ -342,21 +343,26 @@ def _finished_at(status: kopf.Status) -> datetime.datetime | None:
     return None if ready is None else ready.last_transition_time
 
 
-# The filter reads only the (immutable) spec: a filter on status would depend on kopf
-# re-spawning the timer when the phase changes, which proved unreliable under load.
-@kopf.timer(
-    api.GROUP, api.VERSION, "postings", interval=TTL_CHECK_INTERVAL_SECONDS,
-    when=lambda spec, **_: spec.get("ttlSecondsAfterFinished") is not None,
-    # A failed delete (an API hiccup) is retried at the next tick, not after kopf's
-    # default minute-long backoff.
-    backoff=TTL_CHECK_INTERVAL_SECONDS,
-)  # fmt: skip
+def _has_ttl(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("ttlSecondsAfterFinished") is not None
+
+
+# A creation handler that retries until the TTL runs out, rather than a timer: kopf
+# persists its retry schedule in status.kopf (it survives restarts), and it runs right
+# after `post` on the same object, so no per-object timer has to be spawned and kept.
+@kopf.on.resume(api.GROUP, api.VERSION, "postings", when=_has_ttl)
+@kopf.on.create(api.GROUP, api.VERSION, "postings", when=_has_ttl)
 async def expire(
     body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any
 ) -> None:
     """Delete a finished posting after its TTL, like a Job; the ledger keeps the journal."""
     if body.status.get("phase") not in DECIDED_PHASES:
-        return
-    ttl = spec.get("ttlSecondsAfterFinished")
-    if posting_rules.ttl_due(_finished_at(body.status), ttl, report.now()):
-        await kube.delete("postings", report.namespace_of(namespace), name, uid)
+        # `post` decided it in this same cycle; its status arrives with the next event.
+        raise kopf.TemporaryError("not finished yet; TTL starts when it is", delay=1)
+    remaining = posting_rules.ttl_remaining_seconds(
+        _finished_at(body.status), spec.get("ttlSecondsAfterFinished"), report.now()
+    )
+    if remaining > 0:
+        raise kopf.TemporaryError(f"expires in {remaining:.0f}s (ttlSecondsAfterFinished)",
+                                  delay=min(remaining, TTL_RECHECK_MAX_SECONDS))  # fmt: skip
+    await kube.delete("postings", report.namespace_of(namespace), name, uid)
