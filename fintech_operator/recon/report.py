@@ -70,7 +70,8 @@ def write_table(rows: Iterable[Sequence[Any]], out: TextIO) -> int:
 
 def _cell(value: Any, width: int) -> str:
     text = "" if value is None else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Padded to the column's width so the columns line up; longer text is cut with "…".
+    return text.ljust(width) if len(text) <= width else text[: width - 1] + "…"
 
 
 def main(args: argparse.Namespace) -> int:

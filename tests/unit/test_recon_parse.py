@@ -180,3 +180,18 @@ def test_unknown_format_is_refused() -> None:
     with pytest.raises(model.SourceError) as caught:
         list(parse.parse("xml", ["<a/>"], 1))
     assert caught.value.reason == "InvalidSpec"
+
+
+def test_report_table_columns_line_up() -> None:
+    """Every row's cells start where the header's do; an over-long cell is cut with an ellipsis."""
+    import io  # noqa: PLC0415
+
+    from fintech_operator.recon import report  # noqa: PLC0415
+
+    out = io.StringIO()
+    rows = [("Settlement", "MissingInLedger", "error", "auth-1", 2, "no posting", "x" * 60)]
+    assert report.write_table(rows, out) == 1
+    header, row = out.getvalue().splitlines()
+    assert header.index("KIND") == row.index("MissingInLedger")
+    assert header.index("REFERENCE") == row.index("auth-1")
+    assert row.endswith("…")
