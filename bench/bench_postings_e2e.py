@@ -31,20 +31,27 @@ from fintech_operator.stack import platform
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _docs(namespace: str, count: int) -> str:
+def _docs(namespace: str, count: int, cards: int) -> str:
     docs = [
-        {"apiVersion": "fintech.dev/v1alpha1", "kind": "CardProduct",
-         "metadata": {"name": "standard", "namespace": namespace},
-         "spec": {"currency": "USD", "rewardsRateBps": 100}},
+        {
+            "apiVersion": "fintech.dev/v1alpha1",
+            "kind": "CardProduct",
+            "metadata": {"name": "standard", "namespace": namespace},
+            "spec": {"currency": "USD", "rewardsRateBps": 100},
+        },
+    ]
+    # One user per card: the default risk policy allows a few cards per user.
+    docs += [
         {"apiVersion": "fintech.dev/v1alpha1", "kind": "Card",
-         "metadata": {"name": "bench", "namespace": namespace},
-         "spec": {"userId": "u_bench", "product": "standard",
-                  "holder": {"name": "Bench", "country": "US", "kycStatus": "Accepted"}}},
+         "metadata": {"name": f"bench-{c}", "namespace": namespace},
+         "spec": {"userId": f"u_bench_{c}", "product": "standard",
+                  "holder": {"name": "Bench", "country": "US", "kycStatus": "Accepted"}}}
+        for c in range(cards)
     ]  # fmt: skip
     for i in range(count):
         docs.append({"apiVersion": "fintech.dev/v1alpha1", "kind": "Posting",
                      "metadata": {"name": f"p-{i:05d}", "namespace": namespace},
-                     "spec": {"card": "bench", "type": "Purchase", "amount": 100 + i,
+                     "spec": {"card": f"bench-{i % cards}", "type": "Purchase", "amount": 100 + i,
                               "currency": "USD", "reference": f"ref-{i}"}})  # fmt: skip
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
 
@@ -58,7 +65,7 @@ def _posted(env: dict[str, str], namespace: str) -> int:
     return sum(1 for phase in out if phase in ("Posted", "Rejected"))
 
 
-def _run(plat: platform.Platform, count: int) -> None:
+def _run(plat: platform.Platform, count: int, cards: int) -> None:
     binaries = plat.start()
     env = {**os.environ, **plat.env(binaries), "PYTHONUNBUFFERED": "1"}
     migrate.apply(plat.database_url)
@@ -83,7 +90,8 @@ def _run(plat: platform.Platform, count: int) -> None:
     try:
         time.sleep(5)  # operator start-up: migrations, topics, watches
         started = time.monotonic()
-        subprocess.run([*kubectl, "apply", "-f", "-"], input=_docs(namespace, count), env=env,
+        docs = _docs(namespace, count, cards)
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=docs, env=env,
                        check=True, capture_output=True, text=True, timeout=600)  # fmt: skip
         while _posted(env, namespace) < count:
             time.sleep(0.5)
@@ -129,11 +137,12 @@ def _report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postings", type=int, default=300)
+    parser.add_argument("--cards", type=int, default=1, help="postings spread over N cards")
     args = parser.parse_args()
     state = platform.default_state_dir().parent / f"bench-{uuid.uuid4().hex[:6]}"
     plat = platform.Platform(state, platform.Ports.free(), fast_disk=False)
     try:
-        _run(plat, args.postings)
+        _run(plat, args.postings, args.cards)
     finally:
         plat.stop()
         shutil.rmtree(state, ignore_errors=True)
