@@ -77,6 +77,8 @@ def _versions_line(running: RunningPlatform) -> str:
 def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
     """Start etcd, kube-apiserver, PostgreSQL and Kafka for this session; stop them after."""
     base = platform.default_state_dir().parent
+    # Platforms of killed sessions would otherwise run until the machine reboots.
+    platform.reap_orphans(base)
     state_dir = base / f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     plat = platform.Platform(state_dir, platform.Ports.free(), fast_disk=True)
     started = time.monotonic()

@@ -76,6 +76,29 @@ def default_state_dir() -> Path:
     return Path("/var/tmp") / f"fintech-operator-{os.getuid()}" / "dev"  # noqa: S108
 
 
+def reap_orphans(base: Path, keep: tuple[str, ...] = ("dev",)) -> list[Path]:
+    """Stop and delete platforms under ``base`` whose owning process is gone.
+
+    Only directories with a state file naming an owner pid are touched, and never the
+    ones named in ``keep`` (a developer's long-lived platform outlives its starter).
+    """
+    reaped: list[Path] = []
+    for state_dir in sorted(base.iterdir()) if base.is_dir() else []:
+        state_file = state_dir / "platform.json"
+        if state_dir.name in keep or not state_file.is_file():
+            continue
+        try:
+            owner = int(json.loads(state_file.read_text()).get("owner_pid", 0))
+        except (ValueError, OSError):
+            continue
+        if owner <= 0 or Path(f"/proc/{owner}").exists():
+            continue
+        Platform.load(state_dir).stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        reaped.append(state_dir)
+    return reaped
+
+
 def _say(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
 
@@ -209,7 +232,9 @@ class Platform:
     # ---- state file ---------------------------------------------------------------------
 
     def _save(self) -> None:
-        data = {"pids": self.pids, "ports": asdict(self.ports)}
+        # The owner is the process that started the platform: a test session that is
+        # killed leaves its platform behind, and the next session reaps it by this pid.
+        data = {"pids": self.pids, "ports": asdict(self.ports), "owner_pid": os.getpid()}
         (self.state_dir / "platform.json").write_text(json.dumps(data, indent=2))
 
     def _load(self) -> dict[str, int]:

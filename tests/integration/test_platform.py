@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -96,6 +100,7 @@ def test_up_then_down_leaves_no_process(platform_running: RunningPlatform) -> No
     assert _our_processes(str(state)) == []
     assert set(plat.status().values()) == {"stopped"}
     assert set(platform_running.platform.status().values()) == {"running"}
+    shutil.rmtree(state)
 
 
 def test_a_failing_part_names_itself_and_its_log(platform_running: RunningPlatform) -> None:
@@ -109,3 +114,18 @@ def test_a_failing_part_names_itself_and_its_log(platform_running: RunningPlatfo
         with pytest.raises(platform.PlatformError, match=r"etcd.*log: .*etcd\.log"):
             plat.start()
     assert _our_processes(str(state)) == []
+    shutil.rmtree(state)
+
+
+def test_orphaned_platforms_are_reaped(tmp_path: Path) -> None:
+    """A platform whose owner died is stopped and deleted; live owners and dev are kept."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owners = {"orphan": dead.pid, "alive": os.getpid(), "dev": dead.pid}
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        state = {"pids": {}, "ports": {}, "owner_pid": owner}
+        (tmp_path / name / "platform.json").write_text(json.dumps(state))
+    (tmp_path / "no-state-file").mkdir()
+    assert platform.reap_orphans(tmp_path) == [tmp_path / "orphan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alive", "dev", "no-state-file"]
