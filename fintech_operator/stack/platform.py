@@ -220,9 +220,10 @@ class Platform:
     def status(self) -> dict[str, str]:
         """Each part's liveness as a short word, for ``stack status``."""
         state = self._load()
+        # Every part is listed, started or not, so a stopped platform says so per part.
         result = {
-            name: ("running" if _alive(pid, str(self.state_dir)) else "stopped")
-            for name, pid in state.items()
+            name: ("running" if _alive(state.get(name, 0), str(self.state_dir)) else "stopped")
+            for name in ("etcd", "apiserver", "kafka")
         }
         pgdata = self.state_dir / "pg" / "data"
         running = _pg(["pg_ctl", "-D", str(pgdata), "status"], check=False).returncode == 0
