@@ -56,8 +56,10 @@ from fintech_operator.api.common import (
     SpendLimit,
     conditions_from_status,
     find_condition,
+    format_timestamp,
     format_validation_error,
     is_condition_true,
+    parse_timestamp,
     set_condition,
     to_api,
 )
@@ -174,8 +176,10 @@ __all__ = [
     "WebhookStatus",
     "conditions_from_status",
     "find_condition",
+    "format_timestamp",
     "format_validation_error",
     "is_condition_true",
+    "parse_timestamp",
     "set_condition",
     "to_api",
 ]

@@ -8,6 +8,7 @@ ever become an amount, not even ``12.0``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final
@@ -204,6 +205,16 @@ class Condition(StatusModel):
         default=None,
         description="metadata.generation of the object the condition was computed from.",
     )
+
+
+def format_timestamp(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, to the second: how Kubernetes writes timestamps."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    """An RFC 3339 timestamp as the API server writes it (``Z`` or an offset)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:

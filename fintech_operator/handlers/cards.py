@@ -9,7 +9,6 @@ a card whose status has a decided phase is never issued again.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Final
 
 import kopf
@@ -363,9 +362,7 @@ async def _post_issuance_fee(
         idempotency_key=f"card-issuance-fee/{body.metadata.uid}",
         kind=model.PostingKind.FEE,
         lines=rules.lines_for(model.PostingKind.FEE, code, amount_minor, currency),
-        occurred_at=datetime.datetime.fromisoformat(
-            str(body.metadata.get("creationTimestamp")).replace("Z", "+00:00")
-        ),
+        occurred_at=api.parse_timestamp(str(body.metadata.get("creationTimestamp"))),
         reference=f"issuance-fee/{body.metadata.namespace}/{body.metadata.name}",
     )
     await engine.post(memo.pool, request)

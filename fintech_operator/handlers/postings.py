@@ -122,8 +122,7 @@ def _occurred_at(spec: api.PostingSpec, body: kopf.Body) -> datetime.datetime:
     # Deterministic, so a replay hashes the same request: the user's time or creation time.
     if spec.occurred_at is not None:
         return spec.occurred_at
-    created = str(body.metadata.get("creationTimestamp"))
-    return datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return api.parse_timestamp(str(body.metadata.get("creationTimestamp")))
 
 
 def build_request(

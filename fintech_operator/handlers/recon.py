@@ -97,7 +97,7 @@ async def in_worker(func: Callable[[], _T], name: str) -> _T:
 def _iso(moment: datetime.datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return api.format_timestamp(moment)
 
 
 def _conditions(
@@ -342,9 +342,7 @@ def _prune(
     for item in listed.get("items", []):
         meta = item.get("metadata", {})
         if any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences", [])):
-            created = datetime.datetime.fromisoformat(
-                str(meta["creationTimestamp"]).replace("Z", "+00:00")
-            )
+            created = api.parse_timestamp(str(meta["creationTimestamp"]))
             owned[meta["name"]] = (
                 schedule.RunRef(meta["name"], item.get("status", {}).get("phase"), created),
                 str(meta.get("uid")),
@@ -371,7 +369,7 @@ def _prune(
 def _parse_time(raw: Any) -> datetime.datetime | None:
     if not raw:
         return None
-    return datetime.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    return api.parse_timestamp(str(raw))
 
 
 @kopf.timer(api.GROUP, api.VERSION, SCHEDULES, interval=SCHEDULE_TICK_SECONDS)

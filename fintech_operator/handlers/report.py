@@ -16,7 +16,7 @@ def now() -> datetime.datetime:
 
 
 def timestamp() -> str:
-    return now().isoformat().replace("+00:00", "Z")
+    return api.format_timestamp(now())
 
 
 def condition(

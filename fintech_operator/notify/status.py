@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Final
 
+from fintech_operator import api
 from fintech_operator.notify import store
 
 MESSAGE_MAX_CHARS: Final = 1024
@@ -17,7 +18,7 @@ MESSAGE_MAX_CHARS: Final = 1024
 def _stamp(moment: datetime.datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return api.format_timestamp(moment)
 
 
 def phase_of(report: store.EndpointReport | None, suspended: bool) -> tuple[str, str, str]:

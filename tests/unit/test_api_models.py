@@ -419,3 +419,14 @@ def test_longest_card_account_fits() -> None:
     data["entries"][0]["account"] = account
     assert api.PostingSpec.model_validate(data).entries is not None
     assert api.CardStatus.model_validate({"account": account}).account == account
+
+
+def test_timestamps_round_trip_as_kubernetes_writes_them() -> None:
+    """Formatting gives UTC to the second with a Z; parsing reads Z and offsets alike."""
+    import datetime  # noqa: PLC0415
+
+    moment = datetime.datetime(2026, 1, 2, 4, 5, 6, 789, tzinfo=datetime.timezone(
+        datetime.timedelta(hours=1)))  # fmt: skip
+    assert api.format_timestamp(moment) == "2026-01-02T03:05:06Z"
+    assert api.parse_timestamp("2026-01-02T03:05:06Z") == moment.replace(microsecond=0)
+    assert api.parse_timestamp("2026-01-02T04:05:06+01:00") == moment.replace(microsecond=0)
