@@ -6,6 +6,7 @@ process at start with a message naming the variable, never later in a handler.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated
 
@@ -13,6 +14,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "FINTECH_"
+WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS = 64
+WEBHOOK_ALLOWED_CIDRS_MAX_CHARS = 4096
 
 
 class Settings(BaseModel):
@@ -140,6 +143,28 @@ class Settings(BaseModel):
             "are deleted this many hours after they finished; default 336 (14 days).",
         ),
     ] = 336
+    webhook_allowed_cidrs: Annotated[
+        str,
+        Field(
+            max_length=WEBHOOK_ALLOWED_CIDRS_MAX_CHARS,
+            pattern=r"^[0-9A-Fa-f:./, ]*$",
+            description="Comma-separated CIDRs the notifier may deliver webhooks to although "
+            "they are not public addresses (loopback, private, link-local, CGNAT, ...), for "
+            "example 10.20.0.0/16 for an in-cluster receiver. Empty (the default) allows public "
+            "addresses only, so a Webhook URL cannot reach cloud metadata, the cluster's "
+            "Services or the notifier's own host. The local dev stack and the tests set "
+            "127.0.0.0/8,::1/128.",
+        ),
+    ] = ""
+
+    @pydantic.field_validator("webhook_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        """Each item must be a network address with its prefix (host bits zero); normalised."""
+        items = [item for item in value.replace(",", " ").split() if item]
+        if len(items) > WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS:
+            raise ValueError(f"at most {WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS} CIDRs")
+        return ",".join(str(ipaddress.ip_network(item, strict=True)) for item in items)
 
     # Reconciliation runs (issue 6).
     recon_workers_max: Annotated[

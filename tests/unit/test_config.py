@@ -29,3 +29,30 @@ def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None
     """Missing, out-of-range, non-numeric and inconsistent values name the variable."""
     with pytest.raises(config.SettingsError, match=named):
         config.load(env)
+
+
+def test_webhook_allowed_cidrs_default_to_none_and_are_normalised() -> None:
+    """No CIDR is allowed by default; given ones (comma or space separated, IPv4 and IPv6)
+    come back in their canonical form, so the notifier and its log show the same text."""
+    assert config.load(BASE).webhook_allowed_cidrs == ""
+    settings = config.load(
+        {**BASE, "FINTECH_WEBHOOK_ALLOWED_CIDRS": " 127.0.0.0/8, ::1 10.20.0.0/16,FD00::/8 "}
+    )
+    assert settings.webhook_allowed_cidrs == "127.0.0.0/8,::1/128,10.20.0.0/16,fd00::/8"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.0.0.1/8",  # host bits set: a typo for 10.0.0.0/8 or for 10.0.0.1/32?
+        "10.0.0.0/33",
+        "localhost",
+        "10.0.0.0/8;rm",
+        "::1/129",
+        ",".join(f"10.{i}.0.0/16" for i in range(65)),  # more than 64 items
+    ],
+)
+def test_bad_webhook_allowed_cidrs_name_the_variable(value: str) -> None:
+    """Anything that is not a list of at most 64 network CIDRs stops the process at start."""
+    with pytest.raises(config.SettingsError, match="FINTECH_WEBHOOK_ALLOWED_CIDRS"):
+        config.load({**BASE, "FINTECH_WEBHOOK_ALLOWED_CIDRS": value})
