@@ -131,6 +131,12 @@ DetailLine = Annotated[
     str, pydantic.Field(max_length=DETAIL_MAX_LENGTH, description="One line of explanation.")
 ]
 
+# Database row ids are 64-bit; status carries them as decimal strings so that JSON clients
+# reading numbers as doubles cannot round them.
+RecordId = Annotated[
+    str, pydantic.Field(pattern=r"^[0-9]+$", min_length=1, max_length=RECORD_ID_MAX_LENGTH)
+]
+
 
 class SanctionsMatch(common.StatusModel):
     """An entry of the sanctions list that the holder's name resembles."""
@@ -178,11 +184,8 @@ class AmlStatus(common.StatusModel):
     alerts: common.Count = pydantic.Field(
         default=0, description="Alerts announced on the card so far (Events ComplianceAlert)."
     )
-    last_alert_id: str | None = pydantic.Field(
+    last_alert_id: RecordId | None = pydantic.Field(
         default=None,
-        pattern=r"^[0-9]+$",
-        min_length=1,
-        max_length=RECORD_ID_MAX_LENGTH,
         description="compliance_alerts id of the newest alert announced, as a string.",
     )
     last_alert: str | None = pydantic.Field(
@@ -228,11 +231,8 @@ class Decision(common.StatusModel):
         description="One line per rule that fired, saying what it saw, e.g. "
         "'BlockedHolderCountry: holder country KP is blocked'.",
     )
-    record_id: str | None = pydantic.Field(
+    record_id: RecordId | None = pydantic.Field(
         default=None,
-        pattern=r"^[0-9]+$",
-        min_length=1,
-        max_length=RECORD_ID_MAX_LENGTH,
         description="Id of the audit row (risk_assessments or compliance_checks), as a string.",
     )
     match: SanctionsMatch | None = pydantic.Field(
@@ -297,18 +297,13 @@ class CardStatus(common.StatusModel):
         default=None,
         description="CamelCase cause of the current phase, e.g. KycRejected or ProductNotFound.",
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the current phase."
+    message: common.Message | None = common.message_field(
+        "Human-readable details of the current phase."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the card; Ready is always present once seen.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the card; Ready is always present once seen."
     )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -10,7 +10,6 @@ import pydantic
 from fintech_operator.api import common
 
 RATE_BPS_MAX: Final = 10_000
-EARN_ON_MAX_ITEMS: Final = len(common.PostingType)
 
 
 class CardProductPhase(enum.StrEnum):
@@ -41,14 +40,12 @@ class CardProductSpec(common.SpecModel):
             f"0 to {RATE_BPS_MAX}; default 0 (no rewards)."
         ),
     )
-    earn_on: tuple[common.PostingType, ...] = pydantic.Field(
+    earn_on: common.PostingTypeSet = pydantic.Field(
         default=(common.PostingType.PURCHASE,),
-        max_length=EARN_ON_MAX_ITEMS,
         description=(
             "Posting types that earn points, without duplicates; a Refund of an earning "
             "posting takes its points back in proportion. Default [Purchase]."
         ),
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     issuance_fee: common.FeeAmount | None = pydantic.Field(
         default=None,
@@ -60,16 +57,6 @@ class CardProductSpec(common.SpecModel):
         description="Spend limit of cards that do not set their own, in the product "
         "currency. Absent means no limit.",
     )
-
-    @pydantic.field_validator("earn_on")
-    @classmethod
-    def _earn_on_unique(
-        cls, value: tuple[common.PostingType, ...]
-    ) -> tuple[common.PostingType, ...]:
-        """Refuse duplicates: the API server treats the list as a set and would too."""
-        if len(set(value)) != len(value):
-            raise ValueError("earnOn must not list a posting type twice")
-        return value
 
 
 class CardProductStatus(common.StatusModel):
@@ -86,18 +73,11 @@ class CardProductStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of a Rejected phase."
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the phase."
+    message: common.Message | None = common.message_field()
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the product; Ready is always present once seen."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the product; Ready is always present once seen.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -80,18 +80,11 @@ class CardReviewStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of the phase, e.g. CardNotPendingReview."
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the phase."
+    message: common.Message | None = common.message_field()
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the review; Ready is True once Recorded."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the review; Ready is True once Recorded.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

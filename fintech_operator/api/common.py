@@ -114,6 +114,26 @@ class PostingType(enum.StrEnum):
     ADJUSTMENT = "Adjustment"
 
 
+def _refuse_repeated_posting_types(
+    value: tuple[PostingType, ...], info: pydantic.ValidationInfo
+) -> tuple[PostingType, ...]:
+    """Refuse duplicates: the API server treats the list as a set and would too."""
+    if len(set(value)) != len(value):
+        raise ValueError(f"{api_alias(info.field_name or '')} must not list a posting type twice")
+    return value
+
+
+# A list of posting types without repeats. The bound comes before the validator so that
+# pydantic keeps it an array bound (``maxItems``) in the schema.
+PostingTypeSet = Annotated[
+    tuple[PostingType, ...],
+    pydantic.Field(
+        max_length=len(PostingType), json_schema_extra={"x-kubernetes-list-type": "set"}
+    ),
+    pydantic.AfterValidator(_refuse_repeated_posting_types),
+]
+
+
 class SpendInterval(enum.StrEnum):
     """The window a spend limit is measured over."""
 
@@ -330,6 +350,32 @@ def age_column() -> PrinterColumn:
         json_path=".metadata.creationTimestamp",
         description="Time since the object was created.",
     )
+
+
+def conditions_field(description: str) -> Any:
+    """Field for ``status.conditions``: a list of Kubernetes-shaped conditions keyed by type.
+
+    The API server merges the list by ``type`` (a map list) on server-side apply, as it does
+    for the conditions of its own kinds.
+    """
+    return pydantic.Field(
+        default_factory=list,
+        max_length=CONDITIONS_MAX_ITEMS,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+def observed_generation_field() -> Any:
+    """Field for ``status.observedGeneration``, the generation the status describes."""
+    return pydantic.Field(
+        default=None, description="metadata.generation the status was computed from."
+    )
+
+
+def message_field(description: str = "Human-readable details of the phase.") -> Any:
+    """Field for ``status.message``, the words next to ``status.reason``."""
+    return pydantic.Field(default=None, description=description)
 
 
 def kopf_status_field() -> Any:

@@ -122,12 +122,10 @@ class AmlRules(common.SpecModel):
             "(10,000.00)."
         ),
     )
-    posting_types: tuple[common.PostingType, ...] = pydantic.Field(
+    posting_types: common.PostingTypeSet = pydantic.Field(
         default=AML_POSTING_TYPES_DEFAULT,
         min_length=1,
-        max_length=len(common.PostingType),
         description="Posting types that count, without duplicates. Default [Purchase, Payment].",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     structuring: StructuringRule | None = pydantic.Field(
         default=None,
@@ -141,16 +139,6 @@ class AmlRules(common.SpecModel):
         max_length=TIME_ZONE_MAX_LENGTH,
         description="IANA time zone whose calendar day is the business day. Default UTC.",
     )
-
-    @pydantic.field_validator("posting_types")
-    @classmethod
-    def _posting_types_unique(
-        cls, value: tuple[common.PostingType, ...]
-    ) -> tuple[common.PostingType, ...]:
-        """Refuse duplicates: the API server treats the list as a set and would too."""
-        if len(set(value)) != len(value):
-            raise ValueError("postingTypes must not list a posting type twice")
-        return value
 
 
 class CompliancePolicySpec(common.SpecModel):
@@ -202,18 +190,11 @@ class CompliancePolicyStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of the phase, e.g. SanctionsListNotFound."
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the phase."
+    message: common.Message | None = common.message_field()
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the policy; Ready is always present once seen."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the policy; Ready is always present once seen.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -204,18 +204,11 @@ class PostingStatus(common.StatusModel):
             "RiskDeclined, InvalidSpec. A rejection is final."
         ),
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the decision."
+    message: common.Message | None = common.message_field("Human-readable details of the decision.")
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the posting; Ready is True once Posted."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the posting; Ready is True once Posted.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -353,18 +353,11 @@ class ReconciliationRunStatus(common.StatusModel):
         description="Why the run Failed: InvalidSpec, SourceNotFound, CredentialsNotFound, "
         "SourceUnreachable, SourceMalformed or SourceTooLarge.",
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the outcome."
+    message: common.Message | None = common.message_field("Human-readable details of the outcome.")
+    conditions: list[common.Condition] = common.conditions_field(
+        "Ready (finished) and Reconciled (no exceptions found)."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Ready (finished) and Reconciled (no exceptions found).",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -100,15 +100,10 @@ class ReconciliationScheduleStatus(common.StatusModel):
     next_schedule_time: common.Timestamp | None = pydantic.Field(
         default=None, description="Next time a run will be created (RFC 3339)."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Ready: the schedule is valid and being followed.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    conditions: list[common.Condition] = common.conditions_field(
+        "Ready: the schedule is valid and being followed."
     )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -184,13 +184,11 @@ class RiskPolicySpec(common.SpecModel):
         )
     )
 
-    posting_types: tuple[common.PostingType, ...] = pydantic.Field(
+    posting_types: common.PostingTypeSet = pydantic.Field(
         default=(common.PostingType.PURCHASE,),
         min_length=1,
-        max_length=len(common.PostingType),
         description="Posting types the posting rules assess (others are approved without "
         "assessment), without duplicates. Default [Purchase].",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     max_amount_per_transaction: AmountRule | None = pydantic.Field(
         default=None, description="Largest amount of a single posting. Default Decline."
@@ -231,16 +229,6 @@ class RiskPolicySpec(common.SpecModel):
         "escalate to Decline.",
     )
 
-    @pydantic.field_validator("posting_types")
-    @classmethod
-    def _posting_types_unique(
-        cls, value: tuple[common.PostingType, ...]
-    ) -> tuple[common.PostingType, ...]:
-        """Refuse duplicates: the API server treats the list as a set and would too."""
-        if len(set(value)) != len(value):
-            raise ValueError("postingTypes must not list a posting type twice")
-        return value
-
     @pydantic.model_validator(mode="after")
     def _scores_ordered(self) -> RiskPolicySpec:
         """The same rule the CEL expression enforces, for objects that skip the API server."""
@@ -274,18 +262,11 @@ class RiskPolicyStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of the phase, e.g. InvalidSpec."
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the phase."
+    message: common.Message | None = common.message_field()
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions of the policy; Ready is always present once seen."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions of the policy; Ready is always present once seen.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 

@@ -263,9 +263,7 @@ class WebhookStatus(common.StatusModel):
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of the phase."
     )
-    message: common.Message | None = pydantic.Field(
-        default=None, description="Human-readable details of the phase."
-    )
+    message: common.Message | None = common.message_field()
     last_delivery: LastDelivery | None = pydantic.Field(
         default=None, description="The latest delivery attempt."
     )
@@ -287,15 +285,10 @@ class WebhookStatus(common.StatusModel):
     failed_total: common.Count | None = pydantic.Field(
         default=None, description="Events given up on (attempts exhausted or expired)."
     )
-    conditions: list[common.Condition] = pydantic.Field(
-        default_factory=list,
-        max_length=common.CONDITIONS_MAX_ITEMS,
-        description="Current conditions; Ready is True while the endpoint is Active.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    conditions: list[common.Condition] = common.conditions_field(
+        "Current conditions; Ready is True while the endpoint is Active."
     )
-    observed_generation: common.Generation | None = pydantic.Field(
-        default=None, description="metadata.generation the status was computed from."
-    )
+    observed_generation: common.Generation | None = common.observed_generation_field()
     kopf: dict[str, Any] | None = common.kopf_status_field()
 
 
