@@ -8,41 +8,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from fintech_operator import api
+from fintech_operator import api, decisions
 from fintech_operator.ledger import model as ledger_model
 
-BUILTIN_REF: Final = "builtin/default"
-DETAIL_MAX_LENGTH: Final = 256
-
-_CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
-_SUBJECT_RE: Final = re.compile(r"[^/\s]+/[^/\s]+")
 _REASON_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9]*")
-_POSTING_TYPES: Final = frozenset(t.value for t in api.PostingType)
+
+# A fact handed to a compliance rule is malformed: a bug in the caller.
+InvalidFacts = decisions.InvalidFacts
 
 
-class InvalidFacts(ValueError):
-    """A fact handed to a compliance rule is malformed: a bug in the caller."""
-
-
-class Outcome(enum.StrEnum):
+class Outcome(decisions.RankedOutcome):
     """Result of one check, from best to worst; Alert (AML) never blocks."""
 
     CLEAR = "Clear"
     ALERT = "Alert"
     REVIEW = "Review"
     REJECT = "Reject"
-
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
-
-
-_SEVERITY: Final[Mapping[Outcome, int]] = {
-    Outcome.CLEAR: 0,
-    Outcome.ALERT: 1,
-    Outcome.REVIEW: 2,
-    Outcome.REJECT: 3,
-}
 
 
 class CheckKind(enum.StrEnum):
@@ -56,19 +37,8 @@ class AlertKind(enum.StrEnum):
     STRUCTURING = "Structuring"
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(decisions.Policy[api.CompliancePolicySpec]):
     """A namespace's compliance rules, or the built-in default (``name`` None)."""
-
-    spec: api.CompliancePolicySpec
-    namespace: str | None = None
-    name: str | None = None
-
-    @property
-    def ref(self) -> str:
-        if self.namespace is None or self.name is None:
-            return BUILTIN_REF
-        return f"{self.namespace}/{self.name}"
 
 
 DEFAULT_POLICY: Final = Policy(spec=api.CompliancePolicySpec())
@@ -109,7 +79,7 @@ class CheckResult:
     def __post_init__(self) -> None:
         if _REASON_RE.fullmatch(self.reason) is None:
             raise InvalidFacts(f"reason must be CamelCase, got {self.reason!r}")
-        object.__setattr__(self, "detail", self.detail[:DETAIL_MAX_LENGTH])
+        object.__setattr__(self, "detail", self.detail[: decisions.DETAIL_MAX_LENGTH])
 
 
 def worst(results: Iterable[CheckResult]) -> CheckResult | None:
@@ -133,21 +103,14 @@ class AmlFacts:
     currency: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.card, str) or _SUBJECT_RE.fullmatch(self.card) is None:
-            raise InvalidFacts(f"card must be <namespace>/<name>, got {self.card!r}")
+        decisions.check_subject(self.card, "card")
         for name in ("account_code", "posting_key"):
             value = getattr(self, name)
             if not isinstance(value, str) or not 0 < len(value) <= ledger_model.KEY_LENGTH_MAX:
                 raise InvalidFacts(f"{name} must be a non-empty string")
-        if self.kind not in _POSTING_TYPES:
-            raise InvalidFacts(f"kind must be one of {sorted(_POSTING_TYPES)}, got {self.kind!r}")
-        if (
-            type(self.amount_minor) is not int
-            or not 0 < self.amount_minor <= ledger_model.AMOUNT_MINOR_MAX
-        ):
-            raise InvalidFacts("amount_minor must be a positive int of minor units")
-        if not isinstance(self.currency, str) or _CURRENCY_RE.fullmatch(self.currency) is None:
-            raise InvalidFacts(f"currency must be three uppercase letters, got {self.currency!r}")
+        decisions.check_posting_type(self.kind, "kind")
+        decisions.check_amount(self.amount_minor, "amount_minor")
+        decisions.check_currency(self.currency, "currency")
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -7,44 +7,29 @@ codes have their ISO shapes. A bad fact is a programming error in the caller, ra
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from fintech_operator import api
+from fintech_operator import api, decisions
 from fintech_operator.api import riskpolicy
 from fintech_operator.ledger import model as ledger_model
 
 SCORE_MAX: Final = riskpolicy.SCORE_MAX
-DETAIL_MAX_LENGTH: Final = 256
-BUILTIN_REF: Final = "builtin/default"
 
-_CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
-_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 _MCC_RE: Final = re.compile(r"[0-9]{4}")
-_SUBJECT_RE: Final = re.compile(r"[^/\s]+/[^/\s]+")
-_POSTING_TYPES: Final = frozenset(t.value for t in api.PostingType)
+
+# A fact handed to the engine is malformed: a bug in the caller, not a risk signal.
+InvalidFacts = decisions.InvalidFacts
 
 
-class InvalidFacts(ValueError):
-    """A fact handed to the engine is malformed: a bug in the caller, not a risk signal."""
-
-
-class Action(enum.StrEnum):
+class Action(decisions.RankedOutcome):
     """A decision, from best to worst."""
 
     APPROVE = "Approve"
     REVIEW = "Review"
     DECLINE = "Decline"
-
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
-
-
-_SEVERITY: Final[Mapping[Action, int]] = {Action.APPROVE: 0, Action.REVIEW: 1, Action.DECLINE: 2}
 
 
 def worst(actions: Iterable[Action]) -> Action:
@@ -52,20 +37,8 @@ def worst(actions: Iterable[Action]) -> Action:
     return max(actions, key=lambda action: action.severity, default=Action.APPROVE)
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(decisions.Policy[api.RiskPolicySpec]):
     """A namespace's risk rules, or the built-in default (``name`` None)."""
-
-    spec: api.RiskPolicySpec
-    namespace: str | None = None
-    name: str | None = None
-
-    @property
-    def ref(self) -> str:
-        """``<namespace>/<name>`` as recorded with each decision, or ``builtin/default``."""
-        if self.namespace is None or self.name is None:
-            return BUILTIN_REF
-        return f"{self.namespace}/{self.name}"
 
 
 # The default of a namespace without a RiskPolicy: conservative limits that stop runaway
@@ -90,7 +63,7 @@ class Match:
     def __post_init__(self) -> None:
         if not (type(self.score) is int and 0 <= self.score <= SCORE_MAX):
             raise InvalidFacts(f"score must be an int in 0..{SCORE_MAX}, got {self.score!r}")
-        object.__setattr__(self, "detail", self.detail[:DETAIL_MAX_LENGTH])
+        object.__setattr__(self, "detail", self.detail[: decisions.DETAIL_MAX_LENGTH])
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -133,7 +106,7 @@ class IssuanceFacts:
     )
 
     def __post_init__(self) -> None:
-        _check_country(self.holder_country, "holder_country")
+        decisions.check_country(self.holder_country, "holder_country")
         if type(self.user_cards) is not int or self.user_cards < 0:
             raise InvalidFacts(f"user_cards must be an int >= 0, got {self.user_cards!r}")
 
@@ -154,20 +127,18 @@ class PostingFacts:
     merchant_country: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.card, str) or _SUBJECT_RE.fullmatch(self.card) is None:
-            raise InvalidFacts(f"card must be <namespace>/<name>, got {self.card!r}")
+        decisions.check_subject(self.card, "card")
         if not isinstance(self.account_code, str) or not self.account_code:
             raise InvalidFacts("account_code must be a non-empty string")
-        if self.kind not in _POSTING_TYPES:
-            raise InvalidFacts(f"kind must be one of {sorted(_POSTING_TYPES)}, got {self.kind!r}")
-        _check_amount(self.amount_minor, "amount_minor")
-        _check_currency(self.currency, "currency")
+        decisions.check_posting_type(self.kind, "kind")
+        decisions.check_amount(self.amount_minor, "amount_minor")
+        decisions.check_currency(self.currency, "currency")
         if self.merchant_mcc is not None and (
             not isinstance(self.merchant_mcc, str) or _MCC_RE.fullmatch(self.merchant_mcc) is None
         ):
             raise InvalidFacts(f"merchant_mcc must be four digits, got {self.merchant_mcc!r}")
         if self.merchant_country is not None:
-            _check_country(self.merchant_country, "merchant_country")
+            decisions.check_country(self.merchant_country, "merchant_country")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -246,19 +217,3 @@ class Assessment:
     subject_uid: str | None
     decision: Decision
     inputs: Mapping[str, object]
-
-
-def _check_amount(value: object, what: str) -> None:
-    # type() is int on purpose: bool is an int subclass, and floats never become money.
-    if type(value) is not int or not 0 < value <= ledger_model.AMOUNT_MINOR_MAX:
-        raise InvalidFacts(f"{what} must be an int in 1..{ledger_model.AMOUNT_MINOR_MAX}")
-
-
-def _check_currency(value: object, what: str) -> None:
-    if not isinstance(value, str) or _CURRENCY_RE.fullmatch(value) is None:
-        raise InvalidFacts(f"{what} must be three uppercase letters, got {value!r}")
-
-
-def _check_country(value: object, what: str) -> None:
-    if not isinstance(value, str) or _COUNTRY_RE.fullmatch(value) is None:
-        raise InvalidFacts(f"{what} must be two uppercase letters, got {value!r}")
