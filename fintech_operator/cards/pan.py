@@ -40,3 +40,21 @@ def find_pans(text: str) -> list[Finding]:
         if 13 <= len(digits) <= 19 and tokenizer.luhn_valid(digits):
             found.append(Finding(match.start(), "*" * (len(digits) - 4) + digits[-4:]))
     return found
+
+
+def mask_pans(text: str) -> str:
+    """``text`` with every Luhn-valid card-number candidate replaced by its masked form.
+
+    For free text that leaves the product (event messages): a holder name or a settlement
+    line quoted in a message must never carry a card number out, whoever typed it.
+    """
+    if not isinstance(text, str) or len(text) > TEXT_LENGTH_MAX:
+        raise ValueError(f"text must be a str of at most {TEXT_LENGTH_MAX} characters")
+
+    def masked(match: re.Match[str]) -> str:
+        digits = re.sub(r"[ -]", "", match.group(0))
+        if 13 <= len(digits) <= 19 and tokenizer.luhn_valid(digits):
+            return "*" * (len(digits) - 4) + digits[-4:]
+        return match.group(0)
+
+    return _CANDIDATE.sub(masked, text)

@@ -11,6 +11,13 @@ posting's transaction inserts it, so builders write ``null`` there and the relay
 in the outbox row's ``journal_id`` when it publishes; on the wire it is always an
 integer. They also carry the product's rewards terms at posting time, so points are a
 pure function of the event and reconciliation can recompute them later.
+
+Card lifecycle events (topic ``cards``, keyed by the card like posting events) and the
+reconciliation result (topic ``recon``, keyed by the run) are facts about one object's
+life, each of which happens at most once: their ids are derived (:func:`lifecycle_event_id`)
+from the object's uid and what happened, so a retried handler writes the same id again and
+the outbox (``event_id`` is UNIQUE, inserts are ``ON CONFLICT DO NOTHING``) keeps the first.
+No card event carries a card number: the token and the last four digits only (invariant 7).
 """
 
 from __future__ import annotations
@@ -24,14 +31,26 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, alias_generators
 
+from fintech_operator.cards import pan
 from fintech_operator.events import envelope, topics
 from fintech_operator.ledger import model
 
 POSTING_POSTED: Final = "dev.fintech.posting.posted.v1"
 POSTING_REVERSED: Final = "dev.fintech.posting.reversed.v1"
 COMPLIANCE_ALERT_RAISED: Final = "dev.fintech.compliance.alert.raised.v1"
+CARD_ISSUED: Final = "dev.fintech.card.issued.v1"
+CARD_STATE_CHANGED: Final = "dev.fintech.card.state_changed.v1"
+CARD_REJECTED: Final = "dev.fintech.card.rejected.v1"
+CARD_REVIEW_REQUESTED: Final = "dev.fintech.card.review_requested.v1"
+RECON_COMPLETED: Final = "dev.fintech.recon.completed.v1"
 SOURCE_LEDGER: Final = "/fintech-operator/ledger"
 SOURCE_COMPLIANCE: Final = "/fintech-operator/compliance"
+SOURCE_CARDS: Final = "/fintech-operator/cards"
+SOURCE_RECON: Final = "/fintech-operator/recon"
+# The uuid5 namespace of lifecycle event ids. Fixed forever: changing it would give a retried
+# handler a new id for an event already written, and consumers would see it twice.
+EVENT_ID_NAMESPACE: Final = uuid.UUID("5d0f7c2e-8a41-5b6e-9c3d-1e2f4a6b8c0d")
+MESSAGE_MAX_LENGTH: Final = 1024
 AMOUNT_MINOR_MAX: Final = 10**15
 RATE_BPS_MAX: Final = 10_000
 REASON_MAX_LENGTH: Final = 1024
@@ -45,6 +64,20 @@ AmountMinor = Annotated[StrictInt, Field(ge=1, le=AMOUNT_MINOR_MAX)]
 RateBps = Annotated[StrictInt, Field(ge=0, le=RATE_BPS_MAX)]
 JournalId = Annotated[StrictInt, Field(ge=1)]
 Time = Annotated[str, Field(pattern=envelope.TIME_PATTERN)]
+Count = Annotated[StrictInt, Field(ge=0)]
+# The rule Kubernetes applies to a condition's reason (CamelCase words), bounded.
+Reason = Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=128)]
+Message = Annotated[str, Field(min_length=1, max_length=MESSAGE_MAX_LENGTH)]
+UserId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$", max_length=128)]
+ObjectName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        max_length=253,
+    ),
+]
+Token = Annotated[str, Field(pattern=r"^tok_[A-Za-z0-9._:-]{1,60}$")]
+Last4 = Annotated[str, Field(pattern=r"^[0-9]{4}$")]
 
 
 class EventError(ValueError):
@@ -135,6 +168,164 @@ class ComplianceAlertRaisedData(_Data):
     posting_key: Annotated[str, Field(min_length=1, max_length=600)]
 
 
+class _CardData(_Data):
+    """What every card lifecycle event is about: the card, ``<namespace>/<name>``."""
+
+    card: ObjectRef
+
+
+class CardIssuedData(_CardData):
+    """``dev.fintech.card.issued.v1``: the card's ledger account was opened; it is usable.
+
+    Written in the transaction that opens the account, once per card. ``state`` is the phase
+    it was issued in (a card applied Frozen is issued Frozen). Token and last 4 only: never a
+    card number, CVV or PIN.
+    """
+
+    user_id: UserId
+    product: ObjectName
+    currency: Currency
+    account: Annotated[str, Field(min_length=1, max_length=512)]
+    token: Token
+    last4: Last4
+    state: Literal["Active", "Frozen"]
+    issued_at: Time
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> CardIssuedData:
+        if self.account != f"card:{self.card}:{self.currency}":
+            raise ValueError("account must be the card's own account in its currency")
+        if pan.find_pans(self.token):
+            raise ValueError("token must not contain a card number")
+        return self
+
+
+CardPhaseFrom = Literal["Pending", "PendingReview", "Active", "Frozen"]
+
+
+class CardStateChangedData(_CardData):
+    """``dev.fintech.card.state_changed.v1``: frozen, unfrozen or closed.
+
+    ``from`` is the phase the card left. Only an issued card (Active or Frozen) is frozen or
+    unfrozen; any card not yet closed can be closed (``reason`` says why when it is not the
+    user's ``spec.state``: ``ClosedBeforeIssue``, ``CardDeleted``).
+    """
+
+    from_: Annotated[CardPhaseFrom, Field(alias="from")]
+    to: Literal["Active", "Frozen", "Closed"]
+    reason: Reason | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _a_real_transition(self) -> CardStateChangedData:
+        if self.from_ == self.to:
+            raise ValueError("from and to must differ")
+        if self.to != "Closed" and self.from_ not in ("Active", "Frozen"):
+            raise ValueError("only an issued card (Active or Frozen) is frozen or unfrozen")
+        return self
+
+
+class CardRejectedData(_CardData):
+    """``dev.fintech.card.rejected.v1``: issuance ended Rejected (final).
+
+    ``reason`` is the status reason (``KycNotAccepted``, ``ExactMatch``, ``RiskDeclined``,
+    ``ReviewRejected``, ``ProductNotFound``, ``InvalidSpec``...). ``userId`` and ``product``
+    are absent only when the spec itself was invalid.
+    """
+
+    reason: Reason
+    message: Message
+    user_id: UserId | None = None
+    product: ObjectName | None = None
+
+
+class CardReviewRequestedData(_CardData):
+    """``dev.fintech.card.review_requested.v1``: issuance waits for a CardReview.
+
+    Written with the assessment that held the card, once per card generation assessed;
+    the review's outcome follows as ``card.issued`` or ``card.rejected``.
+    """
+
+    reason: Reason
+    message: Message
+    user_id: UserId
+    product: ObjectName
+
+
+class ReconWindow(_Data):
+    """The ledger period a run compared, half-open: ``start <= occurredAt < end``."""
+
+    start: Time
+    end: Time
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> ReconWindow:
+        if _instant(self.start) >= _instant(self.end):
+            raise ValueError("window start must be before its end")
+        return self
+
+
+class ReconCheck(_Data):
+    result: Literal["Passed", "Failed", "Skipped"]
+    exceptions: Count
+
+
+class ReconChecks(_Data):
+    settlement: ReconCheck | None = None
+    trial_balance: ReconCheck | None = None
+    rewards: ReconCheck | None = None
+    events: ReconCheck | None = None
+
+
+class ReconSummary(_Data):
+    """The run's counts, exactly as ``status.summary`` shows them."""
+
+    records_read: Count
+    ledger_references: Count
+    matched: Count
+    matched_within_tolerance: Count
+    partial_captures: Count
+    amount_mismatches: Count
+    currency_mismatches: Count
+    time_mismatches: Count
+    missing_in_ledger: Count
+    missing_in_source: Count
+    duplicates: Count
+    exceptions: Count
+    checks: ReconChecks
+
+
+class ReconCompletedData(_Data):
+    """``dev.fintech.recon.completed.v1``: a ReconciliationRun ended Succeeded or Failed.
+
+    Written in the transaction that records the run's final state, once per run. Succeeded
+    means it ran (``summary``; ``exceptions`` may be above 0); Failed means it could not run
+    (``reason``, ``message``; no summary, 0 exceptions).
+    """
+
+    run: ObjectRef
+    phase: Literal["Succeeded", "Failed"]
+    dry_run: pydantic.StrictBool
+    attempt: Annotated[StrictInt, Field(ge=1)] | None = None
+    window: ReconWindow | None = None
+    started_at: Time | None = None
+    completed_at: Time
+    exceptions: Count
+    summary: ReconSummary | None = None
+    reason: Reason | None = None
+    message: Message | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _outcome(self) -> ReconCompletedData:
+        if self.phase == "Succeeded":
+            if self.summary is None or self.reason is not None:
+                raise ValueError("a Succeeded run has a summary and no reason")
+            if self.exceptions != self.summary.exceptions:
+                raise ValueError("exceptions must equal summary.exceptions")
+        elif self.summary is not None or self.reason is None or self.exceptions != 0:
+            raise ValueError("a Failed run has a reason, no summary and 0 exceptions")
+        return self
+
+
 @dataclass(frozen=True)
 class EventType:
     """Facts of one event type: its topic, the object kind it is about, its data model."""
@@ -159,6 +350,17 @@ CATALOG: Final[Mapping[str, EventType]] = {
         "cards",
         SOURCE_COMPLIANCE,
         ComplianceAlertRaisedData,
+    ),
+    CARD_ISSUED: EventType(CARD_ISSUED, topics.CARDS, "cards", SOURCE_CARDS, CardIssuedData),
+    CARD_STATE_CHANGED: EventType(
+        CARD_STATE_CHANGED, topics.CARDS, "cards", SOURCE_CARDS, CardStateChangedData
+    ),
+    CARD_REJECTED: EventType(CARD_REJECTED, topics.CARDS, "cards", SOURCE_CARDS, CardRejectedData),
+    CARD_REVIEW_REQUESTED: EventType(
+        CARD_REVIEW_REQUESTED, topics.CARDS, "cards", SOURCE_CARDS, CardReviewRequestedData
+    ),
+    RECON_COMPLETED: EventType(
+        RECON_COMPLETED, topics.RECON, "reconciliationruns", SOURCE_RECON, ReconCompletedData
     ),
 }
 
@@ -257,6 +459,213 @@ def posting_reversed(
     return _outbox(POSTING_REVERSED, namespace, name, checked, now, event_id, headers)
 
 
+def lifecycle_event_id(type_: str, uid: str, *facts: str) -> uuid.UUID:
+    """The id of the ``type_`` event of the object ``uid``: the same inputs, the same id forever.
+
+    ``facts`` tell apart events of one type that may happen more than once in an object's
+    life (a freeze per generation); an event that happens once needs none.
+    """
+    if type_ not in CATALOG or not isinstance(uid, str) or not uid:
+        raise EventError(f"a lifecycle event id needs a known type and a uid, got {type_!r}")
+    return uuid.uuid5(EVENT_ID_NAMESPACE, "/".join((type_, uid, *facts)))
+
+
+def card_issued(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    user_id: str,
+    product: str,
+    currency: str,
+    token: str,
+    last4: str,
+    state: str,
+    issued_at: datetime.datetime,
+    headers: Mapping[str, str] | None = None,
+) -> model.OutboxEvent:
+    """Card ``namespace/name`` (uid ``uid``) was issued; one id per card."""
+    data = {
+        "card": f"{namespace}/{name}",
+        "userId": user_id,
+        "product": product,
+        "currency": currency,
+        "account": f"card:{namespace}/{name}:{currency}",
+        "token": token,
+        "last4": last4,
+        "state": state,
+        "issuedAt": _time(issued_at),
+    }
+    event_id = lifecycle_event_id(CARD_ISSUED, uid)
+    checked = _checked(CardIssuedData, data)
+    return _lifecycle(CARD_ISSUED, namespace, name, checked, issued_at, event_id, headers)
+
+
+def card_state_changed(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int,
+    from_phase: str,
+    to_state: str,
+    now: datetime.datetime,
+    reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> model.OutboxEvent:
+    """Card ``namespace/name`` went from ``from_phase`` to ``to_state``.
+
+    A freeze or unfreeze is one per ``generation`` (each is a change of ``spec.state``);
+    closing happens once in a card's life, whatever the generation.
+    """
+    data = {"card": f"{namespace}/{name}", "from": from_phase, "to": to_state, "reason": reason}
+    checked = _checked(CardStateChangedData, data)
+    facts = ("Closed",) if to_state == "Closed" else (to_state, f"g{_generation(generation)}")
+    event_id = lifecycle_event_id(CARD_STATE_CHANGED, uid, *facts)
+    return _lifecycle(CARD_STATE_CHANGED, namespace, name, checked, now, event_id, headers)
+
+
+def card_rejected(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    user_id: str | None = None,
+    product: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> model.OutboxEvent:
+    """Issuance of card ``namespace/name`` ended Rejected; rejection is final, one id per card."""
+    data = {
+        "card": f"{namespace}/{name}",
+        "reason": reason,
+        "message": free_text(message) or reason,
+        "userId": user_id,
+        "product": product,
+    }
+    checked = _checked(CardRejectedData, data)
+    event_id = lifecycle_event_id(CARD_REJECTED, uid)
+    return _lifecycle(CARD_REJECTED, namespace, name, checked, now, event_id, headers)
+
+
+def card_review_requested(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int,
+    reason: str,
+    message: str,
+    user_id: str,
+    product: str,
+    now: datetime.datetime,
+    headers: Mapping[str, str] | None = None,
+) -> model.OutboxEvent:
+    """Card ``namespace/name`` waits for a review; one id per card generation assessed."""
+    data = {
+        "card": f"{namespace}/{name}",
+        "reason": reason,
+        "message": free_text(message) or reason,
+        "userId": user_id,
+        "product": product,
+    }
+    checked = _checked(CardReviewRequestedData, data)
+    event_id = lifecycle_event_id(CARD_REVIEW_REQUESTED, uid, f"g{_generation(generation)}")
+    return _lifecycle(CARD_REVIEW_REQUESTED, namespace, name, checked, now, event_id, headers)
+
+
+def recon_completed(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    phase: str,
+    dry_run: bool,
+    completed_at: datetime.datetime,
+    attempt: int | None = None,
+    window: tuple[datetime.datetime, datetime.datetime] | None = None,
+    started_at: datetime.datetime | None = None,
+    summary: Mapping[str, Any] | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> model.OutboxEvent:
+    """ReconciliationRun ``namespace/name`` (uid ``uid``) ended ``phase``; one id per run."""
+    exceptions = summary.get("exceptions") if isinstance(summary, Mapping) else 0
+    data = {
+        "run": f"{namespace}/{name}",
+        "phase": phase,
+        "dryRun": dry_run,
+        "attempt": attempt,
+        "window": None if window is None else {"start": _time(window[0]), "end": _time(window[1])},
+        "startedAt": None if started_at is None else _time(started_at),
+        "completedAt": _time(completed_at),
+        "exceptions": exceptions,
+        "summary": None if summary is None else dict(summary),
+        "reason": reason,
+        "message": None if message is None else free_text(message) or None,
+    }
+    checked = _checked(ReconCompletedData, data)
+    event_id = lifecycle_event_id(RECON_COMPLETED, uid)
+    return _lifecycle(RECON_COMPLETED, namespace, name, checked, completed_at, event_id, headers)
+
+
+def free_text(text: str) -> str:
+    """A message fit for an event: card numbers masked, one line, at most 1024 characters."""
+    if not isinstance(text, str):
+        raise EventError("a message must be a string")
+    return " ".join(pan.mask_pans(text).split())[:MESSAGE_MAX_LENGTH]
+
+
+def _generation(generation: int) -> int:
+    if type(generation) is not int or generation < 0:
+        raise EventError(f"generation must be a non-negative int, got {generation!r}")
+    return generation
+
+
+def _instant(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _key_of(data: _Data) -> str | None:
+    """The object a lifecycle event is about (its partition key), or the card of others."""
+    if isinstance(data, ReconCompletedData):
+        return data.run
+    card = getattr(data, "card", None)
+    return card if isinstance(card, str) else None
+
+
+def _lifecycle(
+    type_: str,
+    namespace: str,
+    name: str,
+    data: _Data,
+    now: datetime.datetime,
+    event_id: uuid.UUID,
+    headers: Mapping[str, str] | None,
+) -> model.OutboxEvent:
+    """The outbox row of a lifecycle event about object ``namespace/name``, keyed by it."""
+    info = CATALOG[type_]
+    key = _key_of(data)
+    if key is None:
+        raise EventError(f"{type_} data names no object")
+    try:
+        event = envelope.build(
+            event_id=event_id,
+            type_=type_,
+            source=info.source,
+            subject_text=envelope.subject(namespace, info.plural, name),
+            time=now,
+            data=data.to_json(),
+            extensions={"partitionkey": key},
+        )
+    except envelope.EnvelopeError as exc:
+        raise EventError(str(exc)) from exc
+    return model.OutboxEvent(event_id, info.topic, key, event, dict(headers or {}))
+
+
 def _time(moment: datetime.datetime) -> str:
     try:
         return envelope.time_text(moment)
@@ -339,9 +748,14 @@ def typed(cloud: envelope.CloudEvent) -> Event:
         raise EventError(f"invalid data of {cloud.type}: {_first_errors(exc)}") from exc
     if isinstance(data, _PostingTerms) and data.journal_id is None:
         raise EventError(f"{cloud.type} on the wire must carry data.journalId")
-    card = getattr(data, "card", None)
-    if card is not None and cloud.extensions.get("partitionkey") != card:
-        raise EventError(f"{cloud.type} must have partitionkey equal to data.card")
+    key = _key_of(data)
+    if key is not None and cloud.extensions.get("partitionkey") != key:
+        field = "run" if isinstance(data, ReconCompletedData) else "card"
+        raise EventError(f"{cloud.type} must have partitionkey equal to data.{field}")
+    if isinstance(data, _CardData | ReconCompletedData) and key is not None:
+        namespace, name = key.split("/", 1)
+        if cloud.subject != f"namespaces/{namespace}/{info.plural}/{name}":
+            raise EventError(f"{cloud.type} must have the subject of {key}")
     return Event(cloud, data)
 
 

@@ -1,8 +1,9 @@
-"""The posting events' wire contract: builders, the JSON Schemas in docs/events/, decoding.
+"""The events' wire contract: builders, the JSON Schemas in docs/events/, decoding.
 
 Every event a builder produces (after the relay fills in the journal id) must validate
 against its JSON Schema, decode back to the same data, and every broken variant must be
 refused by BOTH the schema and the decoder, so the documents and the code cannot drift.
+Posting and compliance events first, then the card lifecycle and reconciliation events.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import referencing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fintech_operator.events import envelope, relay, schema
+from fintech_operator.cards import pan
+from fintech_operator.events import envelope, relay, schema, topics
 from fintech_operator.ledger import model
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
@@ -399,5 +401,463 @@ def test_broken_compliance_alerts_are_refused(changes: dict[str, Any]) -> None:
     """Unknown kinds, negative totals, bad days and extra fields fail schema and decoder."""
     event = compliance_alert(**changes)
     assert not validator(schema.COMPLIANCE_ALERT_RAISED).is_valid(event)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(event).encode())
+
+
+# --- Card lifecycle events -------------------------------------------------------------------
+
+UID = "6a1f1c52-9d7e-4c1b-8f0a-0d3b2c1e4f57"
+TOKEN = "tok_" + "0123456789abcdef" * 2
+
+
+def issued(**changes: Any) -> model.OutboxEvent:
+    """A valid card.issued outbox event; keyword arguments override builder inputs."""
+    args: dict[str, Any] = {
+        "namespace": "shop",
+        "name": "alice-card",
+        "uid": UID,
+        "user_id": "u_alice",
+        "product": "standard",
+        "currency": "USD",
+        "token": TOKEN,
+        "last4": "4242",
+        "state": "Active",
+        "issued_at": NOW,
+    }
+    args.update(changes)
+    return schema.card_issued(**args)
+
+
+def state_changed(**changes: Any) -> model.OutboxEvent:
+    args: dict[str, Any] = {
+        "namespace": "shop",
+        "name": "alice-card",
+        "uid": UID,
+        "generation": 2,
+        "from_phase": "Active",
+        "to_state": "Frozen",
+        "now": NOW,
+    }
+    args.update(changes)
+    return schema.card_state_changed(**args)
+
+
+def rejected(**changes: Any) -> model.OutboxEvent:
+    args: dict[str, Any] = {
+        "namespace": "shop",
+        "name": "alice-card",
+        "uid": UID,
+        "reason": "KycNotAccepted",
+        "message": "KYC status Rejected is not accepted",
+        "now": NOW,
+        "user_id": "u_alice",
+        "product": "standard",
+    }
+    args.update(changes)
+    return schema.card_rejected(**args)
+
+
+def review_requested(**changes: Any) -> model.OutboxEvent:
+    args: dict[str, Any] = {
+        "namespace": "shop",
+        "name": "alice-card",
+        "uid": UID,
+        "generation": 1,
+        "reason": "PossibleMatch",
+        "message": "holder name is close to a listed name (score 9400 bps)",
+        "user_id": "u_alice",
+        "product": "standard",
+        "now": NOW,
+    }
+    args.update(changes)
+    return schema.card_review_requested(**args)
+
+
+def published(event: model.OutboxEvent) -> dict[str, Any]:
+    """What the relay publishes for a lifecycle event (it has no journal)."""
+    message = relay.to_message(
+        1, str(event.event_id), event.topic, event.key, event.payload, event.headers, None, ""
+    )
+    decoded: dict[str, Any] = json.loads(message.value)
+    return decoded
+
+
+CARD_BUILDERS = {
+    schema.CARD_ISSUED: issued,
+    schema.CARD_STATE_CHANGED: state_changed,
+    schema.CARD_REJECTED: rejected,
+    schema.CARD_REVIEW_REQUESTED: review_requested,
+}
+
+
+@pytest.mark.parametrize("type_", list(CARD_BUILDERS))
+def test_card_events_match_their_schema_and_decode_back(type_: str) -> None:
+    """Each card event, as published, validates, decodes to the same data, is about the card
+    and goes to topic `cards` keyed by the card, like the card's posting events."""
+    event = CARD_BUILDERS[type_]()
+    assert (event.topic, event.key) == (topics.CARDS, "shop/alice-card")
+    wire_event = published(event)
+    validator(type_).validate(wire_event)
+    decoded = schema.decode(json.dumps(wire_event).encode())
+    assert decoded.type == type_
+    assert decoded.event_id == event.event_id
+    assert decoded.envelope.subject == "namespaces/shop/cards/alice-card"
+    assert decoded.envelope.source == schema.SOURCE_CARDS
+    assert decoded.envelope.extensions == {"partitionkey": "shop/alice-card"}
+    assert decoded.data.to_json() == wire_event["data"]
+    assert wire_event["time"] == "2026-11-29T10:00:00.123Z"
+
+
+def test_card_issued_carries_token_and_last4_and_no_card_number() -> None:
+    """card.issued has what a consumer needs (token, last 4, product, currency, user, time,
+    account) and no 13-19 digit run anywhere in its bytes (invariant 7)."""
+    event = published(issued(state="Frozen"))
+    assert event["data"] == {
+        "card": "shop/alice-card",
+        "userId": "u_alice",
+        "product": "standard",
+        "currency": "USD",
+        "account": "card:shop/alice-card:USD",
+        "token": TOKEN,
+        "last4": "4242",
+        "state": "Frozen",
+        "issuedAt": "2026-11-29T10:00:00.123Z",
+    }
+    raw = json.dumps(event)
+    assert pan.find_pans(raw) == []
+
+
+def test_lifecycle_event_ids_are_derived_from_uid_and_what_happened() -> None:
+    """A retried handler builds the same id (the outbox keeps one row); another card, another
+    generation's freeze or another type gets another id; closing is once per card."""
+    assert issued().event_id == issued(token="tok_other", issued_at=NOW.replace(year=2027)).event_id
+    assert issued().event_id != issued(uid="another-uid").event_id
+    assert state_changed().event_id == state_changed(now=NOW.replace(hour=11)).event_id
+    assert state_changed().event_id != state_changed(generation=3).event_id
+    assert (
+        state_changed(to_state="Closed", generation=4).event_id
+        == state_changed(to_state="Closed", generation=5, from_phase="Frozen").event_id
+    )
+    assert rejected().event_id == rejected(reason="RiskDeclined").event_id
+    assert review_requested().event_id != review_requested(generation=2).event_id
+    ids = {builder().event_id for builder in CARD_BUILDERS.values()}
+    assert len(ids) == len(CARD_BUILDERS)
+    assert issued().event_id == schema.lifecycle_event_id(schema.CARD_ISSUED, UID)
+
+
+@pytest.mark.parametrize(
+    ("type_", "uid"), [("dev.fintech.card.lost.v1", UID), (schema.CARD_ISSUED, "")]
+)
+def test_lifecycle_event_id_needs_a_known_type_and_a_uid(type_: str, uid: str) -> None:
+    """An id is never derived from an unknown type or an empty uid (it would collide)."""
+    with pytest.raises(schema.EventError):
+        schema.lifecycle_event_id(type_, uid)
+
+
+TRANSITIONS = [
+    (from_, to)
+    for from_ in ("Pending", "PendingReview", "Active", "Frozen")
+    for to in ("Active", "Frozen", "Closed")
+]
+ALLOWED = {
+    ("Active", "Frozen"),
+    ("Frozen", "Active"),
+    ("Active", "Closed"),
+    ("Frozen", "Closed"),
+    ("Pending", "Closed"),
+    ("PendingReview", "Closed"),
+}
+
+
+@pytest.mark.parametrize(("from_", "to"), TRANSITIONS)
+def test_state_changes_allowed_by_builder_exactly_when_by_schema(from_: str, to: str) -> None:
+    """Only an issued card is frozen or unfrozen, any unclosed card can be closed, and a change
+    changes something: the builder, the schema and the decoder agree on every pair."""
+    if (from_, to) in ALLOWED:
+        event = published(state_changed(from_phase=from_, to_state=to))
+        validator(schema.CARD_STATE_CHANGED).validate(event)
+        data = schema.decode(json.dumps(event).encode()).data
+        assert isinstance(data, schema.CardStateChangedData)
+        assert (data.from_, data.to) == (from_, to)
+        return
+    with pytest.raises(schema.EventError):
+        state_changed(from_phase=from_, to_state=to)
+    good = published(state_changed())
+    broken = _set(_set(good, "data.from", from_), "data.to", to)
+    assert not validator(schema.CARD_STATE_CHANGED).is_valid(broken)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(broken).encode())
+
+
+@pytest.mark.parametrize(
+    ("builder", "changes"),
+    [
+        (issued, {"token": "tok_4111111111111111"}),  # a Luhn-valid card number
+        (issued, {"token": "4242"}),
+        (issued, {"last4": "424"}),
+        (issued, {"last4": "42a2"}),
+        (issued, {"currency": "usd"}),
+        (issued, {"state": "Closed"}),
+        (issued, {"user_id": "u alice"}),
+        (issued, {"product": "Standard"}),
+        (issued, {"issued_at": datetime.datetime(2026, 1, 1)}),
+        (issued, {"uid": ""}),
+        (state_changed, {"reason": "not a reason"}),
+        (state_changed, {"to_state": "Rejected"}),
+        (state_changed, {"generation": -1}),
+        (state_changed, {"generation": "2"}),
+        (rejected, {"reason": ""}),
+        (rejected, {"reason": "x" * 129}),
+        (rejected, {"product": "no_underscores"}),
+        (review_requested, {"user_id": None}),
+        (review_requested, {"name": "Alice"}),
+    ],
+)
+def test_card_builders_refuse_bad_inputs(builder: Any, changes: dict[str, Any]) -> None:
+    """A card number as token, bad last 4, codes, states, names, times or reasons never build."""
+    with pytest.raises(schema.EventError):
+        builder(**changes)
+
+
+def test_free_text_is_masked_and_bounded() -> None:
+    """A message never carries a card number out (a holder name could hold one), and is one
+    line of at most 1024 characters; an empty message falls back to the reason."""
+    event = rejected(message="holder 4111 1111 1111 1111\nrefused " + "x" * 2000)
+    message = event.payload["data"]["message"]
+    assert message.startswith("holder ************1111 refused x")
+    assert len(message) == 1024
+    assert pan.find_pans(json.dumps(event.payload)) == []
+    assert rejected(message="  ").payload["data"]["message"] == "KycNotAccepted"
+    spec_invalid = rejected(user_id=None, product=None, reason="InvalidSpec").payload["data"]
+    assert "userId" not in spec_invalid
+    assert "product" not in spec_invalid
+
+
+CARD_BROKEN = [
+    ("type", "dev.fintech.card.issued.v2"),
+    ("source", "/fintech-operator/ledger"),
+    ("subject", "namespaces/shop/postings/alice-card"),
+    ("partitionkey", _DELETE),
+    ("data.card", _DELETE),
+    ("data.card", "shop"),
+    ("data.surprise", 1),
+]
+CARD_BROKEN_BY_TYPE = [
+    (schema.CARD_ISSUED, "data.token", _DELETE),
+    (schema.CARD_ISSUED, "data.token", "4111111111111111"),
+    (schema.CARD_ISSUED, "data.last4", 4242),
+    (schema.CARD_ISSUED, "data.state", "Closed"),
+    (schema.CARD_ISSUED, "data.issuedAt", "now"),
+    (schema.CARD_ISSUED, "data.account", "system:network_settlement:USD"),
+    (schema.CARD_ISSUED, "data.pan", "4111111111111111"),
+    (schema.CARD_STATE_CHANGED, "data.from", _DELETE),
+    (schema.CARD_STATE_CHANGED, "data.to", "Rejected"),
+    (schema.CARD_STATE_CHANGED, "data.reason", "two words"),
+    (schema.CARD_REJECTED, "data.reason", _DELETE),
+    (schema.CARD_REJECTED, "data.message", ""),
+    (schema.CARD_REJECTED, "data.message", "x" * 1025),
+    (schema.CARD_REVIEW_REQUESTED, "data.userId", _DELETE),
+    (schema.CARD_REVIEW_REQUESTED, "data.product", 7),
+]
+CARD_CASES = [(t, p, v) for t in CARD_BUILDERS for p, v in CARD_BROKEN] + CARD_BROKEN_BY_TYPE
+
+
+@pytest.mark.parametrize(
+    ("type_", "path", "value"),
+    CARD_CASES,
+    ids=[f"{t.split('.')[3]}:{p}={v!r}"[:60] for t, p, v in CARD_CASES],
+)
+def test_broken_card_events_are_refused_by_schema_and_decoder(
+    type_: str, path: str, value: Any
+) -> None:
+    """Each broken card event fails its JSON Schema AND the decoder (consumers dead-letter it)."""
+    event = _set(published(CARD_BUILDERS[type_]()), path, value)
+    assert not validator(type_).is_valid(event)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(event).encode())
+
+
+# Only the decoder can compare fields: the account is the card's, the subject names the card,
+# the partition key is the card, a window starts before it ends, exceptions add up.
+DECODER_ONLY_LIFECYCLE = [
+    (schema.CARD_ISSUED, "data.account", "card:shop/bob-card:USD"),
+    (schema.CARD_ISSUED, "data.account", "card:shop/alice-card:EUR"),
+    (schema.CARD_ISSUED, "subject", "namespaces/shop/cards/bob-card"),
+    (schema.CARD_STATE_CHANGED, "partitionkey", "shop/bob-card"),
+    (schema.CARD_REJECTED, "subject", "namespaces/other/cards/alice-card"),
+]
+
+
+@pytest.mark.parametrize(("type_", "path", "value"), DECODER_ONLY_LIFECYCLE)
+def test_what_json_schema_cannot_compare_is_refused_by_the_decoder(
+    type_: str, path: str, value: Any
+) -> None:
+    """Another card's account, subject or key passes the schema but not the decoder."""
+    event = _set(published(CARD_BUILDERS[type_]()), path, value)
+    assert validator(type_).is_valid(event)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(event).encode())
+
+
+# --- Reconciliation events -------------------------------------------------------------------
+
+SUMMARY = {
+    "recordsRead": 3,
+    "ledgerReferences": 2,
+    "matched": 2,
+    "matchedWithinTolerance": 0,
+    "partialCaptures": 0,
+    "amountMismatches": 0,
+    "currencyMismatches": 0,
+    "timeMismatches": 0,
+    "missingInLedger": 1,
+    "missingInSource": 0,
+    "duplicates": 0,
+    "exceptions": 1,
+    "checks": {
+        "settlement": {"result": "Failed", "exceptions": 1},
+        "trialBalance": {"result": "Passed", "exceptions": 0},
+    },
+}
+
+
+def recon_completed(**changes: Any) -> model.OutboxEvent:
+    """A valid recon.completed event of a Succeeded run; keywords override builder inputs."""
+    args: dict[str, Any] = {
+        "namespace": "finance",
+        "name": "settlement-2025-01",
+        "uid": UID,
+        "phase": "Succeeded",
+        "dry_run": False,
+        "attempt": 1,
+        "window": (NOW - datetime.timedelta(days=1), NOW),
+        "started_at": NOW - datetime.timedelta(seconds=5),
+        "completed_at": NOW,
+        "summary": SUMMARY,
+    }
+    args.update(changes)
+    return schema.recon_completed(**args)
+
+
+def recon_failed(**changes: Any) -> model.OutboxEvent:
+    args: dict[str, Any] = {
+        "phase": "Failed",
+        "summary": None,
+        "reason": "SourceNotFound",
+        "message": "ConfigMap finance/nowhere does not exist",
+    }
+    args.update(changes)
+    return recon_completed(**args)
+
+
+@pytest.mark.parametrize("builder", [recon_completed, recon_failed])
+def test_recon_completed_matches_its_schema_and_decodes_back(builder: Any) -> None:
+    """A Succeeded and a Failed run's event validate, decode to the same data, and go to topic
+    `recon` keyed by the run, about the run."""
+    event = builder()
+    assert (event.topic, event.key) == (topics.RECON, "finance/settlement-2025-01")
+    wire_event = published(event)
+    validator(schema.RECON_COMPLETED).validate(wire_event)
+    decoded = schema.decode(json.dumps(wire_event).encode())
+    assert decoded.envelope.subject == "namespaces/finance/reconciliationruns/settlement-2025-01"
+    assert decoded.envelope.extensions == {"partitionkey": "finance/settlement-2025-01"}
+    assert decoded.data.to_json() == wire_event["data"]
+    data = decoded.data
+    assert isinstance(data, schema.ReconCompletedData)
+    assert data.exceptions == (1 if data.phase == "Succeeded" else 0)
+    assert data.window is not None
+    assert (data.window.start, data.window.end) == (
+        "2026-11-28T10:00:00.123Z",
+        "2026-11-29T10:00:00.123Z",
+    )
+    assert event.event_id == recon_completed(completed_at=NOW.replace(hour=12)).event_id
+
+
+def test_recon_event_of_a_run_that_never_started_has_no_attempt_or_window() -> None:
+    """An invalid spec fails before any attempt: the event says only what is known."""
+    data = published(recon_failed(attempt=None, window=None, started_at=None, reason="InvalidSpec"))
+    validator(schema.RECON_COMPLETED).validate(data)
+    assert set(data["data"]) == {
+        "run",
+        "phase",
+        "dryRun",
+        "completedAt",
+        "exceptions",
+        "reason",
+        "message",
+    }
+
+
+@pytest.mark.parametrize(
+    ("builder", "changes"),
+    [
+        (recon_completed, {"summary": None}),
+        (recon_completed, {"reason": "SourceNotFound"}),
+        (recon_completed, {"summary": {**SUMMARY, "matched": -1}}),
+        (recon_completed, {"summary": {**SUMMARY, "matched": 2.0}}),
+        (recon_completed, {"summary": {**SUMMARY, "checks": {"ledger": {}}}}),
+        (recon_completed, {"phase": "Running"}),
+        (recon_completed, {"attempt": 0}),
+        (recon_completed, {"window": (NOW, NOW)}),
+        (recon_completed, {"dry_run": "false"}),
+        (recon_failed, {"reason": None}),
+        (recon_failed, {"summary": SUMMARY}),
+        (recon_completed, {"name": "Settlement"}),
+    ],
+)
+def test_recon_builder_refuses_bad_inputs(builder: Any, changes: dict[str, Any]) -> None:
+    """A Succeeded run without a summary, a Failed one without a reason, negative or float
+    counts, unknown checks, phases or an empty window never build."""
+    with pytest.raises(schema.EventError):
+        builder(**changes)
+
+
+RECON_BROKEN = [
+    ("data.run", _DELETE),
+    ("data.summary", _DELETE),
+    ("data.summary.recordsRead", -1),
+    ("data.summary.checks.settlement.result", "Maybe"),
+    ("data.reason", "SourceNotFound"),
+    ("data.phase", "Running"),
+    ("data.exceptions", "1"),
+    ("data.window.end", _DELETE),
+    ("data.dryRun", _DELETE),
+    ("subject", "namespaces/finance/cards/settlement-2025-01"),
+    ("source", "/fintech-operator/cards"),
+]
+RECON_FAILED_BROKEN = [
+    ("data.reason", _DELETE),
+    ("data.exceptions", 3),
+    ("data.summary", SUMMARY),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), RECON_BROKEN + RECON_FAILED_BROKEN)
+def test_broken_recon_events_are_refused_by_schema_and_decoder(path: str, value: Any) -> None:
+    """Each broken recon.completed fails the JSON Schema AND the decoder."""
+    builder = recon_failed if (path, value) in RECON_FAILED_BROKEN else recon_completed
+    event = _set(published(builder()), path, value)
+    assert not validator(schema.RECON_COMPLETED).is_valid(event)
+    with pytest.raises(schema.EventError):
+        schema.decode(json.dumps(event).encode())
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("data.exceptions", 2),
+        ("data.window.start", "2026-11-29T10:00:00.123Z"),
+        ("partitionkey", "finance/other-run"),
+        ("subject", "namespaces/finance/reconciliationruns/other-run"),
+    ],
+)
+def test_recon_rules_json_schema_cannot_compare_are_refused_by_the_decoder(
+    path: str, value: Any
+) -> None:
+    """Exceptions that disagree with the summary, an empty window, or another run's key or
+    subject pass the schema but not the decoder."""
+    event = _set(published(recon_completed()), path, value)
+    assert validator(schema.RECON_COMPLETED).is_valid(event)
     with pytest.raises(schema.EventError):
         schema.decode(json.dumps(event).encode())
