@@ -5,10 +5,18 @@ The lifecycle and what decides each step are in :mod:`fintech_operator.cards.lif
 and generation before anything acts on it, and a replay finds the recorded decision, so a
 restarted operator never decides a card twice; issuance (account, fee) is idempotent by key;
 a card whose status has a decided phase is never issued again.
+
+Events (topic ``cards``, see docs/events): each decision writes its event in the transaction
+that records it: ``card.issued`` with the ledger account, ``card.rejected`` and
+``card.review_requested`` with the assessment (or on their own when no record is written),
+``card.state_changed`` to Closed with the account's closing, a freeze or unfreeze on its own.
+Event ids are derived from the card's uid and what happened, so a retried handler never
+writes one twice; the status is patched only after the event is committed.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Final
 
 import kopf
@@ -17,12 +25,15 @@ import pydantic
 
 from fintech_operator import api, config
 from fintech_operator.cards import lifecycle, tokenizer
+from fintech_operator.cards import store as card_store
 from fintech_operator.compliance import lists, rules
 from fintech_operator.compliance import model as compliance_model
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.compliance import store as compliance_store
+from fintech_operator.events import schema
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model
+from fintech_operator.observability import tracing
 from fintech_operator.rewards import store
 from fintech_operator.risk import engine as risk_engine
 from fintech_operator.risk import model as risk_model
@@ -61,6 +72,57 @@ def _refresh_interval_seconds() -> float:
 
 def _generation(body: kopf.Body) -> int:
     return int(body.metadata.get("generation") or 0)
+
+
+def _uid(body: kopf.Body) -> str:
+    return str(body.metadata.uid)
+
+
+def _event_time() -> datetime.datetime:
+    """When an event happens: now, to the millisecond (the event's ``time``)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def _write_events(memo: kopf.Memo, *events: Any) -> None:
+    """Events of a decision that has no record of its own, in one transaction, each once."""
+    async with memo.pool.connection() as conn:
+        await engine.write_events(conn, events)
+
+
+def _rejected_event(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    reason: str,
+    message: str,
+    card: api.CardSpec | None,
+) -> model.OutboxEvent:
+    return schema.card_rejected(
+        namespace=namespace,
+        name=name,
+        uid=_uid(body),
+        reason=reason,
+        message=message,
+        now=_event_time(),
+        user_id=None if card is None else card.user_id,
+        product=None if card is None else card.product,
+        headers=tracing.context_headers(),
+    )
+
+
+async def _reject(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    reason: str,
+    message: str,
+    card: api.CardSpec | None,
+) -> None:
+    """A final refusal of issuance: its ``card.rejected`` event first, then the status."""
+    await _write_events(memo, _rejected_event(body, namespace, name, reason, message, card))
+    report.reject(body, patch, reason, message)
 
 
 # --- Indexes --------------------------------------------------------------------------------------
@@ -129,20 +191,17 @@ async def issue(
     try:
         card = api.CardSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        message = api.format_validation_error(exc)
+        await _reject(body, patch, memo, namespace, name, "InvalidSpec", message, None)
         return
     if card.state is api.CardState.CLOSED:
-        _closed_unissued(body, patch)
+        await _closed_unissued(body, patch, memo, namespace, name)
         return
     limit = memo.settings.missing_card_retry_limit
     product = _product_or_retry(kwargs["cardproducts"], namespace, card.product, retry, limit)
     if product is None:
-        report.reject(
-            body,
-            patch,
-            "ProductNotFound",
-            f"card product {card.product!r} does not exist in {namespace}",
-        )
+        message = f"card product {card.product!r} does not exist in {namespace}"
+        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
         return
     await _assess(body, patch, memo, namespace, name, card, product, retry, kwargs)
 
@@ -201,12 +260,17 @@ async def _assess(
             )
             for check in checks
         ]
+        # The verdict follows from the RECORDED decisions (a replay's are the first run's),
+        # so its event commits with them and a retry writes the same one.
+        verdict = lifecycle.verdict(risk_row.decision, [row.check for row in stored])
+        decided = _verdict_event(body, namespace, name, card, verdict)
+        if decided is not None:
+            await engine.write_events(conn, [decided])
     now = report.now()
     recorded = [(row.id, row.check) for row in stored]
     patch.status["risk"] = lifecycle.risk_status(risk_row.decision, risk_row.id, now)
     patch.status["compliance"] = lifecycle.compliance_status(cpolicy.ref, recorded, now)
     conditions = _assessment_conditions(body, risk_row.decision, [c for _, c in recorded])
-    verdict = lifecycle.verdict(risk_row.decision, [check for _, check in recorded])
     normal_event(body, reason="RiskAssessed", message=risk_row.decision.summary()[:1024])
     if verdict.phase == "Rejected":
         report.reject(body, patch, verdict.reason, verdict.message)
@@ -215,6 +279,32 @@ async def _assess(
         _hold_for_review(body, patch, verdict, conditions)
     else:
         await _open(body, patch, memo, namespace, name, card, product, conditions)
+
+
+def _verdict_event(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    card: api.CardSpec,
+    verdict: lifecycle.Verdict,
+) -> model.OutboxEvent | None:
+    """The event of an assessment's verdict; issuance writes its own with the account."""
+    if verdict.phase == "Rejected":
+        return _rejected_event(body, namespace, name, verdict.reason, verdict.message, card)
+    if verdict.phase == "PendingReview":
+        return schema.card_review_requested(
+            namespace=namespace,
+            name=name,
+            uid=_uid(body),
+            generation=_generation(body),
+            reason=verdict.reason,
+            message=verdict.message,
+            user_id=card.user_id,
+            product=card.product,
+            now=_event_time(),
+            headers=tracing.context_headers(),
+        )
+    return None
 
 
 async def _screen(
@@ -284,10 +374,25 @@ def _hold_for_review(
     kopf.warn(body, reason="PendingReview", message=why[:1024])
 
 
-def _closed_unissued(body: kopf.Body, patch: kopf.Patch) -> None:
+async def _closed_unissued(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, name: str
+) -> None:
     """spec.state Closed before the card was ever issued: nothing to open or close."""
     generation = _generation(body)
     message = "closed before it was issued; no ledger account was opened"
+    phase = body.status.get("phase")
+    event = schema.card_state_changed(
+        namespace=namespace,
+        name=name,
+        uid=_uid(body),
+        generation=generation,
+        from_phase="PendingReview" if phase == "PendingReview" else "Pending",
+        to_state="Closed",
+        reason="ClosedBeforeIssue",
+        now=_event_time(),
+        headers=tracing.context_headers(),
+    )
+    await _write_events(memo, event)
     patch.status["phase"] = "Closed"
     patch.status["reason"] = "ClosedBeforeIssue"
     patch.status["message"] = message
@@ -308,18 +413,39 @@ async def _open(
     product: api.CardProductSpec,
     conditions: list[dict[str, Any]],
 ) -> None:
-    """Open the card's ledger account, charge the issuance fee, and report it issued."""
+    """Open the card's ledger account with its ``card.issued`` event, charge the issuance fee,
+    and report it issued with the token the event carries."""
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
-    issued = await _TOKENIZER.issue(f"{namespace}/{name}")
+    state = "Frozen" if card.state is api.CardState.FROZEN else "Active"
+    issued = await _issuance(memo, body, namespace, name)
+    event = schema.card_issued(
+        namespace=namespace,
+        name=name,
+        uid=_uid(body),
+        user_id=card.user_id,
+        product=card.product,
+        currency=currency,
+        token=issued.token.token,
+        last4=issued.token.last4,
+        state=state,
+        issued_at=issued.issued_at,
+        headers=tracing.context_headers(),
+    )
     async with memo.pool.connection() as conn:
         await engine.open_card_account(
             conn,
             namespace,
             name,
             currency,
-            metadata={"card": f"{namespace}/{name}", "uid": str(body.metadata.uid)},
+            metadata={"card": f"{namespace}/{name}", "uid": _uid(body)},
+            events=[event],
         )
+        # What committed is what the status shows (house rule 6): the event's token.
+        stored = await card_store.issued(conn, event.event_id)
+    if stored is None:
+        raise kopf.TemporaryError("card.issued event not found after it was written", delay=2)
+    issued = stored
     if product.issuance_fee is not None and product.issuance_fee.amount_minor > 0:
         await _post_issuance_fee(memo, body, code, product.issuance_fee.amount_minor, currency)
     generation = _generation(body)
@@ -331,25 +457,41 @@ async def _open(
         api.READY,
         True,
         "Issued",
-        f"issued, last 4 {issued.last4}",
+        f"issued, last 4 {issued.token.last4}",
         generation,
     )
     patch.status.update(
         {
-            "phase": "Frozen" if card.state is api.CardState.FROZEN else "Active",
-            "token": issued.token,
-            "last4": issued.last4,
+            "phase": state,
+            "token": issued.token.token,
+            "last4": issued.token.last4,
             "account": code,
             "balance": {"amount": 0, "currency": currency},
             "rewardsPoints": 0,
-            "issuedAt": report.timestamp(),
+            "issuedAt": api.format_timestamp(issued.issued_at),
             "reason": None,
             "message": None,
             "conditions": conditions,
             "observedGeneration": generation,
         }
     )
-    normal_event(body, reason="Issued", message=f"card issued on {code}, last 4 {issued.last4}")
+    normal_event(
+        body, reason="Issued", message=f"card issued on {code}, last 4 {issued.token.last4}"
+    )
+
+
+async def _issuance(
+    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str
+) -> card_store.Issued:
+    """The card's token: the one its committed ``card.issued`` event carries when a previous
+    attempt got that far (a retry must not issue a second card), else a new one."""
+    event_id = schema.lifecycle_event_id(schema.CARD_ISSUED, _uid(body))
+    async with memo.pool.connection() as conn:
+        earlier = await card_store.issued(conn, event_id)
+    if earlier is not None:
+        return earlier
+    token = await _TOKENIZER.issue(f"{namespace}/{name}")
+    return card_store.Issued(token=token, issued_at=_event_time())
 
 
 async def _post_issuance_fee(
@@ -395,7 +537,8 @@ async def holder_changed(
     card = api.CardSpec.model_validate(dict(spec))
     product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
     if product is None:
-        report.reject(body, patch, "ProductNotFound", f"card product {card.product!r} is gone")
+        message = f"card product {card.product!r} is gone"
+        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
         return
     parsed = api.CardProductSpec.model_validate(product)
     await _assess(body, patch, memo, namespace, name, card, parsed, kwargs["retry"], kwargs)
@@ -433,14 +576,15 @@ async def apply_review(
         )
     )
     who = f"{review.decision} by {review.reviewer} (CardReview {review.review}): {review.comment}"
+    card = api.CardSpec.model_validate(dict(spec))
     if review.decision != api.ReviewDecision.APPROVE.value:
-        report.reject(body, patch, "ReviewRejected", who)
+        await _reject(body, patch, memo, namespace, name, "ReviewRejected", who, card)
         return
     normal_event(body, reason="ReviewApproved", message=who[:1024])
-    card = api.CardSpec.model_validate(dict(spec))
     product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
     if product is None:
-        report.reject(body, patch, "ProductNotFound", f"card product {card.product!r} is gone")
+        message = f"card product {card.product!r} is gone"
+        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
         return
     conditions = report.condition(
         body.status, "ComplianceCleared", True, "ReviewApproved", who, _generation(body)
@@ -462,7 +606,14 @@ async def apply_review(
 
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state")
 async def state_changed(
-    body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    old: Any,
+    new: Any,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """Freeze, unfreeze or close a card when ``spec.state`` changes (creation is issue's job)."""
     if old is None:
@@ -470,6 +621,21 @@ async def state_changed(
     phase = body.status.get("phase")
     generation = _generation(body)
     if phase in ISSUED_PHASES and new in ("Active", "Frozen") and new != phase:
+        # No ledger write to join: the event is its own transaction, committed before the
+        # status says so; its id is per generation, so a retry writes it once.
+        await _write_events(
+            memo,
+            schema.card_state_changed(
+                namespace=report.namespace_of(namespace),
+                name=name,
+                uid=_uid(body),
+                generation=generation,
+                from_phase=str(phase),
+                to_state=str(new),
+                now=_event_time(),
+                headers=tracing.context_headers(),
+            ),
+        )
         patch.status["phase"] = new
         patch.status["observedGeneration"] = generation
         patch.status["conditions"] = report.condition(
@@ -481,7 +647,22 @@ async def state_changed(
     elif new == "Closed" and phase in ISSUED_PHASES:
         await _close(body, patch, memo, announce=True)
     elif new == "Closed" and phase == "PendingReview":
-        _closed_unissued(body, patch)
+        await _closed_unissued(body, patch, memo, report.namespace_of(namespace), name)
+
+
+def _closed_event(body: kopf.Body, reason: str | None = None) -> model.OutboxEvent:
+    """``card.state_changed`` to Closed, written with the account's closing."""
+    return schema.card_state_changed(
+        namespace=str(body.metadata.namespace),
+        name=str(body.metadata.name),
+        uid=_uid(body),
+        generation=_generation(body),
+        from_phase=str(body.status.get("phase")),
+        to_state="Closed",
+        reason=reason,
+        now=_event_time(),
+        headers=tracing.context_headers(),
+    )
 
 
 async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:
@@ -493,7 +674,7 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announc
     code = str(body.status.get("account"))
     async with memo.pool.connection() as conn:
         try:
-            await engine.close_account(conn, code)
+            await engine.close_account(conn, code, events=[_closed_event(body)])
         except model.AccountNotEmpty as exc:
             why = (
                 f"closing waits: {exc.message}; post a Payment (or Refund) that brings the "
@@ -599,11 +780,14 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
     times, then the finalizer is released with a warning.
     """
     code = body.status.get("account")
-    if not code or body.status.get("phase") == "Closed":
+    phase = body.status.get("phase")
+    if not code or phase == "Closed":
         return
+    # Deleting an issued card closes it: the same card.state_changed as a close, once.
+    closed = [_closed_event(body, "CardDeleted")] if phase in ISSUED_PHASES else []
     try:
         async with memo.pool.connection() as conn:
-            await engine.close_account(conn, str(code))
+            await engine.close_account(conn, str(code), events=closed)
     except model.AccountNotEmpty as exc:
         kopf.warn(
             body,

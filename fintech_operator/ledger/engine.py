@@ -121,15 +121,19 @@ async def open_account(
     normal_balance: model.Direction,
     *,
     metadata: Mapping[str, object] | None = None,
+    events: Sequence[model.OutboxEvent] = (),
 ) -> model.Account:
     """Open an account, or return it if it exists with the same currency, kind and normal balance.
 
     An existing account keeps its first metadata and its status (a closed account stays closed).
+    ``events`` are written in the same transaction, each at most once (see :func:`write_events`),
+    so an event announcing the account commits exactly when the account does.
     """
     kind = model.as_enum(model.AccountKind, kind, "kind")
     normal = model.as_enum(model.Direction, normal_balance, "normal_balance")
     model.check_account_code(code, kind, model.check_currency(currency))
     data = model.check_json_object({} if metadata is None else metadata, "account metadata")
+    checked_events = _checked_events(events)
     async with _transaction(conn) as cur:
         await cur.execute(
             "INSERT INTO accounts (code, kind, normal_balance, currency, metadata)"
@@ -137,11 +141,12 @@ async def open_account(
             (code, kind.value, normal.value, currency, Jsonb(dict(data))),
         )
         account = await _account(cur, code)
-    if (account.currency, account.kind, account.normal_balance) != (currency, kind, normal):
-        raise model.AccountConflict(
-            f"account {code} exists as {account.kind} {account.normal_balance}-normal"
-            f" {account.currency}"
-        )
+        if (account.currency, account.kind, account.normal_balance) != (currency, kind, normal):
+            raise model.AccountConflict(
+                f"account {code} exists as {account.kind} {account.normal_balance}-normal"
+                f" {account.currency}"
+            )
+        await _insert_lifecycle_events(cur, checked_events)
     return account
 
 
@@ -151,11 +156,21 @@ async def open_card_account(
     card: str,
     currency: str,
     metadata: Mapping[str, object] | None = None,
+    events: Sequence[model.OutboxEvent] = (),
 ) -> model.Account:
-    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``."""
+    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``.
+
+    ``events`` (the card's ``card.issued``) commit with the account, each at most once.
+    """
     code = model.card_account_code(namespace, card, currency)
     return await open_account(
-        conn, code, currency, model.AccountKind.CARD, model.CARD_NORMAL_BALANCE, metadata=metadata
+        conn,
+        code,
+        currency,
+        model.AccountKind.CARD,
+        model.CARD_NORMAL_BALANCE,
+        metadata=metadata,
+        events=events,
     )
 
 
@@ -173,8 +188,15 @@ async def ensure_system_accounts(conn: AsyncConnection[Any], currency: str) -> l
     ]
 
 
-async def close_account(conn: AsyncConnection[Any], code: str) -> model.Account:
-    """Close a card account whose balance is zero; closing is final and idempotent."""
+async def close_account(
+    conn: AsyncConnection[Any], code: str, *, events: Sequence[model.OutboxEvent] = ()
+) -> model.Account:
+    """Close a card account whose balance is zero; closing is final and idempotent.
+
+    ``events`` are written in the closing transaction, each at most once, and only when this
+    call closes the account: an account found closed already had its events committed.
+    """
+    checked_events = _checked_events(events)
     async with _transaction(conn) as cur:
         await cur.execute("SELECT id FROM accounts WHERE code = %s FOR NO KEY UPDATE", (code,))
         if await cur.fetchone() is None:
@@ -190,7 +212,19 @@ async def close_account(conn: AsyncConnection[Any], code: str) -> model.Account:
         await cur.execute(
             "UPDATE accounts SET status = 'closed', closed_at = now() WHERE id = %s", (account.id,)
         )
+        await _insert_lifecycle_events(cur, checked_events)
         return await _account(cur, code)
+
+
+async def write_events(conn: AsyncConnection[Any], events: Sequence[model.OutboxEvent]) -> int:
+    """Write events no journal carries (card lifecycle), in the caller's transaction if any.
+
+    Their ids are derived from what happened, so a retried handler writes the same id again:
+    an id already in the outbox is a replay and is skipped. Returns how many rows were new.
+    """
+    checked = _checked_events(events)
+    async with _transaction(conn) as cur:
+        return await _insert_lifecycle_events(cur, checked)
 
 
 async def account(conn: AsyncConnection[Any], code: str) -> model.Account:
@@ -597,6 +631,19 @@ async def _insert_outbox(cur: Cursor, journal_id: int, events: Sequence[model.Ou
         ) from exc
 
 
+async def _insert_lifecycle_events(cur: Cursor, events: Sequence[model.OutboxEvent]) -> int:
+    """Insert events without a journal; an event id already in the outbox is a replay."""
+    inserted = 0
+    for e in events:
+        await cur.execute(
+            "INSERT INTO outbox (event_id, topic, key, payload, headers)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+            (e.event_id, e.topic, e.key, Jsonb(dict(e.payload)), Jsonb(dict(e.headers))),
+        )
+        inserted += max(cur.rowcount, 0)
+    return inserted
+
+
 def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journal:
     """House rule 6: what the database holds is exactly what we meant to write."""
     if journal is None:
@@ -855,4 +902,5 @@ __all__ = [
     "post",
     "reverse",
     "trial_balance",
+    "write_events",
 ]

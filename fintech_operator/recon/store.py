@@ -15,6 +15,11 @@ parsing or on a long query. The steps:
    of it commits or none of it does: an interrupted run is never half reported.
 3. A source that cannot be read (:class:`model.SourceError`) rolls that transaction back and
    marks the run failed, with the reason, in a transaction of its own.
+
+The transaction that records the final state (2 or 3) also writes the run's
+``dev.fintech.recon.completed.v1`` event to the outbox, so the event exists exactly when the
+result does. Its id is derived from the run's uid and the insert skips an id already there,
+so no retry or restart can write a second one (a finished row is never worked on again).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from psycopg import errors, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
+from fintech_operator.events import schema
+from fintech_operator.ledger import model as ledger_model
 from fintech_operator.recon import model
 from fintech_operator.rewards import points
 
@@ -175,10 +182,10 @@ def execute(
             with conn.transaction():
                 _lock(conn, claimed, limits)
                 summary = _reconcile(conn, claimed.run_id, plan, records, stop)
-                return _succeed(conn, claimed.run_id, summary)
+                return _succeed(conn, key, plan, claimed.run_id, summary)
         except model.SourceError as exc:
             conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-            return _fail(conn, claimed.run_id, exc.reason, exc.message)
+            return _fail(conn, key, plan, claimed.run_id, exc.reason, exc.message)
 
 
 def _lock(conn: Connection, claimed: RunState, limits: Limits) -> None:
@@ -202,25 +209,73 @@ def _lock(conn: Connection, claimed: RunState, limits: Limits) -> None:
         raise Busy(f"run {claimed.run_id} moved on to {row} since attempt {claimed.attempt}")
 
 
-def _succeed(conn: Connection, run_id: int, summary: model.Summary) -> RunState:
+def _succeed(
+    conn: Connection, key: RunKey, plan: model.Plan, run_id: int, summary: model.Summary
+) -> RunState:
     row = conn.execute(
         f"UPDATE recon_runs SET state = 'succeeded', summary = %s, completed_at = now()"
         f" WHERE id = %s RETURNING {_ROW}",
         (Jsonb(summary.to_api()), run_id),
     ).fetchone()
-    return _state(row)
+    final = _state(row)
+    write_event(conn, completed_event(key, plan, final))
+    return final
 
 
-def _fail(conn: Connection, run_id: int, reason: str, message: str) -> RunState:
+def _fail(
+    conn: Connection, key: RunKey, plan: model.Plan, run_id: int, reason: str, message: str
+) -> RunState:
     with conn.transaction():
         row = conn.execute(
             f"UPDATE recon_runs SET state = 'failed', reason = %s, message = %s,"
             f" completed_at = now() WHERE id = %s AND state = 'running' RETURNING {_ROW}",
             (reason[:128], message[:4096], run_id),
         ).fetchone()
-        if row is None:
+        if row is None:  # Finished by someone else, who wrote its event with it.
             row = conn.execute(f"SELECT {_ROW} FROM recon_runs WHERE id = %s", (run_id,)).fetchone()
-    return _state(row)
+            return _state(row)
+        final = _state(row)
+        write_event(conn, completed_event(key, plan, final))
+    return final
+
+
+def completed_event(
+    key: RunKey, plan: model.Plan | None, final: RunState
+) -> ledger_model.OutboxEvent:
+    """The ``recon.completed`` event of a run's final row (pure)."""
+    if final.completed_at is None or final.state not in ("succeeded", "failed"):
+        raise ValueError(f"run {key.namespace}/{key.name} is {final.state}, not finished")
+    window = None if plan is None or plan.window is None else plan.window
+    return schema.recon_completed(
+        namespace=key.namespace,
+        name=key.name,
+        uid=key.uid,
+        phase="Succeeded" if final.state == "succeeded" else "Failed",
+        dry_run=False if plan is None else plan.dry_run,
+        attempt=final.attempt,
+        window=None if window is None else (window.start, window.end),
+        started_at=final.started_at,
+        completed_at=final.completed_at,
+        summary=None if final.summary is None else dict(final.summary),
+        reason=final.reason,
+        message=final.message,
+    )
+
+
+def write_event(conn: Connection, event: ledger_model.OutboxEvent) -> bool:
+    """Insert an event in the caller's transaction; False when its id was already written."""
+    cur = conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, headers)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+        (
+            event.event_id,
+            event.topic,
+            event.key,
+            Jsonb(dict(event.payload)),
+            Jsonb(dict(event.headers)),
+        ),
+    )
+    return cur.rowcount == 1
 
 
 # --- The work, inside the run's transaction ---------------------------------------------------

@@ -4,15 +4,25 @@ One operator serves the module; each test works in its own namespace with a few 
 issuance with risk and compliance (approve, review, reject through each kind of rule), manual
 review with CardReview, freeze and unfreeze, a close refused while the balance is not zero and
 completed once it is paid, CEL refusing a reopening, deletion with the finalizer, the product
-that waits for its cards, policy status, and finally the PAN scan of everything.
+that waits for its cards, policy status, and finally the PAN scan of everything. Each lifecycle
+test also reads the card's events back from the real Kafka ``cards`` topic (in order, each
+valid against its JSON Schema, no card number), and a Webhook receives them via the notifier.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import http.server
 import json
 import re
+import secrets
 import subprocess
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +30,19 @@ import psycopg
 import pytest
 import yaml
 
+from fintech_operator import api
 from fintech_operator.cards import pan
+from fintech_operator.events import schema
 from tests.conftest import Kubectl, OperatorProcesses, wait_for
+from tests.e2e.lifecycle_events import wait_events
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT_SECONDS = 90.0
+ISSUED = schema.CARD_ISSUED
+CHANGED = schema.CARD_STATE_CHANGED
+REJECTED = schema.CARD_REJECTED
+REVIEW = schema.CARD_REVIEW_REQUESTED
 
 
 # --- Helpers --------------------------------------------------------------------------------------
@@ -165,6 +182,21 @@ def db_rows(operator_env: dict[str, str], sql: str, *args: Any) -> list[tuple[An
         return conn.execute(sql, args).fetchall()
 
 
+def card_events(env: dict[str, str], ns: str, name: str, *types: str) -> list[dict[str, Any]]:
+    """The card's events on Kafka `cards`, checked, once there are as many as ``types``."""
+    return wait_events(env, "cards", f"{ns}/{name}", list(types))
+
+
+def outbox_types(env: dict[str, str], ns: str, name: str) -> list[str]:
+    """The card's rows in the outbox: each event is written once, whatever was retried."""
+    rows = db_rows(
+        env,
+        "SELECT payload->>'type' FROM outbox WHERE topic = 'cards' AND key = %s ORDER BY id",
+        f"{ns}/{name}",
+    )
+    return [row[0] for row in rows]
+
+
 # --- Issuance, freeze, close ----------------------------------------------------------------------
 
 
@@ -179,6 +211,7 @@ def test_issue_freeze_close_refused_then_paid_and_closed(
     apply(kubectl, ns, product(fee=500), card("c1"))
     status = wait_status(kubectl, procs, ns, "card", "c1", "issued", phase_in("Active", "Rejected"))
     assert status["phase"] == "Active", status
+    issued_status = status
     assert status["token"].startswith("tok_")
     assert re.fullmatch(r"\d{4}", status["last4"])
     assert status["risk"]["decision"] == "Approve"
@@ -265,6 +298,33 @@ def test_issue_freeze_close_refused_then_paid_and_closed(
     assert reopen.returncode != 0
     assert "Closed is final" in reopen.stderr
 
+    # Kafka `cards`: issued, frozen, unfrozen, closed, in that order under the card's key; the
+    # refused close wrote nothing, and no retry wrote anything twice.
+    issued, *changes = card_events(operator_env, ns, "c1", ISSUED, CHANGED, CHANGED, CHANGED)
+    assert issued["data"] == {
+        "card": f"{ns}/c1",
+        "userId": "u1",
+        "product": "standard",
+        "currency": "USD",
+        "account": account,
+        "token": issued_status["token"],
+        "last4": issued_status["last4"],
+        "state": "Active",
+        "issuedAt": issued["data"]["issuedAt"],
+    }
+    assert (
+        api.format_timestamp(api.parse_timestamp(issued["data"]["issuedAt"]))
+        == issued_status["issuedAt"]
+    )
+    assert issued["subject"] == f"namespaces/{ns}/cards/c1"
+    assert issued["partitionkey"] == f"{ns}/c1"
+    assert [(e["data"]["from"], e["data"]["to"], e["data"].get("reason")) for e in changes] == [
+        ("Active", "Frozen", None),
+        ("Frozen", "Active", None),
+        ("Active", "Closed", None),
+    ]
+    assert outbox_types(operator_env, ns, "c1") == [ISSUED, CHANGED, CHANGED, CHANGED]
+
 
 # --- Risk and compliance at issuance --------------------------------------------------------------
 
@@ -343,6 +403,20 @@ def test_risk_rules_review_and_decline_and_default_kyc_rejects(
     cold = wait_status(kubectl, procs, ns, "card", "cold", "issued", phase_in("Frozen", "Active"))
     assert cold["phase"] == "Frozen"
     assert cold["account"]
+    # Their events: each rejection once with its reason, the review request then the close of
+    # a card never issued, and an issuance in the Frozen state.
+    [declined] = card_events(operator_env, ns, "abroad", REJECTED)
+    assert declined["data"]["reason"] == "RiskDeclined"
+    assert (declined["data"]["userId"], declined["data"]["product"]) == ("u8", "standard")
+    [refused] = card_events(operator_env, ns, "no-kyc", REJECTED)
+    assert refused["data"]["reason"] == "KycNotAccepted"
+    assert refused["data"]["message"] == no_kyc["message"]
+    held, closed_early = card_events(operator_env, ns, "second", REVIEW, CHANGED)
+    assert held["data"]["reason"] == "RiskReview"
+    assert (closed_early["data"]["from"], closed_early["data"]["to"]) == ("PendingReview", "Closed")
+    assert closed_early["data"]["reason"] == "ClosedBeforeIssue"
+    [frozen] = card_events(operator_env, ns, "cold", ISSUED)
+    assert (frozen["data"]["state"], frozen["data"]["token"]) == ("Frozen", cold["token"])
 
 
 def test_sanctions_exact_rejects_and_fuzzy_reviews_then_reviewer_rejects(
@@ -387,6 +461,12 @@ def test_sanctions_exact_rejects_and_fuzzy_reviews_then_reviewer_rejects(
     apply(kubectl, ns, review("too-late", "close", "Approve"))
     late = wait_status(kubectl, procs, ns, "cardreview", "too-late", "refused", phase_in("Refused"))
     assert late["reason"] == "CardNotPendingReview"
+    [exact_rejected] = card_events(operator_env, ns, "exact", REJECTED)
+    assert exact_rejected["data"]["reason"] == "ExactMatch"
+    held, rejected = card_events(operator_env, ns, "close", REVIEW, REJECTED)
+    assert held["data"]["reason"] == "PossibleMatch"
+    assert rejected["data"]["reason"] == "ReviewRejected"
+    assert "reviewer@example.com" in rejected["data"]["message"]
     rows = db_rows(
         operator_env,
         "SELECT check_kind, outcome, reason, result->'hit'->>'entryId' FROM compliance_checks"
@@ -447,6 +527,12 @@ def test_kyc_pending_reviewed_and_approved(
         f"{ns}/kyc-later",
     )
     assert generations == [("Review",), ("Clear",)]
+    held, approved = card_events(operator_env, ns, "waiting", REVIEW, ISSUED)
+    assert held["data"]["reason"] == "KycPending"
+    assert approved["data"]["token"] == status["token"]
+    # One review request per generation assessed; the approving one issues it.
+    held, issued = card_events(operator_env, ns, "kyc-later", REVIEW, ISSUED)
+    assert issued["data"]["last4"] == later["last4"]
 
 
 # --- Deletion -------------------------------------------------------------------------------------
@@ -509,6 +595,11 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     assert kept == [(1,)]
     assert "stays open" in wait_event(kubectl, ns, "owing", "Warning", "AccountLeftOpen")
     assert "closed" in wait_event(kubectl, ns, "empty", "Normal", "AccountClosed")
+    # Deleting a card closes it (one state_changed, written with the account's closing); a
+    # card whose account stays open was not closed, so it has no such event.
+    _, deleted = card_events(operator_env, ns, "empty", ISSUED, CHANGED)
+    assert (deleted["data"]["to"], deleted["data"]["reason"]) == ("Closed", "CardDeleted")
+    assert outbox_types(operator_env, ns, "owing") == [ISSUED]
     wait_for(
         "the product to be deleted once its cards are gone",
         lambda: get(kubectl, ns, "cardproduct", "standard") is None,
@@ -653,6 +744,146 @@ def test_policy_status_in_use_and_missing_list(
     assert ready["sanctionsList"]["entries"] == 13
     kubectl("delete", "riskpolicy", "a", "-n", ns)
     wait_status(kubectl, procs, ns, "riskpolicy", "b", "in use", lambda s: s.get("inUse"))
+
+
+# --- Webhooks of card events ---------------------------------------------------------------------
+
+HOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class Hooks:
+    """A loopback receiver: records each POST per path with its Standard Webhooks signature
+    checked by its own few lines of HMAC (not the product's code), and answers 200."""
+
+    def __init__(self) -> None:
+        self.key = base64.b64decode(HOOK_SECRET.removeprefix("whsec_"))
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        hooks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with hooks.lock:
+                    hooks.seen.append((self.path, headers, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def verified(self, headers: dict[str, str], body: bytes) -> bool:
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+        expected = base64.b64encode(hmac.new(self.key, signed, hashlib.sha256).digest()).decode()
+        offered = [s.removeprefix("v1,") for s in headers["webhook-signature"].split(" ")]
+        fresh = abs(time.time() - int(headers["webhook-timestamp"])) < 300
+        return fresh and any(hmac.compare_digest(expected, sig) for sig in offered)
+
+    def bodies(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return [(headers, body) for p, headers, body in self.seen if p == path]
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    receiver = Hooks()
+    threading.Thread(target=receiver.server.serve_forever, daemon=True).start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def webhook(name: str, url: str, *event_types: str) -> dict[str, Any]:
+    return {
+        "kind": "Webhook",
+        "metadata": {"name": name},
+        "spec": {
+            "url": url,
+            "eventTypes": list(event_types),
+            "secretRef": {"name": "hook-secret", "key": "secret"},
+        },
+    }
+
+
+def test_webhooks_subscribed_to_card_events_receive_card_issued(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+    operator_prefix: str,
+    hooks: Hooks,
+    tmp_path: Path,
+) -> None:
+    """Through the real notifier: a Webhook on `dev.fintech.card.*` and one on the exact type
+    each get the card's card.issued once, signed, byte for byte what Kafka carries; a Webhook
+    on postings gets nothing."""
+    ns, procs = op_namespace, operator_processes
+    kubectl(
+        "create", "secret", "generic", "hook-secret", "-n", ns,
+        f"--from-literal=secret={HOOK_SECRET}",
+    )  # fmt: skip
+    apply(
+        kubectl,
+        ns,
+        webhook("all-cards", f"{hooks.url}/cards", "dev.fintech.card.*"),
+        webhook("issued-only", f"{hooks.url}/issued", ISSUED),
+        webhook("postings", f"{hooks.url}/postings", "dev.fintech.posting.*"),
+    )
+    notifier = OperatorProcesses(
+        {
+            **operator_env,
+            "FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS": "1",
+            "FINTECH_NOTIFIER_POLL_INTERVAL_MS": "200",
+            "FINTECH_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32",
+        },
+        tmp_path,
+    )
+    group = f"notifier-{operator_prefix}-{uuid.uuid4().hex[:6]}"
+    notifier.start("notifier", "notifier", "--namespace", ns, "--group", group)
+    try:
+        wait_for(
+            "the notifier to serve the three Webhooks",
+            lambda: (
+                db_rows(
+                    operator_env,
+                    "SELECT count(*) FROM webhook_endpoints"
+                    " WHERE namespace = %s AND owner IS NOT NULL AND problem IS NULL",
+                    ns,
+                )
+                == [(3,)]
+            ),
+            timeout_seconds=TIMEOUT_SECONDS,
+        )
+        apply(kubectl, ns, product(), card("hooked"))
+        status = wait_status(kubectl, procs, ns, "card", "hooked", "issued", phase_in("Active"))
+        [issued] = card_events(operator_env, ns, "hooked", ISSUED)
+        for path in ("/cards", "/issued"):
+            got = wait_for(
+                f"card.issued at {path}",
+                lambda path=path: hooks.bodies(path),
+                timeout_seconds=TIMEOUT_SECONDS,
+            )
+            time.sleep(0.5)  # Room for a wrong second delivery to show up.
+            [(headers, body)] = hooks.bodies(path)
+            assert got
+            assert hooks.verified(headers, body), headers
+            assert headers["webhook-id"] == issued["id"]
+            assert body.decode() == issued["_raw"]
+            assert json.loads(body)["data"]["token"] == status["token"]
+        assert hooks.bodies("/postings") == []
+    except AssertionError:
+        print(notifier.log("notifier")[-4000:])
+        raise
+    finally:
+        notifier.stop()
 
 
 # --- No card number anywhere ----------------------------------------------------------------------
