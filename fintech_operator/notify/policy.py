@@ -7,7 +7,11 @@
   it again on failure. Resting is not failing: events wait, they do not use attempts.
 - :class:`TokenBucket`: at most ``rate`` requests per second on average, ``burst`` at once.
 - :func:`matches`: whether a Webhook's ``eventTypes`` select an event type.
-- :func:`classify`: what an HTTP answer (or its absence) means for the delivery.
+- :func:`classify`: what an HTTP answer (or its absence) means for the delivery;
+  :func:`refused`: a destination the guard refused (final, never retried).
+- :func:`parse_retry_after`: a receiver's ``Retry-After`` (on 429 and 503), which replaces
+  the schedule's wait for that retry, clamped to ``max_delay_seconds``.
+- :func:`next_step`: the step after one attempt, from all of the above.
 
 Every state is an immutable value; each transition returns a new one, so the worker
 that owns the endpoint changes state in one place and tests need no clock.
@@ -16,7 +20,10 @@ that owns the endpoint changes state in one place and tests need no clock.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -24,6 +31,12 @@ from typing import Final
 ATTEMPTS_MAX: Final = 20
 DELAY_SECONDS_MAX: Final = 86_400.0
 AGE_SECONDS_MAX: Final = 7 * 86_400.0
+# A receiver's Retry-After is honoured on these answers only (RFC 9110 section 10.2.3).
+RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+# "Retry-After: 0" would turn a throttled endpoint into a tight loop: wait at least this.
+RETRY_AFTER_SECONDS_MIN: Final = 1.0
+RETRY_AFTER_CHARS_MAX: Final = 64
+_DELTA_SECONDS: Final = re.compile(r"[0-9]+")
 
 
 class PolicyError(ValueError):
@@ -36,6 +49,7 @@ class Verdict(enum.StrEnum):
     RETRY = "Retry"
     EXHAUSTED = "Exhausted"
     EXPIRED = "Expired"
+    REFUSED = "Refused"  # The destination guard refused the URL: final, no more attempts.
 
 
 @dataclass(frozen=True)
@@ -73,11 +87,23 @@ class RetryPolicy:
         """Every wait between attempts, in order (one fewer than ``max_attempts``)."""
         return [self.delay_after(n) for n in range(1, self.max_attempts)]
 
-    def after_failure(self, attempts_made: int, age_seconds: float) -> NextStep:
-        """The next step once ``attempts_made`` attempts failed, ``age_seconds`` after enqueue."""
+    def honoured(self, retry_after_seconds: float) -> float:
+        """A receiver's requested wait, clamped to [RETRY_AFTER_SECONDS_MIN, max_delay_seconds]."""
+        return min(self.max_delay_seconds, max(RETRY_AFTER_SECONDS_MIN, retry_after_seconds))
+
+    def after_failure(
+        self, attempts_made: int, age_seconds: float, retry_after_seconds: float | None = None
+    ) -> NextStep:
+        """The next step once ``attempts_made`` attempts failed, ``age_seconds`` after enqueue.
+
+        ``retry_after_seconds`` (the receiver's Retry-After) replaces the schedule's wait.
+        """
         if attempts_made >= self.max_attempts:
             return NextStep(Verdict.EXHAUSTED)
-        delay = self.delay_after(attempts_made)
+        if retry_after_seconds is None:
+            delay = self.delay_after(attempts_made)
+        else:
+            delay = self.honoured(retry_after_seconds)
         if age_seconds + delay > self.max_age_seconds:
             return NextStep(Verdict.EXPIRED)
         return NextStep(Verdict.RETRY, delay)
@@ -192,26 +218,86 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Attempt:
-    """The result of one HTTP attempt."""
+    """The result of one HTTP attempt.
+
+    ``retry_after_seconds``: the receiver asked for this wait (429/503 with Retry-After).
+    ``final``: no later attempt can succeed (a refused destination).
+    """
 
     outcome: Outcome
     status_code: int | None
     error: str | None
+    retry_after_seconds: float | None = None
+    final: bool = False
 
 
 ERROR_MAX_CHARS: Final = 500
 
 
-def classify(status_code: int | None, error: str | None) -> Attempt:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:ERROR_MAX_CHARS]
+
+
+def classify(
+    status_code: int | None,
+    error: str | None,
+    detail: str | None = None,
+    retry_after_seconds: float | None = None,
+) -> Attempt:
     """2xx is delivered; any other answer, a timeout or a connection error is a failure.
 
     Redirects are failures too (they are not followed: the URL in the Webhook is the one
-    that was agreed on).
+    that was agreed on). ``detail`` (an excerpt of the answer, or where a redirect
+    pointed) goes into the failure's message.
     """
     if error is not None:
-        return Attempt(Outcome.FAILED, status_code, " ".join(error.split())[:ERROR_MAX_CHARS])
+        return Attempt(Outcome.FAILED, status_code, _one_line(error))
     if status_code is None or not 100 <= status_code <= 599:
         return Attempt(Outcome.FAILED, None, f"invalid HTTP status {status_code!r}")
     if 200 <= status_code < 300:
         return Attempt(Outcome.DELIVERED, status_code, None)
-    return Attempt(Outcome.FAILED, status_code, f"HTTP {status_code}")
+    message = f"HTTP {status_code}" + (f": {detail}" if detail else "")
+    wait = retry_after_seconds if status_code in RETRY_AFTER_STATUSES else None
+    return Attempt(Outcome.FAILED, status_code, _one_line(message), retry_after_seconds=wait)
+
+
+def refused(reason: str) -> Attempt:
+    """An attempt the destination guard stopped before any connection: final."""
+    return Attempt(Outcome.FAILED, None, _one_line(f"DestinationRefused: {reason}"), final=True)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value, or None when absent or not valid.
+
+    Both forms of RFC 9110 are read: delta-seconds (``120``) and an HTTP-date (IMF-fixdate,
+    and the obsolete RFC 850 and asctime forms), which counts from ``now`` (epoch seconds)
+    and is 0 when already past. Anything else (negative, fractional, garbage) is ignored,
+    so the retry schedule applies.
+    """
+    if value is None or len(value) > RETRY_AFTER_CHARS_MAX:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _DELTA_SECONDS.fullmatch(text):
+        return float(int(text))
+    if not text[0].isalpha():  # A date starts with a day name; "-5" or "1.5" is no date.
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # asctime carries no zone; HTTP dates are always GMT.
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return max(0.0, moment.timestamp() - now)
+
+
+def next_step(
+    retry: RetryPolicy, attempt: Attempt, attempts_made: int, age_seconds: float
+) -> NextStep | None:
+    """None after a delivery; else retry (the receiver's wait, else the schedule's) or stop."""
+    if attempt.outcome is Outcome.DELIVERED:
+        return None
+    if attempt.final:
+        return NextStep(Verdict.REFUSED)
+    return retry.after_failure(attempts_made, age_seconds, attempt.retry_after_seconds)

@@ -19,7 +19,8 @@ Three loops share one PostgreSQL pool:
 Limits: an event waits for its endpoint at most ``retry.maxAgeSeconds`` (default 3
 days) and is tried at most ``retry.maxAttempts`` times (default 10, doubling waits from
 5 s, capped at 1 h); then it is marked failed in the delivery log, never dropped
-silently. Finished deliveries are kept ``FINTECH_WEBHOOK_LOG_RETENTION_HOURS``.
+silently. Finished deliveries are kept ``FINTECH_WEBHOOK_LOG_RETENTION_HOURS``. Requests
+go only to public addresses and ``FINTECH_WEBHOOK_ALLOWED_CIDRS`` (:mod:`destination`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
 from fintech_operator.events import deadletter, envelope, relay, schema, topics, wakeup
-from fintech_operator.notify import endpoints, store, worker
+from fintech_operator.notify import destination, endpoints, store, worker
 from fintech_operator.observability import lifecycle, tracing
 
 log = logging.getLogger(__name__)
@@ -346,11 +347,14 @@ async def run(
         connection_class=tracing.TracedConnection,
     )
     await pool.open(wait=True, timeout=settings.db_timeout_seconds)
-    limits = httpx.Limits(
-        max_connections=settings.notifier_max_in_flight,
-        max_keepalive_connections=min(settings.notifier_max_in_flight, 32),
+    # Every connection goes through the destination guard: public addresses only, plus the
+    # allow-list (SSRF protection; see notify/destination.py).
+    allow = destination.networks(settings.webhook_allowed_cidrs)
+    log.info(
+        "notifier: webhook destinations are public addresses%s",
+        f" and {', '.join(map(str, allow))}" if allow else " only",
     )
-    client = httpx.AsyncClient(follow_redirects=False, limits=limits, timeout=30.0)
+    client = destination.new_client(allow, max_connections=settings.notifier_max_in_flight)
     notifier = Notifier(settings, pool, client, endpoints.KubeSource(namespaces))
     listener = wakeup.Listener(settings.database_url, DELIVERY_CHANNEL)
     listener.start()

@@ -44,12 +44,23 @@ WITH expired AS (
 )
 SELECT count(*) FROM expired
 """
+# A refused destination is found by the worker when it delivers (it needs DNS), not by the
+# refresh that registers the endpoint: registering keeps that problem while the Webhook's
+# generation is the same (its URL did not change) and nothing else is wrong. A new
+# generation clears it; the next attempt then judges the new URL.
 _REGISTER: Final = """
 INSERT INTO webhook_endpoints (webhook_uid, namespace, name, generation, owner, problem)
 VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (webhook_uid) DO UPDATE
    SET namespace = excluded.namespace, name = excluded.name, generation = excluded.generation,
-       owner = excluded.owner, problem = excluded.problem, updated_at = now()
+       owner = excluded.owner,
+       problem = CASE
+           WHEN excluded.problem IS NULL
+                AND webhook_endpoints.problem LIKE 'DestinationRefused:%%'
+                AND webhook_endpoints.generation = excluded.generation
+           THEN webhook_endpoints.problem
+           ELSE excluded.problem END,
+       updated_at = now()
 """
 _CLEAN: Final = """
 DELETE FROM webhook_deliveries
@@ -175,6 +186,8 @@ async def record_attempt(
     """Log one attempt, move the delivery on, and save the endpoint's state, atomically.
 
     ``step`` is None after a success; otherwise it says retry (with its delay) or give up.
+    A refused destination becomes the endpoint's problem (shown as the Webhook's reason);
+    any attempt that got past the guard clears that problem.
     """
     number = delivery.attempts + 1
     error = None if attempt.error is None else attempt.error[:ERROR_MAX_CHARS]
@@ -199,6 +212,7 @@ async def record_attempt(
         (state, number, next_in, attempt.status_code, error, finished, delivery.id),
     )
     delivered = step is None
+    refused = None if step is None or step.verdict is not policy.Verdict.REFUSED else error
     outcome = (
         "Expired"
         if step is not None and step.verdict is policy.Verdict.EXPIRED
@@ -216,6 +230,10 @@ async def record_attempt(
                last_status_code = %s, last_error = %s,
                delivered_total = delivered_total + CASE WHEN %s THEN 1 ELSE 0 END,
                failed_total = failed_total + CASE WHEN %s THEN 1 ELSE 0 END,
+               problem = CASE
+                   WHEN %s::text IS NOT NULL THEN left(%s::text, 1000)
+                   WHEN problem LIKE 'DestinationRefused:%%' THEN NULL
+                   ELSE problem END,
                updated_at = now()
          WHERE webhook_uid = %s
         """,
@@ -231,6 +249,8 @@ async def record_attempt(
             error,
             delivered,
             finished and not delivered,
+            refused,
+            refused,
             webhook_uid,
         ),
     )

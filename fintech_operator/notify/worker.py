@@ -7,9 +7,18 @@ one bound on requests in flight (``FINTECH_NOTIFIER_MAX_IN_FLIGHT``).
 
 A delivery is tried oldest first. A failure schedules the next attempt on the retry
 policy's doubling schedule while later events go on, so receivers must order by the
-event's ``time`` (and de-duplicate by ``webhook-id``). The attempt, the delivery's new
-state and the endpoint's breaker are written in one transaction after each request; a
-crash between a 2xx and that commit is the only way an event is sent twice.
+event's ``time`` (and de-duplicate by ``webhook-id``). A 429 or 503 with ``Retry-After``
+replaces the schedule's wait with the receiver's (clamped to ``retry.maxDelaySeconds``)
+and pauses the whole endpoint that long. The attempt, the delivery's new state and the
+endpoint's breaker are written in one transaction after each request; a crash between a
+2xx and that commit is the only way an event is sent twice.
+
+Every request goes through the destination guard (:mod:`destination`, in the client the
+process builds): a URL whose host is or resolves to a non-public address is refused before
+any connection, and that delivery fails at once (a refusal is not the endpoint's failure,
+so it does not count toward the circuit breaker). Bounds per request: the Webhook's
+``timeoutSeconds`` over all of it (DNS, connect, TLS, send, answer), connect at most
+``CONNECT_TIMEOUT_SECONDS_MAX``, and at most ``RESPONSE_BYTES_MAX`` of the answer read.
 """
 
 from __future__ import annotations
@@ -25,12 +34,18 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.events import envelope
-from fintech_operator.notify import endpoints, policy, signing, store
+from fintech_operator.notify import destination, endpoints, policy, signing, store
 from fintech_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 BATCH_SIZE: Final = 50
+# The most of an answer read (the rest is never read: the connection is closed). Network
+# reads come in chunks of up to 64 KiB, which bounds the memory of one request; headers are
+# bounded by h11 (100 KiB).
 RESPONSE_BYTES_MAX: Final = 4096
+# Of what was read, this much goes into a failure's message in the delivery log.
+EXCERPT_CHARS_MAX: Final = 200
+CONNECT_TIMEOUT_SECONDS_MAX: Final = 10.0
 USER_AGENT: Final = "fintech-operator-notifier/1"
 EXPIRE_EVERY_SECONDS: Final = 30.0
 
@@ -58,6 +73,7 @@ class EndpointWorker:
         self._breaker = policy.CircuitBreaker(endpoint.failure_threshold, endpoint.open_seconds)
         self._bucket = policy.TokenBucket.full(endpoint.rate_per_second, endpoint.burst, clock())
         self._last_expire = 0.0
+        self._resume_at = 0.0  # Epoch seconds; a receiver's Retry-After pauses the endpoint.
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -104,25 +120,37 @@ class EndpointWorker:
         """Deliver what is due; return how long to sleep before the next round."""
         endpoint = self.endpoint
         await self._expire_old(endpoint)
-        if endpoint.suspend or endpoint.key is None:
-            return self._poll_seconds  # Held: events wait (and expire) in the log.
-        allowed, self._breaker = self._breaker.allow(self._clock())
-        if not allowed:
-            return max(0.05, self._breaker.seconds_until_allowed(self._clock()))
+        held = self._held_seconds(endpoint)
+        if held is not None:
+            return held
         async with self._pool.connection() as conn:
             batch = await store.due(conn, endpoint.uid, BATCH_SIZE)
             if not batch:
                 until = await store.seconds_until_next(conn, endpoint.uid)
                 return self._poll_seconds if until is None else min(self._poll_seconds, until)
         for delivery in batch:
-            if self._stop.is_set() or self.endpoint is not endpoint:
-                return 0.0  # Stopping, or reconfigured: start a fresh round.
+            if self._stop.is_set() or self.endpoint is not endpoint or self._paused():
+                return 0.0  # Stopping, reconfigured or paused: the next round sorts it out.
             allowed, self._breaker = self._breaker.allow(self._clock())
             if not allowed:
                 return 0.0
             await self._take_token()
             await self._deliver(endpoint, delivery)
         return 0.0
+
+    def _paused(self) -> bool:
+        return self._clock() < self._resume_at
+
+    def _held_seconds(self, endpoint: endpoints.Endpoint) -> float | None:
+        """How long nothing may be sent (held, paused by the receiver, circuit open), or None."""
+        if endpoint.suspend or endpoint.key is None:
+            return self._poll_seconds  # Held: events wait (and expire) in the log.
+        if self._paused():
+            return max(0.05, self._resume_at - self._clock())
+        allowed, self._breaker = self._breaker.allow(self._clock())
+        if not allowed:
+            return max(0.05, self._breaker.seconds_until_allowed(self._clock()))
+        return None
 
     async def _expire_old(self, endpoint: endpoints.Endpoint) -> None:
         now = self._clock()
@@ -146,14 +174,18 @@ class EndpointWorker:
         attempt = await self._send(endpoint, delivery)
         duration_ms = int((time.monotonic() - started) * 1000)
         now = self._clock()
-        if attempt.outcome is policy.Outcome.DELIVERED:
-            step = None
+        age = now - delivery.created_at.timestamp()
+        step = policy.next_step(endpoint.retry, attempt, delivery.attempts + 1, age)
+        if step is None:
             self._breaker = self._breaker.on_success()
         else:
-            age = now - delivery.created_at.timestamp()
-            step = endpoint.retry.after_failure(delivery.attempts + 1, age)
-            self._breaker = self._breaker.on_failure(now)
-            log.info(
+            if not attempt.final:  # A refusal says nothing about the endpoint's health.
+                self._breaker = self._breaker.on_failure(now)
+            if attempt.retry_after_seconds is not None:
+                pause = endpoint.retry.honoured(attempt.retry_after_seconds)
+                self._resume_at = max(self._resume_at, now + pause)
+            log.log(
+                logging.WARNING if attempt.final else logging.INFO,
                 "webhook %s: event %s attempt %d failed (%s); %s",
                 endpoint.ref,
                 delivery.event_id,
@@ -183,21 +215,39 @@ class EndpointWorker:
             "user-agent": USER_AGENT,
             **signing.headers(key, str(delivery.event_id), timestamp, delivery.body),
         }
-        try:
-            async with self._in_flight, asyncio.timeout(endpoint.timeout_seconds):
-                request = self._client.build_request(
-                    "POST", endpoint.url, content=delivery.body, headers=headers
-                )
-                response = await self._client.send(request, stream=True)
-                try:
-                    await _read_bounded(response)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            return policy.classify(None, f"no answer within {endpoint.timeout_seconds:g}s")
-        except httpx.HTTPError as exc:
-            return policy.classify(None, f"{type(exc).__name__}: {exc}")
-        return policy.classify(response.status_code, None)
+        limit = endpoint.timeout_seconds
+        timeouts = httpx.Timeout(limit, connect=min(limit, CONNECT_TIMEOUT_SECONDS_MAX))
+        # The wait for a slot among all endpoints is not this endpoint's time: its timeout
+        # starts once it may send.
+        async with self._in_flight:
+            try:
+                async with asyncio.timeout(limit):
+                    request = self._client.build_request(
+                        "POST",
+                        endpoint.url,
+                        content=delivery.body,
+                        headers=headers,
+                        timeout=timeouts,
+                    )
+                    response = await self._client.send(request, stream=True, follow_redirects=False)
+                    try:
+                        head = await _read_bounded(response)
+                    finally:
+                        await response.aclose()
+            except destination.DestinationRefused as exc:
+                return policy.refused(str(exc))
+            except TimeoutError:
+                return policy.classify(None, f"no answer within {limit:g}s")
+            except httpx.HTTPError as exc:
+                return policy.classify(None, f"{type(exc).__name__}: {exc}")
+        return policy.classify(
+            response.status_code,
+            None,
+            detail=_detail(response, head),
+            retry_after_seconds=policy.parse_retry_after(
+                response.headers.get("retry-after"), self._clock()
+            ),
+        )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -210,10 +260,26 @@ def _metric_outcome(step: policy.NextStep | None) -> str:
     return "failed" if step.verdict is policy.Verdict.RETRY else "exhausted"
 
 
-async def _read_bounded(response: httpx.Response) -> None:
-    """Drain at most a few KiB of the answer: an endpoint cannot make us read a huge body."""
-    read = 0
+async def _read_bounded(response: httpx.Response) -> bytes:
+    """At most ``RESPONSE_BYTES_MAX`` of the raw answer: an endpoint cannot make us read (or
+    decompress: raw bytes are never decoded) a huge body; the rest is never read."""
+    kept = bytearray()
     async for chunk in response.aiter_raw():
-        read += len(chunk)
-        if read >= RESPONSE_BYTES_MAX:
+        kept += chunk[: RESPONSE_BYTES_MAX - len(kept)]
+        if len(kept) >= RESPONSE_BYTES_MAX:
             break
+    return bytes(kept)
+
+
+def _detail(response: httpx.Response, head: bytes) -> str | None:
+    """What a failure's message adds to its status: where a redirect pointed (it is not
+    followed), else the start of the body as printable text (compressed bodies are not
+    shown)."""
+    if 300 <= response.status_code < 400:
+        location = response.headers.get("location", "")[:EXCERPT_CHARS_MAX]
+        return f"redirect to {location or '(no location)'} not followed"
+    if not head or response.headers.get("content-encoding", "identity") != "identity":
+        return None
+    text = head.decode("utf-8", errors="replace")[:EXCERPT_CHARS_MAX]
+    shown = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return shown or None

@@ -3,7 +3,13 @@ the real relay and Kafka, signed HTTP deliveries to a receiver this test runs on
 
 The receiver checks each signature with its own few lines of HMAC (not the product's
 code), answers per path (``/ok`` always 200, ``/flaky`` 500 twice per event then 200,
-``/slow`` answers after the notifier's timeout), and records every request.
+``/slow`` answers after the notifier's timeout, ``/throttled`` 429 with ``Retry-After: 1``
+once per event then 200, ``/redirect`` a 302 to ``/ok``), and records every request and
+counts every TCP connection it accepts.
+
+The receiver listens on 127.0.0.1, which the notifier's destination guard refuses unless
+allowed: these notifiers run with ``FINTECH_WEBHOOK_ALLOWED_CIDRS`` = loopback (as the dev
+stack does), except where a test proves the refusal.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from tests.integration.test_relay import (
 )
 
 pytestmark = pytest.mark.integration
+LOOPBACK_ALLOWED = "127.0.0.0/8,::1/128"
 SECRET = "whsec_" + base64.b64encode(b"fintech-operator-test-key-0123").decode()
 SLOW_SECONDS = 2.5
 
@@ -63,6 +70,7 @@ class Receiver:
     def __init__(self, secret: str) -> None:
         self.key = base64.b64decode(secret.removeprefix("whsec_"))
         self.seen: list[Seen] = []
+        self.connections = 0
         self.lock = threading.Lock()
         receiver = self
 
@@ -75,7 +83,7 @@ class Receiver:
                     earlier = sum(
                         1 for s in receiver.seen if (s.path, s.event_id) == (self.path, event_id)
                     )
-                status = receiver.answer(self.path, earlier)
+                status, extra = receiver.answer(self.path, earlier)
                 if self.path == "/slow":
                     time.sleep(SLOW_SECONDS)
                 with receiver.lock:
@@ -84,13 +92,29 @@ class Receiver:
                     )
                 with contextlib.suppress(OSError):  # The notifier may have hung up (timeout).
                     self.send_response(status)
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+
+            def do_GET(self) -> None:  # Only a followed redirect would GET: recorded.
+                with receiver.lock:
+                    receiver.seen.append(Seen(self.path, "", 405, False, {}, time.time()))
+                with contextlib.suppress(OSError):
+                    self.send_response(405)
                     self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 return
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                with receiver.lock:  # Called once per accepted TCP connection.
+                    receiver.connections += 1
+                return True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -108,10 +132,15 @@ class Receiver:
         )
 
     @staticmethod
-    def answer(path: str, earlier: int) -> int:
+    def answer(path: str, earlier: int) -> tuple[int, dict[str, str]]:
+        """Status and extra headers for the request to ``path`` after ``earlier`` of its event."""
         if path == "/flaky":
-            return 500 if earlier < 2 else 200
-        return 200
+            return (500 if earlier < 2 else 200), {}
+        if path == "/throttled" and earlier == 0:
+            return 429, {"Retry-After": "1"}
+        if path == "/redirect":
+            return 302, {"Location": "/ok"}
+        return 200, {}
 
     def requests(self, path: str) -> list[Seen]:
         with self.lock:
@@ -165,13 +194,20 @@ def webhook_object(name: str, url: str, **spec: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def notifier_process(
-    plat: RunningPlatform, settings: config.Settings, namespace: str, group: str, log_dir: Path
+    plat: RunningPlatform,
+    settings: config.Settings,
+    namespace: str,
+    group: str,
+    log_dir: Path,
+    allowed_cidrs: str = LOOPBACK_ALLOWED,
 ) -> AsyncIterator[Subprocess]:
+    """A notifier for ``namespace``; by default it may deliver to this machine's receivers."""
     env = process_env(
         plat,
         settings,
         FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS="1",
         FINTECH_NOTIFIER_POLL_INTERVAL_MS="200",
+        FINTECH_WEBHOOK_ALLOWED_CIDRS=allowed_cidrs,
     )
     proc = Subprocess(
         "notifier",
@@ -399,3 +435,135 @@ async def test_the_delivery_log_stays_bounded(migrated_database_url: str) -> Non
             )
     assert removed == 1
     assert states == {gone: "failed", new: "delivered"}
+
+
+async def _rows(database_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        return list(await (await conn.execute(query, args)).fetchall())
+
+
+async def _attempts(database_url: str, webhook: str) -> list[tuple[Any, ...]]:
+    """(attempt, outcome, status code, error) of every attempt to ``webhook``, in order."""
+    return await _rows(
+        database_url,
+        "SELECT a.attempt, a.outcome, a.status_code, a.error FROM webhook_delivery_attempts a"
+        " JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.webhook = %s"
+        " ORDER BY a.attempt",
+        webhook,
+    )
+
+
+async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    crds_installed: None,
+    kubectl: Kubectl,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """A receiver answering 429 with ``Retry-After: 1`` gets the retry after at least one
+    second, and well before the Webhook's own schedule (60 s) would have sent it; the
+    retry's 200 ends it: exactly two requests, the second delivered, nothing after."""
+    settings = settings_for(platform_running, migrated_database_url, new_prefix())
+    await topics.ensure_for(settings)
+    _apply(
+        kubectl,
+        namespace,
+        secret_object("hook-secret", SECRET),
+        webhook_object(
+            "throttled",
+            f"{receiver.url}/throttled",
+            retry={"initialDelaySeconds": 60, "maxDelaySeconds": 120},
+        ),
+    )
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, namespace, ("alice",))
+        async with notifier_process(platform_running, settings, namespace, "g-429", tmp_path):
+            await eventually(
+                "the notifier serving it", lambda: served(migrated_database_url, ["throttled"])
+            )
+            event_id = str((await post(pool, namespace, "alice"))[1].event_id)
+            async with running_relay(settings, pool):
+                await eventually(
+                    "the retry delivered",
+                    lambda: _has(receiver, "/throttled", [event_id], 200),
+                    30,
+                )
+                await asyncio.sleep(3)  # Room for any wrong extra attempt to show up.
+    seen = receiver.requests("/throttled")
+    assert [(s.event_id, s.status) for s in seen] == [(event_id, 429), (event_id, 200)]
+    assert all(s.verified for s in seen)
+    gap = seen[1].at - seen[0].at
+    assert 1.0 <= gap < 20, f"retried {gap:.2f}s after the 429"
+    attempts = await _attempts(migrated_database_url, f"{namespace}/throttled")
+    assert [a[:3] for a in attempts] == [(1, "Failed", 429), (2, "Delivered", 200)]
+    state = await scalar(
+        migrated_database_url,
+        "SELECT state FROM webhook_deliveries WHERE webhook = %s",
+        f"{namespace}/throttled",
+    )
+    assert state == "delivered"
+
+
+async def test_redirects_are_not_followed_and_count_as_failures(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    crds_installed: None,
+    kubectl: Kubectl,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """A 302 to another path is a failed attempt: the notifier never requests the
+    redirect's target, retries the Webhook's URL on its schedule, and gives up after
+    ``maxAttempts``, with the redirect named in the delivery log."""
+    settings = settings_for(platform_running, migrated_database_url, new_prefix())
+    await topics.ensure_for(settings)
+    _apply(
+        kubectl,
+        namespace,
+        secret_object("hook-secret", SECRET),
+        webhook_object(
+            "moved",
+            f"{receiver.url}/redirect",
+            retry={"maxAttempts": 2, "initialDelaySeconds": 1, "maxDelaySeconds": 1},
+        ),
+    )
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, namespace, ("bob",))
+        async with notifier_process(platform_running, settings, namespace, "g-302", tmp_path):
+            await eventually(
+                "the notifier serving it", lambda: served(migrated_database_url, ["moved"])
+            )
+            event_id = str((await post(pool, namespace, "bob"))[1].event_id)
+            async with running_relay(settings, pool):
+                await eventually(
+                    "the delivery given up",
+                    lambda: _finished(migrated_database_url, f"{namespace}/moved"),
+                    30,
+                )
+                await asyncio.sleep(2)
+    assert [(s.event_id, s.status) for s in receiver.requests("/redirect")] == [
+        (event_id, 302),
+        (event_id, 302),
+    ]
+    assert receiver.requests("/ok") == [], "the redirect was followed"
+    attempts = await _attempts(migrated_database_url, f"{namespace}/moved")
+    assert [a[:3] for a in attempts] == [(1, "Failed", 302), (2, "Failed", 302)]
+    assert all("redirect to /ok not followed" in str(a[3]) for a in attempts), attempts
+    state = await scalar(
+        migrated_database_url,
+        "SELECT state FROM webhook_deliveries WHERE webhook = %s",
+        f"{namespace}/moved",
+    )
+    assert state == "failed"
+
+
+async def _finished(database_url: str, webhook: str) -> bool:
+    count = await scalar(
+        database_url,
+        "SELECT count(*) FROM webhook_deliveries WHERE webhook = %s AND state <> 'pending'",
+        webhook,
+    )
+    return int(count) >= 1

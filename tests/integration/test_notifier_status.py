@@ -7,6 +7,7 @@ database, so the operator's relay publishes them and the notifier delivers them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
@@ -24,7 +25,14 @@ from tests.integration.test_notifier import (
     secret_object,
     webhook_object,
 )
-from tests.integration.test_relay import eventually, open_cards, open_pool, post, settings_for
+from tests.integration.test_relay import (
+    eventually,
+    open_cards,
+    open_pool,
+    post,
+    scalar,
+    settings_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +163,97 @@ async def _status_when(kubectl: Kubectl, namespace: str, name: str, **wanted: An
 
 def _ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+
+
+async def test_a_refused_destination_fails_without_a_connection_and_shows_on_the_webhook(
+    platform_running: RunningPlatform,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+    kubectl: Kubectl,
+    op_namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """With nothing allowed beyond public addresses, a Webhook whose URL is the receiver on
+    127.0.0.1 is refused before any connection: the receiver accepts no TCP connection, each
+    delivery fails after exactly one attempt (never retried, although retries are due every
+    second) with the reason in the delivery log, and the Webhook is Failing with
+    Ready=False, reason DestinationRefused. Editing the URL clears the stale reason."""
+    database_url = operator_env["DATABASE_URL"]
+    settings = settings_for(platform_running, database_url, operator_env["FINTECH_TOPIC_PREFIX"])
+    webhook = f"{op_namespace}/local"
+    _apply(
+        kubectl,
+        op_namespace,
+        secret_object("hook-secret", SECRET),
+        webhook_object(
+            "local", f"{receiver.url}/ok", retry={"initialDelaySeconds": 1, "maxDelaySeconds": 1}
+        ),
+    )
+    async with (
+        notifier_process(
+            platform_running, settings, op_namespace, "g-refused", tmp_path, allowed_cidrs=""
+        ),
+        open_pool(database_url) as pool,
+    ):
+        await eventually(
+            "the operator to see the webhook",
+            lambda: _status_when(kubectl, op_namespace, "local", phase="Active"),
+            90,
+        )
+        await open_cards(pool, op_namespace, ("alice",))
+        for _ in range(2):
+            await post(pool, op_namespace, "alice")
+        refused = await eventually(
+            "the Webhook to show the refusal",
+            lambda: _status_when(
+                kubectl, op_namespace, "local", reason="DestinationRefused", failedTotal=2
+            ),
+            90,
+        )
+        await asyncio.sleep(3)  # Room for a wrong retry or connection to show up.
+        rows = await _deliveries(database_url, webhook)
+        kubectl(
+            "patch",
+            "-n",
+            op_namespace,
+            "webhook",
+            "local",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"url": f"{receiver.url}/elsewhere"}}),
+        )
+        edited = await eventually(
+            "the stale reason cleared by the edit",
+            lambda: _status_when(kubectl, op_namespace, "local", phase="Active"),
+            30,
+        )
+    assert receiver.connections == 0, "a refused destination was connected to"
+    assert receiver.seen == []
+    assert len(rows) == 2
+    for state, attempts, error in rows:
+        assert (state, attempts) == ("failed", 1)
+        assert str(error).startswith("DestinationRefused: 127.0.0.1: loopback address")
+    attempts = await scalar(
+        database_url,
+        "SELECT count(*) FROM webhook_delivery_attempts a JOIN webhook_deliveries d"
+        " ON d.id = a.delivery_id WHERE d.webhook = %s AND a.outcome = 'Failed'"
+        " AND a.status_code IS NULL",
+        webhook,
+    )
+    assert attempts == 2
+    assert refused["phase"] == "Failing"
+    assert "127.0.0.1: loopback address" in refused["message"]
+    assert refused["circuit"] == "Closed", "a refusal must not open the circuit"
+    ready = next(c for c in refused["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "DestinationRefused")
+    assert edited["reason"] != "DestinationRefused"
+
+
+async def _deliveries(database_url: str, webhook: str) -> list[tuple[Any, ...]]:
+    async with open_pool(database_url, size=1) as pool, pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT state, attempts, last_error FROM webhook_deliveries WHERE webhook = %s",
+            (webhook,),
+        )
+        return list(await cur.fetchall())

@@ -263,3 +263,104 @@ def test_failure_messages_are_bounded_single_lines() -> None:
     assert attempt.error is not None
     assert "\n" not in attempt.error
     assert len(attempt.error) <= policy.ERROR_MAX_CHARS
+
+
+# --- Retry-After, redirects and refusals ------------------------------------------------------
+
+NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("99999999999999999999", 99999999999999999999.0),  # Huge, clamped by the policy.
+        ("Tue, 14 Nov 2023 22:14:20 GMT", 60.0),  # IMF-fixdate, a minute ahead.
+        ("Tuesday, 14-Nov-23 22:14:20 GMT", 60.0),  # Obsolete RFC 850 form.
+        ("Tue Nov 14 22:14:20 2023", 60.0),  # Obsolete asctime form (no zone: GMT).
+        ("Tue, 14 Nov 2023 22:00:00 GMT", 0.0),  # Already past: go now.
+    ],
+)
+def test_retry_after_reads_both_forms(value: str, seconds: float) -> None:
+    """Delta-seconds and the three HTTP-date forms of RFC 9110; a past date means now."""
+    assert policy.parse_retry_after(value, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "   ",
+        "-5",
+        "+5",
+        "1.5",
+        "1e3",
+        "5s",
+        "soon",
+        "\u0663",
+        "0x10",
+        "Tue, 32 Nov 2023 22:14:20 GMT",
+        "Xyz, 14 Foo 2023 22:14:20 GMT",
+        "Tue, 14 Nov 2023",
+        "Tue, 14 Nov 2023 22:14:20 GMT" + " " * 60,
+    ],
+)
+def test_invalid_retry_after_values_are_ignored(value: str | None) -> None:
+    """Negative, fractional, non-ASCII digits, garbage, impossible dates and overlong values
+    give None, so the retry schedule applies."""
+    assert policy.parse_retry_after(value, NOW) is None
+
+
+def test_retry_after_replaces_the_schedule_within_bounds() -> None:
+    """The receiver's wait is used instead of the doubling schedule, at least 1 s and at
+    most max_delay_seconds; still subject to attempts and age."""
+    retry = policy.RetryPolicy(
+        max_attempts=3, initial_delay_seconds=60, max_delay_seconds=600, max_age_seconds=1000
+    )
+    assert retry.after_failure(1, 0, retry_after_seconds=2) == policy.NextStep(
+        policy.Verdict.RETRY, 2
+    )
+    assert retry.after_failure(1, 0, retry_after_seconds=0).delay_seconds == 1.0
+    assert retry.after_failure(1, 0, retry_after_seconds=86_400).delay_seconds == 600
+    assert retry.after_failure(1, 0, retry_after_seconds=None).delay_seconds == 60
+    assert retry.after_failure(1, 900, retry_after_seconds=200).verdict is policy.Verdict.EXPIRED
+    assert retry.after_failure(3, 0, retry_after_seconds=2).verdict is policy.Verdict.EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"), [(429, True), (503, True), (500, False), (502, False), (301, False)]
+)
+def test_retry_after_counts_on_429_and_503_only(status: int, kept: bool) -> None:
+    """Retry-After on other answers is ignored: the schedule decides."""
+    attempt = policy.classify(status, None, retry_after_seconds=5.0)
+    assert attempt.outcome is policy.Outcome.FAILED
+    assert attempt.retry_after_seconds == (5.0 if kept else None)
+
+
+def test_next_step_from_an_attempt() -> None:
+    """Delivered: nothing more. Refused: final, whatever the attempts left. Throttled with
+    Retry-After: that wait. Other failures: the schedule."""
+    retry = policy.RetryPolicy(initial_delay_seconds=30, max_delay_seconds=300)
+    assert policy.next_step(retry, policy.classify(200, None), 1, 0) is None
+    refused = policy.refused("127.0.0.1: loopback address")
+    assert refused.final
+    assert refused.error == "DestinationRefused: 127.0.0.1: loopback address"
+    assert policy.next_step(retry, refused, 1, 0) == policy.NextStep(policy.Verdict.REFUSED)
+    throttled = policy.classify(429, None, retry_after_seconds=3)
+    assert policy.next_step(retry, throttled, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 3)
+    failed = policy.classify(500, None, retry_after_seconds=3)
+    assert policy.next_step(retry, failed, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 30)
+
+
+def test_failure_details_are_in_the_message() -> None:
+    """A redirect's target and the start of an error body are kept, on one bounded line."""
+    moved = policy.classify(302, None, detail="redirect to /elsewhere not followed")
+    assert moved.error == "HTTP 302: redirect to /elsewhere not followed"
+    long = policy.classify(500, None, detail="stack\ntrace " * 500)
+    assert long.error is not None
+    assert long.error.startswith("HTTP 500: stack trace")
+    assert len(long.error) <= policy.ERROR_MAX_CHARS
+    assert policy.classify(404, None).error == "HTTP 404"
