@@ -29,6 +29,71 @@ class Settings(BaseModel):
     db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8
     db_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     kafka_request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 30_000
+    # Kafka security: how every Kafka client of the product (relay, consumers, notifier,
+    # topic creation, metrics) connects; events/kafka.py turns these into client options.
+    kafka_security_protocol: Annotated[
+        str,
+        Field(
+            pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+            description="PLAINTEXT (the default: no TLS, no login), SSL (TLS, optionally "
+            "with a client certificate), SASL_PLAINTEXT (login without TLS) or SASL_SSL "
+            "(login over TLS, what managed Kafka services require).",
+        ),
+    ] = "PLAINTEXT"
+    kafka_sasl_mechanism: Annotated[
+        str,
+        Field(
+            pattern=r"^(|PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+            description="SASL mechanism, required with a SASL_* protocol: SCRAM-SHA-512 "
+            "(Strimzi's KafkaUser), SCRAM-SHA-256 or PLAIN (Confluent Cloud API keys; send "
+            "it over SASL_SSL only, it carries the password as is). Default empty.",
+        ),
+    ] = ""
+    kafka_sasl_username: Annotated[
+        str,
+        Field(max_length=1024, description="SASL user name; required with SASL_*."),
+    ] = ""
+    kafka_sasl_password: Annotated[
+        pydantic.SecretStr,
+        Field(
+            repr=False,
+            description="SASL password; set it or kafka_sasl_password_file, not both. "
+            "Never logged.",
+        ),
+    ] = pydantic.SecretStr("")
+    kafka_sasl_password_file: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="Path of a file holding the SASL password (a mounted Secret key); "
+            "read again by each new Kafka client, so a rotated Secret is used without a "
+            "restart. A trailing newline is ignored.",
+        ),
+    ] = ""
+    kafka_ssl_ca_file: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="PEM file of the CA(s) that signed the brokers' certificates, for SSL "
+            "and SASL_SSL; empty (the default) trusts the system's CAs. Broker host names "
+            "are always checked against their certificates.",
+        ),
+    ] = ""
+    kafka_ssl_cert_file: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="PEM client certificate (chain) for mutual TLS; set together with "
+            "kafka_ssl_key_file. Default empty: no client certificate.",
+        ),
+    ] = ""
+    kafka_ssl_key_file: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="Unencrypted PEM private key of kafka_ssl_cert_file.",
+        ),
+    ] = ""
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
     relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
@@ -230,4 +295,91 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
         )
+    _check_kafka_security(settings)
     return settings
+
+
+_KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_KAFKA_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """Refuse Kafka security settings that cannot work together, naming the variables.
+
+    A setting that the chosen protocol would ignore is an error, not a no-op: a password
+    given with PLAINTEXT means someone forgot the protocol, and connecting without the
+    login they meant to use would only fail later, less clearly.
+    """
+    protocol = settings.kafka_security_protocol
+    protocol_var = _env_name("kafka_security_protocol")
+    sasl = {
+        "kafka_sasl_mechanism": settings.kafka_sasl_mechanism,
+        "kafka_sasl_username": settings.kafka_sasl_username,
+        "kafka_sasl_password": settings.kafka_sasl_password.get_secret_value(),
+        "kafka_sasl_password_file": settings.kafka_sasl_password_file,
+    }
+    tls = {
+        "kafka_ssl_ca_file": settings.kafka_ssl_ca_file,
+        "kafka_ssl_cert_file": settings.kafka_ssl_cert_file,
+        "kafka_ssl_key_file": settings.kafka_ssl_key_file,
+    }
+    if protocol in _KAFKA_SASL_PROTOCOLS:
+        _check_kafka_sasl(settings, protocol, protocol_var)
+    else:
+        for field, value in sasl.items():
+            if value:
+                raise SettingsError(
+                    f"{_env_name(field)} is set but {protocol_var} is {protocol}, which sends "
+                    "no login; set it to SASL_PLAINTEXT or SASL_SSL"
+                )
+    if protocol not in _KAFKA_TLS_PROTOCOLS:
+        for field, value in tls.items():
+            if value:
+                raise SettingsError(
+                    f"{_env_name(field)} is set but {protocol_var} is {protocol}, which does "
+                    "not use TLS; set it to SSL or SASL_SSL"
+                )
+    if bool(settings.kafka_ssl_cert_file) != bool(settings.kafka_ssl_key_file):
+        raise SettingsError(
+            f"{_env_name('kafka_ssl_cert_file')} and {_env_name('kafka_ssl_key_file')} "
+            "go together: set both for mutual TLS, or neither"
+        )
+    for field, path in tls.items():
+        if path:
+            _check_readable_file(field, path)
+
+
+def _check_kafka_sasl(settings: Settings, protocol: str, protocol_var: str) -> None:
+    if not settings.kafka_sasl_mechanism:
+        raise SettingsError(
+            f"{_env_name('kafka_sasl_mechanism')} is required when {protocol_var} is "
+            f"{protocol}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        )
+    if not settings.kafka_sasl_username:
+        raise SettingsError(
+            f"{_env_name('kafka_sasl_username')} is required when {protocol_var} is {protocol}"
+        )
+    password_var = _env_name("kafka_sasl_password")
+    file_var = _env_name("kafka_sasl_password_file")
+    has_password = bool(settings.kafka_sasl_password.get_secret_value())
+    if has_password == bool(settings.kafka_sasl_password_file):
+        raise SettingsError(
+            f"set exactly one of {password_var} and {file_var} when {protocol_var} is "
+            f"{protocol} (a {settings.kafka_sasl_mechanism} login needs a password)"
+        )
+    if settings.kafka_sasl_password_file:
+        _check_readable_file("kafka_sasl_password_file", settings.kafka_sasl_password_file)
+        with open(settings.kafka_sasl_password_file, "rb") as secret:
+            if not secret.read().rstrip(b"\r\n"):
+                raise SettingsError(f"{file_var}: {settings.kafka_sasl_password_file} is empty")
+
+
+def _check_readable_file(field: str, path: str) -> None:
+    """Fail at start-up, naming the variable, when a mounted file is missing or unreadable."""
+    if not os.path.isfile(path):
+        raise SettingsError(f"{_env_name(field)}: no such file: {path}")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise SettingsError(f"{_env_name(field)}: cannot read {path}: {exc.strerror}") from exc

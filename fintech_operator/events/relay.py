@@ -46,7 +46,7 @@ from aiokafka.partitioner import murmur2
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
-from fintech_operator.events import envelope, topics, wakeup
+from fintech_operator.events import envelope, kafka, topics, wakeup
 from fintech_operator.observability import tracing
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,14 @@ def group_by_partition(
     return groups
 
 
-def new_producer(bootstrap_servers: str, request_timeout_ms: int) -> AIOKafkaProducer:
+def new_producer(settings: config.Settings) -> AIOKafkaProducer:
     """A producer whose delivery guarantees are stated, not inherited from defaults."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka.client_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        request_timeout_ms=request_timeout_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         max_batch_size=KAFKA_BATCH_BYTES_MAX,
         max_request_size=1 << 20,
     )
@@ -234,9 +234,9 @@ async def publish_batch(
 
 
 async def _start_producer(settings: config.Settings) -> AIOKafkaProducer:
-    producer = new_producer(settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms)
+    producer = new_producer(settings)
     try:
-        await asyncio.wait_for(producer.start(), settings.relay_send_timeout_seconds)
+        await kafka.start(producer, settings, settings.relay_send_timeout_seconds)
     except BaseException:
         await discard(producer)
         raise

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from fintech_operator.events import kafka
+
 if TYPE_CHECKING:
     from fintech_operator import config
 
@@ -72,26 +74,25 @@ def min_insync_replicas(replication_factor: int) -> int:
     return 2 if replication_factor >= 3 else 1
 
 
-async def ensure(
-    bootstrap_servers: str,
-    partitions: int,
-    request_timeout_ms: int,
-    *,
-    replication_factor: int = 1,
-    prefix: str = "",
-) -> list[str]:
-    """Create every topic that is missing (an existing one is left as it is); return those made."""
+async def ensure_for(settings: config.Settings) -> list[str]:
+    """Create every topic that is missing (an existing one is left as it is); return those made.
+
+    Partitions, replication and prefix come from the settings. This is the first Kafka call
+    of every process, so a broker that refuses our login stops it here, saying why.
+    """
+    prefix = settings.topic_prefix
+    replication_factor = settings.topic_replication_factor
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms
+        **kafka.client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms
     )
-    await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_SECONDS)
     try:
+        await kafka.start(admin, settings, ADMIN_TIMEOUT_SECONDS)
         existing = set(await asyncio.wait_for(admin.list_topics(), ADMIN_TIMEOUT_SECONDS))
         configs = {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
         missing = [
             NewTopic(
                 qualified(name, prefix),
-                num_partitions=partitions,
+                num_partitions=settings.topic_partitions,
                 replication_factor=replication_factor,
                 topic_configs=configs,
             )
@@ -119,14 +120,3 @@ def _check_created(topic_errors: list[tuple[object, ...]]) -> None:
     ]
     if refused:
         raise TopicCreationError("Kafka refused to create topics: " + "; ".join(refused))
-
-
-async def ensure_for(settings: config.Settings) -> list[str]:
-    """:func:`ensure` with the process settings (partitions, replication, prefix)."""
-    return await ensure(
-        settings.kafka_bootstrap_servers,
-        settings.topic_partitions,
-        settings.kafka_request_timeout_ms,
-        replication_factor=settings.topic_replication_factor,
-        prefix=settings.topic_prefix,
-    )

@@ -43,7 +43,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
-from fintech_operator.events import deadletter, envelope, relay, schema, topics, wakeup
+from fintech_operator.events import deadletter, envelope, kafka, relay, schema, topics, wakeup
 from fintech_operator.notify import destination, endpoints, store, worker
 from fintech_operator.observability import lifecycle, tracing
 
@@ -254,7 +254,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
     """
     return AIOKafkaConsumer(
         *(topics.qualified(topic, settings.topic_prefix) for topic in topics.SOURCES),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka.client_options(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -358,9 +358,7 @@ async def run(
     notifier = Notifier(settings, pool, client, endpoints.KubeSource(namespaces))
     listener = wakeup.Listener(settings.database_url, DELIVERY_CHANNEL)
     listener.start()
-    producer = relay.new_producer(
-        settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
-    )
+    producer = relay.new_producer(settings)
     consumer = new_consumer(settings, group_id)
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
+from fintech_operator.events import kafka
 from fintech_operator.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,13 @@ class _Kafka:
 
     async def open(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self.admin is None or self.reader is None:
-            servers = self._settings.kafka_bootstrap_servers
             timeout_ms = self._settings.kafka_request_timeout_ms
             self.admin = AIOKafkaAdminClient(
-                bootstrap_servers=servers, request_timeout_ms=timeout_ms
+                **kafka.client_options(self._settings), request_timeout_ms=timeout_ms
             )
             # No group: this client only asks for end offsets and never joins or commits.
             self.reader = AIOKafkaConsumer(
-                bootstrap_servers=servers,
+                **kafka.client_options(self._settings),
                 group_id=None,
                 enable_auto_commit=False,
                 request_timeout_ms=timeout_ms,

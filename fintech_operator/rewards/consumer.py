@@ -33,7 +33,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config, logs
-from fintech_operator.events import deadletter, relay, schema, topics
+from fintech_operator.events import deadletter, kafka, relay, schema, topics
 from fintech_operator.observability import lifecycle, tracing
 from fintech_operator.rewards import points, store
 
@@ -187,7 +187,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
     """A consumer whose commit, reset and isolation behaviour is stated, not defaulted."""
     return AIOKafkaConsumer(
         topics.qualified(topics.POSTINGS, settings.topic_prefix),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka.client_options(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -205,9 +205,7 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
     await topics.ensure_for(settings)
     consumer = new_consumer(settings, group_id)
-    producer = relay.new_producer(
-        settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
-    )
+    producer = relay.new_producer(settings)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url,
         min_size=1,

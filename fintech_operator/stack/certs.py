@@ -1,15 +1,18 @@
-"""Certificates and keys for one run of the local kube-apiserver.
+"""Certificates and keys for one run of the local kube-apiserver and Kafka broker.
 
 Like envtest, every platform gets its own CA, a serving certificate for
 127.0.0.1/localhost, an admin client certificate in ``system:masters`` and a
-service-account signing key. Nothing is reused between platforms.
+service-account signing key. Kafka's TLS listeners get a CA of their own, a broker
+certificate for 127.0.0.1/localhost and a client certificate for mutual TLS, so the
+product's clients are tested with hostname checking on. Nothing is reused between
+platforms.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -18,6 +21,33 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERT_LIFETIME_DAYS = 30
+
+
+@dataclass(frozen=True)
+class KafkaPki:
+    """PEM files of the Kafka TLS listeners and of a client that authenticates by certificate.
+
+    ``broker_pem`` holds the broker's unencrypted PKCS#8 key followed by its certificate:
+    the one-file shape Kafka's PEM keystore reads.
+    """
+
+    ca_cert: Path
+    broker_pem: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def at(cls, directory: Path) -> KafkaPki:
+        """The file names :func:`generate_kafka` writes into ``directory``."""
+        return cls(
+            ca_cert=directory / "kafka-ca.crt",
+            broker_pem=directory / "kafka-broker.pem",
+            client_cert=directory / "kafka-client.crt",
+            client_key=directory / "kafka-client.key",
+        )
+
+    def exists(self) -> bool:
+        return all(path.is_file() for path in asdict(self).values())
 
 
 @dataclass(frozen=True)
@@ -80,11 +110,9 @@ def _leaf(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def generate(directory: Path) -> ApiserverPki:
-    """Write a fresh CA, serving and admin certificates and SA keys into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("fintech-operator-local-ca")
+    ca_name = _name(common_name)
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
@@ -93,11 +121,46 @@ def generate(directory: Path) -> ApiserverPki:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("kubernetes.default.svc"),
-    ]
+    return ca_key, ca_name, ca_cert
+
+
+def _loopback_sans() -> list[x509.GeneralName]:
+    return [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+
+
+def _write_private(files: dict[Path, bytes]) -> None:
+    for path, data in files.items():
+        path.write_bytes(data)
+        path.chmod(0o600)
+
+
+def generate_kafka(directory: Path) -> KafkaPki:
+    """Write a fresh Kafka CA, broker keystore and mutual-TLS client pair into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_name, ca_cert = _ca("fintech-operator-local-kafka-ca")
+    broker_cert, broker_key = _leaf(
+        ca_key, ca_name, _name("kafka-broker"), ExtendedKeyUsageOID.SERVER_AUTH, _loopback_sans()
+    )
+    client_cert, client_key = _leaf(
+        ca_key, ca_name, _name("fintech-operator"), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    pki = KafkaPki.at(directory)
+    _write_private(
+        {
+            pki.ca_cert: ca_cert.public_bytes(serialization.Encoding.PEM),
+            pki.broker_pem: broker_key + broker_cert,
+            pki.client_cert: client_cert,
+            pki.client_key: client_key,
+        }
+    )
+    return pki
+
+
+def generate(directory: Path) -> ApiserverPki:
+    """Write a fresh CA, serving and admin certificates and SA keys into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_name, ca_cert = _ca("fintech-operator-local-ca")
+    sans = [*_loopback_sans(), x509.DNSName("kubernetes.default.svc")]
     serving = _leaf(ca_key, ca_name, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin = _leaf(
         ca_key, ca_name, _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,10 @@ POLL_INTERVAL_SECONDS = 0.25
 KAFKA_HEAP = "-Xmx768m"
 DATABASE_NAME = "fintech"
 PG_SUPERUSER = "postgres"
+# The one Kafka user of the SASL listeners; its password is made per platform.
+KAFKA_USERNAME = "fintech"
+KAFKA_SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_TOOL_TIMEOUT_SECONDS = 120
 
 
 class PlatformError(RuntimeError):
@@ -53,11 +58,16 @@ class Ports:
     postgres: int = 25432
     kafka: int = 29092
     kafka_controller: int = 29093
+    # Kafka listeners that need a login or TLS, so the product's security options are
+    # tested on a real broker: SCRAM/PLAIN without TLS, the same over TLS, and mutual TLS.
+    kafka_sasl: int = 29094
+    kafka_sasl_ssl: int = 29095
+    kafka_ssl: int = 29096
 
     @classmethod
     def free(cls) -> Ports:
-        """Ask the kernel for six unused loopback ports (test platforms run side by side)."""
-        sockets = [socket.socket() for _ in range(6)]
+        """Ask the kernel for unused loopback ports (test platforms run side by side)."""
+        sockets = [socket.socket() for _ in fields(cls)]
         try:
             for sock in sockets:
                 sock.bind(("127.0.0.1", 0))
@@ -168,13 +178,62 @@ class Platform:
     def kafka_bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.ports.kafka}"
 
+    @property
+    def kafka_password_file(self) -> Path:
+        """The password of :data:`KAFKA_USERNAME`, one line, readable by its owner only."""
+        return self.state_dir / "kafka" / "client.password"
+
+    @property
+    def kafka_pki(self) -> certs.KafkaPki:
+        return certs.KafkaPki.at(self.state_dir / "pki")
+
+    def kafka_client_env(self, protocol: str, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The product's settings that reach this platform's Kafka listener of ``protocol``.
+
+        Merged into a process environment they replace KAFKA_BOOTSTRAP_SERVERS, so the
+        product connects exactly as it would to a cluster that requires this protocol.
+        """
+        ports = {
+            "PLAINTEXT": self.ports.kafka,
+            "SASL_PLAINTEXT": self.ports.kafka_sasl,
+            "SASL_SSL": self.ports.kafka_sasl_ssl,
+            "SSL": self.ports.kafka_ssl,
+        }
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports[protocol]}",
+            "FINTECH_KAFKA_SECURITY_PROTOCOL": protocol,
+        }
+        if protocol.startswith("SASL_"):
+            env["FINTECH_KAFKA_SASL_MECHANISM"] = mechanism
+            env["FINTECH_KAFKA_SASL_USERNAME"] = KAFKA_USERNAME
+            env["FINTECH_KAFKA_SASL_PASSWORD_FILE"] = str(self.kafka_password_file)
+        if protocol.endswith("SSL"):
+            env["FINTECH_KAFKA_SSL_CA_FILE"] = str(self.kafka_pki.ca_cert)
+        if protocol == "SSL":  # This listener requires a client certificate.
+            env["FINTECH_KAFKA_SSL_CERT_FILE"] = str(self.kafka_pki.client_cert)
+            env["FINTECH_KAFKA_SSL_KEY_FILE"] = str(self.kafka_pki.client_key)
+        return env
+
     def env(self, binaries: build.Binaries) -> dict[str, str]:
-        """The variables a shell, a test or the operator needs to reach the platform."""
+        """The variables a shell, a test or the operator needs to reach the platform.
+
+        The FINTECH_STACK_KAFKA_* ones describe the listeners that need a login or TLS;
+        the product never reads them (docs/operations.md shows how to point it there).
+        """
         path_dirs = [str(p) for p in binaries.bin_dirs] + [str(_pg_bin())]
+        pki = self.kafka_pki
         return {
             "KUBECONFIG": str(self.kubeconfig),
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "FINTECH_STACK_KAFKA_SASL_BOOTSTRAP": f"127.0.0.1:{self.ports.kafka_sasl}",
+            "FINTECH_STACK_KAFKA_SASL_SSL_BOOTSTRAP": f"127.0.0.1:{self.ports.kafka_sasl_ssl}",
+            "FINTECH_STACK_KAFKA_SSL_BOOTSTRAP": f"127.0.0.1:{self.ports.kafka_ssl}",
+            "FINTECH_STACK_KAFKA_USERNAME": KAFKA_USERNAME,
+            "FINTECH_STACK_KAFKA_PASSWORD_FILE": str(self.kafka_password_file),
+            "FINTECH_STACK_KAFKA_CA_FILE": str(pki.ca_cert),
+            "FINTECH_STACK_KAFKA_CLIENT_CERT_FILE": str(pki.client_cert),
+            "FINTECH_STACK_KAFKA_CLIENT_KEY_FILE": str(pki.client_key),
             "PATH": os.pathsep.join([*path_dirs, os.environ.get("PATH", "")]),
         }
 
@@ -444,8 +503,20 @@ class Platform:
         )
         home = self.state_dir / "kafka"
         home.mkdir(exist_ok=True)
+        pki = self.kafka_pki
+        if not pki.exists():
+            certs.generate_kafka(pki.ca_cert.parent)
+        # A platform formatted before the SASL listeners existed has no password yet; its
+        # user is added through the running broker below instead of at format time.
+        registered = self.kafka_password_file.exists()
+        password = (
+            self.kafka_password_file.read_text().strip()
+            if registered
+            else secrets.token_urlsafe(24)
+        )
         properties = home / "server.properties"
-        properties.write_text(_kafka_properties(self.ports, home / "data"))
+        properties.write_text(_kafka_properties(self.ports, home / "data", pki, password))
+        properties.chmod(0o600)  # It holds the PLAIN login's password.
         (home / "log4j2.properties").write_text(_LOG4J2)
         classpath = f"{binaries.kafka_libs}/*"
         java = [
@@ -467,10 +538,23 @@ class Platform:
                 # tool's parser would otherwise read as an option.
                 f"--cluster-id={cluster_id}",
                 f"--config={properties}",
+                # KRaft keeps SCRAM users in the metadata log: written here, they exist
+                # from the broker's first second, with no extra JVM start.
+                *(
+                    f"--add-scram={mechanism}=[name={KAFKA_USERNAME},password={password}]"
+                    for mechanism in KAFKA_SCRAM_MECHANISMS
+                ),
             ]
-            result = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
+            result = subprocess.run(
+                fmt, capture_output=True, text=True, timeout=KAFKA_TOOL_TIMEOUT_SECONDS, check=False
+            )
             if result.returncode != 0:
-                raise PlatformError(f"kafka storage format failed: {result.stdout}{result.stderr}")
+                raise PlatformError(
+                    f"kafka storage format failed: {result.stdout}{result.stderr}".replace(
+                        password, "***"
+                    )
+                )
+            registered = True
         log = self._spawn("kafka", [*java, "kafka.Kafka", str(properties)])
         bootstrap = self.kafka_bootstrap_servers
         _wait(
@@ -480,6 +564,43 @@ class Platform:
             READY_TIMEOUT_SECONDS,
             self.procs["kafka"],
         )
+        if not registered:
+            self._add_kafka_user(java, password)
+        self.kafka_password_file.write_text(password + "\n")
+        self.kafka_password_file.chmod(0o600)
+        secured = self.kafka_client_env("SASL_SSL")
+        _wait(
+            "kafka SASL_SSL listener",
+            log,
+            lambda: asyncio.run(_kafka_secured_ready(self.database_url, secured)),
+            READY_TIMEOUT_SECONDS,
+            self.procs["kafka"],
+        )
+
+    def _add_kafka_user(self, java: list[str], password: str) -> None:
+        """Give a platform formatted without SCRAM users its user, through the live broker."""
+        _say(f"adding Kafka user {KAFKA_USERNAME} to a platform formatted before SASL")
+        # One request may alter a user's credential once, so one run per mechanism.
+        for mechanism in KAFKA_SCRAM_MECHANISMS:
+            cmd = [
+                *java,
+                "org.apache.kafka.tools.ConfigCommand",
+                f"--bootstrap-server={self.kafka_bootstrap_servers}",
+                "--alter",
+                "--entity-type=users",
+                f"--entity-name={KAFKA_USERNAME}",
+                f"--add-config={mechanism}=[password={password}]",
+            ]
+            result = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=KAFKA_TOOL_TIMEOUT_SECONDS,
+                check=False,
+            )
+            if result.returncode != 0:
+                output = f"{result.stdout}{result.stderr}".replace(password, "***")
+                raise PlatformError(f"kafka: adding user {KAFKA_USERNAME} failed: {output}")
 
     # ---- env file -----------------------------------------------------------------------
 
@@ -508,17 +629,27 @@ logger.org.level = WARN
 """
 
 
-def _kafka_properties(ports: Ports, data_dir: Path) -> str:
+def _kafka_properties(ports: Ports, data_dir: Path, pki: certs.KafkaPki, password: str) -> str:
+    # Clients use the PLAINTEXT listener unless they ask for another; the broker and its
+    # controller talk PLAINTEXT among themselves, as before the secured listeners existed.
+    client_listeners = {
+        "PLAINTEXT": ports.kafka,
+        "SASL_PLAINTEXT": ports.kafka_sasl,
+        "SASL_SSL": ports.kafka_sasl_ssl,
+        "SSL": ports.kafka_ssl,
+    }
+    advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in client_listeners.items())
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{ports.kafka_controller}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka},"
-        f"CONTROLLER://127.0.0.1:{ports.kafka_controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka}",
+        "listeners": f"{advertised},CONTROLLER://127.0.0.1:{ports.kafka_controller}",
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,"
+        + ",".join(f"{name}:{name}" for name in client_listeners),
+        **_kafka_security_properties(pki, password),
         "log.dirs": str(data_dir),
         "num.partitions": "3",
         # One node: every internal topic must fit on a single replica.
@@ -532,6 +663,48 @@ def _kafka_properties(ports: Ports, data_dir: Path) -> str:
         "auto.create.topics.enable": "false",
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def _kafka_security_properties(pki: certs.KafkaPki, password: str) -> dict[str, str]:
+    """SCRAM users live in the metadata log; PLAIN's one user is declared in its JAAS line."""
+    scram_module = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    plain_module = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'user_{KAFKA_USERNAME}="{password}";'
+    )
+    jaas: dict[str, str] = {}
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        jaas[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain_module
+        for mechanism in KAFKA_SCRAM_MECHANISMS:
+            jaas[f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config"] = scram_module
+    return {
+        "sasl.enabled.mechanisms": ",".join(("PLAIN", *KAFKA_SCRAM_MECHANISMS)),
+        **jaas,
+        # PEM files straight from stack/certs.py: no keytool, no keystore password.
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(pki.broker_pem),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(pki.ca_cert),
+        # The SSL listener authenticates clients by certificate; SASL_SSL by login only.
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+
+
+async def _kafka_secured_ready(database_url: str, env: dict[str, str]) -> bool:
+    """The SASL_SSL listener accepts the platform's user, through the product's own options."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - heavy import, used late
+
+    from fintech_operator import config  # noqa: PLC0415 - the platform needs no settings before
+    from fintech_operator.events import kafka  # noqa: PLC0415
+
+    settings = config.load({"DATABASE_URL": database_url, **env})
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings), request_timeout_ms=3000)
+    try:
+        await kafka.start(admin, settings, 5)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
+        return bool(cluster.get("brokers"))
+    finally:
+        await admin.close()
 
 
 async def _kafka_ready(bootstrap: str) -> bool:

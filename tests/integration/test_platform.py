@@ -129,3 +129,41 @@ def test_orphaned_platforms_are_reaped(tmp_path: Path) -> None:
     (tmp_path / "no-state-file").mkdir()
     assert platform.reap_orphans(tmp_path) == [tmp_path / "orphan"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alive", "dev", "no-state-file"]
+
+
+def test_kafka_secured_listeners_are_described_and_their_secrets_kept_private(
+    platform_running: RunningPlatform,
+) -> None:
+    """Besides PLAINTEXT, the broker listens for SASL_PLAINTEXT, SASL_SSL and mutual-TLS SSL
+    on loopback; the env file says where and with which user and files; the password, the
+    broker's properties (PLAIN's JAAS line) and every key are readable by their owner only."""
+    plat = platform_running.platform
+    ports = plat.ports
+    secured = (ports.kafka_sasl, ports.kafka_sasl_ssl, ports.kafka_ssl)
+    assert len({ports.kafka, *secured}) == 4
+    for port in secured:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    exported = plat.env_file.read_text()
+    for line in (
+        f"export FINTECH_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:{ports.kafka_sasl}",
+        f"export FINTECH_STACK_KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:{ports.kafka_sasl_ssl}",
+        f"export FINTECH_STACK_KAFKA_SSL_BOOTSTRAP=127.0.0.1:{ports.kafka_ssl}",
+        f"export FINTECH_STACK_KAFKA_USERNAME={platform.KAFKA_USERNAME}",
+        f"export FINTECH_STACK_KAFKA_PASSWORD_FILE={plat.kafka_password_file}",
+        f"export FINTECH_STACK_KAFKA_CA_FILE={plat.kafka_pki.ca_cert}",
+    ):
+        assert line in exported.splitlines()
+    # The default listener and its variable are what they always were.
+    assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{ports.kafka}" in exported.splitlines()
+    password = plat.kafka_password_file.read_text().strip()
+    assert len(password) >= 24
+    assert password not in exported
+    private = (
+        plat.kafka_password_file,
+        plat.state_dir / "kafka" / "server.properties",
+        plat.kafka_pki.broker_pem,
+        plat.kafka_pki.client_key,
+    )
+    for path in private:
+        assert path.stat().st_mode & 0o077 == 0, path

@@ -436,9 +436,7 @@ async def test_a_second_relay_stands_by_while_one_publishes(
     async with open_pool(migrated_database_url) as pool:
         await open_cards(pool, "standby", ("alice",))
         await post(pool, "standby", "alice")
-        producer = relay.new_producer(
-            settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms
-        )
+        producer = relay.new_producer(settings)
         await producer.start()
         try:
             async with await psycopg.AsyncConnection.connect(migrated_database_url) as other:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fintech_operator import config
@@ -56,3 +58,157 @@ def test_bad_webhook_allowed_cidrs_name_the_variable(value: str) -> None:
     """Anything that is not a list of at most 64 network CIDRs stops the process at start."""
     with pytest.raises(config.SettingsError, match="FINTECH_WEBHOOK_ALLOWED_CIDRS"):
         config.load({**BASE, "FINTECH_WEBHOOK_ALLOWED_CIDRS": value})
+
+
+# --- Kafka security (events/kafka.py turns these into client options) ---------------------------
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_kafka_security_defaults_to_plaintext_without_credentials() -> None:
+    """Unset, Kafka is reached as before: PLAINTEXT, no mechanism, no user, no TLS files."""
+    settings = config.load(BASE)
+    assert settings.kafka_security_protocol == "PLAINTEXT"
+    assert settings.kafka_sasl_mechanism == ""
+    assert settings.kafka_sasl_username == ""
+    assert settings.kafka_sasl_password.get_secret_value() == ""
+    assert settings.kafka_ssl_ca_file == ""
+
+
+def test_kafka_sasl_ssl_with_a_password_file_and_a_ca_loads(tmp_path: Path) -> None:
+    """A Strimzi-shaped setup (SCRAM over TLS, mounted Secret and CA) is accepted as given."""
+    env = {
+        **BASE,
+        "FINTECH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "FINTECH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "FINTECH_KAFKA_SASL_USERNAME": "fintech",
+        "FINTECH_KAFKA_SASL_PASSWORD_FILE": _write(tmp_path / "password", "pw\n"),
+        "FINTECH_KAFKA_SSL_CA_FILE": _write(tmp_path / "ca.crt", "not parsed here"),
+    }
+    settings = config.load(env)
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_password_file == env["FINTECH_KAFKA_SASL_PASSWORD_FILE"]
+
+
+def test_kafka_password_is_never_in_repr_or_str() -> None:
+    """A password given in the environment does not leak through repr, str or a JSON dump."""
+    secret = "hunter2-very-secret"
+    settings = config.load(
+        {
+            **BASE,
+            "FINTECH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "FINTECH_KAFKA_SASL_MECHANISM": "PLAIN",
+            "FINTECH_KAFKA_SASL_USERNAME": "fintech",
+            "FINTECH_KAFKA_SASL_PASSWORD": secret,
+        }
+    )
+    assert settings.kafka_sasl_password.get_secret_value() == secret
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert secret not in text
+
+
+def test_a_bad_kafka_password_value_is_not_echoed_in_errors(tmp_path: Path) -> None:
+    """An invalid combination names the variables but never prints the password itself."""
+    secret = "hunter2-very-secret"
+    with pytest.raises(config.SettingsError) as caught:
+        config.load({**BASE, "FINTECH_KAFKA_SASL_PASSWORD": secret})
+    assert "FINTECH_KAFKA_SASL_PASSWORD" in str(caught.value)
+    assert secret not in str(caught.value)
+
+
+_SASL = {
+    **BASE,
+    "FINTECH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "FINTECH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "FINTECH_KAFKA_SASL_USERNAME": "fintech",
+    "FINTECH_KAFKA_SASL_PASSWORD": "pw",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {**BASE, "FINTECH_KAFKA_SECURITY_PROTOCOL": "sasl_ssl"},
+            "FINTECH_KAFKA_SECURITY_PROTOCOL",
+        ),
+        ({**BASE, "FINTECH_KAFKA_SECURITY_PROTOCOL": "TLS"}, "FINTECH_KAFKA_SECURITY_PROTOCOL"),
+        ({**_SASL, "FINTECH_KAFKA_SASL_MECHANISM": "GSSAPI"}, "FINTECH_KAFKA_SASL_MECHANISM"),
+        ({**_SASL, "FINTECH_KAFKA_SASL_MECHANISM": ""}, "FINTECH_KAFKA_SASL_MECHANISM is required"),
+        ({**_SASL, "FINTECH_KAFKA_SASL_USERNAME": ""}, "FINTECH_KAFKA_SASL_USERNAME is required"),
+        (
+            {**_SASL, "FINTECH_KAFKA_SASL_PASSWORD": ""},
+            "exactly one of FINTECH_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {**_SASL, "FINTECH_KAFKA_SASL_PASSWORD_FILE": "/etc/hostname"},
+            "exactly one of FINTECH_KAFKA_SASL_PASSWORD",
+        ),
+        ({**BASE, "FINTECH_KAFKA_SASL_MECHANISM": "PLAIN"}, "FINTECH_KAFKA_SASL_MECHANISM is set"),
+        ({**BASE, "FINTECH_KAFKA_SASL_USERNAME": "u"}, "FINTECH_KAFKA_SASL_USERNAME is set"),
+        ({**BASE, "FINTECH_KAFKA_SASL_PASSWORD": "p"}, "FINTECH_KAFKA_SASL_PASSWORD is set"),
+        (
+            {**BASE, "FINTECH_KAFKA_SSL_CA_FILE": "/etc/hostname"},
+            "FINTECH_KAFKA_SSL_CA_FILE is set but FINTECH_KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        (
+            {**_SASL, "FINTECH_KAFKA_SSL_CA_FILE": "/etc/hostname"},
+            "FINTECH_KAFKA_SSL_CA_FILE is set but FINTECH_KAFKA_SECURITY_PROTOCOL is "
+            "SASL_PLAINTEXT",
+        ),
+    ],
+)
+def test_bad_kafka_security_names_the_variable(env: dict[str, str], named: str) -> None:
+    """Unknown protocols and mechanisms, a SASL protocol without its login, and a login or
+    TLS file the protocol would ignore all stop start-up, naming the variable."""
+    with pytest.raises(config.SettingsError, match=named):
+        config.load(env)
+
+
+def test_missing_and_empty_kafka_files_name_the_variable(tmp_path: Path) -> None:
+    """A CA, certificate, key or password file that is missing or empty fails at start-up."""
+    ssl_env = {**BASE, "FINTECH_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    missing = str(tmp_path / "absent.pem")
+    present = _write(tmp_path / "present.pem", "x")
+    cases = [
+        ({**ssl_env, "FINTECH_KAFKA_SSL_CA_FILE": missing}, "FINTECH_KAFKA_SSL_CA_FILE: no such"),
+        ({**ssl_env, "FINTECH_KAFKA_SSL_CA_FILE": str(tmp_path)}, "FINTECH_KAFKA_SSL_CA_FILE"),
+        (
+            {**ssl_env, "FINTECH_KAFKA_SSL_CERT_FILE": present},
+            "FINTECH_KAFKA_SSL_CERT_FILE and FINTECH_KAFKA_SSL_KEY_FILE go together",
+        ),
+        (
+            {**ssl_env, "FINTECH_KAFKA_SSL_KEY_FILE": present},
+            "FINTECH_KAFKA_SSL_CERT_FILE and FINTECH_KAFKA_SSL_KEY_FILE go together",
+        ),
+        (
+            {
+                **ssl_env,
+                "FINTECH_KAFKA_SSL_CERT_FILE": present,
+                "FINTECH_KAFKA_SSL_KEY_FILE": missing,
+            },
+            "FINTECH_KAFKA_SSL_KEY_FILE: no such file",
+        ),
+        (
+            {
+                **_SASL,
+                "FINTECH_KAFKA_SASL_PASSWORD": "",
+                "FINTECH_KAFKA_SASL_PASSWORD_FILE": missing,
+            },
+            "FINTECH_KAFKA_SASL_PASSWORD_FILE: no such file",
+        ),
+        (
+            {
+                **_SASL,
+                "FINTECH_KAFKA_SASL_PASSWORD": "",
+                "FINTECH_KAFKA_SASL_PASSWORD_FILE": _write(tmp_path / "empty", "\n"),
+            },
+            "FINTECH_KAFKA_SASL_PASSWORD_FILE: .* is empty",
+        ),
+    ]
+    for env, named in cases:
+        with pytest.raises(config.SettingsError, match=named):
+            config.load(env)

@@ -1,0 +1,202 @@
+"""How every Kafka client of the product connects: one function from settings to options.
+
+The relay's producer, the rewards and notifier consumers, topic creation and the metrics
+collector all build their aiokafka client as ``Client(**kafka.client_options(settings),
+<their own delivery options>)``; none of them sets a security option itself, so a cluster
+that requires TLS or a SASL login (Strimzi, MSK, Confluent) is reached by all of them or
+by none.
+
+The options hold the SASL password as aiokafka needs it, a plain string: never log them.
+A password file is read again each time options are made, so a client created after a
+mounted Secret was rotated logs in with the new password.
+
+aiokafka reports a refused login only in its log and then raises a bare "Unable to
+bootstrap"; :func:`start` turns that into :class:`KafkaAccessError` with the broker's
+reason and the variables to check, which is what an operator of the product needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
+
+if TYPE_CHECKING:
+    from fintech_operator import config
+
+SASL_PROTOCOLS: Final = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+TLS_PROTOCOLS: Final = frozenset({"SSL", "SASL_SSL"})
+# A password file is a Secret key, never large; a bound keeps a wrong path from reading a disk.
+PASSWORD_FILE_BYTES_MAX: Final = 64 * 1024
+
+_LOGIN_VARS: Final = (
+    "FINTECH_KAFKA_SASL_USERNAME and FINTECH_KAFKA_SASL_PASSWORD "
+    "(or FINTECH_KAFKA_SASL_PASSWORD_FILE)"
+)
+
+
+class KafkaAccessError(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is untyped
+    """Kafka refused our login or certificate, or our credentials cannot be read.
+
+    A :class:`aiokafka.errors.KafkaConnectionError`, so code that retries an unreachable
+    broker retries this too (a Secret may be fixed while the process runs); the message
+    says what the broker answered and which variables to check.
+    """
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+def client_options(settings: config.Settings) -> dict[str, Any]:
+    """Keyword arguments of any aiokafka client: the brokers and how to reach them."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": protocol,
+    }
+    if protocol in TLS_PROTOCOLS:
+        options["ssl_context"] = ssl_context(settings)
+    if protocol in SASL_PROTOCOLS:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = sasl_password(settings)
+    return options
+
+
+def ssl_context(settings: config.Settings) -> ssl.SSLContext:
+    """A context that verifies the brokers' chain and host name, with our certificate if set."""
+    ca_file = settings.kafka_ssl_ca_file or None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise KafkaAccessError(
+            f"FINTECH_KAFKA_SSL_CA_FILE: cannot load CA certificates from {ca_file}: {exc}"
+        ) from exc
+    # The defaults already say so; stated because turning either off would let anyone on
+    # the path impersonate the broker and read every event and password.
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    if settings.kafka_ssl_cert_file:
+        try:
+            context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise KafkaAccessError(
+                "FINTECH_KAFKA_SSL_CERT_FILE/FINTECH_KAFKA_SSL_KEY_FILE: cannot load the "
+                f"client certificate {settings.kafka_ssl_cert_file} with key "
+                f"{settings.kafka_ssl_key_file}: {exc}"
+            ) from exc
+    return context
+
+
+def sasl_password(settings: config.Settings) -> str:
+    """The password from its file (read now, trailing newline dropped) or its variable."""
+    path = settings.kafka_sasl_password_file
+    if not path:
+        return settings.kafka_sasl_password.get_secret_value()
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(PASSWORD_FILE_BYTES_MAX + 1)
+    except OSError as exc:
+        raise KafkaAccessError(
+            f"FINTECH_KAFKA_SASL_PASSWORD_FILE: cannot read {path}: {exc.strerror}"
+        ) from exc
+    if len(data) > PASSWORD_FILE_BYTES_MAX:
+        raise KafkaAccessError(
+            f"FINTECH_KAFKA_SASL_PASSWORD_FILE: {path} is larger than "
+            f"{PASSWORD_FILE_BYTES_MAX} bytes; is it the password?"
+        )
+    password = data.decode("utf-8", errors="strict").rstrip("\r\n")
+    if not password:
+        raise KafkaAccessError(f"FINTECH_KAFKA_SASL_PASSWORD_FILE: {path} is empty")
+    return password
+
+
+async def start(client: _Startable, settings: config.Settings, timeout_seconds: float) -> None:
+    """Start an aiokafka client within ``timeout_seconds``; a refusal says why.
+
+    When the client cannot bootstrap, one connection per bootstrap server is opened with
+    the same options to learn the broker's reason (a wrong password, an untrusted
+    certificate, a listener speaking another protocol) and raise it as
+    :class:`KafkaAccessError`; an unreachable broker stays aiokafka's own error.
+    """
+    try:
+        await asyncio.wait_for(client.start(), timeout_seconds)
+    except KafkaConnectionError as exc:
+        reason = await diagnose(settings, timeout_seconds)
+        if reason is None:
+            raise
+        raise KafkaAccessError(reason) from exc
+
+
+async def diagnose(settings: config.Settings, timeout_seconds: float) -> str | None:
+    """Why the first bootstrap server that refuses us does so, or None if none refuses."""
+    options = client_options(settings)
+    servers = options.pop("bootstrap_servers")
+    request_timeout_ms = int(timeout_seconds * 1000)
+    for host, port, _family in collect_hosts(servers):
+        try:
+            connection = await asyncio.wait_for(
+                create_conn(host, port, request_timeout_ms=request_timeout_ms, **options),
+                timeout_seconds,
+            )
+            try:
+                # A listener that wants a login answers the version lookup of a client
+                # without one, then drops it on its first real request: ask for metadata.
+                await asyncio.wait_for(connection.send(MetadataRequest([])), timeout_seconds)
+            finally:
+                connection.close()
+        except (KafkaError, ssl.SSLError) as exc:
+            return refusal(settings, f"{host}:{port}", exc)
+        except (OSError, TimeoutError):
+            continue  # Down or unreachable: aiokafka's own error already says so.
+    return None
+
+
+def refusal(settings: config.Settings, address: str, exc: BaseException) -> str:
+    """One line naming the broker, what it answered and which variables to check."""
+    protocol = settings.kafka_security_protocol
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, SaslAuthenticationFailed):
+        return (
+            f"Kafka at {address} refused the {settings.kafka_sasl_mechanism} login of user "
+            f"{settings.kafka_sasl_username!r}: authentication failed ({detail}); check "
+            f"{_LOGIN_VARS}"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return (
+            f"Kafka at {address} does not offer SASL mechanism "
+            f"{settings.kafka_sasl_mechanism} ({detail}); check FINTECH_KAFKA_SASL_MECHANISM"
+        )
+    if isinstance(exc, IllegalSaslStateError):
+        return (
+            f"Kafka at {address} does not expect a SASL login ({detail}): the listener is "
+            "not SASL_PLAINTEXT/SASL_SSL; check FINTECH_KAFKA_SECURITY_PROTOCOL and "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS handshake with Kafka at {address} failed ({detail}); check "
+            "FINTECH_KAFKA_SSL_CA_FILE (the CA that signed the broker's certificate) and "
+            "that the address in KAFKA_BOOTSTRAP_SERVERS is named in that certificate"
+        )
+    return (
+        f"cannot connect to Kafka at {address} with {protocol} ({detail}); check that "
+        "FINTECH_KAFKA_SECURITY_PROTOCOL matches the listener of KAFKA_BOOTSTRAP_SERVERS"
+        + (
+            " and, if it requires a client certificate, FINTECH_KAFKA_SSL_CERT_FILE"
+            if protocol in TLS_PROTOCOLS
+            else ""
+        )
+    )
