@@ -54,6 +54,10 @@ class KafkaAccessError(KafkaConnectionError):  # type: ignore[misc]  # aiokafka 
     says what the broker answered and which variables to check.
     """
 
+    def __str__(self) -> str:
+        # aiokafka's errors prefix their class name, which a traceback already shows.
+        return Exception.__str__(self)
+
 
 class _Startable(Protocol):
     async def start(self) -> None: ...

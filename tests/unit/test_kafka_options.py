@@ -181,3 +181,8 @@ def test_refusals_say_what_failed_and_what_to_check(error: BaseException, says: 
     assert says in message
     assert "FINTECH_KAFKA_" in message
     assert SECRET not in message
+
+
+def test_access_errors_read_as_one_sentence() -> None:
+    """The message is the sentence itself, not prefixed by the class name a second time."""
+    assert str(kafka.KafkaAccessError("Kafka at h:1 refused")) == "Kafka at h:1 refused"
