@@ -1,10 +1,15 @@
 """ReconciliationRun and ReconciliationSchedule: thin handlers around ``fintech_operator.recon``.
 
-A run is handled in two steps so that users see ``Running`` while it works: ``start`` checks the
-spec and sets ``Running`` (kopf applies one handler's patch before the next handler runs), then
-``execute`` does the work in a worker thread and reports the stored outcome. Both are idempotent:
-the ``recon_runs`` row decides, so an operator restarted mid-run counts a new attempt and starts
-the work again from scratch, and one restarted after the work committed only reports it.
+A run is handled in two steps so that users see where it is: ``start`` checks the spec and sets
+``Pending`` (kopf applies one handler's patch before the next handler runs); ``execute`` waits
+for one of the ``FINTECH_RECON_WORKERS_MAX`` worker slots, sets ``Running`` as it takes one (a
+status patch of its own, since kopf's patch would only land when the handler ends), does the
+work in a worker thread and reports the stored outcome. Both are idempotent: the ``recon_runs``
+row decides, so an operator restarted mid-run counts a new attempt and starts the work again
+from scratch, and one restarted after the work committed only reports it.
+
+The run's ``dev.fintech.recon.completed.v1`` event is written by ``recon.store`` with the final
+state; a run refused before any work (an invalid spec) writes it here, with the same derived id.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from kubernetes.client.exceptions import ApiException
 
 from fintech_operator import api
 from fintech_operator.api import reconciliationrun as run_api
+from fintech_operator.events import schema
 from fintech_operator.handlers import report
+from fintech_operator.ledger import engine
 from fintech_operator.recon import model, plans, schedule, sources, store
 
 RUNS: Final = "reconciliationruns"
 SCHEDULES: Final = "reconciliationschedules"
 FINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+STARTED_PHASES: Final = frozenset({"Pending", "Running", *FINAL_PHASES})
 RECONCILED: Final = "Reconciled"
 SCHEDULE_LABEL: Final = f"{api.GROUP}/schedule"
 SCHEDULE_TICK_SECONDS: Final = 15.0
@@ -138,26 +146,92 @@ def _fail(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None
     kopf.warn(body, reason="Failed", message=f"{reason}: {message}"[:1024])
 
 
+async def _invalid(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str,
+    memo: kopf.Memo,
+    exc: pydantic.ValidationError,
+) -> None:
+    """A spec the operator cannot run: its ``recon.completed`` (Failed) event, then status."""
+    message = api.format_validation_error(exc)
+    event = schema.recon_completed(
+        namespace=namespace,
+        name=str(body.metadata.name),
+        uid=str(body.metadata.uid),
+        phase="Failed",
+        dry_run=spec.get("dryRun") is True,
+        completed_at=datetime.datetime.now(datetime.UTC),
+        reason="InvalidSpec",
+        message=message,
+    )
+    async with memo.pool.connection() as conn:
+        await engine.write_events(conn, [event])
+    _fail(body, patch, "InvalidSpec", message)
+
+
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
 @kopf.on.create(api.GROUP, api.VERSION, RUNS)
-async def start(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
-    """Check the spec and show ``Running`` before the work starts."""
-    if body.status.get("phase") in (*FINAL_PHASES, "Running"):
+async def start(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Check the spec and show ``Pending`` until a worker takes the run."""
+    if body.status.get("phase") in STARTED_PHASES:
         return
     try:
         api.ReconciliationRunSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        _fail(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        await _invalid(body, spec, patch, report.namespace_of(namespace), memo, exc)
         return
     patch.status.update(
         {
-            "phase": "Running",
-            "startedAt": report.timestamp(),
-            "conditions": _conditions(body, (False, "Running", "reconciling"), None),
+            "phase": "Pending",
+            "conditions": _conditions(
+                body, (False, "Pending", "waiting for a reconciliation worker"), None
+            ),
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
     )
+
+
+def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    _custom().patch_namespaced_custom_object_status(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        RUNS,
+        name,
+        {"status": status},
+        _content_type="application/merge-patch+json",
+        _request_timeout=KUBE_TIMEOUT_SECONDS,
+    )
+
+
+async def _running(body: kopf.Body, namespace: str) -> str:
+    """Show ``Running`` now that a worker has the run; return its ``startedAt``.
+
+    A status patch of its own, not kopf's: kopf applies a handler's patch when it returns,
+    and this handler returns only when the run is over.
+    """
+    started = str(body.status.get("startedAt") or report.timestamp())
+    if body.status.get("phase") == "Running":
+        return started
+    status = {
+        "phase": "Running",
+        "startedAt": started,
+        "conditions": _conditions(body, (False, "Running", "reconciling"), None),
+        "observedGeneration": int(body.metadata.get("generation") or 0),
+    }
+    name = str(body.metadata.name)
+    await in_worker(lambda: _patch_status(namespace, name, status), f"recon-status-{name}")
     _normal(body, "Started", "reconciliation started")
+    return started
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
@@ -177,7 +251,7 @@ async def execute(
     try:
         run_spec = api.ReconciliationRunSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        _fail(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        await _invalid(body, spec, patch, namespace, memo, exc)
         return
     key = store.RunKey(str(body.metadata.uid), namespace, str(body.metadata.name))
     records = sources.opener(run_spec, namespace, memo.recon_source_limits)
@@ -190,6 +264,7 @@ async def execute(
 
     try:
         async with memo.recon_slots:
+            started = await _running(body, namespace)
             outcome = await in_worker(work, f"recon-{namespace}/{key.name}")
     except store.Busy as exc:
         raise kopf.TemporaryError(str(exc), delay=BUSY_RETRY_SECONDS) from exc
@@ -200,17 +275,20 @@ async def execute(
             f"transient failure, retrying: {type(exc).__name__}: {exc}",
             delay=TRANSIENT_RETRY_SECONDS,
         ) from exc
-    _report(body, patch, outcome)
+    _report(body, patch, outcome, started)
 
 
-def _report(body: kopf.Body, patch: kopf.Patch, outcome: store.RunState) -> None:
+def _report(
+    body: kopf.Body, patch: kopf.Patch, outcome: store.RunState, started: str | None = None
+) -> None:
     """Copy the stored outcome into status; the database row is the truth."""
+    started = started or body.status.get("startedAt") or _iso(outcome.started_at)
     if outcome.state == "failed":
         _fail(body, patch, outcome.reason or "Failed", outcome.message or "")
         patch.status.update(
             {
                 "attempt": outcome.attempt,
-                "startedAt": body.status.get("startedAt") or _iso(outcome.started_at),
+                "startedAt": started,
                 "completedAt": _iso(outcome.completed_at),
             }
         )
@@ -227,7 +305,7 @@ def _report(body: kopf.Body, patch: kopf.Patch, outcome: store.RunState) -> None
     patch.status.update(
         {
             "phase": "Succeeded",
-            "startedAt": body.status.get("startedAt") or _iso(outcome.started_at),
+            "startedAt": started,
             "completedAt": _iso(outcome.completed_at),
             "attempt": outcome.attempt,
             "summary": summary,
