@@ -40,7 +40,8 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
     from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
 
-    applied = migrate.apply(config.load().database_url)
+    settings = config.load()
+    applied = migrate.apply_configured(settings)
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
 

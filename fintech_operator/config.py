@@ -24,6 +24,32 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     database_url: Annotated[str, Field(min_length=1, description="libpq DSN of the ledger")]
+    # Least privilege: the ledger's owner migrates, a runtime role that owns nothing posts.
+    migration_database_url: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="libpq DSN of the role that owns the ledger's tables, used only to "
+            "apply migrations and grants; unset, migrations run as DATABASE_URL's role.",
+        ),
+    ] = None
+    migration_database_password: Annotated[
+        pydantic.SecretStr | None,
+        Field(
+            repr=False,
+            description="Password of FINTECH_MIGRATION_DATABASE_URL's role (from a Secret), "
+            "kept out of the URL; PGPASSWORD stays the runtime role's. Never logged.",
+        ),
+    ] = None
+    database_runtime_role: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            description="PostgreSQL role granted exactly the privileges the processes use "
+            "(no DDL, no TRUNCATE, no UPDATE or DELETE of append-only tables) each time "
+            "migrations run; DATABASE_URL's role should be it or a member of it.",
+        ),
+    ] = None
     kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
     db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8

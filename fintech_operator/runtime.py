@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, logs
 from fintech_operator.events import relay, topics
-from fintech_operator.ledger import migrate
+from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import collector, lifecycle, tracing
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
 
-    applied = await asyncio.to_thread(migrate.apply, app.database_url)
+    applied = await asyncio.to_thread(migrate.apply_configured, app)
     log.info("database migrations applied: %s", applied or "none (up to date)")
     await topics.ensure_for(app)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -60,6 +60,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         connection_class=tracing.TracedConnection,
     )
     await pool.open(wait=True, timeout=app.db_timeout_seconds)
+    await _warn_if_owner(pool)
     # The relay owns its Kafka producer: it replaces it after a failed batch so that nothing
     # an abandoned producer still holds can overtake a retry. Trace context travels in the
     # outbox rows' headers, which the relay publishes as Kafka headers.
@@ -70,6 +71,20 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.relay_stop = stop
     memo.relay_task = relay_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+
+
+async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as conn:
+        owned = await grants.owned_table_count(conn)
+    if owned:
+        # Allowed (development runs as one role), but the guards of the ledger are then only
+        # as strong as this process: say so where an operator of the platform will look.
+        log.warning(
+            "connected to the ledger as the owner of %d tables: it could disable the ledger's "
+            "triggers; in production set FINTECH_MIGRATION_DATABASE_URL and "
+            "FINTECH_DATABASE_RUNTIME_ROLE (docs/install.md, 'Database roles')",
+            owned,
+        )
 
 
 @kopf.on.cleanup()

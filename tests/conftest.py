@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,18 +197,49 @@ class OperatorProcesses:
                 proc.kill()
 
 
+RUNTIME_ROLE = "fintech_runtime"
+
+
+def with_user(url: str, user: str) -> str:
+    """``postgresql://owner@host:port/db`` as ``user`` (URL form, as the chart's values want)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+@pytest.fixture(scope="session")
+def runtime_role(platform_running: RunningPlatform) -> str:
+    """A login role that owns nothing, as production runs the processes (docs/install.md)."""
+    with psycopg.connect(platform_running.database_url_for("postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (RUNTIME_ROLE,)).fetchone():
+            return RUNTIME_ROLE
+        conn.execute(f"CREATE ROLE {RUNTIME_ROLE} LOGIN")
+    return RUNTIME_ROLE
+
+
 @pytest.fixture(scope="module")
 def operator_env(
-    platform_running: RunningPlatform, migrated_database_url: str, operator_prefix: str
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    runtime_role: str,
+    operator_prefix: str,
 ) -> dict[str, str]:
     """Environment for product processes: the module's database and topics, the session's Kafka.
 
     Each module has its own database, so it must have its own topics too: a consumer of
-    another module's events would apply them against a database without those cards.
+    another module's events would apply them against a database without those cards. The
+    processes connect as the runtime role, never the owner, so every e2e test also proves
+    that :mod:`fintech_operator.ledger.grants` gives them enough; tests that must write past
+    the product's own guards (tampering) use ``migrated_database_url``, the owner's.
     """
+    from fintech_operator.ledger import migrate  # noqa: PLC0415 - unit runs need no ledger
+
+    migrate.apply(migrated_database_url, runtime_role=runtime_role)
     return {
         **platform_running.env,
-        "DATABASE_URL": migrated_database_url,
+        "DATABASE_URL": with_user(migrated_database_url, runtime_role),
+        "FINTECH_MIGRATION_DATABASE_URL": migrated_database_url,
+        "FINTECH_DATABASE_RUNTIME_ROLE": runtime_role,
         "FINTECH_TOPIC_PREFIX": f"{operator_prefix}.",
         "FINTECH_HEALTH_PORT": "0",
         "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",

@@ -12,6 +12,7 @@ than the code).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -20,7 +21,11 @@ from importlib import resources
 from typing import Final
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
+
+from fintech_operator import config
+from fintech_operator.ledger import grants
 
 # "ledgermg" in ASCII, as a signed 64-bit key; fixed forever so every version of the operator
 # contends on the same lock.
@@ -71,6 +76,8 @@ def apply(
     dsn: str,
     migrations: Sequence[Migration] | None = None,
     *,
+    runtime_role: str | None = None,
+    password: str | None = None,
     connect_timeout_seconds: int = 10,
     lock_timeout_seconds: int = 120,
     statement_timeout_seconds: int = 600,
@@ -78,9 +85,13 @@ def apply(
     """Apply pending migrations; return the versions applied now (empty when up to date).
 
     ``migrations`` defaults to :func:`discover`; tests pass their own. The lock timeout bounds
-    the wait for another process that is migrating the same database.
+    the wait for another process that is migrating the same database. With ``runtime_role``,
+    that role's privileges are then set to :data:`grants.PRIVILEGES` in the same transaction,
+    on every run, so a new table is never left without a decision.
     """
     wanted = _checked_order(list(discover() if migrations is None else migrations))
+    if password is not None:
+        dsn = make_conninfo(dsn, password=password)
     conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_seconds)
     with conn, conn.transaction():
         _set_timeouts(conn, lock_timeout_seconds, statement_timeout_seconds)
@@ -90,12 +101,29 @@ def apply(
         pending = _pending(wanted, _recorded(conn))
         for migration in pending:
             _apply_one(conn, migration)
+        if runtime_role is not None:
+            grants.apply(conn, runtime_role)
     return [migration.version for migration in pending]
 
 
-async def apply_async(dsn: str, migrations: Sequence[Migration] | None = None) -> list[int]:
+async def apply_async(
+    dsn: str, migrations: Sequence[Migration] | None = None, *, runtime_role: str | None = None
+) -> list[int]:
     """:func:`apply` from async code, in a worker thread so the event loop keeps running."""
-    return await asyncio.to_thread(apply, dsn, migrations)
+    return await asyncio.to_thread(
+        functools.partial(apply, dsn, migrations, runtime_role=runtime_role)
+    )
+
+
+def apply_configured(settings: config.Settings) -> list[int]:
+    """:func:`apply` as the processes configure it: as the owner's DSN and password when
+    given (``FINTECH_MIGRATION_DATABASE_*``), else as the runtime's own connection."""
+    owner = settings.migration_database_password
+    return apply(
+        settings.migration_database_url or settings.database_url,
+        runtime_role=settings.database_runtime_role,
+        password=None if owner is None else owner.get_secret_value(),
+    )
 
 
 def _checked_order(migrations: list[Migration]) -> list[Migration]:

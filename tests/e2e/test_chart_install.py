@@ -175,14 +175,22 @@ def release(
     for name in (namespace, apps):
         kubectl("create", "namespace", name)
     # libpq's PGPASSWORD comes from a Secret, as in production (the test server trusts loopback).
-    kubectl(
-        "create", "secret", "generic", "ledger-db", "-n", namespace, "--from-literal=password=x"
-    )
+    for secret in ("ledger-db", "ledger-db-owner"):
+        kubectl("create", "secret", "generic", secret, "-n", namespace, "--from-literal=password=x")
     values = {
         "rbac": {"scope": "namespace"},
         "watchNamespaces": [apps],
         "postgresql": {"enabled": False},
-        "externalDatabase": {"url": operator_env["DATABASE_URL"], "existingSecret": "ledger-db"},
+        # Least privilege as production runs it: the owner migrates, the runtime role posts.
+        "externalDatabase": {
+            "url": operator_env["DATABASE_URL"],
+            "existingSecret": "ledger-db",
+            "migration": {
+                "url": operator_env["FINTECH_MIGRATION_DATABASE_URL"],
+                "existingSecret": "ledger-db-owner",
+            },
+            "runtimeRole": operator_env["FINTECH_DATABASE_RUNTIME_ROLE"],
+        },
         "kafka": {"enabled": False},
         "externalKafka": {"bootstrapServers": operator_env["KAFKA_BOOTSTRAP_SERVERS"]},
         "operator": {"healthPort": _free_port()},
@@ -276,6 +284,8 @@ def test_card_and_posting_reconcile_as_the_charts_service_accounts(
     rewards_env = _pod_env(kubectl, release, "rewards", "rewards-a")
     pods.start("rewards-a", list(_container(release, "rewards")["args"]), rewards_env)
     assert "KUBECONFIG" not in rewards_env
+    # Only the operator migrates, so only it holds the owner's credentials.
+    assert not {k for k in rewards_env if k.startswith("FINTECH_MIGRATION_")}
     ns = release.apps
     kubectl(
         "apply", "-n", ns, "-f", str(EXAMPLES / "10-card-u_demo.yaml"),

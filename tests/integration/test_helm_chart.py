@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from fintech_operator import config
-from fintech_operator.stack import platform, versions
+from fintech_operator.stack import certs, platform, versions
 from tests.conftest import Kubectl, RunningPlatform
 
 pytestmark = pytest.mark.integration
@@ -476,7 +476,16 @@ def test_bundled_services_match_the_tested_platform(helm: Helm) -> None:
     assert kafka["image"] == f"apache/kafka:{versions.KAFKA_VERSION}"
     properties = one(docs, "ConfigMap", "-kafka")["data"]["server.properties"]
     chart_keys = {line.split("=", 1)[0] for line in properties.splitlines() if line}
-    tested = platform._kafka_properties(platform.Ports(), Path("/data"))
+    pki = certs.KafkaPki(Path("/ca.pem"), Path("/broker.pem"), Path("/c.pem"), Path("/k.pem"))
+    # The local broker also has SASL and TLS client listeners (to test the product's Kafka
+    # security); the bundled one is PLAINTEXT inside the release's NetworkPolicy.
+    tested = "".join(
+        f"{line}\n"
+        for line in platform._kafka_properties(
+            platform.Ports(), Path("/data"), pki, "x"
+        ).splitlines()
+        if not line.startswith(("sasl.", "ssl.", "listener.name."))
+    )
     assert chart_keys == {line.split("=", 1)[0] for line in tested.splitlines() if line}
     for line in tested.splitlines():
         key, value = line.split("=", 1)

@@ -212,3 +212,28 @@ def test_missing_and_empty_kafka_files_name_the_variable(tmp_path: Path) -> None
     for env, named in cases:
         with pytest.raises(config.SettingsError, match=named):
             config.load(env)
+
+
+def test_database_roles_default_to_one_role_and_keep_the_password_secret() -> None:
+    """Unset, the runtime's own connection migrates; set, the owner's password never shows."""
+    plain = config.load(BASE)
+    assert (plain.migration_database_url, plain.database_runtime_role) == (None, None)
+    settings = config.load(
+        {
+            **BASE,
+            "FINTECH_MIGRATION_DATABASE_URL": "postgresql://owner@127.0.0.1/db",
+            "FINTECH_MIGRATION_DATABASE_PASSWORD": "hunter2",
+            "FINTECH_DATABASE_RUNTIME_ROLE": "fintech_runtime",
+        }
+    )
+    assert settings.migration_database_password is not None
+    assert settings.migration_database_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("role", ["Fintech", "fin-tech", "1runtime", 'x"; DROP TABLE entries', ""])
+def test_bad_runtime_roles_name_the_variable(role: str) -> None:
+    """A role name is a plain lower-case identifier: nothing that needs (or escapes) quoting."""
+    with pytest.raises(config.SettingsError, match="FINTECH_DATABASE_RUNTIME_ROLE"):
+        config.load({**BASE, "FINTECH_DATABASE_RUNTIME_ROLE": role})

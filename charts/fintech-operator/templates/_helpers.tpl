@@ -168,6 +168,29 @@ PGPASSWORD (libpq reads it, so it never appears in a URL), settings, metrics and
 {{- end }}
 {{- end -}}
 
+{{/*
+The operator's extra environment: the owner's credentials for migrations and grants. Only the
+operator migrates, so only its pods ever hold them.
+*/}}
+{{- define "fintech.migrationEnv" -}}
+{{- $db := .Values.externalDatabase -}}
+{{- if and (not .Values.postgresql.enabled) $db.migration.url }}
+- name: FINTECH_MIGRATION_DATABASE_URL
+  value: {{ $db.migration.url | quote }}
+{{- if $db.migration.existingSecret }}
+- name: FINTECH_MIGRATION_DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $db.migration.existingSecret }}
+      key: {{ $db.migration.passwordKey }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.postgresql.enabled) $db.runtimeRole }}
+- name: FINTECH_DATABASE_RUNTIME_ROLE
+  value: {{ $db.runtimeRole | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "fintech.podSecurityContext" -}}
 {{ toYaml .Values.podSecurityContext }}
 {{- end -}}

@@ -1,0 +1,106 @@
+"""The runtime role's privileges: exactly what the processes use, and nothing the ledger's
+owner alone should do.
+
+The ledger's invariants live in triggers and constraints (see migration 0001). A role that
+owns the tables can switch those off (``ALTER TABLE entries DISABLE TRIGGER ALL``), drop
+them, or ``TRUNCATE``; so in production the operator and its consumers connect as a role
+that owns nothing, and the owner is used only by :func:`migrate.apply`, which re-grants this
+table after every run so a new table never ships without a decision about who may write it.
+
+Append-only tables get ``SELECT, INSERT`` only: the triggers refuse UPDATE and DELETE too,
+so the refusal is enforced twice, by privilege first. Deletes that cascade from a parent
+(delivery attempts, recon exceptions) run with the owner's rights, as PostgreSQL's
+referential actions do, and need no grant here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+READ: Final = ("SELECT",)
+APPEND: Final = ("SELECT", "INSERT")
+# UPDATE also covers the row locks (SELECT ... FOR UPDATE / FOR NO KEY UPDATE) taken on them.
+MUTABLE: Final = ("SELECT", "INSERT", "UPDATE")
+PRUNABLE: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+# Every table and view of the schema, and what the runtime role may do to it. A relation
+# missing here stops the grant (and so the migration) with its name: decide, then add it.
+PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
+    "schema_migrations": READ,
+    "accounts": MUTABLE,  # status on close; locked while posting
+    "account_balances": MUTABLE,  # written by the entries trigger, locked while posting
+    "journals": APPEND,
+    "entries": APPEND,
+    "outbox": MUTABLE,  # published_at, claimed FOR UPDATE SKIP LOCKED by the relay
+    "rewards_ledger": APPEND,
+    "rewards_balances": MUTABLE,  # written by the rewards_ledger trigger
+    "processed_events": APPEND,
+    "risk_assessments": APPEND,
+    "compliance_checks": APPEND,
+    "compliance_alerts": APPEND,
+    "card_reviews": APPEND,
+    "webhook_endpoints": MUTABLE,
+    "webhook_deliveries": PRUNABLE,  # delivered rows are pruned after the retention
+    "webhook_delivery_attempts": APPEND,
+    "recon_runs": PRUNABLE,  # the schedule's history limit deletes old runs
+    "recon_exceptions": APPEND,
+    "ledger_balance_drift": READ,
+    "rewards_balance_drift": READ,
+}
+
+_RELATIONS: Final = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm')
+ ORDER BY c.relname
+"""
+
+
+class GrantError(RuntimeError):
+    """The schema has a relation this code has no privilege decision for."""
+
+
+def apply(conn: psycopg.Connection[Any], role: str) -> None:
+    """Make ``role``'s privileges exactly :data:`PRIVILEGES` (run inside the migration's
+    transaction, by the owner); idempotent."""
+    relations = [str(row[0]) for row in conn.execute(_RELATIONS).fetchall()]
+    unknown = sorted(set(relations) - set(PRIVILEGES))
+    if unknown:
+        raise GrantError(f"no runtime privileges decided for {unknown}: add them to grants.py")
+    who = sql.Identifier(role)
+    schema = sql.Identifier(_one(conn, "SELECT current_schema()"))
+    database = sql.Identifier(_one(conn, "SELECT current_database()"))
+    conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, who))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, who))
+    conn.execute(
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema, who)
+    )
+    for relation in relations:
+        table = sql.Identifier(relation)
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
+        verbs = sql.SQL(", ").join(sql.SQL(verb) for verb in PRIVILEGES[relation])
+        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(verbs, table, who))
+
+
+async def owned_table_count(conn: psycopg.AsyncConnection[Any]) -> int:
+    """How many of the schema's tables the connected role owns, directly or by membership.
+
+    Not zero means the process could switch off the ledger's own guards; the operator
+    says so at start-up (allowed for development, where one role does everything).
+    """
+    cur = await conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+        " AND pg_has_role(current_user, tableowner, 'USAGE')"
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _one(conn: psycopg.Connection[Any], query: str) -> str:
+    row = conn.execute(query).fetchone()
+    if row is None:
+        raise GrantError(f"{query!r} returned no row")
+    return str(row[0])
