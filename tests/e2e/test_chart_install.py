@@ -115,11 +115,36 @@ def _pod_env(kubectl: Kubectl, release: Release, component: str, pod: str) -> di
             env[item["name"]] = pod
         else:
             raise AssertionError(f"unresolvable env {item}")
+    _mount_secret_volumes(kubectl, release, component, pod, env)
     # Loopback only on this machine; in the pod the chart's 0.0.0.0 is right.
     env["FINTECH_HEALTH_HOST"] = "127.0.0.1"
     # Two processes share this machine's ports; in the cluster each pod has its own.
     env["FINTECH_METRICS_PORT"] = str(_free_port())
     return env
+
+
+def _mount_secret_volumes(
+    kubectl: Kubectl, release: Release, component: str, pod: str, env: dict[str, str]
+) -> None:
+    """Write each Secret volume's keys to a directory, as the kubelet mounts them, and point
+    the environment's paths under its mountPath there."""
+    deployment = one(release.docs, "Deployment", f"-{component}")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in deployment["volumes"] if "secret" in v}
+    for mount in deployment["containers"][0].get("volumeMounts", []):
+        if mount["name"] not in secrets:
+            continue
+        secret = json.loads(
+            kubectl(
+                "get", "secret", secrets[mount["name"]], "-n", release.namespace, "-o", "json"
+            ).stdout
+        )  # fmt: skip
+        folder = release.tmp / f"{pod}-{mount['name']}"
+        folder.mkdir(exist_ok=True)
+        for key, value in secret["data"].items():
+            (folder / key).write_bytes(base64.b64decode(value))
+        for name, value in env.items():
+            if value.startswith(mount["mountPath"] + "/"):
+                env[name] = str(folder / value.removeprefix(mount["mountPath"] + "/"))
 
 
 class Pods:
@@ -177,6 +202,16 @@ def release(
     # libpq's PGPASSWORD comes from a Secret, as in production (the test server trusts loopback).
     for secret in ("ledger-db", "ledger-db-owner"):
         kubectl("create", "secret", "generic", secret, "-n", namespace, "--from-literal=password=x")
+    # Kafka as a managed cluster is reached: SASL_SSL with SCRAM-SHA-512, CA from a Secret.
+    stack = operator_env
+    kubectl(
+        "create", "secret", "generic", "kafka-user", "-n", namespace,
+        f"--from-file=password={stack['FINTECH_STACK_KAFKA_PASSWORD_FILE']}",
+    )  # fmt: skip
+    kubectl(
+        "create", "secret", "generic", "kafka-ca", "-n", namespace,
+        f"--from-file=ca.crt={stack['FINTECH_STACK_KAFKA_CA_FILE']}",
+    )  # fmt: skip
     values = {
         "rbac": {"scope": "namespace"},
         "watchNamespaces": [apps],
@@ -192,7 +227,16 @@ def release(
             "runtimeRole": operator_env["FINTECH_DATABASE_RUNTIME_ROLE"],
         },
         "kafka": {"enabled": False},
-        "externalKafka": {"bootstrapServers": operator_env["KAFKA_BOOTSTRAP_SERVERS"]},
+        "externalKafka": {
+            "bootstrapServers": stack["FINTECH_STACK_KAFKA_SASL_SSL_BOOTSTRAP"],
+            "security": {
+                "protocol": "SASL_SSL",
+                "saslMechanism": "SCRAM-SHA-512",
+                "username": stack["FINTECH_STACK_KAFKA_USERNAME"],
+                "passwordSecret": {"name": "kafka-user"},
+                "tlsSecret": {"name": "kafka-ca"},
+            },
+        },
         "operator": {"healthPort": _free_port()},
         "rewards": {"group": f"rewards-{operator_prefix}"},
         "config": {"cardRefreshIntervalSeconds": 1, "topicPrefix": f"{operator_prefix}."},

@@ -244,6 +244,14 @@ def test_packaged_chart_carries_the_crd_files_byte_for_byte(helm: Helm, tmp_path
     assert packaged == generated
 
 
+def kafka_security(security: dict[str, Any]) -> dict[str, Any]:
+    """Values for an external Kafka with these ``externalKafka.security`` settings."""
+    return {
+        "kafka": {"enabled": False},
+        "externalKafka": {"bootstrapServers": "kafka.example:9093", "security": security},
+    }
+
+
 BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-key", {"operatr": {}}, "operatr"),
     ("bad-scope", {"rbac": {"scope": "everything"}}, "/rbac/scope"),
@@ -271,7 +279,93 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("bad-quantity", {"kafka": {"persistence": {"size": "ten gigs"}}}, "/kafka/persistence/size"),
     ("bad-budget", {"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
     ("bad-consumer-group", {"rewards": {"group": "has space"}}, "/rewards/group"),
+    ("sasl-without-login", kafka_security({"protocol": "SASL_SSL"}), "saslMechanism"),
+    (
+        "tls-secret-on-plaintext",
+        kafka_security(
+            {
+                "protocol": "SASL_PLAINTEXT",
+                "saslMechanism": "PLAIN",
+                "username": "u",
+                "passwordSecret": {"name": "p"},
+                "tlsSecret": {"name": "ca"},
+            }
+        ),
+        "/externalKafka/security/tlsSecret/name",
+    ),
+    ("bad-sasl-mechanism", kafka_security({"saslMechanism": "GSSAPI"}), "saslMechanism"),
+    (
+        "client-cert-without-key",
+        kafka_security({"protocol": "SSL", "tlsSecret": {"name": "ca", "certKey": "tls.crt"}}),
+        "keyKey",
+    ),
+    (
+        "bad-runtime-role",
+        {
+            "postgresql": {"enabled": False},
+            "externalDatabase": {"url": "postgresql://u@h/db", "runtimeRole": "Bad-Role"},
+        },
+        "runtimeRole",
+    ),
+    (
+        "runtime-role-without-owner",
+        {
+            "postgresql": {"enabled": False},
+            "externalDatabase": {"url": "postgresql://u@h/db", "runtimeRole": "fintech_runtime"},
+        },
+        "migration",
+    ),
+    ("bad-allowed-cidrs", {"config": {"webhookAllowedCidrs": "evil.example"}}, "webhookAllowed"),
 ]
+
+
+def test_kafka_security_reaches_every_process_as_settings_and_files(
+    helm: Helm, tmp_path: Path
+) -> None:
+    """SASL_SSL values become the FINTECH_KAFKA_* settings of all three processes, the password
+    and CA mounted read-only from their Secrets; config.py accepts what the chart renders."""
+    docs = helm.template(
+        kafka_security(
+            {
+                "protocol": "SASL_SSL",
+                "saslMechanism": "SCRAM-SHA-512",
+                "username": "fintech",
+                "passwordSecret": {"name": "kafka-user"},
+                "tlsSecret": {"name": "kafka-ca", "certKey": "user.crt", "keyKey": "user.key"},
+            }
+        )
+    )
+    for deployment in find(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+        assert volumes["kafka-sasl"] == "kafka-user"
+        assert volumes["kafka-tls"] == "kafka-ca"
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["kafka-sasl"]["readOnly"]
+        assert mounts["kafka-tls"]["readOnly"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "FINTECH_KAFKA_SASL_PASSWORD" not in env  # only ever a file
+        local: dict[str, str] = {}
+        for name, value in env.items():
+            if value is None:
+                continue
+            local[name] = value
+            if any(value.startswith(m["mountPath"] + "/") for m in mounts.values()):
+                path = tmp_path / value.removeprefix("/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x\n")
+                local[name] = str(path)
+        loaded = config.load(local)
+        assert (loaded.kafka_security_protocol, loaded.kafka_sasl_mechanism) == (
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+        )
+        assert loaded.kafka_ssl_cert_file.endswith("kafka-tls/user.crt")
+    plain = helm.template({})
+    for deployment in find(plain, "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert not [e for e in container["env"] if e["name"].startswith("FINTECH_KAFKA_")]
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,7 @@ PGPASSWORD (libpq reads it, so it never appears in a URL), settings, metrics and
 {{- end }}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ include "fintech.kafkaBootstrap" $root | quote }}
+{{- include "fintech.kafkaSecurityEnv" $root }}
 {{- range $key, $value := $root.Values.config }}
 - name: {{ printf "FINTECH_%s" ($key | snakecase | upper) }}
   value: {{ $value | toString | quote }}
@@ -224,5 +225,73 @@ affinity:
 - name: metrics
   containerPort: {{ .Values.metrics.port }}
   protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/*
+Kafka TLS and SASL for an external cluster: settings as environment, secrets as files (the
+processes re-read them for each new connection, so rotation needs no restart).
+*/}}
+{{- define "fintech.kafkaSecurity" -}}
+{{- if not .Values.kafka.enabled -}}
+{{- toJson .Values.externalKafka.security -}}
+{{- else -}}
+{{- toJson (dict "protocol" "PLAINTEXT" "saslMechanism" "" "passwordSecret" (dict "name" "") "tlsSecret" (dict "name" "")) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fintech.kafkaSecurityEnv" -}}
+{{- $sec := include "fintech.kafkaSecurity" . | fromJson -}}
+{{- if ne $sec.protocol "PLAINTEXT" }}
+- name: FINTECH_KAFKA_SECURITY_PROTOCOL
+  value: {{ $sec.protocol | quote }}
+{{- end }}
+{{- if $sec.saslMechanism }}
+- name: FINTECH_KAFKA_SASL_MECHANISM
+  value: {{ $sec.saslMechanism | quote }}
+- name: FINTECH_KAFKA_SASL_USERNAME
+  value: {{ $sec.username | quote }}
+- name: FINTECH_KAFKA_SASL_PASSWORD_FILE
+  value: {{ printf "/etc/fintech/kafka-sasl/%s" $sec.passwordSecret.key | quote }}
+{{- end }}
+{{- if $sec.tlsSecret.name }}
+- name: FINTECH_KAFKA_SSL_CA_FILE
+  value: {{ printf "/etc/fintech/kafka-tls/%s" $sec.tlsSecret.caKey | quote }}
+{{- if $sec.tlsSecret.certKey }}
+- name: FINTECH_KAFKA_SSL_CERT_FILE
+  value: {{ printf "/etc/fintech/kafka-tls/%s" $sec.tlsSecret.certKey | quote }}
+- name: FINTECH_KAFKA_SSL_KEY_FILE
+  value: {{ printf "/etc/fintech/kafka-tls/%s" $sec.tlsSecret.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "fintech.kafkaSecurityMounts" -}}
+{{- $sec := include "fintech.kafkaSecurity" . | fromJson -}}
+{{- if $sec.saslMechanism }}
+- name: kafka-sasl
+  mountPath: /etc/fintech/kafka-sasl
+  readOnly: true
+{{- end }}
+{{- if $sec.tlsSecret.name }}
+- name: kafka-tls
+  mountPath: /etc/fintech/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "fintech.kafkaSecurityVolumes" -}}
+{{- $sec := include "fintech.kafkaSecurity" . | fromJson -}}
+{{- if $sec.saslMechanism }}
+- name: kafka-sasl
+  secret:
+    secretName: {{ $sec.passwordSecret.name }}
+    defaultMode: 0440
+{{- end }}
+{{- if $sec.tlsSecret.name }}
+- name: kafka-tls
+  secret:
+    secretName: {{ $sec.tlsSecret.name }}
+    defaultMode: 0440
 {{- end }}
 {{- end -}}
