@@ -132,6 +132,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     for line in plat.env_file.read_text().splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = os.path.expandvars(value.strip("'\""))
+    # The examples' webhook receiver listens on loopback, which the notifier's destination
+    # guard refuses unless allowed (docs/operations.md); development allows it, nothing else.
+    env.setdefault("FINTECH_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
     exe = [sys.executable, "-m", "fintech_operator"]
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
