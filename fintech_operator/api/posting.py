@@ -40,6 +40,7 @@ class PostingReason(enum.StrEnum):
     JOURNAL_NOT_FOUND = "JournalNotFound"
     ACCOUNT_NOT_FOUND = "AccountNotFound"
     ACCOUNT_CLOSED = "AccountClosed"
+    ACCOUNT_NOT_ALLOWED = "AccountNotAllowed"
     RISK_DECLINED = "RiskDeclined"
     INVALID_SPEC = "InvalidSpec"
 
@@ -131,7 +132,8 @@ class PostingSpec(common.SpecModel):
     occurred_at: common.Timestamp | None = pydantic.Field(
         default=None,
         description="When the movement happened (RFC 3339). Default: the object's "
-        "creationTimestamp. Daily and Monthly spend limits count it in this UTC window.",
+        "creationTimestamp. Spend limits count postings by when the ledger recorded them "
+        "(UTC day or month), not by this time.",
     )
     idempotency_key: str | None = pydantic.Field(
         default=None,
@@ -150,14 +152,17 @@ class PostingSpec(common.SpecModel):
         max_length=ENTRIES_MAX_ITEMS,
         description=(
             f"Advanced: explicit journal lines ({ENTRIES_MIN_ITEMS} to {ENTRIES_MAX_ITEMS}) "
-            "instead of the lines the type implies. Debits must equal credits per currency "
-            "or the posting is Rejected with reason Unbalanced."
+            "instead of the lines the type implies: the card's own account moved by amount "
+            "in the type's direction, the other side split across system accounts. Debits "
+            "must equal credits per currency (else Unbalanced); another account is "
+            "AccountNotAllowed."
         ),
     )
     reverses: common.ObjectName | None = pydantic.Field(
         default=None,
-        description="Name of a Posting in the same namespace to reverse; amount and "
-        "currency must match it. A posting can be reversed once (else AlreadyReversed).",
+        description="Name of a Posting in the same namespace to reverse, wholly: card, "
+        "amount and currency must be the original's (else InvalidSpec). A posting can be "
+        "reversed once (else AlreadyReversed), also after its TTL deleted it.",
     )
     ttl_seconds_after_finished: pydantic.StrictInt | None = pydantic.Field(
         default=None,
@@ -201,7 +206,9 @@ class PostingStatus(common.StatusModel):
             "IdempotencyConflict (the key already posted another request), AlreadyReversed, "
             "NotReversible (a reversal cannot be reversed), JournalNotFound (reverses names a "
             "posting without a journal), AccountNotFound and AccountClosed (explicit entries), "
-            "RiskDeclined, InvalidSpec. A rejection is final."
+            "AccountNotAllowed (explicit entries name an account other than the card's own "
+            "and system accounts), RiskDeclined, InvalidSpec (including entries or a reversal "
+            "that disagree with card, amount or currency). A rejection is final."
         ),
     )
     message: common.Message | None = common.message_field("Human-readable details of the decision.")

@@ -58,11 +58,12 @@ def _card_or_retry(
     return card
 
 
-def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec) -> None:
+def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec, acts_as: str) -> None:
     phase = card.get("phase")
-    if not posting_rules.card_accepts(phase, spec.type.value):
+    if not posting_rules.card_accepts(phase, acts_as):
+        what = spec.type.value if acts_as == spec.type.value else f"a reversal (as {acts_as})"
         raise Rejection(
-            "CardNotActive", f"card {spec.card!r} is {phase or 'Pending'}: {spec.type} refused"
+            "CardNotActive", f"card {spec.card!r} is {phase or 'Pending'}: {what} refused"
         )
 
 
@@ -74,7 +75,14 @@ def _lines(spec: api.PostingSpec, account: str) -> tuple[model.Line, ...]:
             )
             for e in spec.entries
         ]
-        return rules.validate_explicit(explicit)
+        checked = rules.validate_explicit(explicit)  # Unbalanced first: the ledger's own rule
+        try:
+            posting_rules.check_explicit_entries(
+                checked, account, spec.type.value, spec.amount_minor, spec.currency
+            )
+        except posting_rules.SpecRefused as exc:
+            raise Rejection(exc.reason, exc.message) from exc
+        return checked
     return rules.lines_for(
         model.PostingKind(spec.type.value), account, spec.amount_minor, spec.currency
     )
@@ -85,7 +93,7 @@ def _guard(
 ) -> model.SpendGuard | None:
     # The card's own limit wins; a card without one inherits its product's default.
     limit = card.get("spendLimit") or product.get("spendLimit")
-    if not limit or spec.type is not api.PostingType.PURCHASE or spec.entries:
+    if not limit or spec.type is not api.PostingType.PURCHASE:
         return None
     return model.SpendGuard(
         card["account"], int(limit["amount"]), model.SpendInterval(limit["interval"]), now
@@ -171,22 +179,19 @@ async def post(
     cards, cardproducts, postings = kwargs["cards"], kwargs["cardproducts"], kwargs["postings"]
     try:
         posting = api.PostingSpec.model_validate(dict(spec))
-        card = _card_or_retry(
-            cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
-        )
-        _check_card_accepts(card, posting)
-        if posting.reverses:
-            result = await _reverse(memo, posting, body, postings)
-        else:
-            result = await _replay(memo, posting, body) or await _post_with_risk(
-                memo,
-                build_request(posting, body, card, _product(cardproducts, card)),
-                posting,
-                body,
-                card,
-                kwargs,
-                patch,
+        # A key that already posted is a replay whatever happened to the card since: an
+        # object deleted and re-applied (Argo CD) after a freeze still shows its journal.
+        result = await _replay(memo, posting, body)
+        if result is None:
+            card = _card_or_retry(
+                cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
             )
+            if posting.reverses:
+                result = await _reverse(memo, posting, body, card, postings)
+            else:
+                _check_card_accepts(card, posting, posting.type.value)
+                request = build_request(posting, body, card, _product(cardproducts, card))
+                result = await _post_with_risk(memo, request, posting, body, card, kwargs, patch)
     except pydantic.ValidationError as exc:
         report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
         return
@@ -222,9 +227,6 @@ async def _post_with_risk(
     """
     namespace = report.namespace_of(body.metadata.namespace)
     account = str(card.get("account"))
-    if account not in request.account_codes:
-        # Explicit entries that leave the card's account alone: no card-level rule applies.
-        return await engine.post(memo.pool, request)
     merchant = posting.merchant
     check = risk_store.PostingCheck(
         risk_policy.select(indexes_["riskpolicies"], namespace),
@@ -268,6 +270,9 @@ async def _replay(memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body) ->
         journal = await engine.journal_by_key(conn, key)
     if journal is None:
         return None
+    if posting.reverses and journal.reverses_journal_id is not None:
+        # The engine hashes a reversal by its target and key; it is this reversal again.
+        return model.PostResult(journal=journal, replayed=True)
     if journal.metadata.get("specHash") != posting_rules.spec_hash(api.to_api(posting)):
         raise Rejection(
             "IdempotencyConflict",
@@ -277,21 +282,29 @@ async def _replay(memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body) ->
 
 
 async def _reverse(
-    memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body, postings: kopf.Index[Any, Any]
+    memo: kopf.Memo,
+    posting: api.PostingSpec,
+    body: kopf.Body,
+    card: dict[str, Any],
+    postings: kopf.Index[Any, Any],
 ) -> Any:
     namespace = report.namespace_of(body.metadata.namespace)
-    target = indexes.first(postings, (namespace, str(posting.reverses)))
-    journal = (target or {}).get("journalId")
-    if not journal:
-        raise Rejection(
-            "JournalNotFound", f"posting {posting.reverses!r} has no journal to reverse"
-        )
+    async with memo.pool.connection() as conn:
+        target = await _target_journal(conn, postings, namespace, str(posting.reverses))
+        try:
+            acts_as = posting_rules.check_reversal(
+                target, str(card.get("account")), posting.amount_minor, posting.currency
+            )
+        except posting_rules.SpecRefused as exc:
+            raise Rejection(exc.reason, exc.message) from exc
+        _check_card_accepts(card, posting, acts_as)
+        original = await outbox.posted_event(conn, target.id)
+    journal = target.id
     key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
     reason = f"reversed by {key}"
-    async with memo.pool.connection() as conn:
-        original = await outbox.posted_event(conn, int(journal))
     # The reversal's event carries the original's terms, so consumers take back exactly
-    # what the original gave. A journal without an event (explicit entries) has none.
+    # what the original gave. Every posting's journal has one; journals written by other
+    # means (the engine used directly) may not, and then there is nothing to take back.
     events = []
     if original is not None:
         events.append(
@@ -302,6 +315,22 @@ async def _reverse(
             )
         )  # fmt: skip
     return await engine.reverse(memo.pool, key, int(journal), reason, events=events)
+
+
+async def _target_journal(
+    conn: Any, postings: kopf.Index[Any, Any], namespace: str, name: str
+) -> model.Journal:
+    """The journal of the Posting ``name``: from the live object, or, once a TTL deleted it,
+    from the ledger under the posting's default idempotency key (``<namespace>/<name>``)."""
+    found = (indexes.first(postings, (namespace, name)) or {}).get("journalId")
+    journal = (
+        await engine.journal(conn, int(found))
+        if found
+        else await engine.journal_by_key(conn, f"{namespace}/{name}")
+    )
+    if journal is None:
+        raise Rejection("JournalNotFound", f"posting {name!r} has no journal to reverse")
+    return journal
 
 
 def _reason(exc: model.LedgerError) -> str:

@@ -238,7 +238,8 @@ def test_reversal_once_then_refused(
     _apply(kubectl, ns, _posting("undo2", "c6", "Purchase", 4_000, reverses="buy"))
     assert _decided(kubectl, ns, "undo2")["reason"] == "AlreadyReversed"
     _apply(kubectl, ns, _posting("undo3", "c6", "Purchase", 4_000, reverses="undo"))
-    assert _decided(kubectl, ns, "undo3")["phase"] == "Rejected"
+    assert _decided(kubectl, ns, "undo3")["reason"] == "NotReversible"
+    assert _journals(database, f"{ns}/undo3") == 0
     assert _balance(database, f"card:{ns}/c6:USD") == 0
 
     def rewards() -> list[int] | None:
@@ -300,3 +301,90 @@ def test_closed_card_takes_late_refunds_only(
     assert _decided(kubectl, ns, "after-close")["reason"] == "CardNotActive"
     assert _decided(kubectl, ns, "pay-closed")["reason"] == "CardNotActive"
     assert _balance(database, f"card:{ns}/c9:USD") == -250
+
+
+def _entry(account: str, direction: str, amount: int) -> dict[str, Any]:
+    return {"account": account, "direction": direction, "amount": amount, "currency": "USD"}
+
+
+def test_explicit_entries_move_only_their_own_card_by_their_amount(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A purchase split between settlement and fee revenue posts and earns on its amount;
+    entries that touch another card, or move the card by other than spec.amount, are
+    refused with no journal."""
+    ns = op_namespace
+    _card(kubectl, ns, "c10")
+    _card(kubectl, ns, "c10-victim")
+    mine, victim = f"card:{ns}/c10:USD", f"card:{ns}/c10-victim:USD"
+    split = [_entry(mine, "Debit", 5_000), _entry("system:network_settlement:USD", "Credit", 4_900),
+             _entry("system:fee_revenue:USD", "Credit", 100)]  # fmt: skip
+    steal = [_entry(victim, "Debit", 700), _entry(mine, "Credit", 700)]
+    inflate = [_entry(mine, "Debit", 1), _entry("system:network_settlement:USD", "Credit", 1)]
+    _apply(kubectl, ns, _posting("split", "c10", "Purchase", 5_000, entries=split))
+    _apply(kubectl, ns, _posting("steal", "c10", "Payment", 700, entries=steal))
+    _apply(kubectl, ns, _posting("inflate", "c10", "Purchase", 10**9, entries=inflate))
+    assert _decided(kubectl, ns, "split")["phase"] == "Posted"
+    assert _decided(kubectl, ns, "steal")["reason"] == "AccountNotAllowed"
+    assert _decided(kubectl, ns, "inflate")["reason"] == "InvalidSpec"
+    assert (_journals(database, f"{ns}/steal"), _journals(database, f"{ns}/inflate")) == (0, 0)
+    assert (_balance(database, mine), _balance(database, victim)) == (5_000, 0)
+
+    def points() -> int | None:
+        with psycopg.connect(database) as conn:
+            row = conn.execute(
+                "SELECT points FROM rewards_ledger WHERE card = %s", (f"{ns}/c10",)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    assert wait_for("the split purchase's points", points) == 50  # 1% of what was posted
+
+
+def test_a_reapplied_posting_stays_posted_after_its_card_froze(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """Argo CD re-creating a posted Posting after the card was frozen replays its journal;
+    it never turns into a rejection of money that did move."""
+    ns = op_namespace
+    _card(kubectl, ns, "c11")
+    text = _posting("before-freeze", "c11", "Purchase", 900)
+    _apply(kubectl, ns, text)
+    first = _decided(kubectl, ns, "before-freeze")
+    kubectl("patch", "-n", ns, "card", "c11", "--type=merge", "-p", '{"spec":{"state":"Frozen"}}')
+    wait_for(
+        "card c11 frozen", lambda: _status(kubectl, ns, "card", "c11").get("phase") == "Frozen"
+    )
+    kubectl("delete", "-n", ns, "posting", "before-freeze")
+    _apply(kubectl, ns, text)
+    second = _decided(kubectl, ns, "before-freeze")
+    assert (second["phase"], second["journalId"]) == ("Posted", first["journalId"])
+    assert _journals(database, f"{ns}/before-freeze") == 1
+
+
+def test_reversals_must_match_their_original_and_the_cards_state(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A partial "reversal" is refused; a posting deleted by its TTL can still be reversed;
+    undoing a payment on a Frozen card charges it, so it is refused like a purchase."""
+    ns = op_namespace
+    _card(kubectl, ns, "c12")
+    _apply(kubectl, ns, _posting("gone", "c12", "Purchase", 3_000, ttlSecondsAfterFinished=0))
+    _apply(kubectl, ns, _posting("paid", "c12", "Payment", 1_000))
+    assert _decided(kubectl, ns, "paid")["phase"] == "Posted"
+    wait_for(
+        "posting gone deleted by its TTL",
+        lambda: kubectl("get", "-n", ns, "posting", "gone", check=False).returncode != 0,
+        timeout_seconds=30,
+    )
+    _apply(kubectl, ns, _posting("part", "c12", "Purchase", 1, reverses="gone"))
+    assert _decided(kubectl, ns, "part")["reason"] == "InvalidSpec"
+    _apply(kubectl, ns, _posting("undo-gone", "c12", "Purchase", 3_000, reverses="gone"))
+    assert _decided(kubectl, ns, "undo-gone")["phase"] == "Posted"
+    kubectl("patch", "-n", ns, "card", "c12", "--type=merge", "-p", '{"spec":{"state":"Frozen"}}')
+    wait_for(
+        "card c12 frozen", lambda: _status(kubectl, ns, "card", "c12").get("phase") == "Frozen"
+    )
+    _apply(kubectl, ns, _posting("unpay", "c12", "Payment", 1_000, reverses="paid"))
+    assert _decided(kubectl, ns, "unpay")["reason"] == "CardNotActive"
+    assert (_journals(database, f"{ns}/part"), _journals(database, f"{ns}/unpay")) == (0, 0)
+    assert _balance(database, f"card:{ns}/c12:USD") == -1_000
