@@ -18,6 +18,9 @@ ACCEPTED_BY_PHASE: Final[dict[str, frozenset[str]]] = {
     "Active": frozenset(t.value for t in api.PostingType),
     "Frozen": frozenset({"Refund", "Payment"}),
     "Closed": frozenset({"Refund"}),
+    # The Card object is gone but its account was left open with a balance: the debt can
+    # still be paid and late refunds still land; nothing new is charged.
+    "Deleted": frozenset({"Refund", "Payment"}),
 }
 
 

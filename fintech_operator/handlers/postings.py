@@ -58,6 +58,25 @@ def _card_or_retry(
     return card
 
 
+async def _deleted_card(
+    memo: kopf.Memo, cards: kopf.Index[Any, Any], namespace: str, posting: api.PostingSpec
+) -> dict[str, Any] | None:
+    """A card whose object was deleted while its account stayed open (it had a balance):
+    its account, in phase ``Deleted``, so the debt can still be paid down. None otherwise."""
+    if indexes.first(cards, (namespace, posting.card)) is not None:
+        return None
+    code = model.card_account_code(namespace, posting.card, posting.currency)
+    try:
+        async with memo.pool.connection() as conn:
+            account = await engine.account(conn, code)
+    except model.AccountNotFound:
+        return None  # Not issued yet (or never): the caller retries, then CardNotFound.
+    if account.status is not model.AccountStatus.OPEN:
+        return None
+    return {"phase": "Deleted", "account": code, "currency": account.currency,
+            "namespace": namespace, "product": None, "spendLimit": None}  # fmt: skip
+
+
 def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec, acts_as: str) -> None:
     phase = card.get("phase")
     if not posting_rules.card_accepts(phase, acts_as):
@@ -183,7 +202,7 @@ async def post(
         # object deleted and re-applied (Argo CD) after a freeze still shows its journal.
         result = await _replay(memo, posting, body)
         if result is None:
-            card = _card_or_retry(
+            card = await _deleted_card(memo, cards, namespace, posting) or _card_or_retry(
                 cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
             )
             if posting.reverses:

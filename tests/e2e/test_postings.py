@@ -388,3 +388,22 @@ def test_reversals_must_match_their_original_and_the_cards_state(
     assert _decided(kubectl, ns, "unpay")["reason"] == "CardNotActive"
     assert (_journals(database, f"{ns}/part"), _journals(database, f"{ns}/unpay")) == (0, 0)
     assert _balance(database, f"card:{ns}/c12:USD") == -1_000
+
+
+def test_a_deleted_cards_open_debt_can_still_be_paid(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """Deleting a card that owes money leaves its account open; a Payment still settles it,
+    a Purchase is refused (CardNotActive) and writes nothing."""
+    ns = op_namespace
+    _card(kubectl, ns, "c13")
+    _apply(kubectl, ns, _posting("owed", "c13", "Purchase", 2_500))
+    assert _decided(kubectl, ns, "owed")["phase"] == "Posted"
+    kubectl("delete", "-n", ns, "card", "c13", "--timeout=60s")
+    _apply(kubectl, ns, _posting("settle", "c13", "Payment", 2_500))
+    _apply(kubectl, ns, _posting("charge-gone", "c13", "Purchase", 100))
+    assert _decided(kubectl, ns, "settle")["phase"] == "Posted"
+    refused = _decided(kubectl, ns, "charge-gone")
+    assert (refused["reason"], _journals(database, f"{ns}/charge-gone")) == ("CardNotActive", 0)
+    assert "Deleted" in refused["message"]
+    assert _balance(database, f"card:{ns}/c13:USD") == 0
