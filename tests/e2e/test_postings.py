@@ -253,16 +253,19 @@ def test_reversal_once_then_refused(
     assert wait_for("the purchase's points and their reversal", rewards) == [40, -40]
 
 
-def test_frozen_card_refuses_purchases_but_takes_refunds(
+def test_frozen_card_refuses_purchases_but_takes_refunds_and_payments(
     kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
 ) -> None:
-    """A Frozen card rejects a purchase with CardNotActive and still posts a refund."""
+    """A Frozen card rejects a purchase with CardNotActive and still posts a refund and a
+    payment."""
     ns = op_namespace
     _card(kubectl, ns, "c7", state="Frozen")
     _apply(kubectl, ns, _posting("f-buy", "c7", "Purchase", 100))
     _apply(kubectl, ns, _posting("f-refund", "c7", "Refund", 100))
+    _apply(kubectl, ns, _posting("f-pay", "c7", "Payment", 100))
     assert _decided(kubectl, ns, "f-buy")["reason"] == "CardNotActive"
     assert _decided(kubectl, ns, "f-refund")["phase"] == "Posted"
+    assert _decided(kubectl, ns, "f-pay")["phase"] == "Posted"
 
 
 def test_ttl_deletes_the_object_and_keeps_the_journal(
@@ -407,3 +410,94 @@ def test_a_deleted_cards_open_debt_can_still_be_paid(
     assert (refused["reason"], _journals(database, f"{ns}/charge-gone")) == ("CardNotActive", 0)
     assert "Deleted" in refused["message"]
     assert _balance(database, f"card:{ns}/c13:USD") == 0
+
+
+def test_a_card_without_a_limit_inherits_its_products_monthly_limit(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """The product's default spendLimit guards a card that sets none: the purchase that
+    would cross the Monthly limit is SpendLimitExceeded and writes nothing."""
+    ns = op_namespace
+    _apply(kubectl, ns, """
+        apiVersion: fintech.dev/v1alpha1
+        kind: CardProduct
+        metadata: {name: capped}
+        spec: {currency: USD, spendLimit: {amount: 5000, interval: Monthly}}
+        """)  # fmt: skip
+    _apply(kubectl, ns, """
+        apiVersion: fintech.dev/v1alpha1
+        kind: Card
+        metadata: {name: c14}
+        spec:
+          userId: u_c14
+          product: capped
+          holder: {name: Ada Lovelace, country: GB, kycStatus: Accepted}
+        """)  # fmt: skip
+    wait_for(
+        "card c14 issued", lambda: _status(kubectl, ns, "card", "c14").get("phase") == "Active"
+    )
+    _apply(kubectl, ns, _posting("m1", "c14", "Purchase", 4_000))
+    assert _decided(kubectl, ns, "m1")["phase"] == "Posted"
+    _apply(kubectl, ns, _posting("m2", "c14", "Purchase", 1_500))
+    assert _decided(kubectl, ns, "m2")["reason"] == "SpendLimitExceeded"
+    _apply(kubectl, ns, _posting("m3", "c14", "Purchase", 1_000))
+    assert _decided(kubectl, ns, "m3")["phase"] == "Posted"  # exactly at the limit
+    assert _journals(database, f"{ns}/m2") == 0
+    assert _balance(database, f"card:{ns}/c14:USD") == 5_000
+
+
+def test_merchant_country_velocity_amount_and_structuring_through_the_operator(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A blocked merchant country and a velocity amount decline (RiskDeclined, recorded with
+    the rule); three postings just under the AML threshold raise a Structuring alert."""
+    ns = op_namespace
+    _apply(kubectl, ns, """
+        apiVersion: fintech.dev/v1alpha1
+        kind: RiskPolicy
+        metadata: {name: strict}
+        spec:
+          blockedMerchantCountries: {countries: [KP], action: Decline}
+          velocity: [{windowSeconds: 3600, maxAmount: {amount: 300000, currency: USD},
+                      action: Decline}]
+        ---
+        apiVersion: fintech.dev/v1alpha1
+        kind: CompliancePolicy
+        metadata: {name: aml}
+        spec:
+          aml:
+            dailyThreshold: {amount: 100000, currency: USD}
+            structuring: {enabled: true, minCount: 3, marginBps: 1000}
+        """)  # fmt: skip
+    wait_for(
+        "policies ready",
+        lambda: (
+            _status(kubectl, ns, "riskpolicy", "strict").get("phase") == "Ready"
+            and _status(kubectl, ns, "compliancepolicy", "aml").get("phase") == "Ready"
+        ),
+    )
+    _card(kubectl, ns, "c15")
+    shop = {"name": "Shop", "mcc": "5411", "country": "US"}
+    plan = [("abroad", 1_000, {**shop, "country": "KP"}, "Rejected"),
+            ("s1", 95_000, shop, "Posted"), ("s2", 95_000, shop, "Posted"),
+            ("s3", 95_000, shop, "Posted"), ("s4", 20_000, shop, "Rejected")]  # fmt: skip
+    for name, amount, merchant, phase in plan:
+        _apply(kubectl, ns, _posting(name, "c15", "Purchase", amount, merchant=merchant))
+        status = _decided(kubectl, ns, name)
+        assert status["phase"] == phase, (name, status)
+    with psycopg.connect(database) as conn:
+        rules = dict(conn.execute(
+            "SELECT subject, matched->0->>'rule' FROM risk_assessments"
+            " WHERE subject IN (%s, %s) AND decision = 'Decline'", (f"{ns}/abroad", f"{ns}/s4"),
+        ).fetchall())  # fmt: skip
+    assert rules == {f"{ns}/abroad": "BlockedMerchantCountry", f"{ns}/s4": "VelocityAmount"}
+
+    def alert_kinds() -> set[str] | None:
+        with psycopg.connect(database) as conn:
+            rows = conn.execute(
+                "SELECT alert_kind FROM compliance_alerts WHERE card = %s", (f"{ns}/c15",)
+            ).fetchall()
+        kinds = {str(r[0]) for r in rows}
+        return kinds if "Structuring" in kinds else None
+
+    assert wait_for("a Structuring alert", alert_kinds) >= {"Structuring"}
