@@ -51,6 +51,33 @@ def verdict(risk: risk_model.Decision, checks: Sequence[compliance_model.CheckRe
     return Verdict("Active", "Approved", "risk approved and compliance cleared")
 
 
+NAME_REUSED: Final = "NameReused"
+
+
+def name_reused(
+    namespace: str, name: str, uid: str, owners: Iterable[tuple[str, str | None]]
+) -> Verdict | None:
+    """Refuse a card whose name already has a ledger account opened for another card.
+
+    ``owners`` are (account code, card uid it was opened for) of every account opened under the
+    name. The card's own account (a retried or resumed handler) is no obstacle; an account of any
+    other uid (or of none recorded) means the name belonged to a deleted card whose balance,
+    history and rewards must not pass to a new card. The refusal is final: a new name is the fix.
+    """
+    for code, owner in owners:
+        if owner == uid:
+            continue
+        who = "a card whose uid was not recorded" if owner is None else f"card uid {owner}"
+        return Verdict(
+            "Rejected",
+            NAME_REUSED,
+            f"the name {namespace}/{name} belonged to {who}, deleted since; its ledger account "
+            f"{code} and history are kept and never pass to another card: apply this card "
+            "under a new name",
+        )
+    return None
+
+
 def user_cards(entries: Iterable[Mapping[str, Any]], name: str, created: str) -> int:
     """Cards the user already holds, for the MaxCardsPerUser rule.
 

@@ -197,6 +197,10 @@ async def issue(
     if card.state is api.CardState.CLOSED:
         await _closed_unissued(body, patch, memo, namespace, name)
         return
+    reused = await _name_reused(memo, body, namespace, name)
+    if reused is not None:
+        await _reject(body, patch, memo, namespace, name, reused.reason, reused.message, card)
+        return
     limit = memo.settings.missing_card_retry_limit
     product = _product_or_retry(kwargs["cardproducts"], namespace, card.product, retry, limit)
     if product is None:
@@ -204,6 +208,21 @@ async def issue(
         await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
         return
     await _assess(body, patch, memo, namespace, name, card, product, retry, kwargs)
+
+
+async def _name_reused(
+    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str
+) -> lifecycle.Verdict | None:
+    """A refusal when the card's name already has a ledger account of another card.
+
+    Checked before anything is assessed or tokenized; ``engine.open_card_account`` checks again
+    in the transaction that opens the account, so nothing can slip between the two.
+    """
+    async with memo.pool.connection() as conn:
+        owners = await engine.card_account_owners(conn, namespace, name)
+    return lifecycle.name_reused(
+        namespace, name, _uid(body), [(owner.code, owner.owner_uid) for owner in owners]
+    )
 
 
 async def _assess(
@@ -418,6 +437,10 @@ async def _open(
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
     state = "Frozen" if card.state is api.CardState.FROZEN else "Active"
+    reused = await _name_reused(memo, body, namespace, name)
+    if reused is not None:
+        await _refuse_open(body, patch, memo, namespace, name, card, reused, conditions)
+        return
     issued = await _issuance(memo, body, namespace, name)
     event = schema.card_issued(
         namespace=namespace,
@@ -433,16 +456,26 @@ async def _open(
         headers=tracing.context_headers(),
     )
     async with memo.pool.connection() as conn:
-        await engine.open_card_account(
-            conn,
-            namespace,
-            name,
-            currency,
-            metadata={"card": f"{namespace}/{name}", "uid": _uid(body)},
-            events=[event],
-        )
-        # What committed is what the status shows (house rule 6): the event's token.
-        stored = await card_store.issued(conn, event.event_id)
+        try:
+            await engine.open_card_account(
+                conn,
+                namespace,
+                name,
+                currency,
+                metadata={"card": f"{namespace}/{name}"},
+                events=[event],
+                card_uid=_uid(body),
+            )
+        except engine.AccountOwnedByAnotherCard as exc:
+            taken = lifecycle.name_reused(namespace, name, _uid(body), [(exc.code, exc.owner_uid)])
+            stored = None
+        else:
+            taken = None
+            # What committed is what the status shows (house rule 6): the event's token.
+            stored = await card_store.issued(conn, event.event_id)
+    if taken is not None:
+        await _refuse_open(body, patch, memo, namespace, name, card, taken, conditions)
+        return
     if stored is None:
         raise kopf.TemporaryError("card.issued event not found after it was written", delay=2)
     issued = stored
@@ -478,6 +511,21 @@ async def _open(
     normal_event(
         body, reason="Issued", message=f"card issued on {code}, last 4 {issued.token.last4}"
     )
+
+
+async def _refuse_open(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    card: api.CardSpec,
+    verdict: lifecycle.Verdict,
+    conditions: list[dict[str, Any]],
+) -> None:
+    """Issuance refused after the assessment (final): keep its conditions, add the refusal."""
+    await _reject(body, patch, memo, namespace, name, verdict.reason, verdict.message, card)
+    patch.status["conditions"] = _merge(conditions, patch.status["conditions"])
 
 
 async def _issuance(

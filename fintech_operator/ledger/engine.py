@@ -113,6 +113,23 @@ class _AccountRow:
 # --- Accounts -----------------------------------------------------------------------------------
 
 
+class AccountOwnedByAnotherCard(model.AccountConflict):
+    """A card account's code exists but was opened for another card (another uid).
+
+    Kubernetes lets a name be reused once its object is gone; the account code is derived from
+    the name, so a new card would otherwise inherit the deleted card's account, balance and
+    history. ``owner_uid`` is the uid the account was opened for (None when it recorded none).
+    """
+
+    reason = "NameReused"
+
+    def __init__(self, code: str, owner_uid: str | None) -> None:
+        owner = "an unrecorded card" if owner_uid is None else f"card uid {owner_uid}"
+        super().__init__(f"account {code} was opened for {owner}")
+        self.code = code
+        self.owner_uid = owner_uid
+
+
 async def open_account(
     conn: AsyncConnection[Any],
     code: str,
@@ -122,23 +139,31 @@ async def open_account(
     *,
     metadata: Mapping[str, object] | None = None,
     events: Sequence[model.OutboxEvent] = (),
+    owner_uid: str | None = None,
 ) -> model.Account:
     """Open an account, or return it if it exists with the same currency, kind and normal balance.
 
     An existing account keeps its first metadata and its status (a closed account stays closed).
+    With ``owner_uid``, the account is opened with ``metadata["uid"] = owner_uid`` and an existing
+    one must carry that uid, else :class:`AccountOwnedByAnotherCard` is raised and nothing is
+    written: the check runs in the transaction that would write the events.
     ``events`` are written in the same transaction, each at most once (see :func:`write_events`),
     so an event announcing the account commits exactly when the account does.
     """
     kind = model.as_enum(model.AccountKind, kind, "kind")
     normal = model.as_enum(model.Direction, normal_balance, "normal_balance")
     model.check_account_code(code, kind, model.check_currency(currency))
-    data = model.check_json_object({} if metadata is None else metadata, "account metadata")
+    data = dict(model.check_json_object({} if metadata is None else metadata, "account metadata"))
+    if owner_uid is not None:
+        if not isinstance(owner_uid, str) or not owner_uid:
+            raise model.InvalidRequest("owner_uid must be a non-empty string")
+        data["uid"] = owner_uid
     checked_events = _checked_events(events)
     async with _transaction(conn) as cur:
         await cur.execute(
             "INSERT INTO accounts (code, kind, normal_balance, currency, metadata)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (code) DO NOTHING",
-            (code, kind.value, normal.value, currency, Jsonb(dict(data))),
+            (code, kind.value, normal.value, currency, Jsonb(data)),
         )
         account = await _account(cur, code)
         if (account.currency, account.kind, account.normal_balance) != (currency, kind, normal):
@@ -146,6 +171,9 @@ async def open_account(
                 f"account {code} exists as {account.kind} {account.normal_balance}-normal"
                 f" {account.currency}"
             )
+        recorded = account.metadata.get("uid")
+        if owner_uid is not None and recorded != owner_uid:
+            raise AccountOwnedByAnotherCard(code, None if recorded is None else str(recorded))
         await _insert_lifecycle_events(cur, checked_events)
     return account
 
@@ -157,10 +185,15 @@ async def open_card_account(
     currency: str,
     metadata: Mapping[str, object] | None = None,
     events: Sequence[model.OutboxEvent] = (),
+    *,
+    card_uid: str | None = None,
 ) -> model.Account:
     """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``.
 
-    ``events`` (the card's ``card.issued``) commit with the account, each at most once.
+    ``events`` (the card's ``card.issued``) commit with the account, each at most once. With
+    ``card_uid`` (the operator always passes it), the account belongs to that card: a retry of
+    the same card gets its account back, a card re-created with a deleted card's name gets
+    :class:`AccountOwnedByAnotherCard` instead of the old card's account.
     """
     code = model.card_account_code(namespace, card, currency)
     return await open_account(
@@ -171,7 +204,43 @@ async def open_card_account(
         model.CARD_NORMAL_BALANCE,
         metadata=metadata,
         events=events,
+        owner_uid=card_uid,
     )
+
+
+@dataclass(frozen=True)
+class CardAccountOwner:
+    """A card account opened under a card's name: its code and the card uid it was opened for."""
+
+    code: str
+    owner_uid: str | None
+    status: model.AccountStatus
+
+
+async def card_account_owners(
+    conn: AsyncConnection[Any], namespace: str, card: str
+) -> list[CardAccountOwner]:
+    """Every card account ever opened for the name ``namespace/card`` (any currency).
+
+    Reads ``metadata->>'card'``, which the operator writes when it opens a card's account
+    (indexed by migration 0011), so a new card can be checked before anything is issued.
+    """
+    model.card_account_code(namespace, card, "XXX")  # Validates the names.
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "SELECT code, metadata ->> 'uid', status FROM accounts"
+            " WHERE kind = 'card' AND metadata ->> 'card' = %s ORDER BY id LIMIT 100",
+            (f"{namespace}/{card}",),
+        )
+        rows = await cur.fetchall()
+    return [
+        CardAccountOwner(
+            code=str(code),
+            owner_uid=None if uid is None else str(uid),
+            status=model.AccountStatus(status),
+        )
+        for code, uid, status in rows
+    ]
 
 
 async def ensure_system_accounts(conn: AsyncConnection[Any], currency: str) -> list[model.Account]:
@@ -887,11 +956,14 @@ def _exact_int(value: object, what: str) -> int:
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "AccountOwnedByAnotherCard",
+    "CardAccountOwner",
     "Check",
     "Limits",
     "account",
     "balance",
     "balance_drift",
+    "card_account_owners",
     "close_account",
     "ensure_system_accounts",
     "entries",

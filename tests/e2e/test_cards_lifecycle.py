@@ -607,6 +607,103 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     )
 
 
+def money(name: str, card_name: str, type_: str, amount: int) -> dict[str, Any]:
+    return {
+        "kind": "Posting",
+        "metadata": {"name": name},
+        "spec": {"card": card_name, "type": type_, "amount": amount, "currency": "USD"},
+    }
+
+
+def test_a_card_recreated_under_a_deleted_cards_name_is_rejected_name_reused(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """Delete a card (paid to zero and closed; or left owing) and apply a new card of another
+    user under its name: Rejected NameReused (final, Warning Event, card.rejected), no ledger
+    row written, and the old account's status, entries and balance untouched."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(fee=0), card("paid", user="u1"), card("owing", user="u2"))
+    for name in ("paid", "owing"):
+        wait_status(kubectl, procs, ns, "card", name, "issued", phase_in("Active"))
+    apply(
+        kubectl,
+        ns,
+        money("buy-paid", "paid", "Purchase", 500),
+        money("pay-paid", "paid", "Payment", 500),
+        money("buy-owing", "owing", "Purchase", 700),
+    )
+    for name in ("buy-paid", "pay-paid", "buy-owing"):
+        posted = wait_status(kubectl, procs, ns, "posting", name, "posted", phase_in("Posted"))
+        assert posted["phase"] == "Posted", posted
+    kubectl("patch", "card", "paid", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}')
+    wait_status(kubectl, procs, ns, "card", "paid", "closed", phase_in("Closed"))
+    old = {name: get(kubectl, ns, "card", name) or {} for name in ("paid", "owing")}
+    ledger_sql = (
+        "SELECT a.code, a.status, a.metadata->>'uid', b.debits_minor, b.credits_minor,"
+        " b.entry_count FROM accounts a JOIN account_balances b ON b.account_id = a.id"
+        " WHERE a.metadata->>'card' = %s ORDER BY a.id"
+    )
+    before = {name: db_rows(operator_env, ledger_sql, f"{ns}/{name}") for name in old}
+    assert [row[1:] for row in before["paid"]] == [
+        ("closed", old["paid"]["metadata"]["uid"], 500, 500, 2)
+    ]
+    assert [row[1:] for row in before["owing"]] == [
+        ("open", old["owing"]["metadata"]["uid"], 700, 0, 1)
+    ]
+    kubectl("delete", "card", "paid", "owing", "-n", ns, "--timeout=60s")
+    wait_event(kubectl, ns, "owing", "Warning", "AccountLeftOpen")
+    journals_before = db_rows(operator_env, "SELECT count(*) FROM journals")
+
+    # Argo CD prune + re-sync, or a person: the same names, another user.
+    expected = {"paid": (ISSUED, CHANGED, REJECTED), "owing": (ISSUED, REJECTED)}
+    apply(kubectl, ns, card("paid", user="u7"), card("owing", user="u8"))
+    for name, user in (("paid", "u7"), ("owing", "u8")):
+        new = get(kubectl, ns, "card", name) or {}
+        assert new["spec"]["userId"] == user
+        assert new["metadata"]["uid"] != old[name]["metadata"]["uid"]
+        status = wait_status(kubectl, procs, ns, "card", name, "refused", phase_in("Rejected"))
+        assert status["reason"] == "NameReused", status
+        account = before[name][0][0]
+        assert f"card uid {old[name]['metadata']['uid']}" in status["message"]
+        assert f"ledger account {account} and history are kept" in status["message"]
+        assert "new name" in status["message"]
+        assert condition(status, "Ready")["reason"] == "NameReused"
+        for field in ("account", "token", "last4", "balance", "rewardsPoints"):
+            assert field not in status, (field, status)
+        assert f"card uid {old[name]['metadata']['uid']}" in wait_event(
+            kubectl, ns, name, "Warning", "NameReused"
+        )
+        # Nothing written to the ledger; the old account exactly as it was.
+        assert db_rows(operator_env, ledger_sql, f"{ns}/{name}") == before[name]
+        *_, rejected = card_events(operator_env, ns, name, *expected[name])
+        assert rejected["data"]["reason"] == "NameReused"
+        assert (rejected["data"]["userId"], rejected["data"]["message"]) == (
+            user,
+            status["message"],
+        )
+    assert db_rows(operator_env, "SELECT count(*) FROM journals") == journals_before
+    for name, types in expected.items():
+        assert outbox_types(operator_env, ns, name) == list(types)
+    assert db_rows(
+        operator_env,
+        "SELECT count(*) FROM risk_assessments WHERE subject = %s AND subject_uid = %s",
+        f"{ns}/paid",
+        (get(kubectl, ns, "card", "paid") or {})["metadata"]["uid"],
+    ) == [(0,)]
+    # The rejection is final: a later change of the card is not an issuance retry.
+    kubectl("patch", "card", "paid", "-n", ns, "--type=merge", "-p", '{"spec":{"memo":"x"}}')
+    time.sleep(3)
+    assert status_of(kubectl, ns, "card", "paid")["phase"] == "Rejected"
+    assert db_rows(operator_env, ledger_sql, f"{ns}/paid") == before["paid"]
+    # Deleting the refused card leaves the old account alone (it never had one of its own).
+    kubectl("delete", "card", "paid", "owing", "-n", ns, "--timeout=60s")
+    for name in ("paid", "owing"):
+        assert db_rows(operator_env, ledger_sql, f"{ns}/{name}") == before[name]
+
+
 # --- Postings: risk and AML -----------------------------------------------------------------------
 
 
