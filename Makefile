@@ -53,8 +53,16 @@ e2e: setup
 crds: $(VENV)/.installed
 	$(BIN)/python -m fintech_operator.api.crdgen
 
+# Every benchmark, each on its own throwaway platform; results go to bench/RESULTS.md by hand.
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_screening.py
+	$(BIN)/python bench/bench_ledger.py --own-platform
+	$(BIN)/python bench/bench_recon.py --own-platform
+	$(BIN)/python bench/bench_events.py
+	$(BIN)/python bench/bench_events.py --kafka-security SASL_SSL
+	$(BIN)/python bench/bench_card_activation.py
+	$(BIN)/python bench/bench_postings_e2e.py --postings 300
+	$(BIN)/python bench/bench_postings_e2e.py --postings 300 --cards 20
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

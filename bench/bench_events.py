@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +68,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="run 3 with the relay and consumer as tasks of this process, not as processes",
     )
+    parser.add_argument(
+        "--kafka-security",
+        choices=("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"),
+        default="PLAINTEXT",
+        help="the local broker's listener to use (SCRAM-SHA-512 for SASL); own platform only",
+    )
     args = parser.parse_args()
     if not 0 < args.events <= POSTINGS_MAX or not 0 < args.rate * args.seconds <= POSTINGS_MAX:
         parser.error(f"at most {POSTINGS_MAX} postings per run")
@@ -78,20 +83,15 @@ def parse_args() -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def a_platform(use_env: bool) -> Iterator[tuple[str, str]]:
-    """(admin DSN, Kafka bootstrap) of the environment's platform or of a fresh one."""
+def a_platform(use_env: bool, protocol: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(admin DSN, Kafka settings) of the environment's platform or of a fresh one."""
     if use_env:
         dsn = os.environ["DATABASE_URL"]
-        yield dsn.rsplit("/", 1)[0] + "/postgres", os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        kafka = {k: v for k, v in os.environ.items() if k.startswith(("KAFKA_", "FINTECH_KAFKA_"))}
+        yield dsn.rsplit("/", 1)[0] + "/postgres", kafka
         return
-    state = platform.default_state_dir().parent / f"bench-{uuid.uuid4().hex[:6]}"
-    plat = platform.Platform(state, platform.Ports.free(), fast_disk=True)
-    plat.start()
-    try:
-        yield plat.database_url_for("postgres"), plat.kafka_bootstrap_servers
-    finally:
-        plat.stop()
-        shutil.rmtree(state, ignore_errors=True)
+    with platform.throwaway("bench-events-") as plat:
+        yield plat.database_url_for("postgres"), plat.kafka_client_env(protocol)
 
 
 def fresh_database(admin_dsn: str) -> str:
@@ -103,11 +103,11 @@ def fresh_database(admin_dsn: str) -> str:
     return dsn
 
 
-def settings_for(dsn: str, bootstrap: str, **extra: str) -> config.Settings:
+def settings_for(dsn: str, kafka: dict[str, str], **extra: str) -> config.Settings:
     return config.load(
         {
             "DATABASE_URL": dsn,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            **kafka,
             "FINTECH_TOPIC_PREFIX": f"b{uuid.uuid4().hex[:8]}.",
             "FINTECH_TOPIC_PARTITIONS": "3",
             **extra,
@@ -206,9 +206,9 @@ async def task_until_stopped(factory: Any) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 60)
 
 
-async def throughput(admin: str, bootstrap: str, events: int, workers: int) -> None:
+async def throughput(admin: str, kafka: dict[str, str], events: int, workers: int) -> None:
     dsn = fresh_database(admin)
-    settings = settings_for(dsn, bootstrap)
+    settings = settings_for(dsn, kafka)
     await topics.ensure_for(settings)
     async with pool_of(dsn, workers + 2) as pool:
         cards = await open_cards(pool)
@@ -242,12 +242,12 @@ async def throughput(admin: str, bootstrap: str, events: int, workers: int) -> N
 
 
 @contextlib.contextmanager
-def processes(settings: config.Settings, group: str) -> Iterator[None]:
+def processes(settings: config.Settings, kafka: dict[str, str], group: str) -> Iterator[None]:
     """The relay and the rewards consumer as their own processes, as they run in production."""
     env = {
         **os.environ,
+        **kafka,
         "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "FINTECH_TOPIC_PREFIX": settings.topic_prefix,
         "FINTECH_LOG_LEVEL": "WARNING",
     }
@@ -281,10 +281,10 @@ async def in_process(
 
 
 async def lag(
-    admin: str, bootstrap: str, rate: int, duration: int, workers: int, tasks: bool
+    admin: str, kafka: dict[str, str], rate: int, duration: int, workers: int, tasks: bool
 ) -> None:
     dsn = fresh_database(admin)
-    settings = settings_for(dsn, bootstrap)
+    settings = settings_for(dsn, kafka)
     await topics.ensure_for(settings)
     total = rate * duration
     async with pool_of(dsn, workers + 2) as pool:
@@ -294,7 +294,7 @@ async def lag(
             if tasks:
                 await stack.enter_async_context(in_process(settings, pool, group))
             else:
-                stack.enter_context(processes(settings, group))
+                stack.enter_context(processes(settings, kafka, group))
             await asyncio.sleep(5)  # Start-up and group join, outside the measurement.
             achieved = await paced(pool, cards, rate, total, workers)
             await until(dsn, "SELECT count(*) FROM processed_events", total)
@@ -344,12 +344,14 @@ async def paced(
 
 def main() -> int:
     args = parse_args()
-    with a_platform(args.use_env) as (admin, bootstrap):
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, kafka {bootstrap}")
-        asyncio.run(throughput(admin, bootstrap, args.events, args.concurrency))
-        asyncio.run(
-            lag(admin, bootstrap, args.rate, args.seconds, args.concurrency, args.in_process)
+    with a_platform(args.use_env, args.kafka_security) as (admin, kafka):
+        protocol = kafka.get("FINTECH_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} cpus,"
+            f" kafka {kafka['KAFKA_BOOTSTRAP_SERVERS']} over {protocol}"
         )
+        asyncio.run(throughput(admin, kafka, args.events, args.concurrency))
+        asyncio.run(lag(admin, kafka, args.rate, args.seconds, args.concurrency, args.in_process))
     return 0
 
 

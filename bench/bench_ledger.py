@@ -39,6 +39,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.ledger import engine, migrate, model, rules
+from fintech_operator.stack import platform
 
 POSTINGS_MAX = 100_000  # Bounds a run whatever the arguments say.
 CONCURRENCY_MAX = 64
@@ -69,6 +70,7 @@ def parse_args() -> argparse.Namespace:
         "--concurrency", type=int, nargs="+", default=[4, 16], help="connections per run"
     )
     parser.add_argument("--guard", action="store_true", help="add a Daily spend guard")
+    parser.add_argument("--own-platform", action="store_true", help="start a private platform")
     args = parser.parse_args()
     if not 0 < args.postings <= POSTINGS_MAX:
         parser.error(f"--postings must be in 1..{POSTINGS_MAX}")
@@ -128,12 +130,19 @@ async def measure(
     return Result(name, connections, per_worker * connections, seconds, latencies)
 
 
-async def main() -> int:
+def main() -> int:
     args = parse_args()
+    if args.own_platform:
+        with platform.throwaway("bench-ledger-") as plat:
+            return asyncio.run(run(args, plat.database_url))
     dsn = os.environ.get("DATABASE_URL")
     if not dsn:
-        print("set DATABASE_URL to a PostgreSQL DSN for benchmarks", file=sys.stderr)
+        print("set DATABASE_URL to a PostgreSQL DSN for benchmarks, or --own-platform")
         return 2
+    return asyncio.run(run(args, dsn))
+
+
+async def run(args: argparse.Namespace, dsn: str) -> int:
     await migrate.apply_async(dsn)
     run_id = uuid.uuid4().hex[:8]
     async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
@@ -148,4 +157,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -44,6 +44,7 @@ import psycopg
 from fintech_operator import api
 from fintech_operator.ledger import migrate, model
 from fintech_operator.recon import plans, sources, store
+from fintech_operator.stack import platform
 
 RECORDS_MAX = 10_000_000
 BATCH = 1000
@@ -140,21 +141,6 @@ def serve(folder: Path) -> Iterator[str]:
         server.server_close()
 
 
-@contextmanager
-def own_platform() -> Iterator[str]:
-    """A private platform in a temporary state directory, stopped and removed afterwards."""
-    from fintech_operator.stack import platform  # noqa: PLC0415
-
-    state = Path(tempfile.mkdtemp(prefix="bench-recon-"))
-    plat = platform.Platform(state, platform.Ports.free(), fast_disk=True)
-    plat.start()
-    try:
-        yield plat.database_url
-    finally:
-        plat.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
 def bench(dsn: str, count: int) -> None:
     migrate.apply(dsn)
     run_tag = uuid.uuid4().hex[:8]
@@ -210,8 +196,8 @@ def main() -> None:
     if not 0 < args.records <= RECORDS_MAX:
         parser.error(f"--records must be in 1..{RECORDS_MAX}")
     if args.own_platform:
-        with own_platform() as dsn:
-            bench(dsn, args.records)
+        with platform.throwaway("bench-recon-") as plat:
+            bench(plat.database_url, args.records)
         return
     dsn = os.environ.get("DATABASE_URL")
     if not dsn:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -220,7 +221,7 @@ class Platform:
         The FINTECH_STACK_KAFKA_* ones describe the listeners that need a login or TLS;
         the product never reads them (docs/operations.md shows how to point it there).
         """
-        path_dirs = [str(p) for p in binaries.bin_dirs] + [str(_pg_bin())]
+        path_dirs = _path_dirs(binaries)
         pki = self.kafka_pki
         return {
             "KUBECONFIG": str(self.kubeconfig),
@@ -606,7 +607,7 @@ class Platform:
 
     def _write_env(self, binaries: build.Binaries) -> None:
         env = self.env(binaries)
-        path_value = os.pathsep.join([*env["PATH"].split(os.pathsep)[:4], "$PATH"])
+        path_value = os.pathsep.join([*_path_dirs(binaries), "$PATH"])
         lines = [
             f"export {key}={shlex.quote(value)}" for key, value in env.items() if key != "PATH"
         ]
@@ -852,3 +853,24 @@ def _ensure_postgres_installed() -> None:
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
     ):
         subprocess.run(cmd, check=True, env=env, timeout=900)
+
+
+def _path_dirs(binaries: build.Binaries) -> list[str]:
+    """kubectl, etcd and helm, PostgreSQL's tools, and this interpreter's scripts folder,
+    where ``fintech-operator`` is (the project's virtualenv under ``make``)."""
+    scripts = Path(sys.executable).parent
+    return [*(str(p) for p in binaries.bin_dirs), str(_pg_bin()), str(scripts)]
+
+
+@contextlib.contextmanager
+def throwaway(prefix: str = "bench-") -> Iterator[Platform]:
+    """A private platform on free ports in a temporary state directory (fast disk, as in
+    CI), stopped and removed afterwards: for benchmarks that must not touch ``make dev``'s."""
+    state = default_state_dir().parent / f"{prefix}{uuid.uuid4().hex[:6]}"
+    plat = Platform(state, Ports.free(), fast_disk=True)
+    plat.start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+        shutil.rmtree(state, ignore_errors=True)

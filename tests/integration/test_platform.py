@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -167,3 +168,20 @@ def test_kafka_secured_listeners_are_described_and_their_secrets_kept_private(
     )
     for path in private:
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_env_file_puts_the_tools_and_the_product_on_path(
+    platform_running: RunningPlatform, tmp_path: Path
+) -> None:
+    """After `eval "$(fintech-operator stack env)"` a shell finds kubectl, helm, psql and
+    fintech-operator itself (README's first five minutes), ahead of anything else."""
+    tools = "kubectl helm psql fintech-operator"
+    script = f'. {platform_running.platform.env_file} && for t in {tools}; do command -v "$t"; done'
+    result = subprocess.run(
+        ["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = result.stdout.split()
+    assert len(found) == 4, result
+    assert found[3] == str(Path(sys.executable).parent / "fintech-operator")
+    assert all(not p.startswith(("/usr/bin", "/bin")) for p in found[:2])
