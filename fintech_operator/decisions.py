@@ -1,17 +1,19 @@
 """Pure pieces the risk and compliance models share. No I/O, no clock.
 
 Both decide about the same subjects (a card at issuance, a posting) under the policy object
-of a namespace or a built-in default, rank their outcomes from best to worst, and check the
-facts they are handed when those are built (house rule 6): a malformed fact is a bug in the
-caller, raised as :class:`InvalidFacts` (a ``ValueError``), never silently assessed.
+of a namespace or a built-in default, chosen by one rule (:class:`PolicyKind`), rank their
+outcomes from best to worst, and check the facts they are handed when those are built (house
+rule 6): a malformed fact is a bug in the caller, raised as :class:`InvalidFacts` (a
+``ValueError``), never silently assessed.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import pydantic
 
@@ -59,6 +61,42 @@ class Policy(Generic[SpecT]):
         if self.namespace is None or self.name is None:
             return BUILTIN_REF
         return f"{self.namespace}/{self.name}"
+
+
+PolicyT = TypeVar("PolicyT", bound=Policy[Any])
+
+
+@dataclass(frozen=True)
+class PolicyKind(Generic[SpecT, PolicyT]):
+    """How the policies of one kind are read from their objects and which one applies.
+
+    The operator keeps a kopf index of the kind keyed by namespace whose values are the
+    namespace's *valid* policies. A namespace may hold several: the first by name is the one
+    in use, so the choice is deterministic and visible (``status.inUse``). With none,
+    ``default`` applies.
+    """
+
+    # Builds the policy object: ``make(spec, namespace, name)``.
+    make: Callable[[SpecT, str, str], PolicyT]
+    # Parses an object's spec, with every check the kind needs; raises ``invalid`` if bad.
+    validate: Callable[[Mapping[str, Any]], SpecT]
+    # The exception ``validate`` raises for a spec it refuses (and only that one is caught).
+    invalid: type[Exception]
+    default: PolicyT
+
+    def parse(self, namespace: str, name: str, spec: Mapping[str, Any]) -> PolicyT | None:
+        """The policy an object describes, or None when it is invalid (its status says why)."""
+        try:
+            parsed = self.validate(spec)
+        except self.invalid:
+            return None
+        return self.make(parsed, namespace, name)
+
+    def select(self, index: Mapping[str, Iterable[PolicyT]], namespace: str) -> PolicyT:
+        """The policy in use in ``namespace``: the first valid one by name, else the default."""
+        found = index.get(namespace)
+        candidates = sorted(found or (), key=lambda policy: policy.name or "")
+        return candidates[0] if candidates else self.default
 
 
 def check_subject(value: object, what: str) -> None:

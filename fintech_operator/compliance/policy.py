@@ -1,18 +1,19 @@
 """Which compliance policy applies in a namespace (pure: reads the operator's in-memory index).
 
-The same rule as risk policies: the kopf index ``compliancepolicies`` is keyed by namespace and
-holds the namespace's *valid* policies; the first by name is in use; with none, the built-in
-default applies (KYC Accepted only, no sanctions list, AML at 10,000.00 USD a day).
+The same rule as risk policies (:class:`decisions.PolicyKind`): the kopf index
+``compliancepolicies`` is keyed by namespace and holds the namespace's *valid* policies; the
+first by name is in use; with none, the built-in default applies (KYC Accepted only, no
+sanctions list, AML at 10,000.00 USD a day).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import pydantic
 
-from fintech_operator import api
+from fintech_operator import api, decisions
 from fintech_operator.compliance import aml, model
 
 
@@ -33,17 +34,13 @@ def validate(spec: Mapping[str, Any]) -> api.CompliancePolicySpec:
     return parsed
 
 
-def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> model.Policy | None:
-    """The policy an object describes, or None when it is invalid (its status says why)."""
-    try:
-        parsed = validate(spec)
-    except InvalidPolicy:
-        return None
-    return model.Policy(spec=parsed, namespace=namespace, name=name)
-
-
-def select(index: Mapping[str, Iterable[model.Policy]], namespace: str) -> model.Policy:
-    """The policy in use in ``namespace``: the first valid one by name, else the default."""
-    found = index.get(namespace)
-    candidates = sorted(found or (), key=lambda policy: policy.name or "")
-    return candidates[0] if candidates else model.DEFAULT_POLICY
+KIND: Final = decisions.PolicyKind(
+    make=model.Policy,
+    validate=validate,
+    invalid=InvalidPolicy,
+    default=model.DEFAULT_POLICY,
+)
+# ``parse(namespace, name, spec)``: the policy an object describes, or None when it is
+# invalid. ``select(index, namespace)``: the policy in use there, or the default.
+parse: Final = KIND.parse
+select: Final = KIND.select

@@ -1,36 +1,35 @@
 """Which risk policy applies in a namespace (pure: reads the operator's in-memory index).
 
 The handlers keep a kopf index ``riskpolicies`` keyed by namespace whose values are the
-namespace's *valid* policies as :class:`model.Policy`. A namespace may hold several; the first
-by name is the one in use, so the choice is deterministic and visible (``status.inUse``). With
-none, the built-in default applies.
+namespace's *valid* policies as :class:`model.Policy`; :class:`decisions.PolicyKind` says
+which one is in use (the first by name; with none, the built-in default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import pydantic
 
-from fintech_operator import api
+from fintech_operator import api, decisions
 from fintech_operator.risk import model
 
 
-def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> model.Policy | None:
-    """The policy an object describes, or None when its spec is invalid (its status says why)."""
-    try:
-        parsed = api.RiskPolicySpec.model_validate(dict(spec))
-    except pydantic.ValidationError:
-        return None
-    return model.Policy(spec=parsed, namespace=namespace, name=name)
+def _validate(spec: Mapping[str, Any]) -> api.RiskPolicySpec:
+    return api.RiskPolicySpec.model_validate(dict(spec))
 
 
-def select(index: Mapping[str, Iterable[model.Policy]], namespace: str) -> model.Policy:
-    """The policy in use in ``namespace``: the first valid one by name, else the default."""
-    found = index.get(namespace)
-    candidates = sorted(found or (), key=lambda policy: policy.name or "")
-    return candidates[0] if candidates else model.DEFAULT_POLICY
+KIND: Final = decisions.PolicyKind(
+    make=model.Policy,
+    validate=_validate,
+    invalid=pydantic.ValidationError,
+    default=model.DEFAULT_POLICY,
+)
+# ``parse(namespace, name, spec)``: the policy an object describes, or None when its spec is
+# invalid. ``select(index, namespace)``: the policy in use there, or the default.
+parse: Final = KIND.parse
+select: Final = KIND.select
 
 
 def rule_count(spec: api.RiskPolicySpec) -> int:
