@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
@@ -39,24 +38,21 @@ from typing import Any, Final
 import httpx
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import config, logs
-from fintech_operator.events import deadletter, envelope, kafka, relay, schema, topics, wakeup
+from fintech_operator import config
+from fintech_operator.events import consuming, deadletter, envelope, relay, schema, topics, wakeup
 from fintech_operator.notify import destination, endpoints, store, worker
-from fintech_operator.observability import lifecycle, tracing
+from fintech_operator.observability import tracing
 
 log = logging.getLogger(__name__)
 CONSUMER_NAME: Final = topics.NOTIFIER
 DELIVERY_CHANNEL: Final = "fintech_webhook_delivery"
 # "notf" in ASCII: the class of the per-endpoint advisory locks (two-int form, its own space).
 LOCK_CLASS: Final = 0x6E6F7466
-POLL_TIMEOUT_MS: Final = 1000
 ROUTE_BATCH_MAX: Final = 500
 CLEAN_EVERY_SECONDS: Final = 3600.0
 CLEAN_BATCH_MAX: Final = 10_000
-DLQ_TIMEOUT_SECONDS: Final = 60.0
 
 
 def route(
@@ -224,47 +220,23 @@ class Notifier:
         if deliveries:
             async with self.pool.connection() as conn, conn.transaction():
                 queued = await store.enqueue(conn, deliveries)
-        await deadletter.send(
-            producer,
-            poisons,
-            consumer=CONSUMER_NAME,
-            prefix=self.settings.topic_prefix,
-            timeout_seconds=DLQ_TIMEOUT_SECONDS,
+        await consuming.dead_letter(
+            producer, poisons, consumer=CONSUMER_NAME, prefix=self.settings.topic_prefix
         )
-        for poison in poisons:
-            record = poison.record
-            log.warning(
-                "dead-lettered %s/%d/%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                poison.reason,
-            )
         return Routed(
             applied=len(records) - len(poisons), dead_lettered=len(poisons), queued=queued
         )
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
-    """A consumer whose commit, reset and isolation behaviour is stated, not defaulted.
+    """A consumer of every source topic in batches of ``ROUTE_BATCH_MAX``.
 
-    ``earliest``: a new group reads the topics' retention once; events from before a
-    Webhook existed are filtered out by time, so nothing old is sent and nothing new is
-    skipped, even when the group's offsets were never committed.
+    It starts at the ``earliest`` record: a new group reads the topics' retention once;
+    events from before a Webhook existed are filtered out by time, so nothing old is sent and
+    nothing new is skipped, even when the group's offsets were never committed.
     """
-    return AIOKafkaConsumer(
-        *(topics.qualified(topic, settings.topic_prefix) for topic in topics.SOURCES),
-        **kafka.client_options(settings),
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=ROUTE_BATCH_MAX,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        session_timeout_ms=30_000,
-        heartbeat_interval_ms=3_000,
-        max_poll_interval_ms=300_000,
-        fetch_max_wait_ms=100,
+    return consuming.new_consumer(
+        settings, group_id, topics.SOURCES, max_poll_records=ROUTE_BATCH_MAX
     )
 
 
@@ -304,18 +276,10 @@ async def _clean_loop(notifier: Notifier, stop: asyncio.Event) -> None:
 async def _route_loop(
     notifier: Notifier, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
 ) -> None:
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=ROUTE_BATCH_MAX)
-        records = [record for part in batches.values() for record in part]
-        if not records:
-            continue
+    async for records in consuming.batches(consumer, stop, max_records=ROUTE_BATCH_MAX):
         routed = await notifier.route_batch(producer, records)
-        try:
-            await consumer.commit()
-        except CommitFailedError as exc:
-            log.warning("offset commit refused after a rebalance: %s", exc)
-        except KafkaError:
-            log.exception("offset commit failed; the records will be routed again (no effect)")
+        # After the deliveries' transaction; routing a record again queues nothing new.
+        await consuming.commit(consumer, on_failure="the records will be routed again (no effect)")
         log.info("routed %d records: %d new deliveries", len(records), routed.queued)
 
 
@@ -338,15 +302,7 @@ async def run(
 ) -> None:
     """Run the notifier until ``stop`` is set."""
     await topics.ensure_for(settings)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
-        min_size=1,
-        max_size=settings.db_pool_max_size,
-        timeout=settings.db_timeout_seconds,
-        open=False,
-        connection_class=tracing.TracedConnection,
-    )
-    await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+    pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).
     allow = destination.networks(settings.webhook_allowed_cidrs)
@@ -393,18 +349,9 @@ async def run(
 
 def main(namespaces: Sequence[str], group_id: str) -> int:
     """Entry point of ``fintech-operator notifier``."""
-    logs.configure()
     # httpx logs every request at INFO; the worker logs failures itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = config.load()
-    lifecycle.start_process(settings, "fintech-notifier")  # tracing; /metrics when a port is set
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, namespaces, group_id, stop)
-
-    asyncio.run(runner())
-    return 0
+    return consuming.main(
+        "fintech-notifier",
+        lambda settings, stop: run(settings, namespaces, group_id, stop),
+    )

@@ -22,29 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import config, logs
-from fintech_operator.events import deadletter, kafka, relay, schema, topics
-from fintech_operator.observability import lifecycle, tracing
+from fintech_operator import config
+from fintech_operator.events import consuming, deadletter, relay, schema, topics
+from fintech_operator.observability import tracing
 from fintech_operator.rewards import points, store
 
 log = logging.getLogger(__name__)
 CONSUMER_NAME: Final = topics.REWARDS
-POLL_TIMEOUT_MS: Final = 1000
 RETRY_BACKOFF_SECONDS: Final = 1.0
-DLQ_TIMEOUT_SECONDS: Final = 60.0
-SESSION_TIMEOUT_MS: Final = 30_000
-HEARTBEAT_INTERVAL_MS: Final = 3_000
-MAX_POLL_INTERVAL_MS: Final = 300_000
 _DATA_ERRORS: Final = (psycopg.errors.IntegrityError, psycopg.errors.DataError)
 
 
@@ -160,22 +153,7 @@ async def process(
             poisons.append(result)
     applied, refused = await apply_batch(pool, planned, max_attempts) if planned else (0, [])
     poisons += refused
-    await deadletter.send(
-        producer,
-        poisons,
-        consumer=CONSUMER_NAME,
-        prefix=prefix,
-        timeout_seconds=DLQ_TIMEOUT_SECONDS,
-    )
-    for poison in poisons:
-        record = poison.record
-        log.warning(
-            "dead-lettered %s/%d/%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            poison.reason,
-        )
+    await consuming.dead_letter(producer, poisons, consumer=CONSUMER_NAME, prefix=prefix)
     return Outcome(
         applied=applied,
         duplicates=len(planned) - len(refused) - applied,
@@ -184,20 +162,9 @@ async def process(
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
-    """A consumer whose commit, reset and isolation behaviour is stated, not defaulted."""
-    return AIOKafkaConsumer(
-        topics.qualified(topics.POSTINGS, settings.topic_prefix),
-        **kafka.client_options(settings),
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=settings.consumer_batch_size,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-        fetch_max_wait_ms=100,
+    """A consumer of ``postings`` in batches of ``FINTECH_CONSUMER_BATCH_SIZE``."""
+    return consuming.new_consumer(
+        settings, group_id, [topics.POSTINGS], max_poll_records=settings.consumer_batch_size
     )
 
 
@@ -206,26 +173,14 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     await topics.ensure_for(settings)
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
-        min_size=1,
-        max_size=settings.db_pool_max_size,
-        timeout=settings.db_timeout_seconds,
-        open=False,
-        connection_class=tracing.TracedConnection,
-    )
-    await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+    pool = await consuming.open_pool(settings)
     await producer.start()
     await consumer.start()
     log.info("rewards consumer started in group %s", group_id)
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=POLL_TIMEOUT_MS, max_records=settings.consumer_batch_size
-            )
-            records = [record for part in batches.values() for record in part]
-            if not records:
-                continue
+        async for records in consuming.batches(
+            consumer, stop, max_records=settings.consumer_batch_size
+        ):
             outcome = await process(
                 pool,
                 producer,
@@ -233,7 +188,9 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
                 prefix=settings.topic_prefix,
                 max_attempts=settings.consumer_max_attempts,
             )
-            await _commit(consumer)
+            # Only now, with the batch's transaction committed. A commit lost to a rebalance
+            # or a broker error redelivers records already in processed_events: no effect.
+            await consuming.commit(consumer, on_failure="the batch will be redelivered and skipped")
             log.info(
                 "batch of %d: %d applied, %d duplicates, %d dead-lettered",
                 len(records),
@@ -247,29 +204,8 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
         await pool.close()
 
 
-async def _commit(consumer: AIOKafkaConsumer) -> None:
-    try:
-        await consumer.commit()
-    except CommitFailedError as exc:
-        # The group rebalanced: the partition's new owner gets these records again, and
-        # they are already recorded in processed_events, so they change nothing.
-        log.warning("offset commit refused after a rebalance: %s", exc)
-    except KafkaError:
-        log.exception("offset commit failed; the batch will be redelivered and skipped")
-
-
 def main(group_id: str) -> int:
     """Entry point of ``fintech-operator rewards``."""
-    logs.configure()
-    settings = config.load()
-    lifecycle.start_process(settings, "fintech-rewards")  # tracing; /metrics when a port is set
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await consume(settings, group_id, stop)
-
-    asyncio.run(runner())
-    return 0
+    return consuming.main(
+        "fintech-rewards", lambda settings, stop: consume(settings, group_id, stop)
+    )

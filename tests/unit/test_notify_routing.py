@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pydantic
@@ -16,6 +15,7 @@ from fintech_operator import api
 from fintech_operator.events import envelope
 from fintech_operator.notify import endpoints, policy, service, status, store
 from tests.unit.test_events_schema import posted, wire
+from tests.unit.test_rewards_plan import Record, record_of
 
 SECRET = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CREATED = "2026-11-29T09:00:00Z"
@@ -123,20 +123,6 @@ def test_namespace_patterns(namespace: str, patterns: list[str], selected: bool)
     assert endpoints.namespace_selected(namespace, patterns) is selected
 
 
-@dataclass
-class Record:
-    value: bytes | None
-    topic: str = "postings"
-    partition: int = 0
-    offset: int = 0
-    key: bytes | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def _record(event: dict[str, Any]) -> Record:
-    return Record(json.dumps(event).encode())
-
-
 def test_routing_matches_namespace_type_and_creation_time() -> None:
     """An event goes to Webhooks of its namespace that subscribe to its type and existed then."""
     shop = endpoints.from_resource(webhook(), SECRET)
@@ -145,7 +131,7 @@ def test_routing_matches_namespace_type_and_creation_time() -> None:
     later = replace(
         shop, uid=uuid.uuid4(), created_at=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
     )
-    record = _record(wire(posted()))
+    record = record_of(wire(posted()))
     deliveries, poisons = service.route([record], [shop, other_ns, cards_only, later])
     assert poisons == []
     assert [d.webhook_uid for d in deliveries] == [shop.uid]
@@ -164,7 +150,7 @@ def test_unknown_types_with_a_valid_envelope_are_forwarded() -> None:
         time=datetime.datetime(2026, 11, 29, 10, 0, tzinfo=datetime.UTC),
         data={"card": "shop/alice"},
     )
-    deliveries, poisons = service.route([_record(event)], [everything])
+    deliveries, poisons = service.route([record_of(event)], [everything])
     assert (len(deliveries), poisons) == (1, [])
 
 
@@ -173,7 +159,7 @@ def test_invalid_events_are_poison_and_the_rest_still_route() -> None:
     shop = endpoints.from_resource(webhook(), SECRET)
     bad_data = wire(posted())
     bad_data["data"]["amount"] = -5
-    records = [Record(b"nope"), _record(bad_data), _record(wire(posted()))]
+    records = [Record(b"nope"), record_of(bad_data), record_of(wire(posted()))]
     deliveries, poisons = service.route(records, [shop])
     assert len(deliveries) == 1
     assert [p.record for p in poisons] == records[:2]
