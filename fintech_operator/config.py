@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from typing import Annotated
 
 import pydantic
@@ -293,6 +294,56 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
+    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py).
+    tokenizer_url: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            description="URL the operator POSTs to for a new card's token and last 4 (the card "
+            "processor's tokenization endpoint). Empty (the default) uses the built-in "
+            "development tokenizer. https is required, except http to a loopback host "
+            "(127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
+        ),
+    ] = ""
+    tokenizer_token_file: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="Path of a file holding the processor's bearer credential (a mounted "
+            "Secret key); required with FINTECH_TOKENIZER_URL. Read again on every request, so "
+            "a rotated Secret is used without a restart. Surrounding whitespace is ignored.",
+        ),
+    ] = ""
+    tokenizer_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description="Longest wait for one tokenization request, connecting included; a "
+            "slower processor is treated as down and the issuance is retried with backoff "
+            "(same idempotency key). Default 10.",
+        ),
+    ] = 10.0
+
+    @pydantic.field_validator("tokenizer_url")
+    @classmethod
+    def _tokenizer_url(cls, value: str) -> str:
+        """Empty, or an absolute https URL (http only to a loopback host), without credentials."""
+        if not value:
+            return value
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL with a host, or empty")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; use FINTECH_TOKENIZER_TOKEN_FILE")
+        if parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("must have no fragment and no whitespace")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+            raise ValueError("must use https (http is allowed only to a loopback host)")
+        return value
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class SettingsError(RuntimeError):
@@ -322,7 +373,28 @@ def load(environ: dict[str, str] | None = None) -> Settings:
             f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
         )
     _check_kafka_security(settings)
+    _check_tokenizer(settings)
     return settings
+
+
+def _check_tokenizer(settings: Settings) -> None:
+    """The processor's tokenizer needs its credential file, readable and not empty, at start."""
+    url_var, file_var = _env_name("tokenizer_url"), _env_name("tokenizer_token_file")
+    if not settings.tokenizer_url:
+        if settings.tokenizer_token_file:
+            raise SettingsError(
+                f"{file_var} is set but {url_var} is empty (the built-in tokenizer needs no "
+                f"credential); set {url_var} to the card processor's tokenization URL"
+            )
+        return
+    if not settings.tokenizer_token_file:
+        raise SettingsError(
+            f"{file_var} is required when {url_var} is set (the processor's bearer credential)"
+        )
+    _check_readable_file("tokenizer_token_file", settings.tokenizer_token_file)
+    with open(settings.tokenizer_token_file, "rb") as secret:
+        if not secret.read().strip():
+            raise SettingsError(f"{file_var}: {settings.tokenizer_token_file} is empty")
 
 
 _KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")

@@ -1,7 +1,8 @@
 """Tokenizers turn a card into a token and its last four digits.
 
-In production the card processor's API holds the card number and returns a token;
-the built-in tokenizer serves development. It creates a Luhn-valid number in memory
+In production the card processor's API holds the card number and returns a token
+(:mod:`fintech_operator.cards.http_tokenizer`, chosen by ``FINTECH_TOKENIZER_URL``); the
+built-in tokenizer serves development. It creates a Luhn-valid number in memory
 only to derive the last four digits and drops it: no PAN, CVV or PIN is ever
 returned, stored, logged or written to a resource (DESIGN.md invariant 7).
 """
@@ -32,8 +33,12 @@ class IssuedToken:
 
 
 class Tokenizer(Protocol):
-    async def issue(self, card_ref: str) -> IssuedToken:
-        """Issue a new card number for ``card_ref`` and return only its token and last 4."""
+    async def issue(self, card_ref: str, *, idempotency_key: str = "") -> IssuedToken:
+        """Issue a card number for ``card_ref`` and return only its token and last 4.
+
+        ``idempotency_key`` (derived from the card's uid) makes a retried request return the
+        first answer: the processor's tokenizer sends it; the built-in one has no state to keep.
+        """
         ...
 
 
@@ -60,7 +65,7 @@ def luhn_valid(number: str) -> bool:
 class BuiltinTokenizer:
     """Development tokenizer: random Luhn-valid numbers that exist only in memory."""
 
-    async def issue(self, card_ref: str) -> IssuedToken:
+    async def issue(self, card_ref: str, *, idempotency_key: str = "") -> IssuedToken:
         body = DEV_BIN + "".join(
             str(secrets.randbelow(10)) for _ in range(PAN_LENGTH - len(DEV_BIN) - 1)
         )

@@ -228,8 +228,9 @@ class CardRejectedData(_CardData):
     """``dev.fintech.card.rejected.v1``: issuance ended Rejected (final).
 
     ``reason`` is the status reason (``KycNotAccepted``, ``ExactMatch``, ``RiskDeclined``,
-    ``ReviewRejected``, ``ProductNotFound``, ``InvalidSpec``, ``NameReused``...). ``userId`` and
-    ``product`` are absent only when the spec itself was invalid.
+    ``ReviewRejected``, ``ProductNotFound``, ``InvalidSpec``, ``NameReused``,
+    ``TokenizerRefused``...). ``userId`` and ``product`` are absent only when the spec itself
+    was invalid.
     """
 
     reason: Reason

@@ -24,7 +24,7 @@ import psycopg
 import pydantic
 
 from fintech_operator import api, config
-from fintech_operator.cards import lifecycle, tokenizer
+from fintech_operator.cards import http_tokenizer, lifecycle
 from fintech_operator.cards import store as card_store
 from fintech_operator.compliance import lists, rules
 from fintech_operator.compliance import model as compliance_model
@@ -52,7 +52,10 @@ REVIEW_POLL_INTERVAL_SECONDS: Final = 2.0
 DELETE_RETRY_LIMIT: Final = 6
 DELETE_RETRY_DELAY_SECONDS: Final = 10.0
 ALERT_EVENTS_PER_REFRESH_MAX: Final = 20
-_TOKENIZER: tokenizer.Tokenizer = tokenizer.BuiltinTokenizer()
+# The card processor being down is retried with exponential backoff, capped: a card waits in
+# Pending (kopf's Warning Events say why) and is issued once the processor answers again.
+TOKENIZER_BACKOFF_BASE_SECONDS: Final = 2.0
+TOKENIZER_BACKOFF_MAX_SECONDS: Final = 60.0
 # Sanctions lists, compiled once per ConfigMap version and shared by every card and policy.
 LISTS: Final = lists.ListCache(lists.fetch_configmap)
 
@@ -297,7 +300,7 @@ async def _assess(
     elif verdict.phase == "PendingReview":
         _hold_for_review(body, patch, verdict, conditions)
     else:
-        await _open(body, patch, memo, namespace, name, card, product, conditions)
+        await _open(body, patch, memo, namespace, name, card, product, conditions, retry)
 
 
 def _verdict_event(
@@ -431,9 +434,14 @@ async def _open(
     card: api.CardSpec,
     product: api.CardProductSpec,
     conditions: list[dict[str, Any]],
+    retry: int,
 ) -> None:
     """Open the card's ledger account with its ``card.issued`` event, charge the issuance fee,
-    and report it issued with the token the event carries."""
+    and report it issued with the token the event carries.
+
+    The processor refusing the card rejects it (``TokenizerRefused``, final); the processor
+    being unavailable is retried with backoff under the same idempotency key.
+    """
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
     state = "Frozen" if card.state is api.CardState.FROZEN else "Active"
@@ -441,7 +449,12 @@ async def _open(
     if reused is not None:
         await _refuse_open(body, patch, memo, namespace, name, card, reused, conditions)
         return
-    issued = await _issuance(memo, body, namespace, name)
+    try:
+        issued = await _issuance(memo, body, namespace, name, retry)
+    except http_tokenizer.TokenizerRefused as exc:
+        refused = lifecycle.Verdict("Rejected", exc.reason, exc.message)
+        await _refuse_open(body, patch, memo, namespace, name, card, refused, conditions)
+        return
     event = schema.card_issued(
         namespace=namespace,
         name=name,
@@ -529,16 +542,25 @@ async def _refuse_open(
 
 
 async def _issuance(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str
+    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, retry: int
 ) -> card_store.Issued:
     """The card's token: the one its committed ``card.issued`` event carries when a previous
-    attempt got that far (a retry must not issue a second card), else a new one."""
+    attempt got that far (a retry must not issue a second card), else the tokenizer's, asked
+    under a key derived from the card's uid (a retry gets the processor's first answer)."""
     event_id = schema.lifecycle_event_id(schema.CARD_ISSUED, _uid(body))
     async with memo.pool.connection() as conn:
         earlier = await card_store.issued(conn, event_id)
     if earlier is not None:
         return earlier
-    token = await _TOKENIZER.issue(f"{namespace}/{name}")
+    tokenizer = http_tokenizer.from_settings(memo.settings)
+    key = http_tokenizer.idempotency_key(_uid(body))
+    try:
+        token = await tokenizer.issue(f"{namespace}/{name}", idempotency_key=key)
+    except http_tokenizer.TokenizerUnavailable as exc:
+        delay = min(
+            TOKENIZER_BACKOFF_BASE_SECONDS * 2 ** min(retry, 10), TOKENIZER_BACKOFF_MAX_SECONDS
+        )
+        raise kopf.TemporaryError(f"{exc.message}; retrying in {delay:.0f} s", delay=delay) from exc
     return card_store.Issued(token=token, issued_at=_event_time())
 
 
@@ -646,6 +668,7 @@ async def apply_review(
         card,
         api.CardProductSpec.model_validate(product),
         conditions,
+        int(kwargs.get("retry") or 0),
     )
 
 

@@ -237,3 +237,80 @@ def test_bad_runtime_roles_name_the_variable(role: str) -> None:
     """A role name is a plain lower-case identifier: nothing that needs (or escapes) quoting."""
     with pytest.raises(config.SettingsError, match="FINTECH_DATABASE_RUNTIME_ROLE"):
         config.load({**BASE, "FINTECH_DATABASE_RUNTIME_ROLE": role})
+
+
+def test_tokenizer_defaults_to_the_builtin_one() -> None:
+    """No URL, no credential file, a bounded timeout: development needs no processor."""
+    settings = config.load(BASE)
+    assert (settings.tokenizer_url, settings.tokenizer_token_file) == ("", "")
+    assert settings.tokenizer_timeout_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://processor.example.com/v1/tokens", "http://127.0.0.1:8443/tokens", "http://[::1]/t"],
+)
+def test_tokenizer_url_with_a_credential_file_loads(tmp_path: Path, url: str) -> None:
+    """https anywhere, http to loopback only, with a readable, non-empty credential file."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t\n")
+    settings = config.load(
+        {
+            **BASE,
+            "FINTECH_TOKENIZER_URL": url,
+            "FINTECH_TOKENIZER_TOKEN_FILE": str(secret),
+            "FINTECH_TOKENIZER_TIMEOUT_SECONDS": "2.5",
+        }
+    )
+    assert (settings.tokenizer_url, settings.tokenizer_timeout_seconds) == (url, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://processor.example.com/tokens", "https"),
+        ("http://10.0.0.5/tokens", "https"),
+        ("ftp://processor.example.com/tokens", "http"),
+        ("processor.example.com/tokens", "http"),
+        ("https://user:pw@processor.example.com/tokens", "credentials"),
+        ("https://processor.example.com/tokens#x", "fragment"),
+        ("https:///tokens", "host"),
+        ("https://processor.example.com/" + "a" * 2048, "2048"),
+    ],
+)
+def test_bad_tokenizer_urls_name_the_variable(tmp_path: Path, url: str, why: str) -> None:
+    """Plain http off the host, other schemes, no host, credentials, fragments, huge URLs."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t")
+    env = {**BASE, "FINTECH_TOKENIZER_URL": url, "FINTECH_TOKENIZER_TOKEN_FILE": str(secret)}
+    with pytest.raises(config.SettingsError, match="FINTECH_TOKENIZER_URL") as caught:
+        config.load(env)
+    assert why in str(caught.value)
+    assert "pw@" not in str(caught.value)  # A credential in a URL is never echoed.
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "61", "soon"])
+def test_bad_tokenizer_timeouts_name_the_variable(timeout: str) -> None:
+    """The timeout is bounded: above zero, at most 60 seconds."""
+    with pytest.raises(config.SettingsError, match="FINTECH_TOKENIZER_TIMEOUT_SECONDS"):
+        config.load({**BASE, "FINTECH_TOKENIZER_TIMEOUT_SECONDS": timeout})
+
+
+def test_tokenizer_credential_file_problems_name_the_variable(tmp_path: Path) -> None:
+    """A URL without a file, a missing or empty file, or a file without a URL stop start-up."""
+    url = "https://processor.example.com/tokens"
+    empty = tmp_path / "empty"
+    empty.write_text(" \n")
+    cases = [
+        ({"FINTECH_TOKENIZER_URL": url}, "required"),
+        (
+            {"FINTECH_TOKENIZER_URL": url, "FINTECH_TOKENIZER_TOKEN_FILE": str(tmp_path / "no")},
+            "no such file",
+        ),
+        ({"FINTECH_TOKENIZER_URL": url, "FINTECH_TOKENIZER_TOKEN_FILE": str(empty)}, "empty"),
+        ({"FINTECH_TOKENIZER_TOKEN_FILE": str(empty)}, "FINTECH_TOKENIZER_URL is empty"),
+    ]
+    for env, why in cases:
+        with pytest.raises(config.SettingsError, match="FINTECH_TOKENIZER_TOKEN_FILE") as caught:
+            config.load({**BASE, **env})
+        assert why in str(caught.value), env
