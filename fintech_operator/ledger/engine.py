@@ -223,7 +223,7 @@ async def card_account_owners(
     """Every card account ever opened for the name ``namespace/card`` (any currency).
 
     Reads ``metadata->>'card'``, which the operator writes when it opens a card's account
-    (indexed by migration 0011), so a new card can be checked before anything is issued.
+    (indexed by migration 0040), so a new card can be checked before anything is issued.
     """
     model.card_account_code(namespace, card, "XXX")  # Validates the names.
     async with _transaction(conn) as cur:
