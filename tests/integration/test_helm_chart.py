@@ -316,7 +316,37 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "migration",
     ),
     ("bad-allowed-cidrs", {"config": {"webhookAllowedCidrs": "evil.example"}}, "webhookAllowed"),
+    ("tokenizer-without-credential", {"tokenizer": {"url": "https://p.example/t"}}, "name"),
+    (
+        "tokenizer-over-http",
+        {"tokenizer": {"url": "http://p.example/t", "credentialSecret": {"name": "p"}}},
+        "/tokenizer/url",
+    ),
 ]
+
+
+def test_the_processor_tokenizer_reaches_only_the_operator(helm: Helm, tmp_path: Path) -> None:
+    """tokenizer.url gives the operator (and nothing else) the URL, the mounted credential
+    and the timeout, which config.py accepts."""
+    docs = helm.template(
+        {"tokenizer": {"url": "https://processor.example/v1/tokens",
+                       "credentialSecret": {"name": "processor", "key": "api-key"},
+                       "timeoutSeconds": 5}}
+    )  # fmt: skip
+    for deployment in find(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        is_operator = deployment["metadata"]["name"].endswith("-operator")
+        assert ("FINTECH_TOKENIZER_URL" in env) is is_operator
+        assert any(v["name"] == "tokenizer" for v in pod["volumes"]) is is_operator
+        if is_operator:
+            assert env["FINTECH_TOKENIZER_TOKEN_FILE"] == "/etc/fintech/tokenizer/api-key"
+            secret = tmp_path / "api-key"
+            secret.write_text("s3cret\n")
+            local = {k: v for k, v in env.items() if v is not None}
+            loaded = config.load({**local, "FINTECH_TOKENIZER_TOKEN_FILE": str(secret)})
+            assert loaded.tokenizer_url == "https://processor.example/v1/tokens"
+            assert loaded.tokenizer_timeout_seconds == 5
 
 
 def test_kafka_security_reaches_every_process_as_settings_and_files(

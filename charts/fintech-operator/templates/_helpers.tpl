@@ -190,6 +190,16 @@ operator migrates, so only its pods ever hold them.
 - name: FINTECH_DATABASE_RUNTIME_ROLE
   value: {{ $db.runtimeRole | quote }}
 {{- end }}
+{{- with .Values.tokenizer }}
+{{- if .url }}
+- name: FINTECH_TOKENIZER_URL
+  value: {{ .url | quote }}
+- name: FINTECH_TOKENIZER_TOKEN_FILE
+  value: {{ printf "/etc/fintech/tokenizer/%s" .credentialSecret.key | quote }}
+- name: FINTECH_TOKENIZER_TIMEOUT_SECONDS
+  value: {{ .timeoutSeconds | toString | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "fintech.podSecurityContext" -}}
