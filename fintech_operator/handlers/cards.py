@@ -86,6 +86,13 @@ def _event_time() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+async def _set_frozen(memo: kopf.Memo, code: str, frozen: bool, *events: Any) -> None:
+    """Freeze or unfreeze the card's account (the database then refuses debits) with the
+    events that announce it, in one transaction."""
+    async with memo.pool.connection() as conn:
+        await engine.set_frozen(conn, code, frozen, events)
+
+
 async def _write_events(memo: kopf.Memo, *events: Any) -> None:
     """Events of a decision that has no record of its own, in one transaction, each once."""
     async with memo.pool.connection() as conn:
@@ -494,6 +501,9 @@ async def _open(
     issued = stored
     if product.issuance_fee is not None and product.issuance_fee.amount_minor > 0:
         await _post_issuance_fee(memo, body, code, product.issuance_fee.amount_minor, currency)
+    if state == "Frozen":
+        # Issued frozen: the fee above is the last debit until it is unfrozen.
+        await _set_frozen(memo, code, True)
     generation = _generation(body)
     conditions = report.condition(
         {"conditions": conditions}, "LedgerAccountOpened", True, "Opened", code, generation
@@ -692,10 +702,12 @@ async def state_changed(
     phase = body.status.get("phase")
     generation = _generation(body)
     if phase in ISSUED_PHASES and new in ("Active", "Frozen") and new != phase:
-        # No ledger write to join: the event is its own transaction, committed before the
-        # status says so; its id is per generation, so a retry writes it once.
-        await _write_events(
+        # The account's freeze flag and the event commit together, before the status says
+        # so; the event's id is per generation, so a retry writes it once.
+        await _set_frozen(
             memo,
+            str(body.status.get("account")),
+            new == "Frozen",
             schema.card_state_changed(
                 namespace=report.namespace_of(namespace),
                 name=name,

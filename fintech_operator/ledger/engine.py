@@ -106,6 +106,7 @@ class _AccountRow:
     kind: model.AccountKind
     currency: str
     status: model.AccountStatus
+    frozen: bool
     # (debits, credits, entry count) read under the row lock; None for unlocked system accounts.
     totals: tuple[int, int, int] | None
 
@@ -296,6 +297,29 @@ async def write_events(conn: AsyncConnection[Any], events: Sequence[model.Outbox
         return await _insert_lifecycle_events(cur, checked)
 
 
+async def set_frozen(
+    conn: AsyncConnection[Any],
+    code: str,
+    frozen: bool,
+    events: Sequence[model.OutboxEvent] = (),
+) -> None:
+    """Freeze or unfreeze a card account, with the events that announce it, in one transaction.
+
+    Taking the account's row lock orders this against postings: one that locks the account
+    after this commits sees the freeze. Idempotent: the first freeze time is kept.
+    """
+    checked = _checked_events(events)
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "UPDATE accounts SET frozen_at = CASE WHEN %s THEN coalesce(frozen_at, now()) END"
+            " WHERE code = %s AND kind = 'card'",
+            (frozen, code),
+        )
+        if cur.rowcount != 1:
+            raise model.AccountNotFound(f"card account {code} does not exist")
+        await _insert_lifecycle_events(cur, checked)
+
+
 async def account(conn: AsyncConnection[Any], code: str) -> model.Account:
     async with _transaction(conn) as cur:
         return await _account(cur, code)
@@ -478,7 +502,7 @@ async def _transaction(
 
 _LOCK_ACCOUNTS: Final = """
 WITH locked AS (
-    SELECT a.id, a.code, a.kind, a.currency, a.status,
+    SELECT a.id, a.code, a.kind, a.currency, a.status, a.frozen_at IS NOT NULL AS frozen,
            b.debits_minor, b.credits_minor, b.entry_count
       FROM accounts a
       JOIN account_balances b ON b.account_id = a.id
@@ -488,7 +512,7 @@ WITH locked AS (
 )
 SELECT * FROM locked
 UNION ALL
-SELECT a.id, a.code, a.kind, a.currency, a.status, NULL, NULL, NULL
+SELECT a.id, a.code, a.kind, a.currency, a.status, false, NULL, NULL, NULL
   FROM accounts a
  WHERE a.code = ANY(%(codes)s) AND a.kind = 'system'
 """
@@ -523,9 +547,10 @@ async def _select_accounts(cur: Cursor, codes: list[str]) -> dict[str, _AccountR
             kind=model.AccountKind(kind),
             currency=str(currency),
             status=model.AccountStatus(status),
+            frozen=bool(frozen),
             totals=None if debits is None else (int(debits), int(credits), int(count)),
         )
-        for id_, code, kind, currency, status, debits, credits, count in rows
+        for id_, code, kind, currency, status, frozen, debits, credits, count in rows
     }
 
 
@@ -550,6 +575,9 @@ def _check_accounts(accounts: Mapping[str, _AccountRow], lines: Iterable[model.L
             model.Direction.CREDIT
         ):
             raise model.AccountClosed(f"account {line.account_code} is closed to debits")
+        # A frozen card takes credits only (refunds, payments); see migration 0041.
+        if account.frozen and line.direction is model.Direction.DEBIT:
+            raise model.AccountFrozen(f"account {line.account_code} is frozen: no new debits")
         if account.currency != line.currency:
             raise model.CurrencyMismatch(
                 f"line in {line.currency} on account {line.account_code} in {account.currency}"
@@ -973,6 +1001,7 @@ __all__ = [
     "open_card_account",
     "post",
     "reverse",
+    "set_frozen",
     "trial_balance",
     "write_events",
 ]

@@ -87,6 +87,12 @@ class AccountClosed(LedgerError):
     reason = "AccountClosed"
 
 
+class AccountFrozen(LedgerError):
+    """A debit to a frozen card's account. The posting reason is the card's: CardNotActive."""
+
+    reason = "CardNotActive"
+
+
 class AccountConflict(LedgerError):
     """An account code already exists with another currency, kind or normal balance."""
 

@@ -254,7 +254,7 @@ def test_reversal_once_then_refused(
 
 
 def test_frozen_card_refuses_purchases_but_takes_refunds_and_payments(
-    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
 ) -> None:
     """A Frozen card rejects a purchase with CardNotActive and still posts a refund and a
     payment."""
@@ -266,6 +266,7 @@ def test_frozen_card_refuses_purchases_but_takes_refunds_and_payments(
     assert _decided(kubectl, ns, "f-buy")["reason"] == "CardNotActive"
     assert _decided(kubectl, ns, "f-refund")["phase"] == "Posted"
     assert _decided(kubectl, ns, "f-pay")["phase"] == "Posted"
+    assert _frozen(database, f"card:{ns}/c7:USD")  # issued frozen: frozen in the ledger too
 
 
 def test_ttl_deletes_the_object_and_keeps_the_journal(
@@ -362,6 +363,20 @@ def test_a_reapplied_posting_stays_posted_after_its_card_froze(
     second = _decided(kubectl, ns, "before-freeze")
     assert (second["phase"], second["journalId"]) == ("Posted", first["journalId"])
     assert _journals(database, f"{ns}/before-freeze") == 1
+    # The freeze is in the ledger too (the database refuses debits), and so is the unfreeze.
+    assert _frozen(database, f"card:{ns}/c11:USD")
+    kubectl("patch", "-n", ns, "card", "c11", "--type=merge", "-p", '{"spec":{"state":"Active"}}')
+    wait_for(
+        "card c11 active", lambda: _status(kubectl, ns, "card", "c11").get("phase") == "Active"
+    )
+    assert not _frozen(database, f"card:{ns}/c11:USD")
+
+
+def _frozen(database_url: str, account: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT frozen_at FROM accounts WHERE code = %s", (account,)).fetchone()
+    assert row is not None, account
+    return row[0] is not None
 
 
 def test_reversals_must_match_their_original_and_the_cards_state(

@@ -1,0 +1,124 @@
+"""A frozen card account on a real PostgreSQL: credits only, enforced by the engine and by
+the database itself."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator.ledger import engine, model, rules
+
+pytestmark = pytest.mark.integration
+
+K = model.PostingKind
+
+
+@pytest.fixture(scope="module")
+async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
+    )
+    await ledger_pool.open(wait=True, timeout=30)
+    yield ledger_pool
+    await ledger_pool.close()
+
+
+@pytest.fixture
+def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+        yield conn
+
+
+def request(card: str, amount: int, kind: model.PostingKind) -> model.PostingRequest:
+    return model.PostingRequest(
+        idempotency_key=f"k-{uuid.uuid4()}",
+        kind=kind,
+        lines=rules.lines_for(kind, card, amount, "USD"),
+        occurred_at=datetime.datetime.now(datetime.UTC),
+        reference=None,
+    )
+
+
+async def frozen_card(pool: AsyncConnectionPool[Any]) -> str:
+    async with pool.connection() as conn:
+        card = await engine.open_card_account(conn, "ns", f"f-{uuid.uuid4().hex[:8]}", "USD")
+    await engine.post(pool, request(card.code, 5_000, K.PURCHASE))
+    async with pool.connection() as conn:
+        await engine.set_frozen(conn, card.code, True)
+    return card.code
+
+
+async def test_a_frozen_account_takes_credits_and_refuses_debits(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """Refunds and payments post; a purchase, a fee and the reversal of a payment are
+    refused (reason CardNotActive) and write nothing; unfreezing lets purchases in again."""
+    card = await frozen_card(pool)
+    await engine.post(pool, request(card, 1_000, K.REFUND))
+    paid = await engine.post(pool, request(card, 1_000, K.PAYMENT))
+    for kind in (K.PURCHASE, K.FEE):
+        with pytest.raises(model.AccountFrozen) as refused:
+            await engine.post(pool, request(card, 100, kind))
+        assert refused.value.reason == "CardNotActive"
+    with pytest.raises(model.AccountFrozen):
+        await engine.reverse(pool, f"rev-{uuid.uuid4()}", paid.journal.id, "undo payment")
+    async with pool.connection() as conn:
+        assert (await engine.balance(conn, card)).balance_minor == 3_000
+        await engine.set_frozen(conn, card, False)
+    await engine.post(pool, request(card, 100, K.PURCHASE))
+
+
+async def test_the_database_refuses_a_debit_to_a_frozen_account_by_itself(
+    pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A raw INSERT of a debit entry past the engine fails in the entries trigger."""
+    card = await frozen_card(pool)
+    (account_id,) = raw.execute("SELECT id FROM accounts WHERE code = %s", (card,)).fetchone() or (
+        None,
+    )
+    (settlement,) = raw.execute(
+        "SELECT id FROM accounts WHERE code = 'system:network_settlement:USD'"
+    ).fetchone() or (None,)
+    raw.execute("BEGIN")
+    journal = raw.execute(
+        "INSERT INTO journals (idempotency_key, request_hash, kind, occurred_at)"
+        " VALUES (%s, repeat('0', 64), 'Purchase', now()) RETURNING id",
+        (f"raw-{uuid.uuid4()}",),
+    ).fetchone()
+    assert journal is not None
+    lines = "VALUES (%s, %s, 'debit', 100, 'USD'), (%s, %s, 'credit', 100, 'USD')"
+    with pytest.raises(errors.CheckViolation, match="frozen"):
+        raw.execute(
+            "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency) "
+            + lines,
+            (journal[0], account_id, journal[0], settlement),
+        )
+    raw.execute("ROLLBACK")
+
+
+async def test_freezing_is_idempotent_and_only_for_existing_card_accounts(
+    pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A second freeze keeps the first time; a missing or system account is refused."""
+    card = await frozen_card(pool)
+    first = raw.execute("SELECT frozen_at FROM accounts WHERE code = %s", (card,)).fetchone()
+    async with pool.connection() as conn:
+        await engine.set_frozen(conn, card, True)
+        for code in ("card:ns/nobody:USD", "system:network_settlement:USD"):
+            with pytest.raises(model.AccountNotFound):
+                await engine.set_frozen(conn, code, True)
+    again = raw.execute("SELECT frozen_at FROM accounts WHERE code = %s", (card,)).fetchone()
+    assert first == again
+    assert first is not None
+    assert first[0] is not None
+    with pytest.raises(errors.CheckViolation):
+        raw.execute(
+            "UPDATE accounts SET frozen_at = now() WHERE code = 'system:network_settlement:USD'"
+        )
