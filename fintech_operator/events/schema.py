@@ -497,9 +497,7 @@ def card_issued(
         "state": state,
         "issuedAt": _time(issued_at),
     }
-    event_id = lifecycle_event_id(CARD_ISSUED, uid)
-    checked = _checked(CardIssuedData, data)
-    return _lifecycle(CARD_ISSUED, namespace, name, checked, issued_at, event_id, headers)
+    return _lifecycle_event(CARD_ISSUED, namespace, name, uid, data, issued_at, headers)
 
 
 def card_state_changed(
@@ -520,10 +518,8 @@ def card_state_changed(
     closing happens once in a card's life, whatever the generation.
     """
     data = {"card": f"{namespace}/{name}", "from": from_phase, "to": to_state, "reason": reason}
-    checked = _checked(CardStateChangedData, data)
     facts = ("Closed",) if to_state == "Closed" else (to_state, f"g{_generation(generation)}")
-    event_id = lifecycle_event_id(CARD_STATE_CHANGED, uid, *facts)
-    return _lifecycle(CARD_STATE_CHANGED, namespace, name, checked, now, event_id, headers)
+    return _lifecycle_event(CARD_STATE_CHANGED, namespace, name, uid, data, now, headers, *facts)
 
 
 def card_rejected(
@@ -539,16 +535,8 @@ def card_rejected(
     headers: Mapping[str, str] | None = None,
 ) -> model.OutboxEvent:
     """Issuance of card ``namespace/name`` ended Rejected; rejection is final, one id per card."""
-    data = {
-        "card": f"{namespace}/{name}",
-        "reason": reason,
-        "message": free_text(message) or reason,
-        "userId": user_id,
-        "product": product,
-    }
-    checked = _checked(CardRejectedData, data)
-    event_id = lifecycle_event_id(CARD_REJECTED, uid)
-    return _lifecycle(CARD_REJECTED, namespace, name, checked, now, event_id, headers)
+    data = _card_outcome_data(namespace, name, reason, message, user_id, product)
+    return _lifecycle_event(CARD_REJECTED, namespace, name, uid, data, now, headers)
 
 
 def card_review_requested(
@@ -565,16 +553,9 @@ def card_review_requested(
     headers: Mapping[str, str] | None = None,
 ) -> model.OutboxEvent:
     """Card ``namespace/name`` waits for a review; one id per card generation assessed."""
-    data = {
-        "card": f"{namespace}/{name}",
-        "reason": reason,
-        "message": free_text(message) or reason,
-        "userId": user_id,
-        "product": product,
-    }
-    checked = _checked(CardReviewRequestedData, data)
-    event_id = lifecycle_event_id(CARD_REVIEW_REQUESTED, uid, f"g{_generation(generation)}")
-    return _lifecycle(CARD_REVIEW_REQUESTED, namespace, name, checked, now, event_id, headers)
+    data = _card_outcome_data(namespace, name, reason, message, user_id, product)
+    fact = f"g{_generation(generation)}"
+    return _lifecycle_event(CARD_REVIEW_REQUESTED, namespace, name, uid, data, now, headers, fact)
 
 
 def recon_completed(
@@ -608,9 +589,7 @@ def recon_completed(
         "reason": reason,
         "message": None if message is None else free_text(message) or None,
     }
-    checked = _checked(ReconCompletedData, data)
-    event_id = lifecycle_event_id(RECON_COMPLETED, uid)
-    return _lifecycle(RECON_COMPLETED, namespace, name, checked, completed_at, event_id, headers)
+    return _lifecycle_event(RECON_COMPLETED, namespace, name, uid, data, completed_at, headers)
 
 
 def free_text(text: str) -> str:
@@ -618,6 +597,24 @@ def free_text(text: str) -> str:
     if not isinstance(text, str):
         raise EventError("a message must be a string")
     return " ".join(pan.mask_pans(text).split())[:MESSAGE_MAX_LENGTH]
+
+
+def _card_outcome_data(
+    namespace: str,
+    name: str,
+    reason: str,
+    message: str,
+    user_id: str | None,
+    product: str | None,
+) -> dict[str, Any]:
+    """The data a rejection and a review request share: why, in a masked message never empty."""
+    return {
+        "card": f"{namespace}/{name}",
+        "reason": reason,
+        "message": free_text(message) or reason,
+        "userId": user_id,
+        "product": product,
+    }
 
 
 def _generation(generation: int) -> int:
@@ -636,6 +633,23 @@ def _key_of(data: _Data) -> str | None:
         return data.run
     card = getattr(data, "card", None)
     return card if isinstance(card, str) else None
+
+
+def _lifecycle_event(
+    type_: str,
+    namespace: str,
+    name: str,
+    uid: str,
+    data: Mapping[str, Any],
+    now: datetime.datetime,
+    headers: Mapping[str, str] | None,
+    *facts: str,
+) -> model.OutboxEvent:
+    """The lifecycle event ``type_`` of object ``namespace/name``: ``data`` checked against the
+    type's model, its id derived from ``uid`` and ``facts`` (see :func:`lifecycle_event_id`)."""
+    checked = _checked(CATALOG[type_].data_model, data)
+    event_id = lifecycle_event_id(type_, uid, *facts)
+    return _lifecycle(type_, namespace, name, checked, now, event_id, headers)
 
 
 def _lifecycle(
