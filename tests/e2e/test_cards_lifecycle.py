@@ -97,6 +97,10 @@ def phase_in(*phases: str) -> Any:
     return lambda status: status.get("phase") in phases
 
 
+def reason_is(reason: str) -> Any:
+    return lambda status: status.get("reason") == reason
+
+
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == type_)
 
@@ -147,6 +151,22 @@ def card(
     }
 
 
+def money(name: str, card_name: str, type_: str, amount: int) -> dict[str, Any]:
+    return {
+        "kind": "Posting",
+        "metadata": {"name": name},
+        "spec": {"card": card_name, "type": type_, "amount": amount, "currency": "USD"},
+    }
+
+
+def risk_policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"kind": "RiskPolicy", "metadata": {"name": name}, "spec": spec}
+
+
+def compliance_policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"kind": "CompliancePolicy", "metadata": {"name": name}, "spec": spec}
+
+
 def review(name: str, card_name: str, decision: str) -> dict[str, Any]:
     return {
         "kind": "CardReview",
@@ -166,15 +186,30 @@ def compliance_with_list(kubectl: Kubectl, ns: str, **kyc: Any) -> None:
     apply(
         kubectl,
         ns,
-        {
-            "kind": "CompliancePolicy",
-            "metadata": {"name": "screening"},
-            "spec": {
-                "kyc": kyc or {"allowReview": True},
-                "sanctions": {"configMap": "sdn-list", "matchThresholdBps": 9000},
-            },
-        },
+        compliance_policy(
+            "screening",
+            kyc=kyc or {"allowReview": True},
+            sanctions={"configMap": "sdn-list", "matchThresholdBps": 9000},
+        ),
     )
+
+
+def screening_ready(kubectl: Kubectl, procs: OperatorProcesses, ns: str) -> dict[str, Any]:
+    """The standard product and the screening policy of :func:`compliance_with_list`, once the
+    policy is Ready; its status."""
+    apply(kubectl, ns, product())
+    compliance_with_list(kubectl, ns)
+    return wait_status(
+        kubectl, procs, ns, "compliancepolicy", "screening", "ready", phase_in("Ready")
+    )
+
+
+def patch_card(
+    kubectl: Kubectl, ns: str, name: str, spec: dict[str, Any], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Merge ``spec`` into the card's spec, as a user's ``kubectl patch`` does."""
+    body = json.dumps({"spec": spec})
+    return kubectl("patch", "card", name, "-n", ns, "--type=merge", "-p", body, check=check)
 
 
 def db_rows(operator_env: dict[str, str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -226,57 +261,24 @@ def test_issue_freeze_close_refused_then_paid_and_closed(
         kubectl, procs, ns, "card", "c1", "balance 500", lambda s: s["balance"]["amount"] == 500
     )
     # spec.userId is immutable (CEL).
-    refused = kubectl(
-        "patch",
-        "card",
-        "c1",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"userId":"u2"}}',
-        check=False,
-    )
+    refused = patch_card(kubectl, ns, "c1", {"userId": "u2"}, check=False)
     assert refused.returncode != 0
     assert "userId is immutable" in refused.stderr
 
     for state in ("Frozen", "Active"):
-        kubectl(
-            "patch",
-            "card",
-            "c1",
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            f'{{"spec":{{"state":"{state}"}}}}',
-        )
+        patch_card(kubectl, ns, "c1", {"state": state})
         wait_status(kubectl, procs, ns, "card", "c1", state, phase_in(state))
 
-    kubectl("patch", "card", "c1", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}')
+    patch_card(kubectl, ns, "c1", {"state": "Closed"})
     status = wait_status(
-        kubectl,
-        procs,
-        ns,
-        "card",
-        "c1",
-        "close refused",
-        lambda s: s.get("reason") == "BalanceNotZero",
+        kubectl, procs, ns, "card", "c1", "close refused", reason_is("BalanceNotZero")
     )
     assert status["phase"] == "Active"
     assert "post a Payment" in status["message"]
     assert condition(status, "Ready")["reason"] == "BalanceNotZero"
     assert "post a Payment" in wait_event(kubectl, ns, "c1", "Warning", "BalanceNotZero")
 
-    apply(
-        kubectl,
-        ns,
-        {
-            "kind": "Posting",
-            "metadata": {"name": "pay-fee"},
-            "spec": {"card": "c1", "type": "Payment", "amount": 500, "currency": "USD"},
-        },
-    )
+    apply(kubectl, ns, money("pay-fee", "c1", "Payment", 500))
     status = wait_status(kubectl, procs, ns, "card", "c1", "closed", phase_in("Closed"))
     assert "reason" not in status
     account = status["account"]
@@ -284,17 +286,7 @@ def test_issue_freeze_close_refused_then_paid_and_closed(
         ("closed",)
     ]
     # Closed is final: the API server refuses a reopening before the operator sees it.
-    reopen = kubectl(
-        "patch",
-        "card",
-        "c1",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"state":"Active"}}',
-        check=False,
-    )
+    reopen = patch_card(kubectl, ns, "c1", {"state": "Active"}, check=False)
     assert reopen.returncode != 0
     assert "Closed is final" in reopen.stderr
 
@@ -341,14 +333,11 @@ def test_risk_rules_review_and_decline_and_default_kyc_rejects(
         kubectl,
         ns,
         product(),
-        {
-            "kind": "RiskPolicy",
-            "metadata": {"name": "strict"},
-            "spec": {
-                "blockedHolderCountries": {"countries": ["KP"]},
-                "maxCardsPerUser": {"maxCards": 1, "action": "Review"},
-            },
-        },
+        risk_policy(
+            "strict",
+            blockedHolderCountries={"countries": ["KP"]},
+            maxCardsPerUser={"maxCards": 1, "action": "Review"},
+        ),
     )
     wait_status(kubectl, procs, ns, "riskpolicy", "strict", "ready", lambda s: s.get("inUse"))
     apply(kubectl, ns, card("first", user="u9"))
@@ -393,9 +382,7 @@ def test_risk_rules_review_and_decline_and_default_kyc_rejects(
     )
     assert checks == [("Kyc", "Reject", "KycNotAccepted"), ("Sanctions", "Clear", "NotConfigured")]
     # A card waiting for review can still be closed: it never gets an account.
-    kubectl(
-        "patch", "card", "second", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}'
-    )
+    patch_card(kubectl, ns, "second", {"state": "Closed"})
     closed = wait_status(kubectl, procs, ns, "card", "second", "closed", phase_in("Closed"))
     assert closed["reason"] == "ClosedBeforeIssue"
     # A card applied Frozen is issued Frozen.
@@ -427,11 +414,7 @@ def test_sanctions_exact_rejects_and_fuzzy_reviews_then_reviewer_rejects(
 ) -> None:
     """An exact listed name is Rejected; a close one waits for review and a reviewer rejects it."""
     ns, procs = op_namespace, operator_processes
-    apply(kubectl, ns, product())
-    compliance_with_list(kubectl, ns)
-    policy = wait_status(
-        kubectl, procs, ns, "compliancepolicy", "screening", "ready", phase_in("Ready")
-    )
+    policy = screening_ready(kubectl, procs, ns)
     assert policy["sanctionsList"]["entries"] == 13
     assert policy["inUse"] is True
     apply(
@@ -488,9 +471,7 @@ def test_kyc_pending_reviewed_and_approved(
 ) -> None:
     """PendingReview -> CardReview Approve -> Active; the decision is recorded once."""
     ns, procs = op_namespace, operator_processes
-    apply(kubectl, ns, product())
-    compliance_with_list(kubectl, ns)
-    wait_status(kubectl, procs, ns, "compliancepolicy", "screening", "ready", phase_in("Ready"))
+    screening_ready(kubectl, procs, ns)
     apply(kubectl, ns, card("waiting", kyc="Pending"))
     held = wait_status(kubectl, procs, ns, "card", "waiting", "held", phase_in("PendingReview"))
     assert held["reason"] == "KycPending"
@@ -515,8 +496,7 @@ def test_kyc_pending_reviewed_and_approved(
     # KYC completed while waiting: the card is assessed again and issued without a review.
     apply(kubectl, ns, card("kyc-later", user="u3", kyc="Pending"))
     wait_status(kubectl, procs, ns, "card", "kyc-later", "held", phase_in("PendingReview"))
-    patch = '{"spec":{"holder":{"kycStatus":"Accepted"}}}'
-    kubectl("patch", "card", "kyc-later", "-n", ns, "--type=merge", "-p", patch)
+    patch_card(kubectl, ns, "kyc-later", {"holder": {"kycStatus": "Accepted"}})
     later = wait_status(kubectl, procs, ns, "card", "kyc-later", "issued", phase_in("Active"))
     assert "review" not in later
     assert later["compliance"]["reasons"] == ["KycAccepted", "NoMatch"]
@@ -549,26 +529,12 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     apply(kubectl, ns, product(fee=0), card("empty"), card("owing", user="u2"))
     empty = wait_status(kubectl, procs, ns, "card", "empty", "issued", phase_in("Active"))
     owing = wait_status(kubectl, procs, ns, "card", "owing", "issued", phase_in("Active"))
-    apply(
-        kubectl,
-        ns,
-        {
-            "kind": "Posting",
-            "metadata": {"name": "buy"},
-            "spec": {"card": "owing", "type": "Purchase", "amount": 700, "currency": "USD"},
-        },
-    )
+    apply(kubectl, ns, money("buy", "owing", "Purchase", 700))
     wait_status(kubectl, procs, ns, "posting", "buy", "posted", phase_in("Posted", "Rejected"))
 
     kubectl("delete", "cardproduct", "standard", "-n", ns, "--wait=false")
     blocked = wait_status(
-        kubectl,
-        procs,
-        ns,
-        "cardproduct",
-        "standard",
-        "blocked",
-        lambda s: s.get("reason") == "InUse",
+        kubectl, procs, ns, "cardproduct", "standard", "blocked", reason_is("InUse")
     )
     assert "2 card(s) still use this product (empty, owing)" in blocked["message"]
     assert "close or delete them" in wait_event(
@@ -607,14 +573,6 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     )
 
 
-def money(name: str, card_name: str, type_: str, amount: int) -> dict[str, Any]:
-    return {
-        "kind": "Posting",
-        "metadata": {"name": name},
-        "spec": {"card": card_name, "type": type_, "amount": amount, "currency": "USD"},
-    }
-
-
 def test_a_card_recreated_under_a_deleted_cards_name_is_rejected_name_reused(
     kubectl: Kubectl,
     op_namespace: str,
@@ -638,7 +596,7 @@ def test_a_card_recreated_under_a_deleted_cards_name_is_rejected_name_reused(
     for name in ("buy-paid", "pay-paid", "buy-owing"):
         posted = wait_status(kubectl, procs, ns, "posting", name, "posted", phase_in("Posted"))
         assert posted["phase"] == "Posted", posted
-    kubectl("patch", "card", "paid", "-n", ns, "--type=merge", "-p", '{"spec":{"state":"Closed"}}')
+    patch_card(kubectl, ns, "paid", {"state": "Closed"})
     wait_status(kubectl, procs, ns, "card", "paid", "closed", phase_in("Closed"))
     old = {name: get(kubectl, ns, "card", name) or {} for name in ("paid", "owing")}
     ledger_sql = (
@@ -694,7 +652,7 @@ def test_a_card_recreated_under_a_deleted_cards_name_is_rejected_name_reused(
         (get(kubectl, ns, "card", "paid") or {})["metadata"]["uid"],
     ) == [(0,)]
     # The rejection is final: a later change of the card is not an issuance retry.
-    kubectl("patch", "card", "paid", "-n", ns, "--type=merge", "-p", '{"spec":{"memo":"x"}}')
+    patch_card(kubectl, ns, "paid", {"memo": "x"})
     time.sleep(3)
     assert status_of(kubectl, ns, "card", "paid")["phase"] == "Rejected"
     assert db_rows(operator_env, ledger_sql, f"{ns}/paid") == before["paid"]
@@ -733,25 +691,19 @@ def test_posting_risk_rules_and_aml_alert(
         kubectl,
         ns,
         product(),
-        {
-            "kind": "RiskPolicy",
-            "metadata": {"name": "limits"},
-            "spec": {
-                "maxAmountPerTransaction": {"amount": 100_000, "currency": "USD"},
-                "blockedMccs": {"codes": ["7995"], "action": "Review"},
-                "velocity": [{"windowSeconds": 3600, "maxCount": 4, "action": "Decline"}],
+        risk_policy(
+            "limits",
+            maxAmountPerTransaction={"amount": 100_000, "currency": "USD"},
+            blockedMccs={"codes": ["7995"], "action": "Review"},
+            velocity=[{"windowSeconds": 3600, "maxCount": 4, "action": "Decline"}],
+        ),
+        compliance_policy(
+            "aml",
+            aml={
+                "dailyThreshold": {"amount": 150_000, "currency": "USD"},
+                "structuring": {"enabled": False},
             },
-        },
-        {
-            "kind": "CompliancePolicy",
-            "metadata": {"name": "aml"},
-            "spec": {
-                "aml": {
-                    "dailyThreshold": {"amount": 150_000, "currency": "USD"},
-                    "structuring": {"enabled": False},
-                }
-            },
-        },
+        ),
     )
     wait_status(kubectl, procs, ns, "riskpolicy", "limits", "ready", lambda s: s.get("inUse"))
     wait_status(kubectl, procs, ns, "compliancepolicy", "aml", "ready", phase_in("Ready"))
@@ -819,13 +771,9 @@ def test_policy_status_in_use_and_missing_list(
     apply(
         kubectl,
         ns,
-        {"kind": "RiskPolicy", "metadata": {"name": "a"}, "spec": {}},
-        {"kind": "RiskPolicy", "metadata": {"name": "b"}, "spec": {}},
-        {
-            "kind": "CompliancePolicy",
-            "metadata": {"name": "screening"},
-            "spec": {"sanctions": {"configMap": "sdn-list"}},
-        },
+        risk_policy("a"),
+        risk_policy("b"),
+        compliance_policy("screening", sanctions={"configMap": "sdn-list"}),
     )
     a = wait_status(kubectl, procs, ns, "riskpolicy", "a", "ready", phase_in("Ready"))
     b = wait_status(kubectl, procs, ns, "riskpolicy", "b", "ready", phase_in("Ready"))
