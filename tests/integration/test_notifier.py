@@ -233,6 +233,50 @@ async def served(database_url: str, names: list[str]) -> bool:
     return int(count) == len(names)
 
 
+async def _settings_with_topics(plat: RunningPlatform, database_url: str) -> config.Settings:
+    """Settings of a test's own topic prefix, its topics created."""
+    settings = settings_for(plat, database_url, new_prefix())
+    await topics.ensure_for(settings)
+    return settings
+
+
+def _apply_signed(kubectl: Kubectl, namespace: str, *webhooks: dict[str, Any]) -> None:
+    """The Webhooks, with the Secret ``hook-secret`` they sign with."""
+    _apply(kubectl, namespace, secret_object("hook-secret", SECRET), *webhooks)
+
+
+@contextlib.asynccontextmanager
+async def _posted_and_relayed(
+    plat: RunningPlatform,
+    settings: config.Settings,
+    namespace: str,
+    group: str,
+    log_dir: Path,
+    *,
+    card: str,
+    webhook: str,
+    events: int = 1,
+) -> AsyncIterator[list[str]]:
+    """``events`` postings on a new card ``card``, made once a notifier (consumer group
+    ``group``) serves Webhook ``webhook``; yields their event ids while a relay publishes
+    them. The notifier's log is printed if the body fails."""
+    async with open_pool(settings.database_url) as pool:
+        await open_cards(pool, namespace, (card,))
+        async with notifier_process(plat, settings, namespace, group, log_dir):
+            await eventually(
+                "the notifier serving it", lambda: served(settings.database_url, [webhook])
+            )
+            ids = [str((await post(pool, namespace, card))[1].event_id) for _ in range(events)]
+            async with running_relay(settings, pool):
+                yield ids
+
+
+async def _delivery_state(database_url: str, webhook: str) -> Any:
+    return await scalar(
+        database_url, "SELECT state FROM webhook_deliveries WHERE webhook = %s", webhook
+    )
+
+
 async def test_signed_deliveries_with_retries_isolation_and_no_duplicates(
     platform_running: RunningPlatform,
     migrated_database_url: str,
@@ -252,13 +296,11 @@ async def test_signed_deliveries_with_retries_isolation_and_no_duplicates(
       complete while ``slow`` had delivered nothing;
     - an event of another namespace reaches nobody.
     """
-    settings = settings_for(platform_running, migrated_database_url, new_prefix())
-    await topics.ensure_for(settings)
+    settings = await _settings_with_topics(platform_running, migrated_database_url)
     fast_retry = {"retry": {"initialDelaySeconds": 1, "maxDelaySeconds": 2}}
-    _apply(
+    _apply_signed(
         kubectl,
         namespace,
-        secret_object("hook-secret", SECRET),
         webhook_object("ok", f"{receiver.url}/ok"),
         webhook_object(
             "flaky",
@@ -355,31 +397,30 @@ async def test_events_wait_for_a_missing_secret_and_go_once_it_exists(
 ) -> None:
     """A Webhook whose Secret does not exist yet queues its events (nothing is lost); when
     the Secret is created, the waiting events are delivered, signed with it."""
-    settings = settings_for(platform_running, migrated_database_url, new_prefix())
-    await topics.ensure_for(settings)
+    settings = await _settings_with_topics(platform_running, migrated_database_url)
     _apply(kubectl, namespace, webhook_object("late", f"{receiver.url}/ok"))
-    async with open_pool(migrated_database_url) as pool:
-        await open_cards(pool, namespace, ("carol",))
-        async with notifier_process(platform_running, settings, namespace, "g-late", tmp_path):
-            await eventually(
-                "the notifier serving it", lambda: served(migrated_database_url, ["late"])
-            )
-            ids = [str((await post(pool, namespace, "carol"))[1].event_id) for _ in range(3)]
-            async with running_relay(settings, pool):
-                await eventually(
-                    "three deliveries queued",
-                    lambda: _pending(migrated_database_url, f"{namespace}/late", 3),
-                )
-                problem = await scalar(
-                    migrated_database_url,
-                    "SELECT problem FROM webhook_endpoints WHERE name = 'late'",
-                )
-                assert str(problem).startswith("SecretNotFound")
-                assert receiver.requests("/ok") == []
-                _apply(kubectl, namespace, secret_object("hook-secret", SECRET))
-                await eventually(
-                    "the waiting events delivered", lambda: _has(receiver, "/ok", ids, 200)
-                )
+    async with _posted_and_relayed(
+        platform_running,
+        settings,
+        namespace,
+        "g-late",
+        tmp_path,
+        card="carol",
+        webhook="late",
+        events=3,
+    ) as ids:
+        await eventually(
+            "three deliveries queued",
+            lambda: _pending(migrated_database_url, f"{namespace}/late", 3),
+        )
+        problem = await scalar(
+            migrated_database_url,
+            "SELECT problem FROM webhook_endpoints WHERE name = 'late'",
+        )
+        assert str(problem).startswith("SecretNotFound")
+        assert receiver.requests("/ok") == []
+        _apply(kubectl, namespace, secret_object("hook-secret", SECRET))
+        await eventually("the waiting events delivered", lambda: _has(receiver, "/ok", ids, 200))
     assert all(s.verified for s in receiver.requests("/ok"))
 
 
@@ -465,32 +506,23 @@ async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
     """A receiver answering 429 with ``Retry-After: 1`` gets the retry after at least one
     second, and well before the Webhook's own schedule (60 s) would have sent it; the
     retry's 200 ends it: exactly two requests, the second delivered, nothing after."""
-    settings = settings_for(platform_running, migrated_database_url, new_prefix())
-    await topics.ensure_for(settings)
-    _apply(
+    settings = await _settings_with_topics(platform_running, migrated_database_url)
+    _apply_signed(
         kubectl,
         namespace,
-        secret_object("hook-secret", SECRET),
         webhook_object(
             "throttled",
             f"{receiver.url}/throttled",
             retry={"initialDelaySeconds": 60, "maxDelaySeconds": 120},
         ),
     )
-    async with open_pool(migrated_database_url) as pool:
-        await open_cards(pool, namespace, ("alice",))
-        async with notifier_process(platform_running, settings, namespace, "g-429", tmp_path):
-            await eventually(
-                "the notifier serving it", lambda: served(migrated_database_url, ["throttled"])
-            )
-            event_id = str((await post(pool, namespace, "alice"))[1].event_id)
-            async with running_relay(settings, pool):
-                await eventually(
-                    "the retry delivered",
-                    lambda: _has(receiver, "/throttled", [event_id], 200),
-                    30,
-                )
-                await asyncio.sleep(3)  # Room for any wrong extra attempt to show up.
+    async with _posted_and_relayed(
+        platform_running, settings, namespace, "g-429", tmp_path, card="alice", webhook="throttled"
+    ) as [event_id]:
+        await eventually(
+            "the retry delivered", lambda: _has(receiver, "/throttled", [event_id], 200), 30
+        )
+        await asyncio.sleep(3)  # Room for any wrong extra attempt to show up.
     seen = receiver.requests("/throttled")
     assert [(s.event_id, s.status) for s in seen] == [(event_id, 429), (event_id, 200)]
     assert all(s.verified for s in seen)
@@ -498,12 +530,7 @@ async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
     assert 1.0 <= gap < 20, f"retried {gap:.2f}s after the 429"
     attempts = await _attempts(migrated_database_url, f"{namespace}/throttled")
     assert [a[:3] for a in attempts] == [(1, "Failed", 429), (2, "Delivered", 200)]
-    state = await scalar(
-        migrated_database_url,
-        "SELECT state FROM webhook_deliveries WHERE webhook = %s",
-        f"{namespace}/throttled",
-    )
-    assert state == "delivered"
+    assert await _delivery_state(migrated_database_url, f"{namespace}/throttled") == "delivered"
 
 
 async def test_redirects_are_not_followed_and_count_as_failures(
@@ -518,32 +545,25 @@ async def test_redirects_are_not_followed_and_count_as_failures(
     """A 302 to another path is a failed attempt: the notifier never requests the
     redirect's target, retries the Webhook's URL on its schedule, and gives up after
     ``maxAttempts``, with the redirect named in the delivery log."""
-    settings = settings_for(platform_running, migrated_database_url, new_prefix())
-    await topics.ensure_for(settings)
-    _apply(
+    settings = await _settings_with_topics(platform_running, migrated_database_url)
+    _apply_signed(
         kubectl,
         namespace,
-        secret_object("hook-secret", SECRET),
         webhook_object(
             "moved",
             f"{receiver.url}/redirect",
             retry={"maxAttempts": 2, "initialDelaySeconds": 1, "maxDelaySeconds": 1},
         ),
     )
-    async with open_pool(migrated_database_url) as pool:
-        await open_cards(pool, namespace, ("bob",))
-        async with notifier_process(platform_running, settings, namespace, "g-302", tmp_path):
-            await eventually(
-                "the notifier serving it", lambda: served(migrated_database_url, ["moved"])
-            )
-            event_id = str((await post(pool, namespace, "bob"))[1].event_id)
-            async with running_relay(settings, pool):
-                await eventually(
-                    "the delivery given up",
-                    lambda: _finished(migrated_database_url, f"{namespace}/moved"),
-                    30,
-                )
-                await asyncio.sleep(2)
+    async with _posted_and_relayed(
+        platform_running, settings, namespace, "g-302", tmp_path, card="bob", webhook="moved"
+    ) as [event_id]:
+        await eventually(
+            "the delivery given up",
+            lambda: _finished(migrated_database_url, f"{namespace}/moved"),
+            30,
+        )
+        await asyncio.sleep(2)
     assert [(s.event_id, s.status) for s in receiver.requests("/redirect")] == [
         (event_id, 302),
         (event_id, 302),
@@ -552,12 +572,7 @@ async def test_redirects_are_not_followed_and_count_as_failures(
     attempts = await _attempts(migrated_database_url, f"{namespace}/moved")
     assert [a[:3] for a in attempts] == [(1, "Failed", 302), (2, "Failed", 302)]
     assert all("redirect to /ok not followed" in str(a[3]) for a in attempts), attempts
-    state = await scalar(
-        migrated_database_url,
-        "SELECT state FROM webhook_deliveries WHERE webhook = %s",
-        f"{namespace}/moved",
-    )
-    assert state == "failed"
+    assert await _delivery_state(migrated_database_url, f"{namespace}/moved") == "failed"
 
 
 async def _finished(database_url: str, webhook: str) -> bool:
