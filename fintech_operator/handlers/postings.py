@@ -358,6 +358,9 @@ def _reason(exc: model.LedgerError) -> str:
         return str(api.PostingReason.UNBALANCED)
     if isinstance(exc, model.InvalidRequest):
         return str(api.PostingReason.INVALID_SPEC)
+    if isinstance(exc, model.AccountFrozen):
+        # The ledger saw the freeze before the operator's view of the Card did: same answer.
+        return str(api.PostingReason.CARD_NOT_ACTIVE)
     return exc.reason
 
 

@@ -122,7 +122,7 @@ class AccountOwnedByAnotherCard(model.AccountConflict):
     history. ``owner_uid`` is the uid the account was opened for (None when it recorded none).
     """
 
-    reason = "NameReused"
+    reason = "AccountOwnedByAnotherCard"  # the Card's reason is NameReused (lifecycle)
 
     def __init__(self, code: str, owner_uid: str | None) -> None:
         owner = "an unrecorded card" if owner_uid is None else f"card uid {owner_uid}"

@@ -88,9 +88,9 @@ class AccountClosed(LedgerError):
 
 
 class AccountFrozen(LedgerError):
-    """A debit to a frozen card's account. The posting reason is the card's: CardNotActive."""
+    """A debit to a frozen card's account; a Posting shows it as CardNotActive."""
 
-    reason = "CardNotActive"
+    reason = "AccountFrozen"
 
 
 class AccountConflict(LedgerError):

@@ -84,7 +84,7 @@ async def test_same_uid_gets_its_account_back_another_uid_is_refused(
         assert (caught.value.code, caught.value.owner_uid, caught.value.reason) == (
             first.code,
             old,
-            "NameReused",
+            "AccountOwnedByAnotherCard",
         )
         after = await engine.account(conn, first.code)
         owners = await engine.card_account_owners(conn, "shop", name)

@@ -59,14 +59,15 @@ async def test_a_frozen_account_takes_credits_and_refuses_debits(
     pool: AsyncConnectionPool[Any],
 ) -> None:
     """Refunds and payments post; a purchase, a fee and the reversal of a payment are
-    refused (reason CardNotActive) and write nothing; unfreezing lets purchases in again."""
+    refused (AccountFrozen; a Posting shows CardNotActive) and write nothing; unfreezing
+    lets purchases in again."""
     card = await frozen_card(pool)
     await engine.post(pool, request(card, 1_000, K.REFUND))
     paid = await engine.post(pool, request(card, 1_000, K.PAYMENT))
     for kind in (K.PURCHASE, K.FEE):
         with pytest.raises(model.AccountFrozen) as refused:
             await engine.post(pool, request(card, 100, kind))
-        assert refused.value.reason == "CardNotActive"
+        assert refused.value.reason == "AccountFrozen"
     with pytest.raises(model.AccountFrozen):
         await engine.reverse(pool, f"rev-{uuid.uuid4()}", paid.journal.id, "undo payment")
     async with pool.connection() as conn:
