@@ -40,6 +40,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span, SpanKind
 from psycopg.abc import Params, Query
 from psycopg.rows import Row
@@ -66,6 +67,22 @@ _TARGET = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|FROM)\s+([A-Za-z_
 
 class TracingSetupError(RuntimeError):
     """Tracing is configured in a way this build cannot honour; the message names the setting."""
+
+
+class PanSafeIdGenerator(RandomIdGenerator):
+    """Random ids, except that a span id is never 16 decimal digits.
+
+    Span ids travel in every log line and in outbox headers (``traceparent``). One in about
+    1,900 random span ids is all decimal, and a tenth of those pass the Luhn check: they look
+    exactly like a 16-digit card number to a DLP scanner (and to this product's own scan of
+    its logs and database). Drawing again costs nothing and loses under 0.06% of the space.
+    """
+
+    def generate_span_id(self) -> int:
+        span_id = super().generate_span_id()
+        while trace.format_span_id(span_id).isdecimal():
+            span_id = super().generate_span_id()
+        return span_id
 
 
 def _otlp_endpoint() -> str | None:
@@ -99,7 +116,9 @@ def setup(service_name: str, service_version: str) -> TracerProvider | None:
     attributes: dict[str, str] = {"service.version": service_version}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service_name
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(
+        resource=Resource.create(attributes), id_generator=PanSafeIdGenerator()
+    )
     if endpoint and exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fintech_operator import logs
+from fintech_operator.cards import pan
 from fintech_operator.observability import metrics, reconcile, tracing
 
 
@@ -373,3 +374,25 @@ def test_unsupported_exporter_settings_fail_at_start(
         monkeypatch.setenv(key, value)
     with pytest.raises(tracing.TracingSetupError, match=named):
         tracing.setup("fintech-test", "0")
+
+
+def test_span_ids_never_look_like_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An all-decimal 16-digit span id (Luhn-valid here) is drawn again; others are kept."""
+    luhn_valid_span = int("4111111111111111", 16)
+    draws = iter([luhn_valid_span, int("1234567890123456", 16), int("00000000000000a1", 16)])
+    monkeypatch.setattr(tracing.RandomIdGenerator, "generate_span_id", lambda _: next(draws))
+    generator = tracing.PanSafeIdGenerator()
+    assert trace.format_span_id(generator.generate_span_id()) == "00000000000000a1"
+    assert pan.find_pans('"span_id": "4111111111111111"')  # what it prevents
+
+
+def test_the_installed_provider_uses_pan_safe_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda _: None)  # process-global
+    previous = tracing.install(None)
+    try:
+        provider = tracing.setup("test", "0")
+        assert provider is not None
+        assert isinstance(provider.id_generator, tracing.PanSafeIdGenerator)
+    finally:
+        tracing.install(previous)
