@@ -122,6 +122,10 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return _STACK_ACTIONS[args.action](_platform(args), args)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     """Bring the platform up, migrate, install CRDs, then run the operator and consumers."""
     plat = _platform(args)
@@ -139,6 +143,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
     subprocess.run(kubectl, env=env, check=True)
+    # A closed terminal (SIGHUP) or `kill` (SIGTERM) stops the children like Ctrl-C does,
+    # never leaving an operator behind that holds the probe port and the ledger.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     children = [
         subprocess.Popen([*exe, "run"], env=env),
         subprocess.Popen([*exe, "rewards"], env=env),
@@ -156,7 +164,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         pass
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGTERM)
     for child in children:
         child.wait(timeout=30)
     return max(child.returncode or 0 for child in children)
