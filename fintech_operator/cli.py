@@ -122,6 +122,27 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return _STACK_ACTIONS[args.action](_platform(args), args)
 
 
+SERVED_TIMEOUT_SECONDS = 60
+
+
+def _wait_until_served(env: dict[str, str]) -> None:
+    """Until every kind can be listed: the operator lists them all at once, and a just-started
+    API server answers "storage is (re)initializing" for a while (kopf retries, loudly)."""
+    kinds = ",".join(
+        p.name.removesuffix(".yaml") for p in sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    )
+    deadline = time.monotonic() + SERVED_TIMEOUT_SECONDS
+    while True:
+        listed = subprocess.run(
+            ["kubectl", "get", kinds, "-A", "-o", "name"], env=env, capture_output=True, check=False
+        )
+        if listed.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the API server does not serve the CRDs: {listed.stderr.decode()}")
+        time.sleep(0.5)
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -143,6 +164,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
     subprocess.run(kubectl, env=env, check=True)
+    _wait_until_served(env)
     # A closed terminal (SIGHUP) or `kill` (SIGTERM) stops the children like Ctrl-C does,
     # never leaving an operator behind that holds the probe port and the ledger.
     for signum in (signal.SIGTERM, signal.SIGHUP):
