@@ -200,7 +200,7 @@ async def post(
         posting = api.PostingSpec.model_validate(dict(spec))
         # A key that already posted is a replay whatever happened to the card since: an
         # object deleted and re-applied (Argo CD) after a freeze still shows its journal.
-        result = await _replay(memo, posting, body)
+        result = await _replay(memo, posting, body, postings)
         if result is None:
             card = await _deleted_card(memo, cards, namespace, posting) or _card_or_retry(
                 cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
@@ -278,26 +278,31 @@ def _product(cardproducts: kopf.Index[Any, Any], card: dict[str, Any]) -> dict[s
     return found or {}
 
 
-async def _replay(memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body) -> Any:
+async def _replay(
+    memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body, postings: kopf.Index[Any, Any]
+) -> Any:
     """The first result of this posting's idempotency key, or None if it never posted.
 
     A deleted and re-applied object has a new uid and creation time, so the ledger's
-    request hash would differ; what must match is the spec, recorded as ``specHash``.
+    request hash would differ; what must match is the spec, recorded as ``specHash`` (a
+    reversal: the journal it reversed, which must be the one ``spec.reverses`` names now).
     """
-    key = posting.idempotency_key or f"{body.metadata.namespace}/{body.metadata.name}"
+    namespace = report.namespace_of(body.metadata.namespace)
+    key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
     async with memo.pool.connection() as conn:
         journal = await engine.journal_by_key(conn, key)
-    if journal is None:
-        return None
-    if posting.reverses and journal.reverses_journal_id is not None:
-        # The engine hashes a reversal by its target and key; it is this reversal again.
-        return model.PostResult(journal=journal, replayed=True)
-    if journal.metadata.get("specHash") != posting_rules.spec_hash(api.to_api(posting)):
-        raise Rejection(
-            "IdempotencyConflict",
-            f"idempotency key {key!r} already posted journal {journal.id} with another spec",
-        )
-    return model.PostResult(journal=journal, replayed=True)
+        if journal is None:
+            return None
+        if posting.reverses and journal.reverses_journal_id is not None:
+            target = await _target_journal(conn, postings, namespace, str(posting.reverses))
+            if journal.reverses_journal_id == target.id:
+                return model.PostResult(journal=journal, replayed=True)
+        elif journal.metadata.get("specHash") == posting_rules.spec_hash(api.to_api(posting)):
+            return model.PostResult(journal=journal, replayed=True)
+    raise Rejection(
+        "IdempotencyConflict",
+        f"idempotency key {key!r} already posted journal {journal.id} with another spec",
+    )
 
 
 async def _reverse(
@@ -340,13 +345,17 @@ async def _target_journal(
     conn: Any, postings: kopf.Index[Any, Any], namespace: str, name: str
 ) -> model.Journal:
     """The journal of the Posting ``name``: from the live object, or, once a TTL deleted it,
-    from the ledger under the posting's default idempotency key (``<namespace>/<name>``)."""
-    found = (indexes.first(postings, (namespace, name)) or {}).get("journalId")
-    journal = (
-        await engine.journal(conn, int(found))
-        if found
-        else await engine.journal_by_key(conn, f"{namespace}/{name}")
-    )
+    from the ledger under the posting's default key, if that journal was posted by it."""
+    entry = indexes.first(postings, (namespace, name))
+    journal: model.Journal | None = None
+    if entry is not None:
+        found = entry.get("journalId")
+        journal = await engine.journal(conn, int(found)) if found else None
+    else:
+        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}")
+        # Another posting may have chosen that key explicitly: only its own journal counts.
+        if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
+            journal = by_key
     if journal is None:
         raise Rejection("JournalNotFound", f"posting {name!r} has no journal to reverse")
     return journal

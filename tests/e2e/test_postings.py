@@ -516,3 +516,27 @@ def test_merchant_country_velocity_amount_and_structuring_through_the_operator(
         return kinds if "Structuring" in kinds else None
 
     assert wait_for("a Structuring alert", alert_kinds) >= {"Structuring"}
+
+
+def test_a_reapplied_reversal_pointed_at_another_posting_is_a_conflict(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """A reversal deleted and re-applied unchanged replays; re-applied with `reverses` aimed
+    at another posting, its key's journal reverses the first one, so it is IdempotencyConflict
+    and the second posting stays unreversed (never a Posted that moved no money)."""
+    ns = op_namespace
+    _card(kubectl, ns, "c16")
+    for name in ("p1", "p2"):
+        _apply(kubectl, ns, _posting(name, "c16", "Purchase", 700))
+        assert _decided(kubectl, ns, name)["phase"] == "Posted"
+    undo = _posting("undo", "c16", "Purchase", 700, reverses="p1")
+    _apply(kubectl, ns, undo)
+    first = _decided(kubectl, ns, "undo")
+    assert first["phase"] == "Posted"
+    kubectl("delete", "-n", ns, "posting", "undo")
+    _apply(kubectl, ns, undo)
+    assert _decided(kubectl, ns, "undo")["journalId"] == first["journalId"]
+    kubectl("delete", "-n", ns, "posting", "undo")
+    _apply(kubectl, ns, _posting("undo", "c16", "Purchase", 700, reverses="p2"))
+    assert _decided(kubectl, ns, "undo")["reason"] == "IdempotencyConflict"
+    assert _balance(database, f"card:{ns}/c16:USD") == 700
