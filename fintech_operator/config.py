@@ -367,7 +367,8 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         problems = "; ".join(
             f"{_env_name(str(err['loc'][0]))}: {err['msg']}" for err in exc.errors()
         )
-        raise SettingsError(f"invalid settings: {problems}") from exc
+        # from None: pydantic's own text repeats each input value, and a value may be a secret.
+        raise SettingsError(f"invalid settings: {problems}") from None
     if settings.db_pool_min_size > settings.db_pool_max_size:
         raise SettingsError(
             f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"

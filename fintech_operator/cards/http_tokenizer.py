@@ -48,7 +48,8 @@ LAST4_RE: Final = re.compile(r"[0-9]{4}")
 # Stricter than the Luhn scan: a token never carries a long digit run, card number or not.
 _DIGIT_RUN_RE: Final = re.compile(r"[0-9]{12,}")
 # Statuses that say "not now" or "not configured right", never "not this card".
-_RETRYABLE_STATUSES: Final = frozenset({401, 403, 404, 405, 408, 425, 429})
+# 409: the processor is still working on this idempotency key (a retry after a timeout).
+_RETRYABLE_STATUSES: Final = frozenset({401, 403, 404, 405, 408, 409, 425, 429})
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -151,9 +152,10 @@ def _error_detail(text: str) -> str:
         parts = [str(error[k]) for k in ("code", "message") if isinstance(error.get(k), str)]
     else:
         parts = []
-    cleaned = " ".join(
-        _CONTROL_RE.sub(" ", pan.mask_pans(": ".join(p for p in parts if p))).split()
-    )
+    # Control characters and runs of whitespace become single spaces before masking, so a
+    # number split by tabs or newlines is still recognised and masked.
+    joined = " ".join(_CONTROL_RE.sub(" ", ": ".join(p for p in parts if p)).split())
+    cleaned = pan.mask_pans(joined)
     return f": {cleaned[:MESSAGE_CHARS_MAX]}" if cleaned else ""
 
 

@@ -596,7 +596,9 @@ def free_text(text: str) -> str:
     """A message fit for an event: card numbers masked, one line, at most 1024 characters."""
     if not isinstance(text, str):
         raise EventError("a message must be a string")
-    return " ".join(pan.mask_pans(text).split())[:MESSAGE_MAX_LENGTH]
+    # Whitespace first: a number typed as "4111<TAB>1111 ..." is one candidate only once its
+    # groups are joined by single spaces, as the masking pattern expects.
+    return pan.mask_pans(" ".join(text.split()))[:MESSAGE_MAX_LENGTH]
 
 
 def _card_outcome_data(

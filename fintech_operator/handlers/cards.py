@@ -195,7 +195,15 @@ async def issue(
     **kwargs: Any,
 ) -> None:
     """Assess a new card and issue it, hold it for review, or reject it."""
-    if body.status.get("phase") in DECIDED_PHASES:
+    phase = body.status.get("phase")
+    if phase in DECIDED_PHASES:
+        if phase in ("Active", "Frozen") and body.status.get("account"):
+            # On resume: the ledger's freeze follows the card (an upgrade from before
+            # migration 0041, or a crash between the freeze and the status patch).
+            try:
+                await _set_frozen(memo, str(body.status["account"]), phase == "Frozen")
+            except model.AccountNotFound as exc:
+                kopf.warn(body, reason="AccountMissing", message=exc.message)
         return
     namespace = report.namespace_of(namespace)
     try:
@@ -501,9 +509,9 @@ async def _open(
     issued = stored
     if product.issuance_fee is not None and product.issuance_fee.amount_minor > 0:
         await _post_issuance_fee(memo, body, code, product.issuance_fee.amount_minor, currency)
-    if state == "Frozen":
-        # Issued frozen: the fee above is the last debit until it is unfrozen.
-        await _set_frozen(memo, code, True)
+    # Issued frozen: the fee above is the last debit until it is unfrozen. Both ways, because a
+    # retry may see another spec.state than the attempt that committed the account.
+    await _set_frozen(memo, code, state == "Frozen")
     generation = _generation(body)
     conditions = report.condition(
         {"conditions": conditions}, "LedgerAccountOpened", True, "Opened", code, generation

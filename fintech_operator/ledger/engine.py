@@ -310,13 +310,21 @@ async def set_frozen(
     """
     checked = _checked_events(events)
     async with _transaction(conn) as cur:
+        # Only a change writes (resume re-applies every card's state): the first freeze time
+        # is kept, and an account already in the asked state is left alone.
         await cur.execute(
-            "UPDATE accounts SET frozen_at = CASE WHEN %s THEN coalesce(frozen_at, now()) END"
-            " WHERE code = %s AND kind = 'card'",
-            (frozen, code),
+            "UPDATE accounts SET frozen_at = CASE WHEN %(frozen)s THEN now() END"
+            " WHERE code = %(code)s AND kind = 'card'"
+            " AND (frozen_at IS NOT NULL) <> %(frozen)s",
+            {"frozen": frozen, "code": code},
         )
-        if cur.rowcount != 1:
-            raise model.AccountNotFound(f"card account {code} does not exist")
+        if cur.rowcount == 0:
+            await cur.execute(
+                "SELECT 1 FROM accounts WHERE code = %s AND kind = 'card' FOR NO KEY UPDATE",
+                (code,),
+            )
+            if await cur.fetchone() is None:
+                raise model.AccountNotFound(f"card account {code} does not exist")
         await _insert_lifecycle_events(cur, checked)
 
 

@@ -9,7 +9,7 @@
 - :func:`matches`: whether a Webhook's ``eventTypes`` select an event type.
 - :func:`classify`: what an HTTP answer (or its absence) means for the delivery;
   :func:`refused`: a destination the guard refused (final, never retried).
-- :func:`parse_retry_after`: a receiver's ``Retry-After`` (on 429 and 503), which replaces
+- :func:`parse_retry_after`: a receiver's ``Retry-After`` (on 429 and 503), a floor on
   the schedule's wait for that retry, clamped to ``max_delay_seconds``.
 - :func:`next_step`: the step after one attempt, from all of the above.
 
@@ -96,14 +96,16 @@ class RetryPolicy:
     ) -> NextStep:
         """The next step once ``attempts_made`` attempts failed, ``age_seconds`` after enqueue.
 
-        ``retry_after_seconds`` (the receiver's Retry-After) replaces the schedule's wait.
+        ``retry_after_seconds`` (the receiver's Retry-After) is a floor on the schedule's
+        wait: a receiver asking for more time gets it, but a short Retry-After from a
+        per-second rate limiter never burns the attempts in seconds instead of the schedule's
+        hours (RFC 9110: the client "ought to wait" at least that long).
         """
         if attempts_made >= self.max_attempts:
             return NextStep(Verdict.EXHAUSTED)
-        if retry_after_seconds is None:
-            delay = self.delay_after(attempts_made)
-        else:
-            delay = self.honoured(retry_after_seconds)
+        delay = self.delay_after(attempts_made)
+        if retry_after_seconds is not None:
+            delay = max(delay, self.honoured(retry_after_seconds))
         if age_seconds + delay > self.max_age_seconds:
             return NextStep(Verdict.EXPIRED)
         return NextStep(Verdict.RETRY, delay)

@@ -3,7 +3,7 @@ the real relay and Kafka, signed HTTP deliveries to a receiver this test runs on
 
 The receiver checks each signature with its own few lines of HMAC (not the product's
 code), answers per path (``/ok`` always 200, ``/flaky`` 500 twice per event then 200,
-``/slow`` answers after the notifier's timeout, ``/throttled`` 429 with ``Retry-After: 1``
+``/slow`` answers after the notifier's timeout, ``/throttled`` 429 with ``Retry-After: 3``
 once per event then 200, ``/redirect`` a 302 to ``/ok``), and records every request and
 counts every TCP connection it accepts.
 
@@ -137,7 +137,7 @@ class Receiver:
         if path == "/flaky":
             return (500 if earlier < 2 else 200), {}
         if path == "/throttled" and earlier == 0:
-            return 429, {"Retry-After": "1"}
+            return 429, {"Retry-After": "3"}
         if path == "/redirect":
             return 302, {"Location": "/ok"}
         return 200, {}
@@ -503,9 +503,9 @@ async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
     receiver: Receiver,
     tmp_path: Path,
 ) -> None:
-    """A receiver answering 429 with ``Retry-After: 1`` gets the retry after at least one
-    second, and well before the Webhook's own schedule (60 s) would have sent it; the
-    retry's 200 ends it: exactly two requests, the second delivered, nothing after."""
+    """A receiver answering 429 with ``Retry-After: 3`` gets the retry after at least three
+    seconds, although the Webhook's own schedule would have retried after one; the retry's
+    200 ends it: exactly two requests, the second delivered, nothing after."""
     settings = await _settings_with_topics(platform_running, migrated_database_url)
     _apply_signed(
         kubectl,
@@ -513,7 +513,7 @@ async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
         webhook_object(
             "throttled",
             f"{receiver.url}/throttled",
-            retry={"initialDelaySeconds": 60, "maxDelaySeconds": 120},
+            retry={"initialDelaySeconds": 1, "maxDelaySeconds": 10},
         ),
     )
     async with _posted_and_relayed(
@@ -527,7 +527,7 @@ async def test_retry_after_is_honoured_then_the_event_is_delivered_once(
     assert [(s.event_id, s.status) for s in seen] == [(event_id, 429), (event_id, 200)]
     assert all(s.verified for s in seen)
     gap = seen[1].at - seen[0].at
-    assert 1.0 <= gap < 20, f"retried {gap:.2f}s after the 429"
+    assert 3.0 <= gap < 20, f"retried {gap:.2f}s after the 429"
     attempts = await _attempts(migrated_database_url, f"{namespace}/throttled")
     assert [a[:3] for a in attempts] == [(1, "Failed", 429), (2, "Delivered", 200)]
     assert await _delivery_state(migrated_database_url, f"{namespace}/throttled") == "delivered"

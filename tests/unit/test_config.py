@@ -314,3 +314,15 @@ def test_tokenizer_credential_file_problems_name_the_variable(tmp_path: Path) ->
         with pytest.raises(config.SettingsError, match="FINTECH_TOKENIZER_TOKEN_FILE") as caught:
             config.load({**BASE, **env})
         assert why in str(caught.value), env
+
+
+def test_a_refused_secret_never_reaches_the_error_or_its_traceback() -> None:
+    """pydantic repeats input values in its own message; the SettingsError (and the chain a
+    traceback would print) names the variable only."""
+    secret_url = "https://user:s3cretpw@processor.example/tokens"
+    with pytest.raises(config.SettingsError) as refused:
+        config.load({**BASE, "FINTECH_TOKENIZER_URL": secret_url})
+    assert "FINTECH_TOKENIZER_URL" in str(refused.value)
+    assert "s3cretpw" not in str(refused.value)
+    assert refused.value.__cause__ is None
+    assert refused.value.__suppress_context__

@@ -629,6 +629,9 @@ def test_free_text_is_masked_and_bounded() -> None:
     assert len(message) == 1024
     assert pan.find_pans(json.dumps(event.payload)) == []
     assert rejected(message="  ").payload["data"]["message"] == "KycNotAccepted"
+    for sep in ("\t", "  ", "\n", " \r\n "):
+        split = rejected(message="line 3: " + sep.join(["4111", "1111", "1111", "1111"]))
+        assert split.payload["data"]["message"] == "line 3: ************1111"
     spec_invalid = rejected(user_id=None, product=None, reason="InvalidSpec").payload["data"]
     assert "userId" not in spec_invalid
     assert "product" not in spec_invalid

@@ -314,16 +314,16 @@ def test_invalid_retry_after_values_are_ignored(value: str | None) -> None:
     assert policy.parse_retry_after(value, NOW) is None
 
 
-def test_retry_after_replaces_the_schedule_within_bounds() -> None:
-    """The receiver's wait is used instead of the doubling schedule, at least 1 s and at
-    most max_delay_seconds; still subject to attempts and age."""
+def test_retry_after_is_a_floor_on_the_schedule_within_bounds() -> None:
+    """The receiver's wait is used when it is longer than the doubling schedule's (at most
+    max_delay_seconds); a shorter one never hurries a retry; still subject to attempts and age."""
     retry = policy.RetryPolicy(
         max_attempts=3, initial_delay_seconds=60, max_delay_seconds=600, max_age_seconds=1000
     )
     assert retry.after_failure(1, 0, retry_after_seconds=2) == policy.NextStep(
-        policy.Verdict.RETRY, 2
+        policy.Verdict.RETRY, 60
     )
-    assert retry.after_failure(1, 0, retry_after_seconds=0).delay_seconds == 1.0
+    assert retry.after_failure(1, 0, retry_after_seconds=120).delay_seconds == 120
     assert retry.after_failure(1, 0, retry_after_seconds=86_400).delay_seconds == 600
     assert retry.after_failure(1, 0, retry_after_seconds=None).delay_seconds == 60
     assert retry.after_failure(1, 900, retry_after_seconds=200).verdict is policy.Verdict.EXPIRED
@@ -342,7 +342,7 @@ def test_retry_after_counts_on_429_and_503_only(status: int, kept: bool) -> None
 
 def test_next_step_from_an_attempt() -> None:
     """Delivered: nothing more. Refused: final, whatever the attempts left. Throttled with
-    Retry-After: that wait. Other failures: the schedule."""
+    Retry-After: the longer of that wait and the schedule's. Other failures: the schedule."""
     retry = policy.RetryPolicy(initial_delay_seconds=30, max_delay_seconds=300)
     assert policy.next_step(retry, policy.classify(200, None), 1, 0) is None
     refused = policy.refused("127.0.0.1: loopback address")
@@ -350,7 +350,9 @@ def test_next_step_from_an_attempt() -> None:
     assert refused.error == "DestinationRefused: 127.0.0.1: loopback address"
     assert policy.next_step(retry, refused, 1, 0) == policy.NextStep(policy.Verdict.REFUSED)
     throttled = policy.classify(429, None, retry_after_seconds=3)
-    assert policy.next_step(retry, throttled, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 3)
+    assert policy.next_step(retry, throttled, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 30)
+    slow_down = policy.classify(429, None, retry_after_seconds=90)
+    assert policy.next_step(retry, slow_down, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 90)
     failed = policy.classify(500, None, retry_after_seconds=3)
     assert policy.next_step(retry, failed, 1, 0) == policy.NextStep(policy.Verdict.RETRY, 30)
 

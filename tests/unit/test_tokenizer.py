@@ -109,7 +109,7 @@ def test_a_card_number_anywhere_refuses_the_response_without_echoing_it(
     assert "1111 1111" not in e.value.message
 
 
-@pytest.mark.parametrize("status", [400, 402, 409, 410, 422])
+@pytest.mark.parametrize("status", [400, 402, 410, 422])
 def test_a_4xx_about_the_card_is_a_refusal_with_the_processors_words(status: int) -> None:
     """A refusal of this card is final and carries the processor's code and message."""
     raw = body(error={"code": "card_limit", "message": "user\nhas too\x00 many cards"})
@@ -136,6 +136,7 @@ def test_a_refusal_message_is_bounded() -> None:
         (404, "FINTECH_TOKENIZER_URL"),
         (302, "redirect"),
         (408, "unavailable"),
+        (409, "unavailable"),  # still working on this idempotency key
         (429, "unavailable"),
         (500, "unavailable"),
         (503, "unavailable"),
@@ -186,3 +187,15 @@ def test_settings_choose_the_tokenizer() -> None:
         )
     )
     assert isinstance(remote, http_tokenizer.HttpTokenizer)
+
+
+@pytest.mark.parametrize("sep", ["\t", "  ", "\n", "\\t"])
+def test_a_card_number_split_by_odd_whitespace_is_masked_in_a_refusal(sep: str) -> None:
+    """Tabs, newlines or double spaces between the groups do not hide a number from masking
+    (a JSON-escaped tab too, once decoded)."""
+    number = sep.join(["4111", "1111", "1111", "1111"])
+    raw = ('{"error": {"code": "declined", "message": "card ' + number + ' declined"}}').encode()
+    with pytest.raises(http_tokenizer.TokenizerError) as caught:
+        http_tokenizer.parse_response(422, raw)
+    assert "1111 1111" not in caught.value.message
+    assert "4111" not in caught.value.message
