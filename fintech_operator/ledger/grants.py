@@ -31,7 +31,9 @@ PRUNABLE: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # missing here stops the grant (and so the migration) with its name: decide, then add it.
 PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "schema_migrations": READ,
-    "accounts": MUTABLE,  # status on close; locked while posting
+    # Only what closing and freezing change (and the row locks they and postings take):
+    # never metadata, whose card uid is what keeps a reused name from an old account.
+    "accounts": ("SELECT", "INSERT", "UPDATE (status, closed_at, frozen_at)"),
     "account_balances": MUTABLE,  # written by the entries trigger, locked while posting
     "journals": APPEND,
     "entries": APPEND,

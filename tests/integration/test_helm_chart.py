@@ -316,6 +316,29 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "migration",
     ),
     ("bad-allowed-cidrs", {"config": {"webhookAllowedCidrs": "evil.example"}}, "webhookAllowed"),
+    (
+        "owner-url-without-runtime-role-or-password",
+        {
+            "postgresql": {"enabled": False},
+            "externalDatabase": {
+                "url": "postgresql://rt@h/db",
+                "migration": {"url": "postgresql://owner@h/db"},
+            },
+        },
+        "runtimeRole",
+    ),
+    (
+        "empty-sasl-password-key",
+        kafka_security(
+            {
+                "protocol": "SASL_SSL",
+                "saslMechanism": "SCRAM-SHA-512",
+                "username": "u",
+                "passwordSecret": {"name": "p", "key": ""},
+            }
+        ),
+        "/externalKafka/security/passwordSecret/key",
+    ),
     ("tokenizer-without-credential", {"tokenizer": {"url": "https://p.example/t"}}, "name"),
     (
         "tokenizer-over-http",

@@ -239,8 +239,9 @@ affinity:
 {{- end -}}
 
 {{/*
-Kafka TLS and SASL for an external cluster: settings as environment, secrets as files (the
-processes re-read them for each new connection, so rotation needs no restart).
+Kafka TLS and SASL for an external cluster: settings as environment, secrets as files. A new
+Kafka client reads them again, but the long-lived ones keep what they started with: restart
+the pods after rotating a password or CA (docs/operations.md).
 */}}
 {{- define "fintech.kafkaSecurity" -}}
 {{- if not .Values.kafka.enabled -}}
@@ -264,9 +265,11 @@ processes re-read them for each new connection, so rotation needs no restart).
 - name: FINTECH_KAFKA_SASL_PASSWORD_FILE
   value: {{ printf "/etc/fintech/kafka-sasl/%s" $sec.passwordSecret.key | quote }}
 {{- end }}
-{{- if $sec.tlsSecret.name }}
+{{- if and $sec.tlsSecret.name $sec.tlsSecret.caKey }}
 - name: FINTECH_KAFKA_SSL_CA_FILE
   value: {{ printf "/etc/fintech/kafka-tls/%s" $sec.tlsSecret.caKey | quote }}
+{{- end }}
+{{- if $sec.tlsSecret.name }}
 {{- if $sec.tlsSecret.certKey }}
 - name: FINTECH_KAFKA_SSL_CERT_FILE
   value: {{ printf "/etc/fintech/kafka-tls/%s" $sec.tlsSecret.certKey | quote }}
