@@ -239,7 +239,13 @@ def release(
         },
         "operator": {"healthPort": _free_port()},
         "rewards": {"group": f"rewards-{operator_prefix}"},
-        "config": {"cardRefreshIntervalSeconds": 1, "topicPrefix": f"{operator_prefix}."},
+        # The examples' webhook receiver is on loopback, which the notifier refuses unless the
+        # chart allows it (config.webhookAllowedCidrs, as a cluster would allow its own CIDR).
+        "config": {
+            "cardRefreshIntervalSeconds": 1,
+            "topicPrefix": f"{operator_prefix}.",
+            "webhookAllowedCidrs": "127.0.0.0/8,::1/128",
+        },
         "defaults": {"namespaces": [apps]},
     }
     rel = Release("fin", namespace, apps, values, helm, tmp_path_factory.mktemp("release"))
@@ -412,6 +418,7 @@ def test_notifier_serves_webhooks_as_its_service_account(
         _kubeconfig_for(kubectl, platform_running, release, release.service_account("notifier"))
     )
     env["FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS"] = "1"
+    assert env["FINTECH_WEBHOOK_ALLOWED_CIDRS"] == "127.0.0.0/8,::1/128"  # from the chart
     pods.start("notifier-a", list(_container(release, "notifier")["args"]), env)
     kubectl("apply", "-n", release.apps, "-f", str(EXAMPLES / "40-webhook.yaml"))
     name = "postings-to-local-receiver"
