@@ -15,12 +15,13 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.stack import build, platform, versions
 
@@ -166,6 +167,25 @@ def migrated_database_url(database_url: str) -> str:
 
     migrate.apply(database_url)
     return database_url
+
+
+@pytest.fixture(scope="module")
+async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A small connection pool on the module's migrated database (modules that race many
+    postings define their own, larger one)."""
+    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
+    )
+    await ledger_pool.open(wait=True, timeout=30)
+    yield ledger_pool
+    await ledger_pool.close()
+
+
+@pytest.fixture
+def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection for raw SQL that bypasses the engine."""
+    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+        yield conn
 
 
 class OperatorProcesses:

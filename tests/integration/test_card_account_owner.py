@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -22,16 +21,6 @@ from fintech_operator.ledger import engine, model
 pytestmark = pytest.mark.integration
 
 NOW = datetime.datetime(2026, 11, 29, 10, 0, tzinfo=datetime.UTC)
-
-
-@pytest.fixture(scope="module")
-async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        migrated_database_url, min_size=1, max_size=2, open=False, timeout=30
-    )
-    await ledger_pool.open(wait=True, timeout=30)
-    yield ledger_pool
-    await ledger_pool.close()
 
 
 def issued_event(name: str, uid: str) -> model.OutboxEvent:

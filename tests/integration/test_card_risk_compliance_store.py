@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -42,12 +42,6 @@ async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[
     await ledger_pool.open(wait=True, timeout=30)
     yield ledger_pool
     await ledger_pool.close()
-
-
-@pytest.fixture
-def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        yield conn
 
 
 async def new_card(pool: AsyncConnectionPool[Any]) -> tuple[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -18,22 +17,6 @@ from fintech_operator.ledger import engine, model, rules
 pytestmark = pytest.mark.integration
 
 K = model.PostingKind
-
-
-@pytest.fixture(scope="module")
-async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
-    )
-    await ledger_pool.open(wait=True, timeout=30)
-    yield ledger_pool
-    await ledger_pool.close()
-
-
-@pytest.fixture
-def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        yield conn
 
 
 def request(card: str, amount: int, kind: model.PostingKind) -> model.PostingRequest:

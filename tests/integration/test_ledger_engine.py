@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,13 +37,6 @@ async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[
     await ledger_pool.open(wait=True, timeout=30)
     yield ledger_pool
     await ledger_pool.close()
-
-
-@pytest.fixture
-def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A plain autocommit connection for raw SQL that bypasses the engine."""
-    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        yield conn
 
 
 async def new_card(pool: AsyncConnectionPool[Any], currency: str = "USD") -> str:

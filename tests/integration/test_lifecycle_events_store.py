@@ -12,7 +12,7 @@ import datetime
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +42,6 @@ def _validator(type_: str) -> jsonschema.Draft202012Validator:
     registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
     contents = json.loads((DOCS / f"{type_}.schema.json").read_text())
     return jsonschema.Draft202012Validator(contents, registry=registry)
-
-
-@pytest.fixture(scope="module")
-async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
-    )
-    await ledger_pool.open(wait=True, timeout=30)
-    yield ledger_pool
-    await ledger_pool.close()
-
-
-@pytest.fixture
-def raw(migrated_database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        yield conn
 
 
 def outbox_rows(raw: psycopg.Connection[Any], key: str) -> list[tuple[Any, ...]]:

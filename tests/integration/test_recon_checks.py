@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.integration
 
 K = model.PostingKind
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module")
-async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
-    )
-    await ledger_pool.open(wait=True, timeout=30)
-    yield ledger_pool
-    await ledger_pool.close()
 
 
 def run(dsn: str, *checks: recon.Check) -> tuple[store.RunState, list[tuple[Any, ...]]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
@@ -33,16 +33,6 @@ WINDOW = recon.Window(DAY, DAY + datetime.timedelta(days=1))
 
 def at(hour: int, minute: int = 0, day: int = 0) -> datetime.datetime:
     return DAY + datetime.timedelta(days=day, hours=hour, minutes=minute)
-
-
-@pytest.fixture(scope="module")
-async def pool(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    ledger_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        migrated_database_url, min_size=1, max_size=4, open=False, timeout=30
-    )
-    await ledger_pool.open(wait=True, timeout=30)
-    yield ledger_pool
-    await ledger_pool.close()
 
 
 async def post(
