@@ -23,7 +23,6 @@ import gzip
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_screening  # the synthetic list, shared with the screening bench
 
 from fintech_operator.ledger import migrate
-from fintech_operator.stack import platform
+from fintech_operator.stack import build, platform
 
 REPO = Path(__file__).resolve().parent.parent
 LIST_NAMES = 20_000
@@ -154,8 +153,7 @@ def summary(label: str, seconds: list[float]) -> str:
 
 
 def run(plat: platform.Platform, sequential: int, burst: int) -> None:
-    binaries = plat.start()
-    env = {**os.environ, **plat.env(binaries), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **plat.env(build.ensure_all()), "PYTHONUNBUFFERED": "1"}
     migrate.apply(plat.database_url)
     subprocess.run(["kubectl", "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
                    check=True, capture_output=True, timeout=120)  # fmt: skip
@@ -204,13 +202,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=10)
     parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
-    state = platform.default_state_dir().parent / f"bench-{uuid.uuid4().hex[:6]}"
-    plat = platform.Platform(state, platform.Ports.free(), fast_disk=False)
-    try:
+    with platform.throwaway("bench-cards-", fast_disk=False) as plat:
         run(plat, args.sequential, args.burst)
-    finally:
-        plat.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

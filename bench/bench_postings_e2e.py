@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import psycopg
 
 from fintech_operator.ledger import migrate
-from fintech_operator.stack import platform
+from fintech_operator.stack import build, platform
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,8 +65,7 @@ def _posted(env: dict[str, str], namespace: str) -> int:
 
 
 def _run(plat: platform.Platform, count: int, cards: int) -> None:
-    binaries = plat.start()
-    env = {**os.environ, **plat.env(binaries), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **plat.env(build.ensure_all()), "PYTHONUNBUFFERED": "1"}
     migrate.apply(plat.database_url)
     kubectl = ["kubectl"]
     subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
@@ -139,13 +137,8 @@ def main() -> None:
     parser.add_argument("--postings", type=int, default=300)
     parser.add_argument("--cards", type=int, default=1, help="postings spread over N cards")
     args = parser.parse_args()
-    state = platform.default_state_dir().parent / f"bench-{uuid.uuid4().hex[:6]}"
-    plat = platform.Platform(state, platform.Ports.free(), fast_disk=False)
-    try:
+    with platform.throwaway("bench-postings-", fast_disk=False) as plat:
         _run(plat, args.postings, args.cards)
-    finally:
-        plat.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

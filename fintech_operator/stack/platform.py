@@ -863,11 +863,12 @@ def _path_dirs(binaries: build.Binaries) -> list[str]:
 
 
 @contextlib.contextmanager
-def throwaway(prefix: str = "bench-") -> Iterator[Platform]:
-    """A private platform on free ports in a temporary state directory (fast disk, as in
-    CI), stopped and removed afterwards: for benchmarks that must not touch ``make dev``'s."""
+def throwaway(prefix: str = "bench-", *, fast_disk: bool = True) -> Iterator[Platform]:
+    """A private platform on free ports in a temporary state directory (by default with the
+    tests' fast disk, as in CI), stopped and removed afterwards: for benchmarks that must not
+    touch ``make dev``'s. ``fast_disk=False`` keeps PostgreSQL's fsync, for real latencies."""
     state = default_state_dir().parent / f"{prefix}{uuid.uuid4().hex[:6]}"
-    plat = Platform(state, Ports.free(), fast_disk=True)
+    plat = Platform(state, Ports.free(), fast_disk=fast_disk)
     plat.start()
     try:
         yield plat
