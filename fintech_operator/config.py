@@ -14,6 +14,8 @@ from typing import Annotated
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from fintech_operator import secretfile
+
 ENV_PREFIX = "FINTECH_"
 WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS = 64
 WEBHOOK_ALLOWED_CIDRS_MAX_CHARS = 4096
@@ -392,10 +394,7 @@ def _check_tokenizer(settings: Settings) -> None:
         raise SettingsError(
             f"{file_var} is required when {url_var} is set (the processor's bearer credential)"
         )
-    _check_readable_file("tokenizer_token_file", settings.tokenizer_token_file)
-    with open(settings.tokenizer_token_file, "rb") as secret:
-        if not secret.read().strip():
-            raise SettingsError(f"{file_var}: {settings.tokenizer_token_file} is empty")
+    _check_secret_file("tokenizer_token_file", settings.tokenizer_token_file)
 
 
 _KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -467,10 +466,16 @@ def _check_kafka_sasl(settings: Settings, protocol: str, protocol_var: str) -> N
             f"{protocol} (a {settings.kafka_sasl_mechanism} login needs a password)"
         )
     if settings.kafka_sasl_password_file:
-        _check_readable_file("kafka_sasl_password_file", settings.kafka_sasl_password_file)
-        with open(settings.kafka_sasl_password_file, "rb") as secret:
-            if not secret.read().rstrip(b"\r\n"):
-                raise SettingsError(f"{file_var}: {settings.kafka_sasl_password_file} is empty")
+        _check_secret_file("kafka_sasl_password_file", settings.kafka_sasl_password_file)
+
+
+def _check_secret_file(field: str, path: str) -> None:
+    """A mounted Secret key must exist and hold something, checked at start as on each use."""
+    _check_readable_file(field, path)
+    try:
+        secretfile.read(path, _env_name(field))
+    except secretfile.SecretFileError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _check_readable_file(field: str, path: str) -> None:

@@ -37,7 +37,7 @@ from typing import Final
 
 import httpx
 
-from fintech_operator import config
+from fintech_operator import config, secretfile
 from fintech_operator.cards import pan, tokenizer
 
 RESPONSE_BYTES_MAX: Final = 16 * 1024
@@ -162,21 +162,13 @@ def _error_detail(text: str) -> str:
 def read_token_file(path: str) -> str:
     """The bearer credential from a mounted Secret, read on every request (rotation)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(TOKEN_FILE_BYTES_MAX + 1)
-    except OSError as exc:
+        text = secretfile.read(path, "FINTECH_TOKENIZER_TOKEN_FILE", bytes_max=TOKEN_FILE_BYTES_MAX)
+    except secretfile.SecretFileError as exc:
+        raise TokenizerUnavailable(str(exc)) from None
+    secret = text.strip()
+    if not secret.isascii() or _CONTROL_RE.search(secret) or " " in secret:
         raise TokenizerUnavailable(
-            f"cannot read FINTECH_TOKENIZER_TOKEN_FILE {path}: {exc.strerror}"
-        ) from None
-    if len(raw) > TOKEN_FILE_BYTES_MAX:
-        raise TokenizerUnavailable(f"FINTECH_TOKENIZER_TOKEN_FILE {path} is too large")
-    try:
-        secret = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise TokenizerUnavailable(f"FINTECH_TOKENIZER_TOKEN_FILE {path} is not ASCII") from None
-    if not secret or _CONTROL_RE.search(secret) or " " in secret:
-        raise TokenizerUnavailable(
-            f"FINTECH_TOKENIZER_TOKEN_FILE {path} is empty or not a single token"
+            f"FINTECH_TOKENIZER_TOKEN_FILE {path} is not a single ASCII token"
         )
     return secret
 

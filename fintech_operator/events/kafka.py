@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiokafka.conn import collect_hosts, create_conn
@@ -31,6 +30,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.protocol.metadata import MetadataRequest
+
+from fintech_operator import secretfile
 
 if TYPE_CHECKING:
     from fintech_operator import config
@@ -110,21 +111,11 @@ def sasl_password(settings: config.Settings) -> str:
     if not path:
         return settings.kafka_sasl_password.get_secret_value()
     try:
-        with Path(path).open("rb") as handle:
-            data = handle.read(PASSWORD_FILE_BYTES_MAX + 1)
-    except OSError as exc:
-        raise KafkaAccessError(
-            f"FINTECH_KAFKA_SASL_PASSWORD_FILE: cannot read {path}: {exc.strerror}"
-        ) from exc
-    if len(data) > PASSWORD_FILE_BYTES_MAX:
-        raise KafkaAccessError(
-            f"FINTECH_KAFKA_SASL_PASSWORD_FILE: {path} is larger than "
-            f"{PASSWORD_FILE_BYTES_MAX} bytes; is it the password?"
+        return secretfile.read(
+            path, "FINTECH_KAFKA_SASL_PASSWORD_FILE", bytes_max=PASSWORD_FILE_BYTES_MAX
         )
-    password = data.decode("utf-8", errors="strict").rstrip("\r\n")
-    if not password:
-        raise KafkaAccessError(f"FINTECH_KAFKA_SASL_PASSWORD_FILE: {path} is empty")
-    return password
+    except secretfile.SecretFileError as exc:
+        raise KafkaAccessError(str(exc)) from None
 
 
 async def start(client: _Startable, settings: config.Settings, timeout_seconds: float) -> None:
