@@ -43,11 +43,19 @@ def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) ->
     return {(namespace, name): {"journalId": status.get("journalId")}}
 
 
-def _card_or_retry(
-    cards: kopf.Index[Any, Any], namespace: str, card_name: str, retry: int, limit: int
+async def _card_or_retry(
+    memo: kopf.Memo,
+    cards: kopf.Index[Any, Any],
+    namespace: str,
+    posting: api.PostingSpec,
+    retry: int,
 ) -> dict[str, Any]:
-    """The card if it exists; not yet seen or not yet issued is retried, then rejected."""
+    """The card if it exists (or its deleted card's open account); not yet seen or not yet
+    issued is retried, then rejected."""
+    card_name, limit = posting.card, memo.settings.missing_card_retry_limit
     card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
+    if card is None:
+        card = await _deleted_card(memo, namespace, posting)
     pending = card is None or card.get("phase") in (None, "Pending")
     if pending and retry < limit:
         raise kopf.TemporaryError(
@@ -59,12 +67,10 @@ def _card_or_retry(
 
 
 async def _deleted_card(
-    memo: kopf.Memo, cards: kopf.Index[Any, Any], namespace: str, posting: api.PostingSpec
+    memo: kopf.Memo, namespace: str, posting: api.PostingSpec
 ) -> dict[str, Any] | None:
     """A card whose object was deleted while its account stayed open (it had a balance):
     its account, in phase ``Deleted``, so the debt can still be paid down. None otherwise."""
-    if indexes.first(cards, (namespace, posting.card)) is not None:
-        return None
     code = model.card_account_code(namespace, posting.card, posting.currency)
     try:
         async with memo.pool.connection() as conn:
@@ -202,9 +208,7 @@ async def post(
         # object deleted and re-applied (Argo CD) after a freeze still shows its journal.
         result = await _replay(memo, posting, body, postings)
         if result is None:
-            card = await _deleted_card(memo, cards, namespace, posting) or _card_or_retry(
-                cards, namespace, posting.card, retry, memo.settings.missing_card_retry_limit
-            )
+            card = await _card_or_retry(memo, cards, namespace, posting, retry)
             if posting.reverses:
                 result = await _reverse(memo, posting, body, card, postings)
             else:
