@@ -29,14 +29,15 @@ test: setup lint
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check fintech_operator tests bench
-	$(BIN)/ruff format --check fintech_operator tests bench
+	$(BIN)/ruff check fintech_operator fintech_devstack tests bench
+	$(BIN)/ruff format --check fintech_operator fintech_devstack tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m fintech_operator.api.crdgen --check
 
 ## chart-lint: `helm lint --strict` on the chart (the cached Helm build) and hadolint on the Dockerfile
 chart-lint: setup
-	"$$($(BIN)/python -c 'from fintech_operator.stack import build; print(build.ensure_all().helm)')" \
+	"$$($(BIN)/python -c 'from fintech_devstack import build; print(build.ensure_all().helm)')" \
 		lint --strict charts/fintech-operator
 	$(BIN)/hadolint Dockerfile
 

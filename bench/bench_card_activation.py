@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_screening  # the synthetic list, shared with the screening bench
 
+from fintech_devstack import build, platform
 from fintech_operator.ledger import migrate
-from fintech_operator.stack import build, platform
 
 REPO = Path(__file__).resolve().parent.parent
 LIST_NAMES = 20_000

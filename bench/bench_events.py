@@ -46,11 +46,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from fintech_devstack import platform
 from fintech_operator import config
 from fintech_operator.events import relay, schema, topics
 from fintech_operator.ledger import engine, migrate, model, rules
 from fintech_operator.rewards import consumer
-from fintech_operator.stack import platform
 
 POSTINGS_MAX = 200_000
 CARDS = 50

@@ -38,8 +38,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from fintech_devstack import platform
 from fintech_operator.ledger import engine, migrate, model, rules
-from fintech_operator.stack import platform
 
 POSTINGS_MAX = 100_000  # Bounds a run whatever the arguments say.
 CONCURRENCY_MAX = 64

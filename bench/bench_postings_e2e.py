@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from fintech_devstack import build, platform
 from fintech_operator.ledger import migrate
-from fintech_operator.stack import build, platform
 
 REPO = Path(__file__).resolve().parent.parent
 

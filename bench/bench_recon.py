@@ -41,10 +41,10 @@ from typing import Any
 
 import psycopg
 
+from fintech_devstack import platform
 from fintech_operator import api
 from fintech_operator.ledger import migrate, model
 from fintech_operator.recon import plans, sources, store
-from fintech_operator.stack import platform
 
 RECORDS_MAX = 10_000_000
 BATCH = 1000

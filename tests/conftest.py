@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator.stack import build, platform, versions
+from fintech_devstack import build, platform, versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

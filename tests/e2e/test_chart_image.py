@@ -203,3 +203,18 @@ def test_image_applies_the_migrations_it_ships(
         row = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
     shipped = list((REPO_ROOT / "fintech_operator" / "ledger" / "migrations").glob("*.sql"))
     assert row == (len(shipped),)
+
+
+def test_image_carries_no_development_platform(image_venv: Path) -> None:
+    """The local platform (apt-get, etcd and Kafka launchers) is development tooling: the wheel
+    the Dockerfile builds has no fintech_devstack, and its CLI offers no `stack` or `dev`."""
+    site = next((image_venv / "lib").glob("python3.*/site-packages"))
+    assert (site / "fintech_operator").is_dir()
+    assert not (site / "fintech_devstack").exists()
+    assert not (site / "fintech_operator" / "stack").exists()
+    exe = str(image_venv / "bin" / "fintech-operator")
+    helped = _run(exe, "--help")
+    assert "migrate" in helped.stdout
+    refused = subprocess.run([exe, "stack", "status"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert "invalid choice: 'stack'" in refused.stderr

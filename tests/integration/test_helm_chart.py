@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fintech_devstack import certs, platform, versions
 from fintech_operator import config
-from fintech_operator.stack import certs, platform, versions
 from tests.conftest import Kubectl, RunningPlatform
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fintech_operator.stack import platform, versions
+from fintech_devstack import platform, versions
 from tests.conftest import Kubectl, RunningPlatform
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from fintech_devstack import platform
 from fintech_operator.events import topics
-from fintech_operator.stack import platform
 from tests.conftest import RunningPlatform
 from tests.integration.test_relay import (
     CARDS,

@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalSaslStateError, KafkaConnectionError, SaslAuthenticationFailed
 
+from fintech_devstack import certs
 from fintech_operator import config
 from fintech_operator.events import kafka
-from fintech_operator.stack import certs
 
 BASE = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9093"}
 SECRET = "s3cret-not-for-logs"

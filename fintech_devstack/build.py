@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fintech_operator.stack import versions
+from fintech_devstack import versions
 
 BUILD_TIMEOUT_SECONDS = 3600
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from fintech_operator.stack import build, certs, versions
+from fintech_devstack import build, certs, versions
 
 READY_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 30.0
