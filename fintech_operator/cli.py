@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     # The development platform (`stack`, `dev`) is development tooling, not part of the product:
     # it ships in the source tree only (fintech_devstack/), never in the wheel or the image, and
     # adds its commands here when it is importable.
-    if importlib.util.find_spec(DEVSTACK_MODULE) is not None:
+    # find_spec of a dotted name imports its parent, so the parent is looked up first: without
+    # it (the wheel, the image) the dotted lookup would raise instead of answering None.
+    if importlib.util.find_spec(DEVSTACK_MODULE.partition(".")[0]) is not None:
         importlib.import_module(DEVSTACK_MODULE).add_commands(sub)
     return parser
 
