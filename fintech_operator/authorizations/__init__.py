@@ -1,0 +1,1 @@
+"""Real-time card authorizations: holds, captures, voids and expiry (issue 13)."""

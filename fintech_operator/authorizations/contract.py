@@ -1,0 +1,146 @@
+"""The contract between the HTTP gateway and the authorization store (real-time authorizations).
+
+The gateway (``fintech_operator.gateway``) owns HTTP: signatures, body limits, deadlines, the
+in-flight limit and turning :class:`Answer` into a response. The store
+(``fintech_operator.authorizations.store``) owns money: holds, captures, voids, expiry, the decision
+records and their outbox events, all in PostgreSQL. Neither imports the other's internals; both
+import this module.
+
+Every request carries its own id, which is its idempotency key: a retry with the same body gets the
+first answer byte for byte (``Answer.body`` is stored with the decision), the same id with a
+different body is a 409 naming the field that differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Annotated, Final, Protocol
+
+import psycopg
+import pydantic
+
+from fintech_operator.api.common import PositiveAmountMinor
+
+# Ids come from the card network or processor; 128 characters is far above any real one and keeps
+# a hostile id from bloating an index row.
+REQUEST_ID_MAX_LENGTH: Final = 128
+CARD_TOKEN_MAX_LENGTH: Final = 128
+MERCHANT_NAME_MAX_LENGTH: Final = 128
+
+RequestId = Annotated[
+    str,
+    pydantic.Field(min_length=1, max_length=REQUEST_ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$"),
+]
+Currency = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{3}$")]
+Mcc = Annotated[str, pydantic.Field(pattern=r"^[0-9]{4}$")]
+Country = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{2}$")]
+
+
+class _Request(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Merchant(_Request):
+    name: Annotated[str, pydantic.Field(min_length=1, max_length=MERCHANT_NAME_MAX_LENGTH)]
+    mcc: Mcc
+    country: Country
+
+
+class AuthorizeRequest(_Request):
+    """``POST /v1/authorizations``: the network asks whether a purchase may go ahead."""
+
+    id: RequestId
+    card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)]
+    amount: PositiveAmountMinor
+    currency: Currency
+    merchant: Merchant
+
+
+class IncrementRequest(_Request):
+    """``POST /v1/authorizations/{id}/increments``: raise the hold (hotels, fuel)."""
+
+    id: RequestId
+    amount: PositiveAmountMinor
+
+
+class CaptureRequest(_Request):
+    """``POST /v1/authorizations/{id}/captures``: clear part or all of the hold.
+
+    ``final`` releases whatever is left of the hold after this capture.
+    """
+
+    id: RequestId
+    amount: PositiveAmountMinor
+    final: bool = False
+
+
+class VoidRequest(_Request):
+    """``POST /v1/authorizations/{id}/void``: release what is left of the hold."""
+
+    id: RequestId
+
+
+class Reason(enum.StrEnum):
+    """Why an authorization was declined or a follow-up refused: a documented, fixed set.
+
+    ``RiskDeclined`` is sent as ``RiskDeclined:<rule>``; every other reason is sent as is.
+    """
+
+    APPROVED = "Approved"
+    CARD_NOT_FOUND = "CardNotFound"
+    CARD_NOT_ACTIVE = "CardNotActive"
+    CURRENCY_MISMATCH = "CurrencyMismatch"
+    INSUFFICIENT_FUNDS = "InsufficientFunds"
+    SPEND_LIMIT_EXCEEDED = "SpendLimitExceeded"
+    RISK_DECLINED = "RiskDeclined"
+    COMPLIANCE_DECLINED = "ComplianceDeclined"
+    ISSUER_UNAVAILABLE = "IssuerUnavailable"
+    OVERLOADED = "Overloaded"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """What the gateway sends: the HTTP status and the exact JSON body bytes.
+
+    ``replayed`` is true when this is the stored answer of an earlier request with the same id.
+    """
+
+    status_code: int
+    body: bytes
+    replayed: bool = False
+
+
+class Store(Protocol):
+    """The store's public surface. Each call is one database transaction on ``conn``.
+
+    ``authorize`` answers 200 for approvals and declines alike (``approved`` says which); follow-ups
+    answer 404 for an unknown authorization, 409 for a refused transition or an id reused with a
+    different body, 200 otherwise.
+    """
+
+    async def authorize(
+        self, conn: psycopg.AsyncConnection[object], req: AuthorizeRequest
+    ) -> Answer: ...
+
+    async def increment(
+        self, conn: psycopg.AsyncConnection[object], authorization_id: str, req: IncrementRequest
+    ) -> Answer: ...
+
+    async def capture(
+        self, conn: psycopg.AsyncConnection[object], authorization_id: str, req: CaptureRequest
+    ) -> Answer: ...
+
+    async def void(
+        self, conn: psycopg.AsyncConnection[object], authorization_id: str, req: VoidRequest
+    ) -> Answer: ...
+
+    async def get(self, conn: psycopg.AsyncConnection[object], authorization_id: str) -> Answer: ...
+
+    async def settle_timed_out(
+        self, conn: psycopg.AsyncConnection[object], request_id: str
+    ) -> None:
+        """After the gateway declined ``request_id`` with IssuerUnavailable because its deadline
+        passed: make sure no hold of it survives (release it if the transaction did commit late)
+        and record the declined answer so a retry gets IssuerUnavailable too."""
+        ...
