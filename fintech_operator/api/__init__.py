@@ -86,6 +86,7 @@ from fintech_operator.api.reconciliationrun import (
     ReconciliationRunSpec,
     ReconciliationRunStatus,
     ReconciliationRunTemplate,
+    RunScope,
 )
 from fintech_operator.api.reconciliationschedule import (
     ReconciliationScheduleSpec,
@@ -166,6 +167,7 @@ __all__ = [
     "RiskPolicySpec",
     "RiskPolicyStatus",
     "RuleAction",
+    "RunScope",
     "SanctionsMatch",
     "SanctionsRules",
     "SpendInterval",
