@@ -5,15 +5,22 @@ user-set idempotencyKey in B equal to A's must post B's own journal (not replay 
 B chooses to look like A's default key must not block A's posting. A ReconciliationRun in A
 compares A's postings only; one that asks for the whole ledger (``scope: Cluster``) fails with
 ClusterScopeNotAllowed, except in the one namespace the administrator named, where it sees both
-teams. A CardReview in B cannot decide A's card of the same name.
+teams. A CardReview in B cannot decide A's card of the same name, and B's Webhook, served by the
+same notifier, receives none of A's events.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import http.server
 import json
+import secrets
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -205,3 +212,87 @@ def test_a_review_decides_only_its_own_namespace_card(
     apply(kubectl, a, review)
     wait_phase(kubectl, procs, a, "cardreview", "approve-bob", {"Recorded"})
     wait_phase(kubectl, procs, a, "card", "bob", {"Active"})
+
+
+class Receiver:
+    """A loopback HTTP receiver recording the event type of each POST, per path."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver.lock:
+                    receiver.seen.append((self.path, str(json.loads(body).get("type"))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def types(self, path: str) -> list[str]:
+        with self.lock:
+            return [type_ for p, type_ in self.seen if p == path]
+
+
+def test_a_webhook_receives_only_its_own_namespace_events(
+    kubectl: Kubectl,
+    teams: tuple[str, str],
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+    operator_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """One notifier serves both teams' Webhooks, each subscribed to every event type: A's card
+    and posting events reach A's endpoint, and B's endpoint gets none of them."""
+    a, b = teams
+    receiver = Receiver()
+    url = f"http://127.0.0.1:{receiver.server.server_address[1]}"
+    key = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    for ns in (a, b):
+        kubectl("create", "secret", "generic", "hook", "-n", ns, f"--from-literal=k={key}")
+        apply(kubectl, ns, {"kind": "Webhook", "metadata": {"name": "all"},
+                            "spec": {"url": f"{url}/{ns}", "eventTypes": ["*"],
+                                     "secretRef": {"name": "hook", "key": "k"}}})  # fmt: skip
+    env = {**operator_env, "FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS": "1",
+           "FINTECH_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32"}  # fmt: skip
+    notifier = OperatorProcesses(env, tmp_path)
+    group = f"notifier-{operator_prefix}-{uuid.uuid4().hex[:6]}"
+    notifier.start("notifier", "notifier", "--namespace", f"{operator_prefix}-*", "--group", group)
+    try:
+        wait_for("the notifier to serve both Webhooks", lambda: served(operator_env, a, b) == 2,
+                 timeout_seconds=90)  # fmt: skip
+        apply(kubectl, a, PRODUCT, card("alice"))
+        wait_phase(kubectl, operator_processes, a, "card", "alice", {"Active"})
+        apply(kubectl, a, posting("pay", 1000, "R-W"))
+        wait_phase(kubectl, operator_processes, a, "posting", "pay", {"Posted"})
+        wanted = {"dev.fintech.card.issued.v1", "dev.fintech.posting.posted.v1"}
+        wait_for(f"A's events at /{a}", lambda: wanted <= set(receiver.types(f"/{a}")),
+                 timeout_seconds=90)  # fmt: skip
+        time.sleep(3)  # Room for a wrong delivery to B to show up.
+        assert receiver.types(f"/{b}") == []
+    except AssertionError:
+        print(notifier.log("notifier")[-4000:])
+        raise
+    finally:
+        notifier.stop()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+def served(env: dict[str, str], *namespaces: str) -> int:
+    """Webhooks of ``namespaces`` the notifier owns with no problem."""
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM webhook_endpoints"
+            " WHERE namespace = ANY(%s) AND owner IS NOT NULL AND problem IS NULL",
+            (list(namespaces),),
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -67,4 +67,3 @@ def test_bad_cluster_namespaces_name_the_variable(value: str) -> None:
     """Only a namespace name (RFC 1123 label) may be named: no pattern, no prefix."""
     with pytest.raises(config.SettingsError, match="FINTECH_RECON_CLUSTER_NAMESPACE"):
         config.load({**BASE, "FINTECH_RECON_CLUSTER_NAMESPACE": value})
-
