@@ -649,16 +649,20 @@ async def _existing(cur: Cursor, plan: _Plan) -> model.PostResult | None:
 
 # A key is looked up in its namespace, then among the journals written before migration 0045
 # (namespace NULL) that moved that namespace's money: those keep replaying for their owner and
-# are invisible to every other namespace. Two index probes of the (namespace, key) index.
+# are invisible to every other namespace (without a namespace: those that moved no card's
+# money). Two index probes of the (namespace, key) index.
 _BY_KEY: Final = """
 (SELECT id, request_hash, 0 AS older FROM journals
   WHERE namespace = %(namespace)s AND idempotency_key = %(key)s)
 UNION ALL
 (SELECT j.id, j.request_hash, 1 FROM journals j
   WHERE j.namespace IS NULL AND j.idempotency_key = %(key)s
-    AND (%(namespace)s::text IS NULL OR EXISTS (
-            SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id
-             WHERE e.journal_id = j.id AND a.namespace = %(namespace)s)))
+    AND CASE WHEN %(namespace)s::text IS NULL
+             THEN NOT EXISTS (SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id
+                               WHERE e.journal_id = j.id AND a.namespace IS NOT NULL)
+             ELSE EXISTS (SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id
+                           WHERE e.journal_id = j.id AND a.namespace = %(namespace)s::text)
+        END)
 ORDER BY older
 LIMIT 1
 """

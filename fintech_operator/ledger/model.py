@@ -349,7 +349,7 @@ def card_namespace(code: str) -> str | None:
     Migration 0045 derives ``accounts.namespace`` from the code with the same rule.
     """
     parts = code.split(":")
-    if len(parts) != 3 or parts[0] != AccountKind.CARD.value:
+    if len(parts) < 3 or parts[0] != AccountKind.CARD.value:
         return None
     namespace, slash, _card = parts[1].partition("/")
     return namespace if slash and namespace else None

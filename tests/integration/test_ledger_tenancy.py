@@ -196,3 +196,25 @@ async def test_an_old_risk_decision_stands_for_its_namespace_only(
     assert mine is not None
     assert mine.decision.action.value == "Review"
     assert theirs is None
+
+
+def test_the_database_reads_a_codes_namespace_as_the_engine_does(
+    legacy_journal: int, database_url: str
+) -> None:
+    """accounts.namespace (generated in SQL) equals model.card_namespace for every shape."""
+    codes = ["card:ns-1/alice:USD", "card:a/b/c:USD", "card:a/b:c:USD", "card:solo:USD",
+             "card:/lead:USD", "system:fee_revenue:USD"]  # fmt: skip
+    with psycopg.connect(database_url) as conn:
+        for code in codes:
+            kind = code.split(":")[0]
+            conn.execute(
+                "INSERT INTO accounts (code, kind, normal_balance, currency)"
+                " VALUES (%s, %s, 'debit', 'USD') ON CONFLICT (code) DO NOTHING",
+                (code, kind),
+            )
+        found: dict[str, str | None] = dict(
+            conn.execute(
+                "SELECT code, namespace FROM accounts WHERE code = ANY(%s)", (codes,)
+            ).fetchall()
+        )
+    assert found == {code: model.card_namespace(code) for code in codes}

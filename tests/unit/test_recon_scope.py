@@ -9,6 +9,7 @@ import pydantic
 import pytest
 
 from fintech_operator import api, config
+from fintech_operator.ledger import model
 from fintech_operator.recon import plans, store
 
 BASE = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
@@ -67,3 +68,37 @@ def test_bad_cluster_namespaces_name_the_variable(value: str) -> None:
     """Only a namespace name (RFC 1123 label) may be named: no pattern, no prefix."""
     with pytest.raises(config.SettingsError, match="FINTECH_RECON_CLUSTER_NAMESPACE"):
         config.load({**BASE, "FINTECH_RECON_CLUSTER_NAMESPACE": value})
+
+
+@pytest.mark.parametrize(
+    ("code", "namespace"),
+    [
+        ("card:team-a/alice:USD", "team-a"),
+        ("card:a/b/c:USD", "a"),
+        ("card:a/b:c:USD", "a"),  # as migration 0045's SQL reads it: the code's second field
+        ("card:alice:USD", None),
+        ("card:/alice:USD", None),
+        ("system:network_settlement:USD", None),
+        ("system:x/y:USD", None),
+        ("nonsense", None),
+    ],
+)
+def test_a_card_account_codes_namespace(code: str, namespace: str | None) -> None:
+    assert model.card_namespace(code) == namespace
+
+
+def test_a_journal_moves_one_namespaces_money() -> None:
+    """Derived from the card lines, or declared; two namespaces, or a bad name, are refused."""
+    a = model.Line("card:a/x:USD", model.Direction.DEBIT, 5, "USD")
+    b = model.Line("card:b/x:USD", model.Direction.CREDIT, 5, "USD")
+    system = model.Line("system:cash:USD", model.Direction.CREDIT, 5, "USD")
+    assert model.journal_namespace(None, [a, system]) == "a"
+    assert model.journal_namespace("a", [a, system]) == "a"
+    assert model.journal_namespace(None, [system]) is None
+    assert model.journal_namespace("c", [system]) == "c"
+    for declared, lines in ((None, [a, b]), ("b", [a, system])):
+        with pytest.raises(model.InvalidRequest, match="one namespace"):
+            model.journal_namespace(declared, lines)
+    for bad in ("", "a/b", "a b", 7):
+        with pytest.raises(model.InvalidRequest, match="namespace"):
+            model.journal_namespace(bad, [system])  # type: ignore[arg-type]

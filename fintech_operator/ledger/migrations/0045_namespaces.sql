@@ -19,8 +19,10 @@
 --   themselves, and the engine still finds them for the namespace they belong to.
 -- * A journal that names its namespace takes card entries of that namespace only (trigger).
 
+-- The same rule as ledger.model.card_namespace: the part of the name before its first '/'.
 ALTER TABLE accounts ADD COLUMN namespace text GENERATED ALWAYS AS (
-    CASE WHEN kind = 'card' THEN split_part(split_part(code, ':', 2), '/', 1) END
+    CASE WHEN kind = 'card' AND split_part(code, ':', 2) ~ '^[^/]+/'
+         THEN split_part(split_part(code, ':', 2), '/', 1) END
 ) STORED;
 
 CREATE INDEX accounts_namespace_idx ON accounts (namespace, id) WHERE namespace IS NOT NULL;
