@@ -3,7 +3,9 @@
 A posting is decided exactly once: ``Posted`` with its journal, or ``Rejected`` with a
 reason from the fixed set documented on ``PostingStatus.reason``. The idempotency key
 (default ``namespace/name``) makes a replayed handler, a restarted operator, or a
-deleted and re-applied object return the first journal instead of posting twice.
+deleted and re-applied object return the first journal instead of posting twice. Keys are
+unique within the Posting's namespace (DESIGN.md invariant 10): every ledger call here names
+it, so another namespace's journal is never replayed, reversed or blocked by this one.
 """
 
 from __future__ import annotations
