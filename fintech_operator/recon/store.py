@@ -289,14 +289,32 @@ def scope_of(key: RunKey, plan: model.Plan) -> str | None:
 
 
 # A journal moves the money of the namespace it names (ledger.engine writes it), or, written
-# before migration 0045, of the namespace of the card accounts it touches. ``%(scope)s`` NULL:
-# every journal (a cluster-wide run). ``{j}`` is the alias of the journals row.
+# before migration 0045 (namespace NULL), of the namespace of the card accounts it touches:
+# those are listed once per run in recon_scope_legacy, so every check probes a hashed set
+# instead of running a correlated query per row. ``%(scope)s`` NULL: every journal (a
+# cluster-wide run). ``{j}`` is the alias of the journals row.
 _JOURNAL_IN_SCOPE: Final = """(
     %(scope)s::text IS NULL
     OR {j}.namespace = %(scope)s::text
-    OR ({j}.namespace IS NULL AND EXISTS (
-            SELECT 1 FROM entries scope_e JOIN accounts scope_a ON scope_a.id = scope_e.account_id
-             WHERE scope_e.journal_id = {j}.id AND scope_a.namespace = %(scope)s::text)))"""
+    OR ({j}.namespace IS NULL AND {j}.id IN (SELECT id FROM recon_scope_legacy)))"""
+
+# The namespace's journals written before 0045. The first probe reads the (namespace, key)
+# index: a ledger with no such journal (any ledger created at 0045 or later) skips the scan.
+_SCOPE_LEGACY: Final = """
+CREATE TEMP TABLE recon_scope_legacy ON COMMIT DROP AS
+SELECT DISTINCT e.journal_id AS id
+  FROM accounts a
+  JOIN entries e ON e.account_id = a.id
+  JOIN journals j ON j.id = e.journal_id
+ WHERE a.namespace = %(scope)s::text AND j.namespace IS NULL
+   AND %(scope)s::text IS NOT NULL
+   AND EXISTS (SELECT 1 FROM journals WHERE namespace IS NULL)
+"""
+
+
+def _scope_legacy(conn: Connection, scope: str | None) -> None:
+    conn.execute(_SCOPE_LEGACY, {"scope": scope})
+    conn.execute("ANALYZE recon_scope_legacy")
 
 
 def _reconcile(
@@ -308,6 +326,7 @@ def _reconcile(
     stop: threading.Event,
 ) -> model.Summary:
     conn.execute(FOUND_DDL)
+    _scope_legacy(conn, scope)
     records_read = ledger_references = matched = 0
     if model.Check.SETTLEMENT in plan.checks and records is not None:
         records_read = _load(conn, records, stop)
@@ -571,11 +590,9 @@ SELECT 'TrialBalance', 'BalanceDrift', 'error', d.code,
 # currency, and its card accounts' balances equal their entries.
 _SCOPE_JOURNALS: Final = """
 CREATE TEMP TABLE recon_scope_journals ON COMMIT DROP AS
-SELECT e.journal_id AS id
-  FROM accounts a JOIN entries e ON e.account_id = a.id
- WHERE a.namespace = %(scope)s
-UNION
 SELECT id FROM journals WHERE namespace = %(scope)s
+UNION ALL
+SELECT id FROM recon_scope_legacy
 """
 
 _SCOPED_IMBALANCE: Final = """
@@ -631,6 +648,7 @@ def _trial_balance(conn: Connection, window: model.Window | None, scope: str | N
         conn.execute(_DRIFT)
         return
     conn.execute(_SCOPE_JOURNALS, {"scope": scope})
+    conn.execute("ANALYZE recon_scope_journals")
     conn.execute(_SCOPED_IMBALANCE, {"scope": scope})
     conn.execute(_SCOPED_DRIFT, {"scope": scope})
 

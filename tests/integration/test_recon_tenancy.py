@@ -233,3 +233,51 @@ async def test_a_namespaced_settlement_ignores_other_namespaces_references(
         ("MissingInLedger", "S-B", "no posting", "3400 USD at 2024-05-01T09:00:00Z"),
         ("MissingInSource", "S-A", "1200 USD at 2024-05-01T09:00:00Z", "no record"),
     ]
+
+
+def legacy_purchase(dsn: str, namespace: str, reference: str, amount_minor: int) -> None:
+    """A purchase as the ledger wrote it before migration 0045: no namespace on the journal."""
+    codes = (
+        model.card_account_code(namespace, "alice", "USD"),
+        model.system_account_code(model.SystemAccount.NETWORK_SETTLEMENT, "USD"),
+    )
+    with psycopg.connect(dsn) as conn:
+        ids: dict[str, int] = dict(
+            conn.execute(
+                "SELECT code, id FROM accounts WHERE code = ANY(%s)", (list(codes),)
+            ).fetchall()
+        )
+        row = conn.execute(
+            "INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at)"
+            " VALUES (%s, repeat('0', 64), 'Purchase', %s, %s) RETURNING id",
+            (f"old-{uuid.uuid4()}", reference, at(15)),
+        ).fetchone()
+        assert row is not None
+        for code, direction in zip(codes, ("debit", "credit"), strict=True):
+            conn.execute(
+                "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
+                " VALUES (%s, %s, %s, %s, 'USD')",
+                (row[0], ids[code], direction, amount_minor),
+            )
+
+
+async def test_journals_written_before_namespaces_count_for_their_cards_namespace(
+    pool: AsyncConnectionPool[Any], migrated_database_url: str
+) -> None:
+    """Journals without a namespace (written before migration 0045) are reconciled by the run
+    of the namespace whose card they moved, and by no other namespace's run."""
+    dsn = migrated_database_url
+    ns_a, ns_b = f"old-a-{uuid.uuid4().hex[:6]}", f"old-b-{uuid.uuid4().hex[:6]}"
+    async with pool.connection() as conn:
+        for ns in (ns_a, ns_b):
+            await engine.open_card_account(conn, ns, "alice", "USD")
+    legacy_purchase(dsn, ns_a, "L-A", 4100)
+    legacy_purchase(dsn, ns_b, "L-B", 4200)
+    await post(pool, ns_a, K.PURCHASE, 4300, "N-A", at(15))
+    a_file = HEADER + "L-A,4100,USD,2024-05-01T15:00:00Z\nN-A,4300,USD,2024-05-01T15:00:00Z\n"
+    outcome, found = run(dsn, ns_a, a_file)
+    assert found == [], found
+    assert outcome.summary is not None
+    assert (outcome.summary["ledgerReferences"], outcome.summary["matched"]) == (2, 2)
+    _, found = run(dsn, ns_b, HEADER)
+    assert [(row[1], row[3]) for row in found] == [("MissingInSource", "L-B")], found
