@@ -323,6 +323,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("User", "string", ".spec.userId", "Owner of the card."),
         common.PrinterColumn("Product", "string", ".spec.product", "CardProduct of the card."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the card is Rejected, PendingReview or not closing yet."),
         common.PrinterColumn("Last4", "string", ".status.last4", "Last four digits."),
         common.PrinterColumn(
             "Balance", "integer", ".status.balance.amount", "Balance in minor units."

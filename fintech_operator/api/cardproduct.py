@@ -98,6 +98,7 @@ KIND_INFO: Final = common.KindInfo(
             "Rate(bps)", "integer", ".spec.rewardsRateBps", "Rewards rate in basis points."
         ),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the product is Rejected or its deletion waits."),
         common.PrinterColumn("Cards", "integer", ".status.cards", "Open cards of the product."),
         common.age_column(),
     ),

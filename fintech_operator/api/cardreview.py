@@ -105,6 +105,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("Decision", "string", ".spec.decision", "Approve or Reject."),
         common.PrinterColumn("Reviewer", "string", ".spec.reviewer", "Who decided."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the review was Refused."),
         common.age_column(),
     ),
     selectable_fields=(".spec.card",),

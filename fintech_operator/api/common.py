@@ -352,6 +352,15 @@ def age_column() -> PrinterColumn:
     )
 
 
+def reason_column(
+    description: str = "CamelCase cause of the phase; empty when none.",
+) -> PrinterColumn:
+    """``status.reason`` in ``kubectl get``, as pods show CrashLoopBackOff: why, at a glance."""
+    return PrinterColumn(
+        name="Reason", type="string", json_path=".status.reason", description=description
+    )
+
+
 def conditions_field(description: str) -> Any:
     """Field for ``status.conditions``: a list of Kubernetes-shaped conditions keyed by type.
 

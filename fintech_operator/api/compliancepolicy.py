@@ -213,6 +213,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=CompliancePolicyStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the policy is Degraded or Rejected."),
         common.PrinterColumn(
             "InUse", "boolean", ".status.inUse", "Whether decisions use this policy."
         ),

@@ -237,7 +237,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("Amount", "integer", ".spec.amount", "Amount in minor units."),
         common.PrinterColumn("Currency", "string", ".spec.currency", "ISO 4217 currency."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
-        common.PrinterColumn("Reason", "string", ".status.reason", "Why it was rejected."),
+        common.reason_column("Why the posting was Rejected."),
         common.age_column(),
     ),
     selectable_fields=(".spec.card", ".spec.type"),

@@ -375,6 +375,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=ReconciliationRunStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the run Failed."),
         common.PrinterColumn(
             "Records", "integer", ".status.summary.recordsRead", "Records read from the source."
         ),
@@ -390,7 +391,6 @@ KIND_INFO: Final = common.KindInfo(
             '.status.conditions[?(@.type=="Reconciled")].status',
             "True when no check found an exception.",
         ),
-        common.PrinterColumn("Reason", "string", ".status.reason", "Why it failed.", priority=1),
         common.age_column(),
     ),
 )

@@ -100,6 +100,10 @@ class ReconciliationScheduleStatus(common.StatusModel):
     next_schedule_time: common.Timestamp | None = pydantic.Field(
         default=None, description="Next time a run will be created (RFC 3339)."
     )
+    reason: common.Reason | None = pydantic.Field(
+        default=None, description="CamelCase cause of an Invalid phase: InvalidSpec."
+    )
+    message: common.Message | None = common.message_field()
     conditions: list[common.Condition] = common.conditions_field(
         "Ready: the schedule is valid and being followed."
     )
@@ -122,6 +126,7 @@ KIND_INFO: Final = common.KindInfo(
     printer_columns=(
         common.PrinterColumn("Schedule", "string", ".spec.schedule", "Cron expression (UTC)."),
         common.PrinterColumn("Suspend", "boolean", ".spec.suspend", "Run creation paused."),
+        common.reason_column("Why the schedule is Invalid."),
         common.PrinterColumn("Last", "date", ".status.lastScheduleTime", "Time of the newest run."),
         common.PrinterColumn("Next", "string", ".status.nextScheduleTime", "Next run time."),
         common.age_column(),

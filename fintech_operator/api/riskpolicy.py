@@ -286,6 +286,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=RiskPolicyStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the policy is Rejected."),
         common.PrinterColumn(
             "InUse", "boolean", ".status.inUse", "Whether decisions use this policy."
         ),

@@ -307,6 +307,9 @@ KIND_INFO: Final = common.KindInfo(
     printer_columns=(
         common.PrinterColumn("URL", "string", ".spec.url", "Endpoint URL."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Delivery phase."),
+        common.reason_column(
+            "Cause of the phase, e.g. Delivering, CircuitOpen or AwaitingNotifier."
+        ),
         common.PrinterColumn("Circuit", "string", ".status.circuit", "Circuit breaker."),
         common.PrinterColumn(
             "Failures", "integer", ".status.consecutiveFailures", "Failures since last success."

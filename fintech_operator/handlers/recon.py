@@ -472,6 +472,8 @@ async def tick(
             patch.status.update(
                 {
                     "phase": "Invalid",
+                    "reason": "InvalidSpec",
+                    "message": message[:1024],
                     "conditions": report.condition(
                         status, api.READY, False, "InvalidSpec", message, generation
                     ),
@@ -536,6 +538,8 @@ def _schedule_status(
         {
             "phase": phase,
             "nextScheduleTime": next_time,
+            "reason": None,
+            "message": None,
             "conditions": report.condition(status, api.READY, True, phase, message, generation),
             "observedGeneration": generation,
         }

@@ -229,11 +229,13 @@ def test_kubectl_get_is_informative(kubectl: Kubectl, crds_installed: None, name
     """Short names, the fintech category and the printer columns work in ``kubectl get``."""
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     header = kubectl("get", "cd", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "USER", "PRODUCT", "PHASE", "LAST4", "BALANCE", "POINTS", "AGE"]
+    assert header == [
+        "NAME", "USER", "PRODUCT", "PHASE", "REASON", "LAST4", "BALANCE", "POINTS", "AGE"
+    ]  # fmt: skip
     header = kubectl("get", "post", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "CARD", "TYPE", "AMOUNT", "CURRENCY", "PHASE", "REASON", "AGE"]
     header = kubectl("get", "cp", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "CURRENCY", "RATE(BPS)", "PHASE", "CARDS", "AGE"]
+    assert header == ["NAME", "CURRENCY", "RATE(BPS)", "PHASE", "REASON", "CARDS", "AGE"]
     everything = kubectl("get", "fintech", "-n", namespace, "-o", "name").stdout.split()
     expected = sorted(
         f"{doc['kind'].lower()}.fintech.dev/{doc['metadata']['name']}"
@@ -243,6 +245,22 @@ def test_kubectl_get_is_informative(kubectl: Kubectl, crds_installed: None, name
     )
     assert "card.fintech.dev/u-demo-card" in expected
     assert sorted(everything) == expected
+
+
+def test_kubectl_get_shows_why_a_card_waits_or_was_rejected(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    """The Reason column shows status.reason in plain ``kubectl get cards``: no describe."""
+    apply(kubectl, namespace, card())
+    status = api.CardStatus(
+        phase=api.CardPhase.PENDING_REVIEW, reason="PossibleMatch", message="screening"
+    )
+    status_round_trip(kubectl, namespace, "card", "u-demo-card", api.to_api(status))
+    header, row = kubectl("get", "cards", "-n", namespace).stdout.splitlines()[:2]
+    # Empty cells (no last 4 yet) are blank, so cells are cut at the header's offsets.
+    start, end = header.index("REASON"), header.index("LAST4")
+    assert row[header.index("PHASE") : start].strip() == "PendingReview"
+    assert row[start:end].strip() == "PossibleMatch"
 
 
 def test_field_selector_on_card(kubectl: Kubectl, crds_installed: None, namespace: str) -> None:

@@ -176,10 +176,23 @@ def test_status_keeps_kopf_state() -> None:
 
 
 EXPECTED_COLUMNS = {
-    "Card": ["User", "Product", "Phase", "Last4", "Balance", "Points", "Age"],
+    "Card": ["User", "Product", "Phase", "Reason", "Last4", "Balance", "Points", "Age"],
     "Posting": ["Card", "Type", "Amount", "Currency", "Phase", "Reason", "Age"],
-    "CardProduct": ["Currency", "Rate(bps)", "Phase", "Cards", "Age"],
+    "CardProduct": ["Currency", "Rate(bps)", "Phase", "Reason", "Cards", "Age"],
 }
+
+
+@pytest.mark.parametrize("kind", [info.kind for info in api.KINDS])
+def test_every_kind_shows_its_reason(kind: str) -> None:
+    """Every kind decides something and says why in status.reason, and ``kubectl get`` shows
+    it in a Reason column without -o wide, as ``kubectl get pods`` shows CrashLoopBackOff."""
+    info = next(i for i in api.KINDS if i.kind == kind)
+    assert "reason" in info.status_model.model_fields
+    assert node_at(kind, "status.reason")["type"] == "string"
+    columns = crd_by_kind(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
+    [reason] = [c for c in columns if c["jsonPath"] == ".status.reason"]
+    assert reason["name"] == "Reason"
+    assert "priority" not in reason
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED_COLUMNS))
