@@ -78,7 +78,13 @@ class Holder(common.SpecModel):
 class CardSpec(common.SpecModel):
     """Desired state of the card."""
 
-    user_id: str = pydantic.Field(
+    user_id: Annotated[
+        str,
+        common.Expected(
+            f"a user id: up to {USER_ID_MAX_LENGTH} letters, digits and _.@:- starting with a "
+            "letter or digit, such as u_demo"
+        ),
+    ] = pydantic.Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$",
         min_length=1,
         max_length=USER_ID_MAX_LENGTH,

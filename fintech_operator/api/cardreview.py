@@ -10,7 +10,7 @@ review of a card wins and is recorded in the database (``card_reviews``).
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -50,7 +50,13 @@ class CardReviewSpec(common.SpecModel):
     decision: ReviewDecision = pydantic.Field(
         description="Approve (the card is issued) or Reject (the card ends Rejected)."
     )
-    reviewer: str = pydantic.Field(
+    reviewer: Annotated[
+        str,
+        common.Expected(
+            f"who decided, 1 to {REVIEWER_MAX_LENGTH} characters not starting with a space, "
+            "such as an e-mail address"
+        ),
+    ] = pydantic.Field(
         min_length=1,
         max_length=REVIEWER_MAX_LENGTH,
         pattern=r"^[^\s].*$",

@@ -9,7 +9,8 @@ in ``status.summary``. ``fintech-operator recon report RUN`` lists or exports th
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+import json
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -18,7 +19,6 @@ from fintech_operator.api import common
 INLINE_RECORDS_MAX: Final = 1000
 RECORD_REFERENCE_MAX_LENGTH: Final = 512
 URL_MAX_LENGTH: Final = 2048
-KEY_MAX_LENGTH: Final = 253
 TIME_TOLERANCE_SECONDS_MAX: Final = 366 * 86_400
 EVENT_LAG_SECONDS_MAX: Final = 7 * 86_400
 HTTP_TIMEOUT_SECONDS_MAX: Final = 600
@@ -78,10 +78,7 @@ class KeyReference(common.SpecModel):
     """A key of a ConfigMap or Secret in the run's namespace."""
 
     name: common.ObjectName = pydantic.Field(description="Name of the object.")
-    key: str = pydantic.Field(
-        pattern=r"^[-._a-zA-Z0-9]+$",
-        min_length=1,
-        max_length=KEY_MAX_LENGTH,
+    key: common.KeyName = pydantic.Field(
         description="Key whose value is the settlement file.",
     )
 
@@ -93,7 +90,13 @@ class SecretReference(common.SpecModel):
 class HttpSource(common.SpecModel):
     """A settlement file fetched over HTTP(S) and streamed, never held whole in memory."""
 
-    url: str = pydantic.Field(
+    url: Annotated[
+        str,
+        common.Expected(
+            f"an http:// or https:// URL of up to {URL_MAX_LENGTH} characters without spaces, "
+            "such as https://files.example.com/settlement.csv"
+        ),
+    ] = pydantic.Field(
         pattern=r"^https?://[^\s]+$",
         min_length=8,
         max_length=URL_MAX_LENGTH,
@@ -161,12 +164,21 @@ class Source(common.SpecModel):
         return self
 
 
+_CEL_RFC3339: Final = json.dumps(common.RFC3339_PATTERN)
+
+
 class Window(common.SpecModel):
     """The ledger period compared, half-open: start <= occurredAt < end."""
 
     model_config = pydantic.ConfigDict(
         json_schema_extra=common.cel_rules(
-            ("self.start < self.end", "window.start must be before window.end")
+            (
+                # The times are checked as strings (so a bad one is refused with words, not
+                # a type error), so each is compared only once its own rule passes.
+                f"!self.start.matches({_CEL_RFC3339}) || !self.end.matches({_CEL_RFC3339}) "
+                "|| timestamp(self.start) < timestamp(self.end)",
+                "window.start must be before window.end",
+            )
         )
     )
 

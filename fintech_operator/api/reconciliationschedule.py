@@ -9,7 +9,7 @@ keeps only the newest finished runs, as a CronJob does with Jobs.
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -31,7 +31,13 @@ class SchedulePhase(enum.StrEnum):
 class ReconciliationScheduleSpec(common.SpecModel):
     """When to run, over which period, and what each run does."""
 
-    schedule: str = pydantic.Field(
+    schedule: Annotated[
+        str,
+        common.Expected(
+            "a cron expression of five fields (minute hour day-of-month month day-of-week) "
+            "such as '0 2 * * *', or @hourly, @daily, @weekly or @monthly"
+        ),
+    ] = pydantic.Field(
         min_length=1,
         max_length=SCHEDULE_MAX_LENGTH,
         pattern=r"^(@[a-z]+|\S+( +\S+){4})$",

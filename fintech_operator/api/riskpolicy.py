@@ -25,13 +25,8 @@ LIST_MAX_ITEMS: Final = 512
 CARDS_PER_USER_MAX: Final = 1000
 
 Mcc = Annotated[
-    str,
-    pydantic.Field(
-        pattern=r"^[0-9]{4}$",
-        min_length=4,
-        max_length=4,
-        description="ISO 18245 merchant category code, four digits.",
-    ),
+    common.MerchantCategoryCode,
+    pydantic.Field(description="ISO 18245 merchant category code, four digits."),
 ]
 
 Country = Annotated[

@@ -26,7 +26,6 @@ EVENT_TYPE_PATTERN: Final = (
     r"^(\*|dev\.fintech(\.[a-z][a-z0-9_]*)*\.\*"
     r"|dev\.fintech(\.[a-z][a-z0-9_]*)+\.v[1-9][0-9]{0,2})$"
 )
-KEY_NAME_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"  # A Secret data key, as Kubernetes allows.
 TIMEOUT_SECONDS_MAX: Final = 30
 ATTEMPTS_MAX: Final = 20
 DELAY_SECONDS_MAX: Final = 86_400
@@ -46,6 +45,10 @@ EventTypePattern = Annotated[
         description="An event type (dev.fintech.posting.posted.v1), a prefix ending in .* "
         "(dev.fintech.posting.*), or * for every type.",
     ),
+    common.Expected(
+        "an event type such as dev.fintech.posting.posted.v1, a prefix ending in .* such as "
+        "dev.fintech.posting.*, or * for every type"
+    ),
 ]
 
 
@@ -53,11 +56,8 @@ class SecretKeyRef(common.SpecModel):
     """A key of a Secret in the Webhook's namespace."""
 
     name: common.ObjectName = pydantic.Field(description="Name of the Secret.")
-    key: str = pydantic.Field(
+    key: common.KeyName = pydantic.Field(
         default="secret",
-        min_length=1,
-        max_length=253,
-        pattern=KEY_NAME_PATTERN,
         description="Key in the Secret's data; default 'secret'. Its value is the signing "
         "secret in the Standard Webhooks form whsec_<base64 of 24 to 64 random bytes>.",
     )
@@ -154,7 +154,13 @@ class CircuitBreaker(common.SpecModel):
 class WebhookSpec(common.SpecModel):
     """Where to deliver which events, and how."""
 
-    url: str = pydantic.Field(
+    url: Annotated[
+        str,
+        common.Expected(
+            f"an http:// or https:// URL with a host, up to {URL_MAX_LENGTH} characters "
+            "without spaces, such as https://hooks.example.com/fintech"
+        ),
+    ] = pydantic.Field(
         min_length=8,
         max_length=URL_MAX_LENGTH,
         pattern=r"^https?://[^\s/?#]+[^\s]*$",
