@@ -55,6 +55,35 @@ class CardPhase(enum.StrEnum):
     PENDING_REVIEW = "PendingReview"
 
 
+class CardReason(enum.StrEnum):
+    """Why a card is in its phase (``status.reason``) and the reasons of its conditions."""
+
+    # Rejected (final)
+    INVALID_SPEC = "InvalidSpec"
+    PRODUCT_NOT_FOUND = "ProductNotFound"
+    NAME_REUSED = "NameReused"
+    TOKENIZER_REFUSED = "TokenizerRefused"
+    RISK_DECLINED = "RiskDeclined"
+    KYC_NOT_ACCEPTED = "KycNotAccepted"
+    KYC_REJECTED = "KycRejected"
+    EXACT_MATCH = "ExactMatch"
+    REVIEW_REJECTED = "ReviewRejected"
+    # PendingReview
+    RISK_REVIEW = "RiskReview"
+    KYC_PENDING = "KycPending"
+    POSSIBLE_MATCH = "PossibleMatch"
+    SCREENING_UNAVAILABLE = "ScreeningUnavailable"
+    UNSCREENABLE_NAME = "UnscreenableName"
+    # Closed before issue; a close waiting for the balance
+    CLOSED_BEFORE_ISSUE = "ClosedBeforeIssue"
+    BALANCE_NOT_ZERO = "BalanceNotZero"
+    # Reasons of conditions only
+    ISSUED = "Issued"
+    OPENED = "Opened"
+    CLEARED = "Cleared"
+    REVIEW_APPROVED = "ReviewApproved"
+
+
 class Holder(common.SpecModel):
     """The person the card is issued to."""
 

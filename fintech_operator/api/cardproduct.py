@@ -20,6 +20,15 @@ class CardProductPhase(enum.StrEnum):
     REJECTED = "Rejected"
 
 
+class CardProductReason(enum.StrEnum):
+    """``status.reason`` of a product and the reasons of its Ready condition."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    IN_USE = "InUse"  # deletion waits for the cards that use it
+    DELETION_BLOCKED = "DeletionBlocked"
+
+
 class CardProductSpec(common.SpecModel):
     """Desired terms of the product."""
 

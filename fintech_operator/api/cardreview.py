@@ -35,6 +35,16 @@ class CardReviewPhase(enum.StrEnum):
     REFUSED = "Refused"
 
 
+class CardReviewReason(enum.StrEnum):
+    """Why a review was Refused (``status.reason``), or Ready's reason once Recorded."""
+
+    INVALID_SPEC = "InvalidSpec"
+    CARD_NOT_FOUND = "CardNotFound"
+    CARD_NOT_PENDING_REVIEW = "CardNotPendingReview"
+    ALREADY_REVIEWED = "AlreadyReviewed"
+    RECORDED = "Recorded"
+
+
 class CardReviewSpec(common.SpecModel):
     """The decision. Immutable: a recorded decision is history."""
 

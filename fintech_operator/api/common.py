@@ -35,7 +35,29 @@ CONDITIONS_MAX_ITEMS: Final = 16
 ACCOUNT_MAX_LENGTH: Final = 512
 VALIDATION_MESSAGE_MAX_LENGTH: Final = 1024
 
-READY: Final = "Ready"
+
+class ConditionType(enum.StrEnum):
+    """Every ``status.conditions[].type`` the operator writes. Ready is on every kind."""
+
+    READY = "Ready"
+    RISK_ASSESSED = "RiskAssessed"  # Card: the risk decision (reason Approve, Review, Decline)
+    COMPLIANCE_CLEARED = "ComplianceCleared"  # Card: KYC and screening
+    LEDGER_ACCOUNT_OPENED = "LedgerAccountOpened"  # Card: its ledger account
+    RECONCILED = "Reconciled"  # ReconciliationRun: no check found an exception
+
+
+READY: Final = ConditionType.READY
+
+
+class PolicyReason(enum.StrEnum):
+    """``status.reason`` (and Ready's reason) of a RiskPolicy or CompliancePolicy."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    SANCTIONS_LIST_NOT_FOUND = "SanctionsListNotFound"
+    SANCTIONS_LIST_INVALID = "SanctionsListInvalid"
+    SANCTIONS_LIST_UNREADABLE = "SanctionsListUnreadable"
+
 
 # Python attributes carry their unit (``amount_minor``); the YAML contract says
 # ``amount``. Every other name is the plain camelCase of the attribute.

@@ -35,6 +35,25 @@ class ReconciliationPhase(enum.StrEnum):
     FAILED = "Failed"
 
 
+class ReconciliationReason(enum.StrEnum):
+    """Why a run Failed (``status.reason``), and the reasons of its conditions."""
+
+    INVALID_SPEC = "InvalidSpec"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    SOURCE_UNREACHABLE = "SourceUnreachable"
+    SOURCE_MALFORMED = "SourceMalformed"
+    SOURCE_TOO_LARGE = "SourceTooLarge"
+    FAILED = "Failed"  # a failure that named no reason of its own
+    # Reasons of conditions only
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    NOT_RECONCILED = "NotReconciled"
+    ALL_AGREED = "AllAgreed"
+    EXCEPTIONS_FOUND = "ExceptionsFound"
+
+
 class SourceFormat(enum.StrEnum):
     CSV = "csv"
     JSON = "json"

@@ -28,6 +28,12 @@ class SchedulePhase(enum.StrEnum):
     INVALID = "Invalid"
 
 
+class ScheduleReason(enum.StrEnum):
+    """Why a schedule is Invalid (``status.reason``)."""
+
+    INVALID_SPEC = "InvalidSpec"
+
+
 class ReconciliationScheduleSpec(common.SpecModel):
     """When to run, over which period, and what each run does."""
 

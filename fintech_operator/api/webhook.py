@@ -218,6 +218,19 @@ class WebhookPhase(enum.StrEnum):
     REJECTED = "Rejected"
 
 
+class WebhookReason(enum.StrEnum):
+    """Why the endpoint is in its phase (``status.reason``); a problem the notifier reports
+    as ``Word: detail`` shows its own CamelCase word instead."""
+
+    AWAITING_NOTIFIER = "AwaitingNotifier"
+    SUSPENDED = "Suspended"
+    DELIVERING = "Delivering"
+    RETRYING = "Retrying"
+    CIRCUIT_OPEN = "CircuitOpen"
+    ENDPOINT_PROBLEM = "EndpointProblem"
+    INVALID_SPEC = "InvalidSpec"
+
+
 class CircuitState(enum.StrEnum):
     """The endpoint's circuit breaker."""
 
