@@ -167,12 +167,12 @@ async def _invalid(
         phase="Failed",
         dry_run=spec.get("dryRun") is True,
         completed_at=datetime.datetime.now(datetime.UTC),
-        reason=api.ReconciliationReason.INVALID_SPEC,
+        reason="InvalidSpec",
         message=message,
     )
     async with memo.pool.connection() as conn:
         await engine.write_events(conn, [event])
-    _fail(body, patch, api.ReconciliationReason.INVALID_SPEC, message)
+    _fail(body, patch, "InvalidSpec", message)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
