@@ -356,8 +356,8 @@ VALID_SPECS: dict[str, list[dict[str, Any]]] = {
     ],
     "RiskPolicy": [
         {
-            "maxAmountPerTransaction": _MONEY,
-            "velocity": [{"windowSeconds": 3600, "maxAmount": _MONEY, "action": "Decline"}],
+            "maxAmountPerTransaction": {**_MONEY},
+            "velocity": [{"windowSeconds": 3600, "maxAmount": {**_MONEY}, "action": "Decline"}],
             "blockedMccs": {"codes": ["7995"]},
             "blockedMerchantCountries": {"countries": ["KP"]},
             "blockedHolderCountries": {"countries": ["KP"]},
@@ -366,7 +366,7 @@ VALID_SPECS: dict[str, list[dict[str, Any]]] = {
     "CompliancePolicy": [
         {
             "sanctions": {"configMap": "sdn-list", "key": "sdn.csv"},
-            "aml": {"dailyThreshold": _MONEY, "timeZone": "Europe/Berlin"},
+            "aml": {"dailyThreshold": {**_MONEY}, "timeZone": "Europe/Berlin"},
         }
     ],
     "CardReview": [
@@ -445,6 +445,41 @@ def _set(document: dict[str, Any], path: str, value: str) -> bool:
     return True
 
 
+def _put(document: dict[str, Any], path: str, value: object) -> None:
+    """Set the field at ``spec.a[0].b``, creating the objects and lists on the way."""
+    parts = re.findall(r"[^.\[\]]+|\[0\]", path)
+    node: Any = document
+    for part, after in zip(parts, [*parts[1:], None], strict=True):
+        if after is None:
+            if part == "[0]":
+                node[:1] = [value]
+            else:
+                node[part] = value
+        elif part == "[0]":
+            if not node:
+                node.append([] if after == "[0]" else {})
+            node = node[0]
+        else:
+            node = node.setdefault(part, [] if after == "[0]" else {})
+
+
+def _bounded_fields(schema: dict[str, Any], path: str) -> Iterator[tuple[str, object, str]]:
+    """(path, bad value, words the API server must say) of every numeric bound and enum."""
+    if schema.get("type") == "integer":
+        if "minimum" in schema:
+            low = schema["minimum"]
+            yield path, low - 1, f"should be greater than or equal to {low}"
+        if "maximum" in schema:
+            high = schema["maximum"]
+            yield path, high + 1, f"should be less than or equal to {high}"
+    if "enum" in schema and len(schema["enum"]) > 1:
+        yield path, "Bogus", "supported values: " + ", ".join(f'"{v}"' for v in schema["enum"])
+    for name, child in schema.get("properties", {}).items():
+        yield from _bounded_fields(child, f"{path}.{name}")
+    if "items" in schema:
+        yield from _bounded_fields(schema["items"], f"{path}[0]")
+
+
 def _crd_spec_schema(info: api.KindInfo) -> dict[str, Any]:
     from fintech_operator.api import crdgen  # noqa: PLC0415
 
@@ -491,6 +526,25 @@ def test_every_validated_field_says_what_it_expects(
             if NOT_CHECKED in error:
                 problems.append(f"{path}={value[:20]!r} hid CEL rules: {error.strip()}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("info", api.KINDS, ids=[info.kind for info in api.KINDS])
+def test_every_bounded_number_and_enum_says_what_it_expects(
+    kubectl: Kubectl, crds_installed: None, namespace: str, info: api.KindInfo
+) -> None:
+    """Numbers out of their range name the field and the bound; an unknown enum value names
+    the field and lists the values the API accepts (the API server's own messages)."""
+    fields = list(_bounded_fields(_crd_spec_schema(info), "spec"))
+    problems = []
+    for path, value, words in fields:
+        document = _document(info, copy.deepcopy(VALID_SPECS[info.kind][0]))
+        _put(document, path, value)
+        error = kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                        input=json.dumps(document), check=False).stderr  # fmt: skip
+        if f"{path}: " not in error or words not in error:
+            problems.append(f"{path}={value!r}: wanted {words!r}, got: {error.strip()}")
+    assert not problems, "\n".join(problems)
+    assert fields or info.kind == "CardReview", f"{info.kind} has no bounded field"
 
 
 def test_a_bad_country_says_what_is_expected_and_hides_no_rule(
