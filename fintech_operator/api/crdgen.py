@@ -3,7 +3,9 @@
 The pydantic models are the single source of truth: this module turns their JSON
 schema into Kubernetes *structural* OpenAPI v3 schemas (every ``$ref`` inlined,
 ``Optional`` turned into a non-required property, every node typed) and wraps them in
-apiextensions.k8s.io/v1 CRDs. Usage::
+apiextensions.k8s.io/v1 CRDs. A spec string's pattern and length bounds become one CEL rule
+whose message says in words what is expected (``common.Expected``), so that bad input is
+refused naming the field and the API server never skips the other CEL rules. Usage::
 
     python -m fintech_operator.api.crdgen [--check] [DIR]     # DIR defaults to crds/
 
