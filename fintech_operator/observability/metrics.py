@@ -29,6 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fintech_operator import api
+
 log = logging.getLogger(__name__)
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -47,7 +49,8 @@ WEBHOOK_BUCKETS_SECONDS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 RECONCILE_OUTCOMES: Final = frozenset(
     {"success", "rejected", "retry", "failed", "error", "cancelled"}
 )
-POSTING_TYPES: Final = frozenset({"Purchase", "Refund", "Payment", "Fee", "Adjustment"})
+# The API declares the posting types once; a label outside them is folded into ``other``.
+POSTING_TYPES: Final = frozenset(t.value for t in api.PostingType)
 POSTING_OUTCOMES: Final = frozenset({"posted", "replayed", "rejected"})
 WEBHOOK_OUTCOMES: Final = frozenset({"delivered", "failed", "exhausted"})
 PRODUCE_OUTCOMES: Final = frozenset({"ok", "error"})
