@@ -36,6 +36,10 @@ from fintech_operator.notify import endpoints
 log = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS: Final = 0.5
 RETRY_MAX_SECONDS: Final = 30.0
+# At most one catch-up list a second. Under a high event rate each list then covers a second
+# of events (many polls) instead of one poll, and the API server sees at most one request a
+# second per namespace from routing, however fast events come.
+LIST_INTERVAL_MIN_SECONDS: Final = 1.0
 
 
 class VersionSource(Protocol):
@@ -80,6 +84,7 @@ class Gate:
         self._stale_since: float | None = None
         self._retry_at = 0.0
         self._failures = 0
+        self._tried_at = -math.inf  # monotonic start of the last catch-up list
 
     def note(self, versions: frozenset[endpoints.Version], listed_at: float) -> None:
         """Record a successful list of the Webhooks the router now routes with."""
@@ -106,11 +111,13 @@ class Gate:
                 return self.listed_at >= needed
             # A list is useless before ``needed``; after a failure, wait out the backoff too,
             # but try once more when the hold ends.
-            await asyncio.sleep(min(max(until_needed, self._retry_at - now, 0.0), left))
+            not_before = max(self._retry_at, self._tried_at + LIST_INTERVAL_MIN_SECONDS)
+            await asyncio.sleep(min(max(until_needed, not_before - now, 0.0), left))
             await self._catch_up()
         return True
 
     async def _catch_up(self) -> None:
+        self._tried_at = time.monotonic()
         try:
             versions, listed_at = await self._source.versions()
             if versions == self.versions:

@@ -139,3 +139,15 @@ def test_note_never_moves_an_unchanged_list_back_in_time(
     gate.note(ONE, 1000.0)
     gate.note(versions, 900.0)
     assert gate.listed_at == (1000.0 if versions == ONE else 900.0)
+
+
+async def test_catch_up_lists_are_at_most_one_a_second() -> None:
+    """Polls in quick succession, each newer than the last list, do not list the Webhooks
+    more than once a second: the second waits, then one list covers it."""
+    source = Source(ONE)
+    gate, _ = gate_of(source)
+    gate.note(ONE, time.time() - 100)
+    assert await gate.hold(time.time() - 50)
+    assert await gate.hold(time.time() + 0.01)
+    assert len(source.calls) == 2
+    assert source.calls[1] - source.calls[0] >= coverage.LIST_INTERVAL_MIN_SECONDS - 0.01
