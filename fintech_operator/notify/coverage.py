@@ -34,8 +34,10 @@ from typing import Final, Protocol
 from fintech_operator.notify import endpoints
 
 log = logging.getLogger(__name__)
+# Retries of a failed list: short, because while lists fail each poll is routed without a
+# covering list once the hold limit has passed, and the next successful list ends that.
 RETRY_FIRST_SECONDS: Final = 0.5
-RETRY_MAX_SECONDS: Final = 30.0
+RETRY_MAX_SECONDS: Final = 5.0
 # At most one catch-up list a second. Under a high event rate each list then covers a second
 # of events (many polls) instead of one poll, and the API server sees at most one request a
 # second per namespace from routing, however fast events come.
@@ -105,18 +107,25 @@ class Gate:
                 self._stale_since = now
             left = self._stale_since + self.hold_max_seconds - now
             until_needed = needed - time.time()
+            not_before = max(self._retry_at, self._tried_at + LIST_INTERVAL_MIN_SECONDS)
             if left <= 0 or until_needed > left:
-                if self._retry_at <= now:
-                    await self._catch_up()  # One try, so that a recovered API server is seen.
+                # One try when due, so that a recovered API server is seen; if it answers,
+                # this poll is held as usual.
+                if (
+                    not_before <= now
+                    and await self._catch_up()
+                    and until_needed <= self.hold_max_seconds
+                ):
+                    continue
                 return self.listed_at >= needed
             # A list is useless before ``needed``; after a failure, wait out the backoff too,
             # but try once more when the hold ends.
-            not_before = max(self._retry_at, self._tried_at + LIST_INTERVAL_MIN_SECONDS)
             await asyncio.sleep(min(max(until_needed, not_before - now, 0.0), left))
             await self._catch_up()
         return True
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self) -> bool:
+        """List the Webhooks (re-read them in full when they changed); True when it did."""
         self._tried_at = time.monotonic()
         try:
             versions, listed_at = await self._source.versions()
@@ -124,6 +133,7 @@ class Gate:
                 self.note(versions, listed_at)
             else:
                 await self._reload()
+            return True
         except Exception as exc:  # The API server (or, in a reload, the database) is away.
             self._failures += 1
             delay = retry_delay_seconds(self._failures)
@@ -133,3 +143,4 @@ class Gate:
                 exc,
                 delay,
             )
+            return False

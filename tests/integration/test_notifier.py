@@ -201,6 +201,7 @@ async def notifier_process(
     log_dir: Path,
     allowed_cidrs: str = LOOPBACK_ALLOWED,
     refresh_interval_seconds: float = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Subprocess]:
     """A notifier for ``namespace``; by default it may deliver to this machine's receivers."""
     env = process_env(
@@ -209,6 +210,7 @@ async def notifier_process(
         FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS=str(refresh_interval_seconds),
         FINTECH_NOTIFIER_POLL_INTERVAL_MS="200",
         FINTECH_WEBHOOK_ALLOWED_CIDRS=allowed_cidrs,
+        **(extra_env or {}),
     )
     proc = Subprocess(
         "notifier",

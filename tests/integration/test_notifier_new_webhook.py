@@ -11,10 +11,15 @@ HTTP to a receiver on 127.0.0.1 (the fixtures of ``test_notifier``).
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+import urllib.parse
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from fintech_operator.notify import coverage
 from tests.conftest import Kubectl, RunningPlatform
 from tests.integration.test_notifier import (
     SECRET,
@@ -161,3 +166,142 @@ async def test_a_webhook_created_while_the_notifier_is_down_gets_its_events_afte
 
 async def _routed_any(proc: Subprocess) -> bool:
     return "routed 1 records" in proc.log()
+
+
+class CuttableRelay:
+    """A TCP relay on 127.0.0.1 to the real API server that the test can cut: while cut, it
+    accepts and at once closes every connection (and has closed the open ones), so the
+    notifier behind it cannot list Webhooks while kubectl, going direct, still can."""
+
+    def __init__(self) -> None:
+        self.target = ("127.0.0.1", 0)  # set once the kubeconfig names the API server
+        self.cut = False
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            writer.close()
+            self.writers.discard(writer)
+
+    def cut_off(self) -> None:
+        self.cut = True
+        for writer in list(self.writers):
+            writer.close()
+
+    async def close(self) -> None:
+        self.cut_off()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def _kubeconfig_through(source: Path, target: Path, port: int) -> tuple[str, int]:
+    """Copy ``source`` to ``target`` with the server moved to 127.0.0.1:``port``; return the
+    API server's own host and port. The server certificate names 127.0.0.1, so TLS passes."""
+    kubeconfig = json.loads(source.read_text())
+    server = urllib.parse.urlsplit(kubeconfig["clusters"][0]["cluster"]["server"])
+    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    target.write_text(json.dumps(kubeconfig))
+    target.chmod(0o600)
+    return str(server.hostname), int(server.port or 443)
+
+
+async def _event_ids_to(database_url: str, webhook: str) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT event_id::text FROM webhook_deliveries WHERE webhook = %s", (webhook,)
+            )
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+async def test_when_webhooks_cannot_be_listed_routing_waits_the_hold_limit_and_says_so(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    crds_installed: None,
+    kubectl: Kubectl,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """The notifier reaches the API server through a relay the test cuts. While cut, a
+    Webhook ``unseen`` is created (kubectl goes direct) and three events are made: the
+    notifier holds them the hold limit (10 s), then routes them with its last list (``kept``
+    gets them, ``unseen`` cannot), logs a WARNING and counts them. When the relay is back,
+    the next event reaches both Webhooks."""
+    settings = await _settings_with_topics(platform_running, migrated_database_url)
+    _apply(kubectl, namespace, secret_object("hook-secret", SECRET))
+    relay_to_api = CuttableRelay()
+    port = await relay_to_api.start()
+    relay_to_api.target = _kubeconfig_through(
+        platform_running.kubeconfig, tmp_path / "kubeconfig", port
+    )
+    extra = {
+        "KUBECONFIG": str(tmp_path / "kubeconfig"),
+        "FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS": "10",
+    }
+    kept, unseen = f"{namespace}/kept", f"{namespace}/unseen"
+
+    async def _has_ids(webhook: str, ids: set[str]) -> bool:
+        return ids <= await _event_ids_to(migrated_database_url, webhook)
+
+    try:
+        async with (
+            open_pool(migrated_database_url) as pool,
+            notifier_process(
+                platform_running,
+                settings,
+                namespace,
+                "g-cut",
+                tmp_path,
+                refresh_interval_seconds=REFRESH_LONG_SECONDS,
+                extra_env=extra,
+            ) as proc,
+        ):
+            await open_cards(pool, namespace, ("gus",))
+            await eventually("the notifier routing", lambda: _started(proc), 90)
+            _apply(kubectl, namespace, webhook_object("kept", f"{receiver.url}/ok"))
+            async with running_relay(settings, pool):
+                first = str((await post(pool, namespace, "gus"))[1].event_id)
+                await eventually("kept to get the first event", lambda: _has_ids(kept, {first}))
+                relay_to_api.cut_off()
+                _apply(kubectl, namespace, webhook_object("unseen", f"{receiver.url}/ok"))
+                posted_at = time.monotonic()
+                cut = {str((await post(pool, namespace, "gus"))[1].event_id) for _ in range(3)}
+                await eventually(
+                    "kept to get the events made while cut", lambda: _has_ids(kept, cut)
+                )
+                held = time.monotonic() - posted_at
+                log_while_cut = proc.log()
+                relay_to_api.cut = False
+                await asyncio.sleep(coverage.RETRY_MAX_SECONDS + 1)  # the next retry is due
+                after = {str((await post(pool, namespace, "gus"))[1].event_id)}
+                await eventually("both to get the event after", lambda: _has_ids(unseen, after))
+                await eventually("kept too", lambda: _has_ids(kept, after))
+    finally:
+        await relay_to_api.close()
+    assert held >= 9.0, f"the events made while cut were routed after {held:.1f}s, not held"
+    assert "cannot list Webhooks" in log_while_cut
+    assert "with the Webhook list of" in log_while_cut
+    assert await _event_ids_to(migrated_database_url, unseen) == after
+    assert await _event_ids_to(migrated_database_url, kept) == {first} | cut | after
