@@ -197,10 +197,34 @@ class Settings(BaseModel):
         Field(
             ge=1,
             le=300,
-            description="How often the notifier re-reads Webhook resources and their Secrets; "
-            "a new Webhook receives events within this time. Default 10.",
+            description="How often the notifier re-reads Webhook resources and their Secrets "
+            "(signing keys, endpoint ownership). A new Webhook does not wait for it: the notifier "
+            "lists Webhooks again before routing any event newer than its last list. Default 10.",
         ),
     ] = 10.0
+    notifier_clock_skew_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=30,
+            description="How long after an event's time a list of Webhooks must have started "
+            "for the notifier to route the event with it: covers creationTimestamp's whole "
+            "seconds, the API server's write and clock differences between the operator, the "
+            "API server and the notifier. Every event is routed at the earliest this long "
+            "after its time. Default 2.",
+        ),
+    ] = 2.0
+    notifier_route_hold_max_seconds: Annotated[
+        float,
+        Field(
+            ge=10,
+            le=180,
+            description="Longest the notifier holds events (routing nothing, committing no "
+            "offset) while it cannot list Webhooks; past it, it routes them with the last list "
+            "it has, logs a warning and counts them in "
+            "fintech_notifier_routed_uncovered_total. Default 60.",
+        ),
+    ] = 60.0
     notifier_poll_interval_ms: Annotated[
         int,
         Field(
@@ -374,6 +398,13 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     if settings.db_pool_min_size > settings.db_pool_max_size:
         raise SettingsError(
             f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
+        )
+    if settings.notifier_route_hold_max_seconds <= settings.notifier_clock_skew_seconds:
+        # Every fresh event waits the skew allowance before it is routed; a shorter hold would
+        # route every one of them without the Webhook list that covers it.
+        raise SettingsError(
+            f"{_env_name('notifier_route_hold_max_seconds')} must exceed "
+            f"{_env_name('notifier_clock_skew_seconds')}"
         )
     _check_kafka_security(settings)
     _check_tokenizer(settings)
