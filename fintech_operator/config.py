@@ -131,7 +131,16 @@ class Settings(BaseModel):
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
-    health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    health_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="TCP port of the operator's liveness probe /healthz on "
+            "FINTECH_HEALTH_HOST; 0 turns it off; `run --liveness-port` wins over it. A port "
+            "in use stops the operator at start naming it. Default 8080.",
+        ),
+    ] = 8080
     # Observability (issue 7): /metrics listens on FINTECH_HEALTH_HOST like the probes.
     metrics_port: Annotated[
         int,
