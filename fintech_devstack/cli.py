@@ -246,6 +246,11 @@ def _dev_env(plat: platform.Platform) -> dict[str, str]:
     # The examples' webhook receiver listens on loopback, which the notifier's destination
     # guard refuses unless allowed (docs/operations.md); development allows it, nothing else.
     env.setdefault("FINTECH_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+    # No card processor runs here: the built-in tokenizer, by the explicit opt-in the operator
+    # requires (docs/cards.md). A processor URL in the shell is used instead; a value of
+    # FINTECH_TOKENIZER in the shell is kept.
+    if not env.get("FINTECH_TOKENIZER_URL"):
+        env.setdefault("FINTECH_TOKENIZER", "development")
     return env
 
 

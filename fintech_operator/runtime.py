@@ -17,6 +17,7 @@ import kopf
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, logs
+from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import relay, topics
 from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import collector, lifecycle, tracing
@@ -124,6 +125,12 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
 
     logs.configure()
     settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
+    # Fail closed before anything starts: no processor URL and no explicit development opt-in.
+    if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
+        log.warning(
+            "card tokenizer: the built-in development tokenizer (FINTECH_TOKENIZER=development); "
+            "cards get random last 4 digits and no processor knows them: never in production"
+        )
     if liveness_port is None:
         liveness_port = settings.health_port
     host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")

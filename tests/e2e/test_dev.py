@@ -187,3 +187,26 @@ def test_a_taken_port_is_named_with_its_holder_and_ports_survive_a_restart(
         )
     assert dev.returncode == 1
     assert f"port {remembered['operator_health']} (operator_health) is taken by pid" in dev.stderr
+
+
+def test_a_crash_looping_operator_makes_dev_give_up_naming_it(
+    state_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An operator that cannot start (here: FINTECH_TOKENIZER set empty in the shell, so no
+    tokenizer) dies 5 times within 60 s; dev names it with its status each time, then gives
+    up, stops the consumers and exits 1."""
+    dev = Dev(state_dirs[1], tmp_path / "dev-crash.log", env={"FINTECH_TOKENIZER": ""})
+    try:
+        code = dev.proc.wait(timeout=DEV_READY_TIMEOUT_SECONDS)
+    finally:
+        dev.stop()
+    log = dev.log()
+    assert code == 1, log[-3000:]
+    deaths = re.findall(r"\[dev\] operator \(pid \d+\) exited with status 2", log)
+    assert len(deaths) == 5, log[-3000:]
+    assert "restarting it in 1 s" in log
+    assert "restarting it in 8 s" in log
+    assert "5 deaths within 60 s, a crash loop; giving up" in log
+    assert "[dev] giving up: operator is crash-looping" in log
+    assert "no card tokenizer configured" in log
+    assert not any(_alive(pid) for pid in dev.child_pids())
