@@ -123,11 +123,21 @@ def _wait(
 class Platform:
     """Start, check and stop the four real components under one state directory."""
 
-    def __init__(self, state_dir: Path, ports: Ports | None = None, *, fast_disk: bool = False):
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Ports | None = None,
+        *,
+        fast_disk: bool = False,
+        reapable: bool = True,
+    ):
         self.state_dir = state_dir
         self.ports = ports or Ports()
         # Tests trade durability for speed; a developer's platform keeps fsync on.
         self.fast_disk = fast_disk
+        # A throwaway platform (tests, benchmarks) dies with its starter; a developer's
+        # (`stack up`, `dev`, any --state-dir) outlives it and is never reaped.
+        self.reapable = reapable
         self.logs = state_dir / "logs"
         self.pids: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -276,7 +286,8 @@ class Platform:
     def _save(self) -> None:
         # The owner is the process that started the platform: a test session that is
         # killed leaves its platform behind, and the next session reaps it by this pid.
-        data = {"pids": self.pids, "owner_pid": os.getpid()}
+        # A developer's platform records no owner (0), so no session ever reaps it.
+        data = {"pids": self.pids, "owner_pid": os.getpid() if self.reapable else 0}
         (self.state_dir / "platform.json").write_text(json.dumps(data, indent=2))
 
     def _load(self) -> dict[str, int]:
@@ -291,7 +302,8 @@ class Platform:
         """The platform recorded in ``state_dir``, on its remembered ports (new ones chosen
         for a new state directory: the documented ones for the default directory when free)."""
         prefer_defaults = state_dir.resolve() == default_state_dir().resolve()
-        return cls(state_dir, ports.load(state_dir, prefer_defaults=prefer_defaults))
+        chosen = ports.load(state_dir, prefer_defaults=prefer_defaults)
+        return cls(state_dir, chosen, reapable=False)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:
         log = self.logs / f"{name}.log"

@@ -176,6 +176,11 @@ def test_a_taken_port_is_named_with_its_holder_and_ports_survive_a_restart(
     assert json.loads((state / "ports.json").read_text()) == remembered
     status = _stack("status", "--state-dir", str(state))
     assert f"apiserver  running  127.0.0.1:{remembered['apiserver']}" in status.stdout
+    # A developer's platform, whatever its directory's name, outlives the command that
+    # started it: the test sessions' reaping of orphaned platforms leaves it alone.
+    assert json.loads((state / "platform.json").read_text())["owner_pid"] == 0
+    assert state not in platform.reap_orphans(state.parent)
+    assert _stack("status", "--state-dir", str(state)).returncode == 0
     # dev's own ports are checked the same way before any process starts.
     with _squatter(remembered["operator_health"]):
         dev = subprocess.run(
