@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fintech_devstack import ports
 
 # Two listeners (ports 0x5E36 = 24118 on 127.0.0.1, 0x1F90 = 8080 on 0.0.0.0) and one
@@ -44,3 +46,18 @@ def test_remembered_ports_are_kept_and_missing_ones_filled(tmp_path: Path) -> No
     ports.save(tmp_path, loaded)
     assert ports.load(tmp_path, prefer_defaults=False) == loaded
     assert json.loads((tmp_path / ports.PORTS_FILE).read_text())["postgres"] == 25999
+
+
+def test_the_default_directory_takes_documented_ports_and_replaces_taken_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the default preference, each documented port is kept when free; one that is
+    taken (8080 here) is replaced by a kernel-chosen port, the others stay documented."""
+    monkeypatch.setattr(ports, "is_free", lambda port: port != 8080)
+    chosen = ports.fill({}, prefer_defaults=True)
+    documented = ports.Ports()
+    assert chosen.operator_health != 8080
+    assert chosen.operator_health not in {port for _, port in documented.items()}
+    assert chosen.postgres == documented.postgres
+    assert chosen.apiserver == documented.apiserver
+    assert chosen.notifier_metrics == documented.notifier_metrics
