@@ -131,7 +131,16 @@ class Settings(BaseModel):
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
-    health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    health_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="TCP port of the operator's liveness probe /healthz on "
+            "FINTECH_HEALTH_HOST; 0 turns it off; `run --liveness-port` wins over it. A port "
+            "in use stops the operator at start naming it. Default 8080.",
+        ),
+    ] = 8080
     # Observability (issue 7): /metrics listens on FINTECH_HEALTH_HOST like the probes.
     metrics_port: Annotated[
         int,
@@ -320,15 +329,25 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
-    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py).
+    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
+    # development one by explicit opt-in: the operator fails closed without either.
+    tokenizer: Annotated[
+        str,
+        Field(
+            pattern=r"^(|development)$",
+            description="`development` opts in to the built-in development tokenizer (random "
+            "last 4, no processor: never for production); empty (the default) needs "
+            "FINTECH_TOKENIZER_URL. The operator refuses to start with neither, or with both.",
+        ),
+    ] = ""
     tokenizer_url: Annotated[
         str,
         Field(
             max_length=2048,
             description="URL the operator POSTs to for a new card's token and last 4 (the card "
-            "processor's tokenization endpoint). Empty (the default) uses the built-in "
-            "development tokenizer. https is required, except http to a loopback host "
-            "(127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
+            "processor's tokenization endpoint). Empty (the default): the operator refuses to "
+            "start unless FINTECH_TOKENIZER=development. https is required, except http to a "
+            "loopback host (127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
         ),
     ] = ""
     tokenizer_token_file: Annotated[
@@ -414,6 +433,12 @@ def load(environ: dict[str, str] | None = None) -> Settings:
 def _check_tokenizer(settings: Settings) -> None:
     """The processor's tokenizer needs its credential file, readable and not empty, at start."""
     url_var, file_var = _env_name("tokenizer_url"), _env_name("tokenizer_token_file")
+    if settings.tokenizer and settings.tokenizer_url:
+        raise SettingsError(
+            f"{_env_name('tokenizer')}={settings.tokenizer} and {url_var} are both set; "
+            f"set {url_var} for the card processor's tokenizer, or "
+            f"{_env_name('tokenizer')}=development for the built-in one, not both"
+        )
     if not settings.tokenizer_url:
         if settings.tokenizer_token_file:
             raise SettingsError(
