@@ -175,6 +175,8 @@ def test_postings_and_runs_stay_in_their_namespace(
     refused = wait_phase(kubectl, procs, a, "recon", "everything", {"Succeeded", "Failed"})
     assert (refused["phase"], refused["reason"]) == ("Failed", "ClusterScopeNotAllowed"), refused
     assert "summary" not in refused
+    warned = wait_for("the Failed Event", lambda: events(kubectl, a, "everything").get("Failed"))
+    assert warned.startswith("ClusterScopeNotAllowed: "), warned
 
     # In the administrator's namespace a cluster-wide run sees both teams.
     kubectl("create", "namespace", cluster_namespace, check=False)
@@ -184,6 +186,8 @@ def test_postings_and_runs_stay_in_their_namespace(
         kubectl, procs, cluster_namespace, "recon", f"all-{a[-5:]}", {"Succeeded", "Failed"}
     )
     assert wide["phase"] == "Succeeded", wide
+    started = events(kubectl, cluster_namespace, f"all-{a[-5:]}")["Started"]
+    assert started == "reconciliation started: every namespace"
     assert (wide["summary"]["matched"], wide["summary"]["partialCaptures"]) == (3, 1), wide
 
 
