@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import psycopg
 import pytest
+import referencing
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
 from fintech_operator.authorizations import contract, mirror
 from fintech_operator.authorizations.store import PostgresStore
+from fintech_operator.events import schema
 from fintech_operator.ledger import engine, model, rules
 from tests.integration.authz_support import (
     Card,
@@ -467,3 +472,52 @@ async def test_the_database_refuses_a_second_resolution_and_an_overspent_hold(
         raw.execute("UPDATE authorizations SET released_minor = 101 WHERE id = %s", (other,))
     with pytest.raises(errors.RestrictViolation):
         raw.execute("DELETE FROM authorization_requests WHERE authorization_id = %s", (auth,))
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
+
+
+def _validator(type_: str) -> jsonschema.Draft202012Validator:
+    resources = [
+        (doc["$id"], referencing.Resource.from_contents(doc))
+        for doc in (json.loads(path.read_text()) for path in DOCS.glob("*.schema.json"))
+    ]
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
+    contents = json.loads((DOCS / f"{type_}.schema.json").read_text())
+    return jsonschema.Draft202012Validator(contents, registry=registry)
+
+
+async def test_every_step_writes_an_event_its_schema_and_the_decoder_accept(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """approved, declined, incremented, captured (and a force post), voided and expired: each
+    event the database writes validates against docs/events/ and decodes to its typed data."""
+    card = await new_card(
+        fast,
+        limit_minor=10_000,
+        product_terms={"forcePost": True, "authorizationTtlSeconds": 1},
+    )
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    await increment(fast, auth, 100)
+    await capture(fast, auth, 300)
+    await void(fast, auth)
+    await authorize(fast, authorize_request(card, 20_000))
+    await capture(fast, f"auth_{uuid.uuid4().hex}", 50, card=card.token, currency="USD")
+    await authorize(fast, authorize_request(card, 10))
+    await asyncio.sleep(1.2)
+    await expire_all(fast)
+    rows = raw.execute(
+        "SELECT topic, key, payload FROM outbox WHERE key = %s ORDER BY id", (card.ref,)
+    ).fetchall()
+    seen = set()
+    for topic, key, payload in rows:
+        assert (topic, key) == ("authorizations", card.ref)
+        _validator(payload["type"]).validate(payload)
+        event = schema.decode(json.dumps(payload).encode())
+        assert event.envelope.subject == f"namespaces/shop/cards/{card.name}"
+        seen.add(event.type.split(".")[3])
+        if isinstance(event.data, schema.AuthorizationCapturedData):
+            assert event.data.rewards_rate_bps == 100
+    assert seen == {"approved", "declined", "incremented", "captured", "voided", "expired"}
