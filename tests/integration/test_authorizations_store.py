@@ -232,6 +232,9 @@ async def test_the_same_id_with_another_body_is_409_naming_the_field(
     await capture(fast, req.id, 100, request_id=cap_id)
     refused = await capture(fast, req.id, 100, request_id=cap_id, final=True)
     assert (refused.status_code, body(refused)["field"]) == (409, "final")
+    # The authorization's own id reused for a capture: another kind of request.
+    reused = await capture(fast, req.id, 100, request_id=req.id)
+    assert (reused.status_code, body(reused)["field"]) == (409, "kind")
 
 
 async def test_concurrent_retries_of_one_id_hold_once(
