@@ -42,6 +42,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fintech_operator.events import outbox
 from fintech_operator.ledger import model, rules
 
 Cursor = AsyncCursor[TupleRow]
@@ -716,41 +717,16 @@ async def _insert_entries(
 
 
 async def _insert_outbox(cur: Cursor, journal_id: int, events: Sequence[model.OutboxEvent]) -> None:
-    if not events:
-        return
-    try:
-        await cur.executemany(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers, journal_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    e.event_id,
-                    e.topic,
-                    e.key,
-                    Jsonb(dict(e.payload)),
-                    Jsonb(dict(e.headers)),
-                    journal_id,
-                )
-                for e in events
-            ],
-        )
-    except errors.UniqueViolation as exc:
-        raise model.InvalidRequest(
-            f"an event id was already used: {exc.diag.message_detail}"
-        ) from exc
+    written = await outbox.write(cur, events, journal_id=journal_id)
+    if written != len(events):
+        # A journal's events are new by construction (fresh ids): an id already in the outbox
+        # is a caller's mistake, refused as the request's, and the transaction rolls back.
+        raise model.InvalidRequest("an event id of this posting was already used")
 
 
 async def _insert_lifecycle_events(cur: Cursor, events: Sequence[model.OutboxEvent]) -> int:
     """Insert events without a journal; an event id already in the outbox is a replay."""
-    inserted = 0
-    for e in events:
-        await cur.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-            (e.event_id, e.topic, e.key, Jsonb(dict(e.payload)), Jsonb(dict(e.headers))),
-        )
-        inserted += max(cur.rowcount, 0)
-    return inserted
+    return await outbox.write(cur, events)
 
 
 def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journal:
