@@ -42,6 +42,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fintech_operator.events import outbox
 from fintech_operator.ledger import model, rules
 
 Cursor = AsyncCursor[TupleRow]
@@ -621,7 +622,9 @@ async def _check_guard(
 
 
 async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:
-    """Debits of spend kinds to the account posted since ``start``, minus reversed ones.
+    """Debits of spend kinds to the account posted since ``start``, minus reversed ones, plus
+    what the card's pending real-time authorizations hold (Invariant 8: holds count against
+    limits; they move only under this same account lock, see migration 0050), in one statement.
 
     Reads only the window's range of the partial index on (account_id, posted_at), so a Daily
     limit costs the same on a card with years of history. Lifetime reads every debit.
@@ -629,6 +632,8 @@ async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> 
     await cur.execute(
         """
         SELECT coalesce(sum(e.amount_minor), 0)
+               + coalesce((SELECT c.held_minor FROM authorization_cards c
+                            WHERE c.account_id = %(account)s), 0)
           FROM entries e
           JOIN journals j ON j.id = e.journal_id
          WHERE e.account_id = %(account)s
@@ -758,41 +763,16 @@ async def _insert_entries(
 
 
 async def _insert_outbox(cur: Cursor, journal_id: int, events: Sequence[model.OutboxEvent]) -> None:
-    if not events:
-        return
-    try:
-        await cur.executemany(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers, journal_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    e.event_id,
-                    e.topic,
-                    e.key,
-                    Jsonb(dict(e.payload)),
-                    Jsonb(dict(e.headers)),
-                    journal_id,
-                )
-                for e in events
-            ],
-        )
-    except errors.UniqueViolation as exc:
-        raise model.InvalidRequest(
-            f"an event id was already used: {exc.diag.message_detail}"
-        ) from exc
+    written = await outbox.write(cur, events, journal_id=journal_id)
+    if written != len(events):
+        # A journal's events are new by construction (fresh ids): an id already in the outbox
+        # is a caller's mistake, refused as the request's, and the transaction rolls back.
+        raise model.InvalidRequest("an event id of this posting was already used")
 
 
 async def _insert_lifecycle_events(cur: Cursor, events: Sequence[model.OutboxEvent]) -> int:
     """Insert events without a journal; an event id already in the outbox is a replay."""
-    inserted = 0
-    for e in events:
-        await cur.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-            (e.event_id, e.topic, e.key, Jsonb(dict(e.payload)), Jsonb(dict(e.headers))),
-        )
-        inserted += max(cur.rowcount, 0)
-    return inserted
+    return await outbox.write(cur, events)
 
 
 def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journal:

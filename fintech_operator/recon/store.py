@@ -35,7 +35,7 @@ from psycopg import errors, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from fintech_operator.events import schema
+from fintech_operator.events import outbox, schema
 from fintech_operator.ledger import model as ledger_model
 from fintech_operator.recon import model
 from fintech_operator.rewards import points
@@ -264,18 +264,7 @@ def completed_event(
 
 def write_event(conn: Connection, event: ledger_model.OutboxEvent) -> bool:
     """Insert an event in the caller's transaction; False when its id was already written."""
-    cur = conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, payload, headers)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-        (
-            event.event_id,
-            event.topic,
-            event.key,
-            Jsonb(dict(event.payload)),
-            Jsonb(dict(event.headers)),
-        ),
-    )
-    return cur.rowcount == 1
+    return outbox.write_blocking(conn, [event]) == 1
 
 
 # --- The work, inside the run's transaction ---------------------------------------------------

@@ -90,13 +90,13 @@ async def test_new_consumer_states_every_delivery_option() -> None:
 
 
 async def test_each_consumer_reads_its_own_topics_in_its_own_batch_size() -> None:
-    """Rewards reads postings in FINTECH_CONSUMER_BATCH_SIZE; the notifier every source topic
-    in ROUTE_BATCH_MAX, both through the shared factory."""
+    """Rewards reads postings and authorizations (captures earn) in FINTECH_CONSUMER_BATCH_SIZE;
+    the notifier every source topic in ROUTE_BATCH_MAX, both through the shared factory."""
     settings = config.load({**BASE, "FINTECH_CONSUMER_BATCH_SIZE": "42"})
     reader = rewards.new_consumer(settings, "r")
     router = service.new_consumer(settings, "n")
     try:
-        assert reader.subscription() == {topics.POSTINGS}
+        assert reader.subscription() == {topics.POSTINGS, topics.AUTHORIZATIONS}
         assert reader._max_poll_records == 42
         assert router.subscription() == set(topics.SOURCES)
         assert router._max_poll_records == service.ROUTE_BATCH_MAX
