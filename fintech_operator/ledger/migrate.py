@@ -18,13 +18,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import Final, Protocol
 
 import psycopg
+import pydantic
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
-from fintech_operator import config
 from fintech_operator.ledger import grants
 
 # "ledgermg" in ASCII, as a signed 64-bit key; fixed forever so every version of the operator
@@ -41,6 +41,23 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+class MigrationSettings(Protocol):
+    """What :func:`apply_configured` reads of a process's settings.
+
+    ``config.Settings`` satisfies it; the ledger names only what it needs, so it depends on
+    no settings module (the layers in docs/architecture.md).
+    """
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def migration_database_url(self) -> str | None: ...
+    @property
+    def migration_database_password(self) -> pydantic.SecretStr | None: ...
+    @property
+    def database_runtime_role(self) -> str | None: ...
 
 
 class MigrationError(Exception):
@@ -115,7 +132,7 @@ async def apply_async(
     )
 
 
-def apply_configured(settings: config.Settings) -> list[int]:
+def apply_configured(settings: MigrationSettings) -> list[int]:
     """:func:`apply` as the processes configure it: as the owner's DSN and password when
     given (``FINTECH_MIGRATION_DATABASE_*``), else as the runtime's own connection."""
     owner = settings.migration_database_password

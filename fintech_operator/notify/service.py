@@ -49,7 +49,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import consuming, deadletter, envelope, relay, schema, topics, wakeup
+from fintech_operator.events import (
+    consuming,
+    deadletter,
+    envelope,
+    kafka,
+    relay,
+    schema,
+    topics,
+    wakeup,
+)
 from fintech_operator.notify import coverage, destination, endpoints, store, worker
 from fintech_operator.observability import metrics, tracing
 
@@ -376,7 +385,7 @@ async def run(
     settings: config.Settings, namespaces: Sequence[str], group_id: str, stop: asyncio.Event
 ) -> None:
     """Run the notifier until ``stop`` is set."""
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import consuming, deadletter, relay, schema, topics
+from fintech_operator.events import consuming, deadletter, kafka, relay, schema, topics
 from fintech_operator.observability import tracing
 from fintech_operator.rewards import points, store
 
@@ -182,7 +182,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
     pool = await consuming.open_pool(settings)
