@@ -89,15 +89,23 @@ def discover() -> list[Migration]:
     return _checked_order(found)
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds of one :func:`apply`: connecting, waiting for another process's migration lock,
+    and each statement (a large migration may rewrite a table)."""
+
+    connect_seconds: int = 10
+    lock_seconds: int = 120
+    statement_seconds: int = 600
+
+
 def apply(
     dsn: str,
     migrations: Sequence[Migration] | None = None,
     *,
     runtime_role: str | None = None,
     password: str | None = None,
-    connect_timeout_seconds: int = 10,
-    lock_timeout_seconds: int = 120,
-    statement_timeout_seconds: int = 600,
+    timeouts: Timeouts = Timeouts(),
 ) -> list[int]:
     """Apply pending migrations; return the versions applied now (empty when up to date).
 
@@ -109,9 +117,9 @@ def apply(
     wanted = _checked_order(list(discover() if migrations is None else migrations))
     if password is not None:
         dsn = make_conninfo(dsn, password=password)
-    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_seconds)
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=timeouts.connect_seconds)
     with conn, conn.transaction():
-        _set_timeouts(conn, lock_timeout_seconds, statement_timeout_seconds)
+        _set_timeouts(conn, timeouts.lock_seconds, timeouts.statement_seconds)
         # Held until COMMIT: a second process blocks here and then sees everything applied.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         conn.execute(_CREATE_TABLE)

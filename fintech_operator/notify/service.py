@@ -227,10 +227,7 @@ class Notifier:
         owned = await self.ownership.sync(set(by_uid))
         async with self.pool.connection() as conn:
             for uid in owned:
-                ep = by_uid[uid]
-                await store.register(
-                    conn, uid, ep.namespace, ep.name, ep.generation, self.owner, ep.problem
-                )
+                await store.register(conn, by_uid[uid], self.owner)
         for uid in set(self.workers) - owned:
             await self.workers.pop(uid).stop()
         for uid in owned:

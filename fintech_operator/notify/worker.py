@@ -195,15 +195,8 @@ class EndpointWorker:
             )
         metrics.webhook_delivery(_metric_outcome(step), duration_ms / 1000)
         async with self._pool.connection() as conn, conn.transaction():
-            await store.record_attempt(
-                conn,
-                webhook_uid=endpoint.uid,
-                delivery=delivery,
-                attempt=attempt,
-                duration_ms=duration_ms,
-                step=step,
-                breaker=self._breaker,
-            )
+            result = store.AttemptResult(delivery, attempt, duration_ms, step)
+            await store.record_attempt(conn, endpoint.uid, result, self._breaker)
 
     async def _send(self, endpoint: endpoints.Endpoint, delivery: store.Due) -> policy.Attempt:
         key = endpoint.key
