@@ -135,8 +135,9 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
         liveness_port = settings.health_port
     host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
     _check_probe_port(host, liveness_port)
-    from fintech_operator import handlers  # noqa: PLC0415, F401 - registers every handler
+    from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
+    handlers.register_timers(settings)
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
     peering_name = os.environ.get(PEERING_NAME_ENV) or None
