@@ -352,7 +352,7 @@ async def _clean_loop(notifier: Notifier, stop: asyncio.Event) -> None:
 async def _route_loop(
     notifier: Notifier, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
 ) -> None:
-    async for records in consuming.batches(consumer, stop, max_records=ROUTE_BATCH_MAX):
+    async for records in consuming.batches(consumer, stop, records_max=ROUTE_BATCH_MAX):
         routed = await notifier.route_batch(producer, records)
         # After the deliveries' transaction; routing a record again queues nothing new.
         await consuming.commit(consumer, on_failure="the records will be routed again (no effect)")

@@ -136,10 +136,10 @@ async def seconds_until_next(
 
 
 async def expire(
-    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, max_age_seconds: float
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, age_seconds_max: float
 ) -> int:
-    """Give up on deliveries that waited longer than ``max_age_seconds``; return how many."""
-    row = await (await conn.execute(_EXPIRE, (webhook_uid, max_age_seconds))).fetchone()
+    """Give up on deliveries that waited longer than ``age_seconds_max``; return how many."""
+    row = await (await conn.execute(_EXPIRE, (webhook_uid, age_seconds_max))).fetchone()
     expired = int(row[0]) if row else 0
     if expired:
         await conn.execute(

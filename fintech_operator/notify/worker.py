@@ -158,7 +158,7 @@ class EndpointWorker:
             return
         self._last_expire = now
         async with self._pool.connection() as conn:
-            expired = await store.expire(conn, endpoint.uid, endpoint.retry.max_age_seconds)
+            expired = await store.expire(conn, endpoint.uid, endpoint.retry.age_seconds_max)
         if expired:
             log.warning("webhook %s: %d deliveries expired", endpoint.ref, expired)
 
