@@ -599,6 +599,7 @@ async def _post_issuance_fee(
         lines=rules.lines_for(model.PostingKind.FEE, code, amount_minor, currency),
         occurred_at=api.parse_timestamp(str(body.metadata.get("creationTimestamp"))),
         reference=f"issuance-fee/{body.metadata.namespace}/{body.metadata.name}",
+        namespace=report.namespace_of(body.metadata.namespace),
     )
     await engine.post(memo.pool, request)
 
