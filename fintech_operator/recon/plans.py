@@ -1,7 +1,7 @@
 """From the API's ReconciliationRun spec to the core's plan (pure translation, no I/O).
 
-Not imported by ``fintech_operator.recon`` itself: the API imports the core's cron rules, so
-the core's package must not import the API back.
+The API is the bottom layer: this module imports it, the API never imports recon (cron
+parsing lives in ``api.cron``; docs/architecture.md).
 """
 
 from __future__ import annotations
