@@ -59,25 +59,8 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the kopf operator")
-    run.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch only this namespace (repeatable; default: all)",
-    )
-    run.add_argument(
-        "--liveness-port",
-        type=int,
-        default=None,
-        help="port of the liveness probe /healthz (0 = off); wins over FINTECH_HEALTH_PORT, "
-        "whose default is 8080",
-    )
-    run.set_defaults(func=_cmd_run)
+def _add_consumers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The processes beside the operator: Kafka consumers and the authorization expiry worker."""
     rewards = sub.add_parser("rewards", help="run the rewards consumer")
     rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
     rewards.set_defaults(func=_cmd_rewards)
@@ -104,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-max", type=int, default=500, help="authorizations per pass (default 500)"
     )
     expiry.set_defaults(func=_cmd_authorization_expiry)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the kopf operator")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all)",
+    )
+    run.add_argument(
+        "--liveness-port",
+        type=int,
+        default=None,
+        help="port of the liveness probe /healthz (0 = off); wins over FINTECH_HEALTH_PORT, "
+        "whose default is 8080",
+    )
+    run.set_defaults(func=_cmd_run)
+    _add_consumers(sub)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
     crds = sub.add_parser("crds", help="print the generated CRDs")
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
