@@ -106,3 +106,39 @@ def _one(conn: psycopg.Connection[Any], query: str) -> str:
     if row is None:
         raise GrantError(f"{query!r} returned no row")
     return str(row[0])
+
+
+# The authorization gateway's own role: only the tables its store touches, and only how.
+# Every other relation of the schema is revoked from it, so a compromised gateway can read
+# no webhook secret, no recon file and no rewards, and can never UPDATE an entry or a journal.
+GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
+    "accounts": READ,
+    "account_balances": MUTABLE,  # written by the entries trigger, locked while posting
+    "journals": APPEND,
+    "entries": APPEND,
+    "outbox": APPEND,  # the gateway only adds events; the relay publishes them
+}
+
+
+def apply_gateway(conn: psycopg.Connection[Any], role: str) -> None:
+    """Make ``role``'s privileges exactly :data:`GATEWAY_PRIVILEGES` and nothing on any other
+    relation (run inside the migration's transaction, by the owner); idempotent."""
+    relations = [str(row[0]) for row in conn.execute(_RELATIONS).fetchall()]
+    missing = sorted(set(GATEWAY_PRIVILEGES) - set(relations))
+    if missing:
+        raise GrantError(f"GATEWAY_PRIVILEGES names relations the schema lacks: {missing}")
+    who = sql.Identifier(role)
+    schema = sql.Identifier(_one(conn, "SELECT current_schema()"))
+    database = sql.Identifier(_one(conn, "SELECT current_database()"))
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, who))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, who))
+    conn.execute(
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema, who)
+    )
+    for relation in relations:
+        table = sql.Identifier(relation)
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
+        verbs = GATEWAY_PRIVILEGES.get(relation)
+        if verbs:
+            joined = sql.SQL(", ").join(sql.SQL(verb) for verb in verbs)
+            conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(joined, table, who))
