@@ -121,6 +121,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     # The examples' webhook receiver listens on loopback, which the notifier's destination
     # guard refuses unless allowed (docs/operations.md); development allows it, nothing else.
     env.setdefault("FINTECH_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+    env.setdefault(
+        "FINTECH_GATEWAY_SIGNING_SECRET_FILE", str(plat.state_dir / "gateway-signing.secret")
+    )
     exe = [sys.executable, "-m", "fintech_operator"]
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
@@ -134,9 +137,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         subprocess.Popen([*exe, "run"], env=env),
         subprocess.Popen([*exe, "rewards"], env=env),
         subprocess.Popen([*exe, "notifier"], env=env),
+        # The authorization gateway on 127.0.0.1:8088, signing secret made on first start.
+        subprocess.Popen([*exe, "gateway", "--create-secret-file"], env=env),
     ]
     print(
-        "operator, rewards consumer and notifier running; Ctrl-C stops them "
+        "operator, rewards consumer, notifier and gateway running; Ctrl-C stops them "
         "(the platform stays up: `make down` stops it)",
         file=sys.stderr,
     )

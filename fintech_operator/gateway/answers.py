@@ -3,7 +3,8 @@
 The store writes the body of every answer that involved the ledger (approvals, declines,
 captures, ...), and the gateway sends those bytes as they are. The gateway itself answers
 only what it decides without the ledger: refusals (401, 413, 422) and the two declines the
-ledger never saw (``Overloaded``, and ``IssuerUnavailable`` when the deadline passed).
+ledger never saw (``Overloaded``, and ``IssuerUnavailable`` when the deadline passed; the
+store then records that same decline for the request's retries).
 """
 
 from __future__ import annotations
@@ -15,24 +16,32 @@ import pydantic
 
 from fintech_operator.authorizations import contract
 
-FOLLOW_UP_UNAVAILABLE_STATUS: Final = 503
 # Stripe's name for the same thing: the answer is the stored one of an earlier request.
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
 
 
-def decline(request_id: str, reason: contract.Reason, *, follow_up: bool) -> contract.Answer:
-    """A decline the gateway makes alone: 200 for an authorization (the network's answer is
-    a decline), 503 for a follow-up (the processor retries a capture or void later)."""
-    body = orjson.dumps(
-        {
-            "approved": False,
-            "reason": str(reason),
-            "authorization": request_id,
-            "held": None,
-            "available": None,
-        }
-    )
-    return contract.Answer(FOLLOW_UP_UNAVAILABLE_STATUS if follow_up else 200, body)
+def decline(request_id: str, reason: contract.Reason) -> contract.Answer:
+    """A decline the gateway makes alone, status 200 as every decline.
+
+    The bytes are exactly those the store records for the same request when it settles a
+    missed deadline (PostgreSQL's jsonb text: keys by length, then by name; ", " and ": "),
+    so the first answer and every retry's are equal byte for byte.
+    """
+    body = {
+        "held": 0,
+        "reason": str(reason),
+        "status": "declined",
+        "approved": False,
+        "authorization": request_id,
+    }
+    return contract.Answer(200, jsonb_text(body))
+
+
+def jsonb_text(value: dict[str, object]) -> bytes:
+    """``value`` as PostgreSQL prints a flat jsonb object (``jsonb::text``)."""
+    keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+    items = (f"{orjson.dumps(key).decode()}: {orjson.dumps(value[key]).decode()}" for key in keys)
+    return ("{" + ", ".join(items) + "}").encode()
 
 
 def refusal(kind: str, message: str, fields: list[str] | None = None) -> bytes:
@@ -61,18 +70,27 @@ def invalid_fields(exc: pydantic.ValidationError) -> tuple[list[str], str]:
 class AuthorizationAnswer(pydantic.BaseModel):
     """What every endpoint answers about an authorization (the store's stored body)."""
 
+    authorization: str = pydantic.Field(description="The authorization's id.")
     approved: bool = pydantic.Field(description="True when the request was applied.")
     reason: str = pydantic.Field(
         description="Approved, or why not: CardNotFound, CardNotActive, CurrencyMismatch, "
         "InsufficientFunds, SpendLimitExceeded, RiskDeclined:<rule>, ComplianceDeclined, "
         "IssuerUnavailable, Overloaded (docs/gateway.md)."
     )
-    authorization: str = pydantic.Field(description="The authorization's id.")
-    held: int | None = pydantic.Field(
-        description="Minor units still held for this authorization after the request."
+    status: str = pydantic.Field(
+        description="The authorization's state: pending, closed (captured/voided), expired, "
+        "declined."
     )
+    currency: str | None = None
+    amount: int | None = pydantic.Field(default=None, description="Authorized, minor units.")
+    held: int = pydantic.Field(description="Still held for this authorization, minor units.")
+    captured: int | None = pydantic.Field(default=None, description="Captured so far.")
+    released: int | None = pydantic.Field(default=None, description="Released so far.")
     available: int | None = pydantic.Field(
-        description="The card's available amount after the request, in minor units."
+        default=None, description="The card's available amount after the request, minor units."
+    )
+    expiresAt: str | None = pydantic.Field(
+        default=None, description="When an uncaptured hold is released (RFC 3339)."
     )
 
 

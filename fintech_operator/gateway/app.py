@@ -181,7 +181,6 @@ async def _handle(
             request_id,
             bound,
             started=started,
-            follow_up=endpoint != "authorize",
             settle=model is not None,
         )
         _count_reason(endpoint, answer)
@@ -272,8 +271,6 @@ def _doc(model: str | None, summary: str) -> dict[str, Any]:
         409: {"model": answers.Refusal, "description": "Refused transition or id reused."},
         413: {"model": answers.Refusal, "description": "Body over the limit."},
         422: {"model": answers.Refusal, "description": "A field is invalid, or a card number."},
-        503: {"model": answers.AuthorizationAnswer, "description": "Follow-up not answered "
-              "in time (IssuerUnavailable) or overloaded (Overloaded); retry later."},
     }  # fmt: skip
     extra: dict[str, Any] = {}
     if model is not None:

@@ -71,7 +71,7 @@ class Gate:
         return self._store
 
     async def run(
-        self, request_id: str, work: Work, *, started: float, follow_up: bool, settle: bool = True
+        self, request_id: str, work: Work, *, started: float, settle: bool = True
     ) -> contract.Answer:
         """``work``'s answer, or a decline: Overloaded (no slot), IssuerUnavailable (late).
 
@@ -79,7 +79,7 @@ class Gate:
         the id of an existing authorization, which settling would release.
         """
         if self._in_flight >= self._in_flight_max:
-            return answers.decline(request_id, contract.Reason.OVERLOADED, follow_up=follow_up)
+            return self._declined(request_id, contract.Reason.OVERLOADED, settle=settle)
         self._take()
         remaining = self._deadline_seconds - (self._clock() - started)
         task = asyncio.create_task(self._with_connection(work, max(remaining, 0.001)))
@@ -103,7 +103,14 @@ class Gate:
                 extra={"request_id": request_id, "deadline_ms": self._deadline_seconds * 1000},
             )
         self._spawn(self._settle(task, request_id) if settle else self._finish(task, cancel=True))
-        return answers.decline(request_id, contract.Reason.ISSUER_UNAVAILABLE, follow_up=follow_up)
+        return self._declined(request_id, contract.Reason.ISSUER_UNAVAILABLE, settle=settle)
+
+    @staticmethod
+    def _declined(request_id: str, reason: contract.Reason, *, settle: bool) -> contract.Answer:
+        if settle:
+            return answers.decline(request_id, reason)
+        # A read declines nothing: it is simply not answered now.
+        return contract.Answer(503, answers.refusal("unavailable", f"{reason}: retry later"))
 
     async def _with_connection(self, work: Work, wait_seconds: float) -> contract.Answer:
         async with self._connect(wait_seconds) as conn:

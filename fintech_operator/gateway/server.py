@@ -38,7 +38,7 @@ STORE_MODULE: Final = "fintech_operator.authorizations.store"
 def load_store() -> contract.Store:
     """The PostgreSQL store (imported here so the gateway depends on the contract only)."""
     module: Any = importlib.import_module(STORE_MODULE)
-    store: contract.Store = module.make_store()
+    store: contract.Store = module.PostgresStore()
     return store
 
 
@@ -50,7 +50,11 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
         max_size=config.db_pool_max_size,
         open=False,
         timeout=config.deadline_ms / 1000,
-        kwargs={"connect_timeout": max(1, round(config.db_connect_timeout_seconds))},
+        # Autocommit: each store call is one statement, its own transaction, one round trip.
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": max(1, round(config.db_connect_timeout_seconds)),
+        },
         name="gateway",
     )
 
