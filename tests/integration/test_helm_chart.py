@@ -403,7 +403,8 @@ def test_kafka_security_reaches_every_process_as_settings_and_files(
     helm: Helm, tmp_path: Path
 ) -> None:
     """SASL_SSL values become the FINTECH_KAFKA_* settings of all three processes, the password
-    and CA mounted read-only from their Secrets; config.py accepts what the chart renders."""
+    and CA mounted read-only from their Secrets; config.py accepts what the chart renders. The
+    gateway, which never uses Kafka, gets none of it."""
     docs = helm.template(
         kafka_security(
             {
@@ -419,6 +420,11 @@ def test_kafka_security_reaches_every_process_as_settings_and_files(
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+        if deployment["metadata"]["name"].endswith("-gateway"):
+            # The gateway never talks to Kafka: it gets neither the settings nor the secrets.
+            assert not {"kafka-sasl", "kafka-tls"} & volumes.keys()
+            assert not [e for e in container["env"] if "KAFKA" in e["name"]]
+            continue
         assert volumes["kafka-sasl"] == "kafka-user"
         assert volumes["kafka-tls"] == "kafka-ca"
         mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -508,9 +514,13 @@ def test_config_values_are_real_settings_with_the_same_bounds() -> None:
 
 
 def test_settings_become_environment_variables(helm: Helm) -> None:
-    """`config: {dbPoolMaxSize: 16}` reaches every process as FINTECH_DB_POOL_MAX_SIZE=16."""
+    """`config: {dbPoolMaxSize: 16}` reaches the operator and consumers as
+    FINTECH_DB_POOL_MAX_SIZE=16."""
     docs = helm.template({"config": {"dbPoolMaxSize": 16, "cardRefreshIntervalSeconds": 2.5}})
+    # The gateway has its own settings (gateway.* values), tested with the gateway.
     for deployment in find(docs, "Deployment"):
+        if deployment["metadata"]["name"].endswith("-gateway"):
+            continue
         env = {
             e["name"]: e.get("value")
             for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -695,7 +705,7 @@ def test_kafka_cluster_id_is_stable_and_valid(helm: Helm) -> None:
 
 def test_service_monitor_scrapes_the_metrics_port(helm: Helm) -> None:
     """The optional ServiceMonitor selects the metrics Service by its labels and port name,
-    and that Service selects exactly the three processes' pods."""
+    and that Service selects exactly the four processes' pods."""
     docs = helm.template({"metrics": {"serviceMonitor": {"enabled": True}}})
     monitor = one(docs, "ServiceMonitor")
     service = one(docs, "Service", "-metrics")
@@ -709,6 +719,7 @@ def test_service_monitor_scrapes_the_metrics_port(helm: Helm) -> None:
         <= d["spec"]["template"]["metadata"]["labels"].items()
     ]
     assert sorted(d["metadata"]["name"].rsplit("-", 1)[1] for d in selected) == [
+        "gateway",
         "notifier",
         "operator",
         "rewards",
