@@ -296,3 +296,20 @@ async def test_overload_is_declined_at_once(
         assert again.json()["approved"] is True
     finally:
         process.stop()
+
+
+def test_the_gateway_role_reaches_only_its_tables(gateway_url: str) -> None:
+    """The gateway's own role cannot read webhook secrets or settlement files, cannot change
+    an entry or a journal, and cannot switch the ledger's triggers off."""
+    with psycopg.connect(gateway_url, autocommit=True) as conn:
+        for statement in (
+            "SELECT * FROM webhook_endpoints",
+            "SELECT * FROM recon_runs",
+            "SELECT * FROM rewards_ledger",
+            "UPDATE entries SET amount_minor = amount_minor",
+            "DELETE FROM journals",
+            "TRUNCATE authorizations",
+            "ALTER TABLE entries DISABLE TRIGGER ALL",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
