@@ -1,7 +1,7 @@
 """Topic names and their creation: the product creates its topics, never the broker.
 
-Four topics carry events, one per domain: ``cards``, ``postings``, ``compliance`` and
-``recon``. Each consumer has its own dead-letter topic per topic it reads,
+Five topics carry events, one per domain: ``cards``, ``postings``, ``compliance``,
+``recon`` and ``authorizations``. Each consumer has its own dead-letter topic per topic it reads,
 ``<topic>.<consumer>.dlq`` (``postings.rewards.dlq``, ``cards.notifier.dlq``, ...), so a
 poison message is parked where its consumer's operators look, with the reason in a
 header, and one consumer's poison never hides another's.
@@ -29,7 +29,9 @@ CARDS: Final = "cards"
 POSTINGS: Final = "postings"
 COMPLIANCE: Final = "compliance"
 RECON: Final = "recon"
-SOURCES: Final = (CARDS, POSTINGS, COMPLIANCE, RECON)
+# Real-time authorizations (issue 13): written by the database's authorization functions.
+AUTHORIZATIONS: Final = "authorizations"
+SOURCES: Final = (CARDS, POSTINGS, COMPLIANCE, RECON, AUTHORIZATIONS)
 
 REWARDS: Final = "rewards"
 NOTIFIER: Final = "notifier"
@@ -49,6 +51,7 @@ def dead_letter(topic: str, consumer: str) -> str:
 
 DEAD_LETTER: Final = (
     dead_letter(POSTINGS, REWARDS),
+    dead_letter(AUTHORIZATIONS, REWARDS),
     *(dead_letter(topic, NOTIFIER) for topic in SOURCES),
 )
 ALL: Final = (*SOURCES, *DEAD_LETTER)

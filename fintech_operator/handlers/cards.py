@@ -24,6 +24,7 @@ import psycopg
 import pydantic
 
 from fintech_operator import api, config
+from fintech_operator.authorizations import mirror
 from fintech_operator.cards import http_tokenizer, lifecycle
 from fintech_operator.cards import store as card_store
 from fintech_operator.compliance import lists, rules
@@ -91,6 +92,16 @@ async def _set_frozen(memo: kopf.Memo, code: str, frozen: bool, *events: Any) ->
     events that announce it, in one transaction."""
     async with memo.pool.connection() as conn:
         await engine.set_frozen(conn, code, frozen, events)
+
+
+async def _mirror_card(
+    memo: kopf.Memo, namespace: str, name: str, account: str, token: str, card: api.CardSpec
+) -> None:
+    """What the real-time gateway needs of an issued card (token, account, product, limit)."""
+    async with memo.pool.connection() as conn:
+        await mirror.put_card(
+            conn, namespace=namespace, name=name, account=account, token=token, spec=card
+        )
 
 
 async def _write_events(memo: kopf.Memo, *events: Any) -> None:
@@ -204,6 +215,16 @@ async def issue(
                 await _set_frozen(memo, str(body.status["account"]), phase == "Frozen")
             except model.AccountNotFound as exc:
                 kopf.warn(body, reason="AccountMissing", message=exc.message)
+                return
+            if body.status.get("token"):
+                await _mirror_card(
+                    memo,
+                    report.namespace_of(namespace),
+                    name,
+                    str(body.status["account"]),
+                    str(body.status["token"]),
+                    api.CardSpec.model_validate(dict(spec)),
+                )
         return
     namespace = report.namespace_of(namespace)
     try:
@@ -512,6 +533,7 @@ async def _open(
     # Issued frozen: the fee above is the last debit until it is unfrozen. Both ways, because a
     # retry may see another spec.state than the attempt that committed the account.
     await _set_frozen(memo, code, state == "Frozen")
+    await _mirror_card(memo, namespace, name, code, issued.token.token, card)
     generation = _generation(body)
     conditions = report.condition(
         {"conditions": conditions}, "LedgerAccountOpened", True, "Opened", code, generation
@@ -741,6 +763,18 @@ async def state_changed(
         await _closed_unissued(body, patch, memo, report.namespace_of(namespace), name)
 
 
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit")
+async def spend_limit_changed(
+    body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
+    if body.status.get("phase") not in ISSUED_PHASES:
+        return
+    card = api.CardSpec.model_validate(dict(spec))
+    async with memo.pool.connection() as conn:
+        await mirror.put_card_limit(conn, report.namespace_of(namespace), name, card.spend_limit)
+
+
 def _closed_event(body: kopf.Body, reason: str | None = None) -> model.OutboxEvent:
     """``card.state_changed`` to Closed, written with the account's closing."""
     return schema.card_state_changed(
@@ -874,6 +908,11 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
     phase = body.status.get("phase")
     if not code or phase == "Closed":
         return
+    if phase in ISSUED_PHASES:
+        # First, and on its own: a deleted card's token authorizes nothing, even if its
+        # account has to stay open below.
+        async with memo.pool.connection() as conn:
+            await mirror.retire_card(conn, str(body.metadata.namespace), str(body.metadata.name))
     # Deleting an issued card closes it: the same card.state_changed as a close, once.
     closed = [_closed_event(body, "CardDeleted")] if phase in ISSUED_PHASES else []
     try:
@@ -913,5 +952,6 @@ __all__ = [
     "issue",
     "normal_event",
     "refresh",
+    "spend_limit_changed",
     "state_changed",
 ]

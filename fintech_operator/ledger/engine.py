@@ -602,8 +602,19 @@ async def _check_guard(
     spent = 0
     if guard.interval is not model.SpendInterval.PER_TRANSACTION:
         start = rules.spend_window_start(guard.interval, guard.now)
-        spent = await _spent_since(cur, account.id, start)
+        # Holds of pending real-time authorizations count against the limit too (Invariant
+        # 8); they move only under this same account lock (migration 0050).
+        spent = await _spent_since(cur, account.id, start) + await _held(cur, account.id)
     rules.check_spend(guard, spent, requested)
+
+
+async def _held(cur: Cursor, account_id: int) -> int:
+    """What the card's pending authorizations hold (0 for a card never mirrored)."""
+    await cur.execute(
+        "SELECT held_minor FROM authorization_cards WHERE account_id = %s", (account_id,)
+    )
+    row = await cur.fetchone()
+    return 0 if row is None else _exact_int(row[0], "held")
 
 
 async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:

@@ -1,4 +1,8 @@
-"""The rewards consumer: ``postings`` events in, ``rewards_ledger`` rows out.
+"""The rewards consumer: ``postings`` and ``authorizations`` events in, ``rewards_ledger`` rows out.
+
+Points accrue on posted Purchases and on CAPTURED authorization amounts
+(``authorization.captured``, including force posts): a hold earns nothing until it is captured,
+and a hold that is voided or expires never earns. Refunds (Refund postings) take points back.
 
 Exactly once in effect. Each poll's records are applied in ONE PostgreSQL transaction
 that also records every event id in ``processed_events``; offsets are committed to
@@ -58,15 +62,28 @@ class Outcome:
     dead_lettered: int = 0
 
 
-def plan(record: Any) -> Planned | deadletter.Poison:
-    """Decode a record and compute its points (pure); a Poison says why it cannot apply."""
+def plan(record: Any) -> Planned | deadletter.Poison | None:
+    """Decode a record and compute its points (pure); a Poison says why it cannot apply, None
+    that it is an authorization step that moves no money (only captures earn)."""
     try:
         event = schema.decode(record.value)
     except schema.EventError as exc:
         return deadletter.Poison(record, f"invalid event: {exc}")
     data = event.data
+    if isinstance(data, schema.AuthorizationCapturedData):
+        return _plan_capture(record, event, data)
+    if isinstance(data, schema.AuthorizationData):
+        return None  # A hold, decline, increment, void or expiry: nothing was spent.
     if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
         return deadletter.Poison(record, f"event type {event.type} is not for rewards")
+    return _plan_posting(record, event, data)
+
+
+def _plan_posting(
+    record: Any,
+    event: schema.Event,
+    data: schema.PostingPostedData | schema.PostingReversedData,
+) -> Planned | deadletter.Poison:
     reversal = isinstance(data, schema.PostingReversedData)
     try:
         signed = points.for_posting(
@@ -94,6 +111,33 @@ def plan(record: Any) -> Planned | deadletter.Poison:
         reverses_journal_id=(
             data.reverses_journal_id if isinstance(data, schema.PostingReversedData) else None
         ),
+        occurred_at=event.envelope.moment,
+    )
+    return Planned(record, entry)
+
+
+def _plan_capture(
+    record: Any, event: schema.Event, data: schema.AuthorizationCapturedData
+) -> Planned | deadletter.Poison:
+    """Points on a captured amount, as on a Purchase posting of it (holds never earn)."""
+    try:
+        signed = points.for_posting(
+            "Purchase", data.step_amount, data.rewards_rate_bps, data.earn_on
+        )
+    except points.PointsError as exc:
+        return deadletter.Poison(record, f"invalid amounts: {exc}")
+    entry = store.Entry(
+        event_id=event.event_id,
+        event_type=event.type,
+        card=data.card,
+        posting=None,
+        journal_id=data.journal_id,
+        posting_type="Purchase",
+        points=signed,
+        amount_minor=data.step_amount,
+        currency=data.currency,
+        rate_bps=data.rewards_rate_bps,
+        reverses_journal_id=None,
         occurred_at=event.envelope.moment,
     )
     return Planned(record, entry)
@@ -149,7 +193,7 @@ async def process(
         result = plan(record)
         if isinstance(result, Planned):
             planned.append(result)
-        else:
+        elif result is not None:
             poisons.append(result)
     applied, refused = await apply_batch(pool, planned, max_attempts) if planned else (0, [])
     poisons += refused
@@ -162,9 +206,13 @@ async def process(
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
-    """A consumer of ``postings`` in batches of ``FINTECH_CONSUMER_BATCH_SIZE``."""
+    """A consumer of ``postings`` and ``authorizations`` (captures earn) in batches of
+    ``FINTECH_CONSUMER_BATCH_SIZE``."""
     return consuming.new_consumer(
-        settings, group_id, [topics.POSTINGS], max_poll_records=settings.consumer_batch_size
+        settings,
+        group_id,
+        [topics.POSTINGS, topics.AUTHORIZATIONS],
+        max_poll_records=settings.consumer_batch_size,
     )
 
 

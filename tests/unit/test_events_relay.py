@@ -93,11 +93,13 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 def test_topic_names_and_dead_letter_topics() -> None:
-    """Four domain topics, one DLQ per consumer and topic, prefixed names on the wire."""
-    assert topics.SOURCES == ("cards", "postings", "compliance", "recon")
+    """Five domain topics, one DLQ per consumer and topic, prefixed names on the wire."""
+    assert topics.SOURCES == ("cards", "postings", "compliance", "recon", "authorizations")
     assert topics.dead_letter("postings", "rewards") == "postings.rewards.dlq"
     assert set(topics.DEAD_LETTER) == {
         "postings.rewards.dlq",
+        "authorizations.rewards.dlq",
+        "authorizations.notifier.dlq",
         "cards.notifier.dlq",
         "postings.notifier.dlq",
         "compliance.notifier.dlq",
