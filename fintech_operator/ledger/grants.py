@@ -122,11 +122,21 @@ def _one(conn: psycopg.Connection[Any], query: str) -> str:
 # Every other relation of the schema is revoked from it, so a compromised gateway can read
 # no webhook secret, no recon file and no rewards, and can never UPDATE an entry or a journal.
 GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
-    "accounts": READ,
-    "account_balances": MUTABLE,  # written by the entries trigger, locked while posting
+    # Card terms are the operator's mirror: read only, except the running hold total.
+    "authorization_products": READ,
+    "authorization_cards": ("SELECT", "UPDATE (held_minor)"),
+    "authorization_risk_rules": READ,
+    "authorizations": MUTABLE,
+    "authorization_requests": MUTABLE,
+    "authorization_captures": APPEND,
+    # A capture posts a Purchase journal (and opens the network settlement account once). The
+    # card's account row is locked per decision, which needs an UPDATE grant on some column:
+    # closed_at, which the accounts_closed_at CHECK ties to status, which it cannot change.
+    "accounts": ("SELECT", "INSERT", "UPDATE (closed_at)"),
+    "account_balances": MUTABLE,  # written by the entries trigger
     "journals": APPEND,
     "entries": APPEND,
-    "outbox": APPEND,  # the gateway only adds events; the relay publishes them
+    "outbox": ("INSERT",),  # the gateway only adds events; the relay reads and publishes them
 }
 
 

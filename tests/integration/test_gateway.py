@@ -128,7 +128,7 @@ async def test_invalid_fields_are_422_naming_them_with_nothing_written(
         ({"currency": "dollars"}, "currency"),
         ({"merchant": {"name": "x", "mcc": "12345", "country": "US"}}, "merchant.mcc"),
     ):
-        response = gateway.post("/v1/authorizations", auth_payload(card, 100, **change))
+        response = gateway.post("/v1/authorizations", {**auth_payload(card, 100), **change})
         assert response.status_code == 422, response.text
         assert field in response.json()["fields"]
     capture = gateway.post("/v1/authorizations/a1/captures", {"id": "c1"})
@@ -149,7 +149,7 @@ async def test_a_card_number_is_refused_and_never_logged(
         {"merchant": {"name": f"SHOP {VISA_TEST_PAN}", "mcc": "5814", "country": "US"}},
         {"card": "4111 1111 1111 1111"},
     ):
-        response = gateway.post("/v1/authorizations", auth_payload(card, 100, **change))
+        response = gateway.post("/v1/authorizations", {**auth_payload(card, 100), **change})
         assert response.status_code == 422
         assert response.json()["error"] == "card_number"
         assert "1111" not in response.text
@@ -214,9 +214,8 @@ async def test_a_gateway_killed_between_commit_and_answer_is_answered_on_retry(
     """The request waits on the card's row lock; the gateway is SIGKILLed; the lock is let go,
     so the statement commits with nobody to answer. A new gateway answers the processor's
     retry with that committed approval (replayed), and holds it once."""
-    first = gw.Gateway(gateway_url, tmp_path / "a", deadline_ms="20000")
     (tmp_path / "a").mkdir()
-    first.start()
+    first = gw.Gateway(gateway_url, tmp_path / "a", deadline_ms="20000").start()
     card = await authz.new_card(pool, limit_minor=100_000)
     auth = auth_payload(card, 4200)
     with psycopg.connect(migrated_database_url) as blocker:
