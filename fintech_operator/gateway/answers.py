@@ -95,12 +95,20 @@ class AuthorizationAnswer(pydantic.BaseModel):
 
 
 class Refusal(pydantic.BaseModel):
-    """A request the gateway did not work on (401, 409, 413, 422)."""
+    """A request that was not applied: refused by the gateway (401, 413, 422) or the store
+    (404, 409)."""
 
     error: str = pydantic.Field(
-        description="unsigned, stale, bad_signature, too_large, invalid, card_number, conflict"
+        description="unsigned, stale, bad_signature, too_large, invalid, card_number (the "
+        "gateway); AuthorizationNotFound, IdempotencyConflict, OverCapture, ... (the store)"
     )
     message: str
     fields: list[str] | None = pydantic.Field(
         default=None, description="422: the fields that are wrong, dotted (merchant.mcc)."
+    )
+    field: str | None = pydantic.Field(
+        default=None, description="409 IdempotencyConflict: the field that differs."
+    )
+    authorization: str | None = pydantic.Field(
+        default=None, description="The authorization a store refusal is about."
     )
