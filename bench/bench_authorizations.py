@@ -62,6 +62,8 @@ RATE_MAX = 5000
 SECONDS_MAX = 3600
 CARDS_MAX = 100_000
 CLIENTS_MAX = 64
+HTTP_CLIENTS = 16
+CLIENT_CONNECTIONS = 32
 
 
 def parse_args() -> argparse.Namespace:
@@ -212,10 +214,18 @@ class HttpResult:
 
 
 async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: float) -> HttpResult:
-    """Send ``rate * seconds`` requests on a fixed schedule; wait for every answer."""
+    """Send ``rate * seconds`` requests on a fixed schedule; wait for every answer.
+
+    The requests are spread over several small httpx clients: one client's connection pool
+    costs time in proportion to the requests queued in it, which at a few thousand queued
+    requests would make the load generator, not the gateway, the bottleneck.
+    """
     mix, result = Mix(tokens), HttpResult()
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+    limits = httpx.Limits(max_connections=CLIENT_CONNECTIONS, max_keepalive_connections=32)
+    clients = [
+        httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) for _ in range(HTTP_CLIENTS)
+    ]
+    try:
         total = int(rate * seconds)
         start = time.monotonic() + 0.5
         tasks = []
@@ -225,12 +235,16 @@ async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: flo
             if delay > 0:
                 await asyncio.sleep(delay)
             kind, path, body = mix.next()
+            client = clients[i % HTTP_CLIENTS]
             tasks.append(
                 asyncio.create_task(send(client, kind, path, body, scheduled, mix, result))
             )
         await asyncio.gather(*tasks)
         result.offered = total
         result.seconds = time.monotonic() - start
+    finally:
+        for client in clients:
+            await client.aclose()
     return result
 
 
