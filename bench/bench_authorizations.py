@@ -62,8 +62,7 @@ RATE_MAX = 5000
 SECONDS_MAX = 3600
 CARDS_MAX = 100_000
 CLIENTS_MAX = 64
-HTTP_CLIENTS = 16
-CLIENT_CONNECTIONS = 32
+HTTP_CONNECTIONS = 64
 
 
 def parse_args() -> argparse.Namespace:
@@ -216,35 +215,36 @@ class HttpResult:
 async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: float) -> HttpResult:
     """Send ``rate * seconds`` requests on a fixed schedule; wait for every answer.
 
-    The requests are spread over several small httpx clients: one client's connection pool
-    costs time in proportion to the requests queued in it, which at a few thousand queued
-    requests would make the load generator, not the gateway, the bottleneck.
+    Each of ``HTTP_CONNECTIONS`` workers owns one httpx client with one connection and takes
+    due requests from a FIFO queue. (One shared httpx pool spends time in proportion to the
+    requests queued in it; under a backlog it stalled the generator, not the gateway.) A
+    request that waits in the queue for a free connection waits on the clock: latency counts
+    from its scheduled time.
     """
     mix, result = Mix(tokens), HttpResult()
-    limits = httpx.Limits(max_connections=CLIENT_CONNECTIONS, max_keepalive_connections=32)
-    clients = [
-        httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) for _ in range(HTTP_CLIENTS)
-    ]
-    try:
-        total = int(rate * seconds)
-        start = time.monotonic() + 0.5
-        tasks = []
-        for i in range(total):
-            scheduled = start + i / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            kind, path, body = mix.next()
-            client = clients[i % HTTP_CLIENTS]
-            tasks.append(
-                asyncio.create_task(send(client, kind, path, body, scheduled, mix, result))
-            )
-        await asyncio.gather(*tasks)
-        result.offered = total
-        result.seconds = time.monotonic() - start
-    finally:
-        for client in clients:
-            await client.aclose()
+    queue: asyncio.Queue[tuple[str, str, dict[str, Any], float] | None] = asyncio.Queue()
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+            while (item := await queue.get()) is not None:
+                kind, path, body, scheduled = item
+                await send(client, kind, path, body, scheduled, mix, result)
+
+    workers = [asyncio.create_task(worker()) for _ in range(HTTP_CONNECTIONS)]
+    total = int(rate * seconds)
+    start = time.monotonic() + 0.5
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((*mix.next(), scheduled))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    result.offered = total
+    result.seconds = time.monotonic() - start
     return result
 
 
