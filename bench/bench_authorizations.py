@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,7 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="database connections")
     parser.add_argument("--store-seconds", type=float, default=20.0)
     parser.add_argument("--pgbench-seconds", type=int, default=20)
-    parser.add_argument("--profile", metavar="SVG", help="py-spy record the gateway into SVG")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="py-spy record the gateway (.svg flame graph, .txt raw)"
+    )
     args = parser.parse_args()
     if not (0 < args.rate <= RATE_MAX and 0 < args.seconds <= SECONDS_MAX):
         parser.error(f"--rate in (0, {RATE_MAX}], --seconds in (0, {SECONDS_MAX}]")
@@ -225,13 +228,19 @@ async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: flo
     queue: asyncio.Queue[tuple[str, str, dict[str, Any], float] | None] = asyncio.Queue()
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
-    async def worker() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+    async def worker(client: httpx.AsyncClient) -> None:
+        async with client:
             while (item := await queue.get()) is not None:
                 kind, path, body, scheduled = item
                 await send(client, kind, path, body, scheduled, mix, result)
 
-    workers = [asyncio.create_task(worker()) for _ in range(HTTP_CONNECTIONS)]
+    # Made before the clock starts: each client builds an SSL context, tens of ms each.
+    clients = [
+        httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits)
+        for _ in range(HTTP_CONNECTIONS)
+    ]
+    workers = [asyncio.create_task(worker(client)) for client in clients]
+    await asyncio.sleep(0)
     total = int(rate * seconds)
     start = time.monotonic() + 0.5
     for i in range(total):
@@ -336,16 +345,23 @@ def gateway_process(dsn: str, clients: int, profile: str | None) -> Iterator[str
         }
         cmd = [sys.executable, "-m", "fintech_operator", "gateway"]
         if profile:
-            cmd = ["py-spy", "record", "--rate", "200", "-o", profile, "--", *cmd]
+            # A .txt profile is py-spy's "raw" format (collapsed stacks), easy to total up.
+            form = ["--format", "raw"] if profile.endswith(".txt") else []
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            cmd = [spy, "record", "--rate", "200", *form, "-o", profile, "--", *cmd]
         log = Path(tmp) / "gateway.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            # Its own process group: SIGINT reaches py-spy (which then writes its profile) and
+            # the gateway (which then stops gracefully) together.
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             wait_ready(f"http://127.0.0.1:{port}", proc, log)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
 
 
 def free_port() -> int:
