@@ -9,7 +9,8 @@ in ``status.summary``. ``fintech-operator recon report RUN`` lists or exports th
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+import json
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -18,7 +19,6 @@ from fintech_operator.api import common
 INLINE_RECORDS_MAX: Final = 1000
 RECORD_REFERENCE_MAX_LENGTH: Final = 512
 URL_MAX_LENGTH: Final = 2048
-KEY_MAX_LENGTH: Final = 253
 TIME_TOLERANCE_SECONDS_MAX: Final = 366 * 86_400
 EVENT_LAG_SECONDS_MAX: Final = 7 * 86_400
 HTTP_TIMEOUT_SECONDS_MAX: Final = 600
@@ -33,6 +33,25 @@ class ReconciliationPhase(enum.StrEnum):
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+
+
+class ReconciliationReason(enum.StrEnum):
+    """Why a run Failed (``status.reason``), and the reasons of its conditions."""
+
+    INVALID_SPEC = "InvalidSpec"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    SOURCE_UNREACHABLE = "SourceUnreachable"
+    SOURCE_MALFORMED = "SourceMalformed"
+    SOURCE_TOO_LARGE = "SourceTooLarge"
+    FAILED = "Failed"  # a failure that named no reason of its own
+    # Reasons of conditions only
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    NOT_RECONCILED = "NotReconciled"
+    ALL_AGREED = "AllAgreed"
+    EXCEPTIONS_FOUND = "ExceptionsFound"
 
 
 class SourceFormat(enum.StrEnum):
@@ -78,10 +97,7 @@ class KeyReference(common.SpecModel):
     """A key of a ConfigMap or Secret in the run's namespace."""
 
     name: common.ObjectName = pydantic.Field(description="Name of the object.")
-    key: str = pydantic.Field(
-        pattern=r"^[-._a-zA-Z0-9]+$",
-        min_length=1,
-        max_length=KEY_MAX_LENGTH,
+    key: common.KeyName = pydantic.Field(
         description="Key whose value is the settlement file.",
     )
 
@@ -93,7 +109,13 @@ class SecretReference(common.SpecModel):
 class HttpSource(common.SpecModel):
     """A settlement file fetched over HTTP(S) and streamed, never held whole in memory."""
 
-    url: str = pydantic.Field(
+    url: Annotated[
+        str,
+        common.Expected(
+            f"an http:// or https:// URL of up to {URL_MAX_LENGTH} characters without spaces, "
+            "such as https://files.example.com/settlement.csv"
+        ),
+    ] = pydantic.Field(
         pattern=r"^https?://[^\s]+$",
         min_length=8,
         max_length=URL_MAX_LENGTH,
@@ -161,12 +183,21 @@ class Source(common.SpecModel):
         return self
 
 
+_CEL_RFC3339: Final = json.dumps(common.RFC3339_PATTERN)
+
+
 class Window(common.SpecModel):
     """The ledger period compared, half-open: start <= occurredAt < end."""
 
     model_config = pydantic.ConfigDict(
         json_schema_extra=common.cel_rules(
-            ("self.start < self.end", "window.start must be before window.end")
+            (
+                # The times are checked as strings (so a bad one is refused with words, not
+                # a type error), so each is compared only once its own rule passes.
+                f"!self.start.matches({_CEL_RFC3339}) || !self.end.matches({_CEL_RFC3339}) "
+                "|| timestamp(self.start) < timestamp(self.end)",
+                "window.start must be before window.end",
+            )
         )
     )
 
@@ -375,6 +406,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=ReconciliationRunStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the run Failed."),
         common.PrinterColumn(
             "Records", "integer", ".status.summary.recordsRead", "Records read from the source."
         ),
@@ -390,7 +422,6 @@ KIND_INFO: Final = common.KindInfo(
             '.status.conditions[?(@.type=="Reconciled")].status',
             "True when no check found an exception.",
         ),
-        common.PrinterColumn("Reason", "string", ".status.reason", "Why it failed.", priority=1),
         common.age_column(),
     ),
 )

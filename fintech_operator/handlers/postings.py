@@ -25,7 +25,7 @@ from fintech_operator.risk import model as risk_model
 from fintech_operator.risk import policy as risk_policy
 from fintech_operator.risk import store as risk_store
 
-DECIDED_PHASES = frozenset({"Posted", "Rejected"})
+DECIDED_PHASES = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
 TEMPORARY_DELAY_SECONDS = 2.0
 
 
@@ -62,7 +62,9 @@ async def _card_or_retry(
             f"card {card_name!r} not issued yet", delay=TEMPORARY_DELAY_SECONDS
         )
     if card is None:
-        raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
+        raise Rejection(
+            api.PostingReason.CARD_NOT_FOUND, f"card {card_name!r} does not exist in {namespace}"
+        )
     return card
 
 
@@ -88,7 +90,8 @@ def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec, acts_as: st
     if not posting_rules.card_accepts(phase, acts_as):
         what = spec.type.value if acts_as == spec.type.value else f"a reversal (as {acts_as})"
         raise Rejection(
-            "CardNotActive", f"card {spec.card!r} is {phase or 'Pending'}: {what} refused"
+            api.PostingReason.CARD_NOT_ACTIVE,
+            f"card {spec.card!r} is {phase or 'Pending'}: {what} refused",
         )
 
 
@@ -166,7 +169,7 @@ def build_request(
     name = str(body.metadata.name)
     if spec.currency != card.get("currency"):
         raise Rejection(
-            "CurrencyMismatch",
+            api.PostingReason.CURRENCY_MISMATCH,
             f"posting is in {spec.currency}, card account is in {card.get('currency')}",
         )
     occurred_at = _occurred_at(spec, body)
@@ -216,7 +219,7 @@ async def post(
                 request = build_request(posting, body, card, _product(cardproducts, card))
                 result = await _post_with_risk(memo, request, posting, body, card, kwargs, patch)
     except pydantic.ValidationError as exc:
-        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        report.reject(body, patch, api.PostingReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     except Rejection as exc:
         report.reject(body, patch, exc.reason, exc.message)
@@ -304,7 +307,7 @@ async def _replay(
         elif journal.metadata.get("specHash") == posting_rules.spec_hash(api.to_api(posting)):
             return model.PostResult(journal=journal, replayed=True)
     raise Rejection(
-        "IdempotencyConflict",
+        api.PostingReason.IDEMPOTENCY_CONFLICT,
         f"idempotency key {key!r} already posted journal {journal.id} with another spec",
     )
 
@@ -361,7 +364,9 @@ async def _target_journal(
         if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
             journal = by_key
     if journal is None:
-        raise Rejection("JournalNotFound", f"posting {name!r} has no journal to reverse")
+        raise Rejection(
+            api.PostingReason.JOURNAL_NOT_FOUND, f"posting {name!r} has no journal to reverse"
+        )
     return journal
 
 
@@ -384,11 +389,11 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
     message = f"journal {journal.id}{replay}"
     patch.status.update(
         {
-            "phase": "Posted",
+            "phase": api.PostingPhase.POSTED,
             "journalId": str(journal.id),
             "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
             "conditions": report.condition(
-                body.status, api.READY, True, "Posted", message, generation
+                body.status, api.READY, True, api.PostingPhase.POSTED, message, generation
             ),
             "observedGeneration": generation,
         }

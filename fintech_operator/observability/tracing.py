@@ -25,6 +25,7 @@ that log lines carry trace ids that tie the operator's and the consumers' lines 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -351,8 +352,8 @@ def kafka_send(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 ok = True
                 return result
         finally:
-            for message in messages:
-                metrics.kafka_produced(message.topic, ok)
+            for topic, count in collections.Counter(m.topic for m in messages).items():
+                metrics.kafka_produced(topic, ok, count)
 
     return traced
 

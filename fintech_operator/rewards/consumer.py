@@ -65,25 +65,13 @@ class Outcome:
 def plan(record: Any) -> Planned | deadletter.Poison | None:
     """Decode a record and compute its points (pure); a Poison says why it cannot apply, None
     that it is an authorization step that moves no money (only captures earn)."""
-    try:
-        event = schema.decode(record.value)
-    except schema.EventError as exc:
-        return deadletter.Poison(record, f"invalid event: {exc}")
-    data = event.data
-    if isinstance(data, schema.AuthorizationCapturedData):
-        return _plan_capture(record, event, data)
-    if isinstance(data, schema.AuthorizationData):
-        return None  # A hold, decline, increment, void or expiry: nothing was spent.
-    if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
-        return deadletter.Poison(record, f"event type {event.type} is not for rewards")
-    return _plan_posting(record, event, data)
-
-
-def _plan_posting(
-    record: Any,
-    event: schema.Event,
-    data: schema.PostingPostedData | schema.PostingReversedData,
-) -> Planned | deadletter.Poison:
+    facts = schema.posting_facts(record.value)  # the usual posting shape, in one pass
+    if facts is None:
+        slow = _facts(record)
+        if not isinstance(slow, schema.PostingFacts):
+            return slow
+        facts = slow
+    data = facts.data
     reversal = isinstance(data, schema.PostingReversedData)
     try:
         signed = points.for_posting(
@@ -98,8 +86,8 @@ def _plan_posting(
     if data.journal_id is None:  # decode() refuses it; the type checker wants it proven.
         return deadletter.Poison(record, "event has no journalId")
     entry = store.Entry(
-        event_id=event.event_id,
-        event_type=event.type,
+        event_id=facts.event_id,
+        event_type=facts.type,
         card=data.card,
         posting=data.posting,
         journal_id=data.journal_id,
@@ -111,9 +99,26 @@ def _plan_posting(
         reverses_journal_id=(
             data.reverses_journal_id if isinstance(data, schema.PostingReversedData) else None
         ),
-        occurred_at=event.envelope.moment,
+        occurred_at=facts.moment,
     )
     return Planned(record, entry)
+
+
+def _facts(record: Any) -> schema.PostingFacts | Planned | deadletter.Poison | None:
+    """The full decoder, for anything but the usual posting shape: a posting's facts, a
+    capture's points, None for an authorization step that earns nothing, or why not."""
+    try:
+        event = schema.decode(record.value)
+    except schema.EventError as exc:
+        return deadletter.Poison(record, f"invalid event: {exc}")
+    data = event.data
+    if isinstance(data, schema.AuthorizationCapturedData):
+        return _plan_capture(record, event, data)
+    if isinstance(data, schema.AuthorizationData):
+        return None  # A hold, decline, increment, void or expiry: nothing was spent.
+    if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
+        return deadletter.Poison(record, f"event type {event.type} is not for rewards")
+    return schema.PostingFacts(event.event_id, event.type, event.envelope.moment, data)
 
 
 def _plan_capture(
