@@ -137,6 +137,35 @@ async def retire_card(conn: psycopg.AsyncConnection[Any], namespace: str, name: 
     await conn.execute(_RETIRE, (f"{namespace}/{name}",))
 
 
+_HOLDS: Final = """
+SELECT c.held_minor,
+       authorization_available(
+           c.account_id,
+           CASE WHEN c.spend_limit_minor IS NOT NULL THEN c.spend_limit_minor
+                ELSE p.spend_limit_minor END,
+           CASE WHEN c.spend_limit_minor IS NOT NULL THEN c.spend_interval
+                ELSE p.spend_interval END,
+           c.held_minor)
+  FROM authorization_cards c
+  JOIN accounts a ON a.id = c.account_id
+  LEFT JOIN authorization_products p ON p.product = c.product
+ WHERE a.code = %s
+"""
+
+
+async def holds(conn: psycopg.AsyncConnection[Any], account: str) -> tuple[int, int | None] | None:
+    """(held, available) of the card account ``account``; None when it was never mirrored.
+
+    ``available`` is None when the card has no spend limit.
+    """
+    cur = await conn.execute(_HOLDS, (account,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    held, available = row
+    return int(held), None if available is None else int(available)
+
+
 def risk_rules(spec: api.RiskPolicySpec) -> list[tuple[str, int | None, str | None, list[str]]]:
     """The purchase rules of a policy a real-time decision applies: those whose action is
     Decline (a Review cannot wait for a reviewer within the network's deadline)."""
@@ -165,13 +194,19 @@ async def put_risk_rules(
             await conn.execute(_RULE_INSERT, (namespace, rule, policy, amount, currency, codes))
 
 
-async def drop_risk_rules(conn: psycopg.AsyncConnection[Any], namespace: str) -> None:
-    """The namespace's policy is gone: no purchase rule applies to its authorizations."""
-    await conn.execute(_RULES_DELETE, (namespace,))
+async def drop_risk_rules(
+    conn: psycopg.AsyncConnection[Any], namespace: str, *, policy: str | None = None
+) -> None:
+    """No purchase rule of the namespace (or only of ``policy``, when given) applies any more."""
+    if policy is None:
+        await conn.execute(_RULES_DELETE, (namespace,))
+    else:
+        await conn.execute(_RULES_DELETE + " AND policy = %s", (namespace, policy))
 
 
 __all__ = [
     "drop_risk_rules",
+    "holds",
     "put_card",
     "put_card_limit",
     "put_product",

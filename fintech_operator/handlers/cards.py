@@ -869,6 +869,7 @@ async def refresh(
     aml = dict(body.status.get("aml") or {})
     async with memo.pool.connection() as conn:
         balance = await engine.balance(conn, code)
+        holds = await mirror.holds(conn, code)
         points = await store.points_balance(conn, card)
         alerts = await compliance_store.alerts_after(
             conn, card, int(aml.get("lastAlertId") or 0), ALERT_EVENTS_PER_REFRESH_MAX
@@ -879,10 +880,26 @@ async def refresh(
         patch.status["balance"] = {"amount": amount, "currency": balance.currency}
     if body.status.get("rewardsPoints") != points:
         patch.status["rewardsPoints"] = points
+    if holds is not None:
+        _show_holds(body, patch, holds, balance.currency)
     if alerts:
         _announce_alerts(body, patch, aml, alerts)
     if spec.get("state") == "Closed" and amount == 0:
         await _close(body, patch, memo, announce=False)
+
+
+def _show_holds(
+    body: kopf.Body, patch: kopf.Patch, holds: tuple[int, int | None], currency: str
+) -> None:
+    """``status.held`` and ``status.available`` from the real-time mirror; only a change."""
+    held, available = holds
+    if (body.status.get("held") or {}).get("amount") != held:
+        patch.status["held"] = {"amount": held, "currency": currency}
+    shown = (body.status.get("available") or {}).get("amount")
+    if shown != available:
+        patch.status["available"] = (
+            None if available is None else {"amount": available, "currency": currency}
+        )
 
 
 def _announce_alerts(

@@ -111,6 +111,15 @@ async def recheck_risk(
                 await mirror.put_risk_rules(conn, str(namespace), f"{namespace}/{name}", parsed)
 
 
+@kopf.on.delete(api.GROUP, api.VERSION, "riskpolicies", optional=True)
+async def risk_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted policy's purchase rules stop applying to real-time authorizations (when
+    the operator sees the deletion: no finalizer holds a policy back for this). A sibling
+    policy that takes over mirrors its own rules on its next check."""
+    async with memo.pool.connection() as conn:
+        await mirror.drop_risk_rules(conn, str(namespace), policy=f"{namespace}/{name}")
+
+
 def _shadow_note() -> str:
     return "another valid policy comes first by name in this namespace"
 

@@ -602,23 +602,14 @@ async def _check_guard(
     spent = 0
     if guard.interval is not model.SpendInterval.PER_TRANSACTION:
         start = rules.spend_window_start(guard.interval, guard.now)
-        # Holds of pending real-time authorizations count against the limit too (Invariant
-        # 8); they move only under this same account lock (migration 0050).
-        spent = await _spent_since(cur, account.id, start) + await _held(cur, account.id)
+        spent = await _spent_since(cur, account.id, start)
     rules.check_spend(guard, spent, requested)
 
 
-async def _held(cur: Cursor, account_id: int) -> int:
-    """What the card's pending authorizations hold (0 for a card never mirrored)."""
-    await cur.execute(
-        "SELECT held_minor FROM authorization_cards WHERE account_id = %s", (account_id,)
-    )
-    row = await cur.fetchone()
-    return 0 if row is None else _exact_int(row[0], "held")
-
-
 async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:
-    """Debits of spend kinds to the account posted since ``start``, minus reversed ones.
+    """Debits of spend kinds to the account posted since ``start``, minus reversed ones, plus
+    what the card's pending real-time authorizations hold (Invariant 8: holds count against
+    limits; they move only under this same account lock, see migration 0050), in one statement.
 
     Reads only the window's range of the partial index on (account_id, posted_at), so a Daily
     limit costs the same on a card with years of history. Lifetime reads every debit.
@@ -626,6 +617,8 @@ async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> 
     await cur.execute(
         """
         SELECT coalesce(sum(e.amount_minor), 0)
+               + coalesce((SELECT c.held_minor FROM authorization_cards c
+                            WHERE c.account_id = %(account)s), 0)
           FROM entries e
           JOIN journals j ON j.id = e.journal_id
          WHERE e.account_id = %(account)s

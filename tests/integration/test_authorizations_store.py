@@ -232,6 +232,9 @@ async def test_the_same_id_with_another_body_is_409_naming_the_field(
     await capture(fast, req.id, 100, request_id=cap_id)
     refused = await capture(fast, req.id, 100, request_id=cap_id, final=True)
     assert (refused.status_code, body(refused)["field"]) == (409, "final")
+    # The authorization's own id reused for a capture: another kind of request.
+    reused = await capture(fast, req.id, 100, request_id=req.id)
+    assert (reused.status_code, body(reused)["field"]) == (409, "kind")
 
 
 async def test_concurrent_retries_of_one_id_hold_once(
@@ -521,3 +524,32 @@ async def test_every_step_writes_an_event_its_schema_and_the_decoder_accept(
         if isinstance(event.data, schema.AuthorizationCapturedData):
             assert event.data.rewards_rate_bps == 100
     assert seen == {"approved", "declined", "incremented", "captured", "voided", "expired"}
+
+
+async def test_the_card_status_reads_held_and_available_from_the_mirror(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    """What `kubectl get cards` shows (status.held, status.available): 700 held of a Daily
+    1,000 after a capture of 200 leaves 100; a card without a limit shows no available."""
+    card = await new_card(fast, limit_minor=1_000)
+    auth = body(await authorize(fast, authorize_request(card, 900)))["authorization"]
+    await capture(fast, auth, 200)
+    unlimited = await new_card(fast)
+    await authorize(fast, authorize_request(unlimited, 50))
+    async with fast.connection() as conn:
+        assert await mirror.holds(conn, card.account) == (700, 100)
+        assert await mirror.holds(conn, unlimited.account) == (50, None)
+        assert await mirror.holds(conn, "card:shop/never-issued:USD") is None
+
+
+async def test_a_deleted_policy_drops_only_its_own_rules(fast: AsyncConnectionPool[Any]) -> None:
+    card = await new_card(fast)
+    policy = api.RiskPolicySpec.model_validate({"blockedMccs": {"codes": ["7995"]}})
+    async with fast.connection() as conn:
+        await mirror.put_risk_rules(conn, "shop", "shop/strict", policy)
+        await mirror.drop_risk_rules(conn, "shop", policy="shop/other")
+    bet = authorize_request(card, 100, mcc="7995")
+    assert body(await authorize(fast, bet))["reason"] == "RiskDeclined:BlockedMcc"
+    async with fast.connection() as conn:
+        await mirror.drop_risk_rules(conn, "shop", policy="shop/strict")
+    assert body(await authorize(fast, authorize_request(card, 100, mcc="7995")))["approved"]
