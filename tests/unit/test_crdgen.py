@@ -188,7 +188,7 @@ EXPECTED_COLUMNS = {
         "Available",
         "Points",
         "Age",
-    ],  # fmt: skip
+    ],
     "Posting": ["Card", "Type", "Amount", "Currency", "Phase", "Reason", "Age"],
     "CardProduct": ["Currency", "Rate(bps)", "Phase", "Reason", "Cards", "Age"],
 }
