@@ -245,7 +245,7 @@ def _supervise(children: list[_Child], policy: supervise.Policy) -> int:
                     return 1
             time.sleep(POLL_INTERVAL_SECONDS)
     except KeyboardInterrupt:
-        _dev_say("stopping the operator, rewards consumer and notifier")
+        _dev_say("stopping the operator, rewards consumer, notifier and gateway")
         return 0 if _stop_all(children) else 1
 
 
