@@ -147,8 +147,8 @@ _CHILD_PORTS: dict[str, dict[str, str]] = {
     },
     "rewards": {"FINTECH_METRICS_PORT": "rewards_metrics"},
     "notifier": {"FINTECH_METRICS_PORT": "notifier_metrics"},
-    # The authorization gateway: 127.0.0.1:8088, /metrics on that port too.
-    "gateway": {},
+    # The authorization gateway (/metrics on the same port).
+    "gateway": {"FINTECH_GATEWAY_PORT": "gateway"},
 }
 
 
@@ -169,9 +169,7 @@ class _Child:
         # child with exactly one SIGTERM.
         self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
         self.started_at_seconds = now_seconds
-        listens = ", ".join(f"{var}={self.env[var]}" for var in _CHILD_PORTS[self.name]) or (
-            "ports from its own settings"
-        )
+        listens = ", ".join(f"{var}={self.env[var]}" for var in _CHILD_PORTS[self.name])
         _dev_say(f"started {self.name} (pid {self.proc.pid}; {listens})")
 
 
