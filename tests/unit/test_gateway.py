@@ -20,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+from fintech_operator import cli
 from fintech_operator.authorizations import contract
 from fintech_operator.gateway import app, gate, settings, trust
 from fintech_operator.notify import signing
@@ -35,6 +36,7 @@ AUTH = {
     "merchant": {"name": "Blue Bottle", "mcc": "5814", "country": "US"},
 }
 VISA_TEST_PAN = "4111111111111111"
+COMMITTED_OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.json"
 
 
 class FakeStore:
@@ -364,3 +366,32 @@ def test_secret_files_refuse_garbage_and_too_many_secrets(tmp_path: Path) -> Non
     with pytest.raises(signing.SigningError):
         trust.parse_secrets(" ".join([SECRET] * 5))
     assert trust.parse_secrets(SECRET) == (KEY,)
+
+
+async def test_the_served_openapi_is_the_committed_one(tmp_path: Path) -> None:
+    """/openapi.json is exactly docs/api/openapi.json (make lint checks the file), and /docs
+    serves the interactive page."""
+    application, _ = make_app(tmp_path, FakeStore())
+    async with client(application) as c:
+        served = (await c.get("/openapi.json")).json()
+        docs_page = await c.get("/docs")
+    assert served == json.loads(COMMITTED_OPENAPI.read_text())
+    assert docs_page.status_code == 200
+    assert "/v1/authorizations/{authorization_id}/captures" in served["paths"]
+
+
+def test_sign_prints_headers_the_gateway_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fintech-operator gateway sign BODY` prints three header lines that verify against the
+    same secret file, and refuses a missing secret file with exit status 2."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    body = json.dumps(AUTH)
+    assert cli.main(["gateway", "sign", "--secret-file", str(secret_file), body]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert sorted(headers) == ["webhook-id", "webhook-signature", "webhook-timestamp"]
+    assert trust.verify((KEY,), headers, body.encode(), int(time.time()), 300)
+    missing = str(tmp_path / "nope")
+    assert cli.main(["gateway", "sign", "--secret-file", missing, body]) == 2
