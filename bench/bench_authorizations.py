@@ -215,6 +215,9 @@ class HttpResult:
     seconds: float = 0.0
 
 
+Due = tuple[str, str, dict[str, Any], float]  # kind, path, body, scheduled time
+
+
 async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: float) -> HttpResult:
     """Send ``rate * seconds`` requests on a fixed schedule; wait for every answer.
 
@@ -225,14 +228,13 @@ async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: flo
     from its scheduled time.
     """
     mix, result = Mix(tokens), HttpResult()
-    queue: asyncio.Queue[tuple[str, str, dict[str, Any], float] | None] = asyncio.Queue()
+    queue: asyncio.Queue[Due | None] = asyncio.Queue()
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
     async def worker(client: httpx.AsyncClient) -> None:
         async with client:
             while (item := await queue.get()) is not None:
-                kind, path, body, scheduled = item
-                await send(client, kind, path, body, scheduled, mix, result)
+                await send(client, item, mix, result)
 
     # Made before the clock starts: each client builds an SSL context, tens of ms each.
     clients = [
@@ -257,15 +259,8 @@ async def http_phase(base_url: str, tokens: list[str], rate: float, seconds: flo
     return result
 
 
-async def send(
-    client: httpx.AsyncClient,
-    kind: str,
-    path: str,
-    body: dict[str, Any],
-    scheduled: float,
-    mix: Mix,
-    result: HttpResult,
-) -> None:
+async def send(client: httpx.AsyncClient, due: Due, mix: Mix, result: HttpResult) -> None:
+    kind, path, body, scheduled = due
     content = orjson.dumps(body)
     headers = signing.headers(KEY, f"msg_{uuid.uuid4().hex}", int(time.time()), content)
     headers["content-type"] = "application/json"

@@ -98,7 +98,12 @@ class PostgresStore:
 
     async def settle_timed_out(self, conn: psycopg.AsyncConnection[Any], request_id: str) -> None:
         """See :meth:`contract.Store.settle_timed_out`: release a late approval's hold once and
-        store the IssuerUnavailable decline for every retry of ``request_id``."""
+        store the IssuerUnavailable decline for every retry of ``request_id``.
+
+        For authorizations and increments only: settling an id nothing answered yet reserves
+        it for that decline, so a capture or void must not be settled (its retry would meet
+        the reservation as a 409); their retries get the committed result instead.
+        """
         await self._scalar(conn, _SETTLE, (request_id, _headers()))
 
     async def expire(self, conn: psycopg.AsyncConnection[Any], batch_max: int) -> int:

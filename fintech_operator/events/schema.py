@@ -31,7 +31,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, alias_generators
 
-from fintech_operator.cards import pan
+from fintech_operator import pan
 from fintech_operator.events import envelope, topics
 from fintech_operator.ledger import model
 

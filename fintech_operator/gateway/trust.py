@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from fintech_operator import secretfile
-from fintech_operator.cards import pan
+from fintech_operator import pan, secretfile
 from fintech_operator.notify import signing
 
 SECRETS_MAX: Final = 4

@@ -70,10 +70,6 @@ def normal_event(body: kopf.Body, reason: str, message: str) -> None:
     kopf.event(body, type="Normal", reason=reason, message=message[:1024])
 
 
-def _refresh_interval_seconds() -> float:
-    return config.load().card_refresh_interval_seconds
-
-
 def _generation(body: kopf.Body) -> int:
     return int(body.metadata.get("generation") or 0)
 
@@ -625,6 +621,7 @@ async def _post_issuance_fee(
         lines=rules.lines_for(model.PostingKind.FEE, code, amount_minor, currency),
         occurred_at=api.parse_timestamp(str(body.metadata.get("creationTimestamp"))),
         reference=f"issuance-fee/{body.metadata.namespace}/{body.metadata.name}",
+        namespace=report.namespace_of(body.metadata.namespace),
     )
     await engine.post(memo.pool, request)
 
@@ -847,13 +844,6 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announc
     normal_event(body, reason="Closed", message="card closed; its ledger history is kept")
 
 
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    "cards",
-    interval=_refresh_interval_seconds(),
-    when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
-)
 async def refresh(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -991,3 +981,14 @@ __all__ = [
     "spend_limit_changed",
     "state_changed",
 ]
+
+
+def register_timers(settings: config.Settings) -> None:
+    """Register :func:`refresh` at the configured interval: read at start-up, never at import."""
+    kopf.timer(
+        api.GROUP,
+        api.VERSION,
+        "cards",
+        interval=settings.card_refresh_interval_seconds,
+        when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
+    )(refresh)

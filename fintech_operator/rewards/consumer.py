@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import consuming, deadletter, relay, schema, topics
+from fintech_operator.events import consuming, deadletter, kafka, relay, schema, topics
 from fintech_operator.observability import tracing
 from fintech_operator.rewards import points, store
 
@@ -65,7 +65,7 @@ class Outcome:
 def plan(record: Any) -> Planned | deadletter.Poison | None:
     """Decode a record and compute its points (pure); a Poison says why it cannot apply, None
     that it is an authorization step that moves no money (only captures earn)."""
-    facts = schema.posting_facts(record.value)  # the usual posting shape, in one pass
+    facts = schema.posting_facts(record.value)  # the usual shape, in one pass
     if facts is None:
         slow = _facts(record)
         if not isinstance(slow, schema.PostingFacts):
@@ -105,8 +105,8 @@ def plan(record: Any) -> Planned | deadletter.Poison | None:
 
 
 def _facts(record: Any) -> schema.PostingFacts | Planned | deadletter.Poison | None:
-    """The full decoder, for anything but the usual posting shape: a posting's facts, a
-    capture's points, None for an authorization step that earns nothing, or why not."""
+    """The full decoder, for anything but the usual posting shape: it accepts it or says why
+    not. Authorization captures are planned here; other authorization steps earn nothing."""
     try:
         event = schema.decode(record.value)
     except schema.EventError as exc:
@@ -149,10 +149,10 @@ def _plan_capture(
 
 
 async def apply_batch(
-    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], max_attempts: int
+    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], attempts_max: int
 ) -> tuple[int, list[deadletter.Poison]]:
     """Apply in one transaction; return (events applied now, events the database refused)."""
-    for attempt in range(1, max_attempts + 1):
+    for attempt in range(1, attempts_max + 1):
         try:
             async with pool.connection() as conn, conn.transaction():
                 applied = await store.apply(conn, CONSUMER_NAME, [p.entry for p in planned])
@@ -160,9 +160,9 @@ async def apply_batch(
         except _DATA_ERRORS:
             return await _apply_one_by_one(pool, planned)
         except psycopg.OperationalError:
-            if attempt == max_attempts:
+            if attempt == attempts_max:
                 raise
-            log.warning("database unavailable, attempt %d/%d", attempt, max_attempts)
+            log.warning("database unavailable, attempt %d/%d", attempt, attempts_max)
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
     raise AssertionError("unreachable: the loop returns or raises")
 
@@ -189,7 +189,7 @@ async def process(
     records: Sequence[Any],
     *,
     prefix: str,
-    max_attempts: int,
+    attempts_max: int,
 ) -> Outcome:
     """Dead-letter what cannot apply, apply the rest in one transaction."""
     planned: list[Planned] = []
@@ -200,7 +200,7 @@ async def process(
             planned.append(result)
         elif result is not None:
             poisons.append(result)
-    applied, refused = await apply_batch(pool, planned, max_attempts) if planned else (0, [])
+    applied, refused = await apply_batch(pool, planned, attempts_max) if planned else (0, [])
     poisons += refused
     await consuming.dead_letter(producer, poisons, consumer=CONSUMER_NAME, prefix=prefix)
     return Outcome(
@@ -223,7 +223,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
     pool = await consuming.open_pool(settings)
@@ -232,14 +232,14 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     log.info("rewards consumer started in group %s", group_id)
     try:
         async for records in consuming.batches(
-            consumer, stop, max_records=settings.consumer_batch_size
+            consumer, stop, records_max=settings.consumer_batch_size
         ):
             outcome = await process(
                 pool,
                 producer,
                 records,
                 prefix=settings.topic_prefix,
-                max_attempts=settings.consumer_max_attempts,
+                attempts_max=settings.consumer_max_attempts,
             )
             # Only now, with the batch's transaction committed. A commit lost to a rebalance
             # or a broker error redelivers records already in processed_events: no effect.

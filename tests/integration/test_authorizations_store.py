@@ -24,6 +24,7 @@ from fintech_operator.authorizations.store import PostgresStore
 from fintech_operator.events import schema
 from fintech_operator.ledger import engine, model, rules
 from tests.integration.authz_support import (
+    NAMESPACE,
     Card,
     authorize_request,
     autocommit_pool,
@@ -272,6 +273,22 @@ async def test_partial_capture_then_final_posts_what_was_captured_and_releases_t
     assert outbox_types(raw, card) == ["approved", "captured", "captured", "captured"]
     assert trial_balance_zero(raw)
     assert hold_drift(raw) == []
+
+
+async def test_a_captures_journal_names_the_cards_namespace(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Captures are the namespace's money (0045): their journals say whose, like a Posting's."""
+    card = await new_card(fast, limit_minor=10_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    body(await capture(fast, auth, 400, final=True))
+    rows = raw.execute(
+        """SELECT DISTINCT j.namespace FROM journals j
+             JOIN entries e ON e.journal_id = j.id JOIN accounts a ON a.id = e.account_id
+            WHERE a.kind = 'card' AND j.reference = %s""",
+        (auth,),
+    ).fetchall()
+    assert rows == [(NAMESPACE,)]
 
 
 async def test_over_capture_is_allowed_up_to_the_product_allowance_only(

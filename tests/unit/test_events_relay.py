@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from fintech_operator.events import relay, topics
+from fintech_operator.events import kafka, relay, topics
 
 EVENT_ID = "00000000-0000-4000-8000-000000000001"
 
@@ -124,11 +124,11 @@ def test_bare_refuses_a_foreign_topic() -> None:
 
 def test_min_insync_replicas_tolerates_one_broker_loss() -> None:
     """With three or more replicas two must ack; with fewer, one (a single node works)."""
-    assert [topics.min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 2]
+    assert [kafka.min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 2]
 
 
 def test_created_topic_errors_other_than_exists_are_raised() -> None:
     """Topic creation tolerates 'already exists' (a racing replica) and reports the rest."""
-    topics._check_created([("a", 0, None), ("b", 36, "exists")])
-    with pytest.raises(topics.TopicCreationError, match="c: error 38"):
-        topics._check_created([("c", 38, "replication factor larger than brokers")])
+    kafka._check_created([("a", 0, None), ("b", 36, "exists")])
+    with pytest.raises(kafka.TopicCreationError, match="c: error 38"):
+        kafka._check_created([("c", 38, "replication factor larger than brokers")])
