@@ -17,6 +17,7 @@ import kopf
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, logs
+from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
 from fintech_operator.ledger import grants, migrate
@@ -68,10 +69,16 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # outbox rows' headers, which the relay publishes as Kafka headers.
     stop = asyncio.Event()
     relay_task = asyncio.create_task(relay.run(app, pool, stop), name="outbox-relay")
+    # Holds past their product's TTL are released here too (one statement per pass, SKIP
+    # LOCKED, exactly once however many replicas run it); `authorization-expiry` runs it alone.
+    expiry_task = asyncio.create_task(
+        expiry.run(app, stop, expiry.Limits()), name="authorization-expiry"
+    )
     memo.settings = app
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
+    memo.expiry_task = expiry_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
 
 
@@ -96,6 +103,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     if stop is not None:
         stop.set()
         await asyncio.wait_for(memo.relay_task, timeout=30)
+        await asyncio.wait_for(memo.expiry_task, timeout=30)
     if memo.get("pool") is not None:
         await memo.pool.close()
 

@@ -124,3 +124,43 @@ def test_the_operator_mirrors_what_an_authorization_needs(
     )  # fmt: skip
     assert retired == [(True,)]
     assert authorize(url, token, 100)["reason"] == "CardNotActive"
+
+
+def test_the_operator_releases_expired_holds(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """No separate process needed: the operator's own expiry worker releases a hold at the
+    product's TTL, once, and the card's status shows the funds available again."""
+    ns, procs = op_namespace, operator_processes
+    terms = {"currency": "USD", "rewardsRateBps": 100, "authorizationTtlSeconds": 2}
+    apply(kubectl, ns, {"kind": "CardProduct", "metadata": {"name": "short"}, "spec": terms})
+    short = card("ttl")
+    short["spec"]["product"] = "short"
+    short["spec"]["spendLimit"] = {"amount": 10_000, "interval": "Daily"}
+    apply(kubectl, ns, short)
+    status = wait_status(kubectl, procs, ns, "card", "ttl", "issued", phase_in("Active"))
+    url = operator_env["FINTECH_MIGRATION_DATABASE_URL"]
+    held = authorize(url, status["token"], 2_500)
+    assert held["approved"] is True
+    wait_for(
+        "hold expired",
+        lambda: (
+            db_rows(
+                operator_env,
+                "SELECT status FROM authorizations WHERE id = %s",
+                held["authorization"],
+            )
+            == [("expired",)]
+        ),
+        timeout_seconds=60,
+    )
+    expired_events = db_rows(
+        operator_env,
+        "SELECT count(*) FROM outbox WHERE payload->>'type' = %s AND key = %s",
+        "dev.fintech.authorization.expired.v1",
+        f"{ns}/ttl",
+    )
+    assert expired_events == [(1,)]
