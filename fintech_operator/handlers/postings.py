@@ -9,7 +9,7 @@ deleted and re-applied object return the first journal instead of posting twice.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 import pydantic
@@ -27,6 +27,13 @@ from fintech_operator.risk import store as risk_store
 
 DECIDED_PHASES = frozenset({"Posted", "Rejected"})
 TEMPORARY_DELAY_SECONDS = 2.0
+
+
+class Waiting(NamedTuple):
+    """The posting's card is not there yet: what to show, and which attempt this is."""
+
+    message: str
+    attempt: str
 
 
 class Rejection(Exception):
@@ -49,17 +56,21 @@ async def _card_or_retry(
     namespace: str,
     posting: api.PostingSpec,
     retry: int,
-) -> dict[str, Any]:
-    """The card if it exists (or its deleted card's open account); not yet seen or not yet
-    issued is retried, then rejected."""
+) -> dict[str, Any] | Waiting:
+    """The card if it exists (or its deleted card's open account); a card not yet seen or not
+    yet issued is a wait (returned, the caller shows it), then ``CardNotFound``."""
     card_name, limit = posting.card, memo.settings.missing_card_retry_limit
     card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
     if card is None:
         card = await _deleted_card(memo, namespace, posting)
     pending = card is None or card.get("phase") in (None, "Pending")
     if pending and retry < limit:
-        raise kopf.TemporaryError(
-            f"card {card_name!r} not issued yet", delay=TEMPORARY_DELAY_SECONDS
+        what = "does not exist" if card is None else "is not issued yet (its phase is Pending)"
+        return Waiting(
+            f"waiting for card {card_name!r} in {namespace}: it {what}; the posting is "
+            f"rejected (CardNotFound or CardNotActive) if that lasts about "
+            f"{limit * TEMPORARY_DELAY_SECONDS:.0f} s",
+            f"{retry + 1} of {limit}",
         )
     if card is None:
         raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
@@ -209,6 +220,11 @@ async def post(
         result = await _replay(memo, posting, body, postings)
         if result is None:
             card = await _card_or_retry(memo, cards, namespace, posting, retry)
+            if isinstance(card, Waiting):
+                raise report.waiting(
+                    body, patch, report.WAITING_FOR_CARD, card.message,
+                    attempt=card.attempt, delay_seconds=TEMPORARY_DELAY_SECONDS,
+                )  # fmt: skip
             if posting.reverses:
                 result = await _reverse(memo, posting, body, card, postings)
             else:
@@ -387,6 +403,8 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
             "phase": "Posted",
             "journalId": str(journal.id),
             "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
+            "reason": None,  # a wait for the card, shown before, is over
+            "message": None,
             "conditions": report.condition(
                 body.status, api.READY, True, "Posted", message, generation
             ),

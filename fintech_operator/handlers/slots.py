@@ -1,0 +1,93 @@
+"""Handlers queue for the database instead of failing on it (issue 17).
+
+kopf starts a handler for every new object at once: 2,000 Postings applied together became
+2,000 handlers waiting on an 8-connection pool, and every wait past the pool timeout failed
+and came back 60 seconds later as one wave (kopf's delay for an arbitrary exception). Here
+every handler that can reach the database first takes a slot of one semaphore sized from the
+pool, leaving connections for the outbox relay and the metrics collector; a handler without a
+slot waits in line (first come, first served) and costs nothing but memory. A pool wait that
+still times out (a slow database) becomes a short, jittered retry, not a 60-second wave.
+
+kopf has no public middleware hook: like ``observability.reconcile``, :func:`install` replaces
+the handler entries in kopf's registry, and must run before that module's instrumentation so
+that a queued handler's retry is counted as ``retry``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import kopf
+import psycopg_pool
+
+log = logging.getLogger(__name__)
+HandlerFn = Callable[..., Awaitable[Any]]
+_MARK: Final = "__fintech_db_slot__"
+# Connections kept out of the handlers' share: the outbox relay's and the metrics collector's.
+RESERVED_CONNECTIONS: Final = 2
+# A pool wait that timed out is retried after a delay drawn from this range (seconds), so the
+# retries of a burst spread out instead of coming back together.
+RETRY_DELAY_MIN_SECONDS: Final = 0.5
+RETRY_DELAY_MAX_SECONDS: Final = 3.0
+_random = secrets.SystemRandom()
+
+
+def slots_for(pool_max_size: int) -> int:
+    """Handlers allowed to run at once for a pool of ``pool_max_size`` connections."""
+    return max(1, pool_max_size - RESERVED_CONNECTIONS)
+
+
+def retry_delay_seconds() -> float:
+    return _random.uniform(RETRY_DELAY_MIN_SECONDS, RETRY_DELAY_MAX_SECONDS)
+
+
+def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
+    """``fn`` run only while it holds one of ``slots``; a pool timeout becomes a short retry."""
+    if getattr(fn, _MARK, False):
+        return fn
+
+    @functools.wraps(fn)
+    async def limited(**kwargs: Any) -> Any:
+        async with slots:
+            try:
+                return await fn(**kwargs)
+            except psycopg_pool.PoolTimeout as exc:
+                delay = retry_delay_seconds()
+                raise kopf.TemporaryError(
+                    f"database busy ({exc}); retrying in {delay:.1f} s", delay=delay
+                ) from exc
+
+    setattr(limited, _MARK, True)
+    return limited
+
+
+def install(pool_max_size: int, registry: Any = None) -> int:
+    """Put every async resource and timer handler of ``registry`` behind one semaphore sized
+    from the pool; return how many handlers were wrapped."""
+    registry = registry if registry is not None else kopf.get_default_registry()
+    slots = asyncio.Semaphore(slots_for(pool_max_size))
+    try:
+        parts = (registry._changing._handlers, registry._spawning._handlers)
+    except AttributeError:
+        log.error("kopf's registry has changed shape: handlers are not queued for the database")
+        return 0
+    wrapped = 0
+    for entries in parts:
+        for position, handler in enumerate(entries):
+            # Daemons hold their slot for the object's lifetime: they are left out.
+            daemon = not hasattr(handler, "interval") and hasattr(handler, "cancellation_timeout")
+            if daemon or not asyncio.iscoroutinefunction(handler.fn):
+                continue
+            entries[position] = dataclasses.replace(handler, fn=limit(handler.fn, slots))
+            wrapped += 1
+    log.info("%d handlers share %d database slots", wrapped, slots_for(pool_max_size))
+    return wrapped
+
+
+__all__ = ["install", "limit", "retry_delay_seconds", "slots_for"]
