@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import kopf
+import psycopg
 import psycopg_pool
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ RESERVED_CONNECTIONS: Final = 2
 RETRY_DELAY_MIN_SECONDS: Final = 0.5
 RETRY_DELAY_MAX_SECONDS: Final = 3.0
 _random = secrets.SystemRandom()
+# The database was busy, not broken: no connection free in time, a row lock held past
+# lock_timeout, a statement past statement_timeout. Each rolled back; a retry is safe.
+_BUSY: Final = (
+    psycopg_pool.PoolTimeout,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.QueryCanceled,
+)
 
 
 def slots_for(pool_max_size: int) -> int:
@@ -48,7 +56,8 @@ def retry_delay_seconds() -> float:
 
 
 def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
-    """``fn`` run only while it holds one of ``slots``; a pool timeout becomes a short retry."""
+    """``fn`` run only while it holds one of ``slots``; a database timeout (pool wait, row
+    lock, statement) becomes a short jittered retry."""
     if getattr(fn, _MARK, False):
         return fn
 
@@ -57,7 +66,7 @@ def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
         async with slots:
             try:
                 return await fn(**kwargs)
-            except psycopg_pool.PoolTimeout as exc:
+            except _BUSY as exc:
                 delay = retry_delay_seconds()
                 raise kopf.TemporaryError(
                     f"database busy ({exc}); retrying in {delay:.1f} s", delay=delay

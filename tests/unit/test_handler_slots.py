@@ -9,6 +9,7 @@ import types
 from typing import Any
 
 import kopf
+import psycopg
 import psycopg_pool
 import pytest
 
@@ -135,3 +136,21 @@ def test_waits_log_at_info_and_other_failures_stay_errors() -> None:
     assert waits.filter(other)
     assert (wait.levelno, wait.levelname) == (logging.INFO, "INFO")
     assert other.levelno == logging.ERROR
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+    ],
+)
+async def test_lock_and_statement_timeouts_are_short_retries_too(error: Exception) -> None:
+    async def handler(**_: Any) -> None:
+        raise error
+
+    limited = _mod("fintech_operator.handlers.slots").limit(handler, asyncio.Semaphore(1))
+    with pytest.raises(kopf.TemporaryError) as caught:
+        await limited()
+    assert caught.value.delay is not None
+    assert caught.value.delay <= 3.0
