@@ -52,6 +52,7 @@ def _phase_burst(ctx: dict[str, Any], plural: str, bodies: list[dict[str, Any]],
                  done: set[str]) -> dict[str, Any]:  # fmt: skip
     api, ns, kubectl, env = ctx["api"], ctx["ns"], ctx["kubectl"], ctx["env"]
     rss_before = burst.rss_bytes(ctx["pid"])
+    cpu_before = burst.cpu_seconds(ctx["pid"])
     failures_before = _failures(ctx["log"])
     before = burst.request_counts(kubectl, env)
     started = time.monotonic()
@@ -68,6 +69,9 @@ def _phase_burst(ctx: dict[str, Any], plural: str, bodies: list[dict[str, Any]],
             burst.status_patches(before, after, plural) / len(bodies), 3
         ),
         "handler_failures": _failures(ctx["log"]) - failures_before,
+        "operator_cpu_ms_per_object": round(
+            (burst.cpu_seconds(ctx["pid"]) - cpu_before) * 1000 / len(bodies), 1
+        ),
         "rss_mib_before": rss_before // 2**20,
         "rss_mib_after": burst.rss_bytes(ctx["pid"]) // 2**20,
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 import re
 import subprocess
 import time
@@ -138,3 +139,9 @@ def wait_phases(api: Any, namespace: str, plural: str, done: set[str], count: in
         if time.monotonic() - started > timeout_seconds:
             raise AssertionError(f"{plural} not done after {timeout_seconds}s: {dict(seen)}")
         time.sleep(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
