@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 
 GROUP, VERSION = "fintech.dev", "v1alpha1"
 THREADS = 16
@@ -123,9 +124,17 @@ def rss_bytes(pid: int) -> int:
 
 
 def phases(api: Any, namespace: str, plural: str) -> Counter[str]:
-    listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
-                                               _request_timeout=120)  # fmt: skip
-    return Counter(str((item.get("status") or {}).get("phase")) for item in listed["items"])
+    """How many objects are in each phase, listed in pages (thousands of full objects in one
+    answer are megabytes that a busy API server may cut off)."""
+    seen: Counter[str] = Counter()
+    token = None
+    while True:
+        page = api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=500,
+                                                 _continue=token, _request_timeout=120)  # fmt: skip
+        seen.update(str((item.get("status") or {}).get("phase")) for item in page["items"])
+        token = page["metadata"].get("continue")
+        if not token:
+            return seen
 
 
 def wait_phases(api: Any, namespace: str, plural: str, done: set[str], count: int,
@@ -133,7 +142,10 @@ def wait_phases(api: Any, namespace: str, plural: str, done: set[str], count: in
     """Seconds until ``count`` objects are in one of the ``done`` phases."""
     started = time.monotonic()
     while True:
-        seen = phases(api, namespace, plural)
+        try:
+            seen = phases(api, namespace, plural)
+        except (urllib3.exceptions.HTTPError, kubernetes.client.ApiException):
+            seen = Counter()  # a busy API server cut the answer off: ask again
         if sum(seen[p] for p in done) >= count:
             return time.monotonic() - started
         if time.monotonic() - started > timeout_seconds:
