@@ -186,6 +186,9 @@ async def _operate(
     # The stop flag lives in this loop; the startup handler points the signals at it.
     stop = asyncio.Event()
     await kopf.operator(
+        # All of an object's due handlers in one cycle, so one status patch: kopf's default
+        # runs one per cycle (a new Card has three: issue and two field handlers), a patch each.
+        lifecycle=kopf.lifecycles.all_at_once,
         memo=kopf.Memo(stop_flag=stop),
         stop_flag=stop,
         settings=kopf_settings,

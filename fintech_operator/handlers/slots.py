@@ -2,11 +2,12 @@
 
 kopf starts a handler for every new object at once: 2,000 Postings applied together became
 2,000 handlers waiting on an 8-connection pool, and every wait past the pool timeout failed
-and came back 60 seconds later as one wave (kopf's delay for an arbitrary exception). Here
-every handler that can reach the database first takes a slot of one semaphore sized from the
-pool, leaving connections for the outbox relay and the metrics collector; a handler without a
-slot waits in line (first come, first served) and costs nothing but memory. A pool wait that
-still times out (a slow database) becomes a short, jittered retry, not a 60-second wave.
+and came back 60 seconds later as one wave (kopf's delay for an arbitrary exception). Here a
+handler takes a slot of one semaphore sized from the pool (leaving connections for the outbox
+relay and the metrics collector) when it first asks for a connection, and keeps it until it
+returns; a handler without a slot waits in line (first come, first served) and costs nothing
+but memory, and a handler that needs no connection never waits. A pool wait that still times
+out (a slow database) becomes a short, jittered retry, not a 60-second wave.
 
 kopf has no public middleware hook: like ``observability.reconcile``, :func:`install` replaces
 the handler entries in kopf's registry, and must run before that module's instrumentation so
@@ -16,11 +17,12 @@ that a queued handler's retry is counted as ``retry``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import kopf
@@ -55,22 +57,62 @@ def retry_delay_seconds() -> float:
     return _random.uniform(RETRY_DELAY_MIN_SECONDS, RETRY_DELAY_MAX_SECONDS)
 
 
+class _SlottedPool:
+    """The handler's view of the pool: its first ``connection()`` takes one of the slots,
+    which the handler keeps (for its later connections too) until it returns. A handler that
+    never touches the database (a field handler on creation, a wait) never queues."""
+
+    def __init__(self, pool: Any, slots: asyncio.Semaphore) -> None:
+        self._pool = pool
+        self._slots = slots
+        self._asked = False
+        self._held = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - psycopg_pool's own signature
+    ) -> AsyncIterator[Any]:
+        if not self._asked:
+            self._asked = True  # a concurrent second call of the same handler does not queue
+            await self._slots.acquire()
+            self._held = True
+        async with self._pool.connection(timeout=timeout) as conn:
+            yield conn
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
 def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
-    """``fn`` run only while it holds one of ``slots``; a database timeout (pool wait, row
-    lock, statement) becomes a short jittered retry."""
+    """``fn`` holding one of ``slots`` from its first database connection until it returns;
+    a database timeout (pool wait, row lock, statement) becomes a short jittered retry."""
     if getattr(fn, _MARK, False):
         return fn
 
     @functools.wraps(fn)
     async def limited(**kwargs: Any) -> Any:
-        async with slots:
-            try:
-                return await fn(**kwargs)
-            except _BUSY as exc:
-                delay = retry_delay_seconds()
-                raise kopf.TemporaryError(
-                    f"database busy ({exc}); retrying in {delay:.1f} s", delay=delay
-                ) from exc
+        memo: kopf.Memo | None = kwargs.get("memo")
+        pool = _SlottedPool(memo.pool, slots) if memo is not None and "pool" in memo else None
+        if memo is not None and pool is not None:
+            # A copy of kopf's per-object memo (itself a shallow copy of the operator's): the
+            # handler sees its slotted pool, everything else is shared as before.
+            kwargs = {**kwargs, "memo": kopf.Memo({**memo, "pool": pool})}
+        try:
+            return await fn(**kwargs)
+        except _BUSY as exc:
+            delay = retry_delay_seconds()
+            raise kopf.TemporaryError(
+                f"database busy ({exc}); retrying in {delay:.1f} s", delay=delay
+            ) from exc
+        finally:
+            if pool is not None:
+                pool.release()
 
     setattr(limited, _MARK, True)
     return limited

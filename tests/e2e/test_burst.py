@@ -97,9 +97,13 @@ def test_a_burst_queues_with_one_patch_per_posting_and_flat_memory(
     env = platform_running.env
     burst.create_all(api, ns, "cardproducts", [burst.product()])
     cards = [burst.card(f"c-{i:03d}") for i in range(CARDS + EXTRA_CARDS)]
+    before = burst.request_counts(kubectl_cmd, env)
     burst.create_all(api, ns, "cards", cards)
     burst.wait_phases(api, ns, "cards", {"Active"}, len(cards), DECIDED_TIMEOUT_SECONDS)
     assert _failures(operator) == []
+    # Issuance is one status patch too: its three creation handlers run in one cycle.
+    card_patches = burst.status_patches(before, burst.request_counts(kubectl_cmd, env), "cards")
+    assert len(cards) <= card_patches <= len(cards) * 1.05, card_patches
 
     pid = operator.procs["operator"].pid
     rss = []

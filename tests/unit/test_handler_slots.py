@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import types
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -35,22 +37,54 @@ def test_slots_leave_connections_for_the_relay_and_collector() -> None:
     )  # never zero: handlers must run
 
 
-async def test_at_most_the_slots_run_at_once_and_the_rest_wait() -> None:
-    """60 handlers started together on 3 slots: never more than 3 inside, all 60 finish."""
+class _Pool:
+    """Stands in for psycopg_pool's pool: hands out connections without a limit of its own, so
+    only the slots limit how many handlers use one at once."""
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - psycopg_pool's own signature
+    ) -> AsyncIterator[str]:
+        del timeout
+        yield "conn"
+
+
+async def test_at_most_the_slots_use_the_database_at_once_and_the_rest_wait() -> None:
+    """60 handlers started together on 3 slots: never more than 3 inside, all 60 finish, and
+    a handler keeps its slot for its second connection."""
     inside, most = 0, 0
 
-    async def handler(**_: Any) -> str:
+    async def handler(memo: kopf.Memo, **_: Any) -> str:
         nonlocal inside, most
-        inside += 1
-        most = max(most, inside)
-        await asyncio.sleep(0.01)
+        async with memo.pool.connection():
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)
+        async with memo.pool.connection(timeout=5):
+            await asyncio.sleep(0.001)
         inside -= 1
         return "done"
 
-    limited = _mod("fintech_operator.handlers.slots").limit(handler, asyncio.Semaphore(3))
-    results = await asyncio.gather(*(limited(memo=None) for _ in range(60)))
+    semaphore = asyncio.Semaphore(3)
+    limited = _mod("fintech_operator.handlers.slots").limit(handler, semaphore)
+    memo = kopf.Memo(pool=_Pool())
+    results = await asyncio.gather(*(limited(memo=memo) for _ in range(60)))
     assert results == ["done"] * 60
     assert most == 3
+    assert not semaphore.locked()  # every slot given back
+
+
+async def test_a_handler_without_a_connection_never_waits_for_a_slot() -> None:
+    semaphore = asyncio.Semaphore(1)
+    await semaphore.acquire()  # every slot taken
+
+    async def handler(**_: Any) -> str:
+        return "no database needed"
+
+    limited = _mod("fintech_operator.handlers.slots").limit(handler, semaphore)
+    result = await asyncio.wait_for(limited(memo=kopf.Memo(pool=_Pool())), timeout=5)
+    assert result == "no database needed"
 
 
 async def test_a_pool_timeout_is_a_short_jittered_retry() -> None:
@@ -77,12 +111,13 @@ async def test_a_pool_timeout_is_a_short_jittered_retry() -> None:
 async def test_other_errors_pass_through_and_free_the_slot() -> None:
     semaphore = asyncio.Semaphore(1)
 
-    async def handler(**_: Any) -> None:
-        raise ValueError("bad")
+    async def handler(memo: kopf.Memo, **_: Any) -> None:
+        async with memo.pool.connection():
+            raise ValueError("bad")
 
     limited = _mod("fintech_operator.handlers.slots").limit(handler, semaphore)
     with pytest.raises(ValueError, match="bad"):
-        await limited()
+        await limited(memo=kopf.Memo(pool=_Pool()))
     assert not semaphore.locked()
 
 
