@@ -77,6 +77,23 @@ def _phase_burst(ctx: dict[str, Any], plural: str, bodies: list[dict[str, Any]],
     }
 
 
+KINDS = ("cardproducts", "cards", "cardreviews", "postings", "riskpolicies", "compliancepolicies",
+         "reconciliationruns", "reconciliationschedules", "webhooks")  # fmt: skip
+
+
+def _wait_storage(api: Any, namespace: str) -> None:
+    """Until every kind lists: right after its CRD is created the API server answers 429
+    "storage is (re)initializing" for a while, and an operator started then may wait on
+    its first listing far longer than the burst takes."""
+    for plural in KINDS:
+        for _ in range(120):
+            try:
+                burst.phases(api, namespace, plural)
+                break
+            except Exception:  # any refusal: the storage is not ready yet
+                time.sleep(1)
+
+
 def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **plat.env(build.ensure_all()), "PYTHONUNBUFFERED": "1"}
     kubectl = ["kubectl"]
@@ -89,6 +106,7 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
     for name in (ns, raw_ns):
         subprocess.run([*kubectl, "create", "ns", name], env=env, check=True, timeout=60)
     api = burst.custom_objects(plat.kubeconfig)
+    _wait_storage(api, ns)
     # The ceiling first, on an idle API server, with as many objects as the posting burst.
     ceiling = burst.raw_ceiling(api, raw_ns, [burst.posting(f"r-{i:05d}", "none", 1)
                                               for i in range(args.postings)])  # fmt: skip
