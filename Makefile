@@ -16,7 +16,8 @@ setup: $(VENV)/.installed
 	./tools/bootstrap.sh
 	$(BIN)/fintech-operator stack build
 
-## dev: the real local platform plus the operator and the rewards consumer (Ctrl-C stops them)
+## dev: the real local platform plus the operator, rewards consumer and notifier, restarted when
+## one dies (Ctrl-C stops them; FINTECH_STACK_DIR=DIR make dev runs a second one, docs/development.md)
 dev: setup
 	$(BIN)/fintech-operator dev
 

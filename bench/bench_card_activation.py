@@ -162,7 +162,7 @@ def run(plat: platform.Platform, sequential: int, burst: int) -> None:
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     subprocess.run(["kubectl", "create", "ns", namespace], env=env, check=True, timeout=60)
     logs = Path(tempfile.mkdtemp(prefix="bench-cards-"))
-    op_env = {**env, "FINTECH_HEALTH_PORT": "0"}
+    op_env = {**env, "FINTECH_HEALTH_PORT": "0", "FINTECH_TOKENIZER": "development"}
     with (logs / "operator.log").open("ab") as sink:
         operator = subprocess.Popen([sys.executable, "-m", "fintech_operator", "run",
                                      "--liveness-port", "0", "-n", namespace],

@@ -75,7 +75,12 @@ def _run(plat: platform.Platform, count: int, cards: int) -> None:
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     subprocess.run([*kubectl, "create", "ns", namespace], env=env, check=True, timeout=60)
     logs = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    op_env = {**env, "FINTECH_HEALTH_PORT": "0", "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "5"}
+    op_env = {
+        **env,
+        "FINTECH_HEALTH_PORT": "0",
+        "FINTECH_TOKENIZER": "development",
+        "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "5",
+    }
     with (logs / "operator.log").open("ab") as sink:
         operator = subprocess.Popen([sys.executable, "-m", "fintech_operator", "run",
                                      "--liveness-port", "0", "-n", namespace],

@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from fintech_devstack import platform
+from fintech_devstack import platform, ports, supervise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,11 +65,33 @@ def _stack_build(_plat: platform.Platform, _: argparse.Namespace) -> int:
     return 0
 
 
+# The listener each part is reached on, for `stack status`.
+_PART_PORTS = {
+    "etcd": "etcd_client",
+    "apiserver": "apiserver",
+    "kafka": "kafka",
+    "postgres": "postgres",
+}
+
+
 def _stack_status(plat: platform.Platform, _: argparse.Namespace) -> int:
     states = plat.status()
     for name, state in states.items():
-        print(f"{name:10} {state}")
+        port = getattr(plat.ports, _PART_PORTS[name])
+        print(f"{name:10} {state:8} 127.0.0.1:{port}")
     return 0 if all(v == "running" for v in states.values()) else 1
+
+
+def _stack_ports(plat: platform.Platform, _: argparse.Namespace) -> int:
+    """Every port of this state directory and who listens on it now."""
+    numbers = [port for _, port in plat.ports.items()]
+    holders = ports.owners(numbers)
+    for name, port in plat.ports.items():
+        holder = holders.get(port) or ("free" if ports.is_free(port) else "in use")
+        print(f"{name:17} {port:5}  {holder}")
+    where = plat.state_dir / ports.PORTS_FILE
+    print(f"remembered in {where}" if where.exists() else "not started yet", file=sys.stderr)
+    return 0
 
 
 _STACK_ACTIONS = {
@@ -76,6 +100,7 @@ _STACK_ACTIONS = {
     "env": _stack_env,
     "build": _stack_build,
     "status": _stack_status,
+    "ports": _stack_ports,
 }
 
 
@@ -108,12 +133,112 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _cmd_dev(args: argparse.Namespace) -> int:
-    """Bring the platform up, migrate, install CRDs, then run the operator and consumers."""
-    plat = _platform(args)
-    if not _running(plat):
-        plat.stop()
-        plat.start()
+def _dev_say(message: str) -> None:
+    print(f"[dev] {message}", file=sys.stderr, flush=True)
+
+
+POLL_INTERVAL_SECONDS = 0.5
+CHILD_STOP_TIMEOUT_SECONDS = 30.0
+# Each child's own listeners, from the state directory's ports.json: two `dev`s never collide.
+_CHILD_PORTS: dict[str, dict[str, str]] = {
+    "operator": {
+        "FINTECH_HEALTH_PORT": "operator_health",
+        "FINTECH_METRICS_PORT": "operator_metrics",
+    },
+    "rewards": {"FINTECH_METRICS_PORT": "rewards_metrics"},
+    "notifier": {"FINTECH_METRICS_PORT": "notifier_metrics"},
+}
+
+
+@dataclass
+class _Child:
+    """One supervised process of `dev`: how to start it, and its deaths so far."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    history: supervise.History
+    proc: subprocess.Popen[bytes] | None = None
+    started_at_seconds: float = 0.0
+    restart_at_seconds: float = 0.0
+
+    def start(self, now_seconds: float) -> None:
+        # Its own session: a terminal's Ctrl-C reaches `dev` alone, which then stops each
+        # child with exactly one SIGTERM.
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started_at_seconds = now_seconds
+        listens = ", ".join(f"{var}={self.env[var]}" for var in _CHILD_PORTS[self.name])
+        _dev_say(f"started {self.name} (pid {self.proc.pid}; {listens})")
+
+
+def _children(
+    env: dict[str, str], plat: platform.Platform, policy: supervise.Policy
+) -> list[_Child]:
+    exe = [sys.executable, "-m", "fintech_operator"]
+    children = []
+    for name, command in (("operator", "run"), ("rewards", "rewards"), ("notifier", "notifier")):
+        own = {var: str(getattr(plat.ports, field)) for var, field in _CHILD_PORTS[name].items()}
+        children.append(_Child(name, [*exe, command], {**env, **own}, supervise.History(policy)))
+    return children
+
+
+def _tend(child: _Child, now_seconds: float, policy: supervise.Policy) -> supervise.GiveUp | None:
+    """Start a child that is due, or decide what to do about one that died."""
+    if child.proc is None:
+        if now_seconds >= child.restart_at_seconds:
+            child.start(now_seconds)
+        return None
+    code = child.proc.poll()
+    if code is None:
+        return None
+    decision = child.history.died(now_seconds, now_seconds - child.started_at_seconds)
+    _dev_say(supervise.describe(child.name, child.proc.pid, code, decision, policy))
+    child.proc = None
+    if isinstance(decision, supervise.GiveUp):
+        return decision
+    child.restart_at_seconds = now_seconds + decision.delay_seconds
+    return None
+
+
+def _stop_all(children: list[_Child]) -> bool:
+    """SIGTERM each running child once, wait for all; True when every one stopped in time."""
+    # A second Ctrl-C or SIGTERM while stopping changes nothing: the stop is already bounded.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    running = [c for c in children if c.proc is not None and c.proc.poll() is None]
+    for child in running:
+        assert child.proc is not None  # noqa: S101 - narrowed by the filter above
+        child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_SECONDS
+    clean = True
+    for child in running:
+        assert child.proc is not None  # noqa: S101
+        try:
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _dev_say(f"{child.name} did not stop in {CHILD_STOP_TIMEOUT_SECONDS:g} s; killing it")
+            child.proc.kill()
+            child.proc.wait()
+            clean = False
+    return clean
+
+
+def _supervise(children: list[_Child], policy: supervise.Policy) -> int:
+    """Run the children until Ctrl-C or SIGTERM (0) or until one crash-loops (1)."""
+    try:
+        while True:
+            for child in children:
+                if _tend(child, time.monotonic(), policy) is not None:
+                    _dev_say(f"giving up: {child.name} is crash-looping; see its output above")
+                    _stop_all(children)
+                    return 1
+            time.sleep(POLL_INTERVAL_SECONDS)
+    except KeyboardInterrupt:
+        _dev_say("stopping the operator, rewards consumer and notifier")
+        return 0 if _stop_all(children) else 1
+
+
+def _dev_env(plat: platform.Platform) -> dict[str, str]:
     env = dict(os.environ)
     for line in plat.env_file.read_text().splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
@@ -121,6 +246,25 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     # The examples' webhook receiver listens on loopback, which the notifier's destination
     # guard refuses unless allowed (docs/operations.md); development allows it, nothing else.
     env.setdefault("FINTECH_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+    # No card processor runs here: the built-in tokenizer, by the explicit opt-in the operator
+    # requires (docs/cards.md). A processor URL in the shell is used instead; a value of
+    # FINTECH_TOKENIZER in the shell is kept.
+    if not env.get("FINTECH_TOKENIZER_URL"):
+        env.setdefault("FINTECH_TOKENIZER", "development")
+    return env
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    """Bring the platform up, migrate, install CRDs, then run and supervise the operator and
+    the consumers."""
+    plat = _platform(args)
+    if not _running(plat):
+        plat.stop()
+        plat.start()
+    # A platform started before dev's ports existed gets them now, remembered like the rest.
+    ports.save(plat.state_dir, plat.ports)
+    ports.check_free(plat.ports, ports.DEV_PORTS, f"dev {plat.state_dir}")
+    env = _dev_env(plat)
     exe = [sys.executable, "-m", "fintech_operator"]
     subprocess.run([*exe, "migrate"], env=env, check=True)
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
@@ -130,38 +274,37 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     # never leaving an operator behind that holds the probe port and the ledger.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    children = [
-        subprocess.Popen([*exe, "run"], env=env),
-        subprocess.Popen([*exe, "rewards"], env=env),
-        subprocess.Popen([*exe, "notifier"], env=env),
-    ]
-    print(
-        "operator, rewards consumer and notifier running; Ctrl-C stops them "
-        "(the platform stays up: `make down` stops it)",
-        file=sys.stderr,
+    policy = supervise.Policy()
+    children = _children(env, plat, policy)
+    _dev_say(
+        "running the operator, rewards consumer and notifier; a process that dies is restarted "
+        "(Ctrl-C stops them; the platform stays up: `make down` stops it)"
     )
-    try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        child.wait(timeout=30)
-    return max(child.returncode or 0 for child in children)
+    return _supervise(children, policy)
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A platform failure (a part that cannot start, a port taken) is one line, not a trace."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (platform.PlatformError, ports.PortTaken) as exc:
+            print(f"[stack] error: {exc}", file=sys.stderr, flush=True)
+            return 1
+
+    return run
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``stack`` and ``dev`` on the product's command line."""
     for name, func, help_text in (
         ("stack", _cmd_stack, "the local real platform"),
-        ("dev", _cmd_dev, "platform + operator + consumers in the foreground"),
+        ("dev", _cmd_dev, "platform + operator + consumers in the foreground, supervised"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         if name == "stack":
             cmd.add_argument("action", choices=sorted(_STACK_ACTIONS))
             cmd.add_argument("--purge", action="store_true", help="down: also delete all data")
         cmd.add_argument("--state-dir", help="platform state directory")
-        cmd.set_defaults(func=func)
+        cmd.set_defaults(func=_guarded(func))

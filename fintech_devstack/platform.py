@@ -26,12 +26,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import httpx
 
-from fintech_devstack import build, certs, versions
+from fintech_devstack import build, certs, ports, versions
 
 READY_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -49,34 +48,9 @@ class PlatformError(RuntimeError):
     """A part failed; the message says which part, why, and where its log is."""
 
 
-@dataclass(frozen=True)
-class Ports:
-    """Loopback ports of every listener; dev uses fixed ones, tests pick free ones."""
-
-    etcd_client: int = 23790
-    etcd_peer: int = 23800
-    apiserver: int = 26443
-    postgres: int = 25432
-    kafka: int = 29092
-    kafka_controller: int = 29093
-    # Kafka listeners that need a login or TLS, so the product's security options are
-    # tested on a real broker: SCRAM/PLAIN without TLS, the same over TLS, and mutual TLS.
-    kafka_sasl: int = 29094
-    kafka_sasl_ssl: int = 29095
-    kafka_ssl: int = 29096
-
-    @classmethod
-    def free(cls) -> Ports:
-        """Ask the kernel for unused loopback ports (test platforms run side by side)."""
-        sockets = [socket.socket() for _ in fields(cls)]
-        try:
-            for sock in sockets:
-                sock.bind(("127.0.0.1", 0))
-            numbers = [sock.getsockname()[1] for sock in sockets]
-        finally:
-            for sock in sockets:
-                sock.close()
-        return cls(*numbers)
+# The ports live in their own module (chosen, remembered in ports.json, checked); the name
+# stays here because the tests and benchmarks build platforms with ``platform.Ports``.
+Ports = ports.Ports
 
 
 def default_state_dir() -> Path:
@@ -149,11 +123,21 @@ def _wait(
 class Platform:
     """Start, check and stop the four real components under one state directory."""
 
-    def __init__(self, state_dir: Path, ports: Ports | None = None, *, fast_disk: bool = False):
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Ports | None = None,
+        *,
+        fast_disk: bool = False,
+        reapable: bool = True,
+    ):
         self.state_dir = state_dir
         self.ports = ports or Ports()
         # Tests trade durability for speed; a developer's platform keeps fsync on.
         self.fast_disk = fast_disk
+        # A throwaway platform (tests, benchmarks) dies with its starter; a developer's
+        # (`stack up`, `dev`, any --state-dir) outlives it and is never reaped.
+        self.reapable = reapable
         self.logs = state_dir / "logs"
         self.pids: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -246,7 +230,14 @@ class Platform:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
         self.logs.mkdir(exist_ok=True)
+        ports.save(self.state_dir, self.ports)
         self._save()
+        # Said before anything starts, with the holder's pid: a part that cannot bind would
+        # only exit with its own, less clear, message.
+        try:
+            ports.check_free(self.ports, ports.PLATFORM_PORTS, f"platform {self.state_dir}")
+        except ports.PortTaken as exc:
+            raise PlatformError(str(exc)) from None
         try:
             self._start_etcd(binaries)
             self._start_apiserver(binaries)
@@ -295,7 +286,8 @@ class Platform:
     def _save(self) -> None:
         # The owner is the process that started the platform: a test session that is
         # killed leaves its platform behind, and the next session reaps it by this pid.
-        data = {"pids": self.pids, "ports": asdict(self.ports), "owner_pid": os.getpid()}
+        # A developer's platform records no owner (0), so no session ever reaps it.
+        data = {"pids": self.pids, "owner_pid": os.getpid() if self.reapable else 0}
         (self.state_dir / "platform.json").write_text(json.dumps(data, indent=2))
 
     def _load(self) -> dict[str, int]:
@@ -307,11 +299,11 @@ class Platform:
 
     @classmethod
     def load(cls, state_dir: Path) -> Platform:
-        """The platform recorded in ``state_dir`` (its ports come from the state file)."""
-        path = state_dir / "platform.json"
-        recorded = json.loads(path.read_text()).get("ports") if path.exists() else None
-        ports = Ports(**recorded) if recorded else Ports()
-        return cls(state_dir, ports)
+        """The platform recorded in ``state_dir``, on its remembered ports (new ones chosen
+        for a new state directory: the documented ones for the default directory when free)."""
+        prefer_defaults = state_dir.resolve() == default_state_dir().resolve()
+        chosen = ports.load(state_dir, prefer_defaults=prefer_defaults)
+        return cls(state_dir, chosen, reapable=False)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:
         log = self.logs / f"{name}.log"

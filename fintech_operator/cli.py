@@ -63,7 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="watch only this namespace (repeatable; default: all)",
     )
-    run.add_argument("--liveness-port", type=int, default=8080, help="probe port (0 = off)")
+    run.add_argument(
+        "--liveness-port",
+        type=int,
+        default=None,
+        help="port of the liveness probe /healthz (0 = off); wins over FINTECH_HEALTH_PORT, "
+        "whose default is 8080",
+    )
     run.set_defaults(func=_cmd_run)
     rewards = sub.add_parser("rewards", help="run the rewards consumer")
     rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
@@ -100,7 +106,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    from fintech_operator import config  # noqa: PLC0415 - after parsing: `--help` stays fast
+
+    try:
+        code: int = args.func(args)
+    except config.SettingsError as exc:
+        # A setting the process cannot start with: one line naming it, no traceback.
+        print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

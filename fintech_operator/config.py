@@ -140,7 +140,16 @@ class Settings(BaseModel):
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
-    health_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    health_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="TCP port of the operator's liveness probe /healthz on "
+            "FINTECH_HEALTH_HOST; 0 turns it off; `run --liveness-port` wins over it. A port "
+            "in use stops the operator at start naming it. Default 8080.",
+        ),
+    ] = 8080
     # Observability (issue 7): /metrics listens on FINTECH_HEALTH_HOST like the probes.
     metrics_port: Annotated[
         int,
@@ -206,10 +215,34 @@ class Settings(BaseModel):
         Field(
             ge=1,
             le=300,
-            description="How often the notifier re-reads Webhook resources and their Secrets; "
-            "a new Webhook receives events within this time. Default 10.",
+            description="How often the notifier re-reads Webhook resources and their Secrets "
+            "(signing keys, endpoint ownership). A new Webhook does not wait for it: the notifier "
+            "lists Webhooks again before routing any event newer than its last list. Default 10.",
         ),
     ] = 10.0
+    notifier_clock_skew_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=30,
+            description="How long after an event's time a list of Webhooks must have started "
+            "for the notifier to route the event with it: covers creationTimestamp's whole "
+            "seconds, the API server's write and clock differences between the operator, the "
+            "API server and the notifier. Every event is routed at the earliest this long "
+            "after its time. Default 2.",
+        ),
+    ] = 2.0
+    notifier_route_hold_max_seconds: Annotated[
+        float,
+        Field(
+            ge=10,
+            le=180,
+            description="Longest the notifier holds events (routing nothing, committing no "
+            "offset) while it cannot list Webhooks; past it, it routes them with the last list "
+            "it has, logs a warning and counts them in "
+            "fintech_notifier_routed_uncovered_total. Default 60.",
+        ),
+    ] = 60.0
     notifier_poll_interval_ms: Annotated[
         int,
         Field(
@@ -305,15 +338,35 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
-    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py).
+    recon_cluster_namespace: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+            description="The one namespace whose ReconciliationRuns may set spec.scope Cluster "
+            "and so compare every namespace's money; grant create on reconciliationruns there "
+            "only to those who may see all of it. Empty (the default): no run is cluster-wide, "
+            "each compares only its own namespace.",
+        ),
+    ] = ""
+    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
+    # development one by explicit opt-in: the operator fails closed without either.
+    tokenizer: Annotated[
+        str,
+        Field(
+            pattern=r"^(|development)$",
+            description="`development` opts in to the built-in development tokenizer (random "
+            "last 4, no processor: never for production); empty (the default) needs "
+            "FINTECH_TOKENIZER_URL. The operator refuses to start with neither, or with both.",
+        ),
+    ] = ""
     tokenizer_url: Annotated[
         str,
         Field(
             max_length=2048,
             description="URL the operator POSTs to for a new card's token and last 4 (the card "
-            "processor's tokenization endpoint). Empty (the default) uses the built-in "
-            "development tokenizer. https is required, except http to a loopback host "
-            "(127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
+            "processor's tokenization endpoint). Empty (the default): the operator refuses to "
+            "start unless FINTECH_TOKENIZER=development. https is required, except http to a "
+            "loopback host (127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
         ),
     ] = ""
     tokenizer_token_file: Annotated[
@@ -384,6 +437,13 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
         )
+    if settings.notifier_route_hold_max_seconds <= settings.notifier_clock_skew_seconds:
+        # Every fresh event waits the skew allowance before it is routed; a shorter hold would
+        # route every one of them without the Webhook list that covers it.
+        raise SettingsError(
+            f"{_env_name('notifier_route_hold_max_seconds')} must exceed "
+            f"{_env_name('notifier_clock_skew_seconds')}"
+        )
     _check_kafka_security(settings)
     _check_tokenizer(settings)
     return settings
@@ -392,6 +452,12 @@ def load(environ: dict[str, str] | None = None) -> Settings:
 def _check_tokenizer(settings: Settings) -> None:
     """The processor's tokenizer needs its credential file, readable and not empty, at start."""
     url_var, file_var = _env_name("tokenizer_url"), _env_name("tokenizer_token_file")
+    if settings.tokenizer and settings.tokenizer_url:
+        raise SettingsError(
+            f"{_env_name('tokenizer')}={settings.tokenizer} and {url_var} are both set; "
+            f"set {url_var} for the card processor's tokenizer, or "
+            f"{_env_name('tokenizer')}=development for the built-in one, not both"
+        )
     if not settings.tokenizer_url:
         if settings.tokenizer_token_file:
             raise SettingsError(

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from typing import Any
 
 import kopf
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, logs
+from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import relay, topics
 from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import collector, lifecycle, tracing
@@ -149,24 +151,50 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.pool.close()
 
 
-def run_operator(namespaces: list[str], liveness_port: int) -> int:
-    """Entry point of ``fintech-operator run``."""
+def _check_probe_port(host: str, port: int) -> None:
+    """Refuse to start when the probe's port is taken: kopf would fail later, inside a task,
+    with a message that names neither the port nor the setting."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As aiohttp binds it: a stopped listener's TIME_WAIT connections do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise config.SettingsError(
+                f"cannot serve the liveness probe on {host}:{port} (--liveness-port or "
+                f"FINTECH_HEALTH_PORT): {exc.strerror}"
+            ) from None
+
+
+def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
+    """Entry point of ``fintech-operator run``; ``liveness_port`` (the flag) wins over
+    ``FINTECH_HEALTH_PORT``."""
     import os  # noqa: PLC0415
     import secrets  # noqa: PLC0415
 
     logs.configure()
-    config.load()  # Fail now, with the variable's name, rather than inside a handler.
+    settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
+    # Fail closed before anything starts: no processor URL and no explicit development opt-in.
+    if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
+        log.warning(
+            "card tokenizer: the built-in development tokenizer (FINTECH_TOKENIZER=development); "
+            "cards get random last 4 digits and no processor knows them: never in production"
+        )
+    if liveness_port is None:
+        liveness_port = settings.health_port
+    host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
+    _check_probe_port(host, liveness_port)
     from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
     logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
-
     # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
-    handlers.slots.install(config.load().db_pool_max_size)
-    lifecycle.start_operator(config.load())  # tracing, /metrics, timing of every handler
+    handlers.slots.install(settings.db_pool_max_size)
+    lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
     peering_name = os.environ.get(PEERING_NAME_ENV) or None
     priority = int(os.environ.get(PEERING_PRIORITY_ENV) or secrets.randbelow(2**31 - 2) + 1)
-    host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None
     # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.

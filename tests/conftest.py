@@ -262,6 +262,9 @@ def operator_env(
         "FINTECH_DATABASE_RUNTIME_ROLE": runtime_role,
         "FINTECH_TOPIC_PREFIX": f"{operator_prefix}.",
         "FINTECH_HEALTH_PORT": "0",
+        # No card processor runs here: the explicit development opt-in (the operator refuses
+        # to start without it or FINTECH_TOKENIZER_URL).
+        "FINTECH_TOKENIZER": "development",
         "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",
         # A posting for a card that never appears is rejected after a few seconds.
         "FINTECH_MISSING_CARD_RETRY_LIMIT": "3",

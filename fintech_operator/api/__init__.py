@@ -3,6 +3,11 @@
 Handlers decode ``spec`` and ``status`` with these models (``CardSpec.model_validate``)
 and encode status with :func:`to_api`; ``crdgen`` turns the same models into the CRD
 schemas under ``crds/``. Everything public is listed in ``__all__``.
+
+The vocabulary users read in ``kubectl get`` is declared here once, as ``StrEnum``s: each
+kind's phases (``CardPhase``, ...), its reasons (``CardReason``, ``PostingReason``, ...), the
+condition types (``ConditionType``) and the posting types (``PostingType``, which the ledger,
+events, rewards and metrics follow; ``tests/unit/test_vocabulary.py`` proves they agree).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fintech_operator.api import (
 )
 from fintech_operator.api.card import (
     CardPhase,
+    CardReason,
     CardSpec,
     CardState,
     CardStatus,
@@ -32,9 +38,15 @@ from fintech_operator.api.card import (
     ReviewRecord,
     SanctionsMatch,
 )
-from fintech_operator.api.cardproduct import CardProductPhase, CardProductSpec, CardProductStatus
+from fintech_operator.api.cardproduct import (
+    CardProductPhase,
+    CardProductReason,
+    CardProductSpec,
+    CardProductStatus,
+)
 from fintech_operator.api.cardreview import (
     CardReviewPhase,
+    CardReviewReason,
     CardReviewSpec,
     CardReviewStatus,
     ReviewDecision,
@@ -47,9 +59,11 @@ from fintech_operator.api.common import (
     VERSION,
     Condition,
     ConditionStatus,
+    ConditionType,
     FeeAmount,
     KindInfo,
     Money,
+    PolicyReason,
     PostingType,
     PrinterColumn,
     SpendInterval,
@@ -83,13 +97,17 @@ from fintech_operator.api.posting import (
 )
 from fintech_operator.api.reconciliationrun import (
     ReconciliationPhase,
+    ReconciliationReason,
     ReconciliationRunSpec,
     ReconciliationRunStatus,
     ReconciliationRunTemplate,
+    RunScope,
 )
 from fintech_operator.api.reconciliationschedule import (
     ReconciliationScheduleSpec,
     ReconciliationScheduleStatus,
+    SchedulePhase,
+    ScheduleReason,
 )
 from fintech_operator.api.riskpolicy import (
     PolicyMoney,
@@ -98,7 +116,7 @@ from fintech_operator.api.riskpolicy import (
     RiskPolicyStatus,
     RuleAction,
 )
-from fintech_operator.api.webhook import WebhookPhase, WebhookSpec, WebhookStatus
+from fintech_operator.api.webhook import WebhookPhase, WebhookReason, WebhookSpec, WebhookStatus
 
 # Every kind of the API, in the order their CRDs are generated and installed.
 KINDS: Final[tuple[KindInfo, ...]] = (
@@ -123,9 +141,12 @@ __all__ = [
     "AmlRules",
     "CardPhase",
     "CardProductPhase",
+    "CardProductReason",
     "CardProductSpec",
     "CardProductStatus",
+    "CardReason",
     "CardReviewPhase",
+    "CardReviewReason",
     "CardReviewSpec",
     "CardReviewStatus",
     "CardSpec",
@@ -137,6 +158,7 @@ __all__ = [
     "CompliancePolicyStatus",
     "Condition",
     "ConditionStatus",
+    "ConditionType",
     "Decision",
     "Direction",
     "Entry",
@@ -148,6 +170,7 @@ __all__ = [
     "Merchant",
     "Money",
     "PolicyMoney",
+    "PolicyReason",
     "PostingPhase",
     "PostingReason",
     "PostingSpec",
@@ -155,6 +178,7 @@ __all__ = [
     "PostingType",
     "PrinterColumn",
     "ReconciliationPhase",
+    "ReconciliationReason",
     "ReconciliationRunSpec",
     "ReconciliationRunStatus",
     "ReconciliationRunTemplate",
@@ -166,12 +190,16 @@ __all__ = [
     "RiskPolicySpec",
     "RiskPolicyStatus",
     "RuleAction",
+    "RunScope",
     "SanctionsMatch",
     "SanctionsRules",
+    "SchedulePhase",
+    "ScheduleReason",
     "SpendInterval",
     "SpendLimit",
     "StructuringRule",
     "WebhookPhase",
+    "WebhookReason",
     "WebhookSpec",
     "WebhookStatus",
     "conditions_from_status",

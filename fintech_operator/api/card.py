@@ -55,6 +55,35 @@ class CardPhase(enum.StrEnum):
     PENDING_REVIEW = "PendingReview"
 
 
+class CardReason(enum.StrEnum):
+    """Why a card is in its phase (``status.reason``) and the reasons of its conditions."""
+
+    # Rejected (final)
+    INVALID_SPEC = "InvalidSpec"
+    PRODUCT_NOT_FOUND = "ProductNotFound"
+    NAME_REUSED = "NameReused"
+    TOKENIZER_REFUSED = "TokenizerRefused"
+    RISK_DECLINED = "RiskDeclined"
+    KYC_NOT_ACCEPTED = "KycNotAccepted"
+    KYC_REJECTED = "KycRejected"
+    EXACT_MATCH = "ExactMatch"
+    REVIEW_REJECTED = "ReviewRejected"
+    # PendingReview
+    RISK_REVIEW = "RiskReview"
+    KYC_PENDING = "KycPending"
+    POSSIBLE_MATCH = "PossibleMatch"
+    SCREENING_UNAVAILABLE = "ScreeningUnavailable"
+    UNSCREENABLE_NAME = "UnscreenableName"
+    # Closed before issue; a close waiting for the balance
+    CLOSED_BEFORE_ISSUE = "ClosedBeforeIssue"
+    BALANCE_NOT_ZERO = "BalanceNotZero"
+    # Reasons of conditions only
+    ISSUED = "Issued"
+    OPENED = "Opened"
+    CLEARED = "Cleared"
+    REVIEW_APPROVED = "ReviewApproved"
+
+
 class Holder(common.SpecModel):
     """The person the card is issued to."""
 
@@ -78,7 +107,13 @@ class Holder(common.SpecModel):
 class CardSpec(common.SpecModel):
     """Desired state of the card."""
 
-    user_id: str = pydantic.Field(
+    user_id: Annotated[
+        str,
+        common.Expected(
+            f"a user id: up to {USER_ID_MAX_LENGTH} letters, digits and _.@:- starting with a "
+            "letter or digit, such as u_demo"
+        ),
+    ] = pydantic.Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$",
         min_length=1,
         max_length=USER_ID_MAX_LENGTH,
@@ -323,6 +358,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("User", "string", ".spec.userId", "Owner of the card."),
         common.PrinterColumn("Product", "string", ".spec.product", "CardProduct of the card."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the card is Rejected, PendingReview or not closing yet."),
         common.PrinterColumn("Last4", "string", ".status.last4", "Last four digits."),
         common.PrinterColumn(
             "Balance", "integer", ".status.balance.amount", "Balance in minor units."

@@ -20,6 +20,15 @@ class CardProductPhase(enum.StrEnum):
     REJECTED = "Rejected"
 
 
+class CardProductReason(enum.StrEnum):
+    """``status.reason`` of a product and the reasons of its Ready condition."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    IN_USE = "InUse"  # deletion waits for the cards that use it
+    DELETION_BLOCKED = "DeletionBlocked"
+
+
 class CardProductSpec(common.SpecModel):
     """Desired terms of the product."""
 
@@ -98,6 +107,7 @@ KIND_INFO: Final = common.KindInfo(
             "Rate(bps)", "integer", ".spec.rewardsRateBps", "Rewards rate in basis points."
         ),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the product is Rejected or its deletion waits."),
         common.PrinterColumn("Cards", "integer", ".status.cards", "Open cards of the product."),
         common.age_column(),
     ),

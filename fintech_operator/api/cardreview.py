@@ -10,7 +10,7 @@ review of a card wins and is recorded in the database (``card_reviews``).
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -35,6 +35,16 @@ class CardReviewPhase(enum.StrEnum):
     REFUSED = "Refused"
 
 
+class CardReviewReason(enum.StrEnum):
+    """Why a review was Refused (``status.reason``), or Ready's reason once Recorded."""
+
+    INVALID_SPEC = "InvalidSpec"
+    CARD_NOT_FOUND = "CardNotFound"
+    CARD_NOT_PENDING_REVIEW = "CardNotPendingReview"
+    ALREADY_REVIEWED = "AlreadyReviewed"
+    RECORDED = "Recorded"
+
+
 class CardReviewSpec(common.SpecModel):
     """The decision. Immutable: a recorded decision is history."""
 
@@ -50,7 +60,13 @@ class CardReviewSpec(common.SpecModel):
     decision: ReviewDecision = pydantic.Field(
         description="Approve (the card is issued) or Reject (the card ends Rejected)."
     )
-    reviewer: str = pydantic.Field(
+    reviewer: Annotated[
+        str,
+        common.Expected(
+            f"who decided, 1 to {REVIEWER_MAX_LENGTH} characters not starting with a space, "
+            "such as an e-mail address"
+        ),
+    ] = pydantic.Field(
         min_length=1,
         max_length=REVIEWER_MAX_LENGTH,
         pattern=r"^[^\s].*$",
@@ -105,6 +121,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("Decision", "string", ".spec.decision", "Approve or Reject."),
         common.PrinterColumn("Reviewer", "string", ".spec.reviewer", "Who decided."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the review was Refused."),
         common.age_column(),
     ),
     selectable_fields=(".spec.card",),

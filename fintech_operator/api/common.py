@@ -35,7 +35,29 @@ CONDITIONS_MAX_ITEMS: Final = 16
 ACCOUNT_MAX_LENGTH: Final = 512
 VALIDATION_MESSAGE_MAX_LENGTH: Final = 1024
 
-READY: Final = "Ready"
+
+class ConditionType(enum.StrEnum):
+    """Every ``status.conditions[].type`` the operator writes. Ready is on every kind."""
+
+    READY = "Ready"
+    RISK_ASSESSED = "RiskAssessed"  # Card: the risk decision (reason Approve, Review, Decline)
+    COMPLIANCE_CLEARED = "ComplianceCleared"  # Card: KYC and screening
+    LEDGER_ACCOUNT_OPENED = "LedgerAccountOpened"  # Card: its ledger account
+    RECONCILED = "Reconciled"  # ReconciliationRun: no check found an exception
+
+
+READY: Final = ConditionType.READY
+
+
+class PolicyReason(enum.StrEnum):
+    """``status.reason`` (and Ready's reason) of a RiskPolicy or CompliancePolicy."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    SANCTIONS_LIST_NOT_FOUND = "SanctionsListNotFound"
+    SANCTIONS_LIST_INVALID = "SanctionsListInvalid"
+    SANCTIONS_LIST_UNREADABLE = "SanctionsListUnreadable"
+
 
 # Python attributes carry their unit (``amount_minor``); the YAML contract says
 # ``amount``. Every other name is the plain camelCase of the attribute.
@@ -74,6 +96,36 @@ class StatusModel(pydantic.BaseModel):
     )
 
 
+# The schema key that carries a string field's expected shape in words from the models to
+# crdgen, which turns it into the field's CEL rule and message (never into the CRD itself).
+EXPECTED_KEY: Final = "x-fintech-expected"
+# An RFC 3339 time with a zone, as CEL's timestamp() parses it: what spec timestamps must be.
+RFC3339_PATTERN: Final = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+RFC3339_EXPECTED: Final = "an RFC 3339 time with a zone, such as 2025-01-15T09:30:00Z"
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a valid value of a string field looks like, in words (``Annotated`` metadata).
+
+    The API server refuses a bad value with "must be <words>" instead of quoting a regular
+    expression: ``crdgen`` turns the field's pattern and length bounds into one CEL rule with
+    this message, so that a cheap schema failure never hides the object's other CEL rules.
+    """
+
+    words: str
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: pydantic.GetJsonSchemaHandler
+    ) -> Any:
+        schema = handler(core_schema)
+        schema[EXPECTED_KEY] = self.words
+        return schema
+
+
 AmountMinor = Annotated[pydantic.StrictInt, pydantic.Field(ge=0, le=AMOUNT_MINOR_MAX)]
 PositiveAmountMinor = Annotated[pydantic.StrictInt, pydantic.Field(ge=1, le=AMOUNT_MINOR_MAX)]
 SignedAmountMinor = Annotated[
@@ -83,14 +135,41 @@ SignedAmountMinor = Annotated[
 # float64 the API server stores schema bounds in.
 Generation = Annotated[pydantic.StrictInt, pydantic.Field(ge=0)]
 Count = Annotated[pydantic.StrictInt, pydantic.Field(ge=0)]
-CurrencyCode = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{3}$", min_length=3, max_length=3)]
-CountryCode = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{2}$", min_length=2, max_length=2)]
+CurrencyCode = Annotated[
+    str,
+    pydantic.Field(pattern=r"^[A-Z]{3}$", min_length=3, max_length=3),
+    Expected("an ISO 4217 currency code: three uppercase letters such as USD"),
+]
+CountryCode = Annotated[
+    str,
+    pydantic.Field(pattern=r"^[A-Z]{2}$", min_length=2, max_length=2),
+    Expected("an ISO 3166-1 alpha-2 country code: two uppercase letters such as US"),
+]
 ObjectName = Annotated[
     str,
     pydantic.Field(
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
         min_length=1,
         max_length=OBJECT_NAME_MAX_LENGTH,
+    ),
+    Expected(
+        f"an object name: up to {OBJECT_NAME_MAX_LENGTH} lowercase letters, digits, '-' and "
+        "'.', starting and ending with a letter or digit, such as standard"
+    ),
+]
+MerchantCategoryCode = Annotated[
+    str,
+    pydantic.Field(pattern=r"^[0-9]{4}$", min_length=4, max_length=4),
+    Expected("an ISO 18245 merchant category code: four digits such as 5812"),
+]
+KEY_NAME_MAX_LENGTH: Final = 253
+# A key of a ConfigMap's or Secret's data, as Kubernetes allows it.
+KeyName = Annotated[
+    str,
+    pydantic.Field(pattern=r"^[-._a-zA-Z0-9]+$", min_length=1, max_length=KEY_NAME_MAX_LENGTH),
+    Expected(
+        f"a ConfigMap or Secret key: up to {KEY_NAME_MAX_LENGTH} letters, digits, '-', '_' "
+        "and '.', such as sdn.csv"
     ),
 ]
 # The same rule Kubernetes applies to metav1.Condition.reason: CamelCase words.
@@ -349,6 +428,15 @@ def age_column() -> PrinterColumn:
         type="date",
         json_path=".metadata.creationTimestamp",
         description="Time since the object was created.",
+    )
+
+
+def reason_column(
+    description: str = "CamelCase cause of the phase; empty when none.",
+) -> PrinterColumn:
+    """``status.reason`` in ``kubectl get``, as pods show CrashLoopBackOff: why, at a glance."""
+    return PrinterColumn(
+        name="Reason", type="string", json_path=".status.reason", description=description
     )
 
 

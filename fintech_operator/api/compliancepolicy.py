@@ -7,7 +7,7 @@ namespace without any CompliancePolicy uses the same defaults (see docs/cards.md
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -18,7 +18,6 @@ BPS_MAX: Final = 10_000
 # reviewers, so the schema refuses it.
 MATCH_THRESHOLD_BPS_MIN: Final = 8_000
 MATCH_THRESHOLD_BPS_DEFAULT: Final = 9_000
-CONFIGMAP_KEY_MAX_LENGTH: Final = 253
 TIME_ZONE_MAX_LENGTH: Final = 64
 STRUCTURING_COUNT_MIN: Final = 2
 STRUCTURING_COUNT_MAX: Final = 100
@@ -58,11 +57,8 @@ class SanctionsRules(common.SpecModel):
     config_map: common.ObjectName = pydantic.Field(
         description="Name of a ConfigMap in the policy's namespace holding the list."
     )
-    key: str = pydantic.Field(
+    key: common.KeyName = pydantic.Field(
         default="sdn.csv",
-        pattern=r"^[-._a-zA-Z0-9]+$",
-        min_length=1,
-        max_length=CONFIGMAP_KEY_MAX_LENGTH,
         description=(
             "Key of the list in the ConfigMap's data, or in binaryData when it ends in .gz "
             "(gzip, for lists above the 1 MiB ConfigMap limit). Rows use the SDN layout: "
@@ -132,7 +128,13 @@ class AmlRules(common.SpecModel):
         description="The structuring rule. Absent: on, with its defaults (3 postings within "
         "10% under the threshold).",
     )
-    time_zone: str = pydantic.Field(
+    time_zone: Annotated[
+        str,
+        common.Expected(
+            f"an IANA time zone name of up to {TIME_ZONE_MAX_LENGTH} characters, such as "
+            "Europe/Berlin or UTC"
+        ),
+    ] = pydantic.Field(
         default="UTC",
         pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$",
         min_length=1,
@@ -213,6 +215,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=CompliancePolicyStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the policy is Degraded or Rejected."),
         common.PrinterColumn(
             "InUse", "boolean", ".status.inUse", "Whether decisions use this policy."
         ),

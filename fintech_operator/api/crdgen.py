@@ -3,7 +3,9 @@
 The pydantic models are the single source of truth: this module turns their JSON
 schema into Kubernetes *structural* OpenAPI v3 schemas (every ``$ref`` inlined,
 ``Optional`` turned into a non-required property, every node typed) and wraps them in
-apiextensions.k8s.io/v1 CRDs. Usage::
+apiextensions.k8s.io/v1 CRDs. A spec string's pattern and length bounds become one CEL rule
+whose message says in words what is expected (``common.Expected``), so that bad input is
+refused naming the field and the API server never skips the other CEL rules. Usage::
 
     python -m fintech_operator.api.crdgen [--check] [DIR]     # DIR defaults to crds/
 
@@ -14,6 +16,7 @@ models produce, so CI catches a model change whose CRDs were not regenerated.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -56,8 +59,17 @@ _KEY_ORDER: Final = (
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
     "x-kubernetes-validations",
+    common.EXPECTED_KEY,
 )
 _NULL: Final[Mapping[str, str]] = {"type": "null"}
+# A string refused by its CEL rule keeps a schema bound this many times its real limit (and
+# at least _LENGTH_BOUND_MIN): the bound keeps the rule's cost estimate small, and a wrong
+# value of any ordinary length still gets the rule's words, not "Too long", which would also
+# make the API server skip every other CEL rule of the object.
+_LENGTH_BOUND_FACTOR: Final = 4
+_LENGTH_BOUND_MIN: Final = 256
+# The longest RFC 3339 time a spec may hold (nanoseconds and an offset take 35).
+_TIME_MAX_CHARS: Final = 64
 
 
 class SchemaError(ValueError):
@@ -215,10 +227,75 @@ def _ordered(node: Mapping[str, Any], path: str) -> dict[str, Any]:
     return {key: node[key] for key in _KEY_ORDER if key in node}
 
 
+def _explained(node: Mapping[str, Any], path: str, *, spec: bool) -> dict[str, Any]:
+    """``node`` with every string that has an expected shape checked by a CEL rule in words.
+
+    In a spec every pattern needs its words (``common.Expected``), and times and plain length
+    bounds get theirs here: users write specs. In a status (written by the operator) only
+    strings whose type has words are changed.
+    """
+    out = dict(node)
+    if "properties" in out:
+        out["properties"] = {
+            name: _explained(child, f"{path}.{name}", spec=spec)
+            for name, child in out["properties"].items()
+        }
+    if "items" in out:
+        out["items"] = _explained(out["items"], f"{path}[]", spec=spec)
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _explained(out["additionalProperties"], path, spec=spec)
+    words = out.pop(common.EXPECTED_KEY, None)
+    if out.get("type") == "string" and "enum" not in out:
+        if words is None and spec:
+            words = _default_words(out, path)
+        if words is not None:
+            out = _string_rule(out, str(words), path, spec=spec)
+    return _ordered(out, path)
+
+
+def _default_words(node: Mapping[str, Any], path: str) -> str | None:
+    """Words for a spec string without ``common.Expected``: a time, or plain length bounds."""
+    if node.get("format") == "date-time":
+        return common.RFC3339_EXPECTED
+    if "pattern" in node or "format" in node:
+        raise SchemaError(f"{path}: say what a valid value looks like with common.Expected")
+    low, high = node.get("minLength"), node.get("maxLength")
+    if high is None:
+        return None
+    return f"{low} to {high} characters long" if low else f"at most {high} characters long"
+
+
+def _string_rule(node: Mapping[str, Any], words: str, path: str, *, spec: bool) -> dict[str, Any]:
+    """Replace pattern and length bounds by one CEL rule saying "must be <words>"."""
+    out = dict(node)
+    pattern, low, high = out.pop("pattern", None), out.pop("minLength", None), out.get("maxLength")
+    if spec and out.get("format") == "date-time":
+        # A bad date-time format is a type error, which would make the server skip CEL rules.
+        del out["format"]
+        pattern, high = common.RFC3339_PATTERN, high or _TIME_MAX_CHARS
+    if high is None:
+        raise SchemaError(f"{path}: a string checked by a CEL rule needs a max_length")
+    checks = [f"size(self) >= {low}"] if low else []
+    checks.append(f"size(self) <= {high}")
+    if pattern is not None:
+        checks.append(f"self.matches({_cel_string(pattern)})")
+    message = f"must be {words}"
+    # The API server puts the field's path and the refused value before the message.
+    rule = {"rule": " && ".join(checks), "message": message}
+    out["maxLength"] = max(high * _LENGTH_BOUND_FACTOR, _LENGTH_BOUND_MIN)
+    out["x-kubernetes-validations"] = [rule, *out.get("x-kubernetes-validations", ())]
+    return out
+
+
+def _cel_string(text: str) -> str:
+    """A CEL string literal of ``text`` (JSON's escapes are CEL's)."""
+    return json.dumps(text)
+
+
 def _root_schema(info: common.KindInfo) -> dict[str, Any]:
     """The openAPIV3Schema of a kind: the standard envelope around its spec and status."""
-    spec = structural_schema(info.spec_model)
-    status = structural_schema(info.status_model)
+    spec = _explained(structural_schema(info.spec_model), "spec", spec=True)
+    status = _explained(structural_schema(info.status_model), "status", spec=False)
     return {
         "description": info.description,
         "type": "object",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -61,11 +61,8 @@ class Merchant(common.SpecModel):
         description=f"Merchant name as shown to the user, 1 to {MERCHANT_NAME_MAX_LENGTH} "
         "characters.",
     )
-    mcc: str | None = pydantic.Field(
+    mcc: common.MerchantCategoryCode | None = pydantic.Field(
         default=None,
-        pattern=r"^[0-9]{4}$",
-        min_length=4,
-        max_length=4,
         description="ISO 18245 merchant category code, exactly four digits, e.g. 5812.",
     )
     country: common.CountryCode | None = pydantic.Field(
@@ -77,7 +74,13 @@ class Merchant(common.SpecModel):
 class Entry(common.SpecModel):
     """One explicit line of a double-entry journal."""
 
-    account: str = pydantic.Field(
+    account: Annotated[
+        str,
+        common.Expected(
+            f"a ledger account code: up to {common.ACCOUNT_MAX_LENGTH} letters, digits and "
+            ":._/@- starting with a letter or digit, such as the card's status.account"
+        ),
+    ] = pydantic.Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9:._/@-]*$",
         min_length=1,
         max_length=common.ACCOUNT_MAX_LENGTH,
@@ -135,7 +138,16 @@ class PostingSpec(common.SpecModel):
         "creationTimestamp. Spend limits count postings by when the ledger recorded them "
         "(UTC day or month), not by this time.",
     )
-    idempotency_key: str | None = pydantic.Field(
+    idempotency_key: (
+        Annotated[
+            str,
+            common.Expected(
+                f"up to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces, "
+                "such as order-1234"
+            ),
+        ]
+        | None
+    ) = pydantic.Field(
         default=None,
         pattern=r"^[!-~]+$",
         min_length=1,
@@ -237,7 +249,7 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("Amount", "integer", ".spec.amount", "Amount in minor units."),
         common.PrinterColumn("Currency", "string", ".spec.currency", "ISO 4217 currency."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
-        common.PrinterColumn("Reason", "string", ".status.reason", "Why it was rejected."),
+        common.reason_column("Why the posting was Rejected."),
         common.age_column(),
     ),
     selectable_fields=(".spec.card", ".spec.type"),

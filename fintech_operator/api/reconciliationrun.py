@@ -9,7 +9,8 @@ in ``status.summary``. ``fintech-operator recon report RUN`` lists or exports th
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+import json
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -18,7 +19,6 @@ from fintech_operator.api import common
 INLINE_RECORDS_MAX: Final = 1000
 RECORD_REFERENCE_MAX_LENGTH: Final = 512
 URL_MAX_LENGTH: Final = 2048
-KEY_MAX_LENGTH: Final = 253
 TIME_TOLERANCE_SECONDS_MAX: Final = 366 * 86_400
 EVENT_LAG_SECONDS_MAX: Final = 7 * 86_400
 HTTP_TIMEOUT_SECONDS_MAX: Final = 600
@@ -35,6 +35,25 @@ class ReconciliationPhase(enum.StrEnum):
     FAILED = "Failed"
 
 
+class ReconciliationReason(enum.StrEnum):
+    """Why a run Failed (``status.reason``), and the reasons of its conditions."""
+
+    INVALID_SPEC = "InvalidSpec"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    SOURCE_UNREACHABLE = "SourceUnreachable"
+    SOURCE_MALFORMED = "SourceMalformed"
+    SOURCE_TOO_LARGE = "SourceTooLarge"
+    FAILED = "Failed"  # a failure that named no reason of its own
+    # Reasons of conditions only
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    NOT_RECONCILED = "NotReconciled"
+    ALL_AGREED = "AllAgreed"
+    EXCEPTIONS_FOUND = "ExceptionsFound"
+
+
 class SourceFormat(enum.StrEnum):
     CSV = "csv"
     JSON = "json"
@@ -47,6 +66,13 @@ class CheckName(enum.StrEnum):
     TRIAL_BALANCE = "TrialBalance"
     REWARDS = "Rewards"
     EVENTS = "Events"
+
+
+class RunScope(enum.StrEnum):
+    """Whose money a run compares (DESIGN.md invariant 10)."""
+
+    NAMESPACE = "Namespace"
+    CLUSTER = "Cluster"
 
 
 class CheckResult(enum.StrEnum):
@@ -78,10 +104,7 @@ class KeyReference(common.SpecModel):
     """A key of a ConfigMap or Secret in the run's namespace."""
 
     name: common.ObjectName = pydantic.Field(description="Name of the object.")
-    key: str = pydantic.Field(
-        pattern=r"^[-._a-zA-Z0-9]+$",
-        min_length=1,
-        max_length=KEY_MAX_LENGTH,
+    key: common.KeyName = pydantic.Field(
         description="Key whose value is the settlement file.",
     )
 
@@ -93,7 +116,13 @@ class SecretReference(common.SpecModel):
 class HttpSource(common.SpecModel):
     """A settlement file fetched over HTTP(S) and streamed, never held whole in memory."""
 
-    url: str = pydantic.Field(
+    url: Annotated[
+        str,
+        common.Expected(
+            f"an http:// or https:// URL of up to {URL_MAX_LENGTH} characters without spaces, "
+            "such as https://files.example.com/settlement.csv"
+        ),
+    ] = pydantic.Field(
         pattern=r"^https?://[^\s]+$",
         min_length=8,
         max_length=URL_MAX_LENGTH,
@@ -161,12 +190,21 @@ class Source(common.SpecModel):
         return self
 
 
+_CEL_RFC3339: Final = json.dumps(common.RFC3339_PATTERN)
+
+
 class Window(common.SpecModel):
     """The ledger period compared, half-open: start <= occurredAt < end."""
 
     model_config = pydantic.ConfigDict(
         json_schema_extra=common.cel_rules(
-            ("self.start < self.end", "window.start must be before window.end")
+            (
+                # The times are checked as strings (so a bad one is refused with words, not
+                # a type error), so each is compared only once its own rule passes.
+                f"!self.start.matches({_CEL_RFC3339}) || !self.end.matches({_CEL_RFC3339}) "
+                "|| timestamp(self.start) < timestamp(self.end)",
+                "window.start must be before window.end",
+            )
         )
     )
 
@@ -256,6 +294,16 @@ class ReconciliationRunTemplate(common.SpecModel):
         description=(
             "Run every check and report the counts, but store no exceptions (so "
             "`recon report` shows none). Default false."
+        ),
+    )
+    scope: RunScope = pydantic.Field(
+        default=RunScope.NAMESPACE,
+        description=(
+            "Namespace (the default): compare only this namespace's postings, accounts, points "
+            "and events. Cluster: the whole ledger, every namespace; allowed only in the one "
+            "namespace the operator's administrator names (setting reconClusterNamespace), so "
+            "RBAC on that namespace decides who may run one. Anywhere else the run fails with "
+            "reason ClusterScopeNotAllowed."
         ),
     )
 
@@ -350,8 +398,8 @@ class ReconciliationRunStatus(common.StatusModel):
     summary: Summary | None = pydantic.Field(default=None, description="Counts, once Succeeded.")
     reason: common.Reason | None = pydantic.Field(
         default=None,
-        description="Why the run Failed: InvalidSpec, SourceNotFound, CredentialsNotFound, "
-        "SourceUnreachable, SourceMalformed or SourceTooLarge.",
+        description="Why the run Failed: InvalidSpec, ClusterScopeNotAllowed, SourceNotFound, "
+        "CredentialsNotFound, SourceUnreachable, SourceMalformed or SourceTooLarge.",
     )
     message: common.Message | None = common.message_field("Human-readable details of the outcome.")
     conditions: list[common.Condition] = common.conditions_field(
@@ -375,6 +423,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=ReconciliationRunStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the run Failed."),
         common.PrinterColumn(
             "Records", "integer", ".status.summary.recordsRead", "Records read from the source."
         ),
@@ -390,7 +439,6 @@ KIND_INFO: Final = common.KindInfo(
             '.status.conditions[?(@.type=="Reconciled")].status',
             "True when no check found an exception.",
         ),
-        common.PrinterColumn("Reason", "string", ".status.reason", "Why it failed.", priority=1),
         common.age_column(),
     ),
 )

@@ -9,7 +9,7 @@ keeps only the newest finished runs, as a CronJob does with Jobs.
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 
@@ -28,10 +28,22 @@ class SchedulePhase(enum.StrEnum):
     INVALID = "Invalid"
 
 
+class ScheduleReason(enum.StrEnum):
+    """Why a schedule is Invalid (``status.reason``)."""
+
+    INVALID_SPEC = "InvalidSpec"
+
+
 class ReconciliationScheduleSpec(common.SpecModel):
     """When to run, over which period, and what each run does."""
 
-    schedule: str = pydantic.Field(
+    schedule: Annotated[
+        str,
+        common.Expected(
+            "a cron expression of five fields (minute hour day-of-month month day-of-week) "
+            "such as '0 2 * * *', or @hourly, @daily, @weekly or @monthly"
+        ),
+    ] = pydantic.Field(
         min_length=1,
         max_length=SCHEDULE_MAX_LENGTH,
         pattern=r"^(@[a-z]+|\S+( +\S+){4})$",
@@ -100,6 +112,10 @@ class ReconciliationScheduleStatus(common.StatusModel):
     next_schedule_time: common.Timestamp | None = pydantic.Field(
         default=None, description="Next time a run will be created (RFC 3339)."
     )
+    reason: common.Reason | None = pydantic.Field(
+        default=None, description="CamelCase cause of an Invalid phase: InvalidSpec."
+    )
+    message: common.Message | None = common.message_field()
     conditions: list[common.Condition] = common.conditions_field(
         "Ready: the schedule is valid and being followed."
     )
@@ -122,6 +138,7 @@ KIND_INFO: Final = common.KindInfo(
     printer_columns=(
         common.PrinterColumn("Schedule", "string", ".spec.schedule", "Cron expression (UTC)."),
         common.PrinterColumn("Suspend", "boolean", ".spec.suspend", "Run creation paused."),
+        common.reason_column("Why the schedule is Invalid."),
         common.PrinterColumn("Last", "date", ".status.lastScheduleTime", "Time of the newest run."),
         common.PrinterColumn("Next", "string", ".status.nextScheduleTime", "Next run time."),
         common.age_column(),

@@ -25,13 +25,8 @@ LIST_MAX_ITEMS: Final = 512
 CARDS_PER_USER_MAX: Final = 1000
 
 Mcc = Annotated[
-    str,
-    pydantic.Field(
-        pattern=r"^[0-9]{4}$",
-        min_length=4,
-        max_length=4,
-        description="ISO 18245 merchant category code, four digits.",
-    ),
+    common.MerchantCategoryCode,
+    pydantic.Field(description="ISO 18245 merchant category code, four digits."),
 ]
 
 Country = Annotated[
@@ -286,6 +281,7 @@ KIND_INFO: Final = common.KindInfo(
     status_model=RiskPolicyStatus,
     printer_columns=(
         common.PrinterColumn("Phase", "string", ".status.phase", "Lifecycle phase."),
+        common.reason_column("Why the policy is Rejected."),
         common.PrinterColumn(
             "InUse", "boolean", ".status.inUse", "Whether decisions use this policy."
         ),

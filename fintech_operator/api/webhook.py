@@ -26,7 +26,6 @@ EVENT_TYPE_PATTERN: Final = (
     r"^(\*|dev\.fintech(\.[a-z][a-z0-9_]*)*\.\*"
     r"|dev\.fintech(\.[a-z][a-z0-9_]*)+\.v[1-9][0-9]{0,2})$"
 )
-KEY_NAME_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"  # A Secret data key, as Kubernetes allows.
 TIMEOUT_SECONDS_MAX: Final = 30
 ATTEMPTS_MAX: Final = 20
 DELAY_SECONDS_MAX: Final = 86_400
@@ -46,6 +45,10 @@ EventTypePattern = Annotated[
         description="An event type (dev.fintech.posting.posted.v1), a prefix ending in .* "
         "(dev.fintech.posting.*), or * for every type.",
     ),
+    common.Expected(
+        "an event type such as dev.fintech.posting.posted.v1, a prefix ending in .* such as "
+        "dev.fintech.posting.*, or * for every type"
+    ),
 ]
 
 
@@ -53,11 +56,8 @@ class SecretKeyRef(common.SpecModel):
     """A key of a Secret in the Webhook's namespace."""
 
     name: common.ObjectName = pydantic.Field(description="Name of the Secret.")
-    key: str = pydantic.Field(
+    key: common.KeyName = pydantic.Field(
         default="secret",
-        min_length=1,
-        max_length=253,
-        pattern=KEY_NAME_PATTERN,
         description="Key in the Secret's data; default 'secret'. Its value is the signing "
         "secret in the Standard Webhooks form whsec_<base64 of 24 to 64 random bytes>.",
     )
@@ -154,7 +154,13 @@ class CircuitBreaker(common.SpecModel):
 class WebhookSpec(common.SpecModel):
     """Where to deliver which events, and how."""
 
-    url: str = pydantic.Field(
+    url: Annotated[
+        str,
+        common.Expected(
+            f"an http:// or https:// URL with a host, up to {URL_MAX_LENGTH} characters "
+            "without spaces, such as https://hooks.example.com/fintech"
+        ),
+    ] = pydantic.Field(
         min_length=8,
         max_length=URL_MAX_LENGTH,
         pattern=r"^https?://[^\s/?#]+[^\s]*$",
@@ -210,6 +216,19 @@ class WebhookPhase(enum.StrEnum):
     SUSPENDED = "Suspended"
     FAILING = "Failing"
     REJECTED = "Rejected"
+
+
+class WebhookReason(enum.StrEnum):
+    """Why the endpoint is in its phase (``status.reason``); a problem the notifier reports
+    as ``Word: detail`` shows its own CamelCase word instead."""
+
+    AWAITING_NOTIFIER = "AwaitingNotifier"
+    SUSPENDED = "Suspended"
+    DELIVERING = "Delivering"
+    RETRYING = "Retrying"
+    CIRCUIT_OPEN = "CircuitOpen"
+    ENDPOINT_PROBLEM = "EndpointProblem"
+    INVALID_SPEC = "InvalidSpec"
 
 
 class CircuitState(enum.StrEnum):
@@ -307,6 +326,9 @@ KIND_INFO: Final = common.KindInfo(
     printer_columns=(
         common.PrinterColumn("URL", "string", ".spec.url", "Endpoint URL."),
         common.PrinterColumn("Phase", "string", ".status.phase", "Delivery phase."),
+        common.reason_column(
+            "Cause of the phase, e.g. Delivering, CircuitOpen or AwaitingNotifier."
+        ),
         common.PrinterColumn("Circuit", "string", ".status.circuit", "Circuit breaker."),
         common.PrinterColumn(
             "Failures", "integer", ".status.consecutiveFailures", "Failures since last success."

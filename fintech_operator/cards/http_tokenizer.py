@@ -239,10 +239,26 @@ class HttpTokenizer:
             return response.status_code, b"".join(chunks)
 
 
+DEVELOPMENT: Final = "development"
+NO_TOKENIZER: Final = (
+    "no card tokenizer configured: set FINTECH_TOKENIZER_URL (and "
+    "FINTECH_TOKENIZER_TOKEN_FILE) to the card processor's tokenization endpoint, or "
+    "FINTECH_TOKENIZER=development to opt in to the built-in development tokenizer (random "
+    "last 4 digits, no processor: never in production); the operator does not start without one"
+)
+
+
 def from_settings(settings: config.Settings) -> tokenizer.Tokenizer:
-    """The processor's tokenizer when ``FINTECH_TOKENIZER_URL`` is set, else the built-in one."""
+    """The processor's tokenizer when ``FINTECH_TOKENIZER_URL`` is set, the built-in one when
+    ``FINTECH_TOKENIZER=development``; with neither, :class:`config.SettingsError`.
+
+    Failing closed: an install that forgets the URL must not issue Active cards with invented
+    last 4 digits.
+    """
     if not settings.tokenizer_url:
-        return tokenizer.BuiltinTokenizer()
+        if settings.tokenizer == DEVELOPMENT:
+            return tokenizer.BuiltinTokenizer()
+        raise config.SettingsError(NO_TOKENIZER)
     return HttpTokenizer(
         settings.tokenizer_url,
         settings.tokenizer_token_file,

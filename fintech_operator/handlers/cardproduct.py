@@ -15,7 +15,7 @@ PRODUCT_COUNT_INTERVAL_SECONDS = 15.0
 DELETE_RECHECK_SECONDS = 10.0
 USERS_SHOWN_MAX = 5
 # Cards in these phases no longer need their product: it may be deleted under them.
-FINISHED_PHASES = frozenset({"Closed", "Rejected"})
+FINISHED_PHASES = frozenset({api.CardPhase.CLOSED, api.CardPhase.REJECTED})
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, "cardproducts")
@@ -26,12 +26,14 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: An
     try:
         product = api.CardProductSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        report.reject(
+            body, patch, api.CardProductReason.INVALID_SPEC, api.format_validation_error(exc)
+        )
         return
     message = f"{product.currency} at {product.rewards_rate_bps} bps"
-    patch.status["phase"] = "Ready"
+    patch.status["phase"] = api.CardProductPhase.READY
     patch.status["conditions"] = report.condition(
-        body.status, api.READY, True, "Valid", message, generation
+        body.status, api.READY, True, api.CardProductReason.VALID, message, generation
     )
     patch.status["observedGeneration"] = generation
     patch.status["reason"] = None
@@ -88,10 +90,10 @@ async def protect(
         "close or delete them first"
     )
     generation = int(body.metadata.get("generation") or 0)
-    patch.status["reason"] = "InUse"
+    patch.status["reason"] = api.CardProductReason.IN_USE
     patch.status["message"] = message
     patch.status["conditions"] = report.condition(
-        body.status, api.READY, False, "DeletionBlocked", message, generation
+        body.status, api.READY, False, api.CardProductReason.DELETION_BLOCKED, message, generation
     )
     kopf.warn(body, reason="DeletionBlocked", message=message)
     raise kopf.TemporaryError(message, delay=DELETE_RECHECK_SECONDS)

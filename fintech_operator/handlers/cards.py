@@ -39,7 +39,7 @@ from fintech_operator.risk import model as risk_model
 from fintech_operator.risk import policy as risk_policy
 from fintech_operator.risk import store as risk_store
 
-DECIDED_PHASES: Final = frozenset({"Active", "Frozen", "Closed", "Rejected", "PendingReview"})
+DECIDED_PHASES: Final = frozenset(set(api.CardPhase) - {api.CardPhase.PENDING})
 ISSUED_PHASES: Final = lifecycle.ISSUED_PHASES
 TEMPORARY_DELAY_SECONDS: Final = 2.0
 # A sanctions list that cannot be read is retried this often before the card is held for review.
@@ -218,7 +218,9 @@ async def issue(
         card = api.CardSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
         message = api.format_validation_error(exc)
-        await _reject(body, patch, memo, namespace, name, "InvalidSpec", message, None)
+        await _reject(
+            body, patch, memo, namespace, name, api.CardReason.INVALID_SPEC, message, None
+        )
         return
     if card.state is api.CardState.CLOSED:
         await _closed_unissued(body, patch, memo, namespace, name)
@@ -233,7 +235,9 @@ async def issue(
     )
     if product is None:
         message = f"card product {card.product!r} does not exist in {namespace}"
-        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
+        await _reject(
+            body, patch, memo, namespace, name, api.CardReason.PRODUCT_NOT_FOUND, message, card
+        )
         return
     await _assess(body, patch, memo, namespace, name, card, product, retry, kwargs)
 
@@ -381,7 +385,7 @@ def _assessment_conditions(
     generation = _generation(body)
     conditions = report.condition(
         body.status,
-        "RiskAssessed",
+        api.ConditionType.RISK_ASSESSED,
         True,
         decision.action.value,
         decision.summary(),
@@ -391,9 +395,9 @@ def _assessment_conditions(
     cleared = worst is None or worst.outcome is compliance_model.Outcome.CLEAR
     return report.condition(
         {"conditions": conditions},
-        "ComplianceCleared",
+        api.ConditionType.COMPLIANCE_CLEARED,
         cleared,
-        "Cleared" if cleared or worst is None else worst.reason,
+        api.CardReason.CLEARED if cleared or worst is None else worst.reason,
         "; ".join(f"{check.kind.value}: {check.detail}" for check in checks),
         generation,
     )
@@ -411,7 +415,7 @@ def _hold_for_review(
 ) -> None:
     generation = _generation(body)
     why = f"{verdict.message}; a reviewer decides with a CardReview (see docs/cards.md)"
-    patch.status["phase"] = "PendingReview"
+    patch.status["phase"] = api.CardPhase.PENDING_REVIEW
     patch.status["reason"] = verdict.reason
     patch.status["message"] = why[:1024]
     patch.status["conditions"] = report.condition(
@@ -435,16 +439,16 @@ async def _closed_unissued(
         generation=generation,
         from_phase="PendingReview" if phase == "PendingReview" else "Pending",
         to_state="Closed",
-        reason="ClosedBeforeIssue",
+        reason=api.CardReason.CLOSED_BEFORE_ISSUE,
         now=_event_time(),
         headers=tracing.context_headers(),
     )
     await _write_events(memo, event)
-    patch.status["phase"] = "Closed"
-    patch.status["reason"] = "ClosedBeforeIssue"
+    patch.status["phase"] = api.CardPhase.CLOSED
+    patch.status["reason"] = api.CardReason.CLOSED_BEFORE_ISSUE
     patch.status["message"] = message
     patch.status["conditions"] = report.condition(
-        body.status, api.READY, False, "ClosedBeforeIssue", message, generation
+        body.status, api.READY, False, api.CardReason.CLOSED_BEFORE_ISSUE, message, generation
     )
     patch.status["observedGeneration"] = generation
     normal_event(body, reason="Closed", message=message)
@@ -469,7 +473,7 @@ async def _open(
     """
     currency = product.currency
     code = model.card_account_code(namespace, name, currency)
-    state = "Frozen" if card.state is api.CardState.FROZEN else "Active"
+    state = api.CardPhase.FROZEN if card.state is api.CardState.FROZEN else api.CardPhase.ACTIVE
     reused = await _name_reused(memo, body, namespace, name)
     if reused is not None:
         await _refuse_open(body, patch, memo, namespace, name, card, reused, conditions)
@@ -536,13 +540,18 @@ async def _open(
     await _set_frozen(memo, code, state == "Frozen")
     generation = _generation(body)
     conditions = report.condition(
-        {"conditions": conditions}, "LedgerAccountOpened", True, "Opened", code, generation
+        {"conditions": conditions},
+        api.ConditionType.LEDGER_ACCOUNT_OPENED,
+        True,
+        api.CardReason.OPENED,
+        code,
+        generation,
     )
     conditions = report.condition(
         {"conditions": conditions},
         api.READY,
         True,
-        "Issued",
+        api.CardReason.ISSUED,
         f"issued, last 4 {issued.token.last4}",
         generation,
     )
@@ -610,6 +619,7 @@ async def _post_issuance_fee(
         lines=rules.lines_for(model.PostingKind.FEE, code, amount_minor, currency),
         occurred_at=api.parse_timestamp(str(body.metadata.get("creationTimestamp"))),
         reference=f"issuance-fee/{body.metadata.namespace}/{body.metadata.name}",
+        namespace=report.namespace_of(body.metadata.namespace),
     )
     await engine.post(memo.pool, request)
 
@@ -642,7 +652,9 @@ async def holder_changed(
     product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
     if product is None:
         message = f"card product {card.product!r} is gone"
-        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
+        await _reject(
+            body, patch, memo, namespace, name, api.CardReason.PRODUCT_NOT_FOUND, message, card
+        )
         return
     parsed = api.CardProductSpec.model_validate(product)
     await _assess(body, patch, memo, namespace, name, card, parsed, kwargs["retry"], kwargs)
@@ -682,16 +694,23 @@ async def apply_review(
     who = f"{review.decision} by {review.reviewer} (CardReview {review.review}): {review.comment}"
     card = api.CardSpec.model_validate(dict(spec))
     if review.decision != api.ReviewDecision.APPROVE.value:
-        await _reject(body, patch, memo, namespace, name, "ReviewRejected", who, card)
+        await _reject(body, patch, memo, namespace, name, api.CardReason.REVIEW_REJECTED, who, card)
         return
     normal_event(body, reason="ReviewApproved", message=who[:1024])
     product = indexes.first(kwargs["cardproducts"], (namespace, card.product))
     if product is None:
         message = f"card product {card.product!r} is gone"
-        await _reject(body, patch, memo, namespace, name, "ProductNotFound", message, card)
+        await _reject(
+            body, patch, memo, namespace, name, api.CardReason.PRODUCT_NOT_FOUND, message, card
+        )
         return
     conditions = report.condition(
-        body.status, "ComplianceCleared", True, "ReviewApproved", who, _generation(body)
+        body.status,
+        api.ConditionType.COMPLIANCE_CLEARED,
+        True,
+        api.CardReason.REVIEW_APPROVED,
+        who,
+        _generation(body),
     )
     await _open(
         body,
@@ -788,15 +807,16 @@ async def close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce
                 f"closing waits: {exc.message}; post a Payment (or Refund) that brings the "
                 "balance to zero and closing completes by itself"
             )
-            if announce or body.status.get("reason") != "BalanceNotZero":
-                kopf.warn(body, reason="BalanceNotZero", message=why)
-            patch.status["reason"] = "BalanceNotZero"
+            waits = api.CardReason.BALANCE_NOT_ZERO
+            if announce or body.status.get("reason") != waits:
+                kopf.warn(body, reason=waits, message=why)
+            patch.status["reason"] = waits
             patch.status["message"] = why
             patch.status["conditions"] = report.condition(
-                body.status, api.READY, False, "BalanceNotZero", why, generation
+                body.status, api.READY, False, waits, why, generation
             )
             return
-    patch.status["phase"] = "Closed"
+    patch.status["phase"] = api.CardPhase.CLOSED
     patch.status["reason"] = None
     patch.status["message"] = None
     patch.status["observedGeneration"] = generation
@@ -804,7 +824,7 @@ async def close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce
         body.status,
         api.READY,
         False,
-        "Closed",
+        api.CardPhase.CLOSED,
         "card closed; its ledger history is kept",
         generation,
     )

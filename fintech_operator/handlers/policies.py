@@ -64,7 +64,7 @@ async def reconcile_risk(
     try:
         parsed = api.RiskPolicySpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        _rejected(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        _rejected(body, patch, api.PolicyReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     in_use = risk_policy.select(riskpolicies, str(namespace)).name == name
     count = risk_policy.rule_count(parsed)
@@ -77,7 +77,7 @@ async def reconcile_risk(
             "reason": None,
             "message": None,
             "conditions": report.condition(
-                body.status, api.READY, True, "Valid", message, generation
+                body.status, api.READY, True, api.PolicyReason.VALID, message, generation
             ),
             "observedGeneration": generation,
         }
@@ -110,7 +110,7 @@ def _rejected(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> 
     generation = int(body.metadata.get("generation") or 0)
     patch.status.update(
         {
-            "phase": "Rejected",
+            "phase": api.RiskPolicyPhase.REJECTED,  # the same word for both policy kinds
             "inUse": False,
             "reason": reason,
             "message": message[:1024],
@@ -140,7 +140,7 @@ async def reconcile_compliance(
     try:
         parsed = compliance_policy.validate(spec)
     except compliance_policy.InvalidPolicy as exc:
-        _rejected(body, patch, "InvalidSpec", str(exc))
+        _rejected(body, patch, api.PolicyReason.INVALID_SPEC, str(exc))
         return
     await _report_compliance(
         body, patch, str(namespace), name, parsed, kwargs["compliancepolicies"]
@@ -157,7 +157,8 @@ async def recheck_compliance(
     **kwargs: Any,
 ) -> None:
     """Reload the list when its ConfigMap changed and keep inUse current; write only changes."""
-    if body.status.get("phase") not in ("Ready", "Degraded"):
+    ready, degraded = api.CompliancePolicyPhase.READY, api.CompliancePolicyPhase.DEGRADED
+    if body.status.get("phase") not in (ready, degraded):
         return
     try:
         parsed = compliance_policy.validate(spec)
@@ -180,13 +181,14 @@ async def _report_compliance(
 ) -> None:
     generation = int(body.metadata.get("generation") or 0)
     in_use = compliance_policy.select(index, namespace).name == name
-    phase, reason, message, list_status = "Ready", "Valid", "valid", None
+    phase, message, list_status = api.CompliancePolicyPhase.READY, "valid", None
+    reason: str = api.PolicyReason.VALID
     sanctions = parsed.sanctions
     if sanctions is not None:
         try:
             loaded = await cards.LISTS.get(namespace, sanctions.config_map, sanctions.key)
         except lists.ListUnavailable as exc:
-            phase, reason = "Degraded", exc.reason
+            phase, reason = api.CompliancePolicyPhase.DEGRADED, exc.reason
             message = f"{exc.message}; cards are held in PendingReview until the list loads"
         else:
             list_status = {
@@ -210,15 +212,20 @@ async def _report_compliance(
             "phase": phase,
             "inUse": in_use,
             "sanctionsList": list_status,
-            "reason": None if phase == "Ready" else reason,
-            "message": None if phase == "Ready" else message[:1024],
+            "reason": None if phase is api.CompliancePolicyPhase.READY else reason,
+            "message": None if phase is api.CompliancePolicyPhase.READY else message[:1024],
             "conditions": report.condition(
-                body.status, api.READY, phase == "Ready", reason, message, generation
+                body.status,
+                api.READY,
+                phase is api.CompliancePolicyPhase.READY,
+                reason,
+                message,
+                generation,
             ),
             "observedGeneration": generation,
         }
     )
-    if phase == "Ready":
+    if phase is api.CompliancePolicyPhase.READY:
         cards.normal_event(body, reason="PolicyReady", message=message[:1024])
     else:
         kopf.warn(body, reason=reason, message=message[:1024])

@@ -3,7 +3,9 @@
 A posting is decided exactly once: ``Posted`` with its journal, or ``Rejected`` with a
 reason from the fixed set documented on ``PostingStatus.reason``. The idempotency key
 (default ``namespace/name``) makes a replayed handler, a restarted operator, or a
-deleted and re-applied object return the first journal instead of posting twice.
+deleted and re-applied object return the first journal instead of posting twice. Keys are
+unique within the Posting's namespace (DESIGN.md invariant 10): every ledger call here names
+it, so another namespace's journal is never replayed, reversed or blocked by this one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fintech_operator.risk import model as risk_model
 from fintech_operator.risk import policy as risk_policy
 from fintech_operator.risk import store as risk_store
 
-DECIDED_PHASES = frozenset({"Posted", "Rejected"})
+DECIDED_PHASES = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
 TEMPORARY_DELAY_SECONDS = 2.0
 
 
@@ -73,7 +75,9 @@ async def _card_or_retry(
             f"{retry + 1} of {limit}",
         )
     if card is None:
-        raise Rejection("CardNotFound", f"card {card_name!r} does not exist in {namespace}")
+        raise Rejection(
+            api.PostingReason.CARD_NOT_FOUND, f"card {card_name!r} does not exist in {namespace}"
+        )
     return card
 
 
@@ -99,7 +103,8 @@ def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec, acts_as: st
     if not posting_rules.card_accepts(phase, acts_as):
         what = spec.type.value if acts_as == spec.type.value else f"a reversal (as {acts_as})"
         raise Rejection(
-            "CardNotActive", f"card {spec.card!r} is {phase or 'Pending'}: {what} refused"
+            api.PostingReason.CARD_NOT_ACTIVE,
+            f"card {spec.card!r} is {phase or 'Pending'}: {what} refused",
         )
 
 
@@ -211,7 +216,7 @@ def build_request(
     name = str(body.metadata.name)
     if spec.currency != card.get("currency"):
         raise Rejection(
-            "CurrencyMismatch",
+            api.PostingReason.CURRENCY_MISMATCH,
             f"posting is in {spec.currency}, card account is in {card.get('currency')}",
         )
     occurred_at = _occurred_at(spec, body)
@@ -224,6 +229,7 @@ def build_request(
         metadata=_metadata(spec, namespace, name),
         events=(_event(spec, namespace, name, product, occurred_at),),
         guard=_guard(spec, card, product, report.now()),
+        namespace=namespace,
     )
 
 
@@ -262,7 +268,7 @@ async def post(
                 request = build_request(posting, body, card, _product(cardproducts, card))
                 result = await _post_with_risk(memo, request, posting, body, card, kwargs, patch)
     except pydantic.ValidationError as exc:
-        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        report.reject(body, patch, api.PostingReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     except Rejection as exc:
         report.reject(body, patch, exc.reason, exc.message)
@@ -339,7 +345,8 @@ async def _replay(
     namespace = report.namespace_of(body.metadata.namespace)
     key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
     async with memo.pool.connection() as conn:
-        journal = await engine.journal_by_key(conn, key)
+        # Keys are unique per namespace: another namespace's key is never replayed here.
+        journal = await engine.journal_by_key(conn, key, namespace=namespace)
         if journal is None:
             return None
         if posting.reverses and journal.reverses_journal_id is not None:
@@ -349,7 +356,7 @@ async def _replay(
         elif not posting.reverses and _same_request(posting, body, journal):
             return model.PostResult(journal=journal, replayed=True)
     raise Rejection(
-        "IdempotencyConflict",
+        api.PostingReason.IDEMPOTENCY_CONFLICT,
         f"idempotency key {key!r} already posted journal {journal.id} with another spec",
     )
 
@@ -387,7 +394,9 @@ async def _reverse(
                 headers=tracing.context_headers(),
             )
         )  # fmt: skip
-    return await engine.reverse(memo.pool, key, int(journal), reason, events=events)
+    return await engine.reverse(
+        memo.pool, key, int(journal), reason, events=events, namespace=namespace
+    )
 
 
 async def _target_journal(
@@ -401,12 +410,14 @@ async def _target_journal(
         found = entry.get("journalId")
         journal = await engine.journal(conn, int(found)) if found else None
     else:
-        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}")
+        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}", namespace=namespace)
         # Another posting may have chosen that key explicitly: only its own journal counts.
         if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
             journal = by_key
     if journal is None:
-        raise Rejection("JournalNotFound", f"posting {name!r} has no journal to reverse")
+        raise Rejection(
+            api.PostingReason.JOURNAL_NOT_FOUND, f"posting {name!r} has no journal to reverse"
+        )
     return journal
 
 
@@ -429,13 +440,13 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
     message = f"journal {journal.id}{replay}"
     patch.status.update(
         {
-            "phase": "Posted",
+            "phase": api.PostingPhase.POSTED,
             "journalId": str(journal.id),
             "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
             "reason": None,  # a wait for the card, shown before, is over
             "message": None,
             "conditions": report.condition(
-                body.status, api.READY, True, "Posted", message, generation
+                body.status, api.READY, True, api.PostingPhase.POSTED, message, generation
             ),
             "observedGeneration": generation,
         }

@@ -35,9 +35,11 @@ from fintech_operator.recon import model, plans, schedule, sources, store
 
 RUNS: Final = "reconciliationruns"
 SCHEDULES: Final = "reconciliationschedules"
-FINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
-STARTED_PHASES: Final = frozenset({"Pending", "Running", *FINAL_PHASES})
-RECONCILED: Final = "Reconciled"
+FINAL_PHASES: Final = frozenset({api.ReconciliationPhase.SUCCEEDED, api.ReconciliationPhase.FAILED})
+STARTED_PHASES: Final = frozenset(
+    {api.ReconciliationPhase.PENDING, api.ReconciliationPhase.RUNNING, *FINAL_PHASES}
+)
+RECONCILED: Final = api.ConditionType.RECONCILED
 SCHEDULE_LABEL: Final = f"{api.GROUP}/schedule"
 SCHEDULE_TICK_SECONDS: Final = 15.0
 BUSY_RETRY_SECONDS: Final = 15.0
@@ -70,6 +72,7 @@ async def _recon_startup(memo: kopf.Memo, **_: Any) -> None:
     )
     memo.recon_source_limits = sources.Limits(records_max=app.recon_records_max)
     memo.recon_dsn = app.database_url
+    memo.recon_cluster_namespace = app.recon_cluster_namespace
 
 
 @kopf.on.cleanup()
@@ -133,12 +136,14 @@ def _fail(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None
     """A run that could not run: phase Failed, the reason, and a warning Event."""
     patch.status.update(
         {
-            "phase": "Failed",
+            "phase": api.ReconciliationPhase.FAILED,
             "reason": reason,
             "message": message[:1024],
             "completedAt": body.status.get("completedAt") or report.timestamp(),
             "conditions": _conditions(
-                body, (False, reason, message), ("Unknown", "NotReconciled", message)
+                body,
+                (False, reason, message),
+                ("Unknown", api.ReconciliationReason.NOT_RECONCILED, message),
             ),
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
@@ -155,7 +160,21 @@ async def _invalid(
     exc: pydantic.ValidationError,
 ) -> None:
     """A spec the operator cannot run: its ``recon.completed`` (Failed) event, then status."""
-    message = api.format_validation_error(exc)
+    await _refuse(
+        body, spec, patch, namespace, memo, ("InvalidSpec", api.format_validation_error(exc))
+    )
+
+
+async def _refuse(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str,
+    memo: kopf.Memo,
+    why: tuple[str, str],
+) -> None:
+    """A run refused before any work: its ``recon.completed`` (Failed) event, then status."""
+    reason, message = why
     event = schema.recon_completed(
         namespace=namespace,
         name=str(body.metadata.name),
@@ -163,12 +182,12 @@ async def _invalid(
         phase="Failed",
         dry_run=spec.get("dryRun") is True,
         completed_at=datetime.datetime.now(datetime.UTC),
-        reason="InvalidSpec",
+        reason=reason,
         message=message,
     )
     async with memo.pool.connection() as conn:
         await engine.write_events(conn, [event])
-    _fail(body, patch, "InvalidSpec", message)
+    _fail(body, patch, reason, message)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
@@ -191,9 +210,11 @@ async def start(
         return
     patch.status.update(
         {
-            "phase": "Pending",
+            "phase": api.ReconciliationPhase.PENDING,
             "conditions": _conditions(
-                body, (False, "Pending", "waiting for a reconciliation worker"), None
+                body,
+                (False, api.ReconciliationReason.PENDING, "waiting for a reconciliation worker"),
+                None,
             ),
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
@@ -213,24 +234,27 @@ def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     )
 
 
-async def _running(body: kopf.Body, namespace: str) -> str:
+async def _running(body: kopf.Body, namespace: str, plan: model.Plan) -> str:
     """Show ``Running`` now that a worker has the run; return its ``startedAt``.
 
     A status patch of its own, not kopf's: kopf applies a handler's patch when it returns,
     and this handler returns only when the run is over.
     """
     started = str(body.status.get("startedAt") or report.timestamp())
-    if body.status.get("phase") == "Running":
+    if body.status.get("phase") == api.ReconciliationPhase.RUNNING:
         return started
     status = {
-        "phase": "Running",
+        "phase": api.ReconciliationPhase.RUNNING,
         "startedAt": started,
-        "conditions": _conditions(body, (False, "Running", "reconciling"), None),
+        "conditions": _conditions(
+            body, (False, api.ReconciliationReason.RUNNING, "reconciling"), None
+        ),
         "observedGeneration": int(body.metadata.get("generation") or 0),
     }
     name = str(body.metadata.name)
     await in_worker(lambda: _patch_status(namespace, name, status), f"recon-status-{name}")
-    _normal(body, "Started", "reconciliation started")
+    scope = "every namespace" if plan.cluster_wide else f"namespace {namespace} only"
+    _normal(body, "Started", f"reconciliation started: {scope}")
     return started
 
 
@@ -253,6 +277,10 @@ async def execute(
     except pydantic.ValidationError as exc:
         await _invalid(body, spec, patch, namespace, memo, exc)
         return
+    refusal = plans.cluster_scope_refusal(run_spec, namespace, memo.recon_cluster_namespace)
+    if refusal is not None:
+        await _refuse(body, spec, patch, namespace, memo, ("ClusterScopeNotAllowed", refusal))
+        return
     key = store.RunKey(str(body.metadata.uid), namespace, str(body.metadata.name))
     records = sources.opener(run_spec, namespace, memo.recon_source_limits)
     plan = plans.plan_of(run_spec)
@@ -264,7 +292,7 @@ async def execute(
 
     try:
         async with memo.recon_slots:
-            started = await _running(body, namespace)
+            started = await _running(body, namespace, plan)
             outcome = await in_worker(work, f"recon-{namespace}/{key.name}")
     except store.Busy as exc:
         raise kopf.TemporaryError(str(exc), delay=BUSY_RETRY_SECONDS) from exc
@@ -284,7 +312,7 @@ def _report(
     """Copy the stored outcome into status; the database row is the truth."""
     started = started or body.status.get("startedAt") or _iso(outcome.started_at)
     if outcome.state == "failed":
-        _fail(body, patch, outcome.reason or "Failed", outcome.message or "")
+        _fail(body, patch, outcome.reason or api.ReconciliationReason.FAILED, outcome.message or "")
         patch.status.update(
             {
                 "attempt": outcome.attempt,
@@ -300,18 +328,22 @@ def _report(
     line = model.summary_line(summary)
     exceptions = int(summary["exceptions"])
     reconciled = (
-        ("True", "AllAgreed", line) if exceptions == 0 else ("False", "ExceptionsFound", line)
+        ("True", api.ReconciliationReason.ALL_AGREED, line)
+        if exceptions == 0
+        else ("False", api.ReconciliationReason.EXCEPTIONS_FOUND, line)
     )
     patch.status.update(
         {
-            "phase": "Succeeded",
+            "phase": api.ReconciliationPhase.SUCCEEDED,
             "startedAt": started,
             "completedAt": _iso(outcome.completed_at),
             "attempt": outcome.attempt,
             "summary": summary,
             "reason": None,
             "message": line,
-            "conditions": _conditions(body, (True, "Completed", line), reconciled),
+            "conditions": _conditions(
+                body, (True, api.ReconciliationReason.COMPLETED, line), reconciled
+            ),
             "observedGeneration": int(body.metadata.get("generation") or 0),
         }
     )
@@ -468,12 +500,19 @@ async def tick(
         wanted = api.ReconciliationScheduleSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
         message = api.format_validation_error(exc)
-        if status.get("phase") != "Invalid":
+        if status.get("phase") != api.SchedulePhase.INVALID:
             patch.status.update(
                 {
-                    "phase": "Invalid",
+                    "phase": api.SchedulePhase.INVALID,
+                    "reason": api.ScheduleReason.INVALID_SPEC,
+                    "message": message[:1024],
                     "conditions": report.condition(
-                        status, api.READY, False, "InvalidSpec", message, generation
+                        status,
+                        api.READY,
+                        False,
+                        api.ScheduleReason.INVALID_SPEC,
+                        message,
+                        generation,
                     ),
                     "observedGeneration": generation,
                 }
@@ -522,7 +561,7 @@ def _schedule_status(
     now: datetime.datetime,
     generation: int,
 ) -> None:
-    phase = "Suspended" if wanted.suspend else "Active"
+    phase = api.SchedulePhase.SUSPENDED if wanted.suspend else api.SchedulePhase.ACTIVE
     following = schedule.next_after(cron, now)
     next_time = None if wanted.suspend or following is None else _iso(following)
     message = f"{wanted.schedule} (UTC)" + (", suspended" if wanted.suspend else "")
@@ -536,6 +575,8 @@ def _schedule_status(
         {
             "phase": phase,
             "nextScheduleTime": next_time,
+            "reason": None,
+            "message": None,
             "conditions": report.condition(status, api.READY, True, phase, message, generation),
             "observedGeneration": generation,
         }

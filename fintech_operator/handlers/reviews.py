@@ -17,7 +17,7 @@ from fintech_operator import api
 from fintech_operator.compliance import store
 from fintech_operator.handlers import cards, indexes, report
 
-DECIDED_PHASES: Final = frozenset({"Recorded", "Refused"})
+DECIDED_PHASES: Final = frozenset({api.CardReviewPhase.RECORDED, api.CardReviewPhase.REFUSED})
 TEMPORARY_DELAY_SECONDS: Final = 2.0
 
 
@@ -57,7 +57,7 @@ async def record(
     try:
         review = api.CardReviewSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        _refuse(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        _refuse(body, patch, api.CardReviewReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     card = indexes.first(card_facts, (namespace, review.card))
     undecided = card is None or card.get("phase") in (None, "", "Pending")
@@ -67,13 +67,18 @@ async def record(
             f"card {review.card!r} not decided yet", delay=TEMPORARY_DELAY_SECONDS
         )
     if card is None:
-        _refuse(body, patch, "CardNotFound", f"card {review.card!r} does not exist in {namespace}")
-        return
-    if card.get("phase") != "PendingReview":
         _refuse(
             body,
             patch,
-            "CardNotPendingReview",
+            api.CardReviewReason.CARD_NOT_FOUND,
+            f"card {review.card!r} does not exist in {namespace}",
+        )
+        return
+    if card.get("phase") != api.CardPhase.PENDING_REVIEW:
+        _refuse(
+            body,
+            patch,
+            api.CardReviewReason.CARD_NOT_PENDING_REVIEW,
             f"card {review.card!r} is {card.get('phase') or 'Pending'}, not PendingReview; "
             "only a card waiting for review can be decided",
         )
@@ -93,7 +98,7 @@ async def record(
         _refuse(
             body,
             patch,
-            "AlreadyReviewed",
+            api.CardReviewReason.ALREADY_REVIEWED,
             f"card {review.card!r} was already decided by CardReview {stored.review} "
             f"({stored.decision} by {stored.reviewer}); the first review stands",
         )
@@ -110,7 +115,7 @@ async def record(
             "reason": None,
             "message": message,
             "conditions": report.condition(
-                body.status, api.READY, True, "Recorded", message, generation
+                body.status, api.READY, True, api.CardReviewReason.RECORDED, message, generation
             ),
             "observedGeneration": generation,
         }

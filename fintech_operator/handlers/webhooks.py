@@ -35,15 +35,21 @@ async def check(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -
     try:
         webhook = api.WebhookSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
-        report.reject(body, patch, "InvalidSpec", api.format_validation_error(exc))
+        report.reject(body, patch, api.WebhookReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     generation = _generation(body)
     if body.status.get("phase") in (None, "Rejected"):
-        patch.status["phase"] = "Suspended" if webhook.suspend else "Pending"
-        patch.status["reason"] = "AwaitingNotifier"
+        waiting = api.WebhookPhase.SUSPENDED if webhook.suspend else api.WebhookPhase.PENDING
+        patch.status["phase"] = waiting
+        patch.status["reason"] = api.WebhookReason.AWAITING_NOTIFIER
         patch.status["message"] = "no notifier has picked up this Webhook yet"
         patch.status["conditions"] = report.condition(
-            body.status, api.READY, False, "AwaitingNotifier", patch.status["message"], generation
+            body.status,
+            api.READY,
+            False,
+            api.WebhookReason.AWAITING_NOTIFIER,
+            patch.status["message"],
+            generation,
         )
     patch.status["observedGeneration"] = generation
 

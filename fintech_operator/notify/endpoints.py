@@ -5,6 +5,10 @@
 the ``kubernetes`` client (sync, so in a worker thread, each call with a timeout).
 A Webhook whose Secret is missing or unusable still gets events queued: its
 ``problem`` says why they wait, and fixing the Secret delivers them.
+
+Each list is stamped with the wall-clock time it started (:class:`View`): a list is a
+consistent read, so it holds every Webhook stored before that time, which is what lets the
+router know whether its view can route an event yet (:mod:`coverage`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import base64
 import datetime
 import fnmatch
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +67,21 @@ class Endpoint:
             and event_time >= self.created_at
             and policy.matches(self.event_types, event_type)
         )
+
+
+# What routing depends on, per Webhook: its uid (namespace and creationTimestamp are fixed for
+# it) and its generation (the spec: event types). Equal sets mean an equal routing view.
+Version = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class View:
+    """Webhooks of one list, and the wall-clock time (epoch seconds) that list started."""
+
+    endpoints: list[Endpoint]
+    problems: list[str]
+    versions: frozenset[Version]
+    listed_at: float
 
 
 class InvalidWebhook(ValueError):
@@ -130,6 +150,15 @@ def secret_value(secret_data: Mapping[str, Any] | None, key: str) -> bytes | Non
         return None
 
 
+def versions_of(objects: Sequence[Mapping[str, Any]]) -> frozenset[Version]:
+    """The (uid, generation) of each Webhook object, invalid ones included."""
+    found: set[Version] = set()
+    for obj in objects:
+        metadata = obj.get("metadata") or {}
+        found.add((str(metadata.get("uid")), int(metadata.get("generation") or 0)))
+    return frozenset(found)
+
+
 def namespace_selected(namespace: str, patterns: Sequence[str]) -> bool:
     """Shell-style namespace patterns (``team-*``); none means every namespace."""
     return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
@@ -147,9 +176,14 @@ class KubeSource:
         self._core: Any = kubernetes.client.CoreV1Api()
         self._namespaces = tuple(namespaces)
 
-    async def load(self) -> tuple[list[Endpoint], list[str]]:
+    async def load(self) -> View:
         """Every selected Webhook as an Endpoint, and the problems of those that are invalid."""
         return await asyncio.to_thread(self._load)
+
+    async def versions(self) -> tuple[frozenset[Version], float]:
+        """The selected Webhooks' versions and when the list started: one request per
+        namespace, no Secret read, so the router can afford it every few seconds."""
+        return await asyncio.to_thread(self._versions)
 
     def _list(self) -> list[dict[str, Any]]:
         """Webhooks of the exact namespaces given (a namespaced Role is enough), or of every
@@ -171,20 +205,34 @@ class KubeSource:
         )
         return list(everything.get("items") or [])
 
-    def _load(self) -> tuple[list[Endpoint], list[str]]:
+    def _selected(self) -> tuple[list[dict[str, Any]], float]:
+        listed_at = time.time()  # before the request: the list holds everything stored by then
+        items = [
+            obj
+            for obj in self._list()
+            if namespace_selected(
+                str((obj.get("metadata") or {}).get("namespace")), self._namespaces
+            )
+        ]
+        return items, listed_at
+
+    def _versions(self) -> tuple[frozenset[Version], float]:
+        items, listed_at = self._selected()
+        return versions_of(items), listed_at
+
+    def _load(self) -> View:
         endpoints: list[Endpoint] = []
         problems: list[str] = []
-        for obj in self._list():
+        items, listed_at = self._selected()
+        for obj in items:
             metadata = obj.get("metadata") or {}
-            if not namespace_selected(str(metadata.get("namespace")), self._namespaces):
-                continue
             try:
                 ref = api.WebhookSpec.model_validate(obj.get("spec") or {}).secret_ref
                 value = self._secret(str(metadata.get("namespace")), ref.name, ref.key)
                 endpoints.append(from_resource(obj, value))
             except (InvalidWebhook, pydantic.ValidationError) as exc:
                 problems.append(str(exc))
-        return endpoints, problems
+        return View(endpoints, problems, versions_of(items), listed_at)
 
     def _secret(self, namespace: str, name: str, key: str) -> bytes | None:
         try:

@@ -4,11 +4,16 @@ Three loops share one PostgreSQL pool:
 
 1. **Routing** (a Kafka consumer group over ``cards``, ``postings``, ``compliance`` and
    ``recon``): each poll's events are matched against the Webhooks (same namespace,
-   subscribed type, happened after the Webhook was created) and queued in
-   ``webhook_deliveries`` in one transaction; offsets are committed after it. A message
-   that is not a valid event goes to ``<topic>.notifier.dlq`` with the reason. Routing
-   never waits for an endpoint, so a slow endpoint cannot slow the stream.
-2. **Refresh** (every ``FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS``): re-reads Webhooks and
+   subscribed type, happened at or after the Webhook's creationTimestamp) and queued in
+   ``webhook_deliveries`` in one transaction; offsets are committed after it. A poll is
+   matched only against a list of Webhooks that started after its newest event (plus
+   ``FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS``), so a Webhook the notifier has not seen yet
+   cannot miss events (:mod:`coverage`); until it has one, the poll is held, at most
+   ``FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS``. A message that is not a valid event goes
+   to ``<topic>.notifier.dlq`` with the reason. Routing never waits for an endpoint, so a
+   slow endpoint cannot slow the stream.
+2. **Refresh** (every ``FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS``, and whenever routing
+   finds a Webhook added, changed or deleted): re-reads Webhooks and
    their Secrets, and takes ownership of endpoints with PostgreSQL session advisory
    locks, so with several replicas each endpoint is delivered by exactly one of them
    (its rate limit and breaker are exact); a replica that dies releases its locks with
@@ -27,9 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,8 +50,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
 from fintech_operator.events import consuming, deadletter, envelope, relay, schema, topics, wakeup
-from fintech_operator.notify import destination, endpoints, store, worker
-from fintech_operator.observability import tracing
+from fintech_operator.notify import coverage, destination, endpoints, store, worker
+from fintech_operator.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 CONSUMER_NAME: Final = topics.NOTIFIER
@@ -55,15 +63,16 @@ CLEAN_EVERY_SECONDS: Final = 3600.0
 CLEAN_BATCH_MAX: Final = 10_000
 
 
-def route(
-    records: Iterable[Any], subscribed: Sequence[endpoints.Endpoint]
-) -> tuple[list[store.Delivery], list[deadletter.Poison]]:
-    """Match records to endpoints (pure): deliveries to queue, and poison to dead-letter.
+Event = tuple[Any, envelope.CloudEvent]  # a record and its decoded event
+
+
+def parse(records: Iterable[Any]) -> tuple[list[Event], list[deadletter.Poison]]:
+    """Decode records (pure): events to route, and poison to dead-letter.
 
     A known type must also pass its data schema; an unknown type with a valid envelope is
     delivered as it is (a newer producer's event is still an event).
     """
-    deliveries: list[store.Delivery] = []
+    events: list[Event] = []
     poisons: list[deadletter.Poison] = []
     for record in records:
         try:
@@ -73,13 +82,31 @@ def route(
         except (envelope.EnvelopeError, schema.EventError) as exc:
             poisons.append(deadletter.Poison(record, f"invalid event: {exc}"))
             continue
+        events.append((record, cloud))
+    return events, poisons
+
+
+def match(
+    events: Iterable[Event], subscribed: Sequence[endpoints.Endpoint]
+) -> list[store.Delivery]:
+    """The deliveries of decoded events to the endpoints that want them (pure)."""
+    deliveries: list[store.Delivery] = []
+    for record, cloud in events:
         namespace, moment = cloud.namespace, cloud.moment
         deliveries += [
             store.Delivery(ep.uid, ep.ref, cloud.event_id, cloud.type, bytes(record.value))
             for ep in subscribed
             if ep.wants(namespace, cloud.type, moment)
         ]
-    return deliveries, poisons
+    return deliveries
+
+
+def route(
+    records: Iterable[Any], subscribed: Sequence[endpoints.Endpoint]
+) -> tuple[list[store.Delivery], list[deadletter.Poison]]:
+    """Match records to endpoints (pure): deliveries to queue, and poison to dead-letter."""
+    events, poisons = parse(records)
+    return match(events, subscribed), poisons
 
 
 def lock_id(uid: uuid.UUID) -> int:
@@ -95,6 +122,8 @@ class Routed:
     dead_lettered: int
     queued: int
     duplicates: int = 0
+    held_seconds: float = 0.0
+    covered: bool = True
 
 
 class Ownership:
@@ -159,17 +188,32 @@ class Notifier:
         self.owner = f"{socket.gethostname()}/{os.getpid()}"
         self.ownership = Ownership(settings.database_url)
         self.endpoints: list[endpoints.Endpoint] = []
+        self.gate = coverage.Gate(
+            source,
+            self.refresh,
+            skew_seconds=settings.notifier_clock_skew_seconds,
+            hold_max_seconds=settings.notifier_route_hold_max_seconds,
+        )
         self.workers: dict[uuid.UUID, worker.EndpointWorker] = {}
         self.in_flight = asyncio.Semaphore(settings.notifier_max_in_flight)
         self._reported: set[str] = set()
+        # The periodic refresh and the router's catch-up may both ask for one; they take turns.
+        self._refreshing = asyncio.Lock()
 
     async def refresh(self) -> None:
         """Re-read Webhooks, take or give up endpoints, start, update or stop their workers."""
-        found, problems = await self.source.load()
-        for problem in set(problems) - self._reported:
-            log.warning("notifier: Webhook cannot be served: %s", problem)
-        self._reported = set(problems)
-        self.endpoints = found
+        async with self._refreshing:
+            view = await self.source.load()
+            # Routing reads these two together; no await between them keeps them consistent.
+            self.endpoints = view.endpoints
+            self.gate.note(view.versions, view.listed_at)
+            for problem in set(view.problems) - self._reported:
+                log.warning("notifier: Webhook cannot be served: %s", problem)
+            self._reported = set(view.problems)
+            await self._serve(view.endpoints)
+
+    async def _serve(self, found: list[endpoints.Endpoint]) -> None:
+        """Take or give up endpoints, start, update or stop their workers."""
         by_uid = {ep.uid: ep for ep in found}
         owned = await self.ownership.sync(set(by_uid))
         async with self.pool.connection() as conn:
@@ -214,8 +258,24 @@ class Notifier:
 
     @tracing.kafka_process(CONSUMER_NAME)  # a span per poll; counts applied and dead-lettered
     async def route_batch(self, producer: AIOKafkaProducer, records: Sequence[Any]) -> Routed:
-        """Queue one poll's deliveries in one transaction and dead-letter its poison."""
-        deliveries, poisons = route(records, self.endpoints)
+        """Queue one poll's deliveries in one transaction and dead-letter its poison, once
+        the Webhook list covers its newest event (or the hold limit passed)."""
+        events, poisons = parse(records)
+        started = time.monotonic()
+        needed = coverage.needed_at((cloud.moment for _, cloud in events), self.gate.skew_seconds)
+        covered = await self.gate.hold(needed)
+        held_seconds = time.monotonic() - started
+        metrics.notifier_route_held(held_seconds, 0 if covered else len(events))
+        if not covered:
+            log.warning(
+                "notifier: routing %d records with the Webhook list of %s, older than their "
+                "events: no list for %.0fs or more (FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS); "
+                "a Webhook created after that list gets none of them",
+                len(events),
+                _utc_text(self.gate.listed_at),
+                self.gate.hold_max_seconds,
+            )
+        deliveries = match(events, self.endpoints)
         queued = 0
         if deliveries:
             async with self.pool.connection() as conn, conn.transaction():
@@ -224,8 +284,18 @@ class Notifier:
             producer, poisons, consumer=CONSUMER_NAME, prefix=self.settings.topic_prefix
         )
         return Routed(
-            applied=len(records) - len(poisons), dead_lettered=len(poisons), queued=queued
+            applied=len(records) - len(poisons),
+            dead_lettered=len(poisons),
+            queued=queued,
+            held_seconds=held_seconds,
+            covered=covered,
         )
+
+
+def _utc_text(epoch_seconds: float) -> str:
+    if not math.isfinite(epoch_seconds):
+        return "never"
+    return envelope.time_text(datetime.datetime.fromtimestamp(epoch_seconds, datetime.UTC))
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
@@ -280,7 +350,12 @@ async def _route_loop(
         routed = await notifier.route_batch(producer, records)
         # After the deliveries' transaction; routing a record again queues nothing new.
         await consuming.commit(consumer, on_failure="the records will be routed again (no effect)")
-        log.info("routed %d records: %d new deliveries", len(records), routed.queued)
+        log.info(
+            "routed %d records: %d new deliveries (held %.1fs for the Webhook list)",
+            len(records),
+            routed.queued,
+            routed.held_seconds,
+        )
 
 
 async def _first_refresh(notifier: Notifier, stop: asyncio.Event) -> None:

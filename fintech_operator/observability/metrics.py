@@ -29,6 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fintech_operator import api
+
 log = logging.getLogger(__name__)
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -47,7 +49,8 @@ WEBHOOK_BUCKETS_SECONDS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 RECONCILE_OUTCOMES: Final = frozenset(
     {"success", "rejected", "retry", "failed", "error", "cancelled"}
 )
-POSTING_TYPES: Final = frozenset({"Purchase", "Refund", "Payment", "Fee", "Adjustment"})
+# The API declares the posting types once; a label outside them is folded into ``other``.
+POSTING_TYPES: Final = frozenset(t.value for t in api.PostingType)
 POSTING_OUTCOMES: Final = frozenset({"posted", "replayed", "rejected"})
 WEBHOOK_OUTCOMES: Final = frozenset({"delivered", "failed", "exhausted"})
 PRODUCE_OUTCOMES: Final = frozenset({"ok", "error"})
@@ -113,6 +116,23 @@ webhook_delivery_duration_seconds = Histogram(
     "Time of one webhook HTTP delivery attempt, by outcome.",
     ["outcome"],
     buckets=WEBHOOK_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+# A batch normally waits up to the notifier's clock skew allowance (2 s) plus one list of
+# Webhooks; the long buckets show an API server that could not be read.
+NOTIFIER_HOLD_BUCKETS_SECONDS: Final = (0.01, 0.1, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0, 60.0)
+notifier_route_hold_seconds = Histogram(
+    "fintech_notifier_route_hold_seconds",
+    "Time the notifier held one poll of events before routing it, waiting for a list of "
+    "Webhooks that started after its newest event (plus the clock skew allowance).",
+    buckets=NOTIFIER_HOLD_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+notifier_routed_uncovered_total = Counter(
+    "fintech_notifier_routed_uncovered_total",
+    "Events the notifier routed after FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS with a Webhook "
+    "list older than them (Webhooks could not be listed); a Webhook created after that list "
+    "got none of them.",
     registry=REGISTRY,
 )
 collect_errors_total = Counter(
@@ -185,6 +205,12 @@ def webhook_delivery(outcome: str, duration_seconds: float) -> None:
     label = _member(outcome, WEBHOOK_OUTCOMES)
     webhook_deliveries_total.labels(label).inc()
     webhook_delivery_duration_seconds.labels(label).observe(max(0.0, duration_seconds))
+
+
+def notifier_route_held(held_seconds: float, uncovered: int) -> None:
+    """Record one routed poll: how long it waited, and its events routed uncovered."""
+    notifier_route_hold_seconds.observe(max(0.0, held_seconds))
+    notifier_routed_uncovered_total.inc(max(0, uncovered))
 
 
 def collect_error(source: str) -> None:

@@ -60,13 +60,13 @@ class Outcome:
 
 def plan(record: Any) -> Planned | deadletter.Poison:
     """Decode a record and compute its points (pure); a Poison says why it cannot apply."""
-    try:
-        event = schema.decode(record.value)
-    except schema.EventError as exc:
-        return deadletter.Poison(record, f"invalid event: {exc}")
-    data = event.data
-    if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
-        return deadletter.Poison(record, f"event type {event.type} is not for rewards")
+    facts = schema.posting_facts(record.value)  # the usual shape, in one pass
+    if facts is None:
+        slow = _facts(record)
+        if isinstance(slow, deadletter.Poison):
+            return slow
+        facts = slow
+    data = facts.data
     reversal = isinstance(data, schema.PostingReversedData)
     try:
         signed = points.for_posting(
@@ -81,8 +81,8 @@ def plan(record: Any) -> Planned | deadletter.Poison:
     if data.journal_id is None:  # decode() refuses it; the type checker wants it proven.
         return deadletter.Poison(record, "event has no journalId")
     entry = store.Entry(
-        event_id=event.event_id,
-        event_type=event.type,
+        event_id=facts.event_id,
+        event_type=facts.type,
         card=data.card,
         posting=data.posting,
         journal_id=data.journal_id,
@@ -94,9 +94,21 @@ def plan(record: Any) -> Planned | deadletter.Poison:
         reverses_journal_id=(
             data.reverses_journal_id if isinstance(data, schema.PostingReversedData) else None
         ),
-        occurred_at=event.envelope.moment,
+        occurred_at=facts.moment,
     )
     return Planned(record, entry)
+
+
+def _facts(record: Any) -> schema.PostingFacts | deadletter.Poison:
+    """The full decoder, for anything but the usual shape: it accepts it or says why not."""
+    try:
+        event = schema.decode(record.value)
+    except schema.EventError as exc:
+        return deadletter.Poison(record, f"invalid event: {exc}")
+    data = event.data
+    if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
+        return deadletter.Poison(record, f"event type {event.type} is not for rewards")
+    return schema.PostingFacts(event.event_id, event.type, event.envelope.moment, data)
 
 
 async def apply_batch(

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from fintech_operator import api
+
 BPS_DENOMINATOR = 10_000
 MAX_RATE_BPS = 10_000
 AMOUNT_MINOR_MAX = 10**15
-POSTING_TYPES = frozenset({"Purchase", "Refund", "Payment", "Fee", "Adjustment"})
+# The API declares the posting types once (Posting.spec.type).
+POSTING_TYPES = frozenset(t.value for t in api.PostingType)
 
 
 class PointsError(ValueError):

@@ -46,11 +46,12 @@ def processor() -> Iterator[Processor]:
 def operator_env(
     operator_env: dict[str, str], processor: Processor, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
-    """The conftest's environment, plus the processor's URL and a mounted credential."""
+    """The conftest's environment, plus the processor's URL and a mounted credential, minus the
+    development opt-in (the operator refuses both at once)."""
     secret = Path(tmp_path_factory.mktemp("processor")) / "token"
     secret.write_text("pk_e2e_s3cr3t\n")
     return {
-        **operator_env,
+        **{k: v for k, v in operator_env.items() if k != "FINTECH_TOKENIZER"},
         "FINTECH_TOKENIZER_URL": processor.url,
         "FINTECH_TOKENIZER_TOKEN_FILE": str(secret),
         "FINTECH_TOKENIZER_TIMEOUT_SECONDS": "3",

@@ -120,6 +120,11 @@ def _pod_env(kubectl: Kubectl, release: Release, component: str, pod: str) -> di
     env["FINTECH_HEALTH_HOST"] = "127.0.0.1"
     # Two processes share this machine's ports; in the cluster each pod has its own.
     env["FINTECH_METRICS_PORT"] = str(_free_port())
+    if component == "operator" and "FINTECH_TOKENIZER_URL" not in env:
+        # No card processor runs here. The chart never renders this opt-in, and the operator
+        # it renders without tokenizer.url refuses to start (test_the_chart_operator_fails_
+        # closed_without_a_tokenizer); this harness opts in as a developer would.
+        env["FINTECH_TOKENIZER"] = "development"
     return env
 
 
@@ -319,6 +324,25 @@ def test_install_renders_only_namespaced_objects(release: Release, kubectl: Kube
     assert f"rollout status deployment/{release.name}-fintech-operator-operator" in notes
     assert f"The operator watches {release.apps}." in notes
     assert "kubectl apply --server-side --force-conflicts" in notes
+    assert "WARNING: tokenizer.url is empty, so the operator refuses to start" in notes
+
+
+def test_the_chart_operator_fails_closed_without_a_tokenizer(
+    kubectl: Kubectl, release: Release
+) -> None:
+    """The operator exactly as the chart renders it without tokenizer.url (no processor, and
+    the chart never opts in to the development tokenizer) refuses to start: status 2 and one
+    line saying what to set, which `kubectl logs` would show beside CrashLoopBackOff."""
+    env = _pod_env(kubectl, release, "operator", "fin-operator-closed")
+    env.pop("FINTECH_TOKENIZER")  # The harness's opt-in; the chart rendered none.
+    rendered = {e["name"] for e in _container(release, "operator")["env"]}
+    assert not {"FINTECH_TOKENIZER", "FINTECH_TOKENIZER_URL"} & rendered
+    refused = subprocess.run(
+        [str(ENTRY_POINT), *_container(release, "operator")["args"]],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "fintech-operator run: no card tokenizer configured" in refused.stderr
 
 
 def test_card_and_posting_reconcile_as_the_charts_service_accounts(

@@ -7,7 +7,11 @@ and kept. No operator runs here: everything is the API server's own validation.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,11 +233,21 @@ def test_kubectl_get_is_informative(kubectl: Kubectl, crds_installed: None, name
     """Short names, the fintech category and the printer columns work in ``kubectl get``."""
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     header = kubectl("get", "cd", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "USER", "PRODUCT", "PHASE", "LAST4", "BALANCE", "POINTS", "AGE"]
+    assert header == [
+        "NAME",
+        "USER",
+        "PRODUCT",
+        "PHASE",
+        "REASON",
+        "LAST4",
+        "BALANCE",
+        "POINTS",
+        "AGE",
+    ]
     header = kubectl("get", "post", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "CARD", "TYPE", "AMOUNT", "CURRENCY", "PHASE", "REASON", "AGE"]
     header = kubectl("get", "cp", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "CURRENCY", "RATE(BPS)", "PHASE", "CARDS", "AGE"]
+    assert header == ["NAME", "CURRENCY", "RATE(BPS)", "PHASE", "REASON", "CARDS", "AGE"]
     everything = kubectl("get", "fintech", "-n", namespace, "-o", "name").stdout.split()
     expected = sorted(
         f"{doc['kind'].lower()}.fintech.dev/{doc['metadata']['name']}"
@@ -243,6 +257,22 @@ def test_kubectl_get_is_informative(kubectl: Kubectl, crds_installed: None, name
     )
     assert "card.fintech.dev/u-demo-card" in expected
     assert sorted(everything) == expected
+
+
+def test_kubectl_get_shows_why_a_card_waits_or_was_rejected(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    """The Reason column shows status.reason in plain ``kubectl get cards``: no describe."""
+    apply(kubectl, namespace, card())
+    status = api.CardStatus(
+        phase=api.CardPhase.PENDING_REVIEW, reason="PossibleMatch", message="screening"
+    )
+    status_round_trip(kubectl, namespace, "card", "u-demo-card", api.to_api(status))
+    header, row = kubectl("get", "cards", "-n", namespace).stdout.splitlines()[:2]
+    # Empty cells (no last 4 yet) are blank, so cells are cut at the header's offsets.
+    start, end = header.index("REASON"), header.index("LAST4")
+    assert row[header.index("PHASE") : start].strip() == "PendingReview"
+    assert row[start:end].strip() == "PossibleMatch"
 
 
 def test_field_selector_on_card(kubectl: Kubectl, crds_installed: None, namespace: str) -> None:
@@ -275,3 +305,280 @@ def test_kubectl_explain_teaches_the_api(kubectl: Kubectl, crds_installed: None)
 
     text = wait_for("kubectl explain of cards.spec.spendLimit.amount", explained, 60)
     assert "minor units" in text
+
+
+# --- Issue 11.6: every validated spec field is refused in words, and never hides CEL rules ---
+
+NOT_CHECKED = "some validation rules were not checked"
+_TIME = "2025-01-15T09:30:00Z"
+_MONEY = {"amount": 100, "currency": "USD"}
+_SOURCE_INLINE = {
+    "inline": [{"reference": "r-1", "amount": 100, "currency": "USD", "occurredAt": _TIME}]
+}
+_SOURCE_CONFIGMAP = {"configMapKeyRef": {"name": "settlement", "key": "file.csv"}}
+_SOURCE_SECRET = {"secretKeyRef": {"name": "settlement", "key": "file.csv"}}
+_SOURCE_HTTP = {
+    "http": {
+        "url": "https://files.example.com/f.csv",
+        "credentialsSecretRef": {"name": "processor"},
+    }
+}
+_SOURCES = (_SOURCE_INLINE, _SOURCE_CONFIGMAP, _SOURCE_SECRET, _SOURCE_HTTP)
+
+# Valid specs that between them hold every optional string field of each kind (the run's
+# sources are exclusive, so it needs one spec per source).
+VALID_SPECS: dict[str, list[dict[str, Any]]] = {
+    "CardProduct": [{"currency": "USD"}],
+    "Card": [
+        {
+            "userId": "u_demo",
+            "product": "standard",
+            "memo": "m",
+            "holder": {"name": "Ada", "country": "US"},
+        }
+    ],
+    "Posting": [
+        {
+            "card": "u-demo-card",
+            "type": "Adjustment",
+            "amount": 100,
+            "currency": "USD",
+            "merchant": {"name": "Cafe", "mcc": "5812", "country": "US"},
+            "reference": "ticket-1",
+            "occurredAt": _TIME,
+            "idempotencyKey": "backoffice/1",
+            "reverses": "adjustment-0001",
+            "entries": [
+                {"account": "card:a", "direction": "Debit", "amount": 100, "currency": "USD"},
+                {"account": "system:b", "direction": "Credit", "amount": 100, "currency": "USD"},
+            ],
+        }
+    ],
+    "RiskPolicy": [
+        {
+            "maxAmountPerTransaction": {**_MONEY},
+            "velocity": [{"windowSeconds": 3600, "maxAmount": {**_MONEY}, "action": "Decline"}],
+            "blockedMccs": {"codes": ["7995"]},
+            "blockedMerchantCountries": {"countries": ["KP"]},
+            "blockedHolderCountries": {"countries": ["KP"]},
+        }
+    ],
+    "CompliancePolicy": [
+        {
+            "sanctions": {"configMap": "sdn-list", "key": "sdn.csv"},
+            "aml": {"dailyThreshold": {**_MONEY}, "timeZone": "Europe/Berlin"},
+        }
+    ],
+    "CardReview": [
+        {
+            "card": "u-demo-card",
+            "decision": "Approve",
+            "reviewer": "r@example.com",
+            "comment": "KYC documents checked",
+        }
+    ],
+    "ReconciliationRun": [
+        {"source": source, "window": {"start": _TIME, "end": "2025-01-16T00:00:00+01:00"}}
+        for source in _SOURCES
+    ],
+    "ReconciliationSchedule": [
+        {"schedule": "0 2 * * *", "template": {"source": source}} for source in _SOURCES
+    ],
+    "Webhook": [
+        {
+            "url": "https://hooks.example.com/fintech",
+            "eventTypes": ["dev.fintech.posting.*"],
+            "secretRef": {"name": "hook-secret", "key": "secret"},
+        }
+    ],
+}
+
+
+def _document(info: api.KindInfo, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": info.kind,
+        "metadata": {"name": "bad-input"},
+        "spec": spec,
+    }
+
+
+def _string_fields(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, rule) of every string whose rule says what it expects ("must be ...")."""
+    for rule in schema.get("x-kubernetes-validations", ()):
+        if schema.get("type") == "string" and rule["message"].startswith("must be "):
+            yield path, rule
+    for name, child in schema.get("properties", {}).items():
+        yield from _string_fields(child, f"{path}.{name}")
+    if "items" in schema:
+        yield from _string_fields(schema["items"], f"{path}[0]")
+
+
+def _bad_values(rule: dict[str, Any]) -> list[str]:
+    """A value one character too long and, where there is a shape, one of the wrong shape."""
+    longest = int(re.search(r"size\(self\) <= (\d+)", rule["rule"]).group(1))  # type: ignore[union-attr]
+    values = ["a" * (longest + 1)]
+    if "self.matches(" in rule["rule"]:
+        values.append(" x")
+    elif "size(self) >= 1" in rule["rule"]:
+        values.append("")
+    return values
+
+
+def _set(document: dict[str, Any], path: str, value: str) -> bool:
+    """Set the field at ``spec.a[0].b`` in place; False when the document lacks its parent."""
+    parts = re.findall(r"[^.\[\]]+|\[0\]", path)
+    node: Any = document
+    for part in parts[:-1]:
+        if part == "[0]":
+            if not node:
+                return False
+            node = node[0]
+        elif part in node:
+            node = node[part]
+        else:
+            return False
+    if parts[-1] == "[0]":
+        node[0] = value
+    else:
+        node[parts[-1]] = value
+    return True
+
+
+def _put(document: dict[str, Any], path: str, value: object) -> None:
+    """Set the field at ``spec.a[0].b``, creating the objects and lists on the way."""
+    parts = re.findall(r"[^.\[\]]+|\[0\]", path)
+    node: Any = document
+    for part, after in zip(parts, [*parts[1:], None], strict=True):
+        if after is None:
+            if part == "[0]":
+                node[:1] = [value]
+            else:
+                node[part] = value
+        elif part == "[0]":
+            if not node:
+                node.append([] if after == "[0]" else {})
+            node = node[0]
+        else:
+            node = node.setdefault(part, [] if after == "[0]" else {})
+
+
+def _bounded_fields(schema: dict[str, Any], path: str) -> Iterator[tuple[str, object, str]]:
+    """(path, bad value, words the API server must say) of every numeric bound and enum."""
+    if schema.get("type") == "integer":
+        if "minimum" in schema:
+            low = schema["minimum"]
+            yield path, low - 1, f"should be greater than or equal to {low}"
+        if "maximum" in schema:
+            high = schema["maximum"]
+            yield path, high + 1, f"should be less than or equal to {high}"
+    if "enum" in schema and len(schema["enum"]) > 1:
+        yield path, "Bogus", "supported values: " + ", ".join(f'"{v}"' for v in schema["enum"])
+    for name, child in schema.get("properties", {}).items():
+        yield from _bounded_fields(child, f"{path}.{name}")
+    if "items" in schema:
+        yield from _bounded_fields(schema["items"], f"{path}[0]")
+
+
+def _crd_spec_schema(info: api.KindInfo) -> dict[str, Any]:
+    from fintech_operator.api import crdgen  # noqa: PLC0415
+
+    crd = crdgen.render_crd(info)
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema["properties"]["spec"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("info", api.KINDS, ids=[info.kind for info in api.KINDS])
+def test_every_validated_field_says_what_it_expects(
+    kubectl: Kubectl, crds_installed: None, namespace: str, info: api.KindInfo
+) -> None:
+    """For each string field with a shape or a length, a bad value is refused with a message
+    that names the field and says what is expected ("must be ..."), and the API server never
+    adds that it skipped other rules: the valid specs themselves are accepted."""
+
+    def create(document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return kubectl(
+            "create",
+            "--dry-run=server",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps(document),
+            check=False,
+        )
+
+    for spec in VALID_SPECS[info.kind]:
+        accepted = create(_document(info, spec))
+        assert accepted.returncode == 0, accepted.stderr
+    fields = list(_string_fields(_crd_spec_schema(info), "spec"))
+    assert fields, f"{info.kind} has no validated string field"
+    problems = []
+    for path, rule in fields:
+        documents = [_document(info, copy.deepcopy(spec)) for spec in VALID_SPECS[info.kind]]
+        document = next((d for d in documents if _set(d, path, "")), None)
+        assert document is not None, f"no valid {info.kind} spec holds {path}: add one"
+        for value in _bad_values(rule):
+            _set(document, path, value)
+            error = create(document).stderr
+            if f"{path}: Invalid value" not in error or rule["message"] not in error:
+                problems.append(f"{path}={value[:20]!r}: {error.strip()}")
+            if NOT_CHECKED in error:
+                problems.append(f"{path}={value[:20]!r} hid CEL rules: {error.strip()}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("info", api.KINDS, ids=[info.kind for info in api.KINDS])
+def test_every_bounded_number_and_enum_says_what_it_expects(
+    kubectl: Kubectl, crds_installed: None, namespace: str, info: api.KindInfo
+) -> None:
+    """Numbers out of their range name the field and the bound; an unknown enum value names
+    the field and lists the values the API accepts (the API server's own messages)."""
+    fields = list(_bounded_fields(_crd_spec_schema(info), "spec"))
+    problems = []
+    for path, value, words in fields:
+        document = _document(info, copy.deepcopy(VALID_SPECS[info.kind][0]))
+        _put(document, path, value)
+        error = kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                        input=json.dumps(document), check=False).stderr  # fmt: skip
+        if f"{path}: " not in error or words not in error:
+            problems.append(f"{path}={value!r}: wanted {words!r}, got: {error.strip()}")
+    assert not problems, "\n".join(problems)
+    assert fields or info.kind == "CardReview", f"{info.kind} has no bounded field"
+
+
+def test_a_bad_country_says_what_is_expected_and_hides_no_rule(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    """The issue's example: a three-letter country next to an immutable field's change gets
+    both messages, in words, and no "some validation rules were not checked"."""
+    apply(kubectl, namespace, card())
+    changed = card(userId="u_other", holder={"name": "Ada", "country": "usa"})
+    error = apply(kubectl, namespace, changed, check=False)
+    assert (
+        'spec.holder.country: Invalid value: "usa": must be an ISO 3166-1 alpha-2 country '
+        "code: two uppercase letters such as US" in error
+    )
+    assert "userId is immutable" in error
+    assert NOT_CHECKED not in error
+    assert "Too long" not in error
+
+
+def test_window_order_is_checked_on_times_with_offsets(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    """The window's CEL rule compares instants, not strings: 00:30+01:00 is before 00:00Z."""
+    info = next(i for i in api.KINDS if i.kind == "ReconciliationRun")
+    run = _document(
+        info,
+        {
+            "source": _SOURCE_INLINE,
+            "window": {"start": "2025-01-15T00:00:00Z", "end": "2025-01-15T00:30:00+01:00"},
+        },
+    )
+    error = refused(
+        kubectl, "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(run)
+    )
+    assert "window.start must be before window.end" in error
+    run["spec"]["window"]["end"] = "2025-01-15T01:30:00+01:00"
+    kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(run))

@@ -265,6 +265,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("external-kafka-without-servers", {"kafka": {"enabled": False}}, "externalKafka"),
     ("zero-replicas", {"operator": {"replicas": 0}}, "/operator/replicas"),
+    (
+        "recon-cluster-namespace-pattern",
+        {"config": {"reconClusterNamespace": "team-*"}},
+        "/config/reconClusterNamespace",
+    ),
     ("bad-digest", {"image": {"digest": "latest"}}, "/image/digest"),
     ("bad-pull-policy", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ("port-out-of-range", {"operator": {"healthPort": 70000}}, "/operator/healthPort"),
@@ -345,7 +350,32 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         {"tokenizer": {"url": "http://p.example/t", "credentialSecret": {"name": "p"}}},
         "/tokenizer/url",
     ),
+    (
+        "development-tokenizer-through-extra-env",
+        {"extraEnv": [{"name": "FINTECH_TOKENIZER", "value": "development"}]},
+        "/extraEnv/0/name",
+    ),
 ]
+
+
+@pytest.mark.parametrize("combination", sorted(COMBINATIONS))
+def test_the_chart_never_renders_the_development_tokenizer(helm: Helm, combination: str) -> None:
+    """No container of any combination, with or without a processor URL, gets
+    FINTECH_TOKENIZER: the chart's operator uses the processor's tokenizer or refuses to start."""
+    processor = {"tokenizer": {"url": "https://p.example/t", "credentialSecret": {"name": "p"}}}
+    for values in (
+        COMBINATIONS[combination](["apps"]),
+        COMBINATIONS[combination](["apps"]) | processor,
+    ):
+        docs = helm.template(values)
+        pods = [d["spec"]["template"]["spec"] for d in docs if "template" in d.get("spec", {})]
+        pods += [d["spec"] for d in docs if d["kind"] == "Pod"]
+        containers = [c for pod in pods for c in pod["containers"] + pod.get("initContainers", [])]
+        assert containers
+        for container in containers:
+            names = {e["name"] for e in container.get("env", [])}
+            assert "FINTECH_TOKENIZER" not in names, (combination, container["name"])
+            assert not any("FINTECH_TOKENIZER=" in arg for arg in container.get("args", []))
 
 
 def test_the_processor_tokenizer_reaches_only_the_operator(helm: Helm, tmp_path: Path) -> None:

@@ -200,14 +200,17 @@ async def notifier_process(
     group: str,
     log_dir: Path,
     allowed_cidrs: str = LOOPBACK_ALLOWED,
+    refresh_interval_seconds: float = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Subprocess]:
     """A notifier for ``namespace``; by default it may deliver to this machine's receivers."""
     env = process_env(
         plat,
         settings,
-        FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS="1",
+        FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS=str(refresh_interval_seconds),
         FINTECH_NOTIFIER_POLL_INTERVAL_MS="200",
         FINTECH_WEBHOOK_ALLOWED_CIDRS=allowed_cidrs,
+        **(extra_env or {}),
     )
     proc = Subprocess(
         "notifier",

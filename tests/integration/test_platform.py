@@ -104,17 +104,36 @@ def test_up_then_down_leaves_no_process(platform_running: RunningPlatform) -> No
     shutil.rmtree(state)
 
 
-def test_a_failing_part_names_itself_and_its_log(platform_running: RunningPlatform) -> None:
-    """When etcd cannot bind its port, start fails naming etcd and its log, and cleans up."""
-    ports = platform.Ports.free()
+def test_a_failing_part_names_itself_and_its_log() -> None:
+    """When etcd cannot start (its data directory is a file), start fails naming etcd and its
+    log, and cleans up."""
     state = platform.default_state_dir().parent / f"fail-{uuid.uuid4().hex[:6]}"
+    state.mkdir(parents=True)
+    (state / "etcd").write_text("not a directory")
+    plat = platform.Platform(state, platform.Ports.free(), fast_disk=True)
+    with pytest.raises(platform.PlatformError, match=r"etcd.*log: .*etcd\.log"):
+        plat.start()
+    assert _our_processes(str(state)) == []
+    shutil.rmtree(state)
+
+
+def test_a_taken_port_is_named_with_the_process_holding_it() -> None:
+    """Before starting anything, a port the platform wants that another process listens on
+    is refused with its number, its name and the holder's pid and command line."""
+    ports = platform.Ports.free()
+    state = platform.default_state_dir().parent / f"taken-{uuid.uuid4().hex[:6]}"
     plat = platform.Platform(state, ports, fast_disk=True)
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", ports.etcd_client))
+        squatter.bind(("127.0.0.1", ports.postgres))
         squatter.listen()
-        with pytest.raises(platform.PlatformError, match=r"etcd.*log: .*etcd\.log"):
+        with pytest.raises(platform.PlatformError) as refused:
             plat.start()
+    message = str(refused.value)
+    assert f"port {ports.postgres} (postgres) is taken by pid {os.getpid()} (" in message
+    assert "pytest" in message or sys.executable in message
+    assert "another --state-dir" in message
     assert _our_processes(str(state)) == []
+    assert not (state / "logs" / "etcd.log").exists()
     shutil.rmtree(state)
 
 

@@ -33,6 +33,30 @@ def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None
         config.load(env)
 
 
+def test_notifier_hold_defaults_and_bounds() -> None:
+    """The notifier routes an event at the earliest 2 s after its time and holds events at
+    most 60 s while it cannot list Webhooks; both are bounded, and the hold must exceed the
+    skew allowance (or every fresh event would be routed without a covering list)."""
+    settings = config.load(BASE)
+    assert settings.notifier_clock_skew_seconds == 2.0
+    assert settings.notifier_route_hold_max_seconds == 60.0
+    for env, named in [
+        ({"FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "0.5"}, "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS"),
+        ({"FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "31"}, "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS"),
+        ({"FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS": "5"}, "FINTECH_NOTIFIER_ROUTE_HOLD_MAX"),
+        ({"FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS": "181"}, "FINTECH_NOTIFIER_ROUTE_HOLD_MAX"),
+        (
+            {
+                "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "20",
+                "FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS": "20",
+            },
+            "FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS must exceed",
+        ),
+    ]:
+        with pytest.raises(config.SettingsError, match=named):
+            config.load({**BASE, **env})
+
+
 def test_webhook_allowed_cidrs_default_to_none_and_are_normalised() -> None:
     """No CIDR is allowed by default; given ones (comma or space separated, IPv4 and IPv6)
     come back in their canonical form, so the notifier and its log show the same text."""

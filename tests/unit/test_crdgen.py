@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,23 @@ def test_status_keeps_kopf_state() -> None:
 
 
 EXPECTED_COLUMNS = {
-    "Card": ["User", "Product", "Phase", "Last4", "Balance", "Points", "Age"],
+    "Card": ["User", "Product", "Phase", "Reason", "Last4", "Balance", "Points", "Age"],
     "Posting": ["Card", "Type", "Amount", "Currency", "Phase", "Reason", "Age"],
-    "CardProduct": ["Currency", "Rate(bps)", "Phase", "Cards", "Age"],
+    "CardProduct": ["Currency", "Rate(bps)", "Phase", "Reason", "Cards", "Age"],
 }
+
+
+@pytest.mark.parametrize("kind", [info.kind for info in api.KINDS])
+def test_every_kind_shows_its_reason(kind: str) -> None:
+    """Every kind decides something and says why in status.reason, and ``kubectl get`` shows
+    it in a Reason column without -o wide, as ``kubectl get pods`` shows CrashLoopBackOff."""
+    info = next(i for i in api.KINDS if i.kind == kind)
+    assert "reason" in info.status_model.model_fields
+    assert node_at(kind, "status.reason")["type"] == "string"
+    columns = crd_by_kind(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
+    [reason] = [c for c in columns if c["jsonPath"] == ".status.reason"]
+    assert reason["name"] == "Reason"
+    assert "priority" not in reason
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED_COLUMNS))
@@ -295,3 +309,53 @@ def test_unknown_keywords_are_refused() -> None:
     """A JSON-schema keyword crdgen does not know is an error, not silently copied."""
     with pytest.raises(crdgen.SchemaError, match="examples"):
         crdgen.structural_schema(_Unsupported)
+
+
+def _spec_strings() -> Iterator[tuple[str, dict[str, Any]]]:
+    for info in api.KINDS:
+        for path, node in walk(root_schema(info.kind)["properties"]["spec"], ".spec"):
+            if node.get("type") == "string" and "enum" not in node:
+                yield f"{info.kind}{path}", node
+
+
+def test_spec_strings_are_checked_by_rules_that_say_what_they_expect() -> None:
+    """No spec string keeps a pattern, format or minLength (whose failures quote a regular
+    expression or, for formats, stop the API server's CEL rules); each bounded one has one CEL
+    rule saying "must be ...", inside a looser schema bound that keeps the rule cheap."""
+    checked = 0
+    for path, node in _spec_strings():
+        assert not {"pattern", "format", "minLength"} & set(node), path
+        if "maxLength" not in node:
+            continue
+        [rule] = [r for r in node["x-kubernetes-validations"] if r["message"].startswith("must")]
+        limit = int(rule["rule"].split("size(self) <= ", 1)[1].split(" ", 1)[0])
+        assert node["maxLength"] >= 4 * limit, path
+        checked += 1
+    assert checked >= 50
+
+
+def test_country_rule_matches_the_model() -> None:
+    """The rule carries the model's own bounds and pattern, and the issue's words."""
+    [rule, *_] = node_at("Card", "spec.holder.country")["x-kubernetes-validations"]
+    assert rule == {
+        "rule": 'size(self) >= 2 && size(self) <= 2 && self.matches("^[A-Z]{2}$")',
+        "message": "must be an ISO 3166-1 alpha-2 country code: two uppercase letters such as US",
+    }
+
+
+def test_a_spec_pattern_without_words_is_refused() -> None:
+    """A new pattern in a spec must say in words what it wants, or crdgen refuses to run."""
+
+    class Spec(api.common.SpecModel):
+        code: str = pydantic.Field(pattern=r"^[a-z]+$", max_length=8, description="A code.")
+
+    info = dataclasses.replace(api.KINDS[0], spec_model=Spec)
+    with pytest.raises(crdgen.SchemaError, match=r"common\.Expected"):
+        crdgen.render_crd(info)
+
+
+def test_status_times_keep_their_format() -> None:
+    """Only specs trade format for rules: the operator writes status, and date-time there keeps
+    ``kubectl explain`` and clients informed."""
+    assert node_at("Posting", "status.postedAt")["format"] == "date-time"
+    assert "format" not in node_at("Posting", "spec.occurredAt")

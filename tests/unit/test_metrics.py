@@ -82,6 +82,19 @@ def test_webhook_deliveries_count_outcomes_and_time() -> None:
     assert _value("fintech_webhook_delivery_duration_seconds_count", outcome="failed") >= 1
 
 
+def test_notifier_holds_are_timed_and_uncovered_events_counted() -> None:
+    """Each routed poll is one hold observation; only events routed without a covering
+    Webhook list are counted, and negative inputs (a clock step) add nothing."""
+    polls = _value("fintech_notifier_route_hold_seconds_count")
+    uncovered = _value("fintech_notifier_routed_uncovered_total")
+    metrics.notifier_route_held(1.7, 0)
+    metrics.notifier_route_held(60.2, 12)
+    metrics.notifier_route_held(-0.5, -3)
+    assert _value("fintech_notifier_route_hold_seconds_count") == polls + 3
+    assert _value("fintech_notifier_routed_uncovered_total") == uncovered + 12
+    assert _value("fintech_notifier_route_hold_seconds_bucket", le="2.0") >= 2
+
+
 def test_snapshot_replacement_drops_series_that_are_gone() -> None:
     """A consumer group absent from the next snapshot disappears from the output."""
     metrics.SNAPSHOT.set_consumer_lag({("g-old", "postings", 0): 7, ("g-new", "postings", 1): 0})

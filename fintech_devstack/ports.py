@@ -1,0 +1,223 @@
+"""Loopback ports of one local platform and of ``dev``'s processes: chosen once, remembered,
+checked before use.
+
+A state directory remembers its ports in ``ports.json``, so a restarted platform comes back
+where its clients (the env file, a kubeconfig, a shell) expect it. The default state
+directory prefers the documented ports below; any other state directory takes ports the
+kernel picks, so a second platform never races the first for the same numbers. A port that
+is taken when a part is about to listen on it is reported with the process holding it,
+read from ``/proc/net/tcp`` and ``/proc/*/fd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Final
+
+PORTS_FILE: Final = "ports.json"
+LOOPBACK: Final = "127.0.0.1"
+# /proc/net/tcp's state column: 0A is LISTEN.
+_TCP_LISTEN: Final = "0A"
+# Bounds on what is read to name a port's owner: a machine with more processes than this
+# gets a vaguer message, never a slow one.
+PROCESSES_SCANNED_MAX: Final = 5000
+FDS_SCANNED_MAX: Final = 100_000
+COMMAND_CHARS_MAX: Final = 120
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of every listener: the platform's parts, then ``dev``'s processes."""
+
+    etcd_client: int = 23790
+    etcd_peer: int = 23800
+    apiserver: int = 26443
+    postgres: int = 25432
+    kafka: int = 29092
+    kafka_controller: int = 29093
+    # Kafka listeners that need a login or TLS, so the product's security options are
+    # tested on a real broker: SCRAM/PLAIN without TLS, the same over TLS, and mutual TLS.
+    kafka_sasl: int = 29094
+    kafka_sasl_ssl: int = 29095
+    kafka_ssl: int = 29096
+    # `dev`'s processes: the operator's liveness probe (/healthz) and each one's /metrics,
+    # so two `dev`s on one machine never fight over 8080.
+    operator_health: int = 8080
+    operator_metrics: int = 9102
+    rewards_metrics: int = 9103
+    notifier_metrics: int = 9104
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ask the kernel for unused loopback ports (test platforms run side by side)."""
+        return cls(*_kernel_ports(len(fields(cls))))
+
+    def items(self) -> list[tuple[str, int]]:
+        """(name, port) of every listener, in declaration order."""
+        return list(asdict(self).items())
+
+
+PLATFORM_PORTS: Final = (
+    "etcd_client",
+    "etcd_peer",
+    "apiserver",
+    "postgres",
+    "kafka",
+    "kafka_controller",
+    "kafka_sasl",
+    "kafka_sasl_ssl",
+    "kafka_ssl",
+)
+DEV_PORTS: Final = ("operator_health", "operator_metrics", "rewards_metrics", "notifier_metrics")
+
+
+class PortTaken(RuntimeError):
+    """A port this platform wants is in use; the message names the port and its holder."""
+
+
+def _kernel_ports(count: int) -> list[int]:
+    # All sockets stay bound until every number is read, so the numbers are distinct.
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def is_free(port: int) -> bool:
+    """True when a listener could bind ``port`` on loopback now.
+
+    SO_REUSEADDR, as every server of the platform sets it: connections of a stopped
+    listener waiting out TIME_WAIT do not make its port taken, a live listener does.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def fill(remembered: dict[str, int], *, prefer_defaults: bool) -> Ports:
+    """Remembered ports as they are; each missing one its default when preferred and free,
+    else one the kernel picks."""
+    defaults = Ports()
+    missing = [name for name, _ in defaults.items() if name not in remembered]
+    picked = iter(_kernel_ports(len(missing)))
+    chosen = dict(remembered)
+    for name in missing:
+        default = getattr(defaults, name)
+        wanted = prefer_defaults and default not in chosen.values() and is_free(default)
+        chosen[name] = default if wanted else next(picked)
+    return Ports(**{name: int(chosen[name]) for name, _ in defaults.items()})
+
+
+def remembered(state_dir: Path) -> dict[str, int]:
+    """The ports recorded in ``state_dir``: ``ports.json``, or the older ``platform.json``."""
+    for name, key in ((PORTS_FILE, None), ("platform.json", "ports")):
+        path = state_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            found = data if key is None else data.get(key) or {}
+            known = {f.name for f in fields(Ports)}
+            return {k: int(v) for k, v in found.items() if k in known}
+    return {}
+
+
+def load(state_dir: Path, *, prefer_defaults: bool) -> Ports:
+    """The ports of ``state_dir``: the remembered ones, completed by :func:`fill`."""
+    return fill(remembered(state_dir), prefer_defaults=prefer_defaults)
+
+
+def save(state_dir: Path, ports: Ports) -> Path:
+    """Remember ``ports`` in ``state_dir`` so a restart comes back on the same ones."""
+    path = state_dir / PORTS_FILE
+    path.write_text(json.dumps(dict(ports.items()), indent=2) + "\n")
+    return path
+
+
+def check_free(ports: Ports, names: Iterable[str], where: str) -> None:
+    """Raise :class:`PortTaken` naming every port of ``names`` that is in use, and by what."""
+    taken = [(name, getattr(ports, name)) for name in names]
+    taken = [(name, port) for name, port in taken if not is_free(port)]
+    if not taken:
+        return
+    holders = owners([port for _, port in taken])
+    described = "; ".join(
+        f"port {port} ({name}) is taken by {holders.get(port, _UNKNOWN_OWNER)}"
+        for name, port in taken
+    )
+    raise PortTaken(
+        f"{where}: {described}. Stop that process, or use another --state-dir "
+        f"(a new state directory chooses free ports; its {PORTS_FILE} remembers them)"
+    )
+
+
+_UNKNOWN_OWNER: Final = "a process this user cannot see"
+
+
+def listening_inodes(table: str, port: int) -> set[int]:
+    """Socket inodes listening on ``port`` in a ``/proc/net/tcp`` or ``tcp6`` table (pure)."""
+    inodes: set[int] = set()
+    for line in table.splitlines()[1:]:
+        columns = line.split()
+        if len(columns) < 10 or columns[3] != _TCP_LISTEN:
+            continue
+        _, _, port_hex = columns[1].rpartition(":")
+        if int(port_hex, 16) == port:
+            inodes.add(int(columns[9]))
+    return inodes
+
+
+def owners(ports_wanted: list[int]) -> dict[int, str]:
+    """For each port with a visible listener: ``pid N (command line)``."""
+    tables = ""
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            tables += Path(f"/proc/net/{name}").read_text()
+    by_inode = {inode: port for port in ports_wanted for inode in listening_inodes(tables, port)}
+    found: dict[int, str] = {}
+    for inode, pid in _socket_holders(set(by_inode)):
+        found.setdefault(by_inode[inode], f"pid {pid} ({_command(pid)})")
+    return found
+
+
+def _socket_holders(inodes: set[int]) -> list[tuple[int, int]]:
+    """(inode, pid) for each process holding one of ``inodes``, bounded by the limits above."""
+    wanted = {f"socket:[{inode}]": inode for inode in inodes}
+    held: list[tuple[int, int]] = []
+    fds_seen = 0
+    pids = [p for p in os.listdir("/proc") if p.isdigit()][:PROCESSES_SCANNED_MAX]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                fds_seen += 1
+                with contextlib.suppress(OSError):
+                    inode = wanted.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                    if inode is not None:
+                        held.append((inode, int(pid)))
+        if fds_seen > FDS_SCANNED_MAX or not wanted:
+            break
+    return held
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return command[:COMMAND_CHARS_MAX] or "?"

@@ -1,0 +1,94 @@
+"""`dev`'s supervision decisions on a fake clock: backoff, reset after a healthy run, crash loop."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from fintech_devstack import supervise
+
+
+def _deaths(
+    history: supervise.History, times: list[float], ran_seconds: float = 0.5
+) -> list[supervise.Restart | supervise.GiveUp]:
+    return [history.died(now, ran_seconds) for now in times]
+
+
+def test_backoff_starts_at_one_second_and_doubles_to_thirty() -> None:
+    """Quick deaths spread beyond the crash-loop window wait 1, 2, 4, ... capped at 30 s."""
+    history = supervise.History()
+    # One death every 61 s never makes a crash loop, so only the backoff is seen.
+    decisions = _deaths(history, [61.0 * i for i in range(8)], ran_seconds=5)
+    assert [d.delay_seconds for d in decisions if isinstance(d, supervise.Restart)] == [
+        1, 2, 4, 8, 16, 30, 30, 30,
+    ]  # fmt: skip
+
+
+def test_a_healthy_run_resets_the_backoff() -> None:
+    """A process that ran a minute or more before dying is restarted after 1 s again."""
+    history = supervise.History()
+    _deaths(history, [0.0, 3.0, 8.0])  # backoff now 4 s
+    after_long_run = history.died(200.0, ran_seconds=120.0)
+    assert after_long_run == supervise.Restart(delay_seconds=1.0, deaths=1)
+
+
+def test_five_deaths_within_sixty_seconds_give_up() -> None:
+    """The fifth death inside the 60 s window is a crash loop; the fourth is not."""
+    history = supervise.History()
+    decisions = _deaths(history, [0.0, 2.0, 5.0, 10.0, 19.0])
+    assert all(isinstance(d, supervise.Restart) for d in decisions[:4])
+    assert decisions[4] == supervise.GiveUp(deaths=5)
+
+
+def test_deaths_older_than_the_window_do_not_count() -> None:
+    """Four deaths, a quiet minute, then one more: no crash loop, the count starts over."""
+    history = supervise.History()
+    _deaths(history, [0.0, 2.0, 5.0, 10.0])
+    later = history.died(70.5, ran_seconds=1.0)
+    assert isinstance(later, supervise.Restart)
+    assert later.deaths == 1
+
+
+def test_custom_policy_and_bad_limits() -> None:
+    """A policy's limits are used as given; impossible limits are refused."""
+    history = supervise.History(supervise.Policy(deaths_max=2, backoff_initial_seconds=0.5))
+    assert history.died(0.0, 0.1) == supervise.Restart(0.5, 1)
+    assert history.died(1.0, 0.1) == supervise.GiveUp(2)
+    for bad in (
+        {"backoff_initial_seconds": 0.0},
+        {"backoff_initial_seconds": 40.0},
+        {"deaths_max": 0},
+        {"deaths_window_seconds": 0.0},
+        {"stable_run_seconds": -1.0},
+    ):
+        with pytest.raises(ValueError, match="need"):
+            supervise.Policy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("returncode", "words"),
+    [
+        (0, "exited with status 0"),
+        (3, "exited with status 3"),
+        (-signal.SIGKILL, "was killed by SIGKILL"),
+        (-signal.SIGTERM, "was killed by SIGTERM"),
+        (-200, "was killed by signal 200"),
+    ],
+)
+def test_exit_status_in_words(returncode: int, words: str) -> None:
+    """A Popen return code reads as an exit status or the signal's name."""
+    assert supervise.exit_status(returncode) == words
+
+
+def test_the_stderr_line_names_the_process_its_status_and_what_next() -> None:
+    """What a developer reads when a child dies: which one, how, and what dev does now."""
+    policy = supervise.Policy()
+    restart = supervise.describe("operator", 42, -9, supervise.Restart(2.0, 2), policy)
+    assert restart == (
+        "operator (pid 42) was killed by SIGKILL; restarting it in 2 s "
+        "(2 of 5 deaths within 60 s before dev gives up)"
+    )
+    given_up = supervise.describe("notifier", 7, 1, supervise.GiveUp(5), policy)
+    assert given_up.startswith("notifier (pid 7) exited with status 1: 5 deaths within 60 s")
+    assert "giving up" in given_up
