@@ -111,7 +111,7 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
     ceiling = burst.raw_ceiling(api, raw_ns, [burst.posting(f"r-{i:05d}", "none", 1)
                                               for i in range(args.postings)])  # fmt: skip
     log = Path(tempfile.mkdtemp(prefix="bench-burst-")) / "operator.log"
-    op_env = {**env, "FINTECH_HEALTH_PORT": "0"}
+    op_env = {**env, "FINTECH_HEALTH_PORT": "0", "FINTECH_TOKENIZER": "development"}
     with log.open("ab") as sink:
         operator = subprocess.Popen([sys.executable, "-m", "fintech_operator", "run",
                                      "--liveness-port", "0", "-n", ns],
