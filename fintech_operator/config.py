@@ -66,7 +66,16 @@ class Settings(BaseModel):
     kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
     db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8
-    db_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    db_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=300,
+            description="The one database timeout (issue 17): the longest wait for a pooled "
+            "connection (handlers, the ledger engine, consumers), for the pool to open at "
+            "start, and (whole seconds, at least 2) for connecting. Default 10.",
+        ),
+    ] = 10.0
     kafka_request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 30_000
     # Kafka security: how every Kafka client of the product (relay, consumers, notifier,
     # topic creation, metrics) connects; events/kafka.py turns these into client options.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from typing import Any
 
@@ -34,8 +35,43 @@ PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
 PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
 
 
+class _WaitsLogAsInfo(logging.Filter):
+    """kopf logs every TemporaryError at ERROR; a resource waiting for something that is not
+    there yet (a product, a card, the processor) is expected, so its retries log at INFO. The
+    message carries the attempt count ("attempt 3 of 30")."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._mark = f"failed temporarily: {prefix}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and self._mark in str(record.msg):
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (kopf's stop flag), which a second signal sets again,
+    harmlessly. kopf's own handlers resolve a future, and a second signal while the operator
+    stops (``dev`` forwards SIGTERM to a child the process group already got it from) raised
+    InvalidStateError from that future."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _signalled, stop, signum)
+
+
+def _signalled(stop: asyncio.Event, signum: int) -> None:
+    if stop.is_set():
+        log.info("signal %s received again while stopping: ignored", signal.Signals(signum).name)
+        return
+    log.info("signal %s received: the operator stops", signal.Signals(signum).name)
+    stop.set()
+
+
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf installs its signal handlers just before the startup handlers run: replace them.
+    _stop_on_signals(memo.stop_flag)
     app = config.load()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -61,6 +97,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         timeout=app.db_timeout_seconds,
         open=False,
         connection_class=tracing.TracedConnection,
+        # psycopg takes whole seconds, at least 2; FINTECH_DB_TIMEOUT_SECONDS bounds it too.
+        kwargs={"connect_timeout": max(2, int(app.db_timeout_seconds))},
     )
     await pool.open(wait=True, timeout=app.db_timeout_seconds)
     await _warn_if_owner(pool)
@@ -75,11 +113,13 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         expiry.run(app, stop, expiry.Limits()), name="authorization-expiry"
     )
     memo.settings = app
+    memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
     memo.expiry_task = expiry_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
 
 async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
@@ -96,8 +136,19 @@ async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
         )
 
 
+def _ignore_signals_from_now_on() -> None:
+    """Past cleanup only the interpreter's exit is left: a signal that arrives now (the
+    second of a pair) is ignored. Removing the loop's handlers first matters: closing the loop
+    would otherwise reset them to the default action, which kills the process."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    _ignore_signals_from_now_on()
     await collector.stop(memo.get("metrics_collector"))
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:
@@ -146,6 +197,9 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
     from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
     handlers.register_timers(settings)
+    logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
+    # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
+    handlers.slots.install(settings.db_pool_max_size)
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
     peering_name = os.environ.get(PEERING_NAME_ENV) or None
@@ -155,15 +209,30 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    asyncio.run(
-        kopf.operator(
-            settings=kopf_settings,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-            standalone=peering_name is None,
-            peering_name=peering_name,
-            priority=priority,
-        )
-    )
+    asyncio.run(_operate(kopf_settings, namespaces, liveness, peering_name, priority))
     return 0
+
+
+async def _operate(
+    kopf_settings: kopf.OperatorSettings,
+    namespaces: list[str],
+    liveness: str | None,
+    peering_name: str | None,
+    priority: int,
+) -> None:
+    # The stop flag lives in this loop; the startup handler points the signals at it.
+    stop = asyncio.Event()
+    await kopf.operator(
+        # All of an object's due handlers in one cycle, so one status patch: kopf's default
+        # runs one per cycle (a new Card has three: issue and two field handlers), a patch each.
+        lifecycle=kopf.lifecycles.all_at_once,
+        memo=kopf.Memo(stop_flag=stop),
+        stop_flag=stop,
+        settings=kopf_settings,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        standalone=peering_name is None,
+        peering_name=peering_name,
+        priority=priority,
+    )

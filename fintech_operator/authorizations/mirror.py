@@ -12,6 +12,7 @@ functions read those. Each write here is one idempotent upsert.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
@@ -138,7 +139,7 @@ async def retire_card(conn: psycopg.AsyncConnection[Any], namespace: str, name: 
 
 
 _HOLDS: Final = """
-SELECT c.held_minor,
+SELECT a.code, c.held_minor,
        authorization_available(
            c.account_id,
            CASE WHEN c.spend_limit_minor IS NOT NULL THEN c.spend_limit_minor
@@ -149,8 +150,19 @@ SELECT c.held_minor,
   FROM authorization_cards c
   JOIN accounts a ON a.id = c.account_id
   LEFT JOIN authorization_products p ON p.product = c.product
- WHERE a.code = %s
+ WHERE a.code = ANY(%s)
 """
+
+
+async def holds_of(
+    conn: psycopg.AsyncConnection[Any], accounts: Sequence[str]
+) -> dict[str, tuple[int, int | None]]:
+    """:func:`holds` of many card accounts in one statement (those never mirrored are absent)."""
+    cur = await conn.execute(_HOLDS, (list(accounts),))
+    return {
+        str(code): (int(held), None if available is None else int(available))
+        for code, held, available in await cur.fetchall()
+    }
 
 
 async def holds(conn: psycopg.AsyncConnection[Any], account: str) -> tuple[int, int | None] | None:
@@ -158,12 +170,7 @@ async def holds(conn: psycopg.AsyncConnection[Any], account: str) -> tuple[int, 
 
     ``available`` is None when the card has no spend limit.
     """
-    cur = await conn.execute(_HOLDS, (account,))
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    held, available = row
-    return int(held), None if available is None else int(available)
+    return (await holds_of(conn, [account])).get(account)
 
 
 def risk_rules(spec: api.RiskPolicySpec) -> list[tuple[str, int | None, str | None, list[str]]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -338,3 +338,16 @@ async def find_review(conn: AsyncConnection[Any], card_uid: str) -> Review | Non
         )
         row = await cur.fetchone()
     return None if row is None else _review(row)
+
+
+async def last_alert_ids(conn: AsyncConnection[Any], cards: Sequence[str]) -> dict[str, int]:
+    """The id of each card's newest alert (cards without alerts are left out), in one query:
+    the batched card refresh reads pages with :func:`alerts_after` only for cards that have new
+    ones."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT card, max(id) FROM compliance_alerts WHERE card = ANY(%s) GROUP BY card",
+            (list(cards),),
+        )
+        rows = await cur.fetchall()
+    return {str(card): int(id_) for card, id_ in rows}

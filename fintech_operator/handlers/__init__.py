@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fintech_operator.handlers import (
+    card_refresh,
     cardproduct,
     cards,
     indexes,
     policies,
     postings,
     recon,
+    report,
     reviews,
+    slots,
     webhooks,
 )
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from fintech_operator import config
 
 __all__ = [
+    "card_refresh",
     "cardproduct",
     "cards",
     "indexes",
@@ -30,12 +34,13 @@ __all__ = [
     "postings",
     "recon",
     "register_timers",
+    "report",
     "reviews",
+    "slots",
     "webhooks",
 ]
 
 
 def register_timers(settings: config.Settings) -> None:
     """Register the timers whose interval comes from ``settings`` (before kopf starts)."""
-    cards.register_timers(settings)
     webhooks.register_timers(settings)

@@ -23,7 +23,7 @@ import kopf
 import psycopg
 import pydantic
 
-from fintech_operator import api, config
+from fintech_operator import api
 from fintech_operator.authorizations import mirror
 from fintech_operator.cards import http_tokenizer, lifecycle
 from fintech_operator.cards import store as card_store
@@ -35,7 +35,6 @@ from fintech_operator.events import schema
 from fintech_operator.handlers import indexes, report
 from fintech_operator.ledger import engine, model
 from fintech_operator.observability import tracing
-from fintech_operator.rewards import store
 from fintech_operator.risk import engine as risk_engine
 from fintech_operator.risk import model as risk_model
 from fintech_operator.risk import policy as risk_policy
@@ -54,7 +53,7 @@ DELETE_RETRY_LIMIT: Final = 6
 DELETE_RETRY_DELAY_SECONDS: Final = 10.0
 ALERT_EVENTS_PER_REFRESH_MAX: Final = 20
 # The card processor being down is retried with exponential backoff, capped: a card waits in
-# Pending (kopf's Warning Events say why) and is issued once the processor answers again.
+# Pending (reason WaitingForProcessor, one Warning Event) and is issued once it answers again.
 TOKENIZER_BACKOFF_BASE_SECONDS: Final = 2.0
 TOKENIZER_BACKOFF_MAX_SECONDS: Final = 60.0
 # Sanctions lists, compiled once per ConfigMap version and shared by every card and policy.
@@ -176,15 +175,28 @@ def cards_by_user(
 
 
 def _product_or_retry(
-    products: kopf.Index[Any, Any], namespace: str, name: str, retry: int, limit: int
+    body: kopf.Body,
+    patch: kopf.Patch,
+    products: kopf.Index[Any, Any],
+    key: tuple[str, str],
+    retry: int,
+    limit: int,
 ) -> api.CardProductSpec | None:
-    """The product's terms; a miss is retried (it may be applied in the same batch)."""
-    raw = indexes.first(products, (namespace, name))
+    """The product's terms; a miss is a wait shown on the card (the product may be applied in
+    the same batch), then, after ``limit`` retries, None: the caller rejects the card."""
+    namespace, name = key
+    raw = indexes.first(products, key)
     if raw is None:
         if retry < limit:
-            raise kopf.TemporaryError(
-                f"card product {name!r} not found yet", delay=TEMPORARY_DELAY_SECONDS
+            message = (
+                f"waiting for card product {name!r} in {namespace}: it does not exist; the card "
+                f"is rejected (ProductNotFound) if it does not appear within about "
+                f"{limit * TEMPORARY_DELAY_SECONDS:.0f} s"
             )
+            raise report.waiting(
+                body, patch, report.WAITING_FOR_PRODUCT, message,
+                attempt=f"{retry + 1} of {limit}", delay_seconds=TEMPORARY_DELAY_SECONDS,
+            )  # fmt: skip
         return None
     return api.CardProductSpec.model_validate(raw)
 
@@ -239,7 +251,9 @@ async def issue(
         await _reject(body, patch, memo, namespace, name, reused.reason, reused.message, card)
         return
     limit = memo.settings.missing_card_retry_limit
-    product = _product_or_retry(kwargs["cardproducts"], namespace, card.product, retry, limit)
+    product = _product_or_retry(
+        body, patch, kwargs["cardproducts"], (namespace, card.product), retry, limit
+    )
     if product is None:
         message = f"card product {card.product!r} does not exist in {namespace}"
         await _reject(
@@ -486,11 +500,23 @@ async def _open(
         await _refuse_open(body, patch, memo, namespace, name, card, reused, conditions)
         return
     try:
-        issued = await _issuance(memo, body, namespace, name, retry)
+        issued = await _issuance(memo, body, namespace, name)
     except http_tokenizer.TokenizerRefused as exc:
         refused = lifecycle.Verdict("Rejected", exc.reason, exc.message)
         await _refuse_open(body, patch, memo, namespace, name, card, refused, conditions)
         return
+    except http_tokenizer.TokenizerUnavailable as exc:
+        patch.status["conditions"] = conditions  # the assessment's, shown while it waits
+        delay = min(
+            TOKENIZER_BACKOFF_BASE_SECONDS * 2 ** min(retry, 10), TOKENIZER_BACKOFF_MAX_SECONDS
+        )
+        message = f"waiting for the card processor: {exc.message}"
+        # A reviewed card keeps its phase: its review timer runs only while it is PendingReview.
+        phase = "PendingReview" if body.status.get("phase") == "PendingReview" else "Pending"
+        raise report.waiting(
+            body, patch, report.WAITING_FOR_PROCESSOR, message,
+            attempt=f"{retry + 1}", delay_seconds=delay, phase=phase,
+        ) from exc  # fmt: skip
     event = schema.card_issued(
         namespace=namespace,
         name=name,
@@ -587,7 +613,7 @@ async def _refuse_open(
 
 
 async def _issuance(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, retry: int
+    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str
 ) -> card_store.Issued:
     """The card's token: the one its committed ``card.issued`` event carries when a previous
     attempt got that far (a retry must not issue a second card), else the tokenizer's, asked
@@ -599,13 +625,7 @@ async def _issuance(
         return earlier
     tokenizer = http_tokenizer.from_settings(memo.settings)
     key = http_tokenizer.idempotency_key(_uid(body))
-    try:
-        token = await tokenizer.issue(f"{namespace}/{name}", idempotency_key=key)
-    except http_tokenizer.TokenizerUnavailable as exc:
-        delay = min(
-            TOKENIZER_BACKOFF_BASE_SECONDS * 2 ** min(retry, 10), TOKENIZER_BACKOFF_MAX_SECONDS
-        )
-        raise kopf.TemporaryError(f"{exc.message}; retrying in {delay:.0f} s", delay=delay) from exc
+    token = await tokenizer.issue(f"{namespace}/{name}", idempotency_key=key)
     return card_store.Issued(token=token, issued_at=_event_time())
 
 
@@ -773,7 +793,7 @@ async def state_changed(
             body, reason="Frozen" if new == "Frozen" else "Unfrozen", message=f"card is now {new}"
         )
     elif new == "Closed" and phase in ISSUED_PHASES:
-        await _close(body, patch, memo, announce=True)
+        await close(body, patch, memo, announce=True)
     elif new == "Closed" and phase == "PendingReview":
         await _closed_unissued(body, patch, memo, report.namespace_of(namespace), name)
 
@@ -805,10 +825,11 @@ def _closed_event(body: kopf.Body, reason: str | None = None) -> model.OutboxEve
     )
 
 
-async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:
+async def close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:
     """Close the card's account; while its balance is not zero, say why and keep the phase.
 
-    The refresh timer tries again, so closing completes by itself once the balance is zero.
+    The namespace's batched refresh (``card_refresh``) tries again, so closing completes by
+    itself once the balance is zero.
     """
     generation = _generation(body)
     code = str(body.status.get("account"))
@@ -844,41 +865,7 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announc
     normal_event(body, reason="Closed", message="card closed; its ledger history is kept")
 
 
-async def refresh(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    namespace: str | None,
-    name: str,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    """Mirror balance, points and AML alerts into status; finish a close that was waiting."""
-    code = str(body.status.get("account"))
-    card = f"{namespace}/{name}"
-    aml = dict(body.status.get("aml") or {})
-    async with memo.pool.connection() as conn:
-        balance = await engine.balance(conn, code)
-        holds = await mirror.holds(conn, code)
-        points = await store.points_balance(conn, card)
-        alerts = await compliance_store.alerts_after(
-            conn, card, int(aml.get("lastAlertId") or 0), ALERT_EVENTS_PER_REFRESH_MAX
-        )
-    amount = balance.balance_minor
-    current = body.status.get("balance") or {}
-    if current.get("amount") != amount:
-        patch.status["balance"] = {"amount": amount, "currency": balance.currency}
-    if body.status.get("rewardsPoints") != points:
-        patch.status["rewardsPoints"] = points
-    if holds is not None:
-        _show_holds(body, patch, holds, balance.currency)
-    if alerts:
-        _announce_alerts(body, patch, aml, alerts)
-    if spec.get("state") == "Closed" and amount == 0:
-        await _close(body, patch, memo, announce=False)
-
-
-def _show_holds(
+def show_holds(
     body: kopf.Body, patch: kopf.Patch, holds: tuple[int, int | None], currency: str
 ) -> None:
     """``status.held`` and ``status.available`` from the real-time mirror; only a change."""
@@ -892,7 +879,7 @@ def _show_holds(
         )
 
 
-def _announce_alerts(
+def announce_alerts(
     body: kopf.Body,
     patch: kopf.Patch,
     aml: dict[str, Any],
@@ -970,25 +957,16 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
 
 
 __all__ = [
+    "announce_alerts",
     "apply_review",
     "card_facts",
     "cards_by_user",
+    "close",
     "delete",
     "holder_changed",
     "issue",
     "normal_event",
-    "refresh",
+    "show_holds",
     "spend_limit_changed",
     "state_changed",
 ]
-
-
-def register_timers(settings: config.Settings) -> None:
-    """Register :func:`refresh` at the configured interval: read at start-up, never at import."""
-    kopf.timer(
-        api.GROUP,
-        api.VERSION,
-        "cards",
-        interval=settings.card_refresh_interval_seconds,
-        when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
-    )(refresh)

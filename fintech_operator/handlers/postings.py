@@ -11,7 +11,7 @@ it, so another namespace's journal is never replayed, reversed or blocked by thi
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 import pydantic
@@ -29,6 +29,13 @@ from fintech_operator.risk import store as risk_store
 
 DECIDED_PHASES = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
 TEMPORARY_DELAY_SECONDS = 2.0
+
+
+class Waiting(NamedTuple):
+    """The posting's card is not there yet: what to show, and which attempt this is."""
+
+    message: str
+    attempt: str
 
 
 class Rejection(Exception):
@@ -51,17 +58,21 @@ async def _card_or_retry(
     namespace: str,
     posting: api.PostingSpec,
     retry: int,
-) -> dict[str, Any]:
-    """The card if it exists (or its deleted card's open account); not yet seen or not yet
-    issued is retried, then rejected."""
+) -> dict[str, Any] | Waiting:
+    """The card if it exists (or its deleted card's open account); a card not yet seen or not
+    yet issued is a wait (returned, the caller shows it), then ``CardNotFound``."""
     card_name, limit = posting.card, memo.settings.missing_card_retry_limit
     card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
     if card is None:
         card = await _deleted_card(memo, namespace, posting)
     pending = card is None or card.get("phase") in (None, "Pending")
     if pending and retry < limit:
-        raise kopf.TemporaryError(
-            f"card {card_name!r} not issued yet", delay=TEMPORARY_DELAY_SECONDS
+        what = "does not exist" if card is None else "is not issued yet (its phase is Pending)"
+        return Waiting(
+            f"waiting for card {card_name!r} in {namespace}: it {what}; the posting is "
+            f"rejected (CardNotFound or CardNotActive) if that lasts about "
+            f"{limit * TEMPORARY_DELAY_SECONDS:.0f} s",
+            f"{retry + 1} of {limit}",
         )
     if card is None:
         raise Rejection(
@@ -163,6 +174,40 @@ def _occurred_at(spec: api.PostingSpec, body: kopf.Body) -> datetime.datetime:
     return api.parse_timestamp(str(body.metadata.get("creationTimestamp")))
 
 
+def _metadata(spec: api.PostingSpec, namespace: str, name: str) -> dict[str, Any]:
+    """What the journal records about the posting besides its lines (part of its hash)."""
+    return {
+        "posting": f"{namespace}/{name}",
+        "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
+    }
+
+
+def _same_request(spec: api.PostingSpec, body: kopf.Body, journal: model.Journal) -> bool:
+    """True when this posting asks for what ``journal`` recorded, by the ledger's own request
+    hash (Invariant 3 has one fingerprint): the request is rebuilt as it was posted. A deleted
+    and re-applied object has a new creation time, so without ``spec.occurredAt`` the journal's
+    time stands in for it; everything else (type, amount, card, entries, reference, merchant,
+    name) must match. Journals posted before this scheme carry a ``specHash`` in their metadata,
+    which was part of their hash: it is recomputed from the spec for them."""
+    namespace = report.namespace_of(body.metadata.namespace)
+    account = model.card_account_code(namespace, spec.card, spec.currency)
+    metadata = _metadata(spec, namespace, str(body.metadata.name))
+    if "specHash" in journal.metadata:
+        metadata["specHash"] = posting_rules.spec_hash(api.to_api(spec))
+    try:
+        request = model.PostingRequest(
+            idempotency_key=journal.idempotency_key,
+            kind=model.PostingKind(spec.type.value),
+            lines=_lines(spec, account),
+            occurred_at=spec.occurred_at or journal.occurred_at,
+            reference=spec.reference,
+            metadata=metadata,
+        )
+    except (Rejection, model.LedgerError):
+        return False  # a request the ledger would refuse cannot be the one it recorded
+    return rules.request_hash(request) == journal.request_hash
+
+
 def build_request(
     spec: api.PostingSpec, body: kopf.Body, card: dict[str, Any], product: dict[str, Any]
 ) -> model.PostingRequest:
@@ -181,11 +226,7 @@ def build_request(
         lines=_lines(spec, card["account"]),
         occurred_at=occurred_at,
         reference=spec.reference,
-        metadata={
-            "posting": f"{namespace}/{name}",
-            "specHash": posting_rules.spec_hash(api.to_api(spec)),
-            "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
-        },
+        metadata=_metadata(spec, namespace, name),
         events=(_event(spec, namespace, name, product, occurred_at),),
         guard=_guard(spec, card, product, report.now()),
         namespace=namespace,
@@ -215,6 +256,11 @@ async def post(
         result = await _replay(memo, posting, body, postings)
         if result is None:
             card = await _card_or_retry(memo, cards, namespace, posting, retry)
+            if isinstance(card, Waiting):
+                raise report.waiting(
+                    body, patch, report.WAITING_FOR_CARD, card.message,
+                    attempt=card.attempt, delay_seconds=TEMPORARY_DELAY_SECONDS,
+                )  # fmt: skip
             if posting.reverses:
                 result = await _reverse(memo, posting, body, card, postings)
             else:
@@ -293,9 +339,8 @@ async def _replay(
 ) -> Any:
     """The first result of this posting's idempotency key, or None if it never posted.
 
-    A deleted and re-applied object has a new uid and creation time, so the ledger's
-    request hash would differ; what must match is the spec, recorded as ``specHash`` (a
-    reversal: the journal it reversed, which must be the one ``spec.reverses`` names now).
+    The same request (see :func:`_same_request`; a reversal: the journal it reversed, which
+    must be the one ``spec.reverses`` names now) is a replay; another is IdempotencyConflict.
     """
     namespace = report.namespace_of(body.metadata.namespace)
     key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
@@ -308,7 +353,7 @@ async def _replay(
             target = await _target_journal(conn, postings, namespace, str(posting.reverses))
             if journal.reverses_journal_id == target.id:
                 return model.PostResult(journal=journal, replayed=True)
-        elif journal.metadata.get("specHash") == posting_rules.spec_hash(api.to_api(posting)):
+        elif not posting.reverses and _same_request(posting, body, journal):
             return model.PostResult(journal=journal, replayed=True)
     raise Rejection(
         api.PostingReason.IDEMPOTENCY_CONFLICT,
@@ -398,6 +443,8 @@ def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
             "phase": api.PostingPhase.POSTED,
             "journalId": str(journal.id),
             "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
+            "reason": None,  # a wait for the card, shown before, is over
+            "message": None,
             "conditions": report.condition(
                 body.status, api.READY, True, api.PostingPhase.POSTED, message, generation
             ),
@@ -432,11 +479,13 @@ async def expire(
     """Delete a finished posting after its TTL, like a Job; the ledger keeps the journal."""
     if body.status.get("phase") not in DECIDED_PHASES:
         # `post` decided it in this same cycle; its status arrives with the next event.
-        raise kopf.TemporaryError("not finished yet; TTL starts when it is", delay=1)
+        raise kopf.TemporaryError(f"{report.WAIT_PREFIX}not finished yet; TTL starts when it is",
+                                  delay=1)  # fmt: skip
     remaining = posting_rules.ttl_remaining_seconds(
         _finished_at(body.status), spec.get("ttlSecondsAfterFinished"), report.now()
     )
     if remaining > 0:
-        raise kopf.TemporaryError(f"expires in {remaining:.0f}s (ttlSecondsAfterFinished)",
+        raise kopf.TemporaryError(f"{report.WAIT_PREFIX}expires in {remaining:.0f}s "
+                                  "(ttlSecondsAfterFinished)",
                                   delay=min(remaining, TTL_RECHECK_MAX_SECONDS))  # fmt: skip
     await kube.delete("postings", report.namespace_of(namespace), name, uid)

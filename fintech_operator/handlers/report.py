@@ -63,3 +63,48 @@ def namespace_of(namespace: str | None) -> str:
     if not namespace:
         raise kopf.PermanentError("namespaced kind delivered without a namespace")
     return namespace
+
+
+# --- Waiting for something that is not there yet (issue 11) ---------------------------------------
+
+# Reasons a resource shows while it waits; each ends in a final rejection if the wait runs out.
+WAITING_FOR_PRODUCT = "WaitingForProduct"
+WAITING_FOR_CARD = "WaitingForCard"
+WAITING_FOR_PROCESSOR = "WaitingForProcessor"
+# kopf logs a TemporaryError as "<handler> failed temporarily: <message>" at ERROR; the runtime's
+# log filter turns lines whose message starts with this prefix into INFO: a wait is expected.
+WAIT_PREFIX = "waiting: "
+
+
+def waiting(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    reason: str,
+    message: str,
+    *,
+    attempt: str,
+    delay_seconds: float,
+    phase: str = "Pending",
+) -> kopf.TemporaryError:
+    """Show a wait on the resource and return the retry to raise.
+
+    The status says at once what the resource waits for (phase Pending, ``reason``, a Ready
+    condition False with the same reason and message); the Event is posted once per wait, when
+    the status does not show it yet, not on every retry. ``attempt`` ("3 of 30") goes into the
+    log line only, so the status and the Event stay the same while the wait lasts.
+    """
+    generation = int(body.metadata.get("generation") or 0)
+    # Conditions written earlier in this same handler call (an assessment) are kept.
+    base = patch.status.get("conditions") or body.status.get("conditions")
+    patch.status["phase"] = phase
+    patch.status["reason"] = reason
+    patch.status["message"] = message[:1024]
+    patch.status["conditions"] = condition(
+        {"conditions": base}, api.READY, False, reason, message, generation
+    )
+    if body.status.get("reason") != reason:
+        kopf.warn(body, reason=reason, message=message[:1024])
+    return kopf.TemporaryError(
+        f"{WAIT_PREFIX}{message} (attempt {attempt}, next in {delay_seconds:.0f} s)",
+        delay=delay_seconds,
+    )

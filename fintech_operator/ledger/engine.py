@@ -53,6 +53,7 @@ Check = Callable[[AsyncConnection[Any], model.PostingRequest], Awaitable[None]]
 _T = TypeVar("_T")
 _RETRYABLE: Final = (errors.SerializationFailure, errors.DeadlockDetected)
 _ENTRIES_LIMIT_MAX: Final = 1000
+BALANCES_CODES_MAX: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ class Limits:
     backoff_max_ms: int = 200  # Cap of one wait.
     lock_timeout_ms: int = 5_000  # Longest wait for a row lock (another posting on the card).
     statement_timeout_ms: int = 15_000  # Longest single statement.
-    pool_timeout_seconds: float = 10.0  # Longest wait for a pooled connection.
+    # Longest wait for a pooled connection; None (the default) is the pool's own timeout, which
+    # the processes set from FINTECH_DB_TIMEOUT_SECONDS: one setting for every database wait.
+    pool_timeout_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts_max <= 20:
@@ -73,7 +76,7 @@ class Limits:
             raise ValueError("need 0 < backoff_base_ms <= backoff_max_ms <= 10000")
         if not 0 < self.lock_timeout_ms <= self.statement_timeout_ms <= 600_000:
             raise ValueError("need 0 < lock_timeout_ms <= statement_timeout_ms <= 600000")
-        if not 0 < self.pool_timeout_seconds <= 600:
+        if self.pool_timeout_seconds is not None and not 0 < self.pool_timeout_seconds <= 600:
             raise ValueError("pool_timeout_seconds must be in (0, 600]")
 
 
@@ -908,6 +911,31 @@ async def _load_journal(cur: Cursor, journal_id: int) -> model.Journal | None:
 async def balance(conn: AsyncConnection[Any], account_code: str) -> model.Balance:
     async with _transaction(conn) as cur:
         return await _balance(cur, account_code)
+
+
+async def balances(conn: AsyncConnection[Any], codes: Sequence[str]) -> dict[str, model.Balance]:
+    """The balances of the accounts ``codes`` that exist, in one statement (batched refresh)."""
+    if len(codes) > BALANCES_CODES_MAX:
+        raise ValueError(f"at most {BALANCES_CODES_MAX} accounts per call, got {len(codes)}")
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "SELECT a.code, a.currency, a.normal_balance, b.debits_minor, b.credits_minor,"
+            " b.entry_count FROM accounts a JOIN account_balances b ON b.account_id = a.id"
+            " WHERE a.code = ANY(%s)",
+            (list(codes),),
+        )
+        rows = await cur.fetchall()
+    return {
+        str(code): model.Balance(
+            account_code=str(code),
+            currency=str(currency),
+            normal_balance=model.Direction(normal),
+            debits_minor=debits,
+            credits_minor=credits,
+            entry_count=count,
+        )
+        for code, currency, normal, debits, credits, count in rows
+    }
 
 
 async def _balance(cur: Cursor, account_code: str) -> model.Balance:

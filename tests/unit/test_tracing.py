@@ -395,3 +395,44 @@ def test_the_installed_provider_uses_pan_safe_ids(monkeypatch: pytest.MonkeyPatc
         assert isinstance(provider.id_generator, tracing.PanSafeIdGenerator)
     finally:
         tracing.install(previous)
+
+
+def _setup_with(monkeypatch: pytest.MonkeyPatch, endpoint: str | None) -> TracerProvider:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    if endpoint is None:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda _: None)  # process-global
+    provider = tracing.setup("test", "0")
+    assert provider is not None
+    return provider
+
+
+def test_without_an_exporter_nothing_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export off: spans are dropped when they start (no attributes kept, no database spans
+    below them), yet they still carry ids for the log lines (issue 17)."""
+    previous = tracing.install(None)
+    try:
+        _setup_with(monkeypatch, None)
+        with tracing.span("reconcile Posting", attributes={"k": "v"}) as current:
+            assert not current.is_recording()
+            assert not tracing.in_traced_operation()  # so TracedCursor makes no spans
+            assert current.get_span_context().is_valid
+            assert "trace_id" in logs.trace_fields()
+    finally:
+        tracing.install(previous)
+
+
+def test_with_an_exporter_spans_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other side of the test above: an endpoint turns recording on."""
+    previous = tracing.install(None)
+    try:
+        provider = _setup_with(monkeypatch, "http://127.0.0.1:9")
+        with tracing.span("reconcile Posting") as current:
+            assert current.is_recording()
+            assert tracing.in_traced_operation()
+        provider.shutdown()
+    finally:
+        tracing.install(previous)
