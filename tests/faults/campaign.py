@@ -200,7 +200,7 @@ def _setup_docs(url: str, secret: str) -> list[dict[str, Any]]:
                 "eventTypes": ["*"],
                 "secretRef": {"name": "hook", "key": "secret"},
                 "timeoutSeconds": 5,
-                "retry": {"maxAttempts": 100, "initialDelaySeconds": 1, "maxDelaySeconds": 5},
+                "retry": {"maxAttempts": 20, "initialDelaySeconds": 1, "maxDelaySeconds": 5},
                 "rateLimit": {"requestsPerSecond": 100, "burst": 200},
                 "circuitBreaker": {"failureThreshold": 5, "openSeconds": 3},
             },

@@ -230,19 +230,15 @@ async def _read_topics(bootstrap: str, names: tuple[str, ...]) -> dict[str, list
     await asyncio.wait_for(consumer.start(), timeout=30)
     try:
         found: dict[str, list[str]] = {name: [] for name in names}
-        existing = await consumer.topics()
-        parts = [
-            TopicPartition(t, p)
-            for t in names
-            if t in existing
-            for p in (consumer.partitions_for_topic(t) or ())
-        ]
+        # topics() reads the cluster's metadata but keeps it; the partitions are in it.
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = [TopicPartition(t, p) for t in names for p in cluster.partitions_for_topic(t) or ()]
         if not parts:
             return found
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 for rec in records:

@@ -167,9 +167,10 @@ class Injector:
         return wait_until(lambda: (p := self.product.pid(name)) is not None and p != pid, 120)
 
     def pause(self, name: str) -> float:
+        # A process the supervisor is restarting is paused once it is back: never a no-op.
+        wait_until(lambda: self.product.pid(name) is not None, 120)
         pid = self.product.pid(name)
-        if pid is None:
-            return 0.0
+        assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         time.sleep(self.pause_seconds)
         with contextlib.suppress(ProcessLookupError):

@@ -16,6 +16,7 @@ from typing import Any
 GROUP = "fintech.dev/v1alpha1"
 KUBECTL_TIMEOUT_SECONDS = 30
 WORKERS_MAX = 6
+UNFREEZE_ATTEMPTS_MAX = 40
 # Sign of each type on the card account (debit-normal: + is what the user owes).
 SIGN = {"Purchase": 1, "Fee": 1, "Refund": -1, "Payment": -1}
 
@@ -154,9 +155,25 @@ class Workload:
         self._apply("reapply", name, self.specs[name])
 
     def _freeze(self, card: str) -> None:
+        """Freeze a card for a few seconds, then unfreeze it: postings in between are refused."""
         with self._lock:
-            self.frozen[card] = not self.frozen.get(card, False)
-            state = "Frozen" if self.frozen[card] else "Active"
+            if self.frozen.get(card):
+                return
+            self.frozen[card] = True
+            frozen_seconds = self.rng.uniform(2.0, 6.0)
+        try:
+            self._card_state(card, "Frozen")
+            time.sleep(frozen_seconds)
+        finally:
+            # The unfreeze must land, outage or not, or the card refuses everything after.
+            for _ in range(UNFREEZE_ATTEMPTS_MAX):
+                if self._card_state(card, "Active"):
+                    break
+                time.sleep(3.0)
+            with self._lock:
+                self.frozen[card] = False
+
+    def _card_state(self, card: str, state: str) -> bool:
         patch = json.dumps({"spec": {"state": state}})
         out = kubectl(
             self.env, "patch", "card", "-n", self.namespace, card, "--type=merge", "-p", patch
@@ -169,6 +186,7 @@ class Workload:
             rc=out.returncode,
             error=out.stderr.strip()[-300:] or None,
         )
+        return out.returncode == 0
 
     def observe(self) -> dict[str, tuple[str, str]]:
         """Each posting's (phase, journalId) now, recorded when it changed; {} if unreachable."""
