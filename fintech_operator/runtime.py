@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import api, config, logs
+from fintech_operator import api, config, kube, logs
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import relay, topics
 from fintech_operator.ledger import grants, migrate
@@ -31,11 +31,19 @@ PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
 # Each replica takes a random priority unless given one: the highest is active, the others pause
 # as warm standbys (kopf pauses ALL operators of equal priority, so equal values are a mistake).
 PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
+# How long the startup waits for the API server to serve our kinds before the process fails
+# (and is restarted by its supervisor): an API server restart re-serves CRDs within seconds.
+KINDS_SERVED_TIMEOUT_SECONDS = 120.0
 
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     app = config.load()
+    # kopf scans API discovery once, right after this handler: wait until it lists our kinds
+    # (a fault campaign found an operator restarted during an etcd restart blind for good).
+    await kube.wait_until_served(
+        frozenset(kind.plural for kind in api.KINDS), KINDS_SERVED_TIMEOUT_SECONDS
+    )
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
