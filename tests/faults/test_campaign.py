@@ -32,7 +32,8 @@ def _plant_double(database_url: str, posting: str) -> int:
         ).fetchall()
         row = conn.execute(
             "INSERT INTO journals (idempotency_key, request_hash, kind, occurred_at, metadata)"
-            " VALUES (%s, repeat('0', 64), 'Purchase', now(), jsonb_build_object('posting', %s))"
+            " VALUES (%s, repeat('0', 64), 'Purchase', now(),"
+            " jsonb_build_object('posting', %s::text))"
             " RETURNING id",
             (f"planted/{posting}", posting),
         ).fetchone()
