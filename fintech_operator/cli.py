@@ -29,6 +29,13 @@ def _cmd_notifier(args: argparse.Namespace) -> int:
     return service.main(namespaces=args.namespace, group_id=args.group)
 
 
+def _cmd_authorization_expiry(args: argparse.Namespace) -> int:
+    from fintech_operator.authorizations import expiry  # noqa: PLC0415
+
+    limits = expiry.Limits(interval_seconds=args.interval_seconds, batch_max=args.batch_max)
+    return expiry.main(limits)
+
+
 def _cmd_migrate(_: argparse.Namespace) -> int:
     from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
@@ -86,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         "webhooks; patterns and the default list them cluster-wide.",
     )
     notifier.set_defaults(func=_cmd_notifier)
+    expiry = sub.add_parser(
+        "authorization-expiry",
+        help="release the holds of real-time authorizations that reached their product's TTL",
+    )
+    expiry.add_argument(
+        "--interval-seconds", type=float, default=1.0, help="pause between passes (default 1)"
+    )
+    expiry.add_argument(
+        "--batch-max", type=int, default=500, help="authorizations per pass (default 500)"
+    )
+    expiry.set_defaults(func=_cmd_authorization_expiry)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
     crds = sub.add_parser("crds", help="print the generated CRDs")
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")

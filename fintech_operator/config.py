@@ -329,6 +329,16 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
+    recon_cluster_namespace: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+            description="The one namespace whose ReconciliationRuns may set spec.scope Cluster "
+            "and so compare every namespace's money; grant create on reconciliationruns there "
+            "only to those who may see all of it. Empty (the default): no run is cluster-wide, "
+            "each compares only its own namespace.",
+        ),
+    ] = ""
     # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
     # development one by explicit opt-in: the operator fails closed without either.
     tokenizer: Annotated[

@@ -52,6 +52,16 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "recon_exceptions": APPEND,
     "ledger_balance_drift": READ,
     "rewards_balance_drift": READ,
+    # Real-time authorizations (0050): the mirrors are written by the operator, holds and
+    # answers by the gateway's store; a resolved authorization and an answer never change
+    # (triggers), captures are history.
+    "authorization_products": MUTABLE,
+    "authorization_cards": MUTABLE,
+    "authorization_risk_rules": PRUNABLE,  # a policy's rules are replaced whole
+    "authorizations": MUTABLE,
+    "authorization_requests": MUTABLE,  # a deadline withdraws an approval once
+    "authorization_captures": APPEND,
+    "authorization_hold_drift": READ,
 }
 
 _RELATIONS: Final = """

@@ -265,6 +265,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("external-kafka-without-servers", {"kafka": {"enabled": False}}, "externalKafka"),
     ("zero-replicas", {"operator": {"replicas": 0}}, "/operator/replicas"),
+    (
+        "recon-cluster-namespace-pattern",
+        {"config": {"reconClusterNamespace": "team-*"}},
+        "/config/reconClusterNamespace",
+    ),
     ("bad-digest", {"image": {"digest": "latest"}}, "/image/digest"),
     ("bad-pull-policy", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ("port-out-of-range", {"operator": {"healthPort": 70000}}, "/operator/healthPort"),
