@@ -46,6 +46,16 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    if args.gateway_command == "sign":
+        from fintech_operator.gateway import sign  # noqa: PLC0415
+
+        return sign.run(args)
+    from fintech_operator.gateway import server  # noqa: PLC0415
+
+    return server.main(create_secret=args.create_secret_file)
+
+
 def _cmd_crds(args: argparse.Namespace) -> int:
     import yaml  # noqa: PLC0415
 
@@ -59,25 +69,8 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the kopf operator")
-    run.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch only this namespace (repeatable; default: all)",
-    )
-    run.add_argument(
-        "--liveness-port",
-        type=int,
-        default=None,
-        help="port of the liveness probe /healthz (0 = off); wins over FINTECH_HEALTH_PORT, "
-        "whose default is 8080",
-    )
-    run.set_defaults(func=_cmd_run)
+def _add_consumers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The processes beside the operator: Kafka consumers and the authorization expiry worker."""
     rewards = sub.add_parser("rewards", help="run the rewards consumer")
     rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
     rewards.set_defaults(func=_cmd_rewards)
@@ -104,7 +97,30 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-max", type=int, default=500, help="authorizations per pass (default 500)"
     )
     expiry.set_defaults(func=_cmd_authorization_expiry)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fintech-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the kopf operator")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all)",
+    )
+    run.add_argument(
+        "--liveness-port",
+        type=int,
+        default=None,
+        help="port of the liveness probe /healthz (0 = off); wins over FINTECH_HEALTH_PORT, "
+        "whose default is 8080",
+    )
+    run.set_defaults(func=_cmd_run)
+    _add_consumers(sub)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
+    _add_gateway(sub)
     crds = sub.add_parser("crds", help="print the generated CRDs")
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     crds.set_defaults(func=_cmd_crds)
@@ -120,6 +136,25 @@ def _parser() -> argparse.ArgumentParser:
     if importlib.util.find_spec(DEVSTACK_MODULE.partition(".")[0]) is not None:
         importlib.import_module(DEVSTACK_MODULE).add_commands(sub)
     return parser
+
+
+def _add_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gateway = sub.add_parser(
+        "gateway", help="run the card processor's authorization gateway (docs/gateway.md)"
+    )
+    gateway.add_argument(
+        "--create-secret-file",
+        action="store_true",
+        help="development only: write a fresh signing secret to "
+        "FINTECH_GATEWAY_SIGNING_SECRET_FILE if it does not exist",
+    )
+    gateway.set_defaults(func=_cmd_gateway, gateway_command=None)
+    commands = gateway.add_subparsers(dest="gateway_command")
+    from fintech_operator.gateway import sign  # noqa: PLC0415 - small, no heavy imports
+
+    sign.add_arguments(
+        commands.add_parser("sign", help="print the signature headers for a request body")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,16 @@ class Settings(BaseModel):
             "migrations run; DATABASE_URL's role should be it or a member of it.",
         ),
     ] = None
+    database_gateway_role: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            description="PostgreSQL role of the authorization gateway, granted each time "
+            "migrations run exactly what the gateway uses (grants.GATEWAY_PRIVILEGES) and "
+            "nothing on any other table; the gateway's DATABASE_URL role should be it or a "
+            "member of it. Unset: no gateway role is managed.",
+        ),
+    ] = None
     kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
     db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8

@@ -42,8 +42,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator.events import outbox
-from fintech_operator.ledger import model, rules
+from fintech_operator.ledger import model, outbox, rules
 
 Cursor = AsyncCursor[TupleRow]
 

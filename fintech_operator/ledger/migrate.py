@@ -58,6 +58,8 @@ class MigrationSettings(Protocol):
     def migration_database_password(self) -> pydantic.SecretStr | None: ...
     @property
     def database_runtime_role(self) -> str | None: ...
+    @property
+    def database_gateway_role(self) -> str | None: ...
 
 
 class MigrationError(Exception):
@@ -104,6 +106,7 @@ def apply(
     migrations: Sequence[Migration] | None = None,
     *,
     runtime_role: str | None = None,
+    gateway_role: str | None = None,
     password: str | None = None,
     timeouts: Timeouts = Timeouts(),
 ) -> list[int]:
@@ -112,7 +115,8 @@ def apply(
     ``migrations`` defaults to :func:`discover`; tests pass their own. The lock timeout bounds
     the wait for another process that is migrating the same database. With ``runtime_role``,
     that role's privileges are then set to :data:`grants.PRIVILEGES` in the same transaction,
-    on every run, so a new table is never left without a decision.
+    on every run, so a new table is never left without a decision. With ``gateway_role``, the
+    authorization gateway's role gets :data:`grants.GATEWAY_PRIVILEGES` and nothing else.
     """
     wanted = _checked_order(list(discover() if migrations is None else migrations))
     if password is not None:
@@ -128,6 +132,8 @@ def apply(
             _apply_one(conn, migration)
         if runtime_role is not None:
             grants.apply(conn, runtime_role)
+        if gateway_role is not None:
+            grants.apply_gateway(conn, gateway_role)
     return [migration.version for migration in pending]
 
 
@@ -147,6 +153,7 @@ def apply_configured(settings: MigrationSettings) -> list[int]:
     return apply(
         settings.migration_database_url or settings.database_url,
         runtime_role=settings.database_runtime_role,
+        gateway_role=settings.database_gateway_role,
         password=None if owner is None else owner.get_secret_value(),
     )
 
