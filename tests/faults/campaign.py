@@ -28,9 +28,7 @@ NAMESPACE = "faults"
 CARDS = 4
 SETUP_TIMEOUT_SECONDS = 240
 # Every kind of fault; CHEAP ones recover in seconds, the others restart a platform part.
-PRODUCT_KINDS = tuple(
-    f"{verb}-{name}" for verb in ("kill", "pause") for name in ("operator", "rewards", "notifier")
-)
+PRODUCT_KINDS = tuple(f"{verb}-{name}" for verb in ("kill", "pause") for name in processes.NAMES)
 CHEAP = (*PRODUCT_KINDS, "webhook-500", "webhook-429")
 ALL_KINDS = (*CHEAP, "postgres-immediate", "kafka-kill", "apiserver-kill", "etcd-kill")
 
@@ -71,7 +69,7 @@ def schedule(config: Config) -> list[Fault]:
 
 def _inject(injector: processes.Injector, fault: Fault) -> float:
     verb, _, target = fault.kind.partition("-")
-    if verb in ("kill", "pause") and target in ("operator", "rewards", "notifier"):
+    if verb in ("kill", "pause") and target in processes.NAMES:
         return injector.kill(target) if verb == "kill" else injector.pause(target)
     actions = {
         "webhook-500": lambda: injector.receiver_outage(500),
@@ -155,7 +153,8 @@ class Campaign:
         ev.received = self.hook.snapshot()
         ev.processes = {
             **self.product.alive(),
-            "operator /healthz": self.product.operator_healthy(),
+            "operator /healthz": self.product.healthy("operator"),
+            "gateway /healthz": self.product.healthy("gateway"),
         }
         return ev
 
@@ -264,6 +263,7 @@ def _prepare(plat: platform.Platform, binaries: build.Binaries) -> dict[str, str
         "PYTHONUNBUFFERED": "1",
         "FINTECH_WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8,::1/128",
         "FINTECH_TOKENIZER": "development",
+        "FINTECH_GATEWAY_SIGNING_SECRET_FILE": str(plat.state_dir / "gateway-signing.secret"),
     }
     env.pop("FINTECH_TOKENIZER_URL", None)
     subprocess.run(

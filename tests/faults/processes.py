@@ -21,8 +21,15 @@ from tests.faults import receiver
 
 POLL_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 30.0
-# The three processes `dev` runs (fintech_devstack/cli.py); the outbox relay runs in the operator.
-PRODUCT = (("operator", "run"), ("rewards", "rewards"), ("notifier", "notifier"))
+# The processes `dev` runs (fintech_devstack/cli.py); the outbox relay runs in the operator.
+PRODUCT = (
+    ("operator", ("run",)),
+    ("rewards", ("rewards",)),
+    ("notifier", ("notifier",)),
+    # Its signing secret is made on first start, as under dev.
+    ("gateway", ("gateway", "--create-secret-file")),
+)
+NAMES = tuple(name for name, _ in PRODUCT)
 
 
 def free_port() -> int:
@@ -62,9 +69,11 @@ class Product:
             own = {"FINTECH_METRICS_PORT": str(free_port())}
             if name == "operator":
                 own["FINTECH_HEALTH_PORT"] = str(free_port())
+            if name == "gateway":
+                own = {"FINTECH_GATEWAY_PORT": str(free_port())}
             self.children[name] = Child(
                 name,
-                [*exe, command],
+                [*exe, *command],
                 {**self.env, **own},
                 self.log_dir / f"{name}.log",
                 supervise.History(policy),
@@ -115,8 +124,10 @@ class Product:
                 n: c.proc is not None and c.proc.poll() is None for n, c in self.children.items()
             }
 
-    def operator_healthy(self) -> bool:
-        port = self.children["operator"].env["FINTECH_HEALTH_PORT"]
+    def healthy(self, name: str) -> bool:
+        """The operator's or the gateway's /healthz answers 2xx."""
+        env = self.children[name].env
+        port = env.get("FINTECH_HEALTH_PORT") or env["FINTECH_GATEWAY_PORT"]
         try:
             return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=3).is_success
         except httpx.HTTPError:

@@ -17,7 +17,8 @@ from tests.faults import campaign, checker
 pytestmark = pytest.mark.e2e
 SEED = 16
 # Every kind once; one minute of workload at two operations a second. The whole test took
-# 6.6 min on a 2-core machine at load average 25, most of it platform start and Kafka restart.
+# 3 to 7 min on a 2-core machine at load average 10 to 25, most of it platform start and the
+# Kafka restart.
 CONFIG = campaign.Config(
     seed=SEED,
     duration_seconds=60.0,
