@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/bench_card_activation.py
 	$(BIN)/python bench/bench_postings_e2e.py --postings 300
 	$(BIN)/python bench/bench_postings_e2e.py --postings 300 --cards 20
+	$(BIN)/python bench/faults.py --seed 16 --duration 600 --faults 120
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

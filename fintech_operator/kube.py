@@ -66,3 +66,49 @@ def _patch_status(plural: str, namespace: str, name: str, uid: str, status: Any)
 async def patch_status(plural: str, namespace: str, name: str, uid: str, status: Any) -> bool:
     """Merge ``status`` into one of our objects' status; False when it is gone (or replaced)."""
     return await asyncio.to_thread(_patch_status, plural, namespace, name, uid, status)
+
+
+class KindsNotServed(RuntimeError):
+    """The API server did not list every kind of ours in time; the message names them."""
+
+
+def _missing_plurals(wanted: frozenset[str]) -> set[str]:
+    try:
+        listed = _custom_objects().get_api_resources(
+            api.GROUP, api.VERSION, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    except ApiException as exc:
+        if exc.status == HTTP_NOT_FOUND:  # the whole group is not served (yet)
+            return set(wanted)
+        raise
+    served = {resource.name for resource in listed.resources or ()}
+    return set(wanted - served)
+
+
+async def wait_until_served(
+    wanted: frozenset[str], timeout_seconds: float, poll_seconds: float = 1.0
+) -> None:
+    """Return once API discovery lists every plural in ``wanted``; else KindsNotServed.
+
+    kopf scans discovery once at start and re-scans only when a CRD changes. An operator
+    started while the API server is still (re)initializing its CRD storage (after an etcd
+    or API server restart) would miss our kinds and stay healthy but blind for good; so
+    the startup waits for them, and fails after ``timeout_seconds`` so that the process
+    exits and its supervisor (kubelet, ``make dev``) starts it again.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_seconds
+    missing: set[str] = set(wanted)
+    last_error = ""
+    while True:
+        try:
+            missing = await asyncio.to_thread(_missing_plurals, wanted)
+            if not missing:
+                return
+        except Exception as exc:  # an API server that is down: keep waiting, within the bound
+            last_error = f" (last error: {type(exc).__name__}: {str(exc)[:200]})"
+        if asyncio.get_running_loop().time() >= deadline:
+            raise KindsNotServed(
+                f"the API server does not serve {', '.join(sorted(missing))} of {api.GROUP}/"
+                f"{api.VERSION} after {timeout_seconds:g} s{last_error}; are the CRDs installed?"
+            )
+        await asyncio.sleep(poll_seconds)

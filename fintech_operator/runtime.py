@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import api, config, logs
+from fintech_operator import api, config, kube, logs
 from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
@@ -33,6 +33,9 @@ PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
 # Each replica takes a random priority unless given one: the highest is active, the others pause
 # as warm standbys (kopf pauses ALL operators of equal priority, so equal values are a mistake).
 PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
+# How long the startup waits for the API server to serve our kinds before the process fails
+# (and is restarted by its supervisor): an API server restart re-serves CRDs within seconds.
+KINDS_SERVED_TIMEOUT_SECONDS = 120.0
 
 
 class _WaitsLogAsInfo(logging.Filter):
@@ -73,6 +76,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # kopf installs its signal handlers just before the startup handlers run: replace them.
     _stop_on_signals(memo.stop_flag)
     app = config.load()
+    # kopf scans API discovery once, right after this handler: wait until it lists our kinds
+    # (a fault campaign found an operator restarted during an etcd restart blind for good).
+    await kube.wait_until_served(
+        frozenset(kind.plural for kind in api.KINDS), KINDS_SERVED_TIMEOUT_SECONDS
+    )
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(

@@ -1,0 +1,58 @@
+"""``python -m tests.faults --seed N --duration S``: run one fault campaign and report."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.faults import campaign
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faults", description=__doc__)
+    parser.add_argument("--seed", type=int, default=None, help="reproduces the fault schedule")
+    parser.add_argument("--duration", type=float, default=90.0, help="workload seconds")
+    parser.add_argument("--faults", type=int, default=12, help="faults to inject")
+    parser.add_argument("--rate", type=float, default=2.0, help="client operations per second")
+    parser.add_argument("--kinds", default="all", help="'all', 'cheap' or a comma list")
+    parser.add_argument("--pause", type=float, default=15.0, help="SIGSTOP seconds")
+    parser.add_argument("--outage", type=float, default=10.0, help="webhook 500/429 seconds")
+    parser.add_argument("--quiesce", type=float, default=240.0, help="bounded wait, seconds")
+    parser.add_argument(
+        "--out", default=tempfile.gettempdir(), help="directory for logs and the record"
+    )
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
+    kinds = {"all": campaign.ALL_KINDS, "cheap": campaign.CHEAP}.get(
+        args.kinds, tuple(args.kinds.split(","))
+    )
+    unknown = set(kinds) - set(campaign.ALL_KINDS)
+    if unknown or args.duration <= 0 or args.faults < 0 or args.rate <= 0:
+        parser.error(
+            f"bad arguments (unknown kinds: {sorted(unknown)}; kinds are "
+            f"{', '.join(campaign.ALL_KINDS)})"
+        )
+    config = campaign.Config(
+        seed,
+        args.duration,
+        args.faults,
+        kinds,
+        args.rate,
+        args.pause,
+        args.outage,
+        args.quiesce,
+        Path(args.out),
+    )
+    print(f"[faults] seed {seed}", file=sys.stderr, flush=True)
+    with campaign.started(config) as run:
+        run.run()
+        ev, violations = run.quiesce_and_check()
+        print(campaign.report(run, violations, ev), flush=True)
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
