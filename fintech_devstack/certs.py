@@ -21,6 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERT_LIFETIME_DAYS = 30
+# The first address of the platform's service range (10.0.0.0/24), which the API server gives
+# to the `kubernetes` Service.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
+KUBERNETES_SERVICE_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,13 @@ def generate(directory: Path) -> ApiserverPki:
     """Write a fresh CA, serving and admin certificates and SA keys into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_name, ca_cert = _ca("fintech-operator-local-ca")
-    sans = [*_loopback_sans(), x509.DNSName("kubernetes.default.svc")]
+    # The `kubernetes` Service's ClusterIP and names: pods of `stack node` reach the API
+    # server through them (kube-proxy), and check this certificate against them.
+    sans = [
+        *_loopback_sans(),
+        x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
+        *(x509.DNSName(name) for name in KUBERNETES_SERVICE_NAMES),
+    ]
     serving = _leaf(ca_key, ca_name, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin = _leaf(
         ca_key, ca_name, _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
