@@ -183,6 +183,9 @@ def generate(directory: Path) -> ApiserverPki:
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files = {
         "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
+        # Kept (owner-only) so `stack node` tests can sign serving certificates pods trust
+        # through their service-account CA bundle.
+        "ca.key": _key_pem(ca_key),
         "apiserver.crt": serving[0],
         "apiserver.key": serving[1],
         "admin.crt": admin[0],
@@ -205,3 +208,13 @@ def generate(directory: Path) -> ApiserverPki:
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
+
+
+def sign_serving(directory: Path, dns_names: list[str]) -> tuple[bytes, bytes]:
+    """A serving certificate and key for ``dns_names`` from the CA kept in ``directory``."""
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the platform CA key is not an EC key")
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    return _leaf(ca_key, ca_cert.subject, _name(dns_names[0]), ExtendedKeyUsageOID.SERVER_AUTH, sans)

@@ -33,6 +33,10 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 # kubelet sets these when it starts (its "kernel defaults"); `node down` puts them back.
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
 READY_TIMEOUT_SECONDS = 240
+STORAGE_CLASS = "fintech-node-local"
+# Static volumes for the StatefulSets' claims: the chart's two, a second release's, spares.
+VOLUME_COUNT = 6
+VOLUME_SIZE = "20Gi"
 COREDNS_READY_TIMEOUT_SECONDS = 180
 COMMAND_TIMEOUT_SECONDS = 120
 DAEMONS = ("containerd", "controller-manager", "scheduler", "kubelet", "kube-proxy")
@@ -159,6 +163,7 @@ class Node:
             self._start_kubelet(kube)
             self._start_kube_proxy(kube)
             self._start_coredns()
+            self._make_volumes()
         except BaseException:
             self.down()
             raise
@@ -359,6 +364,49 @@ class Node:
         )
 
 
+    def _make_volumes(self) -> None:
+        """The default StorageClass and hostPath volumes under the node's directory for the
+        StatefulSets' claims (static: no provisioner runs). Writable by every user: the
+        hostPath type gets no fsGroup ownership change, and the images' users differ."""
+        items: list[dict[str, object]] = [_storage_class()]
+        for index in range(VOLUME_COUNT):
+            path = self.home / "volumes" / f"pv{index}"
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
+            items.append(_volume(f"fintech-node-pv{index}", path))
+        manifest = {"apiVersion": "v1", "kind": "List", "items": items}
+        self._kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+
+
+def _storage_class() -> dict[str, object]:
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain",
+    }
+
+
+def _volume(name: str, path: Path) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": VOLUME_SIZE},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": STORAGE_CLASS,
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
+
+
 def ensure_binaries() -> KubeBinaries:
     """The node's Kubernetes executables, built from the pinned release when missing."""
     home = build.cache_root() / f"kubernetes-v{build.versions.KUBERNETES_VERSION}"
@@ -446,6 +494,7 @@ def _kubelet_config(home: Path, socket: Path, ca: Path, free: ports.Ports) -> di
         "clusterDNS": [CLUSTER_DNS_IP],
         "clusterDomain": "cluster.local",
         "resolvConf": str(home / "resolv.conf"),
+        "podLogsDir": str(home / "pod-logs"),
         "failSwapOn": False,
         # Images cannot be pulled here: never garbage-collect them, never evict for disk.
         "imageGCHighThresholdPercent": 100,
