@@ -217,4 +217,6 @@ def sign_serving(directory: Path, dns_names: list[str]) -> tuple[bytes, bytes]:
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise TypeError("the platform CA key is not an EC key")
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    return _leaf(ca_key, ca_cert.subject, _name(dns_names[0]), ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    return _leaf(
+        ca_key, ca_cert.subject, _name(dns_names[0]), ExtendedKeyUsageOID.SERVER_AUTH, sans
+    )

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from fintech_devstack import build, versions
@@ -25,6 +26,7 @@ DOCKERFILES = Path(__file__).resolve().parent / "dockerfiles"
 REGISTRY = "fintech.local"
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: the newer one on PATH lacks the builder.
 DOCKER_TIMEOUT_SECONDS = 1800
+DOCKERD_SOCKET = Path("/run/fintech-docker/docker.sock")
 BOOKWORM_RECIPE = "debootstrap --variant=minbase bookworm"
 # The product image's inputs: what its Dockerfile copies.
 PRODUCT_INPUTS = ("Dockerfile", "pyproject.toml", "README.md", "fintech_operator")
@@ -70,9 +72,54 @@ def tag(name: str, key: str) -> str:
     return f"{REGISTRY}/{name}:{key}"
 
 
-def _docker(args: list[str], log: Path, stdin: bytes | None = None) -> None:
+def _docker_env() -> dict[str, str]:
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    env.setdefault("DOCKER_HOST", "unix:///run/fintech-docker/docker.sock")
+    env.setdefault("DOCKER_HOST", f"unix://{DOCKERD_SOCKET}")
+    return env
+
+
+def _docker_answers() -> bool:
+    probe = [DOCKER, "version", "--format", "{{.Server.Version}}"]
+    result = subprocess.run(probe, env=_docker_env(), capture_output=True, timeout=30, check=False)
+    return result.returncode == 0
+
+
+def ensure_dockerd() -> None:
+    """A dockerd for building, started by pid when none answers (no systemd here), its data
+    (images and build cache) in the cache directory. It is left running for the next build;
+    stop it with `kill $(cat <cache>/dockerd.pid)`."""
+    if _docker_answers():
+        return
+    if shutil.which("dockerd") is None:
+        raise ImageError("dockerd is not installed; run tools/bootstrap.sh (docker.io)")
+    _say("starting dockerd for image builds")
+    DOCKERD_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    root = build.cache_root()
+    with (root / "dockerd.log").open("ab") as sink:
+        proc = subprocess.Popen(
+            [
+                "dockerd",
+                f"--data-root={root / 'docker'}",
+                f"--exec-root={DOCKERD_SOCKET.parent / 'exec'}",
+                f"--host=unix://{DOCKERD_SOCKET}",
+                f"--pidfile={DOCKERD_SOCKET.parent / 'docker.pid'}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (root / "dockerd.pid").write_text(f"{proc.pid}\n")
+    for _ in range(60):
+        if _docker_answers():
+            return
+        time.sleep(1)
+    raise ImageError(f"dockerd did not answer in 60 s; log: {root / 'dockerd.log'}")
+
+
+def _docker(args: list[str], log: Path, stdin: bytes | None = None) -> None:
+    ensure_dockerd()
+    env = _docker_env()
     with log.open("ab") as sink:
         sink.write(f"$ {DOCKER} {' '.join(args)}\n".encode())
         sink.flush()

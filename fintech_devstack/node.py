@@ -220,6 +220,13 @@ class Node:
         kube = build.cache_root() / f"kubernetes-v{build.versions.KUBERNETES_VERSION}" / "bin"
         if (kube / "kube-proxy").exists():
             _run([str(kube / "kube-proxy"), "--cleanup"], check=False)
+        # kubelet's own chains: it adds them at start and never removes them.
+        for chain in ("INPUT", "OUTPUT"):
+            _run(["iptables", "-D", chain, "-j", "KUBE-FIREWALL"], check=False)
+        _run(["iptables", "-F", "KUBE-FIREWALL"], check=False)
+        _run(["iptables", "-X", "KUBE-FIREWALL"], check=False)
+        for table in ("filter", "nat", "mangle"):
+            _run(["iptables", "-t", table, "-X", "KUBE-KUBELET-CANARY"], check=False)
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             _run(["ip", "link", "delete", BRIDGE], check=False)
         for veth in Path("/sys/class/net").glob("veth*"):
@@ -362,7 +369,6 @@ class Node:
             "deployment/coredns",
             f"--timeout={COREDNS_READY_TIMEOUT_SECONDS}s",
         )
-
 
     def _make_volumes(self) -> None:
         """The default StorageClass and hostPath volumes under the node's directory for the
