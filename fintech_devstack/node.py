@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fintech_devstack import build, certs, images, platform, ports
+from fintech_devstack import build, certs, images, platform, ports, versions
 
 NODE_NAME = "fintech-node"
 BRIDGE = "fintech0"
@@ -85,7 +85,7 @@ class Node:
         return self.home / "containerd" / "containerd.sock"
 
     def _kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        kubectl = build.cache_root() / f"kubernetes-v{build.versions.KUBERNETES_VERSION}"
+        kubectl = build.cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}"
         cmd = [str(kubectl / "bin" / "kubectl"), f"--kubeconfig={self.plat.kubeconfig}", *args]
         return _run(cmd, check=check, stdin=stdin.encode() if stdin else None)
 
@@ -217,7 +217,7 @@ class Node:
     def _network_down(self) -> None:
         for table, chain, *spec in self._iptables_rules():
             _run(["iptables", "-t", table, "-D", chain, *spec], check=False)
-        kube = build.cache_root() / f"kubernetes-v{build.versions.KUBERNETES_VERSION}" / "bin"
+        kube = build.cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}" / "bin"
         if (kube / "kube-proxy").exists():
             _run([str(kube / "kube-proxy"), "--cleanup"], check=False)
         # kubelet's own chains: it adds them at start and never removes them.
@@ -255,7 +255,7 @@ class Node:
                 == 0
             ),
             60,
-            proc,  # type: ignore[arg-type]
+            proc,
         )
 
     def _remove_all_pods(self) -> None:
@@ -329,7 +329,7 @@ class Node:
             self.logs / "node-kubelet.log",
             lambda: self.status()["node"] == "Ready",
             READY_TIMEOUT_SECONDS,
-            proc,  # type: ignore[arg-type]
+            proc,
         )
 
     def _start_kube_proxy(self, kube: KubeBinaries) -> None:
@@ -415,7 +415,7 @@ def _volume(name: str, path: Path) -> dict[str, object]:
 
 def ensure_binaries() -> KubeBinaries:
     """The node's Kubernetes executables, built from the pinned release when missing."""
-    home = build.cache_root() / f"kubernetes-v{build.versions.KUBERNETES_VERSION}"
+    home = build.cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}"
     names = ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
     paths = [home / "bin" / name for name in names]
     missing = [path.name for path in paths if not path.exists()]
