@@ -77,6 +77,8 @@ class Node:
         self.home = plat.state_dir / "node"
         self.logs = plat.state_dir / "logs"
         self.state_file = self.home / "node.json"
+        # Our own children, kept so they are reaped (and never warned about) when stopped.
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- paths --------------------------------------------------------------------------
 
@@ -120,6 +122,7 @@ class Node:
                 start_new_session=True,
                 cwd=self.home,
             )
+        self.procs[name] = proc
         data = self._load()
         data["pids"] = {**self._pids(), name: proc.pid}
         self._save(data)
@@ -179,6 +182,10 @@ class Node:
             self._remove_all_pods()
         platform._terminate("containerd", pids.get("containerd", 0), marker)
         _stop_shims(str(self.socket))
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=platform.STOP_TIMEOUT_SECONDS)
+        self.procs = {}
         _unmount_under(self.home)
         if data:
             self._network_down()
@@ -227,6 +234,7 @@ class Node:
         _run(["iptables", "-X", "KUBE-FIREWALL"], check=False)
         for table in ("filter", "nat", "mangle"):
             _run(["iptables", "-t", table, "-X", "KUBE-KUBELET-CANARY"], check=False)
+        _run(["iptables", "-t", "mangle", "-X", "KUBE-IPTABLES-HINT"], check=False)
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             _run(["ip", "link", "delete", BRIDGE], check=False)
         for veth in Path("/sys/class/net").glob("veth*"):
