@@ -21,7 +21,13 @@ INSTALL_TIMEOUT = "15m"
 PHASE_TIMEOUT_SECONDS = 180
 COMPONENTS = ("operator", "rewards", "notifier", "postgresql", "kafka")
 # What each image runs as (the official images' users, the product's own).
-RUN_AS_UID = {"operator": 10001, "rewards": 10001, "notifier": 10001, "postgresql": 999}
+RUN_AS_UID = {
+    "operator": 10001,
+    "rewards": 10001,
+    "notifier": 10001,
+    "postgresql": 999,
+    "kafka": 1000,
+}
 
 
 def _component_pod(cluster: Cluster, component: str) -> dict[str, Any]:
