@@ -35,6 +35,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m fintech_operator.api.crdgen --check
+	$(BIN)/python -m fintech_operator.gateway.openapi --check
 
 ## chart-lint: `helm lint --strict` on the chart (the cached Helm build) and hadolint on the Dockerfile
 chart-lint: setup

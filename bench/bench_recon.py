@@ -51,9 +51,9 @@ BATCH = 1000
 
 _SEED = """
 WITH j AS (
-    INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at)
+    INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at, namespace)
     SELECT %(prefix)s || g, repeat('0', 64), 'Purchase', %(prefix)s || g,
-           %(t0)s::timestamptz + g * interval '10 ms'
+           %(t0)s::timestamptz + g * interval '10 ms', 'bench'
       FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS g
     RETURNING id, reference
 )

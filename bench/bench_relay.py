@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_devstack import platform
 from fintech_operator import config
-from fintech_operator.events import envelope, relay, schema, topics
+from fintech_operator.events import envelope, kafka, relay, schema
 from fintech_operator.ledger import migrate
 
 EVENTS_MAX = 1_000_000
@@ -151,7 +151,7 @@ def fresh_settings(plat: platform.Platform, batch_size: int | None) -> config.Se
 async def one_round(plat: platform.Platform, args: argparse.Namespace) -> tuple[float, float]:
     settings = fresh_settings(plat, args.batch_size)
     rows = sample_events(args.events)
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     bare = await anchor(settings, rows)
     fill_outbox(settings.database_url, rows)
     product = await relay_drain(settings, len(rows))

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from fintech_devstack import platform
 from fintech_operator import config
-from fintech_operator.events import relay, schema, topics
+from fintech_operator.events import kafka, relay, schema
 from fintech_operator.rewards import consumer
 
 EVENTS_MAX = 1_000_000
@@ -133,7 +133,7 @@ async def product(settings: config.Settings, count: int) -> float:
 async def prepare(plat: platform.Platform, count: int) -> config.Settings:
     dsn = bench_events.fresh_database(plat.database_url_for("postgres"))
     settings = bench_events.settings_for(dsn, plat.kafka_client_env("PLAINTEXT"))
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     async with bench_events.pool_of(dsn, 2) as pool:
         cards = await bench_events.open_cards(pool)
         for i in range(JOURNALS):

@@ -175,6 +175,8 @@ _CHILD_PORTS: dict[str, dict[str, str]] = {
     },
     "rewards": {"FINTECH_METRICS_PORT": "rewards_metrics"},
     "notifier": {"FINTECH_METRICS_PORT": "notifier_metrics"},
+    # The authorization gateway (/metrics on the same port).
+    "gateway": {"FINTECH_GATEWAY_PORT": "gateway"},
 }
 
 
@@ -204,9 +206,16 @@ def _children(
 ) -> list[_Child]:
     exe = [sys.executable, "-m", "fintech_operator"]
     children = []
-    for name, command in (("operator", "run"), ("rewards", "rewards"), ("notifier", "notifier")):
+    commands = (
+        ("operator", "run"),
+        ("rewards", "rewards"),
+        ("notifier", "notifier"),
+        # Its signing secret is made on first start (FINTECH_GATEWAY_SIGNING_SECRET_FILE).
+        ("gateway", "gateway", "--create-secret-file"),
+    )
+    for name, *command in commands:
         own = {var: str(getattr(plat.ports, field)) for var, field in _CHILD_PORTS[name].items()}
-        children.append(_Child(name, [*exe, command], {**env, **own}, supervise.History(policy)))
+        children.append(_Child(name, [*exe, *command], {**env, **own}, supervise.History(policy)))
     return children
 
 
@@ -262,7 +271,7 @@ def _supervise(children: list[_Child], policy: supervise.Policy) -> int:
                     return 1
             time.sleep(POLL_INTERVAL_SECONDS)
     except KeyboardInterrupt:
-        _dev_say("stopping the operator, rewards consumer and notifier")
+        _dev_say("stopping the operator, rewards consumer, notifier and gateway")
         return 0 if _stop_all(children) else 1
 
 
@@ -274,6 +283,9 @@ def _dev_env(plat: platform.Platform) -> dict[str, str]:
     # The examples' webhook receiver listens on loopback, which the notifier's destination
     # guard refuses unless allowed (docs/operations.md); development allows it, nothing else.
     env.setdefault("FINTECH_WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+    env.setdefault(
+        "FINTECH_GATEWAY_SIGNING_SECRET_FILE", str(plat.state_dir / "gateway-signing.secret")
+    )
     # No card processor runs here: the built-in tokenizer, by the explicit opt-in the operator
     # requires (docs/cards.md). A processor URL in the shell is used instead; a value of
     # FINTECH_TOKENIZER in the shell is kept.
@@ -305,7 +317,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     policy = supervise.Policy()
     children = _children(env, plat, policy)
     _dev_say(
-        "running the operator, rewards consumer and notifier; a process that dies is restarted "
+        "running the operator, rewards consumer, notifier and gateway; a process that dies is "
+        "restarted "
         "(Ctrl-C stops them; the platform stays up: `make down` stops it)"
     )
     return _supervise(children, policy)

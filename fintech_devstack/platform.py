@@ -219,6 +219,8 @@ class Platform:
             "FINTECH_STACK_KAFKA_CA_FILE": str(pki.ca_cert),
             "FINTECH_STACK_KAFKA_CLIENT_CERT_FILE": str(pki.client_cert),
             "FINTECH_STACK_KAFKA_CLIENT_KEY_FILE": str(pki.client_key),
+            # Written by `dev`'s gateway on first start; `fintech-operator gateway sign` reads it.
+            "FINTECH_GATEWAY_SIGNING_SECRET_FILE": str(self.state_dir / "gateway-signing.secret"),
             "PATH": os.pathsep.join([*path_dirs, os.environ.get("PATH", "")]),
         }
 

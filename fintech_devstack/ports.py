@@ -53,6 +53,8 @@ class Ports:
     operator_metrics: int = 9102
     rewards_metrics: int = 9103
     notifier_metrics: int = 9104
+    # The authorization gateway's HTTP port (its /metrics is served there too).
+    gateway: int = 8088
 
     @classmethod
     def free(cls) -> Ports:
@@ -75,7 +77,13 @@ PLATFORM_PORTS: Final = (
     "kafka_sasl_ssl",
     "kafka_ssl",
 )
-DEV_PORTS: Final = ("operator_health", "operator_metrics", "rewards_metrics", "notifier_metrics")
+DEV_PORTS: Final = (
+    "operator_health",
+    "operator_metrics",
+    "rewards_metrics",
+    "notifier_metrics",
+    "gateway",
+)
 
 
 class PortTaken(RuntimeError):

@@ -29,6 +29,13 @@ def _cmd_notifier(args: argparse.Namespace) -> int:
     return service.main(namespaces=args.namespace, group_id=args.group)
 
 
+def _cmd_authorization_expiry(args: argparse.Namespace) -> int:
+    from fintech_operator.authorizations import expiry  # noqa: PLC0415
+
+    limits = expiry.Limits(interval_seconds=args.interval_seconds, batch_max=args.batch_max)
+    return expiry.main(limits)
+
+
 def _cmd_migrate(_: argparse.Namespace) -> int:
     from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
@@ -37,6 +44,16 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
     applied = migrate.apply_configured(settings)
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    if args.gateway_command == "sign":
+        from fintech_operator.gateway import sign  # noqa: PLC0415
+
+        return sign.run(args)
+    from fintech_operator.gateway import server  # noqa: PLC0415
+
+    return server.main(create_secret=args.create_secret_file)
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -50,6 +67,36 @@ def _cmd_crds(args: argparse.Namespace) -> int:
         return 0
     print(yaml.safe_dump_all(crdgen.render_all(), sort_keys=False), end="")
     return 0
+
+
+def _add_consumers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The processes beside the operator: Kafka consumers and the authorization expiry worker."""
+    rewards = sub.add_parser("rewards", help="run the rewards consumer")
+    rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
+    rewards.set_defaults(func=_cmd_rewards)
+    notifier = sub.add_parser("notifier", help="run the webhook notifier")
+    notifier.add_argument("--group", default="fintech-notifier", help="Kafka consumer group")
+    notifier.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="serve Webhooks of this namespace, or of namespaces matching this shell pattern "
+        "(repeatable; default: all). Exact names need only namespaced read access to "
+        "webhooks; patterns and the default list them cluster-wide.",
+    )
+    notifier.set_defaults(func=_cmd_notifier)
+    expiry = sub.add_parser(
+        "authorization-expiry",
+        help="release the holds of real-time authorizations that reached their product's TTL",
+    )
+    expiry.add_argument(
+        "--interval-seconds", type=float, default=1.0, help="pause between passes (default 1)"
+    )
+    expiry.add_argument(
+        "--batch-max", type=int, default=500, help="authorizations per pass (default 500)"
+    )
+    expiry.set_defaults(func=_cmd_authorization_expiry)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,22 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         "whose default is 8080",
     )
     run.set_defaults(func=_cmd_run)
-    rewards = sub.add_parser("rewards", help="run the rewards consumer")
-    rewards.add_argument("--group", default="fintech-rewards", help="Kafka consumer group")
-    rewards.set_defaults(func=_cmd_rewards)
-    notifier = sub.add_parser("notifier", help="run the webhook notifier")
-    notifier.add_argument("--group", default="fintech-notifier", help="Kafka consumer group")
-    notifier.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="serve Webhooks of this namespace, or of namespaces matching this shell pattern "
-        "(repeatable; default: all). Exact names need only namespaced read access to "
-        "webhooks; patterns and the default list them cluster-wide.",
-    )
-    notifier.set_defaults(func=_cmd_notifier)
+    _add_consumers(sub)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
+    _add_gateway(sub)
     crds = sub.add_parser("crds", help="print the generated CRDs")
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     crds.set_defaults(func=_cmd_crds)
@@ -102,6 +136,25 @@ def _parser() -> argparse.ArgumentParser:
     if importlib.util.find_spec(DEVSTACK_MODULE.partition(".")[0]) is not None:
         importlib.import_module(DEVSTACK_MODULE).add_commands(sub)
     return parser
+
+
+def _add_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gateway = sub.add_parser(
+        "gateway", help="run the card processor's authorization gateway (docs/gateway.md)"
+    )
+    gateway.add_argument(
+        "--create-secret-file",
+        action="store_true",
+        help="development only: write a fresh signing secret to "
+        "FINTECH_GATEWAY_SIGNING_SECRET_FILE if it does not exist",
+    )
+    gateway.set_defaults(func=_cmd_gateway, gateway_command=None)
+    commands = gateway.add_subparsers(dest="gateway_command")
+    from fintech_operator.gateway import sign  # noqa: PLC0415 - small, no heavy imports
+
+    sign.add_arguments(
+        commands.add_parser("sign", help="print the signature headers for a request body")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,16 @@ class Settings(BaseModel):
             "migrations run; DATABASE_URL's role should be it or a member of it.",
         ),
     ] = None
+    database_gateway_role: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            description="PostgreSQL role of the authorization gateway, granted each time "
+            "migrations run exactly what the gateway uses (grants.GATEWAY_PRIVILEGES) and "
+            "nothing on any other table; the gateway's DATABASE_URL role should be it or a "
+            "member of it. Unset: no gateway role is managed.",
+        ),
+    ] = None
     kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
     db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8
@@ -329,6 +339,16 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
+    recon_cluster_namespace: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+            description="The one namespace whose ReconciliationRuns may set spec.scope Cluster "
+            "and so compare every namespace's money; grant create on reconciliationruns there "
+            "only to those who may see all of it. Empty (the default): no run is cluster-wide, "
+            "each compares only its own namespace.",
+        ),
+    ] = ""
     # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
     # development one by explicit opt-in: the operator fails closed without either.
     tokenizer: Annotated[

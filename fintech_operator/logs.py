@@ -37,7 +37,7 @@ REDACTED: Final = "[redacted-number]"
 _PAN_LIKE: Final = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _PAN_MIN: Final = 10**12
 _PAN_MAX: Final = 10**19
-_MAX_DEPTH: Final = 8
+_DEPTH_MAX: Final = 8
 
 _NOTHING_BOUND: Final[Mapping[str, Any]] = types.MappingProxyType({})
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -70,9 +70,9 @@ def scrub(value: Any, depth: int = 0) -> Any:
         result: Any = value
     elif isinstance(value, int):
         result = REDACTED if _PAN_MIN <= abs(value) < _PAN_MAX else value
-    elif isinstance(value, Mapping) and depth < _MAX_DEPTH:
+    elif isinstance(value, Mapping) and depth < _DEPTH_MAX:
         result = {str(k): scrub(v, depth + 1) for k, v in value.items()}
-    elif isinstance(value, list | tuple | set | frozenset) and depth < _MAX_DEPTH:
+    elif isinstance(value, list | tuple | set | frozenset) and depth < _DEPTH_MAX:
         result = [scrub(v, depth + 1) for v in value]
     else:
         result = _PAN_LIKE.sub(REDACTED, value if isinstance(value, str) else str(value))

@@ -18,9 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, logs
 from fintech_operator.cards import http_tokenizer, tokenizer
-from fintech_operator.events import relay, topics
+from fintech_operator.events import collector, kafka, relay
 from fintech_operator.ledger import grants, migrate
-from fintech_operator.observability import collector, lifecycle, tracing
+from fintech_operator.observability import lifecycle, tracing
 
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -52,7 +52,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     applied = await asyncio.to_thread(migrate.apply_configured, app)
     log.info("database migrations applied: %s", applied or "none (up to date)")
-    await topics.ensure_for(app)
+    await kafka.ensure_topics(app)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         app.database_url,
         min_size=app.db_pool_min_size,
@@ -135,8 +135,9 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
         liveness_port = settings.health_port
     host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
     _check_probe_port(host, liveness_port)
-    from fintech_operator import handlers  # noqa: PLC0415, F401 - registers every handler
+    from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
+    handlers.register_timers(settings)
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
     peering_name = os.environ.get(PEERING_NAME_ENV) or None

@@ -101,6 +101,7 @@ from fintech_operator.api.reconciliationrun import (
     ReconciliationRunSpec,
     ReconciliationRunStatus,
     ReconciliationRunTemplate,
+    RunScope,
 )
 from fintech_operator.api.reconciliationschedule import (
     ReconciliationScheduleSpec,
@@ -189,6 +190,7 @@ __all__ = [
     "RiskPolicySpec",
     "RiskPolicyStatus",
     "RuleAction",
+    "RunScope",
     "SanctionsMatch",
     "SanctionsRules",
     "SchedulePhase",

@@ -307,6 +307,17 @@ class CardStatus(common.StatusModel):
         description="Ledger balance in minor units of the product currency; positive means "
         "the user owes that amount.",
     )
+    held: common.Money | None = pydantic.Field(
+        default=None,
+        description="What the card's pending real-time authorizations hold, in minor units "
+        "of the product currency: reserved, not yet posted (see docs/authorizations.md).",
+    )
+    available: common.Money | None = pydantic.Field(
+        default=None,
+        description="What the card may still spend under its spend limit: the limit minus "
+        "what was spent in the limit's window minus what is held. Absent when the card has "
+        "no limit.",
+    )
     rewards_points: pydantic.StrictInt | None = pydantic.Field(
         default=None,
         ge=-POINTS_MAX,
@@ -362,6 +373,10 @@ KIND_INFO: Final = common.KindInfo(
         common.PrinterColumn("Last4", "string", ".status.last4", "Last four digits."),
         common.PrinterColumn(
             "Balance", "integer", ".status.balance.amount", "Balance in minor units."
+        ),
+        common.PrinterColumn("Held", "integer", ".status.held.amount", "Held by authorizations."),
+        common.PrinterColumn(
+            "Available", "integer", ".status.available.amount", "Left to spend under the limit."
         ),
         common.PrinterColumn("Points", "integer", ".status.rewardsPoints", "Rewards points."),
         common.age_column(),

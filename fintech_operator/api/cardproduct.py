@@ -10,6 +10,10 @@ import pydantic
 from fintech_operator.api import common
 
 RATE_BPS_MAX: Final = 10_000
+OVER_CAPTURE_BPS_MAX: Final = 10_000
+# A network keeps an authorization open for days, not months; 31 days bounds a forgotten hold.
+AUTHORIZATION_TTL_SECONDS_DEFAULT: Final = 7 * 24 * 3600
+AUTHORIZATION_TTL_SECONDS_MAX: Final = 31 * 24 * 3600
 
 
 class CardProductPhase(enum.StrEnum):
@@ -65,6 +69,34 @@ class CardProductSpec(common.SpecModel):
         default=None,
         description="Spend limit of cards that do not set their own, in the product "
         "currency. Absent means no limit.",
+    )
+    over_capture_bps: pydantic.StrictInt = pydantic.Field(
+        default=0,
+        ge=0,
+        le=OVER_CAPTURE_BPS_MAX,
+        description=(
+            "How far the captures of a real-time authorization may exceed its hold, in basis "
+            "points of the hold (a tip on a restaurant bill): 2000 lets a 100.00 hold be "
+            f"captured up to 120.00. 0 to {OVER_CAPTURE_BPS_MAX}; default 0 (never above the hold)."
+        ),
+    )
+    authorization_ttl_seconds: pydantic.StrictInt = pydantic.Field(
+        default=AUTHORIZATION_TTL_SECONDS_DEFAULT,
+        ge=1,
+        le=AUTHORIZATION_TTL_SECONDS_MAX,
+        description=(
+            "Seconds an approved authorization holds funds before it expires and its hold is "
+            f"released. 1 to {AUTHORIZATION_TTL_SECONDS_MAX} (31 days); default "
+            f"{AUTHORIZATION_TTL_SECONDS_DEFAULT} (7 days), as card networks keep most holds."
+        ),
+    )
+    force_post: pydantic.StrictBool = pydantic.Field(
+        default=False,
+        description=(
+            "Whether a capture the issuer holds no authorization for (never seen, expired or "
+            "declined) is posted anyway as a force post. Default false: such captures are "
+            "refused with ForcePostNotAllowed."
+        ),
     )
 
 

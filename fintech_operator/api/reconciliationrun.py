@@ -68,6 +68,13 @@ class CheckName(enum.StrEnum):
     EVENTS = "Events"
 
 
+class RunScope(enum.StrEnum):
+    """Whose money a run compares (DESIGN.md invariant 10)."""
+
+    NAMESPACE = "Namespace"
+    CLUSTER = "Cluster"
+
+
 class CheckResult(enum.StrEnum):
     PASSED = "Passed"
     FAILED = "Failed"
@@ -289,6 +296,16 @@ class ReconciliationRunTemplate(common.SpecModel):
             "`recon report` shows none). Default false."
         ),
     )
+    scope: RunScope = pydantic.Field(
+        default=RunScope.NAMESPACE,
+        description=(
+            "Namespace (the default): compare only this namespace's postings, accounts, points "
+            "and events. Cluster: the whole ledger, every namespace; allowed only in the one "
+            "namespace the operator's administrator names (setting reconClusterNamespace), so "
+            "RBAC on that namespace decides who may run one. Anywhere else the run fails with "
+            "reason ClusterScopeNotAllowed."
+        ),
+    )
 
     @pydantic.field_validator("checks")
     @classmethod
@@ -381,8 +398,8 @@ class ReconciliationRunStatus(common.StatusModel):
     summary: Summary | None = pydantic.Field(default=None, description="Counts, once Succeeded.")
     reason: common.Reason | None = pydantic.Field(
         default=None,
-        description="Why the run Failed: InvalidSpec, SourceNotFound, CredentialsNotFound, "
-        "SourceUnreachable, SourceMalformed or SourceTooLarge.",
+        description="Why the run Failed: InvalidSpec, ClusterScopeNotAllowed, SourceNotFound, "
+        "CredentialsNotFound, SourceUnreachable, SourceMalformed or SourceTooLarge.",
     )
     message: common.Message | None = common.message_field("Human-readable details of the outcome.")
     conditions: list[common.Condition] = common.conditions_field(

@@ -13,8 +13,7 @@ from typing import Annotated, Any, Final
 
 import pydantic
 
-from fintech_operator.api import common, reconciliationrun
-from fintech_operator.recon import schedule as cron
+from fintech_operator.api import common, cron, reconciliationrun
 
 SCHEDULE_MAX_LENGTH: Final = 128
 WINDOW_SECONDS_MAX: Final = 366 * 86_400

@@ -67,12 +67,20 @@ class IncrementRequest(_Request):
 class CaptureRequest(_Request):
     """``POST /v1/authorizations/{id}/captures``: clear part or all of the hold.
 
-    ``final`` releases whatever is left of the hold after this capture.
+    ``final`` releases whatever is left of the hold after this capture. A capture of an
+    authorization that expired or was declined is a force post; of one the issuer never saw, it
+    is a force post only when it names ``card`` (and ``currency``), else a 404.
     """
 
     id: RequestId
     amount: PositiveAmountMinor
     final: bool = False
+    # Only read when the issuer holds no authorization of this id (never seen, or lost): the
+    # capture is then a force post on this card, in this currency, if its product allows it.
+    card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)] | None = (
+        None
+    )
+    currency: Currency | None = None
 
 
 class VoidRequest(_Request):

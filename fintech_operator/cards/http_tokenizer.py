@@ -37,8 +37,8 @@ from typing import Final
 
 import httpx
 
-from fintech_operator import config, secretfile
-from fintech_operator.cards import pan, tokenizer
+from fintech_operator import config, pan, secretfile
+from fintech_operator.cards import tokenizer
 
 RESPONSE_BYTES_MAX: Final = 16 * 1024
 TOKEN_FILE_BYTES_MAX: Final = 8 * 1024

@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
+from fintech_operator import pan as card_numbers
+
 PAN_LENGTH = 16
 # A test-range issuer prefix: numbers from it can never be real cards.
 DEV_BIN = "400000"
@@ -42,26 +44,6 @@ class Tokenizer(Protocol):
         ...
 
 
-def luhn_check_digit(payload: str) -> str:
-    """The digit that makes ``payload + digit`` pass the Luhn check."""
-    total = 0
-    for index, char in enumerate(reversed(payload)):
-        digit = int(char)
-        if index % 2 == 0:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return str((10 - total % 10) % 10)
-
-
-def luhn_valid(number: str) -> bool:
-    """True when ``number`` passes the Luhn check."""
-    if len(number) < 2 or not number.isdigit():
-        return False
-    return luhn_check_digit(number[:-1]) == number[-1]
-
-
 class BuiltinTokenizer:
     """Development tokenizer: random Luhn-valid numbers that exist only in memory."""
 
@@ -69,7 +51,7 @@ class BuiltinTokenizer:
         body = DEV_BIN + "".join(
             str(secrets.randbelow(10)) for _ in range(PAN_LENGTH - len(DEV_BIN) - 1)
         )
-        pan = body + luhn_check_digit(body)
+        pan = body + card_numbers.luhn_check_digit(body)
         issued = IssuedToken(token="tok_" + secrets.token_hex(16), last4=pan[-4:])
         del pan  # The number's only use was its last four digits.
         return issued

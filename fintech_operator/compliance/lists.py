@@ -2,7 +2,7 @@
 
 A compiled :class:`sanctions.Screener` is cached per (namespace, ConfigMap, key) and reused while
 the ConfigMap's ``resourceVersion`` is unchanged; the ConfigMap is re-read at most every
-``max_age_seconds``, so an updated list takes effect within that time without a watch on every
+``age_seconds_max``, so an updated list takes effect within that time without a watch on every
 ConfigMap of the cluster. Parsing and compiling a large list is CPU work, done in a thread so
 the operator's event loop keeps serving other objects.
 
@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from fintech_operator.compliance import sanctions
 
-MAX_AGE_SECONDS_DEFAULT: Final = 30.0
+AGE_SECONDS_MAX_DEFAULT: Final = 30.0
 CACHED_LISTS_MAX: Final = 32
 REQUEST_TIMEOUT_SECONDS: Final = 10.0
 
@@ -69,16 +69,16 @@ class ListCache:
         self,
         fetch: Fetch,
         *,
-        max_age_seconds: float = MAX_AGE_SECONDS_DEFAULT,
+        age_seconds_max: float = AGE_SECONDS_MAX_DEFAULT,
         size_max: int = CACHED_LISTS_MAX,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 <= max_age_seconds <= 3600:
-            raise ValueError("max_age_seconds must be in 0..3600")
+        if not 0 <= age_seconds_max <= 3600:
+            raise ValueError("age_seconds_max must be in 0..3600")
         if not 1 <= size_max <= 1024:
             raise ValueError("size_max must be in 1..1024")
         self._fetch = fetch
-        self._max_age_seconds = max_age_seconds
+        self._age_seconds_max = age_seconds_max
         self._size_max = size_max
         self._clock = clock
         self._items: collections.OrderedDict[tuple[str, str, str], Loaded] = (
@@ -93,7 +93,7 @@ class ListCache:
         async with lock:
             cached = self._items.get(ident)
             now = self._clock()
-            if cached is not None and now - cached.checked_at < self._max_age_seconds:
+            if cached is not None and now - cached.checked_at < self._age_seconds_max:
                 self._items.move_to_end(ident)
                 return cached
             found = await self._fetch(namespace, config_map)

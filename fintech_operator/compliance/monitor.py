@@ -91,7 +91,8 @@ async def after_posting(
     )
     recorded = await store.record_check(
         conn,
-        idempotency_key=f"posting/{facts.posting_key}/aml",
+        # Per namespace, like the posting's key itself (see risk.store.PostingCheck.key).
+        idempotency_key=f"posting@{facts.card.split('/', 1)[0]}/{facts.posting_key}/aml",
         subject_kind="Posting",
         subject=facts.card,
         subject_uid=None,

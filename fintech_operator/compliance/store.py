@@ -19,7 +19,9 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from fintech_operator.compliance import model
-from fintech_operator.events import envelope, topics
+from fintech_operator.events import envelope, outbox, topics
+from fintech_operator.ledger.model import OutboxEvent
+from fintech_operator.observability import tracing
 
 # The bare topic name the outbox uses; the relay adds the deployment prefix on the wire.
 TOPIC: Final = topics.COMPLIANCE
@@ -200,15 +202,10 @@ async def raise_alert(
         if row is None:
             return alert
         alert_id, raised_at = int(row[0]), row[1]
-        await cur.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s)",
-            (
-                event_id,
-                TOPIC,
-                alert.card,
-                Jsonb(alert_event(alert, alert_id, event_id, posting_key, raised_at)),
-            ),
-        )
+        payload = alert_event(alert, alert_id, event_id, posting_key, raised_at)
+        # With the trace context, like every other event (the outbox's one writer).
+        event = OutboxEvent(event_id, TOPIC, alert.card, payload, tracing.context_headers())
+        await outbox.write(cur, [event])
     return _with_id(alert, alert_id)
 
 

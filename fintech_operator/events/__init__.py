@@ -1,1 +1,2 @@
-"""Events: the wire contract, the topics, and the outbox relay to Kafka."""
+"""Events: the wire contract, the topics, the outbox relay to Kafka, and the collector of
+outbox backlog and consumer lag."""

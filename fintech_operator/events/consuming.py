@@ -33,7 +33,7 @@ DLQ_TIMEOUT_SECONDS: Final = 60.0
 # the poll interval (a batch's work included), is replaced and its partitions reassigned.
 SESSION_TIMEOUT_MS: Final = 30_000
 HEARTBEAT_INTERVAL_MS: Final = 3_000
-MAX_POLL_INTERVAL_MS: Final = 300_000
+POLL_INTERVAL_MS_MAX: Final = 300_000
 # A poll answers after this long even when the broker has less than a full batch.
 FETCH_MAX_WAIT_MS: Final = 100
 
@@ -63,13 +63,13 @@ def new_consumer(
         request_timeout_ms=settings.kafka_request_timeout_ms,
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        max_poll_interval_ms=POLL_INTERVAL_MS_MAX,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
 
 
 async def batches(
-    consumer: AIOKafkaConsumer, stop: asyncio.Event, *, max_records: int
+    consumer: AIOKafkaConsumer, stop: asyncio.Event, *, records_max: int
 ) -> AsyncIterator[list[Any]]:
     """Each poll's records, all partitions together, until ``stop`` is set; empty polls skipped.
 
@@ -77,7 +77,7 @@ async def batches(
     committed, so its records come again.
     """
     while not stop.is_set():
-        polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=max_records)
+        polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=records_max)
         records = [record for part in polled.values() for record in part]
         if records:
             yield records

@@ -18,20 +18,24 @@ reason and the variables to check, which is what an operator of the product need
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
 from fintech_operator import secretfile
+from fintech_operator.events import topics
 
 if TYPE_CHECKING:
     from fintech_operator import config
@@ -40,6 +44,7 @@ SASL_PROTOCOLS: Final = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS: Final = frozenset({"SSL", "SASL_SSL"})
 # A password file is a Secret key, never large; a bound keeps a wrong path from reading a disk.
 PASSWORD_FILE_BYTES_MAX: Final = 64 * 1024
+TOPIC_ADMIN_TIMEOUT_SECONDS: Final = 30.0
 
 _LOGIN_VARS: Final = (
     "FINTECH_KAFKA_SASL_USERNAME and FINTECH_KAFKA_SASL_PASSWORD "
@@ -195,3 +200,60 @@ def refusal(settings: config.Settings, address: str, exc: BaseException) -> str:
             else ""
         )
     )
+
+
+class TopicCreationError(RuntimeError):
+    """The broker refused to create a topic (for example more replicas than brokers)."""
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """Acks from two replicas when there are three or more, so one broker may fail safely."""
+    return 2 if replication_factor >= 3 else 1
+
+
+async def ensure_topics(settings: config.Settings) -> list[str]:
+    """Create every topic that is missing (an existing one is left as it is); return those made.
+
+    Partitions, replication and prefix come from the settings. This is the first Kafka call
+    of every process, so a broker that refuses our login stops it here, saying why.
+    """
+    prefix = settings.topic_prefix
+    replication_factor = settings.topic_replication_factor
+    admin = AIOKafkaAdminClient(
+        **client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms
+    )
+    try:
+        await start(admin, settings, TOPIC_ADMIN_TIMEOUT_SECONDS)
+        existing = set(await asyncio.wait_for(admin.list_topics(), TOPIC_ADMIN_TIMEOUT_SECONDS))
+        configs = {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
+        missing = [
+            NewTopic(
+                topics.qualified(name, prefix),
+                num_partitions=settings.topic_partitions,
+                replication_factor=replication_factor,
+                topic_configs=configs,
+            )
+            for name in topics.ALL
+            if topics.qualified(name, prefix) not in existing
+        ]
+        if missing:
+            # Another process may create one between our list and create: same result.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                response = await asyncio.wait_for(
+                    admin.create_topics(missing), TOPIC_ADMIN_TIMEOUT_SECONDS
+                )
+                _check_created(response.topic_errors)
+    finally:
+        await admin.close()
+    return [topic.name for topic in missing]
+
+
+def _check_created(topic_errors: list[tuple[object, ...]]) -> None:
+    """Raise for a topic the broker refused, except one that already exists."""
+    refused = [
+        f"{item[0]}: error {item[1]}" + (f" ({item[2]})" if len(item) > 2 and item[2] else "")
+        for item in topic_errors
+        if item[1] not in (0, TopicAlreadyExistsError.errno)
+    ]
+    if refused:
+        raise TopicCreationError("Kafka refused to create topics: " + "; ".join(refused))

@@ -1,4 +1,5 @@
-"""Reads of the outbox for producers of follow-up events (writes belong to the ledger).
+"""The outbox: its one writer (``ledger.outbox``, re-exported here), and reads for producers
+of follow-up events.
 
 A reversal's event copies the terms of the event of the journal it reverses; that
 event is in the outbox, written in the original posting's transaction and immutable
@@ -12,6 +13,9 @@ from typing import Any
 import psycopg
 
 from fintech_operator.events import schema
+from fintech_operator.ledger.outbox import write, write_blocking
+
+__all__ = ["posted_event", "write", "write_blocking"]
 
 _POSTED_EVENT = """
 SELECT payload, journal_id FROM outbox

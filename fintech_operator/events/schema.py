@@ -31,7 +31,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, alias_generators
 
-from fintech_operator.cards import pan
+from fintech_operator import pan
 from fintech_operator.events import envelope, topics
 from fintech_operator.ledger import model
 
@@ -43,10 +43,17 @@ CARD_STATE_CHANGED: Final = "dev.fintech.card.state_changed.v1"
 CARD_REJECTED: Final = "dev.fintech.card.rejected.v1"
 CARD_REVIEW_REQUESTED: Final = "dev.fintech.card.review_requested.v1"
 RECON_COMPLETED: Final = "dev.fintech.recon.completed.v1"
+AUTHORIZATION_APPROVED: Final = "dev.fintech.authorization.approved.v1"
+AUTHORIZATION_DECLINED: Final = "dev.fintech.authorization.declined.v1"
+AUTHORIZATION_INCREMENTED: Final = "dev.fintech.authorization.incremented.v1"
+AUTHORIZATION_CAPTURED: Final = "dev.fintech.authorization.captured.v1"
+AUTHORIZATION_VOIDED: Final = "dev.fintech.authorization.voided.v1"
+AUTHORIZATION_EXPIRED: Final = "dev.fintech.authorization.expired.v1"
 SOURCE_LEDGER: Final = "/fintech-operator/ledger"
 SOURCE_COMPLIANCE: Final = "/fintech-operator/compliance"
 SOURCE_CARDS: Final = "/fintech-operator/cards"
 SOURCE_RECON: Final = "/fintech-operator/recon"
+SOURCE_AUTHORIZATIONS: Final = "/fintech-operator/authorizations"
 # The uuid5 namespace of lifecycle event ids. Fixed forever: changing it would give a retried
 # handler a new id for an event already written, and consumers would see it twice.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("5d0f7c2e-8a41-5b6e-9c3d-1e2f4a6b8c0d")
@@ -327,6 +334,50 @@ class ReconCompletedData(_Data):
         return self
 
 
+AuthorizationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+HeldMinor = Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]
+
+
+class AuthorizationData(_CardData):
+    """``dev.fintech.authorization.<step>.v1``: a step of a real-time authorization.
+
+    Written by the database (migration 0050) in the transaction of the step, on topic
+    ``authorizations`` keyed by the card. ``held``, ``captured`` and ``released`` are the
+    authorization's totals after the step (``held`` is what it still holds); ``stepAmount`` is
+    what this step moved (an increment's amount, a capture's amount, what a void or expiry
+    released); ``request`` is the id of the request that made the step, when there was one.
+    """
+
+    authorization: AuthorizationId
+    status: Literal["pending", "closed", "expired", "declined"] | None = None
+    reason: Reason
+    currency: Currency
+    amount: AmountMinor
+    held: HeldMinor
+    captured: HeldMinor
+    released: HeldMinor
+    merchant: Merchant | None = None
+    expires_at: Time | None = None
+    request: AuthorizationId | None = None
+    step_amount: HeldMinor | None = None
+
+
+class AuthorizationCapturedData(AuthorizationData):
+    """``dev.fintech.authorization.captured.v1``: a capture posted a Purchase journal.
+
+    ``stepAmount`` was captured now; ``forcePost`` says no hold stood behind it. It carries the
+    rewards terms of the card's product, so points on captured amounts are a pure function
+    of the event, as for postings.
+    """
+
+    journal_id: JournalId
+    step_amount: AmountMinor
+    final: pydantic.StrictBool
+    force_post: pydantic.StrictBool
+    rewards_rate_bps: RateBps
+    earn_on: Annotated[list[PostingType], Field(max_length=5)]
+
+
 @dataclass(frozen=True)
 class EventType:
     """Facts of one event type: its topic, the object kind it is about, its data model."""
@@ -363,6 +414,23 @@ CATALOG: Final[Mapping[str, EventType]] = {
     RECON_COMPLETED: EventType(
         RECON_COMPLETED, topics.RECON, "reconciliationruns", SOURCE_RECON, ReconCompletedData
     ),
+    **{
+        type_: EventType(
+            type_,
+            topics.AUTHORIZATIONS,
+            "cards",
+            SOURCE_AUTHORIZATIONS,
+            AuthorizationCapturedData if type_ == AUTHORIZATION_CAPTURED else AuthorizationData,
+        )
+        for type_ in (
+            AUTHORIZATION_APPROVED,
+            AUTHORIZATION_DECLINED,
+            AUTHORIZATION_INCREMENTED,
+            AUTHORIZATION_CAPTURED,
+            AUTHORIZATION_VOIDED,
+            AUTHORIZATION_EXPIRED,
+        )
+    },
 }
 
 

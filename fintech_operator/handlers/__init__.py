@@ -1,7 +1,12 @@
 """kopf handlers, one module per kind: decode, call the domain, patch status.
 
-Importing this package registers every handler with kopf.
+Importing this package registers every handler with kopf, except the timers whose interval
+is a setting: :func:`register_timers` adds those at start-up, so importing reads no environment.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from fintech_operator.handlers import (
     cardproduct,
@@ -14,6 +19,9 @@ from fintech_operator.handlers import (
     webhooks,
 )
 
+if TYPE_CHECKING:
+    from fintech_operator import config
+
 __all__ = [
     "cardproduct",
     "cards",
@@ -21,6 +29,13 @@ __all__ = [
     "policies",
     "postings",
     "recon",
+    "register_timers",
     "reviews",
     "webhooks",
 ]
+
+
+def register_timers(settings: config.Settings) -> None:
+    """Register the timers whose interval comes from ``settings`` (before kopf starts)."""
+    cards.register_timers(settings)
+    webhooks.register_timers(settings)

@@ -8,6 +8,7 @@ import kopf
 import pydantic
 
 from fintech_operator import api
+from fintech_operator.authorizations import mirror
 from fintech_operator.handlers import report
 
 PRODUCT_COUNT_INTERVAL_SECONDS = 15.0
@@ -21,7 +22,15 @@ FINISHED_PHASES = frozenset({api.CardPhase.CLOSED, api.CardPhase.REJECTED})
 @kopf.on.resume(api.GROUP, api.VERSION, "cardproducts")
 @kopf.on.create(api.GROUP, api.VERSION, "cardproducts")
 @kopf.on.update(api.GROUP, api.VERSION, "cardproducts", field="spec")
-async def reconcile(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+async def reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     generation = int(body.metadata.get("generation") or 0)
     try:
         product = api.CardProductSpec.model_validate(dict(spec))
@@ -30,6 +39,9 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: An
             body, patch, api.CardProductReason.INVALID_SPEC, api.format_validation_error(exc)
         )
         return
+    # The real-time gateway reads the product's terms from PostgreSQL (issue 13).
+    async with memo.pool.connection() as conn:
+        await mirror.put_product(conn, report.namespace_of(namespace), name, product)
     message = f"{product.currency} at {product.rewards_rate_bps} bps"
     patch.status["phase"] = api.CardProductPhase.READY
     patch.status["conditions"] = report.condition(

@@ -24,6 +24,7 @@ import psycopg
 import pydantic
 
 from fintech_operator import api, config
+from fintech_operator.authorizations import mirror
 from fintech_operator.cards import http_tokenizer, lifecycle
 from fintech_operator.cards import store as card_store
 from fintech_operator.compliance import lists, rules
@@ -69,10 +70,6 @@ def normal_event(body: kopf.Body, reason: str, message: str) -> None:
     kopf.event(body, type="Normal", reason=reason, message=message[:1024])
 
 
-def _refresh_interval_seconds() -> float:
-    return config.load().card_refresh_interval_seconds
-
-
 def _generation(body: kopf.Body) -> int:
     return int(body.metadata.get("generation") or 0)
 
@@ -91,6 +88,16 @@ async def _set_frozen(memo: kopf.Memo, code: str, frozen: bool, *events: Any) ->
     events that announce it, in one transaction."""
     async with memo.pool.connection() as conn:
         await engine.set_frozen(conn, code, frozen, events)
+
+
+async def _mirror_card(
+    memo: kopf.Memo, namespace: str, name: str, account: str, token: str, card: api.CardSpec
+) -> None:
+    """What the real-time gateway needs of an issued card (token, account, product, limit)."""
+    async with memo.pool.connection() as conn:
+        await mirror.put_card(
+            conn, namespace=namespace, name=name, account=account, token=token, spec=card
+        )
 
 
 async def _write_events(memo: kopf.Memo, *events: Any) -> None:
@@ -204,6 +211,16 @@ async def issue(
                 await _set_frozen(memo, str(body.status["account"]), phase == "Frozen")
             except model.AccountNotFound as exc:
                 kopf.warn(body, reason="AccountMissing", message=exc.message)
+                return
+            if body.status.get("token"):
+                await _mirror_card(
+                    memo,
+                    report.namespace_of(namespace),
+                    name,
+                    str(body.status["account"]),
+                    str(body.status["token"]),
+                    api.CardSpec.model_validate(dict(spec)),
+                )
         return
     namespace = report.namespace_of(namespace)
     try:
@@ -516,6 +533,7 @@ async def _open(
     # Issued frozen: the fee above is the last debit until it is unfrozen. Both ways, because a
     # retry may see another spec.state than the attempt that committed the account.
     await _set_frozen(memo, code, state == "Frozen")
+    await _mirror_card(memo, namespace, name, code, issued.token.token, card)
     generation = _generation(body)
     conditions = report.condition(
         {"conditions": conditions},
@@ -603,6 +621,7 @@ async def _post_issuance_fee(
         lines=rules.lines_for(model.PostingKind.FEE, code, amount_minor, currency),
         occurred_at=api.parse_timestamp(str(body.metadata.get("creationTimestamp"))),
         reference=f"issuance-fee/{body.metadata.namespace}/{body.metadata.name}",
+        namespace=report.namespace_of(body.metadata.namespace),
     )
     await engine.post(memo.pool, request)
 
@@ -759,6 +778,18 @@ async def state_changed(
         await _closed_unissued(body, patch, memo, report.namespace_of(namespace), name)
 
 
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit")
+async def spend_limit_changed(
+    body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
+    if body.status.get("phase") not in ISSUED_PHASES:
+        return
+    card = api.CardSpec.model_validate(dict(spec))
+    async with memo.pool.connection() as conn:
+        await mirror.put_card_limit(conn, report.namespace_of(namespace), name, card.spend_limit)
+
+
 def _closed_event(body: kopf.Body, reason: str | None = None) -> model.OutboxEvent:
     """``card.state_changed`` to Closed, written with the account's closing."""
     return schema.card_state_changed(
@@ -813,13 +844,6 @@ async def _close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announc
     normal_event(body, reason="Closed", message="card closed; its ledger history is kept")
 
 
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    "cards",
-    interval=_refresh_interval_seconds(),
-    when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
-)
 async def refresh(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -835,6 +859,7 @@ async def refresh(
     aml = dict(body.status.get("aml") or {})
     async with memo.pool.connection() as conn:
         balance = await engine.balance(conn, code)
+        holds = await mirror.holds(conn, code)
         points = await store.points_balance(conn, card)
         alerts = await compliance_store.alerts_after(
             conn, card, int(aml.get("lastAlertId") or 0), ALERT_EVENTS_PER_REFRESH_MAX
@@ -845,10 +870,26 @@ async def refresh(
         patch.status["balance"] = {"amount": amount, "currency": balance.currency}
     if body.status.get("rewardsPoints") != points:
         patch.status["rewardsPoints"] = points
+    if holds is not None:
+        _show_holds(body, patch, holds, balance.currency)
     if alerts:
         _announce_alerts(body, patch, aml, alerts)
     if spec.get("state") == "Closed" and amount == 0:
         await _close(body, patch, memo, announce=False)
+
+
+def _show_holds(
+    body: kopf.Body, patch: kopf.Patch, holds: tuple[int, int | None], currency: str
+) -> None:
+    """``status.held`` and ``status.available`` from the real-time mirror; only a change."""
+    held, available = holds
+    if (body.status.get("held") or {}).get("amount") != held:
+        patch.status["held"] = {"amount": held, "currency": currency}
+    shown = (body.status.get("available") or {}).get("amount")
+    if shown != available:
+        patch.status["available"] = (
+            None if available is None else {"amount": available, "currency": currency}
+        )
 
 
 def _announce_alerts(
@@ -893,6 +934,11 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
     phase = body.status.get("phase")
     if not code or phase == "Closed":
         return
+    if phase in ISSUED_PHASES:
+        # First, and on its own: a deleted card's token authorizes nothing, even if its
+        # account has to stay open below.
+        async with memo.pool.connection() as conn:
+            await mirror.retire_card(conn, str(body.metadata.namespace), str(body.metadata.name))
     # Deleting an issued card closes it: the same card.state_changed as a close, once.
     closed = [_closed_event(body, "CardDeleted")] if phase in ISSUED_PHASES else []
     try:
@@ -932,5 +978,17 @@ __all__ = [
     "issue",
     "normal_event",
     "refresh",
+    "spend_limit_changed",
     "state_changed",
 ]
+
+
+def register_timers(settings: config.Settings) -> None:
+    """Register :func:`refresh` at the configured interval: read at start-up, never at import."""
+    kopf.timer(
+        api.GROUP,
+        api.VERSION,
+        "cards",
+        interval=settings.card_refresh_interval_seconds,
+        when=lambda status, **_: status.get("phase") in ISSUED_PHASES,
+    )(refresh)

@@ -18,6 +18,7 @@ import kopf
 import pydantic
 
 from fintech_operator import api
+from fintech_operator.authorizations import mirror
 from fintech_operator.compliance import lists
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import cards, report
@@ -67,6 +68,10 @@ async def reconcile_risk(
         _rejected(body, patch, api.PolicyReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     in_use = risk_policy.select(riskpolicies, str(namespace)).name == name
+    if in_use:
+        # The real-time gateway applies its purchase rules from PostgreSQL (issue 13).
+        async with kwargs["memo"].pool.connection() as conn:
+            await mirror.put_risk_rules(conn, str(namespace), f"{namespace}/{name}", parsed)
     count = risk_policy.rule_count(parsed)
     message = f"{count} rule(s); {'in use' if in_use else 'not in use: ' + _shadow_note()}"
     patch.status.update(
@@ -100,6 +105,19 @@ async def recheck_risk(
     in_use = risk_policy.select(riskpolicies, str(namespace)).name == name
     if status.get("inUse") != in_use:
         patch.status["inUse"] = in_use
+        if in_use:  # A sibling went away: this policy's purchase rules now apply in real time.
+            parsed = api.RiskPolicySpec.model_validate(dict(kwargs["spec"]))
+            async with kwargs["memo"].pool.connection() as conn:
+                await mirror.put_risk_rules(conn, str(namespace), f"{namespace}/{name}", parsed)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, "riskpolicies", optional=True)
+async def risk_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted policy's purchase rules stop applying to real-time authorizations (when
+    the operator sees the deletion: no finalizer holds a policy back for this). A sibling
+    policy that takes over mirrors its own rules on its next check."""
+    async with memo.pool.connection() as conn:
+        await mirror.drop_risk_rules(conn, str(namespace), policy=f"{namespace}/{name}")
 
 
 def _shadow_note() -> str:

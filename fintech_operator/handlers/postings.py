@@ -3,7 +3,9 @@
 A posting is decided exactly once: ``Posted`` with its journal, or ``Rejected`` with a
 reason from the fixed set documented on ``PostingStatus.reason``. The idempotency key
 (default ``namespace/name``) makes a replayed handler, a restarted operator, or a
-deleted and re-applied object return the first journal instead of posting twice.
+deleted and re-applied object return the first journal instead of posting twice. Keys are
+unique within the Posting's namespace (DESIGN.md invariant 10): every ledger call here names
+it, so another namespace's journal is never replayed, reversed or blocked by this one.
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ def build_request(
         },
         events=(_event(spec, namespace, name, product, occurred_at),),
         guard=_guard(spec, card, product, report.now()),
+        namespace=namespace,
     )
 
 
@@ -297,7 +300,8 @@ async def _replay(
     namespace = report.namespace_of(body.metadata.namespace)
     key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
     async with memo.pool.connection() as conn:
-        journal = await engine.journal_by_key(conn, key)
+        # Keys are unique per namespace: another namespace's key is never replayed here.
+        journal = await engine.journal_by_key(conn, key, namespace=namespace)
         if journal is None:
             return None
         if posting.reverses and journal.reverses_journal_id is not None:
@@ -345,7 +349,9 @@ async def _reverse(
                 headers=tracing.context_headers(),
             )
         )  # fmt: skip
-    return await engine.reverse(memo.pool, key, int(journal), reason, events=events)
+    return await engine.reverse(
+        memo.pool, key, int(journal), reason, events=events, namespace=namespace
+    )
 
 
 async def _target_journal(
@@ -359,7 +365,7 @@ async def _target_journal(
         found = entry.get("journalId")
         journal = await engine.journal(conn, int(found)) if found else None
     else:
-        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}")
+        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}", namespace=namespace)
         # Another posting may have chosen that key explicitly: only its own journal counts.
         if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
             journal = by_key

@@ -72,6 +72,7 @@ async def _recon_startup(memo: kopf.Memo, **_: Any) -> None:
     )
     memo.recon_source_limits = sources.Limits(records_max=app.recon_records_max)
     memo.recon_dsn = app.database_url
+    memo.recon_cluster_namespace = app.recon_cluster_namespace
 
 
 @kopf.on.cleanup()
@@ -159,7 +160,21 @@ async def _invalid(
     exc: pydantic.ValidationError,
 ) -> None:
     """A spec the operator cannot run: its ``recon.completed`` (Failed) event, then status."""
-    message = api.format_validation_error(exc)
+    await _refuse(
+        body, spec, patch, namespace, memo, ("InvalidSpec", api.format_validation_error(exc))
+    )
+
+
+async def _refuse(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    namespace: str,
+    memo: kopf.Memo,
+    why: tuple[str, str],
+) -> None:
+    """A run refused before any work: its ``recon.completed`` (Failed) event, then status."""
+    reason, message = why
     event = schema.recon_completed(
         namespace=namespace,
         name=str(body.metadata.name),
@@ -167,12 +182,12 @@ async def _invalid(
         phase="Failed",
         dry_run=spec.get("dryRun") is True,
         completed_at=datetime.datetime.now(datetime.UTC),
-        reason="InvalidSpec",
+        reason=reason,
         message=message,
     )
     async with memo.pool.connection() as conn:
         await engine.write_events(conn, [event])
-    _fail(body, patch, "InvalidSpec", message)
+    _fail(body, patch, reason, message)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
@@ -219,7 +234,7 @@ def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     )
 
 
-async def _running(body: kopf.Body, namespace: str) -> str:
+async def _running(body: kopf.Body, namespace: str, plan: model.Plan) -> str:
     """Show ``Running`` now that a worker has the run; return its ``startedAt``.
 
     A status patch of its own, not kopf's: kopf applies a handler's patch when it returns,
@@ -238,7 +253,8 @@ async def _running(body: kopf.Body, namespace: str) -> str:
     }
     name = str(body.metadata.name)
     await in_worker(lambda: _patch_status(namespace, name, status), f"recon-status-{name}")
-    _normal(body, "Started", "reconciliation started")
+    scope = "every namespace" if plan.cluster_wide else f"namespace {namespace} only"
+    _normal(body, "Started", f"reconciliation started: {scope}")
     return started
 
 
@@ -261,6 +277,10 @@ async def execute(
     except pydantic.ValidationError as exc:
         await _invalid(body, spec, patch, namespace, memo, exc)
         return
+    refusal = plans.cluster_scope_refusal(run_spec, namespace, memo.recon_cluster_namespace)
+    if refusal is not None:
+        await _refuse(body, spec, patch, namespace, memo, ("ClusterScopeNotAllowed", refusal))
+        return
     key = store.RunKey(str(body.metadata.uid), namespace, str(body.metadata.name))
     records = sources.opener(run_spec, namespace, memo.recon_source_limits)
     plan = plans.plan_of(run_spec)
@@ -272,7 +292,7 @@ async def execute(
 
     try:
         async with memo.recon_slots:
-            started = await _running(body, namespace)
+            started = await _running(body, namespace, plan)
             outcome = await in_worker(work, f"recon-{namespace}/{key.name}")
     except store.Busy as exc:
         raise kopf.TemporaryError(str(exc), delay=BUSY_RETRY_SECONDS) from exc

@@ -19,10 +19,6 @@ from fintech_operator.notify import status as webhook_status
 from fintech_operator.notify import store
 
 
-def _interval_seconds() -> float:
-    return config.load().webhook_status_interval_seconds
-
-
 def _generation(body: kopf.Body) -> int:
     return int(body.metadata.get("generation") or 0)
 
@@ -54,13 +50,6 @@ async def check(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -
     patch.status["observedGeneration"] = generation
 
 
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    "webhooks",
-    interval=_interval_seconds(),
-    when=lambda status, **_: status.get("phase") not in (None, "Rejected"),
-)
 async def refresh(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -83,3 +72,14 @@ async def refresh(
 
 
 __all__ = ["check", "refresh"]
+
+
+def register_timers(settings: config.Settings) -> None:
+    """Register :func:`refresh` at the configured interval: read at start-up, never at import."""
+    kopf.timer(
+        api.GROUP,
+        api.VERSION,
+        "webhooks",
+        interval=settings.webhook_status_interval_seconds,
+        when=lambda status, **_: status.get("phase") not in (None, "Rejected"),
+    )(refresh)

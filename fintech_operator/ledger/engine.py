@@ -42,7 +42,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator.ledger import model, rules
+from fintech_operator.ledger import model, outbox, rules
 
 Cursor = AsyncCursor[TupleRow]
 
@@ -92,6 +92,8 @@ class _Plan:
     occurred_at: datetime | None  # None: the database's now() (reversals).
     metadata: Mapping[str, object]
     events: tuple[model.OutboxEvent, ...]
+    # Whose money (model.journal_namespace); the idempotency key is unique within it.
+    namespace: str | None
     reverses_journal_id: int | None = None
 
     @property
@@ -360,6 +362,7 @@ async def post(
         occurred_at=request.occurred_at,
         metadata=request.metadata,
         events=tuple(request.events),
+        namespace=request.namespace,
     )
 
     async def attempt(cur: Cursor) -> model.PostResult:
@@ -376,11 +379,14 @@ async def reverse(
     *,
     events: Sequence[model.OutboxEvent] = (),
     limits: Limits = DEFAULT_LIMITS,
+    namespace: str | None = None,
 ) -> model.PostResult:
     """Post the opposite of journal ``journal_id`` (at most once) and return the reversal.
 
     The reversal is an ordinary journal of kind ``Reversal`` whose ``reverses_journal_id`` points
     at the original; the database's UNIQUE constraint on it makes a second reversal impossible.
+    It moves the original's namespace's money; with ``namespace``, a journal of another
+    namespace is :class:`model.JournalNotFound`, as if it did not exist.
     """
     model.check_text(idempotency_key, "idempotency_key")
     model.check_text(reason, "reason")
@@ -390,7 +396,7 @@ async def reverse(
     request_hash = rules.reversal_request_hash(journal_id, reason)
 
     async def attempt(cur: Cursor) -> model.PostResult:
-        original = await _reversible(cur, idempotency_key, request_hash, journal_id)
+        original = await _reversible(cur, namespace, idempotency_key, request_hash, journal_id)
         if isinstance(original, model.PostResult):
             return original
         plan = _Plan(
@@ -402,6 +408,7 @@ async def reverse(
             occurred_at=None,
             metadata={"reason": reason},
             events=checked_events,
+            namespace=model.journal_namespace(namespace, original.lines),
             reverses_journal_id=journal_id,
         )
         return await _reverse_locked(cur, plan)
@@ -427,15 +434,22 @@ async def _post_locked(
 
 
 async def _reversible(
-    cur: Cursor, key: str, request_hash: str, journal_id: int
+    cur: Cursor, namespace: str | None, key: str, request_hash: str, journal_id: int
 ) -> model.Journal | model.PostResult:
     """The journal to reverse, or the earlier result when this reversal was already posted."""
-    existing = await _existing_by_key(cur, key, request_hash)
+    original = await _load_journal(cur, journal_id)
+    if original is not None and namespace is not None:
+        try:
+            model.journal_namespace(namespace, original.lines)
+        except model.InvalidRequest:
+            original = None  # Another namespace's journal: it does not exist for this one.
+    if original is None:
+        where = "" if namespace is None else f" in namespace {namespace}"
+        raise model.JournalNotFound(f"journal {journal_id} does not exist{where}")
+    scope = model.journal_namespace(namespace, original.lines)
+    existing = await _existing_by_key(cur, scope, key, request_hash)
     if existing is not None:
         return existing
-    original = await _load_journal(cur, journal_id)
-    if original is None:
-        raise model.JournalNotFound(f"journal {journal_id} does not exist")
     if original.kind is model.PostingKind.REVERSAL:
         raise model.NotReversible(f"journal {journal_id} is a reversal; post it again instead")
     return original
@@ -607,7 +621,9 @@ async def _check_guard(
 
 
 async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:
-    """Debits of spend kinds to the account posted since ``start``, minus reversed ones.
+    """Debits of spend kinds to the account posted since ``start``, minus reversed ones, plus
+    what the card's pending real-time authorizations hold (Invariant 8: holds count against
+    limits; they move only under this same account lock, see migration 0050), in one statement.
 
     Reads only the window's range of the partial index on (account_id, posted_at), so a Daily
     limit costs the same on a card with years of history. Lifetime reads every debit.
@@ -615,6 +631,8 @@ async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> 
     await cur.execute(
         """
         SELECT coalesce(sum(e.amount_minor), 0)
+               + coalesce((SELECT c.held_minor FROM authorization_cards c
+                            WHERE c.account_id = %(account)s), 0)
           FROM entries e
           JOIN journals j ON j.id = e.journal_id
          WHERE e.account_id = %(account)s
@@ -630,16 +648,47 @@ async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> 
 
 
 async def _existing(cur: Cursor, plan: _Plan) -> model.PostResult | None:
-    return await _existing_by_key(cur, plan.idempotency_key, plan.request_hash)
+    return await _existing_by_key(cur, plan.namespace, plan.idempotency_key, plan.request_hash)
 
 
-async def _existing_by_key(cur: Cursor, key: str, request_hash: str) -> model.PostResult | None:
-    """Invariant 3: the first journal of ``key`` if it has the same hash; a conflict otherwise."""
-    await cur.execute("SELECT id, request_hash FROM journals WHERE idempotency_key = %s", (key,))
+# A key is looked up in its namespace, then among the journals written before migration 0045
+# (namespace NULL) that moved that namespace's money: those keep replaying for their owner and
+# are invisible to every other namespace (without a namespace: those that moved no card's
+# money). Two index probes of the (namespace, key) index.
+_BY_KEY: Final = """
+(SELECT id, request_hash, 0 AS older FROM journals
+  WHERE namespace = %(namespace)s AND idempotency_key = %(key)s)
+UNION ALL
+(SELECT j.id, j.request_hash, 1 FROM journals j
+  WHERE j.namespace IS NULL AND j.idempotency_key = %(key)s
+    AND CASE WHEN %(namespace)s::text IS NULL
+             THEN NOT EXISTS (SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id
+                               WHERE e.journal_id = j.id AND a.namespace IS NOT NULL)
+             ELSE EXISTS (SELECT 1 FROM entries e JOIN accounts a ON a.id = e.account_id
+                           WHERE e.journal_id = j.id AND a.namespace = %(namespace)s::text)
+        END)
+ORDER BY older
+LIMIT 1
+"""
+
+
+async def _journal_id_by_key(
+    cur: Cursor, namespace: str | None, key: str
+) -> tuple[int, str] | None:
+    await cur.execute(_BY_KEY, {"namespace": namespace, "key": key})
     row = await cur.fetchone()
-    if row is None:
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+async def _existing_by_key(
+    cur: Cursor, namespace: str | None, key: str, request_hash: str
+) -> model.PostResult | None:
+    """Invariant 3: the first journal of ``key`` in ``namespace`` if it has the same hash; a
+    conflict otherwise. Another namespace's journal of the same key is never seen."""
+    found = await _journal_id_by_key(cur, namespace, key)
+    if found is None:
         return None
-    journal_id, first_hash = int(row[0]), str(row[1])
+    journal_id, first_hash = found
     if first_hash != request_hash:
         raise model.IdempotencyConflict(
             f"idempotency key {key!r} already posted journal {journal_id} for another request"
@@ -671,9 +720,9 @@ async def _insert_journal(cur: Cursor, plan: _Plan) -> int | None:
         await cur.execute(
             """
             INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at,
-                                  reverses_journal_id, metadata)
-            VALUES (%s, %s, %s, %s, coalesce(%s::timestamptz, now()), %s, %s)
-            ON CONFLICT (idempotency_key) DO NOTHING
+                                  reverses_journal_id, metadata, namespace)
+            VALUES (%s, %s, %s, %s, coalesce(%s::timestamptz, now()), %s, %s, %s)
+            ON CONFLICT (namespace, idempotency_key) DO NOTHING
             RETURNING id
             """,
             (
@@ -684,6 +733,7 @@ async def _insert_journal(cur: Cursor, plan: _Plan) -> int | None:
                 plan.occurred_at,
                 plan.reverses_journal_id,
                 Jsonb(dict(plan.metadata)),
+                plan.namespace,
             ),
         )
     except errors.UniqueViolation as exc:
@@ -712,41 +762,16 @@ async def _insert_entries(
 
 
 async def _insert_outbox(cur: Cursor, journal_id: int, events: Sequence[model.OutboxEvent]) -> None:
-    if not events:
-        return
-    try:
-        await cur.executemany(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers, journal_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    e.event_id,
-                    e.topic,
-                    e.key,
-                    Jsonb(dict(e.payload)),
-                    Jsonb(dict(e.headers)),
-                    journal_id,
-                )
-                for e in events
-            ],
-        )
-    except errors.UniqueViolation as exc:
-        raise model.InvalidRequest(
-            f"an event id was already used: {exc.diag.message_detail}"
-        ) from exc
+    written = await outbox.write(cur, events, journal_id=journal_id)
+    if written != len(events):
+        # A journal's events are new by construction (fresh ids): an id already in the outbox
+        # is a caller's mistake, refused as the request's, and the transaction rolls back.
+        raise model.InvalidRequest("an event id of this posting was already used")
 
 
 async def _insert_lifecycle_events(cur: Cursor, events: Sequence[model.OutboxEvent]) -> int:
     """Insert events without a journal; an event id already in the outbox is a replay."""
-    inserted = 0
-    for e in events:
-        await cur.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload, headers)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-            (e.event_id, e.topic, e.key, Jsonb(dict(e.payload)), Jsonb(dict(e.headers))),
-        )
-        inserted += max(cur.rowcount, 0)
-    return inserted
+    return await outbox.write(cur, events)
 
 
 def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journal:
@@ -757,9 +782,16 @@ def _verified_journal(journal: model.Journal | None, plan: _Plan) -> model.Journ
         journal.idempotency_key,
         journal.request_hash,
         journal.kind,
+        journal.namespace,
         sorted(_keys(journal.lines)),
     )
-    meant = (plan.idempotency_key, plan.request_hash, plan.kind, sorted(_keys(plan.lines)))
+    meant = (
+        plan.idempotency_key,
+        plan.request_hash,
+        plan.kind,
+        plan.namespace,
+        sorted(_keys(plan.lines)),
+    )
     if written != meant or journal.reverses_journal_id != plan.reverses_journal_id:
         raise model.InvariantViolation(f"journal {journal.id} read back {written}, meant {meant}")
     return journal
@@ -816,7 +848,8 @@ def _checked_events(events: Sequence[model.OutboxEvent]) -> tuple[model.OutboxEv
 
 _JOURNAL: Final = """
 SELECT j.id, j.idempotency_key, j.request_hash, j.kind, j.reference, j.occurred_at, j.posted_at,
-       j.reverses_journal_id, j.metadata, a.code, e.direction, e.amount_minor, e.currency
+       j.reverses_journal_id, j.metadata, j.namespace, a.code, e.direction, e.amount_minor,
+       e.currency
   FROM journals j
   JOIN entries e ON e.journal_id = j.id
   JOIN accounts a ON a.id = e.account_id
@@ -833,12 +866,15 @@ async def journal(conn: AsyncConnection[Any], journal_id: int) -> model.Journal:
     return found
 
 
-async def journal_by_key(conn: AsyncConnection[Any], idempotency_key: str) -> model.Journal | None:
-    """The journal an idempotency key posted, if any (handlers use it to rebuild a status)."""
+async def journal_by_key(
+    conn: AsyncConnection[Any], idempotency_key: str, *, namespace: str | None
+) -> model.Journal | None:
+    """The journal an idempotency key posted in ``namespace``, if any (handlers use it to
+    rebuild a status). Keys are unique per namespace: another namespace's is never returned.
+    ``namespace=None`` finds only journals that move no namespace's money."""
     async with _transaction(conn) as cur:
-        await cur.execute("SELECT id FROM journals WHERE idempotency_key = %s", (idempotency_key,))
-        row = await cur.fetchone()
-        return None if row is None else await _load_journal(cur, int(row[0]))
+        found = await _journal_id_by_key(cur, namespace, idempotency_key)
+        return None if found is None else await _load_journal(cur, found[0])
 
 
 async def _load_journal(cur: Cursor, journal_id: int) -> model.Journal | None:
@@ -846,9 +882,9 @@ async def _load_journal(cur: Cursor, journal_id: int) -> model.Journal | None:
     rows = await cur.fetchall()
     if not rows:
         return None
-    id_, key, request_hash, kind, reference, occurred_at, posted_at, reverses, metadata = rows[0][
-        :9
-    ]
+    id_, key, request_hash, kind, reference, occurred_at, posted_at, reverses, metadata, ns = rows[
+        0
+    ][:10]
     # model.Line re-checks every amount and currency read back (house rule 6).
     lines = tuple(
         model.Line(str(code), model.Direction(direction), amount, str(currency))
@@ -865,6 +901,7 @@ async def _load_journal(cur: Cursor, journal_id: int) -> model.Journal | None:
         reverses_journal_id=None if reverses is None else int(reverses),
         metadata=dict(metadata),
         lines=lines,
+        namespace=None if ns is None else str(ns),
     )
 
 

@@ -52,6 +52,16 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "recon_exceptions": APPEND,
     "ledger_balance_drift": READ,
     "rewards_balance_drift": READ,
+    # Real-time authorizations (0050): the mirrors are written by the operator, holds and
+    # answers by the gateway's store; a resolved authorization and an answer never change
+    # (triggers), captures are history.
+    "authorization_products": MUTABLE,
+    "authorization_cards": MUTABLE,
+    "authorization_risk_rules": PRUNABLE,  # a policy's rules are replaced whole
+    "authorizations": MUTABLE,
+    "authorization_requests": MUTABLE,  # a deadline withdraws an approval once
+    "authorization_captures": APPEND,
+    "authorization_hold_drift": READ,
 }
 
 _RELATIONS: Final = """
@@ -106,3 +116,49 @@ def _one(conn: psycopg.Connection[Any], query: str) -> str:
     if row is None:
         raise GrantError(f"{query!r} returned no row")
     return str(row[0])
+
+
+# The authorization gateway's own role: only the tables its store touches, and only how.
+# Every other relation of the schema is revoked from it, so a compromised gateway can read
+# no webhook secret, no recon file and no rewards, and can never UPDATE an entry or a journal.
+GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
+    # Card terms are the operator's mirror: read only, except the running hold total.
+    "authorization_products": READ,
+    "authorization_cards": ("SELECT", "UPDATE (held_minor)"),
+    "authorization_risk_rules": READ,
+    "authorizations": MUTABLE,
+    "authorization_requests": MUTABLE,
+    "authorization_captures": APPEND,
+    # A capture posts a Purchase journal (and opens the network settlement account once). The
+    # card's account row is locked per decision, which needs an UPDATE grant on some column:
+    # closed_at, which the accounts_closed_at CHECK ties to status, which it cannot change.
+    "accounts": ("SELECT", "INSERT", "UPDATE (closed_at)"),
+    "account_balances": MUTABLE,  # written by the entries trigger
+    "journals": APPEND,
+    "entries": APPEND,
+    "outbox": ("INSERT",),  # the gateway only adds events; the relay reads and publishes them
+}
+
+
+def apply_gateway(conn: psycopg.Connection[Any], role: str) -> None:
+    """Make ``role``'s privileges exactly :data:`GATEWAY_PRIVILEGES` and nothing on any other
+    relation (run inside the migration's transaction, by the owner); idempotent."""
+    relations = [str(row[0]) for row in conn.execute(_RELATIONS).fetchall()]
+    missing = sorted(set(GATEWAY_PRIVILEGES) - set(relations))
+    if missing:
+        raise GrantError(f"GATEWAY_PRIVILEGES names relations the schema lacks: {missing}")
+    who = sql.Identifier(role)
+    schema = sql.Identifier(_one(conn, "SELECT current_schema()"))
+    database = sql.Identifier(_one(conn, "SELECT current_database()"))
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, who))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, who))
+    conn.execute(
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema, who)
+    )
+    for relation in relations:
+        table = sql.Identifier(relation)
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
+        verbs = GATEWAY_PRIVILEGES.get(relation)
+        if verbs:
+            joined = sql.SQL(", ").join(sql.SQL(verb) for verb in verbs)
+            conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(joined, table, who))

@@ -18,13 +18,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import Final, Protocol
 
 import psycopg
+import pydantic
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
-from fintech_operator import config
 from fintech_operator.ledger import grants
 
 # "ledgermg" in ASCII, as a signed 64-bit key; fixed forever so every version of the operator
@@ -41,6 +41,25 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+class MigrationSettings(Protocol):
+    """What :func:`apply_configured` reads of a process's settings.
+
+    ``config.Settings`` satisfies it; the ledger names only what it needs, so it depends on
+    no settings module (the layers in docs/architecture.md).
+    """
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def migration_database_url(self) -> str | None: ...
+    @property
+    def migration_database_password(self) -> pydantic.SecretStr | None: ...
+    @property
+    def database_runtime_role(self) -> str | None: ...
+    @property
+    def database_gateway_role(self) -> str | None: ...
 
 
 class MigrationError(Exception):
@@ -72,29 +91,39 @@ def discover() -> list[Migration]:
     return _checked_order(found)
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds of one :func:`apply`: connecting, waiting for another process's migration lock,
+    and each statement (a large migration may rewrite a table)."""
+
+    connect_seconds: int = 10
+    lock_seconds: int = 120
+    statement_seconds: int = 600
+
+
 def apply(
     dsn: str,
     migrations: Sequence[Migration] | None = None,
     *,
     runtime_role: str | None = None,
+    gateway_role: str | None = None,
     password: str | None = None,
-    connect_timeout_seconds: int = 10,
-    lock_timeout_seconds: int = 120,
-    statement_timeout_seconds: int = 600,
+    timeouts: Timeouts = Timeouts(),
 ) -> list[int]:
     """Apply pending migrations; return the versions applied now (empty when up to date).
 
     ``migrations`` defaults to :func:`discover`; tests pass their own. The lock timeout bounds
     the wait for another process that is migrating the same database. With ``runtime_role``,
     that role's privileges are then set to :data:`grants.PRIVILEGES` in the same transaction,
-    on every run, so a new table is never left without a decision.
+    on every run, so a new table is never left without a decision. With ``gateway_role``, the
+    authorization gateway's role gets :data:`grants.GATEWAY_PRIVILEGES` and nothing else.
     """
     wanted = _checked_order(list(discover() if migrations is None else migrations))
     if password is not None:
         dsn = make_conninfo(dsn, password=password)
-    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_seconds)
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=timeouts.connect_seconds)
     with conn, conn.transaction():
-        _set_timeouts(conn, lock_timeout_seconds, statement_timeout_seconds)
+        _set_timeouts(conn, timeouts.lock_seconds, timeouts.statement_seconds)
         # Held until COMMIT: a second process blocks here and then sees everything applied.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         conn.execute(_CREATE_TABLE)
@@ -103,6 +132,8 @@ def apply(
             _apply_one(conn, migration)
         if runtime_role is not None:
             grants.apply(conn, runtime_role)
+        if gateway_role is not None:
+            grants.apply_gateway(conn, gateway_role)
     return [migration.version for migration in pending]
 
 
@@ -115,13 +146,14 @@ async def apply_async(
     )
 
 
-def apply_configured(settings: config.Settings) -> list[int]:
+def apply_configured(settings: MigrationSettings) -> list[int]:
     """:func:`apply` as the processes configure it: as the owner's DSN and password when
     given (``FINTECH_MIGRATION_DATABASE_*``), else as the runtime's own connection."""
     owner = settings.migration_database_password
     return apply(
         settings.migration_database_url or settings.database_url,
         runtime_role=settings.database_runtime_role,
+        gateway_role=settings.database_gateway_role,
         password=None if owner is None else owner.get_secret_value(),
     )
 

@@ -343,6 +343,34 @@ def check_account_code(code: object, kind: AccountKind, currency: str) -> str:
     return text
 
 
+def card_namespace(code: str) -> str | None:
+    """The namespace of a card account code (``card:<namespace>/<card>:<CUR>``), else None.
+
+    Migration 0045 derives ``accounts.namespace`` from the code with the same rule.
+    """
+    parts = code.split(":")
+    if len(parts) < 3 or parts[0] != AccountKind.CARD.value:
+        return None
+    namespace, slash, _card = parts[1].partition("/")
+    return namespace if slash and namespace else None
+
+
+def journal_namespace(declared: str | None, lines: Sequence[Line]) -> str | None:
+    """Whose money a journal moves (DESIGN.md invariant 10): the one namespace of its card
+    accounts, which must be ``declared`` when the caller names one. None: no card account
+    and nothing declared (a journal between system accounts only)."""
+    found = {ns for line in lines if (ns := card_namespace(line.account_code)) is not None}
+    if declared is not None:
+        if not isinstance(declared, str) or _NAME_RE.fullmatch(declared) is None:
+            raise InvalidRequest(f"namespace must be a non-empty name, got {declared!r}")
+        found.add(declared)
+    if len(found) > 1:
+        raise InvalidRequest(
+            f"a journal moves one namespace's money, not that of {', '.join(sorted(found))}"
+        )
+    return next(iter(found), None)
+
+
 def parse_system_code(code: str) -> tuple[SystemAccount, str] | None:
     """Return (account, currency) when ``code`` names a well-known system account."""
     parts = code.split(":")
@@ -429,7 +457,8 @@ class PostingRequest:
     records (kind, lines, reference, occurred_at, metadata), so those must be derived
     deterministically from the resource: a retry with a fresh ``occurred_at`` is a conflict.
     ``events`` and ``guard`` are not part of the hash: they travel with the request, they are not
-    what it records.
+    what it records. ``namespace`` is whose money it moves (default: the namespace of its card
+    accounts); the idempotency key is unique within that namespace only.
     """
 
     idempotency_key: str
@@ -440,6 +469,7 @@ class PostingRequest:
     metadata: Mapping[str, object] = field(default_factory=dict)
     events: Sequence[OutboxEvent] = ()
     guard: SpendGuard | None = None
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.idempotency_key, "idempotency_key")
@@ -456,6 +486,7 @@ class PostingRequest:
         if self.reference is not None:
             check_text(self.reference, "reference")
         check_json_object(self.metadata, "metadata")
+        object.__setattr__(self, "namespace", journal_namespace(self.namespace, self.lines))
         self._check_events()
         self._check_guard()
 
@@ -535,6 +566,8 @@ class Journal:
     reverses_journal_id: int | None
     metadata: Mapping[str, object]
     lines: tuple[Line, ...]
+    # Whose money it moves; None on journals written before migration 0045 (then see lines).
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)

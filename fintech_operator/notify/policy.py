@@ -10,7 +10,7 @@
 - :func:`classify`: what an HTTP answer (or its absence) means for the delivery;
   :func:`refused`: a destination the guard refused (final, never retried).
 - :func:`parse_retry_after`: a receiver's ``Retry-After`` (on 429 and 503), a floor on
-  the schedule's wait for that retry, clamped to ``max_delay_seconds``.
+  the schedule's wait for that retry, clamped to ``delay_seconds_max``.
 - :func:`next_step`: the step after one attempt, from all of the above.
 
 Every state is an immutable value; each transition returns a new one, so the worker
@@ -62,34 +62,34 @@ class NextStep:
 class RetryPolicy:
     """Attempts and waits of one delivery."""
 
-    max_attempts: int = 10
+    attempts_max: int = 10
     initial_delay_seconds: float = 5.0
-    max_delay_seconds: float = 3600.0
-    max_age_seconds: float = 3 * 86_400.0
+    delay_seconds_max: float = 3600.0
+    age_seconds_max: float = 3 * 86_400.0
 
     def __post_init__(self) -> None:
-        if type(self.max_attempts) is not int or not 1 <= self.max_attempts <= ATTEMPTS_MAX:
-            raise PolicyError(f"max_attempts must be an int in 1..{ATTEMPTS_MAX}")
-        if not 0 < self.initial_delay_seconds <= self.max_delay_seconds <= DELAY_SECONDS_MAX:
-            raise PolicyError("need 0 < initial_delay_seconds <= max_delay_seconds <= 86400")
-        if not 0 < self.max_age_seconds <= AGE_SECONDS_MAX:
-            raise PolicyError(f"max_age_seconds must be in (0, {AGE_SECONDS_MAX:.0f}]")
+        if type(self.attempts_max) is not int or not 1 <= self.attempts_max <= ATTEMPTS_MAX:
+            raise PolicyError(f"attempts_max must be an int in 1..{ATTEMPTS_MAX}")
+        if not 0 < self.initial_delay_seconds <= self.delay_seconds_max <= DELAY_SECONDS_MAX:
+            raise PolicyError("need 0 < initial_delay_seconds <= delay_seconds_max <= 86400")
+        if not 0 < self.age_seconds_max <= AGE_SECONDS_MAX:
+            raise PolicyError(f"age_seconds_max must be in (0, {AGE_SECONDS_MAX:.0f}]")
 
     def delay_after(self, attempt: int) -> float:
         """Wait after failed attempt number ``attempt`` (1-based): initial x 2^(n-1), capped."""
         if type(attempt) is not int or attempt < 1:
             raise PolicyError("attempt numbers start at 1")
         return float(
-            min(self.max_delay_seconds, self.initial_delay_seconds * 2 ** min(attempt - 1, 40))
+            min(self.delay_seconds_max, self.initial_delay_seconds * 2 ** min(attempt - 1, 40))
         )
 
     def schedule(self) -> list[float]:
-        """Every wait between attempts, in order (one fewer than ``max_attempts``)."""
-        return [self.delay_after(n) for n in range(1, self.max_attempts)]
+        """Every wait between attempts, in order (one fewer than ``attempts_max``)."""
+        return [self.delay_after(n) for n in range(1, self.attempts_max)]
 
     def honoured(self, retry_after_seconds: float) -> float:
-        """A receiver's requested wait, clamped to [RETRY_AFTER_SECONDS_MIN, max_delay_seconds]."""
-        return min(self.max_delay_seconds, max(RETRY_AFTER_SECONDS_MIN, retry_after_seconds))
+        """A receiver's requested wait, clamped to [RETRY_AFTER_SECONDS_MIN, delay_seconds_max]."""
+        return min(self.delay_seconds_max, max(RETRY_AFTER_SECONDS_MIN, retry_after_seconds))
 
     def after_failure(
         self, attempts_made: int, age_seconds: float, retry_after_seconds: float | None = None
@@ -101,17 +101,17 @@ class RetryPolicy:
         per-second rate limiter never burns the attempts in seconds instead of the schedule's
         hours (RFC 9110: the client "ought to wait" at least that long).
         """
-        if attempts_made >= self.max_attempts:
+        if attempts_made >= self.attempts_max:
             return NextStep(Verdict.EXHAUSTED)
         delay = self.delay_after(attempts_made)
         if retry_after_seconds is not None:
             delay = max(delay, self.honoured(retry_after_seconds))
-        if age_seconds + delay > self.max_age_seconds:
+        if age_seconds + delay > self.age_seconds_max:
             return NextStep(Verdict.EXPIRED)
         return NextStep(Verdict.RETRY, delay)
 
     def expired(self, age_seconds: float) -> bool:
-        return age_seconds > self.max_age_seconds
+        return age_seconds > self.age_seconds_max
 
 
 class Circuit(enum.StrEnum):

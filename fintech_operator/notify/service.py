@@ -49,7 +49,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import consuming, deadletter, envelope, relay, schema, topics, wakeup
+from fintech_operator.events import (
+    consuming,
+    deadletter,
+    envelope,
+    kafka,
+    relay,
+    schema,
+    topics,
+    wakeup,
+)
 from fintech_operator.notify import coverage, destination, endpoints, store, worker
 from fintech_operator.observability import metrics, tracing
 
@@ -218,10 +227,7 @@ class Notifier:
         owned = await self.ownership.sync(set(by_uid))
         async with self.pool.connection() as conn:
             for uid in owned:
-                ep = by_uid[uid]
-                await store.register(
-                    conn, uid, ep.namespace, ep.name, ep.generation, self.owner, ep.problem
-                )
+                await store.register(conn, by_uid[uid], self.owner)
         for uid in set(self.workers) - owned:
             await self.workers.pop(uid).stop()
         for uid in owned:
@@ -346,7 +352,7 @@ async def _clean_loop(notifier: Notifier, stop: asyncio.Event) -> None:
 async def _route_loop(
     notifier: Notifier, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
 ) -> None:
-    async for records in consuming.batches(consumer, stop, max_records=ROUTE_BATCH_MAX):
+    async for records in consuming.batches(consumer, stop, records_max=ROUTE_BATCH_MAX):
         routed = await notifier.route_batch(producer, records)
         # After the deliveries' transaction; routing a record again queues nothing new.
         await consuming.commit(consumer, on_failure="the records will be routed again (no effect)")
@@ -376,7 +382,7 @@ async def run(
     settings: config.Settings, namespaces: Sequence[str], group_id: str, stop: asyncio.Event
 ) -> None:
     """Run the notifier until ``stop`` is set."""
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).

@@ -11,7 +11,7 @@ import datetime
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import psycopg
 
@@ -136,10 +136,10 @@ async def seconds_until_next(
 
 
 async def expire(
-    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, max_age_seconds: float
+    conn: psycopg.AsyncConnection[Any], webhook_uid: uuid.UUID, age_seconds_max: float
 ) -> int:
-    """Give up on deliveries that waited longer than ``max_age_seconds``; return how many."""
-    row = await (await conn.execute(_EXPIRE, (webhook_uid, max_age_seconds))).fetchone()
+    """Give up on deliveries that waited longer than ``age_seconds_max``; return how many."""
+    row = await (await conn.execute(_EXPIRE, (webhook_uid, age_seconds_max))).fetchone()
     expired = int(row[0]) if row else 0
     if expired:
         await conn.execute(
@@ -150,57 +150,96 @@ async def expire(
     return expired
 
 
-async def register(
-    conn: psycopg.AsyncConnection[Any],
-    webhook_uid: uuid.UUID,
-    namespace: str,
-    name: str,
-    generation: int,
-    owner: str,
-    problem: str | None,
-) -> None:
+class Registered(Protocol):
+    """What :func:`register` reads of an endpoint (``endpoints.Endpoint`` has it all)."""
+
+    @property
+    def uid(self) -> uuid.UUID: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def problem(self) -> str | None: ...
+
+
+async def register(conn: psycopg.AsyncConnection[Any], endpoint: Registered, owner: str) -> None:
     """Say that ``owner`` serves this endpoint, and what holds its deliveries if anything."""
+    problem = endpoint.problem
     await conn.execute(
         _REGISTER,
         (
-            webhook_uid,
-            namespace,
-            name,
-            generation,
+            endpoint.uid,
+            endpoint.namespace,
+            endpoint.name,
+            endpoint.generation,
             owner,
             None if problem is None else problem[:1000],
         ),
     )
 
 
-async def record_attempt(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    webhook_uid: uuid.UUID,
-    delivery: Due,
-    attempt: policy.Attempt,
-    duration_ms: int,
-    step: policy.NextStep | None,
-    breaker: policy.CircuitBreaker,
-) -> None:
-    """Log one attempt, move the delivery on, and save the endpoint's state, atomically.
+@dataclass(frozen=True)
+class AttemptResult:
+    """One finished attempt at a delivery: what happened, how long it took, what comes next.
 
     ``step`` is None after a success; otherwise it says retry (with its delay) or give up.
+    """
+
+    delivery: Due
+    attempt: policy.Attempt
+    duration_ms: int
+    step: policy.NextStep | None
+
+    @property
+    def number(self) -> int:
+        return self.delivery.attempts + 1
+
+    @property
+    def error(self) -> str | None:
+        return None if self.attempt.error is None else self.attempt.error[:ERROR_MAX_CHARS]
+
+    def verdict_is(self, verdict: policy.Verdict) -> bool:
+        return self.step is not None and self.step.verdict is verdict
+
+
+async def record_attempt(
+    conn: psycopg.AsyncConnection[Any],
+    webhook_uid: uuid.UUID,
+    result: AttemptResult,
+    breaker: policy.CircuitBreaker,
+) -> None:
+    """Log one attempt, move the delivery on, and save the endpoint's state, atomically
+    (the caller holds the transaction).
+
     A refused destination becomes the endpoint's problem (shown as the Webhook's reason);
     any attempt that got past the guard clears that problem.
     """
-    number = delivery.attempts + 1
-    error = None if attempt.error is None else attempt.error[:ERROR_MAX_CHARS]
     await conn.execute(
         "INSERT INTO webhook_delivery_attempts"
         " (delivery_id, attempt, outcome, status_code, error, duration_ms)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
-        (delivery.id, number, attempt.outcome.value, attempt.status_code, error, duration_ms),
+        (
+            result.delivery.id,
+            result.number,
+            result.attempt.outcome.value,
+            result.attempt.status_code,
+            result.error,
+            result.duration_ms,
+        ),
     )
-    if step is None:
+    finished = await _move_delivery_on(conn, result)
+    await _save_endpoint(conn, webhook_uid, result, breaker, finished=finished)
+
+
+async def _move_delivery_on(conn: psycopg.AsyncConnection[Any], result: AttemptResult) -> bool:
+    """Delivered, retried later or failed; return whether the delivery is finished."""
+    if result.step is None:
         state, next_in, finished = "delivered", 0.0, True
-    elif step.verdict is policy.Verdict.RETRY:
-        state, next_in, finished = "pending", step.delay_seconds, False
+    elif result.step.verdict is policy.Verdict.RETRY:
+        state, next_in, finished = "pending", result.step.delay_seconds, False
     else:
         state, next_in, finished = "failed", 0.0, True
     await conn.execute(
@@ -209,44 +248,63 @@ async def record_attempt(
         " last_status_code = %s, last_error = %s,"
         " finished_at = CASE WHEN %s THEN now() END"
         " WHERE id = %s AND state = 'pending'",
-        (state, number, next_in, attempt.status_code, error, finished, delivery.id),
+        (
+            state,
+            result.number,
+            next_in,
+            result.attempt.status_code,
+            result.error,
+            finished,
+            result.delivery.id,
+        ),
     )
-    delivered = step is None
-    refused = None if step is None or step.verdict is not policy.Verdict.REFUSED else error
-    outcome = (
-        "Expired"
-        if step is not None and step.verdict is policy.Verdict.EXPIRED
-        else (attempt.outcome.value)
-    )
+    return finished
+
+
+_SAVE_ENDPOINT: Final = """
+UPDATE webhook_endpoints
+   SET circuit = %s,
+       circuit_open_until = to_timestamp(%s),
+       consecutive_failures = %s,
+       last_attempt_at = now(),
+       last_success_at = CASE WHEN %s THEN now() ELSE last_success_at END,
+       last_event_id = %s, last_event_type = %s, last_outcome = %s,
+       last_status_code = %s, last_error = %s,
+       delivered_total = delivered_total + CASE WHEN %s THEN 1 ELSE 0 END,
+       failed_total = failed_total + CASE WHEN %s THEN 1 ELSE 0 END,
+       problem = CASE
+           WHEN %s::text IS NOT NULL THEN left(%s::text, 1000)
+           WHEN problem LIKE 'DestinationRefused:%%' THEN NULL
+           ELSE problem END,
+       updated_at = now()
+ WHERE webhook_uid = %s
+"""
+
+
+async def _save_endpoint(
+    conn: psycopg.AsyncConnection[Any],
+    webhook_uid: uuid.UUID,
+    result: AttemptResult,
+    breaker: policy.CircuitBreaker,
+    *,
+    finished: bool,
+) -> None:
+    delivered = result.step is None
+    refused = result.error if result.verdict_is(policy.Verdict.REFUSED) else None
+    expired = result.verdict_is(policy.Verdict.EXPIRED)
+    outcome = "Expired" if expired else result.attempt.outcome.value
     await conn.execute(
-        """
-        UPDATE webhook_endpoints
-           SET circuit = %s,
-               circuit_open_until = to_timestamp(%s),
-               consecutive_failures = %s,
-               last_attempt_at = now(),
-               last_success_at = CASE WHEN %s THEN now() ELSE last_success_at END,
-               last_event_id = %s, last_event_type = %s, last_outcome = %s,
-               last_status_code = %s, last_error = %s,
-               delivered_total = delivered_total + CASE WHEN %s THEN 1 ELSE 0 END,
-               failed_total = failed_total + CASE WHEN %s THEN 1 ELSE 0 END,
-               problem = CASE
-                   WHEN %s::text IS NOT NULL THEN left(%s::text, 1000)
-                   WHEN problem LIKE 'DestinationRefused:%%' THEN NULL
-                   ELSE problem END,
-               updated_at = now()
-         WHERE webhook_uid = %s
-        """,
+        _SAVE_ENDPOINT,
         (
             breaker.state.value,
             breaker.open_until,
             breaker.consecutive_failures,
             delivered,
-            delivery.event_id,
-            delivery.event_type,
+            result.delivery.event_id,
+            result.delivery.event_type,
             outcome,
-            attempt.status_code,
-            error,
+            result.attempt.status_code,
+            result.error,
             delivered,
             finished and not delivered,
             refused,

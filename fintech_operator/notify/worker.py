@@ -158,7 +158,7 @@ class EndpointWorker:
             return
         self._last_expire = now
         async with self._pool.connection() as conn:
-            expired = await store.expire(conn, endpoint.uid, endpoint.retry.max_age_seconds)
+            expired = await store.expire(conn, endpoint.uid, endpoint.retry.age_seconds_max)
         if expired:
             log.warning("webhook %s: %d deliveries expired", endpoint.ref, expired)
 
@@ -195,15 +195,8 @@ class EndpointWorker:
             )
         metrics.webhook_delivery(_metric_outcome(step), duration_ms / 1000)
         async with self._pool.connection() as conn, conn.transaction():
-            await store.record_attempt(
-                conn,
-                webhook_uid=endpoint.uid,
-                delivery=delivery,
-                attempt=attempt,
-                duration_ms=duration_ms,
-                step=step,
-                breaker=self._breaker,
-            )
+            result = store.AttemptResult(delivery, attempt, duration_ms, step)
+            await store.record_attempt(conn, endpoint.uid, result, self._breaker)
 
     async def _send(self, endpoint: endpoints.Endpoint, delivery: store.Due) -> policy.Attempt:
         key = endpoint.key

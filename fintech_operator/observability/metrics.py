@@ -142,6 +142,53 @@ collect_errors_total = Counter(
     registry=REGISTRY,
 )
 
+# The gateway answers within a 1.5 s budget and aims at a few milliseconds: fine buckets low.
+GATEWAY_BUCKETS_SECONDS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
+)  # fmt: skip
+GATEWAY_ENDPOINTS: Final = frozenset({"authorize", "increment", "capture", "void", "get"})
+GATEWAY_REFUSALS: Final = frozenset(
+    {"unsigned", "stale", "bad_signature", "too_large", "invalid", "card_number"}
+)
+gateway_requests_total = Counter(
+    "fintech_gateway_requests_total",
+    "Requests answered by the authorization gateway, by endpoint and HTTP status code.",
+    ["endpoint", "code"],
+    registry=REGISTRY,
+)
+gateway_request_duration_seconds = Histogram(
+    "fintech_gateway_request_duration_seconds",
+    "Time from a request's arrival at the gateway to its answer, by endpoint.",
+    ["endpoint"],
+    buckets=GATEWAY_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+gateway_refused_total = Counter(
+    "fintech_gateway_refused_total",
+    "Requests refused before any work, by why: unsigned, stale, bad_signature (401), "
+    "too_large (413), invalid, card_number (422).",
+    ["reason"],
+    registry=REGISTRY,
+)
+gateway_decisions_total = Counter(
+    "fintech_gateway_decisions_total",
+    "Answers that carry a reason (Approved or a decline reason), by endpoint and reason.",
+    ["endpoint", "reason"],
+    registry=REGISTRY,
+)
+gateway_in_flight = Gauge(
+    "fintech_gateway_in_flight",
+    "Signed requests the gateway is working on now (bounded by FINTECH_GATEWAY_IN_FLIGHT_MAX).",
+    registry=REGISTRY,
+)
+gateway_settle_total = Counter(
+    "fintech_gateway_settle_total",
+    "Requests that missed their deadline and were settled afterwards, by outcome "
+    "(settled, failed: retries ran out and the request needs an operator's look).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 
 def _word(value: object) -> str:
     text = str(value) if value is not None else ""
@@ -216,6 +263,29 @@ def notifier_route_held(held_seconds: float, uncovered: int) -> None:
 def collect_error(source: str) -> None:
     """Count a failed run of a periodic collector."""
     collect_errors_total.labels(_token(source)).inc()
+
+
+def gateway_answered(endpoint: str, code: int, duration_seconds: float) -> None:
+    """Count one answer of the gateway and time it."""
+    label = _member(endpoint, GATEWAY_ENDPOINTS)
+    gateway_requests_total.labels(label, str(code) if 100 <= code <= 599 else OTHER).inc()
+    gateway_request_duration_seconds.labels(label).observe(max(0.0, duration_seconds))
+
+
+def gateway_refused(reason: str) -> None:
+    """Count a request refused before any work (401, 413, 422)."""
+    gateway_refused_total.labels(_member(reason, GATEWAY_REFUSALS)).inc()
+
+
+def gateway_decision(endpoint: str, reason: object) -> None:
+    """Count an answer's reason; ``RiskDeclined:<rule>`` counts as ``RiskDeclined``."""
+    word = str(reason).split(":", 1)[0] if reason is not None else ""
+    gateway_decisions_total.labels(_member(endpoint, GATEWAY_ENDPOINTS), _word(word)).inc()
+
+
+def gateway_settled(ok: bool) -> None:
+    """Count a request settled after its deadline (or given up on)."""
+    gateway_settle_total.labels("settled" if ok else "failed").inc()
 
 
 @dataclass
@@ -310,6 +380,10 @@ __all__ = [
     "collect_error",
     "consumer_event",
     "currency_label",
+    "gateway_answered",
+    "gateway_decision",
+    "gateway_refused",
+    "gateway_settled",
     "kafka_produced",
     "posting_decided",
     "reconcile",

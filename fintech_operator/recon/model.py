@@ -156,6 +156,9 @@ class Plan:
     window: Window | None
     event_lag_seconds_max: int
     dry_run: bool
+    # False: only the run's own namespace's money (DESIGN.md invariant 10); True: the whole
+    # ledger, which the handler allows only in the administrator's one namespace for it.
+    cluster_wide: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """From the API's ReconciliationRun spec to the core's plan (pure translation, no I/O).
 
-Not imported by ``fintech_operator.recon`` itself: the API imports the core's cron rules, so
-the core's package must not import the API back.
+The API is the bottom layer: this module imports it, the API never imports recon (cron
+parsing lives in ``api.cron``; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -21,4 +21,23 @@ def plan_of(spec: api.ReconciliationRunSpec) -> model.Plan:
         window=window,
         event_lag_seconds_max=spec.event_lag_seconds_max,
         dry_run=spec.dry_run,
+        cluster_wide=spec.scope is api.RunScope.CLUSTER,
+    )
+
+
+def cluster_scope_refusal(
+    spec: api.ReconciliationRunSpec, namespace: str, allowed: str
+) -> str | None:
+    """Why a run may not have the scope it asks for, or None when it may (pure).
+
+    A cluster-wide run reads every namespace's money, so it is allowed only in the one
+    namespace the administrator named (``allowed``; empty: nowhere). Who may create runs
+    there is then an RBAC decision on that namespace.
+    """
+    if spec.scope is not api.RunScope.CLUSTER or (allowed and namespace == allowed):
+        return None
+    return (
+        "spec.scope Cluster compares every namespace's money and is allowed only in the "
+        "namespace the operator's administrator chose for it (setting "
+        "FINTECH_RECON_CLUSTER_NAMESPACE); use scope Namespace here"
     )

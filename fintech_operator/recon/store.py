@@ -35,7 +35,7 @@ from psycopg import errors, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from fintech_operator.events import schema
+from fintech_operator.events import outbox, schema
 from fintech_operator.ledger import model as ledger_model
 from fintech_operator.recon import model
 from fintech_operator.rewards import points
@@ -181,7 +181,7 @@ def execute(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 _lock(conn, claimed, limits)
-                summary = _reconcile(conn, claimed.run_id, plan, records, stop)
+                summary = _reconcile(conn, claimed.run_id, plan, scope_of(key, plan), records, stop)
                 return _succeed(conn, key, plan, claimed.run_id, summary)
         except model.SourceError as exc:
             conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
@@ -264,41 +264,68 @@ def completed_event(
 
 def write_event(conn: Connection, event: ledger_model.OutboxEvent) -> bool:
     """Insert an event in the caller's transaction; False when its id was already written."""
-    cur = conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, payload, headers)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-        (
-            event.event_id,
-            event.topic,
-            event.key,
-            Jsonb(dict(event.payload)),
-            Jsonb(dict(event.headers)),
-        ),
-    )
-    return cur.rowcount == 1
+    return outbox.write_blocking(conn, [event]) == 1
 
 
 # --- The work, inside the run's transaction ---------------------------------------------------
+
+
+def scope_of(key: RunKey, plan: model.Plan) -> str | None:
+    """The namespace whose money a run compares, or None for the whole ledger (DESIGN.md
+    invariant 10). Cluster-wide only when the plan says so; the handler allows that only in
+    the namespace the administrator named (FINTECH_RECON_CLUSTER_NAMESPACE)."""
+    return None if plan.cluster_wide else key.namespace
+
+
+# A journal moves the money of the namespace it names (ledger.engine writes it), or, written
+# before migration 0045 (namespace NULL), of the namespace of the card accounts it touches:
+# those are listed once per run in recon_scope_legacy, so every check probes a hashed set
+# instead of running a correlated query per row. ``%(scope)s`` NULL: every journal (a
+# cluster-wide run). ``{j}`` is the alias of the journals row.
+_JOURNAL_IN_SCOPE: Final = """(
+    %(scope)s::text IS NULL
+    OR {j}.namespace = %(scope)s::text
+    OR ({j}.namespace IS NULL AND {j}.id IN (SELECT id FROM recon_scope_legacy)))"""
+
+# The namespace's journals written before 0045. The first probe reads the (namespace, key)
+# index: a ledger with no such journal (any ledger created at 0045 or later) skips the scan.
+_SCOPE_LEGACY: Final = """
+CREATE TEMP TABLE recon_scope_legacy ON COMMIT DROP AS
+SELECT DISTINCT e.journal_id AS id
+  FROM accounts a
+  JOIN entries e ON e.account_id = a.id
+  JOIN journals j ON j.id = e.journal_id
+ WHERE a.namespace = %(scope)s::text AND j.namespace IS NULL
+   AND %(scope)s::text IS NOT NULL
+   AND EXISTS (SELECT 1 FROM journals WHERE namespace IS NULL)
+"""
+
+
+def _scope_legacy(conn: Connection, scope: str | None) -> None:
+    conn.execute(_SCOPE_LEGACY, {"scope": scope})
+    conn.execute("ANALYZE recon_scope_legacy")
 
 
 def _reconcile(
     conn: Connection,
     run_id: int,
     plan: model.Plan,
+    scope: str | None,
     records: RecordSource | None,
     stop: threading.Event,
 ) -> model.Summary:
     conn.execute(FOUND_DDL)
+    _scope_legacy(conn, scope)
     records_read = ledger_references = matched = 0
     if model.Check.SETTLEMENT in plan.checks and records is not None:
         records_read = _load(conn, records, stop)
-        ledger_references, matched = _settlement(conn, plan)
+        ledger_references, matched = _settlement(conn, plan, scope)
     if model.Check.TRIAL_BALANCE in plan.checks:
-        _trial_balance(conn, plan.window)
+        _trial_balance(conn, plan.window, scope)
     if model.Check.REWARDS in plan.checks:
-        _rewards(conn, plan.window, stop)
+        _rewards(conn, plan.window, scope, stop)
     if model.Check.EVENTS in plan.checks:
-        _events(conn, plan.event_lag_seconds_max)
+        _events(conn, plan.event_lag_seconds_max, scope)
     counts = {
         str(kind): int(count)
         for kind, count in conn.execute(
@@ -374,7 +401,7 @@ CREATE TEMP TABLE recon_found (
 ) ON COMMIT DROP
 """
 
-_LEDGER: Final = """
+_LEDGER: Final = f"""
 CREATE TEMP TABLE recon_ledger ON COMMIT DROP AS
 SELECT j.reference,
        sum(CASE e.direction WHEN 'credit' THEN e.amount_minor ELSE -e.amount_minor END)::bigint
@@ -395,6 +422,7 @@ SELECT j.reference,
    AND NOT EXISTS (SELECT 1 FROM journals r WHERE r.reverses_journal_id = j.id)
    AND j.occurred_at >= %(start)s - make_interval(secs => %(slack)s)
    AND j.occurred_at < %(end)s + make_interval(secs => %(slack)s)
+   AND {_JOURNAL_IN_SCOPE.format(j="j")}
  GROUP BY j.reference
 """
 
@@ -461,19 +489,20 @@ SELECT 'Settlement', 'DuplicateRecord', 'error', s.reference, s.line_no,
 """
 
 
-def _window_params(window: model.Window | None) -> dict[str, Any]:
+def _window_params(window: model.Window | None, scope: str | None) -> dict[str, Any]:
     if window is None:
         return {
             "start": datetime.datetime.min.replace(tzinfo=datetime.UTC),
             "end": datetime.datetime.max.replace(tzinfo=datetime.UTC),
+            "scope": scope,
         }
-    return {"start": window.start, "end": window.end}
+    return {"start": window.start, "end": window.end, "scope": scope}
 
 
-def _settlement(conn: Connection, plan: model.Plan) -> tuple[int, int]:
+def _settlement(conn: Connection, plan: model.Plan, scope: str | None) -> tuple[int, int]:
     """Classify every reference; returns (ledger references in the window, matched)."""
     params = {
-        **_window_params(plan.window),
+        **_window_params(plan.window, scope),
         "slack": plan.tolerances.time_seconds,
         "amount_tolerance": plan.tolerances.amount_minor,
     }
@@ -501,7 +530,7 @@ def _settlement(conn: Connection, plan: model.Plan) -> tuple[int, int]:
 # --- Trial balance ----------------------------------------------------------------------------
 
 
-_UNBALANCED: Final = """
+_UNBALANCED: Final = f"""
 INSERT INTO recon_found (check_name, kind, severity, reference, expected, actual)
 SELECT 'TrialBalance', 'UnbalancedJournal', 'error', 'journal ' || t.journal_id,
        'debits equal credits in ' || t.currency,
@@ -513,6 +542,7 @@ SELECT 'TrialBalance', 'UnbalancedJournal', 'error', 'journal ' || t.journal_id,
           FROM entries e
           JOIN journals j ON j.id = e.journal_id
          WHERE j.occurred_at >= %(start)s AND j.occurred_at < %(end)s
+           AND {_JOURNAL_IN_SCOPE.format(j="j")}
          GROUP BY e.journal_id, e.currency
        ) t
  WHERE t.debits <> t.credits
@@ -543,10 +573,73 @@ SELECT 'TrialBalance', 'BalanceDrift', 'error', d.code,
 """
 
 
-def _trial_balance(conn: Connection, window: model.Window | None) -> None:
-    conn.execute(_UNBALANCED, _window_params(window))
-    conn.execute(_IMBALANCE)
-    conn.execute(_DRIFT)
+# A namespace shares the system accounts with every other namespace, so their totals are
+# nobody's business but a cluster-wide run's. A namespaced run checks its own share instead:
+# its card accounts' balances plus its journals' system-account entries sum to zero per
+# currency, and its card accounts' balances equal their entries.
+_SCOPE_JOURNALS: Final = """
+CREATE TEMP TABLE recon_scope_journals ON COMMIT DROP AS
+SELECT id FROM journals WHERE namespace = %(scope)s
+UNION ALL
+SELECT id FROM recon_scope_legacy
+"""
+
+_SCOPED_IMBALANCE: Final = """
+INSERT INTO recon_found (check_name, kind, severity, reference, expected, actual)
+SELECT 'TrialBalance', 'CurrencyImbalance', 'error', t.currency,
+       'the namespace''s accounts and its entries on system accounts sum to zero',
+       'debits ' || t.debits || ', credits ' || t.credits
+  FROM (
+        SELECT currency, sum(debits) AS debits, sum(credits) AS credits
+          FROM (
+                SELECT a.currency::text AS currency, b.debits_minor AS debits,
+                       b.credits_minor AS credits
+                  FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                 WHERE a.namespace = %(scope)s
+                UNION ALL
+                SELECT e.currency::text,
+                       CASE e.direction WHEN 'debit' THEN e.amount_minor ELSE 0 END,
+                       CASE e.direction WHEN 'credit' THEN e.amount_minor ELSE 0 END
+                  FROM recon_scope_journals s
+                  JOIN entries e ON e.journal_id = s.id
+                  JOIN accounts a ON a.id = e.account_id AND a.kind = 'system'
+               ) parts
+         GROUP BY currency
+       ) t
+ WHERE t.debits <> t.credits
+ ORDER BY t.currency
+"""
+
+_SCOPED_DRIFT: Final = """
+INSERT INTO recon_found (check_name, kind, severity, reference, expected, actual)
+SELECT 'TrialBalance', 'BalanceDrift', 'error', a.code,
+       'entries: debits ' || s.debits || ', credits ' || s.credits,
+       'balance: debits ' || b.debits_minor || ', credits ' || b.credits_minor
+  FROM accounts a
+  JOIN account_balances b ON b.account_id = a.id
+  CROSS JOIN LATERAL (
+        SELECT coalesce(sum(e.amount_minor) FILTER (WHERE e.direction = 'debit'), 0) AS debits,
+               coalesce(sum(e.amount_minor) FILTER (WHERE e.direction = 'credit'), 0) AS credits,
+               count(*) AS entry_count
+          FROM entries e WHERE e.account_id = a.id
+       ) s
+ WHERE a.namespace = %(scope)s
+   AND (b.debits_minor, b.credits_minor, b.entry_count)
+       IS DISTINCT FROM (s.debits, s.credits, s.entry_count)
+ ORDER BY a.code
+"""
+
+
+def _trial_balance(conn: Connection, window: model.Window | None, scope: str | None) -> None:
+    conn.execute(_UNBALANCED, _window_params(window, scope))
+    if scope is None:
+        conn.execute(_IMBALANCE)
+        conn.execute(_DRIFT)
+        return
+    conn.execute(_SCOPE_JOURNALS, {"scope": scope})
+    conn.execute("ANALYZE recon_scope_journals")
+    conn.execute(_SCOPED_IMBALANCE, {"scope": scope})
+    conn.execute(_SCOPED_DRIFT, {"scope": scope})
 
 
 # --- Rewards ----------------------------------------------------------------------------------
@@ -554,7 +647,7 @@ def _trial_balance(conn: Connection, window: model.Window | None) -> None:
 # Posting events in scope: applied by the rewards consumer (the others belong to the events
 # check) and, with a window, of journals that occurred in it. The payload is read both bare and
 # inside a CloudEvents envelope (``data``).
-_SCOPE: Final = """
+_SCOPE: Final = f"""
 CREATE TEMP TABLE recon_reward_events ON COMMIT DROP AS
 SELECT o.event_id, coalesce(o.payload -> 'data', o.payload) AS data
   FROM outbox o
@@ -565,6 +658,7 @@ SELECT o.event_id, coalesce(o.payload -> 'data', o.payload) AS data
                 WHERE p.consumer = %(consumer)s AND p.event_id = o.event_id)
    AND coalesce(j.occurred_at, o.created_at) >= %(start)s
    AND coalesce(j.occurred_at, o.created_at) < %(end)s
+   AND {_JOURNAL_IN_SCOPE.format(j="j")}
 """
 
 _EXPECTED_SOURCE: Final = """
@@ -591,14 +685,16 @@ SELECT 'Rewards', 'PointsMismatch', 'error', coalesce(e.card, a.card),
  ORDER BY 4
 """
 
-_ORPHANS: Final = """
+_ORPHANS: Final = f"""
 INSERT INTO recon_found (check_name, kind, severity, reference, expected, actual)
 SELECT 'Rewards', 'OrphanRewards', 'error', r.event_id::text,
        'a posting event for every rewards row',
        r.points || ' points for ' || r.card || ' with no posting event'
   FROM rewards_ledger r
+  JOIN journals j ON j.id = r.journal_id
  WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = r.event_id)
    AND r.created_at >= %(start)s AND r.created_at < %(end)s
+   AND {_JOURNAL_IN_SCOPE.format(j="j")}
  ORDER BY r.id
 """
 
@@ -628,8 +724,10 @@ def expected_points(row: tuple[Any, ...]) -> int:
     )
 
 
-def _rewards(conn: Connection, window: model.Window | None, stop: threading.Event) -> None:
-    params = _window_params(window)
+def _rewards(
+    conn: Connection, window: model.Window | None, scope: str | None, stop: threading.Event
+) -> None:
+    params = _window_params(window, scope)
     conn.execute(
         _SCOPE,
         {
@@ -699,6 +797,11 @@ def _flush_expected(conn: Connection, rows: list[tuple[str, int, int]]) -> None:
 
 # --- Events -----------------------------------------------------------------------------------
 
+# Every event the product writes is keyed <namespace>/<name> (events.schema: the card, the run,
+# the object), so an event's namespace is its key's first part. Not a hot path: the checks
+# below read these rows anyway, and this only filters them.
+_EVENT_IN_SCOPE: Final = "(%(scope)s::text IS NULL OR split_part(o.key, '/', 1) = %(scope)s::text)"
+
 _UNPUBLISHED: Final = f"""
 INSERT INTO recon_found (check_name, kind, severity, reference, expected, actual)
 SELECT 'Events', 'UnpublishedEvent', 'error', o.event_id::text,
@@ -708,6 +811,7 @@ SELECT 'Events', 'UnpublishedEvent', 'error', o.event_id::text,
   FROM outbox o
  WHERE o.published_at IS NULL
    AND o.created_at < now() - make_interval(secs => %(lag)s)
+   AND {_EVENT_IN_SCOPE}
  ORDER BY o.id
 """
 
@@ -723,12 +827,14 @@ SELECT 'Events', 'UnappliedEvent', 'error', o.event_id::text,
    AND o.published_at < now() - make_interval(secs => %(lag)s)
    AND NOT EXISTS (SELECT 1 FROM processed_events p
                     WHERE p.consumer = %(consumer)s AND p.event_id = o.event_id)
+   AND {_EVENT_IN_SCOPE}
  ORDER BY o.id
 """
 
 
-def _events(conn: Connection, lag_seconds: int) -> None:
+def _events(conn: Connection, lag_seconds: int, scope: str | None) -> None:
     params = {
+        "scope": scope,
         "lag": lag_seconds,
         "topic": POSTINGS_TOPIC,
         "type_re": _POSTING_EVENT_RE,

@@ -1,4 +1,8 @@
-"""The rewards consumer: ``postings`` events in, ``rewards_ledger`` rows out.
+"""The rewards consumer: ``postings`` and ``authorizations`` events in, ``rewards_ledger`` rows out.
+
+Points accrue on posted Purchases and on CAPTURED authorization amounts
+(``authorization.captured``, including force posts): a hold earns nothing until it is captured,
+and a hold that is voided or expires never earns. Refunds (Refund postings) take points back.
 
 Exactly once in effect. Each poll's records are applied in ONE PostgreSQL transaction
 that also records every event id in ``processed_events``; offsets are committed to
@@ -31,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import consuming, deadletter, relay, schema, topics
+from fintech_operator.events import consuming, deadletter, kafka, relay, schema, topics
 from fintech_operator.observability import tracing
 from fintech_operator.rewards import points, store
 
@@ -58,12 +62,13 @@ class Outcome:
     dead_lettered: int = 0
 
 
-def plan(record: Any) -> Planned | deadletter.Poison:
-    """Decode a record and compute its points (pure); a Poison says why it cannot apply."""
+def plan(record: Any) -> Planned | deadletter.Poison | None:
+    """Decode a record and compute its points (pure); a Poison says why it cannot apply, None
+    that it is an authorization step that moves no money (only captures earn)."""
     facts = schema.posting_facts(record.value)  # the usual shape, in one pass
     if facts is None:
         slow = _facts(record)
-        if isinstance(slow, deadletter.Poison):
+        if not isinstance(slow, schema.PostingFacts):
             return slow
         facts = slow
     data = facts.data
@@ -99,23 +104,55 @@ def plan(record: Any) -> Planned | deadletter.Poison:
     return Planned(record, entry)
 
 
-def _facts(record: Any) -> schema.PostingFacts | deadletter.Poison:
-    """The full decoder, for anything but the usual shape: it accepts it or says why not."""
+def _facts(record: Any) -> schema.PostingFacts | Planned | deadletter.Poison | None:
+    """The full decoder, for anything but the usual posting shape: it accepts it or says why
+    not. Authorization captures are planned here; other authorization steps earn nothing."""
     try:
         event = schema.decode(record.value)
     except schema.EventError as exc:
         return deadletter.Poison(record, f"invalid event: {exc}")
     data = event.data
+    if isinstance(data, schema.AuthorizationCapturedData):
+        return _plan_capture(record, event, data)
+    if isinstance(data, schema.AuthorizationData):
+        return None  # A hold, decline, increment, void or expiry: nothing was spent.
     if not isinstance(data, schema.PostingPostedData | schema.PostingReversedData):
         return deadletter.Poison(record, f"event type {event.type} is not for rewards")
     return schema.PostingFacts(event.event_id, event.type, event.envelope.moment, data)
 
 
+def _plan_capture(
+    record: Any, event: schema.Event, data: schema.AuthorizationCapturedData
+) -> Planned | deadletter.Poison:
+    """Points on a captured amount, as on a Purchase posting of it (holds never earn)."""
+    try:
+        signed = points.for_posting(
+            "Purchase", data.step_amount, data.rewards_rate_bps, data.earn_on
+        )
+    except points.PointsError as exc:
+        return deadletter.Poison(record, f"invalid amounts: {exc}")
+    entry = store.Entry(
+        event_id=event.event_id,
+        event_type=event.type,
+        card=data.card,
+        posting=None,
+        journal_id=data.journal_id,
+        posting_type="Purchase",
+        points=signed,
+        amount_minor=data.step_amount,
+        currency=data.currency,
+        rate_bps=data.rewards_rate_bps,
+        reverses_journal_id=None,
+        occurred_at=event.envelope.moment,
+    )
+    return Planned(record, entry)
+
+
 async def apply_batch(
-    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], max_attempts: int
+    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], attempts_max: int
 ) -> tuple[int, list[deadletter.Poison]]:
     """Apply in one transaction; return (events applied now, events the database refused)."""
-    for attempt in range(1, max_attempts + 1):
+    for attempt in range(1, attempts_max + 1):
         try:
             async with pool.connection() as conn, conn.transaction():
                 applied = await store.apply(conn, CONSUMER_NAME, [p.entry for p in planned])
@@ -123,9 +160,9 @@ async def apply_batch(
         except _DATA_ERRORS:
             return await _apply_one_by_one(pool, planned)
         except psycopg.OperationalError:
-            if attempt == max_attempts:
+            if attempt == attempts_max:
                 raise
-            log.warning("database unavailable, attempt %d/%d", attempt, max_attempts)
+            log.warning("database unavailable, attempt %d/%d", attempt, attempts_max)
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
     raise AssertionError("unreachable: the loop returns or raises")
 
@@ -152,7 +189,7 @@ async def process(
     records: Sequence[Any],
     *,
     prefix: str,
-    max_attempts: int,
+    attempts_max: int,
 ) -> Outcome:
     """Dead-letter what cannot apply, apply the rest in one transaction."""
     planned: list[Planned] = []
@@ -161,9 +198,9 @@ async def process(
         result = plan(record)
         if isinstance(result, Planned):
             planned.append(result)
-        else:
+        elif result is not None:
             poisons.append(result)
-    applied, refused = await apply_batch(pool, planned, max_attempts) if planned else (0, [])
+    applied, refused = await apply_batch(pool, planned, attempts_max) if planned else (0, [])
     poisons += refused
     await consuming.dead_letter(producer, poisons, consumer=CONSUMER_NAME, prefix=prefix)
     return Outcome(
@@ -174,15 +211,19 @@ async def process(
 
 
 def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
-    """A consumer of ``postings`` in batches of ``FINTECH_CONSUMER_BATCH_SIZE``."""
+    """A consumer of ``postings`` and ``authorizations`` (captures earn) in batches of
+    ``FINTECH_CONSUMER_BATCH_SIZE``."""
     return consuming.new_consumer(
-        settings, group_id, [topics.POSTINGS], max_poll_records=settings.consumer_batch_size
+        settings,
+        group_id,
+        [topics.POSTINGS, topics.AUTHORIZATIONS],
+        max_poll_records=settings.consumer_batch_size,
     )
 
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
     pool = await consuming.open_pool(settings)
@@ -191,14 +232,14 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     log.info("rewards consumer started in group %s", group_id)
     try:
         async for records in consuming.batches(
-            consumer, stop, max_records=settings.consumer_batch_size
+            consumer, stop, records_max=settings.consumer_batch_size
         ):
             outcome = await process(
                 pool,
                 producer,
                 records,
                 prefix=settings.topic_prefix,
-                max_attempts=settings.consumer_max_attempts,
+                attempts_max=settings.consumer_max_attempts,
             )
             # Only now, with the batch's transaction committed. A commit lost to a rebalance
             # or a broker error redelivers records already in processed_events: no effect.

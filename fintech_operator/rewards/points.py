@@ -17,7 +17,7 @@ from collections.abc import Collection
 from fintech_operator import api
 
 BPS_DENOMINATOR = 10_000
-MAX_RATE_BPS = 10_000
+RATE_BPS_MAX = 10_000
 AMOUNT_MINOR_MAX = 10**15
 # The API declares the posting types once (Posting.spec.type).
 POSTING_TYPES = frozenset(t.value for t in api.PostingType)
@@ -32,8 +32,8 @@ def _check(amount_minor: int, rate_bps: int) -> None:
         raise PointsError(
             f"amount_minor must be an int in 1..{AMOUNT_MINOR_MAX}, got {amount_minor!r}"
         )
-    if type(rate_bps) is not int or not 0 <= rate_bps <= MAX_RATE_BPS:
-        raise PointsError(f"rate_bps must be an int in 0..{MAX_RATE_BPS}, got {rate_bps!r}")
+    if type(rate_bps) is not int or not 0 <= rate_bps <= RATE_BPS_MAX:
+        raise PointsError(f"rate_bps must be an int in 0..{RATE_BPS_MAX}, got {rate_bps!r}")
 
 
 def _check_types(posting_type: str, earn_on: Collection[str]) -> None:

@@ -45,7 +45,7 @@ class Entry:
     event_id: uuid.UUID
     event_type: str
     card: str
-    posting: str
+    posting: str | None  # None for an authorization's capture: no Posting resource behind it
     journal_id: int
     posting_type: str
     points: int

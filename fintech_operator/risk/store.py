@@ -82,12 +82,17 @@ async def read_velocity(
     )
 
 
-async def find(conn: AsyncConnection[Any], idempotency_key: str) -> Stored | None:
+async def find(
+    conn: AsyncConnection[Any], idempotency_key: str, *, subject_namespace: str | None = None
+) -> Stored | None:
+    """The decision stored under a key; with ``subject_namespace``, only one about a subject
+    of that namespace."""
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT id, decision, score, matched, policy FROM risk_assessments"
-            " WHERE idempotency_key = %s",
-            (idempotency_key,),
+            " WHERE idempotency_key = %(key)s AND (%(namespace)s::text IS NULL"
+            " OR split_part(subject, '/', 1) = %(namespace)s::text)",
+            {"key": idempotency_key, "namespace": subject_namespace},
         )
         row = await cur.fetchone()
     if row is None:
@@ -172,7 +177,21 @@ class PostingCheck:
         self._velocity = model.Velocity()
 
     def key(self, request: ledger_model.PostingRequest) -> str:
-        return f"posting/{request.idempotency_key}/risk"
+        """The decision's key: the posting's key within its namespace. ``posting@`` never
+        begins a key of the first form (``posting/<key>/risk``), so the two cannot collide."""
+        return f"posting@{request.namespace}/{request.idempotency_key}/risk"
+
+    async def _stored(
+        self, conn: AsyncConnection[Any], request: ledger_model.PostingRequest
+    ) -> Stored | None:
+        """The first decision for this posting: under its key, or (recorded before keys were
+        per namespace) under the key of the first form if it was this namespace's posting."""
+        stored = await find(conn, self.key(request))
+        if stored is not None or request.namespace is None:
+            return stored
+        return await find(
+            conn, f"posting/{request.idempotency_key}/risk", subject_namespace=request.namespace
+        )
 
     async def __call__(
         self, conn: AsyncConnection[Any], request: ledger_model.PostingRequest
@@ -183,7 +202,7 @@ class PostingCheck:
                 f"risk facts name account {self.facts.account_code}, not one of the posting's"
             )
         key = self.key(request)
-        stored = await find(conn, key)
+        stored = await self._stored(conn, request)
         decision = stored.decision if stored else await self._assess(conn)
         if decision.action is model.Action.DECLINE:
             raise model.RiskDeclined(

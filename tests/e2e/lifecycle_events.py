@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from fintech_operator.cards import pan
+from fintech_operator import pan
 from fintech_operator.events import schema, topics
 from tests.conftest import wait_for
 from tests.unit.test_events_schema import validator

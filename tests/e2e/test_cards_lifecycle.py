@@ -30,8 +30,7 @@ import psycopg
 import pytest
 import yaml
 
-from fintech_operator import api
-from fintech_operator.cards import pan
+from fintech_operator import api, pan
 from fintech_operator.events import schema
 from tests.conftest import Kubectl, OperatorProcesses, wait_for
 from tests.e2e.lifecycle_events import wait_events

@@ -97,7 +97,7 @@ def assessments(raw: psycopg.Connection[Any], key: str) -> list[tuple[Any, ...]]
     return raw.execute(
         "SELECT decision, score, matched->0->>'rule' FROM risk_assessments"
         " WHERE idempotency_key = %s",
-        (f"posting/{key}/risk",),
+        (f"posting@ns/{key}/risk",),
     ).fetchall()
 
 
@@ -129,7 +129,7 @@ async def test_decline_writes_no_journal_but_is_recorded_and_sticky(
     assert "BlockedMcc" in error.message
     assert error.record_id is not None
     async with pool.connection() as conn:
-        assert await engine.journal_by_key(conn, request.idempotency_key) is None
+        assert await engine.journal_by_key(conn, request.idempotency_key, namespace="ns") is None
     assert assessments(raw, request.idempotency_key) == [("Decline", 1000, "BlockedMcc")]
     # The same key again, now at an allowed merchant: the first decision stands (Invariant 3).
     again, check_again = purchase(card, 1_000, policy, mcc="5814", key=request.idempotency_key)
@@ -189,7 +189,7 @@ async def test_velocity_is_read_from_the_ledger(
         await risk_store.post(pool, request, check)
     inputs = raw.execute(
         "SELECT inputs->'velocity' FROM risk_assessments WHERE idempotency_key = %s",
-        (f"posting/{request.idempotency_key}/risk",),
+        (f"posting@ns/{request.idempotency_key}/risk",),
     ).fetchone()
     assert inputs is not None
     assert inputs[0]["86400"] == {"count": 3, "amountMinor": 2_400}

@@ -234,16 +234,9 @@ def test_kubectl_get_is_informative(kubectl: Kubectl, crds_installed: None, name
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     header = kubectl("get", "cd", "-n", namespace).stdout.splitlines()[0].split()
     assert header == [
-        "NAME",
-        "USER",
-        "PRODUCT",
-        "PHASE",
-        "REASON",
-        "LAST4",
-        "BALANCE",
-        "POINTS",
-        "AGE",
-    ]
+        "NAME", "USER", "PRODUCT", "PHASE", "REASON", "LAST4",
+        "BALANCE", "HELD", "AVAILABLE", "POINTS", "AGE",
+    ]  # fmt: skip
     header = kubectl("get", "post", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "CARD", "TYPE", "AMOUNT", "CURRENCY", "PHASE", "REASON", "AGE"]
     header = kubectl("get", "cp", "-n", namespace).stdout.splitlines()[0].split()

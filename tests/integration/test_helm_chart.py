@@ -25,6 +25,8 @@ import yaml
 
 from fintech_devstack import certs, platform, versions
 from fintech_operator import config
+from fintech_operator.gateway import settings as gateway_settings
+from fintech_operator.gateway import trust as gateway_trust
 from tests.conftest import Kubectl, RunningPlatform
 
 pytestmark = pytest.mark.integration
@@ -163,6 +165,16 @@ def external(namespaces: list[str] | None = None) -> dict[str, Any]:
     return values
 
 
+GATEWAY_OWN_ROLE: dict[str, Any] = {
+    "database": {
+        "url": "postgresql://fintech_gateway@db.example.com:5432/fintech?sslmode=require",
+        "existingSecret": "gateway-db",
+        "role": "fintech_gateway",
+    },
+    "signing": {"existingSecret": "processor-signing", "key": "whsec"},
+    "autoscaling": {"enabled": True, "maxReplicas": 5},
+    "networkPolicy": {"processorNamespaces": ["processor"], "processorCIDRs": ["10.20.0.0/16"]},
+}
 COMBINATIONS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "bundled-defaults": lambda _apps: {},
     "external-services": lambda _apps: external(),
@@ -185,8 +197,10 @@ COMBINATIONS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
             "defaults": {"cardProduct": {"enabled": False}},
             "operator": {"peering": {"enabled": False}},
             "rbac": {"secrets": {"enabled": False}},
+            "gateway": {"enabled": False},
         }
     ),
+    "gateway-own-role-autoscaled": lambda _apps: external() | {"gateway": GATEWAY_OWN_ROLE},
 }
 
 
@@ -265,6 +279,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("external-kafka-without-servers", {"kafka": {"enabled": False}}, "externalKafka"),
     ("zero-replicas", {"operator": {"replicas": 0}}, "/operator/replicas"),
+    (
+        "recon-cluster-namespace-pattern",
+        {"config": {"reconClusterNamespace": "team-*"}},
+        "/config/reconClusterNamespace",
+    ),
     ("bad-digest", {"image": {"digest": "latest"}}, "/image/digest"),
     ("bad-pull-policy", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ("port-out-of-range", {"operator": {"healthPort": 70000}}, "/operator/healthPort"),
@@ -345,6 +364,19 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         {"tokenizer": {"url": "http://p.example/t", "credentialSecret": {"name": "p"}}},
         "/tokenizer/url",
     ),
+    ("gateway-zero-replicas", {"gateway": {"replicas": 0}}, "/gateway/replicas"),
+    ("gateway-deadline-too-short", {"gateway": {"deadlineMs": 10}}, "/gateway/deadlineMs"),
+    ("gateway-privileged-port", {"gateway": {"port": 80}}, "/gateway/port"),
+    (
+        "gateway-processor-cidr-not-a-cidr",
+        {"gateway": {"networkPolicy": {"processorCIDRs": ["10.0.0.1"]}}},
+        "/gateway/networkPolicy/processorCIDRs/0",
+    ),
+    (
+        "gateway-database-url-without-role",
+        {"gateway": {"database": {"url": "postgresql://gw@db:5432/fintech"}}},
+        "role",
+    ),
     (
         "development-tokenizer-through-extra-env",
         {"extraEnv": [{"name": "FINTECH_TOKENIZER", "value": "development"}]},
@@ -401,7 +433,8 @@ def test_kafka_security_reaches_every_process_as_settings_and_files(
     helm: Helm, tmp_path: Path
 ) -> None:
     """SASL_SSL values become the FINTECH_KAFKA_* settings of all three processes, the password
-    and CA mounted read-only from their Secrets; config.py accepts what the chart renders."""
+    and CA mounted read-only from their Secrets; config.py accepts what the chart renders. The
+    gateway, which never uses Kafka, gets none of it."""
     docs = helm.template(
         kafka_security(
             {
@@ -417,6 +450,11 @@ def test_kafka_security_reaches_every_process_as_settings_and_files(
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+        if deployment["metadata"]["name"].endswith("-gateway"):
+            # The gateway never talks to Kafka: it gets neither the settings nor the secrets.
+            assert not {"kafka-sasl", "kafka-tls"} & volumes.keys()
+            assert not [e for e in container["env"] if "KAFKA" in e["name"]]
+            continue
         assert volumes["kafka-sasl"] == "kafka-user"
         assert volumes["kafka-tls"] == "kafka-ca"
         mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -506,9 +544,13 @@ def test_config_values_are_real_settings_with_the_same_bounds() -> None:
 
 
 def test_settings_become_environment_variables(helm: Helm) -> None:
-    """`config: {dbPoolMaxSize: 16}` reaches every process as FINTECH_DB_POOL_MAX_SIZE=16."""
+    """`config: {dbPoolMaxSize: 16}` reaches the operator and consumers as
+    FINTECH_DB_POOL_MAX_SIZE=16."""
     docs = helm.template({"config": {"dbPoolMaxSize": 16, "cardRefreshIntervalSeconds": 2.5}})
+    # The gateway has its own settings (gateway.* values), tested with the gateway.
     for deployment in find(docs, "Deployment"):
+        if deployment["metadata"]["name"].endswith("-gateway"):
+            continue
         env = {
             e["name"]: e.get("value")
             for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -607,7 +649,7 @@ def test_every_pod_is_hardened_and_bounded(helm: Helm) -> None:
         for d in docs
         if d["kind"] in ("Deployment", "StatefulSet")
     ] + [("Pod", one(docs, "Pod")["spec"])]
-    assert len(pods) == 6
+    assert len(pods) == 7
     for kind, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -693,7 +735,7 @@ def test_kafka_cluster_id_is_stable_and_valid(helm: Helm) -> None:
 
 def test_service_monitor_scrapes_the_metrics_port(helm: Helm) -> None:
     """The optional ServiceMonitor selects the metrics Service by its labels and port name,
-    and that Service selects exactly the three processes' pods."""
+    and that Service selects exactly the four processes' pods."""
     docs = helm.template({"metrics": {"serviceMonitor": {"enabled": True}}})
     monitor = one(docs, "ServiceMonitor")
     service = one(docs, "Service", "-metrics")
@@ -707,6 +749,7 @@ def test_service_monitor_scrapes_the_metrics_port(helm: Helm) -> None:
         <= d["spec"]["template"]["metadata"]["labels"].items()
     ]
     assert sorted(d["metadata"]["name"].rsplit("-", 1)[1] for d in selected) == [
+        "gateway",
         "notifier",
         "operator",
         "rewards",
@@ -743,11 +786,118 @@ def test_network_policies_admit_exactly_the_release_processes(helm: Helm) -> Non
     docs = helm.template({})
     for component in ("postgresql", "kafka"):
         policy = one(docs, "NetworkPolicy", f"-{component}")
-        peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        selector = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
+        peer = selector["matchLabels"]
         admitted = sorted(
             d["metadata"]["name"].rsplit("-", 1)[1]
             for d in find(docs, "Deployment") + find(docs, "StatefulSet")
-            if peer.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            if selects(selector, d["spec"]["template"]["metadata"]["labels"])
         )
-        assert admitted == ["notifier", "operator", "rewards"], component
+        # The gateway needs the ledger, never Kafka (its events leave through the outbox).
+        expected = ["notifier", "operator", "rewards"]
+        expected += ["gateway"] if component == "postgresql" else []
+        assert admitted == sorted(expected), component
         assert peer["app.kubernetes.io/instance"] == "fin"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's verdict on ``labels`` (matchLabels, In and NotIn expressions)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        inside = labels.get(expression["key"]) in expression["values"]
+        if inside != (expression["operator"] == "In"):
+            return False
+    return True
+
+
+def gateway_env(deployment: dict[str, Any]) -> dict[str, Any]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm) -> None:
+    """By default: 2 replicas that roll one at a time, a PDB, probes on /healthz and /readyz,
+    no service-account token, no Kafka settings, and the settings the gateway really loads."""
+    docs = helm.template({})
+    deployment = one(docs, "Deployment", "-gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["automountServiceAccountToken"] is False
+    assert container["args"] == ["gateway"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert one(docs, "PodDisruptionBudget", "-gateway")["spec"]["maxUnavailable"] == 1
+    assert one(docs, "Service", "-gateway")["spec"]["ports"][0]["port"] == 8088
+    assert not find(docs, "HorizontalPodAutoscaler")
+    env = gateway_env(deployment)
+    assert not [name for name in env if "KAFKA" in name]
+    loaded = gateway_settings.load({k: v for k, v in env.items() if isinstance(v, str)})
+    assert (loaded.host, loaded.port, loaded.deadline_ms) == ("0.0.0.0", 8088, 1500)  # noqa: S104 - in the pod
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert loaded.signing_secret_file == mounts["signing"] + "/secret"
+
+
+def test_gateway_signing_secret_is_generated_as_a_valid_key_and_kept(helm: Helm) -> None:
+    """The generated Secret holds a whsec_ key the gateway accepts, and survives uninstall."""
+    secret = one(helm.template({}), "Secret", "-gateway-signing")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    text = base64.b64decode(secret["data"]["secret"]).decode()
+    assert len(gateway_trust.parse_secrets(text)) == 1
+    given = helm.template({"gateway": {"signing": {"existingSecret": "mine", "key": "k"}}})
+    assert not find(given, "Secret", "-gateway-signing")
+    volume = [
+        v
+        for v in one(given, "Deployment", "-gateway")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "signing"
+    ]
+    assert volume[0]["secret"]["secretName"] == "mine"
+
+
+def test_only_the_processor_reaches_the_gateway(helm: Helm) -> None:
+    """The gateway's NetworkPolicy admits the processor's namespaces and CIDRs on its port,
+    and nobody when none is given."""
+    closed = one(helm.template({}), "NetworkPolicy", "-gateway")
+    assert closed["spec"]["ingress"] == []
+    docs = helm.template({"gateway": GATEWAY_OWN_ROLE})
+    policy = one(docs, "NetworkPolicy", "-gateway")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8088, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "processor"}}},
+        {"ipBlock": {"cidr": "10.20.0.0/16"}},
+    ]
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+
+
+def test_gateway_own_role_reaches_the_gateway_and_its_grant_the_operator(helm: Helm) -> None:
+    """With its own role: the gateway connects as it (password from its Secret), the operator
+    (who migrates) is told to grant it, and the HPA replaces the fixed replica count."""
+    values = external() | {
+        "externalDatabase": {
+            **external()["externalDatabase"],
+            "migration": {"url": "postgresql://owner@db:5432/fintech", "existingSecret": "o"},
+            "runtimeRole": "fintech_runtime",
+        },
+        "gateway": GATEWAY_OWN_ROLE,
+    }
+    docs = helm.template(values)
+    gateway = one(docs, "Deployment", "-gateway")
+    env = gateway_env(gateway)
+    assert env["DATABASE_URL"].startswith("postgresql://fintech_gateway@")
+    assert env["PGPASSWORD"]["secretKeyRef"]["name"] == "gateway-db"
+    assert "replicas" not in gateway["spec"]
+    hpa = one(docs, "HorizontalPodAutoscaler", "-gateway")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    operator_env = gateway_env(one(docs, "Deployment", "-operator"))
+    assert operator_env["FINTECH_DATABASE_GATEWAY_ROLE"] == "fintech_gateway"
+    assert (
+        config.load(
+            {k: v for k, v in operator_env.items() if isinstance(v, str)}
+        ).database_gateway_role
+        == "fintech_gateway"
+    )
+    for other in ("-rewards", "-notifier"):
+        assert "FINTECH_DATABASE_GATEWAY_ROLE" not in gateway_env(one(docs, "Deployment", other))

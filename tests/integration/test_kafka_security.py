@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from fintech_operator import config
-from fintech_operator.events import kafka, relay, topics
-from fintech_operator.observability import collector
+from fintech_operator.events import collector, kafka, relay, topics
 from fintech_operator.rewards import consumer
 from tests.conftest import RunningPlatform
 from tests.integration.test_relay import (
@@ -80,7 +79,7 @@ async def test_round_trip_through_the_product_clients(
     prefix = new_prefix()
     settings = config.load(secured_env(platform_running, database_url, prefix, protocol, mechanism))
     assert settings.kafka_bootstrap_servers != platform_running.kafka_bootstrap_servers
-    assert await topics.ensure_for(settings)
+    assert await kafka.ensure_topics(settings)
     topic = topics.qualified(topics.POSTINGS, prefix)
     value = f"hello over {protocol} {mechanism}".encode()
     producer = relay.new_producer(settings)
@@ -179,7 +178,7 @@ async def test_a_wrong_login_fails_fast_saying_authentication_failed(
     settings = config.load(env)
     started = time.monotonic()
     with pytest.raises(kafka.KafkaAccessError) as refused:
-        await topics.ensure_for(settings)
+        await kafka.ensure_topics(settings)
     assert time.monotonic() - started < REFUSAL_SECONDS_MAX
     message = str(refused.value)
     assert f"refused the {mechanism} login of user '{username}'" in message
@@ -228,7 +227,7 @@ async def test_an_untrusted_broker_certificate_is_refused_naming_the_ca_variable
     }
     started = time.monotonic()
     with pytest.raises(kafka.KafkaAccessError, match=r"TLS handshake .* failed") as refused:
-        await topics.ensure_for(config.load(env))
+        await kafka.ensure_topics(config.load(env))
     assert time.monotonic() - started < REFUSAL_SECONDS_MAX
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
     assert "FINTECH_KAFKA_SSL_CA_FILE" in str(refused.value)
@@ -243,7 +242,7 @@ async def test_mutual_tls_listener_refuses_a_client_without_a_certificate(
     del env["FINTECH_KAFKA_SSL_CERT_FILE"], env["FINTECH_KAFKA_SSL_KEY_FILE"]
     started = time.monotonic()
     with pytest.raises(kafka.KafkaAccessError, match="FINTECH_KAFKA_SSL_CERT_FILE"):
-        await topics.ensure_for(config.load(env))
+        await kafka.ensure_topics(config.load(env))
     assert time.monotonic() - started < REFUSAL_SECONDS_MAX
 
 
@@ -260,5 +259,5 @@ async def test_a_plaintext_client_on_a_sasl_listener_is_told_to_check_the_protoc
     }
     started = time.monotonic()
     with pytest.raises(kafka.KafkaAccessError, match="FINTECH_KAFKA_SECURITY_PROTOCOL"):
-        await topics.ensure_for(config.load(env))
+        await kafka.ensure_topics(config.load(env))
     assert time.monotonic() - started < REFUSAL_SECONDS_MAX

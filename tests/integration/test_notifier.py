@@ -33,7 +33,7 @@ import psycopg
 import pytest
 
 from fintech_operator import config
-from fintech_operator.events import topics
+from fintech_operator.events import kafka
 from tests.conftest import Kubectl, RunningPlatform
 from tests.integration.test_relay import (
     Subprocess,
@@ -239,7 +239,7 @@ async def served(database_url: str, names: list[str]) -> bool:
 async def _settings_with_topics(plat: RunningPlatform, database_url: str) -> config.Settings:
     """Settings of a test's own topic prefix, its topics created."""
     settings = settings_for(plat, database_url, new_prefix())
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     return settings
 
 

@@ -237,9 +237,9 @@ def test_configmap_secret_and_private_url_sources_are_read(
 SCALE = 100_000
 _BULK = """
 WITH j AS (
-    INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at)
+    INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at, namespace)
     SELECT 'bulk-' || g, repeat('0', 64), 'Purchase', 'B-' || g,
-           %(t0)s::timestamptz + g * interval '100 ms'
+           %(t0)s::timestamptz + g * interval '100 ms', 'scale'
       FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS g
     RETURNING id, reference
 )

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import relay, schema, topics
+from fintech_operator.events import kafka, relay, schema
 from fintech_operator.ledger import engine, model, rules
 from tests.conftest import RunningPlatform
 
@@ -296,7 +296,7 @@ async def test_notify_wakes_the_relay_and_events_follow_the_schema(
     settings = settings_for(
         platform_running, migrated_database_url, prefix, FINTECH_RELAY_IDLE_INTERVAL_MS="60000"
     )
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     async with open_pool(migrated_database_url) as pool:
         await open_cards(pool, "wake", ("alice",))
         async with running_relay(settings, pool):

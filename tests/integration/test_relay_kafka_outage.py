@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from fintech_devstack import platform
-from fintech_operator.events import topics
+from fintech_operator.events import kafka, topics
 from tests.conftest import RunningPlatform
 from tests.integration.test_relay import (
     CARDS,
@@ -75,7 +75,7 @@ async def test_kafka_outage_loses_nothing_and_keeps_card_order(
         FINTECH_KAFKA_REQUEST_TIMEOUT_MS="5000",
         FINTECH_RELAY_BACKOFF_MAX_SECONDS="2",
     )
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     expected_points: dict[str, int] = {}
     async with open_pool(migrated_database_url, size=6) as pool:
         await open_cards(pool, "outage", CARDS)

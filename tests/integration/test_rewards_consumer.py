@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import outbox, relay, schema, topics
+from fintech_operator.events import kafka, outbox, relay, schema, topics
 from fintech_operator.ledger import engine
 from fintech_operator.rewards import consumer, store
 from tests.conftest import RunningPlatform
@@ -219,7 +219,7 @@ async def test_consumer_killed_mid_batch_applies_everything_exactly_once(
     settings = settings_for(
         platform_running, migrated_database_url, prefix, FINTECH_CONSUMER_BATCH_SIZE="50"
     )
-    await topics.ensure_for(settings)
+    await kafka.ensure_topics(settings)
     ns = "crash"
     group = f"g-{uuid.uuid4().hex[:6]}"
     env = process_env(platform_running, settings, FINTECH_CONSUMER_BATCH_SIZE="50")

@@ -67,6 +67,9 @@ def product_spec() -> dict[str, Any]:
         "earnOn": ["Purchase", "Fee"],
         "issuanceFee": {"amount": 0},
         "spendLimit": {"amount": 500000, "interval": "Monthly"},
+        "overCaptureBps": 2000,
+        "authorizationTtlSeconds": 3600,
+        "forcePost": True,
     }
 
 
@@ -130,6 +133,10 @@ def test_product_defaults() -> None:
     spec = api.CardProductSpec.model_validate({"currency": "EUR"})
     assert spec.rewards_rate_bps == 0
     assert spec.earn_on == (api.PostingType.PURCHASE,)
+    # Real-time authorizations: never above the hold, 7-day holds, no force posts.
+    assert (spec.over_capture_bps, spec.authorization_ttl_seconds, spec.force_post) == (
+        0, 7 * 24 * 3600, False,
+    )  # fmt: skip
 
 
 def test_snake_case_names_and_amount_minor() -> None:
@@ -210,6 +217,13 @@ INVALID_SPECS = [
     (api.CardProductSpec, "issuanceFee.amount", 4.99, "issuanceFee.amount"),
     (api.CardProductSpec, "issuanceFee.currency", "USD", "issuanceFee.currency"),
     (api.CardProductSpec, "spendLimit.interval", "Yearly", "spendLimit.interval"),
+    (api.CardProductSpec, "overCaptureBps", -1, "overCaptureBps"),
+    (api.CardProductSpec, "overCaptureBps", 10001, "overCaptureBps"),
+    (api.CardProductSpec, "overCaptureBps", 1.5, "overCaptureBps"),
+    (api.CardProductSpec, "authorizationTtlSeconds", 0, "authorizationTtlSeconds"),
+    (api.CardProductSpec, "authorizationTtlSeconds", 31 * 86400 + 1, "authorizationTtlSeconds"),
+    (api.CardProductSpec, "authorizationTtlSeconds", "7d", "authorizationTtlSeconds"),
+    (api.CardProductSpec, "forcePost", "yes", "forcePost"),
 ]
 
 

@@ -177,7 +177,18 @@ def test_status_keeps_kopf_state() -> None:
 
 
 EXPECTED_COLUMNS = {
-    "Card": ["User", "Product", "Phase", "Reason", "Last4", "Balance", "Points", "Age"],
+    "Card": [
+        "User",
+        "Product",
+        "Phase",
+        "Reason",
+        "Last4",
+        "Balance",
+        "Held",
+        "Available",
+        "Points",
+        "Age",
+    ],
     "Posting": ["Card", "Type", "Amount", "Currency", "Phase", "Reason", "Age"],
     "CardProduct": ["Currency", "Rate(bps)", "Phase", "Reason", "Cards", "Age"],
 }

@@ -81,7 +81,7 @@ async def test_new_consumer_states_every_delivery_option() -> None:
         assert made._max_poll_records == 7
         assert made._session_timeout_ms == consuming.SESSION_TIMEOUT_MS
         assert made._heartbeat_interval_ms == consuming.HEARTBEAT_INTERVAL_MS
-        assert made._max_poll_interval_ms == consuming.MAX_POLL_INTERVAL_MS
+        assert made._max_poll_interval_ms == consuming.POLL_INTERVAL_MS_MAX
         assert made._fetch_max_wait_ms == consuming.FETCH_MAX_WAIT_MS
         assert made._client._bootstrap_servers == "127.0.0.1:9093"
         assert made._client._request_timeout_ms == settings.kafka_request_timeout_ms
@@ -90,13 +90,13 @@ async def test_new_consumer_states_every_delivery_option() -> None:
 
 
 async def test_each_consumer_reads_its_own_topics_in_its_own_batch_size() -> None:
-    """Rewards reads postings in FINTECH_CONSUMER_BATCH_SIZE; the notifier every source topic
-    in ROUTE_BATCH_MAX, both through the shared factory."""
+    """Rewards reads postings and authorizations (captures earn) in FINTECH_CONSUMER_BATCH_SIZE;
+    the notifier every source topic in ROUTE_BATCH_MAX, both through the shared factory."""
     settings = config.load({**BASE, "FINTECH_CONSUMER_BATCH_SIZE": "42"})
     reader = rewards.new_consumer(settings, "r")
     router = service.new_consumer(settings, "n")
     try:
-        assert reader.subscription() == {topics.POSTINGS}
+        assert reader.subscription() == {topics.POSTINGS, topics.AUTHORIZATIONS}
         assert reader._max_poll_records == 42
         assert router.subscription() == set(topics.SOURCES)
         assert router._max_poll_records == service.ROUTE_BATCH_MAX
@@ -132,7 +132,7 @@ async def test_batches_flatten_partitions_skip_empty_polls_and_end_on_stop() -> 
     stop = asyncio.Event()
     a, b, c = Record(b"a"), Record(b"b", partition=1), Record(b"c")
     polls = Polls([{"p0": [a], "p1": [b]}, {}, {"p0": [c]}], stop)
-    got = [batch async for batch in consuming.batches(polls, stop, max_records=3)]  # type: ignore[arg-type]
+    got = [batch async for batch in consuming.batches(polls, stop, records_max=3)]  # type: ignore[arg-type]
     assert got == [[a, b], [c]]
     assert polls.calls == [(consuming.POLL_TIMEOUT_MS, 3)] * 4
     assert stop.is_set()
@@ -143,7 +143,7 @@ async def test_batches_do_not_poll_once_stopped() -> None:
     stop = asyncio.Event()
     stop.set()
     polls = Polls([{"p0": [Record(b"a")]}], stop)
-    assert [batch async for batch in consuming.batches(polls, stop, max_records=1)] == []  # type: ignore[arg-type]
+    assert [batch async for batch in consuming.batches(polls, stop, records_max=1)] == []  # type: ignore[arg-type]
     assert polls.calls == []
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from fintech_operator.events import relay, topics
+from fintech_operator.events import kafka, relay, topics
 
 EVENT_ID = "00000000-0000-4000-8000-000000000001"
 
@@ -93,11 +93,13 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 def test_topic_names_and_dead_letter_topics() -> None:
-    """Four domain topics, one DLQ per consumer and topic, prefixed names on the wire."""
-    assert topics.SOURCES == ("cards", "postings", "compliance", "recon")
+    """Five domain topics, one DLQ per consumer and topic, prefixed names on the wire."""
+    assert topics.SOURCES == ("cards", "postings", "compliance", "recon", "authorizations")
     assert topics.dead_letter("postings", "rewards") == "postings.rewards.dlq"
     assert set(topics.DEAD_LETTER) == {
         "postings.rewards.dlq",
+        "authorizations.rewards.dlq",
+        "authorizations.notifier.dlq",
         "cards.notifier.dlq",
         "postings.notifier.dlq",
         "compliance.notifier.dlq",
@@ -122,11 +124,11 @@ def test_bare_refuses_a_foreign_topic() -> None:
 
 def test_min_insync_replicas_tolerates_one_broker_loss() -> None:
     """With three or more replicas two must ack; with fewer, one (a single node works)."""
-    assert [topics.min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 2]
+    assert [kafka.min_insync_replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 2]
 
 
 def test_created_topic_errors_other_than_exists_are_raised() -> None:
     """Topic creation tolerates 'already exists' (a racing replica) and reports the rest."""
-    topics._check_created([("a", 0, None), ("b", 36, "exists")])
-    with pytest.raises(topics.TopicCreationError, match="c: error 38"):
-        topics._check_created([("c", 38, "replication factor larger than brokers")])
+    kafka._check_created([("a", 0, None), ("b", 36, "exists")])
+    with pytest.raises(kafka.TopicCreationError, match="c: error 38"):
+        kafka._check_created([("c", 38, "replication factor larger than brokers")])

@@ -21,7 +21,7 @@ import referencing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fintech_operator.cards import pan
+from fintech_operator import pan
 from fintech_operator.events import envelope, relay, schema, topics
 from fintech_operator.ledger import model
 

@@ -16,22 +16,22 @@ from fintech_operator.notify import policy
 def test_default_schedule_doubles_from_five_seconds() -> None:
     """Ten attempts: waits of 5, 10, 20 ... seconds, capped at an hour."""
     assert policy.RetryPolicy().schedule() == [5, 10, 20, 40, 80, 160, 320, 640, 1280]
-    capped = policy.RetryPolicy(max_attempts=20, initial_delay_seconds=60, max_delay_seconds=600)
+    capped = policy.RetryPolicy(attempts_max=20, initial_delay_seconds=60, delay_seconds_max=600)
     assert max(capped.schedule()) == 600
     assert len(capped.schedule()) == 19
 
 
 def test_after_failure_retries_then_gives_up() -> None:
     """A failure retries after the schedule's wait until the attempts run out."""
-    retry = policy.RetryPolicy(max_attempts=3, initial_delay_seconds=1, max_delay_seconds=10)
+    retry = policy.RetryPolicy(attempts_max=3, initial_delay_seconds=1, delay_seconds_max=10)
     assert retry.after_failure(1, age_seconds=0) == policy.NextStep(policy.Verdict.RETRY, 1)
     assert retry.after_failure(2, age_seconds=1) == policy.NextStep(policy.Verdict.RETRY, 2)
     assert retry.after_failure(3, age_seconds=3).verdict is policy.Verdict.EXHAUSTED
 
 
 def test_after_failure_expires_when_the_next_wait_would_pass_the_age_limit() -> None:
-    """An event never waits past max_age_seconds: the retry that would is an expiry."""
-    retry = policy.RetryPolicy(initial_delay_seconds=60, max_delay_seconds=60, max_age_seconds=100)
+    """An event never waits past age_seconds_max: the retry that would is an expiry."""
+    retry = policy.RetryPolicy(initial_delay_seconds=60, delay_seconds_max=60, age_seconds_max=100)
     assert retry.after_failure(1, age_seconds=30).verdict is policy.Verdict.RETRY
     assert retry.after_failure(2, age_seconds=50).verdict is policy.Verdict.EXPIRED
     assert retry.expired(101)
@@ -43,7 +43,7 @@ def test_waits_are_positive_increasing_and_capped(attempt: int) -> None:
     """For any attempt number, a wait is within (0, cap] and never less than the last."""
     retry = policy.RetryPolicy()
     wait = retry.delay_after(attempt)
-    assert 0 < wait <= retry.max_delay_seconds
+    assert 0 < wait <= retry.delay_seconds_max
     if attempt > 1:
         assert wait >= retry.delay_after(attempt - 1)
 
@@ -51,14 +51,14 @@ def test_waits_are_positive_increasing_and_capped(attempt: int) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"max_attempts": 0},
-        {"max_attempts": 21},
-        {"max_attempts": 2.0},
+        {"attempts_max": 0},
+        {"attempts_max": 21},
+        {"attempts_max": 2.0},
         {"initial_delay_seconds": 0},
-        {"initial_delay_seconds": 10, "max_delay_seconds": 5},
-        {"max_delay_seconds": 86_401},
-        {"max_age_seconds": 0},
-        {"max_age_seconds": 8 * 86_400},
+        {"initial_delay_seconds": 10, "delay_seconds_max": 5},
+        {"delay_seconds_max": 86_401},
+        {"age_seconds_max": 0},
+        {"age_seconds_max": 8 * 86_400},
     ],
 )
 def test_retry_policy_refuses_out_of_bounds_values(kwargs: dict[str, float]) -> None:
@@ -316,9 +316,9 @@ def test_invalid_retry_after_values_are_ignored(value: str | None) -> None:
 
 def test_retry_after_is_a_floor_on_the_schedule_within_bounds() -> None:
     """The receiver's wait is used when it is longer than the doubling schedule's (at most
-    max_delay_seconds); a shorter one never hurries a retry; still subject to attempts and age."""
+    delay_seconds_max); a shorter one never hurries a retry; still subject to attempts and age."""
     retry = policy.RetryPolicy(
-        max_attempts=3, initial_delay_seconds=60, max_delay_seconds=600, max_age_seconds=1000
+        attempts_max=3, initial_delay_seconds=60, delay_seconds_max=600, age_seconds_max=1000
     )
     assert retry.after_failure(1, 0, retry_after_seconds=2) == policy.NextStep(
         policy.Verdict.RETRY, 60
@@ -343,7 +343,7 @@ def test_retry_after_counts_on_429_and_503_only(status: int, kept: bool) -> None
 def test_next_step_from_an_attempt() -> None:
     """Delivered: nothing more. Refused: final, whatever the attempts left. Throttled with
     Retry-After: the longer of that wait and the schedule's. Other failures: the schedule."""
-    retry = policy.RetryPolicy(initial_delay_seconds=30, max_delay_seconds=300)
+    retry = policy.RetryPolicy(initial_delay_seconds=30, delay_seconds_max=300)
     assert policy.next_step(retry, policy.classify(200, None), 1, 0) is None
     refused = policy.refused("127.0.0.1: loopback address")
     assert refused.final

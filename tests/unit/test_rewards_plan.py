@@ -117,3 +117,68 @@ def test_dead_letter_reasons_are_bounded() -> None:
     """A huge reason (say, a whole payload in an error) is cut to a bounded header."""
     headers = deadletter.headers(Record(b"x"), "x" * 10_000, "rewards", NOW)
     assert len(headers[0][1]) == deadletter.REASON_MAX_CHARS
+
+
+def authorization_event(step: str, **data: Any) -> dict[str, Any]:
+    """An authorization event as the database writes it (migration 0050)."""
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "/fintech-operator/authorizations",
+        "type": f"dev.fintech.authorization.{step}.v1",
+        "subject": "namespaces/shop/cards/alice-card",
+        "time": "2026-11-29T10:00:00.000Z",
+        "datacontenttype": "application/json",
+        "partitionkey": "shop/alice-card",
+        "data": {
+            "authorization": "auth_1",
+            "card": "shop/alice-card",
+            "status": "pending",
+            "reason": "Approved",
+            "currency": "USD",
+            "amount": 10_000,
+            "held": 10_000,
+            "captured": 0,
+            "released": 0,
+            **data,
+        },
+    }
+
+
+def test_a_capture_accrues_on_the_captured_amount_only() -> None:
+    """A capture of 6 050 of a 10 000 hold at 1% earns 60 points, tied to its journal."""
+    event = authorization_event(
+        "captured", held=3_950, captured=6_050, stepAmount=6_050, journalId=12, final=False,
+        forcePost=False, rewardsRateBps=100, earnOn=["Purchase"],
+    )  # fmt: skip
+    planned = consumer.plan(Record(json.dumps(event).encode(), topic="authorizations"))
+    assert isinstance(planned, consumer.Planned)
+    entry = planned.entry
+    assert (entry.points, entry.amount_minor, entry.journal_id) == (60, 6_050, 12)
+    assert (entry.card, entry.posting, entry.posting_type) == ("shop/alice-card", None, "Purchase")
+
+
+def test_a_capture_outside_earn_on_earns_nothing_but_is_recorded() -> None:
+    event = authorization_event(
+        "captured", stepAmount=500, journalId=13, final=True, forcePost=True,
+        rewardsRateBps=100, earnOn=["Fee"],
+    )  # fmt: skip
+    planned = consumer.plan(Record(json.dumps(event).encode(), topic="authorizations"))
+    assert isinstance(planned, consumer.Planned)
+    assert planned.entry.points == 0
+
+
+@pytest.mark.parametrize("step", ["approved", "declined", "incremented", "voided", "expired"])
+def test_authorization_steps_that_move_no_money_are_skipped_not_dead_lettered(step: str) -> None:
+    """A hold earns nothing until it is captured: no entry, and no poison either."""
+    event = authorization_event(step)
+    assert consumer.plan(Record(json.dumps(event).encode(), topic="authorizations")) is None
+
+
+def test_a_capture_without_its_journal_is_poison() -> None:
+    event = authorization_event(
+        "captured", stepAmount=500, final=True, forcePost=False, rewardsRateBps=100,
+        earnOn=["Purchase"],
+    )  # fmt: skip
+    poison = consumer.plan(Record(json.dumps(event).encode(), topic="authorizations"))
+    assert isinstance(poison, deadletter.Poison)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fintech_operator import config
+from fintech_operator import config, pan
 from fintech_operator.cards import http_tokenizer, tokenizer
 
 
@@ -24,7 +24,7 @@ from fintech_operator.cards import http_tokenizer, tokenizer
 )
 def test_luhn(number: str, valid: bool) -> None:
     """The Luhn check accepts known-good numbers and refuses altered or non-digit ones."""
-    assert tokenizer.luhn_valid(number) is valid
+    assert pan.luhn_valid(number) is valid
 
 
 async def test_issue_returns_token_and_last4_only() -> None:

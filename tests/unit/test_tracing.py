@@ -15,8 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from fintech_operator import logs
-from fintech_operator.cards import pan
+from fintech_operator import logs, pan
 from fintech_operator.observability import metrics, reconcile, tracing
 
 

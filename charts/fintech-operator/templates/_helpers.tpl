@@ -1,6 +1,6 @@
 {{/*
 Names, labels and the pieces every process shares. Components: operator, rewards, notifier,
-postgresql, kafka, test.
+gateway, postgresql, kafka, test.
 */}}
 
 {{- define "fintech.name" -}}
@@ -190,6 +190,10 @@ operator migrates, so only its pods ever hold them.
 - name: FINTECH_DATABASE_RUNTIME_ROLE
   value: {{ $db.runtimeRole | quote }}
 {{- end }}
+{{- if and (not .Values.postgresql.enabled) .Values.gateway.enabled .Values.gateway.database.role }}
+- name: FINTECH_DATABASE_GATEWAY_ROLE
+  value: {{ .Values.gateway.database.role | quote }}
+{{- end }}
 {{- with .Values.tokenizer }}
 {{- if .url }}
 - name: FINTECH_TOKENIZER_URL
@@ -306,5 +310,78 @@ the pods after rotating a password or CA (docs/operations.md).
   secret:
     secretName: {{ $sec.tlsSecret.name }}
     defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "fintech.gateway.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "fintech.component.fullname" (dict "root" . "component" "gateway"))) .Values.gateway.signing.existingSecret -}}
+{{- end -}}
+
+{{/*
+The gateway's environment: its own database role when one is given, its limits, the signing
+secret as a file. No Kafka and no `config` settings: the gateway reads only its own
+(fintech_operator/gateway/settings.py).
+*/}}
+{{- define "fintech.gateway.env" -}}
+{{- $gw := .Values.gateway -}}
+{{- if and (not .Values.postgresql.enabled) $gw.database.url }}
+- name: DATABASE_URL
+  value: {{ $gw.database.url | quote }}
+{{- if $gw.database.existingSecret }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $gw.database.existingSecret }}
+      key: {{ $gw.database.passwordKey }}
+{{- end }}
+{{- else }}
+- name: DATABASE_URL
+  value: {{ include "fintech.databaseUrl" . | quote }}
+{{- if .Values.postgresql.enabled }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fintech.postgresql.secretName" . }}
+      key: {{ .Values.postgresql.auth.passwordKey }}
+{{- else if .Values.externalDatabase.existingSecret }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalDatabase.existingSecret }}
+      key: {{ .Values.externalDatabase.passwordKey }}
+{{- end }}
+{{- end }}
+- name: FINTECH_GATEWAY_HOST
+  value: "0.0.0.0"
+- name: FINTECH_GATEWAY_PORT
+  value: {{ $gw.port | toString | quote }}
+- name: FINTECH_GATEWAY_DEADLINE_MS
+  value: {{ $gw.deadlineMs | toString | quote }}
+- name: FINTECH_GATEWAY_IN_FLIGHT_MAX
+  value: {{ $gw.inFlightMax | toString | quote }}
+- name: FINTECH_GATEWAY_BODY_BYTES_MAX
+  value: {{ $gw.bodyBytesMax | toString | quote }}
+- name: FINTECH_GATEWAY_DB_POOL_MAX_SIZE
+  value: {{ $gw.dbPoolMaxSize | toString | quote }}
+- name: FINTECH_GATEWAY_DB_POOL_MIN_SIZE
+  value: {{ min 4 $gw.dbPoolMaxSize | toString | quote }}
+- name: FINTECH_GATEWAY_SIGNING_SECRET_FILE
+  value: {{ printf "/etc/fintech/gateway-signing/%s" $gw.signing.key | quote }}
+- name: FINTECH_HEALTH_HOST
+  value: "0.0.0.0"
+{{- if .Values.metrics.enabled }}
+- name: FINTECH_METRICS_PORT
+  value: {{ .Values.metrics.port | toString | quote }}
+{{- end }}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: "fintech-gateway"
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}

@@ -1,0 +1,244 @@
+"""The authorization store alone against pgbench's TPC-B on the same PostgreSQL (issue 13).
+
+    DATABASE_URL=postgresql://user@127.0.0.1:5432/postgres \\
+        .venv/bin/python bench/bench_authorizations_store.py --clients 4 8 --seconds 20
+
+For each client count it runs, one after another on the same server:
+
+1. ``store``: that many asyncio clients in ONE Python process, each on its own autocommit
+   connection, calling ``PostgresStore`` in a closed loop on 1,000 cards: a mix of about 70%
+   authorizations, 25% captures (final, of an authorization the client holds) and 5% voids.
+   This is the gateway's own path minus HTTP.
+2. ``sql``: pgbench with the same client count running ``authorization_authorize`` (the
+   statement the store sends) on random cards: the database's side alone, no Python.
+3. ``tpcb``: pgbench's built-in TPC-B-like script with the same client count (scale = client
+   count, so clients do not all queue on one branch row), prepared statements like the store.
+
+It creates two databases, ``bench_authz_<run>`` and ``bench_tpcb_<run>``, and drops them at the
+end. Results are printed one line per run; copy them to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from fintech_operator.authorizations import contract
+from fintech_operator.authorizations.store import PostgresStore
+from fintech_operator.ledger import migrate
+
+CARDS = 1_000
+CLIENTS_MAX = 64
+SECONDS_MAX = 600
+PGBENCH = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+
+
+@dataclass
+class Tally:
+    ops: int = 0
+    authorizations: int = 0
+    approved: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    if not all(0 < n <= CLIENTS_MAX for n in args.clients):
+        parser.error(f"--clients must be in 1..{CLIENTS_MAX}")
+    if not 0 < args.seconds <= SECONDS_MAX:
+        parser.error(f"--seconds must be in 1..{SECONDS_MAX}")
+    return args
+
+
+def url_for(base: str, dbname: str) -> str:
+    return make_conninfo(base, dbname=dbname)
+
+
+def create_db(base: str, name: str) -> str:
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url_for(base, name)
+
+
+def drop_db(base: str, name: str) -> None:
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed_cards(url: str) -> list[str]:
+    """1,000 card accounts with a Daily limit far above the run, mirrored for authorizations."""
+    tokens = [f"tok_bench_{i}" for i in range(CARDS)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency, metadata)"
+            " SELECT 'card:bench/c' || i || ':USD', 'card', 'debit', 'USD',"
+            " jsonb_build_object('card', 'bench/c' || i) FROM generate_series(0, %s) i",
+            (CARDS - 1,),
+        )
+        conn.execute(
+            "INSERT INTO authorization_products (product, currency, spend_limit_minor,"
+            " spend_interval, rewards_rate_bps)"
+            " VALUES ('bench/std', 'USD', 1000000000000, 'Daily', 100)"
+        )
+        conn.execute(
+            "INSERT INTO authorization_cards (account_id, token, card, namespace, product)"
+            " SELECT a.id, 'tok_bench_' || substr(a.code, 13, length(a.code) - 16),"
+            " 'bench/c' || substr(a.code, 13, length(a.code) - 16), 'bench', 'bench/std'"
+            " FROM accounts a WHERE a.kind = 'card'"
+        )
+        conn.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency)"
+            " VALUES ('system:network_settlement:USD', 'system', 'credit', 'USD')"
+        )
+        conn.execute("ANALYZE")
+    return tokens
+
+
+async def client(url: str, tokens: list[str], stop_at: float, tally: Tally) -> None:
+    store = PostgresStore()
+    rng = random.Random()  # noqa: S311 - picks cards and operations, not secrets
+    pending: list[str] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while time.monotonic() < stop_at:
+            roll = rng.random()
+            started = time.perf_counter()
+            if roll < 0.25 and pending:
+                req = contract.CaptureRequest(id=f"c{uuid.uuid4().hex}", amount=900, final=True)
+                await store.capture(conn, pending.pop(), req)
+            elif roll < 0.30 and pending:
+                await store.void(
+                    conn, pending.pop(), contract.VoidRequest(id=f"v{uuid.uuid4().hex}")
+                )
+            else:
+                answer = await store.authorize(conn, authorize(rng.choice(tokens)))
+                tally.authorizations += 1
+                if b'"approved": true' in answer.body:
+                    tally.approved += 1
+                    pending.append(
+                        answer.body.split(b'"authorization": "')[1].split(b'"')[0].decode()
+                    )
+            tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+            tally.ops += 1
+
+
+def authorize(token: str) -> contract.AuthorizeRequest:
+    return contract.AuthorizeRequest(
+        id=f"a{uuid.uuid4().hex}",
+        card=token,
+        amount=1_000,
+        currency="USD",
+        merchant=contract.Merchant(name="Bench Cafe", mcc="5812", country="US"),
+    )
+
+
+async def run_store(url: str, tokens: list[str], clients: int, seconds: int) -> str:
+    tally = Tally()
+    stop_at = time.monotonic() + seconds
+    started = time.monotonic()
+    await asyncio.gather(*(client(url, tokens, stop_at, tally) for _ in range(clients)))
+    elapsed = time.monotonic() - started
+    q = statistics.quantiles(tally.latencies_ms, n=100)
+    return (
+        f"store  clients={clients:<3} {tally.ops / elapsed:7.0f} ops/s"
+        f" ({tally.authorizations / elapsed:.0f} authorizations/s, {tally.approved} approved)"
+        f"  p50={q[49]:.2f}ms p99={q[98]:.2f}ms"
+    )
+
+
+def pgbench(url: str, clients: int, seconds: int, *extra: str) -> float:
+    """Run pgbench and return its TPS (excluding connection time)."""
+    params = conninfo_to_dict(url)
+    env = {**os.environ, "PGPASSWORD": str(params.get("password") or "")}
+    cmd = [
+        PGBENCH, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+        "-T", str(seconds), "-h", str(params.get("host", "127.0.0.1")),
+        "-p", str(params.get("port", 5432)), "-U", str(params.get("user", "postgres")),
+        *extra, str(params["dbname"]),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("tps =") and "without initial connection time" in line:
+            return float(line.split()[2])
+    raise RuntimeError(f"no TPS in pgbench output:\n{out}")
+
+
+def run_sql(url: str, clients: int, seconds: int) -> str:
+    script = (
+        "\\set card random(0, 999)\n"
+        "\\set id random(1, 9000000000000000)\n"
+        "SELECT * FROM authorization_authorize('s' || :client_id || '-' || :id,"
+        " 'tok_bench_' || :card, 1000, 'USD', 'Bench Cafe', '5812', 'US');\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+        file.write(script)
+    try:
+        tps = pgbench(url, clients, seconds, "-f", file.name)
+    finally:
+        os.unlink(file.name)
+    return (
+        f"sql    clients={clients:<3} {tps:7.0f} authorizations/s"
+        " (pgbench running the store's statement)"
+    )
+
+
+def init_tpcb(url: str, scale: int) -> None:
+    params = conninfo_to_dict(url)
+    subprocess.run(
+        [PGBENCH, "-i", "-q", "-s", str(scale), "-h", str(params.get("host", "127.0.0.1")),
+         "-p", str(params.get("port", 5432)), "-U", str(params.get("user", "postgres")),
+         str(params["dbname"])],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def main() -> int:
+    args = parse_args()
+    base = os.environ.get("DATABASE_URL")
+    if not base:
+        print("set DATABASE_URL to a server you may create databases on", file=sys.stderr)
+        return 2
+    run = uuid.uuid4().hex[:6]
+    authz_db, tpcb_db = f"bench_authz_{run}", f"bench_tpcb_{run}"
+    try:
+        url = create_db(base, authz_db)
+        migrate.apply(url)
+        tokens = seed_cards(url)
+        tpcb = create_db(base, tpcb_db)
+        with psycopg.connect(base) as conn:
+            fsync = conn.execute("SHOW fsync").fetchone()
+            sync = conn.execute("SHOW synchronous_commit").fetchone()
+        settings = f"fsync={fsync and fsync[0]} synchronous_commit={sync and sync[0]}"
+        print(f"server {settings}, {CARDS} cards")
+        for clients in args.clients:
+            print(asyncio.run(run_store(url, tokens, clients, args.seconds)), flush=True)
+            print(run_sql(url, clients, args.seconds), flush=True)
+            init_tpcb(tpcb, clients)
+            tps = pgbench(tpcb, clients, args.seconds)
+            print(
+                f"tpcb   clients={clients:<3} {tps:7.0f} TPS (pgbench TPC-B-like, scale {clients})",
+                flush=True,
+            )
+    finally:
+        drop_db(base, authz_db)
+        drop_db(base, tpcb_db)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

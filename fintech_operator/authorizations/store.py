@@ -1,0 +1,190 @@
+"""The authorization store on PostgreSQL: one statement per request (issue 13, item 7).
+
+Every decision, hold, capture, void and its outbox event is made by a plpgsql function of
+migration 0050 (``authorization_authorize``, ``authorization_capture``, ...), in the transaction
+of that one statement: the card's row lock, the limit check, the hold, the journal, the event
+and the stored answer all commit together or not at all. This module only passes the validated
+request in and hands the stored answer bytes back, so a retry gets the first answer byte for byte.
+
+Round trips: on an autocommit connection a call is exactly one round trip (the statement is its
+own transaction, prepared once per connection). On a connection that is not in autocommit mode
+the call is wrapped in a transaction (or a savepoint inside the caller's), which adds BEGIN and
+COMMIT. The gateway passes autocommit connections.
+
+Error policy (the ledger's, house rule 8): a unique violation means a racer with the same request
+id committed first, so the call is asked again and replays the racer's answer; serialization
+failures and deadlocks are retried; both at most ``attempts_max`` times. Any other
+``psycopg.Error`` (connection lost, statement timeout, cancelled by the gateway's deadline) is
+raised: the statement's transaction rolled back and nothing was written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Final, LiteralString
+
+import orjson
+import psycopg
+from psycopg import errors
+from psycopg.types.json import Jsonb
+
+from fintech_operator.authorizations import contract
+from fintech_operator.observability import tracing
+
+_AUTHORIZE: Final = "SELECT * FROM authorization_authorize(%s, %s, %s, %s, %s, %s, %s, %s)"
+_INCREMENT: Final = "SELECT * FROM authorization_increment(%s, %s, %s, %s)"
+_CAPTURE: Final = "SELECT * FROM authorization_capture(%s, %s, %s, %s, %s, %s, %s)"
+_VOID: Final = "SELECT * FROM authorization_void(%s, %s, %s)"
+_GET: Final = "SELECT * FROM authorization_get(%s)"
+_SETTLE: Final = "SELECT authorization_settle_timed_out(%s, %s)"
+_EXPIRE: Final = "SELECT authorization_expire(%s, %s)"
+_RETRYABLE: Final = (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected)
+# Expiry batches: enough to keep up with any realistic rate, small enough to hold card locks
+# only briefly (a locked card is skipped, never waited for).
+EXPIRE_BATCH_MAX: Final = 10_000
+
+
+class InvariantViolation(RuntimeError):
+    """An answer read back from the database breaks a money invariant: a bug, never bad input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresStore:
+    """:class:`contract.Store` on PostgreSQL (migration 0050's functions)."""
+
+    attempts_max: int = 3  # Tries of one call when a same-id racer or a deadlock intervenes.
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts_max <= 10:
+            raise ValueError(f"attempts_max must be in 1..10, got {self.attempts_max}")
+
+    async def authorize(
+        self, conn: psycopg.AsyncConnection[Any], req: contract.AuthorizeRequest
+    ) -> contract.Answer:
+        merchant = req.merchant
+        params = (req.id, req.card, req.amount, req.currency, merchant.name, merchant.mcc,
+                  merchant.country, _headers())  # fmt: skip
+        return await self._answer(conn, _AUTHORIZE, params, approval=True)
+
+    async def increment(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        authorization_id: str,
+        req: contract.IncrementRequest,
+    ) -> contract.Answer:
+        params = (authorization_id, req.id, req.amount, _headers())
+        return await self._answer(conn, _INCREMENT, params, approval=True)
+
+    async def capture(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        authorization_id: str,
+        req: contract.CaptureRequest,
+    ) -> contract.Answer:
+        params = (authorization_id, req.id, req.amount, req.final, req.card, req.currency,
+                  _headers())  # fmt: skip
+        return await self._answer(conn, _CAPTURE, params)
+
+    async def void(
+        self, conn: psycopg.AsyncConnection[Any], authorization_id: str, req: contract.VoidRequest
+    ) -> contract.Answer:
+        return await self._answer(conn, _VOID, (authorization_id, req.id, _headers()))
+
+    async def get(
+        self, conn: psycopg.AsyncConnection[Any], authorization_id: str
+    ) -> contract.Answer:
+        return await self._answer(conn, _GET, (authorization_id,))
+
+    async def settle_timed_out(self, conn: psycopg.AsyncConnection[Any], request_id: str) -> None:
+        """See :meth:`contract.Store.settle_timed_out`: release a late approval's hold once and
+        store the IssuerUnavailable decline for every retry of ``request_id``.
+
+        For authorizations and increments only: settling an id nothing answered yet reserves
+        it for that decline, so a capture or void must not be settled (its retry would meet
+        the reservation as a 409); their retries get the committed result instead.
+        """
+        await self._scalar(conn, _SETTLE, (request_id, _headers()))
+
+    async def expire(self, conn: psycopg.AsyncConnection[Any], batch_max: int) -> int:
+        """Expire at most ``batch_max`` due authorizations (releasing their holds, each exactly
+        once, with an ``authorization.expired`` event); return how many."""
+        if type(batch_max) is not int or not 1 <= batch_max <= EXPIRE_BATCH_MAX:
+            raise ValueError(f"batch_max must be an int in 1..{EXPIRE_BATCH_MAX}")
+        return int(await self._scalar(conn, _EXPIRE, (batch_max, _headers())))
+
+    async def _answer(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        query: LiteralString,
+        params: tuple[object, ...],
+        *,
+        approval: bool = False,
+    ) -> contract.Answer:
+        status_code, body, replayed = await self._row(conn, query, params)
+        answer = contract.Answer(int(status_code), bytes(body), bool(replayed))
+        if approval:
+            check_approval(answer)
+        return answer
+
+    async def _scalar(
+        self, conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[object, ...]
+    ) -> Any:
+        return (await self._row(conn, query, params))[0]
+
+    async def _row(
+        self, conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[object, ...]
+    ) -> tuple[Any, ...]:
+        attempt = 1
+        while True:
+            try:
+                return await _execute(conn, query, params)
+            except _RETRYABLE:
+                if attempt >= self.attempts_max:
+                    raise
+                attempt += 1
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[object, ...]
+) -> tuple[Any, ...]:
+    if conn.autocommit:
+        # One round trip: the statement is its own transaction.
+        cur = await conn.execute(query, params, prepare=True)
+        row = await cur.fetchone()
+    else:
+        async with conn.transaction():
+            cur = await conn.execute(query, params, prepare=True)
+            row = await cur.fetchone()
+    if row is None:
+        raise InvariantViolation(f"{query.split('(')[0]} returned no row")
+    return tuple(row)
+
+
+def _headers() -> Jsonb:
+    """The trace context, stored with the outbox row so the event continues the request's trace."""
+    return Jsonb(tracing.context_headers())
+
+
+def check_approval(answer: contract.Answer) -> None:
+    """House rule 6: an answer about money is checked after it is read, not trusted.
+
+    An authorization or increment answer never shows a negative hold, capture or release, and
+    an approval never leaves the card's available amount negative. (Captures may: an
+    over-capture or a force post is money the merchant already took.)
+    """
+    if answer.status_code != 200:
+        return
+    body = orjson.loads(answer.body)
+    if not isinstance(body, Mapping):
+        raise InvariantViolation("an answer must be a JSON object")
+    for field in ("held", "captured", "released"):
+        value = body.get(field, 0)
+        if type(value) is not int or value < 0:
+            raise InvariantViolation(f"answer field {field} is {value!r}")
+    available = body.get("available")
+    if body.get("approved") is True and available is not None and available < 0:
+        raise InvariantViolation(f"an approval left available at {available}")
+
+
+__all__ = ["EXPIRE_BATCH_MAX", "InvariantViolation", "PostgresStore", "check_approval"]

@@ -1,0 +1,572 @@
+"""Real-time authorizations on a real PostgreSQL: holds, captures, voids, expiry, idempotency,
+the gateway deadline, and the money invariants the database enforces by itself (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import psycopg
+import pytest
+import referencing
+from psycopg import errors
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator import api
+from fintech_operator.authorizations import contract, mirror
+from fintech_operator.authorizations.store import PostgresStore
+from fintech_operator.events import schema
+from fintech_operator.ledger import engine, model, rules
+from tests.integration.authz_support import (
+    NAMESPACE,
+    Card,
+    authorize_request,
+    autocommit_pool,
+    body,
+    held,
+    hold_drift,
+    new_card,
+    posted,
+    trial_balance_zero,
+)
+
+pytestmark = pytest.mark.integration
+
+STORE = PostgresStore()
+
+
+@pytest.fixture(scope="module")
+async def fast(migrated_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    async with autocommit_pool(migrated_database_url, 8) as pool:
+        yield pool
+
+
+async def authorize(pool: AsyncConnectionPool[Any], req: contract.AuthorizeRequest) -> Any:
+    async with pool.connection() as conn:
+        return await STORE.authorize(conn, req)
+
+
+async def capture(
+    pool: AsyncConnectionPool[Any], auth: str, amount: int, *, final: bool = False, **more: Any
+) -> contract.Answer:
+    req = contract.CaptureRequest(
+        id=more.pop("request_id", f"cap_{uuid.uuid4().hex}"), amount=amount, final=final, **more
+    )
+    async with pool.connection() as conn:
+        return await STORE.capture(conn, auth, req)
+
+
+async def void(pool: AsyncConnectionPool[Any], auth: str, request_id: str | None = None) -> Any:
+    req = contract.VoidRequest(id=request_id or f"void_{uuid.uuid4().hex}")
+    async with pool.connection() as conn:
+        return await STORE.void(conn, auth, req)
+
+
+async def increment(pool: AsyncConnectionPool[Any], auth: str, amount: int) -> Any:
+    req = contract.IncrementRequest(id=f"inc_{uuid.uuid4().hex}", amount=amount)
+    async with pool.connection() as conn:
+        return await STORE.increment(conn, auth, req)
+
+
+def outbox_types(raw: psycopg.Connection[Any], card: Card) -> list[str]:
+    rows = raw.execute(
+        "SELECT payload->>'type' FROM outbox WHERE key = %s ORDER BY id", (card.ref,)
+    ).fetchall()
+    return [
+        str(row[0]).removeprefix("dev.fintech.authorization.").removesuffix(".v1") for row in rows
+    ]
+
+
+# --- Concurrency and limits --------------------------------------------------------------------
+
+
+async def test_200_concurrent_authorizations_on_a_limit_for_50_approve_exactly_50(
+    migrated_database_url: str, raw: psycopg.Connection[Any]
+) -> None:
+    """200 authorizations of 100 race on one card with a Daily limit of 5,000: exactly 50 are
+    approved, the rest are SpendLimitExceeded, and available never goes below zero."""
+    async with autocommit_pool(migrated_database_url, 16) as pool:
+        card = await new_card(pool, limit_minor=5_000)
+        answers = await asyncio.gather(
+            *(authorize(pool, authorize_request(card, 100)) for _ in range(200))
+        )
+    bodies = [body(answer) for answer in answers]
+    approved = [b for b in bodies if b["approved"]]
+    declined = [b for b in bodies if not b["approved"]]
+    assert len(approved) == 50
+    assert {b["reason"] for b in declined} == {"SpendLimitExceeded"}
+    assert all(b["available"] >= 0 for b in bodies)
+    assert min(b["available"] for b in approved) == 0
+    assert held(raw, card) == 5_000
+    assert hold_drift(raw) == []
+    assert trial_balance_zero(raw)
+
+
+async def test_a_decline_writes_its_record_and_event_but_never_a_hold(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Over the limit: declined, a 'declined' row and event, nothing held."""
+    card = await new_card(fast, limit_minor=1_000)
+    answer = await authorize(fast, authorize_request(card, 1_001))
+    assert answer.status_code == 200
+    assert body(answer)["approved"] is False
+    assert body(answer)["reason"] == "SpendLimitExceeded"
+    assert held(raw, card) == 0
+    row = raw.execute(
+        "SELECT status, held_minor FROM authorizations WHERE id = %s",
+        (body(answer)["authorization"],),
+    ).fetchone()
+    assert row == ("declined", 0)
+    assert outbox_types(raw, card) == ["declined"]
+
+
+async def test_unknown_card_frozen_card_and_currency_are_declined_with_their_reasons(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """CardNotFound for an unknown token, CurrencyMismatch, CardNotActive once frozen."""
+    card = await new_card(fast)
+    unknown = authorize_request(card, 100).model_copy(update={"card": "tok_nobody"})
+    assert body(await authorize(fast, unknown))["reason"] == "CardNotFound"
+    euro = authorize_request(card, 100).model_copy(update={"currency": "EUR"})
+    assert body(await authorize(fast, euro))["reason"] == "CurrencyMismatch"
+    async with fast.connection() as conn:
+        await engine.set_frozen(conn, card.account, True)
+    assert body(await authorize(fast, authorize_request(card, 100)))["reason"] == "CardNotActive"
+    async with fast.connection() as conn:
+        await mirror.retire_card(conn, "shop", card.name)
+        await engine.set_frozen(conn, card.account, False)
+    assert body(await authorize(fast, authorize_request(card, 100)))["reason"] == "CardNotActive"
+    assert held(raw, card) == 0
+
+
+async def test_a_namespace_risk_rule_declines_with_its_name(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    """A Decline rule of the namespace's RiskPolicy (BlockedMcc) declines in real time;
+    a Review rule does not."""
+    card = await new_card(fast)
+    policy = api.RiskPolicySpec.model_validate(
+        {
+            "blockedMccs": {"codes": ["7995"], "action": "Decline"},
+            "maxAmountPerTransaction": {"amount": 10, "currency": "USD", "action": "Review"},
+        }
+    )
+    async with fast.connection() as conn:
+        await mirror.put_risk_rules(conn, "shop", "shop/default", policy)
+    try:
+        bet = await authorize(fast, authorize_request(card, 100, mcc="7995"))
+        assert body(bet)["reason"] == "RiskDeclined:BlockedMcc"
+        assert body(await authorize(fast, authorize_request(card, 100)))["approved"] is True
+    finally:
+        async with fast.connection() as conn:
+            await mirror.drop_risk_rules(conn, "shop")
+
+
+async def test_a_posting_purchase_counts_holds_against_the_limit(
+    fast: AsyncConnectionPool[Any], pool: AsyncConnectionPool[Any]
+) -> None:
+    """Invariant 8 across both paths: with 900 of 1,000 held, a Posting of 200 is refused."""
+    card = await new_card(fast, limit_minor=1_000)
+    assert body(await authorize(fast, authorize_request(card, 900)))["approved"] is True
+    now = datetime.datetime.now(datetime.UTC)
+    request = model.PostingRequest(
+        idempotency_key=f"p-{uuid.uuid4()}",
+        kind=model.PostingKind.PURCHASE,
+        lines=rules.lines_for(model.PostingKind.PURCHASE, card.account, 200, "USD"),
+        occurred_at=now,
+        guard=model.SpendGuard(card.account, 1_000, model.SpendInterval.DAILY, now),
+    )
+    with pytest.raises(model.SpendLimitExceeded):
+        await engine.post(pool, request)
+
+
+# --- Idempotency -----------------------------------------------------------------------------
+
+
+async def test_retries_return_the_first_answer_byte_for_byte_and_change_nothing(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """An authorization, a capture and a void asked twice: the same bytes, replayed=True,
+    and no new row, event or journal."""
+    card = await new_card(fast, limit_minor=10_000)
+    req = authorize_request(card, 1_000)
+    first = await authorize(fast, req)
+    cap_id, void_id = f"cap_{uuid.uuid4().hex}", f"void_{uuid.uuid4().hex}"
+    cap = await capture(fast, req.id, 400, request_id=cap_id)
+    voided = await void(fast, req.id, void_id)
+    before = raw.execute("SELECT count(*) FROM outbox").fetchone(), posted(raw, card)
+    again = await authorize(fast, req)
+    cap_again = await capture(fast, req.id, 400, request_id=cap_id)
+    void_again = await void(fast, req.id, void_id)
+    assert (again.body, cap_again.body, void_again.body) == (first.body, cap.body, voided.body)
+    assert (again.replayed, cap_again.replayed, void_again.replayed) == (True, True, True)
+    assert not first.replayed
+    assert (raw.execute("SELECT count(*) FROM outbox").fetchone(), posted(raw, card)) == before
+    assert posted(raw, card) == 400
+    assert held(raw, card) == 0
+
+
+async def test_the_same_id_with_another_body_is_409_naming_the_field(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    card = await new_card(fast)
+    req = authorize_request(card, 1_000)
+    await authorize(fast, req)
+    changed = await authorize(fast, req.model_copy(update={"amount": 1_001}))
+    assert changed.status_code == 409
+    assert body(changed) == {
+        "error": "IdempotencyConflict",
+        "field": "amount",
+        "message": f"request id {req.id} was used for another request: amount differs",
+    }
+    other_mcc = req.model_copy(
+        update={"merchant": contract.Merchant(name="Cafe", mcc="5411", country="US")}
+    )
+    assert body(await authorize(fast, other_mcc))["field"] == "merchant.mcc"
+    cap_id = f"cap_{uuid.uuid4().hex}"
+    await capture(fast, req.id, 100, request_id=cap_id)
+    refused = await capture(fast, req.id, 100, request_id=cap_id, final=True)
+    assert (refused.status_code, body(refused)["field"]) == (409, "final")
+    # The authorization's own id reused for a capture: another kind of request.
+    reused = await capture(fast, req.id, 100, request_id=req.id)
+    assert (reused.status_code, body(reused)["field"]) == (409, "kind")
+
+
+async def test_concurrent_retries_of_one_id_hold_once(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Ten copies of one authorization at once (a processor retrying fast): one hold, one
+    answer, all ten identical."""
+    card = await new_card(fast, limit_minor=10_000)
+    req = authorize_request(card, 700)
+    answers = await asyncio.gather(*(authorize(fast, req) for _ in range(10)))
+    assert len({answer.body for answer in answers}) == 1
+    assert sum(not answer.replayed for answer in answers) == 1
+    assert held(raw, card) == 700
+
+
+# --- Captures, voids, increments ------------------------------------------------------------
+
+
+async def test_partial_capture_then_final_posts_what_was_captured_and_releases_the_rest(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    card = await new_card(fast, limit_minor=10_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    first = body(await capture(fast, auth, 300))
+    assert (first["held"], first["captured"], first["status"]) == (700, 300, "pending")
+    assert (held(raw, card), posted(raw, card)) == (700, 300)
+    second = body(await capture(fast, auth, 200))
+    third = body(await capture(fast, auth, 100, final=True))
+    assert (second["held"], second["captured"]) == (500, 500)
+    assert (third["held"], third["captured"], third["released"], third["status"]) == (
+        0, 600, 400, "closed",
+    )  # fmt: skip
+    assert third["available"] == 10_000 - 600
+    assert (held(raw, card), posted(raw, card)) == (0, 600)
+    assert outbox_types(raw, card) == ["approved", "captured", "captured", "captured"]
+    assert trial_balance_zero(raw)
+    assert hold_drift(raw) == []
+
+
+async def test_a_captures_journal_names_the_cards_namespace(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Captures are the namespace's money (0045): their journals say whose, like a Posting's."""
+    card = await new_card(fast, limit_minor=10_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    body(await capture(fast, auth, 400, final=True))
+    rows = raw.execute(
+        """SELECT DISTINCT j.namespace FROM journals j
+             JOIN entries e ON e.journal_id = j.id JOIN accounts a ON a.id = e.account_id
+            WHERE a.kind = 'card' AND j.reference = %s""",
+        (auth,),
+    ).fetchall()
+    assert rows == [(NAMESPACE,)]
+
+
+async def test_over_capture_is_allowed_up_to_the_product_allowance_only(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """overCaptureBps 2000: a hold of 1,000 captures up to 1,200, not 1,201."""
+    card = await new_card(fast, product_terms={"overCaptureBps": 2_000})
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    refused = await capture(fast, auth, 1_201)
+    assert (refused.status_code, body(refused)["error"]) == (409, "OverCapture")
+    assert (held(raw, card), posted(raw, card)) == (1_000, 0)
+    ok = body(await capture(fast, auth, 1_200, final=True))
+    assert (ok["captured"], ok["held"], ok["status"]) == (1_200, 0, "closed")
+    plain = await new_card(fast)
+    auth2 = body(await authorize(fast, authorize_request(plain, 1_000)))["authorization"]
+    assert body(await capture(fast, auth2, 1_001))["error"] == "OverCapture"
+
+
+async def test_capture_after_void_and_void_after_final_capture_are_refused(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    card = await new_card(fast)
+    voided = body(await authorize(fast, authorize_request(card, 500)))["authorization"]
+    assert body(await void(fast, voided))["released"] == 500
+    late = await capture(fast, voided, 100)
+    assert (late.status_code, body(late)["error"]) == (409, "AuthorizationVoided")
+    captured = body(await authorize(fast, authorize_request(card, 500)))["authorization"]
+    await capture(fast, captured, 500, final=True)
+    refused = await void(fast, captured)
+    assert (refused.status_code, body(refused)["error"]) == (409, "AuthorizationCaptured")
+    twice = await void(fast, voided)
+    assert body(twice)["error"] == "AuthorizationVoided"
+    assert (held(raw, card), posted(raw, card)) == (0, 500)
+
+
+async def test_an_increment_raises_the_hold_within_the_limit(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    card = await new_card(fast, limit_minor=1_000)
+    auth = body(await authorize(fast, authorize_request(card, 600)))["authorization"]
+    raised = body(await increment(fast, auth, 300))
+    assert (raised["approved"], raised["held"], raised["available"]) == (True, 900, 100)
+    too_much = body(await increment(fast, auth, 101))
+    assert (too_much["approved"], too_much["reason"], too_much["held"]) == (
+        False, "SpendLimitExceeded", 900,
+    )  # fmt: skip
+    assert held(raw, card) == 900
+    assert body(await capture(fast, auth, 900, final=True))["captured"] == 900
+    assert (held(raw, card), posted(raw, card)) == (0, 900)
+
+
+async def test_unknown_authorizations_are_404_and_not_remembered(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    missing = f"auth_{uuid.uuid4().hex}"
+    assert (await void(fast, missing)).status_code == 404
+    assert (await capture(fast, missing, 100)).status_code == 404
+    async with fast.connection() as conn:
+        got = await STORE.get(conn, missing)
+    assert (got.status_code, body(got)["error"]) == (404, "AuthorizationNotFound")
+
+
+# --- Force posts -----------------------------------------------------------------------------
+
+
+async def test_force_posts_only_where_the_product_allows_them(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A capture naming a card for an authorization the issuer never saw: refused
+    (ForcePostNotAllowed) on a plain product, posted and recorded as a force post where the
+    product sets forcePost."""
+    plain = await new_card(fast)
+    refused = await capture(fast, "auth_never_seen_1", 250, card=plain.token, currency="USD")
+    assert (refused.status_code, body(refused)["error"]) == (409, "ForcePostNotAllowed")
+    assert posted(raw, plain) == 0
+    forcing = await new_card(fast, product_terms={"forcePost": True})
+    missing = f"auth_{uuid.uuid4().hex}"
+    forced = await capture(fast, missing, 250, card=forcing.token, currency="USD")
+    assert (forced.status_code, body(forced)["forcePost"]) == (200, True)
+    assert posted(raw, forcing) == 250
+    row = raw.execute(
+        "SELECT force_post, amount_minor FROM authorization_captures WHERE authorization_id = %s",
+        (missing,),
+    ).fetchone()
+    assert row == (True, 250)
+    assert trial_balance_zero(raw)
+
+
+# --- Expiry ----------------------------------------------------------------------------------
+
+
+async def expire_all(pool: AsyncConnectionPool[Any]) -> int:
+    async with pool.connection() as conn:
+        return await STORE.expire(conn, 1_000)
+
+
+async def test_expiry_releases_a_hold_exactly_once(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """TTL 2 s: after it, expiry releases the hold once (two concurrent runs, then a third),
+    one 'expired' event; a later capture is a force post, refused here."""
+    card = await new_card(fast, product_terms={"authorizationTtlSeconds": 2})
+    auth = body(await authorize(fast, authorize_request(card, 800)))["authorization"]
+    assert await expire_all(fast) == 0
+    assert held(raw, card) == 800
+    await asyncio.sleep(2.2)
+    results = await asyncio.gather(expire_all(fast), expire_all(fast))
+    await expire_all(fast)
+    assert held(raw, card) == 0
+    assert outbox_types(raw, card) == ["approved", "expired"]
+    assert sum(results) >= 1
+    row = raw.execute(
+        "SELECT status, released_minor FROM authorizations WHERE id = %s", (auth,)
+    ).fetchone()
+    assert row == ("expired", 800)
+    assert body(await capture(fast, auth, 100))["error"] == "ForcePostNotAllowed"
+    assert hold_drift(raw) == []
+
+
+async def test_expiry_killed_mid_transaction_releases_once_after_restart(
+    fast: AsyncConnectionPool[Any], migrated_database_url: str, raw: psycopg.Connection[Any]
+) -> None:
+    """An expiry run whose connection dies before COMMIT leaves everything held; the next run
+    releases it, once."""
+    card = await new_card(fast, product_terms={"authorizationTtlSeconds": 1})
+    await authorize(fast, authorize_request(card, 300))
+    await asyncio.sleep(1.2)
+    doomed = psycopg.connect(migrated_database_url)
+    doomed.execute("SELECT authorization_expire(1000)")  # inside an open transaction
+    pid = doomed.info.backend_pid
+    assert held(raw, card) == 300  # not committed: nobody sees the release
+    raw.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        doomed.execute("COMMIT")
+    assert held(raw, card) == 300
+    assert await expire_all(fast) >= 1
+    assert await expire_all(fast) == 0
+    assert held(raw, card) == 0
+    assert outbox_types(raw, card) == ["approved", "expired"]
+
+
+# --- The gateway's deadline ------------------------------------------------------------------
+
+
+async def test_settle_after_a_late_commit_releases_the_hold_and_answers_issuer_unavailable(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    card = await new_card(fast, limit_minor=5_000)
+    req = authorize_request(card, 2_000)
+    approved = await authorize(fast, req)
+    assert body(approved)["approved"] is True
+    async with fast.connection() as conn:
+        await STORE.settle_timed_out(conn, req.id)
+        await STORE.settle_timed_out(conn, req.id)  # twice: released once
+    assert held(raw, card) == 0
+    retry = body(await authorize(fast, req))
+    assert (retry["approved"], retry["reason"]) == (False, "IssuerUnavailable")
+    assert outbox_types(raw, card) == ["approved", "voided"]
+    assert hold_drift(raw) == []
+
+
+async def test_settle_before_the_statement_commits_makes_the_late_authorization_roll_back(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any], migrated_database_url: str
+) -> None:
+    """The authorization is stuck behind the card's lock when the deadline passes; settle
+    stores the decline first, so the late statement fails and rolls back: no hold survives."""
+    card = await new_card(fast, limit_minor=5_000)
+    req = authorize_request(card, 1_000)
+    blocker = await psycopg.AsyncConnection.connect(migrated_database_url)
+    await blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+    late = asyncio.create_task(authorize(fast, req))
+    await asyncio.sleep(0.5)
+    async with fast.connection() as conn:
+        await STORE.settle_timed_out(conn, req.id)
+    await blocker.rollback()
+    await blocker.close()
+    answer = body(await late)
+    assert (answer["approved"], answer["reason"]) == (False, "IssuerUnavailable")
+    assert held(raw, card) == 0
+    assert raw.execute(
+        "SELECT count(*) FROM authorizations WHERE id = %s", (req.id,)
+    ).fetchone() == (0,)
+    assert outbox_types(raw, card) == []
+
+
+# --- The database refuses broken money by itself ---------------------------------------------
+
+
+async def test_the_database_refuses_a_second_resolution_and_an_overspent_hold(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    card = await new_card(fast, limit_minor=1_000)
+    auth = body(await authorize(fast, authorize_request(card, 500)))["authorization"]
+    await void(fast, auth)
+    with pytest.raises(errors.RestrictViolation):
+        raw.execute("UPDATE authorizations SET status = 'pending' WHERE id = %s", (auth,))
+    with pytest.raises(errors.CheckViolation):
+        raw.execute("UPDATE authorization_cards SET held_minor = 1001 WHERE card = %s", (card.ref,))
+    other = body(await authorize(fast, authorize_request(card, 100)))["authorization"]
+    with pytest.raises(errors.CheckViolation):
+        raw.execute("UPDATE authorizations SET released_minor = 101 WHERE id = %s", (other,))
+    with pytest.raises(errors.RestrictViolation):
+        raw.execute("DELETE FROM authorization_requests WHERE authorization_id = %s", (auth,))
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
+
+
+def _validator(type_: str) -> jsonschema.Draft202012Validator:
+    resources = [
+        (doc["$id"], referencing.Resource.from_contents(doc))
+        for doc in (json.loads(path.read_text()) for path in DOCS.glob("*.schema.json"))
+    ]
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
+    contents = json.loads((DOCS / f"{type_}.schema.json").read_text())
+    return jsonschema.Draft202012Validator(contents, registry=registry)
+
+
+async def test_every_step_writes_an_event_its_schema_and_the_decoder_accept(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """approved, declined, incremented, captured (and a force post), voided and expired: each
+    event the database writes validates against docs/events/ and decodes to its typed data."""
+    card = await new_card(
+        fast,
+        limit_minor=10_000,
+        product_terms={"forcePost": True, "authorizationTtlSeconds": 1},
+    )
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    await increment(fast, auth, 100)
+    await capture(fast, auth, 300)
+    await void(fast, auth)
+    await authorize(fast, authorize_request(card, 20_000))
+    await capture(fast, f"auth_{uuid.uuid4().hex}", 50, card=card.token, currency="USD")
+    await authorize(fast, authorize_request(card, 10))
+    await asyncio.sleep(1.2)
+    await expire_all(fast)
+    rows = raw.execute(
+        "SELECT topic, key, payload FROM outbox WHERE key = %s ORDER BY id", (card.ref,)
+    ).fetchall()
+    seen = set()
+    for topic, key, payload in rows:
+        assert (topic, key) == ("authorizations", card.ref)
+        _validator(payload["type"]).validate(payload)
+        event = schema.decode(json.dumps(payload).encode())
+        assert event.envelope.subject == f"namespaces/shop/cards/{card.name}"
+        seen.add(event.type.split(".")[3])
+        if isinstance(event.data, schema.AuthorizationCapturedData):
+            assert event.data.rewards_rate_bps == 100
+    assert seen == {"approved", "declined", "incremented", "captured", "voided", "expired"}
+
+
+async def test_the_card_status_reads_held_and_available_from_the_mirror(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    """What `kubectl get cards` shows (status.held, status.available): 700 held of a Daily
+    1,000 after a capture of 200 leaves 100; a card without a limit shows no available."""
+    card = await new_card(fast, limit_minor=1_000)
+    auth = body(await authorize(fast, authorize_request(card, 900)))["authorization"]
+    await capture(fast, auth, 200)
+    unlimited = await new_card(fast)
+    await authorize(fast, authorize_request(unlimited, 50))
+    async with fast.connection() as conn:
+        assert await mirror.holds(conn, card.account) == (700, 100)
+        assert await mirror.holds(conn, unlimited.account) == (50, None)
+        assert await mirror.holds(conn, "card:shop/never-issued:USD") is None
+
+
+async def test_a_deleted_policy_drops_only_its_own_rules(fast: AsyncConnectionPool[Any]) -> None:
+    card = await new_card(fast)
+    policy = api.RiskPolicySpec.model_validate({"blockedMccs": {"codes": ["7995"]}})
+    async with fast.connection() as conn:
+        await mirror.put_risk_rules(conn, "shop", "shop/strict", policy)
+        await mirror.drop_risk_rules(conn, "shop", policy="shop/other")
+    bet = authorize_request(card, 100, mcc="7995")
+    assert body(await authorize(fast, bet))["reason"] == "RiskDeclined:BlockedMcc"
+    async with fast.connection() as conn:
+        await mirror.drop_risk_rules(conn, "shop", policy="shop/strict")
+    assert body(await authorize(fast, authorize_request(card, 100, mcc="7995")))["approved"]

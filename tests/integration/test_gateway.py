@@ -1,0 +1,314 @@
+"""The authorization gateway over real HTTP (uvicorn on loopback) on the real store and
+PostgreSQL: trust refusals write nothing, card numbers are refused and never logged, a paused
+database gives IssuerUnavailable within the budget and leaves no hold, a gateway killed
+between commit and answer is answered on retry, and overload is declined at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from fintech_operator.ledger import migrate
+from tests.conftest import RunningPlatform, wait_for, with_user
+from tests.integration import authz_support as authz
+from tests.integration import gateway_support as gw
+
+pytestmark = pytest.mark.integration
+
+VISA_TEST_PAN = "4111111111111111"
+
+
+@pytest.fixture(scope="module")
+def gateway_url(platform_running: RunningPlatform, migrated_database_url: str) -> Iterator[str]:
+    """The module's database as a role that has only the gateway's privileges, so every test
+    here also proves grants.GATEWAY_PRIVILEGES is enough (and the owner is never used)."""
+    role = f"gw_{uuid.uuid4().hex[:10]}"
+    admin = platform_running.database_url_for("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    migrate.apply(migrated_database_url, gateway_role=role)
+    yield with_user(migrated_database_url, role)
+    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        dbname = psycopg.conninfo.conninfo_to_dict(migrated_database_url)["dbname"]
+        conn.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM {role}')
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[gw.Gateway]:
+    """The module's gateway with default limits."""
+    process = gw.Gateway(gateway_url, tmp_path_factory.mktemp("gateway")).start()
+    yield process
+    process.stop()
+
+
+def auth_payload(card: authz.Card, amount: int, **change: Any) -> dict[str, Any]:
+    return {
+        "id": f"auth_{uuid.uuid4().hex}",
+        "card": card.token,
+        "amount": amount,
+        "currency": "USD",
+        "merchant": {"name": "Blue Bottle", "mcc": "5814", "country": "US"},
+        **change,
+    }
+
+
+async def test_authorize_partial_capture_and_void_over_real_http(
+    gateway: gw.Gateway, pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """The README's flow: a hold, a partial capture, a void of the rest; GET shows it."""
+    card = await authz.new_card(pool, limit_minor=100_000)
+    auth = auth_payload(card, 5000)
+    approved = gateway.post("/v1/authorizations", auth)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approved"] is True
+    assert approved.json()["held"] == 5000
+    assert authz.held(raw, card) == 5000
+    path = f"/v1/authorizations/{auth['id']}"
+    capture = gateway.post(f"{path}/captures", {"id": f"cap_{uuid.uuid4().hex}", "amount": 3000})
+    assert capture.status_code == 200, capture.text
+    void = gateway.post(f"{path}/void", {"id": f"void_{uuid.uuid4().hex}"})
+    assert void.status_code == 200, void.text
+    state = gateway.get(path)
+    assert state.status_code == 200
+    assert (state.json()["held"], state.json()["captured"]) == (0, 3000)
+    assert authz.held(raw, card) == 0
+    retry = gateway.post("/v1/authorizations", auth)
+    assert retry.content == approved.content
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+async def test_untrusted_and_oversized_requests_are_refused_with_nothing_written(
+    gateway: gw.Gateway, pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Unsigned, badly signed, stale and oversized requests: 401/413, counted, no row."""
+    card = await authz.new_card(pool, limit_minor=100_000)
+    body = json.dumps(auth_payload(card, 100)).encode()
+    oversized = json.dumps(auth_payload(card, 100, merchant={"name": "x" * 9000})).encode()
+    cases = [
+        ("unsigned", body, {"content-type": "application/json"}, 401),
+        ("bad_signature", body, gw.signed(body, key=b"w" * 32), 401),
+        ("stale", body, gw.signed(body, stamp=int(time.time()) - 600), 401),
+        ("too_large", oversized, gw.signed(oversized), 413),
+    ]
+    before_rows = gw.request_rows(raw)
+    for kind, content, headers, status in cases:
+        before = gateway.metric("fintech_gateway_refused_total", {"reason": kind})
+        response = gateway.post("/v1/authorizations", content, headers=headers)
+        assert response.status_code == status, (kind, response.text)
+        assert response.json()["error"] == kind
+        assert gateway.metric("fintech_gateway_refused_total", {"reason": kind}) == before + 1
+    assert gw.request_rows(raw) == before_rows
+    assert authz.held(raw, card) == 0
+
+
+async def test_invalid_fields_are_422_naming_them_with_nothing_written(
+    gateway: gw.Gateway, pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Each bad field is named in the 422; the store never sees the request."""
+    card = await authz.new_card(pool, limit_minor=100_000)
+    before_rows = gw.request_rows(raw)
+    for change, field in (
+        ({"amount": 0}, "amount"),
+        ({"amount": 10.5}, "amount"),
+        ({"currency": "dollars"}, "currency"),
+        ({"merchant": {"name": "x", "mcc": "12345", "country": "US"}}, "merchant.mcc"),
+    ):
+        response = gateway.post("/v1/authorizations", {**auth_payload(card, 100), **change})
+        assert response.status_code == 422, response.text
+        assert field in response.json()["fields"]
+    capture = gateway.post("/v1/authorizations/a1/captures", {"id": "c1"})
+    assert capture.status_code == 422
+    assert "amount" in capture.json()["fields"]
+    assert gw.request_rows(raw) == before_rows
+
+
+async def test_a_card_number_is_refused_and_never_logged(
+    gateway: gw.Gateway, pool: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A PAN as the card, in the merchant name or grouped by spaces: 422, no row, and not one
+    of its digits runs appears in the gateway's log or answer."""
+    card = await authz.new_card(pool, limit_minor=100_000)
+    before_rows = gw.request_rows(raw)
+    for change in (
+        {"card": VISA_TEST_PAN},
+        {"merchant": {"name": f"SHOP {VISA_TEST_PAN}", "mcc": "5814", "country": "US"}},
+        {"card": "4111 1111 1111 1111"},
+    ):
+        response = gateway.post("/v1/authorizations", {**auth_payload(card, 100), **change})
+        assert response.status_code == 422
+        assert response.json()["error"] == "card_number"
+        assert "1111" not in response.text
+    assert gw.request_rows(raw) == before_rows
+    log = gateway.log()
+    assert "refused" in log  # the refusals were logged, without the number
+    assert "1111 1111" not in log
+    assert VISA_TEST_PAN not in log
+
+
+async def test_a_paused_database_gives_issuer_unavailable_in_budget_and_no_hold(
+    platform_running: RunningPlatform,
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stopped (SIGSTOP on every one of its processes) mid-request: the answer is
+    IssuerUnavailable within the 800 ms budget; after SIGCONT no hold is left, and a retry
+    gets the same decline byte for byte."""
+    process = gw.Gateway(gateway_url, tmp_path, deadline_ms="800").start()
+    try:
+        card = await authz.new_card(pool, limit_minor=100_000)
+        auth = auth_payload(card, 2500)
+        pids = gw.postgres_pids(platform_running.platform.state_dir)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = process.post("/v1/authorizations", auth)
+            elapsed = time.monotonic() - started
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert answer.status_code == 200
+        assert answer.json()["reason"] == "IssuerUnavailable"
+        assert answer.json()["approved"] is False
+        assert elapsed < 0.8 + 0.5, elapsed
+        wait_for("the settle to record the decline", lambda: _stored(raw, auth["id"]), 60)
+        assert authz.held(raw, card) == 0
+        assert authz.hold_drift(raw) == []
+        retry = process.post("/v1/authorizations", auth)
+        assert retry.content == answer.content
+    finally:
+        process.stop()
+
+
+def _stored(raw: psycopg.Connection[Any], request_id: str) -> bytes | None:
+    row = raw.execute(
+        "SELECT answer FROM authorization_requests WHERE request_id = %s", (request_id,)
+    ).fetchone()
+    return bytes(row[0]) if row else None
+
+
+async def test_a_gateway_killed_between_commit_and_answer_is_answered_on_retry(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """The request waits on the card's row lock; the gateway is SIGKILLed; the lock is let go,
+    so the statement commits with nobody to answer. A new gateway answers the processor's
+    retry with that committed approval (replayed), and holds it once."""
+    (tmp_path / "a").mkdir()
+    first = gw.Gateway(gateway_url, tmp_path / "a", deadline_ms="20000").start()
+    card = await authz.new_card(pool, limit_minor=100_000)
+    auth = auth_payload(card, 4200)
+    with psycopg.connect(migrated_database_url) as blocker:
+        blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=30) as client:
+            body = json.dumps(auth).encode()
+            sent = asyncio.create_task(
+                client.post("/v1/authorizations", content=body, headers=gw.signed(body))
+            )
+            await asyncio.to_thread(
+                wait_for, "the request to wait on the card lock", lambda: _waiting(raw), 30
+            )
+            first.stop(kill=True)
+            with pytest.raises(httpx.HTTPError):
+                await sent
+        blocker.rollback()
+    wait_for("the orphaned statement to commit", lambda: _stored(raw, auth["id"]), 30)
+    assert authz.held(raw, card) == 4200
+    (tmp_path / "b").mkdir()
+    second = gw.Gateway(gateway_url, tmp_path / "b").start()
+    try:
+        retry = second.post("/v1/authorizations", auth)
+        assert retry.status_code == 200
+        assert retry.json()["approved"] is True
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.content == _stored(raw, auth["id"])
+        assert authz.held(raw, card) == 4200
+    finally:
+        second.stop()
+
+
+def _waiting(raw: psycopg.Connection[Any]) -> bool:
+    row = raw.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%authorization_authorize%'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+async def test_overload_is_declined_at_once(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """With its one in-flight slot taken by a request stuck on a row lock, the gateway
+    declines the next request (another card) Overloaded at once, writing nothing for it."""
+    process = gw.Gateway(gateway_url, tmp_path, in_flight_max="1", deadline_ms="10000").start()
+    try:
+        stuck_card = await authz.new_card(pool, limit_minor=100_000)
+        other_card = await authz.new_card(pool, limit_minor=100_000)
+        with psycopg.connect(migrated_database_url) as blocker:
+            blocker.execute(
+                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (stuck_card.account,)
+            )
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
+                stuck_body = json.dumps(auth_payload(stuck_card, 100)).encode()
+                stuck = asyncio.create_task(
+                    client.post("/v1/authorizations", content=stuck_body,
+                                headers=gw.signed(stuck_body))
+                )  # fmt: skip
+                await asyncio.to_thread(wait_for, "the lock wait", lambda: _waiting(raw), 30)
+                other = auth_payload(other_card, 100)
+                body = json.dumps(other).encode()
+                started = time.monotonic()
+                declined = await client.post(
+                    "/v1/authorizations", content=body, headers=gw.signed(body)
+                )
+                elapsed = time.monotonic() - started
+                blocker.rollback()
+                assert (await stuck).json()["approved"] is True
+        assert declined.json()["reason"] == "Overloaded"
+        assert elapsed < 0.5, elapsed
+        assert _stored(raw, other["id"]) is None
+        again = process.post("/v1/authorizations", other)
+        assert again.json()["approved"] is True
+    finally:
+        process.stop()
+
+
+def test_the_gateway_role_reaches_only_its_tables(gateway_url: str) -> None:
+    """The gateway's own role cannot read webhook secrets or settlement files, cannot change
+    an entry or a journal, and cannot switch the ledger's triggers off."""
+    with psycopg.connect(gateway_url, autocommit=True) as conn:
+        for statement in (
+            "SELECT * FROM webhook_endpoints",
+            "SELECT * FROM recon_runs",
+            "SELECT * FROM rewards_ledger",
+            "UPDATE entries SET amount_minor = amount_minor",
+            "DELETE FROM journals",
+            "TRUNCATE authorizations",
+            "ALTER TABLE entries DISABLE TRIGGER ALL",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)

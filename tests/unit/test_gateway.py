@@ -1,0 +1,397 @@
+"""The gateway's HTTP edge over an in-memory fake store (pure: no server, no database).
+
+These prove the order and shape of the gateway's own answers: 413 before reading, 401 for
+unsigned/stale/bad signatures, 422 naming fields, card numbers refused, Overloaded when the
+in-flight limit is reached, IssuerUnavailable at the deadline followed by a settle. The same
+behaviours against real uvicorn and real PostgreSQL are in tests/integration/test_gateway.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from fintech_operator import cli
+from fintech_operator.authorizations import contract
+from fintech_operator.gateway import app, gate, settings, trust
+from fintech_operator.notify import signing
+from fintech_operator.observability import metrics
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+KEY = signing.parse_secret(SECRET)
+AUTH = {
+    "id": "auth-1",
+    "card": "tok_abc",
+    "amount": 1250,
+    "currency": "USD",
+    "merchant": {"name": "Blue Bottle", "mcc": "5814", "country": "US"},
+}
+VISA_TEST_PAN = "4111111111111111"
+COMMITTED_OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.json"
+
+
+class FakeStore:
+    """Approves everything after ``delay_seconds``; records every call."""
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        self.delay_seconds = delay_seconds
+        self.calls: list[tuple[str, str]] = []
+        self.settled: list[str] = []
+        self.release = asyncio.Event()
+        self.called = asyncio.Event()
+        self.block = False
+
+    async def _answer(self, op: str, key: str) -> contract.Answer:
+        self.calls.append((op, key))
+        self.called.set()
+        if self.block:
+            await self.release.wait()
+        await asyncio.sleep(self.delay_seconds)
+        body = {"approved": True, "reason": "Approved", "authorization": key}
+        return contract.Answer(200, orjson.dumps(body))
+
+    async def authorize(self, conn: Any, req: contract.AuthorizeRequest) -> contract.Answer:
+        return await self._answer("authorize", req.id)
+
+    async def increment(
+        self, conn: Any, aid: str, req: contract.IncrementRequest
+    ) -> contract.Answer:
+        return await self._answer("increment", aid)
+
+    async def capture(self, conn: Any, aid: str, req: contract.CaptureRequest) -> contract.Answer:
+        return await self._answer("capture", aid)
+
+    async def void(self, conn: Any, aid: str, req: contract.VoidRequest) -> contract.Answer:
+        return await self._answer("void", aid)
+
+    async def get(self, conn: Any, aid: str) -> contract.Answer:
+        return await self._answer("get", aid)
+
+    async def settle_timed_out(self, conn: Any, request_id: str) -> None:
+        self.settled.append(request_id)
+
+
+@contextlib.asynccontextmanager
+async def fake_connection(_wait_seconds: float) -> AsyncIterator[Any]:
+    yield object()
+
+
+async def always_ready() -> bool:
+    return True
+
+
+def make_app(
+    tmp_path: Path, store: FakeStore, *, deadline_seconds: float = 1.5, in_flight_max: int = 8
+) -> tuple[Any, gate.Gate]:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    the_gate = gate.Gate(
+        store,
+        fake_connection,
+        deadline_seconds=deadline_seconds,
+        in_flight_max=in_flight_max,
+        settle_timeout_seconds=5,
+    )
+    deps = app.Deps(
+        gate=the_gate,
+        secrets=trust.SecretSource(str(secret_file), 10),
+        limits=app.Limits(body_bytes_max=8192, signature_tolerance_seconds=300),
+        ready=always_ready,
+    )
+    return app.create_app(deps), the_gate
+
+
+def signed(body: bytes, *, stamp: int | None = None, key: bytes = KEY) -> dict[str, str]:
+    now = int(time.time()) if stamp is None else stamp
+    return {**signing.headers(key, "msg_1", now, body), "content-type": "application/json"}
+
+
+def client(application: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gw")
+
+
+async def post(application: Any, path: str, payload: object, **kw: Any) -> httpx.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    async with client(application) as c:
+        return await c.post(path, content=body, headers=kw.get("headers") or signed(body))
+
+
+async def test_a_signed_authorization_reaches_the_store(tmp_path: Path) -> None:
+    """The happy path: the store's answer is sent as is."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    response = await post(application, "/v1/authorizations", AUTH)
+    assert response.status_code == 200
+    assert response.json()["approved"] is True
+    assert store.calls == [("authorize", "auth-1")]
+
+
+@pytest.mark.parametrize(
+    ("headers_for", "kind"),
+    [
+        (lambda body: {"content-type": "application/json"}, "unsigned"),
+        (lambda body: signed(body, stamp=int(time.time()) - 301), "stale"),
+        (lambda body: signed(body, stamp=int(time.time()) + 301), "stale"),
+        (lambda body: signed(body, key=b"x" * 32), "bad_signature"),
+        (lambda body: signed(body + b" "), "bad_signature"),
+    ],
+)
+async def test_unsigned_stale_and_bad_signatures_are_401_and_reach_nothing(
+    tmp_path: Path, headers_for: Any, kind: str
+) -> None:
+    """Each untrusted request is 401 with its kind, counted, and the store is never called."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    body = json.dumps(AUTH).encode()
+    before = metrics.sample("fintech_gateway_refused_total", {"reason": kind}) or 0
+    response = await post(application, "/v1/authorizations", body, headers=headers_for(body))
+    assert response.status_code == 401
+    assert response.json()["error"] == kind
+    assert store.calls == []
+    assert metrics.sample("fintech_gateway_refused_total", {"reason": kind}) == before + 1
+
+
+async def test_a_rotated_secret_file_with_two_keys_accepts_both(tmp_path: Path) -> None:
+    """During a rotation the file holds two secrets; a signature by either is accepted."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    other = signing.format_secret(b"k" * 32)
+    (tmp_path / "secret").write_text(f"{other}\n{SECRET}\n")
+    body = json.dumps(AUTH).encode()
+    new = await post(application, "/v1/authorizations", body, headers=signed(body, key=b"k" * 32))
+    old = await post(application, "/v1/authorizations", body, headers=signed(body))
+    assert (new.status_code, old.status_code) == (200, 200)
+
+
+async def test_a_declared_oversized_body_is_413_unread(tmp_path: Path) -> None:
+    """Content-Length over the limit is refused before the body is read."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    body = json.dumps({**AUTH, "pad": "x" * 9000}).encode()
+    response = await post(application, "/v1/authorizations", body)
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    assert store.calls == []
+
+
+async def test_a_streamed_oversized_body_without_length_is_413(tmp_path: Path) -> None:
+    """A chunked body is counted as it arrives and refused once past the limit."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 1024
+
+    async with client(application) as c:
+        response = await c.post("/v1/authorizations", content=chunks(), headers=signed(b""))
+    assert response.status_code == 413
+    assert store.calls == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount": -5}, "amount"),
+        ({"amount": 12.5}, "amount"),
+        ({"amount": "1250"}, "amount"),
+        ({"currency": "usd"}, "currency"),
+        ({"merchant": {"name": "x", "mcc": "58", "country": "US"}}, "merchant.mcc"),
+        ({"id": "has space"}, "id"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+async def test_invalid_fields_are_422_naming_the_field(
+    tmp_path: Path, change: dict[str, Any], field: str
+) -> None:
+    """A bad field is 422 with its dotted name; the value is never echoed."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    response = await post(application, "/v1/authorizations", {**AUTH, **change})
+    assert response.status_code == 422
+    assert field in response.json()["fields"]
+    assert store.calls == []
+
+
+async def test_a_body_that_is_not_json_is_422(tmp_path: Path) -> None:
+    """Malformed JSON is invalid input, not a server error."""
+    application, _ = make_app(tmp_path, FakeStore())
+    response = await post(application, "/v1/authorizations", b"{not json")
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {**AUTH, "card": VISA_TEST_PAN},
+        {**AUTH, "merchant": {"name": f"shop {VISA_TEST_PAN}", "mcc": "5814", "country": "US"}},
+        {**AUTH, "card": "4111 1111 1111 1111"},
+    ],
+)
+async def test_a_card_number_anywhere_is_refused_and_not_echoed(
+    tmp_path: Path, payload: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Luhn-valid PAN in any field is 422 card_number; neither answer nor log carries it."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    caplog.set_level("DEBUG")
+    response = await post(application, "/v1/authorizations", payload)
+    assert response.status_code == 422
+    assert response.json()["error"] == "card_number"
+    assert "1111" not in response.text
+    assert "1111" not in caplog.text
+    assert store.calls == []
+
+
+async def test_a_luhn_invalid_long_number_is_not_a_card_number(tmp_path: Path) -> None:
+    """Only Luhn-valid runs are card numbers: a 16-digit token failing Luhn passes."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    response = await post(application, "/v1/authorizations", {**AUTH, "card": "4111111111111112"})
+    assert response.status_code == 200
+
+
+async def test_a_card_number_in_the_path_is_refused(tmp_path: Path) -> None:
+    """Follow-ups carry the authorization id in the path; a PAN there is refused too."""
+    store = FakeStore()
+    application, _ = make_app(tmp_path, store)
+    path = f"/v1/authorizations/{VISA_TEST_PAN}/void"
+    response = await post(application, path, {"id": "void-1"})
+    assert response.status_code == 422
+    assert store.calls == []
+
+
+async def test_overload_declines_at_once_with_overloaded(tmp_path: Path) -> None:
+    """With every slot taken, the next request is declined Overloaded without waiting."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(tmp_path, store, in_flight_max=2)
+    first = [
+        asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": f"a{i}"}))
+        for i in range(2)
+    ]
+    while len(store.calls) < 2:
+        store.called.clear()
+        await asyncio.wait_for(store.called.wait(), 5)
+    assert the_gate.in_flight == 2
+    started = time.monotonic()
+    response = await post(application, "/v1/authorizations", {**AUTH, "id": "a3"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.content == (
+        b'{"held": 0, "reason": "Overloaded", "status": "declined", "approved": false, '
+        b'"authorization": "a3"}'
+    )
+    assert elapsed < 1.0
+    store.release.set()
+    for task in first:
+        assert (await task).json()["approved"] is True
+    assert the_gate.in_flight == 0
+
+
+async def test_a_late_store_is_declined_issuer_unavailable_then_settled(tmp_path: Path) -> None:
+    """Past the deadline the answer is IssuerUnavailable within budget, and settle runs."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(tmp_path, store, deadline_seconds=0.2)
+    started = time.monotonic()
+    response = await post(application, "/v1/authorizations", AUTH)
+    elapsed = time.monotonic() - started
+    assert response.json()["reason"] == "IssuerUnavailable"
+    assert response.json()["approved"] is False
+    assert elapsed < 0.2 + 0.5
+    assert await the_gate.drain(5) == 0
+    assert store.settled == ["auth-1"]
+    assert the_gate.in_flight == 0
+
+
+async def test_a_late_follow_up_is_settled_and_a_late_read_is_not(tmp_path: Path) -> None:
+    """A capture past its deadline is declined IssuerUnavailable and settled by its own id;
+    a late GET is 503 and not settled (its id is an authorization's, which settling would
+    release)."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(tmp_path, store, deadline_seconds=0.1)
+    capture = await post(
+        application, "/v1/authorizations/auth-1/captures", {"id": "cap-1", "amount": 5}
+    )
+    assert (capture.status_code, capture.json()["reason"]) == (200, "IssuerUnavailable")
+    async with client(application) as c:
+        read = await c.get("/v1/authorizations/auth-1", headers=signed(b""))
+    assert read.status_code == 503
+    assert await the_gate.drain(5) == 0
+    assert store.settled == ["cap-1"]
+
+
+async def test_probes_answer(tmp_path: Path) -> None:
+    """/healthz and /readyz answer without a signature; /metrics serves the registry."""
+    application, _ = make_app(tmp_path, FakeStore())
+    async with client(application) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 200
+        assert "fintech_gateway_requests_total" in (await c.get("/metrics")).text
+
+
+def test_settings_refuse_bad_values_naming_the_variable() -> None:
+    """Every bound is checked at start, and the message names the environment variable."""
+    base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
+    assert settings.load(base).deadline_ms == 1500
+    with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DEADLINE_MS"):
+        settings.load({**base, "FINTECH_GATEWAY_DEADLINE_MS": "0"})
+    with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_SIGNING_SECRET_FILE"):
+        settings.load({"DATABASE_URL": "postgresql://x"})
+    with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DB_POOL_MIN_SIZE"):
+        settings.load(
+            {
+                **base,
+                "FINTECH_GATEWAY_DB_POOL_MIN_SIZE": "9",
+                "FINTECH_GATEWAY_DB_POOL_MAX_SIZE": "2",
+            }
+        )
+
+
+def test_secret_files_refuse_garbage_and_too_many_secrets(tmp_path: Path) -> None:
+    """A secret file must hold 1 to 4 whsec_ secrets; anything else is refused."""
+    with pytest.raises(signing.SigningError):
+        trust.parse_secrets("not-base64!")
+    with pytest.raises(signing.SigningError):
+        trust.parse_secrets(" ".join([SECRET] * 5))
+    assert trust.parse_secrets(SECRET) == (KEY,)
+
+
+async def test_the_served_openapi_is_the_committed_one(tmp_path: Path) -> None:
+    """/openapi.json is exactly docs/api/openapi.json (make lint checks the file), and /docs
+    serves the interactive page."""
+    application, _ = make_app(tmp_path, FakeStore())
+    async with client(application) as c:
+        served = (await c.get("/openapi.json")).json()
+        docs_page = await c.get("/docs")
+    assert served == json.loads(COMMITTED_OPENAPI.read_text())
+    assert docs_page.status_code == 200
+    assert "/v1/authorizations/{authorization_id}/captures" in served["paths"]
+
+
+def test_sign_prints_headers_the_gateway_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fintech-operator gateway sign BODY` prints three header lines that verify against the
+    same secret file, and refuses a missing secret file with exit status 2."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    body = json.dumps(AUTH)
+    assert cli.main(["gateway", "sign", "--secret-file", str(secret_file), body]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert sorted(headers) == ["webhook-id", "webhook-signature", "webhook-timestamp"]
+    assert trust.verify((KEY,), headers, body.encode(), int(time.time()), 300)
+    missing = str(tmp_path / "nope")
+    assert cli.main(["gateway", "sign", "--secret-file", missing, body]) == 2
