@@ -19,23 +19,28 @@ NAMESPACE = "fintech-cluster"
 RELEASE = "fin"
 INSTALL_TIMEOUT = "15m"
 PHASE_TIMEOUT_SECONDS = 180
-COMPONENTS = ("operator", "rewards", "notifier", "postgresql", "kafka")
+COMPONENTS = ("operator", "rewards", "notifier", "gateway", "postgresql", "kafka")
 # What each image runs as (the official images' users, the product's own).
 RUN_AS_UID = {
     "operator": 10001,
     "rewards": 10001,
     "notifier": 10001,
+    "gateway": 10001,
     "postgresql": 999,
     "kafka": 1000,
 }
 
 
-def _component_pod(cluster: Cluster, component: str) -> dict[str, Any]:
+def _component_pods(cluster: Cluster, component: str) -> list[dict[str, Any]]:
     selector = f"app.kubernetes.io/component={component},app.kubernetes.io/instance={RELEASE}"
     pods = cluster.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
-    running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert len(running) == 1, f"{component}: {[p['metadata']['name'] for p in pods]}"
-    return dict(running[0])
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def _component_pod(cluster: Cluster, component: str) -> dict[str, Any]:
+    running = _component_pods(cluster, component)
+    assert len(running) == 1, f"{component}: {[p['metadata']['name'] for p in running]}"
+    return running[0]
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -121,15 +126,19 @@ def test_helm_install_every_pod_ready(cluster: Cluster) -> None:
         f"--timeout={INSTALL_TIMEOUT}",
     )
     for component in COMPONENTS:
-        pod = _component_pod(cluster, component)
-        assert _ready(pod), f"{component} not Ready: {pod['status']}"
-        assert pod["spec"]["containers"][0]["image"].startswith("fintech.local/")
+        pods = _component_pods(cluster, component)
+        assert pods, f"no {component} Pod"
+        for pod in pods:
+            assert _ready(pod), f"{component} not Ready: {pod['status']}"
+            assert pod["spec"]["containers"][0]["image"].startswith("fintech.local/")
 
 
 def test_pods_run_as_their_non_root_users_with_a_read_only_root(cluster: Cluster) -> None:
     for component, uid in RUN_AS_UID.items():
-        pod = _component_pod(cluster, component)["metadata"]["name"]
-        assert cluster.kubectl("exec", "-n", NAMESPACE, pod, "--", "id", "-u").strip() == str(uid)
+        for pod in _component_pods(cluster, component):
+            name = pod["metadata"]["name"]
+            got = cluster.kubectl("exec", "-n", NAMESPACE, name, "--", "id", "-u").strip()
+            assert got == str(uid), f"{name} runs as {got}"
     operator = _component_pod(cluster, "operator")["metadata"]["name"]
     refused = cluster.exec_failure(NAMESPACE, operator, "touch", "/opt/fintech/x")
     assert "Read-only file system" in refused, refused
