@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: setup dev down test lint chart-lint unit integration e2e crds bench clean
+.PHONY: setup dev down test lint chart-lint unit integration e2e crds bench clean image cluster-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,3 +70,14 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## image: the product image from the Dockerfile (on a local bookworm Python base), plus the
+## PostgreSQL, Kafka, pause and CoreDNS images `stack node` runs; cached by their inputs
+image: setup
+	./tools/bootstrap.sh node
+	$(BIN)/python -m fintech_devstack.images
+
+## cluster-test: the chart installed with Helm on a real node (root, containerd; slow)
+cluster-test: setup
+	./tools/bootstrap.sh node
+	FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster

@@ -182,6 +182,47 @@ def _build_kubernetes(root: Path) -> tuple[Path, Path]:
     return apiserver, kubectl
 
 
+def build_kubernetes_commands(home: Path, names: list[str]) -> None:
+    """Build more commands of the pinned Kubernetes (the node's daemons) into ``home/bin``."""
+    _say(f"building {', '.join(names)} v{versions.KUBERNETES_VERSION} (first time only)")
+    src = home / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text(_kubernetes_go_mod())
+    imports = "".join(f'\t_ "k8s.io/kubernetes/cmd/{name}"\n' for name in names)
+    (src / "node_tools.go").write_text(
+        f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"
+    )
+    env, log = _go_env(src), home / "build.log"
+    _run_logged(["go", "mod", "tidy", "-e"], src, log, env, "kubernetes go mod tidy")
+    for name in names:
+        target = home / "bin" / name
+        cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _kubernetes_ldflags()]
+        cmd += ["-o", f"{target}.partial", f"k8s.io/kubernetes/cmd/{name}"]
+        _run_logged(cmd, src, log, env, f"build {name}")
+        Path(f"{target}.partial").rename(target)
+
+
+def build_go_main(name: str, version: str, requires: str, main_go: str) -> Path:
+    """A small Go program (the pause sandbox, CoreDNS) cached as ``<name>-<version>/bin``."""
+    home = cache_root() / f"{name}-{version}"
+    binary = home / "bin" / name
+    if (home / ".done").exists():
+        return binary
+    _say(f"building {name} {version} (first time only)")
+    src = home / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    require = f"\nrequire {requires}\n" if requires else ""
+    (src / "go.mod").write_text(f"module fintech.dev/platform/{name}\n\ngo 1.26.0\n{require}")
+    (src / "main.go").write_text(main_go)
+    env, log = _go_env(src), home / "build.log"
+    if requires:
+        _run_logged(["go", "mod", "tidy"], src, log, env, f"{name} go mod tidy")
+    cmd = ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary), "."]
+    _run_logged(cmd, src, log, env, f"build {name}")
+    (home / ".done").write_text(version)
+    return binary
+
+
 def _build_etcd(root: Path) -> Path:
     home = root / f"etcd-v{versions.ETCD_VERSION}"
     binary = home / "bin" / "etcd"

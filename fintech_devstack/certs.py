@@ -21,6 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERT_LIFETIME_DAYS = 30
+# The first address of the platform's service range (10.0.0.0/24), which the API server gives
+# to the `kubernetes` Service.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
+KUBERNETES_SERVICE_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,13 @@ def generate(directory: Path) -> ApiserverPki:
     """Write a fresh CA, serving and admin certificates and SA keys into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_name, ca_cert = _ca("fintech-operator-local-ca")
-    sans = [*_loopback_sans(), x509.DNSName("kubernetes.default.svc")]
+    # The `kubernetes` Service's ClusterIP and names: pods of `stack node` reach the API
+    # server through them (kube-proxy), and check this certificate against them.
+    sans = [
+        *_loopback_sans(),
+        x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
+        *(x509.DNSName(name) for name in KUBERNETES_SERVICE_NAMES),
+    ]
     serving = _leaf(ca_key, ca_name, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin = _leaf(
         ca_key, ca_name, _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
@@ -168,6 +183,9 @@ def generate(directory: Path) -> ApiserverPki:
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files = {
         "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
+        # Kept (owner-only) so `stack node` tests can sign serving certificates pods trust
+        # through their service-account CA bundle.
+        "ca.key": _key_pem(ca_key),
         "apiserver.crt": serving[0],
         "apiserver.key": serving[1],
         "admin.crt": admin[0],
@@ -189,4 +207,16 @@ def generate(directory: Path) -> ApiserverPki:
         admin_key=directory / "admin.key",
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
+    )
+
+
+def sign_serving(directory: Path, dns_names: list[str]) -> tuple[bytes, bytes]:
+    """A serving certificate and key for ``dns_names`` from the CA kept in ``directory``."""
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the platform CA key is not an EC key")
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    return _leaf(
+        ca_key, ca_cert.subject, _name(dns_names[0]), ExtendedKeyUsageOID.SERVER_AUTH, sans
     )

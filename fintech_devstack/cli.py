@@ -44,6 +44,10 @@ def _stack_up(plat: platform.Platform, _: argparse.Namespace) -> int:
 
 
 def _stack_down(plat: platform.Platform, args: argparse.Namespace) -> int:
+    if (plat.state_dir / "node").is_dir():
+        from fintech_devstack import node  # noqa: PLC0415 - only a platform with a node
+
+        node.Node(plat).down()
     plat.stop()
     if args.purge:
         shutil.rmtree(plat.state_dir, ignore_errors=True)
@@ -94,6 +98,29 @@ def _stack_ports(plat: platform.Platform, _: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_node(plat: platform.Platform, args: argparse.Namespace) -> int:
+    """`stack node up|down|status`: a real node (kubelet, containerd) beside the platform."""
+    from fintech_devstack import images, node  # noqa: PLC0415 - only `stack node` needs them
+
+    the_node = node.Node(plat)
+    action = args.node_action or "status"
+    if action == "up":
+        if not _running(plat):
+            print("platform not running; run: fintech-operator stack up", file=sys.stderr)
+            return 1
+        built = images.all_images()
+        the_node.up([images.tar_of(image) for image in built.values()])
+        print("node Ready; images: " + " ".join(built.values()), file=sys.stderr)
+    elif action == "down":
+        the_node.down()
+    states = the_node.status()
+    for name, state in states.items():
+        print(f"{name:19} {state}")
+    if action == "down":
+        return 0
+    return 0 if all(v in ("running", "Ready") for v in states.values()) else 1
+
+
 _STACK_ACTIONS = {
     "up": _stack_up,
     "down": _stack_down,
@@ -101,6 +128,7 @@ _STACK_ACTIONS = {
     "build": _stack_build,
     "status": _stack_status,
     "ports": _stack_ports,
+    "node": _stack_node,
 }
 
 
@@ -319,5 +347,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         if name == "stack":
             cmd.add_argument("action", choices=sorted(_STACK_ACTIONS))
             cmd.add_argument("--purge", action="store_true", help="down: also delete all data")
+            cmd.add_argument(
+                "node_action", nargs="?", choices=("up", "down", "status"), help="node: what to do"
+            )
         cmd.add_argument("--state-dir", help="platform state directory")
         cmd.set_defaults(func=_guarded(func))

@@ -379,6 +379,8 @@ class Platform:
             "--allow-privileged=true",
             "--profiling=false",
             "--endpoint-reconciler-type=none",
+            # `stack node`'s kubelet is reached at its address (logs, exec); no DNS knows it.
+            "--kubelet-preferred-address-types=InternalIP",
         ]
         log = self._spawn("apiserver", cmd)
         self._write_kubeconfig(pki)

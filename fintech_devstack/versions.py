@@ -28,3 +28,6 @@ LOG4J_VERSION: Final = "2.26.1"
 # PostgreSQL comes from the distribution's packages; this is the major version we
 # install when none is present, and the lowest we accept.
 POSTGRES_MAJOR: Final = 15
+
+# CoreDNS, the node's cluster DNS, built from its Go module (stack node).
+COREDNS_VERSION: Final = "1.14.7"

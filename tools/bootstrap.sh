@@ -11,6 +11,14 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgre
 command -v runuser >/dev/null 2>&1 || missing="$missing util-linux"
 # Argo CD runs health checks in Lua 5.1; the tests run ours with the same language version.
 command -v lua5.1 >/dev/null 2>&1 || missing="$missing lua5.1"
+# `bootstrap.sh node` (make image, make cluster-test): the container engine, the base image's
+# debootstrap and the CNI plugins `stack node` needs.
+if [ "${1:-}" = node ]; then
+  command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+  command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
+  command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+  [ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
+fi
 if [ -z "$missing" ]; then
   exit 0
 fi
