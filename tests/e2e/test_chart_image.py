@@ -180,7 +180,7 @@ def test_every_command_the_chart_runs_exists_in_the_image(
         for d in docs
         if d["kind"] == "Deployment"
     }
-    assert commands == {"run", "rewards", "notifier"}
+    assert commands == {"run", "rewards", "notifier", "gateway"}
     for command in sorted(commands):
         _run(str(image_venv / "bin" / "fintech-operator"), command, "--help")
 
