@@ -66,6 +66,10 @@ bench: setup
 	$(BIN)/python bench/bench_card_activation.py
 	$(BIN)/python bench/bench_postings_e2e.py --postings 300
 	$(BIN)/python bench/bench_postings_e2e.py --postings 300 --cards 20
+	$(BIN)/python bench/bench_relay.py
+	$(BIN)/python bench/bench_rewards.py
+	$(BIN)/python bench/bench_postings_burst.py
+	$(BIN)/python bench/bench_authorizations.py --own-platform
 	$(BIN)/python bench/faults.py --seed 16 --duration 600 --faults 120
 
 clean:
