@@ -1,7 +1,7 @@
 """ReconciliationRun and ReconciliationSchedule: thin handlers around ``fintech_operator.recon``.
 
 A run is handled in two steps so that users see where it is: ``start`` checks the spec and sets
-``Pending`` (kopf applies one handler's patch before the next handler runs); ``execute`` waits
+``Pending`` (a status patch of its own, at once); ``execute`` waits
 for one of the ``FINTECH_RECON_WORKERS_MAX`` worker slots, sets ``Running`` as it takes one (a
 status patch of its own, since kopf's patch would only land when the handler ends), does the
 work in a worker thread and reports the stored outcome. Both are idempotent: the ``recon_runs``
@@ -208,16 +208,20 @@ async def start(
     except pydantic.ValidationError as exc:
         await _invalid(body, spec, patch, report.namespace_of(namespace), memo, exc)
         return
-    patch.status.update(
-        {
-            "phase": api.ReconciliationPhase.PENDING,
-            "conditions": _conditions(
-                body,
-                (False, api.ReconciliationReason.PENDING, "waiting for a reconciliation worker"),
-                None,
-            ),
-            "observedGeneration": int(body.metadata.get("generation") or 0),
-        }
+    status = {
+        "phase": api.ReconciliationPhase.PENDING,
+        "conditions": _conditions(
+            body,
+            (False, api.ReconciliationReason.PENDING, "waiting for a reconciliation worker"),
+            None,
+        ),
+        "observedGeneration": int(body.metadata.get("generation") or 0),
+    }
+    # A patch of its own, at once: kopf runs all of a run's handlers in one cycle and applies
+    # their patches when the last returns, which for ``execute`` is when the run is over.
+    name = str(body.metadata.name)
+    await in_worker(
+        lambda: _patch_status(report.namespace_of(namespace), name, status), f"recon-pending-{name}"
     )
 
 
