@@ -91,12 +91,14 @@ async def _set_frozen(memo: kopf.Memo, code: str, frozen: bool, *events: Any) ->
 
 async def _mirror_card(
     memo: kopf.Memo, namespace: str, name: str, account: str, token: str, card: api.CardSpec
-) -> None:
-    """What the real-time gateway needs of an issued card (token, account, product, limit)."""
+) -> tuple[int, int | None] | None:
+    """What the real-time gateway needs of an issued card (token, account, product, limit);
+    returns its (held, available) as the mirror now says, for the issuing status patch."""
     async with memo.pool.connection() as conn:
         await mirror.put_card(
             conn, namespace=namespace, name=name, account=account, token=token, spec=card
         )
+        return await mirror.holds(conn, account)
 
 
 async def _write_events(memo: kopf.Memo, *events: Any) -> None:
@@ -559,7 +561,7 @@ async def _open(
     # Issued frozen: the fee above is the last debit until it is unfrozen. Both ways, because a
     # retry may see another spec.state than the attempt that committed the account.
     await _set_frozen(memo, code, state == "Frozen")
-    await _mirror_card(memo, namespace, name, code, issued.token.token, card)
+    holds = await _mirror_card(memo, namespace, name, code, issued.token.token, card)
     generation = _generation(body)
     conditions = report.condition(
         {"conditions": conditions},
@@ -592,6 +594,8 @@ async def _open(
             "observedGeneration": generation,
         }
     )
+    if holds is not None:  # in the same patch: the first refresh then has nothing to change
+        show_holds(body, patch, holds, currency)
     normal_event(
         body, reason="Issued", message=f"card issued on {code}, last 4 {issued.token.last4}"
     )
