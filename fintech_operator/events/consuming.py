@@ -145,6 +145,9 @@ def main(service: str, run: Callable[[config.Settings, asyncio.Event], Awaitable
     JSON logs, settings (invalid ones fail here), tracing and ``/metrics`` under ``service``,
     then ``run(settings, stop)`` until it returns; SIGINT and SIGTERM set ``stop``.
     """
+    # Stopped while still starting (nothing opened yet): a clean exit, not death by signal.
+    # The event loop's handlers below take over once it runs.
+    signal.signal(signal.SIGTERM, _exit_while_starting)
     logs.configure()
     settings = config.load()
     lifecycle.start_process(settings, service)  # tracing; /metrics when a port is set
@@ -158,3 +161,7 @@ def main(service: str, run: Callable[[config.Settings, asyncio.Event], Awaitable
 
     asyncio.run(runner())
     return 0
+
+
+def _exit_while_starting(signum: int, _frame: object) -> None:
+    raise SystemExit(0)

@@ -65,14 +65,18 @@ async def test_a_killed_and_restarted_worker_releases_every_hold_exactly_once(
     assert all(body(answer)["approved"] for answer in answers)
     await asyncio.sleep(1.2)
     log = tmp_path / "expiry.log"
-    for _ in range(2):
+    for round_ in range(1, 3):
         worker = start_worker(env, log)
-        await eventually("the worker expiring", lambda: _expired_at_least(raw, 10), 60)
+        # Killed while it works: after it expired some of this round's share, not before.
+        await eventually("the worker expiring", lambda n=round_: _expired_at_least(raw, 10 * n), 60)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
+    offset = log.stat().st_size
     worker = start_worker(env, log)
     try:
         await eventually("every hold expired", lambda: _expired_at_least(raw, AUTHORIZATIONS), 120)
+        # Stopped only once it has started (its start-up line), so SIGTERM is a clean stop.
+        await eventually("the third worker started", lambda: _started_since(log, offset), 60)
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0, log.read_text()
@@ -102,3 +106,11 @@ async def _authorize(pool: Any, req: Any) -> Any:
 async def _expired_at_least(raw: psycopg.Connection[Any], count: int) -> bool:
     row = raw.execute("SELECT count(*) FROM authorizations WHERE status = 'expired'").fetchone()
     return row is not None and int(row[0]) >= count
+
+
+async def _started_since(log: Path, offset: int) -> bool:
+    """Whether a worker wrote its start-up line (logged once SIGTERM is handled) after
+    ``offset`` bytes of the shared log."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        return b"metrics server" in f.read()
