@@ -185,8 +185,9 @@ class Settings(BaseModel):
         Field(
             ge=0,
             le=1000,
-            description="Most Kafka consumer groups whose lag is exported (in name order), "
-            "bounding the label count; 0 turns lag collection off. Default 50.",
+            description="Most Kafka consumer groups whose lag is exported (in name order, "
+            "only groups reading this installation's topics), bounding the label count; 0 "
+            "turns lag collection off. Default 50.",
         ),
     ] = 50
     # Events, rewards and notifications (issue 5).

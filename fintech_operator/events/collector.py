@@ -6,13 +6,13 @@ outbox and its committed offsets stop while the partitions' end offsets move on.
 the operator reads both every ``FINTECH_METRICS_COLLECT_INTERVAL_SECONDS`` and replaces the
 snapshot that ``/metrics`` serves. It runs only when ``/metrics`` is served.
 
-Lag is measured for the consumer groups the broker knows (at most
-``FINTECH_METRICS_CONSUMER_GROUPS_MAX`` of them, in name order, which bounds the series even
-on a shared cluster): ``end offset - committed offset`` for each partition a group has
-committed. Topic names are not filtered, so a prefix (``FINTECH_TOPIC_PREFIX``) or a new topic
-needs no change here. The outbox count stops at
-:data:`OUTBOX_COUNT_CAP` rows so that a huge backlog cannot make the scrape itself slow;
-the age of the oldest row is exact.
+Lag is measured for the consumer groups that have committed offsets on this installation's
+topics (every name of :mod:`events.topics` with ``FINTECH_TOPIC_PREFIX``), at most
+``FINTECH_METRICS_CONSUMER_GROUPS_MAX`` of them in name order, which bounds the series:
+``end offset - committed offset`` for each such partition. Groups of other tenants of a shared
+cluster are read (at most :data:`GROUPS_SCANNED_MAX`) but neither exported nor counted.
+The outbox count stops at :data:`OUTBOX_COUNT_CAP` rows so that a huge backlog cannot make the
+scrape itself slow; the age of the oldest row is exact.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import kafka
+from fintech_operator.events import kafka, topics
 from fintech_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 OUTBOX_COUNT_CAP: Final = 100_000
 STOP_TIMEOUT_SECONDS: Final = 10.0
+# Groups whose offsets one round reads at most, and how many of those requests are in flight
+# at once: a cluster with thousands of foreign groups costs a bounded, parallel scan.
+GROUPS_SCANNED_MAX: Final = 1000
+_SCAN_BATCH: Final = 16
 
 _OUTBOX = f"""
 SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL
@@ -58,16 +62,32 @@ async def read_lag(
     admin: AIOKafkaAdminClient,
     offsets_reader: AIOKafkaConsumer,
     groups_max: int,
+    topics_wanted: Callable[[str], bool] = lambda _topic: True,
     groups_wanted: Callable[[str], bool] = lambda _group: True,
 ) -> dict[tuple[str, str, int], int]:
-    """``{(group, topic, partition): lag}`` for up to ``groups_max`` groups, in name order."""
+    """``{(group, topic, partition): lag}`` for up to ``groups_max`` groups, in name order.
+
+    Only partitions of ``topics_wanted`` count, and a group with none of them takes no place
+    under the cap: on a shared cluster another tenant's groups never hide this one's.
+    """
     listed = sorted(str(entry[0]) for entry in await admin.list_consumer_groups())
-    groups = [group for group in listed if groups_wanted(group)][:groups_max]
+    candidates = [group for group in listed if groups_wanted(group)][:GROUPS_SCANNED_MAX]
     committed: dict[tuple[str, str, int], int] = {}
-    for group in groups:
-        for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
-            if meta.offset >= 0:
-                committed[(group, tp.topic, tp.partition)] = int(meta.offset)
+    found = 0
+    for start in range(0, len(candidates), _SCAN_BATCH):
+        batch = candidates[start : start + _SCAN_BATCH]
+        answers = await asyncio.gather(*(admin.list_consumer_group_offsets(g) for g in batch))
+        for group, offsets in zip(batch, answers, strict=True):
+            mine = {
+                (group, tp.topic, tp.partition): int(meta.offset)
+                for tp, meta in offsets.items()
+                if meta.offset >= 0 and topics_wanted(tp.topic)
+            }
+            if mine and found < groups_max:
+                committed.update(mine)
+                found += 1
+        if found >= groups_max:
+            break
     if not committed:
         return {}
     wanted = sorted({TopicPartition(topic, part) for _, topic, part in committed})
@@ -122,6 +142,11 @@ class _Kafka:
                 await reader.stop()
 
 
+def _ours(settings: config.Settings) -> Callable[[str], bool]:
+    names = frozenset(topics.qualified(name, settings.topic_prefix) for name in topics.ALL)
+    return names.__contains__
+
+
 async def _collect_once(
     pool: AsyncConnectionPool[Any], kafka: _Kafka, settings: config.Settings, limit_seconds: float
 ) -> None:
@@ -136,7 +161,8 @@ async def _collect_once(
     try:
         admin, reader = await asyncio.wait_for(kafka.open(), limit_seconds)
         lag = await asyncio.wait_for(
-            read_lag(admin, reader, settings.metrics_consumer_groups_max), limit_seconds
+            read_lag(admin, reader, settings.metrics_consumer_groups_max, _ours(settings)),
+            limit_seconds,
         )
         metrics.SNAPSHOT.set_consumer_lag(lag)
     except Exception:  # As above; the clients are rebuilt next round.

@@ -101,7 +101,7 @@ async def test_round_trip_through_the_product_clients(
     try:
         admin, offsets = await asyncio.wait_for(clients.open(), 30)
         lag = await asyncio.wait_for(
-            collector.read_lag(admin, offsets, 10, lambda name: name == group), 30
+            collector.read_lag(admin, offsets, 10, groups_wanted=lambda name: name == group), 30
         )
     finally:
         await clients.close()

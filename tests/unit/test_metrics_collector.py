@@ -63,12 +63,29 @@ async def test_lag_is_end_minus_committed_per_partition() -> None:
 
 
 async def test_groups_beyond_the_cap_are_not_queried() -> None:
-    """Only the first ``groups_max`` groups in name order are read, bounding series and calls."""
-    admin: Any = _Admin({name: _offsets(("postings", 0, 1)) for name in ("c", "a", "b")})
+    """Only the first ``groups_max`` groups in name order are exported, and scanning stops at
+    the first batch that fills the cap, bounding series and calls."""
+    names = [f"g{i:03}" for i in range(3 * collector._SCAN_BATCH)]
+    admin: Any = _Admin({name: _offsets(("postings", 0, 1)) for name in reversed(names)})
     reader: Any = _Reader({TopicPartition("postings", 0): 3})
     lag = await collector.read_lag(admin, reader, groups_max=2)
-    assert admin.asked == ["a", "b"]
-    assert set(lag) == {("a", "postings", 0), ("b", "postings", 0)}
+    assert admin.asked == names[: collector._SCAN_BATCH]
+    assert set(lag) == {("g000", "postings", 0), ("g001", "postings", 0)}
+
+
+async def test_foreign_groups_take_no_place_under_the_cap() -> None:
+    """Groups without offsets on this installation's topics are neither exported nor counted:
+    on a shared cluster, many groups of other tenants earlier in name order must not hide ours."""
+    offsets = {f"a-foreign-{i:03}": _offsets(("other.postings", 0, 1)) for i in range(40)}
+    offsets["z-ours"] = _offsets(("p.postings", 0, 4), ("other.postings", 1, 0))
+    offsets["y-ours"] = _offsets(("p.cards", 0, 2))
+    admin: Any = _Admin(offsets)
+    reader: Any = _Reader({TopicPartition("p.postings", 0): 5, TopicPartition("p.cards", 0): 2})
+    ours = collector._ours(config.load({**BASE, "FINTECH_TOPIC_PREFIX": "p."}))
+    lag = await collector.read_lag(admin, reader, groups_max=1, topics_wanted=ours)
+    assert lag == {("y-ours", "p.cards", 0): 0}
+    lag = await collector.read_lag(admin, reader, groups_max=5, topics_wanted=ours)
+    assert lag == {("y-ours", "p.cards", 0): 0, ("z-ours", "p.postings", 0): 1}
 
 
 async def test_collector_does_not_start_when_metrics_are_off() -> None:
