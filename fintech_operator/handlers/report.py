@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import pydantic
 
 from fintech_operator import api
 
@@ -23,6 +24,13 @@ def condition(
     status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
 ) -> list[dict[str, Any]]:
     """The object's conditions with ``type_`` set, keeping the others as they are."""
+    return [api.to_api(c) for c in conditions(status, type_, ok, reason, message, generation)]
+
+
+def conditions(
+    status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
+) -> list[api.Condition]:
+    """:func:`condition`, typed: for a status model (``api.CardStatus(conditions=...)``)."""
     new = api.Condition(
         type=type_,
         status=api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE,
@@ -32,7 +40,17 @@ def condition(
         observed_generation=generation,
     )
     current = api.conditions_from_status(status.get("conditions"))
-    return [api.to_api(c) for c in api.set_condition(current, new)]
+    return api.set_condition(current, new)
+
+
+def write_status(patch: kopf.Patch, status: pydantic.BaseModel) -> None:
+    """Lay a typed status (``api.CardStatus``, ``api.PostingStatus``, ...) over the patch.
+
+    Only the fields the model was given are written; a field given as None clears it. The
+    model validates every value, so a misspelt field or a bad phase fails here instead of
+    being pruned silently by the CRD's structural schema.
+    """
+    patch.status.update(status.model_dump(mode="json", by_alias=True, exclude_unset=True))
 
 
 def reject(
