@@ -14,11 +14,12 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
-from fintech_operator.app import card_state, issuance
+from fintech_operator.app import card_state, issuance, posting
 from fintech_operator.authorizations import mirror
 from fintech_operator.cards import lifecycle
 from fintech_operator.cards import store as card_store
 from fintech_operator.compliance import store as compliance_store
+from fintech_operator.events import outbox
 from fintech_operator.ledger import engine, model
 from fintech_operator.risk import store as risk_store
 
@@ -115,3 +116,45 @@ class Cards:
         """The CardReview recorded for the card, if any."""
         async with self._pool.connection() as conn:
             return await compliance_store.find_review(conn, card_uid)
+
+
+class Postings:
+    """:class:`posting.PostingLedger` on the ledger engine and the risk store."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def journal_by_key(self, key: str, namespace: str) -> model.Journal | None:
+        async with self._pool.connection() as conn:
+            return await engine.journal_by_key(conn, key, namespace=namespace)
+
+    async def journal(self, journal_id: int) -> model.Journal:
+        async with self._pool.connection() as conn:
+            return await engine.journal(conn, journal_id)
+
+    async def open_account(self, code: str) -> model.Account | None:
+        try:
+            async with self._pool.connection() as conn:
+                account = await engine.account(conn, code)
+        except model.AccountNotFound:
+            return None
+        return account if account.status is model.AccountStatus.OPEN else None
+
+    async def posted_event(self, journal_id: int) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await outbox.posted_event(conn, journal_id)
+
+    async def post(
+        self, request: model.PostingRequest, check: risk_store.PostingCheck
+    ) -> model.PostResult:
+        return await risk_store.post(self._pool, request, check)
+
+    async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
+        return await engine.reverse(
+            self._pool,
+            reversal.idempotency_key,
+            reversal.journal_id,
+            reversal.reason,
+            events=reversal.events,
+            namespace=reversal.namespace,
+        )
