@@ -168,7 +168,9 @@ async def test_a_deleted_cards_open_account_still_takes_a_payment() -> None:
     ledger = FakeLedger(accounts={ACCOUNT: account})
     outcome = await _run(_post(_spec(type="Payment"), card=None), ledger)
     assert isinstance(outcome, posting.Posted)
-    refused = await _run(_post(_spec(type="Purchase"), card=None), FakeLedger(ledger.accounts))
+    refused = await _run(
+        _post(_spec(type="Purchase"), card=None), FakeLedger(accounts=ledger.accounts)
+    )
     assert isinstance(refused, posting.Rejected)
     assert refused.reason == "CardNotActive"
 
