@@ -140,10 +140,11 @@ def _product_or_retry(
                 f"is rejected (ProductNotFound) if it does not appear within about "
                 f"{limit * TEMPORARY_DELAY_SECONDS:.0f} s"
             )
-            raise report.waiting(
-                body, patch, report.WAITING_FOR_PRODUCT, message,
-                attempt=f"{retry + 1} of {limit}", delay_seconds=TEMPORARY_DELAY_SECONDS,
-            )  # fmt: skip
+            attempt = f"{retry + 1} of {limit}"
+            wait = report.Wait(
+                report.WAITING_FOR_PRODUCT, message, attempt, TEMPORARY_DELAY_SECONDS
+            )
+            raise report.waiting(body, patch, wait)
         return None
     return api.CardProductSpec.model_validate(raw)
 
@@ -257,11 +258,10 @@ def _render_issuance(
             )
         # A reviewed card keeps its phase: its review timer runs only while it is PendingReview.
         phase = "PendingReview" if body.status.get("phase") == "PendingReview" else "Pending"
-        raise report.waiting(
-            body, patch, outcome.reason, outcome.why,
-            attempt=str(outcome.attempt),
-            delay_seconds=outcome.delay_seconds, phase=phase,
-        )  # fmt: skip
+        wait = report.Wait(
+            outcome.reason, outcome.why, str(outcome.attempt), outcome.delay_seconds, phase
+        )
+        raise report.waiting(body, patch, wait)
 
 
 def _show_assessment(

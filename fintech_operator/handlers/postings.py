@@ -121,10 +121,10 @@ async def post(
 
 def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> None:
     if isinstance(outcome, use_case.WaitingForCard):
-        raise report.waiting(
-            body, patch, report.WAITING_FOR_CARD, outcome.message,
-            attempt=outcome.attempt, delay_seconds=outcome.delay_seconds,
-        )  # fmt: skip
+        wait = report.Wait(
+            report.WAITING_FOR_CARD, outcome.message, outcome.attempt, outcome.delay_seconds
+        )
+        raise report.waiting(body, patch, wait)
     if isinstance(outcome, use_case.Rejected):
         if outcome.risk is not None:
             report.write_status(patch, api.PostingStatus(risk=outcome.risk))

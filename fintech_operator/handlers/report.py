@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -94,23 +95,28 @@ WAITING_FOR_PROCESSOR = "WaitingForProcessor"
 WAIT_PREFIX = "waiting: "
 
 
-def waiting(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    reason: str,
-    message: str,
-    *,
-    attempt: str,
-    delay_seconds: float,
-    phase: str = "Pending",
-) -> kopf.TemporaryError:
+@dataclass(frozen=True)
+class Wait:
+    """What a resource waits for: ``reason`` and ``message`` are shown on it, ``attempt``
+    ("3 of 30") goes into the log line only, ``phase`` is the phase it keeps meanwhile."""
+
+    reason: str
+    message: str
+    attempt: str
+    delay_seconds: float
+    phase: str = "Pending"
+
+
+def waiting(body: kopf.Body, patch: kopf.Patch, wait: Wait) -> kopf.TemporaryError:
     """Show a wait on the resource and return the retry to raise.
 
-    The status says at once what the resource waits for (phase Pending, ``reason``, a Ready
+    The status says at once what the resource waits for (its phase, the wait's reason, a Ready
     condition False with the same reason and message); the Event is posted once per wait, when
-    the status does not show it yet, not on every retry. ``attempt`` ("3 of 30") goes into the
-    log line only, so the status and the Event stay the same while the wait lasts.
+    the status does not show it yet, not on every retry. The attempt goes into the log line
+    only, so the status and the Event stay the same while the wait lasts.
     """
+    reason, message, phase = wait.reason, wait.message, wait.phase
+    attempt, delay_seconds = wait.attempt, wait.delay_seconds
     generation = int(body.metadata.get("generation") or 0)
     # Conditions written earlier in this same handler call (an assessment) are kept.
     base = patch.status.get("conditions") or body.status.get("conditions")
