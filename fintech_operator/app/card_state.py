@@ -86,6 +86,10 @@ class CardLedger(Protocol):
         """What the real-time gateway needs of an issued card (token, account, limit)."""
         ...
 
+    async def mirror_limit(self, card: IssuedCard, limit: api.SpendLimit | None) -> None:
+        """The card's new spend limit, for the next real-time authorization."""
+        ...
+
     async def retire(self, card: IssuedCard) -> None:
         """The card's token authorizes nothing from now on."""
         ...
@@ -167,7 +171,7 @@ class AccountMissing:
 
 
 async def resume_card(
-    card: IssuedCard, token: str | None, spec: api.CardSpec, ledger: CardLedger
+    card: IssuedCard, token: str | None, spec: api.CardSpec | None, ledger: CardLedger
 ) -> Unchanged | AccountMissing:
     """An issued card seen again (operator restart): the ledger's freeze follows the card (an
     upgrade from before migration 0041, or a crash between the freeze and the status patch),
@@ -178,8 +182,18 @@ async def resume_card(
         await ledger.set_frozen(card.account, card.phase == api.CardPhase.FROZEN, [])
     except model.AccountNotFound as exc:
         return AccountMissing(exc.message)
-    if token:
+    if token and spec is not None:
         await ledger.mirror_card(card, token, spec)
+    return Unchanged()
+
+
+async def change_spend_limit(
+    card: IssuedCard, limit: api.SpendLimit | None, ledger: CardLedger
+) -> Unchanged:
+    """A new ``spec.spendLimit`` of an issued card reaches the authorization mirror; a card not
+    issued yet gets its limit with its issuance."""
+    if card.phase in lifecycle.ISSUED_PHASES:
+        await ledger.mirror_limit(card, limit)
     return Unchanged()
 
 

@@ -108,6 +108,10 @@ class Cards:
                 token=token, spec=spec,
             )  # fmt: skip
 
+    async def mirror_limit(self, card: card_state.IssuedCard, limit: api.SpendLimit | None) -> None:
+        async with self._pool.connection() as conn:
+            await mirror.put_card_limit(conn, card.namespace, card.name, limit)
+
     async def retire(self, card: card_state.IssuedCard) -> None:
         async with self._pool.connection() as conn:
             await mirror.retire_card(conn, card.namespace, card.name)

@@ -19,7 +19,6 @@ import pydantic
 
 from fintech_operator import api
 from fintech_operator.app import card_state, issuance, stores
-from fintech_operator.authorizations import mirror
 from fintech_operator.cards import http_tokenizer, lifecycle
 from fintech_operator.compliance import lists
 from fintech_operator.compliance import model as compliance_model
@@ -191,11 +190,13 @@ async def issue(
 
 async def _resume(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo) -> None:
     """A decided card seen again: an issued one's freeze and mirror follow its status."""
+    if body.status.get("phase") not in ISSUED_PHASES:
+        return  # a Rejected card's spec may not even parse: nothing to follow
     token = body.status.get("token")
     outcome = await card_state.resume_card(
         _issued_card(body),
         None if not token else str(token),
-        api.CardSpec.model_validate(dict(spec)),
+        api.CardSpec.model_validate(dict(spec)) if token else None,
         stores.Cards(memo.pool),
     )
     if isinstance(outcome, card_state.AccountMissing):
@@ -471,15 +472,14 @@ async def _change_state(
 
 
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit")
-async def spend_limit_changed(
-    body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
-) -> None:
+async def spend_limit_changed(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
     if body.status.get("phase") not in ISSUED_PHASES:
-        return
+        return  # not issued: its limit is mirrored with its issuance
     card = api.CardSpec.model_validate(dict(spec))
-    async with memo.pool.connection() as conn:
-        await mirror.put_card_limit(conn, report.namespace_of(namespace), name, card.spend_limit)
+    await card_state.change_spend_limit(
+        _issued_card(body), card.spend_limit, stores.Cards(memo.pool)
+    )
 
 
 async def close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:

@@ -48,6 +48,9 @@ class FakeLedger:
     ) -> None:
         self.calls.append(("mirror", token))
 
+    async def mirror_limit(self, card: card_state.IssuedCard, limit: api.SpendLimit | None) -> None:
+        self.calls.append(("limit", None if limit is None else limit.amount_minor))
+
     async def retire(self, card: card_state.IssuedCard) -> None:
         self.calls.append(("retire", card.name))
 
@@ -152,3 +155,11 @@ async def test_deleting_a_card_without_an_open_account_does_nothing(
     outcome = await card_state.delete_card(_card(phase, account), ledger)
     assert outcome == card_state.Unchanged()
     assert ledger.calls == []
+
+
+async def test_a_new_spend_limit_reaches_the_mirror_of_an_issued_card_only() -> None:
+    limit = api.SpendLimit(amount_minor=5000, interval=api.SpendInterval.DAILY)
+    ledger = FakeLedger()
+    await card_state.change_spend_limit(_card("Frozen"), limit, ledger)
+    await card_state.change_spend_limit(_card("PendingReview", None), limit, ledger)
+    assert ledger.calls == [("limit", 5000)]
