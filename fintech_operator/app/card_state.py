@@ -119,7 +119,7 @@ async def change_card_state(
         api.CardPhase.PENDING_REVIEW.value
     }:
         reason = api.CardReason.CLOSED_BEFORE_ISSUE
-        await ledger.write_events([_state_changed(card, "Closed", clock(), reason)])
+        await ledger.write_events([_state_changed(card, api.CardState.CLOSED, clock(), reason)])
         return StateChanged(api.CardPhase.CLOSED, CLOSED_BEFORE_ISSUE_MESSAGE, reason)
     return Unchanged()
 
@@ -129,7 +129,7 @@ async def close(command: ChangeCardState, ledger: CardLedger, clock: Clock = _no
     card = command.card
     try:
         await ledger.close_account(
-            str(card.account), [_state_changed(card, "Closed", clock(), command.reason)]
+            str(card.account), [_state_changed(card, api.CardState.CLOSED, clock(), command.reason)]
         )
     except model.AccountNotEmpty as exc:
         why = (
@@ -145,8 +145,8 @@ def _state_changed(
 ) -> model.OutboxEvent:
     """``card.state_changed``; before issue its ``from`` is Pending or PendingReview."""
     from_phase = card.phase
-    if from_phase not in lifecycle.ISSUED_PHASES and from_phase != "PendingReview":
-        from_phase = "Pending"
+    if from_phase not in lifecycle.ISSUED_PHASES and from_phase != api.CardPhase.PENDING_REVIEW:
+        from_phase = api.CardPhase.PENDING
     return schema.card_state_changed(
         namespace=card.namespace,
         name=card.name,
@@ -224,7 +224,7 @@ async def delete_card(
     issued = card.phase in lifecycle.ISSUED_PHASES
     if issued:
         await ledger.retire(card)
-    closed = [_state_changed(card, "Closed", clock(), "CardDeleted")] if issued else []
+    closed = [_state_changed(card, api.CardState.CLOSED, clock(), "CardDeleted")] if issued else []
     try:
         await ledger.close_account(card.account, closed)
     except model.AccountNotEmpty as exc:

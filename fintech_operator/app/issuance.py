@@ -36,7 +36,7 @@ from fintech_operator.risk import engine as risk_engine
 from fintech_operator.risk import model as risk_model
 
 # A sanctions list that cannot be read is retried this often before the card is held for review.
-SCREENING_RETRY_LIMIT: Final = 3
+SCREENING_RETRIES_MAX: Final = 3
 SCREENING_RETRY_DELAY_SECONDS: Final = 2.0
 # The card processor being down is retried with exponential backoff, capped: a card waits in
 # Pending (reason WaitingForProcessor) and is issued once it answers again.
@@ -342,7 +342,7 @@ async def _screen(
     try:
         loaded = await sanctions_lists.get(namespace, sanctions.config_map, sanctions.key)
     except lists.ListUnavailable as exc:
-        if command.attempt < SCREENING_RETRY_LIMIT:
+        if command.attempt < SCREENING_RETRIES_MAX:
             return Retry(SCREENING_RETRY_DELAY_SECONDS, exc.message, None, command.attempt + 1)
         return rules.sanctions_unavailable(exc.message, ref)
     return rules.check_sanctions(

@@ -387,7 +387,7 @@ async def _card_or_wait(
     card = command.card
     if card is None:
         card = await _deleted_card(namespace, spec, ledger)
-    pending = card is None or card.phase in (None, "Pending")
+    pending = card is None or card.phase in (None, api.CardPhase.PENDING)
     if pending and command.attempt < limit:
         what = "does not exist" if card is None else "is not issued yet (its phase is Pending)"
         return WaitingForCard(

@@ -33,7 +33,7 @@ TEMPORARY_DELAY_SECONDS: Final = 2.0
 REVIEW_POLL_INTERVAL_SECONDS: Final = 2.0
 # Deleting a card waits at most this many attempts (about a minute) for the database; then the
 # finalizer is released anyway and the account is left open: the finalizer never blocks forever.
-DELETE_RETRY_LIMIT: Final = 6
+DELETE_RETRIES_MAX: Final = 6
 DELETE_RETRY_DELAY_SECONDS: Final = 10.0
 ALERT_EVENTS_PER_REFRESH_MAX: Final = 20
 # Sanctions lists, compiled once per ConfigMap version and shared by every card and policy.
@@ -258,7 +258,8 @@ def _render_issuance(
                 patch, api.CardStatus(conditions=api.conditions_from_status(conditions))
             )
         # A reviewed card keeps its phase: its review timer runs only while it is PendingReview.
-        phase = "PendingReview" if body.status.get("phase") == "PendingReview" else "Pending"
+        review = body.status.get("phase") == api.CardPhase.PENDING_REVIEW
+        phase = api.CardPhase.PENDING_REVIEW if review else api.CardPhase.PENDING
         wait = report.Wait(
             outcome.reason, outcome.why, str(outcome.attempt), outcome.delay_seconds, phase
         )
@@ -381,7 +382,7 @@ async def holder_changed(
 
     A recorded review wins: once a reviewer decided, the new holder data changes nothing.
     """
-    if old is None or body.status.get("phase") != "PendingReview":
+    if old is None or body.status.get("phase") != api.CardPhase.PENDING_REVIEW:
         return
     ref, ports = _ref(body), _ports(memo)
     if await stores.Cards(memo.pool).find_review(ref.uid) is not None:
@@ -401,7 +402,7 @@ async def holder_changed(
     api.VERSION,
     "cards",
     interval=REVIEW_POLL_INTERVAL_SECONDS,
-    when=lambda status, **_: status.get("phase") == "PendingReview",
+    when=lambda status, **_: status.get("phase") == api.CardPhase.PENDING_REVIEW,
 )
 async def apply_review(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
@@ -458,7 +459,7 @@ async def state_changed(
 ) -> None:
     """Freeze, unfreeze or close a card when ``spec.state`` changes (creation is issue's job)."""
     phase = body.status.get("phase")
-    if old is None or (phase not in ISSUED_PHASES and phase != "PendingReview"):
+    if old is None or (phase not in ISSUED_PHASES and phase != api.CardPhase.PENDING_REVIEW):
         return  # a Pending card is issue's: it sees spec.state on its next try
     await _change_state(body, patch, memo, api.CardState(new))
 
@@ -523,7 +524,8 @@ def _render_state(
         reason, message = outcome.reason, None if outcome.reason is None else outcome.message
         status = status.model_copy(update={"reason": reason, "message": message})
     report.write_status(patch, status)
-    event = {"Frozen": "Frozen", "Active": "Unfrozen"}.get(outcome.phase.value, "Closed")
+    frozen, active = api.CardPhase.FROZEN, api.CardPhase.ACTIVE
+    event = {frozen: "Frozen", active: "Unfrozen"}.get(outcome.phase, "Closed")
     what = f"card is now {outcome.phase.value}" if not closed else outcome.message
     normal_event(body, reason=event, message=what)
 
@@ -587,7 +589,7 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
     try:
         outcome = await card_state.delete_card(card, stores.Cards(memo.pool))
     except (psycopg.Error, OSError) as exc:
-        if retry < DELETE_RETRY_LIMIT:
+        if retry < DELETE_RETRIES_MAX:
             raise kopf.TemporaryError(
                 f"closing {card.account} failed: {exc}", delay=DELETE_RETRY_DELAY_SECONDS
             ) from exc

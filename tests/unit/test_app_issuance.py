@@ -230,7 +230,7 @@ async def test_an_unreadable_sanctions_list_is_retried_then_held_for_review() ->
     assert early.reason is None
     store = FakeStore()
     late = await issuance.issue_card(
-        _command(compliance=sanctions, attempt=issuance.SCREENING_RETRY_LIMIT),
+        _command(compliance=sanctions, attempt=issuance.SCREENING_RETRIES_MAX),
         _ports(store, FakeProcessor()),
     )
     assert isinstance(late, issuance.HeldForReview)
