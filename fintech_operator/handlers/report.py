@@ -11,6 +11,7 @@ import kopf
 import pydantic
 
 from fintech_operator import api
+from fintech_operator.api import common
 
 
 def now() -> datetime.datetime:
@@ -54,6 +55,19 @@ def write_status(patch: kopf.Patch, status: pydantic.BaseModel) -> None:
     patch.status.update(status.model_dump(mode="json", by_alias=True, exclude_unset=True))
 
 
+class PhaseStatus(common.StatusModel):
+    """The status fields every kind shares: what a refusal or a wait writes, whatever the kind.
+
+    Typed like each kind's own Status model, so the keys are never written by hand.
+    """
+
+    phase: str | None = None
+    reason: common.Reason | None = None
+    message: common.Message | None = None
+    conditions: list[api.Condition] = pydantic.Field(default_factory=list)
+    observed_generation: common.Generation | None = None
+
+
 def reject(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -64,16 +78,20 @@ def reject(
 ) -> None:
     """Record a final refusal: phase Rejected, a reason, a message and a warning Event."""
     generation = int(body.metadata.get("generation") or 0)
-    conditions = condition(body.status, api.READY, False, reason, message, generation)
+    found = conditions(body.status, api.READY, False, reason, message, generation)
     for type_ in extra_conditions:
-        conditions = condition(
-            {"conditions": conditions}, type_, False, reason, message, generation
-        )
-    patch.status["phase"] = "Rejected"
-    patch.status["reason"] = reason
-    patch.status["message"] = message[:1024]
-    patch.status["conditions"] = conditions
-    patch.status["observedGeneration"] = generation
+        found = conditions(
+            {"conditions": [api.to_api(c) for c in found]}, type_, False, reason, message,
+            generation,
+        )  # fmt: skip
+    status = PhaseStatus(
+        phase="Rejected",
+        reason=reason,
+        message=message[:1024],
+        conditions=found,
+        observed_generation=generation,
+    )
+    write_status(patch, status)
     kopf.warn(body, reason=reason, message=message[:1024])
 
 
@@ -120,12 +138,13 @@ def waiting(body: kopf.Body, patch: kopf.Patch, wait: Wait) -> kopf.TemporaryErr
     generation = int(body.metadata.get("generation") or 0)
     # Conditions written earlier in this same handler call (an assessment) are kept.
     base = patch.status.get("conditions") or body.status.get("conditions")
-    patch.status["phase"] = phase
-    patch.status["reason"] = reason
-    patch.status["message"] = message[:1024]
-    patch.status["conditions"] = condition(
-        {"conditions": base}, api.READY, False, reason, message, generation
+    status = PhaseStatus(
+        phase=phase,
+        reason=reason,
+        message=message[:1024],
+        conditions=conditions({"conditions": base}, api.READY, False, reason, message, generation),
     )
+    write_status(patch, status)
     if body.status.get("reason") != reason:
         kopf.warn(body, reason=reason, message=message[:1024])
     return kopf.TemporaryError(
