@@ -296,17 +296,20 @@ def _review(row: tuple[Any, ...]) -> Review:
     )
 
 
-async def record_review(
-    conn: AsyncConnection[Any],
-    *,
-    card: str,
-    card_uid: str,
-    review: str,
-    review_uid: str,
-    decision: str,
-    reviewer: str,
-    comment: str,
-) -> Review:
+@dataclass(frozen=True)
+class NewReview:
+    """A reviewer's decision to store: ``card`` and ``review`` are ``<namespace>/<name>``."""
+
+    card: str
+    card_uid: str
+    review: str
+    review_uid: str
+    decision: str
+    reviewer: str
+    comment: str
+
+
+async def record_review(conn: AsyncConnection[Any], new: NewReview) -> Review:
     """Store a review unless the card already has one; return the one that stands."""
     async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
@@ -317,17 +320,25 @@ async def record_review(
             ON CONFLICT (card_uid) DO NOTHING
             RETURNING {_REVIEW_COLUMNS}
             """,
-            (card, card_uid, review, review_uid, decision, reviewer, comment),
+            (
+                new.card,
+                new.card_uid,
+                new.review,
+                new.review_uid,
+                new.decision,
+                new.reviewer,
+                new.comment,
+            ),
         )
         row = await cur.fetchone()
         if row is not None:
             return _review(row)
         await cur.execute(
-            f"SELECT {_REVIEW_COLUMNS} FROM card_reviews WHERE card_uid = %s", (card_uid,)
+            f"SELECT {_REVIEW_COLUMNS} FROM card_reviews WHERE card_uid = %s", (new.card_uid,)
         )
         found = await cur.fetchone()
     if found is None:
-        raise RuntimeError(f"review of card {card_uid} conflicted but is absent")
+        raise RuntimeError(f"review of card {new.card_uid} conflicted but is absent")
     return _review(found)
 
 

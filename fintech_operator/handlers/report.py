@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import pydantic
 
 from fintech_operator import api
 
@@ -19,20 +20,61 @@ def timestamp() -> str:
     return api.format_timestamp(now())
 
 
+def to_second(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in UTC to the second, as Kubernetes shows times (and as status keeps them)."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
+
+
 def condition(
     status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
 ) -> list[dict[str, Any]]:
     """The object's conditions with ``type_`` set, keeping the others as they are."""
+    return [api.to_api(c) for c in conditions(status, type_, ok, reason, message, generation)]
+
+
+def conditions(
+    status: Mapping[str, Any],
+    type_: str,
+    ok: bool | None,
+    reason: str,
+    message: str,
+    generation: int,
+) -> list[api.Condition]:
+    """:func:`condition` as models, for a Status model (``ok`` None: status Unknown)."""
     new = api.Condition(
         type=type_,
-        status=api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE,
+        status=_condition_status(ok),
         reason=reason,
         message=message[:1024],
         last_transition_time=now(),
         observed_generation=generation,
     )
-    current = api.conditions_from_status(status.get("conditions"))
-    return [api.to_api(c) for c in api.set_condition(current, new)]
+    return api.set_condition(api.conditions_from_status(status.get("conditions")), new)
+
+
+def _condition_status(ok: bool | None) -> api.ConditionStatus:
+    if ok is None:
+        return api.ConditionStatus.UNKNOWN
+    return api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE
+
+
+def generation_of(body: kopf.Body) -> int:
+    return int(body.metadata.get("generation") or 0)
+
+
+def write_status(patch: kopf.Patch, status: pydantic.BaseModel) -> None:
+    """Put the fields ``status`` sets into the patch, by their API names.
+
+    Only the fields given to the model are written, so the others keep their values; a field
+    given as None is written as null, which removes it (a merge patch). Through the kind's
+    Status model a misspelt field is a type error, not a key the schema silently prunes.
+    """
+    patch.status.update(status_fields(status))
+
+
+def status_fields(status: pydantic.BaseModel) -> dict[str, Any]:
+    """The fields ``status`` sets, by their API names (None kept: it removes the field)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def reject(

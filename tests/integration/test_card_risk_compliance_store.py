@@ -356,10 +356,16 @@ async def test_checks_and_reviews_are_idempotent(pool: AsyncConnectionPool[Any])
             "comment": "documents checked",
         }
         one = await compliance_store.record_review(
-            conn, review="ns/r1", review_uid="r1", decision="Approve", **review
+            conn,
+            compliance_store.NewReview(
+                review="ns/r1", review_uid="r1", decision="Approve", **review
+            ),
         )
         two = await compliance_store.record_review(
-            conn, review="ns/r2", review_uid="r2", decision="Reject", **review
+            conn,
+            compliance_store.NewReview(
+                review="ns/r2", review_uid="r2", decision="Reject", **review
+            ),
         )
         found = await compliance_store.find_review(conn, card_uid)
     assert (again.id, again.replayed, again.check.outcome) == (first.id, True, cm.Outcome.CLEAR)
