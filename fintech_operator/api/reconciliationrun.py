@@ -39,6 +39,7 @@ class ReconciliationReason(enum.StrEnum):
     """Why a run Failed (``status.reason``), and the reasons of its conditions."""
 
     INVALID_SPEC = "InvalidSpec"
+    CLUSTER_SCOPE_NOT_ALLOWED = "ClusterScopeNotAllowed"
     SOURCE_NOT_FOUND = "SourceNotFound"
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
     SOURCE_UNREACHABLE = "SourceUnreachable"

@@ -17,8 +17,6 @@ LINES_MAX: Final = 60
 EXEMPT: Final = frozenset(
     {
         "handlers/cards.py",
-        "handlers/recon.py",
-        "handlers/reviews.py",
     }
 )
 
