@@ -81,15 +81,23 @@ def _iso(moment: datetime.datetime | None) -> str | None:
 def _conditions(
     body: kopf.Body,
     ready: tuple[bool, str, str],
-    reconciled: tuple[bool | None, str, str] | None = None,
+    reconciled: tuple[api.ConditionStatus, str, str] | None = None,
 ) -> list[api.Condition]:
-    """Ready, and Reconciled when given (ok None: Unknown), over the object's conditions."""
+    """Ready, and Reconciled when given, over the object's conditions."""
     generation = report.generation_of(body)
     conditions = report.conditions(body.status, api.READY, *ready, generation)
     if reconciled is None:
         return conditions
-    current = {"conditions": [api.to_api(condition) for condition in conditions]}
-    return report.conditions(current, RECONCILED, *reconciled, generation)
+    status, reason, message = reconciled
+    new = api.Condition(
+        type=RECONCILED,
+        status=status,
+        reason=reason,
+        message=message[:1024],
+        last_transition_time=report.now(),
+        observed_generation=generation,
+    )
+    return api.set_condition(conditions, new)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
@@ -204,7 +212,7 @@ def _render_failed(
     conditions = _conditions(
         body,
         (False, outcome.reason, message),
-        (None, api.ReconciliationReason.NOT_RECONCILED, message),
+        (api.ConditionStatus.UNKNOWN, api.ReconciliationReason.NOT_RECONCILED, message),
     )
     generation = report.generation_of(body)
     if isinstance(outcome, use_case.Failed):
@@ -235,9 +243,9 @@ def _render_failed(
 def _render_succeeded(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Succeeded) -> None:
     exceptions = outcome.summary.exceptions
     reconciled = (
-        (True, api.ReconciliationReason.ALL_AGREED, outcome.line)
+        (api.ConditionStatus.TRUE, api.ReconciliationReason.ALL_AGREED, outcome.line)
         if exceptions == 0
-        else (False, api.ReconciliationReason.EXCEPTIONS_FOUND, outcome.line)
+        else (api.ConditionStatus.FALSE, api.ReconciliationReason.EXCEPTIONS_FOUND, outcome.line)
     )
     status = api.ReconciliationRunStatus(
         phase=api.ReconciliationPhase.SUCCEEDED,

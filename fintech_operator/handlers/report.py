@@ -20,11 +20,6 @@ def timestamp() -> str:
     return api.format_timestamp(now())
 
 
-def to_second(moment: datetime.datetime) -> datetime.datetime:
-    """``moment`` in UTC to the second, as Kubernetes shows times (and as status keeps them)."""
-    return moment.astimezone(datetime.UTC).replace(microsecond=0)
-
-
 def condition(
     status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
 ) -> list[dict[str, Any]]:
@@ -33,48 +28,29 @@ def condition(
 
 
 def conditions(
-    status: Mapping[str, Any],
-    type_: str,
-    ok: bool | None,
-    reason: str,
-    message: str,
-    generation: int,
+    status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
 ) -> list[api.Condition]:
-    """:func:`condition` as models, for a Status model (``ok`` None: status Unknown)."""
+    """:func:`condition`, typed: for a status model (``api.CardStatus(conditions=...)``)."""
     new = api.Condition(
         type=type_,
-        status=_condition_status(ok),
+        status=api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE,
         reason=reason,
         message=message[:1024],
         last_transition_time=now(),
         observed_generation=generation,
     )
-    return api.set_condition(api.conditions_from_status(status.get("conditions")), new)
-
-
-def _condition_status(ok: bool | None) -> api.ConditionStatus:
-    if ok is None:
-        return api.ConditionStatus.UNKNOWN
-    return api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE
-
-
-def generation_of(body: kopf.Body) -> int:
-    return int(body.metadata.get("generation") or 0)
+    current = api.conditions_from_status(status.get("conditions"))
+    return api.set_condition(current, new)
 
 
 def write_status(patch: kopf.Patch, status: pydantic.BaseModel) -> None:
-    """Put the fields ``status`` sets into the patch, by their API names.
+    """Lay a typed status (``api.CardStatus``, ``api.PostingStatus``, ...) over the patch.
 
-    Only the fields given to the model are written, so the others keep their values; a field
-    given as None is written as null, which removes it (a merge patch). Through the kind's
-    Status model a misspelt field is a type error, not a key the schema silently prunes.
+    Only the fields the model was given are written; a field given as None clears it. The
+    model validates every value, so a misspelt field or a bad phase fails here instead of
+    being pruned silently by the CRD's structural schema.
     """
-    patch.status.update(status_fields(status))
-
-
-def status_fields(status: pydantic.BaseModel) -> dict[str, Any]:
-    """The fields ``status`` sets, by their API names (None kept: it removes the field)."""
-    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    patch.status.update(status.model_dump(mode="json", by_alias=True, exclude_unset=True))
 
 
 def reject(
@@ -150,3 +126,21 @@ def waiting(
         f"{WAIT_PREFIX}{message} (attempt {attempt}, next in {delay_seconds:.0f} s)",
         delay=delay_seconds,
     )
+
+
+# --- Typed status helpers of the reviews, policies and recon handlers ----------------------------
+
+
+def generation_of(body: kopf.Body) -> int:
+    return int(body.metadata.get("generation") or 0)
+
+
+def status_fields(status: pydantic.BaseModel) -> dict[str, Any]:
+    """The fields ``status`` was given, by their API names (None kept: it clears the field),
+    as :func:`write_status` writes them: for a status patch of its own, or to compare."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def to_second(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in UTC to the second, as Kubernetes shows times (and as status keeps them)."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
