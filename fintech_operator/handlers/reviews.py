@@ -58,7 +58,8 @@ async def record(
 def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> None:
     generation = report.generation_of(body)
     if isinstance(outcome, Retry):
-        raise kopf.TemporaryError(outcome.why, delay=outcome.delay_seconds)
+        # An expected wait (the card is applied in the same batch): logged at INFO, not ERROR.
+        raise kopf.TemporaryError(f"{report.WAIT_PREFIX}{outcome.why}", delay=outcome.delay_seconds)
     if isinstance(outcome, Rejected):
         message = outcome.message[:1024]
         status = api.CardReviewStatus(

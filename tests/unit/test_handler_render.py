@@ -101,6 +101,7 @@ def test_a_retry_is_a_temporary_error_with_its_delay() -> None:
     with pytest.raises(kopf.TemporaryError) as raised:
         reviews._render(body(), kopf.Patch(), Retry(2.0, "card 'a' not decided yet"))
     assert raised.value.delay == 2.0
+    assert str(raised.value) == "waiting: card 'a' not decided yet"  # logged at INFO
     with pytest.raises(kopf.TemporaryError):
         recon._render(body(), kopf.Patch(), Retry(15.0, "busy"))
 
