@@ -55,6 +55,15 @@ class ReconciliationReason(enum.StrEnum):
     EXCEPTIONS_FOUND = "ExceptionsFound"
 
 
+class ReconciliationEvent(enum.StrEnum):
+    """Reasons of the Events a run posts (``kubectl describe``)."""
+
+    STARTED = "Started"
+    SUCCEEDED = "Succeeded"
+    EXCEPTIONS_FOUND = "ExceptionsFound"  # a warning, with the command that lists them
+    FAILED = "Failed"  # a warning, with the reason and message
+
+
 class SourceFormat(enum.StrEnum):
     CSV = "csv"
     JSON = "json"

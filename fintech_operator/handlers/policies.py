@@ -161,7 +161,7 @@ def _render(
         return
     report.write_status(patch, status)
     if ok:
-        cards.normal_event(body, reason="PolicyReady", message=message)
+        cards.normal_event(body, reason=api.common.PolicyEvent.READY, message=message)
     else:
         kopf.warn(body, reason=outcome.reason, message=message)
 

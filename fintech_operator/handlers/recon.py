@@ -39,6 +39,8 @@ STARTED_PHASES: Final = frozenset(
 RECONCILED: Final = api.ConditionType.RECONCILED
 SCHEDULE_TICK_SECONDS: Final = 15.0
 KUBE_TIMEOUT_SECONDS: Final = 30
+RunEvent: Final = api.reconciliationrun.ReconciliationEvent
+ScheduleEvent: Final = api.reconciliationschedule.ScheduleEvent
 
 
 def _normal(body: kopf.Body, reason: str, message: str) -> None:
@@ -164,7 +166,7 @@ class _Progress:
         )
         await _patch_status(self.namespace, str(self.body.metadata.name), status)
         scope = "every namespace" if plan.cluster_wide else f"namespace {self.namespace} only"
-        _normal(self.body, "Started", f"reconciliation started: {scope}")
+        _normal(self.body, RunEvent.STARTED, f"reconciliation started: {scope}")
         return started
 
 
@@ -237,7 +239,7 @@ def _render_failed(
             observed_generation=generation,
         )
     report.write_status(patch, status)
-    kopf.warn(body, reason="Failed", message=f"{outcome.reason}: {message}"[:1024])
+    kopf.warn(body, reason=RunEvent.FAILED, message=f"{outcome.reason}: {message}"[:1024])
 
 
 def _render_succeeded(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Succeeded) -> None:
@@ -261,11 +263,11 @@ def _render_succeeded(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Succ
         observed_generation=report.generation_of(body),
     )
     report.write_status(patch, status)
-    _normal(body, "Succeeded", outcome.line)
+    _normal(body, RunEvent.SUCCEEDED, outcome.line)
     if exceptions:
         kopf.warn(
             body,
-            reason="ExceptionsFound",
+            reason=RunEvent.EXCEPTIONS_FOUND,
             message=f"{outcome.line}; list them with: fintech-operator recon report "
             f"{body.metadata.name} -n {body.metadata.namespace}",
         )
@@ -439,9 +441,15 @@ def _render_tick(body: kopf.Body, patch: kopf.Patch, outcome: schedule_case.Tick
         )
         report.write_status(patch, created)
         if outcome.created:
-            _normal(body, "RunCreated", f"created {outcome.run_name} for {_iso(outcome.due_at)}")
+            _normal(
+                body,
+                ScheduleEvent.RUN_CREATED,
+                f"created {outcome.run_name} for {_iso(outcome.due_at)}",
+            )
     if outcome.pruned:
-        _normal(body, "RunsDeleted", f"history limit: deleted {', '.join(outcome.pruned)}")
+        _normal(
+            body, ScheduleEvent.RUNS_DELETED, f"history limit: deleted {', '.join(outcome.pruned)}"
+        )
     generation = report.generation_of(body)
     next_time = _iso(outcome.next_at)
     shown = (

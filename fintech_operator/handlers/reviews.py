@@ -90,7 +90,9 @@ def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> No
         observed_generation=generation,
     )
     report.write_status(patch, status)
-    cards.normal_event(body, reason="ReviewRecorded", message=outcome.message)
+    cards.normal_event(
+        body, reason=api.cardreview.CardReviewEvent.REVIEW_RECORDED, message=outcome.message
+    )
 
 
 __all__ = ["record"]

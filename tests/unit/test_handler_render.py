@@ -5,6 +5,7 @@ Event calls are recorded instead of posted)."""
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -209,3 +210,10 @@ def test_a_tick_writes_the_run_it_created_and_only_a_changed_schedule_status(
     nothing_due = schedule_case.Ticked(api.SchedulePhase.ACTIVE, "m", ticked.next_at)
     recon._render_tick(body(shown), quiet, nothing_due)
     assert dict(quiet) == {}
+
+
+def test_the_events_a_run_posts_are_the_ones_its_docs_name() -> None:
+    """Users read these reasons in ``kubectl describe``; docs/reconciliation.md lists them."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "reconciliation.md").read_text()
+    for reason in api.reconciliationrun.ReconciliationEvent:
+        assert f"`{reason.value}`" in docs, reason
