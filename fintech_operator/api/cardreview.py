@@ -45,6 +45,12 @@ class CardReviewReason(enum.StrEnum):
     RECORDED = "Recorded"
 
 
+class CardReviewEvent(enum.StrEnum):
+    """Reason of the Normal Event of a recorded review (a refused one warns with its reason)."""
+
+    REVIEW_RECORDED = "ReviewRecorded"
+
+
 class CardReviewSpec(common.SpecModel):
     """The decision. Immutable: a recorded decision is history."""
 

@@ -59,6 +59,12 @@ class PolicyReason(enum.StrEnum):
     SANCTIONS_LIST_UNREADABLE = "SanctionsListUnreadable"
 
 
+class PolicyEvent(enum.StrEnum):
+    """Reason of the Normal Event of a usable policy (otherwise it warns with its reason)."""
+
+    READY = "PolicyReady"
+
+
 # Python attributes carry their unit (``amount_minor``); the YAML contract says
 # ``amount``. Every other name is the plain camelCase of the attribute.
 _ALIAS_OVERRIDES: Final[Mapping[str, str]] = {"amount_minor": "amount"}

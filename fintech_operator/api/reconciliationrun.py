@@ -39,6 +39,7 @@ class ReconciliationReason(enum.StrEnum):
     """Why a run Failed (``status.reason``), and the reasons of its conditions."""
 
     INVALID_SPEC = "InvalidSpec"
+    CLUSTER_SCOPE_NOT_ALLOWED = "ClusterScopeNotAllowed"
     SOURCE_NOT_FOUND = "SourceNotFound"
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
     SOURCE_UNREACHABLE = "SourceUnreachable"
@@ -52,6 +53,15 @@ class ReconciliationReason(enum.StrEnum):
     NOT_RECONCILED = "NotReconciled"
     ALL_AGREED = "AllAgreed"
     EXCEPTIONS_FOUND = "ExceptionsFound"
+
+
+class ReconciliationEvent(enum.StrEnum):
+    """Reasons of the Events a run posts (``kubectl describe``)."""
+
+    STARTED = "Started"
+    SUCCEEDED = "Succeeded"
+    EXCEPTIONS_FOUND = "ExceptionsFound"  # a warning, with the command that lists them
+    FAILED = "Failed"  # a warning, with the reason and message
 
 
 class SourceFormat(enum.StrEnum):

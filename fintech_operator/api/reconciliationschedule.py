@@ -27,6 +27,13 @@ class SchedulePhase(enum.StrEnum):
     INVALID = "Invalid"
 
 
+class ScheduleEvent(enum.StrEnum):
+    """Reasons of the Normal Events a schedule posts (an invalid one warns with its reason)."""
+
+    RUN_CREATED = "RunCreated"
+    RUNS_DELETED = "RunsDeleted"
+
+
 class ScheduleReason(enum.StrEnum):
     """Why a schedule is Invalid (``status.reason``)."""
 

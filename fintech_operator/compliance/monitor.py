@@ -89,16 +89,15 @@ async def after_posting(
             "nearThresholdCount": before.near_threshold_count + near,
         },
     )
-    recorded = await store.record_check(
-        conn,
+    subject = store.CheckSubject(
         # Per namespace, like the posting's key itself (see risk.store.PostingCheck.key).
         idempotency_key=f"posting@{facts.card.split('/', 1)[0]}/{facts.posting_key}/aml",
         subject_kind="Posting",
         subject=facts.card,
         subject_uid=None,
         policy=policy.ref,
-        check=check,
     )
+    recorded = await store.record(conn, subject, check)
     return MonitorResult(recorded.id, check.outcome, tuple(raised))
 
 

@@ -77,7 +77,18 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-async def record_check(
+@dataclass(frozen=True)
+class CheckSubject:
+    """What a check is about, under which policy, and the key that records it only once."""
+
+    idempotency_key: str
+    subject_kind: str  # CardIssuance or Posting
+    subject: str  # <namespace>/<name> of the card
+    subject_uid: str | None
+    policy: str  # <namespace>/<name> of the policy, or builtin/default
+
+
+async def record_check(  # noqa: PLR0913 - the keyword form of record(), going away
     conn: AsyncConnection[Any],
     *,
     idempotency_key: str,
@@ -86,6 +97,14 @@ async def record_check(
     subject_uid: str | None,
     policy: str,
     check: model.CheckResult,
+) -> StoredCheck:
+    """:func:`record` in the keyword form callers not yet moved to it use (issue 12)."""
+    about = CheckSubject(idempotency_key, subject_kind, subject, subject_uid, policy)
+    return await record(conn, about, check)
+
+
+async def record(
+    conn: AsyncConnection[Any], subject: CheckSubject, check: model.CheckResult
 ) -> StoredCheck:
     """Store one check; when the key exists already, return what was stored first."""
     async with conn.cursor(row_factory=tuple_row) as cur:
@@ -98,11 +117,11 @@ async def record_check(
             RETURNING id
             """,
             (
-                idempotency_key,
-                subject_kind,
-                subject,
-                subject_uid,
-                policy,
+                subject.idempotency_key,
+                subject.subject_kind,
+                subject.subject,
+                subject.subject_uid,
+                subject.policy,
                 check.kind.value,
                 check.outcome.value,
                 check.reason,
@@ -116,11 +135,11 @@ async def record_check(
         await cur.execute(
             "SELECT id, check_kind, outcome, reason, inputs, result FROM compliance_checks"
             " WHERE idempotency_key = %s",
-            (idempotency_key,),
+            (subject.idempotency_key,),
         )
         found = await cur.fetchone()
     if found is None:
-        raise RuntimeError(f"compliance check {idempotency_key!r} conflicted but is absent")
+        raise RuntimeError(f"compliance check {subject.idempotency_key!r} conflicted but is absent")
     id_, kind, outcome, reason, inputs, result = found
     return StoredCheck(
         id=int(id_),
@@ -296,17 +315,20 @@ def _review(row: tuple[Any, ...]) -> Review:
     )
 
 
-async def record_review(
-    conn: AsyncConnection[Any],
-    *,
-    card: str,
-    card_uid: str,
-    review: str,
-    review_uid: str,
-    decision: str,
-    reviewer: str,
-    comment: str,
-) -> Review:
+@dataclass(frozen=True)
+class NewReview:
+    """A reviewer's decision to store: ``card`` and ``review`` are ``<namespace>/<name>``."""
+
+    card: str
+    card_uid: str
+    review: str
+    review_uid: str
+    decision: str
+    reviewer: str
+    comment: str
+
+
+async def record_review(conn: AsyncConnection[Any], new: NewReview) -> Review:
     """Store a review unless the card already has one; return the one that stands."""
     async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
@@ -317,17 +339,25 @@ async def record_review(
             ON CONFLICT (card_uid) DO NOTHING
             RETURNING {_REVIEW_COLUMNS}
             """,
-            (card, card_uid, review, review_uid, decision, reviewer, comment),
+            (
+                new.card,
+                new.card_uid,
+                new.review,
+                new.review_uid,
+                new.decision,
+                new.reviewer,
+                new.comment,
+            ),
         )
         row = await cur.fetchone()
         if row is not None:
             return _review(row)
         await cur.execute(
-            f"SELECT {_REVIEW_COLUMNS} FROM card_reviews WHERE card_uid = %s", (card_uid,)
+            f"SELECT {_REVIEW_COLUMNS} FROM card_reviews WHERE card_uid = %s", (new.card_uid,)
         )
         found = await cur.fetchone()
     if found is None:
-        raise RuntimeError(f"review of card {card_uid} conflicted but is absent")
+        raise RuntimeError(f"review of card {new.card_uid} conflicted but is absent")
     return _review(found)
 
 

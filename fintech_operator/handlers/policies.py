@@ -7,19 +7,21 @@ watches (no API call per card or posting):
 - ``compliancepolicies``: namespace -> its valid ``compliance.model.Policy`` objects.
 
 ``risk.policy.select(index, namespace)`` and ``compliance.policy.select(...)`` pick the one in
-use (first by name) or the built-in default.
+use (first by name) or the built-in default. Both kinds share one handler and one timer:
+decode into :class:`app.policies.CheckPolicy`, call the kind's check, render the outcome.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import kopf
-import pydantic
 
-from fintech_operator import api
-from fintech_operator.authorizations import mirror
-from fintech_operator.compliance import lists
+from fintech_operator import api, decisions
+from fintech_operator.app import policies as use_case
+from fintech_operator.app.outcomes import Rejected
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import cards, report
 from fintech_operator.risk import policy as risk_policy
@@ -27,18 +29,24 @@ from fintech_operator.risk import policy as risk_policy
 # How often a policy re-checks which policy is in use and (compliance) reloads its list, so a
 # new ConfigMap version or a deleted sibling policy shows in status within this time.
 POLICY_RECHECK_INTERVAL_SECONDS: Final = 15.0
+RISK: Final = "riskpolicies"
+COMPLIANCE: Final = "compliancepolicies"
+# A policy is rechecked only once it has been found valid.
+CHECKED_PHASES: Final = frozenset(
+    {api.CompliancePolicyPhase.READY, api.CompliancePolicyPhase.DEGRADED}
+)
 
 
 # --- Indexes --------------------------------------------------------------------------------------
 
 
-@kopf.index(api.GROUP, api.VERSION, "riskpolicies")
+@kopf.index(api.GROUP, api.VERSION, RISK)
 def riskpolicies(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     parsed = risk_policy.parse(str(namespace), name, spec)
     return {} if parsed is None else {namespace: parsed}
 
 
-@kopf.index(api.GROUP, api.VERSION, "compliancepolicies")
+@kopf.index(api.GROUP, api.VERSION, COMPLIANCE)
 def compliancepolicies(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Any, Any]:
@@ -46,214 +54,180 @@ def compliancepolicies(
     return {} if parsed is None else {namespace: parsed}
 
 
-# --- RiskPolicy -----------------------------------------------------------------------------------
+# --- Both kinds -----------------------------------------------------------------------------------
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "riskpolicies")
-@kopf.on.create(api.GROUP, api.VERSION, "riskpolicies")
-@kopf.on.update(api.GROUP, api.VERSION, "riskpolicies", field="spec")
-async def reconcile_risk(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    name: str,
-    **kwargs: Any,
-) -> None:
-    generation = int(body.metadata.get("generation") or 0)
-    riskpolicies: kopf.Index[Any, Any] = kwargs["riskpolicies"]
-    try:
-        parsed = api.RiskPolicySpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        _rejected(body, patch, api.PolicyReason.INVALID_SPEC, api.format_validation_error(exc))
-        return
-    in_use = risk_policy.select(riskpolicies, str(namespace)).name == name
-    if in_use:
-        # The real-time gateway applies its purchase rules from PostgreSQL (issue 13).
-        async with kwargs["memo"].pool.connection() as conn:
-            await mirror.put_risk_rules(conn, str(namespace), f"{namespace}/{name}", parsed)
-    count = risk_policy.rule_count(parsed)
-    message = f"{count} rule(s); {'in use' if in_use else 'not in use: ' + _shadow_note()}"
-    patch.status.update(
-        {
-            "phase": api.RiskPolicyPhase.READY.value,
-            "inUse": in_use,
-            "rules": count,
-            "reason": None,
-            "message": None,
-            "conditions": report.condition(
-                body.status, api.READY, True, api.PolicyReason.VALID, message, generation
-            ),
-            "observedGeneration": generation,
-        }
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """:class:`app.policies.Selection` read from the kind's kopf index."""
+
+    kind: decisions.PolicyKind[Any, Any]
+    index: Mapping[str, Any]
+
+    def in_use(self, namespace: str, name: str) -> bool:
+        return bool(self.kind.select(self.index, namespace).name == name)
+
+
+async def _check_risk(
+    command: use_case.CheckPolicy, memo: kopf.Memo, index: Mapping[str, Any]
+) -> use_case.Outcome:
+    selection = _Selection(risk_policy.KIND, index)
+    return await use_case.check_risk_policy(
+        command, selection, use_case.MirroredRiskRules(memo.pool)
     )
-    cards.normal_event(body, reason="PolicyReady", message=message)
 
 
-@kopf.timer(api.GROUP, api.VERSION, "riskpolicies", interval=POLICY_RECHECK_INTERVAL_SECONDS)
-async def recheck_risk(
-    namespace: str | None,
-    name: str,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    **kwargs: Any,
+async def _check_compliance(
+    command: use_case.CheckPolicy, memo: kopf.Memo, index: Mapping[str, Any]
+) -> use_case.Outcome:
+    selection = _Selection(compliance_policy.KIND, index)
+    return await use_case.check_compliance_policy(command, selection, cards.LISTS)
+
+
+_CHECKS: Final[
+    Mapping[
+        str,
+        Callable[[use_case.CheckPolicy, kopf.Memo, Mapping[str, Any]], Awaitable[use_case.Outcome]],
+    ]
+] = {RISK: _check_risk, COMPLIANCE: _check_compliance}
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, RISK)
+@kopf.on.create(api.GROUP, api.VERSION, RISK)
+@kopf.on.update(api.GROUP, api.VERSION, RISK, field="spec")
+@kopf.on.resume(api.GROUP, api.VERSION, COMPLIANCE)
+@kopf.on.create(api.GROUP, api.VERSION, COMPLIANCE)
+@kopf.on.update(api.GROUP, api.VERSION, COMPLIANCE, field="spec")
+async def check(
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    """Keep ``status.inUse`` current as sibling policies come and go; write only a change."""
-    riskpolicies: kopf.Index[Any, Any] = kwargs["riskpolicies"]
-    if status.get("phase") != api.RiskPolicyPhase.READY.value:
+    """Validate the policy and report it: phase, whether it is in use, its rules or list."""
+    plural = kwargs["resource"].plural
+    command = _command(body, spec, spec_changed=True)
+    outcome = await _CHECKS[plural](command, memo, kwargs[plural])
+    _render(body, patch, plural, outcome, quiet=False)
+
+
+@kopf.timer(api.GROUP, api.VERSION, RISK, interval=POLICY_RECHECK_INTERVAL_SECONDS)
+@kopf.timer(api.GROUP, api.VERSION, COMPLIANCE, interval=POLICY_RECHECK_INTERVAL_SECONDS)
+async def recheck(
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Keep inUse and the sanctions list current as siblings and lists change; write only a
+    change (a spec found invalid is left to :func:`check`, which runs on every spec change)."""
+    if body.status.get("phase") not in CHECKED_PHASES:
         return
-    in_use = risk_policy.select(riskpolicies, str(namespace)).name == name
-    if status.get("inUse") != in_use:
-        patch.status["inUse"] = in_use
-        if in_use:  # A sibling went away: this policy's purchase rules now apply in real time.
-            parsed = api.RiskPolicySpec.model_validate(dict(kwargs["spec"]))
-            async with kwargs["memo"].pool.connection() as conn:
-                await mirror.put_risk_rules(conn, str(namespace), f"{namespace}/{name}", parsed)
+    plural = kwargs["resource"].plural
+    command = _command(body, spec, spec_changed=False)
+    outcome = await _CHECKS[plural](command, memo, kwargs[plural])
+    if not isinstance(outcome, Rejected):
+        _render(body, patch, plural, outcome, quiet=True)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, "riskpolicies", optional=True)
+@kopf.on.delete(api.GROUP, api.VERSION, RISK, optional=True)
 async def risk_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A deleted policy's purchase rules stop applying to real-time authorizations (when
     the operator sees the deletion: no finalizer holds a policy back for this). A sibling
     policy that takes over mirrors its own rules on its next check."""
-    async with memo.pool.connection() as conn:
-        await mirror.drop_risk_rules(conn, str(namespace), policy=f"{namespace}/{name}")
+    await use_case.MirroredRiskRules(memo.pool).drop(str(namespace), f"{namespace}/{name}")
 
 
-def _shadow_note() -> str:
-    return "another valid policy comes first by name in this namespace"
-
-
-def _rejected(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
-    generation = int(body.metadata.get("generation") or 0)
-    patch.status.update(
-        {
-            "phase": api.RiskPolicyPhase.REJECTED,  # the same word for both policy kinds
-            "inUse": False,
-            "reason": reason,
-            "message": message[:1024],
-            "conditions": report.condition(
-                body.status, api.READY, False, reason, message, generation
-            ),
-            "observedGeneration": generation,
-        }
+def _command(body: kopf.Body, spec: kopf.Spec, *, spec_changed: bool) -> use_case.CheckPolicy:
+    was_in_use = body.status.get("inUse")
+    return use_case.CheckPolicy(
+        namespace=report.namespace_of(body.metadata.namespace),
+        name=str(body.metadata.name),
+        spec=spec,
+        spec_changed=spec_changed,
+        was_in_use=was_in_use if isinstance(was_in_use, bool) else None,
     )
-    kopf.warn(body, reason=reason, message=message[:1024])
 
 
-# --- CompliancePolicy -----------------------------------------------------------------------------
+# --- Rendering ------------------------------------------------------------------------------------
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "compliancepolicies")
-@kopf.on.create(api.GROUP, api.VERSION, "compliancepolicies")
-@kopf.on.update(api.GROUP, api.VERSION, "compliancepolicies", field="spec")
-async def reconcile_compliance(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    name: str,
-    **kwargs: Any,
+def _render(
+    body: kopf.Body, patch: kopf.Patch, plural: str, outcome: use_case.Outcome, *, quiet: bool
 ) -> None:
-    try:
-        parsed = compliance_policy.validate(spec)
-    except compliance_policy.InvalidPolicy as exc:
-        _rejected(body, patch, api.PolicyReason.INVALID_SPEC, str(exc))
-        return
-    await _report_compliance(
-        body, patch, str(namespace), name, parsed, kwargs["compliancepolicies"]
+    """Write the outcome into status with an Event; when ``quiet``, only if it changed."""
+    generation = report.generation_of(body)
+    ok = isinstance(outcome, use_case.Checked) and outcome.usable
+    message = outcome.message[:1024]
+    conditions = report.conditions(body.status, api.READY, ok, outcome.reason, message, generation)
+    status = (_risk_status if plural == RISK else _compliance_status)(
+        outcome, conditions, generation
     )
-
-
-@kopf.timer(api.GROUP, api.VERSION, "compliancepolicies", interval=POLICY_RECHECK_INTERVAL_SECONDS)
-async def recheck_compliance(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    name: str,
-    **kwargs: Any,
-) -> None:
-    """Reload the list when its ConfigMap changed and keep inUse current; write only changes."""
-    ready, degraded = api.CompliancePolicyPhase.READY, api.CompliancePolicyPhase.DEGRADED
-    if body.status.get("phase") not in (ready, degraded):
+    if quiet and not _changed(body.status, report.status_fields(status)):
         return
-    try:
-        parsed = compliance_policy.validate(spec)
-    except compliance_policy.InvalidPolicy:
-        return
-    await _report_compliance(
-        body, patch, str(namespace), name, parsed, kwargs["compliancepolicies"], quiet=True
-    )
-
-
-async def _report_compliance(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    namespace: str,
-    name: str,
-    parsed: api.CompliancePolicySpec,
-    index: kopf.Index[Any, Any],
-    *,
-    quiet: bool = False,
-) -> None:
-    generation = int(body.metadata.get("generation") or 0)
-    in_use = compliance_policy.select(index, namespace).name == name
-    phase, message, list_status = api.CompliancePolicyPhase.READY, "valid", None
-    reason: str = api.PolicyReason.VALID
-    sanctions = parsed.sanctions
-    if sanctions is not None:
-        try:
-            loaded = await cards.LISTS.get(namespace, sanctions.config_map, sanctions.key)
-        except lists.ListUnavailable as exc:
-            phase, reason = api.CompliancePolicyPhase.DEGRADED, exc.reason
-            message = f"{exc.message}; cards are held in PendingReview until the list loads"
-        else:
-            list_status = {
-                "configMap": sanctions.config_map,
-                "resourceVersion": loaded.resource_version,
-                "entries": loaded.screener.size,
-            }
-            message = f"sanctions list {loaded.ref}: {loaded.screener.size} names"
-    if not in_use:
-        message += f"; not in use: {_shadow_note()}"
-    changed = (
-        body.status.get("phase") != phase
-        or body.status.get("inUse") != in_use
-        or body.status.get("sanctionsList") != list_status
-        or body.status.get("observedGeneration") != generation
-    )
-    if quiet and not changed:
-        return
-    patch.status.update(
-        {
-            "phase": phase,
-            "inUse": in_use,
-            "sanctionsList": list_status,
-            "reason": None if phase is api.CompliancePolicyPhase.READY else reason,
-            "message": None if phase is api.CompliancePolicyPhase.READY else message[:1024],
-            "conditions": report.condition(
-                body.status,
-                api.READY,
-                phase is api.CompliancePolicyPhase.READY,
-                reason,
-                message,
-                generation,
-            ),
-            "observedGeneration": generation,
-        }
-    )
-    if phase is api.CompliancePolicyPhase.READY:
-        cards.normal_event(body, reason="PolicyReady", message=message[:1024])
+    report.write_status(patch, status)
+    if ok:
+        cards.normal_event(body, reason=api.common.PolicyEvent.READY, message=message)
     else:
-        kopf.warn(body, reason=reason, message=message[:1024])
+        kopf.warn(body, reason=outcome.reason, message=message)
 
 
-__all__ = [
-    "compliancepolicies",
-    "recheck_compliance",
-    "recheck_risk",
-    "reconcile_compliance",
-    "reconcile_risk",
-    "riskpolicies",
-]
+def _changed(current: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether status would change beyond its words (conditions and message follow the rest)."""
+    return any(
+        current.get(key) != value
+        for key, value in fields.items()
+        if key not in {"conditions", "message"}
+    )
+
+
+def _risk_status(
+    outcome: use_case.Outcome, conditions: list[api.Condition], generation: int
+) -> api.RiskPolicyStatus:
+    if isinstance(outcome, Rejected):
+        return api.RiskPolicyStatus(
+            phase=api.RiskPolicyPhase.REJECTED,
+            in_use=False,
+            reason=outcome.reason,
+            message=outcome.message[:1024],
+            conditions=conditions,
+            observed_generation=generation,
+        )
+    return api.RiskPolicyStatus(
+        phase=api.RiskPolicyPhase.READY,
+        in_use=outcome.in_use,
+        rules=outcome.rules,
+        reason=None,
+        message=None,
+        conditions=conditions,
+        observed_generation=generation,
+    )
+
+
+def _compliance_status(
+    outcome: use_case.Outcome, conditions: list[api.Condition], generation: int
+) -> api.CompliancePolicyStatus:
+    if isinstance(outcome, Rejected):
+        return api.CompliancePolicyStatus(
+            phase=api.CompliancePolicyPhase.REJECTED,
+            in_use=False,
+            reason=outcome.reason,
+            message=outcome.message[:1024],
+            conditions=conditions,
+            observed_generation=generation,
+        )
+    loaded = outcome.sanctions_list
+    return api.CompliancePolicyStatus(
+        phase=api.CompliancePolicyPhase.READY
+        if outcome.usable
+        else api.CompliancePolicyPhase.DEGRADED,
+        in_use=outcome.in_use,
+        sanctions_list=None
+        if loaded is None
+        else api.compliancepolicy.SanctionsListStatus(
+            config_map=loaded.config_map,
+            resource_version=loaded.resource_version,
+            entries=loaded.entries,
+        ),
+        reason=None if outcome.usable else outcome.reason,
+        message=None if outcome.usable else outcome.message[:1024],
+        conditions=conditions,
+        observed_generation=generation,
+    )
+
+
+__all__ = ["check", "compliancepolicies", "recheck", "risk_deleted", "riskpolicies"]

@@ -1,37 +1,34 @@
-"""ReconciliationRun and ReconciliationSchedule: thin handlers around ``fintech_operator.recon``.
+"""ReconciliationRun and ReconciliationSchedule: decode, call the use case, render.
 
-A run is handled in two steps so that users see where it is: ``start`` checks the spec and sets
-``Pending`` (a status patch of its own, at once); ``execute`` waits
-for one of the ``FINTECH_RECON_WORKERS_MAX`` worker slots, sets ``Running`` as it takes one (a
-status patch of its own, since kopf's patch would only land when the handler ends), does the
-work in a worker thread and reports the stored outcome. Both are idempotent: the ``recon_runs``
-row decides, so an operator restarted mid-run counts a new attempt and starts the work again
-from scratch, and one restarted after the work committed only reports it.
-
-The run's ``dev.fintech.recon.completed.v1`` event is written by ``recon.store`` with the final
-state; a run refused before any work (an invalid spec) writes it here, with the same derived id.
+A run is handled in two steps so that users see where it is: ``start`` sets ``Pending`` (a
+status patch of its own, at once); ``execute`` calls :mod:`app.reconciliation`, which waits
+for one of the ``FINTECH_RECON_WORKERS_MAX`` worker slots, shows ``Running`` as it takes one
+(a status patch of its own, since kopf's patch would only land when the handler ends), does
+the work in a worker thread and returns the stored outcome, which is rendered into status.
+Both are idempotent: the ``recon_runs`` row decides, so an operator restarted mid-run counts a
+new attempt and starts the work again from scratch, and one restarted after the work
+committed only reports it. A schedule's timer calls :mod:`app.reconciliation_schedule`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import threading
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import kopf
 import kubernetes
-import psycopg
-import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from fintech_operator import api
-from fintech_operator.api import reconciliationrun as run_api
-from fintech_operator.events import schema
+from fintech_operator.app import reconciliation as use_case
+from fintech_operator.app import reconciliation_schedule as schedule_case
+from fintech_operator.app.outcomes import Rejected, Retry
 from fintech_operator.handlers import report
-from fintech_operator.ledger import engine
-from fintech_operator.recon import model, plans, schedule, sources, store
+from fintech_operator.recon import model, schedule, sources, store
 
 RUNS: Final = "reconciliationruns"
 SCHEDULES: Final = "reconciliationschedules"
@@ -40,13 +37,10 @@ STARTED_PHASES: Final = frozenset(
     {api.ReconciliationPhase.PENDING, api.ReconciliationPhase.RUNNING, *FINAL_PHASES}
 )
 RECONCILED: Final = api.ConditionType.RECONCILED
-SCHEDULE_LABEL: Final = f"{api.GROUP}/schedule"
 SCHEDULE_TICK_SECONDS: Final = 15.0
-BUSY_RETRY_SECONDS: Final = 15.0
-TRANSIENT_RETRY_SECONDS: Final = 5.0
 KUBE_TIMEOUT_SECONDS: Final = 30
-
-_T = TypeVar("_T")
+RunEvent: Final = api.reconciliationrun.ReconciliationEvent
+ScheduleEvent: Final = api.reconciliationschedule.ScheduleEvent
 
 
 def _normal(body: kopf.Body, reason: str, message: str) -> None:
@@ -80,31 +74,6 @@ async def _recon_cleanup(**_: Any) -> None:
     _STOPPING.set()
 
 
-async def in_worker(func: Callable[[], _T], name: str) -> _T:
-    """Run blocking ``func`` in a daemon thread (never delaying process exit) and await it."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def settle(value: _T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            value = func()
-        except BaseException as exc:  # Handed to the awaiting task as it is.
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, value, None)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return await future
-
-
 def _iso(moment: datetime.datetime | None) -> str | None:
     if moment is None:
         return None
@@ -112,253 +81,200 @@ def _iso(moment: datetime.datetime | None) -> str | None:
 
 
 def _conditions(
-    body: kopf.Body, ready: tuple[bool, str, str], reconciled: tuple[str, str, str] | None
-) -> list[dict[str, Any]]:
-    generation = int(body.metadata.get("generation") or 0)
-    ok, reason, message = ready
-    conditions = report.condition(body.status, api.READY, ok, reason, message, generation)
-    if reconciled is not None:
-        status, reason, message = reconciled
-        new = api.Condition(
-            type=RECONCILED,
-            status=api.ConditionStatus(status),
-            reason=reason,
-            message=message[:1024],
-            last_transition_time=report.now(),
-            observed_generation=generation,
-        )
-        current = api.conditions_from_status(conditions)
-        conditions = [api.to_api(c) for c in api.set_condition(current, new)]
-    return conditions
-
-
-def _fail(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
-    """A run that could not run: phase Failed, the reason, and a warning Event."""
-    patch.status.update(
-        {
-            "phase": api.ReconciliationPhase.FAILED,
-            "reason": reason,
-            "message": message[:1024],
-            "completedAt": body.status.get("completedAt") or report.timestamp(),
-            "conditions": _conditions(
-                body,
-                (False, reason, message),
-                ("Unknown", api.ReconciliationReason.NOT_RECONCILED, message),
-            ),
-            "observedGeneration": int(body.metadata.get("generation") or 0),
-        }
-    )
-    kopf.warn(body, reason="Failed", message=f"{reason}: {message}"[:1024])
-
-
-async def _invalid(
     body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str,
-    memo: kopf.Memo,
-    exc: pydantic.ValidationError,
-) -> None:
-    """A spec the operator cannot run: its ``recon.completed`` (Failed) event, then status."""
-    await _refuse(
-        body, spec, patch, namespace, memo, ("InvalidSpec", api.format_validation_error(exc))
-    )
-
-
-async def _refuse(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str,
-    memo: kopf.Memo,
-    why: tuple[str, str],
-) -> None:
-    """A run refused before any work: its ``recon.completed`` (Failed) event, then status."""
-    reason, message = why
-    event = schema.recon_completed(
-        namespace=namespace,
-        name=str(body.metadata.name),
-        uid=str(body.metadata.uid),
-        phase="Failed",
-        dry_run=spec.get("dryRun") is True,
-        completed_at=datetime.datetime.now(datetime.UTC),
+    ready: tuple[bool, str, str],
+    reconciled: tuple[api.ConditionStatus, str, str] | None = None,
+) -> list[api.Condition]:
+    """Ready, and Reconciled when given, over the object's conditions."""
+    generation = report.generation_of(body)
+    conditions = report.conditions(body.status, api.READY, *ready, generation)
+    if reconciled is None:
+        return conditions
+    status, reason, message = reconciled
+    new = api.Condition(
+        type=RECONCILED,
+        status=status,
         reason=reason,
-        message=message,
+        message=message[:1024],
+        last_transition_time=report.now(),
+        observed_generation=generation,
     )
-    async with memo.pool.connection() as conn:
-        await engine.write_events(conn, [event])
-    _fail(body, patch, reason, message)
+    return api.set_condition(conditions, new)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
 @kopf.on.create(api.GROUP, api.VERSION, RUNS)
-async def start(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    """Check the spec and show ``Pending`` until a worker takes the run."""
+async def start(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> None:
+    """Show ``Pending`` until a worker takes the run (a spec that cannot run is refused by
+    :func:`execute`, which runs next in the same cycle)."""
     if body.status.get("phase") in STARTED_PHASES:
         return
-    try:
-        api.ReconciliationRunSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        await _invalid(body, spec, patch, report.namespace_of(namespace), memo, exc)
+    if isinstance(use_case.parse_spec(spec), Rejected):
         return
-    status = {
-        "phase": api.ReconciliationPhase.PENDING,
-        "conditions": _conditions(
-            body,
-            (False, api.ReconciliationReason.PENDING, "waiting for a reconciliation worker"),
-            None,
+    status = api.ReconciliationRunStatus(
+        phase=api.ReconciliationPhase.PENDING,
+        conditions=_conditions(
+            body, (False, api.ReconciliationReason.PENDING, "waiting for a reconciliation worker")
         ),
-        "observedGeneration": int(body.metadata.get("generation") or 0),
-    }
+        observed_generation=report.generation_of(body),
+    )
     # A patch of its own, at once: kopf runs all of a run's handlers in one cycle and applies
     # their patches when the last returns, which for ``execute`` is when the run is over.
-    name = str(body.metadata.name)
-    await in_worker(
-        lambda: _patch_status(report.namespace_of(namespace), name, status), f"recon-pending-{name}"
-    )
+    await _patch_status(report.namespace_of(namespace), str(body.metadata.name), status)
 
 
-def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    _custom().patch_namespaced_custom_object_status(
-        api.GROUP,
-        api.VERSION,
-        namespace,
-        RUNS,
-        name,
-        {"status": status},
-        _content_type="application/merge-patch+json",
-        _request_timeout=KUBE_TIMEOUT_SECONDS,
-    )
-
-
-async def _running(body: kopf.Body, namespace: str, plan: model.Plan) -> str:
-    """Show ``Running`` now that a worker has the run; return its ``startedAt``.
-
-    A status patch of its own, not kopf's: kopf applies a handler's patch when it returns,
-    and this handler returns only when the run is over.
-    """
-    started = str(body.status.get("startedAt") or report.timestamp())
-    if body.status.get("phase") == api.ReconciliationPhase.RUNNING:
-        return started
-    status = {
-        "phase": api.ReconciliationPhase.RUNNING,
-        "startedAt": started,
-        "conditions": _conditions(
-            body, (False, api.ReconciliationReason.RUNNING, "reconciling"), None
+async def _patch_status(namespace: str, name: str, status: api.ReconciliationRunStatus) -> None:
+    patch = {"status": report.status_fields(status)}
+    await use_case.in_worker(
+        lambda: _custom().patch_namespaced_custom_object_status(
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            RUNS,
+            name,
+            patch,
+            _content_type="application/merge-patch+json",
+            _request_timeout=KUBE_TIMEOUT_SECONDS,
         ),
-        "observedGeneration": int(body.metadata.get("generation") or 0),
-    }
-    name = str(body.metadata.name)
-    await in_worker(lambda: _patch_status(namespace, name, status), f"recon-status-{name}")
-    scope = "every namespace" if plan.cluster_wide else f"namespace {namespace} only"
-    _normal(body, "Started", f"reconciliation started: {scope}")
-    return started
+        f"recon-status-{name}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Progress:
+    """:class:`app.reconciliation.Progress` as the run's status and Events.
+
+    ``Running`` is a status patch of its own, not kopf's: kopf applies a handler's patch when
+    it returns, and :func:`execute` returns only when the run is over.
+    """
+
+    body: kopf.Body
+    namespace: str
+
+    async def running(self, plan: model.Plan) -> datetime.datetime:
+        shown = self.body.status.get("startedAt")
+        started = api.parse_timestamp(str(shown)) if shown else report.now()
+        if self.body.status.get("phase") == api.ReconciliationPhase.RUNNING:
+            return started
+        status = api.ReconciliationRunStatus(
+            phase=api.ReconciliationPhase.RUNNING,
+            started_at=started,
+            conditions=_conditions(
+                self.body, (False, api.ReconciliationReason.RUNNING, "reconciling")
+            ),
+            observed_generation=report.generation_of(self.body),
+        )
+        await _patch_status(self.namespace, str(self.body.metadata.name), status)
+        scope = "every namespace" if plan.cluster_wide else f"namespace {self.namespace} only"
+        _normal(self.body, RunEvent.STARTED, f"reconciliation started: {scope}")
+        return started
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
 @kopf.on.create(api.GROUP, api.VERSION, RUNS)
 async def execute(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    memo: kopf.Memo,
-    **_: Any,
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     """Do the run (or recover its stored outcome) and report it."""
     if body.status.get("phase") in FINAL_PHASES:
         return
-    namespace = report.namespace_of(namespace)
-    try:
-        run_spec = api.ReconciliationRunSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        await _invalid(body, spec, patch, namespace, memo, exc)
+    namespace = report.namespace_of(kwargs["namespace"])
+    command = use_case.RunReconciliation(
+        namespace, str(body.metadata.name), str(body.metadata.uid), spec
+    )
+    workers = use_case.Workers(
+        dsn=memo.recon_dsn,
+        limits=memo.recon_limits,
+        source_limits=memo.recon_source_limits,
+        slots=memo.recon_slots,
+        stop=_STOPPING,
+        pool=memo.pool,
+    )
+    ports = use_case.Ports(workers, _Progress(body, namespace), memo.recon_cluster_namespace)
+    _render(body, patch, await use_case.run_reconciliation(command, ports))
+
+
+def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> None:
+    """Copy the outcome into status, with its Events; the database row is the truth."""
+    if isinstance(outcome, Retry):
+        raise kopf.TemporaryError(outcome.why, delay=outcome.delay_seconds)
+    if isinstance(outcome, use_case.Succeeded):
+        _render_succeeded(body, patch, outcome)
         return
-    refusal = plans.cluster_scope_refusal(run_spec, namespace, memo.recon_cluster_namespace)
-    if refusal is not None:
-        await _refuse(body, spec, patch, namespace, memo, ("ClusterScopeNotAllowed", refusal))
-        return
-    key = store.RunKey(str(body.metadata.uid), namespace, str(body.metadata.name))
-    records = sources.opener(run_spec, namespace, memo.recon_source_limits)
-    plan = plans.plan_of(run_spec)
-
-    def work() -> store.RunState:
-        return store.execute(
-            memo.recon_dsn, key, plan, records, stop=_STOPPING, limits=memo.recon_limits
-        )
-
-    try:
-        async with memo.recon_slots:
-            started = await _running(body, namespace, plan)
-            outcome = await in_worker(work, f"recon-{namespace}/{key.name}")
-    except store.Busy as exc:
-        raise kopf.TemporaryError(str(exc), delay=BUSY_RETRY_SECONDS) from exc
-    except model.Interrupted as exc:
-        raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_SECONDS) from exc
-    except (psycopg.OperationalError, ApiException, OSError) as exc:
-        raise kopf.TemporaryError(
-            f"transient failure, retrying: {type(exc).__name__}: {exc}",
-            delay=TRANSIENT_RETRY_SECONDS,
-        ) from exc
-    _report(body, patch, outcome, started)
+    _render_failed(body, patch, outcome)
 
 
-def _report(
-    body: kopf.Body, patch: kopf.Patch, outcome: store.RunState, started: str | None = None
+def _render_failed(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    outcome: use_case.Failed | Rejected[api.ReconciliationReason],
 ) -> None:
-    """Copy the stored outcome into status; the database row is the truth."""
-    started = started or body.status.get("startedAt") or _iso(outcome.started_at)
-    if outcome.state == "failed":
-        _fail(body, patch, outcome.reason or api.ReconciliationReason.FAILED, outcome.message or "")
-        patch.status.update(
-            {
-                "attempt": outcome.attempt,
-                "startedAt": started,
-                "completedAt": _iso(outcome.completed_at),
-            }
+    """Phase Failed with the reason, and a warning Event."""
+    message = outcome.message[:1024]
+    conditions = _conditions(
+        body,
+        (False, outcome.reason, message),
+        (api.ConditionStatus.UNKNOWN, api.ReconciliationReason.NOT_RECONCILED, message),
+    )
+    generation = report.generation_of(body)
+    if isinstance(outcome, use_case.Failed):
+        status = api.ReconciliationRunStatus(
+            phase=api.ReconciliationPhase.FAILED,
+            attempt=outcome.attempt,
+            started_at=report.to_second(outcome.started_at),
+            completed_at=_second(outcome.completed_at),
+            reason=outcome.reason,
+            message=message,
+            conditions=conditions,
+            observed_generation=generation,
         )
-        return
-    if outcome.state != "succeeded" or outcome.summary is None:
-        raise kopf.TemporaryError(f"run is {outcome.state}", delay=TRANSIENT_RETRY_SECONDS)
-    # House rule 6: what the database returns is checked before it is shown as the result.
-    summary = api.to_api(run_api.Summary.model_validate(dict(outcome.summary)))
-    line = model.summary_line(summary)
-    exceptions = int(summary["exceptions"])
+    else:  # Refused before any work: it completes now (or when it was first refused).
+        shown = body.status.get("completedAt")
+        status = api.ReconciliationRunStatus(
+            phase=api.ReconciliationPhase.FAILED,
+            completed_at=api.parse_timestamp(str(shown)) if shown else report.now(),
+            reason=outcome.reason,
+            message=message,
+            conditions=conditions,
+            observed_generation=generation,
+        )
+    report.write_status(patch, status)
+    kopf.warn(body, reason=RunEvent.FAILED, message=f"{outcome.reason}: {message}"[:1024])
+
+
+def _render_succeeded(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Succeeded) -> None:
+    exceptions = outcome.summary.exceptions
     reconciled = (
-        ("True", api.ReconciliationReason.ALL_AGREED, line)
+        (api.ConditionStatus.TRUE, api.ReconciliationReason.ALL_AGREED, outcome.line)
         if exceptions == 0
-        else ("False", api.ReconciliationReason.EXCEPTIONS_FOUND, line)
+        else (api.ConditionStatus.FALSE, api.ReconciliationReason.EXCEPTIONS_FOUND, outcome.line)
     )
-    patch.status.update(
-        {
-            "phase": api.ReconciliationPhase.SUCCEEDED,
-            "startedAt": started,
-            "completedAt": _iso(outcome.completed_at),
-            "attempt": outcome.attempt,
-            "summary": summary,
-            "reason": None,
-            "message": line,
-            "conditions": _conditions(
-                body, (True, api.ReconciliationReason.COMPLETED, line), reconciled
-            ),
-            "observedGeneration": int(body.metadata.get("generation") or 0),
-        }
+    status = api.ReconciliationRunStatus(
+        phase=api.ReconciliationPhase.SUCCEEDED,
+        started_at=report.to_second(outcome.started_at),
+        completed_at=_second(outcome.completed_at),
+        attempt=outcome.attempt,
+        summary=outcome.summary,
+        reason=None,
+        message=outcome.line,
+        conditions=_conditions(
+            body, (True, api.ReconciliationReason.COMPLETED, outcome.line), reconciled
+        ),
+        observed_generation=report.generation_of(body),
     )
-    _normal(body, "Succeeded", line)
+    report.write_status(patch, status)
+    _normal(body, RunEvent.SUCCEEDED, outcome.line)
     if exceptions:
         kopf.warn(
             body,
-            reason="ExceptionsFound",
-            message=f"{line}; list them with: fintech-operator recon report "
+            reason=RunEvent.EXCEPTIONS_FOUND,
+            message=f"{outcome.line}; list them with: fintech-operator recon report "
             f"{body.metadata.name} -n {body.metadata.namespace}",
         )
+
+
+def _second(moment: datetime.datetime | None) -> datetime.datetime | None:
+    return None if moment is None else report.to_second(moment)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, RUNS)
@@ -380,46 +296,60 @@ async def forget(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         with store.connect(memo.recon_dsn, memo.recon_limits) as conn:
             return store.forget(conn, uid)
 
-    await in_worker(work, f"recon-forget-{uid}")
+    await use_case.in_worker(work, f"recon-forget-{uid}")
 
 
 # --- Schedules --------------------------------------------------------------------------------
 
 
-def run_body(
-    schedule_body: kopf.Body,
-    template: api.ReconciliationRunTemplate,
-    name: str,
-    scheduled_at: datetime.datetime,
-    window_seconds: int,
-) -> dict[str, Any]:
-    """The ReconciliationRun a schedule creates for one time (no I/O)."""
-    start = scheduled_at - datetime.timedelta(seconds=window_seconds)
-    spec = {**api.to_api(template), "window": {"start": _iso(start), "end": _iso(scheduled_at)}}
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": "ReconciliationRun",
-        "metadata": {
-            "name": name,
-            "namespace": schedule_body.metadata.namespace,
-            "labels": {SCHEDULE_LABEL: str(schedule_body.metadata.name)},
-            "ownerReferences": [
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": "ReconciliationSchedule",
-                    "name": str(schedule_body.metadata.name),
-                    "uid": str(schedule_body.metadata.uid),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": spec,
-    }
-
-
 def _custom() -> Any:
     return kubernetes.client.CustomObjectsApi(sources.kube_client())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Runs:
+    """:class:`app.reconciliation_schedule.Runs` through the API server (in worker threads)
+    and ``recon_runs`` (a pruned run's rows go with it)."""
+
+    dsn: str
+    limits: store.Limits
+
+    async def create(self, namespace: str, run: Mapping[str, Any]) -> bool:
+        name = str(run["metadata"]["name"])
+        return await use_case.in_worker(
+            lambda: _create_run(namespace, dict(run)), f"recon-cron-{name}"
+        )
+
+    async def prune(
+        self, owner: schedule_case.TickSchedule, succeeded_max: int, failed_max: int
+    ) -> Sequence[str]:
+        return await use_case.in_worker(
+            lambda: self._prune(owner, succeeded_max, failed_max), f"recon-prune-{owner.name}"
+        )
+
+    def _prune(
+        self, owner: schedule_case.TickSchedule, succeeded_max: int, failed_max: int
+    ) -> list[str]:
+        owned = _owned_runs(owner)
+        doomed = schedule.runs_to_prune(
+            [ref for ref, _ in owned.values()], succeeded_max, failed_max
+        )
+        for ref in doomed:
+            try:
+                _custom().delete_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    owner.namespace,
+                    RUNS,
+                    ref.name,
+                    _request_timeout=KUBE_TIMEOUT_SECONDS,
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            with store.connect(self.dsn, self.limits) as conn:
+                store.forget(conn, owned[ref.name][1])
+        return [ref.name for ref in doomed]
 
 
 def _create_run(namespace: str, body: dict[str, Any]) -> bool:
@@ -435,49 +365,26 @@ def _create_run(namespace: str, body: dict[str, Any]) -> bool:
     return True
 
 
-def _prune(
-    namespace: str,
-    schedule_name: str,
-    owner_uid: str,
-    keep_ok: int,
-    keep_failed: int,
-    dsn: str,
-    limits: store.Limits,
-) -> list[str]:
+def _owned_runs(owner: schedule_case.TickSchedule) -> dict[str, tuple[schedule.RunRef, str]]:
+    """The runs the schedule owns, by name: each one's phase and age, and its uid."""
     listed = _custom().list_namespaced_custom_object(
         api.GROUP,
         api.VERSION,
-        namespace,
+        owner.namespace,
         RUNS,
-        label_selector=f"{SCHEDULE_LABEL}={schedule_name}",
+        label_selector=f"{schedule_case.SCHEDULE_LABEL}={owner.name}",
         _request_timeout=KUBE_TIMEOUT_SECONDS,
     )
     owned = {}
     for item in listed.get("items", []):
         meta = item.get("metadata", {})
-        if any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences", [])):
+        if any(ref.get("uid") == owner.uid for ref in meta.get("ownerReferences", [])):
             created = api.parse_timestamp(str(meta["creationTimestamp"]))
             owned[meta["name"]] = (
                 schedule.RunRef(meta["name"], item.get("status", {}).get("phase"), created),
                 str(meta.get("uid")),
             )
-    doomed = schedule.runs_to_prune([ref for ref, _ in owned.values()], keep_ok, keep_failed)
-    for ref in doomed:
-        try:
-            _custom().delete_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                RUNS,
-                ref.name,
-                _request_timeout=KUBE_TIMEOUT_SECONDS,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        with store.connect(dsn, limits) as conn:
-            store.forget(conn, owned[ref.name][1])
-    return [ref.name for ref in doomed]
+    return owned
 
 
 def _parse_time(raw: Any) -> datetime.datetime | None:
@@ -488,100 +395,78 @@ def _parse_time(raw: Any) -> datetime.datetime | None:
 
 @kopf.timer(api.GROUP, api.VERSION, SCHEDULES, interval=SCHEDULE_TICK_SECONDS)
 async def tick(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    namespace: str | None,
-    name: str,
-    memo: kopf.Memo,
-    **_: Any,
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     """Create the run that is due, prune old runs, and keep status current (changes only)."""
-    namespace = report.namespace_of(namespace)
-    generation = int(body.metadata.get("generation") or 0)
-    try:
-        wanted = api.ReconciliationScheduleSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        message = api.format_validation_error(exc)
-        if status.get("phase") != api.SchedulePhase.INVALID:
-            patch.status.update(
-                {
-                    "phase": api.SchedulePhase.INVALID,
-                    "reason": api.ScheduleReason.INVALID_SPEC,
-                    "message": message[:1024],
-                    "conditions": report.condition(
-                        status,
-                        api.READY,
-                        False,
-                        api.ScheduleReason.INVALID_SPEC,
-                        message,
-                        generation,
-                    ),
-                    "observedGeneration": generation,
-                }
-            )
-            kopf.warn(body, reason="InvalidSpec", message=message)
-        return
-    cron = schedule.parse(wanted.schedule)
-    now = report.now()
-    last = _parse_time(status.get("lastScheduleTime")) or _parse_time(
-        body.metadata.get("creationTimestamp")
+    command = schedule_case.TickSchedule(
+        namespace=report.namespace_of(kwargs["namespace"]),
+        name=str(body.metadata.name),
+        uid=str(body.metadata.uid),
+        spec=spec,
+        now=report.now(),
+        last_scheduled_at=_parse_time(body.status.get("lastScheduleTime")),
+        created_at=_parse_time(body.metadata.get("creationTimestamp")),
     )
-    deadline = now - datetime.timedelta(seconds=wanted.starting_deadline_seconds)
-    after = max(last or deadline, deadline)
-    due = None if wanted.suspend else schedule.latest_due(cron, after, now)
-    if due is not None:
-        run_name = schedule.run_name(name, due)
-        new_run = run_body(body, wanted.template, run_name, due, wanted.window_seconds)
-        created = await in_worker(lambda: _create_run(namespace, new_run), f"recon-cron-{name}")
-        patch.status["lastScheduleTime"] = _iso(due)
-        patch.status["lastRunName"] = run_name
-        if created:
-            _normal(body, "RunCreated", f"created {run_name} for {_iso(due)}")
-    pruned = await in_worker(
-        lambda: _prune(
-            namespace,
-            name,
-            str(body.metadata.uid),
-            wanted.successful_runs_history_limit,
-            wanted.failed_runs_history_limit,
-            memo.recon_dsn,
-            memo.recon_limits,
-        ),
-        f"recon-prune-{name}",
-    )
-    if pruned:
-        _normal(body, "RunsDeleted", f"history limit: deleted {', '.join(pruned)}")
-    _schedule_status(body, status, patch, wanted, cron, now, generation)
+    outcome = await schedule_case.tick_schedule(command, _Runs(memo.recon_dsn, memo.recon_limits))
+    if isinstance(outcome, Rejected):
+        _render_invalid(body, patch, outcome)
+    else:
+        _render_tick(body, patch, outcome)
 
 
-def _schedule_status(
-    body: kopf.Body,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    wanted: api.ReconciliationScheduleSpec,
-    cron: schedule.Cron,
-    now: datetime.datetime,
-    generation: int,
+def _render_invalid(
+    body: kopf.Body, patch: kopf.Patch, outcome: Rejected[api.ScheduleReason]
 ) -> None:
-    phase = api.SchedulePhase.SUSPENDED if wanted.suspend else api.SchedulePhase.ACTIVE
-    following = schedule.next_after(cron, now)
-    next_time = None if wanted.suspend or following is None else _iso(following)
-    message = f"{wanted.schedule} (UTC)" + (", suspended" if wanted.suspend else "")
-    if (status.get("phase"), status.get("nextScheduleTime"), status.get("observedGeneration")) == (
-        phase,
-        next_time,
-        generation,
-    ):
+    if body.status.get("phase") == api.SchedulePhase.INVALID:
         return
-    patch.status.update(
-        {
-            "phase": phase,
-            "nextScheduleTime": next_time,
-            "reason": None,
-            "message": None,
-            "conditions": report.condition(status, api.READY, True, phase, message, generation),
-            "observedGeneration": generation,
-        }
+    generation = report.generation_of(body)
+    message = outcome.message[:1024]
+    status = api.ReconciliationScheduleStatus(
+        phase=api.SchedulePhase.INVALID,
+        reason=outcome.reason,
+        message=message,
+        conditions=report.conditions(
+            body.status, api.READY, False, outcome.reason, message, generation
+        ),
+        observed_generation=generation,
     )
+    report.write_status(patch, status)
+    kopf.warn(body, reason=outcome.reason, message=message)
+
+
+def _render_tick(body: kopf.Body, patch: kopf.Patch, outcome: schedule_case.Ticked) -> None:
+    if outcome.due_at is not None:
+        created = api.ReconciliationScheduleStatus(
+            last_schedule_time=outcome.due_at, last_run_name=outcome.run_name
+        )
+        report.write_status(patch, created)
+        if outcome.created:
+            _normal(
+                body,
+                ScheduleEvent.RUN_CREATED,
+                f"created {outcome.run_name} for {_iso(outcome.due_at)}",
+            )
+    if outcome.pruned:
+        _normal(
+            body, ScheduleEvent.RUNS_DELETED, f"history limit: deleted {', '.join(outcome.pruned)}"
+        )
+    generation = report.generation_of(body)
+    next_time = _iso(outcome.next_at)
+    shown = (
+        body.status.get("phase"),
+        body.status.get("nextScheduleTime"),
+        body.status.get("observedGeneration"),
+    )
+    if shown == (outcome.phase, next_time, generation):
+        return
+    status = api.ReconciliationScheduleStatus(
+        phase=outcome.phase,
+        next_schedule_time=outcome.next_at,
+        reason=None,
+        message=None,
+        conditions=report.conditions(
+            body.status, api.READY, True, outcome.phase, outcome.message, generation
+        ),
+        observed_generation=generation,
+    )
+    report.write_status(patch, status)

@@ -151,3 +151,21 @@ def waiting(body: kopf.Body, patch: kopf.Patch, wait: Wait) -> kopf.TemporaryErr
         f"{WAIT_PREFIX}{message} (attempt {attempt}, next in {delay_seconds:.0f} s)",
         delay=delay_seconds,
     )
+
+
+# --- Typed status helpers of the reviews, policies and recon handlers ----------------------------
+
+
+def generation_of(body: kopf.Body) -> int:
+    return int(body.metadata.get("generation") or 0)
+
+
+def status_fields(status: pydantic.BaseModel) -> dict[str, Any]:
+    """The fields ``status`` was given, by their API names (None kept: it clears the field),
+    as :func:`write_status` writes them: for a status patch of its own, or to compare."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def to_second(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in UTC to the second, as Kubernetes shows times (and as status keeps them)."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)

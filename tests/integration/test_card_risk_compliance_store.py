@@ -336,17 +336,10 @@ async def test_checks_and_reviews_are_idempotent(pool: AsyncConnectionPool[Any])
     kyc = compliance_rules.check_kyc(cm.DEFAULT_POLICY, "Accepted")
     later = compliance_rules.check_kyc(cm.DEFAULT_POLICY, "Rejected")
     key = f"card-issuance/ns/c/{uuid.uuid4()}/g1/Kyc"
-    fields: dict[str, Any] = {
-        "subject_kind": "CardIssuance",
-        "subject": "ns/c",
-        "subject_uid": "u1",
-        "policy": "builtin/default",
-    }
+    subject = compliance_store.CheckSubject(key, "CardIssuance", "ns/c", "u1", "builtin/default")
     async with pool.connection() as conn:
-        first = await compliance_store.record_check(conn, idempotency_key=key, check=kyc, **fields)
-        again = await compliance_store.record_check(
-            conn, idempotency_key=key, check=later, **fields
-        )
+        first = await compliance_store.record(conn, subject, kyc)
+        again = await compliance_store.record(conn, subject, later)
         await conn.commit()
         card_uid = str(uuid.uuid4())
         review: dict[str, Any] = {
@@ -356,10 +349,16 @@ async def test_checks_and_reviews_are_idempotent(pool: AsyncConnectionPool[Any])
             "comment": "documents checked",
         }
         one = await compliance_store.record_review(
-            conn, review="ns/r1", review_uid="r1", decision="Approve", **review
+            conn,
+            compliance_store.NewReview(
+                review="ns/r1", review_uid="r1", decision="Approve", **review
+            ),
         )
         two = await compliance_store.record_review(
-            conn, review="ns/r2", review_uid="r2", decision="Reject", **review
+            conn,
+            compliance_store.NewReview(
+                review="ns/r2", review_uid="r2", decision="Reject", **review
+            ),
         )
         found = await compliance_store.find_review(conn, card_uid)
     assert (again.id, again.replayed, again.check.outcome) == (first.id, True, cm.Outcome.CLEAR)
