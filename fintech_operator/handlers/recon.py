@@ -419,19 +419,7 @@ def _render_invalid(
 ) -> None:
     if body.status.get("phase") == api.SchedulePhase.INVALID:
         return
-    generation = report.generation_of(body)
-    message = outcome.message[:1024]
-    status = api.ReconciliationScheduleStatus(
-        phase=api.SchedulePhase.INVALID,
-        reason=outcome.reason,
-        message=message,
-        conditions=report.conditions(
-            body.status, api.READY, False, outcome.reason, message, generation
-        ),
-        observed_generation=generation,
-    )
-    report.write_status(patch, status)
-    kopf.warn(body, reason=outcome.reason, message=message)
+    report.reject(body, patch, outcome.reason, outcome.message, phase=api.SchedulePhase.INVALID)
 
 
 def _render_tick(body: kopf.Body, patch: kopf.Patch, outcome: schedule_case.Ticked) -> None:

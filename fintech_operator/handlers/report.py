@@ -75,8 +75,10 @@ def reject(
     message: str,
     *,
     extra_conditions: tuple[str, ...] = (),
+    phase: str = "Rejected",
 ) -> None:
-    """Record a final refusal: phase Rejected, a reason, a message and a warning Event."""
+    """Record a final refusal: ``phase`` (Rejected unless the kind names it otherwise), a
+    reason, a message and a warning Event."""
     generation = int(body.metadata.get("generation") or 0)
     found = conditions(body.status, api.READY, False, reason, message, generation)
     for type_ in extra_conditions:
@@ -85,7 +87,7 @@ def reject(
             generation,
         )  # fmt: skip
     status = PhaseStatus(
-        phase="Rejected",
+        phase=phase,
         reason=reason,
         message=message[:1024],
         conditions=found,

@@ -61,18 +61,9 @@ def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> No
         # An expected wait (the card is applied in the same batch): logged at INFO, not ERROR.
         raise kopf.TemporaryError(f"{report.WAIT_PREFIX}{outcome.why}", delay=outcome.delay_seconds)
     if isinstance(outcome, Rejected):
-        message = outcome.message[:1024]
-        status = api.CardReviewStatus(
-            phase=api.CardReviewPhase.REFUSED,
-            reason=outcome.reason,
-            message=message,
-            conditions=report.conditions(
-                body.status, api.READY, False, outcome.reason, message, generation
-            ),
-            observed_generation=generation,
+        report.reject(
+            body, patch, outcome.reason, outcome.message, phase=api.CardReviewPhase.REFUSED
         )
-        report.write_status(patch, status)
-        kopf.warn(body, reason=outcome.reason, message=message)
         return
     status = api.CardReviewStatus(
         phase=api.CardReviewPhase.RECORDED,
