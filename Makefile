@@ -25,9 +25,10 @@ dev: setup
 down:
 	$(BIN)/fintech-operator stack down
 
-## test: lint, type-check, then every test against the real platform
+## test: lint, type-check, every test against the real platform, then the chart on a real node
 test: setup lint
 	$(BIN)/pytest -q
+	$(MAKE) cluster-test
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fintech_operator fintech_devstack tests bench

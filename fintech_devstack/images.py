@@ -95,23 +95,30 @@ def ensure_dockerd() -> None:
     _say("starting dockerd for image builds")
     DOCKERD_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     root = build.cache_root()
+    pidfile = DOCKERD_SOCKET.parent / "docker.pid"
     with (root / "dockerd.log").open("ab") as sink:
-        proc = subprocess.Popen(
+        # `setsid -f`: dockerd outlives this process on purpose, so it is not our child (a
+        # Popen of a child still running when dropped warns, an error under the tests'
+        # warning filter); dockerd writes its own pid file.
+        subprocess.run(
             [
+                "setsid",
+                "-f",
                 "dockerd",
                 f"--data-root={root / 'docker'}",
                 f"--exec-root={DOCKERD_SOCKET.parent / 'exec'}",
                 f"--host=unix://{DOCKERD_SOCKET}",
-                f"--pidfile={DOCKERD_SOCKET.parent / 'docker.pid'}",
+                f"--pidfile={pidfile}",
             ],
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            check=True,
+            timeout=30,
         )
-    (root / "dockerd.pid").write_text(f"{proc.pid}\n")
     for _ in range(60):
         if _docker_answers():
+            shutil.copyfile(pidfile, root / "dockerd.pid")
             return
         time.sleep(1)
     raise ImageError(f"dockerd did not answer in 60 s; log: {root / 'dockerd.log'}")

@@ -102,17 +102,22 @@ def user_cards(entries: Iterable[Mapping[str, Any]], name: str, created: str) ->
 def risk_status(
     decision: risk_model.Decision, record_id: int, at: datetime.datetime
 ) -> dict[str, Any]:
-    """``status.risk`` of the card."""
-    return api.to_api(
-        api.Decision(
-            decision=decision.action.value,
-            policy=decision.policy,
-            score=decision.score,
-            reasons=list(decision.reasons)[: _reasons_max()],
-            decided_at=at,
-            details=[_line(match.detail) for match in decision.matches][: _reasons_max()],
-            record_id=str(record_id),
-        )
+    """``status.risk`` of the card, as the API stores it."""
+    return api.to_api(risk_decision(decision, record_id, at))
+
+
+def risk_decision(
+    decision: risk_model.Decision, record_id: int, at: datetime.datetime
+) -> api.Decision:
+    """``status.risk`` of a card or a posting."""
+    return api.Decision(
+        decision=decision.action.value,
+        policy=decision.policy,
+        score=decision.score,
+        reasons=list(decision.reasons)[: _reasons_max()],
+        decided_at=at,
+        details=[_line(match.detail) for match in decision.matches][: _reasons_max()],
+        record_id=str(record_id),
     )
 
 
@@ -121,31 +126,38 @@ def compliance_status(
     checks: Sequence[tuple[int, compliance_model.CheckResult]],
     at: datetime.datetime,
 ) -> dict[str, Any]:
+    """``status.compliance`` of the card, as the API stores it."""
+    return api.to_api(compliance_decision(policy_ref, checks, at))
+
+
+def compliance_decision(
+    policy_ref: str,
+    checks: Sequence[tuple[int, compliance_model.CheckResult]],
+    at: datetime.datetime,
+) -> api.Decision:
     """``status.compliance`` of the card: the worst outcome, every check's reason and detail."""
     results = [check for _, check in checks]
     worst = compliance_model.worst(results)
     worst_id = next((id_ for id_, check in checks if check is worst), None)
     hit = next((check.hit for check in results if check.hit is not None), None)
-    return api.to_api(
-        api.Decision(
-            decision=worst.outcome.value if worst else compliance_model.Outcome.CLEAR.value,
-            policy=policy_ref,
-            reasons=[check.reason for check in results][: _reasons_max()],
-            decided_at=at,
-            details=[_line(f"{check.kind.value}: {check.detail}") for check in results][
-                : _reasons_max()
-            ],
-            record_id=None if worst_id is None else str(worst_id),
-            match=None
-            if hit is None
-            else api.SanctionsMatch(
-                name=hit.name,
-                entry_id=hit.entry_id,
-                program=hit.program,
-                score_bps=hit.score_bps,
-                exact=hit.exact,
-            ),
-        )
+    return api.Decision(
+        decision=worst.outcome.value if worst else compliance_model.Outcome.CLEAR.value,
+        policy=policy_ref,
+        reasons=[check.reason for check in results][: _reasons_max()],
+        decided_at=at,
+        details=[_line(f"{check.kind.value}: {check.detail}") for check in results][
+            : _reasons_max()
+        ],
+        record_id=None if worst_id is None else str(worst_id),
+        match=None
+        if hit is None
+        else api.SanctionsMatch(
+            name=hit.name,
+            entry_id=hit.entry_id,
+            program=hit.program,
+            score_bps=hit.score_bps,
+            exact=hit.exact,
+        ),
     )
 
 

@@ -1,50 +1,30 @@
-"""Posting: one ledger transaction and one status patch per posting.
+"""Posting: decode the object, call ``app.posting`` (Post or Reverse), render the status.
 
 A posting is decided exactly once: ``Posted`` with its journal, or ``Rejected`` with a
-reason from the fixed set documented on ``PostingStatus.reason``. The idempotency key
-(default ``namespace/name``) makes a replayed handler, a restarted operator, or a
-deleted and re-applied object return the first journal instead of posting twice. Keys are
-unique within the Posting's namespace (DESIGN.md invariant 10): every ledger call here names
-it, so another namespace's journal is never replayed, reversed or blocked by this one.
+reason from the fixed set documented on ``PostingStatus.reason``; the workflow and its
+idempotency (one key per namespace, the ledger's request hash) are in
+:mod:`fintech_operator.app.posting`. What this module adds is kopf's: the postings index,
+what the card and product indexes know, waiting for a card, Events and the status patch,
+written through ``api.PostingStatus``.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import kopf
 import pydantic
 
 from fintech_operator import api, kube, posting_rules
-from fintech_operator.cards import lifecycle
+from fintech_operator.app import posting as use_case
+from fintech_operator.app import stores
 from fintech_operator.compliance import policy as compliance_policy
-from fintech_operator.events import outbox, schema
 from fintech_operator.handlers import indexes, report
-from fintech_operator.ledger import engine, model, rules
-from fintech_operator.observability import metrics, tracing
-from fintech_operator.risk import model as risk_model
+from fintech_operator.observability import metrics
 from fintech_operator.risk import policy as risk_policy
-from fintech_operator.risk import store as risk_store
 
-DECIDED_PHASES = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
-TEMPORARY_DELAY_SECONDS = 2.0
-
-
-class Waiting(NamedTuple):
-    """The posting's card is not there yet: what to show, and which attempt this is."""
-
-    message: str
-    attempt: str
-
-
-class Rejection(Exception):
-    """A final, user-visible refusal: becomes ``Rejected`` with this reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+DECIDED_PHASES: Final = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
 
 
 @kopf.index(api.GROUP, api.VERSION, "postings")
@@ -52,407 +32,124 @@ def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) ->
     return {(namespace, name): {"journalId": status.get("journalId")}}
 
 
-async def _card_or_retry(
-    memo: kopf.Memo,
-    cards: kopf.Index[Any, Any],
-    namespace: str,
-    posting: api.PostingSpec,
-    retry: int,
-) -> dict[str, Any] | Waiting:
-    """The card if it exists (or its deleted card's open account); a card not yet seen or not
-    yet issued is a wait (returned, the caller shows it), then ``CardNotFound``."""
-    card_name, limit = posting.card, memo.settings.missing_card_retry_limit
-    card: dict[str, Any] | None = indexes.first(cards, (namespace, card_name))
+def _ref(body: kopf.Body) -> use_case.PostingRef:
+    meta = body.metadata
+    return use_case.PostingRef(
+        namespace=report.namespace_of(meta.namespace),
+        name=str(meta.name),
+        uid=None if meta.uid is None else str(meta.uid),
+        created=api.parse_timestamp(str(meta.get("creationTimestamp"))),
+    )
+
+
+def _card(cards: kopf.Index[Any, Any], namespace: str, name: str) -> use_case.CardView | None:
+    """What the cards index knows of the posting's card; None when it knows no such card."""
+    card: dict[str, Any] | None = indexes.first(cards, (namespace, name))
     if card is None:
-        card = await _deleted_card(memo, namespace, posting)
-    pending = card is None or card.get("phase") in (None, "Pending")
-    if pending and retry < limit:
-        what = "does not exist" if card is None else "is not issued yet (its phase is Pending)"
-        return Waiting(
-            f"waiting for card {card_name!r} in {namespace}: it {what}; the posting is "
-            f"rejected (CardNotFound or CardNotActive) if that lasts about "
-            f"{limit * TEMPORARY_DELAY_SECONDS:.0f} s",
-            f"{retry + 1} of {limit}",
-        )
-    if card is None:
-        raise Rejection(
-            api.PostingReason.CARD_NOT_FOUND, f"card {card_name!r} does not exist in {namespace}"
-        )
-    return card
-
-
-async def _deleted_card(
-    memo: kopf.Memo, namespace: str, posting: api.PostingSpec
-) -> dict[str, Any] | None:
-    """A card whose object was deleted while its account stayed open (it had a balance):
-    its account, in phase ``Deleted``, so the debt can still be paid down. None otherwise."""
-    code = model.card_account_code(namespace, posting.card, posting.currency)
-    try:
-        async with memo.pool.connection() as conn:
-            account = await engine.account(conn, code)
-    except model.AccountNotFound:
-        return None  # Not issued yet (or never): the caller retries, then CardNotFound.
-    if account.status is not model.AccountStatus.OPEN:
         return None
-    return {"phase": "Deleted", "account": code, "currency": account.currency,
-            "namespace": namespace, "product": None, "spendLimit": None}  # fmt: skip
-
-
-def _check_card_accepts(card: dict[str, Any], spec: api.PostingSpec, acts_as: str) -> None:
-    phase = card.get("phase")
-    if not posting_rules.card_accepts(phase, acts_as):
-        what = spec.type.value if acts_as == spec.type.value else f"a reversal (as {acts_as})"
-        raise Rejection(
-            api.PostingReason.CARD_NOT_ACTIVE,
-            f"card {spec.card!r} is {phase or 'Pending'}: {what} refused",
-        )
-
-
-def _lines(spec: api.PostingSpec, account: str) -> tuple[model.Line, ...]:
-    if spec.entries:
-        explicit = [
-            model.Line(
-                e.account, model.Direction(e.direction.value.lower()), e.amount_minor, e.currency
-            )
-            for e in spec.entries
-        ]
-        checked = rules.validate_explicit(explicit)  # Unbalanced first: the ledger's own rule
-        try:
-            posting_rules.check_explicit_entries(
-                checked, account, spec.type.value, spec.amount_minor, spec.currency
-            )
-        except posting_rules.SpecRefused as exc:
-            raise Rejection(exc.reason, exc.message) from exc
-        return checked
-    return rules.lines_for(
-        model.PostingKind(spec.type.value), account, spec.amount_minor, spec.currency
+    return use_case.CardView(
+        phase=card.get("phase"),
+        account=str(card.get("account")),
+        currency=card.get("currency"),
+        spend_limit=card.get("spendLimit"),
     )
 
 
-def _guard(
-    spec: api.PostingSpec, card: dict[str, Any], product: dict[str, Any], now: datetime.datetime
-) -> model.SpendGuard | None:
-    # The card's own limit wins; a card without one inherits its product's default.
-    limit = card.get("spendLimit") or product.get("spendLimit")
-    if not limit or spec.type is not api.PostingType.PURCHASE:
-        return None
-    return model.SpendGuard(
-        card["account"], int(limit["amount"]), model.SpendInterval(limit["interval"]), now
+def _product(
+    cards: kopf.Index[Any, Any], products: kopf.Index[Any, Any], namespace: str, card: str
+) -> use_case.ProductView:
+    """The card's product's terms (an unknown product: none, as before it was indexed)."""
+    entry: dict[str, Any] = indexes.first(cards, (namespace, card)) or {}
+    key = (str(entry.get("namespace")), str(entry.get("product")))
+    found: dict[str, Any] = indexes.first(products, key) or {}
+    return use_case.ProductView(
+        rewards_rate_bps=int(found.get("rewardsRateBps", 0)),
+        earn_on=tuple(found.get("earnOn") or ["Purchase"]),
+        spend_limit=found.get("spendLimit"),
     )
 
 
-def _event(
-    spec: api.PostingSpec,
-    namespace: str,
-    name: str,
-    product: dict[str, Any],
-    occurred_at: datetime.datetime,
-) -> model.OutboxEvent:
-    """The ``dev.fintech.posting.posted.v1`` event; the relay adds the journal id."""
-    merchant = spec.merchant.model_dump(mode="json", exclude_none=True) if spec.merchant else None
-    return schema.posting_posted(
-        namespace=namespace,
-        name=name,
-        card=spec.card,
-        posting_type=spec.type.value,
-        amount_minor=spec.amount_minor,
-        currency=spec.currency,
-        rewards_rate_bps=int(product.get("rewardsRateBps", 0)),
-        earn_on=list(product.get("earnOn") or ["Purchase"]),
-        occurred_at=occurred_at,
-        now=datetime.datetime.now(datetime.UTC),
-        reference=spec.reference,
-        merchant=merchant,
-        headers=tracing.context_headers(),
-    )
+def _target(postings_: kopf.Index[Any, Any], namespace: str, name: str) -> use_case.Target:
+    entry = indexes.first(postings_, (namespace, name))
+    if entry is None:
+        return use_case.Target(exists=False)
+    found = entry.get("journalId")
+    return use_case.Target(exists=True, journal_id=int(found) if found else None)
 
 
-def _occurred_at(spec: api.PostingSpec, body: kopf.Body) -> datetime.datetime:
-    # Deterministic, so a replay hashes the same request: the user's time or creation time.
-    if spec.occurred_at is not None:
-        return spec.occurred_at
-    return api.parse_timestamp(str(body.metadata.get("creationTimestamp")))
-
-
-def _metadata(spec: api.PostingSpec, namespace: str, name: str) -> dict[str, Any]:
-    """What the journal records about the posting besides its lines (part of its hash)."""
-    return {
-        "posting": f"{namespace}/{name}",
-        "merchant": spec.merchant.model_dump(mode="json") if spec.merchant else None,
-    }
-
-
-def _same_request(spec: api.PostingSpec, body: kopf.Body, journal: model.Journal) -> bool:
-    """True when this posting asks for what ``journal`` recorded, by the ledger's own request
-    hash (Invariant 3 has one fingerprint): the request is rebuilt as it was posted. A deleted
-    and re-applied object has a new creation time, so without ``spec.occurredAt`` the journal's
-    time stands in for it; everything else (type, amount, card, entries, reference, merchant,
-    name) must match. Journals posted before this scheme carry a ``specHash`` in their metadata,
-    which was part of their hash: it is recomputed from the spec for them."""
-    namespace = report.namespace_of(body.metadata.namespace)
-    account = model.card_account_code(namespace, spec.card, spec.currency)
-    metadata = _metadata(spec, namespace, str(body.metadata.name))
-    if "specHash" in journal.metadata:
-        metadata["specHash"] = posting_rules.spec_hash(api.to_api(spec))
-    try:
-        request = model.PostingRequest(
-            idempotency_key=journal.idempotency_key,
-            kind=model.PostingKind(spec.type.value),
-            lines=_lines(spec, account),
-            occurred_at=spec.occurred_at or journal.occurred_at,
-            reference=spec.reference,
-            metadata=metadata,
-        )
-    except (Rejection, model.LedgerError):
-        return False  # a request the ledger would refuse cannot be the one it recorded
-    return rules.request_hash(request) == journal.request_hash
-
-
-def build_request(
-    spec: api.PostingSpec, body: kopf.Body, card: dict[str, Any], product: dict[str, Any]
-) -> model.PostingRequest:
-    """Translate a Posting resource into a ledger request (no I/O)."""
-    namespace = report.namespace_of(body.metadata.namespace)
-    name = str(body.metadata.name)
-    if spec.currency != card.get("currency"):
-        raise Rejection(
-            api.PostingReason.CURRENCY_MISMATCH,
-            f"posting is in {spec.currency}, card account is in {card.get('currency')}",
-        )
-    occurred_at = _occurred_at(spec, body)
-    return model.PostingRequest(
-        idempotency_key=spec.idempotency_key or f"{namespace}/{name}",
-        kind=model.PostingKind(spec.type.value),
-        lines=_lines(spec, card["account"]),
-        occurred_at=occurred_at,
-        reference=spec.reference,
-        metadata=_metadata(spec, namespace, name),
-        events=(_event(spec, namespace, name, product, occurred_at),),
-        guard=_guard(spec, card, product, report.now()),
-        namespace=namespace,
+def _command(
+    body: kopf.Body, spec: api.PostingSpec, retry: int, memo: kopf.Memo, indexes_: dict[str, Any]
+) -> use_case.Post | use_case.Reverse:
+    """The use case's command from the object and what kopf's indexes know."""
+    ref, cards = _ref(body), indexes_["cards"]
+    card, limit = _card(cards, ref.namespace, spec.card), memo.settings.missing_card_retry_limit
+    if spec.reverses:
+        target = _target(indexes_["postings"], ref.namespace, spec.reverses)
+        return use_case.Reverse(ref, spec, card, target, retry, limit)
+    return use_case.Post(
+        posting=ref,
+        spec=spec,
+        card=card,
+        product=_product(cards, indexes_["cardproducts"], ref.namespace, spec.card),
+        risk_policy=risk_policy.select(indexes_["riskpolicies"], ref.namespace),
+        compliance_policy=compliance_policy.select(indexes_["compliancepolicies"], ref.namespace),
+        attempt=retry,
+        attempts_max=limit,
     )
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, "postings")
 @kopf.on.create(api.GROUP, api.VERSION, "postings")
 async def post(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    patch: kopf.Patch,
-    namespace: str | None,
-    retry: int,
-    memo: kopf.Memo,
-    **kwargs: Any,
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, retry: int, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     if body.status.get("phase") in DECIDED_PHASES:
         return
-    namespace = report.namespace_of(namespace)
-    # kopf passes each index as a keyword argument named after its function.
-    cards, cardproducts, postings = kwargs["cards"], kwargs["cardproducts"], kwargs["postings"]
     try:
         posting = api.PostingSpec.model_validate(dict(spec))
-        # A key that already posted is a replay whatever happened to the card since: an
-        # object deleted and re-applied (Argo CD) after a freeze still shows its journal.
-        result = await _replay(memo, posting, body, postings)
-        if result is None:
-            card = await _card_or_retry(memo, cards, namespace, posting, retry)
-            if isinstance(card, Waiting):
-                raise report.waiting(
-                    body, patch, report.WAITING_FOR_CARD, card.message,
-                    attempt=card.attempt, delay_seconds=TEMPORARY_DELAY_SECONDS,
-                )  # fmt: skip
-            if posting.reverses:
-                result = await _reverse(memo, posting, body, card, postings)
-            else:
-                _check_card_accepts(card, posting, posting.type.value)
-                request = build_request(posting, body, card, _product(cardproducts, card))
-                result = await _post_with_risk(memo, request, posting, body, card, kwargs, patch)
     except pydantic.ValidationError as exc:
         report.reject(body, patch, api.PostingReason.INVALID_SPEC, api.format_validation_error(exc))
         return
-    except Rejection as exc:
-        report.reject(body, patch, exc.reason, exc.message)
-        return
-    except risk_model.RiskDeclined as exc:
-        if exc.record_id is not None:
-            patch.status["risk"] = lifecycle.risk_status(exc.decision, exc.record_id, report.now())
-        report.reject(body, patch, exc.reason, exc.message)
-        return
-    except model.LedgerError as exc:
-        report.reject(body, patch, _reason(exc), exc.message)
-        return
-    _posted(body, patch, result)
-
-
-# --- Risk and AML (issue 4): API in fintech_operator/risk/store.py, described in docs/cards.md --
-
-
-async def _post_with_risk(
-    memo: kopf.Memo,
-    request: model.PostingRequest,
-    posting: api.PostingSpec,
-    body: kopf.Body,
-    card: dict[str, Any],
-    indexes_: dict[str, Any],
-    patch: kopf.Patch,
-) -> model.PostResult:
-    """``engine.post`` with the namespace's risk rules and AML monitoring in its transaction.
-
-    A decline raises ``risk_model.RiskDeclined`` (a LedgerError, reason RiskDeclined).
-    """
-    namespace = report.namespace_of(body.metadata.namespace)
-    account = str(card.get("account"))
-    merchant = posting.merchant
-    check = risk_store.PostingCheck(
-        risk_policy.select(indexes_["riskpolicies"], namespace),
-        risk_model.PostingFacts(
-            card=f"{namespace}/{posting.card}",
-            account_code=account,
-            kind=posting.type.value,
-            amount_minor=posting.amount_minor,
-            currency=posting.currency,
-            merchant_mcc=merchant.mcc if merchant else None,
-            merchant_country=merchant.country if merchant else None,
-        ),
-        subject=f"{namespace}/{body.metadata.name}",
-        subject_uid=str(body.metadata.uid),
-        compliance_policy=compliance_policy.select(indexes_["compliancepolicies"], namespace),
-    )
-    result = await risk_store.post(memo.pool, request, check)
-    if check.decision is not None and check.record_id is not None:
-        # Shown on the resource as well as stored: a Review still posts, and says so here.
-        patch.status["risk"] = lifecycle.risk_status(check.decision, check.record_id, report.now())
-    return result
-
-
-# --- End of risk and AML --------------------------------------------------------------------------
-
-
-def _product(cardproducts: kopf.Index[Any, Any], card: dict[str, Any]) -> dict[str, Any]:
-    namespace, product = card.get("namespace"), card.get("product")
-    found: dict[str, Any] | None = indexes.first(cardproducts, (str(namespace), str(product)))
-    return found or {}
-
-
-async def _replay(
-    memo: kopf.Memo, posting: api.PostingSpec, body: kopf.Body, postings: kopf.Index[Any, Any]
-) -> Any:
-    """The first result of this posting's idempotency key, or None if it never posted.
-
-    The same request (see :func:`_same_request`; a reversal: the journal it reversed, which
-    must be the one ``spec.reverses`` names now) is a replay; another is IdempotencyConflict.
-    """
-    namespace = report.namespace_of(body.metadata.namespace)
-    key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
-    async with memo.pool.connection() as conn:
-        # Keys are unique per namespace: another namespace's key is never replayed here.
-        journal = await engine.journal_by_key(conn, key, namespace=namespace)
-        if journal is None:
-            return None
-        if posting.reverses and journal.reverses_journal_id is not None:
-            target = await _target_journal(conn, postings, namespace, str(posting.reverses))
-            if journal.reverses_journal_id == target.id:
-                return model.PostResult(journal=journal, replayed=True)
-        elif not posting.reverses and _same_request(posting, body, journal):
-            return model.PostResult(journal=journal, replayed=True)
-    raise Rejection(
-        api.PostingReason.IDEMPOTENCY_CONFLICT,
-        f"idempotency key {key!r} already posted journal {journal.id} with another spec",
-    )
-
-
-async def _reverse(
-    memo: kopf.Memo,
-    posting: api.PostingSpec,
-    body: kopf.Body,
-    card: dict[str, Any],
-    postings: kopf.Index[Any, Any],
-) -> Any:
-    namespace = report.namespace_of(body.metadata.namespace)
-    async with memo.pool.connection() as conn:
-        target = await _target_journal(conn, postings, namespace, str(posting.reverses))
-        try:
-            acts_as = posting_rules.check_reversal(
-                target, str(card.get("account")), posting.amount_minor, posting.currency
-            )
-        except posting_rules.SpecRefused as exc:
-            raise Rejection(exc.reason, exc.message) from exc
-        _check_card_accepts(card, posting, acts_as)
-        original = await outbox.posted_event(conn, target.id)
-    journal = target.id
-    key = posting.idempotency_key or f"{namespace}/{body.metadata.name}"
-    reason = f"reversed by {key}"
-    # The reversal's event carries the original's terms, so consumers take back exactly
-    # what the original gave. Every posting's journal has one; journals written by other
-    # means (the engine used directly) may not, and then there is nothing to take back.
-    events = []
-    if original is not None:
-        events.append(
-            schema.posting_reversed(
-                original, reverses_journal_id=int(journal), namespace=namespace,
-                name=str(body.metadata.name), reason=reason, now=report.now(),
-                headers=tracing.context_headers(),
-            )
-        )  # fmt: skip
-    return await engine.reverse(
-        memo.pool, key, int(journal), reason, events=events, namespace=namespace
-    )
-
-
-async def _target_journal(
-    conn: Any, postings: kopf.Index[Any, Any], namespace: str, name: str
-) -> model.Journal:
-    """The journal of the Posting ``name``: from the live object, or, once a TTL deleted it,
-    from the ledger under the posting's default key, if that journal was posted by it."""
-    entry = indexes.first(postings, (namespace, name))
-    journal: model.Journal | None = None
-    if entry is not None:
-        found = entry.get("journalId")
-        journal = await engine.journal(conn, int(found)) if found else None
+    command = _command(body, posting, retry, memo, kwargs)
+    ledger = stores.Postings(memo.pool)
+    if isinstance(command, use_case.Reverse):
+        outcome = await use_case.reverse(command, ledger)
     else:
-        by_key = await engine.journal_by_key(conn, f"{namespace}/{name}", namespace=namespace)
-        # Another posting may have chosen that key explicitly: only its own journal counts.
-        if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
-            journal = by_key
-    if journal is None:
-        raise Rejection(
-            api.PostingReason.JOURNAL_NOT_FOUND, f"posting {name!r} has no journal to reverse"
+        outcome = await use_case.post(command, ledger)
+    _render(body, patch, outcome)
+
+
+def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> None:
+    if isinstance(outcome, use_case.WaitingForCard):
+        wait = report.Wait(
+            report.WAITING_FOR_CARD, outcome.message, outcome.attempt, outcome.delay_seconds
         )
-    return journal
-
-
-def _reason(exc: model.LedgerError) -> str:
-    """The documented reason for a ledger refusal; malformed requests are InvalidSpec."""
-    if isinstance(exc, model.Unbalanced):
-        return str(api.PostingReason.UNBALANCED)
-    if isinstance(exc, model.InvalidRequest):
-        return str(api.PostingReason.INVALID_SPEC)
-    if isinstance(exc, model.AccountFrozen):
-        # The ledger saw the freeze before the operator's view of the Card did: same answer.
-        return str(api.PostingReason.CARD_NOT_ACTIVE)
-    return exc.reason
-
-
-def _posted(body: kopf.Body, patch: kopf.Patch, result: Any) -> None:
-    journal = result.journal
+        raise report.waiting(body, patch, wait)
+    if isinstance(outcome, use_case.Rejected):
+        if outcome.risk is not None:
+            report.write_status(patch, api.PostingStatus(risk=outcome.risk))
+        report.reject(body, patch, outcome.reason, outcome.message)
+        return
+    journal, replayed = outcome.journal, isinstance(outcome, use_case.Replayed)
     generation = int(body.metadata.get("generation") or 0)
-    replay = " (replayed: the idempotency key had already posted)" if result.replayed else ""
+    replay = " (replayed: the idempotency key had already posted)" if replayed else ""
     message = f"journal {journal.id}{replay}"
-    patch.status.update(
-        {
-            "phase": api.PostingPhase.POSTED,
-            "journalId": str(journal.id),
-            "postedAt": journal.posted_at.isoformat().replace("+00:00", "Z"),
-            "reason": None,  # a wait for the card, shown before, is over
-            "message": None,
-            "conditions": report.condition(
-                body.status, api.READY, True, api.PostingPhase.POSTED, message, generation
-            ),
-            "observedGeneration": generation,
-        }
+    status = api.PostingStatus(
+        phase=api.PostingPhase.POSTED,
+        journal_id=str(journal.id),
+        posted_at=journal.posted_at,
+        reason=None,  # a wait for the card, shown before, is over
+        message=None,
+        conditions=report.conditions(
+            body.status, api.READY, True, api.PostingPhase.POSTED, message, generation
+        ),
+        observed_generation=generation,
     )
+    if isinstance(outcome, use_case.Posted) and outcome.risk is not None:
+        status = status.model_copy(update={"risk": outcome.risk})
+    report.write_status(patch, status)
     kopf.info(body, reason="Posted", message=message)
-    metrics.posting_decided(body.get("spec"), "replayed" if result.replayed else "posted")
+    metrics.posting_decided(body.get("spec"), "replayed" if replayed else "posted")
 
 
 # Long TTLs are re-checked at least this often, so a clock step cannot strand an object.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import pydantic
 
 from fintech_operator import api
+from fintech_operator.api import common
 
 
 def now() -> datetime.datetime:
@@ -23,6 +26,13 @@ def condition(
     status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
 ) -> list[dict[str, Any]]:
     """The object's conditions with ``type_`` set, keeping the others as they are."""
+    return [api.to_api(c) for c in conditions(status, type_, ok, reason, message, generation)]
+
+
+def conditions(
+    status: Mapping[str, Any], type_: str, ok: bool, reason: str, message: str, generation: int
+) -> list[api.Condition]:
+    """:func:`condition`, typed: for a status model (``api.CardStatus(conditions=...)``)."""
     new = api.Condition(
         type=type_,
         status=api.ConditionStatus.TRUE if ok else api.ConditionStatus.FALSE,
@@ -32,7 +42,30 @@ def condition(
         observed_generation=generation,
     )
     current = api.conditions_from_status(status.get("conditions"))
-    return [api.to_api(c) for c in api.set_condition(current, new)]
+    return api.set_condition(current, new)
+
+
+def write_status(patch: kopf.Patch, status: pydantic.BaseModel) -> None:
+    """Lay a typed status (``api.CardStatus``, ``api.PostingStatus``, ...) over the patch.
+
+    Only the fields the model was given are written; a field given as None clears it. The
+    model validates every value, so a misspelt field or a bad phase fails here instead of
+    being pruned silently by the CRD's structural schema.
+    """
+    patch.status.update(status.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+
+class PhaseStatus(common.StatusModel):
+    """The status fields every kind shares: what a refusal or a wait writes, whatever the kind.
+
+    Typed like each kind's own Status model, so the keys are never written by hand.
+    """
+
+    phase: str | None = None
+    reason: common.Reason | None = None
+    message: common.Message | None = None
+    conditions: list[api.Condition] = pydantic.Field(default_factory=list)
+    observed_generation: common.Generation | None = None
 
 
 def reject(
@@ -45,16 +78,20 @@ def reject(
 ) -> None:
     """Record a final refusal: phase Rejected, a reason, a message and a warning Event."""
     generation = int(body.metadata.get("generation") or 0)
-    conditions = condition(body.status, api.READY, False, reason, message, generation)
+    found = conditions(body.status, api.READY, False, reason, message, generation)
     for type_ in extra_conditions:
-        conditions = condition(
-            {"conditions": conditions}, type_, False, reason, message, generation
-        )
-    patch.status["phase"] = "Rejected"
-    patch.status["reason"] = reason
-    patch.status["message"] = message[:1024]
-    patch.status["conditions"] = conditions
-    patch.status["observedGeneration"] = generation
+        found = conditions(
+            {"conditions": [api.to_api(c) for c in found]}, type_, False, reason, message,
+            generation,
+        )  # fmt: skip
+    status = PhaseStatus(
+        phase="Rejected",
+        reason=reason,
+        message=message[:1024],
+        conditions=found,
+        observed_generation=generation,
+    )
+    write_status(patch, status)
     kopf.warn(body, reason=reason, message=message[:1024])
 
 
@@ -76,32 +113,38 @@ WAITING_FOR_PROCESSOR = "WaitingForProcessor"
 WAIT_PREFIX = "waiting: "
 
 
-def waiting(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    reason: str,
-    message: str,
-    *,
-    attempt: str,
-    delay_seconds: float,
-    phase: str = "Pending",
-) -> kopf.TemporaryError:
+@dataclass(frozen=True)
+class Wait:
+    """What a resource waits for: ``reason`` and ``message`` are shown on it, ``attempt``
+    ("3 of 30") goes into the log line only, ``phase`` is the phase it keeps meanwhile."""
+
+    reason: str
+    message: str
+    attempt: str
+    delay_seconds: float
+    phase: str = "Pending"
+
+
+def waiting(body: kopf.Body, patch: kopf.Patch, wait: Wait) -> kopf.TemporaryError:
     """Show a wait on the resource and return the retry to raise.
 
-    The status says at once what the resource waits for (phase Pending, ``reason``, a Ready
+    The status says at once what the resource waits for (its phase, the wait's reason, a Ready
     condition False with the same reason and message); the Event is posted once per wait, when
-    the status does not show it yet, not on every retry. ``attempt`` ("3 of 30") goes into the
-    log line only, so the status and the Event stay the same while the wait lasts.
+    the status does not show it yet, not on every retry. The attempt goes into the log line
+    only, so the status and the Event stay the same while the wait lasts.
     """
+    reason, message, phase = wait.reason, wait.message, wait.phase
+    attempt, delay_seconds = wait.attempt, wait.delay_seconds
     generation = int(body.metadata.get("generation") or 0)
     # Conditions written earlier in this same handler call (an assessment) are kept.
     base = patch.status.get("conditions") or body.status.get("conditions")
-    patch.status["phase"] = phase
-    patch.status["reason"] = reason
-    patch.status["message"] = message[:1024]
-    patch.status["conditions"] = condition(
-        {"conditions": base}, api.READY, False, reason, message, generation
+    status = PhaseStatus(
+        phase=phase,
+        reason=reason,
+        message=message[:1024],
+        conditions=conditions({"conditions": base}, api.READY, False, reason, message, generation),
     )
+    write_status(patch, status)
     if body.status.get("reason") != reason:
         kopf.warn(body, reason=reason, message=message[:1024])
     return kopf.TemporaryError(

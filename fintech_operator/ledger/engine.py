@@ -356,7 +356,16 @@ async def post(
     """
     if not isinstance(request, model.PostingRequest):
         raise model.InvalidRequest("post needs a model.PostingRequest")
-    plan = _Plan(
+    plan = _plan_of(request)
+
+    async def attempt(cur: Cursor) -> model.PostResult:
+        return await _post_locked(cur, plan, request, check)
+
+    return await _run(pool, limits, attempt)
+
+
+def _plan_of(request: model.PostingRequest) -> _Plan:
+    return _Plan(
         idempotency_key=request.idempotency_key,
         request_hash=rules.request_hash(request),
         kind=request.kind,
@@ -368,8 +377,63 @@ async def post(
         namespace=request.namespace,
     )
 
-    async def attempt(cur: Cursor) -> model.PostResult:
-        return await _post_locked(cur, plan, request, check)
+
+@dataclass(frozen=True)
+class CardIssuance:
+    """Everything issuing a card writes to the ledger, committed by :func:`issue_card` at once.
+
+    ``fee`` is the issuance fee's posting (None when the product charges none); ``events``
+    (the card's ``card.issued``) commit with the account, each at most once.
+    """
+
+    namespace: str
+    card: str
+    card_uid: str
+    currency: str
+    frozen: bool
+    fee: model.PostingRequest | None
+    events: tuple[model.OutboxEvent, ...]
+
+    @property
+    def account_code(self) -> str:
+        return model.card_account_code(self.namespace, self.card, self.currency)
+
+
+async def issue_card(
+    pool: AsyncConnectionPool[Any],
+    issuance: CardIssuance,
+    then: Callable[[AsyncConnection[Any]], Awaitable[_T]],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+) -> _T:
+    """Issue a card in ONE transaction: its account opened (owned by ``card_uid``), the fee
+    posted, the account frozen or not, its events written, then ``then`` (the caller's reads
+    and writes of the same issuance, such as the authorization mirror) on the same connection.
+
+    Idempotent: a retry finds the card's account, the fee's journal (a replay) and the events
+    already there, so it writes nothing twice. A card re-created under a deleted card's name
+    gets :class:`AccountOwnedByAnotherCard` and nothing is written. The fee is posted before
+    the freeze: a frozen account takes no debits, and the fee is the last one until unfrozen.
+    """
+    if issuance.fee is not None and issuance.account_code not in issuance.fee.account_codes:
+        raise model.InvalidRequest("the issuance fee must be charged to the card's account")
+    fee = None if issuance.fee is None else _plan_of(issuance.fee)
+
+    async def attempt(cur: Cursor) -> _T:
+        conn = cur.connection
+        await open_card_account(
+            conn,
+            issuance.namespace,
+            issuance.card,
+            issuance.currency,
+            metadata={"card": f"{issuance.namespace}/{issuance.card}"},
+            events=issuance.events,
+            card_uid=issuance.card_uid,
+        )
+        if fee is not None and issuance.fee is not None:
+            await _post_locked(cur, fee, issuance.fee, None)
+        await set_frozen(conn, issuance.account_code, issuance.frozen)
+        return await then(conn)
 
     return await _run(pool, limits, attempt)
 

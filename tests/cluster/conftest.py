@@ -1,7 +1,7 @@
 """The cluster tier: the chart installed with Helm on a real node (`stack node`).
 
-Not part of `make test` (slow, needs root, containerd and the locally built images): run it
-with `make cluster-test`. The session starts its own throwaway platform on free ports, adds
+Slow, and needs root, containerd and the locally built images, so it is collected only with
+FINTECH_CLUSTER_TESTS=1: `make cluster-test`, which `make test` runs after the rest. The session starts its own throwaway platform on free ports, adds
 the node to it, and stops both afterwards. A node that cannot start fails the session and
 says why; nothing is skipped.
 """
@@ -116,12 +116,6 @@ def fake_processor_manifest(cluster: Cluster, namespace: str) -> str:
         },
         {
             "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "processor-token"},
-            "stringData": {"token": "cluster-test-token"},
-        },
-        {
-            "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "fake-processor"},
             "data": {"fake_processor.py": script},
@@ -162,6 +156,70 @@ def fake_processor_manifest(cluster: Cluster, namespace: str) -> str:
             "kind": "Service",
             "metadata": {"name": "fake-processor"},
             "spec": {"selector": labels, "ports": [{"port": 8443, "targetPort": 8443}]},
+        },
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+# The receiver's Service address, fixed so the chart can allow exactly it
+# (config.webhookAllowedCidrs) before the Service exists; inside the node's 10.0.0.0/24.
+RECEIVER_SERVICE_IP = "10.0.0.200"
+
+
+def outside_manifest(cluster: Cluster, signing_secret: str) -> str:
+    """What stands outside the product: a Webhook receiver (tests/cluster/receiver.py) behind
+    a Service at :data:`RECEIVER_SERVICE_IP`, in a Pod that also plays the card processor
+    (tests/cluster/processor_client.py, with the gateway's signing Secret mounted)."""
+    here = Path(__file__).parent
+    labels = {"app": "outside"}
+    container = {
+        "name": "receiver",
+        "image": cluster.images["product"],
+        "imagePullPolicy": "Never",
+        "command": ["python", "/app/receiver.py"],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": 8080}},
+        "volumeMounts": [
+            {"name": "app", "mountPath": "/app"},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the Pod's own emptyDir
+            {"name": "signing", "mountPath": "/signing", "readOnly": True},
+        ],
+    }
+    volumes = [
+        {"name": "app", "configMap": {"name": "outside"}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "signing", "secret": {"secretName": signing_secret}},
+    ]
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "outside"},
+            "data": {
+                name: (here / name).read_text() for name in ("receiver.py", "processor_client.py")
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "outside"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [container], "volumes": volumes},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "hooks"},
+            "spec": {
+                "selector": labels,
+                "clusterIP": RECEIVER_SERVICE_IP,
+                "ports": [{"port": 80, "targetPort": 8080}],
+            },
         },
     ]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})

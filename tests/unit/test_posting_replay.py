@@ -7,43 +7,33 @@ request as the journal its key posted; any change of what the journal records is
 from __future__ import annotations
 
 import datetime
-import importlib
 from typing import Any
 
-import kopf
 import pytest
 
 from fintech_operator import api
+from fintech_operator.app import posting as postings
 from fintech_operator.ledger import model, rules
 
 CREATED = "2026-12-01T10:00:00Z"
 
 
-@pytest.fixture
-def postings(monkeypatch: pytest.MonkeyPatch) -> Any:
-    # The handler package reads some timer intervals from settings when imported.
-    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@127.0.0.1:1/unused")
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
-    return importlib.import_module("fintech_operator.handlers.postings")
-
-
-def _body(spec: dict[str, Any], created: str) -> kopf.Body:
-    return kopf.Body({"apiVersion": "fintech.dev/v1alpha1", "kind": "Posting",
-                      "metadata": {"name": "p1", "namespace": "ns1", "uid": "u1",
-                                   "creationTimestamp": created},
-                      "spec": spec})  # fmt: skip
+def _body(spec: dict[str, Any], created: str) -> postings.PostingRef:
+    """The posting p1 in ns1 created at ``created`` (``spec`` is the caller's to decode)."""
+    return postings.PostingRef("ns1", "p1", "u1", api.parse_timestamp(created))
 
 
 SPEC = {"card": "c1", "type": "Purchase", "amount": 1250, "currency": "USD", "reference": "ref-1",
         "merchant": {"name": "Shop", "mcc": "5411", "country": "US"}}  # fmt: skip
 
 
-def _journal(postings: Any, spec: dict[str, Any]) -> model.Journal:
+def _journal(spec: dict[str, Any]) -> model.Journal:
     """The journal the ledger recorded for ``spec`` posted from an object created at CREATED."""
-    card = {"account": model.card_account_code("ns1", "c1", "USD"), "currency": "USD"}
+    card = postings.CardView("Active", model.card_account_code("ns1", "c1", "USD"), "USD")
     request = postings.build_request(
-        api.PostingSpec.model_validate(spec), _body(spec, CREATED), card, {}
-    )
+        _body(spec, CREATED), api.PostingSpec.model_validate(spec), card,
+        postings.ProductView(), datetime.datetime.now(datetime.UTC),
+    )  # fmt: skip
     return model.Journal(
         id=7, idempotency_key=request.idempotency_key, request_hash=rules.request_hash(request),
         kind=request.kind, reference=request.reference, occurred_at=request.occurred_at,
@@ -52,10 +42,10 @@ def _journal(postings: Any, spec: dict[str, Any]) -> model.Journal:
     )  # fmt: skip
 
 
-def test_the_same_spec_reapplied_later_is_the_same_request(postings: Any) -> None:
-    journal = _journal(postings, SPEC)
+def test_the_same_spec_reapplied_later_is_the_same_request() -> None:
+    journal = _journal(SPEC)
     reapplied = _body(SPEC, "2026-12-03T08:00:00Z")  # deleted and applied again
-    assert postings._same_request(api.PostingSpec.model_validate(SPEC), reapplied, journal)
+    assert postings.same_request(reapplied, api.PostingSpec.model_validate(SPEC), journal)
 
 
 @pytest.mark.parametrize(
@@ -70,14 +60,14 @@ def test_the_same_spec_reapplied_later_is_the_same_request(postings: Any) -> Non
     ],
 )
 def test_any_change_of_what_the_journal_records_is_another_request(
-    postings: Any, change: dict[str, Any]
+    change: dict[str, Any],
 ) -> None:
-    journal = _journal(postings, SPEC)
+    journal = _journal(SPEC)
     changed = {**SPEC, **change}
     body = _body(changed, "2026-12-03T08:00:00Z")
-    assert not postings._same_request(api.PostingSpec.model_validate(changed), body, journal)
+    assert not postings.same_request(body, api.PostingSpec.model_validate(changed), journal)
 
 
-def test_the_journal_records_no_second_fingerprint(postings: Any) -> None:
+def test_the_journal_records_no_second_fingerprint() -> None:
     """No handler-side spec hash beside the ledger's request hash in new journals."""
-    assert "specHash" not in _journal(postings, SPEC).metadata
+    assert "specHash" not in _journal(SPEC).metadata

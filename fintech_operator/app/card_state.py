@@ -1,0 +1,237 @@
+"""ChangeCardState: freeze, unfreeze or close a card; and what follows a card's deletion.
+
+Each change writes its ``card.state_changed`` event in the transaction that makes it (the
+account's freeze flag, its closing), with an id per generation, so a retry writes it once; the
+caller shows the new state only after that commit. Closing waits while the balance is not zero
+(:class:`ClosingWaits`); the namespace's batched refresh tries again. Nothing here knows kopf.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from fintech_operator import api
+from fintech_operator.cards import lifecycle
+from fintech_operator.events import schema
+from fintech_operator.ledger import model
+from fintech_operator.observability import tracing
+
+CLOSED_BEFORE_ISSUE_MESSAGE: Final = "closed before it was issued; no ledger account was opened"
+CLOSED_MESSAGE: Final = "card closed; its ledger history is kept"
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card as its status shows it: its phase and, once issued, its account."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    phase: str | None
+    account: str | None
+
+
+@dataclass(frozen=True)
+class ChangeCardState:
+    """``spec.state`` became ``to``; ``reason`` goes into a closing's event (CardDeleted)."""
+
+    card: IssuedCard
+    to: api.CardState
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """The card is now ``phase`` (Active, Frozen or Closed); ``reason`` when Closed before issue."""
+
+    phase: api.CardPhase
+    message: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ClosingWaits:
+    """The account still holds a balance: the card stays in its phase until it is zero."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """Nothing to do for this change in the card's phase (or it was done before)."""
+
+
+Outcome = StateChanged | ClosingWaits | Unchanged
+
+
+class CardLedger(Protocol):
+    """The ledger, as a card's state needs it."""
+
+    async def set_frozen(
+        self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
+    ) -> None: ...
+
+    async def close_account(self, code: str, events: Sequence[model.OutboxEvent]) -> None:
+        """Raises ``model.AccountNotEmpty`` (balance) or ``model.AccountNotFound``."""
+        ...
+
+    async def write_events(self, events: Sequence[model.OutboxEvent]) -> None: ...
+
+    async def mirror_card(self, card: IssuedCard, token: str, spec: api.CardSpec) -> None:
+        """What the real-time gateway needs of an issued card (token, account, limit)."""
+        ...
+
+    async def mirror_limit(self, card: IssuedCard, limit: api.SpendLimit | None) -> None:
+        """The card's new spend limit, for the next real-time authorization."""
+        ...
+
+    async def retire(self, card: IssuedCard) -> None:
+        """The card's token authorizes nothing from now on."""
+        ...
+
+
+Clock = Callable[[], datetime.datetime]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def change_card_state(
+    command: ChangeCardState, ledger: CardLedger, clock: Clock = _now
+) -> Outcome:
+    """Freeze, unfreeze or close the card as its phase allows."""
+    card, to = command.card, command.to
+    issued = card.phase in lifecycle.ISSUED_PHASES
+    if issued and to is not api.CardState.CLOSED and to.value != card.phase:
+        # The account's freeze flag and the event commit together, before the status says so.
+        event = _state_changed(card, to.value, clock(), None)
+        await ledger.set_frozen(str(card.account), to is api.CardState.FROZEN, [event])
+        return StateChanged(api.CardPhase(to.value), f"card is {to.value}")
+    if to is api.CardState.CLOSED and issued:
+        return await close(command, ledger, clock)
+    if to is api.CardState.CLOSED and card.phase in lifecycle.UNDECIDED_PHASES | {
+        api.CardPhase.PENDING_REVIEW.value
+    }:
+        reason = api.CardReason.CLOSED_BEFORE_ISSUE
+        await ledger.write_events([_state_changed(card, api.CardState.CLOSED, clock(), reason)])
+        return StateChanged(api.CardPhase.CLOSED, CLOSED_BEFORE_ISSUE_MESSAGE, reason)
+    return Unchanged()
+
+
+async def close(command: ChangeCardState, ledger: CardLedger, clock: Clock = _now) -> Outcome:
+    """Close the card's account with its event; while its balance is not zero, say why."""
+    card = command.card
+    try:
+        await ledger.close_account(
+            str(card.account), [_state_changed(card, api.CardState.CLOSED, clock(), command.reason)]
+        )
+    except model.AccountNotEmpty as exc:
+        why = (
+            f"closing waits: {exc.message}; post a Payment (or Refund) that brings the "
+            "balance to zero and closing completes by itself"
+        )
+        return ClosingWaits(api.CardReason.BALANCE_NOT_ZERO, why)
+    return StateChanged(api.CardPhase.CLOSED, CLOSED_MESSAGE)
+
+
+def _state_changed(
+    card: IssuedCard, to_state: str, now: datetime.datetime, reason: str | None
+) -> model.OutboxEvent:
+    """``card.state_changed``; before issue its ``from`` is Pending or PendingReview."""
+    from_phase = card.phase
+    if from_phase not in lifecycle.ISSUED_PHASES and from_phase != api.CardPhase.PENDING_REVIEW:
+        from_phase = api.CardPhase.PENDING
+    return schema.card_state_changed(
+        namespace=card.namespace,
+        name=card.name,
+        uid=card.uid,
+        generation=card.generation,
+        from_phase=str(from_phase),
+        to_state=to_state,
+        reason=reason,
+        now=now,
+        headers=tracing.context_headers(),
+    )
+
+
+# --- Resuming and deleting a card -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountMissing:
+    """The status names an account the ledger does not have."""
+
+    message: str
+
+
+async def resume_card(
+    card: IssuedCard, token: str | None, spec: api.CardSpec | None, ledger: CardLedger
+) -> Unchanged | AccountMissing:
+    """An issued card seen again (operator restart): the ledger's freeze follows the card (an
+    upgrade from before migration 0041, or a crash between the freeze and the status patch),
+    and the authorization mirror has it."""
+    if card.phase not in lifecycle.ISSUED_PHASES or not card.account:
+        return Unchanged()
+    try:
+        await ledger.set_frozen(card.account, card.phase == api.CardPhase.FROZEN, [])
+    except model.AccountNotFound as exc:
+        return AccountMissing(exc.message)
+    if token and spec is not None:
+        await ledger.mirror_card(card, token, spec)
+    return Unchanged()
+
+
+async def change_spend_limit(
+    card: IssuedCard, limit: api.SpendLimit | None, ledger: CardLedger
+) -> Unchanged:
+    """A new ``spec.spendLimit`` of an issued card reaches the authorization mirror; a card not
+    issued yet gets its limit with its issuance."""
+    if card.phase in lifecycle.ISSUED_PHASES:
+        await ledger.mirror_limit(card, limit)
+    return Unchanged()
+
+
+@dataclass(frozen=True)
+class AccountClosed:
+    """The deleted card's account is closed; its history is kept."""
+
+    account: str
+
+
+@dataclass(frozen=True)
+class AccountLeftOpen:
+    """The deleted card's account keeps a balance: it stays open with its history."""
+
+    message: str
+
+
+async def delete_card(
+    card: IssuedCard, ledger: CardLedger, clock: Clock = _now
+) -> AccountClosed | AccountLeftOpen | Unchanged:
+    """A deleted card: its token retired first (it authorizes nothing, even if its account has
+    to stay open), then its account closed with the same ``card.state_changed`` as a close.
+
+    A database error propagates: the caller retries a bounded number of times.
+    """
+    if not card.account or card.phase == api.CardPhase.CLOSED:
+        return Unchanged()
+    issued = card.phase in lifecycle.ISSUED_PHASES
+    if issued:
+        await ledger.retire(card)
+    closed = [_state_changed(card, api.CardState.CLOSED, clock(), "CardDeleted")] if issued else []
+    try:
+        await ledger.close_account(card.account, closed)
+    except model.AccountNotEmpty as exc:
+        return AccountLeftOpen(
+            f"{exc.message}: the card is deleted but its account stays open with its "
+            "balance and history in the ledger"
+        )
+    except model.AccountNotFound:
+        return Unchanged()
+    return AccountClosed(card.account)
