@@ -1,9 +1,9 @@
 """The cluster tier: the chart installed with Helm on a real node (`stack node`).
 
 Slow, and needs root, containerd and the locally built images, so it is collected only with
-FINTECH_CLUSTER_TESTS=1: `make cluster-test`, which `make test` runs after the rest. The session starts its own throwaway platform on free ports, adds
-the node to it, and stops both afterwards. A node that cannot start fails the session and
-says why; nothing is skipped.
+FINTECH_CLUSTER_TESTS=1: `make cluster-test`, which `make test` runs after the rest. The
+session starts its own throwaway platform on free ports, adds the node to it, and stops both
+afterwards. A node that cannot start fails the session and says why; nothing is skipped.
 """
 
 from __future__ import annotations
