@@ -73,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the HTTP phase")
     parser.add_argument("--clients", type=int, default=8, help="database connections")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gateway processes (the --clients are shared)"
+    )
     parser.add_argument("--store-seconds", type=float, default=20.0)
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument(
@@ -83,6 +86,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--rate in (0, {RATE_MAX}], --seconds in (0, {SECONDS_MAX}]")
     if not (1 <= args.cards <= CARDS_MAX and 1 <= args.clients <= CLIENTS_MAX):
         parser.error(f"--cards in 1..{CARDS_MAX}, --clients in 1..{CLIENTS_MAX}")
+    if not 1 <= args.workers <= min(args.clients, 32):
+        parser.error("--workers in 1..min(--clients, 32)")
     return args
 
 
@@ -323,8 +328,10 @@ def pgbench_tps(plat: platform.Platform, clients: int, seconds: int) -> float:
 
 
 @contextmanager
-def gateway_process(dsn: str, clients: int, profile: str | None) -> Iterator[str]:
-    """``fintech-operator gateway`` on a free port (optionally under py-spy)."""
+def gateway_process(dsn: str, clients: int, workers: int, profile: str | None) -> Iterator[str]:
+    """``fintech-operator gateway`` on a free port (optionally under py-spy), its ``workers``
+    processes sharing ``clients`` database connections."""
+    per_worker = -(-clients // workers)
     with tempfile.TemporaryDirectory() as tmp:
         secret = Path(tmp) / "secret"
         secret.write_text(SECRET + "\n")
@@ -334,8 +341,9 @@ def gateway_process(dsn: str, clients: int, profile: str | None) -> Iterator[str
             "DATABASE_URL": dsn,
             "FINTECH_GATEWAY_PORT": str(port),
             "FINTECH_GATEWAY_SIGNING_SECRET_FILE": str(secret),
-            "FINTECH_GATEWAY_DB_POOL_MIN_SIZE": str(clients),
-            "FINTECH_GATEWAY_DB_POOL_MAX_SIZE": str(clients),
+            "FINTECH_GATEWAY_DB_POOL_MIN_SIZE": str(per_worker),
+            "FINTECH_GATEWAY_DB_POOL_MAX_SIZE": str(per_worker),
+            "FINTECH_GATEWAY_WORKERS": str(workers),
             "FINTECH_LOG_LEVEL": "WARNING",
         }
         cmd = [sys.executable, "-m", "fintech_operator", "gateway"]
@@ -343,7 +351,18 @@ def gateway_process(dsn: str, clients: int, profile: str | None) -> Iterator[str
             # A .txt profile is py-spy's "raw" format (collapsed stacks), easy to total up.
             form = ["--format", "raw"] if profile.endswith(".txt") else []
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            cmd = [spy, "record", "--rate", "200", *form, "-o", profile, "--", *cmd]
+            cmd = [
+                spy,
+                "record",
+                "--rate",
+                "200",
+                "--subprocesses",
+                *form,
+                "-o",
+                profile,
+                "--",
+                *cmd,
+            ]
         log = Path(tmp) / "gateway.log"
         with log.open("wb") as out:
             # Its own process group: SIGINT reaches py-spy (which then writes its profile) and
@@ -389,12 +408,13 @@ async def run(args: argparse.Namespace, plat: platform.Platform | None, dsn: str
     print(f"issued {len(tokens)} cards in {time.monotonic() - started:.1f}s")
     store_rate = await store_phase(dsn, tokens, args.clients, args.store_seconds)
     print(f"store: {store_rate:.0f} requests/s, closed loop, {args.clients} connections")
-    with gateway_process(dsn, args.clients, args.profile) as base_url:
+    with gateway_process(dsn, args.clients, args.workers, args.profile) as base_url:
         result = await http_phase(base_url, tokens, args.rate, args.seconds)
     report_http(args.rate, result)
     if plat is not None:
         tps = await asyncio.to_thread(pgbench_tps, plat, args.clients, args.pgbench_seconds)
         print(f"pgbench tpcb-like: {tps:.0f} TPS with {args.clients} clients")
+        print(f"gateway {args.workers} worker(s); load average {os.getloadavg()}")
         print(f"store / pgbench = {store_rate / tps:.2f} (goal >= 0.5)")
     print(json.dumps({"store_rps": round(store_rate, 1), "clients": args.clients}))
     return 0

@@ -53,7 +53,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         return sign.run(args)
     from fintech_operator.gateway import server  # noqa: PLC0415
 
-    return server.main(create_secret=args.create_secret_file)
+    return server.main(create_secret=args.create_secret_file, workers=args.workers)
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -147,6 +147,13 @@ def _add_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="development only: write a fresh signing secret to "
         "FINTECH_GATEWAY_SIGNING_SECRET_FILE if it does not exist",
+    )
+    gateway.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes serving the port (1 to 32); default FINTECH_GATEWAY_WORKERS, else 1",
     )
     gateway.set_defaults(func=_cmd_gateway, gateway_command=None)
     commands = gateway.add_subparsers(dest="gateway_command")

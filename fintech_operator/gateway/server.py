@@ -3,6 +3,11 @@
 The process reads nothing from the Kubernetes API: every decision is the store's, in
 PostgreSQL. It holds one psycopg pool of ``FINTECH_GATEWAY_DB_POOL_MAX_SIZE`` connections;
 requests wait for one inside their deadline.
+
+With ``FINTECH_GATEWAY_WORKERS`` (or ``--workers``) above 1, uvicorn's supervisor binds the
+socket and runs that many worker processes on it, each building its own app from the
+environment (:func:`worker_app`); their metrics go to a shared directory and ``/metrics``
+shows the sum (:func:`fintech_operator.observability.metrics.exposed_registry`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import shutil
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import fastapi
 import psycopg
 import uvicorn
+from prometheus_client import multiprocess
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import logs
@@ -33,6 +42,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS: Final = 2.0
 DRAIN_TIMEOUT_SECONDS: Final = 10.0
 STORE_MODULE: Final = "fintech_operator.authorizations.store"
+WORKER_APP: Final = "fintech_operator.gateway.server:worker_app"
 
 
 def load_store() -> contract.Store:
@@ -89,6 +99,9 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
             if left:
                 log.error("stopping with requests not yet settled", extra={"count": left})
             await pool.close()
+            if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+                # This worker's in-flight gauge leaves the sum (a "live" gauge).
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     deps = gateway_app.Deps(
         gate=the_gate,
@@ -115,9 +128,20 @@ def create_secret_file(path: str) -> bool:
     return True
 
 
-def main(*, create_secret: bool = False) -> int:
-    """Run the gateway until SIGTERM or SIGINT."""
+def worker_app() -> fastapi.FastAPI:
+    """The app of one worker process (uvicorn's factory), configured from the environment
+    the supervisor checked before starting the workers."""
     logs.configure()
+    metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
+    return build(settings.load(), load_store())
+
+
+def main(*, create_secret: bool = False, workers: int | None = None) -> int:
+    """Run the gateway until SIGTERM or SIGINT; ``workers`` overrides FINTECH_GATEWAY_WORKERS."""
+    logs.configure()
+    if workers is not None:
+        # Through the environment: checked like the variable, and the workers inherit it.
+        os.environ[settings.env_name("workers")] = str(workers)
     try:
         config = settings.load()
     except settings.GatewaySettingsError as exc:
@@ -127,26 +151,91 @@ def main(*, create_secret: bool = False) -> int:
         log.info("wrote a new signing secret", extra={"path": config.signing_secret_file})
     try:
         trust.SecretSource(config.signing_secret_file, 0).keys()
+        check_tls(config)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
-    metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
-    if config.metrics_port:
-        metrics.serve(config.metrics_host, config.metrics_port)
-    app = build(config, load_store())
-    server_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        # Our own log lines say what happened without ever printing a path or a body.
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(DRAIN_TIMEOUT_SECONDS),
-        backlog=2048,
+    log.info(
+        "gateway listening",
+        extra={"host": config.host, "port": config.port, "workers": config.workers},
     )
-    log.info("gateway listening", extra={"host": config.host, "port": config.port})
-    uvicorn.Server(server_config).run()
+    if config.workers == 1:
+        metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
+        if config.metrics_port:
+            metrics.serve(config.metrics_host, config.metrics_port)
+        uvicorn.Server(
+            uvicorn.Config(build(config, load_store()), **_uvicorn_options(config))
+        ).run()
+        return 0
+    with _shared_metrics_dir():
+        if config.metrics_port:
+            metrics.serve(config.metrics_host, config.metrics_port)
+        uvicorn.run(WORKER_APP, factory=True, workers=config.workers, **_uvicorn_options(config))
     return 0
+
+
+def _uvicorn_options(config: settings.GatewaySettings) -> dict[str, Any]:
+    return {
+        "host": config.host,
+        "port": config.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        # Our own log lines say what happened without ever printing a path or a body.
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(DRAIN_TIMEOUT_SECONDS),
+        "backlog": 2048,
+        **tls_options(config),
+    }
+
+
+def tls_options(config: settings.GatewaySettings) -> dict[str, Any]:
+    """uvicorn's TLS options: none for plain HTTP; with a client CA, a client certificate
+    signed by it is required in the handshake (a connection without one is closed before any
+    HTTP is read)."""
+    if config.tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": config.tls_cert_file,
+        "ssl_keyfile": config.tls_key_file,
+    }
+    if config.tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = config.tls_client_ca_file
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
+def check_tls(config: settings.GatewaySettings) -> None:
+    """Load the TLS files once at start, so a bad one stops the process naming its variable
+    (:class:`ValueError`) instead of failing in uvicorn (or in each worker)."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert, key = settings.env_name("tls_cert_file"), settings.env_name("tls_key_file")
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{cert} / {key}: cannot load the certificate and key: {exc}") from None
+    if config.tls_client_ca_file is not None:
+        try:
+            context.load_verify_locations(config.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            name = settings.env_name("tls_client_ca_file")
+            raise ValueError(f"{name}: cannot load the client CA: {exc}") from None
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir() -> Iterator[None]:
+    """A fresh directory for the workers' metrics (prometheus_client's multiprocess mode),
+    removed at exit; one the environment already names is used as it is."""
+    if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="fintech-gateway-metrics-")
+    os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = path
+    try:
+        yield
+    finally:
+        del os.environ[metrics.MULTIPROCESS_DIR_VARIABLE]
+        shutil.rmtree(path, ignore_errors=True)

@@ -44,6 +44,15 @@ class GatewaySettings(BaseModel):
         str, Field(min_length=1, max_length=255, description="Listen address; default loopback.")
     ] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="Listen port; default 8088.")] = 8088
+    workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=32,
+            description="Gateway processes sharing the listen socket (uvicorn workers); "
+            "default 1. Each has its own database pool and in-flight limit.",
+        ),
+    ] = 1
     deadline_ms: Annotated[
         int,
         Field(
@@ -105,6 +114,29 @@ class GatewaySettings(BaseModel):
             "the request (release any late hold and record the decline); default 300.",
         ),
     ] = 300.0
+    tls_cert_file: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="PEM certificate (chain) the gateway serves HTTPS with; with "
+            "tls_key_file. Unset: plain HTTP.",
+        ),
+    ] = None
+    tls_key_file: Annotated[
+        str | None,
+        Field(min_length=1, max_length=4096, description="PEM private key of tls_cert_file."),
+    ] = None
+    tls_client_ca_file: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="PEM CA certificate(s): when set, every connection must present a "
+            "client certificate signed by one of them (mTLS), or the TLS handshake fails. "
+            "Needs tls_cert_file.",
+        ),
+    ] = None
     metrics_port: Annotated[
         int,
         Field(
@@ -121,6 +153,19 @@ class GatewaySettings(BaseModel):
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError(
                 f"{env_name('db_pool_min_size')} must not exceed {env_name('db_pool_max_size')}"
+            )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _tls_files(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                f"{env_name('tls_client_ca_file')} needs {env_name('tls_cert_file')}"
+                " (client certificates are asked for over TLS)"
             )
         return self
 

@@ -683,32 +683,33 @@ async def _check_guard(
     spent = 0
     if guard.interval is not model.SpendInterval.PER_TRANSACTION:
         start = rules.spend_window_start(guard.interval, guard.now)
-        spent = await _spent_since(cur, account.id, start)
+        spent = await _spent_since(cur, account.id, guard.interval, start)
     rules.check_spend(guard, spent, requested)
 
 
-async def _spent_since(cur: Cursor, account_id: int, start: datetime | None) -> int:
-    """Debits of spend kinds to the account posted since ``start``, minus reversed ones, plus
-    what the card's pending real-time authorizations hold (Invariant 8: holds count against
-    limits; they move only under this same account lock, see migration 0050), in one statement.
+async def _spent_since(
+    cur: Cursor, account_id: int, interval: model.SpendInterval, start: datetime | None
+) -> int:
+    """Debits of spend kinds to the account posted since ``start`` (the start of an
+    ``interval`` window), minus reversed ones, plus what the card's pending real-time
+    authorizations hold (Invariant 8: holds count against limits; they move only under this
+    same account lock, see migration 0050), in one statement.
 
-    Reads only the window's range of the partial index on (account_id, posted_at), so a Daily
-    limit costs the same on a card with years of history. Lifetime reads every debit.
+    The spend is read from the running windows of migration 0054 (kept by the entries and
+    reversal triggers, proved by the view ``account_spend_drift``): one index probe, however
+    long the card's history. They count Purchase debits, which is ``rules.SPEND_KINDS``.
     """
     await cur.execute(
         """
-        SELECT coalesce(sum(e.amount_minor), 0)
+        SELECT coalesce(sum(s.spent_minor), 0)
                + coalesce((SELECT c.held_minor FROM authorization_cards c
                             WHERE c.account_id = %(account)s), 0)
-          FROM entries e
-          JOIN journals j ON j.id = e.journal_id
-         WHERE e.account_id = %(account)s
-           AND e.direction = 'debit'
-           AND e.posted_at >= coalesce(%(start)s::timestamptz, '-infinity')
-           AND j.kind = ANY(%(kinds)s)
-           AND NOT EXISTS (SELECT 1 FROM journals r WHERE r.reverses_journal_id = j.id)
+          FROM account_spend_windows s
+         WHERE s.account_id = %(account)s
+           AND s.spend_interval = %(interval)s
+           AND s.window_start >= coalesce(%(start)s::timestamptz, '-infinity')
         """,
-        {"account": account_id, "kinds": sorted(rules.SPEND_KINDS), "start": start},
+        {"account": account_id, "interval": interval.value, "start": start},
     )
     row = await cur.fetchone()
     return _exact_int(None if row is None else row[0], "spent")

@@ -62,6 +62,9 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "authorization_requests": MUTABLE,  # a deadline withdraws an approval once
     "authorization_captures": APPEND,
     "authorization_hold_drift": READ,
+    # Running spend per window (0054): written by the entries and journals triggers only.
+    "account_spend_windows": MUTABLE,
+    "account_spend_drift": READ,
 }
 
 _RELATIONS: Final = """
@@ -134,6 +137,7 @@ GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     # closed_at, which the accounts_closed_at CHECK ties to status, which it cannot change.
     "accounts": ("SELECT", "INSERT", "UPDATE (closed_at)"),
     "account_balances": MUTABLE,  # written by the entries trigger
+    "account_spend_windows": MUTABLE,  # written by the entries trigger, read by decisions
     "journals": APPEND,
     "entries": APPEND,
     "outbox": ("INSERT",),  # the gateway only adds events; the relay reads and publishes them

@@ -30,7 +30,8 @@ _RULES: Final[Mapping[model.PostingKind, tuple[model.Direction, model.SystemAcco
     model.PostingKind.ADJUSTMENT: (model.Direction.DEBIT, model.SystemAccount.ADJUSTMENTS),
 }
 
-# Journal kinds whose debits to the guarded account count as spend against a limit.
+# Journal kinds whose debits to the guarded account count as spend against a limit. The running
+# spend windows of migration 0054 count exactly these (Purchase): changing it needs a migration.
 SPEND_KINDS: Final = frozenset({model.PostingKind.PURCHASE})
 
 # Bumped whenever the canonical form below changes, so that old hashes never collide with new ones.

@@ -17,6 +17,7 @@ so invariant 4 (no float touches an amount) holds for the books.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import wsgiref.simple_server
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -180,6 +181,8 @@ gateway_in_flight = Gauge(
     "fintech_gateway_in_flight",
     "Signed requests the gateway is working on now (bounded by FINTECH_GATEWAY_IN_FLIGHT_MAX).",
     registry=REGISTRY,
+    # With several gateway worker processes: the sum over the live ones.
+    multiprocess_mode="livesum",
 )
 gateway_settle_total = Counter(
     "fintech_gateway_settle_total",
@@ -352,13 +355,37 @@ class MetricsServerError(RuntimeError):
     """The /metrics server could not start; the message names the address and setting."""
 
 
+# Set (by ``fintech-operator gateway --workers N``) when several processes share the metrics:
+# each writes its values to files in this directory, and /metrics adds them up.
+MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposed_registry() -> CollectorRegistry:
+    """What ``/metrics`` shows: :data:`REGISTRY`, or with several worker processes
+    (``PROMETHEUS_MULTIPROC_DIR`` set) the sum over all of them (their process metrics, which
+    prometheus_client cannot add up, are then left out)."""
+    if not os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def exposition() -> tuple[bytes, str]:
+    """The body and content type of ``/metrics``."""
+    body = prometheus_client.generate_latest(exposed_registry())
+    return body, prometheus_client.CONTENT_TYPE_LATEST
+
+
 def serve(host: str, port: int) -> wsgiref.simple_server.WSGIServer:
-    """Serve ``/metrics`` from :data:`REGISTRY` on ``host:port`` in a daemon thread.
+    """Serve ``/metrics`` from :func:`exposed_registry` on ``host:port`` in a daemon thread.
 
     Port 0 asks the OS for a free port (tests use it); read ``server.server_port``.
     """
     try:
-        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=REGISTRY)
+        server, _thread = prometheus_client.start_http_server(
+            port, addr=host, registry=exposed_registry()
+        )
     except OSError as exc:
         raise MetricsServerError(
             f"cannot serve /metrics on {host}:{port} (FINTECH_METRICS_PORT): {exc}"
@@ -380,6 +407,8 @@ __all__ = [
     "collect_error",
     "consumer_event",
     "currency_label",
+    "exposed_registry",
+    "exposition",
     "gateway_answered",
     "gateway_decision",
     "gateway_refused",

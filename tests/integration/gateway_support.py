@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,9 +39,20 @@ def signed(body: bytes, *, stamp: int | None = None, key: bytes = KEY) -> dict[s
 class Gateway:
     """One ``fintech-operator gateway`` process; :meth:`stop` kills it (SIGKILL when asked)."""
 
-    def __init__(self, database_url: str, tmp_dir: Path, **settings: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        tmp_dir: Path,
+        *,
+        client_tls: ssl.SSLContext | None = None,
+        **settings: str,
+    ) -> None:
+        """``client_tls``: speak HTTPS with this context (its CA, and a client certificate
+        when the gateway asks for one)."""
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        scheme = "http" if client_tls is None else "https"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = True if client_tls is None else client_tls
         secret_file = tmp_dir / "signing.secret"
         secret_file.write_text(SECRET + "\n")
         self.log_path = tmp_dir / f"gateway-{self.port}.log"
@@ -70,7 +82,8 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited: {self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{self.base_url}/readyz", timeout=2, verify=self.verify)
+                if ready.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -91,7 +104,7 @@ class Gateway:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, timeout_seconds: float = 30) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout_seconds)
+        return httpx.Client(base_url=self.base_url, timeout=timeout_seconds, verify=self.verify)
 
     def post(self, path: str, payload: Any, **kw: Any) -> httpx.Response:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -24,6 +24,7 @@ from fintech_operator.ledger import migrate
 from tests.conftest import RunningPlatform, wait_for, with_user
 from tests.integration import authz_support as authz
 from tests.integration import gateway_support as gw
+from tests.integration import tls_support as tls
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +313,106 @@ def test_the_gateway_role_reaches_only_its_tables(gateway_url: str) -> None:
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+async def test_several_workers_share_the_port_and_sum_their_metrics(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    tmp_path: Path,
+) -> None:
+    """FINTECH_GATEWAY_WORKERS=2: two worker processes answer on one port, and /metrics
+    (whichever worker serves it) counts every request of both."""
+    process = gw.Gateway(gateway_url, tmp_path, workers="2").start()
+    try:
+        children = wait_for(
+            "two workers", lambda: len(_children(process)) == 2 and _children(process)
+        )
+        card = await authz.new_card(pool, limit_minor=1_000_000)
+        for _ in range(20):
+            # A new connection each time: the kernel spreads them over the two workers.
+            answer = process.post("/v1/authorizations", auth_payload(card, 100))
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["approved"] is True
+        for _ in range(4):
+            counted = process.metric(
+                "fintech_gateway_requests_total", {"endpoint": "authorize", "code": "200"}
+            )
+            assert counted == 20
+    finally:
+        process.stop()
+    assert len(children) == 2
+    assert _running(children) == []
+
+
+def _running(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def _children(process: gw.Gateway) -> list[int]:
+    """The pids of the gateway process's worker children (uvicorn's spawned workers)."""
+    assert process.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            cmdline = (entry / "cmdline").read_bytes() if (entry / "cmdline").exists() else b""
+            if (
+                int(stat.rsplit(")", 1)[1].split()[1]) == process.proc.pid
+                and b"spawn_main" in cmdline
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+async def test_mtls_refuses_a_client_without_a_certificate_of_the_ca(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """With a server certificate and a client CA, the gateway speaks HTTPS only and the TLS
+    handshake requires a client certificate signed by that CA: a client without one, or with
+    one of another CA, or in plain HTTP, is cut off before any HTTP (nothing written); a
+    client with a certificate of the CA is answered."""
+    ca, rogue = tls.Authority(tmp_path, "processor-ca"), tls.Authority(tmp_path, "rogue-ca")
+    server = ca.issue("gateway", server=True)
+    good = tls.client_context(ca.cert_path, ca.issue("processor", server=False))
+    process = gw.Gateway(
+        gateway_url,
+        tmp_path,
+        client_tls=good,
+        tls_cert_file=str(server.cert),
+        tls_key_file=str(server.key),
+        tls_client_ca_file=str(ca.cert_path),
+    ).start()
+    try:
+        card = await authz.new_card(pool, limit_minor=100_000)
+        before = gw.request_rows(raw)
+        body = json.dumps(auth_payload(card, 100)).encode()
+        for refused in (
+            tls.client_context(ca.cert_path),
+            tls.client_context(ca.cert_path, rogue.issue("intruder", server=False)),
+            None,
+        ):
+            assert _cut_off(process.base_url, refused, body)
+        assert gw.request_rows(raw) == before
+        answer = process.post("/v1/authorizations", auth_payload(card, 100))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["approved"] is True
+    finally:
+        process.stop()
+
+
+def _cut_off(base_url: str, context: Any, body: bytes) -> str:
+    """The transport error a signed authorization meets with this TLS context (None: plain
+    HTTP to the HTTPS port), or fail when it is answered."""
+    url = base_url if context is not None else base_url.replace("https://", "http://")
+    with httpx.Client(base_url=url, verify=context or True, timeout=10) as client:
+        try:
+            response = client.post("/v1/authorizations", content=body, headers=gw.signed(body))
+        except httpx.TransportError as exc:
+            return type(exc).__name__
+    raise AssertionError(f"answered {response.status_code} without a client certificate")

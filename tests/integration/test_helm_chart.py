@@ -175,6 +175,10 @@ GATEWAY_OWN_ROLE: dict[str, Any] = {
     "autoscaling": {"enabled": True, "maxReplicas": 5},
     "networkPolicy": {"processorNamespaces": ["processor"], "processorCIDRs": ["10.20.0.0/16"]},
 }
+GATEWAY_MTLS: dict[str, Any] = {
+    "workers": 3,
+    "tls": {"secretName": "gateway-tls", "clientCA": {"secretName": "processor-ca", "key": "ca"}},
+}
 COMBINATIONS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "bundled-defaults": lambda _apps: {},
     "external-services": lambda _apps: external(),
@@ -201,6 +205,7 @@ COMBINATIONS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
         }
     ),
     "gateway-own-role-autoscaled": lambda _apps: external() | {"gateway": GATEWAY_OWN_ROLE},
+    "gateway-mtls-workers": lambda _apps: {"gateway": GATEWAY_MTLS},
 }
 
 
@@ -371,6 +376,12 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "gateway-processor-cidr-not-a-cidr",
         {"gateway": {"networkPolicy": {"processorCIDRs": ["10.0.0.1"]}}},
         "/gateway/networkPolicy/processorCIDRs/0",
+    ),
+    ("gateway-no-workers", {"gateway": {"workers": 0}}, "/gateway/workers"),
+    (
+        "gateway-client-ca-without-server-certificate",
+        {"gateway": {"tls": {"clientCA": {"secretName": "processor-ca"}}}},
+        "/gateway/tls/secretName",
     ),
     (
         "gateway-database-url-without-role",
@@ -838,6 +849,39 @@ def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm
     assert (loaded.host, loaded.port, loaded.deadline_ms) == ("0.0.0.0", 8088, 1500)  # noqa: S104 - in the pod
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert loaded.signing_secret_file == mounts["signing"] + "/secret"
+
+
+def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -> None:
+    """With tls.secretName and tls.clientCA: the certificate, key and client CA are mounted
+    where the settings the gateway loads point, the workers are set, and the probes are TCP
+    checks (the kubelet has no client certificate); with tls only, they are HTTPS."""
+    deployment = one(helm.template({"gateway": GATEWAY_MTLS}), "Deployment", "-gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    loaded = gateway_settings.load(
+        {k: v for k, v in gateway_env(deployment).items() if isinstance(v, str)}
+    )
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert loaded.workers == 3
+    assert (loaded.tls_cert_file, loaded.tls_key_file) == (
+        mounts["tls"] + "/tls.crt",
+        mounts["tls"] + "/tls.key",
+    )
+    assert loaded.tls_client_ca_file == mounts["client-ca"] + "/ca"
+    assert (secrets["tls"], secrets["client-ca"]) == ("gateway-tls", "processor-ca")
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    https_only = {"tls": {"secretName": "gateway-tls", "clientCA": {"secretName": ""}}}
+    plain_ca = one(helm.template({"gateway": https_only}), "Deployment", "-gateway")
+    probe = plain_ca["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert (probe["httpGet"]["path"], probe["httpGet"]["scheme"]) == ("/readyz", "HTTPS")
+    assert (
+        gateway_settings.load(
+            {k: v for k, v in gateway_env(plain_ca).items() if isinstance(v, str)}
+        ).tls_client_ca_file
+        is None
+    )
 
 
 def test_gateway_signing_secret_is_generated_as_a_valid_key_and_kept(helm: Helm) -> None:

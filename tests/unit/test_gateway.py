@@ -22,7 +22,7 @@ import pytest
 
 from fintech_operator import cli
 from fintech_operator.authorizations import contract
-from fintech_operator.gateway import app, gate, settings, trust
+from fintech_operator.gateway import app, gate, server, settings, trust
 from fintech_operator.notify import signing
 from fintech_operator.observability import metrics
 
@@ -90,7 +90,12 @@ async def always_ready() -> bool:
 
 
 def make_app(
-    tmp_path: Path, store: FakeStore, *, deadline_seconds: float = 1.5, in_flight_max: int = 8
+    tmp_path: Path,
+    store: FakeStore,
+    *,
+    deadline_seconds: float = 1.5,
+    in_flight_max: int = 8,
+    dispatcher: bool = True,
 ) -> tuple[Any, gate.Gate]:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
@@ -107,7 +112,7 @@ def make_app(
         limits=app.Limits(body_bytes_max=8192, signature_tolerance_seconds=300),
         ready=always_ready,
     )
-    return app.create_app(deps), the_gate
+    return app.create_app(deps, dispatcher=dispatcher), the_gate
 
 
 def signed(body: bytes, *, stamp: int | None = None, key: bytes = KEY) -> dict[str, str]:
@@ -341,12 +346,93 @@ async def test_probes_answer(tmp_path: Path) -> None:
         assert "fintech_gateway_requests_total" in (await c.get("/metrics")).text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/v1/authorizations", ("authorize", None)),
+        ("POST", "/v1/authorizations/a-1/increments", ("increment", "a-1")),
+        ("POST", "/v1/authorizations/a-1/captures", ("capture", "a-1")),
+        ("POST", "/v1/authorizations/a-1/void", ("void", "a-1")),
+        ("GET", "/v1/authorizations/a-1", ("get", "a-1")),
+        ("GET", "/v1/authorizations", None),
+        ("POST", "/v1/authorizations/", None),
+        ("POST", "/v1/authorizations/a-1", None),
+        ("GET", "/v1/authorizations/a-1/void", None),
+        ("POST", "/v1/authorizations//void", None),
+        ("POST", "/v1/authorizations/a-1/refunds", None),
+        ("POST", "/v1/authorizations/a-1/void/x", None),
+        ("POST", "/v1/authorizationsX", None),
+        ("GET", "/openapi.json", None),
+    ],
+)
+def test_the_dispatcher_takes_exactly_the_authorization_routes(
+    method: str, path: str, expected: tuple[str, str | None] | None
+) -> None:
+    """What the dispatcher answers itself; everything else is FastAPI's (404, 405, docs)."""
+    found = app.route(method, path)
+    assert (None if found is None else (found[0].name, found[1])) == expected
+
+
+def _exchanges() -> list[tuple[str, str, bytes, dict[str, str] | None]]:
+    """Requests of every outcome the gateway gives by itself or passes on from the store."""
+    auth = json.dumps(AUTH).encode()
+    capture = json.dumps({"id": "cap-1", "amount": 5, "final": True}).encode()
+    bad = json.dumps({**AUTH, "amount": 0, "merchant": {"mcc": "58"}}).encode()
+    pan_body = json.dumps({**AUTH, "card": VISA_TEST_PAN}).encode()
+    big = json.dumps({**AUTH, "pad": "x" * 9000}).encode()
+    return [
+        ("POST", "/v1/authorizations", auth, None),
+        ("POST", "/v1/authorizations", auth, {"content-type": "application/json"}),
+        ("POST", "/v1/authorizations", auth, signed(auth, stamp=1)),
+        ("POST", "/v1/authorizations", bad, None),
+        ("POST", "/v1/authorizations", b"{not json", None),
+        ("POST", "/v1/authorizations", pan_body, None),
+        ("POST", "/v1/authorizations", big, None),
+        ("POST", "/v1/authorizations/auth-1/captures", capture, None),
+        ("POST", "/v1/authorizations/auth-1/increments", b'{"id": "i-1", "amount": 3}', None),
+        ("POST", "/v1/authorizations/auth-1/void", b'{"id": "v-1"}', None),
+        ("POST", "/v1/authorizations/bad id!/void", b'{"id": "v-1"}', None),
+        ("GET", "/v1/authorizations/auth-1", b"", None),
+        ("GET", "/v1/authorizations", b"", None),
+        ("POST", "/v1/authorizations/auth-1/refunds", b"{}", None),
+    ]
+
+
+async def test_the_dispatcher_answers_as_the_fastapi_routes_do(tmp_path: Path) -> None:
+    """Every request above gets the same status, body and headers (but the date) from the
+    dispatcher as from FastAPI's own routing of the same routes."""
+    results = []
+    for dispatcher in (True, False):
+        application, _ = make_app(tmp_path, FakeStore(), dispatcher=dispatcher)
+        seen = []
+        async with client(application) as c:
+            for method, path, body, headers in _exchanges():
+                response = await c.request(
+                    method, path, content=body, headers=headers or signed(body)
+                )
+                kept = sorted((k, v) for k, v in response.headers.items() if k != "date")
+                seen.append((response.status_code, response.content, kept))
+        results.append(seen)
+    assert results[0] == results[1]
+    assert {status for status, _, _ in results[0]} >= {200, 401, 404, 405, 413, 422}
+
+
 def test_settings_refuse_bad_values_naming_the_variable() -> None:
     """Every bound is checked at start, and the message names the environment variable."""
     base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
     assert settings.load(base).deadline_ms == 1500
     with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DEADLINE_MS"):
         settings.load({**base, "FINTECH_GATEWAY_DEADLINE_MS": "0"})
+    assert settings.load({**base, "FINTECH_GATEWAY_WORKERS": "4"}).workers == 4
+    for workers in ("0", "33", "two"):
+        with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_WORKERS"):
+            settings.load({**base, "FINTECH_GATEWAY_WORKERS": workers})
+    tls = {"FINTECH_GATEWAY_TLS_CERT_FILE": "/c", "FINTECH_GATEWAY_TLS_KEY_FILE": "/k"}
+    assert settings.load({**base, **tls, "FINTECH_GATEWAY_TLS_CLIENT_CA_FILE": "/ca"})
+    with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_TLS_KEY_FILE"):
+        settings.load({**base, "FINTECH_GATEWAY_TLS_CERT_FILE": "/c"})
+    with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_TLS_CLIENT_CA_FILE"):
+        settings.load({**base, "FINTECH_GATEWAY_TLS_CLIENT_CA_FILE": "/ca"})
     with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_SIGNING_SECRET_FILE"):
         settings.load({"DATABASE_URL": "postgresql://x"})
     with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DB_POOL_MIN_SIZE"):
@@ -357,6 +443,23 @@ def test_settings_refuse_bad_values_naming_the_variable() -> None:
                 "FINTECH_GATEWAY_DB_POOL_MAX_SIZE": "2",
             }
         )
+
+
+def test_unreadable_tls_files_stop_the_start_naming_the_variable(tmp_path: Path) -> None:
+    """A certificate, key or client CA that cannot be loaded is refused before serving."""
+    base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    config = settings.load(
+        {
+            **base,
+            "FINTECH_GATEWAY_TLS_CERT_FILE": str(garbage),
+            "FINTECH_GATEWAY_TLS_KEY_FILE": str(garbage),
+        }
+    )
+    with pytest.raises(ValueError, match="FINTECH_GATEWAY_TLS_CERT_FILE"):
+        server.check_tls(config)
+    assert server.tls_options(settings.load(base)) == {}
 
 
 def test_secret_files_refuse_garbage_and_too_many_secrets(tmp_path: Path) -> None:

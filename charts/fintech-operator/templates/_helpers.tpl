@@ -367,6 +367,18 @@ secret as a file. No Kafka and no `config` settings: the gateway reads only its 
   value: {{ min 4 $gw.dbPoolMaxSize | toString | quote }}
 - name: FINTECH_GATEWAY_SIGNING_SECRET_FILE
   value: {{ printf "/etc/fintech/gateway-signing/%s" $gw.signing.key | quote }}
+- name: FINTECH_GATEWAY_WORKERS
+  value: {{ $gw.workers | toString | quote }}
+{{- if $gw.tls.secretName }}
+- name: FINTECH_GATEWAY_TLS_CERT_FILE
+  value: "/etc/fintech/gateway-tls/tls.crt"
+- name: FINTECH_GATEWAY_TLS_KEY_FILE
+  value: "/etc/fintech/gateway-tls/tls.key"
+{{- end }}
+{{- if $gw.tls.clientCA.secretName }}
+- name: FINTECH_GATEWAY_TLS_CLIENT_CA_FILE
+  value: {{ printf "/etc/fintech/gateway-client-ca/%s" $gw.tls.clientCA.key | quote }}
+{{- end }}
 - name: FINTECH_HEALTH_HOST
   value: "0.0.0.0"
 {{- if .Values.metrics.enabled }}
