@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=90.0, help="workload seconds")
     parser.add_argument("--faults", type=int, default=12, help="faults to inject")
     parser.add_argument("--rate", type=float, default=2.0, help="client operations per second")
+    parser.add_argument(
+        "--auth-rate", type=float, default=2.0, help="authorization stories started per second"
+    )
+    parser.add_argument(
+        "--auth-ttl", type=int, default=20, help="authorizationTtlSeconds of half the cards"
+    )
     parser.add_argument("--kinds", default="all", help="'all', 'cheap' or a comma list")
     parser.add_argument("--pause", type=float, default=15.0, help="SIGSTOP seconds")
     parser.add_argument("--outage", type=float, default=10.0, help="webhook 500/429 seconds")
@@ -30,21 +36,30 @@ def main(argv: list[str] | None = None) -> int:
         args.kinds, tuple(args.kinds.split(","))
     )
     unknown = set(kinds) - set(campaign.ALL_KINDS)
-    if unknown or args.duration <= 0 or args.faults < 0 or args.rate <= 0:
+    if (
+        unknown
+        or args.duration <= 0
+        or args.faults < 0
+        or args.rate <= 0
+        or args.auth_rate <= 0
+        or args.auth_ttl < 1
+    ):
         parser.error(
             f"bad arguments (unknown kinds: {sorted(unknown)}; kinds are "
             f"{', '.join(campaign.ALL_KINDS)})"
         )
     config = campaign.Config(
-        seed,
-        args.duration,
-        args.faults,
-        kinds,
-        args.rate,
-        args.pause,
-        args.outage,
-        args.quiesce,
-        Path(args.out),
+        seed=seed,
+        duration_seconds=args.duration,
+        faults=args.faults,
+        kinds=kinds,
+        rate_per_second=args.rate,
+        pause_seconds=args.pause,
+        outage_seconds=args.outage,
+        quiesce_seconds=args.quiesce,
+        auth_rate_per_second=args.auth_rate,
+        auth_ttl_seconds=args.auth_ttl,
+        out_dir=Path(args.out),
     )
     print(f"[faults] seed {seed}", file=sys.stderr, flush=True)
     with campaign.started(config) as run:
