@@ -11,6 +11,17 @@ from pathlib import Path
 from tests.faults import campaign
 
 
+def _weighted(text: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    """``kind[:weight],...``: each kind repeated ``weight`` times (default 1)."""
+    kinds: list[str] = []
+    for item in text.split(","):
+        kind, _, weight = item.partition(":")
+        if weight and not (weight.isdigit() and 1 <= int(weight) <= 1000):
+            parser.error(f"bad weight in {item!r}: a whole number from 1 to 1000")
+        kinds += [kind] * int(weight or 1)
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faults", description=__doc__)
     parser.add_argument("--seed", type=int, default=None, help="reproduces the fault schedule")
@@ -23,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--auth-ttl", type=int, default=20, help="authorizationTtlSeconds of half the cards"
     )
-    parser.add_argument("--kinds", default="all", help="'all', 'cheap' or a comma list")
+    parser.add_argument(
+        "--kinds", default="all", help="'all', 'cheap' or a comma list of kind[:weight]"
+    )
     parser.add_argument("--pause", type=float, default=15.0, help="SIGSTOP seconds")
     parser.add_argument("--outage", type=float, default=10.0, help="webhook 500/429 seconds")
     parser.add_argument("--quiesce", type=float, default=240.0, help="bounded wait, seconds")
@@ -32,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
-    kinds = {"all": campaign.ALL_KINDS, "cheap": campaign.CHEAP}.get(
-        args.kinds, tuple(args.kinds.split(","))
+    kinds = {"all": campaign.ALL_KINDS, "cheap": campaign.CHEAP}.get(args.kinds) or _weighted(
+        args.kinds, parser
     )
     unknown = set(kinds) - set(campaign.ALL_KINDS)
     if (

@@ -152,14 +152,30 @@ class Authorizations:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
     _local: threading.local = field(default_factory=threading.local)
+    _clients: list[httpx.Client] = field(default_factory=list)
 
-    def run(self, duration_seconds: float, rate_per_second: float, stop: threading.Event) -> int:
+    def run(
+        self,
+        duration_seconds: float,
+        rate_per_second: float,
+        stop: threading.Event,
+        faults_over: threading.Event | None = None,
+    ) -> int:
+        """As :meth:`workload.Workload.run`; every story is over when this returns."""
         started, issued = time.monotonic(), 0
-        with ThreadPoolExecutor(WORKERS_MAX) as pool:
-            while not stop.is_set() and time.monotonic() - started < duration_seconds:
-                pool.submit(self._guarded, self._plan())
-                issued += 1
-                stop.wait(max(0.0, started + issued / rate_per_second - time.monotonic()))
+        try:
+            with ThreadPoolExecutor(WORKERS_MAX) as pool:
+                while not stop.is_set() and workload.running(
+                    started, duration_seconds, faults_over
+                ):
+                    pool.submit(self._guarded, self._plan())
+                    issued += 1
+                    stop.wait(max(0.0, started + issued / rate_per_second - time.monotonic()))
+        finally:
+            with self._lock:
+                for client in self._clients:
+                    client.close()
+                self._clients.clear()
         return issued
 
     def _plan(self) -> tuple[str, str, list[float], list[int], list[bool]]:
@@ -180,6 +196,8 @@ class Authorizations:
         if client is None:
             client = httpx.Client(timeout=HTTP_TIMEOUT_SECONDS)
             self._local.client = client
+            with self._lock:
+                self._clients.append(client)
         return client
 
     def _guarded(self, plan: tuple[str, str, list[float], list[int], list[bool]]) -> None:

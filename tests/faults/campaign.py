@@ -63,7 +63,8 @@ def schedule(config: Config) -> list[Fault]:
     """The fault plan, a pure function of the seed: every listed kind at least once when there
     are enough faults, then random kinds, at random times in the workload's window."""
     rng = random.Random(f"faults-{config.seed}")  # noqa: S311 - reproducible, not secret
-    kinds = list(config.kinds)[: config.faults]
+    # A kind listed several times (``--kinds kind:weight``) is drawn that much more often.
+    kinds = list(dict.fromkeys(config.kinds))[: config.faults]
     kinds += [rng.choice(config.kinds) for _ in range(config.faults - len(kinds))]
     rng.shuffle(kinds)
     window = config.duration_seconds * 0.9
@@ -100,12 +101,20 @@ class Campaign:
     faults: list[Fault] = field(default_factory=list)
     issued: int = 0
     auth_issued: int = 0
+    # Set when the last fault has recovered: the workload runs until then, however late.
+    faults_over: threading.Event = field(default_factory=threading.Event)
     quiesce_seconds: float = 0.0
 
     def say(self, message: str) -> None:
         print(f"[faults] {message}", file=sys.stderr, flush=True)
 
     def run_faults(self, started: float, stop: threading.Event) -> None:
+        try:
+            self._faults(started, stop)
+        finally:
+            self.faults_over.set()
+
+    def _faults(self, started: float, stop: threading.Event) -> None:
         injector = processes.Injector(
             self.plat,
             self.binaries,
@@ -146,7 +155,9 @@ class Campaign:
         ]
         for thread in threads:
             thread.start()
-        self.issued = self.load.run(self.config.duration_seconds, self.config.rate_per_second, stop)
+        self.issued = self.load.run(
+            self.config.duration_seconds, self.config.rate_per_second, stop, self.faults_over
+        )
         threads[2].join()  # every authorization story is over: each request has its answer
         threads[1].join()  # the last fault finishes its recovery before we quiesce
         stop.set()
@@ -154,7 +165,9 @@ class Campaign:
 
     def _run_auths(self, stop: threading.Event) -> None:
         rate = self.config.auth_rate_per_second
-        self.auth_issued = self.auths.run(self.config.duration_seconds, rate, stop)
+        self.auth_issued = self.auths.run(
+            self.config.duration_seconds, rate, stop, self.faults_over
+        )
 
     def evidence(self) -> checker.Evidence:
         seen = [r for r in self.record.read() if r["kind"] == "seen"]
