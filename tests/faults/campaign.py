@@ -426,5 +426,11 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
     ]
     verdict = Counter(v.kind for v in violations)
     lines.append(" / ".join(f"{k} {verdict[k]}" for k in ("lost", "doubled", "stuck", "wrong")))
-    lines += [f"VIOLATION {v.kind}: {v.what}" for v in violations[:20]]
+    # The first 20, then the first 5 of each other kind, so that a flood of one kind (thousands
+    # of stuck postings) does not hide the rest.
+    shown = violations[:20]
+    for kind in ("lost", "doubled", "wrong", "stuck"):
+        shown += [v for v in violations[20:] if v.kind == kind][: 5 if kind not in
+                  {x.kind for x in shown} else 0]  # fmt: skip
+    lines += [f"VIOLATION {v.kind}: {v.what}" for v in shown]
     return "\n".join(lines)
