@@ -64,6 +64,11 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
         kwargs={
             "autocommit": True,
             "connect_timeout": max(1, round(config.db_connect_timeout_seconds)),
+            # PostgreSQL cancels a statement still running at the deadline, so a request the
+            # gateway already declined cannot commit a hold later on its own: if this process
+            # dies before it settles (kill -9 while the statement waits on a lock), nobody
+            # would release that hold (found by the fault campaign, tests/faults).
+            "options": f"-c statement_timeout={config.deadline_ms}",
         },
         name="gateway",
     )

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fintech_devstack import build, platform
-from tests.faults import checker, processes, receiver, workload
+from tests.faults import authz, checker, processes, receiver, workload
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "faults"
 CARDS = 4
+LONG_TTL_SECONDS = 86_400
 SETUP_TIMEOUT_SECONDS = 240
 # Every kind of fault; CHEAP ones recover in seconds, the others restart a platform part.
 PRODUCT_KINDS = tuple(f"{verb}-{name}" for verb in ("kill", "pause") for name in processes.NAMES)
@@ -43,6 +44,9 @@ class Config:
     pause_seconds: float = 15.0
     outage_seconds: float = 10.0
     quiesce_seconds: float = 240.0
+    auth_rate_per_second: float = 2.0
+    # The short-lived product's authorizationTtlSeconds: its holds expire during the run.
+    auth_ttl_seconds: int = 20
     out_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
 
@@ -59,7 +63,8 @@ def schedule(config: Config) -> list[Fault]:
     """The fault plan, a pure function of the seed: every listed kind at least once when there
     are enough faults, then random kinds, at random times in the workload's window."""
     rng = random.Random(f"faults-{config.seed}")  # noqa: S311 - reproducible, not secret
-    kinds = list(config.kinds)[: config.faults]
+    # A kind listed several times (``--kinds kind:weight``) is drawn that much more often.
+    kinds = list(dict.fromkeys(config.kinds))[: config.faults]
     kinds += [rng.choice(config.kinds) for _ in range(config.faults - len(kinds))]
     rng.shuffle(kinds)
     window = config.duration_seconds * 0.9
@@ -92,14 +97,24 @@ class Campaign:
     hook: receiver.Receiver
     product: processes.Product
     load: workload.Workload
+    auths: authz.Authorizations
     faults: list[Fault] = field(default_factory=list)
     issued: int = 0
+    auth_issued: int = 0
+    # Set when the last fault has recovered: the workload runs until then, however late.
+    faults_over: threading.Event = field(default_factory=threading.Event)
     quiesce_seconds: float = 0.0
 
     def say(self, message: str) -> None:
         print(f"[faults] {message}", file=sys.stderr, flush=True)
 
     def run_faults(self, started: float, stop: threading.Event) -> None:
+        try:
+            self._faults(started, stop)
+        finally:
+            self.faults_over.set()
+
+    def _faults(self, started: float, stop: threading.Event) -> None:
         injector = processes.Injector(
             self.plat,
             self.binaries,
@@ -136,13 +151,23 @@ class Campaign:
         threads = [
             threading.Thread(target=self.load.observer, args=(stop, 2.0), daemon=True),
             threading.Thread(target=self.run_faults, args=(started, stop), daemon=True),
+            threading.Thread(target=self._run_auths, args=(stop,), daemon=True),
         ]
         for thread in threads:
             thread.start()
-        self.issued = self.load.run(self.config.duration_seconds, self.config.rate_per_second, stop)
+        self.issued = self.load.run(
+            self.config.duration_seconds, self.config.rate_per_second, stop, self.faults_over
+        )
+        threads[2].join()  # every authorization story is over: each request has its answer
         threads[1].join()  # the last fault finishes its recovery before we quiesce
         stop.set()
         threads[0].join()
+
+    def _run_auths(self, stop: threading.Event) -> None:
+        rate = self.config.auth_rate_per_second
+        self.auth_issued = self.auths.run(
+            self.config.duration_seconds, rate, stop, self.faults_over
+        )
 
     def evidence(self) -> checker.Evidence:
         seen = [r for r in self.record.read() if r["kind"] == "seen"]
@@ -151,6 +176,8 @@ class Campaign:
         checker.read_database(ev, self.plat.database_url)
         checker.read_kafka(ev, self.plat.kafka_bootstrap_servers)
         ev.received = self.hook.snapshot()
+        ev.auth.log = [r for r in self.record.read() if r["kind"] == "auth"]
+        ev.auth.card_status, ev.card_status_balances = _card_figures(self.env)
         ev.processes = {
             **self.product.alive(),
             "operator /healthz": self.product.healthy("operator"),
@@ -181,7 +208,7 @@ def _secret(seed: int) -> str:
     return "whsec_" + base64.b64encode(key).decode()
 
 
-def _setup_docs(url: str, secret: str) -> list[dict[str, Any]]:
+def _setup_docs(url: str, secret: str, auth_ttl_seconds: int) -> list[dict[str, Any]]:
     meta = {"namespace": NAMESPACE}
     docs: list[dict[str, Any]] = [
         {
@@ -204,12 +231,20 @@ def _setup_docs(url: str, secret: str) -> list[dict[str, Any]]:
                 "circuitBreaker": {"failureThreshold": 5, "openSeconds": 3},
             },
         },
-        {
-            "apiVersion": workload.GROUP,
-            "kind": "CardProduct",
-            "metadata": {**meta, "name": "standard"},
-            "spec": {"currency": "USD", "rewardsRateBps": checker.RATE_BPS},
-        },
+        *(
+            {
+                "apiVersion": workload.GROUP,
+                "kind": "CardProduct",
+                "metadata": {**meta, "name": name},
+                "spec": {
+                    "currency": "USD",
+                    "rewardsRateBps": checker.RATE_BPS,
+                    "spendLimit": {"amount": checker.LIMIT_MINOR, "interval": "Lifetime"},
+                    "authorizationTtlSeconds": ttl_seconds,
+                },
+            }
+            for name, ttl_seconds in (("standard", auth_ttl_seconds), ("long", LONG_TTL_SECONDS))
+        ),
     ]
     return docs
 
@@ -222,7 +257,8 @@ def _card_docs(count: int) -> list[dict[str, Any]]:
             "metadata": {"namespace": NAMESPACE, "name": f"c-{i}"},
             "spec": {
                 "userId": f"u_faults_{i}",
-                "product": "standard",
+                # Half the cards' holds expire during the run, the others' stay open to the end.
+                "product": "standard" if i % 2 == 0 else "long",
                 "holder": {"name": "Fault Campaign", "country": "US", "kycStatus": "Accepted"},
             },
         }
@@ -282,6 +318,44 @@ def _prepare(plat: platform.Platform, binaries: build.Binaries) -> dict[str, str
     return env
 
 
+def _authorizations(
+    env: dict[str, str],
+    plat: platform.Platform,
+    product: processes.Product,
+    record: workload.Journal,
+    cards: list[str],
+    seed: int,
+) -> authz.Authorizations:
+    """The processor's client: the cards' tokens and the gateway's signing secret."""
+    secret_file = plat.state_dir / "gateway-signing.secret"
+    processes.wait_until(lambda: product.healthy("gateway") and secret_file.exists(), 120)
+    port = product.children["gateway"].env["FINTECH_GATEWAY_PORT"]
+    tokens = authz.read_tokens(env, NAMESPACE, cards)
+    client = authz.Processor(f"http://127.0.0.1:{port}", secret_file, record, tokens)
+    rng = random.Random(f"authorizations-{seed}")  # noqa: S311 - reproducible, not secret
+    return authz.Authorizations(client, rng, cards)
+
+
+def _amount(money: Any) -> int | None:
+    return int(money["amount"]) if isinstance(money, dict) else None
+
+
+def _card_figures(
+    env: dict[str, str],
+) -> tuple[dict[str, tuple[int | None, int | None]], dict[str, int | None]]:
+    """Each card's status held and available, and its status balance, as kubectl shows them."""
+    out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
+    figures, balances = {}, {}
+    for item in json.loads(out.stdout)["items"]:
+        status = item.get("status", {})
+        name = item["metadata"]["name"]
+        figures[name] = (_amount(status.get("held")), _amount(status.get("available")))
+        balances[name] = _amount(status.get("balance"))
+    return figures, balances
+
+
 @contextlib.contextmanager
 def started(config: Config) -> Iterator[Campaign]:
     """A ready campaign on its own platform: processes up, webhook Active, cards Active."""
@@ -302,9 +376,11 @@ def started(config: Config) -> Iterator[Campaign]:
         rng = random.Random(config.seed)  # noqa: S311 - reproducible, not secret
         load = workload.Workload(env, NAMESPACE, cards, record, rng)
         try:
-            _apply_and_wait(env, _setup_docs(hook.url, secret), "webhook", "Active")
+            docs = _setup_docs(hook.url, secret, config.auth_ttl_seconds)
+            _apply_and_wait(env, docs, "webhook", "Active")
             _apply_and_wait(env, _card_docs(CARDS), "card", "Active")
-            yield Campaign(config, plat, binaries, env, record, hook, product, load)
+            auths = _authorizations(env, plat, product, record, cards, config.seed)
+            yield Campaign(config, plat, binaries, env, record, hook, product, load, auths)
         finally:
             product.stop()
             hook.stop()
@@ -333,10 +409,16 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
         if r["kind"] == "op"
     )
     phases = Counter(phase or "none" for phase, _ in ev.final.values())
+    answers = authz.outcomes(ev.auth.log)
     lines += [
         "",
         f"operations issued {campaign.issued}: {dict(sorted(ops.items()))}",
         f"postings by final phase: {dict(sorted(phases.items()))}",
+        f"authorization stories {campaign.auth_issued}, requests by answer: "
+        f"{dict(sorted(answers.items()))}",
+        f"authorization attempts {len(ev.auth.log)} (cut by a fault and sent again: "
+        f"{sum(1 for x in ev.auth.log if x['retry'])}), holds {len(ev.auth.rows)}, "
+        f"capture journals {len(ev.auth.capture_journals)}",
         f"journals {len(ev.journals)}, outbox events {len(ev.outbox)}, "
         f"webhook deliveries {len(ev.received)}, rewards rows {len(ev.rewards)}",
         f"quiesced in {campaign.quiesce_seconds:.1f} s",
@@ -344,5 +426,11 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
     ]
     verdict = Counter(v.kind for v in violations)
     lines.append(" / ".join(f"{k} {verdict[k]}" for k in ("lost", "doubled", "stuck", "wrong")))
-    lines += [f"VIOLATION {v.kind}: {v.what}" for v in violations[:20]]
+    # The first 20, then the first 5 of each other kind, so that a flood of one kind (thousands
+    # of stuck postings) does not hide the rest.
+    shown = violations[:20]
+    for kind in ("lost", "doubled", "wrong", "stuck"):
+        shown += [v for v in violations[20:] if v.kind == kind][: 5 if kind not in
+                  {x.kind for x in shown} else 0]  # fmt: skip
+    lines += [f"VIOLATION {v.kind}: {v.what}" for v in shown]
     return "\n".join(lines)

@@ -13,10 +13,15 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from fintech_operator.events import topics
-from tests.faults import receiver, workload
+from tests.faults import authcheck, receiver, workload
 
 FINAL = ("Posted", "Rejected")
 RATE_BPS = 100
+# The cards' Lifetime spend limit: far above what a campaign spends, so that available is a
+# figure to check (limit - purchases - captures - held) without declining the workload.
+LIMIT_MINOR = 1_000_000_000
+# How long past its expiresAt an open hold may still be pending (the expiry worker's lag).
+EXPIRY_GRACE_SECONDS = 60
 KAFKA_READ_TIMEOUT_SECONDS = 60.0
 
 
@@ -44,6 +49,8 @@ class Evidence:
     rewards: list[tuple[int, int]] = field(default_factory=list)  # (journal_id, points)
     received: list[receiver.Delivery] = field(default_factory=list)
     processes: dict[str, bool] = field(default_factory=dict)
+    auth: authcheck.AuthEvidence = field(default_factory=authcheck.AuthEvidence)
+    card_status_balances: dict[str, int | None] = field(default_factory=dict)  # kubectl's
 
 
 def _ledger_by_posting(ev: Evidence) -> dict[str, list[int]]:
@@ -112,6 +119,11 @@ def _money_violations(ev: Evidence) -> list[Violation]:
     for name, journal in told.items():
         model[ev.specs[name]["card"]] += _signed(ev, name)
         expected_points[int(journal)] = _points(ev, name)
+    auth_model = authcheck.replay(ev.auth.log)
+    for req, (_auth, card, amount) in auth_model.captures.items():
+        model[card] += amount
+        for journal_id, _amount in ev.auth.capture_journals.get(req, []):
+            expected_points[journal_id] = amount * RATE_BPS // 10_000
     for card in sorted(set(model) | set(ev.card_balances)):
         if model[card] != ev.card_balances.get(card, 0):
             out.append(
@@ -122,10 +134,21 @@ def _money_violations(ev: Evidence) -> list[Violation]:
                     f"{model[card]}",
                 )
             )
+    for card, shown in sorted(ev.card_status_balances.items()):
+        if (shown or 0) != model[card]:
+            out.append(
+                Violation("wrong", f"card {card}: status balance {shown}, model {model[card]}")
+            )
     for currency, (debits, credits) in ev.trial.items():
         if debits != credits:
             out.append(Violation("wrong", f"trial balance {currency}: {debits} != {credits}"))
     out += [Violation("wrong", f"balance drift: {code}") for code in ev.drift]
+    return out + _rewards_violations(ev, expected_points)
+
+
+def _rewards_violations(ev: Evidence, expected_points: dict[int, int]) -> list[Violation]:
+    """Exactly one rewards row per earning journal, by the rule; none on anything else."""
+    out: list[Violation] = []
     points: dict[int, list[int]] = defaultdict(list)
     for journal_id, p in ev.rewards:
         points[journal_id].append(p)
@@ -135,7 +158,28 @@ def _money_violations(ev: Evidence) -> list[Violation]:
             out.append(Violation("doubled", f"journal {journal_id} has rewards rows {got}"))
         elif sum(got) != want or (want and not got):
             out.append(Violation("lost", f"journal {journal_id}: points {got}, rule says {want}"))
+    out += [
+        Violation(
+            "wrong",
+            f"journal {j} earned {p} points; the client was told of no posting "
+            "or capture that earns",
+        )
+        for j, p in ev.rewards
+        if j not in expected_points and p
+    ]
     return out
+
+
+def purchases_spent(ev: Evidence) -> Counter[str]:
+    """Per card, what Posted Purchase postings spent against the limit (reversed ones not)."""
+    told, _ = told_posted(ev)
+    reversed_ = {ev.specs[n]["reverses"] for n in told if ev.specs[n].get("reverses")}
+    spent: Counter[str] = Counter()
+    for name in told:
+        spec = ev.specs[name]
+        if spec["type"] == "Purchase" and not spec.get("reverses") and name not in reversed_:
+            spent[spec["card"]] += spec["amount"]
+    return spent
 
 
 def _event_violations(ev: Evidence) -> list[Violation]:
@@ -173,7 +217,11 @@ def _event_violations(ev: Evidence) -> list[Violation]:
 
 def check(ev: Evidence) -> list[Violation]:
     """Every violation of the campaign's promises; empty when nothing is lost or doubled."""
-    return _posting_violations(ev) + _money_violations(ev) + _event_violations(ev)
+    auth = [
+        Violation(kind, what)
+        for kind, what in authcheck.check(ev.auth, purchases_spent(ev), LIMIT_MINOR)
+    ]
+    return _posting_violations(ev) + _money_violations(ev) + _event_violations(ev) + auth
 
 
 def read_database(ev: Evidence, database_url: str) -> None:
@@ -221,6 +269,64 @@ def read_database(ev: Evidence, database_url: str) -> None:
             (int(j), int(p))
             for j, p in conn.execute("SELECT journal_id, points FROM rewards_ledger").fetchall()
         ]
+        ev.drift += [
+            f"holds {r[0]}"
+            for r in conn.execute("SELECT card FROM authorization_hold_drift").fetchall()
+        ]
+        _read_authorizations(ev, conn)
+
+
+def _read_authorizations(ev: Evidence, conn: psycopg.Connection[Any]) -> None:
+    prefix = f"{ev.namespace}/"
+    auth = ev.auth
+    auth.rows = {
+        str(r[0]): authcheck.Row(
+            card=str(r[1]).removeprefix(prefix),
+            held=int(r[2]),
+            captured=int(r[3]),
+            consumed=int(r[4]),
+            released=int(r[5]),
+            status=str(r[6]),
+            due=bool(r[7]),
+            overdue=bool(r[8]),
+        )
+        for r in conn.execute(
+            "SELECT id, coalesce(card, ''), held_minor, captured_minor, consumed_minor,"
+            " released_minor, status, coalesce(expires_at <= now(), false),"
+            " coalesce(expires_at + make_interval(secs => %s) < now(), false)"
+            " FROM authorizations",
+            (EXPIRY_GRACE_SECONDS,),
+        ).fetchall()
+    }
+    auth.stored = {
+        str(r[0]): (str(r[1]), int(r[2]), bytes(r[3]).decode("utf-8", "replace"))
+        for r in conn.execute(
+            "SELECT request_id, kind, status_code, answer FROM authorization_requests"
+        ).fetchall()
+    }
+    auth.capture_journals = {}
+    for key, journal_id, amount in conn.execute(
+        "SELECT j.idempotency_key, j.id, e.amount_minor FROM journals j"
+        " JOIN entries e ON e.journal_id = j.id AND e.direction = 'debit'"
+        " WHERE j.idempotency_key LIKE %s ORDER BY j.id",
+        (authcheck.CAPTURE_KEY + "%",),
+    ).fetchall():
+        req = str(key).removeprefix(authcheck.CAPTURE_KEY)
+        auth.capture_journals.setdefault(req, []).append((int(journal_id), int(amount)))
+    auth.events = Counter(
+        (str(a), str(t).removeprefix("dev.fintech.authorization.").removesuffix(".v1"))
+        for a, t in conn.execute(
+            "SELECT payload->'data'->>'authorization', payload->>'type' FROM outbox"
+            " WHERE topic = 'authorizations'"
+        ).fetchall()
+    )
+    auth.card_held = {
+        str(card).removeprefix(prefix): int(held)
+        for card, held in conn.execute(
+            "SELECT card, held_minor FROM authorization_cards WHERE namespace = %s",
+            (ev.namespace,),
+        ).fetchall()
+    }
 
 
 async def _read_topics(bootstrap: str, names: tuple[str, ...]) -> dict[str, list[str]]:

@@ -1,9 +1,11 @@
 """A short fault campaign on its own real platform must find nothing lost, doubled or stuck;
-and the same checker, on the same books, must catch a journal planted behind its back.
+and the same checker, on the same books, must catch a journal and a hold planted behind its
+back.
 
 The planted journal is a second journal for a posting the client saw Posted, inserted
 directly in PostgreSQL (balanced, so the database accepts it) without an outbox event: the
-checker must call it doubled, and the missing event lost. A checker that passes the
+checker must call it doubled, and the missing event lost. The planted hold is 100 more held
+on a card than its authorizations hold: the checker must say so. A checker that passes the
 campaign but not this would be proving nothing.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.faults import campaign, checker
+from tests.faults import authz, campaign, checker
 
 pytestmark = pytest.mark.e2e
 SEED = 16
@@ -69,8 +71,25 @@ def test_short_campaign_loses_and_doubles_nothing() -> None:
                            and not run.load.specs[n].get("reverses"))  # fmt: skip
         assert len(purchases) >= 20, "the workload must have posted something to check"
 
+        answers = authz.outcomes(ev.auth.log)
+        for outcome in ("authorize Approved", "capture Approved", "void Approved"):
+            assert answers[outcome] >= 3, answers
+        statuses = {row.status for row in ev.auth.rows.values()}
+        assert {"closed", "expired", "pending"} <= statuses, statuses
+
         planted = _plant_double(run.plat.database_url, f"{campaign.NAMESPACE}/{purchases[0]}")
+        _plant_hold(run.plat.database_url)
         caught = checker.check(run.evidence())
         kinds = {v.kind for v in caught}
         assert "doubled" in kinds, caught
         assert any(f"journal {planted} has 0 outbox events" in v.what for v in caught), caught
+        assert any("card c-1: books hold" in v.what for v in caught), caught
+
+
+def _plant_hold(database_url: str) -> None:
+    """100 more held on card c-1 than its authorizations hold, behind the gateway's back."""
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        conn.execute(
+            "UPDATE authorization_cards SET held_minor = held_minor + 100 WHERE card = %s",
+            (f"{campaign.NAMESPACE}/c-1",),
+        )

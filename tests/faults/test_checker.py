@@ -82,6 +82,10 @@ def _plant(ev: checker.Evidence, fault: str) -> None:  # noqa: PLR0912 - one per
         ev.drift.append("ledger card:faults/c-0:USD")
     elif fault == "process":
         ev.processes["notifier"] = False
+    elif fault == "rewards on nothing":
+        ev.rewards.append((99, 50))  # journal 99 is no posting or capture the client knows
+    elif fault == "status balance":
+        ev.card_status_balances["c-1"] = 1
 
 
 CASES = {
@@ -89,7 +93,7 @@ CASES = {
     "not in kafka": "lost", "unpublished": "stuck", "not delivered": "lost",
     "bad signature": "wrong", "double rewards": "doubled", "wrong balance": "wrong",
     "stuck": "stuck", "rejected with row": "wrong", "dead letter": "wrong", "trial": "wrong",
-    "drift": "wrong", "process": "stuck",
+    "drift": "wrong", "process": "stuck", "rewards on nothing": "wrong", "status balance": "wrong",
 }  # fmt: skip
 
 

@@ -21,6 +21,12 @@ UNFREEZE_ATTEMPTS_MAX = 40
 SIGN = {"Purchase": 1, "Fee": 1, "Refund": -1, "Payment": -1}
 
 
+def running(started: float, duration_seconds: float, faults_over: threading.Event | None) -> bool:
+    if time.monotonic() - started < duration_seconds:
+        return True
+    return faults_over is not None and not faults_over.is_set()
+
+
 def kubectl(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -76,11 +82,18 @@ class Workload:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
 
-    def run(self, duration_seconds: float, rate_per_second: float, stop: threading.Event) -> int:
-        """Start one operation every 1/rate seconds (open loop) until the duration is over."""
+    def run(
+        self,
+        duration_seconds: float,
+        rate_per_second: float,
+        stop: threading.Event,
+        faults_over: threading.Event | None = None,
+    ) -> int:
+        """Start one operation every 1/rate seconds (open loop) until the duration is over
+        and, when given, ``faults_over`` is set: no fault hits an idle system."""
         started, issued = time.monotonic(), 0
         with ThreadPoolExecutor(WORKERS_MAX) as pool:
-            while not stop.is_set() and time.monotonic() - started < duration_seconds:
+            while not stop.is_set() and running(started, duration_seconds, faults_over):
                 pool.submit(self._guarded, self._choose())
                 issued += 1
                 next_at = started + issued / rate_per_second

@@ -22,6 +22,7 @@ from fintech_operator import api
 from fintech_operator.authorizations import contract, mirror
 from fintech_operator.authorizations.store import PostgresStore
 from fintech_operator.events import schema
+from fintech_operator.gateway import answers
 from fintech_operator.ledger import engine, model, rules
 from tests.integration.authz_support import (
     NAMESPACE,
@@ -448,6 +449,26 @@ async def test_settle_after_a_late_commit_releases_the_hold_and_answers_issuer_u
     assert (retry["approved"], retry["reason"]) == (False, "IssuerUnavailable")
     assert outbox_types(raw, card) == ["approved", "voided"]
     assert hold_drift(raw) == []
+
+
+async def test_a_settled_late_increment_keeps_the_bytes_the_gateway_sent(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """Found by the fault campaign's byte-for-byte rule: an increment that committed after the
+    deadline is settled; its stored answer (what every retry gets) must be the very bytes the
+    gateway declined with, which name the request id, not other bytes."""
+    card = await new_card(fast, limit_minor=5_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    req = contract.IncrementRequest(id=f"inc_{uuid.uuid4().hex}", amount=500)
+    async with fast.connection() as conn:
+        assert body(await STORE.increment(conn, auth, req))["approved"] is True
+        await STORE.settle_timed_out(conn, req.id)
+    told = answers.decline(req.id, contract.Reason.ISSUER_UNAVAILABLE)
+    async with fast.connection() as conn:
+        retry = await STORE.increment(conn, auth, req)
+    assert retry.body == told.body
+    assert held(raw, card) == 1_000
+    assert outbox_types(raw, card) == ["approved", "incremented", "voided"]
 
 
 async def test_settle_before_the_statement_commits_makes_the_late_authorization_roll_back(

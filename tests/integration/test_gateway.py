@@ -248,6 +248,39 @@ async def test_a_gateway_killed_between_commit_and_answer_is_answered_on_retry(
         second.stop()
 
 
+async def test_a_declined_request_cannot_commit_a_hold_after_the_gateway_died(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """Found by the fault campaign: the request waits on the card's row lock past the 500 ms
+    deadline, so the processor is told IssuerUnavailable; the settle waits for the pool's one
+    connection, which the stuck statement holds; the gateway is SIGKILLed before it settles.
+    When the lock is let go, PostgreSQL must not commit the approval nobody can release: the
+    statement was cancelled at the deadline, and no hold survives the declined answer."""
+    process = gw.Gateway(
+        gateway_url, tmp_path, deadline_ms="500", db_pool_min_size="1", db_pool_max_size="1"
+    ).start()
+    card = await authz.new_card(pool, limit_minor=100_000)
+    auth = auth_payload(card, 4300)
+    with psycopg.connect(migrated_database_url) as blocker:
+        blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+        try:
+            answer = await asyncio.to_thread(process.post, "/v1/authorizations", auth)
+        finally:
+            process.stop(kill=True)
+        await asyncio.sleep(1.0)
+        blocker.rollback()
+    assert answer.json()["reason"] == "IssuerUnavailable"
+    await asyncio.sleep(1.0)  # a statement still waiting would commit now
+    assert raw.execute(
+        "SELECT count(*) FROM authorizations WHERE id = %s", (auth["id"],)
+    ).fetchone() == (0,)
+    assert authz.held(raw, card) == 0
+
+
 def _waiting(raw: psycopg.Connection[Any]) -> bool:
     row = raw.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"

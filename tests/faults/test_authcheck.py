@@ -1,0 +1,135 @@
+"""The checker's authorization rules, on hand-made evidence (pure: no platform).
+
+A consistent record passes; each planted fault (an approval with no hold, a declined answer
+that holds, a capture posted twice or posted without the client being told, a retry that got
+other bytes or was not a replay, a stored answer other than the one sent, a request never
+answered, a card's held or available off the model, events doubled, an expiry too early or
+never) is reported with its kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.faults import authcheck
+
+LIMIT = 1_000_000
+
+
+def _answer(auth: str, approved: bool, **extra: Any) -> str:
+    return json.dumps({"approved": approved, "authorization": auth, **extra})
+
+
+def _line(op: str, req: str, auth: str, card: str, body: dict[str, Any], answer: str,
+          **extra: Any) -> dict[str, Any]:  # fmt: skip
+    base = {"op": op, "req": req, "auth": auth, "card": card, "body": {"id": req, **body},
+            "status": 200, "answer": answer, "retry": False, "replay": False,
+            "replayed": False}  # fmt: skip
+    return {**base, **extra}
+
+
+def _clean() -> authcheck.AuthEvidence:
+    ev = authcheck.AuthEvidence()
+    ev.log = [
+        _line("authorize", "a-1", "a-1", "c-0", {"amount": 5000}, _answer("a-1", True)),
+        _line("capture", "a-1-cap1", "a-1", "c-0", {"amount": 2000, "final": False},
+              _answer("a-1", True, captured=2000)),
+        _line("capture", "a-1-cap2", "a-1", "c-0", {"amount": 2500, "final": True},
+              _answer("a-1", True, captured=4500)),
+        # Cut by a fault (no answer), then answered on retry.
+        _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, None, status=None,
+              retry=True),
+        _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, _answer("a-2", True)),
+        _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, _answer("a-2", True),
+              replay=True, replayed=True),
+        _line("authorize", "a-3", "a-3", "c-0", {"amount": 700},
+              _answer("a-3", False, reason="CardNotActive")),
+        _line("authorize", "a-4", "a-4", "c-0", {"amount": 1000}, _answer("a-4", True)),
+    ]  # fmt: skip
+    ev.stored = {
+        line["req"]: ("authorize" if line["op"] == "authorize" else "capture", 200, line["answer"])
+        for line in ev.log
+        if line["answer"] is not None
+    }
+    ev.rows = {
+        "a-1": authcheck.Row("c-0", 5000, 4500, 4500, 500, "closed", False, False),
+        "a-2": authcheck.Row("c-1", 3000, 0, 0, 0, "pending", False, False),
+        "a-3": authcheck.Row("c-0", 0, 0, 0, 0, "declined", False, False),
+        "a-4": authcheck.Row("c-0", 1000, 0, 0, 1000, "expired", True, False),
+    }
+    ev.capture_journals = {"a-1-cap1": [(10, 2000)], "a-1-cap2": [(11, 2500)]}
+    ev.events = Counter({("a-1", "approved"): 1, ("a-1", "captured"): 2, ("a-2", "approved"): 1,
+                         ("a-3", "declined"): 1, ("a-4", "approved"): 1,
+                         ("a-4", "expired"): 1})  # fmt: skip
+    ev.card_held = {"c-0": 0, "c-1": 3000}
+    ev.card_status = {"c-0": (0, LIMIT - 500 - 4500), "c-1": (3000, LIMIT - 3000)}
+    return ev
+
+
+PURCHASES = Counter({"c-0": 500})
+
+
+def test_clean_authorizations_pass() -> None:
+    """The baseline: a consistent record has no violation (else every planted test is moot)."""
+    assert authcheck.check(_clean(), PURCHASES, LIMIT) == []
+
+
+def _plant(ev: authcheck.AuthEvidence, fault: str) -> None:  # noqa: PLR0912 - one per fault
+    if fault == "approved, no hold":
+        del ev.rows["a-2"]
+    elif fault == "declined, holds":
+        ev.rows["a-3"] = authcheck.Row("c-0", 700, 0, 0, 0, "pending", False, False)
+    elif fault == "capture posted twice":
+        ev.capture_journals["a-1-cap1"].append((12, 2000))
+    elif fault == "capture not told":
+        ev.capture_journals["a-2-cap"] = [(13, 100)]
+    elif fault == "approved capture lost":
+        del ev.capture_journals["a-1-cap2"]
+    elif fault == "retry other bytes":
+        ev.log.append(_line("authorize", "a-4", "a-4", "c-0", {"amount": 1000},
+                            _answer("a-4", False, reason="SpendLimitExceeded")))  # fmt: skip
+    elif fault == "retry not replayed":
+        ev.log.append({**ev.log[-1], "replay": True, "replayed": False})
+    elif fault == "stored other bytes":
+        ev.stored["a-2"] = ("authorize", 200, _answer("a-2", False))
+    elif fault == "never answered":
+        ev.log.append(_line("authorize", "a-9", "a-9", "c-0", {"amount": 1}, None,
+                            status=None, retry=True))  # fmt: skip
+    elif fault == "books hold":
+        ev.card_held["c-1"] = 2999
+    elif fault == "status available":
+        ev.card_status["c-0"] = (0, LIMIT - 5000 + 1)
+    elif fault == "approved twice":
+        ev.events[("a-2", "approved")] = 2
+    elif fault == "expired early":
+        ev.rows["a-4"] = authcheck.Row("c-0", 1000, 0, 0, 1000, "expired", False, False)
+    elif fault == "never expired":
+        ev.rows["a-2"] = authcheck.Row("c-1", 3000, 0, 0, 0, "pending", True, True)
+    elif fault == "declined approval held":  # told IssuerUnavailable, yet it holds
+        ev.log.append(_line("authorize", "a-5", "a-5", "c-1", {"amount": 10},
+                            _answer("a-5", False, reason="IssuerUnavailable")))  # fmt: skip
+        ev.rows["a-5"] = authcheck.Row("c-1", 10, 0, 0, 0, "pending", False, False)
+    elif fault == "closed untold":
+        ev.rows["a-2"] = authcheck.Row("c-1", 3000, 0, 0, 3000, "closed", False, False)
+
+
+CASES = {
+    "approved, no hold": "lost", "declined, holds": "wrong", "capture posted twice": "doubled",
+    "capture not told": "wrong", "approved capture lost": "lost", "retry other bytes": "wrong",
+    "retry not replayed": "doubled", "stored other bytes": "wrong", "never answered": "stuck",
+    "books hold": "wrong", "status available": "wrong", "approved twice": "doubled",
+    "expired early": "wrong", "never expired": "stuck", "closed untold": "wrong",
+    "declined approval held": "wrong",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("fault", "kind"), sorted(CASES.items()))
+def test_planted_authorization_violation_is_reported(fault: str, kind: str) -> None:
+    ev = _clean()
+    _plant(ev, fault)
+    found = authcheck.check(ev, PURCHASES, LIMIT)
+    assert kind in {k for k, _ in found}, (fault, found)
