@@ -25,6 +25,7 @@ scales with the topic's partitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -261,11 +262,12 @@ async def process(
     producer: AIOKafkaProducer,
     records: Sequence[Any],
     *,
+    decoded: Decoded,
     prefix: str,
     attempts_max: int,
 ) -> Outcome:
-    """Dead-letter what cannot apply, apply the rest in one transaction."""
-    decoded = decode_batch(records)
+    """Dead-letter what cannot apply, apply the rest (``decoded``, from ``records``) in one
+    transaction."""
     applied, refused = await apply_batch(pool, decoded, attempts_max) if decoded.rows else (0, [])
     poisons = decoded.poisons + refused
     await consuming.dead_letter(producer, poisons, consumer=CONSUMER_NAME, prefix=prefix)
@@ -297,30 +299,76 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     await consumer.start()
     log.info("rewards consumer started in group %s", group_id)
     try:
-        async for records in consuming.batches(
-            consumer, stop, records_max=settings.consumer_batch_size
-        ):
-            outcome = await process(
-                pool,
-                producer,
-                records,
-                prefix=settings.topic_prefix,
-                attempts_max=settings.consumer_max_attempts,
-            )
-            # Only now, with the batch's transaction committed. A commit lost to a rebalance
-            # or a broker error redelivers records already in processed_events: no effect.
-            await consuming.commit(consumer, on_failure="the batch will be redelivered and skipped")
-            log.info(
-                "batch of %d: %d applied, %d duplicates, %d dead-lettered",
-                len(records),
-                outcome.applied,
-                outcome.duplicates,
-                outcome.dead_lettered,
-            )
+        await _pipeline(consumer, pool, producer, settings, stop)
     finally:
         await consumer.stop()
         await producer.stop()
         await pool.close()
+
+
+async def _pipeline(
+    consumer: AIOKafkaConsumer,
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    settings: config.Settings,
+    stop: asyncio.Event,
+) -> None:
+    """Poll and decode the next batch while the previous one's transaction runs.
+
+    At most one batch is being applied at a time, in poll order, and a batch's offsets are
+    committed only after its transaction committed and its dead letters were acknowledged.
+    """
+    in_flight: asyncio.Task[None] | None = None
+    try:
+        async for records in consuming.batches(
+            consumer, stop, records_max=settings.consumer_batch_size
+        ):
+            decoded = decode_batch(records)  # pure Python, while PostgreSQL works
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(
+                _apply_and_commit(consumer, pool, producer, records, decoded, settings)
+            )
+        if in_flight is not None:
+            await in_flight
+    finally:
+        if in_flight is not None and not in_flight.done():
+            in_flight.cancel()  # rolled back: its records were not committed and come again
+            with contextlib.suppress(asyncio.CancelledError):
+                await in_flight
+
+
+async def _apply_and_commit(
+    consumer: AIOKafkaConsumer,
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    records: Sequence[Any],
+    decoded: Decoded,
+    settings: config.Settings,
+) -> None:
+    outcome = await process(
+        pool,
+        producer,
+        records,
+        decoded=decoded,
+        prefix=settings.topic_prefix,
+        attempts_max=settings.consumer_max_attempts,
+    )
+    # Only now, with the batch's transaction committed, and only this batch's offsets (the
+    # next poll's records are already fetched). A commit lost to a rebalance or a broker error
+    # redelivers records already in processed_events: no effect.
+    await consuming.commit(
+        consumer,
+        offsets=consuming.offsets_of(records),
+        on_failure="the batch will be redelivered and skipped",
+    )
+    log.info(
+        "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+        len(records),
+        outcome.applied,
+        outcome.duplicates,
+        outcome.dead_lettered,
+    )
 
 
 def main(group_id: str) -> int:
