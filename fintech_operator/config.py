@@ -143,7 +143,7 @@ class Settings(BaseModel):
         ),
     ] = ""
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
-    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
     # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
     relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
     consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
