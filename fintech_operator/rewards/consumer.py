@@ -4,19 +4,26 @@ Points accrue on posted Purchases and on CAPTURED authorization amounts
 (``authorization.captured``, including force posts): a hold earns nothing until it is captured,
 and a hold that is voided or expires never earns. Refunds (Refund postings) take points back.
 
-Exactly once in effect. Each poll's records are applied in ONE PostgreSQL transaction
-that also records every event id in ``processed_events``; offsets are committed to
-Kafka only after that transaction committed. A crash before the commit loses nothing
-(the records come again); a crash after it and before the offset commit replays
-records whose ids are already recorded, and they change nothing.
+Exactly once in effect. Each poll's records are applied in ONE PostgreSQL statement and
+transaction that also records every event id in ``processed_events``; that batch's offsets
+are committed to Kafka only after the transaction committed. A crash before the commit loses
+nothing (the records come again); a crash after it and before the offset commit replays
+records whose ids are already recorded, and they change nothing. While one batch is being
+applied the next poll is fetched and decoded (never applied) so Python and PostgreSQL work at
+the same time; only that batch's own offsets are committed.
+
+Decoding. The relay writes each event as canonical JSON; a posting event spelled exactly so is
+checked and split by one regular expression (``schema.canonical_posting``), anything else goes
+through the pydantic decoders, which have the last word (a property test holds the two
+together).
 
 Poison. A message that is not a valid event of a known type, or whose amounts break
 the points rule, goes to ``postings.rewards.dlq`` with the reason in the ``dlq-reason``
 header, and the batch goes on. If the database refuses the batch for one event's data
-(a constraint), the batch is retried one event per transaction to find it, and only
-that event is dead-lettered. An unreachable database is retried a bounded number of
-times, then the process exits non-zero for its supervisor to restart (the records
-are not committed, so they come again).
+(a constraint), the batch is split in halves, each in its own transaction, and a refused half
+again, until the refused events are alone; only they are dead-lettered. An unreachable
+database is retried a bounded number of times, then the process exits non-zero for its
+supervisor to restart (the records are not committed, so they come again).
 
 It runs as its own process, ``fintech-operator rewards``, in a consumer group that
 scales with the topic's partitions.
