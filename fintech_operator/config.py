@@ -143,10 +143,10 @@ class Settings(BaseModel):
         ),
     ] = ""
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
-    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
     # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
     relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
-    consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg_pool import AsyncConnectionPool
 
@@ -83,15 +83,35 @@ async def batches(
             yield records
 
 
-async def commit(consumer: AIOKafkaConsumer, *, on_failure: str) -> None:
-    """Commit the consumed offsets; a failure is logged, not raised.
+def offsets_of(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """The offsets to commit once ``records`` (in poll order) are handled: each partition's
+    last offset plus one."""
+    last: dict[tuple[str, int], int] = {}
+    for record in records:
+        last[(record.topic, record.partition)] = record.offset
+    return {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
+
+
+async def commit(
+    consumer: AIOKafkaConsumer,
+    *,
+    on_failure: str,
+    offsets: Mapping[TopicPartition, int] | None = None,
+) -> None:
+    """Commit ``offsets`` (by default everything consumed so far); a failure is logged, not
+    raised. Partitions no longer assigned are left out: their new owner reads them again.
 
     A refused or failed commit only means the records are delivered again, which each
     consumer makes harmless; ``on_failure`` says so in the log line (e.g. ``the batch will be
     redelivered and skipped``).
     """
+    if offsets is not None:
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
     try:
-        await consumer.commit()
+        await (consumer.commit() if offsets is None else consumer.commit(offsets))
     except CommitFailedError as exc:
         # The group rebalanced: the partition's new owner gets these records again.
         log.warning("offset commit refused after a rebalance: %s", exc)

@@ -63,10 +63,10 @@ KAFKA_BATCH_BYTES_MAX: Final = 900 * 1024
 SEND_TIMEOUT_SECONDS: Final = 60.0
 # Rows read and sent at a time inside one batch's transaction: big enough to amortise a round
 # trip, small enough that reading the next chunk overlaps the broker's acknowledgement.
-CHUNK_ROWS_MAX: Final = 500
+CHUNK_ROWS_MAX: Final = 2_000
 
 _CLAIM: Final = """
-SELECT id, event_id, topic, key, payload, headers, journal_id
+SELECT id, event_id::text, topic, key, payload, headers, journal_id
   FROM outbox
  WHERE published_at IS NULL AND id > %s
  ORDER BY id
@@ -140,8 +140,22 @@ def partition_for(key: bytes | None, row_id: int, partitions: Sequence[int]) -> 
         raise RelayError("topic has no partitions")
     if key is None:
         return ordered[row_id % len(ordered)]
-    hashed: int = murmur2(key)
-    return ordered[(hashed & 0x7FFFFFFF) % len(ordered)]
+    return ordered[_key_hash(key) % len(ordered)]
+
+
+# aiokafka's murmur2 is pure Python; keys are cards, which repeat, so each is hashed once.
+_KEY_HASHES: dict[bytes, int] = {}
+_KEY_HASHES_MAX: Final = 100_000
+
+
+def _key_hash(key: bytes) -> int:
+    hashed = _KEY_HASHES.get(key)
+    if hashed is None:
+        hashed = int(murmur2(key)) & 0x7FFFFFFF
+        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+            _KEY_HASHES.clear()
+        _KEY_HASHES[key] = hashed
+    return hashed
 
 
 def backoff_seconds(failures: int, cap_seconds: float) -> float:
@@ -239,19 +253,41 @@ async def publish_batch(
         psycopg.types.json.set_json_loads(orjson.loads, cur)
         chunk_rows = min(batch_size, CHUNK_ROWS_MAX)
         rows = await _claim(cur, 0, chunk_rows)
-        published = 0
+        published, acknowledged = 0, list[int]()
         while rows:
             published += len(rows)
             wanted = min(chunk_rows, batch_size - published)
-            following = asyncio.ensure_future(_claim(cur, rows[-1][0], wanted))
+            # While Kafka takes this chunk, the database marks the previous one (acknowledged:
+            # nothing is marked before its ack, and marks count only at this transaction's
+            # commit) and reads the next.
+            following = asyncio.ensure_future(
+                _mark_and_claim(conn, cur, acknowledged, rows[-1][0], wanted)
+            )
             try:
                 await _send_rows(producer, rows, prefix, send_timeout_seconds)
             finally:
-                # The connection runs one statement at a time: the read ends before anything else.
+                # The connection runs one statement at a time: its work ends before anything else.
                 await asyncio.gather(following, return_exceptions=True)
-            await conn.execute(_MARK, ([row[0] for row in rows],))
+            acknowledged = [row[0] for row in rows]
             rows = following.result()
+        await _mark(conn, acknowledged)
     return published
+
+
+async def _mark(conn: psycopg.AsyncConnection[Any], row_ids: list[int]) -> None:
+    if row_ids:
+        await conn.execute(_MARK, (row_ids,))
+
+
+async def _mark_and_claim(
+    conn: psycopg.AsyncConnection[Any],
+    cur: psycopg.AsyncCursor[Any],
+    acknowledged: list[int],
+    after_id: int,
+    limit: int,
+) -> list[Any]:
+    await _mark(conn, acknowledged)
+    return await _claim(cur, after_id, limit)
 
 
 async def _claim(cur: psycopg.AsyncCursor[Any], after_id: int, limit: int) -> list[Any]:
@@ -265,7 +301,7 @@ async def _send_rows(
     producer: AIOKafkaProducer, rows: Sequence[Any], prefix: str, timeout_seconds: float
 ) -> None:
     messages = [
-        to_message(row_id, str(event_id), topic, key, payload, headers, journal_id, prefix)
+        to_message(row_id, event_id, topic, key, payload, headers, journal_id, prefix)
         for row_id, event_id, topic, key, payload, headers, journal_id in rows
     ]
     await asyncio.wait_for(send_all(producer, messages), timeout_seconds)

@@ -23,10 +23,11 @@ No card event carries a card number: the token and the last four digits only (in
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, alias_generators
@@ -65,7 +66,8 @@ OBJECT_REF_PATTERN: Final = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # namespace/name
 )
 PostingType = Literal["Purchase", "Refund", "Payment", "Fee", "Adjustment"]
-ObjectRef = Annotated[str, Field(pattern=OBJECT_REF_PATTERN, max_length=317)]
+OBJECT_REF_LENGTH_MAX: Final = 317
+ObjectRef = Annotated[str, Field(pattern=OBJECT_REF_PATTERN, max_length=OBJECT_REF_LENGTH_MAX)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 AmountMinor = Annotated[StrictInt, Field(ge=1, le=AMOUNT_MINOR_MAX)]
 RateBps = Annotated[StrictInt, Field(ge=0, le=RATE_BPS_MAX)]
@@ -920,3 +922,146 @@ def posting_facts(raw: bytes | None) -> PostingFacts | None:
     ):
         return None
     return PostingFacts(uuid.UUID(wire.id), wire.type, moment, data)
+
+
+# --- Canonical posting events: the relay's exact bytes, matched without a JSON parser -----------
+
+# The relay writes every event as canonical JSON (sorted keys, no spaces; envelope.encode_stored).
+# For the two posting types that spelling is fixed up to the values, so one regular expression
+# over the raw text checks the whole event and yields its fields. Every string it admits is
+# drawn from a class without quote, backslash or control characters (free text: printable ASCII
+# only), so the raw text IS the decoded value; every number is a plain JSON integer. Anything
+# else (escapes, non-ASCII text, extra extensions, other key orders, spaces) does not match and
+# goes to the pydantic decoders, which have the last word.
+_REF = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?/[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?"
+_KIND = r"(?:Purchase|Refund|Payment|Fee|Adjustment)"
+_PRINTABLE = r"[ !#-\[\]-~]"  # printable ASCII but '"' and '\'
+_TIME = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_HEAD = (
+    rf'\{{"data":\{{"amount":([1-9][0-9]{{0,15}}),"card":"({_REF})","currency":"([A-Z]{{3}})",'
+    rf'"earnOn":\[((?:"{_KIND}"(?:,"{_KIND}"){{0,4}})?)\],"journalId":([1-9][0-9]{{0,18}}),'
+)
+_TAIL = (
+    r'"rewardsRateBps":(0|[1-9][0-9]{0,4})\},"datacontenttype":"application/json",'
+    r'"id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
+    r'"partitionkey":"\2","source":"/fintech-operator/ledger","specversion":"1\.0",'
+    rf'"subject":"(namespaces/[a-z0-9](?:[-a-z0-9]*[a-z0-9])?/postings/[^"]*)",'
+    rf'"time":"({_TIME})",'
+)
+# Groups: 1 amount, 2 card, 3 currency, 4 earnOn, 5 journalId, 6 posting, 7 postingType,
+# then (reversed only) 8 reversedPosting, 9 reversesJournalId; then rate, id, subject, time.
+_CANONICAL_POSTED: Final = re.compile(
+    _HEAD + rf'(?:"merchant":\{{(?:"country":"[A-Z]{{2}}",)?(?:"mcc":"[0-9]{{4}}",)?'
+    rf'"name":"{_PRINTABLE}{{1,128}}"\}},)?"occurredAt":"{_TIME}",'
+    rf'"posting":"({_REF})","postingType":"({_KIND})",(?:"reference":"{_PRINTABLE}{{1,128}}",)?'
+    + _TAIL
+    + r'"type":"dev\.fintech\.posting\.posted\.v1"\}'
+)
+_CANONICAL_REVERSED: Final = re.compile(
+    _HEAD + rf'"occurredAt":"{_TIME}","posting":"({_REF})","postingType":"({_KIND})",'
+    rf'"reason":"{_PRINTABLE}{{1,{REASON_MAX_LENGTH}}}","reversedPosting":"({_REF})",'
+    r'"reversesJournalId":([1-9][0-9]{0,18}),'
+    + _TAIL
+    + r'"type":"dev\.fintech\.posting\.reversed\.v1"\}'
+)
+_SUBJECT_RE: Final = re.compile(envelope.SUBJECT_PATTERN)
+_POSTED_END: Final = b'"type":"dev.fintech.posting.posted.v1"}'
+_REVERSED_END: Final = b'"type":"dev.fintech.posting.reversed.v1"}'
+_BIGINT_MAX: Final = 2**63 - 1
+
+
+class CanonicalPosting(NamedTuple):
+    """A posting event's facts as the rewards consumer needs them (from the raw bytes)."""
+
+    event_id: str  # lowercase and hyphenated: as str(uuid.UUID) spells it
+    type: str
+    moment: datetime.datetime
+    card: str
+    posting: str
+    journal_id: int
+    posting_type: str
+    amount: int
+    currency: str
+    rewards_rate_bps: int
+    earn_on: frozenset[str]
+    reverses_journal_id: int | None
+
+
+def canonical_posting(raw: bytes | None) -> CanonicalPosting | None:
+    """A posting event in the relay's canonical spelling, checked and split by one regular
+    expression; ``None`` when it is not exactly that (the caller then asks
+    :func:`posting_facts` or :func:`decode`, which accept or explain).
+
+    Never looser than :func:`decode`: a property test mutates real events and requires that
+    whatever this accepts, :func:`decode` accepts with the same facts.
+    """
+    if raw is None or len(raw) > envelope.EVENT_BYTES_MAX:
+        return None
+    if raw.endswith(_POSTED_END):
+        pattern, reversal = _CANONICAL_POSTED, False
+    elif raw.endswith(_REVERSED_END):
+        pattern, reversal = _CANONICAL_REVERSED, True
+    else:
+        return None
+    try:
+        match = pattern.fullmatch(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    return None if match is None else _canonical_facts(match.groups(), reversal)
+
+
+def _canonical_facts(groups: tuple[str, ...], reversal: bool) -> CanonicalPosting | None:
+    """The matched fields, once the bounds a pattern cannot state hold (else ``None``)."""
+    amount_text, card, currency, earn_on_text, journal, posting, posting_type, *rest = groups
+    reversed_posting, reverses_text = (rest.pop(0), rest.pop(0)) if reversal else ("", "0")
+    rate_text, event_id, subject, time = rest
+    amount, rate = int(amount_text), int(rate_text)
+    journal_id, reverses = int(journal), int(reverses_text)
+    earn_on = _earn_on(earn_on_text)
+    if (
+        earn_on is None
+        or amount > AMOUNT_MINOR_MAX
+        or rate > RATE_BPS_MAX
+        or max(journal_id, reverses) > _BIGINT_MAX
+        or max(len(card), len(posting), len(reversed_posting)) > OBJECT_REF_LENGTH_MAX
+        or len(subject) > envelope.STRING_MAX_LENGTH
+        or not _SUBJECT_RE.fullmatch(subject)
+    ):
+        return None
+    try:  # the pattern checks the shape; this refuses impossible dates such as 2026-02-30
+        moment = datetime.datetime.fromisoformat(time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return CanonicalPosting(
+        event_id,
+        POSTING_REVERSED if reversal else POSTING_POSTED,
+        moment,
+        card,
+        posting,
+        journal_id,
+        posting_type,
+        amount,
+        currency,
+        rate,
+        earn_on,
+        reverses if reversal else None,
+    )
+
+
+# The distinct spellings of earnOn are few; each is split and checked once.
+_EARN_ON_SEEN: dict[str, frozenset[str] | None] = {}
+_EARN_ON_SEEN_MAX: Final = 1024
+
+
+def _earn_on(text: str) -> frozenset[str] | None:
+    """``earnOn``'s types, or ``None`` when one is listed twice (the model refuses that)."""
+    if text in _EARN_ON_SEEN:
+        return _EARN_ON_SEEN[text]
+    names = [name.strip('"') for name in text.split(",")] if text else []
+    result = frozenset(names) if len(set(names)) == len(names) else None
+    if len(_EARN_ON_SEEN) < _EARN_ON_SEEN_MAX:
+        _EARN_ON_SEEN[text] = result
+    return result

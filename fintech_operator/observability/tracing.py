@@ -298,6 +298,9 @@ class TracedConnection(psycopg.AsyncConnection[Row]):
 
 
 def _span_context_of(headers: Iterable[tuple[str, bytes]] | None) -> trace.SpanContext | None:
+    headers = tuple(headers or ())
+    if not any(key == "traceparent" for key, _ in headers):
+        return None  # what the propagators extract from no traceparent, without asking them
     ctx = trace.get_current_span(context_from_kafka(headers)).get_span_context()
     return ctx if ctx.is_valid else None
 

@@ -4,19 +4,26 @@ Points accrue on posted Purchases and on CAPTURED authorization amounts
 (``authorization.captured``, including force posts): a hold earns nothing until it is captured,
 and a hold that is voided or expires never earns. Refunds (Refund postings) take points back.
 
-Exactly once in effect. Each poll's records are applied in ONE PostgreSQL transaction
-that also records every event id in ``processed_events``; offsets are committed to
-Kafka only after that transaction committed. A crash before the commit loses nothing
-(the records come again); a crash after it and before the offset commit replays
-records whose ids are already recorded, and they change nothing.
+Exactly once in effect. Each poll's records are applied in ONE PostgreSQL statement and
+transaction that also records every event id in ``processed_events``; that batch's offsets
+are committed to Kafka only after the transaction committed. A crash before the commit loses
+nothing (the records come again); a crash after it and before the offset commit replays
+records whose ids are already recorded, and they change nothing. While one batch is being
+applied the next poll is fetched and decoded (never applied) so Python and PostgreSQL work at
+the same time; only that batch's own offsets are committed.
+
+Decoding. The relay writes each event as canonical JSON; a posting event spelled exactly so is
+checked and split by one regular expression (``schema.canonical_posting``), anything else goes
+through the pydantic decoders, which have the last word (a property test holds the two
+together).
 
 Poison. A message that is not a valid event of a known type, or whose amounts break
 the points rule, goes to ``postings.rewards.dlq`` with the reason in the ``dlq-reason``
 header, and the batch goes on. If the database refuses the batch for one event's data
-(a constraint), the batch is retried one event per transaction to find it, and only
-that event is dead-lettered. An unreachable database is retried a bounded number of
-times, then the process exits non-zero for its supervisor to restart (the records
-are not committed, so they come again).
+(a constraint), the batch is split in halves, each in its own transaction, and a refused half
+again, until the refused events are alone; only they are dead-lettered. An unreachable
+database is retried a bounded number of times, then the process exits non-zero for its
+supervisor to restart (the records are not committed, so they come again).
 
 It runs as its own process, ``fintech-operator rewards``, in a consumer group that
 scales with the topic's partitions.
@@ -25,6 +32,7 @@ scales with the topic's partitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,17 +156,76 @@ def _plan_capture(
     return Planned(record, entry)
 
 
+@dataclass
+class Decoded:
+    """A batch's records sorted out: the rows to apply (with the record of each), the poison."""
+
+    rows: list[store.Row]
+    sources: list[Any]
+    poisons: list[deadletter.Poison]
+
+
+def decode_batch(records: Sequence[Any]) -> Decoded:
+    """Each record's row (pure): the relay's canonical posting events by one regular
+    expression each, anything else through :func:`plan`; authorization steps that move no
+    money give no row."""
+    decoded = Decoded([], [], [])
+    for record in records:
+        row = _canonical_row(record.value)
+        if row is None:
+            result = plan(record)
+            if isinstance(result, deadletter.Poison):
+                decoded.poisons.append(result)
+                continue
+            if result is None:
+                continue
+            row = result.entry.row
+        decoded.rows.append(row)
+        decoded.sources.append(record)
+    return decoded
+
+
+def _canonical_row(raw: bytes | None) -> store.Row | None:
+    """The row of a canonical posting event, or ``None`` for :func:`plan` to judge."""
+    facts = schema.canonical_posting(raw)
+    if facts is None:
+        return None
+    try:
+        signed = points.for_posting(
+            facts.posting_type,
+            facts.amount,
+            facts.rewards_rate_bps,
+            facts.earn_on,
+            is_reversal=facts.reverses_journal_id is not None,
+        )
+    except points.PointsError:
+        return None  # plan() says why, as a Poison
+    return (
+        facts.event_id,
+        facts.card,
+        facts.journal_id,
+        store.kind_of(signed),
+        signed,
+        facts.amount,
+        facts.currency,
+        facts.rewards_rate_bps,
+        facts.posting,
+        facts.type,
+        facts.posting_type,
+        facts.reverses_journal_id,
+        facts.moment,
+    )
+
+
 async def apply_batch(
-    pool: AsyncConnectionPool[Any], planned: Sequence[Planned], attempts_max: int
+    pool: AsyncConnectionPool[Any], decoded: Decoded, attempts_max: int
 ) -> tuple[int, list[deadletter.Poison]]:
     """Apply in one transaction; return (events applied now, events the database refused)."""
     for attempt in range(1, attempts_max + 1):
         try:
-            async with pool.connection() as conn, conn.transaction():
-                applied = await store.apply(conn, CONSUMER_NAME, [p.entry for p in planned])
-            return len(applied), []
+            return await _apply(pool, decoded.rows), []
         except _DATA_ERRORS:
-            return await _apply_one_by_one(pool, planned)
+            return await _bisect(pool, decoded.rows, decoded.sources)
         except psycopg.OperationalError:
             if attempt == attempts_max:
                 raise
@@ -167,18 +234,32 @@ async def apply_batch(
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-async def _apply_one_by_one(
-    pool: AsyncConnectionPool[Any], planned: Sequence[Planned]
+async def _apply(pool: AsyncConnectionPool[Any], rows: Sequence[store.Row]) -> int:
+    async with pool.connection() as conn, conn.transaction():
+        return await store.apply_rows(conn, CONSUMER_NAME, rows)
+
+
+async def _bisect(
+    pool: AsyncConnectionPool[Any], rows: Sequence[store.Row], sources: Sequence[Any]
 ) -> tuple[int, list[deadletter.Poison]]:
-    applied = 0
-    refused: list[deadletter.Poison] = []
-    for item in planned:
+    """The database refused ``rows`` together: apply each half in its own transaction and
+    split a refused half again, down to the single events it refuses (about log2(n)
+    transactions per refused event instead of one per event)."""
+    middle = len(rows) // 2
+    applied, refused = 0, list[deadletter.Poison]()
+    for part in (slice(0, middle), slice(middle, None)):
+        part_rows, part_sources = rows[part], sources[part]
+        if not part_rows:
+            continue
         try:
-            async with pool.connection() as conn, conn.transaction():
-                applied += len(await store.apply(conn, CONSUMER_NAME, [item.entry]))
+            applied += await _apply(pool, part_rows)
         except _DATA_ERRORS as exc:
+            if len(part_rows) > 1:
+                more, more_refused = await _bisect(pool, part_rows, part_sources)
+                applied, refused = applied + more, refused + more_refused
+                continue
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            refused.append(deadletter.Poison(item.record, f"refused by the database: {reason}"))
+            refused.append(deadletter.Poison(part_sources[0], f"refused by the database: {reason}"))
     return applied, refused
 
 
@@ -188,24 +269,18 @@ async def process(
     producer: AIOKafkaProducer,
     records: Sequence[Any],
     *,
+    decoded: Decoded,
     prefix: str,
     attempts_max: int,
 ) -> Outcome:
-    """Dead-letter what cannot apply, apply the rest in one transaction."""
-    planned: list[Planned] = []
-    poisons: list[deadletter.Poison] = []
-    for record in records:
-        result = plan(record)
-        if isinstance(result, Planned):
-            planned.append(result)
-        elif result is not None:
-            poisons.append(result)
-    applied, refused = await apply_batch(pool, planned, attempts_max) if planned else (0, [])
-    poisons += refused
+    """Dead-letter what cannot apply, apply the rest (``decoded``, from ``records``) in one
+    transaction."""
+    applied, refused = await apply_batch(pool, decoded, attempts_max) if decoded.rows else (0, [])
+    poisons = decoded.poisons + refused
     await consuming.dead_letter(producer, poisons, consumer=CONSUMER_NAME, prefix=prefix)
     return Outcome(
         applied=applied,
-        duplicates=len(planned) - len(refused) - applied,
+        duplicates=len(decoded.rows) - len(refused) - applied,
         dead_lettered=len(poisons),
     )
 
@@ -231,30 +306,76 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     await consumer.start()
     log.info("rewards consumer started in group %s", group_id)
     try:
-        async for records in consuming.batches(
-            consumer, stop, records_max=settings.consumer_batch_size
-        ):
-            outcome = await process(
-                pool,
-                producer,
-                records,
-                prefix=settings.topic_prefix,
-                attempts_max=settings.consumer_max_attempts,
-            )
-            # Only now, with the batch's transaction committed. A commit lost to a rebalance
-            # or a broker error redelivers records already in processed_events: no effect.
-            await consuming.commit(consumer, on_failure="the batch will be redelivered and skipped")
-            log.info(
-                "batch of %d: %d applied, %d duplicates, %d dead-lettered",
-                len(records),
-                outcome.applied,
-                outcome.duplicates,
-                outcome.dead_lettered,
-            )
+        await _pipeline(consumer, pool, producer, settings, stop)
     finally:
         await consumer.stop()
         await producer.stop()
         await pool.close()
+
+
+async def _pipeline(
+    consumer: AIOKafkaConsumer,
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    settings: config.Settings,
+    stop: asyncio.Event,
+) -> None:
+    """Poll and decode the next batch while the previous one's transaction runs.
+
+    At most one batch is being applied at a time, in poll order, and a batch's offsets are
+    committed only after its transaction committed and its dead letters were acknowledged.
+    """
+    in_flight: asyncio.Task[None] | None = None
+    try:
+        async for records in consuming.batches(
+            consumer, stop, records_max=settings.consumer_batch_size
+        ):
+            decoded = decode_batch(records)  # pure Python, while PostgreSQL works
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(
+                _apply_and_commit(consumer, pool, producer, records, decoded, settings)
+            )
+        if in_flight is not None:
+            await in_flight
+    finally:
+        if in_flight is not None and not in_flight.done():
+            in_flight.cancel()  # rolled back: its records were not committed and come again
+            with contextlib.suppress(asyncio.CancelledError):
+                await in_flight
+
+
+async def _apply_and_commit(
+    consumer: AIOKafkaConsumer,
+    pool: AsyncConnectionPool[Any],
+    producer: AIOKafkaProducer,
+    records: Sequence[Any],
+    decoded: Decoded,
+    settings: config.Settings,
+) -> None:
+    outcome = await process(
+        pool,
+        producer,
+        records,
+        decoded=decoded,
+        prefix=settings.topic_prefix,
+        attempts_max=settings.consumer_max_attempts,
+    )
+    # Only now, with the batch's transaction committed, and only this batch's offsets (the
+    # next poll's records are already fetched). A commit lost to a rebalance or a broker error
+    # redelivers records already in processed_events: no effect.
+    await consuming.commit(
+        consumer,
+        offsets=consuming.offsets_of(records),
+        on_failure="the batch will be redelivered and skipped",
+    )
+    log.info(
+        "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+        len(records),
+        outcome.applied,
+        outcome.duplicates,
+        outcome.dead_lettered,
+    )
 
 
 def main(group_id: str) -> int:

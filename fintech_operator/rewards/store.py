@@ -1,7 +1,7 @@
 """The rewards tables: the consumer's batch write, and the reads the operator makes.
 
-:func:`apply` records a batch of events in ``processed_events`` and their points in
-``rewards_ledger`` in the caller's transaction; a trigger (migration 0021) moves
+:func:`apply_rows` records a batch of events in ``processed_events`` and their points in
+``rewards_ledger`` in the caller's transaction, in one statement; a trigger (migration 0021) moves
 ``rewards_balances`` in the same transaction. Events already recorded for the consumer
 are skipped, so a redelivered batch changes nothing.
 """
@@ -14,28 +14,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 import psycopg
 
-_MARK: Final = """
-INSERT INTO processed_events (consumer, event_id)
-SELECT %s, id FROM unnest(%s::uuid[]) AS t(id)
-ON CONFLICT DO NOTHING
-RETURNING event_id
+# One statement per batch: the rows arrive as one JSON array (one parameter, encoded in C), the
+# processed-events marks and the points rows are written together, and only events not yet
+# marked for the consumer get points. Data-modifying CTEs all run, whether read or not.
+_APPLY: Final = """
+WITH batch AS (
+    SELECT n, (r->>0)::uuid AS event_id, r->>1 AS card, (r->>2)::bigint AS journal_id,
+           r->>3 AS kind, (r->>4)::bigint AS points, (r->>5)::bigint AS amount_minor,
+           r->>6 AS currency, (r->>7)::int AS rate_bps, r->>8 AS posting, r->>9 AS event_type,
+           r->>10 AS posting_type, (r->>11)::bigint AS reverses_journal_id,
+           (r->>12)::timestamptz AS occurred_at
+      FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS b(r, n)
+), fresh AS (
+    INSERT INTO processed_events (consumer, event_id)
+    SELECT %(consumer)s, event_id FROM batch ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), accrued AS (
+    INSERT INTO rewards_ledger
+      (event_id, card, journal_id, kind, points, amount_minor, currency, rate_bps,
+       posting, event_type, posting_type, reverses_journal_id, occurred_at)
+    SELECT event_id, card, journal_id, kind, points, amount_minor, currency, rate_bps,
+           posting, event_type, posting_type, reverses_journal_id, occurred_at
+      FROM batch JOIN fresh USING (event_id)
+     WHERE points <> 0
+     ORDER BY n
+    RETURNING 1
+)
+SELECT count(*) FROM fresh
 """
-_ACCRUE: Final = """
-INSERT INTO rewards_ledger
-  (event_id, card, journal_id, kind, points, amount_minor, currency, rate_bps,
-   posting, event_type, posting_type, reverses_journal_id, occurred_at)
-SELECT event_id, card, journal_id, kind, points, amount_minor, currency, rate_bps,
-       posting, event_type, posting_type, reverses_journal_id, occurred_at
-  FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[],
-              %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-              %s::timestamptz[])
-       WITH ORDINALITY AS r(event_id, card, journal_id, kind, points, amount_minor, currency,
-                            rate_bps, posting, event_type, posting_type, reverses_journal_id,
-                            occurred_at, n)
- ORDER BY n
-"""
+# What one event does, in _APPLY's column order: event id, card, journal id, kind, points,
+# amount_minor, currency, rate_bps, posting, event type, posting type, reverses journal id,
+# occurred at. A tuple, not an object: a batch holds thousands.
+Row = tuple[
+    str, str, int, str, int, int, str, int, str | None, str, str, int | None, datetime.datetime
+]
+
+
+def kind_of(points: int) -> str:
+    """``accrual`` for points earned, ``reversal`` for points taken back."""
+    return "accrual" if points > 0 else "reversal"
 
 
 @dataclass(frozen=True)
@@ -57,43 +78,46 @@ class Entry:
 
     @property
     def kind(self) -> str:
-        return "accrual" if self.points > 0 else "reversal"
+        return kind_of(self.points)
+
+    @property
+    def row(self) -> Row:
+        return (
+            str(self.event_id),
+            self.card,
+            self.journal_id,
+            self.kind,
+            self.points,
+            self.amount_minor,
+            self.currency,
+            self.rate_bps,
+            self.posting,
+            self.event_type,
+            self.posting_type,
+            self.reverses_journal_id,
+            self.occurred_at,
+        )
 
 
-async def apply(
-    conn: psycopg.AsyncConnection[Any], consumer: str, entries: Sequence[Entry]
-) -> list[Entry]:
-    """Record ``entries`` not yet processed by ``consumer``; return those applied now.
+async def apply(conn: psycopg.AsyncConnection[Any], consumer: str, entries: Sequence[Entry]) -> int:
+    """:func:`apply_rows` of ``entries``."""
+    return await apply_rows(conn, consumer, [entry.row for entry in entries])
+
+
+async def apply_rows(conn: psycopg.AsyncConnection[Any], consumer: str, rows: Sequence[Row]) -> int:
+    """Record ``rows`` not yet processed by ``consumer`` in one statement; return how many
+    were applied now (an event id already recorded, or repeated in ``rows``, applies once).
 
     Run inside the caller's transaction: the marks and the points commit together.
     """
-    unique: dict[uuid.UUID, Entry] = {}
-    for entry in entries:
-        unique.setdefault(entry.event_id, entry)
+    unique: dict[str, Row] = {}
+    for row in rows:
+        unique.setdefault(row[0], row)  # the first of each event id
     if not unique:
-        return []
-    cur = await conn.execute(_MARK, (consumer, list(unique)))
-    fresh = {row[0] for row in await cur.fetchall()}
-    applied = [entry for event_id, entry in unique.items() if event_id in fresh]
-    rows = [entry for entry in applied if entry.points != 0]
-    if rows:
-        columns = (
-            [e.event_id for e in rows],
-            [e.card for e in rows],
-            [e.journal_id for e in rows],
-            [e.kind for e in rows],
-            [e.points for e in rows],
-            [e.amount_minor for e in rows],
-            [e.currency for e in rows],
-            [e.rate_bps for e in rows],
-            [e.posting for e in rows],
-            [e.event_type for e in rows],
-            [e.posting_type for e in rows],
-            [e.reverses_journal_id for e in rows],
-            [e.occurred_at for e in rows],
-        )
-        await conn.execute(_ACCRUE, columns)
-    return applied
+        return 0
+    params = {"rows": orjson.dumps(list(unique.values())).decode(), "consumer": consumer}
+    found = await (await conn.execute(_APPLY, params)).fetchone()
+    return int(found[0]) if found else 0
 
 
 async def points_balance(conn: psycopg.AsyncConnection[Any], card: str) -> int:

@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
-from fintech_operator.events import kafka, outbox, relay, schema, topics
+from fintech_operator.events import envelope, kafka, outbox, relay, schema, topics
 from fintech_operator.ledger import engine
 from fintech_operator.rewards import consumer, store
 from tests.conftest import RunningPlatform
@@ -206,6 +208,91 @@ async def _applied(database_url: str, event_ids: list[uuid.UUID]) -> bool:
         event_ids,
     )
     return int(count) == len(event_ids)
+
+
+async def test_duplicates_poison_and_a_refused_event_in_one_batch_apply_each_event_once(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One poll holding the relay's four events, then a copy of the first, garbage, an event
+    whose journal does not exist (valid JSON, refused by the database's foreign key) and a copy
+    of the second; later, a third copy of the first. Each good event is applied once, the copies
+    count as duplicates, the garbage and the refused event go to the dead-letter topic with
+    their reasons, and the rest of the batch is applied in spite of them."""
+    prefix = new_prefix()  # a topic of its own: exact counts
+    settings = settings_for(platform_running, migrated_database_url, prefix)
+    await kafka.ensure_topics(settings)
+    ns, topic = "batch", topics.qualified(topics.POSTINGS, prefix)
+    async with open_pool(migrated_database_url) as pool:
+        await open_cards(pool, ns, ("alice",))
+        good = [await post(pool, ns, "alice", amount_minor=1_000 * (i + 1)) for i in range(4)]
+        async with running_relay(settings, pool):
+            await eventually("the four events published", lambda: drain(migrated_database_url))
+    published = [
+        relay.to_message(1, str(e.event_id), e.topic, e.key, e.payload, {}, j, prefix).value
+        for j, e in good
+    ]
+    assert all(schema.canonical_posting(v) is not None for v in published)  # the fast path
+    orphan = json.loads(published[2])
+    orphan["id"], orphan["data"]["journalId"] = str(uuid.uuid4()), 999_999_999
+    refused = envelope.encode_stored(orphan)
+    garbage = b"\x00not json"
+    await _produce(platform_running, topic, [published[0], garbage, refused, published[1]])
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    ids = [e.event_id for _, e in good]
+    with caplog.at_level(logging.INFO, logger=consumer.__name__):
+        async with running_consumer(settings, group):
+            await eventually(
+                "the good events applied", lambda: _applied(migrated_database_url, ids)
+            )
+            await _produce(platform_running, topic, [published[0]])  # a later batch
+            await eventually("all nine records handled", lambda: _caught_up(settings, group, 9))
+    url = migrated_database_url
+    ledger = "SELECT count(*), sum(points) FROM rewards_ledger WHERE event_id = ANY(%s)"
+    marks = "SELECT count(*) FROM processed_events WHERE event_id = ANY(%s)"
+    assert await _row(url, ledger, ids) == (4, 10 + 20 + 30 + 40)
+    assert await scalar(url, marks, ids) == 4
+    assert await scalar(url, "SELECT count(*) FROM rewards_balance_drift") == 0
+    assert not await _applied(migrated_database_url, [uuid.UUID(orphan["id"])])
+    dlq = await read_topic(
+        platform_running.kafka_bootstrap_servers,
+        topics.qualified(topics.dead_letter(topics.POSTINGS, topics.REWARDS), prefix),
+        2,
+    )
+    reasons = {r.value: dict(r.headers)["dlq-reason"].decode() for r in dlq}
+    assert reasons.keys() == {garbage, refused}
+    assert reasons[garbage].startswith("invalid event")
+    assert reasons[refused].startswith("refused by the database"), reasons[refused]
+    assert "foreign key" in reasons[refused]
+    batches = re.findall(
+        r"batch of (\d+): (\d+) applied, (\d+) duplicates, (\d+) dead-lettered", caplog.text
+    )
+    assert batches[0] == ("8", "4", "2", "2")  # the first poll: all eight, in one batch
+    totals = [sum(int(b[i]) for b in batches) for i in range(4)]
+    assert totals == [9, 4, 3, 2]
+
+
+async def _row(database_url: str, query: str, *params: Any) -> tuple[Any, ...]:
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        await cur.execute(query, params)
+        row = await cur.fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+async def _produce(plat: RunningPlatform, topic: str, values: list[bytes]) -> None:
+    """Each value to ``topic`` on alice's key (the relay's partition for her events)."""
+    producer = AIOKafkaProducer(bootstrap_servers=plat.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"batch/alice")
+    finally:
+        await producer.stop()
 
 
 async def test_consumer_killed_mid_batch_applies_everything_exactly_once(

@@ -14,7 +14,7 @@ BASE = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS"
 def test_defaults_are_bounded() -> None:
     """With only the two connection strings set, every limit has its documented default."""
     settings = config.load(BASE)
-    assert settings.relay_batch_size == 500
+    assert settings.relay_batch_size == 5_000
     assert settings.db_pool_max_size == 8
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
 from fintech_operator import config
@@ -165,6 +166,46 @@ async def test_a_failed_commit_is_logged_not_raised(
         await consuming.commit(commits, on_failure="the batch will be redelivered")  # type: ignore[arg-type]
     assert commits.commits == 1
     assert logged in caplog.text
+
+
+class Assigned:
+    """A consumer assigned ``partitions`` that records the offsets it is asked to commit."""
+
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        self.partitions = partitions
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.partitions
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(dict(offsets))
+
+
+def test_a_batchs_offsets_are_each_partitions_last_plus_one() -> None:
+    records = [
+        Record(b"a", partition=0, offset=7),
+        Record(b"b", partition=1, offset=3),
+        Record(b"c", partition=0, offset=8),
+        Record(b"d", topic="authorizations", partition=0, offset=41),
+    ]
+    assert consuming.offsets_of(records) == {
+        TopicPartition("postings", 0): 9,
+        TopicPartition("postings", 1): 4,
+        TopicPartition("authorizations", 0): 42,
+    }
+
+
+async def test_only_a_batchs_own_offsets_of_assigned_partitions_are_committed() -> None:
+    """The next poll's records are already fetched while a batch is applied: committing "all
+    consumed" would cover records not applied yet. A revoked partition's records are its new
+    owner's to read again."""
+    p0, p1 = TopicPartition("postings", 0), TopicPartition("postings", 1)
+    kafka = Assigned({p0})
+    await consuming.commit(kafka, offsets={p0: 9, p1: 4}, on_failure="x")  # type: ignore[arg-type]
+    assert kafka.committed == [{p0: 9}]
+    await consuming.commit(kafka, offsets={p1: 5}, on_failure="x")  # type: ignore[arg-type]
+    assert kafka.committed == [{p0: 9}]  # nothing assigned: no commit at all
 
 
 async def test_a_commit_error_that_is_not_kafka_propagates() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fintech_operator.events import deadletter
+from fintech_operator.events import deadletter, envelope, schema
 from fintech_operator.rewards import consumer
 from tests.unit.test_events_schema import posted, reversed_, wire
 
@@ -182,3 +182,45 @@ def test_a_capture_without_its_journal_is_poison() -> None:
     )  # fmt: skip
     poison = consumer.plan(Record(json.dumps(event).encode(), topic="authorizations"))
     assert isinstance(poison, deadletter.Poison)
+
+
+# --- A whole poll at once ----------------------------------------------------------------------
+
+
+def canonical_record(event: dict[str, Any], offset: int = 0) -> Record:
+    """The record the relay publishes: canonical bytes."""
+    return Record(envelope.encode_stored(event), offset=offset)
+
+
+def test_a_batch_gives_the_same_rows_by_either_path() -> None:
+    """The canonical path (one regular expression) and plan() (pydantic) agree row for row."""
+    events = [
+        wire(posted(), journal_id=7),
+        wire(posted(posting_type="Refund", event_id=uuid.uuid4()), journal_id=9),
+        wire(posted(posting_type="Payment", event_id=uuid.uuid4()), journal_id=10),
+        wire(reversed_(), journal_id=8),
+    ]
+    fast = consumer.decode_batch([canonical_record(e) for e in events])
+    slow = consumer.decode_batch([record_of(e) for e in events])  # spaces: not canonical
+    assert all(schema.canonical_posting(r.value) is not None for r in fast.sources)
+    assert all(schema.canonical_posting(r.value) is None for r in slow.sources)
+    assert fast.rows == slow.rows
+    assert [row[4] for row in fast.rows] == [125, -125, 0, -125]
+    assert [row[3] for row in fast.rows] == ["accrual", "reversal", "reversal", "reversal"]
+
+
+def test_poison_in_the_middle_of_a_batch_is_set_aside_and_the_rest_keeps_its_order() -> None:
+    first = wire(posted(event_id=uuid.uuid4()))
+    last = wire(posted(event_id=uuid.uuid4(), amount_minor=700))
+    bad_amount = {**first, "id": str(uuid.uuid4()), "data": {**first["data"], "amount": 12.5}}
+    records = [
+        canonical_record(first, 0),
+        Record(b"\x00not json", offset=1),
+        Record(json.dumps(bad_amount).encode(), offset=2),
+        canonical_record(last, 3),
+    ]
+    decoded = consumer.decode_batch(records)
+    assert [r.offset for r in decoded.sources] == [0, 3]
+    assert [row[0] for row in decoded.rows] == [first["id"], last["id"]]
+    assert [p.record.offset for p in decoded.poisons] == [1, 2]
+    assert all(p.reason.startswith("invalid event") for p in decoded.poisons)
