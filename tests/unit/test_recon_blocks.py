@@ -39,8 +39,8 @@ def test_an_endless_line_is_refused_at_its_line_as_parse_refuses_it() -> None:
         list(blocks.cut(chunks(), line_chars_max=50_000))
     with pytest.raises(model.SourceError) as single:
         list(parse.split_lines(chunks(), line_chars_max=50_000))
-    assert bulk.value.message == single.value.message == (
-        "line 3: line longer than 50000 characters"
+    assert (
+        bulk.value.message == single.value.message == ("line 3: line longer than 50000 characters")
     )
     assert bulk.value.line_no == 3
 
