@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 # The journals table allows references up to 512 characters (Posting.spec.reference up to 128).
@@ -98,14 +98,27 @@ class SourceError(Exception):
     place (line, key, URL) so a person can fix the file.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, line_no: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # Where in the source it was found, when it has a place: a bulk load that meets it
+        # still reports an earlier bad record first, as reading record by record would.
+        self.line_no = line_no
 
 
 class Interrupted(Exception):
     """The run was asked to stop (operator shutdown); nothing it did was committed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSource:
+    """A source file as text, loaded in bulk: ``chunks`` opens it (again, when a load must
+    start over) and yields its text in pieces; ``format`` is ``csv`` or ``json``."""
+
+    format: str
+    chunks: Callable[[], Iterator[str]]
+    records_max: int
 
 
 @dataclasses.dataclass(frozen=True)

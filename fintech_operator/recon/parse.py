@@ -36,7 +36,7 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _malformed(line_no: int, message: str) -> model.SourceError:
-    return model.SourceError("SourceMalformed", f"line {line_no}: {message}")
+    return model.SourceError("SourceMalformed", f"line {line_no}: {message}", line_no)
 
 
 def split_lines(chunks: Iterable[str], line_chars_max: int = LINE_CHARS_MAX) -> Iterator[str]:
@@ -126,12 +126,16 @@ def record(line_no: int, fields: Mapping[str, object]) -> model.Record:
     )
 
 
+def too_large(records_max: int, line_no: int | None = None) -> model.SourceError:
+    return model.SourceError(
+        "SourceTooLarge", f"more than {records_max} records (the configured limit)", line_no
+    )
+
+
 def _limited(records: Iterator[model.Record], records_max: int) -> Iterator[model.Record]:
     for count, found in enumerate(records, start=1):
         if count > records_max:
-            raise model.SourceError(
-                "SourceTooLarge", f"more than {records_max} records (the configured limit)"
-            )
+            raise too_large(records_max, found.line_no)
         yield found
 
 
@@ -142,22 +146,33 @@ def parse_csv(lines: Iterable[str], records_max: int) -> Iterator[model.Record]:
 
 
 def _csv_records(reader: Iterator[list[str]]) -> Iterator[model.Record]:
+    header = csv_header(reader)
+    return csv_rows(reader, columns_of(header), len(header))
+
+
+def csv_header(reader: Iterator[list[str]]) -> list[str]:
+    """The header row of a CSV reader (line 1)."""
     try:
-        header = next(reader)
+        return next(reader)
     except StopIteration:
         raise _malformed(1, "the CSV source is empty; it needs a header row") from None
     except csv.Error as exc:
         raise _malformed(1, f"bad CSV: {exc}") from None
-    columns = _columns(header)
-    width = len(header)
+
+
+def csv_rows(
+    reader: Iterator[list[str]], columns: Mapping[str, int], width: int, lines_before: int = 0
+) -> Iterator[model.Record]:
+    """Records of the rows after the header; ``lines_before`` is added to the reader's line
+    numbers when it starts part way through the source."""
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise _malformed(_line_of(reader), f"bad CSV: {exc}") from None
-        line_no = _line_of(reader)
+            raise _malformed(lines_before + _line_of(reader), f"bad CSV: {exc}") from None
+        line_no = lines_before + _line_of(reader)
         if not row or row == [""]:
             continue  # A blank line (often the last one) is not a record.
         if len(row) != width:
@@ -170,7 +185,7 @@ def _line_of(reader: Iterator[list[str]]) -> int:
     return int(line_num)
 
 
-def _columns(header: list[str]) -> dict[str, int]:
+def columns_of(header: list[str]) -> dict[str, int]:
     names = [name.strip() for name in header]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:

@@ -55,27 +55,30 @@ def kube_client() -> kubernetes.client.ApiClient:
 
 def opener(
     spec: api.ReconciliationRunSpec, namespace: str, limits: Limits
-) -> Callable[[], Iterator[model.Record]] | None:
-    """A callable that opens the source and yields its records (called in the worker)."""
+) -> Callable[[], Iterator[model.Record]] | model.TextSource | None:
+    """What the worker loads: a CSV file as a :class:`model.TextSource` (loaded in bulk by
+    PostgreSQL), other sources as a callable yielding their records (called in the worker)."""
     source = spec.source
     if source is None:
         return None
     fmt = spec.format.value
+    if source.inline is not None:
+        inline = source.inline
+        return lambda: _inline(inline)
 
-    def records() -> Iterator[model.Record]:
-        if source.inline is not None:
-            return _inline(source.inline)
+    def chunks() -> Iterator[str]:
         if source.config_map_key_ref is not None:
-            text = _config_map_text(namespace, source.config_map_key_ref)
-            return parse.parse(fmt, [text], limits.records_max)
-        if source.secret_key_ref is not None:
-            text = _secret_text(namespace, source.secret_key_ref)
-            return parse.parse(fmt, [text], limits.records_max)
-        if source.http is not None:
-            return parse.parse(fmt, _http_chunks(namespace, source.http), limits.records_max)
-        raise model.SourceError("InvalidSpec", "source names no records")
+            yield _config_map_text(namespace, source.config_map_key_ref)
+        elif source.secret_key_ref is not None:
+            yield _secret_text(namespace, source.secret_key_ref)
+        elif source.http is not None:
+            yield from _http_chunks(namespace, source.http)
+        else:
+            raise model.SourceError("InvalidSpec", "source names no records")
 
-    return records
+    if fmt == "csv":
+        return model.TextSource(fmt, chunks, limits.records_max)
+    return lambda: parse.parse(fmt, chunks(), limits.records_max)
 
 
 def _inline(items: list[run_api.SettlementRecord]) -> Iterator[model.Record]:
