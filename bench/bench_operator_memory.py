@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.e2e.burst: the same helpers as the burst bench
 
 from fintech_devstack import build, platform  # noqa: E402
+from fintech_operator import api as fintech_api  # noqa: E402
 from fintech_operator.ledger import migrate  # noqa: E402
 from tests.e2e import burst  # noqa: E402
 
@@ -61,8 +62,10 @@ def load_average() -> str:
 
 
 def _wait_storage(api: Any, namespace: str) -> None:
-    """Until cards list: right after its CRD is created the API server answers 429 for a while."""
-    for plural in ("cardproducts", "cards"):
+    """Until every kind lists: right after its CRD is created the API server answers 429
+    "storage is (re)initializing" for a while, and an operator started then can wait on its
+    first listing of one kind for good (every object waits until all kinds are listed)."""
+    for plural in sorted(kind.plural for kind in fintech_api.KINDS):
         for _ in range(120):
             try:
                 burst.phases(api, namespace, plural)

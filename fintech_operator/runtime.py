@@ -122,6 +122,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     )
     memo.settings = app
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
+    memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
