@@ -204,7 +204,10 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
         result["after_steady"] = steady[-1]
         result["cards_json_mib"] = round(cards_json_bytes(api, namespace) / MIB, 1)
         if first is not None:
-            result["top_sites"] = top_sites(first, procs.snapshot(1))
+            last = procs.snapshot(1)
+            result["tracemalloc"] = [json.loads(snap.with_suffix(".json").read_text())
+                                     for snap in (first, last)]  # fmt: skip
+            result["top_sites"] = top_sites(first, last)
     finally:
         procs.stop()
     if "after_steady" in result:
