@@ -100,6 +100,14 @@ def wait_active(api: Any, namespace: str, count: int, timeout_seconds: float) ->
     raise TimeoutError(f"{count} cards not Active after {timeout_seconds} s")
 
 
+def wait_ready_product(api: Any, namespace: str, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while burst.phases(api, namespace, "cardproducts")["Ready"] < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the product not Ready after {timeout_seconds} s")
+        time.sleep(1)
+
+
 def wait_file(path: Path, timeout_seconds: float) -> None:
     deadline = time.monotonic() + timeout_seconds
     while not path.exists():
@@ -184,8 +192,10 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"cards": args.cards, "logs": str(procs.dir),
                               "malloc_arena_max": arenas}  # fmt: skip
     try:
-        time.sleep(10)  # start-up: migrations, topics, watches
         burst.create_all(api, namespace, "cardproducts", [burst.product()])
+        # Ready once the operator has listed every kind: cards created before that all wait
+        # for each other's first indexing (kopf's start-up, quadratic in the objects).
+        wait_ready_product(api, namespace, timeout_seconds=600)
         time.sleep(5)
         result["idle"] = procs.sample()
         first = procs.snapshot(0) if args.tracemalloc else None
