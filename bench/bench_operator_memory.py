@@ -1,7 +1,8 @@
 """The operator's resident memory with many Cards, beside a bare kopf operator (issue 14).
 
     .venv/bin/python bench/bench_operator_memory.py [--cards 10000] [--settle-seconds 60]
-                                                    [--malloc-arena-max 2] [--tracemalloc]
+                                                    [--malloc-arena-max 2] [--probe]
+                                                    [--tracemalloc FRAMES]
 
 Starts its own platform on free ports, runs the operator as a process with its default
 settings, and, beside it on the same namespace, the anchor: a bare kopf operator whose one
@@ -13,10 +14,12 @@ over every card several times). Reports, for both processes, VmRSS and VmHWM (pe
 as the API server returns them (JSON bytes); the ratio product/anchor; the load average.
 
 ``--malloc-arena-max`` sets MALLOC_ARENA_MAX for both processes as the image and the chart do
-(``0`` leaves glibc's default). ``--tracemalloc`` runs the operator under tracemalloc
-(bench/memory_traced_operator.py) and prints the top allocation sites grown between idle and
-the end; its RSS is then not the product's. Numbers on a shared 2-core machine are noisy:
-reported, never asserted.
+(``0`` leaves glibc's default). ``--probe`` runs the operator through
+bench/memory_traced_operator.py, which reports at idle and at the end its live objects by type,
+glibc's heap (in use and free) and pymalloc's arenas (live blocks and total); ``--tracemalloc
+FRAMES`` also traces allocations and prints the top sites grown between idle and the end (its
+RSS is then not the product's: tracing slows the operator several times). Numbers on a shared
+2-core machine are noisy: reported, never asserted.
 """
 
 from __future__ import annotations
@@ -137,8 +140,10 @@ class Processes:
         if args.malloc_arena_max:
             env = {**env, "MALLOC_ARENA_MAX": str(args.malloc_arena_max)}
         op_env = {**env, "FINTECH_HEALTH_PORT": "0", "FINTECH_TOKENIZER": "development",
-                  "BENCH_TRACEMALLOC_DIR": str(self.dir)}  # fmt: skip
-        entry = ([str(REPO / "bench" / "memory_traced_operator.py")] if args.tracemalloc
+                  "BENCH_TRACEMALLOC_DIR": str(self.dir),
+                  "BENCH_TRACEMALLOC_FRAMES": str(args.tracemalloc)}  # fmt: skip
+        self.probed = bool(args.probe or args.tracemalloc)
+        entry = ([str(REPO / "bench" / "memory_traced_operator.py")] if self.probed
                  else ["-m", "fintech_operator"])  # fmt: skip
         with (self.dir / "operator.log").open("ab") as sink:
             self.operator = subprocess.Popen(
@@ -158,11 +163,13 @@ class Processes:
         return {"operator": memory(self.operator.pid), "anchor": memory(self.anchor.pid),
                 "load_average": load_average()}  # fmt: skip
 
-    def snapshot(self, number: int) -> Path:
+    def probe(self, number: int) -> dict[str, Any]:
+        """The operator's own view of its memory (bench/memory_traced_operator.py)."""
         self.operator.send_signal(signal.SIGUSR1)
-        target = self.dir / f"{number}.snap"
+        target = self.dir / f"{number}.json"
         wait_file(target, timeout_seconds=600)
-        return target
+        found: dict[str, Any] = json.loads(target.read_text())
+        return found
 
     def stop(self) -> None:
         for proc in (self.operator, self.anchor):
@@ -198,7 +205,8 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
         wait_ready_product(api, namespace, timeout_seconds=600)
         time.sleep(5)
         result["idle"] = procs.sample()
-        first = procs.snapshot(0) if args.tracemalloc else None
+        if procs.probed:
+            result["probe_idle"] = procs.probe(0)
         started = time.monotonic()
         bodies = [burst.card(f"c-{i:05d}") for i in range(args.cards)]
         result["create_seconds"] = round(burst.create_all(api, namespace, "cards", bodies), 1)
@@ -213,11 +221,10 @@ def _run(plat: platform.Platform, args: argparse.Namespace) -> dict[str, Any]:
         result["steady_rss_mib_operator"] = [s["operator"]["VmRSS"] for s in steady]
         result["after_steady"] = steady[-1]
         result["cards_json_mib"] = round(cards_json_bytes(api, namespace) / MIB, 1)
-        if first is not None:
-            last = procs.snapshot(1)
-            result["tracemalloc"] = [json.loads(snap.with_suffix(".json").read_text())
-                                     for snap in (first, last)]  # fmt: skip
-            result["top_sites"] = top_sites(first, last)
+        if procs.probed:
+            result["probe_end"] = procs.probe(1)
+        if args.tracemalloc:
+            result["top_sites"] = top_sites(procs.dir / "0.snap", procs.dir / "1.snap")
     finally:
         procs.stop()
     if "after_steady" in result:
@@ -242,7 +249,8 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=10_000)
     parser.add_argument("--settle-seconds", type=float, default=60.0)
     parser.add_argument("--malloc-arena-max", type=int, default=2)
-    parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES")
     args = parser.parse_args()
     with platform.throwaway("bench-memory-", fast_disk=False) as plat:
         result = _run(plat, args)
