@@ -41,40 +41,60 @@ REFRESH_BATCH_MAX: Final = 500
 REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
 
 
+API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
+# What the refresh reads of an issued card's status; a card being closed also needs what
+# closing it reports against (its reason and conditions), the others do not keep them.
+_REFRESHED: Final = ("phase", "account", "balance", "rewardsPoints", "aml", "held", "available")
+_CLOSING: Final = ("reason", "conditions")
+
+
 @kopf.index(api.GROUP, api.VERSION, "cards")
-def issued_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """namespace -> what the refresh needs of each issued card (not the whole object)."""
+def namespace_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """namespace -> what the namespace's timers need of each card, and only that (one index:
+    kopf keeps a few hundred bytes per object and index even for cards an index leaves out):
+    issued cards for the refresh, cards in PendingReview for their review."""
     status = body.get("status") or {}
-    if status.get("phase") not in cards.ISSUED_PHASES or not status.get("account"):
+    phase = status.get("phase")
+    spec = body.get("spec") or {}
+    if phase == api.CardPhase.PENDING_REVIEW:
+        kept = {key: value for key, value in status.items() if key != "kopf"}
+        return {namespace: _snapshot(body, name, namespace, dict(spec), kept)}
+    if phase not in cards.ISSUED_PHASES or not status.get("account"):
         return {}  # not indexed: nothing to refresh
+    keys = _REFRESHED + _CLOSING if spec.get("state") == "Closed" else _REFRESHED
+    kept = {key: status.get(key) for key in keys}
+    return {namespace: _snapshot(body, name, namespace, {"state": spec.get("state")}, kept)}
+
+
+def _snapshot(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+) -> dict[str, Any]:
     meta = body.metadata
     return {
-        namespace: {
-            "apiVersion": f"{api.GROUP}/{api.VERSION}",
-            "kind": "Card",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "generation": meta.get("generation"),
-            },
-            "spec": {"state": (body.get("spec") or {}).get("state")},
-            "status": {
-                key: status.get(key)
-                for key in (
-                    "phase",
-                    "account",
-                    "balance",
-                    "rewardsPoints",
-                    "aml",
-                    "held",
-                    "available",
-                    "reason",
-                    "conditions",
-                )
-            },
-        }
+        "apiVersion": API_VERSION,
+        "kind": "Card",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": spec,
+        "status": status,
     }
+
+
+def issued(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [s for s in snapshots if s["status"].get("phase") in cards.ISSUED_PHASES]
+
+
+def in_review(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [s for s in snapshots if s["status"].get("phase") == api.CardPhase.PENDING_REVIEW]
 
 
 @kopf.index(api.GROUP, api.VERSION, "cardproducts")
@@ -115,11 +135,13 @@ async def refresh_cards(
 ) -> None:
     """Mirror balance, points and AML alerts of the namespace's issued cards; finish closes."""
     # kopf passes each index as a keyword argument named after its function.
-    issued_cards, product_names = kwargs["issued_cards"], kwargs["product_names"]
+    namespace_cards, product_names = kwargs["namespace_cards"], kwargs["product_names"]
     ns = report.namespace_of(namespace)
     if owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
         return
-    snapshots = sorted(issued_cards.get(ns) or (), key=lambda s: str(s["metadata"]["name"]))
+    snapshots = sorted(
+        issued(namespace_cards.get(ns) or ()), key=lambda s: str(s["metadata"]["name"])
+    )
     for start in range(0, len(snapshots), REFRESH_BATCH_MAX):
         await _refresh_batch(memo, snapshots[start : start + REFRESH_BATCH_MAX])
 
@@ -183,30 +205,6 @@ async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _F
 # --- Reviews: the recorded decisions of cards in PendingReview -----------------------------------
 
 
-@kopf.index(api.GROUP, api.VERSION, "cards")
-def cards_in_review(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """namespace -> each card in PendingReview, as much of it as applying a review needs."""
-    status = body.get("status") or {}
-    if status.get("phase") != api.CardPhase.PENDING_REVIEW:
-        return {}  # not indexed: nothing to apply
-    meta = body.metadata
-    return {
-        namespace: {
-            "apiVersion": f"{api.GROUP}/{api.VERSION}",
-            "kind": "Card",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "generation": meta.get("generation"),
-                "creationTimestamp": meta.get("creationTimestamp"),
-            },
-            "spec": dict(body.get("spec") or {}),
-            "status": {key: value for key, value in status.items() if key != "kopf"},
-        }
-    }
-
-
 @kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=cards.REVIEW_POLL_INTERVAL_SECONDS)
 async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Apply the recorded CardReview of each of the namespace's cards in PendingReview."""
@@ -214,7 +212,7 @@ async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwa
     if owner(kwargs["product_names"].get(ns) or ()) != name:
         return
     waits: dict[str, tuple[int, float]] = memo.card_review_waits
-    waiting = list(kwargs["cards_in_review"].get(ns) or ())
+    waiting = in_review(kwargs["namespace_cards"].get(ns) or ())
     for uid in set(waits) - {str(s["metadata"]["uid"]) for s in waiting}:
         del waits[uid]  # decided, deleted, or no longer waiting: forget its retries
     for snapshot in sorted(waiting, key=lambda s: str(s["metadata"]["name"])):
@@ -258,8 +256,9 @@ async def _apply_review(
 
 __all__ = [
     "apply_reviews",
-    "cards_in_review",
-    "issued_cards",
+    "in_review",
+    "issued",
+    "namespace_cards",
     "owner",
     "product_names",
     "refresh_cards",

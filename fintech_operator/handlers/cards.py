@@ -147,14 +147,6 @@ async def _reject(
 
 
 @kopf.index(api.GROUP, api.VERSION, "cards")
-def card_facts(
-    namespace: str | None, name: str, uid: str | None, status: kopf.Status, **_: Any
-) -> dict[Any, Any]:
-    """(namespace, name) -> uid and phase: CardReviews find their card here."""
-    return {(namespace, name): {"uid": uid, "phase": status.get("phase")}}
-
-
-@kopf.index(api.GROUP, api.VERSION, "cards")
 def cards_by_user(
     namespace: str | None,
     name: str,
@@ -961,7 +953,6 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
 __all__ = [
     "announce_alerts",
     "apply_review",
-    "card_facts",
     "cards_by_user",
     "close",
     "delete",

@@ -1,8 +1,9 @@
 """CardReview: record a reviewer's decision on a card in PendingReview.
 
 The decision is stored once in ``card_reviews`` (the first review of a card wins), then the
-card's own timer applies it (``handlers.cards.apply_review``): the card is issued or rejected
-and shows the decision in ``status.review``. Who may decide is RBAC on ``cardreviews``.
+namespace's review timer applies it (``handlers.card_refresh.apply_reviews``): the card is
+issued or rejected and shows the decision in ``status.review``. Who may decide is RBAC on
+``cardreviews``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ async def record(
     **kwargs: Any,
 ) -> None:
     """Store the decision when the card waits for review; refuse it with a reason otherwise."""
-    card_facts: kopf.Index[Any, Any] = kwargs["card_facts"]
+    cards_index: kopf.Index[Any, Any] = kwargs["cards"]
     if body.status.get("phase") in DECIDED_PHASES:
         return
     namespace = report.namespace_of(namespace)
@@ -59,7 +60,7 @@ async def record(
     except pydantic.ValidationError as exc:
         _refuse(body, patch, api.CardReviewReason.INVALID_SPEC, api.format_validation_error(exc))
         return
-    card = indexes.first(card_facts, (namespace, review.card))
+    card = indexes.first(cards_index, (namespace, review.card))
     undecided = card is None or card.get("phase") in (None, "", "Pending")
     if undecided and retry < memo.settings.missing_card_retry_limit:
         # The card may be applied in the same batch, or still being assessed.
