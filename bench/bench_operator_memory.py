@@ -175,7 +175,11 @@ class Processes:
         for proc in (self.operator, self.anchor):
             proc.terminate()
         for proc in (self.operator, self.anchor):
-            proc.wait(timeout=120)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:  # a traced operator can be too slow to stop
+                proc.kill()
+                proc.wait(timeout=60)
 
 
 def _prepare(plat: platform.Platform) -> tuple[dict[str, str], Any, str]:
@@ -244,6 +248,10 @@ def _summary(result: dict[str, Any], cards: int) -> dict[str, Any]:
     }
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cards", type=int, default=10_000)
@@ -252,6 +260,9 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES")
     args = parser.parse_args()
+    # Stopped by a signal (a background job ignores SIGINT), it still stops what it started.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     with platform.throwaway("bench-memory-", fast_disk=False) as plat:
         result = _run(plat, args)
     sites = result.pop("top_sites", [])
