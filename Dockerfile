@@ -32,7 +32,10 @@ RUN python -m pip uninstall --yes pip setuptools wheel \
  && useradd --system --uid 10001 --gid fintech --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin fintech
 COPY --from=build /opt/fintech /opt/fintech
+# MALLOC_ARENA_MAX: glibc's default of 8 malloc arenas per core lets a threaded Python process
+# keep memory it freed in per-thread arenas; 2 bounds that (docs/operations.md, "Memory").
 ENV PATH=/opt/fintech/bin:$PATH \
+    MALLOC_ARENA_MAX=2 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     FINTECH_HEALTH_HOST=0.0.0.0

@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_rewards.py
 	$(BIN)/python bench/bench_postings_burst.py
+	$(BIN)/python bench/bench_operator_memory.py
 	$(BIN)/python bench/bench_authorizations.py --own-platform
 	$(BIN)/python bench/faults.py $(LONG_CAMPAIGN)
 

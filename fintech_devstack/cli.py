@@ -286,6 +286,9 @@ def _dev_env(plat: platform.Platform) -> dict[str, str]:
     env.setdefault(
         "FINTECH_GATEWAY_SIGNING_SECRET_FILE", str(plat.state_dir / "gateway-signing.secret")
     )
+    # As the image sets it: glibc's default of 8 malloc arenas per core lets the operator's
+    # threads (the Kubernetes client's calls) keep memory they freed (docs/operations.md).
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     # No card processor runs here: the built-in tokenizer, by the explicit opt-in the operator
     # requires (docs/cards.md). A processor URL in the shell is used instead; a value of
     # FINTECH_TOKENIZER in the shell is kept.

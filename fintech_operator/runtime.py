@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import api, config, kube, logs
+from fintech_operator import api, config, kube, logs, memory
 from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
@@ -120,12 +120,16 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     expiry_task = asyncio.create_task(
         expiry.run(app, stop, expiry.Limits()), name="authorization-expiry"
     )
+    # A burst's freed memory goes back to the system (issue 14; see fintech_operator.memory).
+    trim_task = asyncio.create_task(memory.trim_until(stop), name="memory-trim")
     memo.settings = app
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
+    memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
     memo.expiry_task = expiry_task
+    memo.trim_task = trim_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
@@ -163,6 +167,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         stop.set()
         await asyncio.wait_for(memo.relay_task, timeout=30)
         await asyncio.wait_for(memo.expiry_task, timeout=30)
+        await asyncio.wait_for(memo.trim_task, timeout=30)
     if memo.get("pool") is not None:
         await memo.pool.close()
 

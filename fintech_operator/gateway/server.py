@@ -52,9 +52,9 @@ def load_store() -> contract.Store:
     return store
 
 
-def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.FastAPI:
-    """The app with its pool, gate and secret source, opened and closed by its lifespan."""
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+def _pool(config: settings.GatewaySettings) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """The gateway's pool, not yet open: a pool wait never outlasts a request's deadline."""
+    return AsyncConnectionPool(
         config.database_url,
         min_size=config.db_pool_min_size,
         max_size=config.db_pool_max_size,
@@ -72,6 +72,11 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
         },
         name="gateway",
     )
+
+
+def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.FastAPI:
+    """The app with its pool, gate and secret source, opened and closed by its lifespan."""
+    pool = _pool(config)
 
     def connect(wait_seconds: float) -> contextlib.AbstractAsyncContextManager[gate.Connection]:
         return pool.connection(timeout=wait_seconds)

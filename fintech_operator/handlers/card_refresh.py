@@ -10,10 +10,15 @@ kopf has no per-namespace timer, so the timer is on CardProduct: an issued card 
 product (a product in use cannot be deleted), and of a namespace's products only the first by
 name does the work. What a refresh needs of each card is kept in an in-memory index, fed by the
 watch kopf already has, so the refresh reads nothing from the API server.
+
+The cards waiting for review get their recorded CardReview applied the same way, by a second
+timer on the namespace's product (issue 14): kopf keeps the whole last-seen body of every object
+of a kind that has a timer, so a timer on Card cost memory for every card, reviewed or not.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,44 +34,67 @@ from fintech_operator.handlers import cards, report
 from fintech_operator.ledger import engine, model
 from fintech_operator.rewards import store as rewards_store
 
+log = logging.getLogger(__name__)
 # Cards read per round trip; bounds one statement's parameter list and one patch burst.
 REFRESH_BATCH_MAX: Final = 500
+# A review whose application failed for an unexpected reason is tried again after this long.
+REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
+
+
+API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
+# What the refresh reads of an issued card's status; a card being closed also needs what
+# closing it reports against (its reason and conditions), the others do not keep them.
+_REFRESHED: Final = ("phase", "account", "balance", "rewardsPoints", "aml", "held", "available")
+_CLOSING: Final = ("reason", "conditions")
 
 
 @kopf.index(api.GROUP, api.VERSION, "cards")
-def issued_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """namespace -> what the refresh needs of each issued card (not the whole object)."""
+def namespace_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """namespace -> what the namespace's timers need of each card, and only that (one index:
+    kopf keeps a few hundred bytes per object and index even for cards an index leaves out):
+    issued cards for the refresh, cards in PendingReview for their review."""
     status = body.get("status") or {}
-    if status.get("phase") not in cards.ISSUED_PHASES or not status.get("account"):
+    phase = status.get("phase")
+    spec = body.get("spec") or {}
+    if phase == api.CardPhase.PENDING_REVIEW:
+        kept = {key: value for key, value in status.items() if key != "kopf"}
+        return {namespace: _snapshot(body, name, namespace, dict(spec), kept)}
+    if phase not in cards.ISSUED_PHASES or not status.get("account"):
         return {}  # not indexed: nothing to refresh
+    keys = _REFRESHED + _CLOSING if spec.get("state") == "Closed" else _REFRESHED
+    kept = {key: status.get(key) for key in keys}
+    return {namespace: _snapshot(body, name, namespace, {"state": spec.get("state")}, kept)}
+
+
+def _snapshot(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+) -> dict[str, Any]:
     meta = body.metadata
     return {
-        namespace: {
-            "apiVersion": f"{api.GROUP}/{api.VERSION}",
-            "kind": "Card",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "generation": meta.get("generation"),
-            },
-            "spec": {"state": (body.get("spec") or {}).get("state")},
-            "status": {
-                key: status.get(key)
-                for key in (
-                    "phase",
-                    "account",
-                    "balance",
-                    "rewardsPoints",
-                    "aml",
-                    "held",
-                    "available",
-                    "reason",
-                    "conditions",
-                )
-            },
-        }
+        "apiVersion": API_VERSION,
+        "kind": "Card",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": spec,
+        "status": status,
     }
+
+
+def issued(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [s for s in snapshots if s["status"].get("phase") in cards.ISSUED_PHASES]
+
+
+def in_review(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [s for s in snapshots if s["status"].get("phase") == api.CardPhase.PENDING_REVIEW]
 
 
 @kopf.index(api.GROUP, api.VERSION, "cardproducts")
@@ -107,11 +135,13 @@ async def refresh_cards(
 ) -> None:
     """Mirror balance, points and AML alerts of the namespace's issued cards; finish closes."""
     # kopf passes each index as a keyword argument named after its function.
-    issued_cards, product_names = kwargs["issued_cards"], kwargs["product_names"]
+    namespace_cards, product_names = kwargs["namespace_cards"], kwargs["product_names"]
     ns = report.namespace_of(namespace)
     if owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
         return
-    snapshots = sorted(issued_cards.get(ns) or (), key=lambda s: str(s["metadata"]["name"]))
+    snapshots = sorted(
+        issued(namespace_cards.get(ns) or ()), key=lambda s: str(s["metadata"]["name"])
+    )
     for start in range(0, len(snapshots), REFRESH_BATCH_MAX):
         await _refresh_batch(memo, snapshots[start : start + REFRESH_BATCH_MAX])
 
@@ -172,4 +202,64 @@ async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _F
         )
 
 
-__all__ = ["issued_cards", "owner", "product_names", "refresh_cards"]
+# --- Reviews: the recorded decisions of cards in PendingReview -----------------------------------
+
+
+@kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=cards.REVIEW_POLL_INTERVAL_SECONDS)
+async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Apply the recorded CardReview of each of the namespace's cards in PendingReview."""
+    ns = report.namespace_of(namespace)
+    if owner(kwargs["product_names"].get(ns) or ()) != name:
+        return
+    waits: dict[str, tuple[int, float]] = memo.card_review_waits
+    waiting = in_review(kwargs["namespace_cards"].get(ns) or ())
+    for uid in set(waits) - {str(s["metadata"]["uid"]) for s in waiting}:
+        del waits[uid]  # decided, deleted, or no longer waiting: forget its retries
+    for snapshot in sorted(waiting, key=lambda s: str(s["metadata"]["name"])):
+        await _apply_review(memo, snapshot, kwargs["cardproducts"], waits)
+
+
+async def _apply_review(
+    memo: kopf.Memo,
+    snapshot: Mapping[str, Any],
+    products: kopf.Index[Any, Any],
+    waits: dict[str, tuple[int, float]],
+) -> None:
+    """One card: as its own timer did, with the retry count and delay kept in ``waits``."""
+    body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
+    uid, ns, name = str(body.metadata.uid), str(body.metadata.namespace), str(body.metadata.name)
+    attempts, not_before = waits.get(uid, (0, -math.inf))
+    if time.monotonic() < not_before:
+        return
+    patch = kopf.Patch()
+    try:
+        await cards.apply_review(
+            body=body, spec=body.spec, patch=patch, namespace=ns, name=name, memo=memo,
+            cardproducts=products, retry=attempts,
+        )  # fmt: skip
+        waits.pop(uid, None)
+    except kopf.TemporaryError as exc:  # a wait (the processor): its status is patched below
+        waits[uid] = (attempts + 1, time.monotonic() + (exc.delay or REVIEW_ERROR_DELAY_SECONDS))
+        log.info("card %s/%s: applying its review %s", ns, name, exc)
+    except Exception:  # one card's failure must not stop the others' reviews
+        waits[uid] = (attempts + 1, time.monotonic() + REVIEW_ERROR_DELAY_SECONDS)
+        log.exception("card %s/%s: applying its review failed; retried", ns, name)
+    if not patch.status:
+        return
+    # Applied even after a failure, as kopf applies a handler's patch: what was decided shows.
+    try:
+        await kube.patch_status("cards", ns, name, uid, dict(patch.status))
+    except Exception:  # the API server: the card stays in review and the next tick retries
+        waits[uid] = (attempts + 1, time.monotonic() + REVIEW_ERROR_DELAY_SECONDS)
+        log.exception("card %s/%s: its review's status patch failed; retried", ns, name)
+
+
+__all__ = [
+    "apply_reviews",
+    "in_review",
+    "issued",
+    "namespace_cards",
+    "owner",
+    "product_names",
+    "refresh_cards",
+]

@@ -29,7 +29,7 @@ from fintech_operator.risk import policy as risk_policy
 DECIDED_PHASES: Final = frozenset(set(api.CardPhase) - {api.CardPhase.PENDING})
 ISSUED_PHASES: Final = lifecycle.ISSUED_PHASES
 TEMPORARY_DELAY_SECONDS: Final = 2.0
-# How often a card in PendingReview looks for a recorded CardReview.
+# How often the cards in PendingReview look for a recorded CardReview (one timer per namespace).
 REVIEW_POLL_INTERVAL_SECONDS: Final = 2.0
 # Deleting a card waits at most this many attempts (about a minute) for the database; then the
 # finalizer is released anyway and the account is left open: the finalizer never blocks forever.
@@ -88,14 +88,6 @@ def _ports(memo: kopf.Memo) -> issuance.Ports:
 
 
 # --- Indexes --------------------------------------------------------------------------------------
-
-
-@kopf.index(api.GROUP, api.VERSION, "cards")
-def card_facts(
-    namespace: str | None, name: str, uid: str | None, status: kopf.Status, **_: Any
-) -> dict[Any, Any]:
-    """(namespace, name) -> uid and phase: CardReviews find their card here."""
-    return {(namespace, name): {"uid": uid, "phase": status.get("phase")}}
 
 
 @kopf.index(api.GROUP, api.VERSION, "cards")
@@ -397,17 +389,15 @@ async def holder_changed(
     await _assess(body, patch, ports, issuance.OpenCard(ref, card, parsed, kwargs["retry"]), kwargs)
 
 
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    "cards",
-    interval=REVIEW_POLL_INTERVAL_SECONDS,
-    when=lambda status, **_: status.get("phase") == api.CardPhase.PENDING_REVIEW,
-)
 async def apply_review(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    """Apply the recorded CardReview of a card in PendingReview: issue it or reject it."""
+    """Apply the recorded CardReview of a card in PendingReview: issue it or reject it.
+
+    Called for each card waiting for review by the namespace's timer
+    (``card_refresh.apply_reviews``), not by a timer per card: kopf keeps the whole last-seen
+    body of every object of a kind that has a timer, about 90 KiB of memory per card (issue 14).
+    """
     ref, ports = _ref(body), _ports(memo)
     review = await stores.Cards(memo.pool).find_review(ref.uid)
     if review is None:
@@ -610,7 +600,6 @@ async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None
 __all__ = [
     "announce_alerts",
     "apply_review",
-    "card_facts",
     "cards_by_user",
     "close",
     "delete",

@@ -20,10 +20,16 @@ def cardproducts(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) ->
 
 @kopf.index(api.GROUP, api.VERSION, "cards")
 def cards(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+    namespace: str | None,
+    name: str,
+    uid: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
 ) -> dict[Any, Any]:
     return {
         (namespace, name): {
+            "uid": uid,  # CardReviews record their card's uid
             "phase": status.get("phase"),
             "account": status.get("account"),
             "currency": (status.get("balance") or {}).get("currency"),

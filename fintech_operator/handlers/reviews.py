@@ -1,8 +1,9 @@
 """CardReview: record a reviewer's decision on a card in PendingReview.
 
 Decode the object into :class:`app.review.RecordReview`, call the use case, render its
-outcome into status and an Event. The card's own timer applies a recorded decision
-(``handlers.cards.apply_review``). Who may decide is RBAC on ``cardreviews``.
+outcome into status and an Event. The namespace's review timer applies a recorded decision
+(``handlers.card_refresh.apply_reviews``): the card is issued or rejected and shows the
+decision in ``status.review``. Who may decide is RBAC on ``cardreviews``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DECIDED_PHASES: Final = frozenset({api.CardReviewPhase.RECORDED, api.CardReviewP
 
 
 class _IndexedCards:
-    """:class:`app.review.Cards` read from kopf's ``card_facts`` index (no API call)."""
+    """:class:`app.review.Cards` read from kopf's ``cards`` index (no API call)."""
 
     def __init__(self, index: kopf.Index[Any, Any]) -> None:
         self._index = index
@@ -48,7 +49,7 @@ async def record(
         attempt=retry,
     )
     ports = use_case.Ports(
-        cards=_IndexedCards(kwargs["card_facts"]),
+        cards=_IndexedCards(kwargs["cards"]),
         reviews=use_case.StoredReviews(memo.pool),
         card_waits_max=memo.settings.missing_card_retry_limit,
     )
