@@ -213,6 +213,8 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
     logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
     # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
     handlers.slots.install(settings.db_pool_max_size)
+    handlers.outages.install()  # a lost database connection is a short retry (issue 16)
+    handlers.readiness.install()  # one readiness waiter per toggle set, not per object
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
     peering_name = os.environ.get(PEERING_NAME_ENV) or None
