@@ -50,12 +50,14 @@ async def test_an_outage_is_a_jittered_temporary_error_logged_as_a_warning(
             delays.add(caught.value.delay)
     assert len(delays) > 1, "the delay is jittered"
     records = [r for r in caplog.records if r.name == "fintech_operator.handlers.outages"]
-    assert records and all(r.levelno == logging.WARNING for r in records)
+    assert records
+    assert all(r.levelno == logging.WARNING for r in records)
     assert all(r.exc_info is None for r in records), "no traceback"
     assert type(error).__name__ in records[0].getMessage()
     # kopf's own "failed temporarily" line is lowered to INFO by runtime's filter (wait prefix).
-    assert str(caught.value).startswith(importlib.import_module(
-        "fintech_operator.handlers.report").WAIT_PREFIX)
+    assert str(caught.value).startswith(
+        importlib.import_module("fintech_operator.handlers.report").WAIT_PREFIX
+    )
 
 
 async def test_other_errors_and_results_pass_through() -> None:

@@ -85,7 +85,8 @@ async def test_a_cancelled_waiter_leaves_the_others_waiting(installed: None) -> 
     await asyncio.sleep(0.01)
     first.cancel()
     await asyncio.sleep(0.01)
-    assert first.cancelled() and not second.done()
+    assert first.cancelled()
+    assert not second.done()
     await toggles.drop_toggle(blocker)
     await asyncio.wait_for(second, 1)
 
