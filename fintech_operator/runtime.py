@@ -97,7 +97,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     applied = await asyncio.to_thread(migrate.apply_configured, app)
     log.info("database migrations applied: %s", applied or "none (up to date)")
-    await kafka.ensure_topics(app)
+    await kafka.until_reachable(app)  # retried quickly while the broker restarts
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         app.database_url,
         min_size=app.db_pool_min_size,

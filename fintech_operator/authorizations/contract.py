@@ -146,9 +146,16 @@ class Store(Protocol):
     async def get(self, conn: psycopg.AsyncConnection[object], authorization_id: str) -> Answer: ...
 
     async def settle_timed_out(
-        self, conn: psycopg.AsyncConnection[object], request_id: str
+        self, conn: psycopg.AsyncConnection[object], request_id: str, age_seconds: float
     ) -> None:
         """After the gateway declined ``request_id`` with IssuerUnavailable because its deadline
-        passed: make sure no hold of it survives (release it if the transaction did commit late)
-        and record the declined answer so a retry gets IssuerUnavailable too."""
+        passed: make sure no hold of the timed-out attempt survives (release it if its
+        transaction did commit late) and record the declined answer so a retry gets
+        IssuerUnavailable too, unless nothing was committed, in which case the decline is
+        stored for every retry.
+
+        ``age_seconds`` is how long ago the gateway received that attempt. An answer committed
+        before then belongs to an earlier attempt of the same id: it is the id's first committed
+        answer and is left exactly as it is (its hold too, whatever happened to it since), so a
+        retry, however late, gets it."""
         ...

@@ -37,12 +37,15 @@ _INCREMENT: Final = "SELECT * FROM authorization_increment(%s, %s, %s, %s)"
 _CAPTURE: Final = "SELECT * FROM authorization_capture(%s, %s, %s, %s, %s, %s, %s)"
 _VOID: Final = "SELECT * FROM authorization_void(%s, %s, %s)"
 _GET: Final = "SELECT * FROM authorization_get(%s)"
-_SETTLE: Final = "SELECT authorization_settle_timed_out(%s, %s)"
+_SETTLE: Final = "SELECT authorization_settle_timed_out(%s, %s, %s)"
 _EXPIRE: Final = "SELECT authorization_expire(%s, %s)"
 _RETRYABLE: Final = (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected)
 # Expiry batches: enough to keep up with any realistic rate, small enough to hold card locks
 # only briefly (a locked card is skipped, never waited for).
 EXPIRE_BATCH_MAX: Final = 10_000
+# A settle is retried for FINTECH_GATEWAY_SETTLE_TIMEOUT_SECONDS (at most an hour): an attempt
+# older than a day is a bug of the caller; the database refuses it too.
+SETTLE_AGE_SECONDS_MAX: Final = 86_400.0
 
 
 class InvariantViolation(RuntimeError):
@@ -96,15 +99,20 @@ class PostgresStore:
     ) -> contract.Answer:
         return await self._answer(conn, _GET, (authorization_id,))
 
-    async def settle_timed_out(self, conn: psycopg.AsyncConnection[Any], request_id: str) -> None:
+    async def settle_timed_out(
+        self, conn: psycopg.AsyncConnection[Any], request_id: str, age_seconds: float
+    ) -> None:
         """See :meth:`contract.Store.settle_timed_out`: release a late approval's hold once and
-        store the IssuerUnavailable decline for every retry of ``request_id``.
+        store the IssuerUnavailable decline for every retry of ``request_id``; an answer that
+        an earlier attempt committed (before ``age_seconds`` ago) stands (migration 0056).
 
         For authorizations and increments only: settling an id nothing answered yet reserves
         it for that decline, so a capture or void must not be settled (its retry would meet
         the reservation as a 409); their retries get the committed result instead.
         """
-        await self._scalar(conn, _SETTLE, (request_id, _headers()))
+        if not 0 <= age_seconds <= SETTLE_AGE_SECONDS_MAX:
+            raise ValueError(f"age_seconds must be in 0..{SETTLE_AGE_SECONDS_MAX}")
+        await self._scalar(conn, _SETTLE, (request_id, float(age_seconds), _headers()))
 
     async def expire(self, conn: psycopg.AsyncConnection[Any], batch_max: int) -> int:
         """Expire at most ``batch_max`` due authorizations (releasing their holds, each exactly

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -40,11 +43,21 @@ from fintech_operator.events import topics
 if TYPE_CHECKING:
     from fintech_operator import config
 
+log = logging.getLogger(__name__)
 SASL_PROTOCOLS: Final = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS: Final = frozenset({"SSL", "SASL_SSL"})
 # A password file is a Secret key, never large; a bound keeps a wrong path from reading a disk.
 PASSWORD_FILE_BYTES_MAX: Final = 64 * 1024
 TOPIC_ADMIN_TIMEOUT_SECONDS: Final = 30.0
+# until_reachable: a broker that restarts is back within seconds to a minute; a process started
+# meanwhile retries quickly (doubling from 0.2 s, at most 2 s apart) so it is ready within about
+# 2 s of the broker, and gives up after 5 minutes (its supervisor then restarts it, and says so).
+REACHABLE_BACKOFF_FIRST_SECONDS: Final = 0.2
+REACHABLE_BACKOFF_MAX_SECONDS: Final = 2.0
+REACHABLE_TIMEOUT_SECONDS: Final = 300.0
+# One attempt's bound: a broker that accepts connections but does not answer yet (starting,
+# or paused) is asked again rather than waited for for TOPIC_ADMIN_TIMEOUT_SECONDS.
+REACHABLE_ATTEMPT_SECONDS: Final = 10.0
 
 _LOGIN_VARS: Final = (
     "FINTECH_KAFKA_SASL_USERNAME and FINTECH_KAFKA_SASL_PASSWORD "
@@ -211,11 +224,52 @@ def min_insync_replicas(replication_factor: int) -> int:
     return 2 if replication_factor >= 3 else 1
 
 
-async def ensure_topics(settings: config.Settings) -> list[str]:
+async def until_reachable(
+    settings: config.Settings,
+    timeout_seconds: float = REACHABLE_TIMEOUT_SECONDS,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
+    """:func:`ensure_topics`, retried while the broker cannot be reached; the topics it made.
+
+    Every process calls this first. A process started while the broker restarts (a crash, a
+    rollout, a fault campaign) used to fail at once and wait for its supervisor's growing
+    backoff (30 s and more); it now retries with a short, capped backoff and is ready about
+    as soon as the broker is. A refusal (login, certificate, topic creation) is not an outage
+    and is raised at once; so is the last error after ``timeout_seconds``.
+    """
+    if not 0 < timeout_seconds <= 3600:
+        raise ValueError(f"timeout_seconds must be in (0, 3600], got {timeout_seconds}")
+    give_up_at = clock() + timeout_seconds
+    delay = REACHABLE_BACKOFF_FIRST_SECONDS
+    attempt = 1
+    while True:
+        attempt_seconds = max(0.5, min(REACHABLE_ATTEMPT_SECONDS, give_up_at - clock()))
+        try:
+            return await ensure_topics(settings, attempt_seconds)
+        except (KafkaAccessError, TopicCreationError):
+            raise
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if clock() + delay >= give_up_at:
+                raise
+            log.info(
+                "Kafka not reachable yet (attempt %d: %s); retrying in %.1f s",
+                attempt, str(exc) or type(exc).__name__, delay,
+            )  # fmt: skip
+        await sleep(delay)
+        delay = min(delay * 2, REACHABLE_BACKOFF_MAX_SECONDS)
+        attempt += 1
+
+
+async def ensure_topics(
+    settings: config.Settings, timeout_seconds: float = TOPIC_ADMIN_TIMEOUT_SECONDS
+) -> list[str]:
     """Create every topic that is missing (an existing one is left as it is); return those made.
 
     Partitions, replication and prefix come from the settings. This is the first Kafka call
-    of every process, so a broker that refuses our login stops it here, saying why.
+    of every process, so a broker that refuses our login stops it here, saying why. Each step
+    waits at most ``timeout_seconds``; :func:`until_reachable` retries it while Kafka is down.
     """
     prefix = settings.topic_prefix
     replication_factor = settings.topic_replication_factor
@@ -223,8 +277,8 @@ async def ensure_topics(settings: config.Settings) -> list[str]:
         **client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms
     )
     try:
-        await start(admin, settings, TOPIC_ADMIN_TIMEOUT_SECONDS)
-        existing = set(await asyncio.wait_for(admin.list_topics(), TOPIC_ADMIN_TIMEOUT_SECONDS))
+        await start(admin, settings, timeout_seconds)
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_seconds))
         configs = {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
         missing = [
             NewTopic(
@@ -239,9 +293,7 @@ async def ensure_topics(settings: config.Settings) -> list[str]:
         if missing:
             # Another process may create one between our list and create: same result.
             with contextlib.suppress(TopicAlreadyExistsError):
-                response = await asyncio.wait_for(
-                    admin.create_topics(missing), TOPIC_ADMIN_TIMEOUT_SECONDS
-                )
+                response = await asyncio.wait_for(admin.create_topics(missing), timeout_seconds)
                 _check_created(response.topic_errors)
     finally:
         await admin.close()

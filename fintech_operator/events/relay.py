@@ -398,7 +398,7 @@ def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await kafka.ensure_topics(settings)
+        await kafka.until_reachable(settings)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.database_url,
             min_size=1,

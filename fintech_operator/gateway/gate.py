@@ -11,6 +11,14 @@ passes, the request is declined with ``IssuerUnavailable`` at once, and in the b
 task is cancelled and awaited, then ``store.settle_timed_out`` is called (retried, bounded) so
 that a hold committed late is released and a retry gets the same decline. The same happens
 when the store raises: the outcome of a transaction whose COMMIT failed half-way is unknown.
+
+The settle is told the attempt's age: how long ago this gateway received it, on its monotonic
+clock, from the moment the request was read (``started``). An answer the id already had before
+then was committed by an earlier attempt (one cut by a fault, or answered and sent again), and
+the settle leaves it alone: a retry of any request gets its first committed answer and changes
+nothing. The processor's signed ``webhook-timestamp`` is not used for this: it has whole
+seconds and another machine's clock, and a cutoff that is early by a second would withdraw an
+approval answered a moment before the retry arrived.
 """
 
 from __future__ import annotations
@@ -102,7 +110,9 @@ class Gate:
                 "deadline passed; declining IssuerUnavailable and settling",
                 extra={"request_id": request_id, "deadline_ms": self._deadline_seconds * 1000},
             )
-        self._spawn(self._settle(task, request_id) if settle else self._finish(task, cancel=True))
+        self._spawn(
+            self._settle(task, request_id, started) if settle else self._finish(task, cancel=True)
+        )
         return self._declined(request_id, contract.Reason.ISSUER_UNAVAILABLE, settle=settle)
 
     @staticmethod
@@ -139,7 +149,9 @@ class Gate:
         finally:
             self._release()
 
-    async def _settle(self, task: asyncio.Task[contract.Answer], request_id: str) -> None:
+    async def _settle(
+        self, task: asyncio.Task[contract.Answer], request_id: str, received: float
+    ) -> None:
         """Stop the late work, then make sure it left nothing; the slot is freed at the end."""
         try:
             task.cancel()
@@ -148,11 +160,11 @@ class Gate:
             await asyncio.wait({task}, timeout=self._settle_timeout_seconds)
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: logged above, not an unhandled-task warning
-            metrics.gateway_settled(await self._settle_with_retries(request_id))
+            metrics.gateway_settled(await self._settle_with_retries(request_id, received))
         finally:
             self._release()
 
-    async def _settle_with_retries(self, request_id: str) -> bool:
+    async def _settle_with_retries(self, request_id: str, received: float) -> bool:
         give_up_at = self._clock() + self._settle_timeout_seconds
         delay = SETTLE_BACKOFF_FIRST_SECONDS
         while True:
@@ -160,7 +172,10 @@ class Gate:
             try:
                 async with asyncio.timeout(max(remaining, 0.001)):
                     async with self._connect(max(remaining, 0.001)) as conn:
-                        await self._store.settle_timed_out(conn, request_id)
+                        # Measured now, after the connection was had: the database subtracts
+                        # it from its own clock to find when this attempt arrived.
+                        age_seconds = max(0.0, self._clock() - received)
+                        await self._store.settle_timed_out(conn, request_id, age_seconds)
             except Exception as exc:
                 if self._clock() + delay >= give_up_at:
                     log.error(

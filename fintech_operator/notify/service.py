@@ -382,7 +382,7 @@ async def run(
     settings: config.Settings, namespaces: Sequence[str], group_id: str, stop: asyncio.Event
 ) -> None:
     """Run the notifier until ``stop`` is set."""
-    await kafka.ensure_topics(settings)
+    await kafka.until_reachable(settings)
     pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).

@@ -298,7 +298,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await kafka.ensure_topics(settings)
+    await kafka.until_reachable(settings)
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
     pool = await consuming.open_pool(settings)

@@ -433,6 +433,10 @@ async def test_expiry_killed_mid_transaction_releases_once_after_restart(
 
 # --- The gateway's deadline ------------------------------------------------------------------
 
+# The timed-out attempt arrived this long before the settle: every commit in these tests is
+# then that attempt's own late commit. A retry that arrives now has age 0.
+ARRIVED_BEFORE_SECONDS = 60.0
+
 
 async def test_settle_after_a_late_commit_releases_the_hold_and_answers_issuer_unavailable(
     fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
@@ -442,8 +446,8 @@ async def test_settle_after_a_late_commit_releases_the_hold_and_answers_issuer_u
     approved = await authorize(fast, req)
     assert body(approved)["approved"] is True
     async with fast.connection() as conn:
-        await STORE.settle_timed_out(conn, req.id)
-        await STORE.settle_timed_out(conn, req.id)  # twice: released once
+        await STORE.settle_timed_out(conn, req.id, ARRIVED_BEFORE_SECONDS)
+        await STORE.settle_timed_out(conn, req.id, ARRIVED_BEFORE_SECONDS)  # released once
     assert held(raw, card) == 0
     retry = body(await authorize(fast, req))
     assert (retry["approved"], retry["reason"]) == (False, "IssuerUnavailable")
@@ -462,7 +466,7 @@ async def test_a_settled_late_increment_keeps_the_bytes_the_gateway_sent(
     req = contract.IncrementRequest(id=f"inc_{uuid.uuid4().hex}", amount=500)
     async with fast.connection() as conn:
         assert body(await STORE.increment(conn, auth, req))["approved"] is True
-        await STORE.settle_timed_out(conn, req.id)
+        await STORE.settle_timed_out(conn, req.id, ARRIVED_BEFORE_SECONDS)
     told = answers.decline(req.id, contract.Reason.ISSUER_UNAVAILABLE)
     async with fast.connection() as conn:
         retry = await STORE.increment(conn, auth, req)
@@ -483,7 +487,7 @@ async def test_settle_before_the_statement_commits_makes_the_late_authorization_
     late = asyncio.create_task(authorize(fast, req))
     await asyncio.sleep(0.5)
     async with fast.connection() as conn:
-        await STORE.settle_timed_out(conn, req.id)
+        await STORE.settle_timed_out(conn, req.id, ARRIVED_BEFORE_SECONDS)
     await blocker.rollback()
     await blocker.close()
     answer = body(await late)
@@ -493,6 +497,103 @@ async def test_settle_before_the_statement_commits_makes_the_late_authorization_
         "SELECT count(*) FROM authorizations WHERE id = %s", (req.id,)
     ).fetchone() == (0,)
     assert outbox_types(raw, card) == []
+
+
+async def _settle_a_retry_now(
+    fast: AsyncConnectionPool[Any], request_id: str, age_seconds: float = 0.0
+) -> None:
+    """A retry of ``request_id`` that arrived ``age_seconds`` ago missed its deadline."""
+    async with fast.connection() as conn:
+        await STORE.settle_timed_out(conn, request_id, age_seconds)
+
+
+def _frozen(raw: psycopg.Connection[Any], card: Card, auth: str) -> tuple[Any, ...]:
+    """Everything a settle could change: the request records, the hold, the events, the money."""
+    requests = raw.execute(
+        "SELECT request_id, status_code, answer, timed_out FROM authorization_requests"
+        " WHERE authorization_id = %s OR request_id = %s ORDER BY request_id",
+        (auth, auth),
+    ).fetchall()
+    row = raw.execute(
+        "SELECT status, held_minor, captured_minor, released_minor FROM authorizations"
+        " WHERE id = %s",
+        (auth,),
+    ).fetchone()
+    return (requests, row, outbox_types(raw, card), held(raw, card), posted(raw, card))
+
+
+@pytest.mark.parametrize("settled_by", ["pending", "captured", "voided", "expired"])
+async def test_a_late_retry_of_an_answered_request_gets_its_first_answer_and_changes_nothing(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any], settled_by: str
+) -> None:
+    """Found by the long fault campaign (seed 1616: "doubled 24 / wrong 24"): an approval was
+    answered, its hold then captured, voided or expired (or still pending), and a retry of the
+    authorization or its increment that arrived later missed the gateway's deadline. The settle
+    of that retry withdrew the first answer: the stored answer became IssuerUnavailable and a
+    pending hold was released. The first committed answer stands now, byte for byte, whatever
+    happened to the hold since and however late the retry comes, and nothing changes."""
+    card = await new_card(fast, limit_minor=10_000, product_terms={"authorizationTtlSeconds": 2})
+    req = authorize_request(card, 1_000)
+    first = await authorize(fast, req)
+    auth = body(first)["authorization"]
+    inc = contract.IncrementRequest(id=f"inc_{uuid.uuid4().hex}", amount=300)
+    async with fast.connection() as conn:
+        inc_first = await STORE.increment(conn, auth, inc)
+    assert body(inc_first)["approved"] is True
+    if settled_by == "captured":
+        assert body(await capture(fast, auth, 1_300, final=True))["status"] == "closed"
+    elif settled_by == "voided":
+        assert body(await void(fast, auth))["approved"] is True
+    elif settled_by == "expired":
+        await asyncio.sleep(2.2)
+        await expire_all(fast)
+    await asyncio.sleep(0.05)  # the retries arrive after the answers committed
+    before = _frozen(raw, card, auth)
+    for request_id in (req.id, inc.id):
+        await _settle_a_retry_now(fast, request_id)
+    assert _frozen(raw, card, auth) == before
+    again = await authorize(fast, req)
+    async with fast.connection() as conn:
+        inc_again = await STORE.increment(conn, auth, inc)
+    assert (again.body, again.replayed) == (first.body, True)
+    assert (inc_again.body, inc_again.replayed) == (inc_first.body, True)
+    assert "voided" not in outbox_types(raw, card) or settled_by == "voided"
+    assert hold_drift(raw) == []
+
+
+async def test_a_retry_arriving_while_the_first_attempt_was_still_running_may_withdraw_it(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """The other side of the cutoff: an approval committed after the timed-out attempt arrived
+    is that attempt's own late commit (the processor was told IssuerUnavailable), so it is
+    withdrawn as before; an age just short of the commit leaves it."""
+    card = await new_card(fast, limit_minor=5_000)
+    req = authorize_request(card, 700)
+    approved = await authorize(fast, req)
+    await asyncio.sleep(0.3)
+    await _settle_a_retry_now(fast, req.id, 0.1)  # arrived after the commit: an earlier answer
+    assert held(raw, card) == 700
+    await _settle_a_retry_now(fast, req.id, 5.0)  # arrived before it: its own late commit
+    assert held(raw, card) == 0
+    retry = body(await authorize(fast, req))
+    assert (retry["approved"], retry["reason"]) == (False, "IssuerUnavailable")
+    assert body(approved)["approved"] is True
+
+
+@pytest.mark.parametrize("age_seconds", [-0.5, 86_400.5, float("nan")])
+async def test_a_settle_refuses_an_impossible_age(
+    fast: AsyncConnectionPool[Any], age_seconds: float
+) -> None:
+    async with fast.connection() as conn:
+        with pytest.raises(ValueError, match="age_seconds"):
+            await STORE.settle_timed_out(conn, f"x_{uuid.uuid4().hex}", age_seconds)
+
+
+async def test_the_database_refuses_an_impossible_age_by_itself(
+    raw: psycopg.Connection[Any],
+) -> None:
+    with pytest.raises(errors.InvalidParameterValue):
+        raw.execute("SELECT authorization_settle_timed_out('x-1', -1)")
 
 
 # --- The database refuses broken money by itself ---------------------------------------------

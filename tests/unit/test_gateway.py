@@ -46,6 +46,7 @@ class FakeStore:
         self.delay_seconds = delay_seconds
         self.calls: list[tuple[str, str]] = []
         self.settled: list[str] = []
+        self.ages: list[float] = []
         self.release = asyncio.Event()
         self.called = asyncio.Event()
         self.block = False
@@ -76,7 +77,8 @@ class FakeStore:
     async def get(self, conn: Any, aid: str) -> contract.Answer:
         return await self._answer("get", aid)
 
-    async def settle_timed_out(self, conn: Any, request_id: str) -> None:
+    async def settle_timed_out(self, conn: Any, request_id: str, age_seconds: float) -> None:
+        self.ages.append(age_seconds)
         self.settled.append(request_id)
 
 
@@ -316,6 +318,10 @@ async def test_a_late_store_is_declined_issuer_unavailable_then_settled(tmp_path
     assert elapsed < 0.2 + 0.5
     assert await the_gate.drain(5) == 0
     assert store.settled == ["auth-1"]
+    # The settle learns how long ago the attempt arrived (issue 16: an answer committed before
+    # then is an earlier attempt's and stands): at least the deadline, well under the timeout.
+    assert len(store.ages) == 1
+    assert 0.2 <= store.ages[0] < 5
     assert the_gate.in_flight == 0
 
 
