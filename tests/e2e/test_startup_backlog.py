@@ -92,7 +92,7 @@ def test_a_backlog_of_2000_postings_starts_posting_within_9_cpu_seconds(
 
     started = time.monotonic()
     burst.wait_phases(api, ns, "postings", {"Posted"}, POSTINGS, ALL_POSTED_TIMEOUT_SECONDS)
-    print(  # noqa: T201 - the figures, for the report
+    print(
         f"first Posted after {cpu_seconds:.1f} CPU s; all {POSTINGS} Posted "
         f"{time.monotonic() - started:.0f} s later, {burst.cpu_seconds(pid):.1f} CPU s in all"
     )
