@@ -6,6 +6,14 @@ The model is replayed from the client's record only: a hold for each approved au
 (plus approved increments), a Purchase journal for each approved capture, closed by an
 approved void or final capture. Whether an open hold expired is the one fact taken from the
 books, and it is checked against its ``expiresAt``.
+
+What counts as a request's answer is the ledger's, never the gateway's own decline of one
+attempt (``Overloaded``, or ``IssuerUnavailable`` not marked replayed: an earlier attempt of
+the same id may have committed, and that answer stands). A request cut by a fault and then
+retried is judged by the first answer the ledger gave, and every later answer must equal it.
+A capture that arrives after its hold expired is a force post: a journal on the card that
+touches no hold, so it counts in what the card spent, not in what the hold captured, and a
+final one does not close the hold.
 """
 
 from __future__ import annotations
@@ -16,6 +24,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CAPTURE_KEY = "authorization-capture/"
+# The declines the gateway gives by itself (not marked replayed): no answer of the ledger.
+GATEWAY_DECLINES = ("Overloaded", "IssuerUnavailable")
+
+
+def retryable(status: int | None, answer: str | None, replayed: bool) -> bool:
+    """True when an attempt got no answer the ledger stands behind (the client sends it again).
+
+    A stored answer comes back marked replayed, so a replayed IssuerUnavailable (a settled
+    deadline) is an answer; the gateway's own decline of this one attempt is not."""
+    if status is None or status >= 500 or answer is None:
+        return True
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        return True
+    if not isinstance(body, dict):
+        return True
+    return status == 200 and body.get("reason") in GATEWAY_DECLINES and not replayed
 
 
 @dataclass(frozen=True)
@@ -54,7 +80,7 @@ class Model:
     captures: dict[str, tuple[str, str, int]] = field(
         default_factory=dict
     )  # req -> auth, card, amt
-    captured: Counter[str] = field(default_factory=Counter)  # auth -> captured in total
+    captured: Counter[str] = field(default_factory=Counter)  # auth -> captured from its hold
     closed: set[str] = field(default_factory=set)
     increments: Counter[str] = field(default_factory=Counter)
     # Increments declined IssuerUnavailable: their hold may have committed late and been
@@ -80,7 +106,13 @@ def replay(log: list[dict[str, Any]]) -> Model:
         attempts[line["req"]].append(line)
         model.card_of[line["auth"]] = line["card"]
     for req, lines in attempts.items():
-        answered = [x for x in lines if not x["retry"]]
+        # Judged on the line itself, not only the client's flag: a record written before the
+        # client retried the gateway's own declines would otherwise count one as the answer.
+        answered = [
+            x
+            for x in lines
+            if not x["retry"] and not retryable(x["status"], x["answer"], x["replayed"])
+        ]
         if not answered:
             model.unanswered.add(req)
             continue
@@ -105,9 +137,10 @@ def _apply(model: Model, line: dict[str, Any]) -> None:
         model.unavailable_amounts[auth] += line["body"]["amount"]
     elif op == "capture" and approved:
         model.captures[line["req"]] = (auth, line["card"], line["body"]["amount"])
-        model.captured[auth] += line["body"]["amount"]
-        if line["body"]["final"]:
-            model.closed.add(auth)
+        if body.get("forcePost") is not True:  # a force post touches no hold
+            model.captured[auth] += line["body"]["amount"]
+            if line["body"]["final"]:
+                model.closed.add(auth)
     elif op == "void" and approved:
         model.closed.add(auth)
 

@@ -4,11 +4,13 @@ increments, voids, or nothing (left to expire); every attempt and its exact answ
 line in the client's record.
 
 A request cut by a fault (no answer, or a decline the gateway gave without the ledger:
-``Overloaded``, or ``IssuerUnavailable`` for a capture or void, which the gateway does not
-settle) is sent again with the same id and body until it gets an answer, as a processor does;
-so the record ends with one answer for every request, and the model the checker replays is
-complete. Some requests are sent again on purpose after their answer: the retry must get the
-same bytes, marked replayed.
+``Overloaded`` or ``IssuerUnavailable`` not marked replayed) is sent again with the same id and
+body until the ledger answers, as a processor that wants to know the outcome does; so the
+record ends with one ledger answer for every request, and the model the checker replays is
+complete. A deadline decline is the gateway's word, not the ledger's: an earlier attempt of the
+same id may have committed an answer, which stands (migration 0056), and the retry gets it; if
+nothing had committed, the retry gets the stored decline, replayed. Some requests are sent
+again on purpose after their answer: the retry must get the same bytes, marked replayed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 
 from fintech_operator.notify import signing
-from tests.faults import workload
+from tests.faults import authcheck, workload
 
 HTTP_TIMEOUT_SECONDS = 5.0
 RETRY_INTERVAL_SECONDS = 2.0
@@ -39,13 +41,6 @@ WORKERS_MAX = 24
 STEP_DELAY_SECONDS = (0.2, 3.0)
 REPLAY_PROBABILITY = 0.2
 MERCHANT = {"name": "Fault Campaign Diner", "mcc": "5812", "country": "US"}
-# The answers the gateway gives without the ledger, by request kind: not an answer to keep.
-UNSETTLED = {
-    "authorize": ("Overloaded",),
-    "increment": ("Overloaded",),
-    "capture": ("Overloaded", "IssuerUnavailable"),
-    "void": ("Overloaded", "IssuerUnavailable"),
-}
 # Each story's weight: what the processor does after an approval.
 STORIES = {
     "capture": 30,
@@ -55,17 +50,6 @@ STORIES = {
     "partial-void": 5,
     "expire": 15,
 }
-
-
-def retryable(kind: str, status: int | None, answer: str | None) -> bool:
-    """True when the attempt got no answer the ledger stands behind: send it again."""
-    if status is None or status >= 500 or answer is None:
-        return True
-    try:
-        body = json.loads(answer)
-    except ValueError:
-        return True
-    return status == 200 and body.get("reason") in UNSETTLED[kind]
 
 
 @dataclass
@@ -119,7 +103,7 @@ class Processor:
                 line["status"] = got.status_code
                 line["answer"] = got.content.decode("utf-8", "replace")
                 line["replayed"] = got.headers.get("Idempotent-Replayed") == "true"
-            line["retry"] = retryable(step.kind, line["status"], line["answer"])
+            line["retry"] = authcheck.retryable(line["status"], line["answer"], line["replayed"])
             self.record.write(**line)
             if not line["retry"] or time.monotonic() - started > RETRY_FOR_SECONDS:
                 return line

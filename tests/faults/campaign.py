@@ -28,6 +28,7 @@ NAMESPACE = "faults"
 CARDS = 4
 LONG_TTL_SECONDS = 86_400
 SETUP_TIMEOUT_SECONDS = 240
+VIOLATIONS_FILE = "violations.jsonl"
 # Every kind of fault; CHEAP ones recover in seconds, the others restart a platform part.
 PRODUCT_KINDS = tuple(f"{verb}-{name}" for verb in ("kill", "pause") for name in processes.NAMES)
 CHEAP = (*PRODUCT_KINDS, "webhook-500", "webhook-429")
@@ -185,6 +186,11 @@ class Campaign:
         }
         return ev
 
+    @property
+    def violations_path(self) -> Path:
+        """Every violation of the final check, one JSON object a line, beside the record."""
+        return self.record.path.parent / VIOLATIONS_FILE
+
     def quiesce_and_check(self) -> tuple[checker.Evidence, list[checker.Violation]]:
         """Check until clean or until the bounded wait is over; then what is left is stuck."""
         started = time.monotonic()
@@ -197,6 +203,7 @@ class Campaign:
             elapsed = time.monotonic() - started
             if ev is not None and (not violations or elapsed > self.config.quiesce_seconds):
                 self.quiesce_seconds = elapsed
+                write_violations(self.violations_path, violations)
                 return ev, violations
             if elapsed > self.config.quiesce_seconds + 60:
                 raise RuntimeError(f"the checker could not read the platform: {violations}")
@@ -386,6 +393,14 @@ def started(config: Config) -> Iterator[Campaign]:
             hook.stop()
 
 
+def write_violations(path: Path, violations: list[checker.Violation]) -> None:
+    """All of them (the report shows only the first of each kind), so a run can be studied
+    after its platform is gone; an empty file says the check was clean."""
+    with path.open("w") as out:
+        for violation in violations:
+            out.write(json.dumps({"kind": violation.kind, "what": violation.what}) + "\n")
+
+
 def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.Evidence) -> str:
     """The summary table: faults by kind, operations by outcome, and the verdicts."""
     lines = [
@@ -426,6 +441,7 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
     ]
     verdict = Counter(v.kind for v in violations)
     lines.append(" / ".join(f"{k} {verdict[k]}" for k in ("lost", "doubled", "stuck", "wrong")))
+    lines.append(f"every violation: {campaign.violations_path}")
     # The first 20, then the first 5 of each other kind, so that a flood of one kind (thousands
     # of stuck postings) does not hide the rest.
     shown = violations[:20]

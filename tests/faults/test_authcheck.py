@@ -109,9 +109,10 @@ def _plant(ev: authcheck.AuthEvidence, fault: str) -> None:  # noqa: PLR0912 - o
         ev.rows["a-4"] = authcheck.Row("c-0", 1000, 0, 0, 1000, "expired", False, False)
     elif fault == "never expired":
         ev.rows["a-2"] = authcheck.Row("c-1", 3000, 0, 0, 0, "pending", True, True)
-    elif fault == "declined approval held":  # told IssuerUnavailable, yet it holds
+    elif fault == "declined approval held":  # told IssuerUnavailable (stored), yet it holds
         ev.log.append(_line("authorize", "a-5", "a-5", "c-1", {"amount": 10},
-                            _answer("a-5", False, reason="IssuerUnavailable")))  # fmt: skip
+                            _answer("a-5", False, reason="IssuerUnavailable"),
+                            replayed=True))  # fmt: skip
         ev.rows["a-5"] = authcheck.Row("c-1", 10, 0, 0, 0, "pending", False, False)
     elif fault == "closed untold":
         ev.rows["a-2"] = authcheck.Row("c-1", 3000, 0, 0, 3000, "closed", False, False)
@@ -133,3 +134,102 @@ def test_planted_authorization_violation_is_reported(fault: str, kind: str) -> N
     _plant(ev, fault)
     found = authcheck.check(ev, PURCHASES, LIMIT)
     assert kind in {k for k, _ in found}, (fault, found)
+
+
+# --- Unanswered, then retried (issue 16) -------------------------------------------------------
+
+UNAVAILABLE = _answer("a-2", False, reason="IssuerUnavailable", status="declined", held=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "replayed", "retry"),
+    [
+        (None, None, False, True),  # no answer at all
+        (502, "bad gateway", False, True),
+        (200, "not json", False, True),
+        (200, json.dumps({"reason": "Overloaded"}), False, True),
+        (200, UNAVAILABLE, False, True),  # the gateway's own deadline decline
+        (200, UNAVAILABLE, True, False),  # the settled decline, stored: an answer
+        (200, _answer("a-2", True), False, False),
+        (409, json.dumps({"error": "IdempotencyConflict"}), False, False),
+        (200, "[]", False, True),
+    ],
+)
+def test_what_counts_as_an_answer_of_the_ledger(
+    status: int | None, answer: str | None, replayed: bool, retry: bool
+) -> None:
+    assert authcheck.retryable(status, answer, replayed) is retry
+
+
+def test_a_retry_after_a_deadline_decline_gets_the_earlier_attempts_approval() -> None:
+    """Cut, then the gateway's own IssuerUnavailable on the second attempt (while the first
+    had committed), then the approval, replayed: the request's answer is the approval, and the
+    deadline decline is neither a wrong answer nor a retry that was not a replay."""
+    ev = _clean()
+    a2 = [i for i, line in enumerate(ev.log) if line["req"] == "a-2"][0]
+    ev.log.insert(a2 + 1, _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, UNAVAILABLE))
+    ev.log.append(_line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, UNAVAILABLE,
+                        replay=True))  # fmt: skip
+    assert authcheck.check(ev, PURCHASES, LIMIT) == []
+
+
+def test_an_old_record_that_kept_the_gateways_decline_is_judged_by_the_ledgers_answer() -> None:
+    """A line the client flagged as an answer is still not one if it is the gateway's own
+    decline: the checker decides from the line, not the flag."""
+    ev = _clean()
+    ev.log.insert(3, _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, UNAVAILABLE))
+    assert authcheck.check(ev, PURCHASES, LIMIT) == []
+    model = authcheck.replay(ev.log)
+    assert model.answers["a-2"][0]["answer"] == _answer("a-2", True)
+
+
+def test_only_gateway_declines_is_an_unanswered_request() -> None:
+    ev = _clean()
+    ev.log.append(_line("authorize", "a-9", "a-9", "c-0", {"amount": 1},
+                        _answer("a-9", False, reason="IssuerUnavailable")))  # fmt: skip
+    assert ("stuck", "request a-9 was never answered") in authcheck.check(ev, PURCHASES, LIMIT)
+
+
+# --- Captures after expiry ---------------------------------------------------------------------
+
+
+def _expired_then_force_posted(final: bool) -> authcheck.AuthEvidence:
+    """a-4 expired (its whole hold released); then its capture arrived: a force post of 600."""
+    ev = _clean()
+    ev.log.append(_line("capture", "a-4-cap", "a-4", "c-0", {"amount": 600, "final": final},
+                        _answer("a-4", True, forcePost=True, captured=600, held=0,
+                                status="expired")))  # fmt: skip
+    ev.stored["a-4-cap"] = ("capture", 200, ev.log[-1]["answer"])
+    ev.capture_journals["a-4-cap"] = [(14, 600)]
+    ev.events[("a-4", "captured")] = 1
+    ev.card_status["c-0"] = (0, LIMIT - 500 - 4500 - 600)
+    return ev
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_capture_after_expiry_is_a_force_post_not_a_capture_of_the_hold(final: bool) -> None:
+    """The hold's row stays expired with nothing captured (the force post touches no hold);
+    the journal counts in what the card spent. Counting it against the hold reported a wrong
+    captured figure, and a final one a hold "closed" that the books rightly show expired."""
+    assert authcheck.check(_expired_then_force_posted(final), PURCHASES, LIMIT) == []
+
+
+def test_a_force_post_still_counts_in_what_the_card_spent() -> None:
+    ev = _expired_then_force_posted(True)
+    ev.card_status["c-0"] = (0, LIMIT - 500 - 4500)  # as if the force post were not spent
+    assert "wrong" in {k for k, _ in authcheck.check(ev, PURCHASES, LIMIT)}
+
+
+def test_a_force_post_posted_twice_is_doubled() -> None:
+    ev = _expired_then_force_posted(True)
+    ev.capture_journals["a-4-cap"].append((15, 600))
+    assert "doubled" in {k for k, _ in authcheck.check(ev, PURCHASES, LIMIT)}
+
+
+def test_a_capture_of_the_hold_that_the_books_lack_is_still_wrong() -> None:
+    """Not a force post: a capture told approved that the hold does not show is wrong."""
+    ev = _expired_then_force_posted(True)
+    line = ev.log[-1]
+    line["answer"] = _answer("a-4", True, forcePost=False, captured=600)
+    ev.stored["a-4-cap"] = ("capture", 200, line["answer"])
+    assert "wrong" in {k for k, _ in authcheck.check(ev, PURCHASES, LIMIT)}

@@ -8,6 +8,9 @@ campaign's "lost 0 / doubled 0" could be a checker that never looks.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.faults import checker, receiver
@@ -104,3 +107,17 @@ def test_planted_violation_is_reported(fault: str, kind: str) -> None:
     _plant(ev, fault)
     kinds = {v.kind for v in checker.check(ev)}
     assert kind in kinds, (fault, checker.check(ev))
+
+
+def test_every_violation_is_written_one_json_object_a_line(tmp_path: Path) -> None:
+    """The report shows the first few; the file keeps them all, and is empty when clean."""
+    from tests.faults import campaign  # noqa: PLC0415 - the campaign module imports the platform
+
+    found = [checker.Violation("stuck", f"posting p-{i} has no phase") for i in range(50)]
+    found.append(checker.Violation("wrong", 'request a-1: told "x"\nstored "y"'))
+    path = tmp_path / campaign.VIOLATIONS_FILE
+    campaign.write_violations(path, found)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"kind": v.kind, "what": v.what} for v in found]
+    campaign.write_violations(path, [])
+    assert path.read_text() == ""
