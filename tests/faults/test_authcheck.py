@@ -166,7 +166,7 @@ def test_a_retry_after_a_deadline_decline_gets_the_earlier_attempts_approval() -
     had committed), then the approval, replayed: the request's answer is the approval, and the
     deadline decline is neither a wrong answer nor a retry that was not a replay."""
     ev = _clean()
-    a2 = [i for i, line in enumerate(ev.log) if line["req"] == "a-2"][0]
+    a2 = next(i for i, line in enumerate(ev.log) if line["req"] == "a-2")
     ev.log.insert(a2 + 1, _line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, UNAVAILABLE))
     ev.log.append(_line("authorize", "a-2", "a-2", "c-1", {"amount": 3000}, UNAVAILABLE,
                         replay=True))  # fmt: skip
