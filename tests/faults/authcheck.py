@@ -169,6 +169,10 @@ def _answer_violations(ev: AuthEvidence, model: Model) -> list[tuple[str, str]]:
         out.append(("stuck", f"request {req} was never answered"))
     for req, lines in model.answers.items():
         first = lines[0]
+        # Refusals that write nothing (a 409 for an id used by another kind of request, such as
+        # a capture id its deadline settle reserved; a 404) are worked out afresh each time, so
+        # their retries are never marked replayed, and nothing can be doubled by them.
+        conflict = _body(first).get("error") in ("IdempotencyConflict", "AuthorizationNotFound")
         for later in lines[1:]:
             if (later["status"], later["answer"]) != (first["status"], first["answer"]):
                 out.append(
@@ -178,10 +182,9 @@ def _answer_violations(ev: AuthEvidence, model: Model) -> list[tuple[str, str]]:
                         f"first answer {first['answer']!r}",
                     )
                 )
-            elif later["replay"] and not later["replayed"]:
+            elif later["replay"] and not later["replayed"] and not conflict:
                 out.append(("doubled", f"request {req}: a retry was not a replay"))
         stored = ev.stored.get(req)
-        conflict = _body(first).get("error") in ("IdempotencyConflict", "AuthorizationNotFound")
         # A deadline decline is stored by the gateway's settle; a gateway killed before it
         # settles stores nothing (docs/gateway.md): then the hold rules prove nothing is held.
         unsettled = _body(first).get("reason") == "IssuerUnavailable"

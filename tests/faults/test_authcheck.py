@@ -233,3 +233,30 @@ def test_a_capture_of_the_hold_that_the_books_lack_is_still_wrong() -> None:
     line["answer"] = _answer("a-4", True, forcePost=False, captured=600)
     ev.stored["a-4-cap"] = ("capture", 200, line["answer"])
     assert "wrong" in {k for k, _ in authcheck.check(ev, PURCHASES, LIMIT)}
+
+
+def test_a_capture_cut_by_its_deadline_then_refused_409_is_not_doubled() -> None:
+    """Found by the 900 s campaign (seed 1617): a capture declined IssuerUnavailable by the
+    gateway (its id then reserved by the settle), retried and refused 409 IdempotencyConflict,
+    then sent again on purpose: the same 409, not marked replayed because a refusal is worked
+    out afresh and never stored. Nothing was written twice: no violation."""
+    ev = _clean()
+    conflict = json.dumps({"error": "IdempotencyConflict", "field": "kind"})
+    body = {"amount": 100, "final": True}
+    ev.log += [
+        _line("capture", "a-2-cap", "a-2", "c-1", body, UNAVAILABLE, retry=True),
+        _line("capture", "a-2-cap", "a-2", "c-1", body, conflict, status=409),
+        _line("capture", "a-2-cap", "a-2", "c-1", body, conflict, status=409, replay=True),
+    ]
+    ev.stored["a-2-cap"] = ("timeout", 200, UNAVAILABLE)
+    assert authcheck.check(ev, PURCHASES, LIMIT) == []
+
+
+def test_a_stored_answer_retried_without_the_replay_mark_is_still_doubled() -> None:
+    """The rule itself stays: an approval sent again that is not marked replayed was decided
+    again."""
+    ev = _clean()
+    ev.log.append({**ev.log[0], "replay": True, "replayed": False})
+    assert ("doubled", "request a-1: a retry was not a replay") in authcheck.check(
+        ev, PURCHASES, LIMIT
+    )
