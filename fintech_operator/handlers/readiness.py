@@ -72,8 +72,7 @@ async def _resolve(toggles: Any, state: bool, future: asyncio.Future[None], wait
         future.cancel()  # the operator stops: its waiters stop too
         raise
     except Exception as exc:
-        future.set_exception(exc)
-        raise
+        future.set_exception(exc)  # each waiting caller raises it; this task ends quietly
     else:
         future.set_result(None)
     finally:
