@@ -131,6 +131,10 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.expiry_task = expiry_task
     memo.trim_task = trim_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    # New cards are issued from a bounded queue by a few workers on the handlers' slots.
+    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
+
+    card_queue.start(memo, settings, app.db_pool_max_size)
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
 
@@ -161,6 +165,9 @@ def _ignore_signals_from_now_on() -> None:
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     _ignore_signals_from_now_on()
+    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
+
+    await card_queue.stop(memo)  # before the pool closes: a worker may hold a card
     await collector.stop(memo.get("metrics_collector"))
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import kopf
+import psycopg_pool
 
 from fintech_operator import api, kube
 from fintech_operator.authorizations import mirror
@@ -116,6 +117,14 @@ def owner(products: Iterable[tuple[str, bool]]) -> str | None:
 TICK_SECONDS: Final = 1.0
 
 
+def _stopping(memo: kopf.Memo) -> bool:
+    """The operator is stopping: its cleanup may close the pool while kopf still ticks the
+    timers, so they do nothing from now on (no "pool already closed" at every stop)."""
+    stop = memo.get("stop_flag")
+    pool = memo.get("pool")
+    return bool((stop is not None and stop.is_set()) or (pool is not None and pool.closed))
+
+
 def _due(memo: kopf.Memo, namespace: str) -> bool:
     """True once per refresh interval per namespace (the times live in the operator's memo)."""
     last: dict[str, float] = memo.card_refresh_last
@@ -137,13 +146,18 @@ async def refresh_cards(
     # kopf passes each index as a keyword argument named after its function.
     namespace_cards, product_names = kwargs["namespace_cards"], kwargs["product_names"]
     ns = report.namespace_of(namespace)
-    if owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
+    if _stopping(memo) or owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
         return
     snapshots = sorted(
         issued(namespace_cards.get(ns) or ()), key=lambda s: str(s["metadata"]["name"])
     )
-    for start in range(0, len(snapshots), REFRESH_BATCH_MAX):
-        await _refresh_batch(memo, snapshots[start : start + REFRESH_BATCH_MAX])
+    try:
+        for start in range(0, len(snapshots), REFRESH_BATCH_MAX):
+            await _refresh_batch(memo, snapshots[start : start + REFRESH_BATCH_MAX])
+    except psycopg_pool.PoolClosed:
+        if not _stopping(memo):
+            raise
+        log.info("card refresh of %s stopped with the operator", ns)
 
 
 async def _refresh_batch(memo: kopf.Memo, batch: Sequence[Mapping[str, Any]]) -> None:
@@ -209,7 +223,7 @@ async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _F
 async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Apply the recorded CardReview of each of the namespace's cards in PendingReview."""
     ns = report.namespace_of(namespace)
-    if owner(kwargs["product_names"].get(ns) or ()) != name:
+    if _stopping(memo) or owner(kwargs["product_names"].get(ns) or ()) != name:
         return
     waits: dict[str, tuple[int, float]] = memo.card_review_waits
     waiting = in_review(kwargs["namespace_cards"].get(ns) or ())
