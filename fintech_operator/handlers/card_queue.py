@@ -234,7 +234,7 @@ def wanted(body: kopf.Body, type: str | None, **_: Any) -> bool:
     card in kopf's listing at start (``type`` None), whose ledger follows its status."""
     if not cards.decided(body):
         return True
-    return type is None and body.get("status", {}).get("phase") in cards.ISSUED_PHASES
+    return type is None and (body.get("status") or {}).get("phase") in cards.ISSUED_PHASES
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "cards", when=wanted)

@@ -4,7 +4,9 @@ retries at the back after their delay, deleted cards dropped, and a clean stop. 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
+import kopf
 import pytest
 
 from fintech_operator.handlers import card_queue
@@ -123,3 +125,47 @@ def test_failures_are_retried_later_and_later_up_to_a_minute() -> None:
     assert delays == sorted(delays)
     assert delays[0] == 1.0
     assert delays[-1] == 60.0
+
+
+def _card(phase: str | None) -> kopf.Body:
+    raw: dict[str, Any] = {"metadata": {"name": "c", "namespace": "ns", "uid": "u"}}
+    if phase is not None:
+        raw["status"] = {"phase": phase}
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+@pytest.mark.parametrize("phase", [None, "Pending"])
+def test_undecided_cards_are_queued_on_every_event(phase: str | None) -> None:
+    """kopf has no handler for them (``cards.decided`` is False): the queue is all they have."""
+    assert not card_queue.cards.decided(_card(phase))
+    for event_type in (None, "ADDED", "MODIFIED", "DELETED"):
+        assert card_queue.wanted(_card(phase), type=event_type)
+
+
+@pytest.mark.parametrize("phase", ["Active", "Frozen"])
+def test_issued_cards_are_queued_only_when_listed_at_start(phase: str) -> None:
+    """Their resume: the ledger's freeze and the mirror follow the status once per start."""
+    assert card_queue.cards.decided(_card(phase))
+    assert card_queue.wanted(_card(phase), type=None)
+    for event_type in ("ADDED", "MODIFIED", "DELETED"):
+        assert not card_queue.wanted(_card(phase), type=event_type)
+
+
+@pytest.mark.parametrize("phase", ["Rejected", "PendingReview", "Closed"])
+def test_other_decided_cards_are_never_queued(phase: str) -> None:
+    assert card_queue.cards.decided(_card(phase))
+    for event_type in (None, "ADDED", "MODIFIED"):
+        assert not card_queue.wanted(_card(phase), type=event_type)
+
+
+def test_every_card_handler_of_kopf_is_for_decided_cards_only() -> None:
+    """kopf stores nothing for an object none of its handlers match: no per-card state while a
+    card waits in the queue (issue 14)."""
+    registry = kopf.get_default_registry()
+    changing = [
+        h
+        for h in registry._changing._handlers
+        if "cards" in (h.selector.plural, h.selector.any_name)
+    ]
+    assert changing
+    assert all(h.when is card_queue.cards.decided for h in changing)

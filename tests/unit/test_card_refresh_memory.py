@@ -57,9 +57,14 @@ def test_cards_have_no_timer_or_daemon() -> None:
     """The property that keeps kopf from holding every card's body (it did, ~90 KiB a card)."""
     registry = kopf.get_default_registry()
     spawning = [
-        h for h in registry._spawning._handlers if h.selector and h.selector.plural == "cards"
+        h
+        for h in registry._spawning._handlers
+        if h.selector and "cards" in (h.selector.plural, h.selector.any_name)
     ]
     assert spawning == []
+    # The selector's spelling is the one the timers of CardProduct have (the check is live).
+    assert any(h.selector and h.selector.any_name == "cardproducts"
+               for h in registry._spawning._handlers)  # fmt: skip
 
 
 def test_an_issued_card_keeps_only_what_the_refresh_reads(refresh: types.ModuleType) -> None:
