@@ -47,6 +47,24 @@ async def delete(plural: str, namespace: str, name: str, uid: str) -> bool:
     return await asyncio.to_thread(_delete, plural, namespace, name, uid)
 
 
+def _get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found = _custom_objects().get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, plural, name,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except ApiException as exc:
+        if exc.status == HTTP_NOT_FOUND:
+            return None
+        raise
+    return dict(found)
+
+
+async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our objects as the API server has it now; None when it does not exist."""
+    return await asyncio.to_thread(_get, plural, namespace, name)
+
+
 def _patch_status(plural: str, namespace: str, name: str, uid: str, status: Any) -> bool:
     # The uid in the patch is a precondition: a newer object reusing the name is left alone.
     body = {"metadata": {"uid": uid}, "status": status}

@@ -123,15 +123,24 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # A burst's freed memory goes back to the system (issue 14; see fintech_operator.memory).
     trim_task = asyncio.create_task(memory.trim_until(stop), name="memory-trim")
     memo.settings = app
-    memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
-    memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
     memo.expiry_task = expiry_task
     memo.trim_task = trim_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    _start_cards(memo, settings, app)
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
+
+
+def _start_cards(memo: kopf.Memo, settings: kopf.OperatorSettings, app: config.Settings) -> None:
+    """The cards' operator-wide state: the namespaces' refresh and review timers, and the
+    bounded queue from which a few workers on the handlers' slots issue new cards."""
+    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
+
+    memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
+    memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
+    card_queue.start(memo, settings, app.db_pool_max_size)
 
 
 async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
@@ -161,6 +170,9 @@ def _ignore_signals_from_now_on() -> None:
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     _ignore_signals_from_now_on()
+    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
+
+    await card_queue.stop(memo)  # before the pool closes: a worker may hold a card
     await collector.stop(memo.get("metrics_collector"))
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fintech_operator.handlers import (
+    card_queue,
     card_refresh,
     cardproduct,
     cards,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from fintech_operator import config
 
 __all__ = [
+    "card_queue",
     "card_refresh",
     "cardproduct",
     "cards",

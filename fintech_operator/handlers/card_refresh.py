@@ -23,9 +23,10 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import kopf
+import psycopg_pool
 
 from fintech_operator import api, kube
 from fintech_operator.authorizations import mirror
@@ -42,17 +43,40 @@ REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
 
 
 API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
-# What the refresh reads of an issued card's status; a card being closed also needs what
-# closing it reports against (its reason and conditions), the others do not keep them.
-_REFRESHED: Final = ("phase", "account", "balance", "rewardsPoints", "aml", "held", "available")
-_CLOSING: Final = ("reason", "conditions")
+
+
+class IssuedCard(NamedTuple):
+    """What the refresh reads of an issued card, flat: one tuple per card instead of a body's
+    four or more dicts (issue 14: kopf keeps every index value for every card). A card being
+    closed also keeps what closing it reports against (its reason and conditions)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    state: str | None
+    phase: str
+    account: str
+    balance_minor: int | None
+    currency: str | None
+    rewards_points: int | None
+    aml: tuple[Any, Any, Any] | None  # alerts, lastAlertId, lastAlert
+    held_minor: int | None
+    available_minor: int | None
+    closing: tuple[Any, Any] | None  # reason, conditions
+
+
+def _amount(value: Any) -> Any:
+    """``held`` and ``available`` are Money (or absent): the refresh compares the amount only."""
+    return value.get("amount") if isinstance(value, dict) else None
 
 
 @kopf.index(api.GROUP, api.VERSION, "cards")
 def namespace_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """namespace -> what the namespace's timers need of each card, and only that (one index:
     kopf keeps a few hundred bytes per object and index even for cards an index leaves out):
-    issued cards for the refresh, cards in PendingReview for their review."""
+    issued cards for the refresh (an :class:`IssuedCard`), cards in PendingReview for their
+    review (a snapshot of the body without kopf's state: there are few of them)."""
     status = body.get("status") or {}
     phase = status.get("phase")
     spec = body.get("spec") or {}
@@ -61,9 +85,50 @@ def namespace_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any)
         return {namespace: _snapshot(body, name, namespace, dict(spec), kept)}
     if phase not in cards.ISSUED_PHASES or not status.get("account"):
         return {}  # not indexed: nothing to refresh
-    keys = _REFRESHED + _CLOSING if spec.get("state") == "Closed" else _REFRESHED
-    kept = {key: status.get(key) for key in keys}
-    return {namespace: _snapshot(body, name, namespace, {"state": spec.get("state")}, kept)}
+    aml = status.get("aml")
+    balance = status.get("balance") or {}
+    meta = body.metadata
+    closing = spec.get("state") == "Closed"
+    return {
+        namespace: IssuedCard(
+            name=name,
+            namespace=str(namespace),
+            uid=str(meta.get("uid")),
+            generation=int(meta.get("generation") or 0),
+            state=spec.get("state"),
+            phase=str(phase),
+            account=str(status.get("account")),
+            balance_minor=balance.get("amount"),
+            currency=balance.get("currency"),
+            rewards_points=status.get("rewardsPoints"),
+            aml=None
+            if not aml
+            else (aml.get("alerts"), aml.get("lastAlertId"), aml.get("lastAlert")),
+            held_minor=_amount(status.get("held")),
+            available_minor=_amount(status.get("available")),
+            closing=(status.get("reason"), status.get("conditions")) if closing else None,
+        )
+    }
+
+
+def snapshot_of(card: IssuedCard) -> dict[str, Any]:
+    """The issued card as a body (only what the refresh reads), built for one refresh pass."""
+    status: dict[str, Any] = {"phase": card.phase, "account": card.account}
+    if card.balance_minor is not None:
+        status["balance"] = {"amount": card.balance_minor, "currency": card.currency}
+    if card.rewards_points is not None:
+        status["rewardsPoints"] = card.rewards_points
+    if card.aml is not None:
+        status["aml"] = dict(zip(("alerts", "lastAlertId", "lastAlert"), card.aml, strict=True))
+    if card.held_minor is not None:
+        status["held"] = {"amount": card.held_minor}
+    if card.available_minor is not None:
+        status["available"] = {"amount": card.available_minor}
+    if card.closing is not None:
+        status["reason"], status["conditions"] = card.closing
+    meta = {"uid": card.uid, "generation": card.generation}
+    return _snapshot(kopf.Body(cast(kopf.RawBody, {"metadata": meta})), card.name,
+                     card.namespace, {"state": card.state}, status)  # fmt: skip
 
 
 def _snapshot(
@@ -89,12 +154,17 @@ def _snapshot(
     }
 
 
-def issued(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [s for s in snapshots if s["status"].get("phase") in cards.ISSUED_PHASES]
+def issued(entries: Iterable[Any]) -> list[IssuedCard]:
+    return [entry for entry in entries if isinstance(entry, IssuedCard)]
 
 
-def in_review(snapshots: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [s for s in snapshots if s["status"].get("phase") == api.CardPhase.PENDING_REVIEW]
+def in_review(entries: Iterable[Any]) -> list[Mapping[str, Any]]:
+    return [
+        entry
+        for entry in entries
+        if isinstance(entry, Mapping)
+        and entry["status"].get("phase") == api.CardPhase.PENDING_REVIEW
+    ]
 
 
 @kopf.index(api.GROUP, api.VERSION, "cardproducts")
@@ -114,6 +184,14 @@ def owner(products: Iterable[tuple[str, bool]]) -> str | None:
 # The timer ticks this often; a namespace is refreshed every FINTECH_CARD_REFRESH_INTERVAL_SECONDS
 # (read at start-up, not at import: kopf needs a timer's interval when the module is imported).
 TICK_SECONDS: Final = 1.0
+
+
+def _stopping(memo: kopf.Memo) -> bool:
+    """The operator is stopping: its cleanup may close the pool while kopf still ticks the
+    timers, so they do nothing from now on (no "pool already closed" at every stop)."""
+    stop = memo.get("stop_flag")
+    pool = memo.get("pool")
+    return bool((stop is not None and stop.is_set()) or (pool is not None and pool.closed))
 
 
 def _due(memo: kopf.Memo, namespace: str) -> bool:
@@ -137,13 +215,17 @@ async def refresh_cards(
     # kopf passes each index as a keyword argument named after its function.
     namespace_cards, product_names = kwargs["namespace_cards"], kwargs["product_names"]
     ns = report.namespace_of(namespace)
-    if owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
+    if _stopping(memo) or owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
         return
-    snapshots = sorted(
-        issued(namespace_cards.get(ns) or ()), key=lambda s: str(s["metadata"]["name"])
-    )
-    for start in range(0, len(snapshots), REFRESH_BATCH_MAX):
-        await _refresh_batch(memo, snapshots[start : start + REFRESH_BATCH_MAX])
+    listed = sorted(issued(namespace_cards.get(ns) or ()), key=lambda card: card.name)
+    try:
+        for start in range(0, len(listed), REFRESH_BATCH_MAX):
+            batch = [snapshot_of(card) for card in listed[start : start + REFRESH_BATCH_MAX]]
+            await _refresh_batch(memo, batch)
+    except psycopg_pool.PoolClosed:
+        if not _stopping(memo):
+            raise
+        log.info("card refresh of %s stopped with the operator", ns)
 
 
 async def _refresh_batch(memo: kopf.Memo, batch: Sequence[Mapping[str, Any]]) -> None:
@@ -209,7 +291,7 @@ async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _F
 async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Apply the recorded CardReview of each of the namespace's cards in PendingReview."""
     ns = report.namespace_of(namespace)
-    if owner(kwargs["product_names"].get(ns) or ()) != name:
+    if _stopping(memo) or owner(kwargs["product_names"].get(ns) or ()) != name:
         return
     waits: dict[str, tuple[int, float]] = memo.card_review_waits
     waiting = in_review(kwargs["namespace_cards"].get(ns) or ())
@@ -255,6 +337,7 @@ async def _apply_review(
 
 
 __all__ = [
+    "IssuedCard",
     "apply_reviews",
     "in_review",
     "issued",
@@ -262,4 +345,5 @@ __all__ = [
     "owner",
     "product_names",
     "refresh_cards",
+    "snapshot_of",
 ]

@@ -50,6 +50,14 @@ def normal_event(body: kopf.Body, reason: str, message: str) -> None:
     kopf.event(body, type="Normal", reason=reason, message=message[:1024])
 
 
+def decided(body: kopf.Body, **_: Any) -> bool:
+    """True once the card is decided (any phase but Pending): the ``when`` of every Card
+    handler. kopf stores no state at all for an object none of its handlers match, so the
+    undecided cards are the card queue's alone (``card_queue``), and the decided ones have a
+    handler only when something changes."""
+    return (body.get("status") or {}).get("phase") in DECIDED_PHASES
+
+
 def _generation(body: kopf.Body) -> int:
     return int(body.metadata.get("generation") or 0)
 
@@ -99,14 +107,10 @@ def cards_by_user(
     meta: kopf.Meta,
     **_: Any,
 ) -> dict[Any, Any]:
-    """(namespace, userId) -> the user's cards, for the MaxCardsPerUser rule."""
-    return {
-        (namespace, spec.get("userId")): {
-            "name": name,
-            "phase": status.get("phase"),
-            "created": str(meta.get("creationTimestamp") or ""),
-        }
-    }
+    """(namespace, userId) -> (name, phase, created) of each of the user's cards, for the
+    MaxCardsPerUser rule; a tuple, not a dict: kopf keeps one per card (issue 14)."""
+    created = str(meta.get("creationTimestamp") or "")
+    return {(namespace, spec.get("userId")): (name, status.get("phase"), created)}
 
 
 # --- Issuance -------------------------------------------------------------------------------------
@@ -140,8 +144,6 @@ def _product_or_retry(
     return api.CardProductSpec.model_validate(raw)
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "cards")
-@kopf.on.create(api.GROUP, api.VERSION, "cards")
 async def issue(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -150,10 +152,12 @@ async def issue(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    """Assess a new card and issue it, hold it for review, or reject it."""
-    if body.status.get("phase") in DECIDED_PHASES:
-        await _resume(body, spec, memo)
-        return
+    """Assess a new card and issue it, hold it for review, or reject it.
+
+    Called by the card queue's workers (``card_queue``) as kopf called a handler: the status
+    goes into ``patch``, a wait is raised as ``kopf.TemporaryError``; ``kwargs`` are the
+    indexes kopf hands to handlers.
+    """
     ref, ports = _ref(body), _ports(memo)
     try:
         card = api.CardSpec.model_validate(dict(spec))
@@ -180,8 +184,9 @@ async def issue(
     await _assess(body, patch, ports, issuance.OpenCard(ref, card, product, retry), kwargs)
 
 
-async def _resume(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo) -> None:
-    """A decided card seen again: an issued one's freeze and mirror follow its status."""
+async def resume(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo) -> None:
+    """A decided card seen again (at start): an issued one's freeze and mirror follow its
+    status. The card queue calls it for each issued card kopf lists at start."""
     if body.status.get("phase") not in ISSUED_PHASES:
         return  # a Rejected card's spec may not even parse: nothing to follow
     token = body.status.get("token")
@@ -210,7 +215,11 @@ async def _assess(
 ) -> None:
     """Decode what the indexes know (policies, the user's cards), then issue the card."""
     namespace, name = card.card.namespace, card.card.name
-    owned = indexes_["cards_by_user"].get((namespace, card.spec.user_id)) or ()
+    owned = [
+        {"name": other, "phase": phase, "created": created}
+        for other, phase, created in indexes_["cards_by_user"].get((namespace, card.spec.user_id))
+        or ()
+    ]
     command = issuance.IssueCard(
         card=card.card,
         spec=card.spec,
@@ -366,7 +375,7 @@ def _show_issued(
 # --- Re-assessment and manual review --------------------------------------------------------------
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.holder")
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.holder", when=decided)
 async def holder_changed(
     body: kopf.Body, old: Any, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
 ) -> None:
@@ -443,7 +452,7 @@ async def apply_review(
 # --- State: freeze, unfreeze, close ---------------------------------------------------------------
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state")
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state", when=decided)
 async def state_changed(
     body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -462,7 +471,7 @@ async def _change_state(
     _render_state(body, patch, outcome, announce=True)
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit")
+@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit", when=decided)
 async def spend_limit_changed(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
     if body.status.get("phase") not in ISSUED_PHASES:
@@ -567,7 +576,7 @@ def announce_alerts(
 # --- Deletion -------------------------------------------------------------------------------------
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, "cards")
+@kopf.on.delete(api.GROUP, api.VERSION, "cards", when=decided)
 async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     """Close the card's ledger account, keeping its history; never block deletion for long.
 
@@ -602,10 +611,12 @@ __all__ = [
     "apply_review",
     "cards_by_user",
     "close",
+    "decided",
     "delete",
     "holder_changed",
     "issue",
     "normal_event",
+    "resume",
     "show_holds",
     "spend_limit_changed",
     "state_changed",

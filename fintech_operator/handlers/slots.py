@@ -118,11 +118,27 @@ def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
     return limited
 
 
+# The semaphore of the operator's handlers, shared with the card queue's workers
+# (``card_queue``) so that the two together never take more than the slots.
+_shared: list[asyncio.Semaphore] = []
+
+
+def shared(pool_max_size: int) -> asyncio.Semaphore:
+    """The operator's one semaphore of database slots (made on first use)."""
+    if not _shared:
+        _shared.append(asyncio.Semaphore(slots_for(pool_max_size)))
+    return _shared[0]
+
+
 def install(pool_max_size: int, registry: Any = None) -> int:
     """Put every async resource and timer handler of ``registry`` behind one semaphore sized
-    from the pool; return how many handlers were wrapped."""
+    from the pool (:func:`shared`); return how many handlers were wrapped."""
     registry = registry if registry is not None else kopf.get_default_registry()
-    slots = asyncio.Semaphore(slots_for(pool_max_size))
+    slots = (
+        shared(pool_max_size)
+        if registry is kopf.get_default_registry()
+        else (asyncio.Semaphore(slots_for(pool_max_size)))
+    )
     try:
         parts = (registry._changing._handlers, registry._spawning._handlers)
     except AttributeError:
@@ -141,4 +157,4 @@ def install(pool_max_size: int, registry: Any = None) -> int:
     return wrapped
 
 
-__all__ = ["install", "limit", "retry_delay_seconds", "slots_for"]
+__all__ = ["install", "limit", "retry_delay_seconds", "shared", "slots_for"]
