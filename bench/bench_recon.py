@@ -189,7 +189,7 @@ def product(dsn: str, url: str, window: tuple[datetime.datetime, datetime.dateti
         store.RunKey(str(uuid.uuid4()), "bench", f"bench-{tag}"),
         plans.plan_of(spec),
         sources.opener(spec, "bench", sources.Limits(records_max=RECORDS_MAX + 1)),
-        phases=phases,
+        phases,
     )
     return outcome, time.monotonic() - started, phases
 

@@ -177,7 +177,7 @@ def execute(
 ) -> RunState:
     """Carry out one run to a final state, or raise (transient error, :class:`Busy`,
     :class:`model.Interrupted`) leaving the run unfinished and nothing of it committed."""
-    return execute_timed(dsn, key, plan, records, stop=stop, limits=limits, phases=None)
+    return _execute(dsn, key, plan, records, _Control(stop or threading.Event(), limits, None))
 
 
 def execute_timed(
@@ -185,16 +185,30 @@ def execute_timed(
     key: RunKey,
     plan: model.Plan,
     records: Source | None,
+    phases: dict[str, float],
     *,
-    phases: dict[str, float] | None,
-    **options: Any,
+    limits: Limits | None = None,
 ) -> RunState:
-    """:func:`execute` (``options``: its ``stop`` and ``limits``) that also adds the seconds
-    each step took (prepare, load, settlement, checks and findings, commit) to ``phases``,
-    for benchmarks and profiles."""
-    limits: Limits = options.get("limits") or Limits()
-    stop: threading.Event = options.get("stop") or threading.Event()
-    clock = _Phases(phases)
+    """:func:`execute` that also adds the seconds each step took (prepare, load, settlement,
+    checks and findings, commit) to ``phases``, for benchmarks and profiles."""
+    return _execute(dsn, key, plan, records, _Control(threading.Event(), limits, phases))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Control:
+    """How a run is driven: its stop signal, its bounds, and where its step times go."""
+
+    stop: threading.Event
+    limits: Limits | None
+    phases: dict[str, float] | None
+
+
+def _execute(
+    dsn: str, key: RunKey, plan: model.Plan, records: Source | None, control: _Control
+) -> RunState:
+    limits = control.limits or Limits()
+    stop = control.stop
+    clock = _Phases(control.phases)
     if model.Check.SETTLEMENT in plan.checks and records is None:
         raise ValueError("the settlement check needs a record source")
     with connect(dsn, limits) as conn:
