@@ -13,7 +13,8 @@ it from a loopback HTTP server, and then, ``--runs`` times in turn on the same P
   PostgreSQL at the least);
 - the product: the Settlement check exactly as the operator runs it (``store.execute``): the file
   streamed from the URL, loaded, validated, matched, findings and completion committed in one
-  transaction.
+  transaction. The seconds of each of its steps (prepare, load, settlement, checks and
+  findings, commit) are printed under each pair.
 
 Anchor and product alternate, so a burst of load from elsewhere on the machine hits both; the
 line ``steady`` gives the medians and their ratio (product / anchor, the goal is <= 3), and the
@@ -170,7 +171,8 @@ def anchor(dsn: str, path: Path) -> float:
 
 
 def product(dsn: str, url: str, window: tuple[datetime.datetime, datetime.datetime]) -> Any:
-    """One reconciliation run of the file at ``url``, as the operator runs it; (outcome, s)."""
+    """One reconciliation run of the file at ``url``, as the operator runs it; (outcome,
+    seconds, seconds per phase of the run)."""
     spec = api.ReconciliationRunSpec.model_validate(
         {
             "source": {"http": {"url": url}},
@@ -180,14 +182,16 @@ def product(dsn: str, url: str, window: tuple[datetime.datetime, datetime.dateti
         }
     )
     tag = uuid.uuid4().hex[:8]
+    phases: dict[str, float] = {}
     started = time.monotonic()
-    outcome = store.execute(
+    outcome = store.execute_timed(
         dsn,
         store.RunKey(str(uuid.uuid4()), "bench", f"bench-{tag}"),
         plans.plan_of(spec),
         sources.opener(spec, "bench", sources.Limits(records_max=RECORDS_MAX + 1)),
+        phases,
     )
-    return outcome, time.monotonic() - started
+    return outcome, time.monotonic() - started, phases
 
 
 def check(outcome: Any, count: int) -> None:
@@ -221,7 +225,7 @@ def bench(dsn: str, count: int, runs: int) -> None:
             before = rss_mib()
             for run in range(1, runs + 1):
                 anchors.append(anchor(dsn, path))
-                outcome, seconds = product(dsn, f"{base}/settlement.csv", window)
+                outcome, seconds, phases = product(dsn, f"{base}/settlement.csv", window)
                 check(outcome, count)
                 products.append(seconds)
                 print(
@@ -230,6 +234,8 @@ def bench(dsn: str, count: int, runs: int) -> None:
                     f"; load average {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
+                split = ", ".join(f"{name} {value:.2f}s" for name, value in phases.items())
+                print(f"  phases: {split}", flush=True)
             after = rss_mib()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

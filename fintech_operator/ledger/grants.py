@@ -65,6 +65,12 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     # Running spend per window (0054): written by the entries and journals triggers only.
     "account_spend_windows": MUTABLE,
     "account_spend_drift": READ,
+    # Settlement postings per reference (0057): written by the entries and journals triggers
+    # (a reversal deletes the row of a reference it empties); read by reconciliation runs.
+    "settlement_references": PRUNABLE,
+    "settlement_postings": READ,
+    "settlement_reference_totals": READ,
+    "settlement_reference_drift": READ,
 }
 
 _RELATIONS: Final = """
@@ -138,6 +144,7 @@ GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "accounts": ("SELECT", "INSERT", "UPDATE (closed_at)"),
     "account_balances": MUTABLE,  # written by the entries trigger
     "account_spend_windows": MUTABLE,  # written by the entries trigger, read by decisions
+    "settlement_references": MUTABLE,  # written by the entries trigger of a capture
     "journals": APPEND,
     "entries": APPEND,
     "outbox": ("INSERT",),  # the gateway only adds events; the relay reads and publishes them

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -62,6 +63,10 @@ class Limits:
     statement_timeout_seconds: int = 1800
     lock_timeout_seconds: int = 10
     work_mem_mb: int = 64
+    # For the one join of the file with the ledger's references: a hash table of a million
+    # references takes about 150 MB, and one built in memory is several times faster than one
+    # spilled to disk in batches. Bounds that statement's memory, not the others'.
+    join_work_mem_mb: int = 256
 
     def __post_init__(self) -> None:
         if not 1 <= self.connect_timeout_seconds <= 300:
@@ -72,6 +77,8 @@ class Limits:
             raise ValueError("lock_timeout_seconds must be in 1..statement_timeout_seconds")
         if not 4 <= self.work_mem_mb <= 4096:
             raise ValueError("work_mem_mb must be in 4..4096")
+        if not self.work_mem_mb <= self.join_work_mem_mb <= 4096:
+            raise ValueError("join_work_mem_mb must be in work_mem_mb..4096")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +177,38 @@ def execute(
 ) -> RunState:
     """Carry out one run to a final state, or raise (transient error, :class:`Busy`,
     :class:`model.Interrupted`) leaving the run unfinished and nothing of it committed."""
-    limits = limits or Limits()
-    stop = stop or threading.Event()
+    return _execute(dsn, key, plan, records, _Control(stop or threading.Event(), limits, None))
+
+
+def execute_timed(
+    dsn: str,
+    key: RunKey,
+    plan: model.Plan,
+    records: Source | None,
+    phases: dict[str, float],
+    *,
+    limits: Limits | None = None,
+) -> RunState:
+    """:func:`execute` that also adds the seconds each step took (prepare, load, settlement,
+    checks and findings, commit) to ``phases``, for benchmarks and profiles."""
+    return _execute(dsn, key, plan, records, _Control(threading.Event(), limits, phases))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Control:
+    """How a run is driven: its stop signal, its bounds, and where its step times go."""
+
+    stop: threading.Event
+    limits: Limits | None
+    phases: dict[str, float] | None
+
+
+def _execute(
+    dsn: str, key: RunKey, plan: model.Plan, records: Source | None, control: _Control
+) -> RunState:
+    limits = control.limits or Limits()
+    stop = control.stop
+    clock = _Phases(control.phases)
     if model.Check.SETTLEMENT in plan.checks and records is None:
         raise ValueError("the settlement check needs a record source")
     with connect(dsn, limits) as conn:
@@ -182,11 +219,44 @@ def execute(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 _lock(conn, claimed, limits)
-                summary = _reconcile(conn, claimed.run_id, plan, scope_of(key, plan), records, stop)
-                return _succeed(conn, key, plan, claimed.run_id, summary)
+                summary = _reconcile(
+                    conn,
+                    claimed.run_id,
+                    plan,
+                    _Scope(scope_of(key, plan), limits.join_work_mem_mb, stop, clock),
+                    records,
+                )
+                final = _succeed(conn, key, plan, claimed.run_id, summary)
+            clock.lap("commit")
+            return final
         except model.SourceError as exc:
             conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
             return _fail(conn, key, plan, claimed.run_id, exc.reason, exc.message)
+
+
+class _Phases:
+    """Seconds per step of a run, into the caller's dict (or nowhere)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+        self.last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        if self.into is not None:
+            self.into[name] = self.into.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    """Whose money a run compares (None: the whole ledger), its join's memory, its stop
+    signal and its clock."""
+
+    namespace: str | None
+    join_work_mem_mb: int
+    stop: threading.Event
+    clock: _Phases
 
 
 def _lock(conn: Connection, claimed: RunState, limits: Limits) -> None:
@@ -311,16 +381,19 @@ def _reconcile(
     conn: Connection,
     run_id: int,
     plan: model.Plan,
-    scope: str | None,
+    run_scope: _Scope,
     records: Source | None,
-    stop: threading.Event,
 ) -> model.Summary:
+    scope, stop, clock = run_scope.namespace, run_scope.stop, run_scope.clock
     conn.execute(FOUND_DDL)
     _scope_legacy(conn, scope)
+    clock.lap("prepare")
     records_read = ledger_references = matched = 0
     if model.Check.SETTLEMENT in plan.checks and records is not None:
         records_read = _load(conn, records, stop)
-        ledger_references, matched = _settlement(conn, plan, scope, records_read)
+        clock.lap("load")
+        ledger_references, matched = _settlement(conn, plan, run_scope, records_read)
+        clock.lap("settlement")
     if model.Check.TRIAL_BALANCE in plan.checks:
         _trial_balance(conn, plan.window, scope)
     if model.Check.REWARDS in plan.checks:
@@ -350,6 +423,7 @@ def _reconcile(
             """,
             (run_id,),
         )
+    clock.lap("checks and findings")
     return summary
 
 
@@ -447,9 +521,13 @@ SELECT DISTINCT ON (reference) line_no, reference, amount_minor, currency, occur
 """
 
 # The rule of matching.classify, set-wise. Keep the two in step: a test compares them.
-# Reads recon_first (one record per reference) and recon_ledger; writes recon_outcome.
+# Reads recon_first (one record per reference) and recon_ledger (one row per reference of the
+# ledger) in one hashed full join, and keeps in recon_outcome every reference except the plain
+# matches (both sides, one posting in the window, same amount and currency, time within the
+# tolerance), which are nearly all of them and need no finding: they are counted, not stored.
 CLASSIFY_SQL: Final = """
 CREATE TEMP TABLE recon_outcome ON COMMIT DROP AS
+SELECT * FROM (
 SELECT coalesce(s.reference, l.reference) AS reference,
        s.line_no, s.amount_minor AS source_amount, s.currency AS source_currency,
        s.occurred_at AS source_at,
@@ -467,6 +545,18 @@ SELECT coalesce(s.reference, l.reference) AS reference,
        END AS outcome
   FROM recon_first s
   FULL JOIN recon_ledger l ON l.reference = s.reference
+) o
+ WHERE NOT (o.outcome = 'Matched' AND o.in_window AND o.postings = 1
+            AND o.source_amount = o.ledger_amount)
+"""
+
+# What the outcome table implies about the plain matches it leaves out: every source
+# reference not in it is one, and each is matched with a ledger reference in the window.
+_COUNTS: Final = """
+SELECT count(*) FILTER (WHERE line_no IS NOT NULL),
+       count(*) FILTER (WHERE outcome = 'Matched'),
+       count(*) FILTER (WHERE in_window)
+  FROM recon_outcome
 """
 
 _LEDGER_TEXT: Final = (
@@ -520,35 +610,119 @@ def _window_params(window: model.Window | None, scope: str | None) -> dict[str, 
 
 
 def _settlement(
-    conn: Connection, plan: model.Plan, scope: str | None, records_read: int
+    conn: Connection, plan: model.Plan, run_scope: _Scope, records_read: int
 ) -> tuple[int, int]:
     """Classify every reference; returns (ledger references in the window, matched)."""
     params = {
-        **_window_params(plan.window, scope),
+        **_window_params(plan.window, run_scope.namespace),
         "slack": plan.tolerances.time_seconds,
         "amount_tolerance": plan.tolerances.amount_minor,
     }
     if plan.window is None:
         # No window: compare the whole ledger; no widening (and no overflow at the extremes).
         params["slack"] = 0
+    references, first_is_view = _first_records(conn, records_read)
+    ledger_is_view = _summary_serves(conn, run_scope.namespace)
+    if ledger_is_view:
+        _summary_ledger(conn, params)
+    else:
+        _entries_ledger(conn, params)
+    # One hashed full join, in memory: sorting both sides for a merge join costs more.
+    row = conn.execute(
+        "SELECT current_setting('work_mem'), set_config('work_mem', %s, true),"
+        " set_config('enable_mergejoin', 'off', true)",
+        (f"{run_scope.join_work_mem_mb}MB",),
+    ).fetchone()
+    conn.execute(CLASSIFY_SQL, {**params, "slack": plan.tolerances.time_seconds})
+    conn.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('enable_mergejoin', 'on', true)",
+        (str(row[0]) if row else "64MB",),
+    )
+    row = conn.execute(_COUNTS).fetchone()
+    conn.execute(SETTLEMENT_FINDINGS_SQL)
+    # Temporary views outlive the transaction (tables here drop at commit): drop them now.
+    if ledger_is_view:
+        conn.execute("DROP VIEW recon_ledger")
+    if first_is_view:
+        conn.execute("DROP VIEW recon_first")
+    stored_sources, stored_matched, stored_in_window = (int(v) for v in row) if row else (0, 0, 0)
+    plain = references - stored_sources
+    return plain + stored_in_window, plain + stored_matched
+
+
+# Whether two records might share a reference: a hashed count of the references' 64-bit hashes
+# (a small hash table, no sort of the text). A false alarm (two references with one hash) only
+# costs the exact path below.
+_MAY_REPEAT: Final = """
+SELECT EXISTS (SELECT 1 FROM recon_src GROUP BY hashtextextended(reference, 0)
+               HAVING count(*) > 1)
+"""
+
+_FIRST_VIEW: Final = """
+CREATE TEMP VIEW recon_first AS
+SELECT line_no, reference, amount_minor, currency, occurred_at FROM recon_src
+"""
+
+
+def _first_records(conn: Connection, records_read: int) -> tuple[int, bool]:
+    """Make recon_first, the first record of each reference (a view of recon_src when no
+    reference repeats); returns how many references, and whether it is a view."""
+    row = conn.execute(_MAY_REPEAT).fetchone()
+    if row is None or not row[0]:
+        conn.execute(_FIRST_VIEW)
+        return records_read, True
     references = conn.execute(_FIRST).rowcount
     if references != records_read:
-        # Only a file that repeats a reference pays for the join that lists the repeats.
         conn.execute(_DUPLICATES)
+    conn.execute("ANALYZE recon_first")
+    return references, False
+
+
+def _summary_serves(conn: Connection, scope: str | None) -> bool:
+    """Whether settlement_references holds the run's whole ledger side: a namespaced run
+    whose namespace has no journal written before 0045 (those name no namespace; see
+    migration 0057). A cluster-wide run adds up every namespace's rows, so it reads entries."""
+    if scope is None:
+        return False
+    row = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM recon_scope_legacy)").fetchone()
+    return bool(row and row[0])
+
+
+# The namespace's references in the (widened) window, from the running summary (0057): one
+# row per reference, no aggregation. A reference whose postings straddle the window counts
+# whole (all its postings) when any part of its span lies in it.
+_SUMMARY_LEDGER: Final = """
+CREATE TEMP VIEW recon_ledger AS
+SELECT reference, amount_minor, currency, postings, first_at, last_at,
+       (last_at >= {start} AND first_at < {end}) AS in_window
+  FROM settlement_references
+ WHERE namespace = {scope}
+   AND last_at >= {start}::timestamptz - make_interval(secs => {slack})
+   AND first_at < {end}::timestamptz + make_interval(secs => {slack})
+"""
+
+
+def _summary_ledger(conn: Connection, params: dict[str, Any]) -> None:
+    # A view cannot take parameters, so the values go in as literals (quoted by psycopg).
+    conn.execute(
+        sql.SQL(_SUMMARY_LEDGER).format(
+            start=sql.Literal(params["start"]),
+            end=sql.Literal(params["end"]),
+            scope=sql.Literal(params["scope"]),
+            slack=sql.Literal(params["slack"]),
+        )
+    )
+
+
+def _entries_ledger(conn: Connection, params: dict[str, Any]) -> None:
+    """The ledger side from the journals and entries themselves (cluster-wide runs, and
+    namespaces with journals older than their namespace column)."""
     # Grouped by sorting: a hashed aggregate of a million references spills and is slower.
     conn.execute("SET LOCAL enable_hashagg = off")
     conn.execute(_LEDGER, params)
     conn.execute("SET LOCAL enable_hashagg TO DEFAULT")
     conn.execute(_LEDGER_EXACT, params)
-    conn.execute("ANALYZE recon_first")
     conn.execute("ANALYZE recon_ledger")
-    conn.execute(CLASSIFY_SQL, {**params, "slack": plan.tolerances.time_seconds})
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE in_window), count(*) FILTER (WHERE outcome = 'Matched')"
-        " FROM recon_outcome"
-    ).fetchone()
-    conn.execute(SETTLEMENT_FINDINGS_SQL)
-    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 # --- Trial balance ----------------------------------------------------------------------------

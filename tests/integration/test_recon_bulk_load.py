@@ -1,4 +1,4 @@
-"""The bulk load of CSV sources (COPY of the file, validation in SQL) against the real
+"""The bulk load of CSV sources (typed COPY of the file's plain blocks) against the real
 PostgreSQL: it fails exactly as reading record by record fails, finds the same records, and
 leaves no staging table behind, whatever happens to the run.
 
@@ -166,7 +166,7 @@ def _staging_relations(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_class WHERE relname IN"
-            " ('recon_stage', 'recon_stage_line', 'recon_src', 'recon_first', 'recon_ledger')"
+            " ('recon_src', 'recon_src_line', 'recon_first', 'recon_ledger', 'recon_outcome')"
         ).fetchone()
     return int(row[0]) if row else -1
 

@@ -76,3 +76,70 @@ def test_compensating_field_counts_pass_the_cheap_check() -> None:
     record by record (tested against PostgreSQL in test_recon_bulk_load)."""
     text = "R-1,100,USD\nR-2,100,USD,2024-03-01T09:00:00Z,x\n"
     assert blocks.ending(blocks.Block(2, text), width=4) is blocks.Ending.LF
+
+
+COLUMNS = {"reference": 0, "amount": 1, "currency": 2, "occurredAt": 3}
+PATTERN = blocks.line_pattern(COLUMNS, 5)
+LINE = "R-1,1250,USD,2024-03-01T09:00:00Z,coffee\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        LINE,
+        "R-1,-0,USD,2024-03-01T09:00:00.123456+14:59,\n",
+        "R-1,1000000000000000,USD,2024-02-29T23:59:59-05:00,x\n",
+        "R-1,0000000000000007,USD,9999-12-31T23:59:59Z,x\n",
+        " café R,1,EUR,1000-01-01T00:00:00Z,x\n",
+        "R" * 512 + ",1,USD,2024-03-01T09:00:00Z,x\n",
+    ],
+)
+def test_a_block_of_good_lines_is_plain_and_parse_reads_each_alike(line: str) -> None:
+    """Lines the pattern vouches for are ones parse.record accepts (so PostgreSQL's typed COPY
+    sees only text it reads to the same values)."""
+    block = blocks.Block(2, line * 3)
+    assert blocks.plain(block, 5, PATTERN) is blocks.Ending.LF
+    fields = line.rstrip("\n").split(",")
+    found = parse.record(2, dict(zip(parse.REQUIRED_COLUMNS, fields[:4], strict=True)))
+    assert found.reference == fields[0]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "R-1,12.50,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1,1e3,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1, 100,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1,,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1,1000000000000001,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1,99999999999999999,USD,2024-03-01T09:00:00Z,x\n",
+        "R-1,100,usd,2024-03-01T09:00:00Z,x\n",
+        "R-1,100,USD,2024-03-01,x\n",
+        "R-1,100,USD,2024-03-01T09:00:00,x\n",
+        "R-1,100,USD,2024-13-01T09:00:00Z,x\n",
+        "R-1,100,USD,2024-03-01T24:00:00Z,x\n",
+        "R-1,100,USD,2024-03-01T09:00:60Z,x\n",
+        "R-1,100,USD,2024-03-01T09:00:00.1234567Z,x\n",
+        "R-1,100,USD,2024-03-01T09:00:00+15:00,x\n",
+        "R-1,100,USD,0999-03-01T09:00:00Z,x\n",
+        "R-1,100,USD,2024-03-01t09:00:00z,x\n",
+        ",100,USD,2024-03-01T09:00:00Z,x\n",
+        "   ,100,USD,2024-03-01T09:00:00Z,x\n",
+        "R\t1,100,USD,2024-03-01T09:00:00Z,x\n",
+        "R" * 513 + ",1,USD,2024-03-01T09:00:00Z,x\n",
+    ],
+)
+def test_one_bad_line_makes_the_block_not_plain(bad: str) -> None:
+    """A single line the pattern does not vouch for, anywhere in the block, sends the block to
+    parse (which names the line); the comma count alone would have let it through."""
+    block = blocks.Block(2, LINE + bad + LINE)
+    assert blocks.ending(block, 5) is blocks.Ending.LF
+    assert blocks.plain(block, 5, PATTERN) is None
+
+
+def test_the_pattern_follows_the_header_order_and_line_ending() -> None:
+    """Columns in another order, and CRLF lines, are matched by the header's own pattern."""
+    pattern = blocks.line_pattern({"occurredAt": 0, "currency": 1, "amount": 2, "reference": 3}, 4)
+    crlf = "2024-03-01T09:00:00Z,USD,5,R-1\r\n" * 2
+    assert blocks.plain(blocks.Block(2, crlf), 4, pattern) is blocks.Ending.CRLF
+    assert blocks.plain(blocks.Block(2, LINE), 5, pattern) is None

@@ -102,3 +102,21 @@ def test_a_journal_moves_one_namespaces_money() -> None:
     for bad in ("", "a/b", "a b", 7):
         with pytest.raises(model.InvalidRequest, match="namespace"):
             model.journal_namespace(bad, [system])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"join_work_mem_mb": 32},  # below work_mem_mb (64)
+        {"join_work_mem_mb": 5000},
+        {"work_mem_mb": 128, "join_work_mem_mb": 64},
+    ],
+)
+def test_a_join_memory_below_work_mem_or_too_large_fails_at_start_up(
+    overrides: dict[str, int],
+) -> None:
+    """The join's memory bound lies between the run's work_mem and 4 GiB, or the limits are
+    refused when built; the default is accepted."""
+    with pytest.raises(ValueError, match="join_work_mem_mb"):
+        store.Limits(**overrides)
+    assert store.Limits().join_work_mem_mb == 256
