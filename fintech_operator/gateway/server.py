@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -102,6 +103,11 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
     async def lifespan(_app: fastapi.FastAPI) -> AsyncIterator[None]:
         # wait=False: the gateway starts (and says not ready) while PostgreSQL is down.
         await pool.open(wait=False)
+        # Everything built so far (modules, the app, the pool) lives as long as the process:
+        # out of the collector's sight, so a full collection under load does not walk it
+        # (tens of ms each on this machine: found in the bench's p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

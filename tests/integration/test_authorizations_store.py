@@ -15,7 +15,7 @@ import jsonschema
 import psycopg
 import pytest
 import referencing
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
@@ -692,3 +692,99 @@ async def test_a_deleted_policy_drops_only_its_own_rules(fast: AsyncConnectionPo
     async with fast.connection() as conn:
         await mirror.drop_risk_rules(conn, "shop", policy="shop/strict")
     assert body(await authorize(fast, authorize_request(card, 100, mcc="7995")))["approved"]
+
+
+async def _capture_sql(
+    pool: AsyncConnectionPool[Any],
+    function: str,
+    auth: str,
+    request_id: str,
+    amount: int,
+    *,
+    final: bool,
+) -> tuple[int, dict[str, Any], int]:
+    """(status, answer, calls of authorization_capture_other) of one capture, by function."""
+    calls = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+        " WHERE funcname = 'authorization_capture_other'"
+    )
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+        # The view also counts this backend's calls not yet flushed: a difference, then.
+        (before,) = await (await conn.execute(calls)).fetchone() or (0,)
+        cur = await conn.execute(
+            sql.SQL("SELECT status_code, answer FROM {}(%s, %s, %s, %s)").format(
+                sql.Identifier(function)
+            ),
+            (auth, request_id, amount, final),
+        )
+        status, answer = await cur.fetchone() or (0, b"")
+        (after,) = await (await conn.execute(calls)).fetchone() or (0,)
+    others = int(after) - int(before)
+    return status, json.loads(bytes(answer)), int(others)
+
+
+def _captured_event(raw: psycopg.Connection[Any], card: Card) -> list[dict[str, Any]]:
+    rows = raw.execute(
+        "SELECT payload->'data' FROM outbox WHERE key = %s"
+        " AND payload->>'type' = 'dev.fintech.authorization.captured.v1' ORDER BY id",
+        (card.ref,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_the_flat_capture_writes_what_the_general_one_writes(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """0059: a pending authorization's capture takes the flat path (no call to
+    authorization_capture_other) and answers, posts and announces exactly what the general
+    function does for the same steps on a twin card; every other case goes to the general one."""
+    cards = [await new_card(fast, limit_minor=50_000, interval="Monthly") for _ in range(2)]
+    auths = [
+        body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+        for card in cards
+    ]
+    # The currency's first capture ever creates its settlement account (the general path).
+    third = await new_card(fast)
+    first = body(await authorize(fast, authorize_request(third, 10)))["authorization"]
+    assert (await capture(fast, first, 10, final=True)).status_code == 200
+    steps = [(300, False), (200, False), (100, True)]
+    answers: list[list[dict[str, Any]]] = [[], []]
+    for step, (amount, final) in enumerate(steps):
+        for twin, function in enumerate(("authorization_capture", "authorization_capture_other")):
+            status, answer, others = await _capture_sql(
+                fast, function, auths[twin], f"cap{step}_{auths[twin]}", amount, final=final
+            )
+            assert status == 200, answer
+            assert others == (0 if twin == 0 else 1)  # the flat path called nothing
+            answers[twin].append(answer)
+    flat, general = answers
+    for one, other, twin_auth in zip(flat, general, auths[1:] * 3, strict=True):
+        assert one["authorization"] == auths[0]
+        # Twins differ only in their ids and their own expiry time.
+        same = {"authorization": twin_auth, "request": other["request"]}
+        assert {**one, **same, "expiresAt": other["expiresAt"]} == other
+    assert (flat[-1]["held"], flat[-1]["captured"], flat[-1]["released"]) == (0, 600, 400)
+    assert flat[-1]["available"] == 50_000 - 600
+    events = [_captured_event(raw, card) for card in cards]
+    ignore = {"authorization", "card", "request", "journalId", "expiresAt"}
+    assert [{k: v for k, v in e.items() if k not in ignore} for e in events[0]] == [
+        {k: v for k, v in e.items() if k not in ignore} for e in events[1]
+    ]
+    assert [(held(raw, c), posted(raw, c)) for c in cards] == [(0, 600), (0, 600)]
+    # Not pending (closed by the final capture), over-capture, unknown: the general function.
+    for auth, expected in [
+        (auths[0], (409, "AuthorizationCaptured", 1)),
+        (f"auth_{uuid.uuid4().hex}", (404, "AuthorizationNotFound", 1)),
+    ]:
+        status, answer, others = await _capture_sql(
+            fast, "authorization_capture", auth, f"cap_{uuid.uuid4().hex}", 10, final=False
+        )
+        assert (status, answer["error"], others) == expected
+    over = body(await authorize(fast, authorize_request(cards[0], 1_000)))["authorization"]
+    status, answer, others = await _capture_sql(
+        fast, "authorization_capture", over, f"cap_{uuid.uuid4().hex}", 1_001, final=True
+    )
+    assert (status, answer["error"], others) == (409, "OverCapture", 1)
+    assert trial_balance_zero(raw)
+    assert hold_drift(raw) == []
