@@ -18,6 +18,7 @@ import kopf
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, kube, logs, memory
+from fintech_operator.app import posting_queue, stores
 from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
@@ -131,6 +132,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.expiry_task = expiry_task
     memo.trim_task = trim_task
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    # Postings queue per card and are decided in batches (issue 14, app/posting_queue.py).
+    memo.posting_queue = posting_queue.PostingQueue(
+        stores.PostingBatch(pool),
+        posting_queue.Limits(app.posting_workers, app.posting_batch_max, app.posting_queue_max),
+    )
+    memo.posting_queue.start()
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
 
@@ -162,6 +169,11 @@ def _ignore_signals_from_now_on() -> None:
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     _ignore_signals_from_now_on()
     await collector.stop(memo.get("metrics_collector"))
+    queue: posting_queue.PostingQueue | None = memo.get("posting_queue")
+    if queue is not None:
+        # Batches in flight commit (or roll back); postings still waiting stay undecided and
+        # are decided after a restart, where their idempotency keys make a repeat a replay.
+        await queue.stop()
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:
         stop.set()
@@ -197,6 +209,7 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
 
     logs.configure()
     settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
+    config.check_operator(settings)
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
         log.warning(
