@@ -109,9 +109,11 @@ class _Decided:
         while not self._stop.is_set():
             watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for event in watch.stream(self._api.list_namespaced_custom_object, burst.GROUP,
-                                          burst.VERSION, self._namespace, "postings",
-                                          timeout_seconds=60):  # fmt: skip
+                events = watch.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_namespaced_custom_object, burst.GROUP, burst.VERSION,
+                    self._namespace, "postings", timeout_seconds=60,
+                )  # fmt: skip
+                for event in events:
                     obj = event["object"]
                     phase = (obj.get("status") or {}).get("phase")
                     name = obj["metadata"]["name"]
