@@ -131,6 +131,13 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.relay_task = relay_task
     memo.expiry_task = expiry_task
     memo.trim_task = trim_task
+    _start_collector_and_queue(app, pool, memo)
+    _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
+
+
+def _start_collector_and_queue(
+    app: config.Settings, pool: AsyncConnectionPool[Any], memo: kopf.Memo
+) -> None:
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
     # Postings queue per card and are decided in batches (issue 14, app/posting_queue.py).
     memo.posting_queue = posting_queue.PostingQueue(
@@ -138,7 +145,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         posting_queue.Limits(app.posting_workers, app.posting_batch_max, app.posting_queue_max),
     )
     memo.posting_queue.start()
-    _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
 
 async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
