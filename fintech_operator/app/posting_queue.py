@@ -121,6 +121,8 @@ class PostingQueue:
             asyncio.create_task(self._work(), name=f"posting-worker-{index}")
             for index in range(self._limits.workers)
         ]
+        for task in self._workers:
+            task.add_done_callback(_log_if_failed)
 
     async def submit(self, card: Hashable, command: posting.Command) -> posting.Outcome:
         """Queue ``command`` behind the earlier postings of ``card``; its outcome when decided.
@@ -227,6 +229,13 @@ class PostingQueue:
                 if card in state.waiting:
                     state.ready.append(card)
             self._changed.notify_all()
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    """A worker ends only when the queue stops; one that failed is a bug: say so loudly, since
+    the postings it would have decided wait for the other workers only."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped with an error: %r", task.get_name(), task.exception())
 
 
 def _settle(jobs: Sequence[_Job], results: Sequence[posting.Outcome | Exception]) -> None:
