@@ -150,6 +150,39 @@ class Settings(BaseModel):
     consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
+    # The posting queue (issue 14, app/posting_queue.py, docs/ledger.md "Posting queue").
+    posting_workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Posting batches decided at once, each on one pooled connection "
+            "(count). Postings of one card never run in two batches at once, so more workers "
+            "only help many cards; each holds a connection for its batch, so it must be below "
+            "FINTECH_DB_POOL_MAX_SIZE. Default 3.",
+        ),
+    ] = 3
+    posting_batch_max: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=500,
+            description="Postings decided in one database transaction (count), each under its "
+            "own savepoint with its own decision: one commit per batch instead of per posting. "
+            "Larger batches hold their card locks longer. Default 20.",
+        ),
+    ] = 20
+    posting_queue_max: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Postings waiting in the operator's queue (count); past it a posting's "
+            "handler is retried a few seconds later instead of queueing, so a burst cannot grow "
+            "the operator's memory without bound (about 2 KiB per waiting posting). "
+            "Default 20000.",
+        ),
+    ] = 20_000
     health_port: Annotated[
         int,
         Field(
@@ -423,6 +456,15 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 class SettingsError(RuntimeError):
     """A setting is missing or out of bounds; the message names the variable."""
+
+
+def check_operator(settings: Settings) -> None:
+    """The operator's own cross-checks (other processes share the settings, not these)."""
+    if settings.posting_workers >= settings.db_pool_max_size:
+        raise SettingsError(
+            f"{_env_name('posting_workers')} must be below {_env_name('db_pool_max_size')}: "
+            "each posting worker holds a connection while its batch runs"
+        )
 
 
 def _env_name(field: str) -> str:

@@ -18,6 +18,7 @@ import kopf
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api, config, kube, logs, memory
+from fintech_operator.app import posting_queue, stores
 from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
@@ -128,7 +129,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo.relay_task = relay_task
     memo.expiry_task = expiry_task
     memo.trim_task = trim_task
-    memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    _start_collector_and_queue(app, pool, memo)
     _start_cards(memo, settings, app)
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
@@ -141,6 +142,18 @@ def _start_cards(memo: kopf.Memo, settings: kopf.OperatorSettings, app: config.S
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
     memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     card_queue.start(memo, settings, app.db_pool_max_size)
+
+
+def _start_collector_and_queue(
+    app: config.Settings, pool: AsyncConnectionPool[Any], memo: kopf.Memo
+) -> None:
+    memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
+    # Postings queue per card and are decided in batches (issue 14, app/posting_queue.py).
+    memo.posting_queue = posting_queue.PostingQueue(
+        stores.PostingBatch(pool),
+        posting_queue.Limits(app.posting_workers, app.posting_batch_max, app.posting_queue_max),
+    )
+    memo.posting_queue.start()
 
 
 async def _warn_if_owner(pool: AsyncConnectionPool[Any]) -> None:
@@ -174,6 +187,11 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
 
     await card_queue.stop(memo)  # before the pool closes: a worker may hold a card
     await collector.stop(memo.get("metrics_collector"))
+    queue: posting_queue.PostingQueue | None = memo.get("posting_queue")
+    if queue is not None:
+        # Batches in flight commit (or roll back); postings still waiting stay undecided and
+        # are decided after a restart, where their idempotency keys make a repeat a replay.
+        await queue.stop()
     stop: asyncio.Event | None = memo.get("relay_stop")
     if stop is not None:
         stop.set()
@@ -209,6 +227,7 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
 
     logs.configure()
     settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
+    config.check_operator(settings)
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
         log.warning(

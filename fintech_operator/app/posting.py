@@ -238,6 +238,18 @@ async def reverse(command: Reverse, ledger: PostingLedger, clock: Clock = _now) 
         return Rejected(reason_of(exc), exc.message)
 
 
+Command = Post | Reverse
+
+
+async def decide(command: Command, ledger: PostingLedger, clock: Clock = _now) -> Outcome:
+    """The one decision of a posting, whichever it is: :func:`post` or :func:`reverse`. The
+    handler's queue (``app.posting_queue``) calls it for each posting of a batch, with a ledger
+    whose writes share the batch's transaction, each posting under its own savepoint."""
+    if isinstance(command, Reverse):
+        return await reverse(command, ledger, clock)
+    return await post(command, ledger, clock)
+
+
 def reason_of(exc: model.LedgerError) -> str:
     """The documented reason for a ledger refusal; malformed requests are InvalidSpec."""
     if isinstance(exc, model.Unbalanced):

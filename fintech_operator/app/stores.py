@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
-from fintech_operator.app import card_state, issuance, posting
+from fintech_operator.app import card_state, issuance, posting, posting_queue
 from fintech_operator.authorizations import mirror
 from fintech_operator.cards import lifecycle
 from fintech_operator.cards import store as card_store
@@ -162,3 +162,87 @@ class Postings:
             events=reversal.events,
             namespace=reversal.namespace,
         )
+
+
+class _InTransaction:
+    """:class:`posting.PostingLedger` on one connection inside the batch's transaction: reads
+    see what earlier postings of the batch wrote, writes are under savepoints."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def journal_by_key(self, key: str, namespace: str) -> model.Journal | None:
+        return await engine.journal_by_key(self._conn, key, namespace=namespace)
+
+    async def journal(self, journal_id: int) -> model.Journal:
+        return await engine.journal(self._conn, journal_id)
+
+    async def open_account(self, code: str) -> model.Account | None:
+        try:
+            account = await engine.account(self._conn, code)
+        except model.AccountNotFound:
+            return None
+        return account if account.status is model.AccountStatus.OPEN else None
+
+    async def posted_event(self, journal_id: int) -> dict[str, Any] | None:
+        return await outbox.posted_event(self._conn, journal_id)
+
+    async def post(
+        self, request: model.PostingRequest, check: risk_store.PostingCheck
+    ) -> model.PostResult:
+        return await risk_store.post_nested(self._conn, request, check)
+
+    async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
+        return await engine.reverse_nested(
+            self._conn,
+            engine.ReversalRequest(
+                reversal.idempotency_key,
+                reversal.journal_id,
+                reversal.reason,
+                reversal.events,
+                reversal.namespace,
+            ),
+        )
+
+
+# A step that hit a deadlock (two batches' postings touching the same system balance stripe in
+# opposite orders) is tried again in the same transaction this many times in all.
+STEP_ATTEMPTS_MAX: Final = 3
+_RETRYABLE: Final = (errors.SerializationFailure, errors.DeadlockDetected)
+Step = posting_queue.Step
+
+
+class PostingBatch:
+    """:class:`posting_queue.PostingBatch`: the steps in ONE ledger transaction
+    (``engine.in_transaction``), each under a savepoint of its own."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], limits: engine.Limits = engine.DEFAULT_LIMITS
+    ) -> None:
+        self._pool = pool
+        self._limits = limits
+
+    async def run(self, steps: Sequence[Step]) -> list[posting.Outcome | Exception]:
+        results: list[posting.Outcome | Exception] = []
+        async with engine.in_transaction(self._pool, self._limits) as conn:
+            ledger = _InTransaction(conn)
+            for step in steps:
+                results.append(await _step(conn, ledger, step))
+        return results
+
+
+async def _step(
+    conn: AsyncConnection[Any], ledger: _InTransaction, step: Step
+) -> posting.Outcome | Exception:
+    """One posting's decision under its savepoint: an error rolls back this posting only."""
+    attempt = 1
+    while True:
+        try:
+            async with conn.transaction():
+                return await step(ledger)
+        except _RETRYABLE as exc:
+            if attempt >= STEP_ATTEMPTS_MAX:
+                return exc
+            attempt += 1
+        except Exception as exc:  # the posting's own failure, handed back to its handler
+            return exc

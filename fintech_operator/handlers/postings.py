@@ -6,6 +6,12 @@ idempotency (one key per namespace, the ledger's request hash) are in
 :mod:`fintech_operator.app.posting`. What this module adds is kopf's: the postings index,
 what the card and product indexes know, waiting for a card, Events and the status patch,
 written through ``api.PostingStatus``.
+
+The decision itself is queued (issue 14, :mod:`fintech_operator.app.posting_queue`): the
+handler submits its command behind the earlier postings of the same card and waits for the
+outcome, which a worker decides in a batch with other postings (one transaction, a savepoint
+each). The handler then renders it as before, so a posting still gets one status patch, the
+one kopf writes when the handler returns, and one Event.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ import pydantic
 
 from fintech_operator import api, kube, posting_rules
 from fintech_operator.app import posting as use_case
-from fintech_operator.app import stores
+from fintech_operator.app import posting_queue
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import indexes, report
 from fintech_operator.observability import metrics
 from fintech_operator.risk import policy as risk_policy
 
 DECIDED_PHASES: Final = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
+# A posting refused by a full queue (FINTECH_POSTING_QUEUE_MAX) is retried after this long.
+QUEUE_FULL_DELAY_SECONDS: Final = 5.0
 
 
 @kopf.index(api.GROUP, api.VERSION, "postings")
@@ -111,11 +119,16 @@ async def post(
         report.reject(body, patch, api.PostingReason.INVALID_SPEC, api.format_validation_error(exc))
         return
     command = _command(body, posting, retry, memo, kwargs)
-    ledger = stores.Postings(memo.pool)
-    if isinstance(command, use_case.Reverse):
-        outcome = await use_case.reverse(command, ledger)
-    else:
-        outcome = await use_case.post(command, ledger)
+    queue: posting_queue.PostingQueue = memo.posting_queue
+    try:
+        outcome = await queue.submit((command.posting.namespace, posting.card), command)
+    except posting_queue.QueueFull as exc:
+        raise kopf.TemporaryError(
+            f"{report.WAIT_PREFIX}{exc}; retrying in {QUEUE_FULL_DELAY_SECONDS:.0f} s",
+            delay=QUEUE_FULL_DELAY_SECONDS,
+        ) from exc
+    except posting_queue.Stopped as exc:
+        raise kopf.TemporaryError(f"{report.WAIT_PREFIX}{exc}", delay=1) from exc
     _render(body, patch, outcome)
 
 

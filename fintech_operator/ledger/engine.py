@@ -22,7 +22,10 @@ waited for the lock would keep its older snapshot and miss the postings it waite
 System accounts (``network_settlement`` and friends) are not locked: every posting touches them, so
 locking them would serialise all postings of a currency for the whole transaction. Their balance
 rows are still updated atomically (by a trigger), and entries are inserted in account-id order, so
-those row locks are also taken in one global order and are held only from insert to commit.
+those row locks are also taken in one global order and are held only from insert to commit. A
+system account has 16 balance rows (stripes, migration 0058), one chosen per backend, so
+concurrent transactions, and the posting queue's batches that hold theirs until the batch
+commits, do not wait for one hot row; a card account has one (read here under its lock).
 """
 
 from __future__ import annotations
@@ -438,6 +441,18 @@ async def issue_card(
     return await _run(pool, limits, attempt)
 
 
+@dataclass(frozen=True)
+class ReversalRequest:
+    """What :func:`reverse` and :func:`reverse_nested` post: the opposite of ``journal_id``,
+    once. With ``namespace``, a journal of another namespace does not exist for it."""
+
+    idempotency_key: str
+    journal_id: int
+    reason: str
+    events: tuple[model.OutboxEvent, ...] = ()
+    namespace: str | None = None
+
+
 async def reverse(
     pool: AsyncConnectionPool[Any],
     idempotency_key: str,
@@ -455,32 +470,95 @@ async def reverse(
     It moves the original's namespace's money; with ``namespace``, a journal of another
     namespace is :class:`model.JournalNotFound`, as if it did not exist.
     """
-    model.check_text(idempotency_key, "idempotency_key")
-    model.check_text(reason, "reason")
-    if type(journal_id) is not int or journal_id <= 0:
-        raise model.InvalidRequest("journal_id must be a positive int")
-    checked_events = _checked_events(events)
-    request_hash = rules.reversal_request_hash(journal_id, reason)
+    checked = _checked_reversal(
+        ReversalRequest(idempotency_key, journal_id, reason, tuple(events), namespace)
+    )
 
     async def attempt(cur: Cursor) -> model.PostResult:
-        original = await _reversible(cur, namespace, idempotency_key, request_hash, journal_id)
-        if isinstance(original, model.PostResult):
-            return original
-        plan = _Plan(
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            kind=model.PostingKind.REVERSAL,
-            lines=rules.reversal_lines(original.lines),
-            reference=original.reference,
-            occurred_at=None,
-            metadata={"reason": reason},
-            events=checked_events,
-            namespace=model.journal_namespace(namespace, original.lines),
-            reverses_journal_id=journal_id,
-        )
-        return await _reverse_locked(cur, plan)
+        return await _reverse_in(cur, checked)
 
     return await _run(pool, limits, attempt)
+
+
+# --- Several postings in one transaction ----------------------------------------------------------
+
+
+@asynccontextmanager
+async def in_transaction(
+    pool: AsyncConnectionPool[Any], limits: Limits = DEFAULT_LIMITS
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """One READ COMMITTED transaction on a pooled connection, with the limits' timeouts, for a
+    caller that puts several postings in it, each with :func:`post_nested` or
+    :func:`reverse_nested` under its own savepoint. It commits when the block ends; nothing is
+    retried here (a deadlock inside a savepoint is the caller's to retry)."""
+    async with (
+        pool.connection(timeout=limits.pool_timeout_seconds) as conn,
+        _transaction(conn, limits, top_level=True),
+    ):
+        yield conn
+
+
+def _inside_transaction(conn: AsyncConnection[Any], what: str) -> None:
+    if conn.info.transaction_status is TransactionStatus.IDLE:
+        raise RuntimeError(f"{what} runs inside the caller's transaction (in_transaction)")
+
+
+async def post_nested(
+    conn: AsyncConnection[Any], request: model.PostingRequest, *, check: Check | None = None
+) -> model.PostResult:
+    """:func:`post` inside the caller's transaction, under a savepoint: a refusal (or any error)
+    rolls back this posting alone, and the caller's other postings stay. Its locks are held
+    until the caller commits; it is durable only then."""
+    _inside_transaction(conn, "post_nested")
+    if not isinstance(request, model.PostingRequest):
+        raise model.InvalidRequest("post needs a model.PostingRequest")
+    plan = _plan_of(request)
+    async with _transaction(conn) as cur:
+        return await _post_locked(cur, plan, request, check)
+
+
+async def reverse_nested(conn: AsyncConnection[Any], reversal: ReversalRequest) -> model.PostResult:
+    """:func:`reverse` inside the caller's transaction, under a savepoint (see post_nested)."""
+    _inside_transaction(conn, "reverse_nested")
+    checked = _checked_reversal(reversal)
+    async with _transaction(conn) as cur:
+        return await _reverse_in(cur, checked)
+
+
+def _checked_reversal(reversal: ReversalRequest) -> ReversalRequest:
+    model.check_text(reversal.idempotency_key, "idempotency_key")
+    model.check_text(reversal.reason, "reason")
+    if type(reversal.journal_id) is not int or reversal.journal_id <= 0:
+        raise model.InvalidRequest("journal_id must be a positive int")
+    return ReversalRequest(
+        reversal.idempotency_key,
+        reversal.journal_id,
+        reversal.reason,
+        _checked_events(reversal.events),
+        reversal.namespace,
+    )
+
+
+async def _reverse_in(cur: Cursor, reversal: ReversalRequest) -> model.PostResult:
+    request_hash = rules.reversal_request_hash(reversal.journal_id, reversal.reason)
+    original = await _reversible(
+        cur, reversal.namespace, reversal.idempotency_key, request_hash, reversal.journal_id
+    )
+    if isinstance(original, model.PostResult):
+        return original
+    plan = _Plan(
+        idempotency_key=reversal.idempotency_key,
+        request_hash=request_hash,
+        kind=model.PostingKind.REVERSAL,
+        lines=rules.reversal_lines(original.lines),
+        reference=original.reference,
+        occurred_at=None,
+        metadata={"reason": reversal.reason},
+        events=reversal.events,
+        namespace=model.journal_namespace(reversal.namespace, original.lines),
+        reverses_journal_id=reversal.journal_id,
+    )
+    return await _reverse_locked(cur, plan)
 
 
 async def _post_locked(
@@ -594,7 +672,7 @@ WITH locked AS (
     SELECT a.id, a.code, a.kind, a.currency, a.status, a.frozen_at IS NOT NULL AS frozen,
            b.debits_minor, b.credits_minor, b.entry_count
       FROM accounts a
-      JOIN account_balances b ON b.account_id = a.id
+      JOIN account_balance_rows b ON b.account_id = a.id AND b.stripe = 0
      WHERE a.code = ANY(%(codes)s) AND a.kind <> 'system'
      ORDER BY a.id
        FOR NO KEY UPDATE OF a, b
@@ -1084,7 +1162,11 @@ async def balance_drift(conn: AsyncConnection[Any]) -> list[str]:
     A full scan of the entries: a reconciliation check, not something to run per request.
     """
     async with _transaction(conn) as cur:
-        await cur.execute("SELECT code FROM ledger_balance_drift ORDER BY code")
+        # And accounts whose balance rows are not of their shape (migration 0058's stripes).
+        await cur.execute(
+            "SELECT code FROM ledger_balance_drift UNION"
+            " SELECT code FROM ledger_balance_stripe_drift ORDER BY code"
+        )
         return [str(code) for (code,) in await cur.fetchall()]
 
 
@@ -1126,6 +1208,7 @@ __all__ = [
     "CardAccountOwner",
     "Check",
     "Limits",
+    "ReversalRequest",
     "account",
     "balance",
     "balance_drift",
@@ -1133,12 +1216,15 @@ __all__ = [
     "close_account",
     "ensure_system_accounts",
     "entries",
+    "in_transaction",
     "journal",
     "journal_by_key",
     "open_account",
     "open_card_account",
     "post",
+    "post_nested",
     "reverse",
+    "reverse_nested",
     "set_frozen",
     "trial_balance",
     "write_events",

@@ -34,7 +34,9 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     # Only what closing and freezing change (and the row locks they and postings take):
     # never metadata, whose card uid is what keeps a reused name from an old account.
     "accounts": ("SELECT", "INSERT", "UPDATE (status, closed_at, frozen_at)"),
-    "account_balances": MUTABLE,  # written by the entries trigger, locked while posting
+    # Rows written by the entries trigger, a card's locked while posting; the view sums them.
+    "account_balance_rows": MUTABLE,
+    "account_balances": READ,
     "journals": APPEND,
     "entries": APPEND,
     "outbox": MUTABLE,  # published_at, claimed FOR UPDATE SKIP LOCKED by the relay
@@ -51,6 +53,7 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "recon_runs": PRUNABLE,  # the schedule's history limit deletes old runs
     "recon_exceptions": APPEND,
     "ledger_balance_drift": READ,
+    "ledger_balance_stripe_drift": READ,
     "rewards_balance_drift": READ,
     # Real-time authorizations (0050): the mirrors are written by the operator, holds and
     # answers by the gateway's store; a resolved authorization and an answer never change
@@ -142,7 +145,8 @@ GATEWAY_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     # card's account row is locked per decision, which needs an UPDATE grant on some column:
     # closed_at, which the accounts_closed_at CHECK ties to status, which it cannot change.
     "accounts": ("SELECT", "INSERT", "UPDATE (closed_at)"),
-    "account_balances": MUTABLE,  # written by the entries trigger
+    "account_balance_rows": MUTABLE,  # written by the entries trigger
+    "account_balances": READ,
     "account_spend_windows": MUTABLE,  # written by the entries trigger, read by decisions
     "settlement_references": MUTABLE,  # written by the entries trigger of a capture
     "journals": APPEND,

@@ -270,3 +270,20 @@ async def post(
     except model.RiskDeclined as error:
         await record_declined(pool, error)
         raise
+
+
+async def post_nested(
+    conn: AsyncConnection[Any],
+    request: ledger_model.PostingRequest,
+    check: PostingCheck,
+) -> ledger_model.PostResult:
+    """:func:`post` inside the caller's transaction (``ledger.engine.post_nested``): the
+    posting's savepoint is rolled back on a decline, which is then recorded in the caller's
+    transaction under a savepoint of its own, and re-raised."""
+    try:
+        return await ledger_engine.post_nested(conn, request, check=check)
+    except model.RiskDeclined as error:
+        async with conn.transaction():
+            stored = await record(conn, error.record)
+        error.record_id = stored.id
+        raise

@@ -55,6 +55,31 @@ def create_all(api: Any, namespace: str, plural: str, bodies: Sequence[dict[str,
     )  # fmt: skip
 
 
+def create_paced(
+    api: Any, namespace: str, plural: str, bodies: Sequence[dict[str, Any]], per_second: float
+) -> dict[str, float]:
+    """Create ``bodies`` at ``per_second`` (an offered rate, not a burst: each create is sent at
+    its own time whatever the answers take, THREADS in flight at most); the monotonic time each
+    create was sent, by name, for an apply-to-decided latency."""
+    if not 0 < per_second <= 10_000:
+        raise ValueError(f"per_second must be in (0, 10000], got {per_second}")
+    create = api.create_namespaced_custom_object
+    sent: dict[str, float] = {}
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        futures = []
+        for index, body in enumerate(bodies):
+            delay = started + index / per_second - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent[body["metadata"]["name"]] = time.monotonic()
+            futures.append(pool.submit(create, GROUP, VERSION, namespace, plural, body,
+                                       _request_timeout=120))  # fmt: skip
+        for future in futures:
+            future.result()
+    return sent
+
+
 def raw_ceiling(api: Any, namespace: str, bodies: Sequence[dict[str, Any]]) -> float:
     """Objects per second the API server takes when each is created and its status patched
     once, as the operator does, with nobody watching the namespace: the ceiling to compare

@@ -391,8 +391,9 @@ async def test_check_hook_runs_inside_the_transaction(
     async def velocity(conn: psycopg.AsyncConnection[Any], req: model.PostingRequest) -> None:
         # Reads in the posting's transaction: the card row is locked by it (no wait here).
         cur = await conn.execute(
-            "SELECT entry_count FROM account_balances b JOIN accounts a ON a.id = b.account_id"
-            " WHERE a.code = %s FOR NO KEY UPDATE NOWAIT",
+            # A card account's one balance row (migration 0058: account_balances is their view).
+            "SELECT entry_count FROM account_balance_rows b JOIN accounts a ON a.id = b.account_id"
+            " WHERE a.code = %s AND b.stripe = 0 FOR NO KEY UPDATE NOWAIT",
             (card,),
         )
         row = await cur.fetchone()

@@ -195,15 +195,15 @@ async def test_trial_balance_passes_then_finds_a_tampered_balance(
     assert found == []
     code = model.card_account_code(*card.split("/"), "USD")
     with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        conn.execute("ALTER TABLE account_balances DISABLE TRIGGER account_balances_guard")
+        conn.execute("ALTER TABLE account_balance_rows DISABLE TRIGGER account_balances_guard")
         try:
             conn.execute(
-                "UPDATE account_balances SET debits_minor = debits_minor + 1"
-                " WHERE account_id = (SELECT id FROM accounts WHERE code = %s)",
+                "UPDATE account_balance_rows SET debits_minor = debits_minor + 1"
+                " WHERE stripe = 0 AND account_id = (SELECT id FROM accounts WHERE code = %s)",
                 (code,),
             )
         finally:
-            conn.execute("ALTER TABLE account_balances ENABLE TRIGGER account_balances_guard")
+            conn.execute("ALTER TABLE account_balance_rows ENABLE TRIGGER account_balances_guard")
     _, found = run(migrated_database_url, recon.Check.TRIAL_BALANCE)
     assert sorted((row[1], row[3]) for row in found) == [
         ("BalanceDrift", code),

@@ -128,15 +128,15 @@ def run(
 def tamper_card_balance(dsn: str, namespace: str) -> None:
     """The incident a trial balance exists for: a balance row edited around its guard."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE account_balances DISABLE TRIGGER account_balances_guard")
+        conn.execute("ALTER TABLE account_balance_rows DISABLE TRIGGER account_balances_guard")
         try:
             conn.execute(
-                "UPDATE account_balances SET debits_minor = debits_minor + 1"
-                " WHERE account_id = (SELECT id FROM accounts WHERE code = %s)",
+                "UPDATE account_balance_rows SET debits_minor = debits_minor + 1"
+                " WHERE stripe = 0 AND account_id = (SELECT id FROM accounts WHERE code = %s)",
                 (model.card_account_code(namespace, "alice", "USD"),),
             )
         finally:
-            conn.execute("ALTER TABLE account_balances ENABLE TRIGGER account_balances_guard")
+            conn.execute("ALTER TABLE account_balance_rows ENABLE TRIGGER account_balances_guard")
 
 
 def tamper_points(dsn: str, event_id: uuid.UUID) -> None:

@@ -350,3 +350,26 @@ def test_a_refused_secret_never_reaches_the_error_or_its_traceback() -> None:
     assert "s3cretpw" not in str(refused.value)
     assert refused.value.__cause__ is None
     assert refused.value.__suppress_context__
+
+
+def test_posting_queue_defaults_bounds_and_the_pool_check() -> None:
+    """The posting queue's settings (issue 14) have their documented defaults, refuse values
+    out of range with the variable's name, and the operator refuses workers that would take
+    every pooled connection."""
+    settings = config.load(BASE)
+    assert (settings.posting_workers, settings.posting_batch_max) == (3, 20)
+    assert settings.posting_queue_max == 20_000
+    config.check_operator(settings)
+    for env, named in [
+        ({"FINTECH_POSTING_WORKERS": "0"}, "FINTECH_POSTING_WORKERS"),
+        ({"FINTECH_POSTING_WORKERS": "65"}, "FINTECH_POSTING_WORKERS"),
+        ({"FINTECH_POSTING_BATCH_MAX": "0"}, "FINTECH_POSTING_BATCH_MAX"),
+        ({"FINTECH_POSTING_BATCH_MAX": "501"}, "FINTECH_POSTING_BATCH_MAX"),
+        ({"FINTECH_POSTING_QUEUE_MAX": "0"}, "FINTECH_POSTING_QUEUE_MAX"),
+        ({"FINTECH_POSTING_QUEUE_MAX": "many"}, "FINTECH_POSTING_QUEUE_MAX"),
+    ]:
+        with pytest.raises(config.SettingsError, match=named):
+            config.load({**BASE, **env})
+    crowded = config.load({**BASE, "FINTECH_POSTING_WORKERS": "8"})
+    with pytest.raises(config.SettingsError, match="FINTECH_POSTING_WORKERS must be below"):
+        config.check_operator(crowded)
