@@ -247,8 +247,8 @@ def processes(settings: config.Settings, kafka: dict[str, str], group: str) -> I
     env = {
         **os.environ,
         **kafka,
-        "DATABASE_URL": settings.database_url,
-        "FINTECH_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database.url,
+        "FINTECH_TOPIC_PREFIX": settings.topics.prefix,
         "FINTECH_LOG_LEVEL": "WARNING",
     }
     commands = (

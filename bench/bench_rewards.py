@@ -82,7 +82,7 @@ async def produce(settings: config.Settings, journal_ids: list[int], count: int)
                 payload,
                 None,
                 None,
-                settings.topic_prefix,
+                settings.topics.prefix,
             )
             futures.append(
                 await producer.send(
@@ -102,7 +102,7 @@ async def anchor(settings: config.Settings, count: int) -> tuple[float, list[Any
     records: list[Any] = []
     try:
         while len(records) < count:
-            batch = await bare.getmany(timeout_ms=1000, max_records=settings.consumer_batch_size)
+            batch = await bare.getmany(timeout_ms=1000, max_records=settings.consumers.batch_max)
             for part in batch.values():
                 records.extend(part)
         return count / (time.monotonic() - started), records
@@ -122,10 +122,10 @@ def plan_rate(records: list[Any]) -> float:
 async def committed_total(settings: config.Settings, group: str) -> int:
     """Records the group has committed on the postings topic (offsets commit after the
     batch's database transaction: a cheap end signal that adds no load to PostgreSQL)."""
-    topic = topics.qualified(topics.POSTINGS, settings.topic_prefix)
-    partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    topic = topics.qualified(topics.POSTINGS, settings.topics.prefix)
+    partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
     checker = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
     await checker.start()
     try:
@@ -146,7 +146,7 @@ async def product(settings: config.Settings, count: int) -> float:
     elapsed = time.monotonic() - started
     stop.set()
     await asyncio.wait_for(task, 60)
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as c:
+    async with await psycopg.AsyncConnection.connect(settings.database.url, autocommit=True) as c:
         row = await (await c.execute("SELECT count(*) FROM processed_events")).fetchone()
     processed = row[0] if row else 0
     if processed != count:

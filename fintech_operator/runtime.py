@@ -9,10 +9,11 @@ see no drift in what users wrote.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from psycopg_pool import AsyncConnectionPool
@@ -24,15 +25,12 @@ from fintech_operator.events import collector, kafka, relay
 from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import lifecycle, tracing
 
+if TYPE_CHECKING:
+    # Imported when the operator runs (_operate): importing handlers registers them with kopf.
+    from fintech_operator.handlers.context import OperatorMemo
+
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
-HEALTH_HOST_ENV = "FINTECH_HEALTH_HOST"
-# One active operator: the chart names a kopf peering object (KopfPeering per watched namespace,
-# or a ClusterKopfPeering) here; unset, as in development and tests, the operator is standalone.
-PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
-# Each replica takes a random priority unless given one: the highest is active, the others pause
-# as warm standbys (kopf pauses ALL operators of equal priority, so equal values are a mistake).
-PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
 # How long the startup waits for the API server to serve our kinds before the process fails
 # (and is restarted by its supervisor): an API server restart re-serves CRDs within seconds.
 KINDS_SERVED_TIMEOUT_SECONDS = 120.0
@@ -72,10 +70,10 @@ def _signalled(stop: asyncio.Event, signum: int) -> None:
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # kopf installs its signal handlers just before the startup handlers run: replace them.
     _stop_on_signals(memo.stop_flag)
-    app = config.load()
+    app = memo.settings  # loaded once, by cli
     # kopf scans API discovery once, right after this handler: wait until it lists our kinds
     # (a fault campaign found an operator restarted during an etcd restart blind for good).
     await kube.wait_until_served(
@@ -95,20 +93,20 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
 
-    applied = await asyncio.to_thread(migrate.apply_configured, app)
+    applied = await asyncio.to_thread(migrate.apply_configured, app.database)
     log.info("database migrations applied: %s", applied or "none (up to date)")
     await kafka.ensure_topics(app)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        app.database_url,
-        min_size=app.db_pool_min_size,
-        max_size=app.db_pool_max_size,
-        timeout=app.db_timeout_seconds,
+        app.database.url,
+        min_size=app.database.pool_size_min,
+        max_size=app.database.pool_size_max,
+        timeout=app.database.timeout_seconds,
         open=False,
         connection_class=tracing.TracedConnection,
         # psycopg takes whole seconds, at least 2; FINTECH_DB_TIMEOUT_SECONDS bounds it too.
-        kwargs={"connect_timeout": max(2, int(app.db_timeout_seconds))},
+        kwargs={"connect_timeout": max(2, int(app.database.timeout_seconds))},
     )
-    await pool.open(wait=True, timeout=app.db_timeout_seconds)
+    await pool.open(wait=True, timeout=app.database.timeout_seconds)
     await _warn_if_owner(pool)
     # The relay owns its Kafka producer: it replaces it after a failed batch so that nothing
     # an abandoned producer still holds can overtake a retry. Trace context travels in the
@@ -122,9 +120,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     )
     # A burst's freed memory goes back to the system (issue 14; see fintech_operator.memory).
     trim_task = asyncio.create_task(memory.trim_until(stop), name="memory-trim")
-    memo.settings = app
-    memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
-    memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
+    memo.card_refresh_last = {}
+    memo.card_review_waits = {}
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
@@ -159,16 +156,15 @@ def _ignore_signals_from_now_on() -> None:
 
 
 @kopf.on.cleanup()
-async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def _cleanup(memo: OperatorMemo, **_: Any) -> None:
     _ignore_signals_from_now_on()
     await collector.stop(memo.get("metrics_collector"))
-    stop: asyncio.Event | None = memo.get("relay_stop")
-    if stop is not None:
-        stop.set()
+    if "relay_stop" in memo:
+        memo.relay_stop.set()
         await asyncio.wait_for(memo.relay_task, timeout=30)
         await asyncio.wait_for(memo.expiry_task, timeout=30)
         await asyncio.wait_for(memo.trim_task, timeout=30)
-    if memo.get("pool") is not None:
+    if "pool" in memo:
         await memo.pool.close()
 
 
@@ -189,14 +185,14 @@ def _check_probe_port(host: str, port: int) -> None:
             ) from None
 
 
-def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
-    """Entry point of ``fintech-operator run``; ``liveness_port`` (the flag) wins over
-    ``FINTECH_HEALTH_PORT``."""
-    import os  # noqa: PLC0415
+def run_operator(
+    settings: config.Settings, namespaces: list[str], liveness_port: int | None
+) -> int:
+    """Entry point of ``fintech-operator run``, with the settings ``cli`` loaded;
+    ``liveness_port`` (the flag) wins over ``FINTECH_HEALTH_PORT``."""
     import secrets  # noqa: PLC0415
 
     logs.configure()
-    settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
         log.warning(
@@ -204,48 +200,59 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
             "cards get random last 4 digits and no processor knows them: never in production"
         )
     if liveness_port is None:
-        liveness_port = settings.health_port
-    host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
+        liveness_port = settings.health.port
+    host = settings.health.host
     _check_probe_port(host, liveness_port)
     from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
     handlers.register_timers(settings)
     logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
     # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
-    handlers.slots.install(settings.db_pool_max_size)
+    handlers.slots.install(settings.database.pool_size_max)
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
-    peering_name = os.environ.get(PEERING_NAME_ENV) or None
-    priority = int(os.environ.get(PEERING_PRIORITY_ENV) or secrets.randbelow(2**31 - 2) + 1)
+    # One active operator: the chart names a kopf peering object; without one (development,
+    # tests) the operator is standalone. Without a priority each replica takes a random one.
+    peering_name = settings.peering.name or None
+    priority = settings.peering.priority or secrets.randbelow(2**31 - 2) + 1
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None
     # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    asyncio.run(_operate(kopf_settings, namespaces, liveness, peering_name, priority))
+    peering = _Peering(peering_name, priority)
+    asyncio.run(_operate(settings, kopf_settings, namespaces, liveness, peering))
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Peering:
+    name: str | None
+    priority: int
+
+
 async def _operate(
+    settings: config.Settings,
     kopf_settings: kopf.OperatorSettings,
     namespaces: list[str],
     liveness: str | None,
-    peering_name: str | None,
-    priority: int,
+    peering: _Peering,
 ) -> None:
+    from fintech_operator.handlers import context  # noqa: PLC0415 - handlers are imported by now
+
     # The stop flag lives in this loop; the startup handler points the signals at it.
     stop = asyncio.Event()
     await kopf.operator(
         # All of an object's due handlers in one cycle, so one status patch: kopf's default
         # runs one per cycle (a new Card has three: issue and two field handlers), a patch each.
         lifecycle=kopf.lifecycles.all_at_once,
-        memo=kopf.Memo(stop_flag=stop),
+        memo=context.OperatorMemo.for_operator(settings, stop),
         stop_flag=stop,
         settings=kopf_settings,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=peering_name is None,
-        peering_name=peering_name,
-        priority=priority,
+        standalone=peering.name is None,
+        peering_name=peering.name,
+        priority=peering.priority,
     )

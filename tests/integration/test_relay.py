@@ -59,9 +59,9 @@ def process_env(plat: RunningPlatform, settings: config.Settings, **extra: str) 
     """Environment of a product subprocess with the same settings."""
     return {
         **plat.env,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "FINTECH_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database.url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "FINTECH_TOPIC_PREFIX": settings.topics.prefix,
         "FINTECH_HEALTH_PORT": "0",
         "PYTHONUNBUFFERED": "1",
         **extra,

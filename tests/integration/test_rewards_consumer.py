@@ -394,8 +394,8 @@ async def _assert_exactly_once(
 async def _rewind(settings: config.Settings, group: str) -> None:
     """Commit offset 0 for the group on every partition (the consumer is stopped)."""
     rewinder = AIOKafkaConsumer(
-        topics.qualified(topics.POSTINGS, settings.topic_prefix),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topics.qualified(topics.POSTINGS, settings.topics.prefix),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=group,
         enable_auto_commit=False,
     )
@@ -416,19 +416,19 @@ async def _assigned(kafka_consumer: AIOKafkaConsumer) -> bool:
 async def _caught_up(settings: config.Settings, group: str, total: int) -> bool:
     """The group's committed offsets cover every record of the topic."""
     probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None, enable_auto_commit=False
     )
     await probe.start()
     try:
         from aiokafka import TopicPartition  # noqa: PLC0415
 
-        topic = topics.qualified(topics.POSTINGS, settings.topic_prefix)
-        partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        topic = topics.qualified(topics.POSTINGS, settings.topics.prefix)
+        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         ends = await probe.end_offsets(partitions)
     finally:
         await probe.stop()
     checker = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
     await checker.start()
     try:
