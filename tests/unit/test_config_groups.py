@@ -90,7 +90,7 @@ def test_each_variable_reaches_its_field() -> None:
     samples = {
         "FINTECH_PEERING_NAME": "fintech-operator",
         "FINTECH_PEERING_PRIORITY": "7",
-        "FINTECH_HEALTH_HOST": "0.0.0.0",
+        "FINTECH_HEALTH_HOST": "::1",
         "FINTECH_POSTING_WORKERS": "5",
         "FINTECH_POSTING_BATCH_MAX": "50",
         "FINTECH_CONSUMER_MAX_ATTEMPTS": "9",
