@@ -60,7 +60,7 @@ async def produce(settings: config.Settings, journal_ids: list[int], count: int)
     try:
         futures = []
         for i in range(count):
-            event = schema.posting_posted(
+            event = schema.PostingPosted(
                 namespace="bench",
                 name=f"p-{i}",
                 card=f"card-{i % CARDS}",
@@ -71,17 +71,13 @@ async def produce(settings: config.Settings, journal_ids: list[int], count: int)
                 earn_on=["Purchase"],
                 occurred_at=now,
                 now=now,
-            )
+            ).outbox()
             payload = dict(event.payload)
             payload["data"] = {**payload["data"], "journalId": journal_ids[i % len(journal_ids)]}  # type: ignore[dict-item]
             message = relay.to_message(
-                i,
-                str(event.event_id),
-                event.topic,
-                event.key,
-                payload,
-                None,
-                None,
+                relay.OutboxRow(
+                    i, str(event.event_id), event.topic, event.key, payload, None, None
+                ),
                 settings.topics.prefix,
             )
             futures.append(

@@ -37,7 +37,7 @@ import logging
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 import psycopg
@@ -100,21 +100,25 @@ class Message:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def to_message(
-    row_id: int,
-    event_id: str,
-    topic: str,
-    key: str | None,
-    payload: Mapping[str, Any],
-    headers: Mapping[str, Any] | None,
-    journal_id: int | None,
-    prefix: str,
-) -> Message:
+class OutboxRow(NamedTuple):
+    """One claimed outbox row, its columns in the order the relay selects them."""
+
+    row_id: int
+    event_id: str
+    topic: str
+    key: str | None
+    payload: Mapping[str, Any]
+    headers: Mapping[str, Any] | None
+    journal_id: int | None
+
+
+def to_message(row: OutboxRow, prefix: str) -> Message:
     """The record of one row: prefixed topic, card key, canonical JSON, CloudEvents headers.
 
     A ``data.journalId`` of ``null`` is a placeholder for the journal the row was written
     with; it is filled in here. Nothing else of the payload changes.
     """
+    row_id, event_id, topic, key, payload, headers, journal_id = row
     body = dict(payload)
     data = body.get("data")
     if isinstance(data, dict) and "journalId" in data and data["journalId"] is None:
@@ -300,10 +304,7 @@ async def _claim(cur: psycopg.AsyncCursor[Any], after_id: int, limit: int) -> li
 async def _send_rows(
     producer: AIOKafkaProducer, rows: Sequence[Any], prefix: str, timeout_seconds: float
 ) -> None:
-    messages = [
-        to_message(row_id, event_id, topic, key, payload, headers, journal_id, prefix)
-        for row_id, event_id, topic, key, payload, headers, journal_id in rows
-    ]
+    messages = [to_message(OutboxRow._make(row), prefix) for row in rows]
     await asyncio.wait_for(send_all(producer, messages), timeout_seconds)
 
 

@@ -136,26 +136,40 @@ class AccountOwnedByAnotherCard(model.AccountConflict):
         self.owner_uid = owner_uid
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What an account is opened with, beside its code, currency, kind and normal balance.
+
+    ``metadata`` is its first metadata. With ``owner_uid``, the account is opened with
+    ``metadata["uid"] = owner_uid`` and an existing one must carry that uid. ``events`` are
+    written in the same transaction, each at most once (see :func:`write_events`).
+    """
+
+    metadata: Mapping[str, object] | None = None
+    events: Sequence[model.OutboxEvent] = ()
+    owner_uid: str | None = None
+
+
+_PLAIN_OPENING: Final = Opening()
+
+
 async def open_account(
     conn: AsyncConnection[Any],
     code: str,
     currency: str,
     kind: model.AccountKind,
     normal_balance: model.Direction,
-    *,
-    metadata: Mapping[str, object] | None = None,
-    events: Sequence[model.OutboxEvent] = (),
-    owner_uid: str | None = None,
+    opening: Opening = _PLAIN_OPENING,
 ) -> model.Account:
     """Open an account, or return it if it exists with the same currency, kind and normal balance.
 
     An existing account keeps its first metadata and its status (a closed account stays closed).
-    With ``owner_uid``, the account is opened with ``metadata["uid"] = owner_uid`` and an existing
-    one must carry that uid, else :class:`AccountOwnedByAnotherCard` is raised and nothing is
-    written: the check runs in the transaction that would write the events.
-    ``events`` are written in the same transaction, each at most once (see :func:`write_events`),
-    so an event announcing the account commits exactly when the account does.
+    With ``opening.owner_uid``, an existing account must carry that uid, else
+    :class:`AccountOwnedByAnotherCard` is raised and nothing is written: the check runs in the
+    transaction that would write the events. ``opening.events`` commit exactly when the
+    account does, so an event announcing the account is never without it.
     """
+    metadata, events, owner_uid = opening.metadata, opening.events, opening.owner_uid
     kind = model.as_enum(model.AccountKind, kind, "kind")
     normal = model.as_enum(model.Direction, normal_balance, "normal_balance")
     model.check_account_code(code, kind, model.check_currency(currency))
@@ -189,12 +203,12 @@ async def open_card_account(
     namespace: str,
     card: str,
     currency: str,
-    metadata: Mapping[str, object] | None = None,
     events: Sequence[model.OutboxEvent] = (),
     *,
     card_uid: str | None = None,
 ) -> model.Account:
-    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``.
+    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``,
+    with metadata ``{"card": "<namespace>/<card>"}``.
 
     ``events`` (the card's ``card.issued``) commit with the account, each at most once. With
     ``card_uid`` (the operator always passes it), the account belongs to that card: a retry of
@@ -208,9 +222,7 @@ async def open_card_account(
         currency,
         model.AccountKind.CARD,
         model.CARD_NORMAL_BALANCE,
-        metadata=metadata,
-        events=events,
-        owner_uid=card_uid,
+        Opening(metadata={"card": f"{namespace}/{card}"}, events=events, owner_uid=card_uid),
     )
 
 
@@ -426,7 +438,6 @@ async def issue_card(
             issuance.namespace,
             issuance.card,
             issuance.currency,
-            metadata={"card": f"{issuance.namespace}/{issuance.card}"},
             events=issuance.events,
             card_uid=issuance.card_uid,
         )
@@ -440,21 +451,24 @@ async def issue_card(
 
 async def reverse(
     pool: AsyncConnectionPool[Any],
-    idempotency_key: str,
-    journal_id: int,
-    reason: str,
+    request: model.ReversalRequest,
     *,
-    events: Sequence[model.OutboxEvent] = (),
     limits: Limits = DEFAULT_LIMITS,
-    namespace: str | None = None,
 ) -> model.PostResult:
-    """Post the opposite of journal ``journal_id`` (at most once) and return the reversal.
+    """Post the opposite of journal ``request.journal_id`` (at most once) and return the
+    reversal.
 
     The reversal is an ordinary journal of kind ``Reversal`` whose ``reverses_journal_id`` points
     at the original; the database's UNIQUE constraint on it makes a second reversal impossible.
-    It moves the original's namespace's money; with ``namespace``, a journal of another
+    It moves the original's namespace's money; with ``request.namespace``, a journal of another
     namespace is :class:`model.JournalNotFound`, as if it did not exist.
     """
+    idempotency_key, journal_id, reason = (
+        request.idempotency_key,
+        request.journal_id,
+        request.reason,
+    )
+    events, namespace = request.events, request.namespace
     model.check_text(idempotency_key, "idempotency_key")
     model.check_text(reason, "reason")
     if type(journal_id) is not int or journal_id <= 0:

@@ -103,7 +103,7 @@ async def post(
     """Post through the real ledger engine with its event; return (journal id, event)."""
     name = name or f"p-{uuid.uuid4().hex[:12]}"
     now = datetime.datetime.now(datetime.UTC)
-    event = schema.posting_posted(
+    event = schema.PostingPosted(
         namespace=namespace,
         name=name,
         card=card,
@@ -114,7 +114,7 @@ async def post(
         earn_on=earn_on,
         occurred_at=now,
         now=now,
-    )
+    ).outbox()
     kind = model.PostingKind(posting_type)
     account = model.card_account_code(namespace, card, "USD")
     request = model.PostingRequest(
