@@ -9,7 +9,6 @@ see no drift in what users wrote.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import socket
@@ -220,15 +219,8 @@ def run_operator(
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    peering = _Peering(peering_name, priority)
-    asyncio.run(_operate(settings, kopf_settings, namespaces, liveness, peering))
+    asyncio.run(_operate(settings, kopf_settings, namespaces, liveness, peering_name, priority))
     return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Peering:
-    name: str | None
-    priority: int
 
 
 async def _operate(
@@ -236,7 +228,8 @@ async def _operate(
     kopf_settings: kopf.OperatorSettings,
     namespaces: list[str],
     liveness: str | None,
-    peering: _Peering,
+    peering_name: str | None,
+    priority: int,
 ) -> None:
     from fintech_operator.handlers import context  # noqa: PLC0415 - handlers are imported by now
 
@@ -252,7 +245,7 @@ async def _operate(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=peering.name is None,
-        peering_name=peering.name,
-        priority=peering.priority,
+        standalone=peering_name is None,
+        peering_name=peering_name,
+        priority=priority,
     )
