@@ -37,6 +37,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/python -m fintech_operator.api.crdgen --check
 	$(BIN)/python -m fintech_operator.gateway.openapi --check
+	$(BIN)/python -m fintech_operator.settings_reference --check
 
 ## chart-lint: `helm lint --strict` on the chart (the cached Helm build) and hadolint on the Dockerfile
 chart-lint: setup

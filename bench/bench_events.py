@@ -136,7 +136,7 @@ async def open_cards(pool: AsyncConnectionPool[Any]) -> list[str]:
 async def post_one(pool: AsyncConnectionPool[Any], card: str, amount: int) -> None:
     now = datetime.datetime.now(datetime.UTC)
     name = f"p-{uuid.uuid4().hex[:16]}"
-    event = schema.posting_posted(
+    event = schema.PostingPosted(
         namespace="bench",
         name=name,
         card=card,
@@ -147,7 +147,7 @@ async def post_one(pool: AsyncConnectionPool[Any], card: str, amount: int) -> No
         earn_on=["Purchase"],
         occurred_at=now,
         now=now,
-    )
+    ).outbox()
     account = model.card_account_code("bench", card, "USD")
     await engine.post(
         pool,
@@ -247,8 +247,8 @@ def processes(settings: config.Settings, kafka: dict[str, str], group: str) -> I
     env = {
         **os.environ,
         **kafka,
-        "DATABASE_URL": settings.database_url,
-        "FINTECH_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database.url,
+        "FINTECH_TOPIC_PREFIX": settings.topics.prefix,
         "FINTECH_LOG_LEVEL": "WARNING",
     }
     commands = (

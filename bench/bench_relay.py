@@ -53,7 +53,7 @@ def sample_events(count: int) -> list[tuple[str, str, str, dict[str, Any]]]:
     rows = []
     for i in range(count):
         card = f"card-{i % CARDS}"
-        event = schema.posting_posted(
+        event = schema.PostingPosted(
             namespace="bench",
             name=f"p-{i}",
             card=card,
@@ -64,7 +64,7 @@ def sample_events(count: int) -> list[tuple[str, str, str, dict[str, Any]]]:
             earn_on=["Purchase"],
             occurred_at=now,
             now=now,
-        )
+        ).outbox()
         payload = dict(event.payload)
         # Rows written by a journal get its id filled in by the relay; these have none.
         payload["data"] = {**payload["data"], "journalId": i + 1}  # type: ignore[dict-item]
@@ -85,7 +85,9 @@ async def anchor(
 ) -> float:
     """Events/s of a bare producer sending the relay's records to a fresh topic."""
     messages = [
-        relay.to_message(i, event_id, topic, key, payload, None, None, settings.topic_prefix)
+        relay.to_message(
+            relay.OutboxRow(i, event_id, topic, key, payload, None, None), settings.topics.prefix
+        )
         for i, (event_id, topic, key, payload) in enumerate(rows)
     ]
     producer: AIOKafkaProducer = relay.new_producer(settings)
@@ -105,7 +107,7 @@ async def anchor(
 async def relay_drain(settings: config.Settings, count: int) -> float:
     """Events/s of ``relay.run`` draining ``count`` unpublished rows."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=2, open=False
+        settings.database.url, min_size=1, max_size=2, open=False
     )
     await pool.open(wait=True)
     stop = asyncio.Event()
@@ -153,7 +155,7 @@ async def one_round(plat: platform.Platform, args: argparse.Namespace) -> tuple[
     rows = sample_events(args.events)
     await kafka.ensure_topics(settings)
     bare = await anchor(settings, rows)
-    fill_outbox(settings.database_url, rows)
+    fill_outbox(settings.database.url, rows)
     product = await relay_drain(settings, len(rows))
     return bare, product
 

@@ -60,7 +60,7 @@ async def produce(settings: config.Settings, journal_ids: list[int], count: int)
     try:
         futures = []
         for i in range(count):
-            event = schema.posting_posted(
+            event = schema.PostingPosted(
                 namespace="bench",
                 name=f"p-{i}",
                 card=f"card-{i % CARDS}",
@@ -71,18 +71,14 @@ async def produce(settings: config.Settings, journal_ids: list[int], count: int)
                 earn_on=["Purchase"],
                 occurred_at=now,
                 now=now,
-            )
+            ).outbox()
             payload = dict(event.payload)
             payload["data"] = {**payload["data"], "journalId": journal_ids[i % len(journal_ids)]}  # type: ignore[dict-item]
             message = relay.to_message(
-                i,
-                str(event.event_id),
-                event.topic,
-                event.key,
-                payload,
-                None,
-                None,
-                settings.topic_prefix,
+                relay.OutboxRow(
+                    i, str(event.event_id), event.topic, event.key, payload, None, None
+                ),
+                settings.topics.prefix,
             )
             futures.append(
                 await producer.send(
@@ -102,7 +98,7 @@ async def anchor(settings: config.Settings, count: int) -> tuple[float, list[Any
     records: list[Any] = []
     try:
         while len(records) < count:
-            batch = await bare.getmany(timeout_ms=1000, max_records=settings.consumer_batch_size)
+            batch = await bare.getmany(timeout_ms=1000, max_records=settings.consumers.batch_max)
             for part in batch.values():
                 records.extend(part)
         return count / (time.monotonic() - started), records
@@ -122,10 +118,10 @@ def plan_rate(records: list[Any]) -> float:
 async def committed_total(settings: config.Settings, group: str) -> int:
     """Records the group has committed on the postings topic (offsets commit after the
     batch's database transaction: a cheap end signal that adds no load to PostgreSQL)."""
-    topic = topics.qualified(topics.POSTINGS, settings.topic_prefix)
-    partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    topic = topics.qualified(topics.POSTINGS, settings.topics.prefix)
+    partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
     checker = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
     await checker.start()
     try:
@@ -146,7 +142,7 @@ async def product(settings: config.Settings, count: int) -> float:
     elapsed = time.monotonic() - started
     stop.set()
     await asyncio.wait_for(task, 60)
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as c:
+    async with await psycopg.AsyncConnection.connect(settings.database.url, autocommit=True) as c:
         row = await (await c.execute("SELECT count(*) FROM processed_events")).fetchone()
     processed = row[0] if row else 0
     if processed != count:

@@ -7,41 +7,53 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 DEVSTACK_MODULE = "fintech_devstack.cli"
+
+
+def _settings() -> config.Settings:
+    """The process's settings, loaded here once and passed down (a bad one raises
+    ``SettingsError``, which :func:`main` prints naming the variable)."""
+    from fintech_operator import config  # noqa: PLC0415 - keep `--help` fast
+
+    return config.load()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fintech_operator import runtime  # noqa: PLC0415 - keep `--help` fast
 
-    return runtime.run_operator(namespaces=args.namespace, liveness_port=args.liveness_port)
+    return runtime.run_operator(
+        _settings(), namespaces=args.namespace, liveness_port=args.liveness_port
+    )
 
 
 def _cmd_rewards(args: argparse.Namespace) -> int:
     from fintech_operator.rewards import consumer  # noqa: PLC0415
 
-    return consumer.main(group_id=args.group)
+    return consumer.main(_settings(), group_id=args.group)
 
 
 def _cmd_notifier(args: argparse.Namespace) -> int:
     from fintech_operator.notify import service  # noqa: PLC0415
 
-    return service.main(namespaces=args.namespace, group_id=args.group)
+    return service.main(_settings(), namespaces=args.namespace, group_id=args.group)
 
 
 def _cmd_authorization_expiry(args: argparse.Namespace) -> int:
     from fintech_operator.authorizations import expiry  # noqa: PLC0415
 
     limits = expiry.Limits(interval_seconds=args.interval_seconds, batch_max=args.batch_max)
-    return expiry.main(limits)
+    return expiry.main(_settings(), limits)
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
-    from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
 
-    settings = config.load()
-    applied = migrate.apply_configured(settings)
+    applied = migrate.apply_configured(_settings().database)
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
 

@@ -1,86 +1,156 @@
 """Process settings, read once from the environment and validated at start-up.
 
-Every limit has a unit in its name, a default and a bound; a bad value stops the
-process at start with a message naming the variable, never later in a handler.
+Settings are grouped by concern (``settings.database.pool_size_max``,
+``settings.relay.batch_max``, ...); each group is a frozen model whose fields carry their
+environment variable (:class:`Env`), unit, default, bound and reason, so
+``docs/configuration.md`` is rendered from them (``fintech_operator.settings_reference``).
+Units and qualifiers come last in field names (``attempts_max``, ``backoff_max_seconds``); the
+environment variable names are kept as they were, whatever the field is called.
+
+:func:`load` is called once per process, by ``fintech_operator.cli``, and the result is passed
+down; nothing reads the environment at import. A bad value stops the process at start with a
+message naming the variable, never later in a handler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import urllib.parse
-from typing import Annotated
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from fintech_operator import secretfile
 
 ENV_PREFIX = "FINTECH_"
 WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS = 64
 WEBHOOK_ALLOWED_CIDRS_MAX_CHARS = 4096
+_ROLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-class Settings(BaseModel):
-    """All tunables of the operator and its consumers."""
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """The environment variable of a setting (``Annotated`` metadata of each field)."""
 
+    name: str
+
+
+class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    database_url: Annotated[str, Field(min_length=1, description="libpq DSN of the ledger")]
+
+class DatabaseSettings(_Group):
+    """The ledger's PostgreSQL: connections, pool and roles."""
+
+    url: Annotated[
+        str,
+        Env("DATABASE_URL"),
+        Field(min_length=1, description="libpq DSN of the ledger, as the runtime role. Required."),
+    ]
     # Least privilege: the ledger's owner migrates, a runtime role that owns nothing posts.
-    migration_database_url: Annotated[
+    migration_url: Annotated[
         str | None,
+        Env("FINTECH_MIGRATION_DATABASE_URL"),
         Field(
             min_length=1,
             description="libpq DSN of the role that owns the ledger's tables, used only to "
-            "apply migrations and grants; unset, migrations run as DATABASE_URL's role.",
+            "apply migrations and grants; unset (the default), migrations run as "
+            "DATABASE_URL's role.",
         ),
     ] = None
-    migration_database_password: Annotated[
+    migration_password: Annotated[
         pydantic.SecretStr | None,
+        Env("FINTECH_MIGRATION_DATABASE_PASSWORD"),
         Field(
             repr=False,
             description="Password of FINTECH_MIGRATION_DATABASE_URL's role (from a Secret), "
-            "kept out of the URL; PGPASSWORD stays the runtime role's. Never logged.",
+            "kept out of the URL; PGPASSWORD stays the runtime role's. Never logged. "
+            "Default unset.",
         ),
     ] = None
-    database_runtime_role: Annotated[
+    runtime_role: Annotated[
         str | None,
+        Env("FINTECH_DATABASE_RUNTIME_ROLE"),
         Field(
-            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            pattern=_ROLE_PATTERN,
             description="PostgreSQL role granted exactly the privileges the processes use "
             "(no DDL, no TRUNCATE, no UPDATE or DELETE of append-only tables) each time "
-            "migrations run; DATABASE_URL's role should be it or a member of it.",
+            "migrations run; DATABASE_URL's role should be it or a member of it. Default "
+            "unset: no grants are managed.",
         ),
     ] = None
-    database_gateway_role: Annotated[
+    gateway_role: Annotated[
         str | None,
+        Env("FINTECH_DATABASE_GATEWAY_ROLE"),
         Field(
-            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            pattern=_ROLE_PATTERN,
             description="PostgreSQL role of the authorization gateway, granted each time "
             "migrations run exactly what the gateway uses (grants.GATEWAY_PRIVILEGES) and "
             "nothing on any other table; the gateway's DATABASE_URL role should be it or a "
-            "member of it. Unset: no gateway role is managed.",
+            "member of it. Unset (the default): no gateway role is managed.",
         ),
     ] = None
-    kafka_bootstrap_servers: Annotated[str, Field(min_length=1)]
-    db_pool_min_size: Annotated[int, Field(ge=1, le=64)] = 1
-    db_pool_max_size: Annotated[int, Field(ge=1, le=256)] = 8
-    db_timeout_seconds: Annotated[
+    pool_size_min: Annotated[
+        int,
+        Env("FINTECH_DB_POOL_MIN_SIZE"),
+        Field(
+            ge=1,
+            le=64,
+            description="Connections the pool keeps open even when idle, so the first "
+            "handlers after a quiet spell do not pay for connecting. Default 1.",
+        ),
+    ] = 1
+    pool_size_max: Annotated[
+        int,
+        Env("FINTECH_DB_POOL_MAX_SIZE"),
+        Field(
+            ge=1,
+            le=256,
+            description="Most connections of one process's pool; kopf handlers queue for "
+            "FINTECH_DB_POOL_MAX_SIZE minus 2 of them (docs/operations.md). Default 8.",
+        ),
+    ] = 8
+    timeout_seconds: Annotated[
         float,
+        Env("FINTECH_DB_TIMEOUT_SECONDS"),
         Field(
             gt=0,
             le=300,
-            description="The one database timeout (issue 17): the longest wait for a pooled "
-            "connection (handlers, the ledger engine, consumers), for the pool to open at "
-            "start, and (whole seconds, at least 2) for connecting. Default 10.",
+            description="The one database timeout (issue 17), in seconds: the longest wait for "
+            "a pooled connection (handlers, the ledger engine, consumers), for the pool to "
+            "open at start, and (whole seconds, at least 2) for connecting. Default 10.",
         ),
     ] = 10.0
-    kafka_request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 30_000
-    # Kafka security: how every Kafka client of the product (relay, consumers, notifier,
-    # topic creation, metrics) connects; events/kafka.py turns these into client options.
-    kafka_security_protocol: Annotated[
+
+
+class KafkaSettings(_Group):
+    """How every Kafka client of the product (relay, consumers, notifier, topic creation,
+    metrics) connects; events/kafka.py turns these into client options."""
+
+    bootstrap_servers: Annotated[
         str,
+        Env("KAFKA_BOOTSTRAP_SERVERS"),
+        Field(min_length=1, description="Comma-separated host:port of the brokers. Required."),
+    ]
+    request_timeout_ms: Annotated[
+        int,
+        Env("FINTECH_KAFKA_REQUEST_TIMEOUT_MS"),
+        Field(
+            ge=1000,
+            le=300_000,
+            description="Longest wait, in milliseconds, for a broker to answer one request "
+            "of a producer, consumer or admin client before it is retried. Default 30000.",
+        ),
+    ] = 30_000
+    security_protocol: Annotated[
+        str,
+        Env("FINTECH_KAFKA_SECURITY_PROTOCOL"),
         Field(
             pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
             description="PLAINTEXT (the default: no TLS, no login), SSL (TLS, optionally "
@@ -88,8 +158,9 @@ class Settings(BaseModel):
             "(login over TLS, what managed Kafka services require).",
         ),
     ] = "PLAINTEXT"
-    kafka_sasl_mechanism: Annotated[
+    sasl_mechanism: Annotated[
         str,
+        Env("FINTECH_KAFKA_SASL_MECHANISM"),
         Field(
             pattern=r"^(|PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
             description="SASL mechanism, required with a SASL_* protocol: SCRAM-SHA-512 "
@@ -97,29 +168,33 @@ class Settings(BaseModel):
             "it over SASL_SSL only, it carries the password as is). Default empty.",
         ),
     ] = ""
-    kafka_sasl_username: Annotated[
+    sasl_username: Annotated[
         str,
-        Field(max_length=1024, description="SASL user name; required with SASL_*."),
+        Env("FINTECH_KAFKA_SASL_USERNAME"),
+        Field(max_length=1024, description="SASL user name; required with SASL_*. Default empty."),
     ] = ""
-    kafka_sasl_password: Annotated[
+    sasl_password: Annotated[
         pydantic.SecretStr,
+        Env("FINTECH_KAFKA_SASL_PASSWORD"),
         Field(
             repr=False,
-            description="SASL password; set it or kafka_sasl_password_file, not both. "
-            "Never logged.",
+            description="SASL password; set it or FINTECH_KAFKA_SASL_PASSWORD_FILE, not both. "
+            "Never logged. Default empty.",
         ),
     ] = pydantic.SecretStr("")
-    kafka_sasl_password_file: Annotated[
+    sasl_password_file: Annotated[
         str,
+        Env("FINTECH_KAFKA_SASL_PASSWORD_FILE"),
         Field(
             max_length=4096,
             description="Path of a file holding the SASL password (a mounted Secret key); "
             "read again by each new Kafka client, so a rotated Secret is used without a "
-            "restart. A trailing newline is ignored.",
+            "restart. A trailing newline is ignored. Default empty.",
         ),
     ] = ""
-    kafka_ssl_ca_file: Annotated[
+    ssl_ca_file: Annotated[
         str,
+        Env("FINTECH_KAFKA_SSL_CA_FILE"),
         Field(
             max_length=4096,
             description="PEM file of the CA(s) that signed the brokers' certificates, for SSL "
@@ -127,32 +202,131 @@ class Settings(BaseModel):
             "are always checked against their certificates.",
         ),
     ] = ""
-    kafka_ssl_cert_file: Annotated[
+    ssl_cert_file: Annotated[
         str,
+        Env("FINTECH_KAFKA_SSL_CERT_FILE"),
         Field(
             max_length=4096,
             description="PEM client certificate (chain) for mutual TLS; set together with "
-            "kafka_ssl_key_file. Default empty: no client certificate.",
+            "FINTECH_KAFKA_SSL_KEY_FILE. Default empty: no client certificate.",
         ),
     ] = ""
-    kafka_ssl_key_file: Annotated[
+    ssl_key_file: Annotated[
         str,
+        Env("FINTECH_KAFKA_SSL_KEY_FILE"),
         Field(
             max_length=4096,
-            description="Unencrypted PEM private key of kafka_ssl_cert_file.",
+            description="Unencrypted PEM private key of FINTECH_KAFKA_SSL_CERT_FILE. "
+            "Default empty.",
         ),
     ] = ""
-    topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
-    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
-    # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
-    relay_idle_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
-    consumer_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 5_000
-    consumer_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
-    card_refresh_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
-    missing_card_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 30
-    # The posting queue (issue 14, app/posting_queue.py, docs/ledger.md "Posting queue").
-    posting_workers: Annotated[
+
+
+class TopicSettings(_Group):
+    """The Kafka topics the product creates and uses (events/topics.py names them)."""
+
+    prefix: Annotated[
+        str,
+        Env("FINTECH_TOPIC_PREFIX"),
+        Field(
+            pattern=r"^[A-Za-z0-9._-]{0,64}$",
+            description="Prepended to every topic name, so several environments (or test "
+            "runs) can share one Kafka cluster; default empty.",
+        ),
+    ] = ""
+    partitions: Annotated[
         int,
+        Env("FINTECH_TOPIC_PARTITIONS"),
+        Field(
+            ge=1,
+            le=1024,
+            description="Partitions of each topic the product creates: the most consumers of "
+            "one group that can work at once. Existing topics are not changed. Default 3.",
+        ),
+    ] = 3
+    replication_factor: Annotated[
+        int,
+        Env("FINTECH_TOPIC_REPLICATION_FACTOR"),
+        Field(ge=1, le=5, description="Replicas of each topic the product creates; default 1."),
+    ] = 1
+
+
+class RelaySettings(_Group):
+    """The outbox relay: PostgreSQL outbox rows to Kafka, in the operator's process."""
+
+    batch_max: Annotated[
+        int,
+        Env("FINTECH_RELAY_BATCH_SIZE"),
+        Field(
+            ge=1,
+            le=10_000,
+            description="Most outbox rows published in one batch (one transaction, one wait "
+            "for Kafka's acknowledgements). Default 5000.",
+        ),
+    ] = 5_000
+    # The relay wakes on PostgreSQL NOTIFY at once; this is only its fallback scan interval.
+    idle_interval_ms: Annotated[
+        int,
+        Env("FINTECH_RELAY_IDLE_INTERVAL_MS"),
+        Field(
+            ge=10,
+            le=60_000,
+            description="Fallback scan interval of an idle relay, in milliseconds; it wakes on "
+            "PostgreSQL NOTIFY at once, this only bounds a lost notification. Default 1000.",
+        ),
+    ] = 1000
+    send_timeout_seconds: Annotated[
+        float,
+        Env("FINTECH_RELAY_SEND_TIMEOUT_SECONDS"),
+        Field(
+            gt=0,
+            le=300,
+            description="Longest wait for Kafka to acknowledge one relay batch before the "
+            "batch is rolled back and retried; default 30.",
+        ),
+    ] = 30.0
+    backoff_max_seconds: Annotated[
+        float,
+        Env("FINTECH_RELAY_BACKOFF_MAX_SECONDS"),
+        Field(
+            gt=0,
+            le=300,
+            description="Cap of the relay's exponential backoff while Kafka or PostgreSQL is "
+            "down; default 10.",
+        ),
+    ] = 10.0
+
+
+class ConsumerSettings(_Group):
+    """Kafka consumers of the product's events (the rewards consumer)."""
+
+    batch_max: Annotated[
+        int,
+        Env("FINTECH_CONSUMER_BATCH_SIZE"),
+        Field(
+            ge=1,
+            le=10_000,
+            description="Most records one poll returns and one transaction records. Default 5000.",
+        ),
+    ] = 5_000
+    attempts_max: Annotated[
+        int,
+        Env("FINTECH_CONSUMER_MAX_ATTEMPTS"),
+        Field(
+            ge=1,
+            le=100,
+            description="Tries of one record before it is set aside as a poison message "
+            "(dead-lettered) so the partition moves on. Default 5.",
+        ),
+    ] = 5
+
+
+class PostingSettings(_Group):
+    """The operator's posting queue (app/posting_queue.py, docs/ledger.md "Posting queue")."""
+
+    workers: Annotated[
+        int,
+        Env("FINTECH_POSTING_WORKERS"),
         Field(
             ge=1,
             le=64,
@@ -162,8 +336,9 @@ class Settings(BaseModel):
             "FINTECH_DB_POOL_MAX_SIZE. Default 3.",
         ),
     ] = 3
-    posting_batch_max: Annotated[
+    batch_max: Annotated[
         int,
+        Env("FINTECH_POSTING_BATCH_MAX"),
         Field(
             ge=1,
             le=500,
@@ -172,8 +347,9 @@ class Settings(BaseModel):
             "Larger batches hold their card locks longer. Default 20.",
         ),
     ] = 20
-    posting_queue_max: Annotated[
+    queue_max: Annotated[
         int,
+        Env("FINTECH_POSTING_QUEUE_MAX"),
         Field(
             ge=1,
             le=1_000_000,
@@ -183,8 +359,51 @@ class Settings(BaseModel):
             "Default 20000.",
         ),
     ] = 20_000
-    health_port: Annotated[
+
+
+class CardSettings(_Group):
+    """Cards: the batched refresh of their status, and waiting for a card not issued yet."""
+
+    refresh_interval_seconds: Annotated[
+        float,
+        Env("FINTECH_CARD_REFRESH_INTERVAL_SECONDS"),
+        Field(
+            ge=1,
+            le=3600,
+            description="How often a namespace's Cards get balance, held, available and points "
+            "refreshed in status (one batched pass). Default 10.",
+        ),
+    ] = 10.0
+    missing_retries_max: Annotated[
         int,
+        Env("FINTECH_MISSING_CARD_RETRY_LIMIT"),
+        Field(
+            ge=0,
+            le=1000,
+            description="Retries, 2 s apart, of a Posting, CardReview or Card waiting for a card "
+            "or product that does not exist yet, before it fails (CardNotFound): about a "
+            "minute by default. Default 30.",
+        ),
+    ] = 30
+
+
+class HealthSettings(_Group):
+    """The liveness probe; /metrics listens on the same host."""
+
+    host: Annotated[
+        str,
+        Env("FINTECH_HEALTH_HOST"),
+        Field(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[A-Za-z0-9.:_-]+$",
+            description="Address the liveness probe and /metrics listen on; default 127.0.0.1 "
+            "(the image sets 0.0.0.0 so the kubelet and Prometheus reach them).",
+        ),
+    ] = "127.0.0.1"
+    port: Annotated[
+        int,
+        Env("FINTECH_HEALTH_PORT"),
         Field(
             ge=0,
             le=65535,
@@ -193,9 +412,40 @@ class Settings(BaseModel):
             "in use stops the operator at start naming it. Default 8080.",
         ),
     ] = 8080
-    # Observability (issue 7): /metrics listens on FINTECH_HEALTH_HOST like the probes.
-    metrics_port: Annotated[
+
+
+class PeeringSettings(_Group):
+    """One active operator: kopf peering between replicas."""
+
+    name: Annotated[
+        str,
+        Env("FINTECH_PEERING_NAME"),
+        Field(
+            pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$",
+            description="The kopf peering object (KopfPeering per watched namespace, or a "
+            "ClusterKopfPeering) the replicas meet in; the chart sets it. Empty (the default, "
+            "development and tests): the operator runs standalone.",
+        ),
+    ] = ""
+    priority: Annotated[
         int,
+        Env("FINTECH_PEERING_PRIORITY"),
+        Field(
+            ge=0,
+            le=2**31 - 1,
+            description="This replica's peering priority: the highest is active, the others "
+            "pause as warm standbys (kopf pauses all of equal priority, so equal values are a "
+            "mistake). 0 (the default): a random priority.",
+        ),
+    ] = 0
+
+
+class MetricsSettings(_Group):
+    """Prometheus /metrics (issue 7), on FINTECH_HEALTH_HOST like the probes."""
+
+    port: Annotated[
+        int,
+        Env("FINTECH_METRICS_PORT"),
         Field(
             ge=0,
             le=65535,
@@ -204,8 +454,9 @@ class Settings(BaseModel):
             "The Helm chart sets 9102.",
         ),
     ] = 0
-    metrics_collect_interval_seconds: Annotated[
+    collect_interval_seconds: Annotated[
         float,
+        Env("FINTECH_METRICS_COLLECT_INTERVAL_SECONDS"),
         Field(
             ge=1,
             le=3600,
@@ -213,8 +464,9 @@ class Settings(BaseModel):
             "/metrics; also the timeout of one such read. Default 15.",
         ),
     ] = 15.0
-    metrics_consumer_groups_max: Annotated[
+    consumer_groups_max: Annotated[
         int,
+        Env("FINTECH_METRICS_CONSUMER_GROUPS_MAX"),
         Field(
             ge=0,
             le=1000,
@@ -223,39 +475,14 @@ class Settings(BaseModel):
             "turns lag collection off. Default 50.",
         ),
     ] = 50
-    # Events, rewards and notifications (issue 5).
-    topic_prefix: Annotated[
-        str,
-        Field(
-            pattern=r"^[A-Za-z0-9._-]{0,64}$",
-            description="Prepended to every topic name, so several environments (or test "
-            "runs) can share one Kafka cluster; default empty.",
-        ),
-    ] = ""
-    topic_replication_factor: Annotated[
-        int,
-        Field(ge=1, le=5, description="Replicas of each topic the product creates; default 1."),
-    ] = 1
-    relay_send_timeout_seconds: Annotated[
+
+
+class NotifierSettings(_Group):
+    """The webhook notifier (issue 5): routing events to Webhooks and delivering them."""
+
+    refresh_interval_seconds: Annotated[
         float,
-        Field(
-            gt=0,
-            le=300,
-            description="Longest wait for Kafka to acknowledge one relay batch before the "
-            "batch is rolled back and retried; default 30.",
-        ),
-    ] = 30.0
-    relay_backoff_max_seconds: Annotated[
-        float,
-        Field(
-            gt=0,
-            le=300,
-            description="Cap of the relay's exponential backoff while Kafka or PostgreSQL is "
-            "down; default 10.",
-        ),
-    ] = 10.0
-    notifier_refresh_interval_seconds: Annotated[
-        float,
+        Env("FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS"),
         Field(
             ge=1,
             le=300,
@@ -264,8 +491,9 @@ class Settings(BaseModel):
             "lists Webhooks again before routing any event newer than its last list. Default 10.",
         ),
     ] = 10.0
-    notifier_clock_skew_seconds: Annotated[
+    clock_skew_seconds: Annotated[
         float,
+        Env("FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS"),
         Field(
             ge=1,
             le=30,
@@ -276,8 +504,9 @@ class Settings(BaseModel):
             "after its time. Default 2.",
         ),
     ] = 2.0
-    notifier_route_hold_max_seconds: Annotated[
+    route_hold_max_seconds: Annotated[
         float,
+        Env("FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS"),
         Field(
             ge=10,
             le=180,
@@ -287,8 +516,9 @@ class Settings(BaseModel):
             "fintech_notifier_routed_uncovered_total. Default 60.",
         ),
     ] = 60.0
-    notifier_poll_interval_ms: Annotated[
+    poll_interval_ms: Annotated[
         int,
+        Env("FINTECH_NOTIFIER_POLL_INTERVAL_MS"),
         Field(
             ge=10,
             le=60_000,
@@ -296,8 +526,9 @@ class Settings(BaseModel):
             "it; default 1000.",
         ),
     ] = 1000
-    notifier_max_in_flight: Annotated[
+    in_flight_max: Annotated[
         int,
+        Env("FINTECH_NOTIFIER_MAX_IN_FLIGHT"),
         Field(
             ge=1,
             le=1000,
@@ -305,8 +536,14 @@ class Settings(BaseModel):
             "notifier process; default 64.",
         ),
     ] = 64
-    webhook_status_interval_seconds: Annotated[
+
+
+class WebhookSettings(_Group):
+    """Webhook resources: their status, their delivery log and where they may point."""
+
+    status_interval_seconds: Annotated[
         float,
+        Env("FINTECH_WEBHOOK_STATUS_INTERVAL_SECONDS"),
         Field(
             ge=1,
             le=3600,
@@ -314,8 +551,9 @@ class Settings(BaseModel):
             "(only changes are patched); default 10.",
         ),
     ] = 10.0
-    webhook_log_retention_hours: Annotated[
+    log_retention_hours: Annotated[
         int,
+        Env("FINTECH_WEBHOOK_LOG_RETENTION_HOURS"),
         Field(
             ge=1,
             le=8760,
@@ -323,8 +561,9 @@ class Settings(BaseModel):
             "are deleted this many hours after they finished; default 336 (14 days).",
         ),
     ] = 336
-    webhook_allowed_cidrs: Annotated[
+    allowed_cidrs: Annotated[
         str,
+        Env("FINTECH_WEBHOOK_ALLOWED_CIDRS"),
         Field(
             max_length=WEBHOOK_ALLOWED_CIDRS_MAX_CHARS,
             pattern=r"^[0-9A-Fa-f:./, ]*$",
@@ -337,7 +576,7 @@ class Settings(BaseModel):
         ),
     ] = ""
 
-    @pydantic.field_validator("webhook_allowed_cidrs")
+    @pydantic.field_validator("allowed_cidrs")
     @classmethod
     def _cidrs(cls, value: str) -> str:
         """Each item must be a network address with its prefix (host bits zero); normalised."""
@@ -346,9 +585,13 @@ class Settings(BaseModel):
             raise ValueError(f"at most {WEBHOOK_ALLOWED_CIDRS_MAX_ITEMS} CIDRs")
         return ",".join(str(ipaddress.ip_network(item, strict=True)) for item in items)
 
-    # Reconciliation runs (issue 6).
-    recon_workers_max: Annotated[
+
+class ReconSettings(_Group):
+    """Reconciliation runs (issue 6)."""
+
+    workers_max: Annotated[
         int,
+        Env("FINTECH_RECON_WORKERS_MAX"),
         Field(
             ge=1,
             le=16,
@@ -356,8 +599,9 @@ class Settings(BaseModel):
             "own database connection (outside the pool); others wait. Default 2.",
         ),
     ] = 2
-    recon_records_max: Annotated[
+    records_max: Annotated[
         int,
+        Env("FINTECH_RECON_RECORDS_MAX"),
         Field(
             ge=1,
             le=1_000_000_000,
@@ -365,16 +609,18 @@ class Settings(BaseModel):
             "the run as SourceTooLarge. Default 10000000.",
         ),
     ] = 10_000_000
-    recon_statement_timeout_seconds: Annotated[
+    statement_timeout_seconds: Annotated[
         int,
+        Env("FINTECH_RECON_STATEMENT_TIMEOUT_SECONDS"),
         Field(
             ge=1,
             le=86_400,
             description="Longest single SQL statement of a run (loading, joining); default 1800.",
         ),
     ] = 1800
-    recon_work_mem_mb: Annotated[
+    work_mem_mb: Annotated[
         int,
+        Env("FINTECH_RECON_WORK_MEM_MB"),
         Field(
             ge=4,
             le=4096,
@@ -382,8 +628,9 @@ class Settings(BaseModel):
             "or hash before it spills to disk. Default 64.",
         ),
     ] = 64
-    recon_cluster_namespace: Annotated[
+    cluster_namespace: Annotated[
         str,
+        Env("FINTECH_RECON_CLUSTER_NAMESPACE"),
         Field(
             pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
             description="The one namespace whose ReconciliationRuns may set spec.scope Cluster "
@@ -392,10 +639,15 @@ class Settings(BaseModel):
             "each compares only its own namespace.",
         ),
     ] = ""
-    # Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
-    # development one by explicit opt-in: the operator fails closed without either.
-    tokenizer: Annotated[
+
+
+class TokenizerSettings(_Group):
+    """Card numbers: the card processor's tokenizer (cards/http_tokenizer.py), or the
+    development one by explicit opt-in: the operator fails closed without either."""
+
+    mode: Annotated[
         str,
+        Env("FINTECH_TOKENIZER"),
         Field(
             pattern=r"^(|development)$",
             description="`development` opts in to the built-in development tokenizer (random "
@@ -403,8 +655,9 @@ class Settings(BaseModel):
             "FINTECH_TOKENIZER_URL. The operator refuses to start with neither, or with both.",
         ),
     ] = ""
-    tokenizer_url: Annotated[
+    url: Annotated[
         str,
+        Env("FINTECH_TOKENIZER_URL"),
         Field(
             max_length=2048,
             description="URL the operator POSTs to for a new card's token and last 4 (the card "
@@ -413,17 +666,20 @@ class Settings(BaseModel):
             "loopback host (127.0.0.1, ::1, localhost) for tests; no user:password@ in it.",
         ),
     ] = ""
-    tokenizer_token_file: Annotated[
+    token_file: Annotated[
         str,
+        Env("FINTECH_TOKENIZER_TOKEN_FILE"),
         Field(
             max_length=4096,
             description="Path of a file holding the processor's bearer credential (a mounted "
             "Secret key); required with FINTECH_TOKENIZER_URL. Read again on every request, so "
-            "a rotated Secret is used without a restart. Surrounding whitespace is ignored.",
+            "a rotated Secret is used without a restart. Surrounding whitespace is ignored. "
+            "Default empty.",
         ),
     ] = ""
-    tokenizer_timeout_seconds: Annotated[
+    timeout_seconds: Annotated[
         float,
+        Env("FINTECH_TOKENIZER_TIMEOUT_SECONDS"),
         Field(
             gt=0,
             le=60,
@@ -433,9 +689,9 @@ class Settings(BaseModel):
         ),
     ] = 10.0
 
-    @pydantic.field_validator("tokenizer_url")
+    @pydantic.field_validator("url")
     @classmethod
-    def _tokenizer_url(cls, value: str) -> str:
+    def _url(cls, value: str) -> str:
         """Empty, or an absolute https URL (http only to a loopback host), without credentials."""
         if not value:
             return value
@@ -451,7 +707,65 @@ class Settings(BaseModel):
         return value
 
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+class Settings(BaseModel):
+    """All tunables of the operator and its consumers, one group per concern.
+
+    The gateway (``fintech-operator gateway``) has its own small model,
+    ``fintech_operator.gateway.settings``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database: DatabaseSettings
+    kafka: KafkaSettings
+    topics: TopicSettings = TopicSettings()
+    relay: RelaySettings = RelaySettings()
+    consumers: ConsumerSettings = ConsumerSettings()
+    postings: PostingSettings = PostingSettings()
+    cards: CardSettings = CardSettings()
+    health: HealthSettings = HealthSettings()
+    peering: PeeringSettings = PeeringSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    notifier: NotifierSettings = NotifierSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    recon: ReconSettings = ReconSettings()
+    tokenizer: TokenizerSettings = TokenizerSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingField:
+    """One setting: where it lives in :class:`Settings` and its environment variable."""
+
+    group: str
+    name: str
+    env: str
+    info: FieldInfo
+
+    @property
+    def path(self) -> str:
+        return f"{self.group}.{self.name}"
+
+
+def fields() -> Iterator[SettingField]:
+    """Every setting, group by group in declaration order."""
+    for group, group_info in Settings.model_fields.items():
+        model = group_info.annotation
+        if not (isinstance(model, type) and issubclass(model, _Group)):
+            raise TypeError(f"Settings.{group} must be a settings group")
+        for name, info in model.model_fields.items():
+            envs = [meta.name for meta in info.metadata if isinstance(meta, Env)]
+            if len(envs) != 1:
+                raise TypeError(f"{model.__name__}.{name} must carry exactly one Env(...)")
+            yield SettingField(group, name, envs[0], info)
+
+
+def env_names() -> dict[str, str]:
+    """Field path (``"relay.batch_max"``) to environment variable name."""
+    return {field.path: field.env for field in fields()}
+
+
+def _env_name(path: str) -> str:
+    return env_names()[path]
 
 
 class SettingsError(RuntimeError):
@@ -460,158 +774,173 @@ class SettingsError(RuntimeError):
 
 def check_operator(settings: Settings) -> None:
     """The operator's own cross-checks (other processes share the settings, not these)."""
-    if settings.posting_workers >= settings.db_pool_max_size:
+    if settings.postings.workers >= settings.database.pool_size_max:
         raise SettingsError(
-            f"{_env_name('posting_workers')} must be below {_env_name('db_pool_max_size')}: "
-            "each posting worker holds a connection while its batch runs"
+            f"{_env_name('postings.workers')} must be below "
+            f"{_env_name('database.pool_size_max')}: each posting worker holds a connection "
+            "while its batch runs"
         )
 
 
-def _env_name(field: str) -> str:
-    # The two connection strings use the names every tool already knows.
-    if field in ("database_url", "kafka_bootstrap_servers"):
-        return field.upper()
-    return ENV_PREFIX + field.upper()
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment, failing with the variable's name.
 
-
-def load(environ: dict[str, str] | None = None) -> Settings:
-    """Build settings from the environment, failing with the variable's name."""
-    source = os.environ if environ is None else environ
-    values = {f: source[_env_name(f)] for f in Settings.model_fields if _env_name(f) in source}
+    Called once per process (by ``fintech_operator.cli``); the result is passed down.
+    """
+    source: Mapping[str, str] = os.environ if environ is None else environ
+    names = env_names()
+    values: dict[str, dict[str, Any]] = {group: {} for group in Settings.model_fields}
+    for path, env in names.items():
+        if env in source:
+            group, name = path.split(".")
+            values[group][name] = source[env]
     try:
         settings = Settings.model_validate(values)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{_env_name(str(err['loc'][0]))}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{_located(names, err['loc'])}: {err['msg']}" for err in exc.errors())
         # from None: pydantic's own text repeats each input value, and a value may be a secret.
         raise SettingsError(f"invalid settings: {problems}") from None
-    if settings.db_pool_min_size > settings.db_pool_max_size:
-        raise SettingsError(
-            f"{_env_name('db_pool_min_size')} must not exceed {_env_name('db_pool_max_size')}"
-        )
-    if settings.notifier_route_hold_max_seconds <= settings.notifier_clock_skew_seconds:
-        # Every fresh event waits the skew allowance before it is routed; a shorter hold would
-        # route every one of them without the Webhook list that covers it.
-        raise SettingsError(
-            f"{_env_name('notifier_route_hold_max_seconds')} must exceed "
-            f"{_env_name('notifier_clock_skew_seconds')}"
-        )
-    _check_kafka_security(settings)
-    _check_tokenizer(settings)
+    _check_ranges(settings)
+    _check_kafka_security(settings.kafka)
+    _check_tokenizer(settings.tokenizer)
     return settings
 
 
-def _check_tokenizer(settings: Settings) -> None:
-    """The processor's tokenizer needs its credential file, readable and not empty, at start."""
-    url_var, file_var = _env_name("tokenizer_url"), _env_name("tokenizer_token_file")
-    if settings.tokenizer and settings.tokenizer_url:
+def _located(names: Mapping[str, str], loc: tuple[int | str, ...]) -> str:
+    """The variable an error is about (a group-wide error names the group's variables)."""
+    path = ".".join(str(part) for part in loc[:2])
+    if path in names:
+        return names[path]
+    return ", ".join(env for key, env in names.items() if key.startswith(f"{loc[0]}."))
+
+
+def _check_ranges(settings: Settings) -> None:
+    if settings.database.pool_size_min > settings.database.pool_size_max:
         raise SettingsError(
-            f"{_env_name('tokenizer')}={settings.tokenizer} and {url_var} are both set; "
-            f"set {url_var} for the card processor's tokenizer, or "
-            f"{_env_name('tokenizer')}=development for the built-in one, not both"
+            f"{_env_name('database.pool_size_min')} must not exceed "
+            f"{_env_name('database.pool_size_max')}"
         )
-    if not settings.tokenizer_url:
-        if settings.tokenizer_token_file:
+    notifier = settings.notifier
+    if notifier.route_hold_max_seconds <= notifier.clock_skew_seconds:
+        # Every fresh event waits the skew allowance before it is routed; a shorter hold would
+        # route every one of them without the Webhook list that covers it.
+        raise SettingsError(
+            f"{_env_name('notifier.route_hold_max_seconds')} must exceed "
+            f"{_env_name('notifier.clock_skew_seconds')}"
+        )
+
+
+def _check_tokenizer(settings: TokenizerSettings) -> None:
+    """The processor's tokenizer needs its credential file, readable and not empty, at start."""
+    mode_var = _env_name("tokenizer.mode")
+    url_var, file_var = _env_name("tokenizer.url"), _env_name("tokenizer.token_file")
+    if settings.mode and settings.url:
+        raise SettingsError(
+            f"{mode_var}={settings.mode} and {url_var} are both set; "
+            f"set {url_var} for the card processor's tokenizer, or "
+            f"{mode_var}=development for the built-in one, not both"
+        )
+    if not settings.url:
+        if settings.token_file:
             raise SettingsError(
                 f"{file_var} is set but {url_var} is empty (the built-in tokenizer needs no "
                 f"credential); set {url_var} to the card processor's tokenization URL"
             )
         return
-    if not settings.tokenizer_token_file:
+    if not settings.token_file:
         raise SettingsError(
             f"{file_var} is required when {url_var} is set (the processor's bearer credential)"
         )
-    _check_secret_file("tokenizer_token_file", settings.tokenizer_token_file)
+    _check_secret_file("tokenizer.token_file", settings.token_file)
 
 
 _KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _KAFKA_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
-def _check_kafka_security(settings: Settings) -> None:
+def _check_kafka_security(settings: KafkaSettings) -> None:
     """Refuse Kafka security settings that cannot work together, naming the variables.
 
     A setting that the chosen protocol would ignore is an error, not a no-op: a password
     given with PLAINTEXT means someone forgot the protocol, and connecting without the
     login they meant to use would only fail later, less clearly.
     """
-    protocol = settings.kafka_security_protocol
-    protocol_var = _env_name("kafka_security_protocol")
+    protocol = settings.security_protocol
+    protocol_var = _env_name("kafka.security_protocol")
     sasl = {
-        "kafka_sasl_mechanism": settings.kafka_sasl_mechanism,
-        "kafka_sasl_username": settings.kafka_sasl_username,
-        "kafka_sasl_password": settings.kafka_sasl_password.get_secret_value(),
-        "kafka_sasl_password_file": settings.kafka_sasl_password_file,
+        "kafka.sasl_mechanism": settings.sasl_mechanism,
+        "kafka.sasl_username": settings.sasl_username,
+        "kafka.sasl_password": settings.sasl_password.get_secret_value(),
+        "kafka.sasl_password_file": settings.sasl_password_file,
     }
     tls = {
-        "kafka_ssl_ca_file": settings.kafka_ssl_ca_file,
-        "kafka_ssl_cert_file": settings.kafka_ssl_cert_file,
-        "kafka_ssl_key_file": settings.kafka_ssl_key_file,
+        "kafka.ssl_ca_file": settings.ssl_ca_file,
+        "kafka.ssl_cert_file": settings.ssl_cert_file,
+        "kafka.ssl_key_file": settings.ssl_key_file,
     }
     if protocol in _KAFKA_SASL_PROTOCOLS:
         _check_kafka_sasl(settings, protocol, protocol_var)
     else:
-        for field, value in sasl.items():
+        for path, value in sasl.items():
             if value:
                 raise SettingsError(
-                    f"{_env_name(field)} is set but {protocol_var} is {protocol}, which sends "
+                    f"{_env_name(path)} is set but {protocol_var} is {protocol}, which sends "
                     "no login; set it to SASL_PLAINTEXT or SASL_SSL"
                 )
     if protocol not in _KAFKA_TLS_PROTOCOLS:
-        for field, value in tls.items():
+        for path, value in tls.items():
             if value:
                 raise SettingsError(
-                    f"{_env_name(field)} is set but {protocol_var} is {protocol}, which does "
+                    f"{_env_name(path)} is set but {protocol_var} is {protocol}, which does "
                     "not use TLS; set it to SSL or SASL_SSL"
                 )
-    if bool(settings.kafka_ssl_cert_file) != bool(settings.kafka_ssl_key_file):
+    if bool(settings.ssl_cert_file) != bool(settings.ssl_key_file):
         raise SettingsError(
-            f"{_env_name('kafka_ssl_cert_file')} and {_env_name('kafka_ssl_key_file')} "
+            f"{_env_name('kafka.ssl_cert_file')} and {_env_name('kafka.ssl_key_file')} "
             "go together: set both for mutual TLS, or neither"
         )
-    for field, path in tls.items():
-        if path:
-            _check_readable_file(field, path)
+    for path, file in tls.items():
+        if file:
+            _check_readable_file(path, file)
 
 
-def _check_kafka_sasl(settings: Settings, protocol: str, protocol_var: str) -> None:
-    if not settings.kafka_sasl_mechanism:
+def _check_kafka_sasl(settings: KafkaSettings, protocol: str, protocol_var: str) -> None:
+    if not settings.sasl_mechanism:
         raise SettingsError(
-            f"{_env_name('kafka_sasl_mechanism')} is required when {protocol_var} is "
+            f"{_env_name('kafka.sasl_mechanism')} is required when {protocol_var} is "
             f"{protocol}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
         )
-    if not settings.kafka_sasl_username:
+    if not settings.sasl_username:
         raise SettingsError(
-            f"{_env_name('kafka_sasl_username')} is required when {protocol_var} is {protocol}"
+            f"{_env_name('kafka.sasl_username')} is required when {protocol_var} is {protocol}"
         )
-    password_var = _env_name("kafka_sasl_password")
-    file_var = _env_name("kafka_sasl_password_file")
-    has_password = bool(settings.kafka_sasl_password.get_secret_value())
-    if has_password == bool(settings.kafka_sasl_password_file):
+    password_var = _env_name("kafka.sasl_password")
+    file_var = _env_name("kafka.sasl_password_file")
+    has_password = bool(settings.sasl_password.get_secret_value())
+    if has_password == bool(settings.sasl_password_file):
         raise SettingsError(
             f"set exactly one of {password_var} and {file_var} when {protocol_var} is "
-            f"{protocol} (a {settings.kafka_sasl_mechanism} login needs a password)"
+            f"{protocol} (a {settings.sasl_mechanism} login needs a password)"
         )
-    if settings.kafka_sasl_password_file:
-        _check_secret_file("kafka_sasl_password_file", settings.kafka_sasl_password_file)
+    if settings.sasl_password_file:
+        _check_secret_file("kafka.sasl_password_file", settings.sasl_password_file)
 
 
-def _check_secret_file(field: str, path: str) -> None:
+def _check_secret_file(path: str, file: str) -> None:
     """A mounted Secret key must exist and hold something, checked at start as on each use."""
-    _check_readable_file(field, path)
+    _check_readable_file(path, file)
     try:
-        secretfile.read(path, _env_name(field))
+        secretfile.read(file, _env_name(path))
     except secretfile.SecretFileError as exc:
         raise SettingsError(str(exc)) from None
 
 
-def _check_readable_file(field: str, path: str) -> None:
+def _check_readable_file(path: str, file: str) -> None:
     """Fail at start-up, naming the variable, when a mounted file is missing or unreadable."""
-    if not os.path.isfile(path):
-        raise SettingsError(f"{_env_name(field)}: no such file: {path}")
+    if not os.path.isfile(file):
+        raise SettingsError(f"{_env_name(path)}: no such file: {file}")
     try:
-        with open(path, "rb") as handle:
+        with open(file, "rb") as handle:
             handle.read(1)
     except OSError as exc:
-        raise SettingsError(f"{_env_name(field)}: cannot read {path}: {exc.strerror}") from exc
+        raise SettingsError(f"{_env_name(path)}: cannot read {file}: {exc.strerror}") from exc

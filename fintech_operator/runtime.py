@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from psycopg_pool import AsyncConnectionPool
@@ -25,15 +25,12 @@ from fintech_operator.events import collector, kafka, relay
 from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import lifecycle, tracing
 
+if TYPE_CHECKING:
+    # Imported when the operator runs (_operate): importing handlers registers them with kopf.
+    from fintech_operator.handlers.context import OperatorMemo
+
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
-HEALTH_HOST_ENV = "FINTECH_HEALTH_HOST"
-# One active operator: the chart names a kopf peering object (KopfPeering per watched namespace,
-# or a ClusterKopfPeering) here; unset, as in development and tests, the operator is standalone.
-PEERING_NAME_ENV = "FINTECH_PEERING_NAME"
-# Each replica takes a random priority unless given one: the highest is active, the others pause
-# as warm standbys (kopf pauses ALL operators of equal priority, so equal values are a mistake).
-PEERING_PRIORITY_ENV = "FINTECH_PEERING_PRIORITY"
 # How long the startup waits for the API server to serve our kinds before the process fails
 # (and is restarted by its supervisor): an API server restart re-serves CRDs within seconds.
 KINDS_SERVED_TIMEOUT_SECONDS = 120.0
@@ -73,10 +70,10 @@ def _signalled(stop: asyncio.Event, signum: int) -> None:
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # kopf installs its signal handlers just before the startup handlers run: replace them.
     _stop_on_signals(memo.stop_flag)
-    app = config.load()
+    app = memo.settings  # loaded once, by cli
     # kopf scans API discovery once, right after this handler: wait until it lists our kinds
     # (a fault campaign found an operator restarted during an etcd restart blind for good).
     await kube.wait_until_served(
@@ -96,20 +93,20 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
 
-    applied = await asyncio.to_thread(migrate.apply_configured, app)
+    applied = await asyncio.to_thread(migrate.apply_configured, app.database)
     log.info("database migrations applied: %s", applied or "none (up to date)")
     await kafka.until_reachable(app)  # retried quickly while the broker restarts
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        app.database_url,
-        min_size=app.db_pool_min_size,
-        max_size=app.db_pool_max_size,
-        timeout=app.db_timeout_seconds,
+        app.database.url,
+        min_size=app.database.pool_size_min,
+        max_size=app.database.pool_size_max,
+        timeout=app.database.timeout_seconds,
         open=False,
         connection_class=tracing.TracedConnection,
         # psycopg takes whole seconds, at least 2; FINTECH_DB_TIMEOUT_SECONDS bounds it too.
-        kwargs={"connect_timeout": max(2, int(app.db_timeout_seconds))},
+        kwargs={"connect_timeout": max(2, int(app.database.timeout_seconds))},
     )
-    await pool.open(wait=True, timeout=app.db_timeout_seconds)
+    await pool.open(wait=True, timeout=app.database.timeout_seconds)
     await _warn_if_owner(pool)
     # The relay owns its Kafka producer: it replaces it after a failed batch so that nothing
     # an abandoned producer still holds can overtake a retry. Trace context travels in the
@@ -123,7 +120,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     )
     # A burst's freed memory goes back to the system (issue 14; see fintech_operator.memory).
     trim_task = asyncio.create_task(memory.trim_until(stop), name="memory-trim")
-    memo.settings = app
     memo.pool = pool
     memo.relay_stop = stop
     memo.relay_task = relay_task
@@ -134,24 +130,24 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     _stop_on_signals(memo.stop_flag)  # Again, in case kopf's handlers were installed after ours.
 
 
-def _start_cards(memo: kopf.Memo, settings: kopf.OperatorSettings, app: config.Settings) -> None:
+def _start_cards(memo: OperatorMemo, settings: kopf.OperatorSettings, app: config.Settings) -> None:
     """The cards' operator-wide state: the namespaces' refresh and review timers, and the
     bounded queue from which a few workers on the handlers' slots issue new cards."""
     from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
 
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
     memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
-    card_queue.start(memo, settings, app.db_pool_max_size)
+    card_queue.start(memo, settings, app.database.pool_size_max)
 
 
 def _start_collector_and_queue(
-    app: config.Settings, pool: AsyncConnectionPool[Any], memo: kopf.Memo
+    app: config.Settings, pool: AsyncConnectionPool[Any], memo: OperatorMemo
 ) -> None:
     memo.metrics_collector = collector.start(app, pool)  # outbox backlog, consumer lag
     # Postings queue per card and are decided in batches (issue 14, app/posting_queue.py).
     memo.posting_queue = posting_queue.PostingQueue(
         stores.PostingBatch(pool),
-        posting_queue.Limits(app.posting_workers, app.posting_batch_max, app.posting_queue_max),
+        posting_queue.Limits(app.postings.workers, app.postings.batch_max, app.postings.queue_max),
     )
     memo.posting_queue.start()
 
@@ -181,7 +177,7 @@ def _ignore_signals_from_now_on() -> None:
 
 
 @kopf.on.cleanup()
-async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def _cleanup(memo: OperatorMemo, **_: Any) -> None:
     _ignore_signals_from_now_on()
     from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
 
@@ -198,7 +194,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.wait_for(memo.relay_task, timeout=30)
         await asyncio.wait_for(memo.expiry_task, timeout=30)
         await asyncio.wait_for(memo.trim_task, timeout=30)
-    if memo.get("pool") is not None:
+    if "pool" in memo:
         await memo.pool.close()
 
 
@@ -219,15 +215,15 @@ def _check_probe_port(host: str, port: int) -> None:
             ) from None
 
 
-def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
-    """Entry point of ``fintech-operator run``; ``liveness_port`` (the flag) wins over
-    ``FINTECH_HEALTH_PORT``."""
-    import os  # noqa: PLC0415
+def run_operator(
+    settings: config.Settings, namespaces: list[str], liveness_port: int | None
+) -> int:
+    """Entry point of ``fintech-operator run``, with the settings ``cli`` loaded;
+    ``liveness_port`` (the flag) wins over ``FINTECH_HEALTH_PORT``."""
     import secrets  # noqa: PLC0415
 
     logs.configure()
-    settings = config.load()  # Fail now, with the variable's name, rather than in a handler.
-    config.check_operator(settings)
+    config.check_operator(settings)  # fail now, naming the variables
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
         log.warning(
@@ -235,44 +231,49 @@ def run_operator(namespaces: list[str], liveness_port: int | None) -> int:
             "cards get random last 4 digits and no processor knows them: never in production"
         )
     if liveness_port is None:
-        liveness_port = settings.health_port
-    host = os.environ.get(HEALTH_HOST_ENV, "127.0.0.1")
+        liveness_port = settings.health.port
+    host = settings.health.host
     _check_probe_port(host, liveness_port)
     from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
 
     handlers.register_timers(settings)
     logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
     # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
-    handlers.slots.install(settings.db_pool_max_size)
+    handlers.slots.install(settings.database.pool_size_max)
     handlers.outages.install()  # a lost database connection is a short retry (issue 16)
     handlers.readiness.install()  # one readiness waiter per toggle set, not per object
     lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
 
-    peering_name = os.environ.get(PEERING_NAME_ENV) or None
-    priority = int(os.environ.get(PEERING_PRIORITY_ENV) or secrets.randbelow(2**31 - 2) + 1)
+    # One active operator: the chart names a kopf peering object; without one (development,
+    # tests) the operator is standalone. Without a priority each replica takes a random one.
+    peering_name = settings.peering.name or None
+    priority = settings.peering.priority or secrets.randbelow(2**31 - 2) + 1
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None
     # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    asyncio.run(_operate(kopf_settings, namespaces, liveness, peering_name, priority))
+    asyncio.run(_operate(settings, kopf_settings, namespaces, liveness, peering_name, priority))
     return 0
 
 
 async def _operate(
+    settings: config.Settings,
     kopf_settings: kopf.OperatorSettings,
     namespaces: list[str],
     liveness: str | None,
     peering_name: str | None,
     priority: int,
 ) -> None:
+    from fintech_operator.handlers import context  # noqa: PLC0415 - handlers are imported by now
+
     # The stop flag lives in this loop; the startup handler points the signals at it.
     stop = asyncio.Event()
     await kopf.operator(
         # All of an object's due handlers in one cycle, so one status patch: kopf's default
         # runs one per cycle (a new Card has three: issue and two field handlers), a patch each.
         lifecycle=kopf.lifecycles.all_at_once,
-        memo=kopf.Memo(stop_flag=stop),
+        memo=context.OperatorMemo.for_operator(settings, stop),
         stop_flag=stop,
         settings=kopf_settings,
         clusterwide=not namespaces,

@@ -147,7 +147,7 @@ def _state_changed(
     from_phase = card.phase
     if from_phase not in lifecycle.ISSUED_PHASES and from_phase != api.CardPhase.PENDING_REVIEW:
         from_phase = api.CardPhase.PENDING
-    return schema.card_state_changed(
+    return schema.CardStateChanged(
         namespace=card.namespace,
         name=card.name,
         uid=card.uid,
@@ -157,7 +157,7 @@ def _state_changed(
         reason=reason,
         now=now,
         headers=tracing.context_headers(),
-    )
+    ).outbox()
 
 
 # --- Resuming and deleting a card -----------------------------------------------------------------

@@ -367,7 +367,7 @@ def _phase(spec: api.CardSpec) -> api.CardPhase:
 
 def _issuance(command: OpenCard, token: card_store.Issued, event_id: uuid.UUID) -> CardIssuance:
     card, currency = command.card, command.product.currency
-    event = schema.card_issued(
+    event = schema.CardIssued(
         namespace=card.namespace,
         name=card.name,
         uid=card.uid,
@@ -379,7 +379,7 @@ def _issuance(command: OpenCard, token: card_store.Issued, event_id: uuid.UUID) 
         state=_phase(command.spec),
         issued_at=token.issued_at,
         headers=tracing.context_headers(),
-    )
+    ).outbox()
     if event.event_id != event_id:
         raise model.InvariantViolation("card.issued event id is not the card's derived id")
     fee = command.product.issuance_fee
@@ -420,12 +420,12 @@ def _verdict_events(
         return [_rejected_event(card, verdict.reason, verdict.message, spec, now)]
     if verdict.phase == api.CardPhase.PENDING_REVIEW:
         return [
-            schema.card_review_requested(
+            schema.CardReviewRequested(
                 namespace=card.namespace, name=card.name, uid=card.uid,
                 generation=card.generation, reason=verdict.reason, message=verdict.message,
                 user_id=spec.user_id, product=spec.product, now=now,
                 headers=tracing.context_headers(),
-            )
+            ).outbox()
         ]  # fmt: skip
     return []
 
@@ -433,7 +433,7 @@ def _verdict_events(
 def _rejected_event(
     card: CardRef, reason: str, message: str, spec: api.CardSpec | None, now: datetime.datetime
 ) -> model.OutboxEvent:
-    return schema.card_rejected(
+    return schema.CardRejected(
         namespace=card.namespace,
         name=card.name,
         uid=card.uid,
@@ -443,7 +443,7 @@ def _rejected_event(
         user_id=None if spec is None else spec.user_id,
         product=None if spec is None else spec.product,
         headers=tracing.context_headers(),
-    )
+    ).outbox()
 
 
 async def _refuse(

@@ -362,7 +362,7 @@ def _event(
 ) -> model.OutboxEvent:
     """The ``dev.fintech.posting.posted.v1`` event; the relay adds the journal id."""
     merchant = spec.merchant.model_dump(mode="json", exclude_none=True) if spec.merchant else None
-    return schema.posting_posted(
+    return schema.PostingPosted(
         namespace=posting.namespace,
         name=posting.name,
         card=spec.card,
@@ -376,7 +376,7 @@ def _event(
         reference=spec.reference,
         merchant=merchant,
         headers=tracing.context_headers(),
-    )
+    ).outbox()
 
 
 def _metadata(spec: api.PostingSpec, posting: PostingRef) -> dict[str, Any]:
@@ -518,10 +518,10 @@ async def _reverse(
     events = []
     if original is not None:
         events.append(
-            schema.posting_reversed(
+            schema.PostingReversed(
                 original, reverses_journal_id=target.id, namespace=posting.namespace,
                 name=posting.name, reason=reason, now=clock(), headers=tracing.context_headers(),
-            )
+            ).outbox()
         )  # fmt: skip
     return await ledger.reverse(Reversal(key, target.id, reason, tuple(events), posting.namespace))
 

@@ -144,7 +144,7 @@ async def run_reconciliation(command: RunReconciliation, ports: Ports) -> Outcom
 async def _refuse(
     command: RunReconciliation, runner: Runner, rejected: Rejected[api.ReconciliationReason]
 ) -> Rejected[api.ReconciliationReason]:
-    event = schema.recon_completed(
+    event = schema.ReconCompleted(
         namespace=command.namespace,
         name=command.name,
         uid=command.uid,
@@ -153,7 +153,7 @@ async def _refuse(
         completed_at=datetime.datetime.now(datetime.UTC),
         reason=rejected.reason.value,
         message=rejected.message,
-    )
+    ).outbox()
     await runner.announce(event)
     return rejected
 

@@ -46,14 +46,16 @@ class Cards:
         async with self._pool.connection() as conn, conn.transaction():
             risk_row = await risk_store.record(conn, risk)
             stored = [
-                await compliance_store.record_check(
+                await compliance_store.record(
                     conn,
-                    idempotency_key=key,
-                    subject_kind=risk.subject_kind,
-                    subject=risk.subject,
-                    subject_uid=risk.subject_uid,
-                    policy=record.policy_ref,
-                    check=check,
+                    compliance_store.CheckSubject(
+                        idempotency_key=key,
+                        subject_kind=risk.subject_kind,
+                        subject=risk.subject,
+                        subject_uid=risk.subject_uid,
+                        policy=record.policy_ref,
+                    ),
+                    check,
                 )
                 for key, check in record.checks
             ]
@@ -156,11 +158,13 @@ class Postings:
     async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
         return await engine.reverse(
             self._pool,
-            reversal.idempotency_key,
-            reversal.journal_id,
-            reversal.reason,
-            events=reversal.events,
-            namespace=reversal.namespace,
+            model.ReversalRequest(
+                reversal.idempotency_key,
+                reversal.journal_id,
+                reversal.reason,
+                events=reversal.events,
+                namespace=reversal.namespace,
+            ),
         )
 
 
@@ -195,7 +199,7 @@ class _InTransaction:
     async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
         return await engine.reverse_nested(
             self._conn,
-            engine.ReversalRequest(
+            model.ReversalRequest(
                 reversal.idempotency_key,
                 reversal.journal_id,
                 reversal.reason,

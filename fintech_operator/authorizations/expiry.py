@@ -69,7 +69,7 @@ async def run(settings: config.Settings, stop: asyncio.Event, limits: Limits) ->
 
 async def _connect(settings: config.Settings, limits: Limits) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
-        settings.database_url,
+        settings.database.url,
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         options=f"-c statement_timeout={int(limits.statement_timeout_ms)}",
@@ -91,9 +91,9 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def main(limits: Limits) -> int:
+def main(settings: config.Settings, limits: Limits) -> int:
     """Entry point of ``fintech-operator authorization-expiry``."""
-    return consuming.main(SERVICE, lambda settings, stop: run(settings, stop, limits))
+    return consuming.main(SERVICE, settings, lambda settings, stop: run(settings, stop, limits))
 
 
 __all__ = ["Limits", "main", "run"]

@@ -255,12 +255,12 @@ def from_settings(settings: config.Settings) -> tokenizer.Tokenizer:
     Failing closed: an install that forgets the URL must not issue Active cards with invented
     last 4 digits.
     """
-    if not settings.tokenizer_url:
-        if settings.tokenizer == DEVELOPMENT:
+    if not settings.tokenizer.url:
+        if settings.tokenizer.mode == DEVELOPMENT:
             return tokenizer.BuiltinTokenizer()
         raise config.SettingsError(NO_TOKENIZER)
     return HttpTokenizer(
-        settings.tokenizer_url,
-        settings.tokenizer_token_file,
-        settings.tokenizer_timeout_seconds,
+        settings.tokenizer.url,
+        settings.tokenizer.token_file,
+        settings.tokenizer.timeout_seconds,
     )

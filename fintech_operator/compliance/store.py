@@ -88,21 +88,6 @@ class CheckSubject:
     policy: str  # <namespace>/<name> of the policy, or builtin/default
 
 
-async def record_check(  # noqa: PLR0913 - the keyword form of record(), going away
-    conn: AsyncConnection[Any],
-    *,
-    idempotency_key: str,
-    subject_kind: str,
-    subject: str,
-    subject_uid: str | None,
-    policy: str,
-    check: model.CheckResult,
-) -> StoredCheck:
-    """:func:`record` in the keyword form callers not yet moved to it use (issue 12)."""
-    about = CheckSubject(idempotency_key, subject_kind, subject, subject_uid, policy)
-    return await record(conn, about, check)
-
-
 async def record(
     conn: AsyncConnection[Any], subject: CheckSubject, check: model.CheckResult
 ) -> StoredCheck:
@@ -164,7 +149,7 @@ def alert_event(
     (``<namespace>/<name>``) so a card's alerts stay in order.
     """
     namespace, card_name = alert.card.split("/", 1)
-    return envelope.build(
+    return envelope.Draft(
         event_id=event_id,
         type_=ALERT_RAISED,
         source=SOURCE,
@@ -183,7 +168,7 @@ def alert_event(
             "postingKey": posting_key,
         },
         extensions={"partitionkey": alert.card},
-    )
+    ).build()
 
 
 async def raise_alert(

@@ -117,7 +117,7 @@ class _Kafka:
 
     async def open(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self.admin is None or self.reader is None:
-            timeout_ms = self._settings.kafka_request_timeout_ms
+            timeout_ms = self._settings.kafka.request_timeout_ms
             self.admin = AIOKafkaAdminClient(
                 **kafka.client_options(self._settings), request_timeout_ms=timeout_ms
             )
@@ -143,7 +143,7 @@ class _Kafka:
 
 
 def _ours(settings: config.Settings) -> Callable[[str], bool]:
-    names = frozenset(topics.qualified(name, settings.topic_prefix) for name in topics.ALL)
+    names = frozenset(topics.qualified(name, settings.topics.prefix) for name in topics.ALL)
     return names.__contains__
 
 
@@ -156,12 +156,12 @@ async def _collect_once(
     except Exception:  # A failed read is counted and retried next round.
         metrics.collect_error("outbox")
         log.warning("could not read the outbox backlog", exc_info=True)
-    if settings.metrics_consumer_groups_max == 0:
+    if settings.metrics.consumer_groups_max == 0:
         return
     try:
         admin, reader = await asyncio.wait_for(kafka.open(), limit_seconds)
         lag = await asyncio.wait_for(
-            read_lag(admin, reader, settings.metrics_consumer_groups_max, _ours(settings)),
+            read_lag(admin, reader, settings.metrics.consumer_groups_max, _ours(settings)),
             limit_seconds,
         )
         metrics.SNAPSHOT.set_consumer_lag(lag)
@@ -175,7 +175,7 @@ async def run(
     pool: AsyncConnectionPool[Any], settings: config.Settings, stop: asyncio.Event
 ) -> None:
     """Collect until ``stop`` is set; every failure is counted and retried next round."""
-    interval = settings.metrics_collect_interval_seconds
+    interval = settings.metrics.collect_interval_seconds
     # A round may take at most one interval, so rounds never pile up behind a slow dependency.
     timeout = interval
     kafka = _Kafka(settings)
@@ -190,7 +190,7 @@ async def run(
 
 def start(settings: config.Settings, pool: AsyncConnectionPool[Any]) -> Collector | None:
     """Start collecting when ``/metrics`` is served (``FINTECH_METRICS_PORT`` > 0)."""
-    if settings.metrics_port == 0:
+    if settings.metrics.port == 0:
         return None
     stop = asyncio.Event()
     task = asyncio.create_task(run(pool, settings, stop), name="metrics-collector")

@@ -53,14 +53,14 @@ def new_consumer(
     if max_poll_records < 1:
         raise ValueError(f"max_poll_records must be at least 1, got {max_poll_records}")
     return AIOKafkaConsumer(
-        *(topics.qualified(topic, settings.topic_prefix) for topic in bare_topics),
+        *(topics.qualified(topic, settings.topics.prefix) for topic in bare_topics),
         **kafka.client_options(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_poll_records,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
+        request_timeout_ms=settings.kafka.request_timeout_ms,
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         max_poll_interval_ms=POLL_INTERVAL_MS_MAX,
@@ -148,28 +148,31 @@ async def dead_letter(
 async def open_pool(settings: config.Settings) -> AsyncConnectionPool[Any]:
     """A traced pool of ``FINTECH_DB_POOL_MAX_SIZE`` connections, open once one connects."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
+        settings.database.url,
         min_size=1,
-        max_size=settings.db_pool_max_size,
-        timeout=settings.db_timeout_seconds,
+        max_size=settings.database.pool_size_max,
+        timeout=settings.database.timeout_seconds,
         open=False,
         connection_class=tracing.TracedConnection,
     )
-    await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+    await pool.open(wait=True, timeout=settings.database.timeout_seconds)
     return pool
 
 
-def main(service: str, run: Callable[[config.Settings, asyncio.Event], Awaitable[None]]) -> int:
+def main(
+    service: str,
+    settings: config.Settings,
+    run: Callable[[config.Settings, asyncio.Event], Awaitable[None]],
+) -> int:
     """The body of a consumer process's entry point; returns its exit status.
 
-    JSON logs, settings (invalid ones fail here), tracing and ``/metrics`` under ``service``,
+    JSON logs, tracing and ``/metrics`` under ``service`` (``settings`` were loaded by ``cli``),
     then ``run(settings, stop)`` until it returns; SIGINT and SIGTERM set ``stop``.
     """
     # Stopped while still starting (nothing opened yet): a clean exit, not death by signal.
     # The event loop's handlers below take over once it runs.
     signal.signal(signal.SIGTERM, _exit_while_starting)
     logs.configure()
-    settings = config.load()
     lifecycle.start_process(settings, service)  # tracing; /metrics when a port is set
 
     async def runner() -> None:

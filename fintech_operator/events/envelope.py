@@ -26,6 +26,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -134,41 +135,44 @@ def time_text(moment: datetime.datetime) -> str:
     return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build(
-    *,
-    event_id: uuid.UUID,
-    type_: str,
-    source: str,
-    subject_text: str,
-    time: datetime.datetime,
-    data: Mapping[str, Any],
-    extensions: Mapping[str, str | int | bool] | None = None,
-) -> dict[str, Any]:
-    """A structured-mode event as a JSON-ready dict, validated against the envelope.
+@dataclass(frozen=True, kw_only=True)
+class Draft:
+    """An event to build: its context attributes, ``data`` and extensions.
 
-    ``data`` is taken as given (its type's schema is checked by the caller, see
+    :meth:`build` gives the structured-mode event as a JSON-ready dict, validated against the
+    envelope. ``data`` is taken as given (its type's schema is checked by the caller, see
     ``events.schema``); it must be a JSON object.
     """
-    if not isinstance(event_id, uuid.UUID):
-        raise EnvelopeError("event_id must be a uuid.UUID")
-    if not isinstance(type_, str) or not _TYPE_RE.fullmatch(type_):
-        raise EnvelopeError(f"event type {type_!r} does not match {TYPE_PATTERN}")
-    event: dict[str, Any] = {
-        "specversion": SPEC_VERSION,
-        "id": str(event_id),
-        "source": source,
-        "type": type_,
-        "subject": subject_text,
-        "time": time_text(time),
-        "datacontenttype": DATA_CONTENT_TYPE,
-        "data": dict(data),
-    }
-    for name, value in (extensions or {}).items():
-        if name in event:
-            raise EnvelopeError(f"extension {name!r} would overwrite a context attribute")
-        event[name] = value
-    validate(event)
-    return event
+
+    event_id: uuid.UUID
+    type_: str
+    source: str
+    subject_text: str
+    time: datetime.datetime
+    data: Mapping[str, Any]
+    extensions: Mapping[str, str | int | bool] | None = None
+
+    def build(self) -> dict[str, Any]:
+        if not isinstance(self.event_id, uuid.UUID):
+            raise EnvelopeError("event_id must be a uuid.UUID")
+        if not isinstance(self.type_, str) or not _TYPE_RE.fullmatch(self.type_):
+            raise EnvelopeError(f"event type {self.type_!r} does not match {TYPE_PATTERN}")
+        event: dict[str, Any] = {
+            "specversion": SPEC_VERSION,
+            "id": str(self.event_id),
+            "source": self.source,
+            "type": self.type_,
+            "subject": self.subject_text,
+            "time": time_text(self.time),
+            "datacontenttype": DATA_CONTENT_TYPE,
+            "data": dict(self.data),
+        }
+        for name, value in (self.extensions or {}).items():
+            if name in event:
+                raise EnvelopeError(f"extension {name!r} would overwrite a context attribute")
+            event[name] = value
+        validate(event)
+        return event
 
 
 def validate(event: Mapping[str, Any]) -> CloudEvent:

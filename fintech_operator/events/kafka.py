@@ -84,23 +84,23 @@ class _Startable(Protocol):
 
 def client_options(settings: config.Settings) -> dict[str, Any]:
     """Keyword arguments of any aiokafka client: the brokers and how to reach them."""
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
         "security_protocol": protocol,
     }
     if protocol in TLS_PROTOCOLS:
         options["ssl_context"] = ssl_context(settings)
     if protocol in SASL_PROTOCOLS:
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_mechanism"] = settings.kafka.sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka.sasl_username
         options["sasl_plain_password"] = sasl_password(settings)
     return options
 
 
 def ssl_context(settings: config.Settings) -> ssl.SSLContext:
     """A context that verifies the brokers' chain and host name, with our certificate if set."""
-    ca_file = settings.kafka_ssl_ca_file or None
+    ca_file = settings.kafka.ssl_ca_file or None
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     except (ssl.SSLError, OSError) as exc:
@@ -111,23 +111,23 @@ def ssl_context(settings: config.Settings) -> ssl.SSLContext:
     # the path impersonate the broker and read every event and password.
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
-    if settings.kafka_ssl_cert_file:
+    if settings.kafka.ssl_cert_file:
         try:
-            context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+            context.load_cert_chain(settings.kafka.ssl_cert_file, settings.kafka.ssl_key_file)
         except (ssl.SSLError, OSError) as exc:
             raise KafkaAccessError(
                 "FINTECH_KAFKA_SSL_CERT_FILE/FINTECH_KAFKA_SSL_KEY_FILE: cannot load the "
-                f"client certificate {settings.kafka_ssl_cert_file} with key "
-                f"{settings.kafka_ssl_key_file}: {exc}"
+                f"client certificate {settings.kafka.ssl_cert_file} with key "
+                f"{settings.kafka.ssl_key_file}: {exc}"
             ) from exc
     return context
 
 
 def sasl_password(settings: config.Settings) -> str:
     """The password from its file (read now, trailing newline dropped) or its variable."""
-    path = settings.kafka_sasl_password_file
+    path = settings.kafka.sasl_password_file
     if not path:
-        return settings.kafka_sasl_password.get_secret_value()
+        return settings.kafka.sasl_password.get_secret_value()
     try:
         return secretfile.read(
             path, "FINTECH_KAFKA_SASL_PASSWORD_FILE", bytes_max=PASSWORD_FILE_BYTES_MAX
@@ -179,18 +179,18 @@ async def diagnose(settings: config.Settings, timeout_seconds: float) -> str | N
 
 def refusal(settings: config.Settings, address: str, exc: BaseException) -> str:
     """One line naming the broker, what it answered and which variables to check."""
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, SaslAuthenticationFailed):
         return (
-            f"Kafka at {address} refused the {settings.kafka_sasl_mechanism} login of user "
-            f"{settings.kafka_sasl_username!r}: authentication failed ({detail}); check "
+            f"Kafka at {address} refused the {settings.kafka.sasl_mechanism} login of user "
+            f"{settings.kafka.sasl_username!r}: authentication failed ({detail}); check "
             f"{_LOGIN_VARS}"
         )
     if isinstance(exc, UnsupportedSaslMechanismError):
         return (
             f"Kafka at {address} does not offer SASL mechanism "
-            f"{settings.kafka_sasl_mechanism} ({detail}); check FINTECH_KAFKA_SASL_MECHANISM"
+            f"{settings.kafka.sasl_mechanism} ({detail}); check FINTECH_KAFKA_SASL_MECHANISM"
         )
     if isinstance(exc, IllegalSaslStateError):
         return (
@@ -271,10 +271,10 @@ async def ensure_topics(
     of every process, so a broker that refuses our login stops it here, saying why. Each step
     waits at most ``timeout_seconds``; :func:`until_reachable` retries it while Kafka is down.
     """
-    prefix = settings.topic_prefix
-    replication_factor = settings.topic_replication_factor
+    prefix = settings.topics.prefix
+    replication_factor = settings.topics.replication_factor
     admin = AIOKafkaAdminClient(
-        **client_options(settings), request_timeout_ms=settings.kafka_request_timeout_ms
+        **client_options(settings), request_timeout_ms=settings.kafka.request_timeout_ms
     )
     try:
         await start(admin, settings, timeout_seconds)
@@ -283,7 +283,7 @@ async def ensure_topics(
         missing = [
             NewTopic(
                 topics.qualified(name, prefix),
-                num_partitions=settings.topic_partitions,
+                num_partitions=settings.topics.partitions,
                 replication_factor=replication_factor,
                 topic_configs=configs,
             )

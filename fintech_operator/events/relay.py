@@ -37,7 +37,7 @@ import logging
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 import psycopg
@@ -100,21 +100,25 @@ class Message:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def to_message(
-    row_id: int,
-    event_id: str,
-    topic: str,
-    key: str | None,
-    payload: Mapping[str, Any],
-    headers: Mapping[str, Any] | None,
-    journal_id: int | None,
-    prefix: str,
-) -> Message:
+class OutboxRow(NamedTuple):
+    """One claimed outbox row, its columns in the order the relay selects them."""
+
+    row_id: int
+    event_id: str
+    topic: str
+    key: str | None
+    payload: Mapping[str, Any]
+    headers: Mapping[str, Any] | None
+    journal_id: int | None
+
+
+def to_message(row: OutboxRow, prefix: str) -> Message:
     """The record of one row: prefixed topic, card key, canonical JSON, CloudEvents headers.
 
     A ``data.journalId`` of ``null`` is a placeholder for the journal the row was written
     with; it is filled in here. Nothing else of the payload changes.
     """
+    row_id, event_id, topic, key, payload, headers, journal_id = row
     body = dict(payload)
     data = body.get("data")
     if isinstance(data, dict) and "journalId" in data and data["journalId"] is None:
@@ -183,7 +187,7 @@ def new_producer(settings: config.Settings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
+        request_timeout_ms=settings.kafka.request_timeout_ms,
         max_batch_size=KAFKA_BATCH_BYTES_MAX,
         max_request_size=1 << 20,
     )
@@ -300,17 +304,14 @@ async def _claim(cur: psycopg.AsyncCursor[Any], after_id: int, limit: int) -> li
 async def _send_rows(
     producer: AIOKafkaProducer, rows: Sequence[Any], prefix: str, timeout_seconds: float
 ) -> None:
-    messages = [
-        to_message(row_id, event_id, topic, key, payload, headers, journal_id, prefix)
-        for row_id, event_id, topic, key, payload, headers, journal_id in rows
-    ]
+    messages = [to_message(OutboxRow._make(row), prefix) for row in rows]
     await asyncio.wait_for(send_all(producer, messages), timeout_seconds)
 
 
 async def _start_producer(settings: config.Settings) -> AIOKafkaProducer:
     producer = new_producer(settings)
     try:
-        await kafka.start(producer, settings, settings.relay_send_timeout_seconds)
+        await kafka.start(producer, settings, settings.relay.send_timeout_seconds)
     except BaseException:
         await discard(producer)
         raise
@@ -329,11 +330,11 @@ async def run(
     settings: config.Settings, pool: AsyncConnectionPool[Any], stop: asyncio.Event
 ) -> None:
     """Relay until ``stop`` is set; outages back off and retry, never crash the process."""
-    listener = wakeup.Listener(settings.database_url, CHANNEL)
+    listener = wakeup.Listener(settings.database.url, CHANNEL)
     listener.start()
     producer: AIOKafkaProducer | None = None
     failures = 0
-    poll_seconds = settings.relay_idle_interval_ms / 1000
+    poll_seconds = settings.relay.idle_interval_ms / 1000
     try:
         while not stop.is_set():
             listener.clear()
@@ -343,9 +344,9 @@ async def run(
                 published = await publish_batch(
                     pool,
                     producer,
-                    settings.relay_batch_size,
-                    prefix=settings.topic_prefix,
-                    send_timeout_seconds=settings.relay_send_timeout_seconds,
+                    settings.relay.batch_max,
+                    prefix=settings.topics.prefix,
+                    send_timeout_seconds=settings.relay.send_timeout_seconds,
                 )
                 failures = 0
             except (KafkaError, psycopg.Error, OSError, TimeoutError, ValueError) as exc:
@@ -353,7 +354,7 @@ async def run(
                 # bug upstream; skipping it would break the order, so it is retried and logged
                 # loudly until someone fixes it.
                 failures += 1
-                delay = backoff_seconds(failures, settings.relay_backoff_max_seconds)
+                delay = backoff_seconds(failures, settings.relay.backoff_max_seconds)
                 level = logging.ERROR if isinstance(exc, ValueError) else logging.WARNING
                 log.log(level, "outbox relay: %r; retrying in %.2fs", exc, delay)
                 # Whatever the old producer still holds may arrive late: only as duplicates.
@@ -363,7 +364,7 @@ async def run(
                 continue
             if published == STANDBY:
                 await _sleep_or_stop(stop, poll_seconds)  # Another replica is publishing.
-            elif published < settings.relay_batch_size:
+            elif published < settings.relay.batch_max:
                 await _wait(listener, stop, poll_seconds)
     finally:
         await discard(producer)
@@ -388,10 +389,9 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         return
 
 
-def main() -> int:
+def main(settings: config.Settings) -> int:
     """Run the relay alone (``python -m fintech_operator.events.relay``) until SIGTERM."""
     logs.configure()
-    settings = config.load()
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -400,13 +400,13 @@ def main() -> int:
             loop.add_signal_handler(sig, stop.set)
         await kafka.until_reachable(settings)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url,
+            settings.database.url,
             min_size=1,
             max_size=2,
-            timeout=settings.db_timeout_seconds,
+            timeout=settings.database.timeout_seconds,
             open=False,
         )
-        await pool.open(wait=True, timeout=settings.db_timeout_seconds)
+        await pool.open(wait=True, timeout=settings.database.timeout_seconds)
         try:
             log.info("outbox relay started")
             await run(settings, pool, stop)
@@ -418,4 +418,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(config.load()))

@@ -26,7 +26,7 @@ import datetime
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import pydantic
@@ -455,79 +455,86 @@ class Event:
 # --- Builders -------------------------------------------------------------------------------------
 
 
-def posting_posted(
-    *,
-    namespace: str,
-    name: str,
-    card: str,
-    posting_type: str,
-    amount_minor: int,
-    currency: str,
-    rewards_rate_bps: int,
-    earn_on: Sequence[str],
-    occurred_at: datetime.datetime,
-    now: datetime.datetime,
-    reference: str | None = None,
-    merchant: Mapping[str, Any] | None = None,
-    event_id: uuid.UUID | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class PostingPosted:
     """The event of a Posting ``namespace/name`` recorded on Card ``namespace/card``.
 
     ``headers`` become Kafka headers (for example trace context); they are not part of
-    the event itself.
+    the event itself. :meth:`outbox` builds (and checks) the outbox row.
     """
-    data = {
-        "journalId": None,
-        "card": f"{namespace}/{card}",
-        "posting": f"{namespace}/{name}",
-        "postingType": posting_type,
-        "amount": amount_minor,
-        "currency": currency,
-        "rewardsRateBps": rewards_rate_bps,
-        "earnOn": list(earn_on),
-        "occurredAt": _time(occurred_at),
-        "reference": reference,
-        "merchant": None if merchant is None else dict(merchant),
-    }
-    checked = _checked(PostingPostedData, data)
-    return _outbox(POSTING_POSTED, namespace, name, checked, now, event_id, headers)
+
+    namespace: str
+    name: str
+    card: str
+    posting_type: str
+    amount_minor: int
+    currency: str
+    rewards_rate_bps: int
+    earn_on: Sequence[str]
+    occurred_at: datetime.datetime
+    now: datetime.datetime
+    reference: str | None = None
+    merchant: Mapping[str, Any] | None = None
+    event_id: uuid.UUID | None = None
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        data = {
+            "journalId": None,
+            "card": f"{self.namespace}/{self.card}",
+            "posting": f"{self.namespace}/{self.name}",
+            "postingType": self.posting_type,
+            "amount": self.amount_minor,
+            "currency": self.currency,
+            "rewardsRateBps": self.rewards_rate_bps,
+            "earnOn": list(self.earn_on),
+            "occurredAt": _time(self.occurred_at),
+            "reference": self.reference,
+            "merchant": None if self.merchant is None else dict(self.merchant),
+        }
+        checked = _checked(PostingPostedData, data)
+        about = _About(POSTING_POSTED, self.namespace, self.name)
+        return _outbox(about, checked, self.now, self.event_id, self.headers)
 
 
-def posting_reversed(
-    original: Mapping[str, Any],
-    *,
-    reverses_journal_id: int,
-    namespace: str,
-    name: str,
-    reason: str,
-    now: datetime.datetime,
-    event_id: uuid.UUID | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True)
+class PostingReversed:
     """The event of Posting ``namespace/name`` reversing journal ``reverses_journal_id``.
 
     ``original`` is the ``posting.posted`` event of that journal as the outbox holds it
     (see :func:`events.outbox.posted_event`); its terms are copied so the reversal takes
     back exactly what the original gave, whatever the product says today.
     """
-    terms = _original_terms(original, reverses_journal_id)
-    data = {
-        "journalId": None,
-        "card": terms.card,
-        "posting": f"{namespace}/{name}",
-        "postingType": terms.posting_type,
-        "amount": terms.amount,
-        "currency": terms.currency,
-        "rewardsRateBps": terms.rewards_rate_bps,
-        "earnOn": list(terms.earn_on),
-        "occurredAt": _time(now),
-        "reversesJournalId": reverses_journal_id,
-        "reversedPosting": terms.posting,
-        "reason": reason,
-    }
-    checked = _checked(PostingReversedData, data)
-    return _outbox(POSTING_REVERSED, namespace, name, checked, now, event_id, headers)
+
+    original: Mapping[str, Any]
+    _: KW_ONLY
+    reverses_journal_id: int
+    namespace: str
+    name: str
+    reason: str
+    now: datetime.datetime
+    event_id: uuid.UUID | None = None
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        terms = _original_terms(self.original, self.reverses_journal_id)
+        data = {
+            "journalId": None,
+            "card": terms.card,
+            "posting": f"{self.namespace}/{self.name}",
+            "postingType": terms.posting_type,
+            "amount": terms.amount,
+            "currency": terms.currency,
+            "rewardsRateBps": terms.rewards_rate_bps,
+            "earnOn": list(terms.earn_on),
+            "occurredAt": _time(self.now),
+            "reversesJournalId": self.reverses_journal_id,
+            "reversedPosting": terms.posting,
+            "reason": self.reason,
+        }
+        checked = _checked(PostingReversedData, data)
+        about = _About(POSTING_REVERSED, self.namespace, self.name)
+        return _outbox(about, checked, self.now, self.event_id, self.headers)
 
 
 def lifecycle_event_id(type_: str, uid: str, *facts: str) -> uuid.UUID:
@@ -541,125 +548,156 @@ def lifecycle_event_id(type_: str, uid: str, *facts: str) -> uuid.UUID:
     return uuid.uuid5(EVENT_ID_NAMESPACE, "/".join((type_, uid, *facts)))
 
 
-def card_issued(
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    user_id: str,
-    product: str,
-    currency: str,
-    token: str,
-    last4: str,
-    state: str,
-    issued_at: datetime.datetime,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class CardIssued:
     """Card ``namespace/name`` (uid ``uid``) was issued; one id per card."""
-    data = {
-        "card": f"{namespace}/{name}",
-        "userId": user_id,
-        "product": product,
-        "currency": currency,
-        "account": f"card:{namespace}/{name}:{currency}",
-        "token": token,
-        "last4": last4,
-        "state": state,
-        "issuedAt": _time(issued_at),
-    }
-    return _lifecycle_event(CARD_ISSUED, namespace, name, uid, data, issued_at, headers)
+
+    namespace: str
+    name: str
+    uid: str
+    user_id: str
+    product: str
+    currency: str
+    token: str
+    last4: str
+    state: str
+    issued_at: datetime.datetime
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        data = {
+            "card": f"{self.namespace}/{self.name}",
+            "userId": self.user_id,
+            "product": self.product,
+            "currency": self.currency,
+            "account": f"card:{self.namespace}/{self.name}:{self.currency}",
+            "token": self.token,
+            "last4": self.last4,
+            "state": self.state,
+            "issuedAt": _time(self.issued_at),
+        }
+        about = _About(CARD_ISSUED, self.namespace, self.name)
+        return _lifecycle_event(about, self.uid, data, self.issued_at, self.headers)
 
 
-def card_state_changed(
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    generation: int,
-    from_phase: str,
-    to_state: str,
-    now: datetime.datetime,
-    reason: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class CardStateChanged:
     """Card ``namespace/name`` went from ``from_phase`` to ``to_state``.
 
     A freeze or unfreeze is one per ``generation`` (each is a change of ``spec.state``);
     closing happens once in a card's life, whatever the generation.
     """
-    data = {"card": f"{namespace}/{name}", "from": from_phase, "to": to_state, "reason": reason}
-    facts = ("Closed",) if to_state == "Closed" else (to_state, f"g{_generation(generation)}")
-    return _lifecycle_event(CARD_STATE_CHANGED, namespace, name, uid, data, now, headers, *facts)
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    from_phase: str
+    to_state: str
+    now: datetime.datetime
+    reason: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        data = {
+            "card": f"{self.namespace}/{self.name}",
+            "from": self.from_phase,
+            "to": self.to_state,
+            "reason": self.reason,
+        }
+        facts = (
+            ("Closed",)
+            if self.to_state == "Closed"
+            else (self.to_state, f"g{_generation(self.generation)}")
+        )
+        about = _About(CARD_STATE_CHANGED, self.namespace, self.name)
+        return _lifecycle_event(about, self.uid, data, self.now, self.headers, *facts)
 
 
-def card_rejected(
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    reason: str,
-    message: str,
-    now: datetime.datetime,
-    user_id: str | None = None,
-    product: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class CardRejected:
     """Issuance of card ``namespace/name`` ended Rejected; rejection is final, one id per card."""
-    data = _card_outcome_data(namespace, name, reason, message, user_id, product)
-    return _lifecycle_event(CARD_REJECTED, namespace, name, uid, data, now, headers)
+
+    namespace: str
+    name: str
+    uid: str
+    reason: str
+    message: str
+    now: datetime.datetime
+    user_id: str | None = None
+    product: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        data = _card_outcome_data(
+            self.namespace, self.name, self.reason, self.message, self.user_id, self.product
+        )
+        about = _About(CARD_REJECTED, self.namespace, self.name)
+        return _lifecycle_event(about, self.uid, data, self.now, self.headers)
 
 
-def card_review_requested(
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    generation: int,
-    reason: str,
-    message: str,
-    user_id: str,
-    product: str,
-    now: datetime.datetime,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class CardReviewRequested:
     """Card ``namespace/name`` waits for a review; one id per card generation assessed."""
-    data = _card_outcome_data(namespace, name, reason, message, user_id, product)
-    fact = f"g{_generation(generation)}"
-    return _lifecycle_event(CARD_REVIEW_REQUESTED, namespace, name, uid, data, now, headers, fact)
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    reason: str
+    message: str
+    user_id: str
+    product: str
+    now: datetime.datetime
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        data = _card_outcome_data(
+            self.namespace, self.name, self.reason, self.message, self.user_id, self.product
+        )
+        fact = f"g{_generation(self.generation)}"
+        about = _About(CARD_REVIEW_REQUESTED, self.namespace, self.name)
+        return _lifecycle_event(about, self.uid, data, self.now, self.headers, fact)
 
 
-def recon_completed(
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    phase: str,
-    dry_run: bool,
-    completed_at: datetime.datetime,
-    attempt: int | None = None,
-    window: tuple[datetime.datetime, datetime.datetime] | None = None,
-    started_at: datetime.datetime | None = None,
-    summary: Mapping[str, Any] | None = None,
-    reason: str | None = None,
-    message: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> model.OutboxEvent:
+@dataclass(frozen=True, kw_only=True)
+class ReconCompleted:
     """ReconciliationRun ``namespace/name`` (uid ``uid``) ended ``phase``; one id per run."""
-    exceptions = summary.get("exceptions") if isinstance(summary, Mapping) else 0
-    data = {
-        "run": f"{namespace}/{name}",
-        "phase": phase,
-        "dryRun": dry_run,
-        "attempt": attempt,
-        "window": None if window is None else {"start": _time(window[0]), "end": _time(window[1])},
-        "startedAt": None if started_at is None else _time(started_at),
-        "completedAt": _time(completed_at),
-        "exceptions": exceptions,
-        "summary": None if summary is None else dict(summary),
-        "reason": reason,
-        "message": None if message is None else free_text(message) or None,
-    }
-    return _lifecycle_event(RECON_COMPLETED, namespace, name, uid, data, completed_at, headers)
+
+    namespace: str
+    name: str
+    uid: str
+    phase: str
+    dry_run: bool
+    completed_at: datetime.datetime
+    attempt: int | None = None
+    window: tuple[datetime.datetime, datetime.datetime] | None = None
+    started_at: datetime.datetime | None = None
+    summary: Mapping[str, Any] | None = None
+    reason: str | None = None
+    message: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    def outbox(self) -> model.OutboxEvent:
+        summary, window, message = self.summary, self.window, self.message
+        exceptions = summary.get("exceptions") if isinstance(summary, Mapping) else 0
+        data = {
+            "run": f"{self.namespace}/{self.name}",
+            "phase": self.phase,
+            "dryRun": self.dry_run,
+            "attempt": self.attempt,
+            "window": None
+            if window is None
+            else {"start": _time(window[0]), "end": _time(window[1])},
+            "startedAt": None if self.started_at is None else _time(self.started_at),
+            "completedAt": _time(self.completed_at),
+            "exceptions": exceptions,
+            "summary": None if summary is None else dict(summary),
+            "reason": self.reason,
+            "message": None if message is None else free_text(message) or None,
+        }
+        about = _About(RECON_COMPLETED, self.namespace, self.name)
+        return _lifecycle_event(about, self.uid, data, self.completed_at, self.headers)
 
 
 def free_text(text: str) -> str:
@@ -707,47 +745,54 @@ def _key_of(data: _Data) -> str | None:
     return card if isinstance(card, str) else None
 
 
+class _About(NamedTuple):
+    """The object an event is about, and the event's type."""
+
+    type_: str
+    namespace: str
+    name: str
+
+    def subject(self) -> str:
+        return envelope.subject(self.namespace, CATALOG[self.type_].plural, self.name)
+
+
 def _lifecycle_event(
-    type_: str,
-    namespace: str,
-    name: str,
+    about: _About,
     uid: str,
     data: Mapping[str, Any],
     now: datetime.datetime,
     headers: Mapping[str, str] | None,
     *facts: str,
 ) -> model.OutboxEvent:
-    """The lifecycle event ``type_`` of object ``namespace/name``: ``data`` checked against the
-    type's model, its id derived from ``uid`` and ``facts`` (see :func:`lifecycle_event_id`)."""
-    checked = _checked(CATALOG[type_].data_model, data)
-    event_id = lifecycle_event_id(type_, uid, *facts)
-    return _lifecycle(type_, namespace, name, checked, now, event_id, headers)
+    """The lifecycle event of ``about``: ``data`` checked against the type's model, its id
+    derived from ``uid`` and ``facts`` (see :func:`lifecycle_event_id`)."""
+    checked = _checked(CATALOG[about.type_].data_model, data)
+    event_id = lifecycle_event_id(about.type_, uid, *facts)
+    return _lifecycle(about, checked, now, event_id, headers)
 
 
 def _lifecycle(
-    type_: str,
-    namespace: str,
-    name: str,
+    about: _About,
     data: _Data,
     now: datetime.datetime,
     event_id: uuid.UUID,
     headers: Mapping[str, str] | None,
 ) -> model.OutboxEvent:
-    """The outbox row of a lifecycle event about object ``namespace/name``, keyed by it."""
-    info = CATALOG[type_]
+    """The outbox row of a lifecycle event about object ``about``, keyed by it."""
+    info = CATALOG[about.type_]
     key = _key_of(data)
     if key is None:
-        raise EventError(f"{type_} data names no object")
+        raise EventError(f"{about.type_} data names no object")
     try:
-        event = envelope.build(
+        event = envelope.Draft(
             event_id=event_id,
-            type_=type_,
+            type_=about.type_,
             source=info.source,
-            subject_text=envelope.subject(namespace, info.plural, name),
+            subject_text=about.subject(),
             time=now,
             data=data.to_json(),
             extensions={"partitionkey": key},
-        )
+        ).build()
     except envelope.EnvelopeError as exc:
         raise EventError(str(exc)) from exc
     return model.OutboxEvent(event_id, info.topic, key, event, dict(headers or {}))
@@ -781,28 +826,26 @@ def _checked(data_model: type[_D], data: object) -> _D:
 
 
 def _outbox(
-    type_: str,
-    namespace: str,
-    name: str,
+    about: _About,
     data: _PostingTerms,
     now: datetime.datetime,
     event_id: uuid.UUID | None,
     headers: Mapping[str, str] | None,
 ) -> model.OutboxEvent:
-    info = CATALOG[type_]
+    info = CATALOG[about.type_]
     ident = uuid.uuid4() if event_id is None else event_id
     body = data.to_json()
     body["journalId"] = None  # Filled in by the relay from the outbox row.
     try:
-        event = envelope.build(
+        event = envelope.Draft(
             event_id=ident,
-            type_=type_,
+            type_=about.type_,
             source=info.source,
-            subject_text=envelope.subject(namespace, info.plural, name),
+            subject_text=about.subject(),
             time=now,
             data=body,
             extensions={"partitionkey": data.card},
-        )
+        ).build()
     except envelope.EnvelopeError as exc:
         raise EventError(str(exc)) from exc
     return model.OutboxEvent(ident, info.topic, data.card, event, dict(headers or {}))

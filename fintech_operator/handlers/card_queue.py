@@ -46,6 +46,7 @@ import kopf
 from fintech_operator import api, kube
 from fintech_operator.app import card_state, stores
 from fintech_operator.handlers import cards, slots
+from fintech_operator.handlers.context import OperatorMemo
 
 log = logging.getLogger(__name__)
 # Cards queued at once (a few hundred bytes each); past it the watch handler waits for room.
@@ -192,7 +193,7 @@ class _Runtime:
     """What the workers share: the queue, the operator's memo, kopf's storages, the slots."""
 
     queue: CardQueue
-    memo: kopf.Memo
+    memo: OperatorMemo
     settings: kopf.OperatorSettings
     slots: asyncio.Semaphore
     workers: int
@@ -200,7 +201,7 @@ class _Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-def start(memo: kopf.Memo, settings: kopf.OperatorSettings, pool_max_size: int) -> None:
+def start(memo: OperatorMemo, settings: kopf.OperatorSettings, pool_max_size: int) -> None:
     """Make the operator's queue (from its startup handler; the workers start with the first
     card, inside kopf's context, so that their Events reach kopf's poster)."""
     memo.card_queue = _Runtime(
@@ -212,7 +213,7 @@ def start(memo: kopf.Memo, settings: kopf.OperatorSettings, pool_max_size: int) 
     )
 
 
-async def stop(memo: kopf.Memo) -> None:
+async def stop(memo: OperatorMemo) -> None:
     """Close the queue; let each worker finish its card for a bounded time (before the pool
     closes: the operator's cleanup calls this first)."""
     runtime: _Runtime | None = memo.get("card_queue")
@@ -241,7 +242,7 @@ def wanted(body: kopf.Body, type: str | None, **_: Any) -> bool:
 async def enqueue(
     body: kopf.Body,
     type: str | None,
-    memo: kopf.Memo,
+    memo: OperatorMemo,
     **kwargs: Any,
 ) -> None:
     """Queue an undecided card for a worker (or a listed issued card for its resume)."""
@@ -348,12 +349,12 @@ async def _card_gone(runtime: _Runtime, body: kopf.Body, patch: kopf.Patch) -> N
     await _slotted(runtime, _delete)(card=card, memo=runtime.memo)
 
 
-async def _delete(card: card_state.IssuedCard, memo: kopf.Memo) -> None:
+async def _delete(card: card_state.IssuedCard, memo: OperatorMemo) -> None:
     outcome = await card_state.delete_card(card, stores.Cards(memo.pool))
     log.info("card %s/%s deleted while issued: %s", card.namespace, card.name, outcome)
 
 
-async def _resume(body: kopf.Body, memo: kopf.Memo) -> None:
+async def _resume(body: kopf.Body, memo: OperatorMemo) -> None:
     await cards.resume(body, body.spec, memo)
 
 

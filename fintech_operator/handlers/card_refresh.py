@@ -32,6 +32,7 @@ from fintech_operator import api, kube
 from fintech_operator.authorizations import mirror
 from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import cards, report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import engine, model
 from fintech_operator.rewards import store as rewards_store
 
@@ -186,7 +187,7 @@ def owner(products: Iterable[tuple[str, bool]]) -> str | None:
 TICK_SECONDS: Final = 1.0
 
 
-def _stopping(memo: kopf.Memo) -> bool:
+def _stopping(memo: OperatorMemo) -> bool:
     """The operator is stopping: its cleanup may close the pool while kopf still ticks the
     timers, so they do nothing from now on (no "pool already closed" at every stop)."""
     stop = memo.get("stop_flag")
@@ -194,11 +195,11 @@ def _stopping(memo: kopf.Memo) -> bool:
     return bool((stop is not None and stop.is_set()) or (pool is not None and pool.closed))
 
 
-def _due(memo: kopf.Memo, namespace: str) -> bool:
+def _due(memo: OperatorMemo, namespace: str) -> bool:
     """True once per refresh interval per namespace (the times live in the operator's memo)."""
     last: dict[str, float] = memo.card_refresh_last
     now = time.monotonic()
-    if now - last.get(namespace, -math.inf) < memo.settings.card_refresh_interval_seconds:
+    if now - last.get(namespace, -math.inf) < memo.settings.cards.refresh_interval_seconds:
         return False
     last[namespace] = now
     return True
@@ -208,7 +209,7 @@ def _due(memo: kopf.Memo, namespace: str) -> bool:
 async def refresh_cards(
     namespace: str | None,
     name: str,
-    memo: kopf.Memo,
+    memo: OperatorMemo,
     **kwargs: Any,
 ) -> None:
     """Mirror balance, points and AML alerts of the namespace's issued cards; finish closes."""
@@ -228,7 +229,7 @@ async def refresh_cards(
         log.info("card refresh of %s stopped with the operator", ns)
 
 
-async def _refresh_batch(memo: kopf.Memo, batch: Sequence[Mapping[str, Any]]) -> None:
+async def _refresh_batch(memo: OperatorMemo, batch: Sequence[Mapping[str, Any]]) -> None:
     names = [f"{s['metadata']['namespace']}/{s['metadata']['name']}" for s in batch]
     async with memo.pool.connection() as conn:
         balances = await engine.balances(conn, [str(s["status"]["account"]) for s in batch])
@@ -253,7 +254,7 @@ class _Figures:
     holds: tuple[int, int | None] | None
 
 
-async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _Figures) -> None:
+async def _refresh_one(memo: OperatorMemo, snapshot: Mapping[str, Any], figures: _Figures) -> None:
     body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
     patch = kopf.Patch()
     balance, points, last_alert_id = figures.balance, figures.points, figures.last_alert_id
@@ -288,7 +289,9 @@ async def _refresh_one(memo: kopf.Memo, snapshot: Mapping[str, Any], figures: _F
 
 
 @kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=cards.REVIEW_POLL_INTERVAL_SECONDS)
-async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def apply_reviews(
+    namespace: str | None, name: str, memo: OperatorMemo, **kwargs: Any
+) -> None:
     """Apply the recorded CardReview of each of the namespace's cards in PendingReview."""
     ns = report.namespace_of(namespace)
     if _stopping(memo) or owner(kwargs["product_names"].get(ns) or ()) != name:
@@ -302,7 +305,7 @@ async def apply_reviews(namespace: str | None, name: str, memo: kopf.Memo, **kwa
 
 
 async def _apply_review(
-    memo: kopf.Memo,
+    memo: OperatorMemo,
     snapshot: Mapping[str, Any],
     products: kopf.Index[Any, Any],
     waits: dict[str, tuple[int, float]],

@@ -10,6 +10,7 @@ import pydantic
 from fintech_operator import api
 from fintech_operator.authorizations import mirror
 from fintech_operator.handlers import report
+from fintech_operator.handlers.context import OperatorMemo
 
 PRODUCT_COUNT_INTERVAL_SECONDS = 15.0
 # While cards use a product being deleted, deletion is re-checked this often.
@@ -28,7 +29,7 @@ async def reconcile(
     patch: kopf.Patch,
     namespace: str | None,
     name: str,
-    memo: kopf.Memo,
+    memo: OperatorMemo,
     **_: Any,
 ) -> None:
     generation = int(body.metadata.get("generation") or 0)

@@ -24,6 +24,7 @@ from fintech_operator.compliance import lists
 from fintech_operator.compliance import model as compliance_model
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import indexes, report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.risk import policy as risk_policy
 
 DECIDED_PHASES: Final = frozenset(set(api.CardPhase) - {api.CardPhase.PENDING})
@@ -87,7 +88,7 @@ def _issued_card(body: kopf.Body) -> card_state.IssuedCard:
     )
 
 
-def _ports(memo: kopf.Memo) -> issuance.Ports:
+def _ports(memo: OperatorMemo) -> issuance.Ports:
     return issuance.Ports(
         store=stores.Cards(memo.pool),
         tokenizer=lambda: http_tokenizer.from_settings(memo.settings),
@@ -149,7 +150,7 @@ async def issue(
     spec: kopf.Spec,
     patch: kopf.Patch,
     retry: int,
-    memo: kopf.Memo,
+    memo: OperatorMemo,
     **kwargs: Any,
 ) -> None:
     """Assess a new card and issue it, hold it for review, or reject it.
@@ -172,7 +173,7 @@ async def issue(
     if reused is not None:
         _render_issuance(body, patch, reused, None)
         return
-    limit = memo.settings.missing_card_retry_limit
+    limit = memo.settings.cards.missing_retries_max
     product = _product_or_retry(
         body, patch, kwargs["cardproducts"], (ref.namespace, card.product), retry, limit
     )
@@ -184,7 +185,7 @@ async def issue(
     await _assess(body, patch, ports, issuance.OpenCard(ref, card, product, retry), kwargs)
 
 
-async def resume(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo) -> None:
+async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
     """A decided card seen again (at start): an issued one's freeze and mirror follow its
     status. The card queue calls it for each issued card kopf lists at start."""
     if body.status.get("phase") not in ISSUED_PHASES:
@@ -377,7 +378,7 @@ def _show_issued(
 
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.holder", when=decided)
 async def holder_changed(
-    body: kopf.Body, old: Any, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, old: Any, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """A card waiting for review is assessed again when its holder changes (e.g. KYC done).
 
@@ -399,7 +400,7 @@ async def holder_changed(
 
 
 async def apply_review(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """Apply the recorded CardReview of a card in PendingReview: issue it or reject it.
 
@@ -454,7 +455,7 @@ async def apply_review(
 
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state", when=decided)
 async def state_changed(
-    body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: OperatorMemo, **_: Any
 ) -> None:
     """Freeze, unfreeze or close a card when ``spec.state`` changes (creation is issue's job)."""
     phase = body.status.get("phase")
@@ -464,7 +465,7 @@ async def state_changed(
 
 
 async def _change_state(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, to: api.CardState
+    body: kopf.Body, patch: kopf.Patch, memo: OperatorMemo, to: api.CardState
 ) -> None:
     command = card_state.ChangeCardState(_issued_card(body), to)
     outcome = await card_state.change_card_state(command, stores.Cards(memo.pool))
@@ -472,7 +473,9 @@ async def _change_state(
 
 
 @kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit", when=decided)
-async def spend_limit_changed(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def spend_limit_changed(
+    body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo, **_: Any
+) -> None:
     """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
     if body.status.get("phase") not in ISSUED_PHASES:
         return  # not issued: its limit is mirrored with its issuance
@@ -482,7 +485,7 @@ async def spend_limit_changed(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo,
     )
 
 
-async def close(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, announce: bool) -> None:
+async def close(body: kopf.Body, patch: kopf.Patch, memo: OperatorMemo, *, announce: bool) -> None:
     """Close the card's account; while its balance is not zero, say why and keep the phase.
 
     The namespace's batched refresh (``card_refresh``) tries again, so closing completes by
@@ -577,7 +580,7 @@ def announce_alerts(
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, "cards", when=decided)
-async def delete(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+async def delete(body: kopf.Body, retry: int, memo: OperatorMemo, **_: Any) -> None:
     """Close the card's ledger account, keeping its history; never block deletion for long.
 
     A balance that is not zero is a debt: the account stays open with its full history and the

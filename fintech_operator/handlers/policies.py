@@ -24,6 +24,7 @@ from fintech_operator.app import policies as use_case
 from fintech_operator.app.outcomes import Rejected
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import cards, report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.risk import policy as risk_policy
 
 # How often a policy re-checks which policy is in use and (compliance) reloads its list, so a
@@ -69,7 +70,7 @@ class _Selection:
 
 
 async def _check_risk(
-    command: use_case.CheckPolicy, memo: kopf.Memo, index: Mapping[str, Any]
+    command: use_case.CheckPolicy, memo: OperatorMemo, index: Mapping[str, Any]
 ) -> use_case.Outcome:
     selection = _Selection(risk_policy.KIND, index)
     return await use_case.check_risk_policy(
@@ -78,7 +79,7 @@ async def _check_risk(
 
 
 async def _check_compliance(
-    command: use_case.CheckPolicy, memo: kopf.Memo, index: Mapping[str, Any]
+    command: use_case.CheckPolicy, memo: OperatorMemo, index: Mapping[str, Any]
 ) -> use_case.Outcome:
     selection = _Selection(compliance_policy.KIND, index)
     return await use_case.check_compliance_policy(command, selection, cards.LISTS)
@@ -87,7 +88,9 @@ async def _check_compliance(
 _CHECKS: Final[
     Mapping[
         str,
-        Callable[[use_case.CheckPolicy, kopf.Memo, Mapping[str, Any]], Awaitable[use_case.Outcome]],
+        Callable[
+            [use_case.CheckPolicy, OperatorMemo, Mapping[str, Any]], Awaitable[use_case.Outcome]
+        ],
     ]
 ] = {RISK: _check_risk, COMPLIANCE: _check_compliance}
 
@@ -99,7 +102,7 @@ _CHECKS: Final[
 @kopf.on.create(api.GROUP, api.VERSION, COMPLIANCE)
 @kopf.on.update(api.GROUP, api.VERSION, COMPLIANCE, field="spec")
 async def check(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """Validate the policy and report it: phase, whether it is in use, its rules or list."""
     plural = kwargs["resource"].plural
@@ -111,7 +114,7 @@ async def check(
 @kopf.timer(api.GROUP, api.VERSION, RISK, interval=POLICY_RECHECK_INTERVAL_SECONDS)
 @kopf.timer(api.GROUP, api.VERSION, COMPLIANCE, interval=POLICY_RECHECK_INTERVAL_SECONDS)
 async def recheck(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """Keep inUse and the sanctions list current as siblings and lists change; write only a
     change (a spec found invalid is left to :func:`check`, which runs on every spec change)."""
@@ -125,7 +128,7 @@ async def recheck(
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, RISK, optional=True)
-async def risk_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def risk_deleted(namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
     """A deleted policy's purchase rules stop applying to real-time authorizations (when
     the operator sees the deletion: no finalizer holds a policy back for this). A sibling
     policy that takes over mirrors its own rules on its next check."""

@@ -27,6 +27,7 @@ from fintech_operator.app import posting as use_case
 from fintech_operator.app import posting_queue
 from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import indexes, report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.observability import metrics
 from fintech_operator.risk import policy as risk_policy
 
@@ -86,11 +87,11 @@ def _target(postings_: kopf.Index[Any, Any], namespace: str, name: str) -> use_c
 
 
 def _command(
-    body: kopf.Body, spec: api.PostingSpec, retry: int, memo: kopf.Memo, indexes_: dict[str, Any]
+    body: kopf.Body, spec: api.PostingSpec, retry: int, memo: OperatorMemo, indexes_: dict[str, Any]
 ) -> use_case.Post | use_case.Reverse:
     """The use case's command from the object and what kopf's indexes know."""
     ref, cards = _ref(body), indexes_["cards"]
-    card, limit = _card(cards, ref.namespace, spec.card), memo.settings.missing_card_retry_limit
+    card, limit = _card(cards, ref.namespace, spec.card), memo.settings.cards.missing_retries_max
     if spec.reverses:
         target = _target(indexes_["postings"], ref.namespace, spec.reverses)
         return use_case.Reverse(ref, spec, card, target, retry, limit)
@@ -109,7 +110,12 @@ def _command(
 @kopf.on.resume(api.GROUP, api.VERSION, "postings")
 @kopf.on.create(api.GROUP, api.VERSION, "postings")
 async def post(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, retry: int, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    retry: int,
+    memo: OperatorMemo,
+    **kwargs: Any,
 ) -> None:
     if body.status.get("phase") in DECIDED_PHASES:
         return

@@ -28,6 +28,7 @@ from fintech_operator.app import reconciliation as use_case
 from fintech_operator.app import reconciliation_schedule as schedule_case
 from fintech_operator.app.outcomes import Rejected, Retry
 from fintech_operator.handlers import report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.recon import model, schedule, sources, store
 
 RUNS: Final = "reconciliationruns"
@@ -54,19 +55,17 @@ _STOPPING = threading.Event()
 
 
 @kopf.on.startup()
-async def _recon_startup(memo: kopf.Memo, **_: Any) -> None:
-    from fintech_operator import config  # noqa: PLC0415 - settings are loaded once, here
-
-    app = config.load()
-    memo.recon_slots = asyncio.Semaphore(app.recon_workers_max)
+async def _recon_startup(memo: OperatorMemo, **_: Any) -> None:
+    app = memo.settings  # loaded once, by cli
+    memo.recon_slots = asyncio.Semaphore(app.recon.workers_max)
     memo.recon_limits = store.Limits(
-        statement_timeout_seconds=app.recon_statement_timeout_seconds,
-        work_mem_mb=app.recon_work_mem_mb,
-        connect_timeout_seconds=max(1, int(app.db_timeout_seconds)),
+        statement_timeout_seconds=app.recon.statement_timeout_seconds,
+        work_mem_mb=app.recon.work_mem_mb,
+        connect_timeout_seconds=max(1, int(app.database.timeout_seconds)),
     )
-    memo.recon_source_limits = sources.Limits(records_max=app.recon_records_max)
-    memo.recon_dsn = app.database_url
-    memo.recon_cluster_namespace = app.recon_cluster_namespace
+    memo.recon_source_limits = sources.Limits(records_max=app.recon.records_max)
+    memo.recon_dsn = app.database.url
+    memo.recon_cluster_namespace = app.recon.cluster_namespace
 
 
 @kopf.on.cleanup()
@@ -173,7 +172,7 @@ class _Progress:
 @kopf.on.resume(api.GROUP, api.VERSION, RUNS)
 @kopf.on.create(api.GROUP, api.VERSION, RUNS)
 async def execute(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """Do the run (or recover its stored outcome) and report it."""
     if body.status.get("phase") in FINAL_PHASES:
@@ -278,7 +277,7 @@ def _second(moment: datetime.datetime | None) -> datetime.datetime | None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, RUNS)
-async def forget(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def forget(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
     """Drop a deleted run's rows and exceptions.
 
     A watch event, not an on.delete handler: runs carry no finalizer (deleting one never waits
@@ -395,7 +394,7 @@ def _parse_time(raw: Any) -> datetime.datetime | None:
 
 @kopf.timer(api.GROUP, api.VERSION, SCHEDULES, interval=SCHEDULE_TICK_SECONDS)
 async def tick(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
     """Create the run that is due, prune old runs, and keep status current (changes only)."""
     command = schedule_case.TickSchedule(

@@ -16,6 +16,7 @@ from fintech_operator import api
 from fintech_operator.app import review as use_case
 from fintech_operator.app.outcomes import Rejected, Retry
 from fintech_operator.handlers import cards, indexes, report
+from fintech_operator.handlers.context import OperatorMemo
 
 DECIDED_PHASES: Final = frozenset({api.CardReviewPhase.RECORDED, api.CardReviewPhase.REFUSED})
 
@@ -36,7 +37,12 @@ class _IndexedCards:
 @kopf.on.resume(api.GROUP, api.VERSION, "cardreviews")
 @kopf.on.create(api.GROUP, api.VERSION, "cardreviews")
 async def record(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, retry: int, memo: kopf.Memo, **kwargs: Any
+    body: kopf.Body,
+    spec: kopf.Spec,
+    patch: kopf.Patch,
+    retry: int,
+    memo: OperatorMemo,
+    **kwargs: Any,
 ) -> None:
     """Store the decision when the card waits for review; refuse it with a reason otherwise."""
     if body.status.get("phase") in DECIDED_PHASES:
@@ -51,7 +57,7 @@ async def record(
     ports = use_case.Ports(
         cards=_IndexedCards(kwargs["cards"]),
         reviews=use_case.StoredReviews(memo.pool),
-        card_waits_max=memo.settings.missing_card_retry_limit,
+        card_waits_max=memo.settings.cards.missing_retries_max,
     )
     _render(body, patch, await use_case.record_review(command, ports))
 

@@ -102,7 +102,7 @@ def limit(fn: HandlerFn, slots: asyncio.Semaphore) -> HandlerFn:
         if memo is not None and pool is not None:
             # A copy of kopf's per-object memo (itself a shallow copy of the operator's): the
             # handler sees its slotted pool, everything else is shared as before.
-            kwargs = {**kwargs, "memo": kopf.Memo({**memo, "pool": pool})}
+            kwargs = {**kwargs, "memo": type(memo)({**memo, "pool": pool})}
         try:
             return await fn(**kwargs)
         except _BUSY as exc:

@@ -15,6 +15,7 @@ import pydantic
 
 from fintech_operator import api, config
 from fintech_operator.handlers import report
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.notify import status as webhook_status
 from fintech_operator.notify import store
 
@@ -46,7 +47,7 @@ async def check(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -
 
 
 async def refresh(
-    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **_: Any
 ) -> None:
     """Copy the delivery log's view of the endpoint into status when it changed."""
     async with memo.pool.connection() as conn:
@@ -78,6 +79,6 @@ def register_timers(settings: config.Settings) -> None:
         api.GROUP,
         api.VERSION,
         "webhooks",
-        interval=settings.webhook_status_interval_seconds,
+        interval=settings.webhooks.status_interval_seconds,
         when=lambda status, **_: status.get("phase") not in (None, "Rejected"),
     )(refresh)

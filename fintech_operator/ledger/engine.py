@@ -139,26 +139,40 @@ class AccountOwnedByAnotherCard(model.AccountConflict):
         self.owner_uid = owner_uid
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What an account is opened with, beside its code, currency, kind and normal balance.
+
+    ``metadata`` is its first metadata. With ``owner_uid``, the account is opened with
+    ``metadata["uid"] = owner_uid`` and an existing one must carry that uid. ``events`` are
+    written in the same transaction, each at most once (see :func:`write_events`).
+    """
+
+    metadata: Mapping[str, object] | None = None
+    events: Sequence[model.OutboxEvent] = ()
+    owner_uid: str | None = None
+
+
+_PLAIN_OPENING: Final = Opening()
+
+
 async def open_account(
     conn: AsyncConnection[Any],
     code: str,
     currency: str,
     kind: model.AccountKind,
     normal_balance: model.Direction,
-    *,
-    metadata: Mapping[str, object] | None = None,
-    events: Sequence[model.OutboxEvent] = (),
-    owner_uid: str | None = None,
+    opening: Opening = _PLAIN_OPENING,
 ) -> model.Account:
     """Open an account, or return it if it exists with the same currency, kind and normal balance.
 
     An existing account keeps its first metadata and its status (a closed account stays closed).
-    With ``owner_uid``, the account is opened with ``metadata["uid"] = owner_uid`` and an existing
-    one must carry that uid, else :class:`AccountOwnedByAnotherCard` is raised and nothing is
-    written: the check runs in the transaction that would write the events.
-    ``events`` are written in the same transaction, each at most once (see :func:`write_events`),
-    so an event announcing the account commits exactly when the account does.
+    With ``opening.owner_uid``, an existing account must carry that uid, else
+    :class:`AccountOwnedByAnotherCard` is raised and nothing is written: the check runs in the
+    transaction that would write the events. ``opening.events`` commit exactly when the
+    account does, so an event announcing the account is never without it.
     """
+    metadata, events, owner_uid = opening.metadata, opening.events, opening.owner_uid
     kind = model.as_enum(model.AccountKind, kind, "kind")
     normal = model.as_enum(model.Direction, normal_balance, "normal_balance")
     model.check_account_code(code, kind, model.check_currency(currency))
@@ -192,12 +206,12 @@ async def open_card_account(
     namespace: str,
     card: str,
     currency: str,
-    metadata: Mapping[str, object] | None = None,
     events: Sequence[model.OutboxEvent] = (),
     *,
     card_uid: str | None = None,
 ) -> model.Account:
-    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``.
+    """Open the card's receivable account (debit-normal), ``card:<namespace>/<card>:<CUR>``,
+    with metadata ``{"card": "<namespace>/<card>"}``.
 
     ``events`` (the card's ``card.issued``) commit with the account, each at most once. With
     ``card_uid`` (the operator always passes it), the account belongs to that card: a retry of
@@ -211,9 +225,7 @@ async def open_card_account(
         currency,
         model.AccountKind.CARD,
         model.CARD_NORMAL_BALANCE,
-        metadata=metadata,
-        events=events,
-        owner_uid=card_uid,
+        Opening(metadata={"card": f"{namespace}/{card}"}, events=events, owner_uid=card_uid),
     )
 
 
@@ -429,7 +441,6 @@ async def issue_card(
             issuance.namespace,
             issuance.card,
             issuance.currency,
-            metadata={"card": f"{issuance.namespace}/{issuance.card}"},
             events=issuance.events,
             card_uid=issuance.card_uid,
         )
@@ -441,38 +452,21 @@ async def issue_card(
     return await _run(pool, limits, attempt)
 
 
-@dataclass(frozen=True)
-class ReversalRequest:
-    """What :func:`reverse` and :func:`reverse_nested` post: the opposite of ``journal_id``,
-    once. With ``namespace``, a journal of another namespace does not exist for it."""
-
-    idempotency_key: str
-    journal_id: int
-    reason: str
-    events: tuple[model.OutboxEvent, ...] = ()
-    namespace: str | None = None
-
-
 async def reverse(
     pool: AsyncConnectionPool[Any],
-    idempotency_key: str,
-    journal_id: int,
-    reason: str,
+    request: model.ReversalRequest,
     *,
-    events: Sequence[model.OutboxEvent] = (),
     limits: Limits = DEFAULT_LIMITS,
-    namespace: str | None = None,
 ) -> model.PostResult:
-    """Post the opposite of journal ``journal_id`` (at most once) and return the reversal.
+    """Post the opposite of journal ``request.journal_id`` (at most once) and return the
+    reversal.
 
     The reversal is an ordinary journal of kind ``Reversal`` whose ``reverses_journal_id`` points
     at the original; the database's UNIQUE constraint on it makes a second reversal impossible.
-    It moves the original's namespace's money; with ``namespace``, a journal of another
+    It moves the original's namespace's money; with ``request.namespace``, a journal of another
     namespace is :class:`model.JournalNotFound`, as if it did not exist.
     """
-    checked = _checked_reversal(
-        ReversalRequest(idempotency_key, journal_id, reason, tuple(events), namespace)
-    )
+    checked = _checked_reversal(request)
 
     async def attempt(cur: Cursor) -> model.PostResult:
         return await _reverse_in(cur, checked)
@@ -517,7 +511,9 @@ async def post_nested(
         return await _post_locked(cur, plan, request, check)
 
 
-async def reverse_nested(conn: AsyncConnection[Any], reversal: ReversalRequest) -> model.PostResult:
+async def reverse_nested(
+    conn: AsyncConnection[Any], reversal: model.ReversalRequest
+) -> model.PostResult:
     """:func:`reverse` inside the caller's transaction, under a savepoint (see post_nested)."""
     _inside_transaction(conn, "reverse_nested")
     checked = _checked_reversal(reversal)
@@ -525,12 +521,12 @@ async def reverse_nested(conn: AsyncConnection[Any], reversal: ReversalRequest) 
         return await _reverse_in(cur, checked)
 
 
-def _checked_reversal(reversal: ReversalRequest) -> ReversalRequest:
+def _checked_reversal(reversal: model.ReversalRequest) -> model.ReversalRequest:
     model.check_text(reversal.idempotency_key, "idempotency_key")
     model.check_text(reversal.reason, "reason")
     if type(reversal.journal_id) is not int or reversal.journal_id <= 0:
         raise model.InvalidRequest("journal_id must be a positive int")
-    return ReversalRequest(
+    return model.ReversalRequest(
         reversal.idempotency_key,
         reversal.journal_id,
         reversal.reason,
@@ -539,7 +535,7 @@ def _checked_reversal(reversal: ReversalRequest) -> ReversalRequest:
     )
 
 
-async def _reverse_in(cur: Cursor, reversal: ReversalRequest) -> model.PostResult:
+async def _reverse_in(cur: Cursor, reversal: model.ReversalRequest) -> model.PostResult:
     request_hash = rules.reversal_request_hash(reversal.journal_id, reversal.reason)
     original = await _reversible(
         cur, reversal.namespace, reversal.idempotency_key, request_hash, reversal.journal_id
@@ -554,7 +550,7 @@ async def _reverse_in(cur: Cursor, reversal: ReversalRequest) -> model.PostResul
         reference=original.reference,
         occurred_at=None,
         metadata={"reason": reversal.reason},
-        events=reversal.events,
+        events=tuple(reversal.events),
         namespace=model.journal_namespace(reversal.namespace, original.lines),
         reverses_journal_id=reversal.journal_id,
     )
@@ -1208,7 +1204,6 @@ __all__ = [
     "CardAccountOwner",
     "Check",
     "Limits",
-    "ReversalRequest",
     "account",
     "balance",
     "balance_drift",

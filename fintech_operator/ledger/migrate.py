@@ -44,22 +44,22 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 class MigrationSettings(Protocol):
-    """What :func:`apply_configured` reads of a process's settings.
+    """What :func:`apply_configured` reads of a process's database settings.
 
-    ``config.Settings`` satisfies it; the ledger names only what it needs, so it depends on
-    no settings module (the layers in docs/architecture.md).
+    ``config.DatabaseSettings`` (``settings.database``) satisfies it; the ledger names only
+    what it needs, so it depends on no settings module (the layers in docs/architecture.md).
     """
 
     @property
-    def database_url(self) -> str: ...
+    def url(self) -> str: ...
     @property
-    def migration_database_url(self) -> str | None: ...
+    def migration_url(self) -> str | None: ...
     @property
-    def migration_database_password(self) -> pydantic.SecretStr | None: ...
+    def migration_password(self) -> pydantic.SecretStr | None: ...
     @property
-    def database_runtime_role(self) -> str | None: ...
+    def runtime_role(self) -> str | None: ...
     @property
-    def database_gateway_role(self) -> str | None: ...
+    def gateway_role(self) -> str | None: ...
 
 
 class MigrationError(Exception):
@@ -149,11 +149,11 @@ async def apply_async(
 def apply_configured(settings: MigrationSettings) -> list[int]:
     """:func:`apply` as the processes configure it: as the owner's DSN and password when
     given (``FINTECH_MIGRATION_DATABASE_*``), else as the runtime's own connection."""
-    owner = settings.migration_database_password
+    owner = settings.migration_password
     return apply(
-        settings.migration_database_url or settings.database_url,
-        runtime_role=settings.database_runtime_role,
-        gateway_role=settings.database_gateway_role,
+        settings.migration_url or settings.url,
+        runtime_role=settings.runtime_role,
+        gateway_role=settings.gateway_role,
         password=None if owner is None else owner.get_secret_value(),
     )
 

@@ -450,6 +450,22 @@ class OutboxEvent:
 
 
 @dataclass(frozen=True)
+class ReversalRequest:
+    """Everything ``engine.reverse`` needs: reverse journal ``journal_id`` at most once.
+
+    ``idempotency_key`` reverses at most once; the request hash covers ``journal_id`` and
+    ``reason``. ``events`` commit with the reversal. With ``namespace``, a journal of another
+    namespace is :class:`JournalNotFound`.
+    """
+
+    idempotency_key: str
+    journal_id: int
+    reason: str
+    events: Sequence[OutboxEvent] = ()
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
 class PostingRequest:
     """Everything ``engine.post`` needs, already validated.
 

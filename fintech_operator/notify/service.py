@@ -195,16 +195,16 @@ class Notifier:
         self.client = client
         self.source = source
         self.owner = f"{socket.gethostname()}/{os.getpid()}"
-        self.ownership = Ownership(settings.database_url)
+        self.ownership = Ownership(settings.database.url)
         self.endpoints: list[endpoints.Endpoint] = []
         self.gate = coverage.Gate(
             source,
             self.refresh,
-            skew_seconds=settings.notifier_clock_skew_seconds,
-            hold_max_seconds=settings.notifier_route_hold_max_seconds,
+            skew_seconds=settings.notifier.clock_skew_seconds,
+            hold_max_seconds=settings.notifier.route_hold_max_seconds,
         )
         self.workers: dict[uuid.UUID, worker.EndpointWorker] = {}
-        self.in_flight = asyncio.Semaphore(settings.notifier_max_in_flight)
+        self.in_flight = asyncio.Semaphore(settings.notifier.in_flight_max)
         self._reported: set[str] = set()
         # The periodic refresh and the router's catch-up may both ask for one; they take turns.
         self._refreshing = asyncio.Lock()
@@ -243,7 +243,7 @@ class Notifier:
             self.pool,
             self.client,
             self.in_flight,
-            self.settings.notifier_poll_interval_ms / 1000,
+            self.settings.notifier.poll_interval_ms / 1000,
         )
         started.start()
         log.info("notifier: serving %s (%s)", endpoint.ref, endpoint.url)
@@ -287,7 +287,7 @@ class Notifier:
             async with self.pool.connection() as conn, conn.transaction():
                 queued = await store.enqueue(conn, deliveries)
         await consuming.dead_letter(
-            producer, poisons, consumer=CONSUMER_NAME, prefix=self.settings.topic_prefix
+            producer, poisons, consumer=CONSUMER_NAME, prefix=self.settings.topics.prefix
         )
         return Routed(
             applied=len(records) - len(poisons),
@@ -317,7 +317,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
 
 
 async def _refresh_loop(notifier: Notifier, stop: asyncio.Event) -> None:
-    interval = notifier.settings.notifier_refresh_interval_seconds
+    interval = notifier.settings.notifier.refresh_interval_seconds
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
@@ -336,7 +336,7 @@ async def _wake_loop(notifier: Notifier, listener: wakeup.Listener, stop: asynci
 
 
 async def _clean_loop(notifier: Notifier, stop: asyncio.Event) -> None:
-    retention = notifier.settings.webhook_log_retention_hours * 3600.0
+    retention = notifier.settings.webhooks.log_retention_hours * 3600.0
     while not stop.is_set():
         try:
             async with notifier.pool.connection() as conn:
@@ -386,14 +386,14 @@ async def run(
     pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).
-    allow = destination.networks(settings.webhook_allowed_cidrs)
+    allow = destination.networks(settings.webhooks.allowed_cidrs)
     log.info(
         "notifier: webhook destinations are public addresses%s",
         f" and {', '.join(map(str, allow))}" if allow else " only",
     )
-    client = destination.new_client(allow, max_connections=settings.notifier_max_in_flight)
+    client = destination.new_client(allow, max_connections=settings.notifier.in_flight_max)
     notifier = Notifier(settings, pool, client, endpoints.KubeSource(namespaces))
-    listener = wakeup.Listener(settings.database_url, DELIVERY_CHANNEL)
+    listener = wakeup.Listener(settings.database.url, DELIVERY_CHANNEL)
     listener.start()
     producer = relay.new_producer(settings)
     consumer = new_consumer(settings, group_id)
@@ -428,11 +428,12 @@ async def run(
         await pool.close()
 
 
-def main(namespaces: Sequence[str], group_id: str) -> int:
+def main(settings: config.Settings, namespaces: Sequence[str], group_id: str) -> int:
     """Entry point of ``fintech-operator notifier``."""
     # httpx logs every request at INFO; the worker logs failures itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return consuming.main(
         "fintech-notifier",
+        settings,
         lambda settings, stop: run(settings, namespaces, group_id, stop),
     )

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import wsgiref.simple_server
-from typing import Final
 
 from fintech_operator import config
 from fintech_operator.observability import metrics, reconcile, tracing
 
 log = logging.getLogger(__name__)
-# The same variable as the liveness probe's: one setting decides what the process listens on.
-HOST_ENV: Final = "FINTECH_HEALTH_HOST"
-DEFAULT_HOST: Final = "127.0.0.1"
 
 
 def version() -> str:
@@ -36,10 +31,10 @@ def start_process(
     """Set up tracing and, when ``FINTECH_METRICS_PORT`` is not 0, serve ``/metrics``."""
     tracing.setup(service, version())
     metrics.build_info.labels(version(), service).set(1)
-    if settings.metrics_port == 0:
+    if settings.metrics.port == 0:
         log.info("metrics server off (FINTECH_METRICS_PORT=0)")
         return None
-    return metrics.serve(os.environ.get(HOST_ENV, DEFAULT_HOST), settings.metrics_port)
+    return metrics.serve(settings.health.host, settings.metrics.port)
 
 
 def start_operator(settings: config.Settings) -> wsgiref.simple_server.WSGIServer | None:

@@ -317,7 +317,7 @@ def completed_event(
     if final.completed_at is None or final.state not in ("succeeded", "failed"):
         raise ValueError(f"run {key.namespace}/{key.name} is {final.state}, not finished")
     window = None if plan is None or plan.window is None else plan.window
-    return schema.recon_completed(
+    return schema.ReconCompleted(
         namespace=key.namespace,
         name=key.name,
         uid=key.uid,
@@ -330,7 +330,7 @@ def completed_event(
         summary=None if final.summary is None else dict(final.summary),
         reason=final.reason,
         message=final.message,
-    )
+    ).outbox()
 
 
 def write_event(conn: Connection, event: ledger_model.OutboxEvent) -> bool:

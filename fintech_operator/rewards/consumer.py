@@ -292,7 +292,7 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
         settings,
         group_id,
         [topics.POSTINGS, topics.AUTHORIZATIONS],
-        max_poll_records=settings.consumer_batch_size,
+        max_poll_records=settings.consumers.batch_max,
     )
 
 
@@ -328,7 +328,7 @@ async def _pipeline(
     in_flight: asyncio.Task[None] | None = None
     try:
         async for records in consuming.batches(
-            consumer, stop, records_max=settings.consumer_batch_size
+            consumer, stop, records_max=settings.consumers.batch_max
         ):
             decoded = decode_batch(records)  # pure Python, while PostgreSQL works
             if in_flight is not None:
@@ -358,8 +358,8 @@ async def _apply_and_commit(
         producer,
         records,
         decoded=decoded,
-        prefix=settings.topic_prefix,
-        attempts_max=settings.consumer_max_attempts,
+        prefix=settings.topics.prefix,
+        attempts_max=settings.consumers.attempts_max,
     )
     # Only now, with the batch's transaction committed, and only this batch's offsets (the
     # next poll's records are already fetched). A commit lost to a rebalance or a broker error
@@ -378,8 +378,8 @@ async def _apply_and_commit(
     )
 
 
-def main(group_id: str) -> int:
+def main(settings: config.Settings, group_id: str) -> int:
     """Entry point of ``fintech-operator rewards``."""
     return consuming.main(
-        "fintech-rewards", lambda settings, stop: consume(settings, group_id, stop)
+        "fintech-rewards", settings, lambda settings, stop: consume(settings, group_id, stop)
     )

@@ -173,7 +173,9 @@ async def reverse_one(
         candidates = [int(row[0]) for row in await cur.fetchall()]
     if not candidates:
         return "nothing to reverse"
-    await engine.reverse(ledger, f"rev-{uuid.uuid4()}", rng.choice(candidates), "test")
+    await engine.reverse(
+        ledger, model.ReversalRequest(f"rev-{uuid.uuid4()}", rng.choice(candidates), "test")
+    )
     return "reversal"
 
 
@@ -245,7 +247,9 @@ async def test_a_reversal_gives_the_window_back_and_the_limit_sees_it(
         "SELECT journal_id FROM authorization_captures WHERE id = %s", (capture.id,)
     ).fetchone()
     assert journal is not None
-    await engine.reverse(pool, f"rev-{uuid.uuid4()}", int(journal[0]), "test")
+    await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{uuid.uuid4()}", int(journal[0]), "test")
+    )
     async with fast.connection() as conn:
         after = body(await STORE.authorize(conn, authorize_request(card, 1_000)))
     assert (after["approved"], after["available"]) == (True, 0)

@@ -24,7 +24,7 @@ NOW = datetime.datetime(2026, 11, 29, 10, 0, tzinfo=datetime.UTC)
 
 
 def issued_event(name: str, uid: str) -> model.OutboxEvent:
-    return schema.card_issued(
+    return schema.CardIssued(
         namespace="shop",
         name=name,
         uid=uid,
@@ -35,7 +35,7 @@ def issued_event(name: str, uid: str) -> model.OutboxEvent:
         last4="4242",
         state="Active",
         issued_at=NOW,
-    )
+    ).outbox()
 
 
 def outbox_count(url: str, event_id: uuid.UUID) -> int:
@@ -51,24 +51,14 @@ async def test_same_uid_gets_its_account_back_another_uid_is_refused(
     naming the owner, and neither writes its event nor changes the account."""
     name, old, new = f"c-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), str(uuid.uuid4())
     async with pool.connection() as conn:
-        first = await engine.open_card_account(
-            conn, "shop", name, "USD", metadata={"card": f"shop/{name}"}, card_uid=old
-        )
-        again = await engine.open_card_account(
-            conn, "shop", name, "USD", metadata={"card": f"shop/{name}"}, card_uid=old
-        )
+        first = await engine.open_card_account(conn, "shop", name, "USD", card_uid=old)
+        again = await engine.open_card_account(conn, "shop", name, "USD", card_uid=old)
         assert (again.id, again.metadata) == (first.id, {"card": f"shop/{name}", "uid": old})
         await engine.close_account(conn, first.code)
         refused = issued_event(name, new)
         with pytest.raises(engine.AccountOwnedByAnotherCard) as caught:
             await engine.open_card_account(
-                conn,
-                "shop",
-                name,
-                "USD",
-                metadata={"card": f"shop/{name}"},
-                events=[refused],
-                card_uid=new,
+                conn, "shop", name, "USD", events=[refused], card_uid=new
             )
         assert (caught.value.code, caught.value.owner_uid, caught.value.reason) == (
             first.code,
@@ -90,9 +80,7 @@ async def test_owners_are_found_in_every_currency_and_only_for_the_name(
     name, uid = f"c-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     async with pool.connection() as conn:
         for card, currency in ((name, "USD"), (name, "EUR"), (f"{name}-2", "USD")):
-            await engine.open_card_account(
-                conn, "shop", card, currency, metadata={"card": f"shop/{card}"}, card_uid=uid
-            )
+            await engine.open_card_account(conn, "shop", card, currency, card_uid=uid)
         owners = await engine.card_account_owners(conn, "shop", name)
     assert sorted(o.code for o in owners) == [
         f"card:shop/{name}:EUR",

@@ -36,11 +36,11 @@ def issuance(name: str, uid: str, *, frozen: bool) -> engine.CardIssuance:
         reference=f"issuance-fee/shop/{name}",
         namespace="shop",
     )
-    event = schema.card_issued(
+    event = schema.CardIssued(
         namespace="shop", name=name, uid=uid, user_id="u1", product="standard",
         currency="USD", token="tok_" + "cd" * 16, last4="4242",
         state="Frozen" if frozen else "Active", issued_at=NOW,
-    )  # fmt: skip
+    ).outbox()  # fmt: skip
     return engine.CardIssuance("shop", name, uid, "USD", frozen, fee, (event,))
 
 

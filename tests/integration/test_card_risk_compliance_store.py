@@ -201,7 +201,9 @@ async def test_reversed_purchases_do_not_count(pool: AsyncConnectionPool[Any]) -
     policy = risk_policy(velocity=[{"windowSeconds": 3600, "maxCount": 1, "action": "Decline"}])
     request, check = purchase(card, 1_000, policy)
     first = await risk_store.post(pool, request, check)
-    await engine.reverse(pool, f"rev-{uuid.uuid4().hex}", first.journal.id, "customer dispute")
+    await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{uuid.uuid4().hex}", first.journal.id, "customer dispute")
+    )
     request, check = purchase(card, 1_000, policy)
     await risk_store.post(pool, request, check)
     assert check.decision is not None

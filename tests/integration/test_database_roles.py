@@ -97,7 +97,9 @@ async def test_the_runtime_role_posts_reverses_and_closes(runtime_dsn: str) -> N
             reference="ref",
         )
         posted = await engine.post(pool, purchase)
-        await engine.reverse(pool, f"rev-{card.code}", posted.journal.id, "test")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"rev-{card.code}", posted.journal.id, "test")
+        )
         async with pool.connection() as conn:
             assert (await engine.balance(conn, card.code)).balance_minor == 0
             assert (await engine.close_account(conn, card.code)).closed_at is not None

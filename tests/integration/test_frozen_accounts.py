@@ -52,7 +52,9 @@ async def test_a_frozen_account_takes_credits_and_refuses_debits(
             await engine.post(pool, request(card, 100, kind))
         assert refused.value.reason == "AccountFrozen"
     with pytest.raises(model.AccountFrozen):
-        await engine.reverse(pool, f"rev-{uuid.uuid4()}", paid.journal.id, "undo payment")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"rev-{uuid.uuid4()}", paid.journal.id, "undo payment")
+        )
     async with pool.connection() as conn:
         assert (await engine.balance(conn, card)).balance_minor == 3_000
         await engine.set_frozen(conn, card, False)

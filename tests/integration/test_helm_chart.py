@@ -436,8 +436,8 @@ def test_the_processor_tokenizer_reaches_only_the_operator(helm: Helm, tmp_path:
             secret.write_text("s3cret\n")
             local = {k: v for k, v in env.items() if v is not None}
             loaded = config.load({**local, "FINTECH_TOKENIZER_TOKEN_FILE": str(secret)})
-            assert loaded.tokenizer_url == "https://processor.example/v1/tokens"
-            assert loaded.tokenizer_timeout_seconds == 5
+            assert loaded.tokenizer.url == "https://processor.example/v1/tokens"
+            assert loaded.tokenizer.timeout_seconds == 5
 
 
 def test_kafka_security_reaches_every_process_as_settings_and_files(
@@ -484,11 +484,11 @@ def test_kafka_security_reaches_every_process_as_settings_and_files(
                 path.write_text("x\n")
                 local[name] = str(path)
         loaded = config.load(local)
-        assert (loaded.kafka_security_protocol, loaded.kafka_sasl_mechanism) == (
+        assert (loaded.kafka.security_protocol, loaded.kafka.sasl_mechanism) == (
             "SASL_SSL",
             "SCRAM-SHA-512",
         )
-        assert loaded.kafka_ssl_cert_file.endswith("kafka-tls/user.crt")
+        assert loaded.kafka.ssl_cert_file.endswith("kafka-tls/user.crt")
     plain = helm.template({})
     for deployment in find(plain, "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -533,9 +533,10 @@ def test_config_values_are_real_settings_with_the_same_bounds() -> None:
     """Every `config` key the schema accepts is a setting of config.py with its exact bounds."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     props = schema["properties"]["config"]["properties"]
-    fields = config.Settings.model_fields
+    # The chart turns `config.dbPoolMaxSize` into FINTECH_DB_POOL_MAX_SIZE.
+    fields = {field.env: field.info for field in config.fields()}
     for key, rule in props.items():
-        name = _snake(key)
+        name = config.ENV_PREFIX + _snake(key).upper()
         assert name in fields, f"config.{key} is not a setting of fintech_operator/config.py"
         expected: dict[str, Any] = {}
         for meta in fields[name].metadata:
@@ -569,7 +570,7 @@ def test_settings_become_environment_variables(helm: Helm) -> None:
         assert env["FINTECH_DB_POOL_MAX_SIZE"] == "16"
         assert env["FINTECH_CARD_REFRESH_INTERVAL_SECONDS"] == "2.5"
         loaded = config.load({k: v for k, v in env.items() if v is not None})
-        assert loaded.db_pool_max_size == 16
+        assert loaded.database.pool_size_max == 16
 
 
 def _rules(role: dict[str, Any]) -> list[dict[str, Any]]:
@@ -940,7 +941,7 @@ def test_gateway_own_role_reaches_the_gateway_and_its_grant_the_operator(helm: H
     assert (
         config.load(
             {k: v for k, v in operator_env.items() if isinstance(v, str)}
-        ).database_gateway_role
+        ).database.gateway_role
         == "fintech_gateway"
     )
     for other in ("-rewards", "-notifier"):

@@ -78,7 +78,7 @@ async def test_round_trip_through_the_product_clients(
     metrics collector's admin and offset reader, which then sees that group's lag as 0."""
     prefix = new_prefix()
     settings = config.load(secured_env(platform_running, database_url, prefix, protocol, mechanism))
-    assert settings.kafka_bootstrap_servers != platform_running.kafka_bootstrap_servers
+    assert settings.kafka.bootstrap_servers != platform_running.kafka_bootstrap_servers
     assert await kafka.ensure_topics(settings)
     topic = topics.qualified(topics.POSTINGS, prefix)
     value = f"hello over {protocol} {mechanism}".encode()

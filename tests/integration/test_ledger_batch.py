@@ -240,7 +240,7 @@ async def test_post_nested_outside_a_transaction_is_refused(
         with pytest.raises(RuntimeError, match="inside the caller's transaction"):
             await engine.post_nested(conn, request)
         with pytest.raises(RuntimeError, match="inside the caller's transaction"):
-            await engine.reverse_nested(conn, engine.ReversalRequest("k", 1, "why"))
+            await engine.reverse_nested(conn, model.ReversalRequest("k", 1, "why"))
 
 
 async def test_the_view_of_balances_and_the_drift_views_agree_after_the_batches(

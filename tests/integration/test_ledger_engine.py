@@ -305,24 +305,34 @@ async def test_reversal_once_then_already_reversed(pool: AsyncConnectionPool[Any
     """A journal is reversed once; the reversal replays by key; a second key is refused."""
     card = await new_card(pool)
     original = (await engine.post(pool, request(card, 800))).journal
-    reversal = await engine.reverse(pool, f"rev-{card}", original.id, "duplicate charge")
+    reversal = await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{card}", original.id, "duplicate charge")
+    )
     assert reversal.journal.kind is K.REVERSAL
     assert reversal.journal.reverses_journal_id == original.id
     assert sorted(reversal.journal.lines, key=str) == sorted(
         rules.reversal_lines(original.lines), key=str
     )
     assert (await card_balance(pool, card)).balance_minor == 0
-    replay = await engine.reverse(pool, f"rev-{card}", original.id, "duplicate charge")
+    replay = await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{card}", original.id, "duplicate charge")
+    )
     assert replay.replayed
     assert replay.journal.id == reversal.journal.id
     with pytest.raises(model.IdempotencyConflict):
-        await engine.reverse(pool, f"rev-{card}", original.id, "another reason")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"rev-{card}", original.id, "another reason")
+        )
     with pytest.raises(model.AlreadyReversed):
-        await engine.reverse(pool, f"rev2-{card}", original.id, "duplicate charge")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"rev2-{card}", original.id, "duplicate charge")
+        )
     with pytest.raises(model.NotReversible):
-        await engine.reverse(pool, f"rev3-{card}", reversal.journal.id, "undo")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"rev3-{card}", reversal.journal.id, "undo")
+        )
     with pytest.raises(model.JournalNotFound):
-        await engine.reverse(pool, f"rev4-{card}", 2**62, "nothing")
+        await engine.reverse(pool, model.ReversalRequest(f"rev4-{card}", 2**62, "nothing"))
 
 
 async def test_concurrent_reversals_reverse_once(pool: AsyncConnectionPool[Any]) -> None:
@@ -330,7 +340,10 @@ async def test_concurrent_reversals_reverse_once(pool: AsyncConnectionPool[Any])
     card = await new_card(pool)
     original = (await engine.post(pool, request(card, 800))).journal
     results = await gather(
-        *(engine.reverse(pool, f"r{i}-{card}", original.id, "race") for i in range(8))
+        *(
+            engine.reverse(pool, model.ReversalRequest(f"r{i}-{card}", original.id, "race"))
+            for i in range(8)
+        )
     )
     assert sum(isinstance(r, model.PostResult) for r in results) == 1
     assert sum(isinstance(r, model.AlreadyReversed) for r in results) == 7, results
@@ -343,7 +356,7 @@ async def test_a_reversed_purchase_frees_its_limit(pool: AsyncConnectionPool[Any
     original = (await engine.post(pool, request(card, 1000, guard=guard))).journal
     with pytest.raises(model.SpendLimitExceeded):
         await engine.post(pool, request(card, 1, guard=guard))
-    await engine.reverse(pool, f"free-{card}", original.id, "void")
+    await engine.reverse(pool, model.ReversalRequest(f"free-{card}", original.id, "void"))
     await engine.post(pool, request(card, 1000, guard=guard))
 
 

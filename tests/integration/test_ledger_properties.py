@@ -94,7 +94,9 @@ async def _reverse(
         return
     journal_id, code, signed = posted[op.target % len(posted)]
     try:
-        await engine.reverse(pool, f"{prefix}/{index}", journal_id, "property test")
+        await engine.reverse(
+            pool, model.ReversalRequest(f"{prefix}/{index}", journal_id, "property test")
+        )
     except model.AlreadyReversed:
         assert journal_id in reversed_ids
         return

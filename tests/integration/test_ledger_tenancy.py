@@ -135,8 +135,12 @@ async def test_a_reversal_is_refused_across_namespaces(
     """Team B cannot reverse team A's journal (it does not exist for B); team A can, and the
     reversal records team A as its namespace."""
     with pytest.raises(model.JournalNotFound, match="team-b"):
-        await engine.reverse(pool, "undo-1", legacy_journal, "not mine", namespace="team-b")
-    undone = await engine.reverse(pool, "undo-1", legacy_journal, "mine", namespace="team-a")
+        await engine.reverse(
+            pool, model.ReversalRequest("undo-1", legacy_journal, "not mine", namespace="team-b")
+        )
+    undone = await engine.reverse(
+        pool, model.ReversalRequest("undo-1", legacy_journal, "mine", namespace="team-a")
+    )
     assert undone.journal.namespace == "team-a"
     assert undone.journal.reverses_journal_id == legacy_journal
 

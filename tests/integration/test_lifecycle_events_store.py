@@ -61,13 +61,15 @@ def published(raw: psycopg.Connection[Any], event_id: uuid.UUID) -> dict[str, An
         (event_id,),
     ).fetchone()
     assert row is not None
-    message = relay.to_message(row[0], str(row[1]), row[2], row[3], row[4], row[5], row[6], "")
+    message = relay.to_message(
+        relay.OutboxRow(row[0], str(row[1]), row[2], row[3], row[4], row[5], row[6]), ""
+    )
     decoded: dict[str, Any] = json.loads(message.value)
     return decoded
 
 
 def issued_event(name: str, uid: str, token: str = "tok_" + "ab" * 16) -> model.OutboxEvent:
-    return schema.card_issued(
+    return schema.CardIssued(
         namespace="shop",
         name=name,
         uid=uid,
@@ -78,11 +80,11 @@ def issued_event(name: str, uid: str, token: str = "tok_" + "ab" * 16) -> model.
         last4="4242",
         state="Active",
         issued_at=NOW,
-    )
+    ).outbox()
 
 
 def closed_event(name: str, uid: str, generation: int = 3) -> model.OutboxEvent:
-    return schema.card_state_changed(
+    return schema.CardStateChanged(
         namespace="shop",
         name=name,
         uid=uid,
@@ -90,7 +92,7 @@ def closed_event(name: str, uid: str, generation: int = 3) -> model.OutboxEvent:
         from_phase="Active",
         to_state="Closed",
         now=NOW,
-    )
+    ).outbox()
 
 
 async def test_card_issued_commits_with_the_account_once(
@@ -129,7 +131,7 @@ async def test_a_refused_open_writes_no_event(
                 "EUR",
                 model.AccountKind.CARD,
                 model.Direction.CREDIT,
-                events=[issued_event(name, uid)],
+                engine.Opening(events=[issued_event(name, uid)]),
             )
         assert await card_store.issued(conn, issued_event(name, uid).event_id) is None
     assert outbox_rows(raw, f"shop/{name}") == []
@@ -179,7 +181,7 @@ async def test_write_events_skips_ids_already_written(
     name, uid = f"c-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
 
     def freeze(generation: int) -> model.OutboxEvent:
-        return schema.card_state_changed(
+        return schema.CardStateChanged(
             namespace="shop",
             name=name,
             uid=uid,
@@ -187,7 +189,7 @@ async def test_write_events_skips_ids_already_written(
             from_phase="Active",
             to_state="Frozen",
             now=NOW,
-        )
+        ).outbox()
 
     async with pool.connection() as conn:
         assert await engine.write_events(conn, [freeze(2)]) == 1

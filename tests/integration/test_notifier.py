@@ -263,11 +263,11 @@ async def _posted_and_relayed(
     """``events`` postings on a new card ``card``, made once a notifier (consumer group
     ``group``) serves Webhook ``webhook``; yields their event ids while a relay publishes
     them. The notifier's log is printed if the body fails."""
-    async with open_pool(settings.database_url) as pool:
+    async with open_pool(settings.database.url) as pool:
         await open_cards(pool, namespace, (card,))
         async with notifier_process(plat, settings, namespace, group, log_dir):
             await eventually(
-                "the notifier serving it", lambda: served(settings.database_url, [webhook])
+                "the notifier serving it", lambda: served(settings.database.url, [webhook])
             )
             ids = [str((await post(pool, namespace, card))[1].event_id) for _ in range(events)]
             async with running_relay(settings, pool):

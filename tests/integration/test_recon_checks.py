@@ -59,7 +59,7 @@ async def post_and_apply(
     """Post with its real event, mark it published, and apply it as the rewards consumer."""
     namespace, name = card.split("/")
     posting = f"p-{uuid.uuid4().hex[:8]}"
-    event = schema.posting_posted(
+    event = schema.PostingPosted(
         namespace=namespace,
         name=posting,
         card=name,
@@ -70,7 +70,7 @@ async def post_and_apply(
         earn_on=["Purchase"],
         occurred_at=NOW,
         now=NOW,
-    )
+    ).outbox()
     result = await engine.post(
         pool,
         model.PostingRequest(

@@ -108,7 +108,9 @@ async def seed_scenario(pool: AsyncConnectionPool[Any]) -> str:
     await post(pool, card, K.PURCHASE, 600, "R-BEFORE", at(20, day=-1))
     # A purchase and its reversal cancel out: nothing to settle, nothing reported.
     reversed_id = await post(pool, card, K.PURCHASE, 1200, "R-REVERSED", at(15))
-    await engine.reverse(pool, f"rev-{uuid.uuid4()}", reversed_id, "duplicate authorisation")
+    await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{uuid.uuid4()}", reversed_id, "duplicate authorisation")
+    )
     # Fees and payments never go through the card network: not settlement postings.
     await post(pool, card, K.FEE, 300, "R-FEE", at(16))
     return card

@@ -49,7 +49,7 @@ async def post(
 ) -> uuid.UUID:
     """A posting on ``namespace/alice`` with its real event, published and applied by rewards."""
     posting = f"p-{uuid.uuid4().hex[:8]}"
-    event = schema.posting_posted(
+    event = schema.PostingPosted(
         namespace=namespace,
         name=posting,
         card="alice",
@@ -61,7 +61,7 @@ async def post(
         occurred_at=occurred_at,
         now=NOW,
         reference=reference,
-    )
+    ).outbox()
     card = model.card_account_code(namespace, "alice", "USD")
     result = await engine.post(
         pool,

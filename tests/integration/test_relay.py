@@ -59,9 +59,9 @@ def process_env(plat: RunningPlatform, settings: config.Settings, **extra: str) 
     """Environment of a product subprocess with the same settings."""
     return {
         **plat.env,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "FINTECH_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database.url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "FINTECH_TOPIC_PREFIX": settings.topics.prefix,
         "FINTECH_HEALTH_PORT": "0",
         "PYTHONUNBUFFERED": "1",
         **extra,
@@ -103,7 +103,7 @@ async def post(
     """Post through the real ledger engine with its event; return (journal id, event)."""
     name = name or f"p-{uuid.uuid4().hex[:12]}"
     now = datetime.datetime.now(datetime.UTC)
-    event = schema.posting_posted(
+    event = schema.PostingPosted(
         namespace=namespace,
         name=name,
         card=card,
@@ -114,7 +114,7 @@ async def post(
         earn_on=earn_on,
         occurred_at=now,
         now=now,
-    )
+    ).outbox()
     kind = model.PostingKind(posting_type)
     account = model.card_account_code(namespace, card, "USD")
     request = model.PostingRequest(

@@ -99,7 +99,7 @@ async def test_kafka_outage_loses_nothing_and_keeps_card_order(
             )
     records = await read_topic(
         own_kafka.kafka_bootstrap_servers,
-        topics.qualified("postings", settings.topic_prefix),
+        topics.qualified("postings", settings.topics.prefix),
         POSTINGS,
     )
     published = {json.loads(r.value)["id"] for r in records}

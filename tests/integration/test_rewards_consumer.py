@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import config
 from fintech_operator.events import envelope, kafka, outbox, relay, schema, topics
-from fintech_operator.ledger import engine
+from fintech_operator.ledger import engine, model
 from fintech_operator.rewards import consumer, store
 from tests.conftest import RunningPlatform
 from tests.integration.test_relay import (
@@ -100,16 +100,19 @@ async def test_refunds_reversals_and_types_outside_earn_on(
         async with pool.connection() as conn:
             original = await outbox.posted_event(conn, purchase_journal)
         assert original is not None
-        reversal_event = schema.posting_reversed(
+        reversal_event = schema.PostingReversed(
             original,
             reverses_journal_id=purchase_journal,
             namespace=ns,
             name="undo-buy",
             reason="duplicate capture",
             now=datetime.datetime.now(datetime.UTC),
-        )
+        ).outbox()
         reversal = await engine.reverse(
-            pool, f"{ns}/undo-buy", purchase_journal, "duplicate capture", events=[reversal_event]
+            pool,
+            model.ReversalRequest(
+                f"{ns}/undo-buy", purchase_journal, "duplicate capture", events=[reversal_event]
+            ),
         )
         async with running_relay(settings, pool), running_consumer(settings, "g-rw"):
             await eventually(
@@ -162,7 +165,9 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
         async with running_relay(settings, pool):
             await eventually("good events published", lambda: drain(migrated_database_url))
     valid = json.loads(
-        relay.to_message(1, "x", "postings", "k", good[0][1].payload, {}, good[0][0], "").value
+        relay.to_message(
+            relay.OutboxRow(1, "x", "postings", "k", good[0][1].payload, {}, good[0][0]), ""
+        ).value
     )
     bad_amount = {**valid, "id": str(uuid.uuid4()), "data": {**valid["data"], "amount": 12.5}}
     unknown = {**valid, "id": str(uuid.uuid4()), "type": "dev.fintech.posting.annotated.v1"}
@@ -230,7 +235,9 @@ async def test_duplicates_poison_and_a_refused_event_in_one_batch_apply_each_eve
         async with running_relay(settings, pool):
             await eventually("the four events published", lambda: drain(migrated_database_url))
     published = [
-        relay.to_message(1, str(e.event_id), e.topic, e.key, e.payload, {}, j, prefix).value
+        relay.to_message(
+            relay.OutboxRow(1, str(e.event_id), e.topic, e.key, e.payload, {}, j), prefix
+        ).value
         for j, e in good
     ]
     assert all(schema.canonical_posting(v) is not None for v in published)  # the fast path
@@ -394,8 +401,8 @@ async def _assert_exactly_once(
 async def _rewind(settings: config.Settings, group: str) -> None:
     """Commit offset 0 for the group on every partition (the consumer is stopped)."""
     rewinder = AIOKafkaConsumer(
-        topics.qualified(topics.POSTINGS, settings.topic_prefix),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topics.qualified(topics.POSTINGS, settings.topics.prefix),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=group,
         enable_auto_commit=False,
     )
@@ -416,19 +423,19 @@ async def _assigned(kafka_consumer: AIOKafkaConsumer) -> bool:
 async def _caught_up(settings: config.Settings, group: str, total: int) -> bool:
     """The group's committed offsets cover every record of the topic."""
     probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None, enable_auto_commit=False
     )
     await probe.start()
     try:
         from aiokafka import TopicPartition  # noqa: PLC0415
 
-        topic = topics.qualified(topics.POSTINGS, settings.topic_prefix)
-        partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        topic = topics.qualified(topics.POSTINGS, settings.topics.prefix)
+        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         ends = await probe.end_offsets(partitions)
     finally:
         await probe.stop()
     checker = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
     await checker.start()
     try:

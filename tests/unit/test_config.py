@@ -14,8 +14,8 @@ BASE = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS"
 def test_defaults_are_bounded() -> None:
     """With only the two connection strings set, every limit has its documented default."""
     settings = config.load(BASE)
-    assert settings.relay_batch_size == 5_000
-    assert settings.db_pool_max_size == 8
+    assert settings.relay.batch_max == 5_000
+    assert settings.database.pool_size_max == 8
 
 
 @pytest.mark.parametrize(
@@ -38,8 +38,8 @@ def test_notifier_hold_defaults_and_bounds() -> None:
     most 60 s while it cannot list Webhooks; both are bounded, and the hold must exceed the
     skew allowance (or every fresh event would be routed without a covering list)."""
     settings = config.load(BASE)
-    assert settings.notifier_clock_skew_seconds == 2.0
-    assert settings.notifier_route_hold_max_seconds == 60.0
+    assert settings.notifier.clock_skew_seconds == 2.0
+    assert settings.notifier.route_hold_max_seconds == 60.0
     for env, named in [
         ({"FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "0.5"}, "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS"),
         ({"FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "31"}, "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS"),
@@ -60,11 +60,11 @@ def test_notifier_hold_defaults_and_bounds() -> None:
 def test_webhook_allowed_cidrs_default_to_none_and_are_normalised() -> None:
     """No CIDR is allowed by default; given ones (comma or space separated, IPv4 and IPv6)
     come back in their canonical form, so the notifier and its log show the same text."""
-    assert config.load(BASE).webhook_allowed_cidrs == ""
+    assert config.load(BASE).webhooks.allowed_cidrs == ""
     settings = config.load(
         {**BASE, "FINTECH_WEBHOOK_ALLOWED_CIDRS": " 127.0.0.0/8, ::1 10.20.0.0/16,FD00::/8 "}
     )
-    assert settings.webhook_allowed_cidrs == "127.0.0.0/8,::1/128,10.20.0.0/16,fd00::/8"
+    assert settings.webhooks.allowed_cidrs == "127.0.0.0/8,::1/128,10.20.0.0/16,fd00::/8"
 
 
 @pytest.mark.parametrize(
@@ -95,11 +95,11 @@ def _write(path: Path, text: str) -> str:
 def test_kafka_security_defaults_to_plaintext_without_credentials() -> None:
     """Unset, Kafka is reached as before: PLAINTEXT, no mechanism, no user, no TLS files."""
     settings = config.load(BASE)
-    assert settings.kafka_security_protocol == "PLAINTEXT"
-    assert settings.kafka_sasl_mechanism == ""
-    assert settings.kafka_sasl_username == ""
-    assert settings.kafka_sasl_password.get_secret_value() == ""
-    assert settings.kafka_ssl_ca_file == ""
+    assert settings.kafka.security_protocol == "PLAINTEXT"
+    assert settings.kafka.sasl_mechanism == ""
+    assert settings.kafka.sasl_username == ""
+    assert settings.kafka.sasl_password.get_secret_value() == ""
+    assert settings.kafka.ssl_ca_file == ""
 
 
 def test_kafka_sasl_ssl_with_a_password_file_and_a_ca_loads(tmp_path: Path) -> None:
@@ -113,8 +113,8 @@ def test_kafka_sasl_ssl_with_a_password_file_and_a_ca_loads(tmp_path: Path) -> N
         "FINTECH_KAFKA_SSL_CA_FILE": _write(tmp_path / "ca.crt", "not parsed here"),
     }
     settings = config.load(env)
-    assert settings.kafka_security_protocol == "SASL_SSL"
-    assert settings.kafka_sasl_password_file == env["FINTECH_KAFKA_SASL_PASSWORD_FILE"]
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert settings.kafka.sasl_password_file == env["FINTECH_KAFKA_SASL_PASSWORD_FILE"]
 
 
 def test_kafka_password_is_never_in_repr_or_str() -> None:
@@ -129,7 +129,7 @@ def test_kafka_password_is_never_in_repr_or_str() -> None:
             "FINTECH_KAFKA_SASL_PASSWORD": secret,
         }
     )
-    assert settings.kafka_sasl_password.get_secret_value() == secret
+    assert settings.kafka.sasl_password.get_secret_value() == secret
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert secret not in text
 
@@ -241,7 +241,7 @@ def test_missing_and_empty_kafka_files_name_the_variable(tmp_path: Path) -> None
 def test_database_roles_default_to_one_role_and_keep_the_password_secret() -> None:
     """Unset, the runtime's own connection migrates; set, the owner's password never shows."""
     plain = config.load(BASE)
-    assert (plain.migration_database_url, plain.database_runtime_role) == (None, None)
+    assert (plain.database.migration_url, plain.database.runtime_role) == (None, None)
     settings = config.load(
         {
             **BASE,
@@ -250,8 +250,8 @@ def test_database_roles_default_to_one_role_and_keep_the_password_secret() -> No
             "FINTECH_DATABASE_RUNTIME_ROLE": "fintech_runtime",
         }
     )
-    assert settings.migration_database_password is not None
-    assert settings.migration_database_password.get_secret_value() == "hunter2"
+    assert settings.database.migration_password is not None
+    assert settings.database.migration_password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.model_dump())
 
@@ -266,8 +266,8 @@ def test_bad_runtime_roles_name_the_variable(role: str) -> None:
 def test_tokenizer_defaults_to_the_builtin_one() -> None:
     """No URL, no credential file, a bounded timeout: development needs no processor."""
     settings = config.load(BASE)
-    assert (settings.tokenizer_url, settings.tokenizer_token_file) == ("", "")
-    assert settings.tokenizer_timeout_seconds == 10.0
+    assert (settings.tokenizer.url, settings.tokenizer.token_file) == ("", "")
+    assert settings.tokenizer.timeout_seconds == 10.0
 
 
 @pytest.mark.parametrize(
@@ -286,7 +286,7 @@ def test_tokenizer_url_with_a_credential_file_loads(tmp_path: Path, url: str) ->
             "FINTECH_TOKENIZER_TIMEOUT_SECONDS": "2.5",
         }
     )
-    assert (settings.tokenizer_url, settings.tokenizer_timeout_seconds) == (url, 2.5)
+    assert (settings.tokenizer.url, settings.tokenizer.timeout_seconds) == (url, 2.5)
 
 
 @pytest.mark.parametrize(
@@ -357,8 +357,8 @@ def test_posting_queue_defaults_bounds_and_the_pool_check() -> None:
     out of range with the variable's name, and the operator refuses workers that would take
     every pooled connection."""
     settings = config.load(BASE)
-    assert (settings.posting_workers, settings.posting_batch_max) == (3, 20)
-    assert settings.posting_queue_max == 20_000
+    assert (settings.postings.workers, settings.postings.batch_max) == (3, 20)
+    assert settings.postings.queue_max == 20_000
     config.check_operator(settings)
     for env, named in [
         ({"FINTECH_POSTING_WORKERS": "0"}, "FINTECH_POSTING_WORKERS"),

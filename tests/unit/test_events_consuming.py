@@ -85,7 +85,7 @@ async def test_new_consumer_states_every_delivery_option() -> None:
         assert made._max_poll_interval_ms == consuming.POLL_INTERVAL_MS_MAX
         assert made._fetch_max_wait_ms == consuming.FETCH_MAX_WAIT_MS
         assert made._client._bootstrap_servers == "127.0.0.1:9093"
-        assert made._client._request_timeout_ms == settings.kafka_request_timeout_ms
+        assert made._client._request_timeout_ms == settings.kafka.request_timeout_ms
     finally:
         await made.stop()
 

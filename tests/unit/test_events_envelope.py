@@ -28,7 +28,7 @@ def build(**changes: Any) -> dict[str, Any]:
         "extensions": {"partitionkey": "shop/alice-card"},
     }
     args.update(changes)
-    return envelope.build(**args)
+    return envelope.Draft(**args).build()
 
 
 def test_build_gives_every_required_attribute() -> None:

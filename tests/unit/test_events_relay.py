@@ -19,7 +19,9 @@ def payload(journal_id: Any = None) -> dict[str, Any]:
 
 def test_the_journal_placeholder_is_filled_from_the_row() -> None:
     """A null data.journalId becomes the row's journal id; the rest is unchanged."""
-    message = relay.to_message(5, EVENT_ID, "postings", "ns/card", payload(), {}, 42, "")
+    message = relay.to_message(
+        relay.OutboxRow(5, EVENT_ID, "postings", "ns/card", payload(), {}, 42), ""
+    )
     body = json.loads(message.value)
     assert body["data"] == {"journalId": 42, "x": 1}
     assert (message.row_id, message.topic, message.key) == (5, "postings", b"ns/card")
@@ -28,22 +30,25 @@ def test_the_journal_placeholder_is_filled_from_the_row() -> None:
 def test_a_payload_without_placeholder_is_published_as_written() -> None:
     """Events with no journalId placeholder (or one already set) are never rewritten."""
     written = {"specversion": "1.0", "data": {"journalId": 9}}
-    message = relay.to_message(1, EVENT_ID, "cards", None, written, {}, 42, "")
+    message = relay.to_message(relay.OutboxRow(1, EVENT_ID, "cards", None, written, {}, 42), "")
     assert json.loads(message.value) == written
-    plain = relay.to_message(1, EVENT_ID, "cards", None, {"data": {"a": 1}}, {}, None, "")
+    plain = relay.to_message(
+        relay.OutboxRow(1, EVENT_ID, "cards", None, {"data": {"a": 1}}, {}, None), ""
+    )
     assert json.loads(plain.value) == {"data": {"a": 1}}
 
 
 def test_a_placeholder_without_a_journal_is_an_error() -> None:
     """A row that asks for a journal id but was written without a journal stops the relay."""
     with pytest.raises(relay.RelayError, match="journal id"):
-        relay.to_message(3, EVENT_ID, "postings", "k", payload(), {}, None, "")
+        relay.to_message(relay.OutboxRow(3, EVENT_ID, "postings", "k", payload(), {}, None), "")
 
 
 def test_records_carry_cloudevents_and_outbox_headers_and_the_prefix() -> None:
     """Headers: event-id, the CloudEvents content type, then the row's own (trace context)."""
     message = relay.to_message(
-        1, EVENT_ID, "postings", "k", payload(), {"traceparent": "00-ab-cd-01"}, 1, "env1."
+        relay.OutboxRow(1, EVENT_ID, "postings", "k", payload(), {"traceparent": "00-ab-cd-01"}, 1),
+        "env1.",
     )
     assert message.topic == "env1.postings"
     assert message.headers == (
@@ -72,7 +77,9 @@ def test_keyless_rows_spread_deterministically_and_no_partitions_is_an_error() -
 def test_grouping_keeps_each_partitions_order() -> None:
     """Rows are grouped per (topic, partition) in the order they were claimed."""
     rows = [
-        relay.to_message(i, EVENT_ID, "postings", f"ns/card-{i % 3}", payload(), {}, i, "")
+        relay.to_message(
+            relay.OutboxRow(i, EVENT_ID, "postings", f"ns/card-{i % 3}", payload(), {}, i), ""
+        )
         for i in range(1, 31)
     ]
     groups = relay.group_by_partition(rows, {"postings": [0, 1, 2, 3]})

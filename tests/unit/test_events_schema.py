@@ -66,19 +66,15 @@ def posted(**changes: Any) -> model.OutboxEvent:
         "event_id": uuid.UUID("00000000-0000-4000-8000-000000000001"),
     }
     args.update(changes)
-    return schema.posting_posted(**args)
+    return schema.PostingPosted(**args).outbox()
 
 
 def wire(event: model.OutboxEvent, journal_id: int = 7) -> dict[str, Any]:
     """What the relay publishes for ``event`` written with journal ``journal_id``."""
     message = relay.to_message(
-        1,
-        str(event.event_id),
-        event.topic,
-        event.key,
-        event.payload,
-        event.headers,
-        journal_id,
+        relay.OutboxRow(
+            1, str(event.event_id), event.topic, event.key, event.payload, event.headers, journal_id
+        ),
         "",
     )
     decoded: dict[str, Any] = json.loads(message.value)
@@ -96,7 +92,7 @@ def reversed_(original: dict[str, Any] | None = None, **changes: Any) -> model.O
         "event_id": uuid.UUID("00000000-0000-4000-8000-000000000002"),
     }
     args.update(changes)
-    return schema.posting_reversed(original or wire(posted()), **args)
+    return schema.PostingReversed(original or wire(posted()), **args).outbox()
 
 
 def test_posted_event_matches_its_schema_and_decodes_back() -> None:
@@ -365,7 +361,7 @@ def compliance_alert(**data_changes: Any) -> dict[str, Any]:
         "postingKey": "shop/purchase-9",
     }
     data.update(data_changes)
-    return envelope.build(
+    return envelope.Draft(
         event_id=uuid.UUID("00000000-0000-4000-8000-000000000003"),
         type_=schema.COMPLIANCE_ALERT_RAISED,
         source=schema.SOURCE_COMPLIANCE,
@@ -373,7 +369,7 @@ def compliance_alert(**data_changes: Any) -> dict[str, Any]:
         time=NOW,
         data=data,
         extensions={"partitionkey": "shop/alice-card"},
-    )
+    ).build()
 
 
 def test_compliance_alert_matches_its_schema_and_decodes() -> None:
@@ -426,7 +422,7 @@ def issued(**changes: Any) -> model.OutboxEvent:
         "issued_at": NOW,
     }
     args.update(changes)
-    return schema.card_issued(**args)
+    return schema.CardIssued(**args).outbox()
 
 
 def state_changed(**changes: Any) -> model.OutboxEvent:
@@ -440,7 +436,7 @@ def state_changed(**changes: Any) -> model.OutboxEvent:
         "now": NOW,
     }
     args.update(changes)
-    return schema.card_state_changed(**args)
+    return schema.CardStateChanged(**args).outbox()
 
 
 def rejected(**changes: Any) -> model.OutboxEvent:
@@ -455,7 +451,7 @@ def rejected(**changes: Any) -> model.OutboxEvent:
         "product": "standard",
     }
     args.update(changes)
-    return schema.card_rejected(**args)
+    return schema.CardRejected(**args).outbox()
 
 
 def review_requested(**changes: Any) -> model.OutboxEvent:
@@ -471,13 +467,16 @@ def review_requested(**changes: Any) -> model.OutboxEvent:
         "now": NOW,
     }
     args.update(changes)
-    return schema.card_review_requested(**args)
+    return schema.CardReviewRequested(**args).outbox()
 
 
 def published(event: model.OutboxEvent) -> dict[str, Any]:
     """What the relay publishes for a lifecycle event (it has no journal)."""
     message = relay.to_message(
-        1, str(event.event_id), event.topic, event.key, event.payload, event.headers, None, ""
+        relay.OutboxRow(
+            1, str(event.event_id), event.topic, event.key, event.payload, event.headers, None
+        ),
+        "",
     )
     decoded: dict[str, Any] = json.loads(message.value)
     return decoded
@@ -740,7 +739,7 @@ def recon_completed(**changes: Any) -> model.OutboxEvent:
         "summary": SUMMARY,
     }
     args.update(changes)
-    return schema.recon_completed(**args)
+    return schema.ReconCompleted(**args).outbox()
 
 
 def recon_failed(**changes: Any) -> model.OutboxEvent:

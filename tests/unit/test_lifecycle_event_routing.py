@@ -40,7 +40,10 @@ class Record:
 
 def record(event: model.OutboxEvent) -> Record:
     message = relay.to_message(
-        1, str(event.event_id), event.topic, event.key, event.payload, event.headers, None, ""
+        relay.OutboxRow(
+            1, str(event.event_id), event.topic, event.key, event.payload, event.headers, None
+        ),
+        "",
     )
     return Record(message.value, message.topic, key=message.key)
 

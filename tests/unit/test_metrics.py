@@ -160,8 +160,8 @@ def test_busy_port_fails_with_the_setting_named(served: int) -> None:
 def test_metrics_settings_are_bounded() -> None:
     """Metrics are off by default; out-of-range values name their variable."""
     settings = config.load(BASE)
-    assert settings.metrics_port == 0
-    assert settings.metrics_collect_interval_seconds == 15.0
+    assert settings.metrics.port == 0
+    assert settings.metrics.collect_interval_seconds == 15.0
     for name, bad in (
         ("FINTECH_METRICS_PORT", "70000"),
         ("FINTECH_METRICS_PORT", "-1"),

@@ -142,14 +142,14 @@ def test_routing_matches_namespace_type_and_creation_time() -> None:
 def test_unknown_types_with_a_valid_envelope_are_forwarded() -> None:
     """A newer producer's event type still reaches '*' subscribers (forward compatible)."""
     everything = endpoints.from_resource(webhook(eventTypes=["*"]), SECRET)
-    event = envelope.build(
+    event = envelope.Draft(
         event_id=uuid.uuid4(),
         type_="dev.fintech.card.renewed.v1",  # not (yet) a type of the catalog
         source="/fintech-operator/cards",
         subject_text="namespaces/shop/cards/alice",
         time=datetime.datetime(2026, 11, 29, 10, 0, tzinfo=datetime.UTC),
         data={"card": "shop/alice"},
-    )
+    ).build()
     deliveries, poisons = service.route([record_of(event)], [everything])
     assert (len(deliveries), poisons) == (1, [])
 

@@ -58,9 +58,9 @@ def test_bad_scopes_are_refused(scope: object) -> None:
 
 
 def test_the_cluster_namespace_setting_defaults_to_none() -> None:
-    assert config.load(BASE).recon_cluster_namespace == ""
+    assert config.load(BASE).recon.cluster_namespace == ""
     loaded = config.load({**BASE, "FINTECH_RECON_CLUSTER_NAMESPACE": "finance"})
-    assert loaded.recon_cluster_namespace == "finance"
+    assert loaded.recon.cluster_namespace == "finance"
 
 
 @pytest.mark.parametrize("value", ["Finance", "team/a", "-a", "a" * 64, "a b", "*"])

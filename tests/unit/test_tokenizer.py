@@ -186,10 +186,12 @@ def test_settings_choose_the_tokenizer_and_fail_closed() -> None:
     remote = http_tokenizer.from_settings(
         config.Settings.model_validate(
             {
-                "database_url": "postgresql://x@127.0.0.1/db",
-                "kafka_bootstrap_servers": "k:9092",
-                "tokenizer_url": "https://processor.example.com/tokens",
-                "tokenizer_token_file": "/var/run/secrets/processor/token",
+                "database": {"url": "postgresql://x@127.0.0.1/db"},
+                "kafka": {"bootstrap_servers": "k:9092"},
+                "tokenizer": {
+                    "url": "https://processor.example.com/tokens",
+                    "token_file": "/var/run/secrets/processor/token",
+                },
             }
         )
     )
