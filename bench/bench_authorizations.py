@@ -245,6 +245,7 @@ class HttpResult:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
     late_sends: int = 0  # requests handed to a connection more than 5 ms after their time
+    client_cpu_seconds: float = 0.0  # the load generator's own CPU during the phase
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ async def http_phase(port: int, planned: list[Planned], connections: int) -> Htt
         finally:
             writer.close()
 
+    cpu_before = time.process_time()
     tasks = [asyncio.create_task(connection()) for _ in range(connections)]
     await asyncio.sleep(0.2)  # connected before the clock starts
     start = time.monotonic() + 0.3
@@ -375,6 +377,7 @@ async def http_phase(port: int, planned: list[Planned], connections: int) -> Htt
         queue.put_nowait(None)
     await asyncio.gather(*tasks)
     result.seconds = time.monotonic() - start
+    result.client_cpu_seconds = time.process_time() - cpu_before
     return result
 
 
@@ -390,6 +393,8 @@ def report_http(rate: float, result: HttpResult) -> None:
     print(f"      by kind {dict(result.kinds)}")
     print(f"      answers by reason {dict(sorted(result.reasons.items()))}")
     print(f"      sends more than 5 ms late (client behind its schedule): {result.late_sends}")
+    per_request = result.client_cpu_seconds / max(done, 1) * 1000
+    print(f"      load generator CPU {per_request:.3f} ms per request")
 
 
 # ---- phase 3: pgbench -----------------------------------------------------------------------
