@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The ledger a step is given decides against the batch's transaction.
 Step = Callable[[posting.PostingLedger], Awaitable[posting.Outcome]]
-Decide = Callable[[posting.Command, posting.PostingLedger], Awaitable[posting.Outcome]]
+Decide = Callable[[posting.Command, posting.PostingLedger], Coroutine[None, None, posting.Outcome]]
 STOP_TIMEOUT_SECONDS: Final = 30.0
 
 
@@ -82,6 +82,9 @@ class _Job:
     card: Hashable
     command: posting.Command
     done: asyncio.Future[posting.Outcome]
+    # The submitting handler's context (its trace span, its log fields): the posting's SQL and
+    # outbox event belong to the handler's trace, not to the worker's.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 @dataclass
@@ -181,7 +184,7 @@ class PostingQueue:
                 await self._release(cards)
 
     async def _run(self, jobs: list[_Job]) -> None:
-        steps = [functools.partial(self._decide, job.command) for job in jobs]
+        steps = [self._step_of(job) for job in jobs]
         results: Sequence[posting.Outcome | Exception]
         try:
             results = await self._batch.run(steps)
@@ -195,6 +198,15 @@ class PostingQueue:
             log.warning("a batch of %d postings did not commit: %s", len(jobs), exc)
             results = [exc] * len(jobs)
         _settle(jobs, results)
+
+    def _step_of(self, job: _Job) -> Step:
+        async def step(ledger: posting.PostingLedger) -> posting.Outcome:
+            # Its own task only to run in the submitter's context; awaited at once, so the
+            # batch's connection is still used by one step at a time.
+            decided = self._decide(job.command, ledger)
+            return await asyncio.create_task(decided, context=job.context)
+
+        return step
 
     async def _next_batch(self) -> tuple[list[_Job], list[Hashable]] | None:
         """Up to ``batch_max`` jobs from the cards that are ready, in order; None to stop."""

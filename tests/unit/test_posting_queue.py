@@ -6,6 +6,7 @@ posting's result only."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -223,3 +224,28 @@ async def test_starting_twice_is_refused() -> None:
     with pytest.raises(RuntimeError, match="already started"):
         queue.start()
     await queue.stop()
+
+
+TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("trace", default="worker's")
+
+
+async def test_each_posting_is_decided_in_its_submitters_context() -> None:
+    """A posting's SQL and outbox event must join its handler's trace: the decision runs in the
+    context the handler submitted from (its current span lives in a context variable), even
+    though a worker task of the queue runs the batch."""
+    seen: dict[str, str] = {}
+
+    async def decide(command: Any, ledger: Any) -> posting.Outcome:
+        seen[str(command)] = TRACE.get()
+        return posting.Rejected("Test", str(command))
+
+    queue = posting_queue.PostingQueue(FakeBatch(), posting_queue.Limits(), decide)
+    queue.start()
+
+    async def handler(name: str) -> posting.Outcome:
+        TRACE.set(f"trace-of-{name}")
+        return await queue.submit(name, cast(posting.Command, name))
+
+    await asyncio.gather(*(handler(f"p{index}") for index in range(5)))
+    await queue.stop()
+    assert seen == {f"p{index}": f"trace-of-p{index}" for index in range(5)}
