@@ -47,6 +47,7 @@ from fintech_operator import api, kube
 from fintech_operator.app import card_state, stores
 from fintech_operator.handlers import cards, slots
 from fintech_operator.handlers.context import OperatorMemo
+from fintech_operator.observability import reconcile
 
 log = logging.getLogger(__name__)
 # Cards queued at once (a few hundred bytes each); past it the watch handler waits for room.
@@ -283,6 +284,11 @@ async def _worker(runtime: _Runtime) -> None:
             queue.retry_later(job, delay)
 
 
+# Timed, traced and logged as kopf's handlers are (``reconcile Card`` span, the reconcile
+# histogram, rejections by reason): the queue runs the issuance where kopf's handler used to.
+_ISSUE: Final = reconcile.wrap(cards.issue, "issue")
+
+
 async def _work(runtime: _Runtime, job: Job) -> float | None:
     """One card; returns the delay before its next attempt, or None when it is finished."""
     raw = await kube.get("cards", job.namespace, job.name)
@@ -299,7 +305,7 @@ async def _work(runtime: _Runtime, job: Job) -> float | None:
     patch = kopf.Patch()
     delay: float | None = None
     try:
-        await _slotted(runtime, cards.issue)(
+        await _slotted(runtime, _ISSUE)(
             body=body, spec=body.spec, patch=patch, retry=job.attempt, memo=runtime.memo,
             **runtime.indexes,
         )  # fmt: skip
