@@ -48,6 +48,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_devstack import platform
 from fintech_operator import config
+from fintech_operator.events import kafka as kafka_admin
 from fintech_operator.events import relay, schema
 from fintech_operator.ledger import engine, migrate, model, rules
 from fintech_operator.rewards import consumer
@@ -209,7 +210,7 @@ async def task_until_stopped(factory: Any) -> AsyncIterator[None]:
 async def throughput(admin: str, kafka: dict[str, str], events: int, workers: int) -> None:
     dsn = fresh_database(admin)
     settings = settings_for(dsn, kafka)
-    await kafka.ensure_topics(settings)
+    await kafka_admin.ensure_topics(settings)
     async with pool_of(dsn, workers + 2) as pool:
         cards = await open_cards(pool)
         rate = await post_many(pool, cards, events, workers)
@@ -285,7 +286,7 @@ async def lag(
 ) -> None:
     dsn = fresh_database(admin)
     settings = settings_for(dsn, kafka)
-    await kafka.ensure_topics(settings)
+    await kafka_admin.ensure_topics(settings)
     total = rate * duration
     async with pool_of(dsn, workers + 2) as pool:
         cards = await open_cards(pool)

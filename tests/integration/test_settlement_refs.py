@@ -95,8 +95,10 @@ async def test_the_summary_follows_postings_and_reversals(
         "R-2": (-300, "USD", 1, at(10), at(10)),
         "R-4": (700, "USD", 1, at(20), at(20)),
     }
-    await engine.reverse(pool, f"rev-{uuid.uuid4()}", gone, "duplicate")
-    await engine.reverse(pool, f"rev-{uuid.uuid4()}", second, "captured twice")
+    await engine.reverse(pool, model.ReversalRequest(f"rev-{uuid.uuid4()}", gone, "duplicate"))
+    await engine.reverse(
+        pool, model.ReversalRequest(f"rev-{uuid.uuid4()}", second, "captured twice")
+    )
     assert rows(migrated_database_url, namespace) == {
         "R-1": (1000, "USD", 1, at(0), at(0)),
         "R-2": (-300, "USD", 1, at(10), at(10)),
