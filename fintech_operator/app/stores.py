@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from psycopg import AsyncConnection, errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
@@ -232,7 +233,23 @@ class PostingBatch:
             ledger = _InTransaction(conn)
             for step in steps:
                 results.append(await _step(conn, ledger, step))
+            _check_committable(conn)
         return results
+
+
+class BatchAborted(errors.OperationalError):
+    """The batch's transaction cannot commit: nothing of it is reported decided."""
+
+
+def _check_committable(conn: AsyncConnection[Any]) -> None:
+    """PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error, and
+    psycopg does not check the answer: a batch whose transaction was aborted outside a step's
+    savepoint would hand Posted outcomes to handlers for journals that never committed (a fault
+    campaign saw it once, under a PostgreSQL crash). So the batch commits only from a healthy
+    transaction; otherwise every posting of it fails and is retried."""
+    status = conn.info.transaction_status
+    if conn.broken or conn.closed or status is not TransactionStatus.INTRANS:
+        raise BatchAborted(f"the batch's transaction is {status.name}, not open: not committed")
 
 
 async def _step(
@@ -249,4 +266,5 @@ async def _step(
                 return exc
             attempt += 1
         except Exception as exc:  # the posting's own failure, handed back to its handler
+            _check_committable(conn)  # unless the connection went with it: the whole batch fails
             return exc

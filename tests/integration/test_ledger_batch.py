@@ -14,7 +14,7 @@ import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -252,3 +252,24 @@ async def test_the_view_of_balances_and_the_drift_views_agree_after_the_batches(
         assert stripes == []
         totals = await engine.trial_balance(conn)
     assert all(debits == credits for debits, credits in totals.values())
+
+
+async def test_a_batch_whose_connection_dies_reports_nothing_decided(
+    pool: AsyncConnectionPool[Any], migrated_database_url: str
+) -> None:
+    """The first posting is Posted inside the transaction, then the backend is terminated (as a
+    PostgreSQL crash would): the batch raises instead of handing back the first outcome, so no
+    handler writes Posted for a journal that never committed."""
+    card = await new_card(pool)
+    first, second = purchase(card, 100), purchase(card, 200)
+
+    async def dies(ledger: posting.PostingLedger) -> posting.Outcome:
+        pid = cast(Any, ledger)._conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(migrated_database_url) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return await posting.decide(second, ledger)
+
+    with pytest.raises(psycopg.OperationalError):
+        await stores.PostingBatch(pool).run([*steps([first]), dies])
+    assert await journal_of(pool, first) is None
+    assert await journal_of(pool, second) is None
