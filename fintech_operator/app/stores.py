@@ -157,16 +157,18 @@ class Postings:
         return await risk_store.post(self._pool, request, check)
 
     async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
-        return await engine.reverse(
-            self._pool,
-            model.ReversalRequest(
-                reversal.idempotency_key,
-                reversal.journal_id,
-                reversal.reason,
-                events=reversal.events,
-                namespace=reversal.namespace,
-            ),
-        )
+        return await engine.reverse(self._pool, _reversal_request(reversal))
+
+
+def _reversal_request(reversal: posting.Reversal) -> model.ReversalRequest:
+    """The ledger's request for an application-layer reversal (both ledgers post it)."""
+    return model.ReversalRequest(
+        reversal.idempotency_key,
+        reversal.journal_id,
+        reversal.reason,
+        events=reversal.events,
+        namespace=reversal.namespace,
+    )
 
 
 class _InTransaction:
@@ -198,16 +200,7 @@ class _InTransaction:
         return await risk_store.post_nested(self._conn, request, check)
 
     async def reverse(self, reversal: posting.Reversal) -> model.PostResult:
-        return await engine.reverse_nested(
-            self._conn,
-            model.ReversalRequest(
-                reversal.idempotency_key,
-                reversal.journal_id,
-                reversal.reason,
-                reversal.events,
-                reversal.namespace,
-            ),
-        )
+        return await engine.reverse_nested(self._conn, _reversal_request(reversal))
 
 
 # A step that hit a deadlock (two batches' postings touching the same system balance stripe in
