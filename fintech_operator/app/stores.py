@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from psycopg import AsyncConnection, errors
-from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
@@ -226,23 +225,9 @@ class PostingBatch:
             ledger = _InTransaction(conn)
             for step in steps:
                 results.append(await _step(conn, ledger, step))
-            _check_committable(conn)
+        # The engine refuses to commit an aborted transaction (engine.check_committable): then
+        # the whole batch raises and no step's outcome is handed to its handler.
         return results
-
-
-class BatchAborted(errors.OperationalError):
-    """The batch's transaction cannot commit: nothing of it is reported decided."""
-
-
-def _check_committable(conn: AsyncConnection[Any]) -> None:
-    """PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error, and
-    psycopg does not check the answer: a batch whose transaction was aborted outside a step's
-    savepoint would hand Posted outcomes to handlers for journals that never committed (a fault
-    campaign saw it once, under a PostgreSQL crash). So the batch commits only from a healthy
-    transaction; otherwise every posting of it fails and is retried."""
-    status = conn.info.transaction_status
-    if conn.broken or conn.closed or status is not TransactionStatus.INTRANS:
-        raise BatchAborted(f"the batch's transaction is {status.name}, not open: not committed")
 
 
 async def _step(
@@ -259,5 +244,6 @@ async def _step(
                 return exc
             attempt += 1
         except Exception as exc:  # the posting's own failure, handed back to its handler
-            _check_committable(conn)  # unless the connection went with it: the whole batch fails
+            # unless the connection went with it: then the whole batch fails
+            engine.check_committable(conn)
             return exc

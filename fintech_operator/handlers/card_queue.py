@@ -24,7 +24,9 @@ Here the waiting happens outside kopf, in a few bytes per card:
   each card's status, as kopf's resume handler did.
 - A card deleted while queued is dropped (the DELETED event takes it out; a worker that reads
   no card, or whose status patch finds the card gone or replaced, issues nothing or closes the
-  account it has just opened).
+  account it has just opened). The DELETED event of an issued card queues the closing of its
+  account too: a card deleted in the moment after its status patch and before kopf put its
+  finalizer on gets no kopf delete handler, and would otherwise keep an open account.
 
 The queue holds at most ``QUEUE_SIZE_MAX`` cards; past that the watch-event handler waits for
 room, which holds kopf's per-object worker as before: the bound only says where memory grows
@@ -63,13 +65,15 @@ INDEXES: Final = ("cardproducts", "cards_by_user", "riskpolicies", "compliancepo
 
 
 class Job(NamedTuple):
-    """One card to work: issue it (``resume`` False) or make its ledger follow it (True)."""
+    """One card to work: issue it (``resume`` False) or make its ledger follow it (True), or,
+    when ``deleted`` is set, close the ledger account of an issued card that is gone."""
 
     uid: str
     namespace: str
     name: str
     resume: bool = False
     attempt: int = 0
+    deleted: card_state.IssuedCard | None = None
 
 
 class CardQueue:
@@ -236,7 +240,8 @@ def wanted(body: kopf.Body, type: str | None, **_: Any) -> bool:
     card in kopf's listing at start (``type`` None), whose ledger follows its status."""
     if not cards.decided(body):
         return True
-    return type is None and (body.get("status") or {}).get("phase") in cards.ISSUED_PHASES
+    issued = (body.get("status") or {}).get("phase") in cards.ISSUED_PHASES
+    return issued and type in (None, "DELETED")
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "cards", when=wanted)
@@ -254,11 +259,30 @@ async def enqueue(
     uid = str(meta.uid)
     if type == "DELETED" or meta.get("deletionTimestamp") is not None:
         runtime.queue.discard(uid)
+        if type == "DELETED" and cards.decided(body):
+            await runtime.queue.put(_closing_job(body))
         return
     if not runtime.tasks:
         _start_workers(runtime, kwargs)
     job = Job(uid, str(meta.namespace), str(meta.name), resume=cards.decided(body))
     await runtime.queue.put(job)
+
+
+def _closing_job(body: kopf.Body) -> Job:
+    """An issued card is gone: its account is closed (again: closing is idempotent). kopf's
+    delete handler closes it too, but only for a card that carries kopf's finalizer, and a card
+    deleted just after the worker's status patch, before kopf put its finalizer on, has none.
+    Keyed apart from the card's own job, which a worker may still hold while its patch lands."""
+    meta, status = body.metadata, body.status
+    card = card_state.IssuedCard(
+        namespace=str(meta.namespace),
+        name=str(meta.name),
+        uid=str(meta.uid),
+        generation=int(meta.get("generation") or 0),
+        phase=status.get("phase"),
+        account=str(status.get("account") or ""),
+    )
+    return Job(f"{meta.uid}/deleted", card.namespace, card.name, deleted=card)
 
 
 def _start_workers(runtime: _Runtime, kwargs: dict[str, Any]) -> None:
@@ -291,6 +315,13 @@ _ISSUE: Final = reconcile.wrap(cards.issue, "issue")
 
 async def _work(runtime: _Runtime, job: Job) -> float | None:
     """One card; returns the delay before its next attempt, or None when it is finished."""
+    if job.deleted is not None:
+        await _slotted(runtime, _delete)(card=job.deleted, memo=runtime.memo)
+        return None
+    return await _issue_or_resume(runtime, job)
+
+
+async def _issue_or_resume(runtime: _Runtime, job: Job) -> float | None:
     raw = await kube.get("cards", job.namespace, job.name)
     if raw is None or (raw.get("metadata") or {}).get("uid") != job.uid:
         return None  # deleted (or replaced by a newer card of the same name) while queued
@@ -357,7 +388,7 @@ async def _card_gone(runtime: _Runtime, body: kopf.Body, patch: kopf.Patch) -> N
 
 async def _delete(card: card_state.IssuedCard, memo: OperatorMemo) -> None:
     outcome = await card_state.delete_card(card, stores.Cards(memo.pool))
-    log.info("card %s/%s deleted while issued: %s", card.namespace, card.name, outcome)
+    log.info("card %s/%s deleted: %s", card.namespace, card.name, outcome)
 
 
 async def _resume(body: kopf.Body, memo: OperatorMemo) -> None:

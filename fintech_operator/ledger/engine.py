@@ -659,6 +659,26 @@ async def _transaction(
                 f" SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}".encode()
             )
         yield cur
+        if outermost:
+            check_committable(conn)
+
+
+class TransactionAborted(errors.OperationalError):
+    """The transaction cannot commit: nothing done in it may be reported as done."""
+
+
+def check_committable(conn: AsyncConnection[Any]) -> None:
+    """Refuse to COMMIT anything but an open, healthy transaction.
+
+    PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error, and psycopg
+    does not check the answer. A caller that caught an error inside its transaction (a batch
+    whose step failed outside its savepoint, say) would otherwise report work as committed that
+    never was: a fault campaign saw Posted postings with no journal after a PostgreSQL crash. So
+    every outermost ledger transaction ends here; raising makes ``conn.transaction()`` roll back.
+    """
+    status = conn.info.transaction_status
+    if conn.broken or conn.closed or status is not TransactionStatus.INTRANS:
+        raise TransactionAborted(f"the transaction is {status.name}, not open: not committed")
 
 
 # --- Posting steps ------------------------------------------------------------------------------

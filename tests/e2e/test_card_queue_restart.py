@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,13 +125,15 @@ def test_queued_cards_are_issued_after_a_restart_and_deleted_ones_never(
     burst.wait_phases(api, ns, "cards", {"Active"},
                       CARDS - DELETED_WHILE_DOWN + SECOND_BURST - DELETED_WHILE_QUEUED,
                       DECIDED_TIMEOUT_SECONDS)  # fmt: skip
-    time.sleep(3)  # a worker that held a doomed card finishes it
-    accounts = _accounts(database_url, ns)
-    # Deletion is never blocked and never issues a card twice. Most doomed cards get no
-    # account or a closed one, but not all: a card deleted after its status patch landed and
-    # before kopf added its finalizer keeps an open account (a known window, docs/cards.md
-    # "The issuance queue"), so this part checks only what is guaranteed.
+    # Never issued, or its account closed again: by the worker whose status patch found the card
+    # gone, by kopf's delete handler, or (deleted after the patch landed, before kopf put its
+    # finalizer on) by the closing the card's DELETED event queues.
+    wait_for("every doomed card's account closed or never opened",
+             lambda: all(_accounts(database_url, ns).get(name, "closed") == "closed"
+                         for name in doomed),
+             timeout_seconds=60, interval=0.5)  # fmt: skip
     assert not set(_cards(api, ns)) & set(doomed)
+    accounts = _accounts(database_url, ns)
     assert len(accounts) >= CARDS - DELETED_WHILE_DOWN, "the issued cards keep their accounts"
 
     operator.procs["operator"].send_signal(signal.SIGTERM)

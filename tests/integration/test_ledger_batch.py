@@ -10,6 +10,7 @@ whose balance (the view) is still the sum of its entries, and the drift views st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator
@@ -273,3 +274,24 @@ async def test_a_batch_whose_connection_dies_reports_nothing_decided(
         await stores.PostingBatch(pool).run([*steps([first]), dies])
     assert await journal_of(pool, first) is None
     assert await journal_of(pool, second) is None
+
+
+async def test_a_top_level_ledger_transaction_with_a_swallowed_error_is_not_committed(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """Any outermost ledger transaction, not only a batch: a posting made in it, then an error
+    caught without a savepoint (the transaction is aborted), must raise at the block's end rather
+    than let COMMIT quietly roll back while the caller believes the posting landed."""
+    card = await new_card(pool)
+    request = purchase(card, 300)
+
+    async def swallow_an_error_after_posting() -> None:
+        async with engine.in_transaction(pool) as conn:
+            await posting.decide(request, stores._InTransaction(conn))
+            # Swallowed on purpose, outside any savepoint: the transaction is now aborted.
+            with contextlib.suppress(psycopg.errors.DivisionByZero):
+                await conn.execute("SELECT 1 / 0")
+
+    with pytest.raises(engine.TransactionAborted, match="INERROR, not open"):
+        await swallow_an_error_after_posting()
+    assert await journal_of(pool, request) is None

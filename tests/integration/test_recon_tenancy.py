@@ -271,9 +271,11 @@ async def test_journals_written_before_namespaces_count_for_their_cards_namespac
     async with pool.connection() as conn:
         for ns in (ns_a, ns_b):
             await engine.open_card_account(conn, ns, "alice", "USD")
+    # Posted first: it opens the system settlement account the legacy rows need (the test must
+    # not depend on an earlier test having opened it).
+    await post(pool, ns_a, K.PURCHASE, 4300, "N-A", at(15))
     legacy_purchase(dsn, ns_a, "L-A", 4100)
     legacy_purchase(dsn, ns_b, "L-B", 4200)
-    await post(pool, ns_a, K.PURCHASE, 4300, "N-A", at(15))
     a_file = HEADER + "L-A,4100,USD,2024-05-01T15:00:00Z\nN-A,4300,USD,2024-05-01T15:00:00Z\n"
     outcome, found = run(dsn, ns_a, a_file)
     assert found == [], found

@@ -328,6 +328,7 @@ async def test_two_relays_publish_every_row_once_in_card_order(
     settings = settings_for(
         platform_running, migrated_database_url, prefix, FINTECH_RELAY_BATCH_SIZE="20"
     )
+    await kafka.ensure_topics(settings)  # not left to an earlier test: each test runs alone too
     before = await scalar(migrated_database_url, "SELECT count(*) FROM outbox")
     async with open_pool(migrated_database_url) as pool, open_pool(migrated_database_url) as other:
         await open_cards(pool, "two", CARDS)

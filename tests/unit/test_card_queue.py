@@ -9,8 +9,10 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from fintech_operator.app import card_state
 from fintech_operator.handlers import card_queue
 from fintech_operator.handlers.card_queue import CardQueue, Job
+from fintech_operator.handlers.context import OperatorMemo
 
 
 def _job(n: int) -> Job:
@@ -127,10 +129,10 @@ def test_failures_are_retried_later_and_later_up_to_a_minute() -> None:
     assert delays[-1] == 60.0
 
 
-def _card(phase: str | None) -> kopf.Body:
+def _card(phase: str | None, account: str | None = None) -> kopf.Body:
     raw: dict[str, Any] = {"metadata": {"name": "c", "namespace": "ns", "uid": "u"}}
     if phase is not None:
-        raw["status"] = {"phase": phase}
+        raw["status"] = {"phase": phase, **({"account": account} if account else {})}
     return kopf.Body(cast(kopf.RawBody, raw))
 
 
@@ -143,12 +145,43 @@ def test_undecided_cards_are_queued_on_every_event(phase: str | None) -> None:
 
 
 @pytest.mark.parametrize("phase", ["Active", "Frozen"])
-def test_issued_cards_are_queued_only_when_listed_at_start(phase: str) -> None:
-    """Their resume: the ledger's freeze and the mirror follow the status once per start."""
+def test_issued_cards_are_queued_only_when_listed_at_start_or_deleted(phase: str) -> None:
+    """Their resume: the ledger's freeze and the mirror follow the status once per start; and
+    their deletion, whose account is closed even when kopf never put its finalizer on."""
     assert card_queue.cards.decided(_card(phase))
     assert card_queue.wanted(_card(phase), type=None)
-    for event_type in ("ADDED", "MODIFIED", "DELETED"):
+    assert card_queue.wanted(_card(phase), type="DELETED")
+    for event_type in ("ADDED", "MODIFIED"):
         assert not card_queue.wanted(_card(phase), type=event_type)
+
+
+async def test_a_deleted_issued_card_queues_the_closing_of_its_account() -> None:
+    """Apart from the card's own job (a worker may still hold it while its status patch
+    lands), so the closing is never swallowed as 'already queued'."""
+    memo = OperatorMemo()
+    card_queue.start(memo, kopf.OperatorSettings(), pool_max_size=8)
+    runtime = memo.card_queue
+    runtime.queue.offer(Job("u", "ns", "c"))
+    assert await runtime.queue.get() == Job("u", "ns", "c")  # in a worker's hands
+    body = _card("Active", account="card:ns/c:USD")
+    await card_queue.enqueue(body=body, type="DELETED", memo=memo)
+    closing = await runtime.queue.get()
+    assert closing is not None
+    assert closing.uid == "u/deleted"
+    assert closing.deleted == card_state.IssuedCard(
+        namespace="ns", name="c", uid="u", generation=0, phase="Active", account="card:ns/c:USD"
+    )
+    runtime.queue.close()
+
+
+async def test_a_deleted_undecided_card_is_only_dropped() -> None:
+    memo = OperatorMemo()
+    card_queue.start(memo, kopf.OperatorSettings(), pool_max_size=8)
+    runtime = memo.card_queue
+    runtime.queue.offer(Job("u", "ns", "c"))
+    await card_queue.enqueue(body=_card(None), type="DELETED", memo=memo)
+    assert len(runtime.queue) == 0
+    runtime.queue.close()
 
 
 @pytest.mark.parametrize("phase", ["Rejected", "PendingReview", "Closed"])
