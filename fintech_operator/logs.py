@@ -131,11 +131,46 @@ class RoutineSuccessFilter(logging.Filter):
         return not (message.startswith(("Timer ", "Daemon ")) and message.endswith(" succeeded."))
 
 
+class KafkaCoordinatorWaitFilter(logging.Filter):
+    """aiokafka logs a consumer's wait for its group coordinator as an ERROR (and a WARNING
+    for each retry) several times a second: 60 lines at every start against a fresh broker,
+    and for the whole of a broker restart. The consumer retries on its own and its readiness
+    says whether it has joined, so one WARNING per logger per ``interval_seconds`` tells the
+    story; the repeats are dropped."""
+
+    _WAITS: Final = ("GroupCoordinatorNotAvailableError", "Marking the coordinator dead")
+
+    def __init__(self, interval_seconds: float = 60.0) -> None:
+        super().__init__()
+        self.interval_seconds = interval_seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka.consumer.group_coordinator"):
+            return True
+        message = record.getMessage()
+        if not any(wait in message for wait in self._WAITS):
+            return True
+        now = time.monotonic()
+        last = self._last.get(record.name)
+        if last is not None and now - last < self.interval_seconds:
+            return False
+        self._last[record.name] = now
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = (
+            f"{message} (waiting for the Kafka group coordinator; retried, repeats in the next "
+            f"{self.interval_seconds:.0f} s not logged)"
+        )
+        record.args = None
+        return True
+
+
 def configure() -> None:
     """Install the JSON handler at the level named by FINTECH_LOG_LEVEL (default INFO)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RoutineSuccessFilter())
+    handler.addFilter(KafkaCoordinatorWaitFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("FINTECH_LOG_LEVEL", "INFO").upper())

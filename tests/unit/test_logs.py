@@ -133,3 +133,39 @@ def test_routine_timer_successes_are_dropped(
     """Only kopf's INFO 'Timer/Daemon ... succeeded.' lines are dropped; failures stay."""
     record = logging.LogRecord(name, level, __file__, 1, message, None, None)
     assert logs.RoutineSuccessFilter().filter(record) is kept
+
+
+def _coordinator_record(message: str, level: int = logging.ERROR) -> logging.LogRecord:
+    name = "aiokafka.consumer.group_coordinator"
+    return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+
+def test_kafka_coordinator_waits_log_once_a_minute_as_a_warning() -> None:
+    """aiokafka's ERROR per coordinator retry (60 lines at a fresh broker's start) becomes one
+    WARNING that says the consumer waits; other aiokafka errors and other loggers pass."""
+    keep = logs.KafkaCoordinatorWaitFilter(interval_seconds=60.0)
+    wait = "Group Coordinator Request failed: [Error %d] GroupCoordinatorNotAvailableError"
+    first = logging.LogRecord(
+        "aiokafka.consumer.group_coordinator", logging.ERROR, __file__, 1, wait, (15,), None
+    )
+    assert keep.filter(first)
+    assert (first.levelno, first.levelname) == (logging.WARNING, "WARNING")
+    assert first.getMessage().startswith("Group Coordinator Request failed: [Error 15]")
+    assert "waiting for the Kafka group coordinator" in first.getMessage()
+    assert not keep.filter(_coordinator_record(wait % 15))
+    assert not keep.filter(_coordinator_record("Marking the coordinator dead (node 1)for g."))
+    other = _coordinator_record("Error sending JoinGroupRequest_v5 to node 1 [[Error 7]]")
+    assert keep.filter(other)
+    assert other.levelno == logging.ERROR
+    elsewhere = logging.LogRecord(
+        "fintech_operator.x", logging.ERROR, __file__, 1, wait, (15,), None
+    )
+    assert keep.filter(elsewhere)
+    assert elsewhere.levelno == logging.ERROR
+
+
+def test_kafka_coordinator_waits_are_logged_again_after_the_interval() -> None:
+    keep = logs.KafkaCoordinatorWaitFilter(interval_seconds=0.0)
+    wait = "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
+    assert keep.filter(_coordinator_record(wait))
+    assert keep.filter(_coordinator_record(wait))
