@@ -82,6 +82,30 @@ class _Startable(Protocol):
     async def start(self) -> None: ...
 
 
+# How long one Kafka client may take to stop (flush, leave its group) before it is left behind.
+CLIENT_STOP_TIMEOUT_SECONDS: Final = 10.0
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def stop_all(
+    *clients: _Stoppable | None, timeout_seconds: float = CLIENT_STOP_TIMEOUT_SECONDS
+) -> None:
+    """Stop each client in turn, each within ``timeout_seconds``. A client that cannot stop
+    cleanly (the broker is gone: a consumer's last offset commit, a producer's flush) is logged
+    and left, and the clients after it are still stopped: one dead broker must not leave the
+    others open (asyncio's 'Unclosed AIOKafkaProducer' at exit) or hang the shutdown."""
+    for client in clients:
+        if client is None:
+            continue
+        try:
+            await asyncio.wait_for(client.stop(), timeout_seconds)
+        except Exception as exc:  # shutting down: report and go on with the next client
+            log.warning("stopping %s: %r; left behind", type(client).__name__, exc)
+
+
 def client_options(settings: config.Settings) -> dict[str, Any]:
     """Keyword arguments of any aiokafka client: the brokers and how to reach them."""
     protocol = settings.kafka.security_protocol

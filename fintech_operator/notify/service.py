@@ -422,8 +422,7 @@ async def run(
         await asyncio.gather(*tasks, return_exceptions=True)
         await notifier.stop()
         await listener.close()
-        await consumer.stop()
-        await producer.stop()
+        await kafka.stop_all(consumer, producer)
         await client.aclose()
         await pool.close()
 

@@ -308,8 +308,7 @@ async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event)
     try:
         await _pipeline(consumer, pool, producer, settings, stop)
     finally:
-        await consumer.stop()
-        await producer.stop()
+        await kafka.stop_all(consumer, producer)
         await pool.close()
 
 

@@ -1,0 +1,48 @@
+"""kafka.stop_all: every client is stopped, each within its bound, whatever the others do."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from fintech_operator.events import kafka
+
+
+class Client:
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.stopped = False
+
+    async def stop(self) -> None:
+        if self.behaviour == "raises":
+            raise ConnectionError("broker gone")
+        if self.behaviour == "hangs":
+            await asyncio.sleep(3600)
+        self.stopped = True
+
+
+async def test_a_failing_or_hanging_client_does_not_leave_the_others_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing, hanging, last = Client("raises"), Client("hangs"), Client("ok")
+    with caplog.at_level(logging.WARNING, logger="fintech_operator.events.kafka"):
+        await asyncio.wait_for(
+            kafka.stop_all(failing, None, hanging, last, timeout_seconds=0.2), timeout=5
+        )
+    assert last.stopped
+    assert not failing.stopped
+    assert not hanging.stopped
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "ConnectionError('broker gone')" in warnings[0]
+    assert "TimeoutError" in warnings[1]
+
+
+async def test_clients_that_stop_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    clients = [Client("ok"), Client("ok")]
+    with caplog.at_level(logging.WARNING, logger="fintech_operator.events.kafka"):
+        await kafka.stop_all(*clients)
+    assert all(c.stopped for c in clients)
+    assert caplog.records == []
