@@ -477,6 +477,99 @@ class MetricsSettings(_Group):
     ] = 50
 
 
+# A logging level by name, in any case, stored upper case; the gateway's settings use it too.
+LogLevel = Annotated[
+    str,
+    Field(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$"),
+    pydantic.AfterValidator(str.upper),
+]
+
+
+class LogSettings(_Group):
+    """Every process's JSON log lines on stderr (docs/operations.md)."""
+
+    level: Annotated[
+        LogLevel,
+        Env("FINTECH_LOG_LEVEL"),
+        Field(
+            description="Lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL (any "
+            "case). Default INFO.",
+        ),
+    ] = "INFO"
+
+
+class TracingSettings(_Group):
+    """OpenTelemetry trace export (docs/operations.md), under OpenTelemetry's own variable
+    names. These are the variables the product itself interprets, read once with the other
+    settings. The SDK reads its remaining standard variables itself when the exporter is made
+    (OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_HEADERS and
+    _TIMEOUT): they tune the SDK without changing what the product does, so they are left to
+    it rather than copied here, where two readings could disagree."""
+
+    sdk_disabled: Annotated[
+        str,
+        Env("OTEL_SDK_DISABLED"),
+        Field(
+            max_length=16,
+            description="`true` (any case) turns tracing off entirely, as the OpenTelemetry "
+            "specification says; any other value leaves it on. Default empty (on).",
+        ),
+    ] = ""
+    exporter: Annotated[
+        str,
+        Env("OTEL_TRACES_EXPORTER"),
+        Field(
+            max_length=64,
+            description="otlp (the default) exports when an endpoint is set; none records "
+            "nothing. Anything else stops the process at start.",
+        ),
+    ] = "otlp"
+    endpoint: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Field(
+            max_length=2048,
+            description="Base URL of the OTLP/HTTP collector (/v1/traces is appended); "
+            "setting it turns export on. Default empty: nothing is exported or recorded.",
+        ),
+    ] = ""
+    traces_endpoint: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        Field(
+            max_length=2048,
+            description="Full URL traces are sent to, used as it is; wins over "
+            "OTEL_EXPORTER_OTLP_ENDPOINT. Default empty.",
+        ),
+    ] = ""
+    protocol: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Field(
+            max_length=64,
+            description="OTLP transport; only http/protobuf is built in, so another value "
+            "with an endpoint set stops the process at start. Default empty (http/protobuf).",
+        ),
+    ] = ""
+    traces_protocol: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        Field(
+            max_length=64,
+            description="OTEL_EXPORTER_OTLP_PROTOCOL for traces only; wins over it. Default empty.",
+        ),
+    ] = ""
+    service_name: Annotated[
+        str,
+        Env("OTEL_SERVICE_NAME"),
+        Field(
+            max_length=255,
+            description="service.name of this process's spans. Default empty: the process's "
+            "own name (fintech-operator, fintech-rewards, ...).",
+        ),
+    ] = ""
+
+
 class NotifierSettings(_Group):
     """The webhook notifier (issue 5): routing events to Webhooks and delivering them."""
 
@@ -726,6 +819,8 @@ class Settings(BaseModel):
     health: HealthSettings = HealthSettings()
     peering: PeeringSettings = PeeringSettings()
     metrics: MetricsSettings = MetricsSettings()
+    logs: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     notifier: NotifierSettings = NotifierSettings()
     webhooks: WebhookSettings = WebhookSettings()
     recon: ReconSettings = ReconSettings()

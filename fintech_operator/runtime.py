@@ -216,7 +216,7 @@ def run_operator(
 ) -> int:
     """Entry point of ``fintech-operator run``, with the settings ``cli`` loaded;
     ``liveness_port`` (the flag) wins over ``FINTECH_HEALTH_PORT``."""
-    logs.configure()
+    logs.configure(settings.logs.level)
     config.check_operator(settings)  # fail now, naming the variables
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):

@@ -115,7 +115,7 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
             if left:
                 log.error("stopping with requests not yet settled", extra={"count": left})
             await pool.close()
-            if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+            if metrics.multiprocess_dir() is not None:
                 # This worker's in-flight gauge leaves the sum (a "live" gauge).
                 multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
@@ -147,9 +147,10 @@ def create_secret_file(path: str) -> bool:
 def worker_app() -> fastapi.FastAPI:
     """The app of one worker process (uvicorn's factory), configured from the environment
     the supervisor checked before starting the workers."""
-    logs.configure()
+    config = settings.load()
+    logs.configure(config.log_level)
     metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
-    return build(settings.load(), load_store())
+    return build(config, load_store())
 
 
 def main(*, create_secret: bool = False, workers: int | None = None) -> int:
@@ -163,6 +164,7 @@ def main(*, create_secret: bool = False, workers: int | None = None) -> int:
     except settings.GatewaySettingsError as exc:
         log.error("%s", exc)
         return 2
+    logs.configure(config.log_level)
     if create_secret and create_secret_file(config.signing_secret_file):
         log.info("wrote a new signing secret", extra={"path": config.signing_secret_file})
     try:
@@ -244,8 +246,10 @@ def check_tls(config: settings.GatewaySettings) -> None:
 @contextlib.contextmanager
 def _shared_metrics_dir() -> Iterator[None]:
     """A fresh directory for the workers' metrics (prometheus_client's multiprocess mode),
-    removed at exit; one the environment already names is used as it is."""
-    if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+    removed at exit; one the environment already names is used as it is. It is handed to the
+    workers through the environment, the one channel both uvicorn's worker processes and
+    prometheus_client read (see ``metrics.multiprocess_dir``)."""
+    if metrics.multiprocess_dir() is not None:
         yield
         return
     path = tempfile.mkdtemp(prefix="fintech-gateway-metrics-")

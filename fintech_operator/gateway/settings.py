@@ -15,12 +15,15 @@ from typing import Annotated, Final
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from fintech_operator import config
+
 ENV_PREFIX: Final = "FINTECH_GATEWAY_"
 # Shared with the other processes: one setting decides what probes and /metrics listen on.
 _SHARED_NAMES: Final = {
     "database_url": "DATABASE_URL",
     "metrics_port": "FINTECH_METRICS_PORT",
     "metrics_host": "FINTECH_HEALTH_HOST",
+    "log_level": "FINTECH_LOG_LEVEL",
 }
 
 
@@ -147,6 +150,14 @@ class GatewaySettings(BaseModel):
         ),
     ] = 0
     metrics_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
+    # The variable and the rule of the other processes' settings.logs.level.
+    log_level: Annotated[
+        config.LogLevel,
+        Field(
+            description="FINTECH_LOG_LEVEL: lowest level logged, as for the other "
+            "processes; default INFO."
+        ),
+    ] = "INFO"
 
     @pydantic.model_validator(mode="after")
     def _pool_sizes(self) -> GatewaySettings:

@@ -33,7 +33,7 @@ def start_process(
     settings: config.Settings, service: str
 ) -> wsgiref.simple_server.WSGIServer | None:
     """Set up tracing and, when ``FINTECH_METRICS_PORT`` is not 0, serve ``/metrics``."""
-    tracing.setup(service, version())
+    tracing.setup(service, version(), settings.tracing)
     metrics.build_info.labels(version(), service).set(1)
     if settings.metrics.port == 0:
         log.info("metrics server off (FINTECH_METRICS_PORT=0)")
