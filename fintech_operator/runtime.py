@@ -247,10 +247,12 @@ def _kopf_settings(settings: config.Settings, namespaces: list[str]) -> kopf.Ope
     # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    # One active operator: the chart names a kopf peering object; without one (development,
-    # tests) the operator is standalone. Without a priority each replica takes a random one.
+    # One active operator: the chart names a kopf peering object, which is then mandatory (as
+    # kopf.operator(peering_name=...) makes it); without one (development, tests) the operator
+    # is standalone. Without a priority each replica takes a random one.
     kopf_settings.peering.standalone = not settings.peering.name
     if settings.peering.name:
+        kopf_settings.peering.mandatory = True
         kopf_settings.peering.name = settings.peering.name
     kopf_settings.peering.priority = settings.peering.priority or secrets.randbelow(2**31 - 2) + 1
     return kopf_settings

@@ -109,6 +109,7 @@ def _table(registry: kopf.OperatorRegistry) -> list[tuple[str, str, str | None, 
 
 
 def test_the_registry_holds_every_handler_with_its_id_in_order() -> None:
+    """What the operator runs: each handler once, with the id, kind and trigger it had."""
     registry = runtime.build_registry(config.load(BASE))
     assert _table(registry) == EXPECTED
 
@@ -168,3 +169,24 @@ def test_every_handler_module_with_a_register_function_is_in_the_list() -> None:
         if callable(getattr(module, "register", None)):
             with_register.add(module.__name__)
     assert with_register == {module.__name__ for module in handlers.MODULES}  # type: ignore[attr-defined]
+
+
+def test_kopf_settings_keep_peering_as_the_chart_sets_it() -> None:
+    """A named peering object is mandatory with the configured priority, as kopf.operator's
+    own peering arguments made it; without a name the operator is standalone."""
+    named = config.load(
+        {**BASE, "FINTECH_PEERING_NAME": "fintech", "FINTECH_PEERING_PRIORITY": "7"}
+    )
+    peering = runtime._kopf_settings(named, ["team-a"]).peering
+    assert (peering.name, peering.mandatory, peering.standalone) == ("fintech", True, False)
+    assert peering.priority == 7
+    alone = runtime._kopf_settings(config.load(BASE), []).peering
+    assert (alone.standalone, alone.mandatory) == (True, False)
+    assert 1 <= alone.priority < 2**31
+
+
+def test_kopf_scans_namespaces_only_for_patterns() -> None:
+    """Exact names need no Namespace access (the chart grants none); patterns do."""
+    settings = config.load(BASE)
+    assert runtime._kopf_settings(settings, ["team-a", "team-b"]).scanning.disabled is True
+    assert runtime._kopf_settings(settings, ["team-*"]).scanning.disabled is False
