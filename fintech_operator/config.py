@@ -19,7 +19,7 @@ import ipaddress
 import os
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +43,11 @@ class Env:
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# A settings group of another process (the gateway's): declared like these, loaded by
+# load_groups, rendered into docs/configuration.md by the same code.
+Group = _Group
 
 
 class DatabaseSettings(_Group):
@@ -477,6 +482,99 @@ class MetricsSettings(_Group):
     ] = 50
 
 
+# A logging level by name, in any case, stored upper case; the gateway's settings use it too.
+LogLevel = Annotated[
+    str,
+    Field(pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$"),
+    pydantic.AfterValidator(str.upper),
+]
+
+
+class LogSettings(_Group):
+    """Every process's JSON log lines on stderr (docs/operations.md)."""
+
+    level: Annotated[
+        LogLevel,
+        Env("FINTECH_LOG_LEVEL"),
+        Field(
+            description="Lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL (any "
+            "case). Default INFO.",
+        ),
+    ] = "INFO"
+
+
+class TracingSettings(_Group):
+    """OpenTelemetry trace export (docs/operations.md), under OpenTelemetry's own variable
+    names. These are the variables the product itself interprets, read once with the other
+    settings. The SDK reads its remaining standard variables itself when the exporter is made
+    (OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_HEADERS and
+    _TIMEOUT): they tune the SDK without changing what the product does, so they are left to
+    it rather than copied here, where two readings could disagree."""
+
+    sdk_disabled: Annotated[
+        str,
+        Env("OTEL_SDK_DISABLED"),
+        Field(
+            max_length=16,
+            description="`true` (any case) turns tracing off entirely, as the OpenTelemetry "
+            "specification says; any other value leaves it on. Default empty (on).",
+        ),
+    ] = ""
+    exporter: Annotated[
+        str,
+        Env("OTEL_TRACES_EXPORTER"),
+        Field(
+            max_length=64,
+            description="otlp (the default) exports when an endpoint is set; none records "
+            "nothing. Anything else stops the process at start.",
+        ),
+    ] = "otlp"
+    endpoint: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Field(
+            max_length=2048,
+            description="Base URL of the OTLP/HTTP collector (/v1/traces is appended); "
+            "setting it turns export on. Default empty: nothing is exported or recorded.",
+        ),
+    ] = ""
+    traces_endpoint: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        Field(
+            max_length=2048,
+            description="Full URL traces are sent to, used as it is; wins over "
+            "OTEL_EXPORTER_OTLP_ENDPOINT. Default empty.",
+        ),
+    ] = ""
+    protocol: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Field(
+            max_length=64,
+            description="OTLP transport; only http/protobuf is built in, so another value "
+            "with an endpoint set stops the process at start. Default empty (http/protobuf).",
+        ),
+    ] = ""
+    traces_protocol: Annotated[
+        str,
+        Env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        Field(
+            max_length=64,
+            description="OTEL_EXPORTER_OTLP_PROTOCOL for traces only; wins over it. Default empty.",
+        ),
+    ] = ""
+    service_name: Annotated[
+        str,
+        Env("OTEL_SERVICE_NAME"),
+        Field(
+            max_length=255,
+            description="service.name of this process's spans. Default empty: the process's "
+            "own name (fintech-operator, fintech-rewards, ...).",
+        ),
+    ] = ""
+
+
 class NotifierSettings(_Group):
     """The webhook notifier (issue 5): routing events to Webhooks and delivering them."""
 
@@ -710,8 +808,9 @@ class TokenizerSettings(_Group):
 class Settings(BaseModel):
     """All tunables of the operator and its consumers, one group per concern.
 
-    The gateway (``fintech-operator gateway``) has its own small model,
-    ``fintech_operator.gateway.settings``.
+    The gateway (``fintech-operator gateway``) loads its own model of groups
+    (``fintech_operator.gateway.settings.GatewayProcessSettings``): the groups it shares with
+    the other processes and its own ``gateway`` group, through :func:`load_groups`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -726,6 +825,8 @@ class Settings(BaseModel):
     health: HealthSettings = HealthSettings()
     peering: PeeringSettings = PeeringSettings()
     metrics: MetricsSettings = MetricsSettings()
+    logs: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     notifier: NotifierSettings = NotifierSettings()
     webhooks: WebhookSettings = WebhookSettings()
     recon: ReconSettings = ReconSettings()
@@ -746,12 +847,13 @@ class SettingField:
         return f"{self.group}.{self.name}"
 
 
-def fields() -> Iterator[SettingField]:
-    """Every setting, group by group in declaration order."""
-    for group, group_info in Settings.model_fields.items():
+def fields(process: type[BaseModel] = Settings) -> Iterator[SettingField]:
+    """Every setting of ``process`` (the operator's and its consumers' by default), group by
+    group in declaration order."""
+    for group, group_info in process.model_fields.items():
         model = group_info.annotation
         if not (isinstance(model, type) and issubclass(model, _Group)):
-            raise TypeError(f"Settings.{group} must be a settings group")
+            raise TypeError(f"{process.__name__}.{group} must be a settings group")
         for name, info in model.model_fields.items():
             envs = [meta.name for meta in info.metadata if isinstance(meta, Env)]
             if len(envs) != 1:
@@ -759,13 +861,16 @@ def fields() -> Iterator[SettingField]:
             yield SettingField(group, name, envs[0], info)
 
 
-def env_names() -> dict[str, str]:
+def env_names(process: type[BaseModel] = Settings) -> dict[str, str]:
     """Field path (``"relay.batch_max"``) to environment variable name."""
-    return {field.path: field.env for field in fields()}
+    return {field.path: field.env for field in fields(process)}
 
 
 def _env_name(path: str) -> str:
     return env_names()[path]
+
+
+_P = TypeVar("_P", bound=BaseModel)
 
 
 class SettingsError(RuntimeError):
@@ -787,31 +892,46 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     Called once per process (by ``fintech_operator.cli``); the result is passed down.
     """
-    source: Mapping[str, str] = os.environ if environ is None else environ
-    names = env_names()
-    values: dict[str, dict[str, Any]] = {group: {} for group in Settings.model_fields}
-    for path, env in names.items():
-        if env in source:
-            group, name = path.split(".")
-            values[group][name] = source[env]
-    try:
-        settings = Settings.model_validate(values)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{_located(names, err['loc'])}: {err['msg']}" for err in exc.errors())
-        # from None: pydantic's own text repeats each input value, and a value may be a secret.
-        raise SettingsError(f"invalid settings: {problems}") from None
+    settings = load_groups(Settings, environ)
     _check_ranges(settings)
     _check_kafka_security(settings.kafka)
     _check_tokenizer(settings.tokenizer)
     return settings
 
 
+def load_groups(process: type[_P], environ: Mapping[str, str] | None = None) -> _P:
+    """``process``'s settings (a model of groups) from the environment, failing with the
+    variable's name: the one loader of every process's settings (the gateway's too)."""
+    source: Mapping[str, str] = os.environ if environ is None else environ
+    names = env_names(process)
+    values: dict[str, dict[str, Any]] = {group: {} for group in process.model_fields}
+    for path, env in names.items():
+        if env in source:
+            group, name = path.split(".")
+            values[group][name] = source[env]
+    try:
+        return process.model_validate(values)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(_problem(names, err) for err in exc.errors())
+        # from None: pydantic's own text repeats each input value, and a value may be a secret.
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
 def _located(names: Mapping[str, str], loc: tuple[int | str, ...]) -> str:
-    """The variable an error is about (a group-wide error names the group's variables)."""
+    """The variable an error is about. A group-wide error (a check across fields) is about
+    the group's variables its message names, else about all of the group's."""
     path = ".".join(str(part) for part in loc[:2])
     if path in names:
         return names[path]
     return ", ".join(env for key, env in names.items() if key.startswith(f"{loc[0]}."))
+
+
+def _problem(names: Mapping[str, str], error: Any) -> str:
+    located, message = _located(names, error["loc"]), str(error["msg"])
+    named = [env for env in located.split(", ") if env in message]
+    if len(error["loc"]) == 1 and named:
+        return message.removeprefix("Value error, ")
+    return f"{located}: {message}"
 
 
 def _check_ranges(settings: Settings) -> None:

@@ -1,9 +1,16 @@
-"""The few direct Kubernetes API calls the operator makes outside kopf's own patches."""
+"""The product's one Kubernetes client factory, and the few direct API calls the operator
+makes outside kopf's own patches.
+
+Every client of ours (these calls, the reconciliation sources, the sanctions lists, the
+notifier's Webhook and Secret reads) comes from :func:`api_client`. kopf logs in on its own, with
+the same rule (``kopf.login_via_client``, named in ``runtime.build_registry``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from typing import Any
 
 import kubernetes
@@ -17,13 +24,25 @@ REQUEST_TIMEOUT_SECONDS = 30
 
 
 @functools.cache
-def _custom_objects() -> Any:
-    """In-cluster credentials when running in a pod, the kubeconfig otherwise."""
+def api_client() -> kubernetes.client.ApiClient:
+    """The process's API client: in-cluster credentials when running in a pod, the kubeconfig
+    otherwise. Made on first use and shared (urllib3's pool is thread-safe)."""
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.CustomObjectsApi()
+        # KUBECONFIG is the client library's own variable (kubectl's too), not a setting of
+        # ours: read here, when the first client is made, because the library reads it only
+        # once, when it is first imported (before a test or a tool has set it).
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    return kubernetes.client.ApiClient(configuration)
+
+
+@functools.cache
+def _custom_objects() -> Any:
+    return kubernetes.client.CustomObjectsApi(api_client())
 
 
 def _delete(plural: str, namespace: str, name: str, uid: str) -> bool:

@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -165,15 +164,18 @@ class KafkaCoordinatorWaitFilter(logging.Filter):
         return True
 
 
-def configure() -> None:
-    """Install the JSON handler at the level named by FINTECH_LOG_LEVEL (default INFO)."""
+def configure(level: str = "INFO") -> None:
+    """Install the JSON handler at ``level`` (``settings.logs.level``, FINTECH_LOG_LEVEL).
+
+    A process calls it first with the default, so that a bad setting is reported as a JSON
+    line too, and again with its settings once they are loaded."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RoutineSuccessFilter())
     handler.addFilter(KafkaCoordinatorWaitFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("FINTECH_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level.upper())
     # Python warnings become JSON lines too, rather than raw text on stderr.
     logging.captureWarnings(True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -4,30 +4,32 @@ Start-up order matters: migrations first (locked, so several replicas are safe),
 then topics, then the pool and the relay, and only then do handlers run. kopf keeps
 its own bookkeeping in ``status.kopf`` rather than in annotations, so GitOps tools
 see no drift in what users wrote.
+
+The operator runs on its own kopf registry, built by :func:`build_registry` from the settings
+``cli`` loaded; kopf's default registry stays empty (importing a handler registers nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator import api, config, kube, logs, memory
+from fintech_operator import api, config, handlers, kube, logs, memory
 from fintech_operator.app import posting_queue, stores
 from fintech_operator.authorizations import expiry
 from fintech_operator.cards import http_tokenizer, tokenizer
 from fintech_operator.events import collector, kafka, relay
+from fintech_operator.handlers import card_queue, context
+from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import grants, migrate
 from fintech_operator.observability import lifecycle, tracing
-
-if TYPE_CHECKING:
-    # Imported when the operator runs (_operate): importing handlers registers them with kopf.
-    from fintech_operator.handlers.context import OperatorMemo
 
 log = logging.getLogger(__name__)
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -69,7 +71,6 @@ def _signalled(stop: asyncio.Event, signum: int) -> None:
     stop.set()
 
 
-@kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # kopf installs its signal handlers just before the startup handlers run: replace them.
     _stop_on_signals(memo.stop_flag)
@@ -133,8 +134,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any
 def _start_cards(memo: OperatorMemo, settings: kopf.OperatorSettings, app: config.Settings) -> None:
     """The cards' operator-wide state: the namespaces' refresh and review timers, and the
     bounded queue from which a few workers on the handlers' slots issue new cards."""
-    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
-
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
     memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     card_queue.start(memo, settings, app.database.pool_size_max)
@@ -176,11 +175,8 @@ def _ignore_signals_from_now_on() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-@kopf.on.cleanup()
 async def _cleanup(memo: OperatorMemo, **_: Any) -> None:
     _ignore_signals_from_now_on()
-    from fintech_operator.handlers import card_queue  # noqa: PLC0415 - as run_operator does
-
     await card_queue.stop(memo)  # before the pool closes: a worker may hold a card
     await collector.stop(memo.get("metrics_collector"))
     queue: posting_queue.PostingQueue | None = memo.get("posting_queue")
@@ -220,9 +216,7 @@ def run_operator(
 ) -> int:
     """Entry point of ``fintech-operator run``, with the settings ``cli`` loaded;
     ``liveness_port`` (the flag) wins over ``FINTECH_HEALTH_PORT``."""
-    import secrets  # noqa: PLC0415
-
-    logs.configure()
+    logs.configure(settings.logs.level)
     config.check_operator(settings)  # fail now, naming the variables
     # Fail closed before anything starts: no processor URL and no explicit development opt-in.
     if isinstance(http_tokenizer.from_settings(settings), tokenizer.BuiltinTokenizer):
@@ -234,42 +228,68 @@ def run_operator(
         liveness_port = settings.health.port
     host = settings.health.host
     _check_probe_port(host, liveness_port)
-    from fintech_operator import handlers  # noqa: PLC0415 - registers every handler
-
-    handlers.register_timers(settings)
+    registry = build_registry(settings)
     logging.getLogger("kopf.objects").addFilter(_WaitsLogAsInfo(handlers.report.WAIT_PREFIX))
     # Queue handlers for the pool's connections (issue 17); before the timing wraps them.
-    handlers.slots.install(settings.database.pool_size_max)
-    handlers.outages.install()  # a lost database connection is a short retry (issue 16)
+    handlers.slots.install(settings.database.pool_size_max, registry)
+    handlers.outages.install(registry)  # a lost database connection is a short retry (issue 16)
     handlers.readiness.install()  # one readiness waiter per toggle set, not per object
-    lifecycle.start_operator(settings)  # tracing, /metrics, timing of every handler
-
-    # One active operator: the chart names a kopf peering object; without one (development,
-    # tests) the operator is standalone. Without a priority each replica takes a random one.
-    peering_name = settings.peering.name or None
-    priority = settings.peering.priority or secrets.randbelow(2**31 - 2) + 1
+    lifecycle.start_operator(settings, registry)  # tracing, /metrics, timing of every handler
     liveness = f"http://{host}:{liveness_port}/healthz" if liveness_port else None
+    kopf_settings = _kopf_settings(settings, namespaces)
+    asyncio.run(_operate(settings, registry, kopf_settings, namespaces, liveness))
+    return 0
+
+
+def _kopf_settings(settings: config.Settings, namespaces: list[str]) -> kopf.OperatorSettings:
+    """kopf's settings known before it starts (``_startup`` sets the rest)."""
+    kopf_settings = kopf.OperatorSettings()
     # The chart grants no access to Namespaces or CRDs: exact namespace names need no scanning
     # (patterns, used in development, do), and new CRDs come with an upgrade, which restarts us.
-    kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in namespaces)
-    asyncio.run(_operate(settings, kopf_settings, namespaces, liveness, peering_name, priority))
-    return 0
+    # One active operator: the chart names a kopf peering object, which is then mandatory (as
+    # kopf.operator(peering_name=...) makes it); without one (development, tests) the operator
+    # is standalone. Without a priority each replica takes a random one.
+    kopf_settings.peering.standalone = not settings.peering.name
+    if settings.peering.name:
+        kopf_settings.peering.mandatory = True
+        kopf_settings.peering.name = settings.peering.name
+    kopf_settings.peering.priority = settings.peering.priority or secrets.randbelow(2**31 - 2) + 1
+    return kopf_settings
+
+
+def build_registry(settings: config.Settings) -> kopf.OperatorRegistry:
+    """The operator's kopf registry: login, start-up and clean-up, then every handler.
+
+    A fresh registry, not kopf's default one: nothing is registered by importing a module, and
+    what runs is what this function lists, configured from ``settings``.
+    """
+    registry = kopf.OperatorRegistry()
+    # kopf's default registry logs in through the kubernetes client library (in-cluster
+    # credentials, else the kubeconfig), as kube.py's client does; an explicit registry
+    # starts with no login handler, so the same one is named here.
+    kopf.on.login(registry=registry, id="login_via_client", errors=kopf.ErrorsMode.IGNORED)(
+        kopf.login_via_client
+    )
+    # Ours before the handlers' own (handlers.recon): the pool and the relay exist first, and
+    # on the way out the card queue and the posting queue stop before the pool closes.
+    kopf.on.startup(registry=registry)(_startup)
+    kopf.on.cleanup(registry=registry)(_cleanup)
+    handlers.register(registry, settings)
+    return registry
 
 
 async def _operate(
     settings: config.Settings,
+    registry: kopf.OperatorRegistry,
     kopf_settings: kopf.OperatorSettings,
     namespaces: list[str],
     liveness: str | None,
-    peering_name: str | None,
-    priority: int,
 ) -> None:
-    from fintech_operator.handlers import context  # noqa: PLC0415 - handlers are imported by now
-
     # The stop flag lives in this loop; the startup handler points the signals at it.
     stop = asyncio.Event()
     await kopf.operator(
+        registry=registry,
         # All of an object's due handlers in one cycle, so one status patch: kopf's default
         # runs one per cycle (a new Card has three: issue and two field handlers), a patch each.
         lifecycle=kopf.lifecycles.all_at_once,
@@ -279,7 +299,4 @@ async def _operate(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=peering_name is None,
-        peering_name=peering_name,
-        priority=priority,
     )

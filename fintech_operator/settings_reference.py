@@ -3,7 +3,8 @@
     python -m fintech_operator.settings_reference [--check] [FILE]   # FILE: docs/configuration.md
 
 Every environment variable of the operator and its consumers (``fintech_operator.config``)
-and of the gateway (``fintech_operator.gateway.settings``), with its type and bounds, default,
+and of the gateway (``fintech_operator.gateway.settings``, loaded by the same
+``config.load_groups``), with its type and bounds, default,
 unit and description, straight from the models: the page cannot drift from the code.
 ``--check`` writes nothing and exits 1 when the file differs from what would be written
 (``make lint`` runs it, as it runs ``crdgen --check``).
@@ -50,6 +51,16 @@ sets any `FINTECH_*` setting of the operator and its consumers in camelCase
 The operator's settings are grouped by concern; the group and field name each variable is read
 into (`settings.database.pool_size_max`) are in the second column. Bounds are inclusive
 (`> 0` means more than 0).
+"""
+
+
+_GATEWAY_INTRO = """Loaded by the same loader (`config.load_groups`) into
+`gateway.settings.GatewayProcessSettings`: its own `gateway` group below and, from the groups
+it shares with the other processes (same variables, same rules), `database.url`
+(`DATABASE_URL`), `health.host` (`FINTECH_HEALTH_HOST`, where a separate /metrics listens),
+`metrics.port` (`FINTECH_METRICS_PORT`: 0, the default, serves /metrics on the gateway's own
+port instead of turning it off) and `logs.level` (`FINTECH_LOG_LEVEL`). docs/gateway.md says
+how it runs.
 """
 
 
@@ -136,16 +147,10 @@ def render() -> str:
         lines.extend(_table((f.env, f.path, f.info) for f in fields))
         lines.append("")
     lines.append("## The authorization gateway (`fintech-operator gateway`)\n")
-    lines.append(
-        "Its own small model (docs/gateway.md); the variables it shares with the other "
-        "processes have the same names.\n"
-    )
-    gateway_fields = gateway_settings.GatewaySettings.model_fields
+    process = gateway_settings.GatewayProcessSettings
+    lines.append(_GATEWAY_INTRO)
     lines.extend(
-        _table(
-            (gateway_settings.env_name(name), f"gateway.{name}", info)
-            for name, info in gateway_fields.items()
-        )
+        _table((f.env, f.path, f.info) for f in config.fields(process) if f.group == "gateway")
     )
     return "\n".join(lines) + "\n"
 

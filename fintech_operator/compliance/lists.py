@@ -125,16 +125,14 @@ _API: Any = None
 
 
 def _core_api() -> Any:
-    """A CoreV1Api from the in-cluster service account, else from KUBECONFIG (development)."""
+    """A CoreV1Api on the process's one client (:func:`fintech_operator.kube.api_client`)."""
     global _API  # noqa: PLW0603 - one client per process, created on first use
     if _API is None:
-        from kubernetes import client, config  # noqa: PLC0415 - only the operator needs it
+        from kubernetes import client  # noqa: PLC0415 - only the operator needs it
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        _API = client.CoreV1Api()
+        from fintech_operator import kube  # noqa: PLC0415 - as the client library
+
+        _API = client.CoreV1Api(kube.api_client())
     return _API
 
 

@@ -172,7 +172,7 @@ def main(
     # Stopped while still starting (nothing opened yet): a clean exit, not death by signal.
     # The event loop's handlers below take over once it runs.
     signal.signal(signal.SIGTERM, _exit_while_starting)
-    logs.configure()
+    logs.configure(settings.logs.level)
     lifecycle.start_process(settings, service)  # tracing; /metrics when a port is set
 
     async def runner() -> None:

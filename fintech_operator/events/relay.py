@@ -390,7 +390,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 def main(settings: config.Settings) -> int:
     """Run the relay alone (``python -m fintech_operator.events.relay``) until SIGTERM."""
-    logs.configure()
+    logs.configure(settings.logs.level)
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -53,29 +53,31 @@ def load_store() -> contract.Store:
     return store
 
 
-def _pool(config: settings.GatewaySettings) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+def _pool(
+    config: settings.GatewayProcessSettings,
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """The gateway's pool, not yet open: a pool wait never outlasts a request's deadline."""
     return AsyncConnectionPool(
-        config.database_url,
-        min_size=config.db_pool_min_size,
-        max_size=config.db_pool_max_size,
+        config.database.url,
+        min_size=config.gateway.db_pool_min_size,
+        max_size=config.gateway.db_pool_max_size,
         open=False,
-        timeout=config.deadline_ms / 1000,
+        timeout=config.gateway.deadline_ms / 1000,
         # Autocommit: each store call is one statement, its own transaction, one round trip.
         kwargs={
             "autocommit": True,
-            "connect_timeout": max(1, round(config.db_connect_timeout_seconds)),
+            "connect_timeout": max(1, round(config.gateway.db_connect_timeout_seconds)),
             # PostgreSQL cancels a statement still running at the deadline, so a request the
             # gateway already declined cannot commit a hold later on its own: if this process
             # dies before it settles (kill -9 while the statement waits on a lock), nobody
             # would release that hold (found by the fault campaign, tests/faults).
-            "options": f"-c statement_timeout={config.deadline_ms}",
+            "options": f"-c statement_timeout={config.gateway.deadline_ms}",
         },
         name="gateway",
     )
 
 
-def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.FastAPI:
+def build(config: settings.GatewayProcessSettings, store: contract.Store) -> fastapi.FastAPI:
     """The app with its pool, gate and secret source, opened and closed by its lifespan."""
     pool = _pool(config)
 
@@ -85,9 +87,9 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
     the_gate = gate.Gate(
         store,
         connect,
-        deadline_seconds=config.deadline_ms / 1000,
-        in_flight_max=config.in_flight_max,
-        settle_timeout_seconds=config.settle_timeout_seconds,
+        deadline_seconds=config.gateway.deadline_ms / 1000,
+        in_flight_max=config.gateway.in_flight_max,
+        settle_timeout_seconds=config.gateway.settle_timeout_seconds,
     )
 
     async def ready() -> bool:
@@ -115,16 +117,20 @@ def build(config: settings.GatewaySettings, store: contract.Store) -> fastapi.Fa
             if left:
                 log.error("stopping with requests not yet settled", extra={"count": left})
             await pool.close()
-            if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+            if metrics.multiprocess_dir() is not None:
                 # This worker's in-flight gauge leaves the sum (a "live" gauge).
                 multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     deps = gateway_app.Deps(
         gate=the_gate,
-        secrets=trust.SecretSource(config.signing_secret_file, config.secret_refresh_seconds),
-        limits=gateway_app.Limits(config.body_bytes_max, config.signature_tolerance_seconds),
+        secrets=trust.SecretSource(
+            config.gateway.signing_secret_file, config.gateway.secret_refresh_seconds
+        ),
+        limits=gateway_app.Limits(
+            config.gateway.body_bytes_max, config.gateway.signature_tolerance_seconds
+        ),
         ready=ready,
-        serve_metrics=config.metrics_port == 0,
+        serve_metrics=config.metrics.port == 0,
     )
     return gateway_app.create_app(deps, lifespan)
 
@@ -147,9 +153,10 @@ def create_secret_file(path: str) -> bool:
 def worker_app() -> fastapi.FastAPI:
     """The app of one worker process (uvicorn's factory), configured from the environment
     the supervisor checked before starting the workers."""
-    logs.configure()
+    config = settings.load()
+    logs.configure(config.logs.level)
     metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
-    return build(settings.load(), load_store())
+    return build(config, load_store())
 
 
 def main(*, create_secret: bool = False, workers: int | None = None) -> int:
@@ -163,37 +170,44 @@ def main(*, create_secret: bool = False, workers: int | None = None) -> int:
     except settings.GatewaySettingsError as exc:
         log.error("%s", exc)
         return 2
-    if create_secret and create_secret_file(config.signing_secret_file):
-        log.info("wrote a new signing secret", extra={"path": config.signing_secret_file})
+    logs.configure(config.logs.level)
+    if create_secret and create_secret_file(config.gateway.signing_secret_file):
+        log.info("wrote a new signing secret", extra={"path": config.gateway.signing_secret_file})
     try:
-        trust.SecretSource(config.signing_secret_file, 0).keys()
+        trust.SecretSource(config.gateway.signing_secret_file, 0).keys()
         check_tls(config)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
     log.info(
         "gateway listening",
-        extra={"host": config.host, "port": config.port, "workers": config.workers},
+        extra={
+            "host": config.gateway.host,
+            "port": config.gateway.port,
+            "workers": config.gateway.workers,
+        },
     )
-    if config.workers == 1:
+    if config.gateway.workers == 1:
         metrics.build_info.labels(lifecycle.version(), "fintech-gateway").set(1)
-        if config.metrics_port:
-            metrics.serve(config.metrics_host, config.metrics_port)
+        if config.metrics.port:
+            metrics.serve(config.health.host, config.metrics.port)
         uvicorn.Server(
             uvicorn.Config(build(config, load_store()), **_uvicorn_options(config))
         ).run()
         return 0
     with _shared_metrics_dir():
-        if config.metrics_port:
-            metrics.serve(config.metrics_host, config.metrics_port)
-        uvicorn.run(WORKER_APP, factory=True, workers=config.workers, **_uvicorn_options(config))
+        if config.metrics.port:
+            metrics.serve(config.health.host, config.metrics.port)
+        uvicorn.run(
+            WORKER_APP, factory=True, workers=config.gateway.workers, **_uvicorn_options(config)
+        )
     return 0
 
 
-def _uvicorn_options(config: settings.GatewaySettings) -> dict[str, Any]:
+def _uvicorn_options(config: settings.GatewayProcessSettings) -> dict[str, Any]:
     return {
-        "host": config.host,
-        "port": config.port,
+        "host": config.gateway.host,
+        "port": config.gateway.port,
         "loop": "uvloop",
         "http": "httptools",
         "lifespan": "on",
@@ -206,36 +220,36 @@ def _uvicorn_options(config: settings.GatewaySettings) -> dict[str, Any]:
     }
 
 
-def tls_options(config: settings.GatewaySettings) -> dict[str, Any]:
+def tls_options(config: settings.GatewayProcessSettings) -> dict[str, Any]:
     """uvicorn's TLS options: none for plain HTTP; with a client CA, a client certificate
     signed by it is required in the handshake (a connection without one is closed before any
     HTTP is read)."""
-    if config.tls_cert_file is None:
+    if config.gateway.tls_cert_file is None:
         return {}
     options: dict[str, Any] = {
-        "ssl_certfile": config.tls_cert_file,
-        "ssl_keyfile": config.tls_key_file,
+        "ssl_certfile": config.gateway.tls_cert_file,
+        "ssl_keyfile": config.gateway.tls_key_file,
     }
-    if config.tls_client_ca_file is not None:
-        options["ssl_ca_certs"] = config.tls_client_ca_file
+    if config.gateway.tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = config.gateway.tls_client_ca_file
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     return options
 
 
-def check_tls(config: settings.GatewaySettings) -> None:
+def check_tls(config: settings.GatewayProcessSettings) -> None:
     """Load the TLS files once at start, so a bad one stops the process naming its variable
     (:class:`ValueError`) instead of failing in uvicorn (or in each worker)."""
-    if config.tls_cert_file is None or config.tls_key_file is None:
+    if config.gateway.tls_cert_file is None or config.gateway.tls_key_file is None:
         return
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     cert, key = settings.env_name("tls_cert_file"), settings.env_name("tls_key_file")
     try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        context.load_cert_chain(config.gateway.tls_cert_file, config.gateway.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"{cert} / {key}: cannot load the certificate and key: {exc}") from None
-    if config.tls_client_ca_file is not None:
+    if config.gateway.tls_client_ca_file is not None:
         try:
-            context.load_verify_locations(config.tls_client_ca_file)
+            context.load_verify_locations(config.gateway.tls_client_ca_file)
         except (OSError, ssl.SSLError) as exc:
             name = settings.env_name("tls_client_ca_file")
             raise ValueError(f"{name}: cannot load the client CA: {exc}") from None
@@ -244,8 +258,10 @@ def check_tls(config: settings.GatewaySettings) -> None:
 @contextlib.contextmanager
 def _shared_metrics_dir() -> Iterator[None]:
     """A fresh directory for the workers' metrics (prometheus_client's multiprocess mode),
-    removed at exit; one the environment already names is used as it is."""
-    if os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE):
+    removed at exit; one the environment already names is used as it is. It is handed to the
+    workers through the environment, the one channel both uvicorn's worker processes and
+    prometheus_client read (see ``metrics.multiprocess_dir``)."""
+    if metrics.multiprocess_dir() is not None:
         yield
         return
     path = tempfile.mkdtemp(prefix="fintech-gateway-metrics-")

@@ -1,37 +1,37 @@
 """The gateway's settings: read once from the environment, validated at start-up.
 
-The gateway is its own process with its own needs (no Kafka, no Kubernetes API), so it has
-its own small settings model rather than the operator's. Names follow the same rule: the
-connection string is ``DATABASE_URL``, everything else ``FINTECH_GATEWAY_<NAME>``, units in
-the names, every value bounded; a bad value stops the process naming the variable.
+The gateway is its own process with its own needs (no Kafka, no Kubernetes API). Its settings
+are a model of groups loaded by the operator's own loader (``config.load_groups``): the groups
+it shares with the other processes, under the same variables (``database`` for
+``DATABASE_URL``, ``health`` for ``FINTECH_HEALTH_HOST``, ``metrics`` for
+``FINTECH_METRICS_PORT``, ``logs`` for ``FINTECH_LOG_LEVEL``), and its own ``gateway`` group,
+``FINTECH_GATEWAY_<NAME>``, units in the names, every value bounded; a bad value stops the
+process naming the variable.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Annotated, Final
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from fintech_operator import config
+
 ENV_PREFIX: Final = "FINTECH_GATEWAY_"
-# Shared with the other processes: one setting decides what probes and /metrics listen on.
-_SHARED_NAMES: Final = {
-    "database_url": "DATABASE_URL",
-    "metrics_port": "FINTECH_METRICS_PORT",
-    "metrics_host": "FINTECH_HEALTH_HOST",
-}
 
 
-class GatewaySettings(BaseModel):
-    """Every tunable of ``fintech-operator gateway``."""
+def _env(field: str) -> config.Env:
+    return config.Env(ENV_PREFIX + field.upper())
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    database_url: Annotated[str, Field(min_length=1, description="libpq DSN of the ledger")]
+class GatewaySettings(config.Group):
+    """The gateway's own tunables (``fintech-operator gateway``, docs/gateway.md)."""
+
     signing_secret_file: Annotated[
         str,
+        _env("signing_secret_file"),
         Field(
             min_length=1,
             max_length=4096,
@@ -41,11 +41,16 @@ class GatewaySettings(BaseModel):
         ),
     ]
     host: Annotated[
-        str, Field(min_length=1, max_length=255, description="Listen address; default loopback.")
+        str,
+        _env("host"),
+        Field(min_length=1, max_length=255, description="Listen address; default loopback."),
     ] = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535, description="Listen port; default 8088.")] = 8088
+    port: Annotated[
+        int, _env("port"), Field(ge=0, le=65535, description="Listen port; default 8088.")
+    ] = 8088
     workers: Annotated[
         int,
+        _env("workers"),
         Field(
             ge=1,
             le=32,
@@ -55,6 +60,7 @@ class GatewaySettings(BaseModel):
     ] = 1
     deadline_ms: Annotated[
         int,
+        _env("deadline_ms"),
         Field(
             ge=50,
             le=30_000,
@@ -65,6 +71,7 @@ class GatewaySettings(BaseModel):
     ] = 1500
     in_flight_max: Annotated[
         int,
+        _env("in_flight_max"),
         Field(
             ge=1,
             le=10_000,
@@ -74,10 +81,12 @@ class GatewaySettings(BaseModel):
     ] = 64
     body_bytes_max: Annotated[
         int,
+        _env("body_bytes_max"),
         Field(ge=256, le=1_048_576, description="Largest request body; more is 413. Default 8192."),
     ] = 8192
     signature_tolerance_seconds: Annotated[
         int,
+        _env("signature_tolerance_seconds"),
         Field(
             ge=1,
             le=3600,
@@ -86,6 +95,7 @@ class GatewaySettings(BaseModel):
     ] = 300
     secret_refresh_seconds: Annotated[
         float,
+        _env("secret_refresh_seconds"),
         Field(
             ge=0,
             le=3600,
@@ -93,9 +103,19 @@ class GatewaySettings(BaseModel):
             "again (a rotated Secret takes effect within this time); default 10.",
         ),
     ] = 10.0
-    db_pool_min_size: Annotated[int, Field(ge=1, le=256)] = 4
+    db_pool_min_size: Annotated[
+        int,
+        _env("db_pool_min_size"),
+        Field(
+            ge=1,
+            le=256,
+            description="Connections to PostgreSQL one gateway process keeps open even when "
+            "idle; default 4.",
+        ),
+    ] = 4
     db_pool_max_size: Annotated[
         int,
+        _env("db_pool_max_size"),
         Field(
             ge=1,
             le=256,
@@ -103,10 +123,13 @@ class GatewaySettings(BaseModel):
         ),
     ] = 16
     db_connect_timeout_seconds: Annotated[
-        float, Field(gt=0, le=300, description="Longest wait to open one connection; default 10.")
+        float,
+        _env("db_connect_timeout_seconds"),
+        Field(gt=0, le=300, description="Longest wait to open one connection; default 10."),
     ] = 10.0
     settle_timeout_seconds: Annotated[
         float,
+        _env("settle_timeout_seconds"),
         Field(
             gt=0,
             le=3600,
@@ -116,6 +139,7 @@ class GatewaySettings(BaseModel):
     ] = 300.0
     tls_cert_file: Annotated[
         str | None,
+        _env("tls_cert_file"),
         Field(
             min_length=1,
             max_length=4096,
@@ -125,10 +149,12 @@ class GatewaySettings(BaseModel):
     ] = None
     tls_key_file: Annotated[
         str | None,
+        _env("tls_key_file"),
         Field(min_length=1, max_length=4096, description="PEM private key of tls_cert_file."),
     ] = None
     tls_client_ca_file: Annotated[
         str | None,
+        _env("tls_client_ca_file"),
         Field(
             min_length=1,
             max_length=4096,
@@ -137,16 +163,6 @@ class GatewaySettings(BaseModel):
             "Needs tls_cert_file.",
         ),
     ] = None
-    metrics_port: Annotated[
-        int,
-        Field(
-            ge=0,
-            le=65535,
-            description="FINTECH_METRICS_PORT: /metrics port, 0 (the default) serves it on "
-            "the gateway's own port instead.",
-        ),
-    ] = 0
-    metrics_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
 
     @pydantic.model_validator(mode="after")
     def _pool_sizes(self) -> GatewaySettings:
@@ -170,29 +186,44 @@ class GatewaySettings(BaseModel):
         return self
 
 
-class GatewaySettingsError(RuntimeError):
-    """A setting is missing or out of bounds; the message names the variable."""
+class GatewayProcessSettings(BaseModel):
+    """Everything ``fintech-operator gateway`` reads, one group per concern.
+
+    The shared groups are the other processes' own, under the same variables; the gateway
+    reads ``database.url`` (its pool is sized by its own group), ``health.host`` (where a
+    separate /metrics listens), ``metrics.port`` (0, the default, serves /metrics on the
+    gateway's own port instead of turning it off) and ``logs.level``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database: config.DatabaseSettings
+    health: config.HealthSettings = config.HealthSettings()
+    metrics: config.MetricsSettings = config.MetricsSettings()
+    logs: config.LogSettings = config.LogSettings()
+    gateway: GatewaySettings
+
+
+# The operator's SettingsError: the gateway's settings are loaded by the same loader.
+GatewaySettingsError = config.SettingsError
 
 
 def env_name(field: str) -> str:
-    """The environment variable of ``field``."""
-    return _SHARED_NAMES.get(field, ENV_PREFIX + field.upper())
+    """The environment variable of the gateway group's ``field``."""
+    return ENV_PREFIX + field.upper()
 
 
-def load(environ: Mapping[str, str] | None = None) -> GatewaySettings:
-    """Settings from the environment; :class:`GatewaySettingsError` naming the variable."""
-    source = os.environ if environ is None else environ
-    values = {
-        field: source[env_name(field)]
-        for field in GatewaySettings.model_fields
-        if env_name(field) in source
-    }
-    try:
-        return GatewaySettings.model_validate(values)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{env_name(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        # from None: pydantic's text repeats each input, and DATABASE_URL may hold a password.
-        raise GatewaySettingsError(f"invalid gateway settings: {problems}") from None
+def load(environ: Mapping[str, str] | None = None) -> GatewayProcessSettings:
+    """The gateway's settings from the environment; :class:`GatewaySettingsError` naming the
+    variable (``config.load_groups``)."""
+    return config.load_groups(GatewayProcessSettings, environ)
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "GatewayProcessSettings",
+    "GatewaySettings",
+    "GatewaySettingsError",
+    "env_name",
+    "load",
+]

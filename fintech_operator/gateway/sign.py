@@ -24,6 +24,7 @@ from fintech_operator.notify import signing
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("body", help="the exact body to send ('' for a GET; - reads stdin)")
+    # A command-line tool's default, read when ``cli`` builds its parser, never at import.
     parser.add_argument(
         "--secret-file",
         default=os.environ.get(trust.SECRET_FILE_VARIABLE, ""),

@@ -41,7 +41,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import kopf
 
@@ -50,6 +50,9 @@ from fintech_operator.app import card_state, stores
 from fintech_operator.handlers import cards, slots
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.observability import reconcile
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 log = logging.getLogger(__name__)
 # Cards queued at once (a few hundred bytes each); past it the watch handler waits for room.
@@ -244,7 +247,6 @@ def wanted(body: kopf.Body, type: str | None, **_: Any) -> bool:
     return issued and type in (None, "DELETED")
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "cards", when=wanted)
 async def enqueue(
     body: kopf.Body,
     type: str | None,
@@ -400,12 +402,19 @@ def _slotted(runtime: _Runtime, fn: Callable[..., Awaitable[Any]]) -> Callable[.
     return slots.limit(fn, runtime.slots)
 
 
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add :func:`enqueue` to ``registry`` (see ``handlers.register``); the workers start
+    with the operator (:func:`start`)."""
+    kopf.on.event(api.GROUP, api.VERSION, "cards", when=wanted, registry=registry)(enqueue)
+
+
 __all__ = [
     "QUEUE_SIZE_MAX",
     "CardQueue",
     "Job",
     "enqueue",
     "error_delay_seconds",
+    "register",
     "start",
     "stop",
     "wanted",

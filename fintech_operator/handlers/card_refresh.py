@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import kopf
 import psycopg_pool
@@ -35,6 +35,9 @@ from fintech_operator.handlers import cards, report
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import engine, model
 from fintech_operator.rewards import store as rewards_store
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 log = logging.getLogger(__name__)
 # Cards read per round trip; bounds one statement's parameter list and one patch burst.
@@ -72,7 +75,6 @@ def _amount(value: Any) -> Any:
     return value.get("amount") if isinstance(value, dict) else None
 
 
-@kopf.index(api.GROUP, api.VERSION, "cards")
 def namespace_cards(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """namespace -> what the namespace's timers need of each card, and only that (one index:
     kopf keeps a few hundred bytes per object and index even for cards an index leaves out):
@@ -168,7 +170,6 @@ def in_review(entries: Iterable[Any]) -> list[Mapping[str, Any]]:
     ]
 
 
-@kopf.index(api.GROUP, api.VERSION, "cardproducts")
 def product_names(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
     """namespace -> (name, being deleted) of each product: who refreshes the namespace."""
     return {namespace: (name, meta.get("deletionTimestamp") is not None)}
@@ -205,7 +206,6 @@ def _due(memo: OperatorMemo, namespace: str) -> bool:
     return True
 
 
-@kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=TICK_SECONDS)
 async def refresh_cards(
     namespace: str | None,
     name: str,
@@ -288,7 +288,6 @@ async def _refresh_one(memo: OperatorMemo, snapshot: Mapping[str, Any], figures:
 # --- Reviews: the recorded decisions of cards in PendingReview -----------------------------------
 
 
-@kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=cards.REVIEW_POLL_INTERVAL_SECONDS)
 async def apply_reviews(
     namespace: str | None, name: str, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -339,6 +338,18 @@ async def _apply_review(
         log.exception("card %s/%s: its review's status patch failed; retried", ns, name)
 
 
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the two indexes and the namespaces' two timers to ``registry`` (see
+    ``handlers.register``). The timers are on CardProduct, never on Card (module docstring)."""
+    kopf.index(api.GROUP, api.VERSION, "cards", registry=registry)(namespace_cards)
+    kopf.index(api.GROUP, api.VERSION, "cardproducts", registry=registry)(product_names)
+    for interval, fn in (
+        (TICK_SECONDS, refresh_cards),
+        (cards.REVIEW_POLL_INTERVAL_SECONDS, apply_reviews),
+    ):
+        kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=interval, registry=registry)(fn)
+
+
 __all__ = [
     "IssuedCard",
     "apply_reviews",
@@ -348,5 +359,6 @@ __all__ = [
     "owner",
     "product_names",
     "refresh_cards",
+    "register",
     "snapshot_of",
 ]

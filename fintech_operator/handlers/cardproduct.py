@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import pydantic
 
 from fintech_operator import api
 from fintech_operator.authorizations import mirror
-from fintech_operator.handlers import report
+from fintech_operator.handlers import report, wiring
 from fintech_operator.handlers.context import OperatorMemo
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 PRODUCT_COUNT_INTERVAL_SECONDS = 15.0
 # While cards use a product being deleted, deletion is re-checked this often.
@@ -20,9 +23,6 @@ USERS_SHOWN_MAX = 5
 FINISHED_PHASES = frozenset({api.CardPhase.CLOSED, api.CardPhase.REJECTED})
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "cardproducts")
-@kopf.on.create(api.GROUP, api.VERSION, "cardproducts")
-@kopf.on.update(api.GROUP, api.VERSION, "cardproducts", field="spec")
 async def reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -53,7 +53,6 @@ async def reconcile(
     patch.status["message"] = None
 
 
-@kopf.timer(api.GROUP, api.VERSION, "cardproducts", interval=PRODUCT_COUNT_INTERVAL_SECONDS)
 async def count_cards(
     namespace: str | None,
     name: str,
@@ -84,7 +83,6 @@ def _users(cards: kopf.Index[Any, Any], namespace: str | None, name: str) -> lis
     )
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, "cardproducts")
 async def protect(
     body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, **kwargs: Any
 ) -> None:
@@ -112,4 +110,17 @@ async def protect(
     raise kopf.TemporaryError(message, delay=DELETE_RECHECK_SECONDS)
 
 
-__all__ = ["count_cards", "protect", "reconcile"]
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the CardProduct handlers to ``registry`` (see ``handlers.register``)."""
+    wiring.on_spec(registry, "cardproducts", reconcile)
+    kopf.timer(
+        api.GROUP,
+        api.VERSION,
+        "cardproducts",
+        interval=PRODUCT_COUNT_INTERVAL_SECONDS,
+        registry=registry,
+    )(count_cards)
+    kopf.on.delete(api.GROUP, api.VERSION, "cardproducts", registry=registry)(protect)
+
+
+__all__ = ["count_cards", "protect", "reconcile", "register"]

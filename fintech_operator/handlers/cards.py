@@ -11,7 +11,7 @@ the status patch, written through ``api.CardStatus``.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 import psycopg
@@ -26,6 +26,9 @@ from fintech_operator.compliance import policy as compliance_policy
 from fintech_operator.handlers import indexes, report
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.risk import policy as risk_policy
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 DECIDED_PHASES: Final = frozenset(set(api.CardPhase) - {api.CardPhase.PENDING})
 ISSUED_PHASES: Final = lifecycle.ISSUED_PHASES
@@ -99,7 +102,6 @@ def _ports(memo: OperatorMemo) -> issuance.Ports:
 # --- Indexes --------------------------------------------------------------------------------------
 
 
-@kopf.index(api.GROUP, api.VERSION, "cards")
 def cards_by_user(
     namespace: str | None,
     name: str,
@@ -376,7 +378,6 @@ def _show_issued(
 # --- Re-assessment and manual review --------------------------------------------------------------
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.holder", when=decided)
 async def holder_changed(
     body: kopf.Body, old: Any, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -453,7 +454,6 @@ async def apply_review(
 # --- State: freeze, unfreeze, close ---------------------------------------------------------------
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.state", when=decided)
 async def state_changed(
     body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, memo: OperatorMemo, **_: Any
 ) -> None:
@@ -472,7 +472,6 @@ async def _change_state(
     _render_state(body, patch, outcome, announce=True)
 
 
-@kopf.on.field(api.GROUP, api.VERSION, "cards", field="spec.spendLimit", when=decided)
 async def spend_limit_changed(
     body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo, **_: Any
 ) -> None:
@@ -579,7 +578,6 @@ def announce_alerts(
 # --- Deletion -------------------------------------------------------------------------------------
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, "cards", when=decided)
 async def delete(body: kopf.Body, retry: int, memo: OperatorMemo, **_: Any) -> None:
     """Close the card's ledger account, keeping its history; never block deletion for long.
 
@@ -609,6 +607,26 @@ async def delete(body: kopf.Body, retry: int, memo: OperatorMemo, **_: Any) -> N
         normal_event(body, reason="AccountClosed", message=message)
 
 
+# --- Registration ---------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the Card handlers to ``registry`` (see ``handlers.register``).
+
+    Every one is for decided cards only (``when=decided``): a new card is the card queue's.
+    """
+    kopf.index(api.GROUP, api.VERSION, "cards", registry=registry)(cards_by_user)
+    for field, fn in (
+        ("spec.holder", holder_changed),
+        ("spec.state", state_changed),
+        ("spec.spendLimit", spend_limit_changed),
+    ):
+        kopf.on.field(
+            api.GROUP, api.VERSION, "cards", field=field, when=decided, registry=registry
+        )(fn)
+    kopf.on.delete(api.GROUP, api.VERSION, "cards", when=decided, registry=registry)(delete)
+
+
 __all__ = [
     "announce_alerts",
     "apply_review",
@@ -619,6 +637,7 @@ __all__ = [
     "holder_changed",
     "issue",
     "normal_event",
+    "register",
     "resume",
     "show_holds",
     "spend_limit_changed",

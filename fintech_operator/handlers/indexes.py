@@ -6,19 +6,20 @@ API server on every event; a miss right after creation is retried, not rejected.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from fintech_operator import api
 
+if TYPE_CHECKING:
+    from fintech_operator import config
 
-@kopf.index(api.GROUP, api.VERSION, "cardproducts")
+
 def cardproducts(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {(namespace, name): dict(spec)}
 
 
-@kopf.index(api.GROUP, api.VERSION, "cards")
 def cards(
     namespace: str | None,
     name: str,
@@ -45,3 +46,9 @@ def first(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
     """The single value stored under ``key``, or None when kopf has not seen it yet."""
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
+
+
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the product and card indexes to ``registry`` (see ``handlers.register``)."""
+    kopf.index(api.GROUP, api.VERSION, "cardproducts", registry=registry)(cardproducts)
+    kopf.index(api.GROUP, api.VERSION, "cards", registry=registry)(cards)

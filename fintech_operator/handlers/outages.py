@@ -60,9 +60,8 @@ def guard(fn: HandlerFn) -> HandlerFn:
     return guarded
 
 
-def install(registry: Any = None) -> int:
-    """Guard every async handler of ``registry`` (kopf's default); return how many."""
-    registry = registry if registry is not None else kopf.get_default_registry()
+def install(registry: Any) -> int:
+    """Guard every async handler of ``registry`` (the operator's); return how many."""
     try:
         parts = (
             registry._changing._handlers,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 
@@ -23,9 +23,12 @@ from fintech_operator import api, decisions
 from fintech_operator.app import policies as use_case
 from fintech_operator.app.outcomes import Rejected
 from fintech_operator.compliance import policy as compliance_policy
-from fintech_operator.handlers import cards, report
+from fintech_operator.handlers import cards, report, wiring
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.risk import policy as risk_policy
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 # How often a policy re-checks which policy is in use and (compliance) reloads its list, so a
 # new ConfigMap version or a deleted sibling policy shows in status within this time.
@@ -41,13 +44,11 @@ CHECKED_PHASES: Final = frozenset(
 # --- Indexes --------------------------------------------------------------------------------------
 
 
-@kopf.index(api.GROUP, api.VERSION, RISK)
 def riskpolicies(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     parsed = risk_policy.parse(str(namespace), name, spec)
     return {} if parsed is None else {namespace: parsed}
 
 
-@kopf.index(api.GROUP, api.VERSION, COMPLIANCE)
 def compliancepolicies(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Any, Any]:
@@ -95,12 +96,6 @@ _CHECKS: Final[
 ] = {RISK: _check_risk, COMPLIANCE: _check_compliance}
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, RISK)
-@kopf.on.create(api.GROUP, api.VERSION, RISK)
-@kopf.on.update(api.GROUP, api.VERSION, RISK, field="spec")
-@kopf.on.resume(api.GROUP, api.VERSION, COMPLIANCE)
-@kopf.on.create(api.GROUP, api.VERSION, COMPLIANCE)
-@kopf.on.update(api.GROUP, api.VERSION, COMPLIANCE, field="spec")
 async def check(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -111,8 +106,6 @@ async def check(
     _render(body, patch, plural, outcome, quiet=False)
 
 
-@kopf.timer(api.GROUP, api.VERSION, RISK, interval=POLICY_RECHECK_INTERVAL_SECONDS)
-@kopf.timer(api.GROUP, api.VERSION, COMPLIANCE, interval=POLICY_RECHECK_INTERVAL_SECONDS)
 async def recheck(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -127,7 +120,6 @@ async def recheck(
         _render(body, patch, plural, outcome, quiet=True)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, RISK, optional=True)
 async def risk_deleted(namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
     """A deleted policy's purchase rules stop applying to real-time authorizations (when
     the operator sees the deletion: no finalizer holds a policy back for this). A sibling
@@ -233,4 +225,21 @@ def _compliance_status(
     )
 
 
-__all__ = ["check", "compliancepolicies", "recheck", "risk_deleted", "riskpolicies"]
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the handlers of both policy kinds to ``registry`` (see ``handlers.register``)."""
+    kopf.index(api.GROUP, api.VERSION, RISK, registry=registry)(riskpolicies)
+    kopf.index(api.GROUP, api.VERSION, COMPLIANCE, registry=registry)(compliancepolicies)
+    for plural in (COMPLIANCE, RISK):
+        wiring.on_spec(registry, plural, check)
+    for plural in (COMPLIANCE, RISK):
+        kopf.timer(
+            api.GROUP,
+            api.VERSION,
+            plural,
+            interval=POLICY_RECHECK_INTERVAL_SECONDS,
+            registry=registry,
+        )(recheck)
+    kopf.on.delete(api.GROUP, api.VERSION, RISK, optional=True, registry=registry)(risk_deleted)
+
+
+__all__ = ["check", "compliancepolicies", "recheck", "register", "risk_deleted", "riskpolicies"]

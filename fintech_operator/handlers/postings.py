@@ -17,7 +17,7 @@ one kopf writes when the handler returns, and one Event.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 import pydantic
@@ -26,17 +26,19 @@ from fintech_operator import api, kube, posting_rules
 from fintech_operator.app import posting as use_case
 from fintech_operator.app import posting_queue
 from fintech_operator.compliance import policy as compliance_policy
-from fintech_operator.handlers import indexes, report
+from fintech_operator.handlers import indexes, report, wiring
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.observability import metrics
 from fintech_operator.risk import policy as risk_policy
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 DECIDED_PHASES: Final = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJECTED})
 # A posting refused by a full queue (FINTECH_POSTING_QUEUE_MAX) is retried after this long.
 QUEUE_FULL_DELAY_SECONDS: Final = 5.0
 
 
-@kopf.index(api.GROUP, api.VERSION, "postings")
 def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
     return {(namespace, name): {"journalId": status.get("journalId")}}
 
@@ -107,8 +109,6 @@ def _command(
     )
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "postings")
-@kopf.on.create(api.GROUP, api.VERSION, "postings")
 async def post(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -187,8 +187,6 @@ def _has_ttl(spec: kopf.Spec, **_: Any) -> bool:
 # A creation handler that retries until the TTL runs out, rather than a timer: kopf
 # persists its retry schedule in status.kopf (it survives restarts), and it runs right
 # after `post` on the same object, so no per-object timer has to be spawned and kept.
-@kopf.on.resume(api.GROUP, api.VERSION, "postings", when=_has_ttl)
-@kopf.on.create(api.GROUP, api.VERSION, "postings", when=_has_ttl)
 async def expire(
     body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any
 ) -> None:
@@ -205,3 +203,10 @@ async def expire(
                                   "(ttlSecondsAfterFinished)",
                                   delay=min(remaining, TTL_RECHECK_MAX_SECONDS))  # fmt: skip
     await kube.delete("postings", report.namespace_of(namespace), name, uid)
+
+
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the Posting index and handlers to ``registry`` (see ``handlers.register``)."""
+    kopf.index(api.GROUP, api.VERSION, "postings", registry=registry)(postings)
+    wiring.on_new(registry, "postings", post)
+    wiring.on_new(registry, "postings", expire, when=_has_ttl)

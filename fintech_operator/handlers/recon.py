@@ -17,7 +17,7 @@ import dataclasses
 import datetime
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 import kubernetes
@@ -27,9 +27,12 @@ from fintech_operator import api
 from fintech_operator.app import reconciliation as use_case
 from fintech_operator.app import reconciliation_schedule as schedule_case
 from fintech_operator.app.outcomes import Rejected, Retry
-from fintech_operator.handlers import report
+from fintech_operator.handlers import report, wiring
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.recon import model, schedule, sources, store
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 RUNS: Final = "reconciliationruns"
 SCHEDULES: Final = "reconciliationschedules"
@@ -54,7 +57,6 @@ def _normal(body: kopf.Body, reason: str, message: str) -> None:
 _STOPPING = threading.Event()
 
 
-@kopf.on.startup()
 async def _recon_startup(memo: OperatorMemo, **_: Any) -> None:
     app = memo.settings  # loaded once, by cli
     memo.recon_slots = asyncio.Semaphore(app.recon.workers_max)
@@ -68,7 +70,6 @@ async def _recon_startup(memo: OperatorMemo, **_: Any) -> None:
     memo.recon_cluster_namespace = app.recon.cluster_namespace
 
 
-@kopf.on.cleanup()
 async def _recon_cleanup(**_: Any) -> None:
     _STOPPING.set()
 
@@ -101,8 +102,6 @@ def _conditions(
     return api.set_condition(conditions, new)
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, RUNS)
-@kopf.on.create(api.GROUP, api.VERSION, RUNS)
 async def start(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> None:
     """Show ``Pending`` until a worker takes the run (a spec that cannot run is refused by
     :func:`execute`, which runs next in the same cycle)."""
@@ -169,8 +168,6 @@ class _Progress:
         return started
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, RUNS)
-@kopf.on.create(api.GROUP, api.VERSION, RUNS)
 async def execute(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -276,7 +273,6 @@ def _second(moment: datetime.datetime | None) -> datetime.datetime | None:
     return None if moment is None else report.to_second(moment)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, RUNS)
 async def forget(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
     """Drop a deleted run's rows and exceptions.
 
@@ -392,7 +388,6 @@ def _parse_time(raw: Any) -> datetime.datetime | None:
     return api.parse_timestamp(str(raw))
 
 
-@kopf.timer(api.GROUP, api.VERSION, SCHEDULES, interval=SCHEDULE_TICK_SECONDS)
 async def tick(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: OperatorMemo, **kwargs: Any
 ) -> None:
@@ -457,3 +452,16 @@ def _render_tick(body: kopf.Body, patch: kopf.Patch, outcome: schedule_case.Tick
         observed_generation=generation,
     )
     report.write_status(patch, status)
+
+
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the reconciliation handlers to ``registry`` (see ``handlers.register``): the
+    start-up hook that sizes the workers, the runs' handlers and the schedules' timer."""
+    kopf.on.startup(registry=registry)(_recon_startup)
+    kopf.on.cleanup(registry=registry)(_recon_cleanup)
+    wiring.on_new(registry, RUNS, start)
+    wiring.on_new(registry, RUNS, execute)
+    kopf.on.event(api.GROUP, api.VERSION, RUNS, registry=registry)(forget)
+    kopf.timer(
+        api.GROUP, api.VERSION, SCHEDULES, interval=SCHEDULE_TICK_SECONDS, registry=registry
+    )(tick)

@@ -8,15 +8,18 @@ decision in ``status.review``. Who may decide is RBAC on ``cardreviews``.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import kopf
 
 from fintech_operator import api
 from fintech_operator.app import review as use_case
 from fintech_operator.app.outcomes import Rejected, Retry
-from fintech_operator.handlers import cards, indexes, report
+from fintech_operator.handlers import cards, indexes, report, wiring
 from fintech_operator.handlers.context import OperatorMemo
+
+if TYPE_CHECKING:
+    from fintech_operator import config
 
 DECIDED_PHASES: Final = frozenset({api.CardReviewPhase.RECORDED, api.CardReviewPhase.REFUSED})
 
@@ -34,8 +37,6 @@ class _IndexedCards:
         return use_case.CardFact(uid=str(fact["uid"]), phase=fact.get("phase"))
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "cardreviews")
-@kopf.on.create(api.GROUP, api.VERSION, "cardreviews")
 async def record(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -93,4 +94,9 @@ def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> No
     )
 
 
-__all__ = ["record"]
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add :func:`record` to ``registry`` (see ``handlers.register``)."""
+    wiring.on_new(registry, "cardreviews", record)
+
+
+__all__ = ["record", "register"]

@@ -130,15 +130,11 @@ def shared(pool_max_size: int) -> asyncio.Semaphore:
     return _shared[0]
 
 
-def install(pool_max_size: int, registry: Any = None) -> int:
-    """Put every async resource and timer handler of ``registry`` behind one semaphore sized
-    from the pool (:func:`shared`); return how many handlers were wrapped."""
-    registry = registry if registry is not None else kopf.get_default_registry()
-    slots = (
-        shared(pool_max_size)
-        if registry is kopf.get_default_registry()
-        else (asyncio.Semaphore(slots_for(pool_max_size)))
-    )
+def install(pool_max_size: int, registry: Any) -> int:
+    """Put every async resource and timer handler of ``registry`` (the operator's) behind the
+    one semaphore sized from the pool (:func:`shared`), which the card queue's workers take
+    too; return how many handlers were wrapped."""
+    slots = shared(pool_max_size)
     try:
         parts = (registry._changing._handlers, registry._spawning._handlers)
     except AttributeError:

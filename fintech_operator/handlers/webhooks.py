@@ -14,15 +14,12 @@ import kopf
 import pydantic
 
 from fintech_operator import api, config
-from fintech_operator.handlers import report
+from fintech_operator.handlers import report, wiring
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.notify import status as webhook_status
 from fintech_operator.notify import store
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, "webhooks")
-@kopf.on.create(api.GROUP, api.VERSION, "webhooks")
-@kopf.on.update(api.GROUP, api.VERSION, "webhooks", field="spec")
 async def check(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
     """Refuse a spec the API server let through but the notifier cannot serve."""
     try:
@@ -70,15 +67,23 @@ async def refresh(
         kopf.info(body, reason=reason, message=message)
 
 
-__all__ = ["check", "refresh"]
+def _checked(status: kopf.Status, **_: Any) -> bool:
+    """The :func:`refresh` timer's filter: a Webhook whose spec :func:`check` accepted."""
+    return status.get("phase") not in (None, api.WebhookPhase.REJECTED)
 
 
-def register_timers(settings: config.Settings) -> None:
-    """Register :func:`refresh` at the configured interval: read at start-up, never at import."""
+def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
+    """Add the Webhook handlers to ``registry`` (see ``handlers.register``); the timer's
+    interval is a setting (FINTECH_WEBHOOK_STATUS_INTERVAL_SECONDS)."""
+    wiring.on_spec(registry, "webhooks", check)
     kopf.timer(
         api.GROUP,
         api.VERSION,
         "webhooks",
         interval=settings.webhooks.status_interval_seconds,
-        when=lambda status, **_: status.get("phase") not in (None, "Rejected"),
+        when=_checked,
+        registry=registry,
     )(refresh)
+
+
+__all__ = ["check", "refresh", "register"]

@@ -27,7 +27,7 @@ import kubernetes
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from fintech_operator import api
+from fintech_operator import api, kube
 from fintech_operator.notify import policy, signing
 
 REQUEST_TIMEOUT_SECONDS: Final = 15
@@ -165,15 +165,12 @@ def namespace_selected(namespace: str, patterns: Sequence[str]) -> bool:
 
 
 class KubeSource:
-    """Webhooks and Secrets from the API server (in-cluster config, else KUBECONFIG)."""
+    """Webhooks and Secrets from the API server (:func:`fintech_operator.kube.api_client`)."""
 
     def __init__(self, namespaces: Sequence[str]) -> None:
-        try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        self._custom: Any = kubernetes.client.CustomObjectsApi()
-        self._core: Any = kubernetes.client.CoreV1Api()
+        client = kube.api_client()
+        self._custom: Any = kubernetes.client.CustomObjectsApi(client)
+        self._core: Any = kubernetes.client.CoreV1Api(client)
         self._namespaces = tuple(namespaces)
 
     async def load(self) -> View:

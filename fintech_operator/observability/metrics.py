@@ -360,11 +360,20 @@ class MetricsServerError(RuntimeError):
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory of the gateway's workers, or None (one process).
+
+    Not a setting of ours: the environment is how prometheus_client learns it (it picks its
+    value class from this variable when first imported, in each worker) and how the gateway's
+    supervisor hands it to the worker processes uvicorn starts. Read at call time only."""
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
 def exposed_registry() -> CollectorRegistry:
     """What ``/metrics`` shows: :data:`REGISTRY`, or with several worker processes
     (``PROMETHEUS_MULTIPROC_DIR`` set) the sum over all of them (their process metrics, which
     prometheus_client cannot add up, are then left out)."""
-    if not os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+    if multiprocess_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -414,6 +423,7 @@ __all__ = [
     "gateway_refused",
     "gateway_settled",
     "kafka_produced",
+    "multiprocess_dir",
     "posting_decided",
     "reconcile",
     "rejection",

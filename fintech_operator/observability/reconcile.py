@@ -159,9 +159,9 @@ def wrap(fn: HandlerFn, handler_id: str, *, periodic: bool = False) -> HandlerFn
     return instrumented
 
 
-def instrument(registry: Any = None) -> int:
-    """Wrap every async resource and timer handler in ``registry``; return how many were."""
-    registry = registry if registry is not None else kopf.get_default_registry()
+def instrument(registry: Any) -> int:
+    """Wrap every async resource and timer handler in ``registry`` (the operator's own, from
+    ``runtime.build_registry``; never kopf's default); return how many were."""
     wrapped = 0
     try:
         parts = (registry._changing._handlers, registry._spawning._handlers)

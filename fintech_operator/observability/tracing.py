@@ -16,13 +16,15 @@ row, across Kafka, and into the rewards consumer's transaction:
 
 Export is off by default. It turns on when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, and sends OTLP over HTTP with protobuf, which
-Jaeger, Tempo and the OpenTelemetry Collector accept. The other standard variables apply
-(``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``,
-``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_TIMEOUT``); ``OTEL_SDK_DISABLED=true``
-turns tracing off entirely. Without an endpoint (or with ``OTEL_TRACES_EXPORTER=none``) the
-sampler drops every span when it starts: nothing is recorded, no attribute is kept and no
-database statement gets a span, so tracing costs next to nothing; a dropped span still has ids,
-so log lines keep trace ids that tie a posting's lines together.
+Jaeger, Tempo and the OpenTelemetry Collector accept. The variables the product interprets
+come in with the other settings (``settings.tracing``, :class:`config.TracingSettings`); the
+SDK reads its other standard variables itself (``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``, ``OTEL_EXPORTER_OTLP_HEADERS``,
+``OTEL_EXPORTER_OTLP_TIMEOUT``); ``OTEL_SDK_DISABLED=true`` turns tracing off entirely.
+Without an endpoint (or with ``OTEL_TRACES_EXPORTER=none``) the sampler drops every span when
+it starts: nothing is recorded, no attribute is kept and no database statement gets a span, so
+tracing costs next to nothing; a dropped span still has ids, so log lines keep trace ids that
+tie a posting's lines together.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, ParamSpec, Self, TypeVar, cast
+from typing import Any, Final, ParamSpec, Protocol, Self, TypeVar, cast
 
 import psycopg
 from opentelemetry import context as otel_context
@@ -88,27 +89,49 @@ class PanSafeIdGenerator(RandomIdGenerator):
         return span_id
 
 
-def _otlp_endpoint() -> str | None:
-    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+class ExportSettings(Protocol):
+    """What :func:`setup` reads: ``config.TracingSettings`` (``settings.tracing``), named
+    structurally because the domain's stores import this module and read no settings."""
+
+    @property
+    def sdk_disabled(self) -> str: ...
+    @property
+    def exporter(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def traces_endpoint(self) -> str: ...
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def traces_protocol(self) -> str: ...
+    @property
+    def service_name(self) -> str: ...
 
 
-def setup(service_name: str, service_version: str) -> TracerProvider | None:
+def traces_endpoint(settings: ExportSettings) -> str | None:
+    """Where spans go, as the SDK would compute it from the same two variables: the traces
+    endpoint as it is, else the base endpoint with ``/v1/traces``; None when neither is set."""
+    if settings.traces_endpoint:
+        return settings.traces_endpoint
+    if settings.endpoint:
+        return settings.endpoint.rstrip("/") + "/v1/traces"
+    return None
+
+
+def setup(
+    service_name: str, service_version: str, settings: ExportSettings
+) -> TracerProvider | None:
     """Install the tracer provider for this process; export over OTLP/HTTP when configured.
 
     Returns None when ``OTEL_SDK_DISABLED=true``. Fails at start-up, naming the variable, when
     an exporter protocol other than http/protobuf is asked for.
     """
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if settings.sdk_disabled.strip().lower() == "true":
         return None
-    endpoint = _otlp_endpoint()
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or SUPPORTED_PROTOCOL
-    )
+    endpoint = traces_endpoint(settings)
+    exporter = settings.exporter.strip().lower()
+    protocol = settings.traces_protocol or settings.protocol or SUPPORTED_PROTOCOL
     if endpoint and exporter != "none" and protocol != SUPPORTED_PROTOCOL:
         raise TracingSetupError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: "
@@ -117,8 +140,8 @@ def setup(service_name: str, service_version: str) -> TracerProvider | None:
     if exporter not in ("otlp", "none"):
         raise TracingSetupError(f"OTEL_TRACES_EXPORTER={exporter!r}: use 'otlp' or 'none'")
     attributes: dict[str, str] = {"service.version": service_version}
-    if not os.environ.get("OTEL_SERVICE_NAME"):
-        attributes["service.name"] = service_name
+    # Passed attributes win over the SDK's own reading of OTEL_SERVICE_NAME: the same value.
+    attributes["service.name"] = settings.service_name or service_name
     exporting = bool(endpoint) and exporter == "otlp"
     provider = TracerProvider(
         resource=Resource.create(attributes),
@@ -134,7 +157,7 @@ def setup(service_name: str, service_version: str) -> TracerProvider | None:
 
         # The batch processor bounds its queue (OTEL_BSP_MAX_QUEUE_SIZE, default 2048) and
         # drops spans rather than block a handler when the collector is slow or down.
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         log.info("exporting traces over OTLP/HTTP to %s", endpoint)
     install(provider)
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -437,6 +460,7 @@ def _count_outcome(name: str, result: object) -> None:
 
 
 __all__ = [
+    "ExportSettings",
     "TracedConnection",
     "TracedCursor",
     "TracingSetupError",
@@ -449,4 +473,5 @@ __all__ = [
     "setup",
     "span",
     "tracer",
+    "traces_endpoint",
 ]

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument(
         "--errors-only", action="store_true", help="leave out informational findings"
     )
+    # A command-line tool's default, read when ``cli`` builds its parser, never at import:
+    # the report needs only the ledger, not the operator's settings (which require Kafka).
     report.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL"),

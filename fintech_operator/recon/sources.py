@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import functools
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -21,7 +19,7 @@ import httpx
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from fintech_operator import api
+from fintech_operator import api, kube
 from fintech_operator.api import reconciliationrun as run_api
 from fintech_operator.recon import model, parse
 
@@ -39,18 +37,9 @@ class Limits:
             raise ValueError("records_max must be in 1..1000000000")
 
 
-@functools.cache
 def kube_client() -> kubernetes.client.ApiClient:
-    """A client for the API server: in-cluster service account, else the kubeconfig."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        # KUBECONFIG is read now: the library reads it once, when it is first imported.
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
-    return kubernetes.client.ApiClient(configuration)
+    """The process's client for the API server (:func:`fintech_operator.kube.api_client`)."""
+    return kube.api_client()
 
 
 def opener(

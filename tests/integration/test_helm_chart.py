@@ -847,9 +847,13 @@ def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm
     env = gateway_env(deployment)
     assert not [name for name in env if "KAFKA" in name]
     loaded = gateway_settings.load({k: v for k, v in env.items() if isinstance(v, str)})
-    assert (loaded.host, loaded.port, loaded.deadline_ms) == ("0.0.0.0", 8088, 1500)  # noqa: S104 - in the pod
+    assert (loaded.gateway.host, loaded.gateway.port, loaded.gateway.deadline_ms) == (
+        "0.0.0.0",  # noqa: S104 - in the pod
+        8088,
+        1500,
+    )
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert loaded.signing_secret_file == mounts["signing"] + "/secret"
+    assert loaded.gateway.signing_secret_file == mounts["signing"] + "/secret"
 
 
 def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -> None:
@@ -864,12 +868,12 @@ def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -
     )
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert loaded.workers == 3
-    assert (loaded.tls_cert_file, loaded.tls_key_file) == (
+    assert loaded.gateway.workers == 3
+    assert (loaded.gateway.tls_cert_file, loaded.gateway.tls_key_file) == (
         mounts["tls"] + "/tls.crt",
         mounts["tls"] + "/tls.key",
     )
-    assert loaded.tls_client_ca_file == mounts["client-ca"] + "/ca"
+    assert loaded.gateway.tls_client_ca_file == mounts["client-ca"] + "/ca"
     assert (secrets["tls"], secrets["client-ca"]) == ("gateway-tls", "processor-ca")
     assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
     assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
@@ -880,7 +884,7 @@ def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -
     assert (
         gateway_settings.load(
             {k: v for k, v in gateway_env(plain_ca).items() if isinstance(v, str)}
-        ).tls_client_ca_file
+        ).gateway.tls_client_ca_file
         is None
     )
 

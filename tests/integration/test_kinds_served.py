@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import kubernetes
 import pytest
 
 from fintech_operator import api, kube
@@ -25,15 +24,13 @@ ALL_PLURALS = frozenset(kind.plural for kind in api.KINDS)
 def kubeconfig(
     platform_running: RunningPlatform, crds_installed: None, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    # The client reads KUBECONFIG once, at import; the operator's process has it from the start.
-    monkeypatch.setattr(
-        kubernetes.config.kube_config,
-        "KUBE_CONFIG_DEFAULT_LOCATION",
-        platform_running.env["KUBECONFIG"],
-    )
+    # kube.api_client reads KUBECONFIG when it makes the process's client (cleared here).
+    monkeypatch.setenv("KUBECONFIG", platform_running.env["KUBECONFIG"])
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kube.api_client.cache_clear()
     kube._custom_objects.cache_clear()
     yield
+    kube.api_client.cache_clear()
     kube._custom_objects.cache_clear()
 
 

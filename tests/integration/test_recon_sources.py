@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from fintech_operator import api
+from fintech_operator import kube as kube_client
 from fintech_operator.ledger import engine, model
 from fintech_operator.recon import plans, sources, store
 from tests.conftest import Kubectl, RunningPlatform
@@ -79,9 +80,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
 def kube(platform_running: RunningPlatform, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point the source readers at the session's API server."""
     monkeypatch.setenv("KUBECONFIG", str(platform_running.kubeconfig))
-    sources.kube_client.cache_clear()
+    kube_client.api_client.cache_clear()
     yield
-    sources.kube_client.cache_clear()
+    kube_client.api_client.cache_clear()
 
 
 def unused_loopback_port() -> int:

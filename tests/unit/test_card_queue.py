@@ -9,10 +9,14 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from fintech_operator import config, runtime
 from fintech_operator.app import card_state
 from fintech_operator.handlers import card_queue
 from fintech_operator.handlers.card_queue import CardQueue, Job
 from fintech_operator.handlers.context import OperatorMemo
+
+SETTINGS = {"DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # fmt: skip
 
 
 def _job(n: int) -> Job:
@@ -194,7 +198,7 @@ def test_other_decided_cards_are_never_queued(phase: str) -> None:
 def test_every_card_handler_of_kopf_is_for_decided_cards_only() -> None:
     """kopf stores nothing for an object none of its handlers match: no per-card state while a
     card waits in the queue (issue 14)."""
-    registry = kopf.get_default_registry()
+    registry = runtime.build_registry(config.load(SETTINGS))
     changing = [
         h
         for h in registry._changing._handlers

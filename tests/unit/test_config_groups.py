@@ -53,6 +53,14 @@ ENV_TO_FIELD = {
     "FINTECH_METRICS_PORT": "metrics.port",
     "FINTECH_METRICS_COLLECT_INTERVAL_SECONDS": "metrics.collect_interval_seconds",
     "FINTECH_METRICS_CONSUMER_GROUPS_MAX": "metrics.consumer_groups_max",
+    "FINTECH_LOG_LEVEL": "logs.level",
+    "OTEL_SDK_DISABLED": "tracing.sdk_disabled",
+    "OTEL_TRACES_EXPORTER": "tracing.exporter",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing.endpoint",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "tracing.traces_endpoint",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "tracing.protocol",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "tracing.traces_protocol",
+    "OTEL_SERVICE_NAME": "tracing.service_name",
     "FINTECH_NOTIFIER_REFRESH_INTERVAL_SECONDS": "notifier.refresh_interval_seconds",
     "FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS": "notifier.clock_skew_seconds",
     "FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS": "notifier.route_hold_max_seconds",
@@ -96,6 +104,8 @@ def test_each_variable_reaches_its_field() -> None:
         "FINTECH_POSTING_BATCH_MAX": "50",
         "FINTECH_CONSUMER_MAX_ATTEMPTS": "9",
         "FINTECH_MISSING_CARD_RETRY_LIMIT": "4",
+        "FINTECH_LOG_LEVEL": "WARNING",
+        "OTEL_SERVICE_NAME": "fintech-operator-blue",
     }
     settings = config.load({**BASE, **samples})
     for env, raw in samples.items():
@@ -121,6 +131,9 @@ def test_new_settings_keep_the_old_behaviour_by_default() -> None:
         ("FINTECH_PEERING_PRIORITY", str(2**31)),
         ("FINTECH_POSTING_WORKERS", "0"),
         ("FINTECH_POSTING_BATCH_MAX", "1001"),
+        ("FINTECH_LOG_LEVEL", "loud"),
+        ("FINTECH_LOG_LEVEL", ""),
+        ("OTEL_SERVICE_NAME", "x" * 256),
     ],
 )
 def test_new_settings_refuse_bad_values_naming_them(env: str, value: str) -> None:
@@ -139,3 +152,9 @@ def test_groups_are_frozen() -> None:
     settings = config.load(BASE)
     with pytest.raises(ValueError, match="frozen"):
         settings.relay.batch_max = 1  # type: ignore[misc]
+
+
+def test_the_log_level_is_read_in_any_case_and_kept_upper_case() -> None:
+    """As FINTECH_LOG_LEVEL was before it became a setting: ``debug`` means DEBUG."""
+    assert config.load({**BASE, "FINTECH_LOG_LEVEL": "debug"}).logs.level == "DEBUG"
+    assert config.load(BASE).logs.level == "INFO"

@@ -426,10 +426,10 @@ async def test_the_dispatcher_answers_as_the_fastapi_routes_do(tmp_path: Path) -
 def test_settings_refuse_bad_values_naming_the_variable() -> None:
     """Every bound is checked at start, and the message names the environment variable."""
     base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
-    assert settings.load(base).deadline_ms == 1500
+    assert settings.load(base).gateway.deadline_ms == 1500
     with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DEADLINE_MS"):
         settings.load({**base, "FINTECH_GATEWAY_DEADLINE_MS": "0"})
-    assert settings.load({**base, "FINTECH_GATEWAY_WORKERS": "4"}).workers == 4
+    assert settings.load({**base, "FINTECH_GATEWAY_WORKERS": "4"}).gateway.workers == 4
     for workers in ("0", "33", "two"):
         with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_WORKERS"):
             settings.load({**base, "FINTECH_GATEWAY_WORKERS": workers})
@@ -504,3 +504,19 @@ def test_sign_prints_headers_the_gateway_accepts(
     assert trust.verify((KEY,), headers, body.encode(), int(time.time()), 300)
     missing = str(tmp_path / "nope")
     assert cli.main(["gateway", "sign", "--secret-file", missing, body]) == 2
+
+
+def test_the_gateway_shares_the_other_processes_groups_and_their_rules() -> None:
+    """One loader for every process: the variables the gateway shares with the operator land in
+    the same groups and are checked by the same rules, naming the same variable."""
+    base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
+    shared = {"FINTECH_LOG_LEVEL": "debug", "FINTECH_METRICS_PORT": "9102",
+              "FINTECH_HEALTH_HOST": "::1"}  # fmt: skip
+    loaded = settings.load({**base, **shared})
+    assert (loaded.database.url, loaded.logs.level) == ("postgresql://x", "DEBUG")
+    assert (loaded.metrics.port, loaded.health.host) == (9102, "::1")
+    for env, value in (("FINTECH_LOG_LEVEL", "loud"), ("FINTECH_METRICS_PORT", "70000")):
+        with pytest.raises(settings.GatewaySettingsError, match=env):
+            settings.load({**base, env: value})
+    with pytest.raises(settings.GatewaySettingsError, match="DATABASE_URL"):
+        settings.load({"FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"})

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from fintech_operator import logs, pan
+from fintech_operator import config, logs, pan
 from fintech_operator.observability import metrics, reconcile, tracing
 
 
@@ -353,8 +353,22 @@ def test_statement_span_names_are_operation_and_table(query: object, name: str) 
 
 def test_sdk_disabled_sets_nothing_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """``OTEL_SDK_DISABLED=true`` turns tracing off entirely."""
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert tracing.setup("fintech-test", "0") is None
+    assert tracing.setup("fintech-test", "0", _tracing({"OTEL_SDK_DISABLED": "TRUE"})) is None
+
+
+def _tracing(env: dict[str, str]) -> config.TracingSettings:
+    """The tracing settings a process with ``env`` loads (OpenTelemetry's variable names)."""
+    base = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS": "k:9092"}
+    return config.load({**base, **env}).tracing
+
+
+def test_the_traces_endpoint_is_computed_as_the_sdk_does() -> None:
+    """The base endpoint gets /v1/traces; the traces endpoint is used as it is and wins."""
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/"}
+    assert tracing.traces_endpoint(_tracing(base)) == "http://127.0.0.1:4318/v1/traces"
+    full = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/t"}
+    assert tracing.traces_endpoint(_tracing(full)) == "http://127.0.0.1:9/t"
+    assert tracing.traces_endpoint(_tracing({})) is None
 
 
 @pytest.mark.parametrize(
@@ -364,15 +378,11 @@ def test_sdk_disabled_sets_nothing_up(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
     ],
 )
-def test_unsupported_exporter_settings_fail_at_start(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
-) -> None:
+def test_unsupported_exporter_settings_fail_at_start(env: dict[str, str], named: str) -> None:
     """An exporter this build cannot run stops start-up with the variable named."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    settings = _tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", **env})
     with pytest.raises(tracing.TracingSetupError, match=named):
-        tracing.setup("fintech-test", "0")
+        tracing.setup("fintech-test", "0", settings)
 
 
 def test_span_ids_never_look_like_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -386,11 +396,10 @@ def test_span_ids_never_look_like_card_numbers(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_installed_provider_uses_pan_safe_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda _: None)  # process-global
     previous = tracing.install(None)
     try:
-        provider = tracing.setup("test", "0")
+        provider = tracing.setup("test", "0", _tracing({}))
         assert provider is not None
         assert isinstance(provider.id_generator, tracing.PanSafeIdGenerator)
     finally:
@@ -398,14 +407,9 @@ def test_the_installed_provider_uses_pan_safe_ids(monkeypatch: pytest.MonkeyPatc
 
 
 def _setup_with(monkeypatch: pytest.MonkeyPatch, endpoint: str | None) -> TracerProvider:
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
-    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    if endpoint is None:
-        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    else:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    env = {} if endpoint is None else {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
     monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda _: None)  # process-global
-    provider = tracing.setup("test", "0")
+    provider = tracing.setup("test", "0", _tracing(env))
     assert provider is not None
     return provider
 
