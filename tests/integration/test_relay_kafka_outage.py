@@ -59,6 +59,12 @@ def own_kafka(
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+# aiokafka leaks a socket when a client is stopped while its metadata task is still connecting
+# to a broker that is down (aiokafka/client.py _metadata_update -> _get_conn: the connection it
+# is opening is never registered, so close() cannot close it). Under load that happens in this
+# test's outage, and the ResourceWarning, raised at garbage collection, would fail the test for
+# a library's leak. Only this warning category is relaxed, and only for the outage test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_kafka_outage_loses_nothing_and_keeps_card_order(
     platform_running: RunningPlatform, migrated_database_url: str, own_kafka: platform.Platform
 ) -> None:
