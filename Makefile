@@ -25,10 +25,26 @@ dev: setup
 down:
 	$(BIN)/fintech-operator stack down
 
-## test: lint, type-check, every test against the real platform, then the chart on a real node
+# Workers of `make test`: each starts its own platform when it first needs one, and runs whole
+# test files (--dist loadfile: a module's fixtures and its tests' order stay as written).
+# The suite mostly waits on servers, so 4 workers pay off even on 2 cores (bench/RESULTS.md).
+TEST_WORKERS ?= 4
+CLUSTER_LOG := .test-logs/cluster-test.log
+# The cluster tier, as `make cluster-test` and `make test` run it.
+CLUSTER_TESTS = ./tools/bootstrap.sh node && FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
+
+## test: lint, type-check, every test against the real platform (TEST_WORKERS in parallel) and,
+## alongside, the chart on a real node (its output in .test-logs/cluster-test.log, shown at the end)
 test: setup lint
-	$(BIN)/pytest -q
-	$(MAKE) cluster-test
+	@mkdir -p $(dir $(CLUSTER_LOG))
+	@echo "[test] the cluster tier (make cluster-test) runs alongside; its output is shown at the end"
+	@($(CLUSTER_TESTS)) >$(CLUSTER_LOG) 2>&1 & cluster=$$!; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	wait $$cluster; node=$$?; \
+	echo "[test] ==== the cluster tier (make cluster-test), from $(CLUSTER_LOG) ===="; \
+	cat $(CLUSTER_LOG); \
+	echo "[test] pytest tests/: exit $$tests; make cluster-test: exit $$node"; \
+	test $$tests -eq 0 && test $$node -eq 0
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fintech_operator fintech_devstack tests bench
@@ -91,5 +107,4 @@ image: setup
 
 ## cluster-test: the chart installed with Helm on a real node (root, containerd; slow)
 cluster-test: setup
-	./tools/bootstrap.sh node
-	FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
+	$(CLUSTER_TESTS)
