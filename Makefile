@@ -26,12 +26,16 @@ down:
 	$(BIN)/fintech-operator stack down
 
 # Workers of `make test`: each starts its own platform when it first needs one, and runs whole
-# test files (--dist loadfile: a module's fixtures and its tests' order stay as written).
+# test files (--dist loadfile: a module's fixtures and its tests' order stay as written), handed
+# out in collection order (--no-loadscope-reorder; xdist would otherwise start with the files
+# of most tests, the fast unit ones, and leave the slow e2e files, of few tests each, for last).
 # The suite mostly waits on servers, so 4 workers pay off even on 2 cores (bench/RESULTS.md).
 TEST_WORKERS ?= 4
 CLUSTER_LOG := .test-logs/cluster-test.log
-# The cluster tier, as `make cluster-test` and `make test` run it.
-CLUSTER_TESTS = ./tools/bootstrap.sh node && FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
+# The cluster tier, as `make cluster-test` and `make test` run it: the node's executables and
+# images are built (when their inputs changed) before the tests, outside their timeouts.
+CLUSTER_TESTS = ./tools/bootstrap.sh node && $(BIN)/python -m fintech_devstack.node \
+	&& FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
 
 ## test: lint, type-check, every test against the real platform (TEST_WORKERS in parallel) and,
 ## alongside, the chart on a real node (its output in .test-logs/cluster-test.log, shown at the end)
@@ -39,7 +43,7 @@ test: setup lint
 	@mkdir -p $(dir $(CLUSTER_LOG))
 	@echo "[test] the cluster tier (make cluster-test) runs alongside; its output is shown at the end"
 	@($(CLUSTER_TESTS)) >$(CLUSTER_LOG) 2>&1 & cluster=$$!; \
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
 	wait $$cluster; node=$$?; \
 	echo "[test] ==== the cluster tier (make cluster-test), from $(CLUSTER_LOG) ===="; \
 	cat $(CLUSTER_LOG); \
