@@ -426,9 +426,10 @@ def ensure_binaries() -> KubeBinaries:
     home = build.cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}"
     names = ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
     paths = [home / "bin" / name for name in names]
-    missing = [path.name for path in paths if not path.exists()]
-    if missing:
-        build.build_kubernetes_commands(home, missing)
+    with build.cache_lock("node-binaries"):
+        missing = [path.name for path in paths if not path.exists()]
+        if missing:
+            build.build_kubernetes_commands(home, missing)
     return KubeBinaries(*paths)
 
 
