@@ -29,26 +29,31 @@ down:
 # test files (--dist loadfile: a module's fixtures and its tests' order stay as written), handed
 # out in collection order (--no-loadscope-reorder; xdist would otherwise start with the files
 # of most tests, the fast unit ones, and leave the slow e2e files, of few tests each, for last).
-# The suite mostly waits on servers, so 4 workers pay off even on 2 cores (bench/RESULTS.md).
+# The suite mostly waits on servers (load average 1 to 4 when serial), hence 4 workers on 2 cores;
+# fewer on a machine loaded by other work (bench/RESULTS.md, "make test time").
 TEST_WORKERS ?= 4
-CLUSTER_LOG := .test-logs/cluster-test.log
+# What pytest runs (empty: tests/ as pyproject.toml says); e.g. TEST_PATHS=tests/unit.
+TEST_PATHS ?=
+TEST_LOGS := .test-logs
 # The cluster tier, as `make cluster-test` and `make test` run it: the node's executables and
 # images are built (when their inputs changed) before the tests, outside their timeouts.
 CLUSTER_TESTS = ./tools/bootstrap.sh node && $(BIN)/python -m fintech_devstack.node \
 	&& FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
 
-## test: lint, type-check, every test against the real platform (TEST_WORKERS in parallel) and,
-## alongside, the chart on a real node (its output in .test-logs/cluster-test.log, shown at the end)
-test: setup lint
-	@mkdir -p $(dir $(CLUSTER_LOG))
-	@echo "[test] the cluster tier (make cluster-test) runs alongside; its output is shown at the end"
-	@($(CLUSTER_TESTS)) >$(CLUSTER_LOG) 2>&1 & cluster=$$!; \
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
-	wait $$cluster; node=$$?; \
-	echo "[test] ==== the cluster tier (make cluster-test), from $(CLUSTER_LOG) ===="; \
-	cat $(CLUSTER_LOG); \
-	echo "[test] pytest tests/: exit $$tests; make cluster-test: exit $$node"; \
-	test $$tests -eq 0 && test $$node -eq 0
+## test: every test against the real platform (TEST_WORKERS in parallel) and, alongside it, lint
+## and type checks and the chart on a real node (their output in .test-logs/, shown at the end)
+test: setup
+	@mkdir -p $(TEST_LOGS)
+	@echo "[test] make lint and make cluster-test run alongside pytest; their output follows pytest's"
+	@$(MAKE) --no-print-directory lint >$(TEST_LOGS)/lint.log 2>&1 & lint=$$!; \
+	($(CLUSTER_TESTS)) >$(TEST_LOGS)/cluster-test.log 2>&1 & cluster=$$!; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(TEST_PATHS); \
+	tests=$$?; wait $$lint; linted=$$?; wait $$cluster; node=$$?; \
+	echo "[test] ==== make lint, from $(TEST_LOGS)/lint.log ===="; cat $(TEST_LOGS)/lint.log; \
+	echo "[test] ==== make cluster-test, from $(TEST_LOGS)/cluster-test.log ===="; \
+	cat $(TEST_LOGS)/cluster-test.log; \
+	echo "[test] make lint: exit $$linted; pytest: exit $$tests; make cluster-test: exit $$node"; \
+	test $$linted -eq 0 && test $$tests -eq 0 && test $$node -eq 0
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fintech_operator fintech_devstack tests bench
