@@ -29,9 +29,9 @@ down:
 # test files (--dist loadfile: a module's fixtures and its tests' order stay as written), handed
 # out in collection order (--no-loadscope-reorder; xdist would otherwise start with the files
 # of most tests, the fast unit ones, and leave the slow e2e files, of few tests each, for last).
-# The suite mostly waits on servers (load average 1 to 4 when serial), hence 4 workers on 2 cores;
-# fewer on a machine loaded by other work (bench/RESULTS.md, "make test time").
-TEST_WORKERS ?= 4
+# The suite mostly waits on servers (load average 1 to 4 when serial), so 2 workers halve its time
+# on 2 cores; 4 timed out first cards on a loaded machine (bench/RESULTS.md, "make test time").
+TEST_WORKERS ?= 2
 # What pytest runs (empty: tests/ as pyproject.toml says); e.g. TEST_PATHS=tests/unit.
 TEST_PATHS ?=
 TEST_LOGS := .test-logs
