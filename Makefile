@@ -25,10 +25,35 @@ dev: setup
 down:
 	$(BIN)/fintech-operator stack down
 
-## test: lint, type-check, every test against the real platform, then the chart on a real node
-test: setup lint
-	$(BIN)/pytest -q
-	$(MAKE) cluster-test
+# Workers of `make test`: each starts its own platform when it first needs one, and runs whole
+# test files (--dist loadfile: a module's fixtures and its tests' order stay as written), handed
+# out in collection order (--no-loadscope-reorder; xdist would otherwise start with the files
+# of most tests, the fast unit ones, and leave the slow e2e files, of few tests each, for last).
+# The suite mostly waits on servers (load average 1 to 4 when serial), so 2 workers halve its time
+# on 2 cores; 4 timed out first cards on a loaded machine (bench/RESULTS.md, "make test time").
+TEST_WORKERS ?= 2
+# What pytest runs (empty: tests/ as pyproject.toml says); e.g. TEST_PATHS=tests/unit.
+TEST_PATHS ?=
+TEST_LOGS := .test-logs
+# The cluster tier, as `make cluster-test` and `make test` run it: the node's executables and
+# images are built (when their inputs changed) before the tests, outside their timeouts.
+CLUSTER_TESTS = ./tools/bootstrap.sh node && $(BIN)/python -m fintech_devstack.node \
+	&& FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
+
+## test: every test against the real platform (TEST_WORKERS in parallel) and, alongside it, lint
+## and type checks and the chart on a real node (their output in .test-logs/, shown at the end)
+test: setup
+	@mkdir -p $(TEST_LOGS)
+	@echo "[test] make lint and make cluster-test run alongside pytest; their output follows pytest's"
+	@$(MAKE) --no-print-directory lint >$(TEST_LOGS)/lint.log 2>&1 & lint=$$!; \
+	($(CLUSTER_TESTS)) >$(TEST_LOGS)/cluster-test.log 2>&1 & cluster=$$!; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(TEST_PATHS); \
+	tests=$$?; wait $$lint; linted=$$?; wait $$cluster; node=$$?; \
+	echo "[test] ==== make lint, from $(TEST_LOGS)/lint.log ===="; cat $(TEST_LOGS)/lint.log; \
+	echo "[test] ==== make cluster-test, from $(TEST_LOGS)/cluster-test.log ===="; \
+	cat $(TEST_LOGS)/cluster-test.log; \
+	echo "[test] make lint: exit $$linted; pytest: exit $$tests; make cluster-test: exit $$node"; \
+	test $$linted -eq 0 && test $$tests -eq 0 && test $$node -eq 0
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fintech_operator fintech_devstack tests bench
@@ -91,5 +116,4 @@ image: setup
 
 ## cluster-test: the chart installed with Helm on a real node (root, containerd; slow)
 cluster-test: setup
-	./tools/bootstrap.sh node
-	FINTECH_CLUSTER_TESTS=1 $(BIN)/pytest -q tests/cluster
+	$(CLUSTER_TESTS)

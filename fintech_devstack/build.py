@@ -7,11 +7,14 @@ A fresh clone on the same machine finds the cache and builds nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,18 @@ def cache_root() -> Path:
         return Path(configured)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "fintech-operator"
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the cache's lock ``name`` (not re-entrant): two sessions building the same entry
+    at once (`make test` runs its tiers side by side, several checkouts share the cache)
+    would write the same files; the second waits, then finds the entry built."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @dataclass(frozen=True)

@@ -264,13 +264,14 @@ def tar_of(image: str) -> Path:
 
 def all_images() -> dict[str, str]:
     """Every image the node and the chart need, built when missing: role -> reference."""
-    return {
-        "pause": pause_image(),
-        "coredns": coredns_image(),
-        "postgres": postgres_image(),
-        "kafka": kafka_image(),
-        "product": product_image(),
-    }
+    with build.cache_lock("images"):
+        return {
+            "pause": pause_image(),
+            "coredns": coredns_image(),
+            "postgres": postgres_image(),
+            "kafka": kafka_image(),
+            "product": product_image(),
+        }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -58,7 +59,7 @@ def default_state_dir() -> Path:
     configured = os.environ.get("FINTECH_STACK_DIR")
     if configured:
         return Path(configured)
-    return Path("/var/tmp") / f"fintech-operator-{os.getuid()}" / "dev"  # noqa: S108
+    return ports.machine_dir() / "dev"
 
 
 def reap_orphans(base: Path, keep: tuple[str, ...] = ("dev",)) -> list[Path]:
@@ -66,9 +67,19 @@ def reap_orphans(base: Path, keep: tuple[str, ...] = ("dev",)) -> list[Path]:
 
     Only directories with a state file naming an owner pid are touched, and never the
     ones named in ``keep`` (a developer's long-lived platform outlives its starter).
+    Sessions starting together (pytest-xdist workers) reap one after the other, under a
+    lock: two stopping the same orphan would each find half of it deleted by the other.
     """
+    if not base.is_dir():
+        return []
+    with (base / "reap.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _reap_unlocked(base, keep)
+
+
+def _reap_unlocked(base: Path, keep: tuple[str, ...]) -> list[Path]:
     reaped: list[Path] = []
-    for state_dir in sorted(base.iterdir()) if base.is_dir() else []:
+    for state_dir in sorted(base.iterdir()):
         state_file = state_dir / "platform.json"
         if state_dir.name in keep or not state_file.is_file():
             continue

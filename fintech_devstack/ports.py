@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,6 +32,15 @@ _TCP_LISTEN: Final = "0A"
 PROCESSES_SCANNED_MAX: Final = 5000
 FDS_SCANNED_MAX: Final = 100_000
 COMMAND_CHARS_MAX: Final = 120
+# A port the kernel hands out stays free only until its listener binds it, which for Kafka's
+# is half a minute later; a platform starting meanwhile (pytest-xdist workers start theirs
+# together) could be handed the same number, and one of the two would fail to start. So every
+# pick is written to a file of this user's, under a lock, and later picks skip it until its
+# listener has long had time to bind: once bound, the kernel never hands it out again.
+RESERVATIONS_FILE: Final = "port-reservations.json"
+RESERVATION_SECONDS: Final = 900.0
+# Each attempt collides with a reservation with a chance of well under 1 %.
+PICK_ATTEMPTS_MAX: Final = 20
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,42 @@ class PortTaken(RuntimeError):
     """A port this platform wants is in use; the message names the port and its holder."""
 
 
+def machine_dir() -> Path:
+    """This user's directory for every local platform's state (and the port reservations)."""
+    return Path("/var/tmp") / f"fintech-operator-{os.getuid()}"  # noqa: S108
+
+
 def _kernel_ports(count: int) -> list[int]:
+    """``count`` distinct ports the kernel picks, none reserved by another recent pick."""
+    path = machine_dir() / RESERVATIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = time.time()
+        reserved = {port: until for port, until in _reservations(path).items() if until > now}
+        for _ in range(PICK_ATTEMPTS_MAX):
+            picked = _bound_together(count)
+            if not reserved.keys() & set(picked):
+                break
+        else:
+            raise RuntimeError(f"no {count} unreserved loopback ports in {PICK_ATTEMPTS_MAX} tries")
+        reserved.update(dict.fromkeys(picked, now + RESERVATION_SECONDS))
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(json.dumps({str(port): until for port, until in reserved.items()}))
+        staged.replace(path)
+    return picked
+
+
+def _reservations(path: Path) -> dict[int, float]:
+    """Port -> the time its reservation ends; an unreadable file reserves nothing."""
+    try:
+        data = json.loads(path.read_text())
+        return {int(port): float(until) for port, until in data.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _bound_together(count: int) -> list[int]:
     # All sockets stay bound until every number is read, so the numbers are distinct.
     sockets = [socket.socket() for _ in range(count)]
     try:

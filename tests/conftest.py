@@ -77,6 +77,26 @@ def _versions_line(running: RunningPlatform) -> str:
     )
 
 
+PLATFORM_LINE_KEY = "fintech_platform_line"
+# Each xdist worker's platform line, gathered by the controller as the workers finish.
+_WORKER_PLATFORM_LINES: dict[str, str] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """Keep the platform line a finished xdist worker sent (none if it needed no platform)."""
+    line = getattr(node, "workeroutput", {}).get(PLATFORM_LINE_KEY)
+    if line:
+        _WORKER_PLATFORM_LINES[str(node.gateway.id)] = line
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Under xdist, one line per worker's platform, so a CI log proves which real components
+    ran (a serial session says it when its platform is up)."""
+    for worker, line in sorted(_WORKER_PLATFORM_LINES.items()):
+        terminalreporter.write_line(f"[{worker}] {line}")
+
+
 @pytest.fixture(scope="session")
 def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
     """Start etcd, kube-apiserver, PostgreSQL and Kafka for this session; stop them after."""
@@ -91,7 +111,11 @@ def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     line = f"{_versions_line(running)} (up in {time.monotonic() - started:.1f}s)"
     capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
+    worker_output: dict[str, Any] | None = getattr(pytestconfig, "workeroutput", None)
+    if worker_output is not None:
+        # An xdist worker's terminal is not shown: the controller prints the line at the end.
+        worker_output[PLATFORM_LINE_KEY] = line
+    elif reporter is not None and capture is not None:
         # Said once per session so a CI log proves which real components ran.
         with capture.global_and_fixture_disabled():
             reporter.write_line("\n" + line)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,45 @@ def test_the_default_directory_takes_documented_ports_and_replaces_taken_ones(
     assert chosen.postgres == documented.postgres
     assert chosen.apiserver == documented.apiserver
     assert chosen.notifier_metrics == documented.notifier_metrics
+
+
+def test_a_port_picked_for_one_platform_is_not_picked_for_another_until_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two platforms starting together (xdist workers) never get the same kernel port: the
+    kernel offering a reserved one again is asked once more; once the reservation ends
+    (its listener has long bound it), the number may be picked again."""
+    monkeypatch.setattr(ports, "machine_dir", lambda: tmp_path)
+    offers = iter([[40001, 40003], [40003, 40005], [40007, 40009], [40001, 40003]])
+    monkeypatch.setattr(ports, "_bound_together", lambda count: next(offers))
+    assert ports._kernel_ports(2) == [40001, 40003]
+    assert ports._kernel_ports(2) == [40007, 40009]
+    reserved = json.loads((tmp_path / ports.RESERVATIONS_FILE).read_text())
+    assert sorted(reserved) == ["40001", "40003", "40007", "40009"]
+    later = time.time() + ports.RESERVATION_SECONDS + 1
+    monkeypatch.setattr(ports, "time", types.SimpleNamespace(time=lambda: later))
+    assert ports._kernel_ports(2) == [40001, 40003]
+
+
+def test_a_damaged_reservations_file_reserves_nothing_and_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file cut short (a killed writer of an older version) does not stop any platform."""
+    monkeypatch.setattr(ports, "machine_dir", lambda: tmp_path)
+    (tmp_path / ports.RESERVATIONS_FILE).write_text('{"40001": ')
+    picked = ports._kernel_ports(3)
+    assert len(set(picked)) == 3
+    assert sorted(json.loads((tmp_path / ports.RESERVATIONS_FILE).read_text())) == sorted(
+        str(port) for port in picked
+    )
+
+
+def test_kernel_ports_give_up_when_every_offer_is_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that keeps offering reserved ports fails with a message, not a loop."""
+    monkeypatch.setattr(ports, "machine_dir", lambda: tmp_path)
+    monkeypatch.setattr(ports, "_bound_together", lambda count: [40011])
+    ports._kernel_ports(1)
+    with pytest.raises(RuntimeError, match="no 1 unreserved loopback ports in 20 tries"):
+        ports._kernel_ports(1)

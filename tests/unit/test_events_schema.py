@@ -188,7 +188,15 @@ def _set(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return broken
 
 
-_DELETE = object()
+class _Deleted:
+    """Marks a field the case removes. Its repr is fixed, not an address, so the test ids
+    are the same in every process: pytest-xdist workers must collect identical ids."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE = _Deleted()
 BROKEN = [
     ("specversion", "0.3"),
     ("id", "not-a-uuid"),
