@@ -75,16 +75,16 @@ print(json.dumps({"modules": len(names), "failed": failed, "reads": reads,
 """
 
 
+def _python(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter with exactly ``env``: nothing inherited from this one."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
 def _import_all(env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", _IMPORT_ALL],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _python(_IMPORT_ALL, ROOT, env)
     assert result.returncode == 0, result.stdout + result.stderr
     found: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return found
@@ -123,14 +123,8 @@ def test_the_checks_name_a_read_and_a_registration_at_import(tmp_path: Path) -> 
         "import os\nimport kopf\nLEVEL = os.environ.get('PROBE_LEVEL')\n"
         "@kopf.on.create('example.dev', 'v1', 'things')\ndef made(**_): pass\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", _IMPORT_ALL],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = _python(
+        _IMPORT_ALL, tmp_path, {"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")}
     )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.splitlines()[-1])
@@ -142,14 +136,10 @@ def test_the_checks_name_a_read_and_a_registration_at_import(tmp_path: Path) -> 
 def test_the_check_sees_a_module_that_reads_settings_at_import(tmp_path: Path) -> None:
     """What the test above guards against: ``config.load()`` at import raises without
     ``DATABASE_URL``, so such a module would be reported."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "from fintech_operator import config; config.load()"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    probe = _python(
+        "from fintech_operator import config; config.load()",
+        tmp_path,
+        {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
     )
     assert probe.returncode != 0
     assert "DATABASE_URL" in probe.stderr
