@@ -275,16 +275,8 @@ def _closing_job(body: kopf.Body) -> Job:
     delete handler closes it too, but only for a card that carries kopf's finalizer, and a card
     deleted just after the worker's status patch, before kopf put its finalizer on, has none.
     Keyed apart from the card's own job, which a worker may still hold while its patch lands."""
-    meta, status = body.metadata, body.status
-    card = card_state.IssuedCard(
-        namespace=str(meta.namespace),
-        name=str(meta.name),
-        uid=str(meta.uid),
-        generation=int(meta.get("generation") or 0),
-        phase=status.get("phase"),
-        account=str(status.get("account") or ""),
-    )
-    return Job(f"{meta.uid}/deleted", card.namespace, card.name, deleted=card)
+    card = cards.issued_card(body)
+    return Job(f"{card.uid}/deleted", card.namespace, card.name, deleted=card)
 
 
 def _start_workers(runtime: _Runtime, kwargs: dict[str, Any]) -> None:

@@ -78,7 +78,7 @@ def _ref(body: kopf.Body) -> issuance.CardRef:
     )
 
 
-def _issued_card(body: kopf.Body) -> card_state.IssuedCard:
+def issued_card(body: kopf.Body) -> card_state.IssuedCard:
     """The card as its status shows it, for the state use cases."""
     account = body.status.get("account")
     return card_state.IssuedCard(
@@ -194,7 +194,7 @@ async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
         return  # a Rejected card's spec may not even parse: nothing to follow
     token = body.status.get("token")
     outcome = await card_state.resume_card(
-        _issued_card(body),
+        issued_card(body),
         None if not token else str(token),
         api.CardSpec.model_validate(dict(spec)) if token else None,
         stores.Cards(memo.pool),
@@ -467,7 +467,7 @@ async def state_changed(
 async def _change_state(
     body: kopf.Body, patch: kopf.Patch, memo: OperatorMemo, to: api.CardState
 ) -> None:
-    command = card_state.ChangeCardState(_issued_card(body), to)
+    command = card_state.ChangeCardState(issued_card(body), to)
     outcome = await card_state.change_card_state(command, stores.Cards(memo.pool))
     _render_state(body, patch, outcome, announce=True)
 
@@ -480,7 +480,7 @@ async def spend_limit_changed(
         return  # not issued: its limit is mirrored with its issuance
     card = api.CardSpec.model_validate(dict(spec))
     await card_state.change_spend_limit(
-        _issued_card(body), card.spend_limit, stores.Cards(memo.pool)
+        issued_card(body), card.spend_limit, stores.Cards(memo.pool)
     )
 
 
@@ -490,7 +490,7 @@ async def close(body: kopf.Body, patch: kopf.Patch, memo: OperatorMemo, *, annou
     The namespace's batched refresh (``card_refresh``) tries again, so closing completes by
     itself once the balance is zero.
     """
-    command = card_state.ChangeCardState(_issued_card(body), api.CardState.CLOSED)
+    command = card_state.ChangeCardState(issued_card(body), api.CardState.CLOSED)
     outcome = await card_state.close(command, stores.Cards(memo.pool))
     _render_state(body, patch, outcome, announce=announce)
 
@@ -585,7 +585,7 @@ async def delete(body: kopf.Body, retry: int, memo: OperatorMemo, **_: Any) -> N
     deletion goes ahead (the Event says so). A database outage is retried a bounded number of
     times, then the finalizer is released with a warning.
     """
-    card = _issued_card(body)
+    card = issued_card(body)
     try:
         outcome = await card_state.delete_card(card, stores.Cards(memo.pool))
     except (psycopg.Error, OSError) as exc:
@@ -636,6 +636,7 @@ __all__ = [
     "delete",
     "holder_changed",
     "issue",
+    "issued_card",
     "normal_event",
     "register",
     "resume",
