@@ -15,6 +15,11 @@ For each client count it runs, one after another on the same server:
    cards: the ledger's work alone, no Python, counted in statements per second.
 3. ``tpcb``: pgbench's built-in TPC-B-like script with the same client count (scale = client
    count, so clients do not all queue on one branch row), prepared statements like the store.
+4. ``cpu``: when the server is a process of this machine (``--own-platform``, or a local
+   ``DATABASE_URL``), the server's CPU per operation of phases 1 and 2 (every PostgreSQL process,
+   from ``/proc``: see ``server_cpu.py``), and of two more pgbench runs with the same clients:
+   authorizations alone, and an authorization then its final capture; their difference is the
+   server's CPU per capture.
 
 With ``--history N`` every card first gets N Purchase journals posted today (as if it had been
 used N times this day), so a Daily limit's spend window has something to count: the running
@@ -41,6 +46,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import psycopg
+import server_cpu
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fintech_devstack import platform
@@ -271,6 +277,33 @@ def run_sql(url: str, clients: int, seconds: int) -> tuple[str, float]:
     return line, ops
 
 
+_CAPTURE_SCRIPTS = (
+    ("authorize", _SQL_PRELUDE),
+    ("authorize+capture", _SQL_SCRIPTS[1][0]),
+)
+
+
+def run_capture_cpu(url: str, clients: int, seconds: int, postmaster: int) -> str:
+    """The server's CPU per transaction of pgbench running authorizations alone, then an
+    authorization and its final capture; the difference is what a capture costs it."""
+    per_txn: dict[str, float] = {}
+    for name, script in _CAPTURE_SCRIPTS:
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+            file.write(script)
+        try:
+            before = server_cpu.cpu_seconds(postmaster)
+            tps = pgbench(url, clients, seconds, "-f", file.name)
+            used = server_cpu.cpu_seconds(postmaster) - before
+        finally:
+            os.unlink(file.name)
+        per_txn[name] = used / (tps * seconds) * 1e6
+    alone, both = per_txn["authorize"], per_txn["authorize+capture"]
+    return (
+        f"cpu    clients={clients:<3} server CPU: {alone:.0f} us per authorization alone,"
+        f" {both:.0f} us per authorization + final capture, so {both - alone:.0f} us per capture"
+    )
+
+
 def init_tpcb(url: str, scale: int) -> None:
     params = conninfo_to_dict(url)
     subprocess.run(
@@ -312,11 +345,26 @@ def bench(args: argparse.Namespace, base: str) -> int:
             f"server {settings}, {CARDS} cards, {args.history} purchases per card before"
             f" (seeded in {time.monotonic() - started:.0f}s)"
         )
+        with psycopg.connect(base) as conn:
+            postmaster = server_cpu.postmaster_of(conn)
         for clients in args.clients:
+            cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
             line, store_rps = asyncio.run(run_store(url, tokens, clients, args.seconds))
+            cpu_store = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
             print(line, flush=True)
             sql_line, sql_ops = run_sql(url, clients, args.seconds)
+            cpu_sql = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
             print(sql_line, flush=True)
+            if postmaster:
+                # Throughput is measured over the run's seconds; the CPU too (plus the settle).
+                store_us = (cpu_store - cpu_before) / (store_rps * args.seconds) * 1e6
+                sql_us = (cpu_sql - cpu_store) / (sql_ops * args.seconds) * 1e6
+                print(
+                    f"cpu    clients={clients:<3} server CPU: {store_us:.0f} us per store"
+                    f" operation, {sql_us:.0f} us per sql operation",
+                    flush=True,
+                )
+                print(run_capture_cpu(url, clients, args.seconds, postmaster), flush=True)
             init_tpcb(tpcb, clients)
             tps = pgbench(tpcb, clients, args.seconds)
             print(

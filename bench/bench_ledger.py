@@ -19,6 +19,10 @@ suites running alongside), 2000 purchases per run, each with one outbox event:
     all on one card          conns=16   295/s  p50=52.44ms  p99=112.09ms
     single connection, Daily guard      225/s  p50= 4.39ms  p99=  7.65ms
 
+When the server is a process of this machine (``--own-platform``, or a local ``DATABASE_URL``),
+each line also gives the server's CPU per posting: every PostgreSQL process's CPU over the run,
+from ``/proc`` (``server_cpu.py``), divided by the postings.
+
 Throughput does not grow with connections here because this one asyncio process is CPU-bound
 on a machine whose two cores it shares with PostgreSQL; each posting is about ten round trips.
 """
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import server_cpu
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_devstack import platform
@@ -53,13 +58,19 @@ class Result:
     postings: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu_seconds: float | None = None
 
     def line(self) -> str:
         q = statistics.quantiles(self.latencies_ms, n=100)
         rate = self.postings / self.seconds
+        cpu = (
+            ""
+            if self.server_cpu_seconds is None
+            else f"  server CPU {self.server_cpu_seconds / self.postings * 1e6:5.0f}us/posting"
+        )
         return (
             f"{self.name:<24} conns={self.connections:<3} postings={self.postings:<6}"
-            f" {rate:7.0f}/s  p50={q[49]:6.2f}ms  p99={q[98]:6.2f}ms"
+            f" {rate:7.0f}/s  p50={q[49]:6.2f}ms  p99={q[98]:6.2f}ms{cpu}"
         )
 
 
@@ -110,9 +121,21 @@ async def worker(
         out.append((time.perf_counter() - started) * 1000)
 
 
+@dataclass(frozen=True)
+class Server:
+    """Where the postings go and how: the DSN, the spend guard, the postmaster's pid (when
+    the server is a process of this machine, for its CPU)."""
+
+    dsn: str
+    guard: bool
+    postmaster: int | None
+
+
 async def measure(
-    dsn: str, name: str, cards: list[str], connections: int, total: int, guard: bool
+    server: Server, name: str, cards: list[str], connections: int, total: int
 ) -> Result:
+    dsn, guard, postmaster = server.dsn, server.guard, server.postmaster
+    cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else None
     async with AsyncConnectionPool(
         dsn, min_size=connections, max_size=connections, open=False, timeout=30
     ) as pool:
@@ -127,7 +150,10 @@ async def measure(
             )
         )
         seconds = time.perf_counter() - started
-    return Result(name, connections, per_worker * connections, seconds, latencies)
+    used = None
+    if postmaster and cpu_before is not None:
+        used = server_cpu.cpu_seconds(postmaster) - cpu_before
+    return Result(name, connections, per_worker * connections, seconds, latencies, used)
 
 
 def main() -> int:
@@ -147,12 +173,16 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
     run_id = uuid.uuid4().hex[:8]
     async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
         cards = await open_cards(pool, run_id, max(args.concurrency))
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT pg_backend_pid()")
+            row = await cur.fetchone()
+    postmaster = server_cpu.postmaster_of_backend(int(row[0])) if row else None
     print(f"ledger bench {run_id}: {args.postings} purchases per run, guard={args.guard}")
-    total, guard = args.postings, args.guard
-    print((await measure(dsn, "single connection", cards[:1], 1, total, guard)).line())
+    server, total = Server(dsn, args.guard, postmaster), args.postings
+    print((await measure(server, "single connection", cards[:1], 1, total)).line())
     for n in args.concurrency:
-        print((await measure(dsn, "one card per connection", cards[:n], n, total, guard)).line())
-        print((await measure(dsn, "all on one card", cards[:1], n, total, guard)).line())
+        print((await measure(server, "one card per connection", cards[:n], n, total)).line())
+        print((await measure(server, "all on one card", cards[:1], n, total)).line())
     return 0
 
 
