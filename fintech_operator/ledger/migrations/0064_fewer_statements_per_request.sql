@@ -68,19 +68,25 @@ DECLARE
     view jsonb;
     expires text;
 BEGIN
-    PERFORM 1 FROM authorization_requests r WHERE r.request_id = p_id;
-    IF FOUND THEN
-        RETURN QUERY SELECT x.status_code, x.answer, x.replayed
-                       FROM authorization_replay(p_id, req) x;
-        RETURN;
-    END IF;
-    -- The card account's row lock first (the one every Posting of the card takes); what the
-    -- card holds and spent is read after it, by a fresh statement, so nothing that committed
-    -- while this waited is missed.
+    -- The request id not answered yet, and then the card account's row lock (the one every
+    -- Posting of the card takes), in one statement: the probe is an uncorrelated sub-select,
+    -- evaluated once before any lock, as 0054's statement of its own was. What the card holds
+    -- and spent is read after the lock, by a fresh statement, so nothing that committed while
+    -- this waited is missed.
     SELECT c.account_id INTO account
       FROM authorization_cards c JOIN accounts x ON x.id = c.account_id
      WHERE c.token = p_token
+       AND NOT EXISTS (SELECT 1 FROM authorization_requests r WHERE r.request_id = p_id)
        FOR NO KEY UPDATE OF x;
+    IF account IS NULL THEN
+        -- An unknown token, or an answered request id (a replay takes no lock).
+        PERFORM 1 FROM authorization_requests r WHERE r.request_id = p_id;
+        IF FOUND THEN
+            RETURN QUERY SELECT x.status_code, x.answer, x.replayed
+                           FROM authorization_replay(p_id, req) x;
+            RETURN;
+        END IF;
+    END IF;
     IF account IS NOT NULL THEN
         -- 0054's terms, with the first Decline rule the purchase breaks
         -- (authorization_risk_rule) and the spend window (authorization_spent_in_window)
