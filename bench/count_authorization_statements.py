@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import psycopg
-
 from bench_authorizations_store import authorize, create_db, drop_db, seed_cards
+
 from fintech_operator.authorizations import contract
 from fintech_operator.authorizations.store import PostgresStore
 from fintech_operator.ledger import migrate
