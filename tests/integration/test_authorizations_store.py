@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import referencing
 from psycopg import errors, sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator import api
@@ -772,9 +773,21 @@ async def test_the_flat_capture_writes_what_the_general_one_writes(
         {k: v for k, v in e.items() if k not in ignore} for e in events[1]
     ]
     assert [(held(raw, c), posted(raw, c)) for c in cards] == [(0, 600), (0, 600)]
-    # Not pending (closed by the final capture), over-capture, unknown: the general function.
+    # Closed by the final capture: the flat path answers the 409 itself (0064), as the general
+    # function does. Over-capture, unknown: the general function.
+    closed_flat = await _capture_sql(
+        fast, "authorization_capture", auths[0], f"cap_{uuid.uuid4().hex}", 10, final=False
+    )
+    closed_general = await _capture_sql(
+        fast, "authorization_capture_other", auths[0], f"cap_{uuid.uuid4().hex}", 10, final=False
+    )
+    assert (closed_flat[0], closed_flat[1]["error"], closed_flat[2]) == (
+        409,
+        "AuthorizationCaptured",
+        0,
+    )
+    assert closed_flat[:2] == closed_general[:2]
     for auth, expected in [
-        (auths[0], (409, "AuthorizationCaptured", 1)),
         (f"auth_{uuid.uuid4().hex}", (404, "AuthorizationNotFound", 1)),
     ]:
         status, answer, others = await _capture_sql(
@@ -788,3 +801,216 @@ async def test_the_flat_capture_writes_what_the_general_one_writes(
     assert (status, answer["error"], others) == (409, "OverCapture", 1)
     assert trial_balance_zero(raw)
     assert hold_drift(raw) == []
+
+
+# --- 0064: fewer statements per request, the same answers ----------------------------------------
+
+
+def _jsonb_text(raw: psycopg.Connection[Any], value: dict[str, Any]) -> bytes:
+    """The bytes PostgreSQL's jsonb text form gives ``value``: what an answer must be."""
+    row = raw.execute("SELECT (%s::jsonb)::text", (json.dumps(value),)).fetchone()
+    assert row is not None
+    return str(row[0]).encode()
+
+
+def _stored(raw: psycopg.Connection[Any], request_id: str) -> tuple[int, bytes]:
+    row = raw.execute(
+        "SELECT status_code, answer FROM authorization_requests WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), bytes(row[1])
+
+
+async def test_declines_keep_their_precedence_and_exact_bytes(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """0064 reads the risk rules and the spend window with the card's terms: a purchase that
+    breaks every rule is declined for the first reason in the documented order (CardNotActive,
+    CurrencyMismatch, RiskDeclined:<rule> by rule name, SpendLimitExceeded), and each answer is
+    byte for byte the jsonb text of the documented fields, available included, and stored."""
+    card = await new_card(fast, limit_minor=1_000)
+    first = await authorize(fast, authorize_request(card, 300))
+    assert body(first)["available"] == 700
+    policy = api.RiskPolicySpec.model_validate(
+        {
+            "blockedMccs": {"codes": ["7995"], "action": "Decline"},
+            "maxAmountPerTransaction": {"amount": 50, "currency": "USD", "action": "Decline"},
+        }
+    )
+    async with fast.connection() as conn:
+        await mirror.put_risk_rules(conn, "shop", "shop/precedence", policy)
+        await engine.set_frozen(conn, card.account, True)
+
+    def request(amount: int, currency: str, mcc: str) -> contract.AuthorizeRequest:
+        return authorize_request(card, amount, mcc=mcc).model_copy(update={"currency": currency})
+
+    async def expect(req: contract.AuthorizeRequest, reason: str, available: int) -> None:
+        answer = await authorize(fast, req)
+        approved = reason == "Approved"
+        expires = body(answer)["expiresAt"]
+        assert (expires is not None) == approved
+        expected = {
+            "authorization": req.id,
+            "approved": approved,
+            "reason": reason,
+            "status": "pending" if approved else "declined",
+            "currency": req.currency,
+            "amount": req.amount,
+            "held": req.amount if approved else 0,
+            "captured": 0,
+            "released": 0,
+            "available": available,
+            "expiresAt": expires,
+        }
+        assert (answer.status_code, answer.body) == (200, _jsonb_text(raw, expected))
+        assert _stored(raw, req.id) == (200, answer.body)
+
+    try:
+        await expect(request(900, "EUR", "7995"), "CardNotActive", 700)
+        async with fast.connection() as conn:
+            await engine.set_frozen(conn, card.account, False)
+        await expect(request(900, "EUR", "7995"), "CurrencyMismatch", 700)
+        await expect(request(900, "USD", "7995"), "RiskDeclined:BlockedMcc", 700)
+        await expect(request(900, "USD", "5812"), "RiskDeclined:MaxAmountPerTransaction", 700)
+    finally:
+        async with fast.connection() as conn:
+            await mirror.drop_risk_rules(conn, "shop", policy="shop/precedence")
+    await expect(request(900, "USD", "7995"), "SpendLimitExceeded", 700)
+    await expect(request(700, "USD", "7995"), "Approved", 0)
+    await expect(request(1, "USD", "7995"), "SpendLimitExceeded", 0)
+    assert outbox_types(raw, card) == ["approved"] + ["declined"] * 5 + ["approved", "declined"]
+    assert held(raw, card) == 1_000
+    assert hold_drift(raw) == []
+
+
+async def test_an_unknown_token_and_a_replay_take_no_card_lock(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """0064 probes the request id in the card lock's statement: a retry of an answered id
+    replays its bytes even while another transaction holds the card's lock, and an unknown
+    token is CardNotFound with no event."""
+    card = await new_card(fast, limit_minor=1_000)
+    req = authorize_request(card, 100)
+    first = await authorize(fast, req)
+    unknown = authorize_request(card, 100).model_copy(update={"card": "tok_nobody_0064"})
+    async with fast.connection() as holder, holder.transaction():
+        await holder.execute(
+            "SELECT 1 FROM accounts WHERE code = %s FOR NO KEY UPDATE", (card.account,)
+        )
+        again = await asyncio.wait_for(authorize(fast, req), timeout=10)
+        nobody = await asyncio.wait_for(authorize(fast, unknown), timeout=10)
+    assert (again.status_code, again.body) == (first.status_code, first.body)
+    assert body(nobody)["reason"] == "CardNotFound"
+    assert body(nobody)["available"] is None
+    assert outbox_types(raw, card) == ["approved"]
+
+
+async def _follow_up_sql(
+    pool: AsyncConnectionPool[Any], function: str, args: tuple[Any, ...]
+) -> tuple[int, dict[str, Any], int]:
+    """(status, answer, calls of the *_other functions) of one call of ``function``."""
+    calls = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+        " WHERE funcname IN ('authorization_void_other', 'authorization_increment_other')"
+    )
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+        (before,) = await (await conn.execute(calls)).fetchone() or (0,)
+        placeholders = sql.SQL(", ").join(sql.Placeholder() * len(args))
+        cur = await conn.execute(
+            sql.SQL("SELECT status_code, answer FROM {}({})").format(
+                sql.Identifier(function), placeholders
+            ),
+            args,
+        )
+        status, answer = await cur.fetchone() or (0, b"")
+        (after,) = await (await conn.execute(calls)).fetchone() or (0,)
+    return status, json.loads(bytes(answer)), int(after) - int(before)
+
+
+def _events(raw: psycopg.Connection[Any], card: Card) -> list[dict[str, Any]]:
+    rows = raw.execute(
+        "SELECT payload->>'type', payload->'data', journal_id, headers FROM outbox"
+        " WHERE key = %s ORDER BY id",
+        (card.ref,),
+    ).fetchall()
+    ignore = {"authorization", "card", "request", "expiresAt"}
+    return [
+        {"type": t, "journal": j, "headers": h, **{k: v for k, v in d.items() if k not in ignore}}
+        for t, d, j, h in rows
+    ]
+
+
+def _normalized(answer: dict[str, Any], auth: str) -> dict[str, Any]:
+    """An answer without what differs between twins: ids, the request's id, the expiry time."""
+    kept = {k: v for k, v in answer.items() if k not in ("request", "expiresAt")}
+    parsed = json.loads(json.dumps(kept).replace(auth, "AUTH"))
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+@pytest.mark.parametrize("interval", ["Daily", "PerTransaction", None])
+async def test_the_flat_void_and_increment_answer_what_the_general_ones_answer(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any], interval: str | None
+) -> None:
+    """0064: an increment (approved, over the limit, on a frozen card) and a void of a pending
+    authorization take the flat path, a void or increment of a resolved one answers its 409
+    there too, and each answers, stores and announces exactly what 0050/0054's functions
+    (renamed *_other) do for the same steps on a twin card; an unknown id and a replay go to
+    the general functions."""
+    terms: dict[str, Any] = {} if interval is None else {"interval": interval}
+    limit = None if interval is None else 1_000
+    cards = [await new_card(fast, limit_minor=limit, **terms) for _ in range(2)]
+    auths = [
+        body(await authorize(fast, authorize_request(card, 400)))["authorization"] for card in cards
+    ]
+    steps: list[tuple[str, Any, int]] = [
+        ("increment", 200, 200),
+        ("increment", 900, 200),  # over any limit of 1,000: SpendLimitExceeded when limited
+        ("freeze", None, 0),
+        ("increment", 10, 200),  # CardNotActive
+        ("unfreeze", None, 0),
+        ("void", None, 200),
+        ("void", None, 409),
+        ("increment", 10, 409),
+    ]
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c00f319-b7ad6b7169203331-01"}
+    for kind, amount, expected_status in steps:
+        if kind in ("freeze", "unfreeze"):
+            async with fast.connection() as conn:
+                for card in cards:
+                    await engine.set_frozen(conn, card.account, kind == "freeze")
+            continue
+        answers = []
+        for twin, suffix in enumerate(("", "_other")):
+            request_id = f"{kind}_{uuid.uuid4().hex}"
+            args: tuple[Any, ...] = (
+                (auths[twin], request_id, amount, Jsonb(headers))
+                if kind == "increment"
+                else (auths[twin], request_id, Jsonb(headers))
+            )
+            status, answer, others = await _follow_up_sql(
+                fast, f"authorization_{kind}{suffix}", args
+            )
+            assert status == expected_status, answer
+            assert others == twin  # the flat path called no general function
+            assert _stored(raw, request_id) == (
+                status,
+                _jsonb_text(raw, answer),
+            )
+            answers.append(answer)
+        flat, general = (_normalized(a, auth) for a, auth in zip(answers, auths, strict=True))
+        assert flat == general
+    assert _events(raw, cards[0]) == _events(raw, cards[1])
+    assert [held(raw, c) for c in cards] == [0, 0]
+    assert hold_drift(raw) == []
+    # An unknown id and a replay: the general functions.
+    unknown = await _follow_up_sql(
+        fast, "authorization_void", (f"auth_{uuid.uuid4().hex}", f"v_{uuid.uuid4().hex}", None)
+    )
+    assert (unknown[0], unknown[1]["error"], unknown[2]) == (404, "AuthorizationNotFound", 1)
+    replay_id = f"void_{uuid.uuid4().hex}"
+    first = await _follow_up_sql(fast, "authorization_void", (auths[0], replay_id, None))
+    again = await _follow_up_sql(fast, "authorization_void", (auths[0], replay_id, None))
+    assert (again[0], again[1], again[2]) == (first[0], first[1], 1)
