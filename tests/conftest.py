@@ -21,9 +21,11 @@ from typing import Any, Protocol
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_devstack import build, platform, versions
+from fintech_operator.ledger import migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The cluster tier (a real node, root, minutes) runs only under `make cluster-test`.
@@ -244,6 +246,18 @@ class OperatorProcesses:
 
 
 RUNTIME_ROLE = "fintech_runtime"
+
+
+def schema_migrated_below(database_url: str, version: int | None = None) -> str:
+    """A DSN whose search_path is a new schema of ``database_url``: empty, or migrated with
+    every shipped migration below ``version`` (a ledger as it stood before that migration)."""
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = make_conninfo(database_url, options=f"-c search_path={schema}")
+    if version is not None:
+        migrate.apply(dsn, [m for m in migrate.discover() if m.version < version])
+    return dsn
 
 
 def with_user(url: str, user: str) -> str:

@@ -20,12 +20,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.authorizations import contract
 from fintech_operator.authorizations.store import PostgresStore
 from fintech_operator.ledger import engine, migrate, model, rules
+from tests.conftest import schema_migrated_below
 from tests.integration.authz_support import (
     Card,
     authorize_request,
@@ -317,12 +317,7 @@ async def test_the_drift_view_sees_a_window_that_disagrees(
 def test_the_migration_backfills_what_was_posted_before_it(database_url: str) -> None:
     """On a ledger migrated to 0053 with Purchases, a Refund and a reversed Purchase, 0054
     counts exactly the Purchases not reversed, in each window."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    dsn = make_conninfo(database_url, options=f"-c search_path={schema}")
-    before = [m for m in migrate.discover() if m.version < 54]
-    migrate.apply(dsn, before)
+    dsn = schema_migrated_below(database_url, 54)
     with psycopg.connect(dsn) as conn:
         card = conn.execute(
             "INSERT INTO accounts (code, kind, normal_balance, currency)"

@@ -12,16 +12,15 @@ refused is now refused by the column's domain, whose name names the field.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors
-from psycopg.conninfo import make_conninfo
 
 from fintech_operator.ledger import migrate
+from tests.conftest import schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +29,7 @@ DOMAINS_VERSION = 62
 
 def schema_before_domains(database_url: str) -> str:
     """A DSN of a new schema of ``database_url`` migrated up to the version before 0062."""
-    schema = f"before_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    url = make_conninfo(database_url, options=f"-c search_path={schema}")
-    migrate.apply(url, [m for m in migrate.discover() if m.version < DOMAINS_VERSION])
-    return url
+    return schema_migrated_below(database_url, DOMAINS_VERSION)
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from fintech_operator.ledger import migrate
+from tests.conftest import schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
 SHIPPED = [migration.version for migration in migrate.discover()]
 NEXT = max(SHIPPED) + 1  # A version no shipped file uses.
-
-
-def fresh_schema(database_url: str) -> str:
-    """A DSN whose search_path is a new, empty schema: an empty ledger inside the same database."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return make_conninfo(database_url, options=f"-c search_path={schema}")
 
 
 def recorded(dsn: str) -> list[tuple[int, str, str]]:
@@ -69,7 +60,7 @@ def test_apply_creates_the_schema_then_has_nothing_to_do(database_url: str) -> N
 
 def test_concurrent_apply_is_safe(database_url: str) -> None:
     """Several processes starting at once: exactly one applies, the others wait and find none."""
-    dsn = fresh_schema(database_url)
+    dsn = schema_migrated_below(database_url)
     starters = 4
     barrier = threading.Barrier(starters)
 
@@ -85,7 +76,7 @@ def test_concurrent_apply_is_safe(database_url: str) -> None:
 
 def test_an_edited_migration_is_refused(database_url: str) -> None:
     """A released migration whose text changed is refused, and nothing is applied."""
-    dsn = fresh_schema(database_url)
+    dsn = schema_migrated_below(database_url)
     migrate.apply(dsn)
     first, *rest = migrate.discover()
     edited = migrate.Migration(first.version, first.name, first.sql + "\n-- a quiet edit\n")
@@ -97,7 +88,7 @@ def test_an_edited_migration_is_refused(database_url: str) -> None:
 
 def test_a_database_newer_than_the_code_is_refused(database_url: str) -> None:
     """A recorded version this code does not ship means an older operator: refuse to run."""
-    dsn = fresh_schema(database_url)
+    dsn = schema_migrated_below(database_url)
     extra = migrate.Migration(NEXT, "newer", "CREATE TABLE newer (id int)")
     assert migrate.apply(dsn, [*migrate.discover(), extra]) == [*SHIPPED, extra.version]
     with pytest.raises(migrate.MigrationError, match="does not ship"):
@@ -106,7 +97,7 @@ def test_a_database_newer_than_the_code_is_refused(database_url: str) -> None:
 
 def test_a_failing_migration_leaves_nothing_behind(database_url: str) -> None:
     """All pending migrations run in one transaction: a failure rolls every one of them back."""
-    dsn = fresh_schema(database_url)
+    dsn = schema_migrated_below(database_url)
     broken = migrate.Migration(NEXT, "broken", "CREATE TABLE half (id int); SELECT 1/0")
     with pytest.raises(psycopg.errors.DivisionByZero):
         migrate.apply(dsn, [*migrate.discover(), broken])
@@ -124,6 +115,6 @@ def test_duplicate_versions_are_refused() -> None:
 
 async def test_apply_async(database_url: str) -> None:
     """The async variant runs the same runner without blocking the event loop."""
-    dsn = fresh_schema(database_url)
+    dsn = schema_migrated_below(database_url)
     assert await migrate.apply_async(dsn) == SHIPPED
     assert await migrate.apply_async(dsn) == []

@@ -18,12 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.ledger import engine, migrate, model, rules
 from fintech_operator.recon import model as recon
 from fintech_operator.recon import store
+from tests.conftest import schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
@@ -214,11 +214,7 @@ def test_the_migration_backfills_what_was_posted_before_it(database_url: str) ->
     """On a ledger migrated to 0056 with purchases (two on one reference), a journal of the
     era before namespaces and a reversed purchase, 0057 fills the table with exactly the sums
     over the entries, and the runtime checks (drift view) agree."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    dsn = make_conninfo(database_url, options=f"-c search_path={schema}")
-    migrate.apply(dsn, [m for m in migrate.discover() if m.version < 57])
+    dsn = schema_migrated_below(database_url, 57)
     with psycopg.connect(dsn, autocommit=True) as conn:
         card = raw_account(conn, "card:shop/old:USD", "card")
         settle = raw_account(conn, "system:network_settlement:USD", "system")
