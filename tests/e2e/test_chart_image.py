@@ -8,11 +8,13 @@ and the `fintech-operator` entry point runs the commands the chart's pods run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 import yaml
 
+from fintech_devstack import build
 from tests.conftest import RunningPlatform
 from tests.integration.test_helm_chart import Helm
 
@@ -71,13 +74,23 @@ def _included(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
     return included
 
 
+def _repository_files() -> Iterator[Path]:
+    """Every file of the checkout but .git and .venv (never walked: tens of thousands of
+    files that .dockerignore excludes anyway)."""
+    for top, dirs, files in os.walk(REPO_ROOT):
+        if Path(top) == REPO_ROOT:
+            dirs[:] = [d for d in dirs if d not in (".git", ".venv")]
+        for name in files:
+            path = Path(top, name)
+            if path.is_file():
+                yield path
+
+
 def _build_context(target: Path) -> list[str]:
     """Copy what Docker would send as the build context; return the top-level entries."""
     rules = _dockerignore_rules()
-    for path in sorted(REPO_ROOT.rglob("*")):
+    for path in sorted(_repository_files()):
         relative = path.relative_to(REPO_ROOT).as_posix()
-        if relative.split("/")[0] in (".git", ".venv") or not path.is_file():
-            continue
         if _included(relative, rules):
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / relative)
@@ -92,21 +105,56 @@ def _run(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return result
 
 
-@pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The final stage's /opt/fintech, built by the Dockerfile's own steps."""
-    root = tmp_path_factory.mktemp("image")
-    context = root / "src"
-    context.mkdir()
-    assert _build_context(context) == ["README.md", "fintech_operator", "pyproject.toml"]
+def _context_digest(context: Path) -> str:
+    """What the image's virtualenv is made from: every file of the build context (path and
+    bytes) and the Python that builds it."""
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(context).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:24]
+
+
+def _build_image_venv(context: Path, venv: Path, wheels: Path) -> None:
     python = sys.executable
-    wheels, venv = root / "wheels", root / "opt-fintech"
     _run(python, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context))
     _run(python, "-m", "venv", str(venv))
     (wheel,) = wheels.glob("*.whl")
     _run(str(venv / "bin" / "pip"), "install", "-q", "--no-compile", str(wheel))
     _run(str(venv / "bin" / "pip"), "uninstall", "--yes", "-q", "pip", "setuptools")
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The final stage's /opt/fintech, built by the Dockerfile's own steps.
+
+    Cached by content like the platform's binaries (a virtualenv cannot be moved, so it is
+    built in place under the cache, behind the cache's lock): the same build context on the
+    same Python gives the same virtualenv, and any change to a file Docker would send builds a
+    new one. Installing the dependencies takes one to two minutes on 2 cores."""
+    root = tmp_path_factory.mktemp("image")
+    context = root / "src"
+    context.mkdir()
+    assert _build_context(context) == ["README.md", "fintech_operator", "pyproject.toml"]
+    venv = build.cache_root() / "image-venv" / _context_digest(context)
+    with build.cache_lock("image-venv"):
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            _build_image_venv(context, venv, root / "wheels")
+            (venv / ".complete").write_text("built by tests/e2e/test_chart_image.py\n")
+        os.utime(venv)  # The newest in use: the last to be pruned.
+        _prune(venv.parent, keep=venv)
     return venv
+
+
+IMAGE_VENVS_KEPT = 3  # Each is about 200 MB; older build contexts are not coming back.
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    """Remove all but the newest IMAGE_VENVS_KEPT virtualenvs (``keep`` always stays)."""
+    others = sorted((p for p in parent.iterdir() if p != keep), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (IMAGE_VENVS_KEPT - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def test_dockerfile_is_clean_under_hadolint() -> None:
