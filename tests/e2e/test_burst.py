@@ -26,7 +26,7 @@ from tests.e2e import burst
 pytestmark = pytest.mark.e2e
 CARDS = 20
 EXTRA_CARDS = 80  # issued in the same burst as the 20 that take postings
-POSTINGS = 400  # per burst; two bursts
+POSTINGS = 300  # per burst; two bursts
 DECIDED_TIMEOUT_SECONDS = 300.0
 
 

@@ -23,9 +23,9 @@ from tests.conftest import Kubectl, OperatorProcesses, RunningPlatform, wait_for
 from tests.e2e import burst
 
 pytestmark = pytest.mark.e2e
-CARDS = 160
+CARDS = 100
 DELETED_WHILE_DOWN = 10
-SECOND_BURST = 60
+SECOND_BURST = 40
 DELETED_WHILE_QUEUED = 15
 DECIDED_TIMEOUT_SECONDS = 300.0
 
