@@ -118,14 +118,16 @@ def test_a_burst_queues_with_one_patch_per_posting_and_flat_memory(
         # failure would add one each. A handful of extra ones is the watch racing kopf.
         assert POSTINGS <= patches <= POSTINGS * 1.02, (round_, patches)
         rss.append(burst.rss_bytes(pid))
-    # No handler may fail in a burst, with one exception: a posting whose 5 s wait for a
-    # system balance stripe's row lock ran out is retried by kopf ("database busy"), which a
-    # fresh-clone run saw once when two test workers' platforms starved the 2 cores. Such a
-    # retry is bounded here (1 % of the postings) and costs no extra patch beyond the bound above.
+    # No handler may fail in a burst, with one exception: the short jittered retry of
+    # handlers/slots.py ("database busy") when the database itself was slow: a posting's 5 s
+    # wait for a system balance stripe's row lock, or the card refresh timer's wait for a
+    # connection past the pool timeout (1 s here), both seen in fresh-clone runs when other
+    # work starved the 2 cores. Such retries are bounded here (1 % of the postings) and cost
+    # no extra patch beyond the bound above.
     failures = _failures(operator)
-    lock_waits = [line for line in failures if "due to lock timeout" in line]
-    assert [line for line in failures if line not in lock_waits] == [], "no handler may fail"
-    assert len(lock_waits) <= 2 * POSTINGS // 100, lock_waits
+    busy = [line for line in failures if "failed temporarily: database busy" in line]
+    assert [line for line in failures if line not in busy] == [], "no handler may fail"
+    assert len(busy) <= 2 * POSTINGS // 100, busy
     # Flat memory: the second burst (as large as the first) grows the process by little.
     assert rss[1] <= rss[0] * 1.15 + 8 * 2**20, [r // 2**20 for r in rss]
 
