@@ -12,6 +12,7 @@ values in all and equal the sums over the entries.
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -623,3 +624,68 @@ def test_a_capture_reads_its_journal_not_the_settlement_accounts_history(
         reads[side] = settlement_index_reads_per_capture(dsn, history)
     assert min(reads["before_0065"]) >= history, reads  # what 0065 removes
     assert reads["after"] == [0] * 8, reads
+
+
+# Requests on one card of their own, in order: (function, arguments).
+ANSWER_SCRIPT: list[tuple[str, tuple[Any, ...]]] = [
+    ("authorize", ("d-a1", 1000)),
+    ("capture", ("d-a1", "d-c1", 400, False)),
+    ("capture", ("d-a1", "d-c2", 300, True)),
+    ("capture", ("d-a1", "d-c3", 100, True)),  # closed: 409
+    ("capture", ("d-a1", "d-c2", 300, True)),  # a replay
+    ("authorize", ("d-a2", 2000)),
+    ("void", ("d-a2", "d-v1")),
+    ("void", ("d-a2", "d-v2")),  # voided: 409
+    ("authorize", ("d-a3", 500)),
+    ("increment", ("d-a3", "d-i1", 250)),
+    ("capture", ("d-a3", "d-c4", 900, True)),  # over the hold: 409
+    ("capture", ("d-a3", "d-c5", 750, True)),
+    ("authorize", ("d-a4", 2_000_000)),  # over the Daily limit: declined
+]
+CALLS = {
+    "authorize": "SELECT * FROM authorization_authorize(%s, 'tok_dora', %s, 'USD', 'Cafe',"
+    " '5812', 'US')",
+    "capture": "SELECT * FROM authorization_capture(%s, %s, %s, %s)",
+    "void": "SELECT * FROM authorization_void(%s, %s)",
+    "increment": "SELECT * FROM authorization_increment(%s, %s, %s)",
+}
+
+
+def answers(url: str) -> list[tuple[int, bytes, bool]]:
+    """The answers of ANSWER_SCRIPT on a new card of ``url``, expiry times blanked (they are
+    now() + the product's time to live), and the card's spend windows after it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency)"
+            " VALUES ('card:team-a/dora:USD', 'card', 'debit', 'USD')"
+        )
+        conn.execute(
+            "INSERT INTO authorization_cards (account_id, token, card, namespace, product)"
+            " SELECT id, 'tok_dora', 'team-a/dora', 'team-a', 'team-a/std' FROM accounts"
+            " WHERE code = 'card:team-a/dora:USD'"
+        )
+        seen = []
+        for name, args in ANSWER_SCRIPT:
+            row = conn.execute(CALLS[name], args).fetchone()
+            assert row is not None
+            body = re.sub(rb'"expiresAt": "[^"]*"', b'"expiresAt": ""', bytes(row[1]))
+            seen.append((int(row[0]), body, bool(row[2])))
+        spent = conn.execute(
+            "SELECT s.spend_interval, s.spent_minor FROM account_spend_windows s"
+            " JOIN accounts a ON a.id = s.account_id WHERE a.code = 'card:team-a/dora:USD'"
+            " ORDER BY 1"
+        ).fetchall()
+    seen.append((0, repr(spent).encode(), False))
+    return seen
+
+
+def test_every_answer_is_the_same_bytes_before_and_after_0065(schemas: dict[str, str]) -> None:
+    """The requests' answers (and the spend windows they read back) read the running tables
+    0065's triggers write: byte for byte what they were below 0065, including the refusals."""
+    before, after = answers(schemas["before_0065"]), answers(schemas["after"])
+    assert before == after
+    statuses = [status for status, _, _ in after[:-1]]
+    assert statuses == [200, 200, 200, 409, 200, 200, 200, 409, 200, 200, 409, 200, 200]
+    assert after[4][2] is True  # the replay
+    assert b'"SpendLimitExceeded"' in after[-2][1]
+    assert after[-1][1] == repr([("Daily", 1450), ("Lifetime", 1450), ("Monthly", 1450)]).encode()
