@@ -15,6 +15,8 @@ import jsonschema
 import psycopg
 import pytest
 import referencing
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -1014,3 +1016,38 @@ async def test_the_flat_void_and_increment_answer_what_the_general_ones_answer(
     first = await _follow_up_sql(fast, "authorization_void", (auths[0], replay_id, None))
     again = await _follow_up_sql(fast, "authorization_void", (auths[0], replay_id, None))
     assert (again[0], again[1], again[2]) == (first[0], first[1], 1)
+
+
+async def test_the_store_writes_the_requests_trace_context_with_each_event(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """PostgresStore sends the trace headers as JSON text (issue 13, client CPU): each event row
+    carries the calling span's traceparent as a JSON object, and without a span an empty one."""
+    card = await new_card(fast)
+    traceparent = "00-0af7651916cd43dd8448eb211c00f319-b7ad6b7169203331-01"
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C00F319,
+            span_id=0xB7AD6B7169203331,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(1),
+        )
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        auth = body(await authorize(fast, authorize_request(card, 300)))["authorization"]
+        await capture(fast, auth, 100, final=True)
+    finally:
+        otel_context.detach(token)
+    await void(fast, body(await authorize(fast, authorize_request(card, 50)))["authorization"])
+    rows = raw.execute(
+        "SELECT payload->>'type', headers, jsonb_typeof(headers) FROM outbox WHERE key = %s"
+        " ORDER BY id",
+        (card.ref,),
+    ).fetchall()
+    assert [(str(t).split(".")[3], h, kind) for t, h, kind in rows] == [
+        ("approved", {"traceparent": traceparent}, "object"),
+        ("captured", {"traceparent": traceparent}, "object"),
+        ("approved", {}, "object"),
+        ("voided", {}, "object"),
+    ]

@@ -1,16 +1,18 @@
-"""The entries' two row triggers of migration 0063 on a real PostgreSQL: every refusal and every
-running total of the six triggers they replace, proved against the schema before 0063.
+"""The entries' two row triggers of migrations 0063 and 0065 on a real PostgreSQL: every refusal
+and every running total of the six triggers they replace, proved against the schemas before.
 
-Two databases of one server run the same script: ``before`` has every migration below 0063
-(the six triggers), ``after`` has them all. Each refusal must carry the same SQLSTATE and the
-same message in both, and the exact message the Python code and the docs rely on; the running
-tables (balance stripes, spend windows, settlement references) must hold the same values in
-both and equal the sums over the entries.
+Three databases of one server run the same script: ``before`` has every migration below 0063
+(the six triggers), ``before_0065`` every one below 0065 (0063's two triggers and 0001's journal
+triggers as they were), ``after`` has them all. Each refusal must carry the same SQLSTATE and
+the same message in all, and the exact message the Python code and the docs rely on; the
+running tables (balance stripes, spend windows, settlement references) must hold the same
+values in all and equal the sums over the entries.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 from psycopg import errors
 
 from fintech_operator.ledger import migrate
-from tests.conftest import RunningPlatform
+from tests.conftest import RunningPlatform, schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +32,19 @@ SETTLEMENT = "system:network_settlement:USD"
 
 @pytest.fixture(scope="module")
 def schemas(platform_running: RunningPlatform) -> Iterator[dict[str, str]]:
-    """Two fresh databases: ``before`` (migrations below 0063) and ``after`` (all)."""
+    """Three fresh databases: ``before`` (migrations below 0063), ``before_0065`` (below 0065)
+    and ``after`` (all)."""
     admin = platform_running.database_url_for("postgres")
-    names = {side: f"entry_triggers_{side}_{uuid.uuid4().hex[:6]}" for side in ("before", "after")}
+    names = {
+        side: f"entry_triggers_{side}_{uuid.uuid4().hex[:6]}"
+        for side in ("before", "before_0065", "after")
+    }
     with psycopg.connect(admin, autocommit=True) as conn:
         for name in names.values():
             conn.execute(f'CREATE DATABASE "{name}"')
     urls = {side: platform_running.database_url_for(name) for side, name in names.items()}
     migrate.apply(urls["before"], [m for m in migrate.discover() if m.version < 63])
+    migrate.apply(urls["before_0065"], [m for m in migrate.discover() if m.version < 65])
     migrate.apply(urls["after"])
     for url in urls.values():
         with psycopg.connect(url, autocommit=True) as conn:
@@ -231,7 +238,7 @@ def test_each_refusal_is_the_same_error_before_and_after(
         expected = template.format(code=subject, id=ids(url)[subject], journal=int(row[0]))
         seen[side] = refusal(url, lines, **options)
         assert seen[side] == (sqlstate, expected), side
-    assert seen["before"] == seen["after"]
+    assert seen["before"] == seen["before_0065"] == seen["after"]
 
 
 def test_credits_still_reach_closed_and_frozen_accounts(schemas: dict[str, str]) -> None:
@@ -266,7 +273,7 @@ def test_a_committed_journal_takes_no_more_entries(schemas: dict[str, str]) -> N
             f"journal {first} was committed earlier: entries join a journal only in the"
             " transaction that creates it"
         )
-    assert seen["before"] == seen["after"]
+    assert seen["before"] == seen["before_0065"] == seen["after"]
 
 
 def workload(url: str) -> None:
@@ -362,6 +369,26 @@ def workload(url: str) -> None:
             kind="Refund",
         )
         conn.commit()
+        # Settlement entries before the card's, and a journal whose entries arrive in two
+        # statements: each journal is still one posting of its reference (0065's probe).
+        journal(
+            conn,
+            [
+                (settle, "credit", 30, "USD"),
+                (settle, "credit", 20, "USD"),
+                (alice, "debit", 50, "USD"),
+            ],
+            kind="Purchase",
+            reference="ref-5",
+        )
+        split = journal(conn, [(settle, "credit", 8, "USD")], kind="Purchase", reference="ref-5")
+        for code, direction, amount in ((settle, "credit", 2), (alice, "debit", 10)):
+            conn.execute(
+                "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
+                " SELECT %s, id, %s, %s, 'USD' FROM accounts WHERE code = %s",
+                (split, direction, amount, code),
+            )
+        conn.commit()
     # Real-time authorizations captured, on three connections (three backends, three stripes).
     for n in range(3):
         with psycopg.connect(url, autocommit=True) as conn:
@@ -415,18 +442,20 @@ def test_running_totals_are_the_sums_over_entries_as_before(schemas: dict[str, s
             }
         assert seen[side]["balances"] == seen[side]["balances from entries"]
     # Captured times differ between the databases (now()); everything else is equal.
-    assert seen["before"]["balances"] == seen["after"]["balances"]
-    assert seen["before"]["spend windows"] == seen["after"]["spend windows"]
+    for side in ("before", "before_0065"):
+        assert seen[side]["balances"] == seen["after"]["balances"], side
+        assert seen[side]["spend windows"] == seen["after"]["spend windows"], side
     refs = {side: [row[:5] for row in seen[side]["settlement references"]] for side in seen}
-    assert refs["before"] == refs["after"]
+    assert refs["before"] == refs["before_0065"] == refs["after"]
     by_reference = {row[1]: row[2:5] for row in refs["after"]}
     assert by_reference["ref-1"] == (700 + 300 - 120, "USD", 3)
     assert by_reference["ref-2"] == (70, "EUR+USD", 2)
     assert "ref-3" not in by_reference
     assert "ref-4" not in by_reference
+    assert by_reference["ref-5"] == (30 + 20 + 8 + 2, "USD", 2)
     spend = {(row[0], row[1]): row[3] for row in seen["after"]["spend windows"]}
     captured = sum(400 + i for i in range(4)) * 3
-    assert spend["card:team-a/alice:USD", "Lifetime"] == 700 + 300 + 20 + 40 + captured
+    assert spend["card:team-a/alice:USD", "Lifetime"] == 700 + 300 + 20 + 40 + 50 + 10 + captured
 
 
 def test_a_system_account_moves_the_stripe_of_its_backend(schemas: dict[str, str]) -> None:
@@ -473,3 +502,190 @@ def test_entries_have_one_before_and_one_after_trigger(schemas: dict[str, str]) 
         "entries_before",
         "entries_no_truncate",
     ]
+
+
+JOURNAL_REFUSALS = {
+    "reversal of a reversal": "journal {original} is a reversal and cannot be reversed",
+    "not a mirror": "reversal {journal} does not mirror journal {original}",
+    "one entry": "journal {journal} has 1 entries; a journal needs at least two",
+}
+
+
+def journal_refusal(url: str, case: str) -> tuple[str | None, str, str]:
+    """The SQLSTATE and message of a journal-level refusal (rolled back), and the message
+    JOURNAL_REFUSALS expects with this database's journal ids."""
+    alice = "card:team-a/alice:USD"
+    lines: list[Line] = [(alice, "debit", 13, "USD"), (SETTLEMENT, "credit", 13, "USD")]
+    swapped: list[Line] = [(alice, "credit", 13, "USD"), (SETTLEMENT, "debit", 13, "USD")]
+    ids: dict[str, int] = {}
+    with psycopg.connect(url) as conn:
+        original = journal(conn, lines, kind="Purchase")
+        reversal = journal(conn, swapped, kind="Reversal", reverses=original)
+        conn.commit()
+        try:
+            if case == "reversal of a reversal":
+                ids["original"] = reversal
+                journal(conn, swapped, kind="Reversal", reverses=reversal)
+            elif case == "not a mirror":  # the original's own lines, not swapped
+                ids["original"] = journal(conn, lines, kind="Purchase")
+                conn.commit()
+                ids["journal"] = journal(conn, lines, kind="Reversal", reverses=ids["original"])
+            else:
+                ids["journal"] = journal(conn, [(alice, "debit", 6, "USD")])
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        except psycopg.Error as exc:
+            conn.rollback()
+            return exc.sqlstate, str(exc.diag.message_primary), JOURNAL_REFUSALS[case].format(**ids)
+        conn.rollback()
+    return None, "", JOURNAL_REFUSALS[case].format(**ids)
+
+
+@pytest.mark.parametrize("case", list(JOURNAL_REFUSALS))
+def test_journal_level_refusals_are_the_same_error_in_every_schema(
+    schemas: dict[str, str], case: str
+) -> None:
+    """0065 put the journals' reversal-only queries behind an IF of their own: a reversal of a
+    reversal, a reversal that does not mirror its original and a one-entry journal are refused
+    with the same SQLSTATE and message in the schemas below 0063, below 0065 and with it."""
+    for side, url in schemas.items():
+        sqlstate, message, expected = journal_refusal(url, case)
+        assert (sqlstate, message) == ("23514", expected), side
+
+
+def index_reads(conn: psycopg.Connection[Any], schema: str, index: str) -> int:
+    """Index tuples read through ``index`` of ``schema`` so far, this backend's included."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = %s AND indexrelname = %s",
+        (schema, index),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def settlement_index_reads_per_capture(dsn: str, history: int) -> list[int]:
+    """A ledger of a thousand cards whose entries were ANALYZEd empty (and left so), then
+    ``history`` settled Purchases, then on a new connection eight authorizations each captured:
+    the tuples entries_account_id_idx gave to each capture."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seed(conn)
+        # A ledger of a thousand cards (as the bench's), analyzed before its first entry.
+        conn.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency)"
+            " SELECT 'card:team-a/c' || i || ':USD', 'card', 'debit', 'USD'"
+            " FROM generate_series(1, 1000) i"
+        )
+        conn.execute("ALTER TABLE entries SET (autovacuum_enabled = false)")
+        conn.execute("ANALYZE")
+        for n in range(history):
+            with conn.transaction():
+                journal(
+                    conn,
+                    [
+                        ("card:team-a/alice:USD", "debit", 1, "USD"),
+                        (SETTLEMENT, "credit", 1, "USD"),
+                    ],
+                    kind="Purchase",
+                    reference=f"history-{n}",
+                )
+    # A new backend (as the gateway's connections), planning with those statistics.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        assert row is not None
+        schema = str(row[0])
+        seen = []
+        for i in range(8):  # past PL/pgSQL's five custom plans, onto its generic one
+            conn.execute(
+                "SELECT * FROM authorization_authorize(%s, 'tok_alice', 100, 'USD', 'Cafe',"
+                " '5812', 'US')",
+                (f"auth-{i}",),
+            )
+            before = index_reads(conn, schema, "entries_account_id_idx")
+            conn.execute(
+                "SELECT * FROM authorization_capture(%s, %s, 100, true)", (f"auth-{i}", f"cap-{i}")
+            )
+            seen.append(index_reads(conn, schema, "entries_account_id_idx") - before)
+    return seen
+
+
+def test_a_capture_reads_its_journal_not_the_settlement_accounts_history(
+    platform_running: RunningPlatform,
+) -> None:
+    """0065: whether a settlement entry is its journal's first is read through the journal's
+    entries. Before, with the statistics of entries taken while it was empty (a new ledger,
+    until autovacuum's ANALYZE), the plan read every earlier entry of the settlement account
+    through entries_account_id_idx: one more index tuple per capture, without bound."""
+    history = 300
+    reads = {}
+    for side in ("before_0065", "after"):
+        dsn = schema_migrated_below(platform_running.database_url)
+        migrate.apply(dsn, [m for m in migrate.discover() if side == "after" or m.version < 65])
+        reads[side] = settlement_index_reads_per_capture(dsn, history)
+    assert min(reads["before_0065"]) >= history, reads  # what 0065 removes
+    assert reads["after"] == [0] * 8, reads
+
+
+# Requests on one card of their own, in order: (function, arguments).
+ANSWER_SCRIPT: list[tuple[str, tuple[Any, ...]]] = [
+    ("authorize", ("d-a1", 1000)),
+    ("capture", ("d-a1", "d-c1", 400, False)),
+    ("capture", ("d-a1", "d-c2", 300, True)),
+    ("capture", ("d-a1", "d-c3", 100, True)),  # closed: 409
+    ("capture", ("d-a1", "d-c2", 300, True)),  # a replay
+    ("authorize", ("d-a2", 2000)),
+    ("void", ("d-a2", "d-v1")),
+    ("void", ("d-a2", "d-v2")),  # voided: 409
+    ("authorize", ("d-a3", 500)),
+    ("increment", ("d-a3", "d-i1", 250)),
+    ("capture", ("d-a3", "d-c4", 900, True)),  # over the hold: 409
+    ("capture", ("d-a3", "d-c5", 750, True)),
+    ("authorize", ("d-a4", 2_000_000)),  # over the Daily limit: declined
+]
+CALLS = {
+    "authorize": "SELECT * FROM authorization_authorize(%s, 'tok_dora', %s, 'USD', 'Cafe',"
+    " '5812', 'US')",
+    "capture": "SELECT * FROM authorization_capture(%s, %s, %s, %s)",
+    "void": "SELECT * FROM authorization_void(%s, %s)",
+    "increment": "SELECT * FROM authorization_increment(%s, %s, %s)",
+}
+
+
+def answers(url: str) -> list[tuple[int, bytes, bool]]:
+    """The answers of ANSWER_SCRIPT on a new card of ``url``, expiry times blanked (they are
+    now() + the product's time to live), and the card's spend windows after it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO accounts (code, kind, normal_balance, currency)"
+            " VALUES ('card:team-a/dora:USD', 'card', 'debit', 'USD')"
+        )
+        conn.execute(
+            "INSERT INTO authorization_cards (account_id, token, card, namespace, product)"
+            " SELECT id, 'tok_dora', 'team-a/dora', 'team-a', 'team-a/std' FROM accounts"
+            " WHERE code = 'card:team-a/dora:USD'"
+        )
+        seen = []
+        for name, args in ANSWER_SCRIPT:
+            row = conn.execute(CALLS[name], args).fetchone()
+            assert row is not None
+            body = re.sub(rb'"expiresAt": "[^"]*"', b'"expiresAt": ""', bytes(row[1]))
+            seen.append((int(row[0]), body, bool(row[2])))
+        spent = conn.execute(
+            "SELECT s.spend_interval, s.spent_minor FROM account_spend_windows s"
+            " JOIN accounts a ON a.id = s.account_id WHERE a.code = 'card:team-a/dora:USD'"
+            " ORDER BY 1"
+        ).fetchall()
+    seen.append((0, repr(spent).encode(), False))
+    return seen
+
+
+def test_every_answer_is_the_same_bytes_before_and_after_0065(schemas: dict[str, str]) -> None:
+    """The requests' answers (and the spend windows they read back) read the running tables
+    0065's triggers write: byte for byte what they were below 0065, including the refusals."""
+    before, after = answers(schemas["before_0065"]), answers(schemas["after"])
+    assert before == after
+    statuses = [status for status, _, _ in after[:-1]]
+    assert statuses == [200, 200, 200, 409, 200, 200, 200, 409, 200, 200, 409, 200, 200]
+    assert after[4][2] is True  # the replay
+    assert b'"SpendLimitExceeded"' in after[-2][1]
+    assert after[-1][1] == repr([("Daily", 1450), ("Lifetime", 1450), ("Monthly", 1450)]).encode()
