@@ -162,8 +162,11 @@ def fake_processor_manifest(cluster: Cluster, namespace: str) -> str:
 
 
 # The receiver's Service address, fixed so the chart can allow exactly it
-# (config.webhookAllowedCidrs) before the Service exists; inside the node's 10.0.0.0/24.
-RECEIVER_SERVICE_IP = "10.0.0.200"
+# (config.webhookAllowedCidrs) before the Service exists; inside the node's 10.0.0.0/24, in
+# its lower 16 addresses: Kubernetes keeps that band for fixed addresses (CoreDNS has .10) and
+# gives Services without one addresses above it first. 10.0.0.200, in the upper band, was
+# once already taken by the chart's own Services ("provided IP is already allocated").
+RECEIVER_SERVICE_IP = "10.0.0.14"
 
 
 def outside_manifest(cluster: Cluster, signing_secret: str) -> str:
