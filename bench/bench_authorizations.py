@@ -21,6 +21,10 @@ On a private platform (PostgreSQL with fsync on, as in production) it migrates, 
 3. ``pgbench``: PostgreSQL's own TPC-B-like benchmark (``-M prepared``) with the same client
    count as the store phase, on the same server, for ``--pgbench-seconds``.
 
+WARM-UP: before phase 1 the store mix runs for ``--warmup-seconds`` (default 5) and then
+``ANALYZE``: the phases measure a ledger in use, as pgbench's initialisation leaves its own
+tables analyzed, not plpgsql's cached plans made while the ledger tables were empty.
+
 WAL written per request (``pg_current_wal_lsn`` before and after) is printed for the store
 and HTTP phases.
 
@@ -97,6 +101,10 @@ def parse_args() -> argparse.Namespace:
         "--nice", type=int, default=10, help="the load generator's niceness during the HTTP phase"
     )
     parser.add_argument("--store-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=5.0,
+        help="store mix before the phases, then ANALYZE (0: none); see WARM-UP in the docstring",
+    )  # fmt: skip
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument(
         "--profile", metavar="FILE", help="py-spy record the gateway (.svg flame graph, .txt raw)"
@@ -112,6 +120,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--workers in 1..min(--pool, 32)")
     if not 0 <= args.nice <= 19:
         parser.error("--nice in 0..19")
+    if not 0 <= args.warmup_seconds <= SECONDS_MAX:
+        parser.error(f"--warmup-seconds in [0, {SECONDS_MAX}]")
     return args
 
 
@@ -216,6 +226,12 @@ async def store_phase(
         started = time.monotonic()
         await asyncio.gather(*(worker(pool) for _ in range(clients)))
         return done / (time.monotonic() - started), done
+
+
+async def analyze(dsn: str) -> None:
+    """Fresh statistics of every table, as pgbench's own initialisation leaves its tables."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("ANALYZE")
 
 
 async def call_store(
@@ -517,6 +533,10 @@ async def run(args: argparse.Namespace, plat: platform.Platform | None, dsn: str
     started = time.monotonic()
     tokens = await issue_cards(dsn, args.cards)
     print(f"issued {len(tokens)} cards in {time.monotonic() - started:.1f}s")
+    if args.warmup_seconds > 0:
+        warm_rate, _ = await store_phase(dsn, tokens, args.clients, args.warmup_seconds)
+        await analyze(dsn)
+        print(f"warm-up: {warm_rate:.0f} requests/s for {args.warmup_seconds:.0f}s, then ANALYZE")
     wal_before = wal_lsn(dsn)
     store_rate, store_done = await store_phase(dsn, tokens, args.clients, args.store_seconds)
     store_wal = (wal_lsn(dsn) - wal_before) / max(store_done, 1)
