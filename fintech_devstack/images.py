@@ -68,6 +68,12 @@ def _tree_bytes(root: Path, names: tuple[str, ...] | None = None) -> bytes:
     return b"\0\0".join(chunks)
 
 
+def tree_key(root: Path, *extra: bytes) -> str:
+    """The content key of every file under ``root`` and of ``extra``: what a cache entry built
+    from that tree is named by (also the image venv of tests/e2e/test_chart_image.py)."""
+    return _digest(*extra, _tree_bytes(root))
+
+
 def tag(name: str, key: str) -> str:
     return f"{REGISTRY}/{name}:{key}"
 

@@ -8,7 +8,6 @@ and the `fintech-operator` entry point runs the commands the chart's pods run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import psycopg
 import pytest
 import yaml
 
-from fintech_devstack import build
+from fintech_devstack import build, images
 from tests.conftest import RunningPlatform
 from tests.integration.test_helm_chart import Helm
 
@@ -105,16 +104,6 @@ def _run(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return result
 
 
-def _context_digest(context: Path) -> str:
-    """What the image's virtualenv is made from: every file of the build context (path and
-    bytes) and the Python that builds it."""
-    digest = hashlib.sha256(sys.version.encode())
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(context).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:24]
-
-
 def _build_image_venv(context: Path, venv: Path, wheels: Path) -> None:
     python = sys.executable
     _run(python, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context))
@@ -136,7 +125,7 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     context = root / "src"
     context.mkdir()
     assert _build_context(context) == ["README.md", "fintech_operator", "pyproject.toml"]
-    venv = build.cache_root() / "image-venv" / _context_digest(context)
+    venv = build.cache_root() / "image-venv" / images.tree_key(context, sys.version.encode())
     with build.cache_lock("image-venv"):
         if not (venv / ".complete").exists():
             shutil.rmtree(venv, ignore_errors=True)
