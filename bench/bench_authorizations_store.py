@@ -4,22 +4,31 @@
         .venv/bin/python bench/bench_authorizations_store.py --clients 4 8 --seconds 20
     .venv/bin/python bench/bench_authorizations_store.py --own-platform --history 30
 
-For each client count it runs, one after another on the same server:
+For each client count it runs ``--rounds`` rounds (default 3), each of these phases one after
+another on the same server, so that every ratio compares phases seconds apart:
 
-1. ``store``: that many asyncio clients in ONE Python process, each on its own autocommit
-   connection, calling ``PostgresStore`` in a closed loop on 1,000 cards: a mix of about 70%
-   authorizations, 25% captures (final, of an authorization the client holds) and 5% voids.
-   This is the gateway's own path minus HTTP.
+1. ``store``: that many asyncio clients in ONE Python process on uvloop (the gateway's event
+   loop), each on its own autocommit connection, calling ``PostgresStore`` in a closed loop on
+   1,000 cards: a mix of about 70% authorizations, 25% captures (final, of an authorization the
+   client holds) and 5% voids. Each call builds its request model as the gateway does. This is
+   the gateway's own path minus HTTP.
 2. ``sql``: pgbench with the same client count running the statements the store sends, in
    the same mix (authorize; authorize then a final capture; authorize then a void) on random
    cards: the ledger's work alone, no Python, counted in statements per second.
 3. ``tpcb``: pgbench's built-in TPC-B-like script with the same client count (scale = client
    count, so clients do not all queue on one branch row), prepared statements like the store.
-4. ``cpu``: when the server is a process of this machine (``--own-platform``, or a local
-   ``DATABASE_URL``), the server's CPU per operation of phases 1 and 2 (every PostgreSQL process,
-   from ``/proc``: see ``server_cpu.py``), and of two more pgbench runs with the same clients:
-   authorizations alone, and an authorization then its final capture; their difference is the
-   server's CPU per capture.
+
+Then, once per client count, ``cpu``: when the server is a process of this machine
+(``--own-platform``, or a local ``DATABASE_URL``), the server's CPU per operation of phases 1
+and 2 (every PostgreSQL process, from ``/proc``: see ``server_cpu.py``), the client's own CPU
+per store operation (``getrusage``), and two more pgbench runs with the same clients:
+authorizations alone, and an authorization then its final capture; their difference is the
+server's CPU per capture.
+
+The ``ratio`` line gives the MEDIAN over the rounds of store / tpcb and sql / tpcb, with every
+round's value: on a shared 2-core machine one phase can meet an autovacuum or a checkpoint that
+the next one does not, and a single pair of phases moved the ratio by 0.15 between runs minutes
+apart (bench/RESULTS.md).
 
 With ``--history N`` every card first gets N Purchase journals posted today (as if it had been
 used N times this day), so a Daily limit's spend window has something to count: the running
@@ -43,6 +52,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,6 +64,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import server_cpu
+import uvloop
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fintech_devstack import platform
@@ -64,6 +75,7 @@ from fintech_operator.ledger import migrate
 CARDS = 1_000
 CLIENTS_MAX = 64
 SECONDS_MAX = 600
+ROUNDS_MAX = 20
 HISTORY_MAX = 1_000
 PGBENCH = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
 
@@ -79,7 +91,8 @@ class Tally:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=10, help="of each phase of a round")
+    parser.add_argument("--rounds", type=int, default=3, help="store, sql, tpcb rounds")
     parser.add_argument("--history", type=int, default=0, help="Purchases per card before")
     parser.add_argument(
         "--warmup-seconds", type=int, default=5,
@@ -91,6 +104,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--history must be in 0..{HISTORY_MAX}")
     if not all(0 < n <= CLIENTS_MAX for n in args.clients):
         parser.error(f"--clients must be in 1..{CLIENTS_MAX}")
+    if not 0 < args.rounds <= ROUNDS_MAX:
+        parser.error(f"--rounds must be in 1..{ROUNDS_MAX}")
     if not 0 < args.seconds <= SECONDS_MAX:
         parser.error(f"--seconds must be in 1..{SECONDS_MAX}")
     if not 0 <= args.warmup_seconds <= SECONDS_MAX:
@@ -215,19 +230,37 @@ def authorize(token: str) -> contract.AuthorizeRequest:
     )
 
 
-async def run_store(url: str, tokens: list[str], clients: int, seconds: int) -> tuple[str, float]:
+async def _run_clients(url: str, tokens: list[str], clients: int, seconds: int) -> Tally:
     tally = Tally()
     stop_at = time.monotonic() + seconds
-    started = time.monotonic()
     await asyncio.gather(*(client(url, tokens, stop_at, tally) for _ in range(clients)))
+    return tally
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    line: str
+    ops_per_second: float
+    ops: int
+    client_cpu_seconds: float  # user + system of this process over the phase
+
+
+def run_store(url: str, tokens: list[str], clients: int, seconds: int) -> StoreRun:
+    """The store phase on uvloop, the event loop the gateway runs on (gateway/server.py)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        tally = runner.run(_run_clients(url, tokens, clients, seconds))
     elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     q = statistics.quantiles(tally.latencies_ms, n=100)
     line = (
         f"store  clients={clients:<3} {tally.ops / elapsed:7.0f} ops/s"
         f" ({tally.authorizations / elapsed:.0f} authorizations/s, {tally.approved} approved)"
         f"  p50={q[49]:.2f}ms p99={q[98]:.2f}ms"
     )
-    return line, tally.ops / elapsed
+    return StoreRun(line, tally.ops / elapsed, tally.ops, cpu)
 
 
 def pgbench(url: str, clients: int, seconds: int, *extra: str) -> float:
@@ -327,6 +360,69 @@ def init_tpcb(url: str, scale: int) -> None:
     )  # fmt: skip
 
 
+def compare(
+    args: argparse.Namespace,
+    url: str,
+    tpcb: str,
+    tokens: list[str],
+    clients: int,
+    postmaster: int | None,
+) -> None:
+    """``--rounds`` rounds of store, sql and tpcb at one client count, then the CPU lines and
+    the median ratios."""
+    store_ratios: list[float] = []
+    sql_ratios: list[float] = []
+    store_cpu_us: list[float] = []
+    sql_cpu_us: list[float] = []
+    client_cpu_us: list[float] = []
+    for round_no in range(1, args.rounds + 1):
+        cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
+        store = run_store(url, tokens, clients, args.seconds)
+        cpu_store = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
+        sql_line, sql_ops = run_sql(url, clients, args.seconds)
+        cpu_sql = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
+        tps = pgbench(tpcb, clients, args.seconds)
+        print(f"round {round_no}", flush=True)
+        print(f"  {store.line}", flush=True)
+        print(f"  {sql_line}", flush=True)
+        print(f"  tpcb   clients={clients:<3} {tps:7.0f} TPS (pgbench TPC-B-like, scale {clients})")
+        print(
+            f"  ratio  store / tpcb = {store.ops_per_second / tps:.2f},"
+            f" sql / tpcb = {sql_ops / tps:.2f}",
+            flush=True,
+        )
+        store_ratios.append(store.ops_per_second / tps)
+        sql_ratios.append(sql_ops / tps)
+        client_cpu_us.append(store.client_cpu_seconds / store.ops * 1e6)
+        if postmaster:
+            # Throughput is measured over the phase's seconds; the CPU too (plus the settle).
+            store_cpu_us.append((cpu_store - cpu_before) / store.ops * 1e6)
+            sql_cpu_us.append((cpu_sql - cpu_store) / (sql_ops * args.seconds) * 1e6)
+    print(
+        f"cpu    clients={clients:<3} per store operation: client (this process)"
+        f" {statistics.median(client_cpu_us):.0f} us"
+        + (
+            f", server {statistics.median(store_cpu_us):.0f} us; per sql operation: server"
+            f" {statistics.median(sql_cpu_us):.0f} us (medians of {args.rounds} rounds)"
+            if postmaster
+            else " (server CPU: not a local server)"
+        ),
+        flush=True,
+    )
+    if postmaster:
+        print(run_capture_cpu(url, clients, args.seconds, postmaster), flush=True)
+    print(
+        f"ratio  clients={clients:<3} store / tpcb = {statistics.median(store_ratios):.2f},"
+        f" sql / tpcb = {statistics.median(sql_ratios):.2f}: medians of {args.rounds} rounds"
+        f" (store {_values(store_ratios)}; sql {_values(sql_ratios)}) (goal >= 0.5)",
+        flush=True,
+    )
+
+
+def _values(ratios: list[float]) -> str:
+    return ", ".join(f"{r:.2f}" for r in ratios)
+
+
 def main() -> int:
     args = parse_args()
     if args.own_platform:
@@ -361,38 +457,13 @@ def bench(args: argparse.Namespace, base: str) -> int:
         with psycopg.connect(base) as conn:
             postmaster = server_cpu.postmaster_of(conn)
         if args.warmup_seconds:
-            line, _ = asyncio.run(run_store(url, tokens, max(args.clients), args.warmup_seconds))
+            warm = run_store(url, tokens, max(args.clients), args.warmup_seconds)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("ANALYZE")
-            print(f"warm-up {line.removeprefix('store').strip()}, then ANALYZE", flush=True)
+            print(f"warm-up {warm.line.removeprefix('store').strip()}, then ANALYZE", flush=True)
         for clients in args.clients:
-            cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
-            line, store_rps = asyncio.run(run_store(url, tokens, clients, args.seconds))
-            cpu_store = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
-            print(line, flush=True)
-            sql_line, sql_ops = run_sql(url, clients, args.seconds)
-            cpu_sql = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
-            print(sql_line, flush=True)
-            if postmaster:
-                # Throughput is measured over the run's seconds; the CPU too (plus the settle).
-                store_us = (cpu_store - cpu_before) / (store_rps * args.seconds) * 1e6
-                sql_us = (cpu_sql - cpu_store) / (sql_ops * args.seconds) * 1e6
-                print(
-                    f"cpu    clients={clients:<3} server CPU: {store_us:.0f} us per store"
-                    f" operation, {sql_us:.0f} us per sql operation",
-                    flush=True,
-                )
-                print(run_capture_cpu(url, clients, args.seconds, postmaster), flush=True)
             init_tpcb(tpcb, clients)
-            tps = pgbench(tpcb, clients, args.seconds)
-            print(
-                f"tpcb   clients={clients:<3} {tps:7.0f} TPS (pgbench TPC-B-like, scale {clients})",
-                flush=True,
-            )
-            print(
-                f"ratio  clients={clients:<3} store / tpcb = {store_rps / tps:.2f},"
-                f" sql / tpcb = {sql_ops / tps:.2f} (goal >= 0.5)"
-            )
+            compare(args, url, tpcb, tokens, clients, postmaster)
     finally:
         drop_db(base, authz_db)
         drop_db(base, tpcb_db)
