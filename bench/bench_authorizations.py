@@ -21,6 +21,10 @@ On a private platform (PostgreSQL with fsync on, as in production) it migrates, 
 3. ``pgbench``: PostgreSQL's own TPC-B-like benchmark (``-M prepared``) with the same client
    count as the store phase, on the same server, for ``--pgbench-seconds``.
 
+Everything runs on uvloop, the gateway's event loop. The ``store / pgbench`` ratio here is one
+store phase and one pgbench run minutes apart (the HTTP phase between them);
+``bench_authorizations_store.py`` alternates the two in rounds and reports the median.
+
 WARM-UP: before phase 1 the store mix runs for ``--warmup-seconds`` (default 5) and then
 ``ANALYZE``: the phases measure a ledger in use, as pgbench's initialisation leaves its own
 tables analyzed, not plpgsql's cached plans made while the ledger tables were empty.
@@ -52,7 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +65,7 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
+import uvloop
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_devstack import platform
@@ -574,12 +579,19 @@ def main() -> int:
     if args.own_platform:
         # fast_disk=False: PostgreSQL keeps fsync on, as the goals are stated.
         with platform.throwaway("bench-authz-", fast_disk=False) as plat:
-            return asyncio.run(run(args, plat, plat.database_url))
+            return _run(run(args, plat, plat.database_url))
     dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         print("set DATABASE_URL to a PostgreSQL DSN for benchmarks, or --own-platform")
         return 2
-    return asyncio.run(run(args, None, dsn))
+    return _run(run(args, None, dsn))
+
+
+def _run(main_coroutine: Coroutine[Any, Any, int]) -> int:
+    """On uvloop, the event loop the gateway runs on (gateway/server.py): the store phase is
+    the gateway's path minus HTTP, and the load generator's own CPU per request is smaller."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main_coroutine)
 
 
 if __name__ == "__main__":
