@@ -1,0 +1,172 @@
+"""One backend's CPU per operation on two schemas, A (migrations below ``--below``) and B (all),
+alternated in rounds (issue 13: what a migration saves per capture and per Posting).
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python bench/backend_cpu_ab.py --below 66 --rounds 4 --ops 1500
+
+It creates two databases, ``ab_a_<run>`` and ``ab_b_<run>``, on the server of ``DATABASE_URL``
+(which must be a process of this machine: the CPU is read from ``/proc``), seeds each with the
+store benchmark's 1,000 cards (bench_authorizations_store.seed_cards), warms each up (300 of
+each operation, then ANALYZE) and then, per round, A then B (B then A on odd rounds), on ONE
+connection per schema, runs:
+
+* ``pair``: an authorization then its final capture (the SQL functions the gateway's store
+  calls, as bench_authorizations_store.py's pgbench scripts do);
+* ``posting``: a Posting-style Purchase as the ledger engine writes it in one transaction: the
+  card account locked, the journal (with a reference, so the settlement reference moves), its
+  two entries (one executemany, as ``engine._insert_entries``), one outbox event.
+
+Each phase reads utime + stime of that connection's backend (``/proc/<pid>/stat``, clock
+ticks) before and after ``--ops`` operations: the server CPU of exactly that work, which a
+busy shared machine distorts far less than a wall clock. Only one connection runs at a time.
+The databases are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import bench_authorizations_store
+import psycopg
+from psycopg.types.json import Jsonb
+
+from fintech_operator.ledger import migrate
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+WARMUP_OPS = 300
+
+
+def backend_ticks(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def pair(conn: psycopg.Connection[Any], rng: random.Random) -> None:
+    auth = f"ab-{uuid.uuid4().hex}"
+    token = f"tok_bench_{rng.randrange(bench_authorizations_store.CARDS)}"
+    conn.execute(
+        "SELECT * FROM authorization_authorize(%s, %s, 1000, 'USD', 'Bench Cafe', '5812', 'US')",
+        (auth, token),
+    )
+    conn.execute(
+        "SELECT * FROM authorization_capture(%s, %s, 900, true)", (auth, f"c{auth}")
+    )
+
+
+def posting(conn: psycopg.Connection[Any], rng: random.Random, settlement: int) -> None:
+    card = rng.randrange(bench_authorizations_store.CARDS)
+    key = uuid.uuid4().hex
+    with conn.transaction(), conn.cursor() as cur:
+        row = cur.execute(
+            "SELECT id FROM accounts WHERE code = %s FOR NO KEY UPDATE",
+            (f"card:bench/c{card}:USD",),
+        ).fetchone()
+        assert row is not None
+        account = int(row[0])
+        journal = cur.execute(
+            "INSERT INTO journals (idempotency_key, request_hash, kind, reference, occurred_at,"
+            " reverses_journal_id, metadata, namespace)"
+            " VALUES (%s, %s, %s, %s, coalesce(%s::timestamptz, now()), %s, %s, %s)"
+            " ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING id",
+            (f"bench/{key}", "0" * 64, "Purchase", f"ref-{key}", None, None,
+             Jsonb({"card": f"bench/c{card}"}), "bench"),
+        ).fetchone()  # fmt: skip
+        assert journal is not None
+        cur.executemany(
+            "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            sorted([(journal[0], account, "debit", 1250, "USD"),
+                    (journal[0], settlement, "credit", 1250, "USD")]),
+        )  # fmt: skip
+        cur.execute(
+            "INSERT INTO outbox (event_id, topic, key, payload, headers, journal_id)"
+            " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::jsonb[],"
+            " %s::jsonb[], %s::bigint[]) ON CONFLICT (event_id) DO NOTHING",
+            ([uuid.uuid4()], ["postings"], [f"bench/c{card}"], [Jsonb({"amount": 1250})],
+             [Jsonb({"type": "posting.posted"})], [journal[0]]),
+        )  # fmt: skip
+
+
+class Schema:
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.conn = psycopg.connect(url, autocommit=True)
+        row = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        self.pid = int(row[0])
+        row = self.conn.execute(
+            "SELECT id FROM accounts WHERE code = 'system:network_settlement:USD'"
+        ).fetchone()
+        assert row is not None
+        self.settlement = int(row[0])
+        self.rng = random.Random(7)  # noqa: S311 - picks cards, not secrets
+        self.results: dict[str, list[float]] = {"pair": [], "posting": []}
+
+    def run(self, what: str, ops: int) -> float:
+        """Backend CPU microseconds per operation of ``ops`` operations ``what``."""
+        before = backend_ticks(self.pid)
+        for _ in range(ops):
+            if what == "pair":
+                pair(self.conn, self.rng)
+            else:
+                posting(self.conn, self.rng, self.settlement)
+        return (backend_ticks(self.pid) - before) / _TICKS_PER_SECOND / ops * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--below", type=int, required=True, help="A: migrations below this")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ops", type=int, default=1500)
+    args = parser.parse_args()
+    if not 1 <= args.rounds <= 20 or not 100 <= args.ops <= 20_000:
+        parser.error("--rounds must be in 1..20 and --ops in 100..20000")
+    base = os.environ["DATABASE_URL"]
+    run = uuid.uuid4().hex[:6]
+    names = {"A": f"ab_a_{run}", "B": f"ab_b_{run}"}
+    try:
+        schemas = {}
+        for side, name in names.items():
+            url = bench_authorizations_store.create_db(base, name)
+            wanted = [m for m in migrate.discover() if side == "B" or m.version < args.below]
+            migrate.apply(url, wanted)
+            bench_authorizations_store.seed_cards(url)
+            schema = Schema(side, url)
+            for what in ("pair", "posting"):
+                schema.run(what, WARMUP_OPS)
+            schema.conn.execute("ANALYZE")
+            schemas[side] = schema
+        for r in range(args.rounds):
+            order = ("A", "B") if r % 2 == 0 else ("B", "A")
+            for side in order:
+                for what in ("pair", "posting"):
+                    us = schemas[side].run(what, args.ops)
+                    schemas[side].results[what].append(us)
+                    print(f"round {r + 1} {side} {what:<7} {us:7.0f} us/op", flush=True)
+        for what in ("pair", "posting"):
+            a, b = schemas["A"].results[what], schemas["B"].results[what]
+            print(
+                f"{what:<7} A (below {args.below}): {', '.join(f'{x:.0f}' for x in a)}"
+                f" (median {statistics.median(a):.0f}); B (all): "
+                f"{', '.join(f'{x:.0f}' for x in b)} (median {statistics.median(b):.0f});"
+                f" B - A {statistics.median(b) - statistics.median(a):+.0f} us/op"
+            )
+        for schema in schemas.values():
+            schema.conn.close()
+    finally:
+        for name in names.values():
+            bench_authorizations_store.drop_db(base, name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
