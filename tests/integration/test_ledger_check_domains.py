@@ -303,7 +303,7 @@ def test_the_ledger_tables_keep_only_multi_column_checks(raw: psycopg.Connection
     rules_now = raw.execute(
         "SELECT t.typname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
         " JOIN pg_type t ON t.oid = c.contypid WHERE t.typname = ANY(%s)"
-            " AND t.typnamespace = current_schema()::regnamespace ORDER BY 1",
+        " AND t.typnamespace = current_schema()::regnamespace ORDER BY 1",
         (list(REUSED),),
     ).fetchall()
     assert rules_now == [
@@ -323,9 +323,8 @@ def test_a_guarded_write_of_a_bad_value_is_now_the_domains_refusal(
     guard's restrict_violation; one that also writes a bad kind is the domain's refusal."""
     with raw.transaction(force_rollback=True):
         raw.execute(_JOURNAL)
-        with pytest.raises(errors.RestrictViolation, match="append-only"):
-            with raw.transaction():
-                raw.execute("UPDATE journals SET kind = 'Fee'")
+        with pytest.raises(errors.RestrictViolation, match="append-only"), raw.transaction():
+            raw.execute("UPDATE journals SET kind = 'Fee'")
         with pytest.raises(errors.CheckViolation, match="value for domain journal_kind_text"):
             raw.execute("UPDATE journals SET kind = 'Chargeback'")
 
@@ -361,8 +360,7 @@ def test_0066_rewrites_no_table_and_keeps_rows_and_statistics(database_url: str)
             f" VALUES ({_ACCOUNT_ID}, 'tok', 'ns/c', 'ns', 'ns/p')"
         )
         conn.execute(
-            "SELECT * FROM authorization_authorize('a-1', 'tok', 1000, 'USD', 'Cafe', '5812',"
-            " 'US')"
+            "SELECT * FROM authorization_authorize('a-1', 'tok', 1000, 'USD', 'Cafe', '5812', 'US')"
         )
         conn.execute("SELECT * FROM authorization_capture('a-1', 'c-1', 900, true)")
         conn.execute(_OUTBOX)
@@ -449,7 +447,9 @@ async def test_a_posting_its_reversal_and_a_capture_post_through_the_domains(
     posted = await engine.post(pool, purchase)
     assert not posted.replayed
     assert (await engine.post(pool, purchase)).replayed
-    totals = "SELECT amount_minor, currency, postings FROM settlement_references WHERE reference = %s"
+    totals = (
+        "SELECT amount_minor, currency, postings FROM settlement_references WHERE reference = %s"
+    )
     assert raw.execute(totals, (f"ref-{name}",)).fetchall() == [(1250, "USD", 1)]
     reversal = model.ReversalRequest(f"rev-{name}", posted.journal.id, "duplicate")
     assert (await engine.reverse(pool, reversal)).journal.kind is model.PostingKind.REVERSAL

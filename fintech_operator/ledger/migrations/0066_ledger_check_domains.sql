@@ -34,10 +34,13 @@
 -- for an entry's amount, so a message still names amount_minor). No code maps the constraint
 -- names dropped here (the engine maps only the unique index journals_reverses_journal_id_key,
 -- untouched). One thing differs, as with 0062: a domain checks a value when the row is built,
--- before the BEFORE ROW triggers, where a table CHECK ran after them. An INSERT that breaks a
--- column rule AND a trigger's check (an entry of amount 0 on a closed account) is now refused
--- by the domain instead of the trigger: the same SQLSTATE, another message. A row that breaks
--- one rule only gets the same refusal as before.
+-- before the BEFORE ROW triggers, where a table CHECK ran after them. A statement that breaks
+-- a column rule AND a trigger's rule is now refused by the domain instead of the trigger: an
+-- entry of amount 0 on a closed account (check_violation either way, another message), or a
+-- write the guards refuse anyway (journals and entries are append-only; balance rows, spend
+-- windows and settlement references move only by trigger) of a value a domain refuses
+-- (check_violation where it was restrict_violation). A statement that breaks one rule only
+-- gets the same refusal as before.
 --
 -- How (as 0062): each new domain is created WITHOUT its constraint and the columns are
 -- switched to it; a domain without constraints is binary-coercible with its base type, so the
