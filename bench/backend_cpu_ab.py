@@ -6,9 +6,10 @@ alternated in rounds (issue 13: what a migration saves per capture and per Posti
 
 It creates two databases, ``ab_a_<run>`` and ``ab_b_<run>``, on the server of ``DATABASE_URL``
 (which must be a process of this machine: the CPU is read from ``/proc``), seeds each with the
-store benchmark's 1,000 cards (bench_authorizations_store.seed_cards), warms each up (300 of
-each operation, then ANALYZE) and then, per round, A then B (B then A on odd rounds), on ONE
-connection per schema, runs:
+store benchmark's 1,000 cards (bench_authorizations_store.seed_cards), warms both up (300 of
+each operation, then ANALYZE) and then, per round, on ONE connection per schema, runs
+``--ops`` of each operation below on A and on B in turn (one on A, one on B; A first on even
+turns, B first on odd ones), so that both schemas meet the same load of a shared machine:
 
 * ``pair``: an authorization then its final capture (the SQL functions the gateway's store
   calls, as bench_authorizations_store.py's pgbench scripts do);
@@ -16,10 +17,12 @@ connection per schema, runs:
   card account locked, the journal (with a reference, so the settlement reference moves), its
   two entries (one executemany, as ``engine._insert_entries``), one outbox event.
 
-Each phase reads utime + stime of that connection's backend (``/proc/<pid>/stat``, clock
-ticks of 10 ms) and its scheduler run time (``/proc/<pid>/schedstat``, nanoseconds) before and
-after ``--ops`` operations: the server CPU of exactly that work, which a busy shared machine
-distorts far less than a wall clock. Only one connection runs at a time.
+Each operation reads utime + stime of its connection's backend (``/proc/<pid>/stat``, clock
+ticks of 10 ms, exact only as a sum over many operations) and its scheduler run time
+(``/proc/<pid>/schedstat``, nanoseconds) before and after: the server CPU of exactly that
+work, which a busy shared machine distorts far less than a wall clock. Only one connection
+runs at a time. A round's line per schema is its CPU per operation; ``B - A`` per round
+compares operations run side by side.
 The databases are dropped at the end.
 """
 
@@ -114,20 +117,29 @@ class Schema:
         self.rng = random.Random(7)  # noqa: S311 - picks cards, not secrets
         self.results: dict[str, list[tuple[float, float]]] = {"pair": [], "posting": []}
 
-    def run(self, what: str, ops: int) -> tuple[float, float]:
-        """Backend CPU microseconds per operation of ``ops`` operations ``what``: from
-        utime + stime, and from the scheduler's run time."""
+    def one(self, what: str) -> tuple[float, float]:
+        """One operation ``what``; the backend's CPU seconds it took (utime + stime, and the
+        scheduler's run time)."""
         ticks_before, run_before = backend_cpu(self.pid)
-        for _ in range(ops):
-            if what == "pair":
-                pair(self.conn, self.rng)
-            else:
-                posting(self.conn, self.rng, self.settlement)
+        if what == "pair":
+            pair(self.conn, self.rng)
+        else:
+            posting(self.conn, self.rng, self.settlement)
         ticks_after, run_after = backend_cpu(self.pid)
-        return (
-            (ticks_after - ticks_before) / ops * 1e6,
-            (run_after - run_before) / ops * 1e6,
-        )
+        return ticks_after - ticks_before, run_after - run_before
+
+
+def block(schemas: dict[str, Schema], what: str, ops: int) -> dict[str, tuple[float, float]]:
+    """``ops`` operations ``what`` on each schema, one on A and one on B in turn (A first on
+    even turns, B first on odd ones), so both meet the same machine load; microseconds of
+    backend CPU per operation per schema, from utime + stime and from schedstat."""
+    totals = {side: [0.0, 0.0] for side in schemas}
+    for i in range(ops):
+        for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
+            ticks, run = schemas[side].one(what)
+            totals[side][0] += ticks
+            totals[side][1] += run
+    return {side: (t[0] / ops * 1e6, t[1] / ops * 1e6) for side, t in totals.items()}
 
 
 def main() -> int:
@@ -149,15 +161,15 @@ def main() -> int:
             migrate.apply(url, wanted)
             bench_authorizations_store.seed_cards(url)
             schema = Schema(side, url)
-            for what in ("pair", "posting"):
-                schema.run(what, WARMUP_OPS)
-            schema.conn.execute("ANALYZE")
             schemas[side] = schema
+        for what in ("pair", "posting"):
+            block(schemas, what, WARMUP_OPS)
+        for schema in schemas.values():
+            schema.conn.execute("ANALYZE")
         for r in range(args.rounds):
-            order = ("A", "B") if r % 2 == 0 else ("B", "A")
-            for side in order:
-                for what in ("pair", "posting"):
-                    ticks_us, run_us = schemas[side].run(what, args.ops)
+            for what in ("pair", "posting"):
+                measured = block(schemas, what, args.ops)
+                for side, (ticks_us, run_us) in measured.items():
                     schemas[side].results[what].append((ticks_us, run_us))
                     print(
                         f"round {r + 1} {side} {what:<7} utime+stime {ticks_us:6.0f} us/op,"
@@ -168,6 +180,12 @@ def main() -> int:
             for i, source in enumerate(("utime+stime", "schedstat")):
                 a = [x[i] for x in schemas["A"].results[what]]
                 b = [x[i] for x in schemas["B"].results[what]]
+                paired = [y - x for x, y in zip(a, b, strict=True)]
+                print(
+                    f"{what:<7} {source:<11} B - A per round: "
+                    f"{', '.join(f'{d:+.0f}' for d in paired)} us/op"
+                    f" (median {statistics.median(paired):+.0f})"
+                )
                 print(
                     f"{what:<7} {source:<11} A (below {args.below}): "
                     f"{', '.join(f'{x:.0f}' for x in a)} (median {statistics.median(a):.0f});"
