@@ -25,10 +25,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from fintech_operator.ledger import engine, migrate, model, rules
-from tests.conftest import schema_migrated_below
+from fintech_operator.ledger import engine, grants, migrate, model, rules
+from tests.conftest import RunningPlatform, schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
@@ -407,6 +408,56 @@ def test_0066_refuses_to_apply_over_a_row_that_breaks_a_rule(database_url: str) 
         assert rule == [("currency_code_check",)]
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         assert version == (DOMAINS_VERSION - 1,)
+
+
+VIEWS = (
+    "account_balances", "ledger_balance_drift", "ledger_balance_stripe_drift",
+    "account_spend_drift", "settlement_postings", "settlement_reference_totals",
+    "settlement_reference_drift",
+)  # fmt: skip
+
+
+@pytest.fixture
+def roles(platform_running: RunningPlatform, database_url: str) -> Iterator[tuple[str, str]]:
+    """A runtime and a gateway login role of this test only (roles are global to the server)."""
+    names = (f"rt_{uuid.uuid4().hex[:10]}", f"gw_{uuid.uuid4().hex[:10]}")
+    admin = platform_running.database_url_for("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"CREATE ROLE {name} LOGIN")
+    yield names
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"DROP OWNED BY {name}")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            db = conninfo_to_dict(database_url)["dbname"]
+            conn.execute(f'REVOKE ALL ON DATABASE "{db}" FROM {name}')
+            conn.execute(f"DROP ROLE {name}")
+
+
+def test_the_recreated_views_are_granted_again(database_url: str, roles: tuple[str, str]) -> None:
+    """Upgrading a ledger whose roles were granted before 0066: the views 0066 drops and
+    creates again get the runtime role's and the gateway role's decided privileges again, and
+    the runtime role reads them (and the domain-typed columns under them)."""
+    runtime, gateway = roles
+    url = schema_migrated_below(database_url)
+    below = [m for m in migrate.discover() if m.version < DOMAINS_VERSION]
+    migrate.apply(url, below, runtime_role=runtime, gateway_role=gateway)
+    assert migrate.apply(url, runtime_role=runtime, gateway_role=gateway) == [DOMAINS_VERSION]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for view in VIEWS:
+            for role, decided in (
+                (runtime, grants.PRIVILEGES),
+                (gateway, grants.GATEWAY_PRIVILEGES),
+            ):
+                held = conn.execute(
+                    "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, view)
+                ).fetchone()
+                assert held == (view in decided,), (role, view)
+    with psycopg.connect(make_conninfo(url, user=runtime), autocommit=True) as conn:
+        for view in VIEWS:
+            assert conn.execute(f"SELECT * FROM {view}").fetchall() is not None, view
 
 
 # --- A Posting and a capture still post, and every running table agrees with the entries ----
