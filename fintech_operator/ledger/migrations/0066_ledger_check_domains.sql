@@ -11,11 +11,11 @@
 -- CPU; dropping these tables' CHECKs on a scratch copy saved about 110-130 us of backend CPU per
 -- capture. With this migration a backend spends 55-85 us less per authorize + final capture
 -- and about 55 us less per Posting-style journal (bench/RESULTS.md, "The ledger tables'
--- CHECKs as domains"); the four multi-column CHECKs that stay are most of the rest. A domain's constraints are read and
--- planned once per backend (the type cache) and are checked only where a value is coerced to
--- the domain: every column of an INSERT, and on UPDATE only the columns the statement assigns
--- (a balance stripe's UPDATE then checks its three running totals, not again its stripe, and
--- an outbox row's publication checks nothing).
+-- CHECKs as domains"); the four multi-column CHECKs that stay are most of the rest. A domain's
+-- constraints are read and planned once per backend (the type cache) and are checked only
+-- where a value is coerced to the domain: every column of an INSERT, and on UPDATE only the
+-- columns the statement assigns (a balance stripe's UPDATE then checks its three running
+-- totals, not again its stripe, and an outbox row's publication checks nothing).
 --
 -- What: one domain per field, named for it, with exactly the condition of the table CHECK it
 -- replaces (0001, 0045, 0054, 0057, 0058, 0060). Where 0062 already has a domain with the
