@@ -34,6 +34,7 @@ from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import cards, report
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import engine, model
+from fintech_operator.observability import metrics
 from fintech_operator.rewards import store as rewards_store
 
 if TYPE_CHECKING:
@@ -336,6 +337,12 @@ async def _apply_review(
     except Exception:  # the API server: the card stays in review and the next tick retries
         waits[uid] = (attempts + 1, time.monotonic() + REVIEW_ERROR_DELAY_SECONDS)
         log.exception("card %s/%s: its review's status patch failed; retried", ns, name)
+        return
+    # This timer is not the card's kopf handler, so the handler wrapper that counts the other
+    # rejections (observability.reconcile) never sees this patch: count a review's rejection
+    # (ReviewRejected, or ProductNotFound when the product went away) here, once it shows.
+    if patch.status.get("phase") == api.CardPhase.REJECTED:
+        metrics.rejection("Card", patch.status.get("reason"))
 
 
 def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:

@@ -21,6 +21,8 @@ DELETE_RECHECK_SECONDS = 10.0
 USERS_SHOWN_MAX = 5
 # Cards in these phases no longer need their product: it may be deleted under them.
 FINISHED_PHASES = frozenset({api.CardPhase.CLOSED, api.CardPhase.REJECTED})
+# Cards counted in ``status.cards``: issued and not closed.
+OPEN_PHASES = frozenset({api.CardPhase.ACTIVE, api.CardPhase.FROZEN})
 
 
 async def reconcile(
@@ -60,13 +62,18 @@ async def count_cards(
     patch: kopf.Patch,
     **kwargs: Any,
 ) -> None:
-    """Keep ``status.cards`` current; only a change is written, so idle products cost nothing."""
+    """Keep ``status.cards`` current; only a change is written, so idle products cost nothing.
+
+    It counts what its description and the ``Cards`` column promise, the cards issued under the
+    product and not closed (Active or Frozen): not a Rejected card, a Closed one, or one still
+    Pending or in review.
+    """
     count = sum(
         1
         for (card_namespace, _card), store in kwargs["cards"].items()
         if card_namespace == namespace
         for value in store
-        if value.get("product") == name
+        if value.get("product") == name and value.get("phase") in OPEN_PHASES
     )
     if status.get("cards") != count:
         patch.status["cards"] = count

@@ -99,12 +99,17 @@ def requested_spend(request: model.PostingRequest, account_code: str) -> int:
 
 
 def check_spend(guard: model.SpendGuard, spent_minor: int, requested_minor: int) -> None:
-    """Raise :class:`model.SpendLimitExceeded` when spent + requested would pass the limit."""
+    """Raise :class:`model.SpendLimitExceeded` when spent + requested would pass the limit.
+
+    ``spent_minor`` is what the window already counts: the Purchase debits posted in it plus
+    what the card's pending real-time authorizations hold, so the message says "spent or held"
+    (a card with nothing posted but a large hold would otherwise read as overspent).
+    """
     if spent_minor + requested_minor <= guard.limit_minor:
         return
     raise model.SpendLimitExceeded(
         f"{guard.interval} limit {guard.limit_minor} of {guard.account_code}: "
-        f"{spent_minor} spent, {requested_minor} requested",
+        f"{spent_minor} spent or held, {requested_minor} requested",
         limit_minor=guard.limit_minor,
         spent_minor=spent_minor,
         requested_minor=requested_minor,

@@ -268,6 +268,55 @@ def test_metrics_move_for_real_reconciles(observed: Observed, applied: dict[str,
     assert wait_for("the rewards consumer's applied counter", consumed, 120) >= 1
 
 
+PENDING_KYC_CARD = """
+apiVersion: fintech.dev/v1alpha1
+kind: Card
+metadata:
+  name: u-review
+spec:
+  userId: u_review
+  product: standard
+  holder: {name: Review Person, country: US, kycStatus: Pending}
+"""
+REVIEW_REJECT = """
+apiVersion: fintech.dev/v1alpha1
+kind: CardReview
+metadata:
+  name: u-review-no
+spec:
+  card: u-review
+  decision: Reject
+  reviewer: reviewer@example.com
+  comment: The documents do not match.
+"""
+
+
+def test_a_reviewers_rejection_is_counted(
+    kubectl: Kubectl, observed: Observed, applied: dict[str, Any]
+) -> None:
+    """A card rejected by its CardReview counts in fintech_rejections_total like any other
+    rejection, although the review is applied by the namespace's timer, not the card's handler."""
+    namespace = applied["namespace"]
+
+    def phase(wanted: str) -> dict[str, Any] | None:
+        status = _status(kubectl, namespace, "card", "u-review")
+        return status if status.get("phase") == wanted else None
+
+    # The examples' CompliancePolicy sends a Pending KYC to review (allowReview: true).
+    kubectl("apply", "-n", namespace, "-f", "-", input=PENDING_KYC_CARD)
+    wait_for("u-review in PendingReview", lambda: phase("PendingReview"), 120)
+    kubectl("apply", "-n", namespace, "-f", "-", input=REVIEW_REJECT)
+    rejected = wait_for("u-review rejected by its review", lambda: phase("Rejected"), 120)
+    assert rejected["reason"] == "ReviewRejected", rejected
+
+    def counted() -> float | None:
+        samples = _scrape(observed.operator_port)
+        value = _get(samples, "fintech_rejections_total", kind="Card", reason="ReviewRejected")
+        return value if value else None
+
+    assert wait_for("the ReviewRejected rejection counted", counted, 30) == 1
+
+
 def test_one_trace_spans_handler_database_kafka_and_consumer(
     observed: Observed, applied: dict[str, Any]
 ) -> None:

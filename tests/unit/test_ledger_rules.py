@@ -342,6 +342,8 @@ def test_check_spend_allows_up_to_the_limit_and_no_further() -> None:
         refused.value.spent_minor,
         refused.value.requested_minor,
     ) == (1000, 600, 401)
+    # What counts is posted spend and open holds together, and the message says so.
+    assert str(refused.value) == f"Daily limit 1000 of {CARD}: 600 spent or held, 401 requested"
     zero = model.SpendGuard(CARD, 0, model.SpendInterval.LIFETIME, T0)
     with pytest.raises(model.SpendLimitExceeded):
         rules.check_spend(zero, 0, 1)
