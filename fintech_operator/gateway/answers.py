@@ -68,23 +68,38 @@ def invalid_fields(exc: pydantic.ValidationError) -> tuple[list[str], str]:
 
 
 class AuthorizationAnswer(pydantic.BaseModel):
-    """What every endpoint answers about an authorization (the store's stored body)."""
+    """What every endpoint answers about an authorization (the store's stored body). A force
+    post's answer describes the capture, not a hold: it has no approved, reason, amount,
+    released or expiresAt (docs/authorizations.md, "Force posts")."""
 
     authorization: str = pydantic.Field(description="The authorization's id.")
-    approved: bool = pydantic.Field(description="True when the request was applied.")
-    reason: str = pydantic.Field(
+    approved: bool | None = pydantic.Field(
+        default=None,
+        description="True when the request was applied (absent in a force post's answer).",
+    )
+    reason: str | None = pydantic.Field(
+        default=None,
         description="Approved, or why not: CardNotFound, CardNotActive, CurrencyMismatch, "
         "InsufficientFunds, SpendLimitExceeded, RiskDeclined:<rule>, ComplianceDeclined, "
-        "IssuerUnavailable, Overloaded (docs/gateway.md)."
+        "IssuerUnavailable, Overloaded (docs/gateway.md); absent in a force post's answer.",
     )
     status: str = pydantic.Field(
         description="The authorization's state: pending, closed (captured/voided), expired, "
-        "declined."
+        "declined; unknown in a force post's answer for an authorization never seen."
+    )
+    request: str | None = pydantic.Field(
+        default=None,
+        description="The step's own request id (increments, captures, voids).",
+    )
+    forcePost: bool | None = pydantic.Field(
+        default=None, description="Captures: true when the capture was a force post."
     )
     currency: str | None = None
     amount: int | None = pydantic.Field(default=None, description="Authorized, minor units.")
     held: int = pydantic.Field(description="Still held for this authorization, minor units.")
-    captured: int | None = pydantic.Field(default=None, description="Captured so far.")
+    captured: int | None = pydantic.Field(
+        default=None, description="Captured so far (a force post: this capture's amount)."
+    )
     released: int | None = pydantic.Field(default=None, description="Released so far.")
     available: int | None = pydantic.Field(
         default=None, description="The card's available amount after the request, minor units."

@@ -1051,3 +1051,60 @@ async def test_the_store_writes_the_requests_trace_context_with_each_event(
         ("approved", {}, "object"),
         ("voided", {}, "object"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("interval", "limit", "expected"),
+    [("PerTransaction", 5_000, 5_000), ("Daily", 5_000, 4_000), (None, None, None)],
+)
+async def test_an_approvals_available_is_what_its_get_and_increment_answer(
+    fast: AsyncConnectionPool[Any], interval: str | None, limit: int | None, expected: int | None
+) -> None:
+    """0068: an approval answers the card's available after its hold, the same figure the
+    authorization's GET answers at once: the limit itself for PerTransaction (a hold does not
+    use it up; docs/authorizations.md), limit - held for Daily, null without a limit. Before
+    0068 a PerTransaction approval answered limit - amount (4,000) and its GET 5,000."""
+    terms = {} if interval is None else {"interval": interval}
+    card = await new_card(fast, limit_minor=limit, **terms)
+    approved = body(await authorize(fast, authorize_request(card, 1_000)))
+    assert approved["approved"] is True
+    assert approved["available"] == expected
+    async with fast.connection() as conn:
+        read_back = body(await STORE.get(conn, approved["authorization"]))
+    assert read_back["available"] == expected
+    incremented = body(await increment(fast, approved["authorization"], 500))
+    assert incremented["held"] == 1_500
+    assert incremented["available"] == (expected if interval != "Daily" else 3_500)
+
+
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.json"
+
+
+async def test_every_kind_of_answer_is_what_the_published_schema_says(
+    fast: AsyncConnectionPool[Any],
+) -> None:
+    """The answers the store returns (an approval, a decline, an increment, a capture, a void and
+    a force post) validate against AuthorizationAnswer in docs/api/openapi.json, and every field
+    they carry is one the schema names (a force post's answer has no approved or reason)."""
+    schema = json.loads(OPENAPI.read_text())["components"]["schemas"]["AuthorizationAnswer"]
+    validator = jsonschema.Draft202012Validator(schema)
+    card = await new_card(fast, limit_minor=5_000, product_terms={"forcePost": True})
+    approved = await authorize(fast, authorize_request(card, 1_000))
+    auth = body(approved)["authorization"]
+    answers = {
+        "approved": approved,
+        "declined": await authorize(fast, authorize_request(card, 9_000)),
+        "incremented": await increment(fast, auth, 100),
+        "captured": await capture(fast, auth, 400),
+        "voided": await void(fast, auth),
+        "force post": await capture(
+            fast, f"auth_{uuid.uuid4().hex}", 250, card=card.token, currency="USD"
+        ),
+    }
+    assert body(answers["force post"])["forcePost"] is True
+    assert "approved" not in body(answers["force post"])
+    for kind, answer in answers.items():
+        assert answer.status_code == 200, kind
+        errors_found = [e.message for e in validator.iter_errors(body(answer))]
+        assert errors_found == [], kind
+        assert set(body(answer)) <= set(schema["properties"]), kind
