@@ -1,10 +1,10 @@
 """The authorization store alone against pgbench's TPC-B on the same PostgreSQL (issue 13).
 
     DATABASE_URL=postgresql://user@127.0.0.1:5432/postgres \\
-        .venv/bin/python bench/bench_authorizations_store.py --clients 4 8 --seconds 20
+        .venv/bin/python bench/bench_authorizations_store.py --clients 4 8 --rounds 5 --seconds 10
     .venv/bin/python bench/bench_authorizations_store.py --own-platform --history 30
 
-For each client count it runs ``--rounds`` rounds (default 3), each of these phases one after
+For each client count it runs ``--rounds`` rounds (default 5), each of these phases one after
 another on the same server, so that every ratio compares phases seconds apart:
 
 1. ``store``: that many asyncio clients in ONE Python process on uvloop (the gateway's event
@@ -92,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--seconds", type=int, default=10, help="of each phase of a round")
-    parser.add_argument("--rounds", type=int, default=3, help="store, sql, tpcb rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="store, sql, tpcb rounds")
     parser.add_argument("--history", type=int, default=0, help="Purchases per card before")
     parser.add_argument(
         "--warmup-seconds", type=int, default=5,
