@@ -16,7 +16,6 @@ trigger) off for the statement: what is compared is the column rule alone.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.ledger import engine, grants, migrate, model, rules
 from tests.conftest import RunningPlatform, schema_migrated_below
+from tests.integration.domain_support import Case, assert_refused_by_name, assert_same_verdicts
 
 pytestmark = pytest.mark.integration
 
@@ -54,32 +54,6 @@ def before_url(database_url: str) -> str:
 def before(before_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(before_url, autocommit=True) as conn:
         yield conn
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """A value written into ``table.column`` by ``statement`` (``%(v)s`` is the value), after
-    ``setup`` (the rows it needs; everything is rolled back); ``replica``: with the ordinary
-    triggers off (see the module's docstring)."""
-
-    table: str
-    column: str
-    domain: str
-    values: tuple[object, ...]
-    statement: str
-    setup: tuple[str, ...] = ()
-    replica: bool = False
-    # The table's CHECK before 0066, when it is not <table>_<column>_check.
-    old_name: str | None = None
-
-    @property
-    def name(self) -> str:
-        verb = self.statement.split()[0].lower()
-        return f"{verb}-{self.table}.{self.column}"
-
-    @property
-    def old_constraint(self) -> str:
-        return self.old_name or f"{self.table}_{self.column}_check"
 
 
 _ACCOUNT = (
@@ -215,40 +189,13 @@ CASES = [
 ]  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    sqlstate: str | None  # None: taken.
-    constraint: str | None = None
-    datatype: str | None = None
-
-
-def verdict(conn: psycopg.Connection[Any], case: Case, value: object) -> Verdict:
-    """What the database says to ``value`` (everything is rolled back)."""
-    try:
-        with conn.transaction(force_rollback=True):
-            if case.replica:
-                conn.execute("SET LOCAL session_replication_role = replica")
-            for statement in case.setup:
-                conn.execute(statement)
-            conn.execute(case.statement, {"v": value})
-    except psycopg.Error as exc:
-        return Verdict(exc.sqlstate, exc.diag.constraint_name, exc.diag.datatype_name)
-    return Verdict(None)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_the_domain_takes_what_the_table_check_took(
     before: psycopg.Connection[Any], raw: psycopg.Connection[Any], case: Case
 ) -> None:
     """Taken before exactly when taken after, refused with the same SQLSTATE; a refusal of
     the old single-column CHECK is now the domain's; both kinds of value occur."""
-    verdicts = {value: (verdict(before, case, value), verdict(raw, case, value))
-                for value in case.values}  # fmt: skip
-    for value, (old, new) in verdicts.items():
-        assert old.sqlstate == new.sqlstate, f"{case.name} {value!r}: {old} before, {new} now"
-        if old.constraint == case.old_constraint:
-            assert (new.datatype, new.constraint) == (case.domain, f"{case.domain}_check")
-    assert {new.sqlstate is None for _, new in verdicts.values()} == {True, False}
+    assert_same_verdicts(before, raw, case)
 
 
 # A good value and a bad one of each domain 0066 created.
@@ -281,11 +228,7 @@ def test_each_domain_refuses_bad_input_by_its_name(
 ) -> None:
     """A good value casts to the domain; a bad one is a check violation naming the domain."""
     good, bad = {**DOMAIN_VALUES, **REUSED}[domain]
-    cast = f"SELECT %s::{domain}"
-    assert raw.execute(cast, (good,)).fetchone() is not None
-    with pytest.raises(errors.CheckViolation, match=f"value for domain {domain} ") as refused:
-        raw.execute(cast, (bad,))
-    assert refused.value.diag.constraint_name == f"{domain}_check"
+    assert_refused_by_name(raw, domain, good, bad)
 
 
 def test_the_ledger_tables_keep_only_multi_column_checks(raw: psycopg.Connection[Any]) -> None:
