@@ -34,7 +34,7 @@ from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import cards, report
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import engine, model
-from fintech_operator.observability import metrics
+from fintech_operator.observability import reconcile
 from fintech_operator.rewards import store as rewards_store
 
 if TYPE_CHECKING:
@@ -339,10 +339,9 @@ async def _apply_review(
         log.exception("card %s/%s: its review's status patch failed; retried", ns, name)
         return
     # This timer is not the card's kopf handler, so the handler wrapper that counts the other
-    # rejections (observability.reconcile) never sees this patch: count a review's rejection
-    # (ReviewRejected, or ProductNotFound when the product went away) here, once it shows.
-    if patch.status.get("phase") == api.CardPhase.REJECTED:
-        metrics.rejection("Card", patch.status.get("reason"))
+    # rejections never sees this patch: a review's rejection (ReviewRejected, or ProductNotFound
+    # when the product went away) is counted here, once it shows.
+    reconcile.count_rejection("Card", patch)
 
 
 def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:

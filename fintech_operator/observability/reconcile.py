@@ -92,10 +92,18 @@ def _record(
     metrics.reconcile(kind, handler_id, outcome, elapsed_seconds)
     if outcome != "rejected":
         return
-    reason = (patch.get("status") or {}).get("reason")
-    metrics.rejection(kind, reason)
+    count_rejection(kind, patch)
     if kind == "Posting":
         metrics.posting_decided(body.get("spec"), "rejected")
+
+
+def count_rejection(kind: str, patch: Any) -> None:
+    """Count ``patch`` in fintech_rejections_total when it moves its resource to Rejected.
+
+    Every handler's patch is counted here by :func:`wrap`; code that patches a status outside a
+    kopf handler (the card review timer, card_refresh) calls it for its own patches."""
+    if _outcome_after_success(patch) == "rejected":
+        metrics.rejection(kind, (patch.get("status") or {}).get("reason"))
 
 
 def wrap(fn: HandlerFn, handler_id: str, *, periodic: bool = False) -> HandlerFn:
@@ -181,4 +189,4 @@ def instrument(registry: Any) -> int:
     return wrapped
 
 
-__all__ = ["instrument", "wrap"]
+__all__ = ["count_rejection", "instrument", "wrap"]

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fintech_operator import config
-from fintech_operator.observability import metrics
+from fintech_operator.observability import metrics, reconcile
 
 BASE = {"DATABASE_URL": "postgresql://x@127.0.0.1/db", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
 
@@ -170,3 +170,14 @@ def test_metrics_settings_are_bounded() -> None:
     ):
         with pytest.raises(config.SettingsError, match=name):
             config.load({**BASE, name: bad})
+
+
+def test_a_patch_outside_a_handler_counts_only_when_it_rejects() -> None:
+    """reconcile.count_rejection (the card review timer's patches): a patch to Rejected counts
+    once with its reason; any other patch counts nothing."""
+    before = _value("fintech_rejections_total", kind="Card", reason="ReviewRejected")
+    reconcile.count_rejection("Card", {"status": {"phase": "Active"}})
+    reconcile.count_rejection("Card", {"metadata": {"labels": {}}})
+    assert _value("fintech_rejections_total", kind="Card", reason="ReviewRejected") == before
+    reconcile.count_rejection("Card", {"status": {"phase": "Rejected", "reason": "ReviewRejected"}})
+    assert _value("fintech_rejections_total", kind="Card", reason="ReviewRejected") == before + 1
