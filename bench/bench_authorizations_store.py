@@ -7,11 +7,12 @@
 For each client count it runs ``--rounds`` rounds (default 5), each of these phases one after
 another on the same server, so that every ratio compares phases seconds apart:
 
-1. ``store``: that many asyncio clients in ONE Python process on uvloop (the gateway's event
-   loop), each on its own autocommit connection, calling ``PostgresStore`` in a closed loop on
-   1,000 cards: a mix of about 70% authorizations, 25% captures (final, of an authorization the
-   client holds) and 5% voids. Each call builds its request model as the gateway does. This is
-   the gateway's own path minus HTTP.
+1. ``store``: that many asyncio clients in ``--processes`` Python processes (default 2; see
+   PROCESSES below) on uvloop (the gateway's event loop), each client on its own autocommit
+   connection, calling ``PostgresStore`` in a closed loop on 1,000 cards: a mix of about 70%
+   authorizations, 25% captures (final, of an authorization the client holds) and 5% voids.
+   Each call builds its request model as the gateway does. This is the gateway's own path
+   minus HTTP.
 2. ``sql``: pgbench with the same client count running the statements the store sends, in
    the same mix (authorize; authorize then a final capture; authorize then a void) on random
    cards: the ledger's work alone, no Python, counted in statements per second.
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import random
 import resource
@@ -60,7 +62,9 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import server_cpu
@@ -76,6 +80,7 @@ CARDS = 1_000
 CLIENTS_MAX = 64
 SECONDS_MAX = 600
 ROUNDS_MAX = 20
+PROCESSES_MAX = 16
 HISTORY_MAX = 1_000
 PGBENCH = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
 
@@ -95,6 +100,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="store, sql, tpcb rounds")
     parser.add_argument("--history", type=int, default=0, help="Purchases per card before")
     parser.add_argument(
+        "--processes", type=int, default=2,
+        help="store processes sharing the clients (see PROCESSES in the docstring)",
+    )  # fmt: skip
+    parser.add_argument(
         "--warmup-seconds", type=int, default=5,
         help="store mix before the runs, then ANALYZE (0: none); see WARM-UP in the docstring",
     )  # fmt: skip
@@ -104,6 +113,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--history must be in 0..{HISTORY_MAX}")
     if not all(0 < n <= CLIENTS_MAX for n in args.clients):
         parser.error(f"--clients must be in 1..{CLIENTS_MAX}")
+    if not 0 < args.processes <= PROCESSES_MAX:
+        parser.error(f"--processes must be in 1..{PROCESSES_MAX}")
     if not 0 < args.rounds <= ROUNDS_MAX:
         parser.error(f"--rounds must be in 1..{ROUNDS_MAX}")
     if not 0 < args.seconds <= SECONDS_MAX:
@@ -238,15 +249,20 @@ async def _run_clients(url: str, tokens: list[str], clients: int, seconds: int) 
 
 
 @dataclass(frozen=True)
-class StoreRun:
-    line: str
-    ops_per_second: float
-    ops: int
-    client_cpu_seconds: float  # user + system of this process over the phase
+class ProcessRun:
+    """What one store process did over its phase (sent back to the parent)."""
+
+    tally: Tally
+    elapsed_seconds: float
+    cpu_seconds: float  # user + system of that process over the phase
 
 
-def run_store(url: str, tokens: list[str], clients: int, seconds: int) -> StoreRun:
-    """The store phase on uvloop, the event loop the gateway runs on (gateway/server.py)."""
+def _store_process(
+    url: str, tokens: list[str], clients: int, seconds: int, start: Any
+) -> ProcessRun:
+    """One store process: ``clients`` clients on uvloop, the event loop the gateway runs on
+    (gateway/server.py), started with the other processes at ``start`` (a barrier)."""
+    start.wait()
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -254,13 +270,39 @@ def run_store(url: str, tokens: list[str], clients: int, seconds: int) -> StoreR
     elapsed = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    q = statistics.quantiles(tally.latencies_ms, n=100)
+    return ProcessRun(tally, elapsed, cpu)
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    line: str
+    ops_per_second: float
+    ops: int
+    client_cpu_seconds: float  # user + system of the store processes over the phase
+
+
+def run_store(url: str, tokens: list[str], clients: int, seconds: int, processes: int) -> StoreRun:
+    """The store phase: ``clients`` connections shared out over ``processes`` processes (see
+    PROCESSES in the docstring), all started together."""
+    processes = min(processes, clients)
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+        start = manager.Barrier(processes)
+        futures = [pool.submit(_store_process, url, tokens, n, seconds, start) for n in shares]
+        runs = [f.result() for f in futures]
+    ops = sum(r.tally.ops for r in runs)
+    ops_per_second = sum(r.tally.ops / r.elapsed_seconds for r in runs)
+    authorizations = sum(r.tally.authorizations / r.elapsed_seconds for r in runs)
+    approved = sum(r.tally.approved for r in runs)
+    q = statistics.quantiles([ms for r in runs for ms in r.tally.latencies_ms], n=100)
     line = (
-        f"store  clients={clients:<3} {tally.ops / elapsed:7.0f} ops/s"
-        f" ({tally.authorizations / elapsed:.0f} authorizations/s, {tally.approved} approved)"
+        f"store  clients={clients:<3} {ops_per_second:7.0f} ops/s"
+        f" ({authorizations:.0f} authorizations/s, {approved} approved;"
+        f" {processes} process{'es' if processes > 1 else ''})"
         f"  p50={q[49]:.2f}ms p99={q[98]:.2f}ms"
     )
-    return StoreRun(line, tally.ops / elapsed, tally.ops, cpu)
+    return StoreRun(line, ops_per_second, ops, sum(r.cpu_seconds for r in runs))
 
 
 def pgbench(url: str, clients: int, seconds: int, *extra: str) -> float:
@@ -377,7 +419,7 @@ def compare(
     client_cpu_us: list[float] = []
     for round_no in range(1, args.rounds + 1):
         cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
-        store = run_store(url, tokens, clients, args.seconds)
+        store = run_store(url, tokens, clients, args.seconds, args.processes)
         cpu_store = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
         sql_line, sql_ops = run_sql(url, clients, args.seconds)
         cpu_sql = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
@@ -399,7 +441,7 @@ def compare(
             store_cpu_us.append((cpu_store - cpu_before) / store.ops * 1e6)
             sql_cpu_us.append((cpu_sql - cpu_store) / (sql_ops * args.seconds) * 1e6)
     print(
-        f"cpu    clients={clients:<3} per store operation: client (this process)"
+        f"cpu    clients={clients:<3} per store operation: client (the store processes)"
         f" {statistics.median(client_cpu_us):.0f} us"
         + (
             f", server {statistics.median(store_cpu_us):.0f} us; per sql operation: server"
@@ -457,7 +499,7 @@ def bench(args: argparse.Namespace, base: str) -> int:
         with psycopg.connect(base) as conn:
             postmaster = server_cpu.postmaster_of(conn)
         if args.warmup_seconds:
-            warm = run_store(url, tokens, max(args.clients), args.warmup_seconds)
+            warm = run_store(url, tokens, max(args.clients), args.warmup_seconds, args.processes)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("ANALYZE")
             print(f"warm-up {warm.line.removeprefix('store').strip()}, then ANALYZE", flush=True)
