@@ -42,6 +42,15 @@ seeding analyzes them before the first journal): plpgsql's cached plans made for
 cost about 30% more server CPU per operation (1,625 against 1,229 us, same server, same mix,
 before and after one ANALYZE) until autovacuum's next analyze replaced them.
 
+PROCESSES: the store's clients run in ``--processes`` processes (default 2), each on its own
+event loop with its share of the connections, started together: the chart runs the gateway
+as 2 replicas (and ``--workers`` processes each), and pgbench runs its clients on 2 threads
+(``-j 2``). With one process, that process is one runnable task among the server's 8 busy
+backends on 2 cores and feeds all 8 connections: under other load on the machine it was
+descheduled with all of them waiting (2 processes did 20-30% more then); on a quiet machine 1
+and 2 processes gave the same median ratio (bench/RESULTS.md, 0069). ``--processes 1`` is the
+earlier bench.
+
 With ``--own-platform`` it starts a private platform (PostgreSQL with fsync on) and stops it
 after. It creates two databases, ``bench_authz_<run>`` and ``bench_tpcb_<run>``, and drops
 them at the end. Results are printed one line per run; copy them to bench/RESULTS.md.

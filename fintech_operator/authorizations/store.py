@@ -128,7 +128,7 @@ class PostgresStore:
         *,
         approval: bool = False,
     ) -> contract.Answer:
-        status_code, body, replayed = await self._row(conn, query, params)
+        status_code, body, replayed = await self._row(conn, query, params, binary=True)
         answer = contract.Answer(int(status_code), bytes(body), bool(replayed))
         if approval:
             check_approval(answer)
@@ -140,12 +140,17 @@ class PostgresStore:
         return (await self._row(conn, query, params))[0]
 
     async def _row(
-        self, conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[object, ...]
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        query: LiteralString,
+        params: tuple[object, ...],
+        *,
+        binary: bool = False,
     ) -> tuple[Any, ...]:
         attempt = 1
         while True:
             try:
-                return await _execute(conn, query, params)
+                return await _execute(conn, query, params, binary=binary)
             except _RETRYABLE:
                 if attempt >= self.attempts_max:
                     raise
@@ -153,15 +158,22 @@ class PostgresStore:
 
 
 async def _execute(
-    conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[object, ...]
+    conn: psycopg.AsyncConnection[Any],
+    query: LiteralString,
+    params: tuple[object, ...],
+    *,
+    binary: bool,
 ) -> tuple[Any, ...]:
+    """Run ``query``; ``binary``: results in PostgreSQL's binary format, for the answers (an
+    int, the answer's bytes, a bool): the server sends the bytes as they are instead of hex
+    text that the client decodes, ~20 us less of the client's CPU per call (issue 13)."""
     if conn.autocommit:
         # One round trip: the statement is its own transaction.
-        cur = await conn.execute(query, params, prepare=True)
+        cur = await conn.execute(query, params, prepare=True, binary=binary)
         row = await cur.fetchone()
     else:
         async with conn.transaction():
-            cur = await conn.execute(query, params, prepare=True)
+            cur = await conn.execute(query, params, prepare=True, binary=binary)
             row = await cur.fetchone()
     if row is None:
         raise InvariantViolation(f"{query.split('(')[0]} returned no row")
