@@ -43,3 +43,42 @@ def test_write_blocking_is_the_same_writer(raw: psycopg.Connection[Any]) -> None
     assert outbox.write_blocking(raw, [one]) == 0
     row = raw.execute("SELECT topic, key, headers FROM outbox WHERE event_id = %s", (one.event_id,))
     assert row.fetchone() == ("cards", "shop/alice", TRACE)
+
+
+# --- The relay's wake-up (migrations 0020, 0051, 0070) ------------------------------------------
+
+_INSERT = (
+    "INSERT INTO outbox (event_id, topic, key, payload)"
+    " SELECT gen_random_uuid(), t, 'k', '{}' FROM unnest(%s::text[]) t"
+)
+
+
+def wakeups_after(raw: psycopg.Connection[Any], dsn: str, transactions: list[list[str]]) -> int:
+    """How many fintech_outbox notifications ``transactions`` (each a list of event topics,
+    inserted by one statement) send, counted up to a final marker transaction of our own."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN fintech_outbox")
+        for topics in transactions:
+            raw.execute(_INSERT, (topics,))
+        raw.execute("SELECT pg_notify('fintech_outbox', 'marker')")
+        # Notifications arrive in commit order: everything before the marker has arrived.
+        seen: list[psycopg.Notify] = []
+        for note in listener.notifies(timeout=10):
+            if note.payload == "marker":
+                return len(seen)
+            seen.append(note)
+    raise AssertionError("the marker notification never arrived")
+
+
+def test_an_event_wakes_the_relay_once_per_transaction_but_authorization_events_do_not(
+    raw: psycopg.Connection[Any], migrated_database_url: str
+) -> None:
+    dsn = migrated_database_url
+    assert wakeups_after(raw, dsn, [["postings"]]) == 1
+    # Three events in one transaction: one wake-up (identical notifications fold into one).
+    assert wakeups_after(raw, dsn, [["postings", "cards", "postings"]]) == 1
+    assert wakeups_after(raw, dsn, [["postings"], ["cards"]]) == 2
+    # Authorization events never notify (0051: NOTIFY would serialise their commits) ...
+    assert wakeups_after(raw, dsn, [["authorizations"], ["authorizations", "authorizations"]]) == 0
+    # ... but do not hide another topic's event in the same statement.
+    assert wakeups_after(raw, dsn, [["authorizations", "postings"]]) == 1
