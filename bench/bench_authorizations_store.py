@@ -47,9 +47,11 @@ event loop with its share of the connections, started together: the chart runs t
 as 2 replicas (and ``--workers`` processes each), and pgbench runs its clients on 2 threads
 (``-j 2``). With one process, that process is one runnable task among the server's 8 busy
 backends on 2 cores and feeds all 8 connections: under other load on the machine it was
-descheduled with all of them waiting (2 processes did 20-30% more then); on a quiet machine 1
-and 2 processes gave the same median ratio (bench/RESULTS.md, 0069). ``--processes 1`` is the
-earlier bench.
+descheduled with all of them waiting (2 processes did 20-30% more then). On a quiet machine
+the medians were close (8 clients: 0.44 with 2, 0.41 with 1; 4 clients: 0.49 both), and each
+process's event loop then serves fewer connections per turn, so the client's CPU per operation
+is higher with 2 (bench/RESULTS.md, "One call per table's row rules"). ``--processes 1`` is
+the earlier bench.
 
 With ``--own-platform`` it starts a private platform (PostgreSQL with fsync on) and stops it
 after. It creates two databases, ``bench_authz_<run>`` and ``bench_tpcb_<run>``, and drops
