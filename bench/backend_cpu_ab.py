@@ -4,6 +4,12 @@ alternated in rounds (issue 13: what a migration saves per capture and per Posti
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/backend_cpu_ab.py --below 66 --rounds 4 --ops 1500
 
+A change not yet shipped is measured with ``--candidate FILE.sql``: A has every shipped
+migration, B the same plus FILE applied as the next migration (so an idea is tried without
+writing it into the package's migrations folder)::
+
+    DATABASE_URL=... .venv/bin/python bench/backend_cpu_ab.py --candidate /tmp/idea.sql
+
 It creates two databases, ``ab_a_<run>`` and ``ab_b_<run>``, on the server of ``DATABASE_URL``
 (which must be a process of this machine: the CPU is read from ``/proc``), seeds each with the
 store benchmark's 1,000 cards (bench_authorizations_store.seed_cards), warms both up (300 of
@@ -142,14 +148,53 @@ def block(schemas: dict[str, Schema], what: str, ops: int) -> dict[str, tuple[fl
     return {side: (t[0] / ops * 1e6, t[1] / ops * 1e6) for side, t in totals.items()}
 
 
-def main() -> int:
+def parse_sides() -> tuple[argparse.Namespace, dict[str, list[migrate.Migration]], str]:
+    """The arguments, the migrations of schemas A and B, and how A is named in the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--below", type=int, required=True, help="A: migrations below this")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--below", type=int, help="A: the shipped migrations below this")
+    which.add_argument(
+        "--candidate", type=Path, help="B: every shipped migration, then this SQL file"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ops", type=int, default=1500)
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 100 <= args.ops <= 20_000:
         parser.error("--rounds must be in 1..20 and --ops in 100..20000")
+    shipped = migrate.discover()
+    if args.candidate is None:
+        below = [m for m in shipped if m.version < args.below]
+        return args, {"A": below, "B": shipped}, f"A (below {args.below})"
+    if not args.candidate.is_file():
+        parser.error(f"--candidate {args.candidate}: no such file")
+    sql = args.candidate.read_text(encoding="utf-8")
+    candidate = migrate.Migration(shipped[-1].version + 1, "candidate", sql)
+    return args, {"A": shipped, "B": [*shipped, candidate]}, "A (shipped)"
+
+
+def report(schemas: dict[str, Schema], a_label: str) -> None:
+    """Per operation and CPU source: B - A of each round and both sides' medians."""
+    for what in ("pair", "posting"):
+        for i, source in enumerate(("utime+stime", "schedstat")):
+            a = [x[i] for x in schemas["A"].results[what]]
+            b = [x[i] for x in schemas["B"].results[what]]
+            paired = [y - x for x, y in zip(a, b, strict=True)]
+            print(
+                f"{what:<7} {source:<11} B - A per round: "
+                f"{', '.join(f'{d:+.0f}' for d in paired)} us/op"
+                f" (median {statistics.median(paired):+.0f})"
+            )
+            print(
+                f"{what:<7} {source:<11} {a_label}: "
+                f"{', '.join(f'{x:.0f}' for x in a)} (median {statistics.median(a):.0f});"
+                f" B: {', '.join(f'{x:.0f}' for x in b)}"
+                f" (median {statistics.median(b):.0f});"
+                f" B - A {statistics.median(b) - statistics.median(a):+.0f} us/op"
+            )
+
+
+def main() -> int:
+    args, sides, a_label = parse_sides()
     base = os.environ["DATABASE_URL"]
     run = uuid.uuid4().hex[:6]
     names = {"A": f"ab_a_{run}", "B": f"ab_b_{run}"}
@@ -157,11 +202,9 @@ def main() -> int:
         schemas = {}
         for side, name in names.items():
             url = bench_authorizations_store.create_db(base, name)
-            wanted = [m for m in migrate.discover() if side == "B" or m.version < args.below]
-            migrate.apply(url, wanted)
+            migrate.apply(url, sides[side])
             bench_authorizations_store.seed_cards(url)
-            schema = Schema(side, url)
-            schemas[side] = schema
+            schemas[side] = Schema(side, url)
         for what in ("pair", "posting"):
             block(schemas, what, WARMUP_OPS)
         for schema in schemas.values():
@@ -176,23 +219,7 @@ def main() -> int:
                         f" schedstat {run_us:6.0f} us/op",
                         flush=True,
                     )
-        for what in ("pair", "posting"):
-            for i, source in enumerate(("utime+stime", "schedstat")):
-                a = [x[i] for x in schemas["A"].results[what]]
-                b = [x[i] for x in schemas["B"].results[what]]
-                paired = [y - x for x, y in zip(a, b, strict=True)]
-                print(
-                    f"{what:<7} {source:<11} B - A per round: "
-                    f"{', '.join(f'{d:+.0f}' for d in paired)} us/op"
-                    f" (median {statistics.median(paired):+.0f})"
-                )
-                print(
-                    f"{what:<7} {source:<11} A (below {args.below}): "
-                    f"{', '.join(f'{x:.0f}' for x in a)} (median {statistics.median(a):.0f});"
-                    f" B (all): {', '.join(f'{x:.0f}' for x in b)}"
-                    f" (median {statistics.median(b):.0f});"
-                    f" B - A {statistics.median(b) - statistics.median(a):+.0f} us/op"
-                )
+        report(schemas, a_label)
         for schema in schemas.values():
             schema.conn.close()
     finally:
