@@ -1,11 +1,13 @@
 """The harness of the domain migrations' tests (0062: the authorization tables, 0066: the
 ledger's core tables): a column's value written on a schema before the migration and on one
 after it must get the same verdict, and a refusal of the old single-column CHECK must now be
-the domain's, named for the field."""
+the domain's, named for the field. ``refusal`` (a few statements run and rolled back, the
+database's error kept) serves 0069's row-rule tests too."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -47,18 +49,29 @@ class Verdict:
     datatype: str | None = None
 
 
-def verdict(conn: psycopg.Connection[Any], case: Case, value: object) -> Verdict:
-    """What the database says to ``value`` (everything is rolled back)."""
+Statement = str | tuple[str, Mapping[str, object]]
+
+
+def refusal(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> psycopg.Error | None:
+    """The error of the first of ``statements`` (SQL, or SQL and its parameters) the database
+    refuses, run in order in one transaction that is rolled back; None when it took them all."""
     try:
         with conn.transaction(force_rollback=True):
-            if case.replica:
-                conn.execute("SET LOCAL session_replication_role = replica")
-            for statement in case.setup:
-                conn.execute(statement)
-            conn.execute(case.statement, {"v": value})
+            for statement in statements:
+                sql, params = (statement, None) if isinstance(statement, str) else statement
+                conn.execute(sql, params)
     except psycopg.Error as exc:
-        return Verdict(exc.sqlstate, exc.diag.constraint_name, exc.diag.datatype_name)
-    return Verdict(None)
+        return exc
+    return None
+
+
+def verdict(conn: psycopg.Connection[Any], case: Case, value: object) -> Verdict:
+    """What the database says to ``value`` (everything is rolled back)."""
+    replica = ["SET LOCAL session_replication_role = replica"] if case.replica else []
+    refused = refusal(conn, [*replica, *case.setup, (case.statement, {"v": value})])
+    if refused is None:
+        return Verdict(None)
+    return Verdict(refused.sqlstate, refused.diag.constraint_name, refused.diag.datatype_name)
 
 
 def assert_same_verdicts(

@@ -19,6 +19,7 @@ import pytest
 from psycopg import errors
 
 from tests.conftest import schema_migrated_below
+from tests.integration.domain_support import refusal
 
 pytestmark = pytest.mark.integration
 
@@ -137,17 +138,6 @@ def after(after_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def refusal(conn: psycopg.Connection[Any], statements: list[str]) -> psycopg.Error | None:
-    """What the database says to ``statements`` after the account (all rolled back)."""
-    try:
-        with conn.transaction(force_rollback=True):
-            for statement in [_ACCOUNT, *statements]:
-                conn.execute(statement)
-    except psycopg.Error as exc:
-        return exc
-    return None
-
-
 def assert_same_rule(
     before: psycopg.Connection[Any],
     after: psycopg.Connection[Any],
@@ -155,7 +145,7 @@ def assert_same_rule(
     statements: list[str],
     old_constraint: str | None,
 ) -> None:
-    old, new = refusal(before, statements), refusal(after, statements)
+    old, new = refusal(before, [_ACCOUNT, *statements]), refusal(after, [_ACCOUNT, *statements])
     if old_constraint is None:
         assert (old, new) == (None, None)
         return
@@ -215,6 +205,6 @@ def test_the_rules_are_table_checks_that_hold_with_triggers_off(
         " AND conname LIKE '%rules'")}  # fmt: skip
     assert names == {"authorizations_rules", "authorization_cards_rules"}
     over = insert("authorizations", _PENDING, captured_minor="101", consumed_minor="100")
-    refused = refusal(after, ["SET LOCAL session_replication_role = replica", over])
+    refused = refusal(after, [_ACCOUNT, "SET LOCAL session_replication_role = replica", over])
     assert isinstance(refused, errors.CheckViolation)
     assert refused.diag.constraint_name == "authorizations_rules"
