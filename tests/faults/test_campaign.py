@@ -31,30 +31,40 @@ CONFIG = campaign.Config(
 )
 
 
-def _plant_double(database_url: str, posting: str) -> int:
-    """A second balanced journal for ``posting``, with no outbox event; its id."""
+def _plant_double(database_url: str, postings: list[str]) -> tuple[str, int]:
+    """A second balanced journal, with no outbox event, for the first of ``postings`` whose
+    card account still takes debits (the campaign freezes and closes cards, and the database
+    would rightly refuse a debit there); that posting and the journal's id."""
     with psycopg.connect(database_url) as conn, conn.transaction():
-        card_account, settlement = conn.execute(
-            "SELECT a.id FROM accounts a JOIN entries e ON e.account_id = a.id"
-            " JOIN journals j ON j.id = e.journal_id"
-            " WHERE j.metadata->>'posting' = %s ORDER BY a.kind, a.id",
-            (posting,),
-        ).fetchall()
-        row = conn.execute(
-            "INSERT INTO journals (idempotency_key, request_hash, kind, occurred_at, metadata)"
-            " VALUES (%s, repeat('0', 64), 'Purchase', now(),"
-            " jsonb_build_object('posting', %s::text))"
-            " RETURNING id",
-            (f"planted/{posting}", posting),
-        ).fetchone()
-        assert row is not None
-        for account, direction in ((card_account[0], "debit"), (settlement[0], "credit")):
-            conn.execute(
-                "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
-                " VALUES (%s, %s, %s, 100, 'USD')",
-                (row[0], account, direction),
-            )
-        return int(row[0])
+        for posting in postings:
+            accounts = conn.execute(
+                "SELECT a.id, a.status = 'open' AND a.frozen_at IS NULL FROM accounts a"
+                " JOIN entries e ON e.account_id = a.id JOIN journals j ON j.id = e.journal_id"
+                " WHERE j.metadata->>'posting' = %s ORDER BY a.kind, a.id",
+                (posting,),
+            ).fetchall()
+            (card_account, takes_debits), (settlement, _) = accounts
+            if takes_debits:
+                return posting, _insert_journal(conn, posting, card_account, settlement)
+    raise AssertionError(f"every card of {len(postings)} purchases is frozen or closed")
+
+
+def _insert_journal(conn: psycopg.Connection, posting: str, debit: int, credit: int) -> int:
+    row = conn.execute(
+        "INSERT INTO journals (idempotency_key, request_hash, kind, occurred_at, metadata)"
+        " VALUES (%s, repeat('0', 64), 'Purchase', now(),"
+        " jsonb_build_object('posting', %s::text))"
+        " RETURNING id",
+        (f"planted/{posting}", posting),
+    ).fetchone()
+    assert row is not None
+    for account, direction in ((debit, "debit"), (credit, "credit")):
+        conn.execute(
+            "INSERT INTO entries (journal_id, account_id, direction, amount_minor, currency)"
+            " VALUES (%s, %s, %s, 100, 'USD')",
+            (row[0], account, direction),
+        )
+    return int(row[0])
 
 
 def test_short_campaign_loses_and_doubles_nothing() -> None:
@@ -77,7 +87,9 @@ def test_short_campaign_loses_and_doubles_nothing() -> None:
         statuses = {row.status for row in ev.auth.rows.values()}
         assert {"closed", "expired", "pending"} <= statuses, statuses
 
-        planted = _plant_double(run.plat.database_url, f"{campaign.NAMESPACE}/{purchases[0]}")
+        _, planted = _plant_double(
+            run.plat.database_url, [f"{campaign.NAMESPACE}/{name}" for name in purchases]
+        )
         _plant_hold(run.plat.database_url)
         caught = checker.check(run.evidence())
         kinds = {v.kind for v in caught}
