@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from fintech_devstack import build, platform
 from tests.faults import authz, checker, processes, receiver, workload
 
@@ -363,6 +365,32 @@ def _card_figures(
     return figures, balances
 
 
+def card_states(database_url: str, env: dict[str, str]) -> dict[str, str]:
+    """Each card's ``spec.state / status.phase / ledger`` (open or frozen), for the report: a
+    freeze the status never shows (bench/RESULTS.md, "Found by CI") is visible here."""
+    out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
+    if out.returncode != 0:
+        return {"?": f"kubectl get cards: {out.stderr.strip()[-200:]}"}
+    shown = {
+        item["metadata"]["name"]: (
+            item.get("spec", {}).get("state", "Active"),
+            item.get("status", {}).get("phase"),
+        )
+        for item in json.loads(out.stdout)["items"]
+    }
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT split_part(split_part(code, '/', 2), ':', 1), frozen_at IS NOT NULL"
+            " FROM accounts WHERE kind = 'card' AND code LIKE %s",
+            (f"card:{NAMESPACE}/%",),
+        ).fetchall()
+    frozen = {str(name): bool(is_frozen) for name, is_frozen in rows}
+    return {
+        name: f"{spec}/{phase}/{'frozen' if frozen.get(name) else 'open'}"
+        for name, (spec, phase) in sorted(shown.items())
+    }
+
+
 @contextlib.contextmanager
 def started(config: Config) -> Iterator[Campaign]:
     """A ready campaign on its own platform: processes up, webhook Active, cards Active."""
@@ -437,6 +465,10 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
         f"journals {len(ev.journals)}, outbox events {len(ev.outbox)}, "
         f"webhook deliveries {len(ev.received)}, rewards rows {len(ev.rewards)}",
         f"quiesced in {campaign.quiesce_seconds:.1f} s",
+        "card states, spec / status / ledger: "
+        + ", ".join(
+            f"{k} {v}" for k, v in card_states(campaign.plat.database_url, campaign.env).items()
+        ),
         "",
     ]
     verdict = Counter(v.kind for v in violations)
