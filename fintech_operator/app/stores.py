@@ -93,9 +93,9 @@ class Cards:
 
     async def set_frozen(
         self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
-    ) -> None:
+    ) -> bool:
         async with self._pool.connection() as conn:
-            await engine.set_frozen(conn, code, frozen, events)
+            return await engine.set_frozen(conn, code, frozen, events)
 
     async def close_account(self, code: str, events: Sequence[model.OutboxEvent]) -> None:
         async with self._pool.connection() as conn:

@@ -322,11 +322,14 @@ async def set_frozen(
     code: str,
     frozen: bool,
     events: Sequence[model.OutboxEvent] = (),
-) -> None:
-    """Freeze or unfreeze a card account, with the events that announce it, in one transaction.
+) -> bool:
+    """Freeze or unfreeze a card account, with the events that announce it, in one transaction;
+    True when the account changed.
 
     Taking the account's row lock orders this against postings: one that locks the account
-    after this commits sees the freeze. Idempotent: the first freeze time is kept.
+    after this commits sees the freeze. Idempotent: the first freeze time is kept, and an
+    account already in the asked state is left alone and gets none of ``events`` (they announce
+    a change, and the change that put it in that state wrote its own).
     """
     checked = _checked_events(events)
     async with _transaction(conn) as cur:
@@ -345,7 +348,9 @@ async def set_frozen(
             )
             if await cur.fetchone() is None:
                 raise model.AccountNotFound(f"card account {code} does not exist")
+            return False
         await _insert_lifecycle_events(cur, checked)
+        return True
 
 
 async def account(conn: AsyncConnection[Any], code: str) -> model.Account:

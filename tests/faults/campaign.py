@@ -367,7 +367,7 @@ def _card_figures(
 
 def card_states(database_url: str, env: dict[str, str]) -> dict[str, str]:
     """Each card's ``spec.state / status.phase / ledger`` (open or frozen), for the report: a
-    freeze the status never shows (bench/RESULTS.md, "Found by CI") is visible here."""
+    freeze left in the ledger of an Active card (bench/RESULTS.md, "Found by CI") shows here."""
     out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
     if out.returncode != 0:
         return {"?": f"kubectl get cards: {out.stderr.strip()[-200:]}"}

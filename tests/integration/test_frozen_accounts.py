@@ -12,6 +12,7 @@ import pytest
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
+from fintech_operator.events import schema
 from fintech_operator.ledger import engine, model, rules
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,35 @@ async def test_freezing_is_idempotent_and_only_for_existing_card_accounts(
         raw.execute(
             "UPDATE accounts SET frozen_at = now() WHERE code = 'system:network_settlement:USD'"
         )
+
+
+def _state_event(card: str, generation: int, from_phase: str, to: str) -> model.OutboxEvent:
+    name = card.split("/")[1].split(":", maxsplit=1)[0]
+    return schema.CardStateChanged(
+        namespace="ns", name=name, uid="uid-1", generation=generation, from_phase=from_phase,
+        to_state=to, reason=None, now=datetime.datetime.now(datetime.UTC), headers={},
+    ).outbox()  # fmt: skip
+
+
+async def test_a_freeze_says_whether_it_changed_and_announces_only_a_change(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """set_frozen is True when the account changed, and only then writes its events: asking
+    for the state the account is in (a card handler that read an old status) announces
+    nothing, and the account keeps its first freeze time."""
+    card = await frozen_card(pool)
+    again = _state_event(card, 2, "Active", "Frozen")
+    thaw = _state_event(card, 3, "Frozen", "Active")
+    frozen_at = "SELECT frozen_at FROM accounts WHERE code = %s"
+    async with pool.connection() as conn:
+        first = await (await conn.execute(frozen_at, (card,))).fetchone()
+        assert await engine.set_frozen(conn, card, True, [again]) is False
+        assert await (await conn.execute(frozen_at, (card,))).fetchone() == first
+        assert await engine.set_frozen(conn, card, False, [thaw]) is True
+        assert await engine.set_frozen(conn, card, False, []) is False
+        written = await (await conn.execute(
+            "SELECT event_id FROM outbox WHERE event_id = ANY(%s) ORDER BY id",
+            ([again.event_id, thaw.event_id],))).fetchall()  # fmt: skip
+        assert [row[0] for row in written] == [thaw.event_id]
+        with pytest.raises(model.AccountNotFound):
+            await engine.set_frozen(conn, "card:ns/missing:USD", True)

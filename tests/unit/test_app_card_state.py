@@ -19,20 +19,26 @@ ACCOUNT = model.card_account_code("ns1", "c1", "USD")
 
 @dataclass
 class FakeLedger:
-    """Records every call; ``balance_minor`` not zero makes closing wait."""
+    """Records every call; ``balance_minor`` not zero makes closing wait; ``frozen`` is the
+    account's freeze flag, and events come with a change only, as engine.set_frozen writes them."""
 
     balance_minor: int = 0
     missing: bool = False
+    frozen: bool = False
     calls: list[tuple[str, object]] = field(default_factory=list)
     events: list[model.OutboxEvent] = field(default_factory=list)
 
     async def set_frozen(
         self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
-    ) -> None:
+    ) -> bool:
         if self.missing:
             raise model.AccountNotFound(f"card account {code} does not exist")
         self.calls.append(("set_frozen", frozen))
+        if self.frozen == frozen:
+            return False
+        self.frozen = frozen
         self.events.extend(events)
+        return True
 
     async def close_account(self, code: str, events: Sequence[model.OutboxEvent]) -> None:
         if self.balance_minor:
@@ -69,19 +75,40 @@ async def _change(phase: str | None, to: str, ledger: FakeLedger) -> card_state.
 async def test_freeze_and_unfreeze_commit_the_flag_with_their_event(
     phase: str, to: str, frozen: bool
 ) -> None:
-    ledger = FakeLedger()
+    ledger = FakeLedger(frozen=not frozen)
     outcome = await _change(phase, to, ledger)
     assert outcome == card_state.StateChanged(api.CardPhase(to), f"card is {to}")
     assert ledger.calls == [("set_frozen", frozen)]
+    assert ledger.frozen is frozen
     [event] = ledger.events
     assert event.payload["type"] == schema.CARD_STATE_CHANGED
     assert event.payload["data"]["from"] == phase
 
 
-async def test_the_same_state_again_changes_nothing() -> None:
-    ledger = FakeLedger()
-    assert await _change("Active", "Active", ledger) == card_state.Unchanged()
-    assert ledger.calls == []
+@pytest.mark.parametrize("state", ["Active", "Frozen"])
+async def test_the_same_state_again_changes_nothing(state: str) -> None:
+    ledger = FakeLedger(frozen=state == "Frozen")
+    assert await _change(state, state, ledger) == card_state.Unchanged()
+    assert ledger.calls == [("set_frozen", state == "Frozen")]
+    assert ledger.events == []
+
+
+@pytest.mark.parametrize(
+    ("stale_phase", "to", "frozen"), [("Active", "Active", True), ("Frozen", "Frozen", False)]
+)
+async def test_a_stale_status_does_not_leave_the_ledger_behind(
+    stale_phase: str, to: str, frozen: bool
+) -> None:
+    """Frozen, then unfrozen before kopf's patch of the frozen status arrived: the handler sees
+    the old phase (Active) and spec Active, while the ledger is frozen. The ledger follows the
+    spec anyway, with the event of the change it makes, and the status is written again."""
+    ledger = FakeLedger(frozen=frozen)
+    outcome = await _change(stale_phase, to, ledger)
+    assert outcome == card_state.StateChanged(api.CardPhase(to), f"card is {to}")
+    assert ledger.frozen is (to == "Frozen")
+    [event] = ledger.events
+    assert event.payload["data"]["from"] == ("Frozen" if frozen else "Active")
+    assert event.payload["data"]["to"] == to
 
 
 async def test_closing_an_issued_card_closes_its_account() -> None:
