@@ -181,6 +181,7 @@ class Campaign:
         ev.received = self.hook.snapshot()
         ev.auth.log = [r for r in self.record.read() if r["kind"] == "auth"]
         ev.auth.card_status, ev.card_status_balances = _card_figures(self.env)
+        ev.card_states = card_states(self.plat.database_url, self.env)
         ev.processes = {
             **self.product.alive(),
             "operator /healthz": self.product.healthy("operator"),
@@ -365,20 +366,19 @@ def _card_figures(
     return figures, balances
 
 
-def card_states(database_url: str, env: dict[str, str]) -> dict[str, str]:
-    """Each card's ``spec.state / status.phase / ledger`` (open or frozen), for the report: a
-    freeze left in the ledger of an Active card (bench/RESULTS.md, "Found by CI") shows here."""
+def card_states(database_url: str, env: dict[str, str]) -> dict[str, tuple[str, str | None, bool]]:
+    """Each card's ``spec.state``, ``status.phase`` and whether its ledger account is frozen."""
     out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
     if out.returncode != 0:
-        return {"?": f"kubectl get cards: {out.stderr.strip()[-200:]}"}
+        raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
     shown = {
         item["metadata"]["name"]: (
-            item.get("spec", {}).get("state", "Active"),
+            str(item.get("spec", {}).get("state", "Active")),
             item.get("status", {}).get("phase"),
         )
         for item in json.loads(out.stdout)["items"]
     }
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
         rows = conn.execute(
             "SELECT split_part(split_part(code, '/', 2), ':', 1), frozen_at IS NOT NULL"
             " FROM accounts WHERE kind = 'card' AND code LIKE %s",
@@ -386,7 +386,7 @@ def card_states(database_url: str, env: dict[str, str]) -> dict[str, str]:
         ).fetchall()
     frozen = {str(name): bool(is_frozen) for name, is_frozen in rows}
     return {
-        name: f"{spec}/{phase}/{'frozen' if frozen.get(name) else 'open'}"
+        name: (spec, phase, frozen.get(name, False))
         for name, (spec, phase) in sorted(shown.items())
     }
 
@@ -467,7 +467,8 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
         f"quiesced in {campaign.quiesce_seconds:.1f} s",
         "card states, spec / status / ledger: "
         + ", ".join(
-            f"{k} {v}" for k, v in card_states(campaign.plat.database_url, campaign.env).items()
+            f"{name} {spec}/{phase}/{'frozen' if frozen else 'open'}"
+            for name, (spec, phase, frozen) in ev.card_states.items()
         ),
         "",
     ]

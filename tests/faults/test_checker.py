@@ -42,6 +42,7 @@ def _clean() -> checker.Evidence:
     ev.received = [receiver.Delivery(0.0, e, True, 200) for e, *_ in ev.outbox]
     ev.received.append(receiver.Delivery(0.0, "e1", True, 500))  # a failed attempt, retried
     ev.processes = {"operator": True}
+    ev.card_states = {"c-0": ("Active", "Active", False), "c-1": ("Frozen", "Frozen", True)}
     return ev
 
 
@@ -89,6 +90,12 @@ def _plant(ev: checker.Evidence, fault: str) -> None:  # noqa: PLR0912 - one per
         ev.rewards.append((99, 50))  # journal 99 is no posting or capture the client knows
     elif fault == "status balance":
         ev.card_status_balances["c-1"] = 1
+    elif fault == "frozen in the ledger":
+        ev.card_states["c-1"] = ("Active", "Active", True)
+    elif fault == "open in the ledger":
+        ev.card_states["c-1"] = ("Frozen", "Frozen", False)
+    elif fault == "status behind":
+        ev.card_states["c-1"] = ("Active", "Frozen", True)
 
 
 CASES = {
@@ -97,6 +104,7 @@ CASES = {
     "bad signature": "wrong", "double rewards": "doubled", "wrong balance": "wrong",
     "stuck": "stuck", "rejected with row": "wrong", "dead letter": "wrong", "trial": "wrong",
     "drift": "wrong", "process": "stuck", "rewards on nothing": "wrong", "status balance": "wrong",
+    "frozen in the ledger": "wrong", "open in the ledger": "wrong", "status behind": "stuck",
 }  # fmt: skip
 
 
