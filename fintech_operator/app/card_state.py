@@ -73,9 +73,15 @@ class CardLedger(Protocol):
     """The ledger, as a card's state needs it."""
 
     async def set_frozen(
-        self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
+        self,
+        code: str,
+        frozen: bool,
+        events: Sequence[model.OutboxEvent],
+        *,
+        generation: int | None = None,
     ) -> bool:
-        """True when the account changed; ``events`` are written only then."""
+        """True when the account changed; ``events`` are written only then. ``generation``:
+        the Card's, recorded with the flag; an older one than recorded changes nothing."""
         ...
 
     async def close_account(self, code: str, events: Sequence[model.OutboxEvent]) -> None:
@@ -135,13 +141,53 @@ async def _freeze_or_unfreeze(
     so it decides whether anything changes; an event is written only with a change, and it says
     what the account was before it (an issued card is Active or Frozen).
     """
-    frozen = to is api.CardState.FROZEN
-    before = api.CardState.ACTIVE if frozen else api.CardState.FROZEN
-    event = _state_changed(card, to.value, clock(), None, from_phase=before.value)
-    changed = await ledger.set_frozen(str(card.account), frozen, [event])
+    changed = await _follow(card, to, ledger, clock)
     if changed or to.value != card.phase:
         return StateChanged(api.CardPhase(to.value), f"card is {to.value}")
     return Unchanged()
+
+
+async def _follow(card: IssuedCard, to: api.CardState, ledger: CardLedger, clock: Clock) -> bool:
+    """Make the account's freeze flag follow ``to`` for the card's generation (the ledger
+    refuses to go back to an older generation's state); True when the account changed."""
+    frozen = to is api.CardState.FROZEN
+    before = api.CardState.ACTIVE if frozen else api.CardState.FROZEN
+    event = _state_changed(card, to.value, clock(), None, from_phase=before.value)
+    generation = card.generation if card.generation > 0 else None
+    return await ledger.set_frozen(str(card.account), frozen, [event], generation=generation)
+
+
+def freeze_drift(
+    card: IssuedCard, spec_state: str | None, frozen: bool, recorded_generation: int | None
+) -> api.CardState | None:
+    """The state to apply again when an issued card's ledger account does not follow it: its
+    status already shows its spec's state (kopf handled it, or believes so), yet the account is
+    frozen when that state is Active or open when it is Frozen. None when there is nothing to
+    repair, also when what is known of the card (``card`` and ``spec_state``, possibly an older
+    copy) is of a generation older than the one the account's flag follows
+    (``recorded_generation``): a newer spec's state is in place and its status is on its way.
+
+    How the two part (migration 0072): kopf lost the status patch after a freeze or unfreeze,
+    and the user set the state back before kopf tried again, so kopf saw nothing to handle.
+    """
+    if spec_state not in (api.CardState.ACTIVE, api.CardState.FROZEN) or not card.account:
+        return None
+    if card.phase != spec_state or frozen == (spec_state == api.CardState.FROZEN):
+        return None
+    if recorded_generation is not None and card.generation < recorded_generation:
+        return None
+    return api.CardState(spec_state)
+
+
+async def repair_freeze(
+    card: IssuedCard, to: api.CardState, ledger: CardLedger, clock: Clock = _now
+) -> bool:
+    """Apply ``to`` (from :func:`freeze_drift`) to the account, with its ``card.state_changed``
+    event; False when the ledger had meanwhile moved to a newer generation's state or already
+    followed ``to``."""
+    if to not in (api.CardState.ACTIVE, api.CardState.FROZEN):
+        raise ValueError(f"only Active or Frozen is repaired, got {to}")
+    return await _follow(card, to, ledger, clock)
 
 
 async def close(command: ChangeCardState, ledger: CardLedger, clock: Clock = _now) -> Outcome:

@@ -92,10 +92,15 @@ class Cards:
             await engine.write_events(conn, events)
 
     async def set_frozen(
-        self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
+        self,
+        code: str,
+        frozen: bool,
+        events: Sequence[model.OutboxEvent],
+        *,
+        generation: int | None = None,
     ) -> bool:
         async with self._pool.connection() as conn:
-            return await engine.set_frozen(conn, code, frozen, events)
+            return await engine.set_frozen(conn, code, frozen, events, generation=generation)
 
     async def close_account(self, code: str, events: Sequence[model.OutboxEvent]) -> None:
         async with self._pool.connection() as conn:

@@ -29,6 +29,7 @@ import kopf
 import psycopg_pool
 
 from fintech_operator import api, kube
+from fintech_operator.app import card_state, stores
 from fintech_operator.authorizations import mirror
 from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import cards, report
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 REFRESH_BATCH_MAX: Final = 500
 # A review whose application failed for an unexpected reason is tried again after this long.
 REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
+# The Warning on a card whose ledger freeze was made to follow its spec again.
+LEDGER_STATE_REPAIRED: Final = "LedgerStateRepaired"
 
 
 API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
@@ -237,12 +240,62 @@ async def _refresh_batch(memo: OperatorMemo, batch: Sequence[Mapping[str, Any]])
         points = await rewards_store.points_balances(conn, names)
         last_alerts = await compliance_store.last_alert_ids(conn, names)
         holds = await mirror.holds_of(conn, [str(s["status"]["account"]) for s in batch])
+        freezes = await engine.card_freezes(conn, [str(s["status"]["account"]) for s in batch])
+    await _repair_freezes(memo, batch, freezes)
     for snapshot, card in zip(batch, names, strict=True):
         account = str(snapshot["status"]["account"])
         found = balances.get(account)
         if found is not None:
             figures = _Figures(found, points[card], last_alerts.get(card, 0), holds.get(account))
             await _refresh_one(memo, snapshot, figures)
+
+
+async def _repair_freezes(
+    memo: OperatorMemo,
+    batch: Sequence[Mapping[str, Any]],
+    freezes: Mapping[str, engine.CardFreeze],
+) -> None:
+    """A card whose status shows its spec's state while its ledger account does not follow it
+    gets the state applied again, with its event, a Warning on the card and a log line
+    (``card_state.freeze_drift``: kopf lost the status patch of a freeze or unfreeze and then
+    saw nothing to handle). One card's failure does not stop the refresh: it is tried again at
+    the next one."""
+    for snapshot in batch:
+        card = _state_card(snapshot)
+        found = freezes.get(str(card.account))
+        if found is None:
+            continue
+        to = card_state.freeze_drift(
+            card, snapshot["spec"].get("state"), found.frozen, found.generation
+        )
+        if to is None:
+            continue
+        try:
+            changed = await card_state.repair_freeze(card, to, stores.Cards(memo.pool))
+        except Exception:  # one card's failure must not stop the refresh; the next one retries
+            log.exception("card %s/%s: repairing its ledger freeze failed", card.namespace,
+                          card.name)  # fmt: skip
+            continue
+        if changed:
+            message = (
+                f"the ledger account was {'open' if to is api.CardState.FROZEN else 'frozen'}"
+                f" while spec.state and status.phase are {to.value}; it is {to.value} again"
+            )
+            log.warning("card %s/%s: %s", card.namespace, card.name, message)
+            body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
+            kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=message)
+
+
+def _state_card(snapshot: Mapping[str, Any]) -> card_state.IssuedCard:
+    meta, status = snapshot["metadata"], snapshot["status"]
+    return card_state.IssuedCard(
+        namespace=str(meta["namespace"]),
+        name=str(meta["name"]),
+        uid=str(meta["uid"]),
+        generation=int(meta.get("generation") or 0),
+        phase=status.get("phase"),
+        account=str(status["account"]),
+    )
 
 
 @dataclass(frozen=True)

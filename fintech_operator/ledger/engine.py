@@ -322,6 +322,8 @@ async def set_frozen(
     code: str,
     frozen: bool,
     events: Sequence[model.OutboxEvent] = (),
+    *,
+    generation: int | None = None,
 ) -> bool:
     """Freeze or unfreeze a card account, with the events that announce it, in one transaction;
     True when the account changed.
@@ -330,27 +332,62 @@ async def set_frozen(
     after this commits sees the freeze. Idempotent: the first freeze time is kept, and an
     account already in the asked state is left alone and gets none of ``events`` (they announce
     a change, and the change that put it in that state wrote its own).
+
+    ``generation``: the Card's ``metadata.generation`` whose ``spec.state`` asks this (migration
+    0072). It is recorded with the flag, and a generation older than the one recorded changes
+    nothing: the flag already follows a newer spec. None (issuance, resume) is not checked and
+    not recorded.
     """
+    if generation is not None and (type(generation) is not int or generation < 1):
+        raise ValueError(f"generation must be a positive int, got {generation!r}")
     checked = _checked_events(events)
     async with _transaction(conn) as cur:
-        # Only a change writes (resume re-applies every card's state): the first freeze time
-        # is kept, and an account already in the asked state is left alone.
         await cur.execute(
-            "UPDATE accounts SET frozen_at = CASE WHEN %(frozen)s THEN now() END"
-            " WHERE code = %(code)s AND kind = 'card'"
-            " AND (frozen_at IS NOT NULL) <> %(frozen)s",
-            {"frozen": frozen, "code": code},
+            "SELECT frozen_at IS NOT NULL, state_generation FROM accounts"
+            " WHERE code = %s AND kind = 'card' FOR NO KEY UPDATE",
+            (code,),
         )
-        if cur.rowcount == 0:
+        row = await cur.fetchone()
+        if row is None:
+            raise model.AccountNotFound(f"card account {code} does not exist")
+        was_frozen, recorded = bool(row[0]), row[1]
+        if generation is not None and recorded is not None and generation < recorded:
+            return False  # a newer spec's state is in place
+        changed = was_frozen != frozen
+        if changed or (generation is not None and generation != recorded):
             await cur.execute(
-                "SELECT 1 FROM accounts WHERE code = %s AND kind = 'card' FOR NO KEY UPDATE",
-                (code,),
+                "UPDATE accounts SET frozen_at = CASE WHEN NOT %(changed)s THEN frozen_at"
+                " WHEN %(frozen)s THEN now() END,"
+                " state_generation = coalesce(%(generation)s, state_generation)"
+                " WHERE code = %(code)s AND kind = 'card'",
+                {"changed": changed, "frozen": frozen, "generation": generation, "code": code},
             )
-            if await cur.fetchone() is None:
-                raise model.AccountNotFound(f"card account {code} does not exist")
-            return False
-        await _insert_lifecycle_events(cur, checked)
-        return True
+        if changed:
+            await _insert_lifecycle_events(cur, checked)
+        return changed
+
+
+@dataclass(frozen=True)
+class CardFreeze:
+    """A card account's freeze flag and the Card generation it follows (None: not recorded)."""
+
+    frozen: bool
+    generation: int | None
+
+
+async def card_freezes(conn: AsyncConnection[Any], codes: Sequence[str]) -> dict[str, CardFreeze]:
+    """The freeze flags of the card accounts ``codes`` that exist, in one statement (the
+    namespace's batched card refresh compares them with each card's spec)."""
+    if len(codes) > BALANCES_CODES_MAX:
+        raise ValueError(f"at most {BALANCES_CODES_MAX} accounts per call, got {len(codes)}")
+    async with _transaction(conn) as cur:
+        await cur.execute(
+            "SELECT code, frozen_at IS NOT NULL, state_generation FROM accounts"
+            " WHERE code = ANY(%s) AND kind = 'card'",
+            (list(codes),),
+        )
+        rows = await cur.fetchall()
+    return {str(code): CardFreeze(bool(frozen), gen) for code, frozen, gen in rows}
 
 
 async def account(conn: AsyncConnection[Any], code: str) -> model.Account:
@@ -1227,12 +1264,14 @@ __all__ = [
     "DEFAULT_LIMITS",
     "AccountOwnedByAnotherCard",
     "CardAccountOwner",
+    "CardFreeze",
     "Check",
     "Limits",
     "account",
     "balance",
     "balance_drift",
     "card_account_owners",
+    "card_freezes",
     "close_account",
     "ensure_system_accounts",
     "entries",

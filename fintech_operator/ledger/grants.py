@@ -33,7 +33,7 @@ PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
     "schema_migrations": READ,
     # Only what closing and freezing change (and the row locks they and postings take):
     # never metadata, whose card uid is what keeps a reused name from an old account.
-    "accounts": ("SELECT", "INSERT", "UPDATE (status, closed_at, frozen_at)"),
+    "accounts": ("SELECT", "INSERT", "UPDATE (status, closed_at, frozen_at, state_generation)"),
     # Rows written by the entries trigger, a card's locked while posting; the view sums them.
     "account_balance_rows": MUTABLE,
     "account_balances": READ,

@@ -317,6 +317,66 @@ def test_issue_freeze_close_refused_then_paid_and_closed(
     assert outbox_types(operator_env, ns, "c1") == [ISSUED, CHANGED, CHANGED, CHANGED]
 
 
+def test_a_ledger_freeze_kopf_never_handled_is_repaired_and_a_newer_one_kept(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """Migration 0072 and the namespace's card refresh. The ledger frozen while the Card's spec
+    and status say Active is what a lost status patch leaves (kopf froze, its patch failed, the
+    user set Active back, kopf saw nothing to handle). A freeze recorded for a generation newer
+    than the card's (a handler of a newer spec, its status on its way) is kept; one recorded
+    for an older generation is undone, with its event and a Warning on the card."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(), card("c1"))
+    status = wait_status(kubectl, procs, ns, "card", "c1", "issued", phase_in("Active"))
+    account = status["account"]
+    patch_card(kubectl, ns, "c1", {"memo": "generation 2"})
+    generation = wait_for(
+        "generation 2",
+        lambda: (get(kubectl, ns, "card", "c1") or {})["metadata"].get("generation") == 2 or None,
+        timeout_seconds=30,
+    )
+    assert generation is True
+    freeze = "UPDATE accounts SET frozen_at = now(), state_generation = %s WHERE code = %s"
+    db_write(operator_env, freeze, 3, account)
+    # A refresh ran after it (it mirrors the Payment's balance into status), and kept it.
+    apply(kubectl, ns, money("pay-1", "c1", "Payment", 100))
+    wait_status(
+        kubectl, procs, ns, "card", "c1", "balance -100", lambda s: s["balance"]["amount"] == -100
+    )
+    state = "SELECT frozen_at IS NOT NULL, state_generation FROM accounts WHERE code = %s"
+    assert db_rows(operator_env, state, account) == [(True, 3)]
+
+    db_write(operator_env, "UPDATE accounts SET state_generation = 1 WHERE code = %s", account)
+    wait_for(
+        "the ledger unfrozen",
+        lambda: db_rows(operator_env, state, account) == [(False, 2)] or None,
+        timeout_seconds=30,
+    )
+    message = wait_event(kubectl, ns, "c1", "Warning", "LedgerStateRepaired")
+    assert "spec.state and status.phase are Active" in message
+    assert (get(kubectl, ns, "card", "c1") or {})["status"]["phase"] == "Active"
+    [repair] = [
+        row[0]
+        for row in db_rows(
+            operator_env,
+            "SELECT payload FROM outbox WHERE topic = 'cards' AND key = %s"
+            " AND payload->>'type' = %s",
+            f"{ns}/c1",
+            CHANGED,
+        )
+    ]
+    assert (repair["data"]["from"], repair["data"]["to"]) == ("Frozen", "Active")
+
+
+def db_write(operator_env: dict[str, str], sql: str, *args: Any) -> None:
+    """A change made behind the operator's back, as the runtime role may make it."""
+    with psycopg.connect(operator_env["DATABASE_URL"]) as conn:
+        assert conn.execute(sql, args).rowcount == 1
+
+
 # --- Risk and compliance at issuance --------------------------------------------------------------
 
 

@@ -75,7 +75,12 @@ def test_grants_are_exactly_the_decided_ones(database_url: str, role: str) -> No
             " AND table_name = 'accounts' AND privilege_type = 'UPDATE'",
             (role,),
         ).fetchall()
-    assert {str(c) for (c,) in updatable} == {"status", "closed_at", "frozen_at"}
+    assert {str(c) for (c,) in updatable} == {
+        "status",
+        "closed_at",
+        "frozen_at",
+        "state_generation",
+    }
 
 
 async def test_the_runtime_role_posts_reverses_and_closes(runtime_dsn: str) -> None:

@@ -141,3 +141,45 @@ async def test_a_freeze_says_whether_it_changed_and_announces_only_a_change(
         assert [row[0] for row in written] == [thaw.event_id]
         with pytest.raises(model.AccountNotFound):
             await engine.set_frozen(conn, "card:ns/missing:USD", True)
+
+
+async def test_a_freeze_records_its_generation_and_an_older_one_changes_nothing(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """Migration 0072: the flag remembers the Card generation it follows. An older generation
+    (a refresh that read the card before a newer freeze) changes nothing and writes no event;
+    the same or a newer one applies; None (issuance, resume) is not checked and not recorded.
+    (Generations 13 to 15: the events' ids are the card's uid, state and generation, and the
+    other tests' cards share the uid.)"""
+    card = await frozen_card(pool)  # frozen without a generation: not recorded
+    state = "SELECT frozen_at IS NOT NULL, state_generation FROM accounts WHERE code = %s"
+    older, newer = (
+        _state_event(card, 13, "Frozen", "Active"),
+        _state_event(card, 15, "Frozen", "Active"),
+    )
+    async with pool.connection() as conn:
+        assert await (await conn.execute(state, (card,))).fetchone() == (True, None)
+        assert await engine.set_frozen(conn, card, True, [], generation=14) is False
+        assert await (await conn.execute(state, (card,))).fetchone() == (True, 14)
+        assert await engine.set_frozen(conn, card, False, [older], generation=13) is False
+        assert await (await conn.execute(state, (card,))).fetchone() == (True, 14)
+        assert await engine.set_frozen(conn, card, False, [newer], generation=15) is True
+        assert await (await conn.execute(state, (card,))).fetchone() == (False, 15)
+        assert await engine.set_frozen(conn, card, True, [], generation=None) is True
+        assert await (await conn.execute(state, (card,))).fetchone() == (True, 15)
+        written = await (await conn.execute(
+            "SELECT event_id FROM outbox WHERE event_id = ANY(%s) ORDER BY id",
+            ([older.event_id, newer.event_id],))).fetchall()  # fmt: skip
+        assert [row[0] for row in written] == [newer.event_id]
+        freezes = await engine.card_freezes(conn, [card, "card:ns/missing:USD"])
+        assert freezes == {card: engine.CardFreeze(frozen=True, generation=15)}
+        for bad in (0, -1, True):
+            with pytest.raises(ValueError, match="generation must be a positive int"):
+                await engine.set_frozen(conn, card, True, [], generation=bad)
+
+
+async def test_the_database_refuses_a_generation_below_one(pool: AsyncConnectionPool[Any]) -> None:
+    card = await frozen_card(pool)
+    async with pool.connection() as conn:
+        with pytest.raises(errors.CheckViolation, match="accounts_state_generation_positive"):
+            await conn.execute("UPDATE accounts SET state_generation = 0 WHERE code = %s", (card,))

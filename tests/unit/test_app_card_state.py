@@ -25,15 +25,25 @@ class FakeLedger:
     balance_minor: int = 0
     missing: bool = False
     frozen: bool = False
+    generation: int | None = None  # the Card generation the flag follows (migration 0072)
     calls: list[tuple[str, object]] = field(default_factory=list)
     events: list[model.OutboxEvent] = field(default_factory=list)
 
     async def set_frozen(
-        self, code: str, frozen: bool, events: Sequence[model.OutboxEvent]
+        self,
+        code: str,
+        frozen: bool,
+        events: Sequence[model.OutboxEvent],
+        *,
+        generation: int | None = None,
     ) -> bool:
         if self.missing:
             raise model.AccountNotFound(f"card account {code} does not exist")
         self.calls.append(("set_frozen", frozen))
+        if generation is not None and self.generation is not None and generation < self.generation:
+            return False
+        if generation is not None:
+            self.generation = generation
         if self.frozen == frozen:
             return False
         self.frozen = frozen
@@ -61,8 +71,10 @@ class FakeLedger:
         self.calls.append(("retire", card.name))
 
 
-def _card(phase: str | None, account: str | None = ACCOUNT) -> card_state.IssuedCard:
-    return card_state.IssuedCard("ns1", "c1", "uid-1", 3, phase, account)
+def _card(
+    phase: str | None, account: str | None = ACCOUNT, generation: int = 3
+) -> card_state.IssuedCard:
+    return card_state.IssuedCard("ns1", "c1", "uid-1", generation, phase, account)
 
 
 async def _change(phase: str | None, to: str, ledger: FakeLedger) -> card_state.Outcome:
@@ -190,3 +202,78 @@ async def test_a_new_spend_limit_reaches_the_mirror_of_an_issued_card_only() -> 
     await card_state.change_spend_limit(_card("Frozen"), limit, ledger)
     await card_state.change_spend_limit(_card("PendingReview", None), limit, ledger)
     assert ledger.calls == [("limit", 5000)]
+
+
+async def test_a_change_records_the_cards_generation_and_an_older_one_changes_nothing() -> None:
+    ledger = FakeLedger()
+    await _change("Active", "Frozen", ledger)
+    assert (ledger.frozen, ledger.generation) == (True, 3)
+    stale = card_state.ChangeCardState(_card("Frozen", generation=2), api.CardState.ACTIVE)
+    assert await card_state.change_card_state(stale, ledger, clock=lambda: NOW) == (
+        card_state.StateChanged(api.CardPhase.ACTIVE, "card is Active")
+    )
+    assert ledger.frozen is True  # generation 3's Frozen stays
+    assert len(ledger.events) == 1
+
+
+# --- freeze_drift: what the namespace's refresh repairs --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "spec_state", "frozen", "recorded", "generation", "repaired"),
+    [
+        # kopf lost the status patch of a freeze, then the user set Active back (generation 4).
+        ("Active", "Active", True, 3, 4, "Active"),
+        # ... or of an unfreeze, then the user froze again: the card would keep approving.
+        ("Frozen", "Frozen", False, 3, 4, "Frozen"),
+        ("Frozen", "Frozen", False, None, 1, "Frozen"),  # before 0072, or set by resume
+        ("Active", "Active", True, 4, 4, "Active"),  # the same generation's state, undone
+        # In step: nothing to do.
+        ("Active", "Active", False, 3, 4, None),
+        ("Frozen", "Frozen", True, None, 4, None),
+        # An older copy of the card than the ledger follows: a newer spec's freeze is in place.
+        ("Active", "Active", True, 5, 4, None),
+        # The status does not show the spec yet: kopf's handler is on it.
+        ("Active", "Frozen", False, 3, 4, None),
+        ("Frozen", "Active", True, 3, 4, None),
+        # Closing is not a freeze; a card without a spec state is not judged.
+        ("Active", "Closed", False, 3, 4, None),
+        ("Active", None, True, None, 4, None),
+    ],
+)
+def test_freeze_drift_repairs_only_a_card_whose_status_shows_a_state_the_ledger_lost(
+    phase: str,
+    spec_state: str | None,
+    frozen: bool,
+    recorded: int | None,
+    generation: int,
+    repaired: str | None,
+) -> None:
+    card = _card(phase, generation=generation)
+    expected = None if repaired is None else api.CardState(repaired)
+    assert card_state.freeze_drift(card, spec_state, frozen, recorded) == expected
+
+
+def test_freeze_drift_needs_an_account() -> None:
+    assert card_state.freeze_drift(_card("Active", account=None), "Active", True, None) is None
+
+
+async def test_repair_freeze_applies_the_state_with_its_event_once() -> None:
+    ledger = FakeLedger(frozen=True, generation=3)
+    card = _card("Active", generation=4)
+    assert await card_state.repair_freeze(card, api.CardState.ACTIVE, ledger, clock=lambda: NOW)
+    assert (ledger.frozen, ledger.generation) == (False, 4)
+    [event] = ledger.events
+    assert (event.payload["data"]["from"], event.payload["data"]["to"]) == ("Frozen", "Active")
+    again = await card_state.repair_freeze(card, api.CardState.ACTIVE, ledger, clock=lambda: NOW)
+    assert again is False
+    assert len(ledger.events) == 1
+
+
+async def test_repair_freeze_loses_to_a_newer_generation_and_refuses_closed() -> None:
+    ledger = FakeLedger(frozen=True, generation=5)
+    card = _card("Active", generation=4)
+    assert not await card_state.repair_freeze(card, api.CardState.ACTIVE, ledger)
+    assert ledger.frozen is True
+    with pytest.raises(ValueError, match="only Active or Frozen"):
+        await card_state.repair_freeze(card, api.CardState.CLOSED, ledger)
