@@ -397,7 +397,8 @@ def main(settings: config.Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await kafka.until_reachable(settings)
+        if not await kafka.until_reachable_or_stopped(settings, stop):
+            return
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.database.url,
             min_size=1,

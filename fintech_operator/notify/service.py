@@ -382,7 +382,8 @@ async def run(
     settings: config.Settings, namespaces: Sequence[str], group_id: str, stop: asyncio.Event
 ) -> None:
     """Run the notifier until ``stop`` is set."""
-    await kafka.until_reachable(settings)
+    if not await kafka.until_reachable_or_stopped(settings, stop):
+        return
     pool = await consuming.open_pool(settings)
     # Every connection goes through the destination guard: public addresses only, plus the
     # allow-list (SSRF protection; see notify/destination.py).

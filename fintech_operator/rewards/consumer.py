@@ -298,7 +298,8 @@ def new_consumer(settings: config.Settings, group_id: str) -> AIOKafkaConsumer:
 
 async def consume(settings: config.Settings, group_id: str, stop: asyncio.Event) -> None:
     """Consume until ``stop`` is set, committing offsets after each applied batch."""
-    await kafka.until_reachable(settings)
+    if not await kafka.until_reachable_or_stopped(settings, stop):
+        return
     consumer = new_consumer(settings, group_id)
     producer = relay.new_producer(settings)
     pool = await consuming.open_pool(settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,3 +209,62 @@ def test_sigterm_twice_stops_the_operator_cleanly(
     assert "InvalidStateError" not in text, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
     assert returncode == 0, text[-4000:]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("fintech_operator", "run", "--liveness-port", "0", "--namespace", "kafka-down-*"),
+        ("fintech_operator", "rewards"),
+        ("fintech_operator", "notifier"),
+        ("fintech_operator.events.relay",),
+    ],
+    ids=["operator", "rewards", "notifier", "relay"],
+)
+def test_sigterm_while_kafka_is_unreachable_stops_the_process_at_once(
+    waiting_env: dict[str, str],
+    crds_installed: None,
+    tmp_path: Path,
+    command: tuple[str, ...],
+) -> None:
+    """Every process waits up to 5 minutes for a broker that is down when it starts
+    (``kafka.until_reachable``); a SIGTERM during that wait stops it at once with status 0,
+    as a rollout or ``make dev``'s Ctrl-C expect (Kubernetes kills a pod 30 s after SIGTERM)."""
+    env = {**waiting_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
+    log_path = tmp_path / "process.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(
+            "the wait for Kafka",
+            lambda: "Kafka not reachable yet" in log_path.read_text(),
+            timeout_seconds=90,
+            interval=0.2,
+        )
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        returncode = proc.wait(timeout=60)
+        stopped_seconds = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log_path.read_text()
+    assert returncode == 0, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert stopped_seconds < STOPPED_WITHIN_SECONDS, (stopped_seconds, text[-4000:])
+
+
+# A stop is immediate; the bound leaves room for a loaded 2-core machine (the wait itself is
+# 300 s, so a process that ignored the signal fails this by far).
+STOPPED_WITHIN_SECONDS = 20.0
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): a broker that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
