@@ -243,15 +243,30 @@ class AccountMissing:
 
 
 async def resume_card(
-    card: IssuedCard, token: str | None, spec: api.CardSpec | None, ledger: CardLedger
+    card: IssuedCard,
+    token: str | None,
+    spec: api.CardSpec | None,
+    ledger: CardLedger,
+    *,
+    spec_state: str | None = None,
+    clock: Clock = _now,
 ) -> Unchanged | AccountMissing:
-    """An issued card seen again (operator restart): the ledger's freeze follows the card (an
-    upgrade from before migration 0041, or a crash between the freeze and the status patch),
-    and the authorization mirror has it."""
+    """An issued card seen again (operator restart): the ledger's freeze follows the card when
+    its status shows its spec's state (``spec_state``; an upgrade from before migration 0041,
+    or a freeze or unfreeze whose status patch was lost and then set back), with its event when
+    the account changes, and the authorization mirror has it.
+
+    Only then: while the status still shows an older state, kopf's ``spec.state`` handler runs
+    next and makes the change; following the older status here could undo a freeze that
+    handler had just committed (the card queue reads the card, then a handler freezes it, then
+    this would unfreeze it: seen in the fault campaign, bench/RESULTS.md). The Card generation
+    fences it as it fences the refresh's repair.
+    """
     if card.phase not in lifecycle.ISSUED_PHASES or not card.account:
         return Unchanged()
     try:
-        await ledger.set_frozen(card.account, card.phase == api.CardPhase.FROZEN, [])
+        if spec_state == card.phase:
+            await _follow(card, api.CardState(spec_state), ledger, clock)
     except model.AccountNotFound as exc:
         return AccountMissing(exc.message)
     if token and spec is not None:

@@ -188,8 +188,9 @@ async def issue(
 
 
 async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
-    """A decided card seen again (at start): an issued one's freeze and mirror follow its
-    status. The card queue calls it for each issued card kopf lists at start."""
+    """A decided card seen again (at start): an issued one's freeze follows it when its status
+    shows its spec's state, and its mirror follows it. The card queue calls it for each issued
+    card kopf lists at start."""
     if body.status.get("phase") not in ISSUED_PHASES:
         return  # a Rejected card's spec may not even parse: nothing to follow
     token = body.status.get("token")
@@ -198,6 +199,7 @@ async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
         None if not token else str(token),
         api.CardSpec.model_validate(dict(spec)) if token else None,
         stores.Cards(memo.pool),
+        spec_state=spec.get("state"),
     )
     if isinstance(outcome, card_state.AccountMissing):
         kopf.warn(body, reason="AccountMissing", message=outcome.message)

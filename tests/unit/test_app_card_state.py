@@ -163,11 +163,47 @@ async def test_resume_makes_the_ledger_and_mirror_follow_an_issued_card() -> Non
     spec = api.CardSpec.model_validate(
         {"userId": "u1", "product": "standard", "holder": {"name": "A", "country": "US"}}
     )
-    outcome = await card_state.resume_card(_card("Frozen"), "tok_1", spec, ledger)
+    outcome = await card_state.resume_card(
+        _card("Frozen"), "tok_1", spec, ledger, spec_state="Frozen", clock=lambda: NOW
+    )
     assert outcome == card_state.Unchanged()
     assert ledger.calls == [("set_frozen", True), ("mirror", "tok_1")]
-    missing = await card_state.resume_card(_card("Active"), None, spec, FakeLedger(missing=True))
+    assert (ledger.frozen, ledger.generation) == (True, 3)
+    [event] = ledger.events  # the account changed: announced
+    assert (event.payload["data"]["from"], event.payload["data"]["to"]) == ("Active", "Frozen")
+    missing = await card_state.resume_card(
+        _card("Active"), None, spec, FakeLedger(missing=True), spec_state="Active"
+    )
     assert isinstance(missing, card_state.AccountMissing)
+
+
+@pytest.mark.parametrize(("phase", "spec_state"), [("Active", "Frozen"), ("Frozen", "Active")])
+async def test_resume_leaves_the_freeze_to_the_handler_while_the_status_lags_the_spec(
+    phase: str, spec_state: str
+) -> None:
+    """The card queue read the card while its status still showed the old state; the
+    spec.state handler may have changed the ledger since. Following the old status would undo
+    that change: resume leaves the freeze alone and only mirrors the card."""
+    ledger = FakeLedger(frozen=spec_state == "Frozen", generation=3)
+    spec = api.CardSpec.model_validate(
+        {"userId": "u1", "product": "standard", "holder": {"name": "A", "country": "US"}}
+    )
+    outcome = await card_state.resume_card(
+        _card(phase), "tok_1", spec, ledger, spec_state=spec_state
+    )
+    assert outcome == card_state.Unchanged()
+    assert ledger.calls == [("mirror", "tok_1")]
+    assert ledger.frozen is (spec_state == "Frozen")
+    assert ledger.events == []
+
+
+async def test_resume_does_not_go_back_to_an_older_generation() -> None:
+    """The card read at generation 3, a newer spec (generation 4) frozen since: unchanged."""
+    ledger = FakeLedger(frozen=True, generation=4)
+    outcome = await card_state.resume_card(_card("Active"), None, None, ledger, spec_state="Active")
+    assert outcome == card_state.Unchanged()
+    assert ledger.frozen is True
+    assert ledger.events == []
 
 
 async def test_deleting_an_issued_card_retires_its_token_first_then_closes() -> None:
