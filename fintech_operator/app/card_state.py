@@ -242,6 +242,14 @@ class AccountMissing:
     message: str
 
 
+@dataclass(frozen=True)
+class FreezeRepaired:
+    """The account did not follow the state its card's status and spec show; now it does."""
+
+    state: api.CardState
+    message: str
+
+
 async def resume_card(
     card: IssuedCard,
     token: str | None,
@@ -250,7 +258,7 @@ async def resume_card(
     *,
     spec_state: str | None = None,
     clock: Clock = _now,
-) -> Unchanged | AccountMissing:
+) -> Unchanged | AccountMissing | FreezeRepaired:
     """An issued card seen again (operator restart): the ledger's freeze follows the card when
     its status shows its spec's state (``spec_state``; an upgrade from before migration 0041,
     or a freeze or unfreeze whose status patch was lost and then set back), with its event when
@@ -264,14 +272,28 @@ async def resume_card(
     """
     if card.phase not in lifecycle.ISSUED_PHASES or not card.account:
         return Unchanged()
+    repaired = False
     try:
         if spec_state == card.phase:
-            await _follow(card, api.CardState(spec_state), ledger, clock)
+            repaired = await _follow(card, api.CardState(spec_state), ledger, clock)
     except model.AccountNotFound as exc:
         return AccountMissing(exc.message)
     if token and spec is not None:
         await ledger.mirror_card(card, token, spec)
+    if repaired:
+        return FreezeRepaired(
+            api.CardState(card.phase), repaired_message(api.CardState(card.phase))
+        )
     return Unchanged()
+
+
+def repaired_message(state: api.CardState) -> str:
+    """What a repair of the account's freeze says (log line and Warning)."""
+    was = "open" if state is api.CardState.FROZEN else "frozen"
+    return (
+        f"the ledger account was {was} while spec.state and status.phase are {state.value};"
+        f" it is {state.value} again"
+    )
 
 
 async def change_spend_limit(

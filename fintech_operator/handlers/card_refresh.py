@@ -47,7 +47,7 @@ REFRESH_BATCH_MAX: Final = 500
 # A review whose application failed for an unexpected reason is tried again after this long.
 REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
 # The Warning on a card whose ledger freeze was made to follow its spec again.
-LEDGER_STATE_REPAIRED: Final = "LedgerStateRepaired"
+LEDGER_STATE_REPAIRED: Final = cards.LEDGER_STATE_REPAIRED
 
 
 API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
@@ -277,10 +277,7 @@ async def _repair_freezes(
                           card.name)  # fmt: skip
             continue
         if changed:
-            message = (
-                f"the ledger account was {'open' if to is api.CardState.FROZEN else 'frozen'}"
-                f" while spec.state and status.phase are {to.value}; it is {to.value} again"
-            )
+            message = card_state.repaired_message(to)
             log.warning("card %s/%s: %s", card.namespace, card.name, message)
             body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
             kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=message)

@@ -11,6 +11,7 @@ the status patch, written through ``api.CardStatus``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import kopf
@@ -30,7 +31,11 @@ from fintech_operator.risk import policy as risk_policy
 if TYPE_CHECKING:
     from fintech_operator import config
 
+log = logging.getLogger(__name__)
 DECIDED_PHASES: Final = frozenset(set(api.CardPhase) - {api.CardPhase.PENDING})
+# The Warning on a card whose ledger freeze was made to follow its spec again (at the
+# operator's start, or by the namespace's card refresh).
+LEDGER_STATE_REPAIRED: Final = "LedgerStateRepaired"
 ISSUED_PHASES: Final = lifecycle.ISSUED_PHASES
 TEMPORARY_DELAY_SECONDS: Final = 2.0
 # How often the cards in PendingReview look for a recorded CardReview (one timer per namespace).
@@ -203,6 +208,9 @@ async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
     )
     if isinstance(outcome, card_state.AccountMissing):
         kopf.warn(body, reason="AccountMissing", message=outcome.message)
+    elif isinstance(outcome, card_state.FreezeRepaired):
+        log.warning("card %s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.message)
+        kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=outcome.message)
 
 
 async def _reject(

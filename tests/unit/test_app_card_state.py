@@ -166,7 +166,11 @@ async def test_resume_makes_the_ledger_and_mirror_follow_an_issued_card() -> Non
     outcome = await card_state.resume_card(
         _card("Frozen"), "tok_1", spec, ledger, spec_state="Frozen", clock=lambda: NOW
     )
-    assert outcome == card_state.Unchanged()
+    assert outcome == card_state.FreezeRepaired(
+        api.CardState.FROZEN,
+        "the ledger account was open while spec.state and status.phase are Frozen;"
+        " it is Frozen again",
+    )
     assert ledger.calls == [("set_frozen", True), ("mirror", "tok_1")]
     assert (ledger.frozen, ledger.generation) == (True, 3)
     [event] = ledger.events  # the account changed: announced
@@ -175,6 +179,10 @@ async def test_resume_makes_the_ledger_and_mirror_follow_an_issued_card() -> Non
         _card("Active"), None, spec, FakeLedger(missing=True), spec_state="Active"
     )
     assert isinstance(missing, card_state.AccountMissing)
+    in_step = FakeLedger(frozen=True)
+    again = await card_state.resume_card(_card("Frozen"), None, None, in_step, spec_state="Frozen")
+    assert again == card_state.Unchanged()
+    assert in_step.events == []
 
 
 @pytest.mark.parametrize(("phase", "spec_state"), [("Active", "Frozen"), ("Frozen", "Active")])
