@@ -105,8 +105,37 @@ def apply(conn: psycopg.Connection[Any], role: str) -> None:
     for relation in relations:
         table = sql.Identifier(relation)
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
-        verbs = sql.SQL(", ").join(sql.SQL(verb) for verb in PRIVILEGES[relation])
+        decided = _existing(conn, relation, PRIVILEGES[relation])
+        verbs = sql.SQL(", ").join(sql.SQL(verb) for verb in decided)
         conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(verbs, table, who))
+
+
+def _existing(
+    conn: psycopg.Connection[Any], relation: str, verbs: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``verbs`` with their column lists cut to the columns ``relation`` has now: a schema
+    migrated only part of the way (``migrate.apply`` with a list of migrations) lacks the
+    columns of later ones, which are granted when those migrations run."""
+    if not any("(" in verb for verb in verbs):
+        return verbs
+    columns = {
+        str(row[0])
+        for row in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attnum > 0 AND NOT attisdropped",
+            (relation,),
+        ).fetchall()
+    }
+    kept: list[str] = []
+    for verb in verbs:
+        if "(" not in verb:
+            kept.append(verb)
+            continue
+        name, listed = verb.split("(", 1)
+        present = [c.strip() for c in listed.rstrip(")").split(",") if c.strip() in columns]
+        if present:
+            kept.append(f"{name.strip()} ({', '.join(present)})")
+    return tuple(kept)
 
 
 async def owned_table_count(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -173,7 +202,7 @@ def apply_gateway(conn: psycopg.Connection[Any], role: str) -> None:
     for relation in relations:
         table = sql.Identifier(relation)
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
-        verbs = GATEWAY_PRIVILEGES.get(relation)
+        verbs = _existing(conn, relation, GATEWAY_PRIVILEGES.get(relation, ()))
         if verbs:
             joined = sql.SQL(", ").join(sql.SQL(verb) for verb in verbs)
             conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(joined, table, who))

@@ -14,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.ledger import engine, grants, migrate, model, rules
-from tests.conftest import RunningPlatform
+from tests.conftest import RunningPlatform, schema_migrated_below
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +158,43 @@ def test_grants_are_idempotent(database_url: str, role: str) -> None:
     before = granted(database_url, role)
     assert migrate.apply(database_url, runtime_role=role) == []
     assert granted(database_url, role) == before
+
+
+def test_a_schema_migrated_part_of_the_way_is_granted_the_columns_it_has(
+    platform_running: RunningPlatform, database_url: str
+) -> None:
+    """``migrate.apply`` with a list of migrations stops below the newest: the grants it makes
+    name only the columns the schema has (0072's ``state_generation`` is not there yet), and
+    the rest of the migrations grant it."""
+    name = f"rt_{uuid.uuid4().hex[:10]}"
+    admin = platform_running.database_url_for("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN")
+    url = schema_migrated_below(database_url)
+    schema = str(psycopg.conninfo.conninfo_to_dict(url)["options"]).split("=", 1)[1]
+
+    def updatable() -> set[str]:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.role_column_grants"
+                " WHERE grantee = %s AND table_schema = %s AND table_name = 'accounts'"
+                " AND privilege_type = 'UPDATE'",
+                (name, schema),
+            ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    try:
+        below = [m for m in migrate.discover() if m.version < STATE_GENERATION_VERSION]
+        migrate.apply(url, below, runtime_role=name)
+        assert updatable() == {"status", "closed_at", "frozen_at"}
+        assert STATE_GENERATION_VERSION in migrate.apply(url, runtime_role=name)
+        assert updatable() == {"status", "closed_at", "frozen_at", "state_generation"}
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {name}")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON DATABASE {conninfo_db(database_url)} FROM {name}")
+            conn.execute(f"DROP ROLE {name}")
+
+
+STATE_GENERATION_VERSION = 72
