@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 REFRESH_BATCH_MAX: Final = 500
 # A review whose application failed for an unexpected reason is tried again after this long.
 REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
-# The Warning on a card whose ledger freeze was made to follow its spec again.
-LEDGER_STATE_REPAIRED: Final = cards.LEDGER_STATE_REPAIRED
 
 
 API_VERSION: Final = f"{api.GROUP}/{api.VERSION}"
@@ -261,13 +259,12 @@ async def _repair_freezes(
     saw nothing to handle). One card's failure does not stop the refresh: it is tried again at
     the next one."""
     for snapshot in batch:
-        card = _state_card(snapshot)
+        body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
+        card = cards.issued_card(body)
         found = freezes.get(str(card.account))
         if found is None:
             continue
-        to = card_state.freeze_drift(
-            card, snapshot["spec"].get("state"), found.frozen, found.generation
-        )
+        to = card_state.freeze_drift(card, body.spec.get("state"), found.frozen, found.generation)
         if to is None:
             continue
         try:
@@ -277,22 +274,7 @@ async def _repair_freezes(
                           card.name)  # fmt: skip
             continue
         if changed:
-            message = card_state.repaired_message(to)
-            log.warning("card %s/%s: %s", card.namespace, card.name, message)
-            body = kopf.Body(cast(kopf.RawBody, dict(snapshot)))
-            kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=message)
-
-
-def _state_card(snapshot: Mapping[str, Any]) -> card_state.IssuedCard:
-    meta, status = snapshot["metadata"], snapshot["status"]
-    return card_state.IssuedCard(
-        namespace=str(meta["namespace"]),
-        name=str(meta["name"]),
-        uid=str(meta["uid"]),
-        generation=int(meta.get("generation") or 0),
-        phase=status.get("phase"),
-        account=str(status["account"]),
-    )
+            cards.announce_freeze_repaired(body, card_state.repaired_message(to))
 
 
 @dataclass(frozen=True)

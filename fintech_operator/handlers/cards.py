@@ -209,8 +209,14 @@ async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
     if isinstance(outcome, card_state.AccountMissing):
         kopf.warn(body, reason="AccountMissing", message=outcome.message)
     elif isinstance(outcome, card_state.FreezeRepaired):
-        log.warning("card %s/%s: %s", body.metadata.namespace, body.metadata.name, outcome.message)
-        kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=outcome.message)
+        announce_freeze_repaired(body, outcome.message)
+
+
+def announce_freeze_repaired(body: kopf.Body, message: str) -> None:
+    """A repair of the card's ledger freeze (at start, or by the namespace's card refresh):
+    a log line and a Warning on the card."""
+    log.warning("card %s/%s: %s", body.metadata.namespace, body.metadata.name, message)
+    kopf.warn(body, reason=LEDGER_STATE_REPAIRED, message=message)
 
 
 async def _reject(

@@ -335,8 +335,8 @@ async def set_frozen(
 
     ``generation``: the Card's ``metadata.generation`` whose ``spec.state`` asks this (migration
     0072). It is recorded with the flag, and a generation older than the one recorded changes
-    nothing: the flag already follows a newer spec. None (issuance, resume) is not checked and
-    not recorded.
+    nothing: the flag already follows a newer spec. None (issuance) is not checked and not
+    recorded.
     """
     if generation is not None and (type(generation) is not int or generation < 1):
         raise ValueError(f"generation must be a positive int, got {generation!r}")

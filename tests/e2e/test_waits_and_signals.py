@@ -184,19 +184,12 @@ def test_sigterm_twice_stops_the_operator_cleanly(
 ) -> None:
     """A second SIGTERM while stopping is harmless: exit status 0, no InvalidStateError."""
     log_path = tmp_path / "operator.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fintech_operator", "run", "--liveness-port", "0",
-             "--namespace", f"{operator_prefix}-sig-*"],
-            env=waiting_env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = _started(
+        ("fintech_operator", "run", "--liveness-port", "0", "--namespace",
+         f"{operator_prefix}-sig-*"),
+        waiting_env, log_path, "Activity '_startup' succeeded",
+    )  # fmt: skip
     try:
-        wait_for(
-            "startup finished",
-            lambda: "Activity '_startup' succeeded" in log_path.read_text(),
-            timeout_seconds=90,
-            interval=0.5,
-        )
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.05)
@@ -232,18 +225,8 @@ def test_sigterm_while_kafka_is_unreachable_stops_the_process_at_once(
     as a rollout or ``make dev``'s Ctrl-C expect (Kubernetes kills a pod 30 s after SIGTERM)."""
     env = {**waiting_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
     log_path = tmp_path / "process.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *command],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = _started(command, env, log_path, "Kafka not reachable yet")
     try:
-        wait_for(
-            "the wait for Kafka",
-            lambda: "Kafka not reachable yet" in log_path.read_text(),
-            timeout_seconds=90,
-            interval=0.2,
-        )
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         returncode = proc.wait(timeout=60)
@@ -268,3 +251,21 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def _started(
+    module_args: tuple[str, ...], env: dict[str, str], log_path: Path, ready: str
+) -> subprocess.Popen[bytes]:
+    """``python -m module_args`` with its output in ``log_path``, once ``ready`` shows there
+    (killed if it never does)."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *module_args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(repr(ready), lambda: ready in log_path.read_text(), timeout_seconds=90,
+                 interval=0.2)  # fmt: skip
+    except BaseException:
+        proc.kill()
+        raise
+    return proc

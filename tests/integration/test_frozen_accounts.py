@@ -148,7 +148,7 @@ async def test_a_freeze_records_its_generation_and_an_older_one_changes_nothing(
 ) -> None:
     """Migration 0072: the flag remembers the Card generation it follows. An older generation
     (a refresh that read the card before a newer freeze) changes nothing and writes no event;
-    the same or a newer one applies; None (issuance, resume) is not checked and not recorded.
+    the same or a newer one applies; None (issuance) is not checked and not recorded.
     (Generations 13 to 15: the events' ids are the card's uid, state and generation, and the
     other tests' cards share the uid.)"""
     card = await frozen_card(pool)  # frozen without a generation: not recorded
