@@ -24,7 +24,8 @@ Then, once per client count, ``cpu``: when the server is a process of this machi
 and 2 (every PostgreSQL process, from ``/proc``: see ``server_cpu.py``), the client's own CPU
 per store operation (``getrusage``), and two more pgbench runs with the same clients:
 authorizations alone, and an authorization then its final capture; their difference is the
-server's CPU per capture.
+server's CPU per capture. The same two runs give the ``kinds`` line: each kind's own rate
+against the rounds' median TPC-B (a hold alone, and a capture alone, derived from the pairs).
 
 The ``ratio`` line gives the MEDIAN over the rounds of store / tpcb and sql / tpcb, with every
 round's value: on a shared 2-core machine one phase can meet an autovacuum or a checkpoint that
@@ -382,10 +383,18 @@ _CAPTURE_SCRIPTS = (
 )
 
 
-def run_capture_cpu(url: str, clients: int, seconds: int, postmaster: int) -> str:
+def run_capture_cpu(url: str, clients: int, seconds: int, postmaster: int, tpcb_tps: float) -> str:
     """The server's CPU per transaction of pgbench running authorizations alone, then an
-    authorization and its final capture; the difference is what a capture costs it."""
+    authorization and its final capture; the difference is what a capture costs it.
+
+    Also each kind's own rate against ``tpcb_tps`` (the median TPC-B of the rounds): a hold
+    is about the work of a TPC-B transaction, a capture is a whole double-entry posting (a
+    journal, two entries and their balances, the spend window, the settlement reference,
+    the capture row, the event and the stored answer), so the mix's ratio sits between
+    them. A capture's own rate is derived: one pair takes 1/pairs s, of which 1/alone s is
+    the authorization."""
     per_txn: dict[str, float] = {}
+    rate: dict[str, float] = {}
     for name, script in _CAPTURE_SCRIPTS:
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
             file.write(script)
@@ -396,10 +405,17 @@ def run_capture_cpu(url: str, clients: int, seconds: int, postmaster: int) -> st
         finally:
             os.unlink(file.name)
         per_txn[name] = used / (tps * seconds) * 1e6
+        rate[name] = tps
     alone, both = per_txn["authorize"], per_txn["authorize+capture"]
+    auth_rate, pair_rate = rate["authorize"], rate["authorize+capture"]
+    capture_rate = 1 / (1 / pair_rate - 1 / auth_rate) if pair_rate < auth_rate else float("nan")
     return (
         f"cpu    clients={clients:<3} server CPU: {alone:.0f} us per authorization alone,"
-        f" {both:.0f} us per authorization + final capture, so {both - alone:.0f} us per capture"
+        f" {both:.0f} us per authorization + final capture, so {both - alone:.0f} us per capture\n"
+        f"kinds  clients={clients:<3} pgbench: authorizations alone {auth_rate:.0f}/s"
+        f" ({auth_rate / tpcb_tps:.2f} x TPC-B {tpcb_tps:.0f}); authorization + final capture"
+        f" {pair_rate:.0f} pairs/s, so captures alone about {capture_rate:.0f}/s"
+        f" ({capture_rate / tpcb_tps:.2f} x TPC-B)"
     )
 
 
@@ -428,6 +444,7 @@ def compare(
     store_cpu_us: list[float] = []
     sql_cpu_us: list[float] = []
     client_cpu_us: list[float] = []
+    tpcb_tps: list[float] = []
     for round_no in range(1, args.rounds + 1):
         cpu_before = server_cpu.cpu_seconds(postmaster) if postmaster else 0.0
         store = run_store(url, tokens, clients, args.seconds, args.processes)
@@ -445,6 +462,7 @@ def compare(
             flush=True,
         )
         store_ratios.append(store.ops_per_second / tps)
+        tpcb_tps.append(tps)
         sql_ratios.append(sql_ops / tps)
         client_cpu_us.append(store.client_cpu_seconds / store.ops * 1e6)
         if postmaster:
@@ -463,7 +481,8 @@ def compare(
         flush=True,
     )
     if postmaster:
-        print(run_capture_cpu(url, clients, args.seconds, postmaster), flush=True)
+        tpcb_median = statistics.median(tpcb_tps)
+        print(run_capture_cpu(url, clients, args.seconds, postmaster, tpcb_median), flush=True)
     print(
         f"ratio  clients={clients:<3} store / tpcb = {statistics.median(store_ratios):.2f},"
         f" sql / tpcb = {statistics.median(sql_ratios):.2f}: medians of {args.rounds} rounds"
