@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,48 @@ _CHILD_PORTS: dict[str, dict[str, str]] = {
 }
 
 
+# What each child answers on once it serves: `dev` says it is ready when all four do.
+_READY_ENDPOINTS: dict[str, tuple[str, str]] = {
+    "operator": ("operator_health", "/healthz"),
+    "rewards": ("rewards_metrics", "/metrics"),
+    "notifier": ("notifier_metrics", "/metrics"),
+    # 200 once the gateway's PostgreSQL pool answers.
+    "gateway": ("gateway", "/readyz"),
+}
+READY_PROBE_TIMEOUT_SECONDS = 0.25
+# Loopback only, never through a proxy of the shell's environment.
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _answers(port: int, path: str) -> bool:
+    """True when http://127.0.0.1:PORT/PATH answers 200 at once."""
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with _LOOPBACK.open(url, timeout=READY_PROBE_TIMEOUT_SECONDS) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _readiness(plat: platform.Platform) -> supervise.Readiness:
+    targets = {
+        name: (int(getattr(plat.ports, field)), path)
+        for name, (field, path) in _READY_ENDPOINTS.items()
+    }
+    return supervise.Readiness(targets, _answers)
+
+
+def ready_line(gateway_port: int, state_dir: Path, default_state_dir: Path) -> str:
+    """What `dev` prints once every process answers: where to go next."""
+    env = ".venv/bin/fintech-operator stack env"
+    if state_dir.resolve() != default_state_dir.resolve():
+        env += f" --state-dir {state_dir}"
+    return (
+        "ready: the operator, rewards consumer, notifier and gateway "
+        f'(http://127.0.0.1:{gateway_port}) answer; in another shell: eval "$({env})"'
+    )
+
+
 @dataclass
 class _Child:
     """One supervised process of `dev`: how to start it, and its deaths so far."""
@@ -260,8 +303,14 @@ def _stop_all(children: list[_Child]) -> bool:
     return clean
 
 
-def _supervise(children: list[_Child], policy: supervise.Policy) -> int:
-    """Run the children until Ctrl-C or SIGTERM (0) or until one crash-loops (1)."""
+def _supervise(
+    children: list[_Child],
+    policy: supervise.Policy,
+    readiness: supervise.Readiness,
+    ready_message: str,
+) -> int:
+    """Run the children until Ctrl-C or SIGTERM (0) or until one crash-loops (1); say once
+    when all of them answer."""
     try:
         while True:
             for child in children:
@@ -269,6 +318,8 @@ def _supervise(children: list[_Child], policy: supervise.Policy) -> int:
                     _dev_say(f"giving up: {child.name} is crash-looping; see its output above")
                     _stop_all(children)
                     return 1
+            if readiness.poll():
+                _dev_say(ready_message)
             time.sleep(POLL_INTERVAL_SECONDS)
     except KeyboardInterrupt:
         _dev_say("stopping the operator, rewards consumer, notifier and gateway")
@@ -324,7 +375,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         "restarted "
         "(Ctrl-C stops them; the platform stays up: `make down` stops it)"
     )
-    return _supervise(children, policy)
+    message = ready_line(plat.ports.gateway, plat.state_dir, platform.default_state_dir())
+    return _supervise(children, policy, _readiness(plat), message)
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -1,13 +1,16 @@
-"""What ``dev`` does when one of its processes dies: restart it with backoff, or give up (pure).
+"""What ``dev`` does when one of its processes dies: restart it with backoff, or give up; and
+when all of them answer, so that it can say it is ready (pure).
 
 No clock and no processes here: the caller passes the time (``time.monotonic()`` in ``dev``,
-plain numbers in the tests) and the exit status, and acts on the decision.
+plain numbers in the tests), the exit status and a probe of an endpoint, and acts on the
+decision.
 """
 
 from __future__ import annotations
 
 import collections
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -105,3 +108,37 @@ def describe(
         f"{died}; restarting it in {decision.delay_seconds:g} s ({decision.deaths} of "
         f"{policy.deaths_max} deaths within {window} before dev gives up)"
     )
+
+
+@dataclass
+class Readiness:
+    """Whether every process of ``dev`` answers on its own HTTP endpoint yet (once).
+
+    ``targets`` maps a process's name to what ``probe`` is asked about it (its port and path);
+    ``probe`` answers True once that endpoint answers. ``poll`` asks only about the processes
+    that have not answered yet and returns True exactly once: the first call at which all have.
+    """
+
+    targets: dict[str, tuple[int, str]]
+    probe: Callable[[int, str], bool]
+    _pending: dict[str, tuple[int, str]] = field(init=False)
+    _announced: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._pending = dict(self.targets)
+
+    def poll(self) -> bool:
+        if self._announced:
+            return False
+        for name, (port, path) in list(self._pending.items()):
+            if self.probe(port, path):
+                del self._pending[name]
+        if self._pending:
+            return False
+        self._announced = True
+        return True
+
+    @property
+    def waiting_for(self) -> list[str]:
+        """The processes that have not answered yet, in ``targets``' order."""
+        return [name for name in self.targets if name in self._pending]

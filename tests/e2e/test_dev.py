@@ -130,6 +130,15 @@ def test_two_devs_run_side_by_side_and_a_killed_operator_is_restarted_and_named(
         first.wait_ready()
         second.wait_ready()
         a, b = first.ports(), second.ports()
+        # Once all four processes answer, each dev says so, naming its gateway and how to
+        # reach its platform from another shell (the README's first five minutes wait for it).
+        ready = (
+            f"[dev] ready: the operator, rewards consumer, notifier and gateway "
+            f"(http://127.0.0.1:{a['gateway']}) answer; in another shell: "
+            f'eval "$(.venv/bin/fintech-operator stack env --state-dir {first.state_dir})"'
+        )
+        wait_for("dev to say it is ready", lambda: ready in first.log(), 60, 0.5)
+        assert first.log().count("[dev] ready:") == 1
         assert set(a) == set(b)
         assert {"operator_health", "operator_metrics", "postgres"} <= set(a)
         assert not set(a.values()) & set(b.values())

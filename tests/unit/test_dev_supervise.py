@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
-from fintech_devstack import supervise
+from fintech_devstack import cli, supervise
 
 
 def _deaths(
@@ -92,3 +93,46 @@ def test_the_stderr_line_names_the_process_its_status_and_what_next() -> None:
     given_up = supervise.describe("notifier", 7, 1, supervise.GiveUp(5), policy)
     assert given_up.startswith("notifier (pid 7) exited with status 1: 5 deaths within 60 s")
     assert "giving up" in given_up
+
+
+def test_readiness_is_said_once_when_every_process_answers() -> None:
+    """`dev` says it is ready at the first poll at which all four processes have answered,
+    and never again; a process that answered is not asked again."""
+    answering: set[int] = set()
+    asked: list[int] = []
+
+    def probe(port: int, path: str) -> bool:
+        asked.append(port)
+        return port in answering
+
+    readiness = supervise.Readiness(
+        {
+            "operator": (8080, "/healthz"),
+            "rewards": (9103, "/metrics"),
+            "notifier": (9104, "/metrics"),
+            "gateway": (8088, "/readyz"),
+        },
+        probe,
+    )
+    assert readiness.poll() is False
+    answering |= {8080, 9103, 9104}
+    assert readiness.poll() is False
+    assert readiness.waiting_for == ["gateway"]
+    asked.clear()
+    answering.add(8088)
+    assert readiness.poll() is True
+    assert asked == [8088]
+    assert readiness.poll() is False
+    assert readiness.waiting_for == []
+
+
+def test_the_ready_line_names_the_gateway_and_the_env_command(tmp_path: Path) -> None:
+    """The line tells where the gateway is and what to run in another shell; another state
+    directory is named in that command."""
+    default = tmp_path / "dev"
+    line = cli.ready_line(8088, default, default)
+    assert line.startswith("ready: ")
+    assert "http://127.0.0.1:8088" in line
+    assert line.endswith('eval "$(.venv/bin/fintech-operator stack env)"')
+    other = cli.ready_line(41234, tmp_path / "second", default)
+    assert f'stack env --state-dir {tmp_path / "second"})"' in other
