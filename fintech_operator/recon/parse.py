@@ -248,16 +248,18 @@ def _json_array(
         raise _malformed(line_no, f"not a JSON array: {exc}") from None
     if not isinstance(items, list):
         raise _malformed(line_no, "expected a JSON array of objects")
-    for index, item in enumerate(items):
+    # An array's records are named by position, counted from 1 like lines (and like the line
+    # number a finding about one of them stores): "item 2" is the array's second object.
+    for index, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             raise model.SourceError(
-                "SourceMalformed", f"item {index}: a record must be a JSON object"
+                "SourceMalformed", f"item {index}: a record must be a JSON object", index
             )
         try:
-            yield record(index + 1, item)
+            yield record(index, item)
         except model.SourceError as exc:
             raise model.SourceError(
-                exc.reason, exc.message.replace(f"line {index + 1}:", f"item {index}:", 1)
+                exc.reason, exc.message.replace(f"line {index}:", f"item {index}:", 1), index
             ) from None
 
 

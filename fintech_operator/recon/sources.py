@@ -71,10 +71,12 @@ def opener(
 
 
 def _inline(items: list[run_api.SettlementRecord]) -> Iterator[model.Record]:
+    """The inline records, numbered from 1; a reference is held to the files' rule (not all
+    blanks, no control character), which the schema's length bound alone does not enforce."""
     for index, item in enumerate(items, start=1):
         yield model.Record(
             line_no=index,
-            reference=item.reference,
+            reference=parse.parse_reference(item.reference, index),
             amount_minor=item.amount_minor,
             currency=item.currency,
             occurred_at=item.occurred_at,

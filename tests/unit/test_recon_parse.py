@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fintech_operator.recon import model, parse
+from fintech_operator import api
+from fintech_operator.recon import model, parse, sources
 
 HEADER = "reference,amount,currency,occurredAt\n"
 WHEN = '"occurredAt": "2024-03-01T00:00:00Z"'
@@ -195,3 +196,50 @@ def test_report_table_columns_line_up() -> None:
     assert header.index("KIND") == row.index("MissingInLedger")
     assert header.index("REFERENCE") == row.index("auth-1")
     assert row.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (obj("1.5", "R-2"), "item 2: amount must be an integer of minor units, got 1.5"),
+        ("7", "item 2: a record must be a JSON object"),
+    ],
+)
+def test_a_bad_json_array_item_is_named_by_its_position_from_1(second: str, message: str) -> None:
+    """An array's bad record is named as `item N`, counted from 1 like lines and like the line
+    a finding about an array record stores (the second object is item 2, not item 1)."""
+    with pytest.raises(model.SourceError) as caught:
+        list(parse.parse("json", [f"[{obj('5', 'R-1')},\n {second}]"], 10))
+    assert (caught.value.reason, caught.value.message) == ("SourceMalformed", message)
+    assert caught.value.line_no == 2
+
+
+@pytest.mark.parametrize(
+    ("reference", "fragment"),
+    [("   ", "line 2: reference is empty"), ("a\tb", "line 2: reference must be 1 to")],
+)
+def test_an_inline_record_is_held_to_the_files_reference_rule(
+    reference: str, fragment: str
+) -> None:
+    """An inline reference of blanks or with a control character passes the schema's length
+    bound but fails the run as SourceMalformed at its line, as the same record in a file does."""
+    spec = api.ReconciliationRunSpec.model_validate(
+        {
+            "source": {
+                "inline": [
+                    {"reference": ref, "amount": 5, "currency": "USD", "occurredAt": when}
+                    for ref, when in (
+                        ("R-1", "2024-03-01T00:00:00Z"),
+                        (reference, "2024-03-01T00:00:00Z"),
+                    )
+                ]
+            }
+        }
+    )
+    records = sources.opener(spec, "team-a", sources.Limits())
+    assert callable(records)
+    with pytest.raises(model.SourceError) as caught:
+        list(records())
+    assert caught.value.reason == "SourceMalformed"
+    assert caught.value.message.startswith(fragment)
+    assert caught.value.line_no == 2
