@@ -379,6 +379,18 @@ class CardSettings(_Group):
             "refreshed in status (one batched pass). Default 10.",
         ),
     ] = 10.0
+    orphan_sweep_interval_seconds: Annotated[
+        float,
+        Env("FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS"),
+        Field(
+            ge=1,
+            le=86_400,
+            description="How often a namespace's refresh looks for card accounts that can "
+            "still spend although their Card is gone (deleted while the operator was down or "
+            "the database was), and retires their token and closes them; also at the first "
+            "refresh after the operator starts. Default 300.",
+        ),
+    ] = 300.0
     missing_retries_max: Annotated[
         int,
         Env("FINTECH_MISSING_CARD_RETRY_LIMIT"),

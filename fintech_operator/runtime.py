@@ -135,6 +135,7 @@ def _start_cards(memo: OperatorMemo, settings: kopf.OperatorSettings, app: confi
     """The cards' operator-wide state: the namespaces' refresh and review timers, and the
     bounded queue from which a few workers on the handlers' slots issue new cards."""
     memo.card_refresh_last = {}  # namespace -> monotonic time of its last batched card refresh
+    memo.card_orphan_sweep_last = {}  # namespace -> monotonic end of its last orphan sweep
     memo.card_review_waits = {}  # card uid -> (attempts, monotonic time of the next) of its review
     card_queue.start(memo, settings, app.database.pool_size_max)
 

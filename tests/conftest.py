@@ -306,6 +306,8 @@ def operator_env(
         # to start without it or FINTECH_TOKENIZER_URL).
         "FINTECH_TOKENIZER": "development",
         "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "1",
+        # Deleted cards' accounts swept often, beside every other test's cards being issued.
+        "FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS": "2",
         # A posting for a card that never appears is rejected after a few seconds.
         "FINTECH_MISSING_CARD_RETRY_LIMIT": "3",
         "PYTHONUNBUFFERED": "1",

@@ -9,11 +9,12 @@ caller shows the new state only after that commit. Closing waits while the balan
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from fintech_operator import api
+from fintech_operator.authorizations import mirror
 from fintech_operator.cards import lifecycle
 from fintech_operator.events import schema
 from fintech_operator.ledger import model
@@ -344,3 +345,48 @@ async def delete_card(
     except model.AccountNotFound:
         return Unchanged()
     return AccountClosed(card.account)
+
+
+# --- Accounts of deleted cards ------------------------------------------------------------------
+# A card deleted while its issuance ran, or in the moment after its status said issued and before
+# its finalizer was on it, has its account closed by the card queue; if the operator stops in
+# those seconds, or a deletion's closing gave up during a database outage, nothing else would:
+# the Card is gone. The namespace's refresh therefore looks, every
+# FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS, for card accounts that can still spend but whose
+# Card the operator's index does not show, asks the API server, and treats each one whose Card
+# is gone as that card's deletion (delete_card): the token retired, the account closed.
+
+
+def orphan_suspects(
+    accounts: Sequence[mirror.LiveAccount], cards: Mapping[str, str]
+) -> list[mirror.LiveAccount]:
+    """The accounts whose Card the index (``cards``: name -> uid) does not show: none of that
+    name, or one of another uid than the account recorded. Each is only a suspect: the index
+    lags the API server (a card being issued has no status yet and is not indexed)."""
+    return [
+        account
+        for account in accounts
+        if account.name not in cards
+        or (account.uid is not None and cards[account.name] != account.uid)
+    ]
+
+
+def is_orphan(account: mirror.LiveAccount, card_uid: str | None) -> bool:
+    """Whether the account's Card is gone: the API server has no Card of its name
+    (``card_uid`` None) or has one of another uid (deleted and created again; the new one is
+    refused as NameReused and never uses this account). An account that recorded no uid
+    (opened before uids were) is an orphan only when no Card of its name exists."""
+    if card_uid is None:
+        return True
+    return account.uid is not None and card_uid != account.uid
+
+
+async def close_orphan(
+    namespace: str, account: mirror.LiveAccount, ledger: CardLedger, clock: Clock = _now
+) -> AccountClosed | AccountLeftOpen | Unchanged:
+    """What the deleted card's deletion would have done (:func:`delete_card`): its token
+    retired, then its account closed with ``card.state_changed`` (CardDeleted, from the state
+    the account shows), or left open with its balance."""
+    phase = api.CardPhase.FROZEN if account.frozen else api.CardPhase.ACTIVE
+    card = IssuedCard(namespace, account.name, account.uid or account.code, 0, phase, account.code)
+    return await delete_card(card, ledger, clock)

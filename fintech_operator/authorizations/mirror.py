@@ -13,6 +13,7 @@ functions read those. Each write here is one idempotent upsert.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
@@ -138,6 +139,48 @@ async def retire_card(conn: psycopg.AsyncConnection[Any], namespace: str, name: 
     await conn.execute(_RETIRE, (f"{namespace}/{name}",))
 
 
+_LIVE: Final = """
+SELECT a.code, split_part(a.metadata ->> 'card', '/', 2), a.metadata ->> 'uid',
+       a.frozen_at IS NOT NULL
+  FROM accounts a
+  LEFT JOIN authorization_cards c ON c.account_id = a.id
+ WHERE a.namespace = %s AND a.kind = 'card' AND a.status = 'open'
+   AND a.metadata ->> 'card' LIKE '%%/%%'
+   AND (c.retired_at IS NULL
+        OR (SELECT sum(r.debits_minor) = sum(r.credits_minor)
+              FROM account_balance_rows r WHERE r.account_id = a.id))
+ ORDER BY a.id
+ LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class LiveAccount:
+    """An open card account that can still take money (its token is not retired, or it has
+    none) or that a deletion retired and did not close although its balance is zero. ``uid``
+    is the Card uid it was opened for (None before uids were recorded)."""
+
+    code: str
+    name: str
+    uid: str | None
+    frozen: bool
+
+
+async def live_card_accounts(
+    conn: psycopg.AsyncConnection[Any], namespace: str, limit: int
+) -> list[LiveAccount]:
+    """The namespace's :class:`LiveAccount` rows, oldest first, at most ``limit``. A deleted
+    card's debt (an open account with a balance, its token retired) is not one of them:
+    nothing can spend from it, and it stays open with its history by design."""
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    cur = await conn.execute(_LIVE, (namespace, limit))
+    return [
+        LiveAccount(str(code), str(name), None if uid is None else str(uid), bool(frozen))
+        for code, name, uid, frozen in await cur.fetchall()
+    ]
+
+
 _HOLDS: Final = """
 SELECT a.code, c.held_minor,
        authorization_available(
@@ -212,8 +255,10 @@ async def drop_risk_rules(
 
 
 __all__ = [
+    "LiveAccount",
     "drop_risk_rules",
     "holds",
+    "live_card_accounts",
     "put_card",
     "put_card_limit",
     "put_product",

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Cards read per round trip; bounds one statement's parameter list and one patch burst.
 REFRESH_BATCH_MAX: Final = 500
+# Card accounts read per orphan sweep of a namespace (oldest first); the rest at the next one.
+ORPHAN_SWEEP_ACCOUNTS_MAX: Final = 50_000
+# The log line's reason when the sweep closes a deleted card's account.
+ORPHAN_REASON: Final = "DeletedCardAccountClosed"
 # A review whose application failed for an unexpected reason is tried again after this long.
 REVIEW_ERROR_DELAY_SECONDS: Final = 10.0
 
@@ -220,15 +224,63 @@ async def refresh_cards(
     ns = report.namespace_of(namespace)
     if _stopping(memo) or owner(product_names.get(ns) or ()) != name or not _due(memo, ns):
         return
-    listed = sorted(issued(namespace_cards.get(ns) or ()), key=lambda card: card.name)
+    entries = list(namespace_cards.get(ns) or ())
+    listed = sorted(issued(entries), key=lambda card: card.name)
     try:
         for start in range(0, len(listed), REFRESH_BATCH_MAX):
             batch = [snapshot_of(card) for card in listed[start : start + REFRESH_BATCH_MAX]]
             await _refresh_batch(memo, batch)
+        if _sweep_due(memo, ns):
+            await _sweep_orphans(memo, ns, entries)
     except psycopg_pool.PoolClosed:
         if not _stopping(memo):
             raise
         log.info("card refresh of %s stopped with the operator", ns)
+
+
+def _sweep_due(memo: OperatorMemo, namespace: str) -> bool:
+    """True at the namespace's first refresh after the operator starts, then once per
+    ``FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS`` (counted from the last sweep that ended)."""
+    last: dict[str, float] = memo.card_orphan_sweep_last
+    interval = memo.settings.cards.orphan_sweep_interval_seconds
+    return time.monotonic() - last.get(namespace, -math.inf) >= interval
+
+
+async def _sweep_orphans(memo: OperatorMemo, namespace: str, entries: Sequence[Any]) -> None:
+    """Close the accounts of the namespace's deleted cards that nothing else will close
+    (``card_state.orphan_suspects``): one statement for the accounts that can still spend,
+    then the API server asked only about those the index does not show. A failure leaves the
+    sweep due: the next refresh tries again."""
+    indexed = {card.name: card.uid for card in issued(entries)}
+    indexed.update(
+        (str(entry["metadata"]["name"]), str(entry["metadata"]["uid"]))
+        for entry in in_review(entries)
+    )
+    async with memo.pool.connection() as conn:
+        live = await mirror.live_card_accounts(conn, namespace, ORPHAN_SWEEP_ACCOUNTS_MAX)
+    for account in card_state.orphan_suspects(live, indexed):
+        found = await kube.get("cards", namespace, account.name)
+        card_uid = None if found is None else str(found["metadata"]["uid"])
+        if card_state.is_orphan(account, card_uid):
+            await _close_orphan(memo, namespace, account, card_uid)
+    memo.card_orphan_sweep_last[namespace] = time.monotonic()
+
+
+async def _close_orphan(
+    memo: OperatorMemo, namespace: str, account: mirror.LiveAccount, card_uid: str | None
+) -> None:
+    outcome = await card_state.close_orphan(namespace, account, stores.Cards(memo.pool))
+    gone = "is gone" if card_uid is None else f"is gone (card {card_uid} has its name now)"
+    what = (
+        f"its token retired and {outcome.message}"
+        if isinstance(outcome, card_state.AccountLeftOpen)
+        else "its token retired and its account closed; history kept"
+    )
+    log.warning(
+        "card %s/%s (uid %s) %s: %s",
+        namespace, account.name, account.uid or "unrecorded", gone, what,
+        extra={"account": account.code, "reason": ORPHAN_REASON},
+    )  # fmt: skip
 
 
 async def _refresh_batch(memo: OperatorMemo, batch: Sequence[Mapping[str, Any]]) -> None:

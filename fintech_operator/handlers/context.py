@@ -45,6 +45,8 @@ class OperatorMemo(kopf.Memo):
     metrics_collector: collector.Collector | None
     card_refresh_last: dict[str, float]
     """Namespace -> monotonic time of its last batched card refresh."""
+    card_orphan_sweep_last: dict[str, float]
+    """Namespace -> monotonic time its last orphan sweep (handlers.card_refresh) ended."""
     card_review_waits: dict[str, tuple[int, float]]
     """Card uid -> (attempts, monotonic time of the next) of its review."""
     # Set by handlers.recon._recon_startup.

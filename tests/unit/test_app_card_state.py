@@ -10,6 +10,7 @@ import pytest
 
 from fintech_operator import api
 from fintech_operator.app import card_state
+from fintech_operator.authorizations import mirror
 from fintech_operator.events import schema
 from fintech_operator.ledger import model
 
@@ -321,3 +322,85 @@ async def test_repair_freeze_loses_to_a_newer_generation_and_refuses_closed() ->
     assert ledger.frozen is True
     with pytest.raises(ValueError, match="only Active or Frozen"):
         await card_state.repair_freeze(card, api.CardState.CLOSED, ledger)
+
+
+def _live(name: str, uid: str | None, *, frozen: bool = False) -> mirror.LiveAccount:
+    return mirror.LiveAccount(f"card:ns1/{name}:USD", name, uid, frozen)
+
+
+def test_orphan_suspects_are_the_accounts_the_index_does_not_show() -> None:
+    """By name, and by uid when the account recorded one; an unrecorded uid matches any card
+    of its name."""
+    accounts = [
+        _live("shown", "u1"),
+        _live("not-indexed", "u2"),
+        _live("other-uid", "u3"),
+        _live("unrecorded", None),
+        _live("unrecorded-gone", None),
+    ]
+    cards = {"shown": "u1", "other-uid": "u9", "unrecorded": "u7"}
+    suspects = card_state.orphan_suspects(accounts, cards)
+    assert [account.name for account in suspects] == [
+        "not-indexed",
+        "other-uid",
+        "unrecorded-gone",
+    ]
+    assert card_state.orphan_suspects([], cards) == []
+    assert card_state.orphan_suspects(accounts, {}) == accounts
+
+
+@pytest.mark.parametrize(
+    ("uid", "card_uid", "orphan"),
+    [
+        ("u1", None, True),  # no Card of that name: deleted
+        ("u1", "u2", True),  # deleted and created again: the new card never uses it
+        ("u1", "u1", False),  # the index lagged: the card exists (being issued)
+        (None, None, True),  # unrecorded uid, no Card of that name
+        (None, "u2", False),  # unrecorded uid: a card of that name may be its own
+    ],
+)
+def test_an_orphan_is_an_account_whose_card_the_api_server_does_not_have(
+    uid: str | None, card_uid: str | None, orphan: bool
+) -> None:
+    assert card_state.is_orphan(_live("c1", uid), card_uid) is orphan
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+async def test_an_orphan_is_closed_as_its_cards_deletion_would_have(frozen: bool) -> None:
+    """Token retired first, then the account closed with card.state_changed (CardDeleted,
+    from the state the account shows), the event's id from the recorded uid."""
+    ledger = FakeLedger()
+    outcome = await card_state.close_orphan(
+        "ns1", _live("c1", "uid-1", frozen=frozen), ledger, clock=lambda: NOW
+    )
+    assert outcome == card_state.AccountClosed("card:ns1/c1:USD")
+    assert ledger.calls == [("retire", "c1"), ("close", "card:ns1/c1:USD")]
+    [event] = ledger.events
+    data = event.payload["data"]
+    assert (data["card"], data["from"], data["to"], data["reason"]) == (
+        "ns1/c1",
+        "Frozen" if frozen else "Active",
+        "Closed",
+        "CardDeleted",
+    )
+    # The deletion handler's outcome and event id for the same card: a deletion that closed
+    # the account after all and the sweep write one event between them.
+    deletion = FakeLedger()
+    phase = "Frozen" if frozen else "Active"
+    deleted = await card_state.delete_card(
+        card_state.IssuedCard("ns1", "c1", "uid-1", 4, phase, "card:ns1/c1:USD"),
+        deletion,
+        clock=lambda: NOW,
+    )
+    assert deleted == outcome
+    assert [written.event_id for written in deletion.events] == [event.event_id]
+
+
+async def test_an_orphan_with_a_balance_keeps_its_account_open_and_its_token_retired() -> None:
+    ledger = FakeLedger(balance_minor=1_250)
+    unrecorded = _live("c1", None)
+    outcome = await card_state.close_orphan("ns1", unrecorded, ledger, clock=lambda: NOW)
+    assert isinstance(outcome, card_state.AccountLeftOpen)
+    assert "has balance 1250" in outcome.message
+    assert ledger.calls == [("retire", "c1")]
+    assert ledger.events == []

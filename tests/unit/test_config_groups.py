@@ -45,6 +45,7 @@ ENV_TO_FIELD = {
     "FINTECH_POSTING_BATCH_MAX": "postings.batch_max",
     "FINTECH_POSTING_QUEUE_MAX": "postings.queue_max",
     "FINTECH_CARD_REFRESH_INTERVAL_SECONDS": "cards.refresh_interval_seconds",
+    "FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS": "cards.orphan_sweep_interval_seconds",
     "FINTECH_MISSING_CARD_RETRY_LIMIT": "cards.missing_retries_max",
     "FINTECH_HEALTH_HOST": "health.host",
     "FINTECH_HEALTH_PORT": "health.port",
