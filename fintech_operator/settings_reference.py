@@ -45,8 +45,13 @@ fintech_operator/gateway/settings.py: edit the models' descriptions, then run it
 Every process reads its settings from the environment once, at start (`fintech-operator run`,
 `rewards`, `notifier`, `authorization-expiry`, `migrate`, `gateway`), and stops at once with a
 message naming the variable when one is missing or out of bounds. In the Helm chart, `config:`
-sets any `FINTECH_*` setting of the operator and its consumers in camelCase
-(`config: {{dbPoolMaxSize: 16}}` is `FINTECH_DB_POOL_MAX_SIZE=16`); see docs/install.md.
+sets the `FINTECH_*` settings of the operator and its consumers in camelCase
+(`config: {{dbPoolMaxSize: 16}}` is `FINTECH_DB_POOL_MAX_SIZE=16`, `{{reconWorkersMax: 4}}` is
+`FINTECH_RECON_WORKERS_MAX=4`), with the bounds below; a misspelt key or a value out of bounds
+fails `helm install`. The chart sets the others from values of their own, so they are not
+`config` keys: the database roles and migration credentials, Kafka security, the probe's host
+and port, peering, the metrics port and the tokenizer (docs/install.md);
+`FINTECH_PEERING_PRIORITY` stays random.
 
 The operator's settings are grouped by concern; the group and field name each variable is read
 into (`settings.database.pool_size_max`) are in the second column. Bounds are inclusive

@@ -18,7 +18,7 @@ import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import yaml
@@ -553,6 +553,50 @@ def test_config_values_are_real_settings_with_the_same_bounds() -> None:
         assert actual == expected, key
         kind = {int: "integer", float: "number", str: "string"}[fields[name].annotation]
         assert rule["type"] == kind, key
+
+
+# Settings the chart sets from values of their own (database roles and the migration
+# password, Kafka security, the probe's host and port, peering, metrics, the tokenizer): not
+# `config` keys. Peering priority stays random (equal priorities on replicas are a mistake).
+SET_BY_THE_CHART: Final = frozenset(
+    {
+        "FINTECH_MIGRATION_DATABASE_URL",
+        "FINTECH_MIGRATION_DATABASE_PASSWORD",
+        "FINTECH_DATABASE_RUNTIME_ROLE",
+        "FINTECH_DATABASE_GATEWAY_ROLE",
+        "FINTECH_KAFKA_SECURITY_PROTOCOL",
+        "FINTECH_KAFKA_SASL_MECHANISM",
+        "FINTECH_KAFKA_SASL_USERNAME",
+        "FINTECH_KAFKA_SASL_PASSWORD",
+        "FINTECH_KAFKA_SASL_PASSWORD_FILE",
+        "FINTECH_KAFKA_SSL_CA_FILE",
+        "FINTECH_KAFKA_SSL_CERT_FILE",
+        "FINTECH_KAFKA_SSL_KEY_FILE",
+        "FINTECH_HEALTH_HOST",
+        "FINTECH_HEALTH_PORT",
+        "FINTECH_PEERING_NAME",
+        "FINTECH_PEERING_PRIORITY",
+        "FINTECH_METRICS_PORT",
+        "FINTECH_TOKENIZER",
+        "FINTECH_TOKENIZER_URL",
+        "FINTECH_TOKENIZER_TOKEN_FILE",
+        "FINTECH_TOKENIZER_TIMEOUT_SECONDS",
+    }
+)
+
+
+def test_every_other_setting_is_a_config_value() -> None:
+    """docs/configuration.md: `config:` sets every FINTECH_* setting the chart does not set
+    from its own values (recon, posting queue, log level and retention were missing)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = {
+        config.ENV_PREFIX + _snake(key).upper()
+        for key in schema["properties"]["config"]["properties"]
+    }
+    settings = {f.env for f in config.fields() if f.env.startswith(config.ENV_PREFIX)}
+    missing = settings - SET_BY_THE_CHART - keys
+    assert not missing, f"add {sorted(missing)} to values.schema.json's config or SET_BY_THE_CHART"
+    assert keys & SET_BY_THE_CHART == set()
 
 
 def test_settings_become_environment_variables(helm: Helm) -> None:
