@@ -40,7 +40,8 @@ def _stack_up(plat: platform.Platform, _: argparse.Namespace) -> int:
         return 0
     plat.stop()
     plat.start()
-    print('platform ready; run: eval "$(fintech-operator stack env)"', file=sys.stderr)
+    env = env_command(plat.state_dir, platform.default_state_dir())
+    print(f"platform ready; run: {env}", file=sys.stderr)
     return 0
 
 
@@ -212,14 +213,20 @@ def _readiness(plat: platform.Platform) -> supervise.Readiness:
     return supervise.Readiness(targets, _answers)
 
 
-def ready_line(gateway_port: int, state_dir: Path, default_state_dir: Path) -> str:
-    """What `dev` prints once every process answers: where to go next."""
+def env_command(state_dir: Path, default_state_dir: Path) -> str:
+    """The shell line that loads a platform's environment, from the repository's root."""
     env = ".venv/bin/fintech-operator stack env"
     if state_dir.resolve() != default_state_dir.resolve():
         env += f" --state-dir {state_dir}"
+    return f'eval "$({env})"'
+
+
+def ready_line(gateway_port: int, state_dir: Path, default_state_dir: Path) -> str:
+    """What `dev` prints once every process answers: where to go next."""
     return (
         "ready: the operator, rewards consumer, notifier and gateway "
-        f'(http://127.0.0.1:{gateway_port}) answer; in another shell: eval "$({env})"'
+        f"(http://127.0.0.1:{gateway_port}) answer; in another shell: "
+        f"{env_command(state_dir, default_state_dir)}"
     )
 
 

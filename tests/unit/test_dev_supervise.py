@@ -136,3 +136,14 @@ def test_the_ready_line_names_the_gateway_and_the_env_command(tmp_path: Path) ->
     assert line.endswith('eval "$(.venv/bin/fintech-operator stack env)"')
     other = cli.ready_line(41234, tmp_path / "second", default)
     assert f'stack env --state-dir {tmp_path / "second"})"' in other
+
+
+def test_the_env_command_names_a_state_directory_other_than_the_default(tmp_path: Path) -> None:
+    """`stack up` and `dev` tell how to load the platform they started: the default one
+    plainly, another with its --state-dir (without it, the default platform's would load)."""
+    default = tmp_path / "dev"
+    assert cli.env_command(default, default) == 'eval "$(.venv/bin/fintech-operator stack env)"'
+    other = tmp_path / "second"
+    assert cli.env_command(other, default) == (
+        f'eval "$(.venv/bin/fintech-operator stack env --state-dir {other})"'
+    )
