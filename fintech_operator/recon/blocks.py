@@ -84,7 +84,8 @@ def cut(
 ) -> Iterator[Block]:
     """Blocks of about ``block_chars`` characters, each ending at a line end (the last one may
     not). A line longer than ``line_chars_max`` is refused as :func:`parse.split_lines` refuses
-    it, at the same line, without buffering it."""
+    it, at the same line, without buffering more of it; the whole lines before it are yielded
+    first, so a bad record before it is still the one reported."""
     pending = ""
     line_no = 1
     first = True
@@ -96,20 +97,30 @@ def cut(
         else:
             pending += chunk
         end = pending.rfind("\n") + 1
-        if len(pending) - end > line_chars_max:
-            lines_before = pending.count("\n", 0, end)
-            raise model.SourceError(
-                "SourceMalformed",
-                f"line {line_no + lines_before}: line longer than {line_chars_max} characters",
-                line_no + lines_before,
-            )
-        if end >= block_chars:
+        if end >= block_chars or len(pending) - end > line_chars_max:
             block = Block(line_no, pending[:end])
             pending = pending[end:]
             line_no += block.text.count("\n")
-            yield block
+            if block.text:
+                yield from _held_to(block, line_chars_max)
+            if len(pending) > line_chars_max:
+                raise parse.LineTooLong(line_no, line_chars_max, pending)
     if pending:
-        yield Block(line_no, pending)
+        yield from _held_to(Block(line_no, pending), line_chars_max)
+
+
+def _held_to(block: Block, line_chars_max: int) -> Iterator[Block]:
+    """The block, when none of its lines is longer than ``line_chars_max``; else its lines
+    before the first long one, then the refusal of that line. (A long line that arrived whole
+    within one chunk is found here; the check in :func:`cut` bounds only what is buffered.)"""
+    offset = parse.long_line(block.text, line_chars_max)
+    if offset is None:
+        yield block
+        return
+    if offset:
+        yield Block(block.first_line, block.text[:offset])
+    line_no = block.first_line + block.text.count("\n", 0, offset)
+    raise parse.LineTooLong(line_no, line_chars_max, block.text[offset:])
 
 
 @dataclasses.dataclass(frozen=True)

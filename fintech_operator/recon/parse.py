@@ -39,9 +39,36 @@ def _malformed(line_no: int, message: str) -> model.SourceError:
     return model.SourceError("SourceMalformed", f"line {line_no}: {message}", line_no)
 
 
+class LineTooLong(model.SourceError):
+    """A line longer than the bound; ``head`` is its start (a JSON array is told by it)."""
+
+    def __init__(self, line_no: int, line_chars_max: int, head: str) -> None:
+        super().__init__(
+            "SourceMalformed",
+            f"line {line_no}: line longer than {line_chars_max} characters",
+            line_no,
+        )
+        self.head = head[:16]
+
+
+def long_line(text: str, line_chars_max: int = LINE_CHARS_MAX) -> int | None:
+    """The offset where the first line of ``text`` longer than ``line_chars_max`` characters
+    (its line end not counted) starts, else None. It jumps to the last line end within each
+    ``line_chars_max + 1`` characters: about ``len(text) / line_chars_max`` searches in C,
+    nothing per line, so a bulk load can hold every line to the bound."""
+    pos = 0
+    while len(text) - pos > line_chars_max:
+        end = text.rfind("\n", pos, pos + line_chars_max + 1)
+        if end < 0:
+            return pos
+        pos = end + 1
+    return None
+
+
 def split_lines(chunks: Iterable[str], line_chars_max: int = LINE_CHARS_MAX) -> Iterator[str]:
     """Cut text chunks into lines that keep their line ending (``csv`` needs it for quoted
-    newlines); a line longer than ``line_chars_max`` is refused instead of buffered."""
+    newlines); a line longer than ``line_chars_max`` (its ending not counted) is refused, and
+    one that runs past it is refused before more of it is buffered."""
     pending = ""
     line_no = 1
     first = True
@@ -57,12 +84,14 @@ def split_lines(chunks: Iterable[str], line_chars_max: int = LINE_CHARS_MAX) -> 
             end = pending.find("\n", start)
             if end < 0:
                 break
+            if end - start > line_chars_max:
+                raise LineTooLong(line_no, line_chars_max, pending[start:])
             yield pending[start : end + 1]
             line_no += 1
             start = end + 1
         pending = pending[start:]
         if len(pending) > line_chars_max:
-            raise _malformed(line_no, f"line longer than {line_chars_max} characters")
+            raise LineTooLong(line_no, line_chars_max, pending)
     if pending:
         yield pending
 
@@ -203,19 +232,44 @@ def columns_of(header: list[str]) -> dict[str, int]:
 def parse_json(
     lines: Iterable[str], records_max: int, document_chars_max: int = DOCUMENT_CHARS_MAX
 ) -> Iterator[model.Record]:
-    """Records of JSON Lines, or of one small JSON array of objects."""
+    """Records of JSON Lines, or of one small JSON array of objects.
+
+    ``lines`` may be up to ``document_chars_max`` long (:func:`parse` cuts them so), so that a
+    JSON array written on one line is read up to the array bound; a JSON Lines record is still
+    held to :data:`LINE_CHARS_MAX`."""
     return _limited(_json_records(iter(lines), document_chars_max), records_max)
 
 
+def _array_too_large(document_chars_max: int) -> model.SourceError:
+    return model.SourceError(
+        "SourceTooLarge",
+        f"a JSON array source may hold at most {document_chars_max} characters; "
+        "use JSON Lines (one object per line) for larger files",
+    )
+
+
 def _json_records(lines: Iterator[str], document_chars_max: int) -> Iterator[model.Record]:
-    for line_no, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text:
-            continue
-        if text.startswith("["):
-            yield from _json_array(line_no, text, lines, document_chars_max)
-            return
-        yield record(line_no, _json_object(line_no, text))
+    in_array = False
+    try:
+        for line_no, line in enumerate(lines, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("["):
+                in_array = True
+                yield from _json_array(line_no, text, lines, document_chars_max)
+                return
+            if len(line.rstrip("\r\n")) > LINE_CHARS_MAX:
+                raise LineTooLong(line_no, LINE_CHARS_MAX, line)
+            yield record(line_no, _json_object(line_no, text))
+    except LineTooLong as exc:
+        # A line past the array bound: an array (begun, or beginning on it) is too large; a
+        # JSON Lines line is held to the line bound, as a CSV line is.
+        if in_array or exc.head.lstrip().startswith("["):
+            raise _array_too_large(document_chars_max) from None
+        if exc.line_no is not None and f"than {LINE_CHARS_MAX} " not in exc.message:
+            raise LineTooLong(exc.line_no, LINE_CHARS_MAX, exc.head) from None
+        raise
 
 
 def _json_object(line_no: int, text: str) -> Mapping[str, object]:
@@ -236,11 +290,7 @@ def _json_array(
     for line in rest:
         size += len(line)
         if size > document_chars_max:
-            raise model.SourceError(
-                "SourceTooLarge",
-                f"a JSON array source may hold at most {document_chars_max} characters; "
-                "use JSON Lines (one object per line) for larger files",
-            )
+            raise _array_too_large(document_chars_max)
         parts.append(line)
     try:
         items = json.loads("".join(parts))
@@ -265,9 +315,9 @@ def _json_array(
 
 def parse(format_: str, chunks: Iterable[str], records_max: int) -> Iterator[model.Record]:
     """Records of a source in ``format_`` (``csv`` or ``json``), streamed from text chunks."""
-    lines = split_lines(chunks)
     if format_ == "csv":
-        return parse_csv(lines, records_max)
+        return parse_csv(split_lines(chunks), records_max)
     if format_ == "json":
-        return parse_json(lines, records_max)
+        # Lines up to the array bound: a one-line JSON array is read whole up to 1 MiB.
+        return parse_json(split_lines(chunks, DOCUMENT_CHARS_MAX), records_max)
     raise model.SourceError("InvalidSpec", f"unknown format {format_!r}; use csv or json")

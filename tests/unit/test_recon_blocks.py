@@ -143,3 +143,35 @@ def test_the_pattern_follows_the_header_order_and_line_ending() -> None:
     crlf = "2024-03-01T09:00:00Z,USD,5,R-1\r\n" * 2
     assert blocks.plain(blocks.Block(2, crlf), 4, pattern) is blocks.Ending.CRLF
     assert blocks.plain(blocks.Block(2, LINE), 5, pattern) is None
+
+
+@pytest.mark.parametrize("chunk_chars", [7, 100, 10_000])
+def test_a_long_line_that_arrives_whole_is_refused_too(chunk_chars: int) -> None:
+    """A line over the bound inside one chunk (a ConfigMap is one chunk) is refused at its line,
+    as split_lines refuses it, after the whole lines before it (a bad record there comes first);
+    a line of exactly the bound passes."""
+    text = "a,b\nc,d\n" + "y" * 60 + "\n" + "x" * 61 + "\r\ne,f\n"
+    chunks = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+    passed: list[blocks.Block] = []
+    with pytest.raises(model.SourceError) as bulk:
+        passed.extend(blocks.cut(chunks, line_chars_max=60, block_chars=4))
+    with pytest.raises(model.SourceError) as single:
+        list(parse.split_lines(chunks, line_chars_max=60))
+    assert bulk.value.message == single.value.message == "line 4: line longer than 60 characters"
+    assert bulk.value.line_no == 4
+    assert "".join(block.text for block in passed) == "a,b\nc,d\n" + "y" * 60 + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "offset"),
+    [
+        ("", None),
+        ("a\n" * 100, None),
+        ("x" * 10, None),
+        ("x" * 11, 0),
+        ("ab\n" + "x" * 10 + "\n" + "x" * 11 + "\nz", 14),
+        (("x" * 10 + "\n") * 50 + "x" * 11, 550),
+    ],
+)
+def test_long_line_finds_the_first_line_over_the_bound(text: str, offset: int | None) -> None:
+    assert parse.long_line(text, 10) == offset

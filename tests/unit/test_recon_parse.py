@@ -243,3 +243,31 @@ def test_an_inline_record_is_held_to_the_files_reference_rule(
     assert caught.value.reason == "SourceMalformed"
     assert caught.value.message.startswith(fragment)
     assert caught.value.line_no == 2
+
+
+def test_a_one_line_json_array_is_read_up_to_the_array_bound() -> None:
+    """A JSON array on one line (as json.dumps writes it) longer than a line may be is read
+    whole up to 1 MiB, in any chunking; past it, SourceTooLarge with the JSON Lines advice."""
+    items = [obj("5", f"R-{n:06d}") for n in range(1_000)]
+    text = "[" + ", ".join(items) + "]\n"
+    assert parse.LINE_CHARS_MAX < len(text) < parse.DOCUMENT_CHARS_MAX
+    for size in (len(text), 65_536, 1_000):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert len(list(parse.parse("json", chunks, 10_000))) == 1_000
+    big = "[" + ", ".join([obj("5")] * 15_000) + "]"
+    with pytest.raises(model.SourceError) as caught:
+        list(parse.parse("json", [big[i : i + 65_536] for i in range(0, len(big), 65_536)], 10**6))
+    assert caught.value.reason == "SourceTooLarge"
+    assert "JSON Lines" in caught.value.message
+
+
+def test_a_json_lines_record_is_held_to_the_line_bound() -> None:
+    """JSON Lines keep the 64 KiB line bound although an array's line may be longer."""
+    long_reference = "R" * 70_000
+    text = obj("5") + "\n" + obj("5", long_reference) + "\n"
+    with pytest.raises(model.SourceError) as caught:
+        list(parse.parse("json", [text], 10))
+    assert (caught.value.reason, caught.value.message) == (
+        "SourceMalformed",
+        "line 2: line longer than 65536 characters",
+    )
