@@ -163,6 +163,15 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def stop_on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP stop dev and its children, never leaving an operator behind
+    that holds the probe port and the ledger. SIGINT is set too, not left to Python: a shell
+    starts a background job (`make dev &` in a script) with SIGINT ignored, and Python then
+    installs no handler of its own, so `kill -INT` did nothing."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
 def _dev_say(message: str) -> None:
     print(f"[dev] {message}", file=sys.stderr, flush=True)
 
@@ -371,10 +380,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     kubectl = ["kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds")]
     subprocess.run(kubectl, env=env, check=True)
     _wait_until_served(env)
-    # A closed terminal (SIGHUP) or `kill` (SIGTERM) stops the children like Ctrl-C does,
-    # never leaving an operator behind that holds the probe port and the ledger.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    stop_on_signals()
     policy = supervise.Policy()
     children = _children(env, plat, policy)
     _dev_say(

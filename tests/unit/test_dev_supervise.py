@@ -147,3 +147,21 @@ def test_the_env_command_names_a_state_directory_other_than_the_default(tmp_path
     assert cli.env_command(other, default) == (
         f'eval "$(.venv/bin/fintech-operator stack env --state-dir {other})"'
     )
+
+
+def test_dev_stops_on_sigint_even_when_started_with_it_ignored() -> None:
+    """A shell starts a background job (`make dev &` in a script) with SIGINT ignored, and
+    Python then installs no handler of its own: dev sets SIGINT, SIGTERM and SIGHUP itself, so
+    `kill -INT` stops it as Ctrl-C and SIGTERM do."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cli.stop_on_signals()
+        for signum in saved:
+            handler = signal.getsignal(signum)
+            assert callable(handler)
+            with pytest.raises(KeyboardInterrupt):
+                handler(signum, None)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
