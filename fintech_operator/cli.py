@@ -186,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         # A setting the process cannot start with: one line naming it, no traceback.
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # So is an OTEL_* setting tracing cannot honour (raised only once tracing is imported,
+        # so `--help` and the commands without tracing never import it for this).
+        tracing = sys.modules.get("fintech_operator.observability.tracing")
+        if tracing is None or not isinstance(exc, tracing.TracingSetupError):
+            raise
+        print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 
