@@ -182,6 +182,10 @@ class Campaign:
         ev.auth.log = [r for r in self.record.read() if r["kind"] == "auth"]
         ev.auth.card_status, ev.card_status_balances = _card_figures(self.env)
         ev.card_states = card_states(self.plat.database_url, self.env)
+        churned = sorted(
+            {str(r["card"]) for r in self.record.read() if r.get("op") == "card_create"}
+        )
+        ev.churned = churned_cards(self.plat.database_url, self.env, churned)
         ev.processes = {
             **self.product.alive(),
             "operator /healthz": self.product.healthy("operator"),
@@ -310,6 +314,9 @@ def _prepare(plat: platform.Platform, binaries: build.Binaries) -> dict[str, str
         "FINTECH_WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8,::1/128",
         "FINTECH_TOKENIZER": "development",
         "FINTECH_GATEWAY_SIGNING_SECRET_FILE": str(plat.state_dir / "gateway-signing.secret"),
+        # Accounts of churned cards deleted while nothing could close them are swept well
+        # within the quiesce time.
+        "FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS": "10",
     }
     env.pop("FINTECH_TOKENIZER_URL", None)
     subprocess.run(
@@ -377,6 +384,7 @@ def card_states(database_url: str, env: dict[str, str]) -> dict[str, tuple[str, 
             item.get("status", {}).get("phase"),
         )
         for item in json.loads(out.stdout)["items"]
+        if not item["metadata"]["name"].startswith(workload.CHURN_PREFIX)  # judged on their own
     }
     with psycopg.connect(database_url, connect_timeout=10) as conn:
         rows = conn.execute(
@@ -389,6 +397,32 @@ def card_states(database_url: str, env: dict[str, str]) -> dict[str, tuple[str, 
         name: (spec, phase, frozen.get(name, False))
         for name, (spec, phase) in sorted(shown.items())
     }
+
+
+def churned_cards(
+    database_url: str, env: dict[str, str], names: list[str]
+) -> dict[str, tuple[str, str | None, bool | None]]:
+    """Each churned card: on the API now (present, deleting, gone), its account's status and
+    whether its token is retired (None: it has none)."""
+    out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
+    on_api = {
+        item["metadata"]["name"]: (
+            "deleting" if item["metadata"].get("deletionTimestamp") else "present"
+        )
+        for item in json.loads(out.stdout)["items"]
+    }
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT split_part(a.metadata->>'card', '/', 2), a.status,"
+            " CASE WHEN c.account_id IS NULL THEN NULL ELSE c.retired_at IS NOT NULL END"
+            " FROM accounts a LEFT JOIN authorization_cards c ON c.account_id = a.id"
+            " WHERE a.kind = 'card' AND a.metadata->>'card' = ANY(%s)",
+            ([f"{NAMESPACE}/{name}" for name in names],),
+        ).fetchall()
+    ledger = {str(name): (str(status), retired) for name, status, retired in rows}
+    return {name: (on_api.get(name, "gone"), *ledger.get(name, (None, None))) for name in names}
 
 
 @contextlib.contextmanager
@@ -465,6 +499,10 @@ def report(campaign: Campaign, violations: list[checker.Violation], ev: checker.
         f"journals {len(ev.journals)}, outbox events {len(ev.outbox)}, "
         f"webhook deliveries {len(ev.received)}, rewards rows {len(ev.rewards)}",
         f"quiesced in {campaign.quiesce_seconds:.1f} s",
+        "churned cards, on the API / ledger account: "
+        + str(
+            dict(sorted(Counter(f"{api}/{acct}" for api, acct, _ in ev.churned.values()).items()))
+        ),
         "card states, spec / status / ledger: "
         + ", ".join(
             f"{name} {spec}/{phase}/{'frozen' if frozen else 'open'}"

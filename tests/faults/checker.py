@@ -53,6 +53,10 @@ class Evidence:
     card_status_balances: dict[str, int | None] = field(default_factory=dict)  # kubectl's
     # card name -> (spec.state, status.phase, frozen in the ledger)
     card_states: dict[str, tuple[str, str | None, bool]] = field(default_factory=dict)
+    # churned card -> (on the API now: present | deleting | gone, its ledger account's
+    # status or None if it never had one, whether its token is retired or None if never
+    # mirrored)
+    churned: dict[str, tuple[str, str | None, bool | None]] = field(default_factory=dict)
 
 
 def _ledger_by_posting(ev: Evidence) -> dict[str, list[int]]:
@@ -228,6 +232,7 @@ def check(ev: Evidence) -> list[Violation]:
         + _money_violations(ev)
         + _event_violations(ev)
         + _card_state_violations(ev)
+        + _churn_violations(ev)
         + auth
     )
 
@@ -245,6 +250,22 @@ def _card_state_violations(ev: Evidence) -> list[Violation]:
         elif frozen != (spec == "Frozen"):
             ledger = "frozen" if frozen else "open"
             out.append(Violation("wrong", f"card {card}: {spec}, but {ledger} in the ledger"))
+    return out
+
+
+def _churn_violations(ev: Evidence) -> list[Violation]:
+    """A deleted card leaves no account that can spend: closed (zero balance: the churn posts
+    nothing) with its token retired, however its deletion met the faults (during its issuance,
+    with the operator or the database down). A deletion still pending is stuck; a card whose
+    delete never went through is a card like any other."""
+    out: list[Violation] = []
+    for card, (on_api, status, retired) in sorted(ev.churned.items()):
+        if on_api == "deleting":
+            out.append(Violation("stuck", f"deleted card {card}: still deleting"))
+        elif on_api == "gone" and status not in (None, "closed"):
+            out.append(Violation("wrong", f"deleted card {card}: its account is {status}"))
+        elif on_api == "gone" and retired is False:
+            out.append(Violation("wrong", f"deleted card {card}: its token still authorizes"))
     return out
 
 
@@ -347,7 +368,9 @@ def _read_authorizations(ev: Evidence, conn: psycopg.Connection[Any]) -> None:
     auth.card_held = {
         str(card).removeprefix(prefix): int(held)
         for card, held in conn.execute(
-            "SELECT card, held_minor FROM authorization_cards WHERE namespace = %s",
+            # A retired token is a deleted card's (the churn): no status left to compare.
+            "SELECT card, held_minor FROM authorization_cards"
+            " WHERE namespace = %s AND retired_at IS NULL",
             (ev.namespace,),
         ).fetchall()
     }

@@ -43,6 +43,11 @@ def _clean() -> checker.Evidence:
     ev.received.append(receiver.Delivery(0.0, "e1", True, 500))  # a failed attempt, retried
     ev.processes = {"operator": True}
     ev.card_states = {"c-0": ("Active", "Active", False), "c-1": ("Frozen", "Frozen", True)}
+    ev.churned = {
+        "churn-0001": ("gone", "closed", True),  # issued, then deleted: closed, retired
+        "churn-0002": ("gone", None, None),  # deleted before it was issued: no account
+        "churn-0003": ("present", "open", False),  # its delete never went through: a card
+    }
     return ev
 
 
@@ -96,6 +101,12 @@ def _plant(ev: checker.Evidence, fault: str) -> None:  # noqa: PLR0912 - one per
         ev.card_states["c-1"] = ("Frozen", "Frozen", False)
     elif fault == "status behind":
         ev.card_states["c-1"] = ("Active", "Frozen", True)
+    elif fault == "deleted card open":
+        ev.churned["churn-0001"] = ("gone", "open", True)
+    elif fault == "deleted card token":
+        ev.churned["churn-0001"] = ("gone", "closed", False)
+    elif fault == "deletion pending":
+        ev.churned["churn-0001"] = ("deleting", "open", False)
 
 
 CASES = {
@@ -105,6 +116,7 @@ CASES = {
     "stuck": "stuck", "rejected with row": "wrong", "dead letter": "wrong", "trial": "wrong",
     "drift": "wrong", "process": "stuck", "rewards on nothing": "wrong", "status balance": "wrong",
     "frozen in the ledger": "wrong", "open in the ledger": "wrong", "status behind": "stuck",
+    "deleted card open": "wrong", "deleted card token": "wrong", "deletion pending": "stuck",
 }  # fmt: skip
 
 

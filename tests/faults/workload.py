@@ -17,6 +17,13 @@ GROUP = "fintech.dev/v1alpha1"
 KUBECTL_TIMEOUT_SECONDS = 30
 WORKERS_MAX = 6
 UNFREEZE_ATTEMPTS_MAX = 40
+# Card churn: a new card deleted 0 to 4 s after it is applied (while it is issued, or just
+# after), under whatever fault is running; its ledger account must end closed, its token
+# retired (the deletion's finalizer, the card queue, or the refresh's orphan sweep).
+CHURN_PREFIX = "churn-"
+CHURN_SHARE = 0.03
+CHURN_DELETE_AFTER_SECONDS_MAX = 4.0
+CHURN_DELETE_ATTEMPTS_MAX = 20
 # Sign of each type on the card account (debit-normal: + is what the user owes).
 SIGN = {"Purchase": 1, "Fee": 1, "Refund": -1, "Payment": -1}
 
@@ -81,6 +88,7 @@ class Workload:
     posted: dict[str, str] = field(default_factory=dict)  # name -> journalId, as observed
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
+    _churned: int = 0
 
     def run(
         self,
@@ -102,6 +110,8 @@ class Workload:
 
     def _choose(self) -> tuple[str, tuple[Any, ...]]:
         with self._lock:
+            if self.rng.random() < CHURN_SHARE:  # its own draw: the other ops keep their mix
+                return ("churn", ())
             roll = self.rng.random()
             posted = sorted(n for n in self.posted if n not in self.reversed_)
             if roll < 0.08 and posted:
@@ -166,6 +176,41 @@ class Workload:
             error=out.stderr.strip()[-300:] or None,
         )
         self._apply("reapply", name, self.specs[name])
+
+    def _churn(self) -> None:
+        """Apply a new card, then delete it a few seconds later, retrying the delete through
+        outages: a card the client was told is deleted must leave nothing that can spend."""
+        with self._lock:
+            self._churned += 1
+            name = f"{CHURN_PREFIX}{self._churned:04d}"
+            wait_seconds = self.rng.uniform(0.0, CHURN_DELETE_AFTER_SECONDS_MAX)
+        doc = {
+            "apiVersion": GROUP,
+            "kind": "Card",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "userId": f"u_{name}",
+                "product": "standard",
+                "holder": {"name": "Fault Campaign", "country": "US", "kycStatus": "Accepted"},
+            },
+        }
+        out = kubectl(self.env, "apply", "-f", "-", stdin=json.dumps(doc))
+        self._churn_record("card_create", name, out)
+        time.sleep(wait_seconds)
+        for _ in range(CHURN_DELETE_ATTEMPTS_MAX):
+            out = kubectl(
+                self.env, "delete", "card", "-n", self.namespace, name, "--ignore-not-found",
+                "--wait=false",
+            )  # fmt: skip
+            self._churn_record("card_delete", name, out)
+            if out.returncode == 0:
+                return
+            time.sleep(3.0)
+
+    def _churn_record(self, op: str, name: str, out: subprocess.CompletedProcess[str]) -> None:
+        self.record.write(
+            kind="op", op=op, card=name, rc=out.returncode, error=out.stderr.strip()[-300:] or None
+        )
 
     def _freeze(self, card: str) -> None:
         """Freeze a card for a few seconds, then unfreeze it: postings in between are refused."""
