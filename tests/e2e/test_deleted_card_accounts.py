@@ -112,6 +112,7 @@ def test_a_deleted_cards_account_is_closed_and_its_token_retired_by_the_refresh(
     log = procs.log("operator")
     assert f"card {ns}/ghost (uid " in log
     assert "is gone: its token retired and its account closed; history kept" in log
+    assert '"reason": "DeletedCardAccountClosed"' in log
     assert f"card {ns}/debt (uid " in log
     assert "has balance 2500" in log
 
