@@ -35,7 +35,7 @@ from fintech_operator.compliance import store as compliance_store
 from fintech_operator.handlers import cards, report
 from fintech_operator.handlers.context import OperatorMemo
 from fintech_operator.ledger import engine, model
-from fintech_operator.observability import reconcile
+from fintech_operator.observability import metrics, reconcile
 from fintech_operator.rewards import store as rewards_store
 
 if TYPE_CHECKING:
@@ -270,6 +270,9 @@ async def _close_orphan(
     memo: OperatorMemo, namespace: str, account: mirror.LiveAccount, card_uid: str | None
 ) -> None:
     outcome = await card_state.close_orphan(namespace, account, stores.Cards(memo.pool))
+    if isinstance(outcome, card_state.Unchanged):
+        return  # no such account: nothing was done
+    metrics.deleted_card_account(isinstance(outcome, card_state.AccountClosed))
     gone = "is gone" if card_uid is None else f"is gone (card {card_uid} has its name now)"
     what = (
         f"its token retired and {outcome.message}"

@@ -82,6 +82,13 @@ rejections_total = Counter(
     ["kind", "reason"],
     registry=REGISTRY,
 )
+deleted_card_accounts_total = Counter(
+    "fintech_deleted_card_accounts_total",
+    "Accounts of deleted cards that nothing had closed, found by the card refresh's sweep: "
+    "their token retired and the account closed, or left open with its balance.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 postings_total = Counter(
     "fintech_postings_total",
     "Posting resources decided, by type, currency and outcome (posted, replayed, rejected).",
@@ -222,6 +229,11 @@ def reconcile(kind: object, handler: str, outcome: str, duration_seconds: float)
 def rejection(kind: object, reason: object) -> None:
     """Count a resource that moved to phase Rejected with ``reason``."""
     rejections_total.labels(_word(kind), _word(reason)).inc()
+
+
+def deleted_card_account(closed: bool) -> None:
+    """Count a deleted card's account the sweep found: ``closed``, or left open (a balance)."""
+    deleted_card_accounts_total.labels("closed" if closed else "left_open").inc()
 
 
 def posting_decided(spec: Mapping[str, Any] | None, outcome: str) -> None:
@@ -416,6 +428,7 @@ __all__ = [
     "collect_error",
     "consumer_event",
     "currency_label",
+    "deleted_card_account",
     "exposed_registry",
     "exposition",
     "gateway_answered",

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import uuid
+from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -25,8 +28,35 @@ from fintech_operator.events import schema
 from fintech_operator.ledger import engine, model, rules
 from tests.conftest import Kubectl, OperatorProcesses, wait_for
 from tests.e2e.test_cards_lifecycle import apply, card, db_rows, phase_in, product, wait_status
+from tests.faults.processes import free_port
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def operator_processes(
+    operator_env: dict[str, str],
+    crds_installed: None,
+    operator_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcesses]:
+    """The module's operator alone (no consumer shares its port), serving /metrics to count
+    what its sweep did."""
+    env = {**operator_env, "FINTECH_METRICS_PORT": str(free_port())}
+    procs = OperatorProcesses(env, tmp_path_factory.mktemp("operator"))
+    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
+    yield procs
+    procs.stop()
+
+
+def _swept(env: dict[str, str]) -> dict[str, float]:
+    """fintech_deleted_card_accounts_total by outcome, from the operator's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{env['FINTECH_METRICS_PORT']}/metrics", timeout=10).text
+    found = re.findall(
+        r'^fintech_deleted_card_accounts_total\{outcome="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {outcome: float(value) for outcome, value in found}
+
 
 SPEC = api.CardSpec.model_validate(
     {"userId": "u1", "product": "standard", "holder": {"name": "A", "country": "US"}}
@@ -115,6 +145,7 @@ def test_a_deleted_cards_account_is_closed_and_its_token_retired_by_the_refresh(
     assert '"reason": "DeletedCardAccountClosed"' in log
     assert f"card {ns}/debt (uid " in log
     assert "has balance 2500" in log
+    assert _swept(procs.env) == {"closed": 1.0, "left_open": 1.0}
 
     # Later ones too, every sweep interval: one left while the operator runs.
     later = asyncio.run(_leave_account(owner, ns, "ghost-2"))
@@ -124,3 +155,4 @@ def test_a_deleted_cards_account_is_closed_and_its_token_retired_by_the_refresh(
         timeout_seconds=60,
     )
     assert db_rows(operator_env, ACCOUNT_STATE, live) == [("open", False)]
+    assert _swept(procs.env) == {"closed": 2.0, "left_open": 1.0}

@@ -181,3 +181,14 @@ def test_a_patch_outside_a_handler_counts_only_when_it_rejects() -> None:
     assert _value("fintech_rejections_total", kind="Card", reason="ReviewRejected") == before
     reconcile.count_rejection("Card", {"status": {"phase": "Rejected", "reason": "ReviewRejected"}})
     assert _value("fintech_rejections_total", kind="Card", reason="ReviewRejected") == before + 1
+
+
+def test_a_swept_deleted_card_account_counts_by_outcome() -> None:
+    """The sweep's two outcomes are two series; nothing else is ever a label value."""
+    closed = _value("fintech_deleted_card_accounts_total", outcome="closed")
+    left_open = _value("fintech_deleted_card_accounts_total", outcome="left_open")
+    metrics.deleted_card_account(True)
+    metrics.deleted_card_account(True)
+    metrics.deleted_card_account(False)
+    assert _value("fintech_deleted_card_accounts_total", outcome="closed") == closed + 2
+    assert _value("fintech_deleted_card_accounts_total", outcome="left_open") == left_open + 1
