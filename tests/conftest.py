@@ -232,6 +232,10 @@ class OperatorProcesses:
                 cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
 
+    def start_operator(self, prefix: str) -> None:
+        """``fintech-operator run`` watching the module's namespaces (``<prefix>-*``)."""
+        self.start("operator", "run", "--liveness-port", "0", "--namespace", f"{prefix}-*")
+
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -334,7 +338,7 @@ def operator_processes(
     """Run ``fintech-operator run`` and ``fintech-operator rewards`` for one module."""
     procs = OperatorProcesses(operator_env, tmp_path_factory.mktemp("operator"))
     group = f"rewards-{operator_prefix}"
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
+    procs.start_operator(operator_prefix)
     procs.start("rewards", "rewards", "--group", group)
     yield procs
     procs.stop()

@@ -366,8 +366,7 @@ def orphan_suspects(
     return [
         account
         for account in accounts
-        if account.name not in cards
-        or (account.uid is not None and cards[account.name] != account.uid)
+        if account.name not in cards or is_orphan(account, cards[account.name])
     ]
 
 

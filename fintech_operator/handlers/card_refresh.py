@@ -205,11 +205,15 @@ def _stopping(memo: OperatorMemo) -> bool:
 def _due(memo: OperatorMemo, namespace: str) -> bool:
     """True once per refresh interval per namespace (the times live in the operator's memo)."""
     last: dict[str, float] = memo.card_refresh_last
-    now = time.monotonic()
-    if now - last.get(namespace, -math.inf) < memo.settings.cards.refresh_interval_seconds:
+    if not _interval_over(last, namespace, memo.settings.cards.refresh_interval_seconds):
         return False
-    last[namespace] = now
+    last[namespace] = time.monotonic()
     return True
+
+
+def _interval_over(last: Mapping[str, float], namespace: str, interval_seconds: float) -> bool:
+    """Whether ``interval_seconds`` have passed since ``last[namespace]`` (or it has none)."""
+    return time.monotonic() - last.get(namespace, -math.inf) >= interval_seconds
 
 
 async def refresh_cards(
@@ -241,9 +245,8 @@ async def refresh_cards(
 def _sweep_due(memo: OperatorMemo, namespace: str) -> bool:
     """True at the namespace's first refresh after the operator starts, then once per
     ``FINTECH_CARD_ORPHAN_SWEEP_INTERVAL_SECONDS`` (counted from the last sweep that ended)."""
-    last: dict[str, float] = memo.card_orphan_sweep_last
     interval = memo.settings.cards.orphan_sweep_interval_seconds
-    return time.monotonic() - last.get(namespace, -math.inf) >= interval
+    return _interval_over(memo.card_orphan_sweep_last, namespace, interval)
 
 
 async def _sweep_orphans(memo: OperatorMemo, namespace: str, entries: Sequence[Any]) -> None:

@@ -48,7 +48,7 @@ def operator(
 
 
 def _start(procs: OperatorProcesses, prefix: str) -> None:
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{prefix}-*")
+    procs.start_operator(prefix)
 
 
 def _cards(api: Any, ns: str) -> dict[str, dict[str, Any]]:

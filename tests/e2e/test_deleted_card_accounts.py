@@ -44,7 +44,7 @@ def operator_processes(
     what its sweep did."""
     env = {**operator_env, "FINTECH_METRICS_PORT": str(free_port())}
     procs = OperatorProcesses(env, tmp_path_factory.mktemp("operator"))
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
+    procs.start_operator(operator_prefix)
     yield procs
     procs.stop()
 

@@ -147,7 +147,7 @@ def observed(
         {**base, "FINTECH_METRICS_PORT": str(operator_port)}, tmp_path_factory.mktemp("obs")
     )
     group = f"rewards-{operator_prefix}"
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
+    procs.start_operator(operator_prefix)
     procs.env = {**base, "FINTECH_METRICS_PORT": str(rewards_port)}
     procs.start("rewards", "rewards", "--group", group)
     try:

@@ -464,9 +464,7 @@ def test_a_run_interrupted_by_an_operator_crash_restarts_cleanly(
         assert conn.execute(
             "SELECT count(*) FROM recon_exceptions WHERE run_id = %s", (run_id,)
         ).fetchone() == (0,)
-    operator_processes.start(
-        "operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*"
-    )
+    operator_processes.start_operator(operator_prefix)
     status = phase_in(kubectl, operator_processes, ns, "recon", "slow", {"Succeeded", "Failed"})
     assert (status["phase"], status["attempt"]) == ("Succeeded", 2), status
     assert status["summary"]["missingInLedger"] == SLOW_ROWS

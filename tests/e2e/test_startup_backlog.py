@@ -37,7 +37,7 @@ def processes(
 
 
 def _start(procs: OperatorProcesses, prefix: str) -> int:
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{prefix}-*")
+    procs.start_operator(prefix)
     return procs.procs["operator"].pid
 
 

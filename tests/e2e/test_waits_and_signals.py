@@ -43,7 +43,7 @@ def operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcesses]:
     procs = OperatorProcesses(waiting_env, tmp_path_factory.mktemp("operator"))
-    procs.start("operator", "run", "--liveness-port", "0", "--namespace", f"{operator_prefix}-*")
+    procs.start_operator(operator_prefix)
     yield procs
     procs.stop()
 

@@ -180,12 +180,13 @@ class Campaign:
         checker.read_kafka(ev, self.plat.kafka_bootstrap_servers)
         ev.received = self.hook.snapshot()
         ev.auth.log = [r for r in self.record.read() if r["kind"] == "auth"]
-        ev.auth.card_status, ev.card_status_balances = _card_figures(self.env)
-        ev.card_states = card_states(self.plat.database_url, self.env)
+        cards = listed_cards(self.env)
+        ev.auth.card_status, ev.card_status_balances = _card_figures(cards)
+        ev.card_states = card_states(self.plat.database_url, cards)
         churned = sorted(
             {str(r["card"]) for r in self.record.read() if r.get("op") == "card_create"}
         )
-        ev.churned = churned_cards(self.plat.database_url, self.env, churned)
+        ev.churned = churned_cards(self.plat.database_url, cards, churned)
         ev.processes = {
             **self.product.alive(),
             "operator /healthz": self.product.healthy("operator"),
@@ -357,15 +358,21 @@ def _amount(money: Any) -> int | None:
     return int(money["amount"]) if isinstance(money, dict) else None
 
 
-def _card_figures(
-    env: dict[str, str],
-) -> tuple[dict[str, tuple[int | None, int | None]], dict[str, int | None]]:
-    """Each card's status held and available, and its status balance, as kubectl shows them."""
+def listed_cards(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The namespace's Cards as the API server has them now (one list for every judgment)."""
     out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
     if out.returncode != 0:
         raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
+    items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+    return items
+
+
+def _card_figures(
+    cards: list[dict[str, Any]],
+) -> tuple[dict[str, tuple[int | None, int | None]], dict[str, int | None]]:
+    """Each card's status held and available, and its status balance, as kubectl shows them."""
     figures, balances = {}, {}
-    for item in json.loads(out.stdout)["items"]:
+    for item in cards:
         status = item.get("status", {})
         name = item["metadata"]["name"]
         figures[name] = (_amount(status.get("held")), _amount(status.get("available")))
@@ -373,17 +380,16 @@ def _card_figures(
     return figures, balances
 
 
-def card_states(database_url: str, env: dict[str, str]) -> dict[str, tuple[str, str | None, bool]]:
+def card_states(
+    database_url: str, cards: list[dict[str, Any]]
+) -> dict[str, tuple[str, str | None, bool]]:
     """Each card's ``spec.state``, ``status.phase`` and whether its ledger account is frozen."""
-    out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
     shown = {
         item["metadata"]["name"]: (
             str(item.get("spec", {}).get("state", "Active")),
             item.get("status", {}).get("phase"),
         )
-        for item in json.loads(out.stdout)["items"]
+        for item in cards
         if not item["metadata"]["name"].startswith(workload.CHURN_PREFIX)  # judged on their own
     }
     with psycopg.connect(database_url, connect_timeout=10) as conn:
@@ -400,18 +406,15 @@ def card_states(database_url: str, env: dict[str, str]) -> dict[str, tuple[str, 
 
 
 def churned_cards(
-    database_url: str, env: dict[str, str], names: list[str]
+    database_url: str, cards: list[dict[str, Any]], names: list[str]
 ) -> dict[str, tuple[str, str | None, bool | None]]:
     """Each churned card: on the API now (present, deleting, gone), its account's status and
     whether its token is retired (None: it has none)."""
-    out = workload.kubectl(env, "get", "cards", "-n", NAMESPACE, "-o", "json")
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl get cards: {out.stderr.strip()[-300:]}")
     on_api = {
         item["metadata"]["name"]: (
             "deleting" if item["metadata"].get("deletionTimestamp") else "present"
         )
-        for item in json.loads(out.stdout)["items"]
+        for item in cards
     }
     with psycopg.connect(database_url, connect_timeout=10) as conn:
         rows = conn.execute(
