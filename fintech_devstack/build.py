@@ -57,6 +57,7 @@ class Binaries:
     etcd: Path
     helm: Path
     kafka_libs: Path
+    kube_controller_manager: Path
 
     @property
     def bin_dirs(self) -> list[Path]:
@@ -351,7 +352,20 @@ def ensure_all() -> Binaries:
     helm = _build_helm(root)
     kafka_libs = _fetch_kafka(root)
     apiserver, kubectl = _build_kubernetes(root)
-    return Binaries(apiserver, kubectl, etcd, helm, kafka_libs)
+    (controller_manager,) = ensure_kubernetes_commands(["kube-controller-manager"])
+    return Binaries(apiserver, kubectl, etcd, helm, kafka_libs, controller_manager)
+
+
+def ensure_kubernetes_commands(names: list[str]) -> list[Path]:
+    """More commands of the pinned Kubernetes (the platform's controller-manager, the node's
+    daemons), built into the cache when missing; their paths in the order of ``names``."""
+    home = cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}"
+    paths = [home / "bin" / name for name in names]
+    with cache_lock("node-binaries"):
+        missing = [path.name for path in paths if not path.exists()]
+        if missing:
+            build_kubernetes_commands(home, missing)
+    return paths
 
 
 if __name__ == "__main__":

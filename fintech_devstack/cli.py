@@ -83,8 +83,11 @@ _PART_PORTS = {
 def _stack_status(plat: platform.Platform, _: argparse.Namespace) -> int:
     states = plat.status()
     for name, state in states.items():
-        port = getattr(plat.ports, _PART_PORTS[name])
-        print(f"{name:10} {state:8} 127.0.0.1:{port}")
+        # The controller-manager only talks to the API server: it listens on nothing.
+        where = (
+            f"127.0.0.1:{getattr(plat.ports, _PART_PORTS[name])}" if name in _PART_PORTS else "-"
+        )
+        print(f"{name:18} {state:8} {where}")
     return 0 if all(v == "running" for v in states.values()) else 1
 
 

@@ -288,6 +288,8 @@ class Node:
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                # The platform's own controller-manager runs these two already.
+                "--controllers=*," + ",".join(f"-{name}" for name in platform.PLATFORM_CONTROLLERS),
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
@@ -423,14 +425,8 @@ def _volume(name: str, path: Path) -> dict[str, object]:
 
 def ensure_binaries() -> KubeBinaries:
     """The node's Kubernetes executables, built from the pinned release when missing."""
-    home = build.cache_root() / f"kubernetes-v{versions.KUBERNETES_VERSION}"
-    names = ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
-    paths = [home / "bin" / name for name in names]
-    with build.cache_lock("node-binaries"):
-        missing = [path.name for path in paths if not path.exists()]
-        if missing:
-            build.build_kubernetes_commands(home, missing)
-    return KubeBinaries(*paths)
+    names = ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
+    return KubeBinaries(*build.ensure_kubernetes_commands(names))
 
 
 # ---- configuration documents ------------------------------------------------------------

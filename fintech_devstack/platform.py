@@ -28,12 +28,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import httpx
 
 from fintech_devstack import build, certs, ports, versions
 
 READY_TIMEOUT_SECONDS = 180.0
+# The controllers of the platform's own kube-controller-manager (see _start_controller_manager).
+PLATFORM_CONTROLLERS: Final = ("namespace-controller", "garbage-collector-controller")
+CONTROLLER_MANAGER_READY_LINES: Final = (
+    '"Starting namespace controller"',
+    '"Proceeding to collect garbage"',
+)
 STOP_TIMEOUT_SECONDS = 30.0
 POLL_INTERVAL_SECONDS = 0.25
 KAFKA_HEAP = "-Xmx768m"
@@ -141,6 +148,7 @@ class Platform:
         *,
         fast_disk: bool = False,
         reapable: bool = True,
+        kube_controllers: bool = True,
     ):
         self.state_dir = state_dir
         self.ports = ports or Ports()
@@ -149,6 +157,11 @@ class Platform:
         # A throwaway platform (tests, benchmarks) dies with its starter; a developer's
         # (`stack up`, `dev`, any --state-dir) outlives it and is never reaped.
         self.reapable = reapable
+        # Run kube-controller-manager's namespace and garbage-collector controllers (see
+        # _start_controller_manager). The test workers' platforms leave them out: the suite
+        # deletes each test's namespace without waiting, and a namespace controller would then
+        # delete that namespace's Cards through the still running operator behind the next test.
+        self.kube_controllers = kube_controllers
         self.logs = state_dir / "logs"
         self.pids: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -254,6 +267,8 @@ class Platform:
         try:
             self._start_etcd(binaries)
             self._start_apiserver(binaries)
+            if self.kube_controllers:
+                self._start_controller_manager(binaries)
             self._start_postgres()
             self._start_kafka(binaries)
         except BaseException:
@@ -265,7 +280,7 @@ class Platform:
     def stop(self) -> None:
         """Stop what this platform started, newest first; leave everything else alone."""
         state = self._load()
-        for name in ("kafka", "apiserver", "etcd"):
+        for name in ("kafka", "controller-manager", "apiserver", "etcd"):
             pid = state.get(name)
             if pid:
                 _terminate(name, pid, str(self.state_dir))
@@ -285,9 +300,12 @@ class Platform:
         """Each part's liveness as a short word, for ``stack status``."""
         state = self._load()
         # Every part is listed, started or not, so a stopped platform says so per part.
+        names = ["etcd", "apiserver", "kafka"]
+        if self.kube_controllers:
+            names.insert(2, "controller-manager")
         result = {
             name: ("running" if _alive(state.get(name, 0), str(self.state_dir)) else "stopped")
-            for name in ("etcd", "apiserver", "kafka")
+            for name in names
         }
         pgdata = self.state_dir / "pg" / "data"
         running = _pg(["pg_ctl", "-D", str(pgdata), "status"], check=False).returncode == 0
@@ -403,6 +421,40 @@ class Platform:
             return httpx.get(url, verify=context, timeout=3).is_success
 
         _wait("kube-apiserver", log, ready, READY_TIMEOUT_SECONDS, self.procs["apiserver"])
+
+    # ---- kube-controller-manager --------------------------------------------------------
+
+    def _start_controller_manager(self, binaries: build.Binaries) -> None:
+        """The two controllers a cluster without nodes still needs, so the platform behaves
+        like one: the namespace controller (a deleted namespace's objects are deleted, then
+        the namespace itself, instead of staying Terminating forever) and the garbage
+        collector (a deleted owner's dependents go, e.g. a ReconciliationSchedule's runs).
+        Nothing is served (``--secure-port=0``), so it takes no port; `stack node up` runs
+        every other controller in its own controller-manager."""
+        _say("starting kube-controller-manager (namespace and garbage collector controllers)")
+        cmd = [
+            str(binaries.kube_controller_manager),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--controllers={','.join(PLATFORM_CONTROLLERS)}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=false",
+            "--secure-port=0",
+        ]
+        log = self._spawn("controller-manager", cmd)
+
+        def ready() -> bool:
+            # What the pinned release logs once each controller runs (the garbage collector
+            # after its informers synced); test_platform.py proves both then work.
+            text = log.read_text(errors="replace")
+            return all(line in text for line in CONTROLLER_MANAGER_READY_LINES)
+
+        _wait(
+            "kube-controller-manager",
+            log,
+            ready,
+            READY_TIMEOUT_SECONDS,
+            self.procs["controller-manager"],
+        )
 
     def _write_kubeconfig(self, pki: certs.ApiserverPki) -> None:
         def b64(path: Path) -> str:

@@ -106,7 +106,10 @@ def platform_running(pytestconfig: pytest.Config) -> Iterator[RunningPlatform]:
     # Platforms of killed sessions would otherwise run until the machine reboots.
     platform.reap_orphans(base)
     state_dir = base / f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    plat = platform.Platform(state_dir, platform.Ports.free(), fast_disk=True)
+    # No namespace controller: see Platform.kube_controllers (test_platform.py tests them).
+    plat = platform.Platform(
+        state_dir, platform.Ports.free(), fast_disk=True, kube_controllers=False
+    )
     started = time.monotonic()
     binaries = plat.start()
     running = RunningPlatform(plat, binaries)

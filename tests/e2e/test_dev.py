@@ -184,7 +184,8 @@ def test_a_taken_port_is_named_with_its_holder_and_ports_survive_a_restart(
     assert started.returncode == 0, started.stderr
     assert json.loads((state / "ports.json").read_text()) == remembered
     status = _stack("status", "--state-dir", str(state))
-    assert f"apiserver  running  127.0.0.1:{remembered['apiserver']}" in status.stdout
+    assert f"apiserver          running  127.0.0.1:{remembered['apiserver']}" in status.stdout
+    assert "controller-manager running  -" in status.stdout
     # A developer's platform, whatever its directory's name, outlives the command that
     # started it: the test sessions' reaping of orphaned platforms leaves it alone.
     assert json.loads((state / "platform.json").read_text())["owner_pid"] == 0

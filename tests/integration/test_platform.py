@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fintech_devstack import platform, versions
+from fintech_devstack import build, platform, versions
 from tests.conftest import Kubectl, RunningPlatform
 
 pytestmark = pytest.mark.integration
@@ -89,19 +90,78 @@ async def test_kafka_round_trip(platform_running: RunningPlatform) -> None:
 
 
 def test_up_then_down_leaves_no_process(platform_running: RunningPlatform) -> None:
-    """A second platform starts beside the session's and stops without leaving a process."""
+    """A second platform, as `stack up` and `make dev` start it (with its controller-manager),
+    starts beside the session's, behaves like a cluster's control plane, and stops without
+    leaving a process."""
     state = platform.default_state_dir().parent / f"updown-{uuid.uuid4().hex[:6]}"
     plat = platform.Platform(state, platform.Ports.free(), fast_disk=True)
-    plat.start()
+    binaries = plat.start()
     try:
+        assert set(plat.status()) == {
+            "etcd",
+            "apiserver",
+            "controller-manager",
+            "kafka",
+            "postgres",
+        }
         assert set(plat.status().values()) == {"running"}
-        assert len(_our_processes(str(state))) >= 4
+        assert len(_our_processes(str(state))) >= 5
+        _namespace_and_owner_deletions_complete(plat, binaries)
     finally:
         plat.stop()
     assert _our_processes(str(state)) == []
     assert set(plat.status().values()) == {"stopped"}
     assert set(platform_running.platform.status().values()) == {"running"}
     shutil.rmtree(state)
+
+
+def _namespace_and_owner_deletions_complete(
+    plat: platform.Platform, binaries: build.Binaries
+) -> None:
+    """The controller-manager's two controllers at work: a deleted namespace goes with what
+    is in it (not Terminating forever), and a deleted owner takes its dependents with it (a
+    ReconciliationSchedule's runs, docs/reconciliation.md)."""
+
+    def kubectl(*args: str, stdin: str | None = None) -> str:
+        cmd = [str(binaries.kubectl), f"--kubeconfig={plat.kubeconfig}", *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True).stdout
+
+    repo = Path(__file__).resolve().parents[2]
+    kubectl("apply", "--server-side", "-f", str(repo / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    kubectl("create", "namespace", "gone")
+    kubectl("create", "-n", "gone", "configmap", "inside", "--from-literal=k=v")
+    kubectl("create", "namespace", "owners")
+    schedule = {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "ReconciliationSchedule",
+        "metadata": {"name": "nightly", "namespace": "owners"},
+        "spec": {"schedule": "0 2 * * *", "template": {"checks": ["TrialBalance"]}},
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps(schedule))
+    uid = kubectl("get", "-n", "owners", "rsched", "nightly", "-o", "jsonpath={.metadata.uid}")
+    run = {
+        "apiVersion": "fintech.dev/v1alpha1",
+        "kind": "ReconciliationRun",
+        "metadata": {
+            "name": "nightly-1",
+            "namespace": "owners",
+            "ownerReferences": [{"apiVersion": "fintech.dev/v1alpha1",
+                                 "kind": "ReconciliationSchedule", "name": "nightly",
+                                 "uid": uid, "controller": True}],
+        },
+        "spec": {"checks": ["TrialBalance"]},
+    }  # fmt: skip
+    kubectl("apply", "-f", "-", stdin=json.dumps(run))
+
+    # kubectl waits for the namespace to be gone: it returns only if the controller ran.
+    kubectl("delete", "namespace", "gone", "--timeout=60s")
+    assert "gone" not in kubectl("get", "namespaces", "-o", "name").split()
+    kubectl("delete", "-n", "owners", "rsched", "nightly", "--timeout=60s")
+    deadline = time.monotonic() + 60
+    while kubectl("get", "-n", "owners", "recon", "-o", "name").strip():
+        assert time.monotonic() < deadline, "the schedule's run outlived it by 60 s"
+        time.sleep(0.5)
 
 
 def test_a_failing_part_names_itself_and_its_log() -> None:
