@@ -139,7 +139,8 @@ def _wait(
 
 
 class Platform:
-    """Start, check and stop the four real components under one state directory."""
+    """Start, check and stop the real components (etcd, kube-apiserver, its controller-manager,
+    PostgreSQL, Kafka) under one state directory."""
 
     def __init__(
         self,
