@@ -288,8 +288,7 @@ class Node:
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-                # The platform's own controller-manager runs these two already.
-                "--controllers=*," + ",".join(f"-{name}" for name in platform.PLATFORM_CONTROLLERS),
+                f"--controllers={self._controllers()}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
@@ -308,6 +307,13 @@ class Node:
                 f"--cert-dir={self.home / 'scheduler'}",
             ],
         )
+
+    def _controllers(self) -> str:
+        """Every controller, less the two the platform's own controller-manager runs (a
+        platform started before it had one, or without, leaves them all to the node's)."""
+        if self.plat.status().get("controller-manager") != "running":
+            return "*"
+        return "*," + ",".join(f"-{name}" for name in platform.PLATFORM_CONTROLLERS)
 
     def _start_kubelet(self, kube: KubeBinaries) -> None:
         home = self.home / "kubelet"
