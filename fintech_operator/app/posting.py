@@ -3,7 +3,8 @@
 A posting is ``Posted`` with its journal, ``Replayed`` (its idempotency key already posted the
 same request: the first journal), or ``Rejected`` with a reason from the fixed set of
 ``api.PostingReason``; while its card is not there yet it is :class:`WaitingForCard`, then
-``CardNotFound``. The idempotency key (default ``namespace/name``) is unique within the
+``CardNotFound``; a reversal whose original is not decided yet is :class:`WaitingForOriginal`,
+then ``JournalNotFound``. The idempotency key (default ``namespace/name``) is unique within the
 posting's namespace (DESIGN.md invariant 10), and a replay is recognised by the ledger's own
 request hash (invariant 3 has one fingerprint). Risk rules and AML monitoring run inside the
 posting's transaction (``risk.store.PostingCheck``). Nothing here knows kopf: the caller says
@@ -64,12 +65,19 @@ class ProductView:
 
 @dataclass(frozen=True)
 class Target:
-    """What the caller knows of the posting a reversal names: whether its object exists and,
-    if it was posted, its journal id. When the object is gone (a TTL deleted it), the journal
-    is looked up in the ledger under that posting's default key."""
+    """What the caller knows of the posting a reversal names: whether its object exists, its
+    phase and, if its status shows it posted, its journal id, and its ``spec.idempotencyKey``.
+    When the status shows no journal (yet), or the object is gone (a TTL deleted it), the
+    journal is looked up in the ledger under that posting's key."""
 
     exists: bool
     journal_id: int | None = None
+    phase: str | None = None
+    key: str | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.phase in (api.PostingPhase.POSTED, api.PostingPhase.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,18 @@ class WaitingForCard:
     delay_seconds: float = CARD_WAIT_DELAY_SECONDS
 
 
-Outcome = Posted | Replayed | Rejected | WaitingForCard
+@dataclass(frozen=True)
+class WaitingForOriginal:
+    """A reversal whose original posting has no journal yet: not decided (applied in the same
+    ``kubectl apply``, or still waiting for its card) or not seen yet (applied after the
+    reversal): try again after ``delay_seconds``."""
+
+    message: str
+    attempt: str  # "3 of 30", for the log line
+    delay_seconds: float = CARD_WAIT_DELAY_SECONDS
+
+
+Outcome = Posted | Replayed | Rejected | WaitingForCard | WaitingForOriginal
 
 
 # --- Ports ----------------------------------------------------------------------------------------
@@ -182,6 +201,14 @@ Clock = Callable[[], datetime.datetime]
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+class _OriginalUndecided(Exception):
+    """The original of a reversal is not decided yet: the reversal waits (a retry)."""
+
+    def __init__(self, wait: WaitingForOriginal) -> None:
+        super().__init__(wait.message)
+        self.wait = wait
 
 
 class Refused(Exception):
@@ -232,6 +259,8 @@ async def reverse(command: Reverse, ledger: PostingLedger, clock: Clock = _now) 
             return card
         result = await _reverse(command, card, ledger, clock)
         return Replayed(result.journal) if result.replayed else Posted(result.journal)
+    except _OriginalUndecided as exc:
+        return exc.wait
     except Refused as exc:
         return Rejected(exc.reason, exc.message)
     except model.LedgerError as exc:
@@ -527,18 +556,34 @@ async def _reverse(
 
 
 async def _target_journal(command: Reverse, ledger: PostingLedger) -> model.Journal:
-    """The journal of the posting ``spec.reverses`` names: from the live object, or, once a
-    TTL deleted it, from the ledger under its default key, if that journal was posted by it."""
+    """The journal of the posting ``spec.reverses`` names: from its status, else from the
+    ledger under its key, if that journal was posted by it. The status can lag the ledger: an
+    original applied together with its reversal is decided just before it (earlier in the
+    card's queue, or in the same batch) while its status patch is still on its way. An original
+    not decided yet, or not seen yet (applied after its reversal), is waited for,
+    ``attempts_max`` times, as a posting waits for its card; a deleted one (its TTL) is found
+    in the ledger under its default key."""
     namespace, name = command.posting.namespace, str(command.spec.reverses)
+    target = command.target
+    if target.exists and target.journal_id:
+        return await ledger.journal(target.journal_id)
     journal: model.Journal | None = None
-    if command.target.exists:
-        found = command.target.journal_id
-        journal = await ledger.journal(found) if found else None
-    else:
-        by_key = await ledger.journal_by_key(f"{namespace}/{name}", namespace)
-        # Another posting may have chosen that key explicitly: only its own journal counts.
-        if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
-            journal = by_key
+    # A deleted object's explicit key is not known any more: only its default key is.
+    key = (target.key if target.exists else None) or f"{namespace}/{name}"
+    by_key = await ledger.journal_by_key(key, namespace)
+    # Another posting may have chosen that key explicitly: only its own journal counts.
+    if by_key is not None and by_key.metadata.get("posting") == f"{namespace}/{name}":
+        journal = by_key
+    if journal is None and not target.decided and command.attempt < command.attempts_max:
+        what = "is not decided yet" if target.exists else "does not exist"
+        raise _OriginalUndecided(
+            WaitingForOriginal(
+                f"waiting for posting {name!r} in {namespace}, which this one reverses: it "
+                f"{what}; the reversal is rejected (JournalNotFound) if that lasts about "
+                f"{command.attempts_max * CARD_WAIT_DELAY_SECONDS:.0f} s",
+                f"{command.attempt + 1} of {command.attempts_max}",
+            )
+        )
     if journal is None:
         raise Refused(
             api.PostingReason.JOURNAL_NOT_FOUND, f"posting {name!r} has no journal to reverse"

@@ -75,8 +75,10 @@ class CaptureRequest(_Request):
     id: RequestId
     amount: PositiveAmountMinor
     final: bool = False
-    # Only read when the issuer holds no authorization of this id (never seen, or lost): the
-    # capture is then a force post on this card, in this currency, if its product allows it.
+    # ``card`` is only read when the issuer holds no authorization of this id (never seen, or
+    # lost): the capture is then a force post on this card, in this currency, if its product
+    # allows it. ``currency``, when given, must be the authorization's (or, for a force post,
+    # the card's): else 409 CurrencyMismatch (migration 0073).
     card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)] | None = (
         None
     )

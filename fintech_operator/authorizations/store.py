@@ -105,9 +105,10 @@ class PostgresStore:
         store the IssuerUnavailable decline for every retry of ``request_id``; an answer that
         an earlier attempt committed (before ``age_seconds`` ago) stands (migration 0056).
 
-        For authorizations and increments only: settling an id nothing answered yet reserves
-        it for that decline, so a capture or void must not be settled (its retry would meet
-        the reservation as a 409); their retries get the committed result instead.
+        The gateway settles captures and voids too: one that committed late keeps its answer
+        (nothing is undone), and one that did not has its id reserved for the decline, so a
+        retry of that id is a 409 IdempotencyConflict (``kind``) and the processor sends it
+        again with a new id (docs/authorizations.md, "The gateway's deadline").
         """
         if not 0 <= age_seconds <= SETTLE_AGE_SECONDS_MAX:
             raise ValueError(f"age_seconds must be in 0..{SETTLE_AGE_SECONDS_MAX}")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode()
     try:
-        key = trust.parse_secrets(secretfile.read(args.secret_file, trust.SECRET_FILE_VARIABLE))[0]
+        key = trust.read_secrets(args.secret_file)[0]
         stamp = int(time.time()) if args.timestamp is None else args.timestamp
         headers = signing.headers(key, args.id or f"msg_{uuid.uuid4().hex}", stamp, body)
     except (secretfile.SecretFileError, signing.SigningError) as exc:

@@ -14,6 +14,7 @@ A card number is never accepted, anywhere: a body, path or header holding a Luhn
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ from typing import Final
 
 from fintech_operator import pan, secretfile
 from fintech_operator.notify import signing
+
+log = logging.getLogger(__name__)
 
 SECRETS_MAX: Final = 4
 SECRET_FILE_VARIABLE: Final = "FINTECH_GATEWAY_SIGNING_SECRET_FILE"  # noqa: S105 - a name
@@ -51,6 +54,16 @@ def parse_secrets(text: str) -> tuple[bytes, ...]:
     return tuple(signing.parse_secret(item) for item in items)
 
 
+def read_secrets(path: str) -> tuple[bytes, ...]:
+    """The keys of the secret file at ``path``; an error names the variable and the file
+    (``secretfile.SecretFileError`` or ``SigningError``), never a secret."""
+    text = secretfile.read(path, SECRET_FILE_VARIABLE)
+    try:
+        return parse_secrets(text)
+    except signing.SigningError as exc:
+        raise signing.SigningError(f"{SECRET_FILE_VARIABLE}: {path}: {exc}") from None
+
+
 class SecretSource:
     """The current signing keys, read from the mounted file again after ``refresh_seconds``."""
 
@@ -69,16 +82,25 @@ class SecretSource:
 
     def keys(self) -> tuple[bytes, ...]:
         """The keys; raises :class:`secretfile.SecretFileError` or ``SigningError`` when the
-        file cannot be read or parsed and no earlier read succeeded."""
+        file cannot be read or parsed and no earlier read succeeded. When a later read fails,
+        the keys read before stay in use, with a warning, until the file can be used again
+        (read every ``refresh_seconds``, not at every request)."""
         now = self._clock()
         with self._lock:
             if self._keys and now - self._read_at < self._refresh_seconds:
                 return self._keys
             try:
-                keys = parse_secrets(secretfile.read(self._path, SECRET_FILE_VARIABLE))
-            except (secretfile.SecretFileError, signing.SigningError):
-                # A Secret being rewritten may be read half-way: keep what worked before.
+                keys = read_secrets(self._path)
+            except (secretfile.SecretFileError, signing.SigningError) as exc:
+                # A Secret being rewritten may be read half-way: keep what worked before, and
+                # say so, since a file that stays unusable leaves a rotation undone.
                 if self._keys:
+                    log.warning(
+                        "the signing secret file cannot be used; the secrets read before are "
+                        "still accepted",
+                        extra={"error": str(exc)},
+                    )
+                    self._read_at = now
                     return self._keys
                 raise
             self._keys, self._read_at = keys, now

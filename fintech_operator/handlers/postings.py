@@ -39,8 +39,15 @@ DECIDED_PHASES: Final = frozenset({api.PostingPhase.POSTED, api.PostingPhase.REJ
 QUEUE_FULL_DELAY_SECONDS: Final = 5.0
 
 
-def postings(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): {"journalId": status.get("journalId")}}
+def postings(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[Any, Any]:
+    """What a reversal needs of the posting it names: its journal, phase and explicit key."""
+    entry = {"journalId": status.get("journalId"), "phase": status.get("phase")}
+    key = spec.get("idempotencyKey")
+    if key:
+        entry["key"] = key
+    return {(namespace, name): entry}
 
 
 def _ref(body: kopf.Body) -> use_case.PostingRef:
@@ -84,8 +91,13 @@ def _target(postings_: kopf.Index[Any, Any], namespace: str, name: str) -> use_c
     entry = indexes.first(postings_, (namespace, name))
     if entry is None:
         return use_case.Target(exists=False)
-    found = entry.get("journalId")
-    return use_case.Target(exists=True, journal_id=int(found) if found else None)
+    found, key = entry.get("journalId"), entry.get("key")
+    return use_case.Target(
+        exists=True,
+        journal_id=int(found) if found else None,
+        phase=entry.get("phase"),
+        key=str(key) if key else None,
+    )
 
 
 def _command(
@@ -142,6 +154,11 @@ def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> No
     if isinstance(outcome, use_case.WaitingForCard):
         wait = report.Wait(
             report.WAITING_FOR_CARD, outcome.message, outcome.attempt, outcome.delay_seconds
+        )
+        raise report.waiting(body, patch, wait)
+    if isinstance(outcome, use_case.WaitingForOriginal):
+        wait = report.Wait(
+            report.WAITING_FOR_ORIGINAL, outcome.message, outcome.attempt, outcome.delay_seconds
         )
         raise report.waiting(body, patch, wait)
     if isinstance(outcome, use_case.Rejected):

@@ -109,6 +109,7 @@ def namespace_of(namespace: str | None) -> str:
 # Reasons a resource shows while it waits; each ends in a final rejection if the wait runs out.
 WAITING_FOR_PRODUCT = "WaitingForProduct"
 WAITING_FOR_CARD = "WaitingForCard"
+WAITING_FOR_ORIGINAL = "WaitingForOriginal"
 WAITING_FOR_PROCESSOR = "WaitingForProcessor"
 # kopf logs a TemporaryError as "<handler> failed temporarily: <message>" at ERROR; the runtime's
 # log filter turns lines whose message starts with this prefix into INFO: a wait is expected.

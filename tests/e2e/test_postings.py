@@ -253,6 +253,30 @@ def test_reversal_once_then_refused(
     assert wait_for("the purchase's points and their reversal", rewards) == [40, -40]
 
 
+def test_a_reversal_applied_with_its_original_reverses_it_in_either_order(
+    kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
+) -> None:
+    """One kubectl apply of a posting and its reversal (a GitOps folder): the reversal finds
+    the original's journal even before the original's status shows it, and a reversal listed
+    before its original waits for it instead of ending JournalNotFound."""
+    ns = op_namespace
+    _card(kubectl, ns, "c12")
+    together = "\n---\n".join(
+        [
+            _posting("fee-a", "c12", "Fee", 300),
+            _posting("fee-a-undo", "c12", "Fee", 300, reverses="fee-a"),
+            # `kubectl apply -f DIR` takes files in name order: fee-b-undo.yaml before fee-b.yaml.
+            _posting("fee-b-undo", "c12", "Fee", 500, reverses="fee-b"),
+            _posting("fee-b", "c12", "Fee", 500, idempotencyKey="fee-b-key"),
+        ]
+    )
+    _apply(kubectl, ns, together)
+    for name in ("fee-a", "fee-a-undo", "fee-b", "fee-b-undo"):
+        status = _decided(kubectl, ns, name)
+        assert (name, status.get("phase"), status.get("reason")) == (name, "Posted", None)
+    assert _balance(database, f"card:{ns}/c12:USD") == 0
+
+
 def test_frozen_card_refuses_purchases_but_takes_refunds_and_payments(
     kubectl: Kubectl, op_namespace: str, operator_processes: OperatorProcesses, database: str
 ) -> None:

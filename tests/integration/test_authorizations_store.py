@@ -311,6 +311,34 @@ async def test_over_capture_is_allowed_up_to_the_product_allowance_only(
     assert body(await capture(fast, auth2, 1_001))["error"] == "OverCapture"
 
 
+async def test_a_capture_in_another_currency_than_its_authorization_is_refused(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A capture of a pending USD authorization that says EUR is 409 CurrencyMismatch (stored
+    and replayed), never a capture of the same number of USD; one that says USD, or no
+    currency, captures (migration 0073)."""
+    card = await new_card(fast)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    refused = await capture(fast, auth, 100, currency="EUR", request_id="cap_eur_1")
+    assert (refused.status_code, body(refused)) == (
+        409,
+        {
+            "error": "CurrencyMismatch",
+            "authorization": auth,
+            "message": "the capture is in EUR, the authorization in USD",
+        },
+    )
+    again = await capture(fast, auth, 100, currency="EUR", request_id="cap_eur_1")
+    assert (again.status_code, again.body, again.replayed) == (409, refused.body, True)
+    assert (held(raw, card), posted(raw, card)) == (1_000, 0)
+    assert outbox_types(raw, card) == ["approved"]
+    same = body(await capture(fast, auth, 100, currency="USD"))
+    plain = body(await capture(fast, auth, 100))
+    assert (same["captured"], plain["captured"], plain["held"]) == (100, 200, 800)
+    assert (held(raw, card), posted(raw, card)) == (800, 200)
+    assert trial_balance_zero(raw)
+
+
 async def test_capture_after_void_and_void_after_final_capture_are_refused(
     fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
 ) -> None:

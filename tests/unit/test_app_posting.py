@@ -254,10 +254,10 @@ async def test_a_risk_decline_is_rejected_and_shows_the_recorded_decision() -> N
     assert (outcome.risk.decision, outcome.risk.record_id) == ("Decline", "9")
 
 
-def _reverse(target: posting.Target, **changes: Any) -> posting.Reverse:
+def _reverse(target: posting.Target, *, attempt: int = 0, **changes: Any) -> posting.Reverse:
     spec = _spec(type="Refund", reverses="p1", **changes)
     ref = posting.PostingRef("ns1", "r1", "u3", NOW)
-    return posting.Reverse(ref, spec, ACTIVE, target, attempt=0, attempts_max=30)
+    return posting.Reverse(ref, spec, ACTIVE, target, attempt=attempt, attempts_max=30)
 
 
 async def test_a_reversal_posts_the_opposite_once_then_replays() -> None:
@@ -274,15 +274,69 @@ async def test_a_reversal_posts_the_opposite_once_then_replays() -> None:
 
 
 @pytest.mark.parametrize(
-    "target",
-    [posting.Target(exists=True, journal_id=None), posting.Target(exists=False)],
+    ("target", "attempt"),
+    [
+        (posting.Target(exists=True, journal_id=None, phase="Rejected"), 0),
+        (posting.Target(exists=False), 30),
+    ],
 )
 async def test_a_reversal_of_a_posting_without_a_journal_is_journal_not_found(
-    target: posting.Target,
+    target: posting.Target, attempt: int
 ) -> None:
-    outcome = await posting.reverse(_reverse(target), FakeLedger(), clock=lambda: NOW)
+    command = _reverse(target, attempt=attempt)
+    outcome = await posting.reverse(command, FakeLedger(), clock=lambda: NOW)
     assert isinstance(outcome, posting.Rejected)
     assert outcome.reason == "JournalNotFound"
+
+
+@pytest.mark.parametrize("phase", [None, "Posted"])
+async def test_a_reversal_finds_a_journal_its_originals_status_does_not_show_yet(
+    phase: str | None,
+) -> None:
+    """Applied together, the original is decided just before its reversal (earlier in the
+    card's queue or in the same batch) while its status patch is still on its way: the
+    reversal finds the original's journal in the ledger under its key."""
+    ledger = FakeLedger()
+    first = await _run(_post(), ledger)
+    assert isinstance(first, posting.Posted)
+    target = posting.Target(exists=True, journal_id=None, phase=phase)
+    outcome = await posting.reverse(_reverse(target), ledger, clock=lambda: NOW)
+    assert isinstance(outcome, posting.Posted)
+    assert [r.journal_id for r in ledger.reversed] == [first.journal.id]
+
+
+async def test_a_reversal_finds_its_originals_journal_under_its_explicit_key() -> None:
+    ledger = FakeLedger()
+    first = await _run(_post(_spec(idempotencyKey="k-1")), ledger)
+    assert isinstance(first, posting.Posted)
+    target = posting.Target(exists=True, journal_id=None, phase=None, key="k-1")
+    outcome = await posting.reverse(_reverse(target), ledger, clock=lambda: NOW)
+    assert isinstance(outcome, posting.Posted)
+    assert [r.journal_id for r in ledger.reversed] == [first.journal.id]
+
+
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [
+        (posting.Target(exists=True, journal_id=None, phase="Pending"), "is not decided yet"),
+        (posting.Target(exists=False), "does not exist"),
+    ],
+)
+async def test_a_reversal_waits_for_an_undecided_original_then_is_journal_not_found(
+    target: posting.Target, what: str
+) -> None:
+    """A reversal decided before its original (applied first, or in the same apply before the
+    operator saw the original) waits, as a posting waits for its card, and is rejected only
+    when the original still has no journal after the wait."""
+    waiting = await posting.reverse(_reverse(target, attempt=3), FakeLedger(), clock=lambda: NOW)
+    assert isinstance(waiting, posting.WaitingForOriginal)
+    assert waiting.attempt == "4 of 30"
+    assert f"waiting for posting 'p1' in ns1, which this one reverses: it {what}" in (
+        waiting.message
+    )
+    final = await posting.reverse(_reverse(target, attempt=30), FakeLedger(), clock=lambda: NOW)
+    assert isinstance(final, posting.Rejected)
+    assert final.reason == "JournalNotFound"
 
 
 async def test_a_reversal_that_disagrees_with_the_original_is_invalid_spec() -> None:

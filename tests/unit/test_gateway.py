@@ -477,6 +477,49 @@ def test_secret_files_refuse_garbage_and_too_many_secrets(tmp_path: Path) -> Non
     assert trust.parse_secrets(SECRET) == (KEY,)
 
 
+@pytest.mark.parametrize("text", ["whsec_abc", " ".join([SECRET] * 5)])
+def test_an_unusable_secret_file_is_refused_naming_its_variable_and_path(
+    tmp_path: Path, text: str
+) -> None:
+    """What stops the gateway at start (and `gateway sign`) names the setting to fix, as every
+    bad setting does, and never shows the secret."""
+    path = tmp_path / "secret"
+    path.write_text(text + "\n")
+    with pytest.raises(signing.SigningError) as refused:
+        trust.SecretSource(str(path), 0).keys()
+    message = str(refused.value)
+    assert message.startswith(f"FINTECH_GATEWAY_SIGNING_SECRET_FILE: {path}: ")
+    assert "abc" not in message.removeprefix(f"FINTECH_GATEWAY_SIGNING_SECRET_FILE: {path}: ")
+
+
+def test_a_secret_file_that_turns_unusable_keeps_the_old_keys_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotation that leaves the file unusable (five secrets, a typo) does not lock the
+    processor out, but it is logged, and the file is read again every refresh, not at every
+    request."""
+    now = [0.0]
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    source = trust.SecretSource(str(path), 10, clock=lambda: now[0])
+    assert source.keys() == (KEY,)
+    path.write_text(" ".join([SECRET] * 5))
+    now[0] = 11.0
+    with caplog.at_level("WARNING", logger="fintech_operator.gateway.trust"):
+        assert source.keys() == (KEY,)
+    warnings = [r for r in caplog.records if r.name == "fintech_operator.gateway.trust"]
+    assert [r.getMessage() for r in warnings] == [
+        "the signing secret file cannot be used; the secrets read before are still accepted"
+    ]
+    assert "1 to 4 secrets" in warnings[0].__dict__["error"]
+    other = signing.format_secret(b"k" * 32)
+    path.write_text(other + "\n")
+    now[0] = 15.0  # within the refresh interval of the failed read: not read again yet
+    assert source.keys() == (KEY,)
+    now[0] = 22.0
+    assert source.keys() == (b"k" * 32,)
+
+
 async def test_the_served_openapi_is_the_committed_one(tmp_path: Path) -> None:
     """/openapi.json is exactly docs/api/openapi.json (make lint checks the file), and /docs
     serves the interactive page."""
