@@ -98,11 +98,22 @@ def test_a_recorded_review_shows_when_to_the_second_and_clears_the_reason(
     assert events == [("Normal", "ReviewRecorded", "recorded")]
 
 
-def test_a_retry_is_a_temporary_error_with_its_delay() -> None:
+def test_a_review_waiting_for_its_card_shows_the_wait_and_retries(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """A CardReview applied before its card (or for a card that never comes) showed no phase and
+    no reason for the whole minute of its wait; it shows Pending, WaitingForCard and why, with
+    one Warning Event, as a Posting waiting for its card does."""
+    patch = kopf.Patch()
+    why = "waiting for card 'a' in ns: it does not exist; the review is refused (CardNotFound)"
     with pytest.raises(kopf.TemporaryError) as raised:
-        reviews._render(body(), kopf.Patch(), Retry(2.0, "card 'a' not decided yet"))
+        reviews._render(body(), patch, Retry(2.0, why), "3 of 30")
     assert raised.value.delay == 2.0
-    assert str(raised.value) == "waiting: card 'a' not decided yet"  # logged at INFO
+    assert str(raised.value) == f"waiting: {why} (attempt 3 of 30, next in 2 s)"  # INFO
+    assert (patch.status["phase"], patch.status["reason"]) == ("Pending", "WaitingForCard")
+    assert patch.status["message"] == why
+    assert ready_of(patch)["status"] == "False"
+    assert events == [("Warning", "WaitingForCard", why)]
     with pytest.raises(kopf.TemporaryError):
         recon._render(body(), kopf.Patch(), Retry(15.0, "busy"))
 
