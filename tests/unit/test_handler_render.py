@@ -13,12 +13,13 @@ import pytest
 
 from fintech_operator import api
 from fintech_operator.api import reconciliationrun as run_api
+from fintech_operator.app import card_state
 from fintech_operator.app import policies as policy_case
 from fintech_operator.app import reconciliation as run_case
 from fintech_operator.app import reconciliation_schedule as schedule_case
 from fintech_operator.app import review as review_case
 from fintech_operator.app.outcomes import Rejected, Retry
-from fintech_operator.handlers import policies, recon, reviews
+from fintech_operator.handlers import cards, policies, recon, reviews
 
 WHEN = datetime.datetime(2026, 12, 5, 10, 0, 0, 654321, tzinfo=datetime.UTC)
 SUMMARY = {
@@ -228,3 +229,27 @@ def test_the_events_a_run_posts_are_the_ones_its_docs_name() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "reconciliation.md").read_text()
     for reason in api.reconciliationrun.ReconciliationEvent:
         assert f"`{reason.value}`" in docs, reason
+
+
+def test_a_closed_card_shows_the_zero_balance_its_close_needed(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """A card paid off and closed before the next refresh showed Closed with its old debt
+    (BALANCE 8400) forever, since a Closed card is no longer refreshed; the close itself
+    proves the balance is zero, so it says so."""
+    shown = {"phase": "Active", "balance": {"amount": 8400, "currency": "USD"}}
+    patch = kopf.Patch()
+    closed = card_state.StateChanged(api.CardPhase.CLOSED, card_state.CLOSED_MESSAGE)
+    cards._render_state(body(shown), patch, closed, announce=True)
+    assert patch.status["phase"] == "Closed"
+    assert patch.status["balance"] == {"amount": 0, "currency": "USD"}
+    frozen = kopf.Patch()
+    now_frozen = card_state.StateChanged(api.CardPhase.FROZEN, "card is Frozen")
+    cards._render_state(body(shown), frozen, now_frozen, announce=True)
+    assert "balance" not in frozen.status  # only a close knows the balance
+    never_issued = kopf.Patch()
+    before_issue = card_state.StateChanged(
+        api.CardPhase.CLOSED, "closed before it was issued", "ClosedBeforeIssue"
+    )
+    cards._render_state(body({"phase": "PendingReview"}), never_issued, before_issue, announce=True)
+    assert "balance" not in never_issued.status
