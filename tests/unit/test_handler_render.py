@@ -19,7 +19,7 @@ from fintech_operator.app import reconciliation as run_case
 from fintech_operator.app import reconciliation_schedule as schedule_case
 from fintech_operator.app import review as review_case
 from fintech_operator.app.outcomes import Rejected, Retry
-from fintech_operator.handlers import cards, policies, recon, reviews
+from fintech_operator.handlers import cards, policies, postings, recon, reviews
 
 WHEN = datetime.datetime(2026, 12, 5, 10, 0, 0, 654321, tzinfo=datetime.UTC)
 SUMMARY = {
@@ -253,3 +253,46 @@ def test_a_closed_card_shows_the_zero_balance_its_close_needed(
     )
     cards._render_state(body({"phase": "PendingReview"}), never_issued, before_issue, announce=True)
     assert "balance" not in never_issued.status
+
+
+def _journal(journal_id: int) -> Any:
+    from fintech_operator.ledger import model  # noqa: PLC0415
+
+    moment = datetime.datetime(2026, 12, 5, 10, 0, tzinfo=datetime.UTC)
+    return model.Journal(
+        id=journal_id, idempotency_key="team-a/x", request_hash="h",
+        kind=model.PostingKind.PURCHASE, reference=None, occurred_at=moment, posted_at=moment,
+        reverses_journal_id=None, metadata={}, lines=(),
+    )  # fmt: skip
+
+
+def test_a_posting_flagged_for_review_warns_with_why(events: list[tuple[str, str, str]]) -> None:
+    """docs/cards.md: a posting decided Review is posted and flagged, and "the record and Events
+    make it visible"; the only Event was a Normal "journal 21". It now also posts a Warning
+    RiskReview saying why; an approved posting posts none."""
+    from fintech_operator.app import posting as posting_case  # noqa: PLC0415
+
+    spec = {"type": "Purchase", "currency": "USD", "amount": 100}
+    flagged = api.Decision(
+        decision="Review",
+        reasons=["VelocityCount"],
+        details=["VelocityCount: 2 postings in 3600s, the maximum is 1"],
+    )
+    patch = kopf.Patch()
+    flagged_body = kopf.Body({**body(), "spec": spec})
+    postings._render(flagged_body, patch, posting_case.Posted(_journal(21), flagged))
+    assert patch.status["phase"] == "Posted"
+    assert patch.status["risk"]["decision"] == "Review"
+    assert events == [
+        ("Normal", "Posted", "journal 21"),
+        (
+            "Warning",
+            "RiskReview",
+            "journal 21 posted, flagged for review: VelocityCount: 2 postings in 3600s, "
+            "the maximum is 1",
+        ),
+    ]
+    events.clear()
+    approved = api.Decision(decision="Approve")
+    postings._render(flagged_body, kopf.Patch(), posting_case.Posted(_journal(22), approved))
+    assert events == [("Normal", "Posted", "journal 22")]
