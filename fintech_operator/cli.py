@@ -187,14 +187,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        # So is an OTEL_* setting tracing cannot honour (raised only once tracing is imported,
-        # so `--help` and the commands without tracing never import it for this).
-        tracing = sys.modules.get("fintech_operator.observability.tracing")
-        if tracing is None or not isinstance(exc, tracing.TracingSetupError):
+        if not _names_a_setting(exc):
             raise
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
         return 2
     return code
+
+
+def _names_a_setting(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a setting the process cannot start with, raised past config: an
+    OTEL_* setting tracing cannot honour, or a FINTECH_METRICS_PORT that is taken. Both
+    modules are looked up, not imported, so `--help` and the commands without them stay fast."""
+    tracing = sys.modules.get("fintech_operator.observability.tracing")
+    metrics = sys.modules.get("fintech_operator.observability.metrics")
+    return (tracing is not None and isinstance(exc, tracing.TracingSetupError)) or (
+        metrics is not None and isinstance(exc, metrics.MetricsServerError)
+    )
 
 
 if __name__ == "__main__":

@@ -924,7 +924,7 @@ def load_groups(process: type[_P], environ: Mapping[str, str] | None = None) -> 
     try:
         return process.model_validate(values)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(_problem(names, err) for err in exc.errors())
+        problems = "; ".join(_problem(names, err, process) for err in exc.errors())
         # from None: pydantic's own text repeats each input value, and a value may be a secret.
         raise SettingsError(f"invalid settings: {problems}") from None
 
@@ -938,12 +938,32 @@ def _located(names: Mapping[str, str], loc: tuple[int | str, ...]) -> str:
     return ", ".join(env for key, env in names.items() if key.startswith(f"{loc[0]}."))
 
 
-def _problem(names: Mapping[str, str], error: Any) -> str:
+def _problem(names: Mapping[str, str], error: Any, process: type[BaseModel] = Settings) -> str:
     located, message = _located(names, error["loc"]), str(error["msg"])
     named = [env for env in located.split(", ") if env in message]
     if len(error["loc"]) == 1 and named:
         return message.removeprefix("Value error, ")
+    if error["type"] == "string_pattern_mismatch":
+        # "String should match pattern '^(|development)$'" tells a person little: say what the
+        # setting takes, in the words of its description (the value itself is never repeated).
+        described = _description(process, error["loc"])
+        if described:
+            rule = (error.get("ctx") or {}).get("pattern")
+            shape = f" (it must match {rule})" if rule else ""
+            return f"{located}: not a value this setting takes{shape}. {described}"
     return f"{located}: {message}"
+
+
+def _description(process: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The description of the setting at ``loc`` (group, field) of ``process``, if any."""
+    if len(loc) < 2:
+        return None
+    group = process.model_fields.get(str(loc[0]))
+    model = group.annotation if group is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    field = model.model_fields.get(str(loc[1]))
+    return None if field is None else field.description
 
 
 def _check_ranges(settings: Settings) -> None:

@@ -90,7 +90,9 @@ class Holder(common.SpecModel):
     name: str = pydantic.Field(
         min_length=1,
         max_length=HOLDER_NAME_MAX_LENGTH,
-        description=f"Full name as printed on the card, 1 to {HOLDER_NAME_MAX_LENGTH} characters.",
+        description=f"Full name as printed on the card, 1 to {HOLDER_NAME_MAX_LENGTH} characters, "
+        "without a card number.",
+        json_schema_extra=common.no_card_number(),
     )
     country: common.CountryCode = pydantic.Field(
         description="ISO 3166-1 alpha-2 country of residence, two uppercase letters, e.g. US."
@@ -102,6 +104,8 @@ class Holder(common.SpecModel):
             "issued once it is Accepted. Default Pending."
         ),
     )
+
+    _name_holds_no_card_number = pydantic.field_validator("name")(common.refuse_card_number)
 
 
 class CardSpec(common.SpecModel):
@@ -154,9 +158,12 @@ class CardSpec(common.SpecModel):
     memo: str | None = pydantic.Field(
         default=None,
         max_length=MEMO_MAX_LENGTH,
-        description=f"Free text for people, up to {MEMO_MAX_LENGTH} characters; never "
-        "interpreted by the operator.",
+        description=f"Free text for people, up to {MEMO_MAX_LENGTH} characters, without a card "
+        "number; never interpreted by the operator.",
+        json_schema_extra=common.no_card_number(),
     )
+
+    _memo_holds_no_card_number = pydantic.field_validator("memo")(common.refuse_card_number)
 
 
 RuleName = Annotated[common.Reason, pydantic.Field(description="CamelCase name of a rule.")]

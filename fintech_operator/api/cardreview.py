@@ -81,8 +81,12 @@ class CardReviewSpec(common.SpecModel):
     comment: str = pydantic.Field(
         min_length=1,
         max_length=COMMENT_MAX_LENGTH,
-        description="Why, in words: what was checked and found. Kept in the audit trail.",
+        description="Why, in words: what was checked and found, without a card number. Kept in "
+        "the audit trail.",
+        json_schema_extra=common.no_card_number(),
     )
+
+    _comment_holds_no_card_number = pydantic.field_validator("comment")(common.refuse_card_number)
 
 
 class CardReviewStatus(common.StatusModel):

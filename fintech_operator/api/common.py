@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final
 
@@ -420,6 +421,30 @@ def cel_rules(*rules: tuple[str, str]) -> pydantic_config.JsonDict:
     return {
         "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]
     }
+
+
+# Free text a person types (a holder's name, a memo, a review's comment) never carries a card
+# number (invariant 7): a run of 13 or more digits, contiguous or grouped by single spaces or
+# dashes as card numbers are written, is refused at apply time by a CEL rule and, for objects
+# that reach the operator without the API server, by the same expression in the models. Without
+# it a number typed there was stored in etcd, the ledger's audit rows and the logs.
+CARD_NUMBER_RUN: Final = "[0-9]([ -]?[0-9]){12}"
+NO_CARD_NUMBER_MESSAGE: Final = (
+    "must not contain a card number: no run of 13 or more digits, even grouped by spaces or "
+    "dashes (card numbers stay with the card processor; use the card's last 4 digits)"
+)
+
+
+def no_card_number() -> pydantic_config.JsonDict:
+    """Schema extra refusing a string that holds a card number (:data:`CARD_NUMBER_RUN`)."""
+    return cel_rules((f"!self.matches('{CARD_NUMBER_RUN}')", NO_CARD_NUMBER_MESSAGE))
+
+
+def refuse_card_number(value: str | None) -> str | None:
+    """The models' side of :func:`no_card_number`, for a field validator."""
+    if value is not None and re.search(CARD_NUMBER_RUN, value):
+        raise ValueError(NO_CARD_NUMBER_MESSAGE)
+    return value
 
 
 def immutable(field: str, why: str) -> pydantic_config.JsonDict:

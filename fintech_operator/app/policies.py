@@ -26,6 +26,13 @@ from fintech_operator.risk import policy as risk_policy
 
 SHADOWED: Final = "another valid policy comes first by name in this namespace"
 
+# What a Degraded policy's message says of the cards screened while its list cannot be read:
+# they stay held once the list loads (their recorded screening stands), so say how they move on.
+LIST_UNAVAILABLE_HOLDS: Final = (
+    "new cards are held in PendingReview (ScreeningUnavailable) until the list loads; a card "
+    "held meanwhile waits for a CardReview, or a change of its spec.holder screens it again"
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckPolicy:
@@ -136,7 +143,7 @@ async def _load_list(
         return Checked(
             False,
             api.PolicyReason(exc.reason),
-            f"{exc.message}; cards are held in PendingReview until the list loads",
+            f"{exc.message}; {LIST_UNAVAILABLE_HOLDS}",
         )
     return Checked(
         False,

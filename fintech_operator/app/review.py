@@ -119,8 +119,19 @@ def _card_in_review(
     card = ports.cards.find(command.namespace, spec.card)
     undecided = card is None or card.phase in UNDECIDED_PHASES
     if undecided and command.attempt < ports.card_waits_max:
-        # The card may be applied in the same batch, or still being assessed.
-        return Retry(RETRY_DELAY_SECONDS, f"card {spec.card!r} not decided yet")
+        # The card may be applied in the same batch, or still being assessed: the review shows
+        # the wait (Pending, WaitingForCard) and says how it ends.
+        seconds = f"{ports.card_waits_max * RETRY_DELAY_SECONDS:.0f}"
+        what = (
+            "it does not exist; the review is refused (CardNotFound) if that lasts"
+            if card is None
+            else "it is not decided yet; the review is refused (CardNotPendingReview) unless "
+            "it waits for review within"
+        )
+        return Retry(
+            RETRY_DELAY_SECONDS,
+            f"waiting for card {spec.card!r} in {command.namespace}: {what} about {seconds} s",
+        )
     if card is None:
         return Rejected(
             api.CardReviewReason.CARD_NOT_FOUND,

@@ -434,6 +434,25 @@ async def _apply_review(
     reconcile.count_rejection("Card", patch)
 
 
+async def stand_in(namespace: str | None, name: str, memo: OperatorMemo, **kwargs: Any) -> None:
+    """Both timers' work, done by the deletion handler of a product (``cardproduct.protect``,
+    every 10 s while it waits) when every product of its namespace is being deleted.
+
+    kopf stops the timers of an object once its deletion is requested, so the namespace would
+    have neither refresh nor reviews: a close waiting for a zero balance would never complete,
+    and the product's deletion, which waits for that very card, would wait forever. A live
+    product of the namespace keeps its timers, and then this does nothing.
+    """
+    ns = report.namespace_of(namespace)
+    if any(not deleting for _product, deleting in kwargs["product_names"].get(ns) or ()):
+        return
+    for work in (refresh_cards, apply_reviews):
+        try:
+            await work(namespace, name, memo, **kwargs)
+        except Exception:  # the product's own wait is still reported; the next round retries
+            log.exception("cards of %s: the refresh while product %s is deleted failed", ns, name)
+
+
 def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:
     """Add the two indexes and the namespaces' two timers to ``registry`` (see
     ``handlers.register``). The timers are on CardProduct, never on Card (module docstring)."""
@@ -457,4 +476,5 @@ __all__ = [
     "refresh_cards",
     "register",
     "snapshot_of",
+    "stand_in",
 ]

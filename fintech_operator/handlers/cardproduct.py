@@ -9,7 +9,7 @@ import pydantic
 
 from fintech_operator import api
 from fintech_operator.authorizations import mirror
-from fintech_operator.handlers import report, wiring
+from fintech_operator.handlers import card_refresh, report, wiring
 from fintech_operator.handlers.context import OperatorMemo
 
 if TYPE_CHECKING:
@@ -91,13 +91,21 @@ def _users(cards: kopf.Index[Any, Any], namespace: str | None, name: str) -> lis
 
 
 async def protect(
-    body: kopf.Body, namespace: str | None, name: str, patch: kopf.Patch, **kwargs: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    patch: kopf.Patch,
+    memo: OperatorMemo,
+    **kwargs: Any,
 ) -> None:
     """Hold the finalizer while cards use the product, saying which and what to do.
 
     Cards keep their balances in the product's currency and read its rewards and fees; deleting
     it under them would strand them. This waits as long as they exist, by design, and says so.
+    While it waits it stands in for the namespace's card refresh and reviews when no live
+    product is left to run them, so the closes it asks for can complete.
     """
+    await card_refresh.stand_in(namespace, name, memo, **kwargs)
     users = _users(kwargs["cards"], namespace, name)
     if not users:
         return
@@ -114,7 +122,8 @@ async def protect(
         body.status, api.READY, False, api.CardProductReason.DELETION_BLOCKED, message, generation
     )
     kopf.warn(body, reason="DeletionBlocked", message=message)
-    raise kopf.TemporaryError(message, delay=DELETE_RECHECK_SECONDS)
+    # A deliberate wait, logged at INFO like the others (report.WAIT_PREFIX), not at ERROR.
+    raise kopf.TemporaryError(f"{report.WAIT_PREFIX}{message}", delay=DELETE_RECHECK_SECONDS)
 
 
 def register(registry: kopf.OperatorRegistry, settings: config.Settings) -> None:

@@ -540,6 +540,12 @@ def _render_state(
     if closed:  # the phase's reason and message: ClosedBeforeIssue, or none
         reason, message = outcome.reason, None if outcome.reason is None else outcome.message
         status = status.model_copy(update={"reason": reason, "message": message})
+        shown = body.status.get("balance")
+        if isinstance(shown, dict) and shown.get("currency"):
+            # A close needs a zero balance, and a Closed card is no longer refreshed: without
+            # this, a card paid off just before its close kept showing the debt it no longer has.
+            zero = api.Money(amount_minor=0, currency=str(shown["currency"]))
+            status = status.model_copy(update={"balance": zero})
     report.write_status(patch, status)
     frozen, active = api.CardPhase.FROZEN, api.CardPhase.ACTIVE
     event = {frozen: "Frozen", active: "Unfrozen"}.get(outcome.phase, "Closed")

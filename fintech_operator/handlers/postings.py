@@ -185,9 +185,19 @@ def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> No
         status = status.model_copy(update={"risk": outcome.risk})
     report.write_status(patch, status)
     kopf.info(body, reason="Posted", message=message)
+    risk = outcome.risk if isinstance(outcome, use_case.Posted) else None
+    if risk is not None and risk.decision == RISK_REVIEW:
+        # Posted (the merchant already has it) but flagged: docs/cards.md promises the record
+        # and an Event make it visible, and a Normal "journal N" said nothing of the review.
+        why = "; ".join(risk.details) or ", ".join(risk.reasons) or "the risk policy asked"
+        kopf.warn(
+            body, reason="RiskReview", message=f"{message} posted, flagged for review: {why}"[:1024]
+        )
     metrics.posting_decided(body.get("spec"), "replayed" if replayed else "posted")
 
 
+# The risk decision of a posting that is posted but flagged (docs/cards.md, "RiskPolicy").
+RISK_REVIEW = "Review"
 # Long TTLs are re-checked at least this often, so a clock step cannot strand an object.
 TTL_RECHECK_MAX_SECONDS = 3600.0
 

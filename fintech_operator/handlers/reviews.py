@@ -60,14 +60,19 @@ async def record(
         reviews=use_case.StoredReviews(memo.pool),
         card_waits_max=memo.settings.cards.missing_retries_max,
     )
-    _render(body, patch, await use_case.record_review(command, ports))
+    attempt = f"{retry + 1} of {ports.card_waits_max}"
+    _render(body, patch, await use_case.record_review(command, ports), attempt)
 
 
-def _render(body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome) -> None:
+def _render(
+    body: kopf.Body, patch: kopf.Patch, outcome: use_case.Outcome, attempt: str = ""
+) -> None:
     generation = report.generation_of(body)
     if isinstance(outcome, Retry):
-        # An expected wait (the card is applied in the same batch): logged at INFO, not ERROR.
-        raise kopf.TemporaryError(f"{report.WAIT_PREFIX}{outcome.why}", delay=outcome.delay_seconds)
+        # An expected wait (the card is applied in the same batch), shown on the review as a
+        # Posting shows its wait (Pending, WaitingForCard, one Event); logged at INFO.
+        wait = report.Wait(report.WAITING_FOR_CARD, outcome.why, attempt, outcome.delay_seconds)
+        raise report.waiting(body, patch, wait)
     if isinstance(outcome, Rejected):
         report.reject(
             body, patch, outcome.reason, outcome.message, phase=api.CardReviewPhase.REFUSED

@@ -361,6 +361,7 @@ async def _route_loop(
             len(records),
             routed.queued,
             routed.held_seconds,
+            extra={"consumer": CONSUMER_NAME},  # docs/operations.md: consumer lines carry it
         )
 
 

@@ -409,8 +409,8 @@ def serve(host: str, port: int) -> wsgiref.simple_server.WSGIServer:
         )
     except OSError as exc:
         raise MetricsServerError(
-            f"cannot serve /metrics on {host}:{port} (FINTECH_METRICS_PORT): {exc}"
-        ) from exc
+            f"cannot serve /metrics on {host}:{port} (FINTECH_METRICS_PORT): {exc.strerror or exc}"
+        ) from None
     log.info("serving /metrics on %s:%d", host, server.server_port)
     return server
 

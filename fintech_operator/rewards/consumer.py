@@ -375,6 +375,7 @@ async def _apply_and_commit(
         outcome.applied,
         outcome.duplicates,
         outcome.dead_lettered,
+        extra={"consumer": CONSUMER_NAME},  # docs/operations.md: consumer lines carry it
     )
 
 

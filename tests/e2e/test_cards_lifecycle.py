@@ -632,6 +632,45 @@ def test_delete_closes_the_account_and_product_waits_for_its_cards(
     )
 
 
+def test_a_close_the_deleted_product_waits_for_completes_once_paid(
+    kubectl: Kubectl,
+    op_namespace: str,
+    operator_processes: OperatorProcesses,
+    operator_env: dict[str, str],
+) -> None:
+    """The product's DeletionBlocked says "close or delete them first"; a card with a balance
+    set Closed waits for a Payment, and the namespace's refresh completes the close. kopf stops
+    the timers of the product being deleted, the namespace's only one, so the close never
+    completed and the product waited forever; its deletion handler now stands in for them.
+    The wait logs at INFO, not as an ERROR every 10 s."""
+    ns, procs = op_namespace, operator_processes
+    apply(kubectl, ns, product(fee=0), card("owing"))
+    wait_status(kubectl, procs, ns, "card", "owing", "issued", phase_in("Active"))
+    apply(kubectl, ns, money("buy", "owing", "Purchase", 700))
+    wait_status(kubectl, procs, ns, "posting", "buy", "posted", phase_in("Posted"))
+
+    kubectl("delete", "cardproduct", "standard", "-n", ns, "--wait=false")
+    wait_status(kubectl, procs, ns, "cardproduct", "standard", "blocked", reason_is("InUse"))
+    patch_card(kubectl, ns, "owing", {"state": "Closed"})
+    wait_status(kubectl, procs, ns, "card", "owing", "close refused", reason_is("BalanceNotZero"))
+    apply(kubectl, ns, money("pay", "owing", "Payment", 700))
+    wait_status(kubectl, procs, ns, "posting", "pay", "posted", phase_in("Posted"))
+    closed = wait_status(kubectl, procs, ns, "card", "owing", "closed", phase_in("Closed"))
+    assert closed.get("reason") is None
+    wait_for(
+        "the product to be deleted once its card is closed",
+        lambda: get(kubectl, ns, "cardproduct", "standard") is None,
+        timeout_seconds=TIMEOUT_SECONDS,
+    )
+    waits = [
+        json.loads(line)
+        for line in procs.log("operator").splitlines()
+        if line.startswith("{") and "still use this product (owing)" in line
+    ]
+    assert waits, "the product's wait is logged"
+    assert {line["level"] for line in waits} == {"info"}, waits
+
+
 def test_a_card_recreated_under_a_deleted_cards_name_is_rejected_name_reused(
     kubectl: Kubectl,
     op_namespace: str,

@@ -1,5 +1,6 @@
 """`fintech-operator run` refuses to start, in one line and before connecting to anything,
-without a card tokenizer or when its probe port is taken.
+without a card tokenizer or when its probe port is taken; it, the rewards consumer and the
+notifier do the same when their /metrics port is taken.
 
 The processes get a database and Kafka address where nothing listens: a refusal here proves
 the check comes first, since anything that reached for a server would fail differently.
@@ -29,9 +30,9 @@ def _env(**extra: str) -> dict[str, str]:
     return {**base, **NOWHERE, "FINTECH_HEALTH_PORT": "0", **extra}
 
 
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str], command: str = "run") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "run", *args],
+        [*CLI, command, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -87,3 +88,22 @@ def test_a_taken_probe_port_is_refused_and_the_flag_wins_over_the_variable(
     )
     assert from_flag.returncode == 2, from_flag.stderr
     assert named in from_flag.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "rewards", "notifier"])
+def test_a_taken_metrics_port_stops_the_process_with_one_line(
+    command: str, taken_port: int
+) -> None:
+    """docs/operations.md: a FINTECH_METRICS_PORT already in use stops the process at start with
+    a message naming the variable. It ended in a traceback (exit status 1); now it is one line
+    and exit status 2, as for every other setting the process cannot start with."""
+    refused = _run(
+        env=_env(FINTECH_TOKENIZER="development", FINTECH_METRICS_PORT=str(taken_port)),
+        command=command,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"fintech-operator {command}: cannot serve /metrics on 127.0.0.1:{taken_port} "
+        "(FINTECH_METRICS_PORT): Address already in use"
+    )

@@ -118,6 +118,59 @@ def test_invalid_objects_are_refused_naming_the_field(
     assert field in error
 
 
+@pytest.mark.parametrize(
+    ("kind", "document", "field"),
+    [
+        (
+            "card",
+            card(holder={"name": "Ana 4111111111111111", "country": "US"}),
+            "spec.holder.name",
+        ),
+        ("card", card(memo="paid with 4111 1111 1111 1111"), "spec.memo"),
+        ("card", card(memo="ref 5500-0000-0000-0004 ok"), "spec.memo"),
+        (
+            "cardreview",
+            {
+                "apiVersion": "fintech.dev/v1alpha1",
+                "kind": "CardReview",
+                "metadata": {"name": "pan-in-comment"},
+                "spec": {
+                    "card": "u-demo-card",
+                    "decision": "Approve",
+                    "reviewer": "ana@example.com",
+                    "comment": "matched card 4111111111111111 to the passport",
+                },
+            },
+            "spec.comment",
+        ),
+    ],
+)
+def test_a_card_number_in_free_text_is_refused_at_apply_time(
+    kubectl: Kubectl,
+    crds_installed: None,
+    namespace: str,
+    kind: str,
+    document: dict[str, Any],
+    field: str,
+) -> None:
+    """Invariant 7 (docs/cards.md, "Card numbers"): a card number typed into a holder's name, a
+    card's memo or a review's comment was stored in etcd and copied into the ledger's audit
+    rows; the API server now refuses it, naming the field, and nothing is stored."""
+    error = refused(kubectl, "apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    assert f"{field}: Invalid value" in error
+    assert "must not contain a card number" in error
+    name = document["metadata"]["name"]
+    assert kubectl("get", kind, name, "-n", namespace, check=False).returncode != 0
+
+
+def test_digits_that_are_no_card_number_are_accepted(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    """A phone number, a date or a short reference in a memo is not mistaken for one."""
+    document = card(memo="call +1 555 123 4567 on 2025-01-15 about ticket 4711")
+    assert "created" in apply(kubectl, namespace, document)
+
+
 def test_missing_user_id_is_refused(kubectl: Kubectl, crds_installed: None, namespace: str) -> None:
     """A Card without userId is refused as a required field."""
     document = card()

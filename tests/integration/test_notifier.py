@@ -353,6 +353,13 @@ async def test_signed_deliveries_with_retries_isolation_and_no_duplicates(
             await eventually("the new group to route the events again", lambda: _routed(second), 60)
             await asyncio.sleep(3)
             assert "0 new deliveries" in second.log()
+            routed = [
+                json.loads(line)
+                for line in second.log().splitlines()
+                if line.startswith("{") and '"routed ' in line
+            ]
+            assert routed
+            assert {line.get("consumer") for line in routed} == {"notifier"}
 
     ok, flaky = receiver.requests("/ok"), receiver.requests("/flaky")
     assert all(s.verified for s in receiver.seen), "a request with a bad signature arrived"

@@ -278,6 +278,9 @@ async def test_duplicates_poison_and_a_refused_event_in_one_batch_apply_each_eve
     assert batches[0] == ("8", "4", "2", "2")  # the first poll: all eight, in one batch
     totals = [sum(int(b[i]) for b in batches) for i in range(4)]
     assert totals == [9, 4, 3, 2]
+    # Each batch's summary names its consumer, as docs/operations.md's log fields say.
+    summaries = [r for r in caplog.records if r.getMessage().startswith("batch of ")]
+    assert {getattr(r, "consumer", None) for r in summaries} == {consumer.CONSUMER_NAME}
 
 
 async def _row(database_url: str, query: str, *params: Any) -> tuple[Any, ...]:

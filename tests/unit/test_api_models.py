@@ -444,3 +444,37 @@ def test_timestamps_round_trip_as_kubernetes_writes_them() -> None:
     assert api.format_timestamp(moment) == "2026-01-02T03:05:06Z"
     assert api.parse_timestamp("2026-01-02T03:05:06Z") == moment.replace(microsecond=0)
     assert api.parse_timestamp("2026-01-02T04:05:06+01:00") == moment.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("model", "spec", "field"),
+    [
+        (
+            api.CardSpec,
+            {"userId": "u", "product": "p", "holder": {"name": "A 4111 1111 1111 1111",
+                                                       "country": "US"}},
+            "spec.holder.name",
+        ),
+        (
+            api.CardSpec,
+            {"userId": "u", "product": "p", "holder": {"name": "A", "country": "US"},
+             "memo": "4111-1111-1111-1111"},
+            "spec.memo",
+        ),
+        (
+            api.CardReviewSpec,
+            {"card": "c", "decision": "Approve", "reviewer": "r", "comment": "4111111111111111"},
+            "spec.comment",
+        ),
+    ],
+)  # fmt: skip
+def test_the_models_refuse_a_card_number_in_free_text(
+    model: type[pydantic.BaseModel], spec: dict[str, Any], field: str
+) -> None:
+    """The operator checks specs again with the models (InvalidSpec), with the same rule as
+    the CRD's CEL: a run of 13 or more digits, grouped or not, is a card number."""
+    with pytest.raises(pydantic.ValidationError) as raised:
+        model.model_validate(spec)
+    assert f"{field}: Value error, must not contain a card number" in api.format_validation_error(
+        raised.value
+    )

@@ -130,7 +130,9 @@ async def test_a_list_that_cannot_load_degrades_the_policy_with_its_reason() -> 
     assert outcome == policies.Checked(
         True,
         api.PolicyReason.SANCTIONS_LIST_NOT_FOUND,
-        "configmap team-a/sdn does not exist; cards are held in PendingReview until the list loads",
+        "configmap team-a/sdn does not exist; new cards are held in PendingReview "
+        "(ScreeningUnavailable) until the list loads; a card held meanwhile waits for a "
+        "CardReview, or a change of its spec.holder screens it again",
     )
     assert isinstance(outcome, policies.Checked)
     assert not outcome.usable

@@ -103,7 +103,15 @@ async def test_a_card_not_decided_yet_is_waited_for_while_attempts_remain(
     phase: str | None,
 ) -> None:
     outcome = await review.record_review(command(attempt=2), ports(phase, waits_max=3))
-    assert outcome == Retry(review.RETRY_DELAY_SECONDS, "card 'alice' not decided yet")
+    what = (
+        "it does not exist; the review is refused (CardNotFound) if that lasts"
+        if phase == "absent"
+        else "it is not decided yet; the review is refused (CardNotPendingReview) unless it "
+        "waits for review within"
+    )
+    assert outcome == Retry(
+        review.RETRY_DELAY_SECONDS, f"waiting for card 'alice' in team-a: {what} about 6 s"
+    )
 
 
 async def test_a_card_that_never_appears_is_refused_as_not_found() -> None:

@@ -373,3 +373,32 @@ def test_posting_queue_defaults_bounds_and_the_pool_check() -> None:
     crowded = config.load({**BASE, "FINTECH_POSTING_WORKERS": "8"})
     with pytest.raises(config.SettingsError, match="FINTECH_POSTING_WORKERS must be below"):
         config.check_operator(crowded)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"FINTECH_LOG_LEVEL": "LOUD"},
+            "FINTECH_LOG_LEVEL: not a value this setting takes (it must match "
+            "(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$). Lowest level written: DEBUG, INFO, "
+            "WARNING, ERROR or CRITICAL (any case). Default INFO.",
+        ),
+        (
+            {"FINTECH_TOKENIZER": "xyzzy"},
+            "FINTECH_TOKENIZER: not a value this setting takes (it must match ^(|development)$)."
+            " `development` opts in to the built-in development tokenizer",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_shape_says_what_the_setting_takes(
+    env: dict[str, str], says: str
+) -> None:
+    """pydantic's "String should match pattern '^(|development)$'" alone left a person to read
+    a regular expression; the error now also says, in the setting's own words, what it takes.
+    The value given is never repeated (a setting may be a secret)."""
+    with pytest.raises(config.SettingsError) as raised:
+        config.load({**BASE, **env})
+    assert says in str(raised.value)
+    assert "String should match" not in str(raised.value)
+    assert next(iter(env.values())) not in str(raised.value)

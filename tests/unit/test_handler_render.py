@@ -13,12 +13,13 @@ import pytest
 
 from fintech_operator import api
 from fintech_operator.api import reconciliationrun as run_api
+from fintech_operator.app import card_state
 from fintech_operator.app import policies as policy_case
 from fintech_operator.app import reconciliation as run_case
 from fintech_operator.app import reconciliation_schedule as schedule_case
 from fintech_operator.app import review as review_case
 from fintech_operator.app.outcomes import Rejected, Retry
-from fintech_operator.handlers import policies, recon, reviews
+from fintech_operator.handlers import cards, policies, postings, recon, reviews
 
 WHEN = datetime.datetime(2026, 12, 5, 10, 0, 0, 654321, tzinfo=datetime.UTC)
 SUMMARY = {
@@ -98,11 +99,22 @@ def test_a_recorded_review_shows_when_to_the_second_and_clears_the_reason(
     assert events == [("Normal", "ReviewRecorded", "recorded")]
 
 
-def test_a_retry_is_a_temporary_error_with_its_delay() -> None:
+def test_a_review_waiting_for_its_card_shows_the_wait_and_retries(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """A CardReview applied before its card (or for a card that never comes) showed no phase and
+    no reason for the whole minute of its wait; it shows Pending, WaitingForCard and why, with
+    one Warning Event, as a Posting waiting for its card does."""
+    patch = kopf.Patch()
+    why = "waiting for card 'a' in ns: it does not exist; the review is refused (CardNotFound)"
     with pytest.raises(kopf.TemporaryError) as raised:
-        reviews._render(body(), kopf.Patch(), Retry(2.0, "card 'a' not decided yet"))
+        reviews._render(body(), patch, Retry(2.0, why), "3 of 30")
     assert raised.value.delay == 2.0
-    assert str(raised.value) == "waiting: card 'a' not decided yet"  # logged at INFO
+    assert str(raised.value) == f"waiting: {why} (attempt 3 of 30, next in 2 s)"  # INFO
+    assert (patch.status["phase"], patch.status["reason"]) == ("Pending", "WaitingForCard")
+    assert patch.status["message"] == why
+    assert ready_of(patch)["status"] == "False"
+    assert events == [("Warning", "WaitingForCard", why)]
     with pytest.raises(kopf.TemporaryError):
         recon._render(body(), kopf.Patch(), Retry(15.0, "busy"))
 
@@ -217,3 +229,70 @@ def test_the_events_a_run_posts_are_the_ones_its_docs_name() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "reconciliation.md").read_text()
     for reason in api.reconciliationrun.ReconciliationEvent:
         assert f"`{reason.value}`" in docs, reason
+
+
+def test_a_closed_card_shows_the_zero_balance_its_close_needed(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """A card paid off and closed before the next refresh showed Closed with its old debt
+    (BALANCE 8400) forever, since a Closed card is no longer refreshed; the close itself
+    proves the balance is zero, so it says so."""
+    shown = {"phase": "Active", "balance": {"amount": 8400, "currency": "USD"}}
+    patch = kopf.Patch()
+    closed = card_state.StateChanged(api.CardPhase.CLOSED, card_state.CLOSED_MESSAGE)
+    cards._render_state(body(shown), patch, closed, announce=True)
+    assert patch.status["phase"] == "Closed"
+    assert patch.status["balance"] == {"amount": 0, "currency": "USD"}
+    frozen = kopf.Patch()
+    now_frozen = card_state.StateChanged(api.CardPhase.FROZEN, "card is Frozen")
+    cards._render_state(body(shown), frozen, now_frozen, announce=True)
+    assert "balance" not in frozen.status  # only a close knows the balance
+    never_issued = kopf.Patch()
+    before_issue = card_state.StateChanged(
+        api.CardPhase.CLOSED, "closed before it was issued", "ClosedBeforeIssue"
+    )
+    cards._render_state(body({"phase": "PendingReview"}), never_issued, before_issue, announce=True)
+    assert "balance" not in never_issued.status
+
+
+def _journal(journal_id: int) -> Any:
+    from fintech_operator.ledger import model  # noqa: PLC0415
+
+    moment = datetime.datetime(2026, 12, 5, 10, 0, tzinfo=datetime.UTC)
+    return model.Journal(
+        id=journal_id, idempotency_key="team-a/x", request_hash="h",
+        kind=model.PostingKind.PURCHASE, reference=None, occurred_at=moment, posted_at=moment,
+        reverses_journal_id=None, metadata={}, lines=(),
+    )  # fmt: skip
+
+
+def test_a_posting_flagged_for_review_warns_with_why(events: list[tuple[str, str, str]]) -> None:
+    """docs/cards.md: a posting decided Review is posted and flagged, and "the record and Events
+    make it visible"; the only Event was a Normal "journal 21". It now also posts a Warning
+    RiskReview saying why; an approved posting posts none."""
+    from fintech_operator.app import posting as posting_case  # noqa: PLC0415
+
+    spec = {"type": "Purchase", "currency": "USD", "amount": 100}
+    flagged = api.Decision(
+        decision="Review",
+        reasons=["VelocityCount"],
+        details=["VelocityCount: 2 postings in 3600s, the maximum is 1"],
+    )
+    patch = kopf.Patch()
+    flagged_body = kopf.Body({**body(), "spec": spec})
+    postings._render(flagged_body, patch, posting_case.Posted(_journal(21), flagged))
+    assert patch.status["phase"] == "Posted"
+    assert patch.status["risk"]["decision"] == "Review"
+    assert events == [
+        ("Normal", "Posted", "journal 21"),
+        (
+            "Warning",
+            "RiskReview",
+            "journal 21 posted, flagged for review: VelocityCount: 2 postings in 3600s, "
+            "the maximum is 1",
+        ),
+    ]
+    events.clear()
+    approved = api.Decision(decision="Approve")
+    postings._render(flagged_body, kopf.Patch(), posting_case.Posted(_journal(22), approved))
+    assert events == [("Normal", "Posted", "journal 22")]
