@@ -18,6 +18,8 @@ import pydantic
 from pydantic import alias_generators
 from pydantic import config as pydantic_config
 
+from fintech_operator import pan
+
 GROUP: Final = "fintech.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -444,6 +446,24 @@ def refuse_card_number(value: str | None) -> str | None:
     """The models' side of :func:`no_card_number`, for a field validator."""
     if value is not None and re.search(CARD_NUMBER_RUN, value):
         raise ValueError(NO_CARD_NUMBER_MESSAGE)
+    return value
+
+
+# An identifier from outside (a processor's reference) may be a long number: an acquirer
+# reference number has 23 digits. So it is refused only when it holds what is a card number
+# for certain, a Luhn-valid 13 to 19 digit number standing alone (:func:`pan.find_pans`), and
+# only by the models (CEL has no Luhn check): the object is then Rejected InvalidSpec naming
+# the field, before anything of it reaches the ledger, the outbox or Kafka.
+NO_PAN_MESSAGE: Final = (
+    "must not contain a card number (a Luhn-valid number of 13 to 19 digits; card numbers "
+    "stay with the card processor)"
+)
+
+
+def refuse_pan(value: str | None) -> str | None:
+    """A field validator refusing text that holds a card number (:data:`NO_PAN_MESSAGE`)."""
+    if value is not None and pan.find_pans(value):
+        raise ValueError(NO_PAN_MESSAGE)
     return value
 
 

@@ -59,7 +59,8 @@ class Merchant(common.SpecModel):
         min_length=1,
         max_length=MERCHANT_NAME_MAX_LENGTH,
         description=f"Merchant name as shown to the user, 1 to {MERCHANT_NAME_MAX_LENGTH} "
-        "characters.",
+        "characters, without a card number.",
+        json_schema_extra=common.no_card_number(),
     )
     mcc: common.MerchantCategoryCode | None = pydantic.Field(
         default=None,
@@ -69,6 +70,9 @@ class Merchant(common.SpecModel):
         default=None,
         description="ISO 3166-1 alpha-2 country of the merchant, two uppercase letters.",
     )
+
+    # The name reaches the journal, the posting's events on Kafka and webhooks (invariant 7).
+    _name_holds_no_card_number = pydantic.field_validator("name")(common.refuse_card_number)
 
 
 class Entry(common.SpecModel):
@@ -130,7 +134,8 @@ class PostingSpec(common.SpecModel):
         min_length=1,
         max_length=REFERENCE_MAX_LENGTH,
         description="External identifier from the processor, used by reconciliation to "
-        f"match records; up to {REFERENCE_MAX_LENGTH} characters.",
+        f"match records; up to {REFERENCE_MAX_LENGTH} characters. A reference holding a card "
+        "number (a Luhn-valid number of 13 to 19 digits) is Rejected with InvalidSpec.",
     )
     occurred_at: common.Timestamp | None = pydantic.Field(
         default=None,
@@ -183,6 +188,9 @@ class PostingSpec(common.SpecModel):
         description="Seconds after the posting is Posted or Rejected when the operator "
         "deletes the object; the ledger keeps the journal. Absent means never.",
     )
+
+    # The reference reaches the journal, reconciliation and the events (invariant 7).
+    _reference_holds_no_card_number = pydantic.field_validator("reference")(common.refuse_pan)
 
 
 class PostingStatus(common.StatusModel):

@@ -129,6 +129,11 @@ def test_invalid_objects_are_refused_naming_the_field(
         ("card", card(memo="paid with 4111 1111 1111 1111"), "spec.memo"),
         ("card", card(memo="ref 5500-0000-0000-0004 ok"), "spec.memo"),
         (
+            "posting",
+            posting(merchant={"name": "Cafe 4111 1111 1111 1111", "mcc": "5814"}),
+            "spec.merchant.name",
+        ),
+        (
             "cardreview",
             {
                 "apiVersion": "fintech.dev/v1alpha1",

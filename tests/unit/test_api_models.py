@@ -478,3 +478,46 @@ def test_the_models_refuse_a_card_number_in_free_text(
     assert f"{field}: Value error, must not contain a card number" in api.format_validation_error(
         raised.value
     )
+
+
+def _posting(**fields: Any) -> dict[str, Any]:
+    spec = {"card": "c", "type": "Purchase", "amount": 100, "currency": "USD"}
+    return {**spec, **fields}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (_posting(merchant={"name": "Cafe 4111111111111111"}), "spec.merchant.name"),
+        (_posting(merchant={"name": "Cafe 4111 1111 1111 1111"}), "spec.merchant.name"),
+        (_posting(reference="4111111111111111"), "spec.reference"),
+        (_posting(reference="arn 5500-0000-0000-0004 / 7"), "spec.reference"),
+    ],
+)
+def test_a_posting_refuses_a_card_number_in_its_merchant_name_or_reference(
+    spec: dict[str, Any], field: str
+) -> None:
+    """Invariant 7: a Posting's merchant name and reference reach the journal, its events on
+    Kafka and webhook deliveries, so a card number there is refused (InvalidSpec) naming the
+    field, and the message does not repeat the number."""
+    with pytest.raises(pydantic.ValidationError) as raised:
+        api.PostingSpec.model_validate(spec)
+    message = api.format_validation_error(raised.value)
+    assert f"{field}: Value error, must not contain a card number" in message
+    assert "1111" not in message
+    assert "0004" not in message
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "74537604221431003881865",  # a 23-digit acquirer reference number
+        "4111111111111112",  # 16 digits failing the Luhn check: an order number
+        "auth-9d81e0c4",
+        "RRN 123456789012",
+    ],
+)
+def test_a_posting_reference_that_holds_no_card_number_is_accepted(reference: str) -> None:
+    """A processor's reference is often a long number: only a Luhn-valid 13 to 19 digit
+    number standing alone is taken for a card number."""
+    assert api.PostingSpec.model_validate(_posting(reference=reference)).reference == reference
