@@ -900,6 +900,19 @@ def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm
     assert loaded.gateway.signing_secret_file == mounts["signing"] + "/secret"
 
 
+def test_gateway_autoscaler_below_its_minimum_is_refused_before_install(helm: Helm) -> None:
+    """maxReplicas under gateway.replicas (the HPA's minReplicas) stops the render with both
+    names; without this the API server refused the HPA mid-upgrade, after the Deployment had
+    already lost its replica count (seen on the node: the gateway ran one replica)."""
+    low = {"gateway": {"replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 2}}}
+    result = helm("template", "fin", str(CHART), "-f", helm.values_file(low), check=False)
+    assert result.returncode != 0, result.stdout[:500]
+    assert "gateway.autoscaling.maxReplicas (2) is below gateway.replicas (3)" in result.stderr
+    equal = {"gateway": {"replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 3}}}
+    hpa = one(helm.template(equal), "HorizontalPodAutoscaler", "-gateway")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 3)
+
+
 def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -> None:
     """With tls.secretName and tls.clientCA: the certificate, key and client CA are mounted
     where the settings the gateway loads point, the workers are set, and the probes are TCP
