@@ -913,6 +913,45 @@ def test_gateway_autoscaler_below_its_minimum_is_refused_before_install(helm: He
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 3)
 
 
+def _notes(helm: Helm, values: dict[str, Any]) -> str:
+    out = helm(
+        "install", "fin", str(CHART), "-n", "fin", "--dry-run=client",
+        "-f", helm.values_file(values),
+    ).stdout  # fmt: skip
+    return out.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_how_the_processor_reaches_the_gateway(
+    helm: Helm, chart_crds_installed: None
+) -> None:
+    """NOTES.txt names the gateway's address, the command that reads the signing secret for
+    the processor, and warns when the gateway's NetworkPolicy admits nobody (the README's
+    install sets no processor namespace, and NetworkPolicies are enforced on most clusters)."""
+    notes = _notes(helm, {})
+    assert "http://fin-fintech-operator-gateway.fin.svc:8088/v1/authorizations" in notes
+    assert (
+        "kubectl -n fin get secret fin-fintech-operator-gateway-signing"
+        " -o jsonpath='{.data.secret}' | base64 -d"
+    ) in notes
+    assert "WARNING: the gateway's NetworkPolicy admits nobody" in notes
+    assert "and the gateway's signing Secret" in notes
+    admitted = {
+        "gateway": {
+            "networkPolicy": {"processorNamespaces": ["processor"]},
+            "tls": {"secretName": "gateway-tls"},
+            "signing": {"existingSecret": "mine", "key": "whsec"},
+        }
+    }
+    notes = _notes(helm, admitted)
+    assert "https://fin-fintech-operator-gateway.fin.svc:8088/v1/authorizations" in notes
+    assert "get secret mine -o jsonpath='{.data.whsec}'" in notes
+    assert "admits nobody" not in notes
+    assert "gateway's signing Secret" not in notes
+    notes = _notes(helm, {"gateway": {"enabled": False}})
+    assert "gateway" not in notes
+    assert "3. Upgrading the chart later?" in notes
+
+
 def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -> None:
     """With tls.secretName and tls.clientCA: the certificate, key and client CA are mounted
     where the settings the gateway loads point, the workers are set, and the probes are TCP
