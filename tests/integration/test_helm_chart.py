@@ -900,6 +900,58 @@ def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm
     assert loaded.gateway.signing_secret_file == mounts["signing"] + "/secret"
 
 
+def test_gateway_autoscaler_below_its_minimum_is_refused_before_install(helm: Helm) -> None:
+    """maxReplicas under gateway.replicas (the HPA's minReplicas) stops the render with both
+    names; without this the API server refused the HPA mid-upgrade, after the Deployment had
+    already lost its replica count (seen on the node: the gateway ran one replica)."""
+    low = {"gateway": {"replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 2}}}
+    result = helm("template", "fin", str(CHART), "-f", helm.values_file(low), check=False)
+    assert result.returncode != 0, result.stdout[:500]
+    assert "gateway.autoscaling.maxReplicas (2) is below gateway.replicas (3)" in result.stderr
+    equal = {"gateway": {"replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 3}}}
+    hpa = one(helm.template(equal), "HorizontalPodAutoscaler", "-gateway")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 3)
+
+
+def _notes(helm: Helm, values: dict[str, Any]) -> str:
+    out = helm(
+        "install", "fin", str(CHART), "-n", "fin", "--dry-run=client",
+        "-f", helm.values_file(values),
+    ).stdout  # fmt: skip
+    return out.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_how_the_processor_reaches_the_gateway(
+    helm: Helm, chart_crds_installed: None
+) -> None:
+    """NOTES.txt names the gateway's address, the command that reads the signing secret for
+    the processor, and warns when the gateway's NetworkPolicy admits nobody (the README's
+    install sets no processor namespace, and NetworkPolicies are enforced on most clusters)."""
+    notes = _notes(helm, {})
+    assert "http://fin-fintech-operator-gateway.fin.svc:8088/v1/authorizations" in notes
+    assert (
+        "kubectl -n fin get secret fin-fintech-operator-gateway-signing"
+        " -o jsonpath='{.data.secret}' | base64 -d"
+    ) in notes
+    assert "WARNING: the gateway's NetworkPolicy admits nobody" in notes
+    assert "and the gateway's signing Secret" in notes
+    admitted = {
+        "gateway": {
+            "networkPolicy": {"processorNamespaces": ["processor"]},
+            "tls": {"secretName": "gateway-tls"},
+            "signing": {"existingSecret": "mine", "key": "whsec"},
+        }
+    }
+    notes = _notes(helm, admitted)
+    assert "https://fin-fintech-operator-gateway.fin.svc:8088/v1/authorizations" in notes
+    assert "get secret mine -o jsonpath='{.data.whsec}'" in notes
+    assert "admits nobody" not in notes
+    assert "gateway's signing Secret" not in notes
+    notes = _notes(helm, {"gateway": {"enabled": False}})
+    assert "gateway" not in notes
+    assert "3. Upgrading the chart later?" in notes
+
+
 def test_gateway_mtls_mounts_what_the_gateway_loads_and_probes_tcp(helm: Helm) -> None:
     """With tls.secretName and tls.clientCA: the certificate, key and client CA are mounted
     where the settings the gateway loads point, the workers are set, and the probes are TCP

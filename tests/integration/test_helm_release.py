@@ -68,6 +68,34 @@ def test_bundled_release_survives_upgrade_uninstall_and_reinstall(
     helm("uninstall", release_name, "-n", namespace)
 
 
+def test_turning_gateway_autoscaling_on_keeps_the_running_replicas(
+    helm: Helm, kubectl: Kubectl, namespace: str, crds_installed: None, release_name: str
+) -> None:
+    """An upgrade that turns the gateway's HPA on must not drop its Deployment to Kubernetes'
+    default of one replica (no HPA controller runs here, so what Helm applied stays visible);
+    later upgrades keep what the autoscaler set, and raise it to a higher minimum."""
+    deployment = f"{release_name}-fintech-operator-gateway"
+
+    def replicas() -> int:
+        body = kubectl("get", "deployment", deployment, "-n", namespace, "-o", "json").stdout
+        count: int = json.loads(body)["spec"]["replicas"]
+        return count
+
+    helm("install", release_name, str(CHART), "-n", namespace)
+    assert replicas() == 2
+    autoscaled = {"gateway": {"autoscaling": {"enabled": True, "maxReplicas": 6}}}
+    values = helm.values_file(autoscaled)
+    helm("upgrade", release_name, str(CHART), "-n", namespace, "-f", values)
+    assert replicas() == 2
+    kubectl("scale", "deployment", deployment, "-n", namespace, "--replicas=5")  # as the HPA would
+    helm("upgrade", release_name, str(CHART), "-n", namespace, "-f", values)
+    assert replicas() == 5
+    higher = {"gateway": {"replicas": 6, "autoscaling": {"enabled": True, "maxReplicas": 6}}}
+    helm("upgrade", release_name, str(CHART), "-n", namespace, "-f", helm.values_file(higher))
+    assert replicas() == 6
+    helm("uninstall", release_name, "-n", namespace)
+
+
 def _token_kubeconfig(
     kubectl: Kubectl, running: RunningPlatform, namespace: str, sa: str, path: Path
 ) -> Path:
