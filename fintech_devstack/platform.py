@@ -35,6 +35,8 @@ import httpx
 from fintech_devstack import build, certs, ports, versions
 
 READY_TIMEOUT_SECONDS = 180.0
+# The platform's processes in start order (PostgreSQL is pg_ctl's, apart); stopped in reverse.
+PROCESS_PARTS: Final = ("etcd", "apiserver", "controller-manager", "kafka")
 # The controllers of the platform's own kube-controller-manager (see _start_controller_manager).
 PLATFORM_CONTROLLERS: Final = ("namespace-controller", "garbage-collector-controller")
 CONTROLLER_MANAGER_READY_LINES: Final = (
@@ -281,7 +283,7 @@ class Platform:
     def stop(self) -> None:
         """Stop what this platform started, newest first; leave everything else alone."""
         state = self._load()
-        for name in ("kafka", "controller-manager", "apiserver", "etcd"):
+        for name in reversed(PROCESS_PARTS):
             pid = state.get(name)
             if pid:
                 _terminate(name, pid, str(self.state_dir))
@@ -301,12 +303,10 @@ class Platform:
         """Each part's liveness as a short word, for ``stack status``."""
         state = self._load()
         # Every part is listed, started or not, so a stopped platform says so per part.
-        names = ["etcd", "apiserver", "kafka"]
-        if self.kube_controllers:
-            names.insert(2, "controller-manager")
         result = {
             name: ("running" if _alive(state.get(name, 0), str(self.state_dir)) else "stopped")
-            for name in names
+            for name in PROCESS_PARTS
+            if self.kube_controllers or name != "controller-manager"
         }
         pgdata = self.state_dir / "pg" / "data"
         running = _pg(["pg_ctl", "-D", str(pgdata), "status"], check=False).returncode == 0
