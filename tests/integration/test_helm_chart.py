@@ -10,10 +10,15 @@ the promises the docs make (RBAC scope, one operator at a time, data kept on uni
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import re
+import socket
 import subprocess
+import sys
 import tarfile
+import threading
+import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
@@ -284,6 +289,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("external-kafka-without-servers", {"kafka": {"enabled": False}}, "externalKafka"),
     ("zero-replicas", {"operator": {"replicas": 0}}, "/operator/replicas"),
+    ("zero-test-timeout", {"tests": {"timeoutSeconds": 0}}, "/tests/timeoutSeconds"),
     (
         "recon-cluster-namespace-pattern",
         {"config": {"reconClusterNamespace": "team-*"}},
@@ -504,6 +510,63 @@ def test_schema_refuses_bad_values(helm: Helm, values: dict[str, Any], path: str
     assert result.returncode != 0, result.stdout[:500]
     assert "schema" in result.stderr, result.stderr
     assert path in result.stderr, result.stderr
+
+
+def _hook_run(script: str, url: str, timeout_seconds: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env={"HEALTH_URL": url, "TIMEOUT_SECONDS": str(timeout_seconds)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_helm_test_hook_waits_for_the_operator_then_gives_up(helm: Helm) -> None:
+    """The `helm test` hook's own script, as rendered: it asks again until /healthz answers
+    200 (an operator still starting), and fails after tests.timeoutSeconds with each
+    attempt's error in its log (an operator that never starts)."""
+    hook = one(helm.template({"tests": {"timeoutSeconds": 3}}), "Pod", "-test")
+    container = hook["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TIMEOUT_SECONDS"] == "3"
+    script = container["command"][2]
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    failed = _hook_run(script, f"http://127.0.0.1:{closed_port}/healthz", 3)
+    assert failed.returncode == 1, failed.stdout
+    assert failed.stdout.count("Connection refused") >= 2, failed.stdout
+    assert "not healthy within 3 s" in failed.stdout
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthy)
+    port = server.server_address[1]
+    server.socket.close()  # refused until the "operator" starts listening below
+
+    def start_late() -> None:
+        time.sleep(2.5)
+        server.socket = socket.create_server(("127.0.0.1", port))
+        server.serve_forever()
+
+    threading.Thread(target=start_late, daemon=True).start()
+    try:
+        waited = _hook_run(script, f"http://127.0.0.1:{port}/healthz", 30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert waited.returncode == 0, waited.stdout
+    assert "Connection refused" in waited.stdout
+    assert waited.stdout.rstrip().endswith("/healthz 200")
 
 
 def test_default_policies_render_only_with_their_crds(helm: Helm) -> None:
