@@ -346,6 +346,55 @@ async def test_a_capture_in_another_currency_than_its_authorization_is_refused(
     assert trial_balance_zero(raw)
 
 
+async def test_a_capture_naming_another_card_than_its_authorizations_is_refused(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A capture of an existing authorization whose ``card`` is another card's token (or a
+    token nobody has) is 409 CardMismatch, stored and replayed, with nothing posted to either
+    card; before migration 0074 the card was not read and the capture was posted to the
+    authorization's card. The same for a declined authorization, whose capture would be a
+    force post on its card. The authorization's own token, or no card, captures."""
+    card = await new_card(fast, limit_minor=5_000, product_terms={"forcePost": True})
+    other = await new_card(fast, limit_minor=5_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    cap_id = f"cap_{uuid.uuid4().hex}"
+    refused = await capture(fast, auth, 100, card=other.token, request_id=cap_id)
+    assert (refused.status_code, body(refused), refused.replayed) == (
+        409,
+        {
+            "error": "CardMismatch",
+            "authorization": auth,
+            "message": "the capture names another card than the authorization's",
+        },
+        False,
+    )
+    again = await capture(fast, auth, 100, card=other.token, request_id=cap_id)
+    assert (again.status_code, again.body, again.replayed) == (409, refused.body, True)
+    nobody = await capture(fast, auth, 100, final=True, card="tok_nobody", currency="USD")
+    assert (nobody.status_code, body(nobody)["error"]) == (409, "CardMismatch")
+    assert (held(raw, card), posted(raw, card), posted(raw, other)) == (1_000, 0, 0)
+    assert (held(raw, other), capture_journals(raw, auth)) == (0, 0)
+    assert outbox_types(raw, card) == ["approved"]
+    assert outbox_types(raw, other) == []
+    own = body(await capture(fast, auth, 100, card=card.token, currency="USD"))
+    plain = body(await capture(fast, auth, 100, final=True))
+    assert (own["captured"], plain["captured"], plain["status"]) == (100, 200, "closed")
+    assert (held(raw, card), posted(raw, card), posted(raw, other)) == (0, 200, 0)
+    # A declined authorization (over the limit) of the card: a capture of it is a force post
+    # on that card, never on the card the capture names.
+    declined = await authorize(fast, authorize_request(card, 9_000))
+    assert body(declined)["reason"] == "SpendLimitExceeded"
+    declined_id = body(declined)["authorization"]
+    wrong = await capture(fast, declined_id, 300, card=other.token)
+    assert (wrong.status_code, body(wrong)["error"]) == (409, "CardMismatch")
+    assert (posted(raw, card), posted(raw, other)) == (200, 0)
+    forced = body(await capture(fast, declined_id, 300, card=card.token))
+    assert (forced["forcePost"], forced["captured"]) == (True, 300)
+    assert (posted(raw, card), posted(raw, other)) == (500, 0)
+    assert trial_balance_zero(raw)
+    assert hold_drift(raw) == []
+
+
 async def test_capture_after_void_and_void_after_final_capture_are_refused(
     fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
 ) -> None:
