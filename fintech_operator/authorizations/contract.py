@@ -75,10 +75,12 @@ class CaptureRequest(_Request):
     id: RequestId
     amount: PositiveAmountMinor
     final: bool = False
-    # ``card`` is only read when the issuer holds no authorization of this id (never seen, or
+    # ``card`` names the card when the issuer holds no authorization of this id (never seen, or
     # lost): the capture is then a force post on this card, in this currency, if its product
-    # allows it. ``currency``, when given, must be the authorization's (or, for a force post,
-    # the card's): else 409 CurrencyMismatch (migration 0073).
+    # allows it. For an authorization the issuer holds, ``card``, when given, must be the token
+    # it was made with: else 409 CardMismatch (migration 0074). ``currency``, when given, must
+    # be the authorization's (or, for a force post, the card's): else 409 CurrencyMismatch
+    # (migration 0073).
     card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)] | None = (
         None
     )

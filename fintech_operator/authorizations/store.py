@@ -107,8 +107,9 @@ class PostgresStore:
 
         The gateway settles captures and voids too: one that committed late keeps its answer
         (nothing is undone), and one that did not has its id reserved for the decline, so a
-        retry of that id is a 409 IdempotencyConflict (``kind``) and the processor sends it
-        again with a new id (docs/authorizations.md, "The gateway's deadline").
+        retry of that id gets the same IssuerUnavailable bytes, replayed, with nothing captured
+        or released (migration 0074), and the processor sends it again with a new id
+        (docs/authorizations.md, "The gateway's deadline").
         """
         if not 0 <= age_seconds <= SETTLE_AGE_SECONDS_MAX:
             raise ValueError(f"age_seconds must be in 0..{SETTLE_AGE_SECONDS_MAX}")

@@ -115,7 +115,10 @@ class Refusal(pydantic.BaseModel):
 
     error: str = pydantic.Field(
         description="unsigned, stale, bad_signature, too_large, invalid, card_number (the "
-        "gateway); AuthorizationNotFound, IdempotencyConflict, OverCapture, ... (the store)"
+        "gateway); AuthorizationNotFound, CardNotFound, AuthorizationVoided, "
+        "AuthorizationCaptured, AuthorizationExpired, AuthorizationDeclined, OverCapture, "
+        "CardNotActive, ForcePostNotAllowed, CardMismatch, CurrencyMismatch, "
+        "IdempotencyConflict (the store; docs/authorizations.md)"
     )
     message: str
     fields: list[str] | None = pydantic.Field(

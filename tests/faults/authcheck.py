@@ -170,8 +170,9 @@ def _answer_violations(ev: AuthEvidence, model: Model) -> list[tuple[str, str]]:
     for req, lines in model.answers.items():
         first = lines[0]
         # Refusals that write nothing (a 409 for an id used by another kind of request, such as
-        # a capture id its deadline settle reserved; a 404) are worked out afresh each time, so
-        # their retries are never marked replayed, and nothing can be doubled by them.
+        # a capture id its deadline settle reserved before migration 0074; a 404) are worked
+        # out afresh each time, so their retries are never marked replayed, and nothing can be
+        # doubled by them.
         conflict = _body(first).get("error") in ("IdempotencyConflict", "AuthorizationNotFound")
         for later in lines[1:]:
             if (later["status"], later["answer"]) != (first["status"], first["answer"]):

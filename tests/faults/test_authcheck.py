@@ -252,6 +252,20 @@ def test_a_capture_cut_by_its_deadline_then_refused_409_is_not_doubled() -> None
     assert authcheck.check(ev, PURCHASES, LIMIT) == []
 
 
+def test_a_capture_cut_by_its_deadline_then_replayed_its_decline_is_clean() -> None:
+    """Since migration 0074: the retry of a capture the settle reserved gets the stored
+    IssuerUnavailable, marked replayed, and so does a deliberate replay: no violation."""
+    ev = _clean()
+    body = {"amount": 100, "final": True}
+    ev.log += [
+        _line("capture", "a-2-cap", "a-2", "c-1", body, UNAVAILABLE, retry=True),
+        _line("capture", "a-2-cap", "a-2", "c-1", body, UNAVAILABLE, replayed=True),
+        _line("capture", "a-2-cap", "a-2", "c-1", body, UNAVAILABLE, replay=True, replayed=True),
+    ]
+    ev.stored["a-2-cap"] = ("timeout", 200, UNAVAILABLE)
+    assert authcheck.check(ev, PURCHASES, LIMIT) == []
+
+
 def test_a_stored_answer_retried_without_the_replay_mark_is_still_doubled() -> None:
     """The rule itself stays: an approval sent again that is not marked replayed was decided
     again."""

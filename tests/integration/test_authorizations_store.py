@@ -87,6 +87,13 @@ def outbox_types(raw: psycopg.Connection[Any], card: Card) -> list[str]:
     ]
 
 
+def capture_journals(raw: psycopg.Connection[Any], auth: str) -> int:
+    """How many journals captures of ``auth`` posted (their reference is the authorization)."""
+    row = raw.execute("SELECT count(*) FROM journals WHERE reference = %s", (auth,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 # --- Concurrency and limits --------------------------------------------------------------------
 
 
@@ -339,6 +346,55 @@ async def test_a_capture_in_another_currency_than_its_authorization_is_refused(
     assert trial_balance_zero(raw)
 
 
+async def test_a_capture_naming_another_card_than_its_authorizations_is_refused(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
+) -> None:
+    """A capture of an existing authorization whose ``card`` is another card's token (or a
+    token nobody has) is 409 CardMismatch, stored and replayed, with nothing posted to either
+    card; before migration 0074 the card was not read and the capture was posted to the
+    authorization's card. The same for a declined authorization, whose capture would be a
+    force post on its card. The authorization's own token, or no card, captures."""
+    card = await new_card(fast, limit_minor=5_000, product_terms={"forcePost": True})
+    other = await new_card(fast, limit_minor=5_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    cap_id = f"cap_{uuid.uuid4().hex}"
+    refused = await capture(fast, auth, 100, card=other.token, request_id=cap_id)
+    assert (refused.status_code, body(refused), refused.replayed) == (
+        409,
+        {
+            "error": "CardMismatch",
+            "authorization": auth,
+            "message": "the capture names another card than the authorization's",
+        },
+        False,
+    )
+    again = await capture(fast, auth, 100, card=other.token, request_id=cap_id)
+    assert (again.status_code, again.body, again.replayed) == (409, refused.body, True)
+    nobody = await capture(fast, auth, 100, final=True, card="tok_nobody", currency="USD")
+    assert (nobody.status_code, body(nobody)["error"]) == (409, "CardMismatch")
+    assert (held(raw, card), posted(raw, card), posted(raw, other)) == (1_000, 0, 0)
+    assert (held(raw, other), capture_journals(raw, auth)) == (0, 0)
+    assert outbox_types(raw, card) == ["approved"]
+    assert outbox_types(raw, other) == []
+    own = body(await capture(fast, auth, 100, card=card.token, currency="USD"))
+    plain = body(await capture(fast, auth, 100, final=True))
+    assert (own["captured"], plain["captured"], plain["status"]) == (100, 200, "closed")
+    assert (held(raw, card), posted(raw, card), posted(raw, other)) == (0, 200, 0)
+    # A declined authorization (over the limit) of the card: a capture of it is a force post
+    # on that card, never on the card the capture names.
+    declined = await authorize(fast, authorize_request(card, 9_000))
+    assert body(declined)["reason"] == "SpendLimitExceeded"
+    declined_id = body(declined)["authorization"]
+    wrong = await capture(fast, declined_id, 300, card=other.token)
+    assert (wrong.status_code, body(wrong)["error"]) == (409, "CardMismatch")
+    assert (posted(raw, card), posted(raw, other)) == (200, 0)
+    forced = body(await capture(fast, declined_id, 300, card=card.token))
+    assert (forced["forcePost"], forced["captured"]) == (True, 300)
+    assert (posted(raw, card), posted(raw, other)) == (500, 0)
+    assert trial_balance_zero(raw)
+    assert hold_drift(raw) == []
+
+
 async def test_capture_after_void_and_void_after_final_capture_are_refused(
     fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any]
 ) -> None:
@@ -528,6 +584,80 @@ async def test_settle_before_the_statement_commits_makes_the_late_authorization_
         "SELECT count(*) FROM authorizations WHERE id = %s", (req.id,)
     ).fetchone() == (0,)
     assert outbox_types(raw, card) == []
+
+
+async def _follow_up(
+    pool: AsyncConnectionPool[Any], kind: str, auth: str, request_id: str
+) -> contract.Answer:
+    """The capture (final, 400) or the void ``request_id`` of ``auth``, always the same body."""
+    if kind == "capture":
+        return await capture(pool, auth, 400, final=True, request_id=request_id)
+    return await void(pool, auth, request_id)
+
+
+def _timed_out_record(raw: psycopg.Connection[Any], request_id: str) -> tuple[Any, ...] | None:
+    return raw.execute(
+        "SELECT kind, status_code, answer, timed_out FROM authorization_requests"
+        " WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+
+
+@pytest.mark.parametrize("kind", ["capture", "void"])
+async def test_a_capture_or_void_cut_off_before_it_committed_replays_its_decline(
+    fast: AsyncConnectionPool[Any],
+    raw: psycopg.Connection[Any],
+    migrated_database_url: str,
+    kind: str,
+) -> None:
+    """A capture or void stuck behind the card's lock when the deadline passes: the settle
+    records its id as timed out first, so the late statement rolls back whole (no journal,
+    nothing captured or released), and every retry of that id gets the IssuerUnavailable
+    decline the gateway sent, byte for byte, marked replayed, changing nothing. Before
+    migration 0074 the retry (and the late statement's own retry) got 409
+    IdempotencyConflict naming ``kind``: another answer than the first."""
+    card = await new_card(fast, limit_minor=5_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    request_id = f"{kind}_{uuid.uuid4().hex}"
+    told = answers.decline(request_id, contract.Reason.ISSUER_UNAVAILABLE)
+    blocker = await psycopg.AsyncConnection.connect(migrated_database_url)
+    await blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+    late = asyncio.create_task(_follow_up(fast, kind, auth, request_id))
+    await asyncio.sleep(0.5)
+    await _settle_a_retry_now(fast, request_id, ARRIVED_BEFORE_SECONDS)
+    await blocker.rollback()
+    await blocker.close()
+    late_answer = await late
+    assert (late_answer.status_code, late_answer.body) == (200, told.body)
+    assert _timed_out_record(raw, request_id) == ("timeout", 200, told.body, False)
+    before = _frozen(raw, card, auth)
+    assert before[1:] == (("pending", 1_000, 0, 0), ["approved"], 1_000, 0)
+    for _ in range(2):
+        retry = await _follow_up(fast, kind, auth, request_id)
+        assert (retry.status_code, retry.body, retry.replayed) == (200, told.body, True)
+    assert _frozen(raw, card, auth) == before
+    assert _timed_out_record(raw, request_id) == ("timeout", 200, told.body, False)
+    assert capture_journals(raw, auth) == 0
+    assert hold_drift(raw) == []
+
+
+@pytest.mark.parametrize("kind", ["capture", "void"])
+async def test_a_capture_or_void_that_committed_late_keeps_its_own_answer(
+    fast: AsyncConnectionPool[Any], raw: psycopg.Connection[Any], kind: str
+) -> None:
+    """The other side: a capture or void that committed after its deadline stays done (the
+    settle undoes no follow-up), and a retry of its id gets its own answer, replayed."""
+    card = await new_card(fast, limit_minor=5_000)
+    auth = body(await authorize(fast, authorize_request(card, 1_000)))["authorization"]
+    request_id = f"{kind}_{uuid.uuid4().hex}"
+    first = await _follow_up(fast, kind, auth, request_id)
+    assert (first.status_code, body(first)["status"]) == (200, "closed")
+    before = _frozen(raw, card, auth)
+    await _settle_a_retry_now(fast, request_id, ARRIVED_BEFORE_SECONDS)
+    retry = await _follow_up(fast, kind, auth, request_id)
+    assert (retry.status_code, retry.body, retry.replayed) == (200, first.body, True)
+    assert _frozen(raw, card, auth) == before
+    assert capture_journals(raw, auth) == (1 if kind == "capture" else 0)
 
 
 async def _settle_a_retry_now(

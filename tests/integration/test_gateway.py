@@ -6,6 +6,7 @@ between commit and answer is answered on retry, and overload is declined at once
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -279,6 +280,72 @@ async def test_a_declined_request_cannot_commit_a_hold_after_the_gateway_died(
         "SELECT count(*) FROM authorizations WHERE id = %s", (auth["id"],)
     ).fetchone() == (0,)
     assert authz.held(raw, card) == 0
+
+
+async def test_a_capture_and_a_void_cut_off_by_the_deadline_are_answered_the_same_on_retry(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """A capture and a void wait on the card's row lock past the 500 ms deadline: each is
+    answered IssuerUnavailable and settled before anything commits. A retry of each with the
+    same id gets those very bytes again, marked Idempotent-Replayed, and nothing was captured,
+    posted or released; the hold is still there for a capture with a new id. Before migration
+    0074 the retries were 409 IdempotencyConflict (field kind)."""
+    process = gw.Gateway(gateway_url, tmp_path, deadline_ms="500").start()
+    try:
+        card = await authz.new_card(pool, limit_minor=100_000)
+        auth = auth_payload(card, 5000)
+        assert process.post("/v1/authorizations", auth).json()["approved"] is True
+        path = f"/v1/authorizations/{auth['id']}"
+        follow_ups = {
+            "captures": {"id": f"cap_{uuid.uuid4().hex}", "amount": 3000, "final": True},
+            "void": {"id": f"void_{uuid.uuid4().hex}"},
+        }
+        with psycopg.connect(migrated_database_url) as blocker:
+            blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+            first = {
+                segment: await asyncio.to_thread(process.post, f"{path}/{segment}", payload)
+                for segment, payload in follow_ups.items()
+            }
+            for payload in follow_ups.values():
+                stored = functools.partial(_stored, raw, payload["id"])
+                wait_for("the settle to record the decline", stored, 60)
+            blocker.rollback()
+        for segment, payload in follow_ups.items():
+            answer = first[segment]
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {
+                "held": 0,
+                "reason": "IssuerUnavailable",
+                "status": "declined",
+                "approved": False,
+                "authorization": payload["id"],
+            }
+            assert "idempotent-replayed" not in answer.headers
+            assert _stored(raw, payload["id"]) == answer.content
+        await asyncio.sleep(0.5)  # a late statement would have committed by now
+        for segment, payload in follow_ups.items():
+            retry = process.post(f"{path}/{segment}", payload)
+            assert (retry.status_code, retry.content) == (200, first[segment].content)
+            assert retry.headers["idempotent-replayed"] == "true"
+        assert (authz.held(raw, card), authz.posted(raw, card)) == (5000, 0)
+        state = process.get(path).json()
+        assert (state["status"], state["held"], state["captured"], state["released"]) == (
+            "pending", 5000, 0, 0,
+        )  # fmt: skip
+        journals = raw.execute(
+            "SELECT count(*) FROM journals WHERE reference = %s", (auth["id"],)
+        ).fetchone()
+        assert journals == (0,)
+        new_id = f"cap_{uuid.uuid4().hex}"
+        fresh = process.post(f"{path}/captures", {**follow_ups["captures"], "id": new_id})
+        assert (fresh.status_code, fresh.json()["captured"]) == (200, 3000), fresh.text
+        assert (authz.held(raw, card), authz.posted(raw, card)) == (0, 3000)
+    finally:
+        process.stop()
 
 
 def _waiting(raw: psycopg.Connection[Any]) -> bool:
