@@ -220,7 +220,8 @@ async def client(url: str, tokens: list[str], stop_at: float, tally: Tally) -> N
     store = PostgresStore()
     rng = random.Random()  # noqa: S311 - picks cards and operations, not secrets
     pending: list[str] = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    # The gateway's connection class (its pool's): the store reuses one cursor per connection.
+    async with await contract.StoreConnection.connect(url, autocommit=True) as conn:
         while time.monotonic() < stop_at:
             roll = rng.random()
             started = time.perf_counter()

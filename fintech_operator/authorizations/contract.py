@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Annotated, Final, Protocol
+from typing import Annotated, Any, Final, Protocol
 
 import psycopg
 import pydantic
@@ -121,6 +121,29 @@ class Answer:
     status_code: int
     body: bytes
     replayed: bool = False
+
+
+class StoreConnection(psycopg.AsyncConnection[Any]):
+    """The gateway's connections (``AsyncConnectionPool(connection_class=...)``): each keeps one
+    binary cursor, which the store reuses for its answers.
+
+    A new cursor per call sets up its adaptation state (the parameters' dumpers, the row's
+    loaders) again: about 25 us of the client's CPU per call, a sixth of a store call's
+    (bench/RESULTS.md, issue 13, "One cursor per connection"). A connection serves one request
+    at a time (the pool lends it to one), so its cursor is never used by two calls at once;
+    each ``execute`` starts it afresh, also after a call that failed or was cancelled.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answer_cursor: psycopg.AsyncCursor[Any] | None = None
+
+    def answer_cursor(self) -> psycopg.AsyncCursor[Any]:
+        """This connection's binary cursor for the store's answers, made on first use."""
+        cursor = self._answer_cursor
+        if cursor is None or cursor.closed:
+            cursor = self._answer_cursor = self.cursor(binary=True)
+        return cursor
 
 
 class Store(Protocol):

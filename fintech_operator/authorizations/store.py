@@ -171,7 +171,11 @@ async def _execute(
     text that the client decodes, ~20 us less of the client's CPU per call (issue 13)."""
     if conn.autocommit:
         # One round trip: the statement is its own transaction.
-        cur = await conn.execute(query, params, prepare=True, binary=binary)
+        if binary and isinstance(conn, contract.StoreConnection):
+            cur = conn.answer_cursor()
+            await cur.execute(query, params, prepare=True)
+        else:
+            cur = await conn.execute(query, params, prepare=True, binary=binary)
         row = await cur.fetchone()
     else:
         async with conn.transaction():

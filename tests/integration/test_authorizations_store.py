@@ -223,6 +223,43 @@ async def test_retries_return_the_first_answer_byte_for_byte_and_change_nothing(
     assert held(raw, card) == 0
 
 
+async def test_a_store_connection_reuses_one_cursor_and_answers_as_a_plain_one(
+    fast: AsyncConnectionPool[Any], migrated_database_url: str, raw: psycopg.Connection[Any]
+) -> None:
+    """The gateway's connections (contract.StoreConnection) keep one cursor for the store's
+    answers: the same answers as through a plain connection, replays byte for byte, and a call
+    that fails on the server leaves the cursor usable for the next one."""
+    card = await new_card(fast, limit_minor=10_000)
+    async with await contract.StoreConnection.connect(
+        migrated_database_url, autocommit=True
+    ) as conn:
+        req = authorize_request(card, 1_000)
+        first = await STORE.authorize(conn, req)
+        cursor = conn.answer_cursor()
+        cap = await STORE.capture(
+            conn, req.id, contract.CaptureRequest(id=f"cap_{uuid.uuid4().hex}", amount=400)
+        )
+        assert conn.answer_cursor() is cursor
+        # An amount past bigint reaches the server as numeric: no such function, an error.
+        bad = req.model_copy(update={"amount": 2**70})
+        with pytest.raises(errors.UndefinedFunction):
+            await STORE.authorize(conn, bad)
+        again = await STORE.authorize(conn, req)
+        voided = await STORE.void(conn, req.id, contract.VoidRequest(id=f"v_{uuid.uuid4().hex}"))
+        assert conn.answer_cursor() is cursor
+    async with fast.connection() as plain:
+        plain_again = await STORE.authorize(plain, req)
+        plain_get = await STORE.get(plain, req.id)
+    assert first.status_code == 200
+    assert b'"approved": true' in first.body
+    assert (again.body, again.replayed) == (first.body, True)
+    assert plain_again.body == first.body
+    assert b'"captured": 400' in cap.body
+    assert json.loads(voided.body)["status"] == "closed"
+    assert json.loads(plain_get.body)["released"] == 600
+    assert (posted(raw, card), held(raw, card)) == (400, 0)
+
+
 async def test_the_same_id_with_another_body_is_409_naming_the_field(
     fast: AsyncConnectionPool[Any],
 ) -> None:
