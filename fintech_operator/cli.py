@@ -187,10 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if not _names_a_setting(exc):
+        # Kafka refusing the login or the certificate at start (aiokafka's errors are
+        # RuntimeErrors) is the reason as one line too, the pod's last log line, not a
+        # traceback around it (docs/operations.md); its status is 1, a crash loop.
+        refused = _is_kafka_refusal(exc)
+        if not (refused or _names_a_setting(exc)):
             raise
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 1 if refused else 2
     return code
 
 
@@ -203,6 +207,13 @@ def _names_a_setting(exc: RuntimeError) -> bool:
     return (tracing is not None and isinstance(exc, tracing.TracingSetupError)) or (
         metrics is not None and isinstance(exc, metrics.MetricsServerError)
     )
+
+
+def _is_kafka_refusal(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is Kafka refusing this process (login, certificate, credentials). The
+    module is looked up, not imported, as in :func:`_names_a_setting`."""
+    kafka = sys.modules.get("fintech_operator.events.kafka")
+    return kafka is not None and isinstance(exc, kafka.KafkaAccessError)
 
 
 if __name__ == "__main__":
