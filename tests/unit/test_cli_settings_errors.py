@@ -65,3 +65,22 @@ def test_another_kafka_error_is_not_taken_for_a_refusal(monkeypatch: pytest.Monk
     monkeypatch.setattr(cli, "_cmd_notifier", notifier)
     with pytest.raises(aiokafka_errors.KafkaConnectionError):
         cli.main(["notifier"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--batch-max", "0"], "--batch-max"),
+        (["--batch-max", "10001"], "--batch-max"),
+        (["--interval-seconds", "-1"], "--interval-seconds"),
+    ],
+)
+def test_a_bad_expiry_limit_stops_the_worker_with_one_line(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`authorization-expiry --batch-max 0` ended in a traceback (ValueError from the
+    worker's Limits); a bad limit stops it at start with one line naming the option."""
+    assert cli.main(["authorization-expiry", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fintech-operator authorization-expiry: {option}: ")
+    assert err.count("\n") == 1
