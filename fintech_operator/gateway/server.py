@@ -265,9 +265,10 @@ def check_listen(config: settings.GatewayProcessSettings) -> None:
     host, port = config.gateway.host, config.gateway.port
     names = f"{settings.env_name('host')} / {settings.env_name('port')}"
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        # As uvicorn binds (its family rule, SO_REUSEADDR): a port in TIME_WAIT is free, one
+        # that listens is not.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # As uvicorn binds: reuse allows a port in TIME_WAIT, never one that listens.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
