@@ -40,7 +40,7 @@ def _stack_up(plat: platform.Platform, _: argparse.Namespace) -> int:
         return 0
     plat.stop()
     plat.start()
-    env = env_command(plat.state_dir, platform.default_state_dir())
+    env = env_command(plat.state_dir)
     print(f"platform ready; run: {env}", file=sys.stderr)
     return 0
 
@@ -225,15 +225,21 @@ def _readiness(plat: platform.Platform) -> supervise.Readiness:
     return supervise.Readiness(targets, _answers)
 
 
-def env_command(state_dir: Path, default_state_dir: Path) -> str:
-    """The shell line that loads a platform's environment, from the repository's root."""
+def env_command(state_dir: Path, default_state_dir: Path | None = None) -> str:
+    """The shell line that loads a platform's environment, from the repository's root.
+
+    The line is run in another shell, which has no ``FINTECH_STACK_DIR`` of ours (``make``
+    got it for one command): every state directory but the built-in default is named, also
+    one that this process found through ``FINTECH_STACK_DIR``."""
+    if default_state_dir is None:
+        default_state_dir = platform.builtin_state_dir()
     env = ".venv/bin/fintech-operator stack env"
     if state_dir.resolve() != default_state_dir.resolve():
         env += f" --state-dir {state_dir}"
     return f'eval "$({env})"'
 
 
-def ready_line(gateway_port: int, state_dir: Path, default_state_dir: Path) -> str:
+def ready_line(gateway_port: int, state_dir: Path, default_state_dir: Path | None = None) -> str:
     """What `dev` prints once every process answers: where to go next."""
     return (
         "ready: the operator, rewards consumer, notifier and gateway "
@@ -391,7 +397,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         "restarted "
         "(Ctrl-C stops them; the platform stays up: `make down` stops it)"
     )
-    message = ready_line(plat.ports.gateway, plat.state_dir, platform.default_state_dir())
+    message = ready_line(plat.ports.gateway, plat.state_dir)
     return _supervise(children, policy, _readiness(plat), message)
 
 

@@ -63,12 +63,18 @@ class PlatformError(RuntimeError):
 Ports = ports.Ports
 
 
+def builtin_state_dir() -> Path:
+    """The state directory of a shell without ``FINTECH_STACK_DIR``: world-traversable so the
+    unprivileged PostgreSQL user can reach its data."""
+    return ports.machine_dir() / "dev"
+
+
 def default_state_dir() -> Path:
-    """World-traversable so the unprivileged PostgreSQL user can reach its data."""
+    """``FINTECH_STACK_DIR`` when set, else :func:`builtin_state_dir`."""
     configured = os.environ.get("FINTECH_STACK_DIR")
     if configured:
         return Path(configured)
-    return ports.machine_dir() / "dev"
+    return builtin_state_dir()
 
 
 def reap_orphans(base: Path, keep: tuple[str, ...] = ("dev",)) -> list[Path]:

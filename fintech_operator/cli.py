@@ -46,8 +46,19 @@ def _cmd_notifier(args: argparse.Namespace) -> int:
 def _cmd_authorization_expiry(args: argparse.Namespace) -> int:
     from fintech_operator.authorizations import expiry  # noqa: PLC0415
 
-    limits = expiry.Limits(interval_seconds=args.interval_seconds, batch_max=args.batch_max)
+    try:
+        limits = expiry.Limits(interval_seconds=args.interval_seconds, batch_max=args.batch_max)
+    except ValueError as exc:
+        # A bad limit stops the start with one line naming the option, not a traceback.
+        field = str(exc).split(" ", 1)[0]
+        option = _EXPIRY_OPTIONS.get(field, field)
+        print(f"fintech-operator authorization-expiry: {option}: {exc}", file=sys.stderr)
+        return 2
     return expiry.main(_settings(), limits)
+
+
+# The expiry worker's limits (``expiry.Limits``' fields) as its options spell them.
+_EXPIRY_OPTIONS = {"interval_seconds": "--interval-seconds", "batch_max": "--batch-max"}
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -103,10 +114,16 @@ def _add_consumers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="release the holds of real-time authorizations that reached their product's TTL",
     )
     expiry.add_argument(
-        "--interval-seconds", type=float, default=1.0, help="pause between passes (default 1)"
+        "--interval-seconds",
+        type=float,
+        default=1.0,
+        help="pause between passes (default 1; 0.01 to 3600)",
     )
     expiry.add_argument(
-        "--batch-max", type=int, default=500, help="authorizations per pass (default 500)"
+        "--batch-max",
+        type=int,
+        default=500,
+        help="authorizations per pass (default 500; 1 to 10000)",
     )
     expiry.set_defaults(func=_cmd_authorization_expiry)
 
@@ -187,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if not _names_a_setting(exc):
+        # Kafka refusing the login or the certificate at start (aiokafka's errors are
+        # RuntimeErrors) is the reason as one line too, the pod's last log line, not a
+        # traceback around it (docs/operations.md); its status is 1, a crash loop.
+        refused = _is_kafka_refusal(exc)
+        if not (refused or _names_a_setting(exc)):
             raise
         print(f"fintech-operator {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 1 if refused else 2
     return code
 
 
@@ -203,6 +224,13 @@ def _names_a_setting(exc: RuntimeError) -> bool:
     return (tracing is not None and isinstance(exc, tracing.TracingSetupError)) or (
         metrics is not None and isinstance(exc, metrics.MetricsServerError)
     )
+
+
+def _is_kafka_refusal(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is Kafka refusing this process (login, certificate, credentials). The
+    module is looked up, not imported, as in :func:`_names_a_setting`."""
+    kafka = sys.modules.get("fintech_operator.events.kafka")
+    return kafka is not None and isinstance(exc, kafka.KafkaAccessError)
 
 
 if __name__ == "__main__":

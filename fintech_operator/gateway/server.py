@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -178,6 +179,7 @@ def main(*, create_secret: bool = False, workers: int | None = None) -> int:
     try:
         trust.SecretSource(config.gateway.signing_secret_file, 0).keys()
         check_tls(config)
+        check_listen(config)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
@@ -255,6 +257,25 @@ def check_tls(config: settings.GatewayProcessSettings) -> None:
         except (OSError, ssl.SSLError) as exc:
             name = settings.env_name("tls_client_ca_file")
             raise ValueError(f"{name}: cannot load the client CA: {exc}") from None
+
+
+def check_listen(config: settings.GatewayProcessSettings) -> None:
+    """Bind the gateway's address once before serving, so a port that is taken (another
+    gateway, a second `dev`) or a host that does not resolve stops the start naming the
+    variables (:class:`ValueError`), as the metrics and probe ports do, instead of uvicorn's
+    own error after "gateway listening"."""
+    host, port = config.gateway.host, config.gateway.port
+    names = f"{settings.env_name('host')} / {settings.env_name('port')}"
+    try:
+        # As uvicorn binds (its family rule, SO_REUSEADDR): a port in TIME_WAIT is free, one
+        # that listens is not.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"{names}: cannot listen on {host}:{port}: {reason}") from None
 
 
 @contextlib.contextmanager

@@ -70,12 +70,24 @@ def fields(report: store.EndpointReport | None, suspended: bool) -> dict[str, An
             "deliveredTotal": report.delivered_total,
             "failedTotal": report.failed_total,
             "lastSuccessAt": _stamp(report.last_success_at),
-            "lastDelivery": {k: v for k, v in last.items() if v is not None} or None,
+            # Every key, None included: the status is a merge patch, which keeps a key it does
+            # not name, so an attempt without a status code or error clears the last one's.
+            "lastDelivery": last if any(v is not None for v in last.values()) else None,
         }
     )
     return out
 
 
 def changed(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``wanted`` that differs from ``current`` (what to patch)."""
-    return {key: value for key, value in wanted.items() if current.get(key) != value}
+    """The part of ``wanted`` that differs from ``current`` (what to patch). A None inside a
+    wanted object is a key status does not hold, so it alone is no change."""
+    return {
+        key: value for key, value in wanted.items() if _present(current.get(key)) != _present(value)
+    }
+
+
+def _present(value: Any) -> Any:
+    """``value`` without the None entries of an object, as the API server stores it."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    return value

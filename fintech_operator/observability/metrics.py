@@ -337,18 +337,23 @@ class SnapshotCollector(Collector):
                 self._snapshot.outbox_oldest_age_seconds,
                 dict(self._snapshot.consumer_lag),
             )
+        # Every process exports every family (docs/operations.md): one whose collector has not
+        # read the outbox (the consumers, the gateway, the operator before its first read)
+        # exports these two without a sample, never a made-up 0.
+        backlog = GaugeMetricFamily(
+            "fintech_outbox_backlog",
+            "Outbox rows not yet published to Kafka (counted up to a cap).",
+        )
         if snap.outbox_backlog is not None:
-            yield GaugeMetricFamily(
-                "fintech_outbox_backlog",
-                "Outbox rows not yet published to Kafka (counted up to a cap).",
-                value=snap.outbox_backlog,
-            )
+            backlog.add_metric([], snap.outbox_backlog)
+        yield backlog
+        oldest = GaugeMetricFamily(
+            "fintech_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row; 0 when the outbox is empty.",
+        )
         if snap.outbox_oldest_age_seconds is not None:
-            yield GaugeMetricFamily(
-                "fintech_outbox_oldest_age_seconds",
-                "Age of the oldest unpublished outbox row; 0 when the outbox is empty.",
-                value=snap.outbox_oldest_age_seconds,
-            )
+            oldest.add_metric([], snap.outbox_oldest_age_seconds)
+        yield oldest
         lag = GaugeMetricFamily(
             "fintech_consumer_lag_messages",
             "Messages between a consumer group's committed offset and the partition's end.",

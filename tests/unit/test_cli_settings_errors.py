@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from aiokafka import errors as aiokafka_errors
 
 from fintech_operator import cli
+from fintech_operator.events import kafka
 from fintech_operator.observability import tracing
 
 
@@ -33,3 +35,52 @@ def test_another_runtime_error_is_not_taken_for_a_setting(monkeypatch: pytest.Mo
     monkeypatch.setattr(cli, "_cmd_rewards", rewards)
     with pytest.raises(RuntimeError, match="something else"):
         cli.main(["rewards"])
+
+
+def test_a_kafka_refusal_stops_a_consumer_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operations.md: a broker that refuses the rewards consumer or the notifier at start
+    fails it with one line that says why, its last log line; it ended in a 50-line traceback
+    (not JSON, the reason at its very end). Exit status 1: Kubernetes shows a crash loop."""
+    reason = (
+        "Kafka at 127.0.0.1:29095 refused the SCRAM-SHA-512 login of user 'fintech': "
+        "authentication failed; check FINTECH_KAFKA_SASL_USERNAME"
+    )
+
+    def notifier(_args: argparse.Namespace) -> int:
+        raise kafka.KafkaAccessError(reason)
+
+    monkeypatch.setattr(cli, "_cmd_notifier", notifier)
+    assert cli.main(["notifier"]) == 1
+    assert capsys.readouterr().err == f"fintech-operator notifier: {reason}\n"
+
+
+def test_another_kafka_error_is_not_taken_for_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a refusal is one line; any other failure keeps its traceback for whoever debugs it."""
+
+    def notifier(_args: argparse.Namespace) -> int:
+        raise aiokafka_errors.KafkaConnectionError("broker gone")
+
+    monkeypatch.setattr(cli, "_cmd_notifier", notifier)
+    with pytest.raises(aiokafka_errors.KafkaConnectionError):
+        cli.main(["notifier"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--batch-max", "0"], "--batch-max"),
+        (["--batch-max", "10001"], "--batch-max"),
+        (["--interval-seconds", "-1"], "--interval-seconds"),
+    ],
+)
+def test_a_bad_expiry_limit_stops_the_worker_with_one_line(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`authorization-expiry --batch-max 0` ended in a traceback (ValueError from the
+    worker's Limits); a bad limit stops it at start with one line naming the option."""
+    assert cli.main(["authorization-expiry", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fintech-operator authorization-expiry: {option}: ")
+    assert err.count("\n") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fintech_devstack import cli, supervise
+from fintech_devstack import cli, platform, supervise
 
 
 def _deaths(
@@ -147,6 +147,21 @@ def test_the_env_command_names_a_state_directory_other_than_the_default(tmp_path
     assert cli.env_command(other, default) == (
         f'eval "$(.venv/bin/fintech-operator stack env --state-dir {other})"'
     )
+
+
+def test_a_state_directory_from_fintech_stack_dir_is_named_for_the_other_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`FINTECH_STACK_DIR=DIR make dev` sets the variable for make alone: the other shell that
+    runs the printed line has none, so a bare `stack env` there would load the built-in
+    default platform. The line names DIR; only the built-in default is left unnamed."""
+    second = tmp_path / "second"
+    monkeypatch.setenv("FINTECH_STACK_DIR", str(second))
+    expected = f'eval "$(.venv/bin/fintech-operator stack env --state-dir {second})"'
+    assert cli.env_command(second) == expected
+    assert cli.ready_line(41234, second).endswith(expected)
+    builtin = platform.builtin_state_dir()
+    assert cli.env_command(builtin) == 'eval "$(.venv/bin/fintech-operator stack env)"'
 
 
 def test_dev_stops_on_sigint_even_when_started_with_it_ignored() -> None:

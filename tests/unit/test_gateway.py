@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -466,6 +467,25 @@ def test_unreadable_tls_files_stop_the_start_naming_the_variable(tmp_path: Path)
     with pytest.raises(ValueError, match="FINTECH_GATEWAY_TLS_CERT_FILE"):
         server.check_tls(config)
     assert server.tls_options(settings.load(base)) == {}
+
+
+def test_a_taken_port_or_unknown_host_stops_the_start_naming_the_variables() -> None:
+    """A gateway port another process listens on stopped the gateway only in uvicorn, with
+    its own error and exit status 3 after the line "gateway listening"; it is refused before
+    serving, naming FINTECH_GATEWAY_HOST / FINTECH_GATEWAY_PORT, as a taken metrics or probe
+    port names its variable. A free port passes."""
+    base = {"DATABASE_URL": "postgresql://x", "FINTECH_GATEWAY_SIGNING_SECRET_FILE": "/s"}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = settings.load({**base, "FINTECH_GATEWAY_PORT": str(port)})
+        with pytest.raises(ValueError, match=r"FINTECH_GATEWAY_PORT: cannot listen on .*in use"):
+            server.check_listen(config)
+    unknown = settings.load({**base, "FINTECH_GATEWAY_HOST": "no-such-host.invalid"})
+    with pytest.raises(ValueError, match="FINTECH_GATEWAY_HOST"):
+        server.check_listen(unknown)
+    server.check_listen(settings.load({**base, "FINTECH_GATEWAY_PORT": "0"}))
 
 
 def test_secret_files_refuse_garbage_and_too_many_secrets(tmp_path: Path) -> None:

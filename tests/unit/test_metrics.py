@@ -119,6 +119,22 @@ def test_snapshot_replacement_drops_series_that_are_gone() -> None:
     assert _value("fintech_outbox_oldest_age_seconds") == 4.5
 
 
+def test_a_process_that_never_read_the_outbox_exports_its_families_without_samples() -> None:
+    """docs/operations.md: every process exports every family, another process's "at 0 or
+    without samples". The rewards consumer, the notifier and the gateway run no collector, so
+    their outbox gauges are families without a sample (no made-up 0 for a backlog they never
+    read); once read, the figures are the samples."""
+    fresh = metrics.SnapshotCollector()
+    families = {family.name: family for family in fresh.collect()}
+    for name in ("fintech_outbox_backlog", "fintech_outbox_oldest_age_seconds"):
+        assert name in families
+        assert families[name].samples == []
+    fresh.set_outbox(3, 1.5)
+    read = {family.name: family.samples for family in fresh.collect()}
+    assert [s.value for s in read["fintech_outbox_backlog"]] == [3]
+    assert [s.value for s in read["fintech_outbox_oldest_age_seconds"]] == [1.5]
+
+
 @pytest.fixture
 def served() -> Iterator[int]:
     server = metrics.serve("127.0.0.1", 0)

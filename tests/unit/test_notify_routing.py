@@ -221,6 +221,7 @@ def test_status_fields_and_change_detection() -> None:
         "attemptedAt": "2026-11-29T10:00:01Z",
         "outcome": "Delivered",
         "statusCode": 200,
+        "message": None,  # Named, so the merge patch clears an earlier attempt's error.
     }
     assert (wanted["pendingDeliveries"], wanted["deliveredTotal"]) == (0, 3)
     assert status.changed(dict(wanted), wanted) == {}
