@@ -397,9 +397,10 @@ class CardSettings(_Group):
         Field(
             ge=0,
             le=1000,
-            description="Retries, 2 s apart, of a Posting, CardReview or Card waiting for a card "
-            "or product that does not exist yet, before it fails (CardNotFound): about a "
-            "minute by default. Default 30.",
+            description="Retries, 2 s apart, of a Posting or CardReview waiting for its card "
+            "(not there or not issued yet), a reversal waiting for its original's journal and a "
+            "Card waiting for its product, before each gives up (CardNotFound or CardNotActive, "
+            "JournalNotFound, ProductNotFound): about a minute by default. Default 30.",
         ),
     ] = 30
 

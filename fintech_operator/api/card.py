@@ -136,8 +136,9 @@ class CardSpec(common.SpecModel):
     state: CardState = pydantic.Field(
         default=CardState.ACTIVE,
         description=(
-            "Active (usable), Frozen (postings refused, reversible) or Closed (final: a "
-            "closed card can never be reopened). Default Active."
+            "Active (usable), Frozen (purchases and fees refused, refunds and payments still "
+            "land; reversible) or Closed (final: a closed card takes refunds only and can "
+            "never be reopened). Default Active."
         ),
         json_schema_extra=common.cel_rules(
             (

@@ -419,18 +419,28 @@ def _metadata(spec: api.PostingSpec, posting: PostingRef) -> dict[str, Any]:
 # --- Steps ----------------------------------------------------------------------------------------
 
 
+# A card in these phases may still be issued (its product, its processor or a reviewer is
+# awaited), so a posting naming it waits like one naming a card not seen yet.
+_NOT_ISSUED_YET = (None, api.CardPhase.PENDING, api.CardPhase.PENDING_REVIEW)
+
+
 async def _card_or_wait(
     command: Post | Reverse, ledger: PostingLedger
 ) -> CardView | WaitingForCard:
     """The card if it exists (or its deleted card's open account); a card not yet seen or not
-    yet issued is a wait, then ``CardNotFound`` (or CardNotActive for a Pending card)."""
+    yet issued (Pending, or waiting for its review) is a wait, then ``CardNotFound`` (or
+    CardNotActive for a card still not issued), as docs/ledger.md says."""
     spec, namespace, limit = command.spec, command.posting.namespace, command.attempts_max
     card = command.card
     if card is None:
         card = await _deleted_card(namespace, spec, ledger)
-    pending = card is None or card.phase in (None, api.CardPhase.PENDING)
+    pending = card is None or card.phase in _NOT_ISSUED_YET
     if pending and command.attempt < limit:
-        what = "does not exist" if card is None else "is not issued yet (its phase is Pending)"
+        what = (
+            "does not exist"
+            if card is None
+            else f"is not issued yet (its phase is {card.phase or api.CardPhase.PENDING.value})"
+        )
         return WaitingForCard(
             f"waiting for card {spec.card!r} in {namespace}: it {what}; the posting is "
             f"rejected (CardNotFound or CardNotActive) if that lasts about "

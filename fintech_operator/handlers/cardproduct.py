@@ -68,9 +68,20 @@ async def count_cards(
     product and not closed (Active or Frozen): not a Rejected card, a Closed one, or one still
     Pending or in review.
     """
+    _write_count(kwargs["cards"], namespace, name, status, patch)
+
+
+def _write_count(
+    cards: kopf.Index[Any, Any],
+    namespace: str | None,
+    name: str,
+    status: kopf.Status,
+    patch: kopf.Patch,
+) -> None:
+    """Patch ``status.cards`` when the open cards of the product are not what it shows."""
     count = sum(
         1
-        for (card_namespace, _card), store in kwargs["cards"].items()
+        for (card_namespace, _card), store in cards.items()
         if card_namespace == namespace
         for value in store
         if value.get("product") == name and value.get("phase") in OPEN_PHASES
@@ -109,6 +120,9 @@ async def protect(
     users = _users(kwargs["cards"], namespace, name)
     if not users:
         return
+    # kopf stops count_cards' timer once deletion is requested, so the CARDS column would
+    # freeze at its last count while cards are issued and closed under the waiting product.
+    _write_count(kwargs["cards"], namespace, name, body.status, patch)
     shown = ", ".join(users[:USERS_SHOWN_MAX])
     more = f" and {len(users) - USERS_SHOWN_MAX} more" if len(users) > USERS_SHOWN_MAX else ""
     message = (

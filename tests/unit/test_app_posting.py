@@ -159,6 +159,19 @@ async def test_a_card_not_there_yet_is_a_wait_then_card_not_found() -> None:
     assert gone.reason == "CardNotFound"
 
 
+async def test_a_card_waiting_for_its_review_is_a_wait_then_card_not_active() -> None:
+    """docs/ledger.md: a posting applied while its card waits for a review waits like one
+    whose card is not issued yet (WaitingForCard), and only then ends CardNotActive."""
+    in_review = posting.CardView("PendingReview", ACCOUNT, "USD")
+    waiting = await _run(_post(card=in_review, attempt=0), FakeLedger())
+    assert isinstance(waiting, posting.WaitingForCard)
+    assert "its phase is PendingReview" in waiting.message
+    refused = await _run(_post(card=in_review, attempt=30), FakeLedger())
+    assert isinstance(refused, posting.Rejected)
+    assert refused.reason == "CardNotActive"
+    assert "PendingReview" in refused.message
+
+
 async def test_a_deleted_cards_open_account_still_takes_a_payment() -> None:
     account = model.Account(
         id=1, code=ACCOUNT, kind=model.AccountKind.CARD, normal_balance=model.Direction.DEBIT,

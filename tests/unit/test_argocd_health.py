@@ -288,8 +288,9 @@ def test_gitops_folder_applies_configuration_then_cards_then_postings() -> None:
 
 def test_applications_never_cascade_into_crds_or_the_ledger() -> None:
     """The example Applications: CRDs first and never pruned, applied server-side; the chart
-    skips its CRDs and names its database Secret (Argo CD cannot read back a generated one);
-    no Application carries the cascading-delete finalizer."""
+    skips its CRDs, names its database Secret (Argo CD cannot read back a generated one), the
+    card processor's tokenizer and the gateway's processor namespace, so the operator it
+    deploys starts; no Application carries the cascading-delete finalizer."""
     apps = {
         d["metadata"]["name"]: d
         for d in yaml.safe_load_all((GITOPS / "applications.yaml").read_text())
@@ -310,6 +311,12 @@ def test_applications_never_cascade_into_crds_or_the_ledger() -> None:
     assert chart["path"] == "charts/fintech-operator"
     assert chart["helm"]["skipCrds"] is True
     assert chart["helm"]["valuesObject"]["postgresql"]["auth"]["existingSecret"]
+    # Without the processor's tokenizer the operator refuses to start (it fails closed), and
+    # without a processor namespace or CIDR the gateway admits nobody.
+    tokenizer = chart["helm"]["valuesObject"]["tokenizer"]
+    assert tokenizer["url"].startswith("https://")
+    assert tokenizer["credentialSecret"]["name"]
+    assert chart["helm"]["valuesObject"]["gateway"]["networkPolicy"]["processorNamespaces"]
     resources = apps["fintech-resources"]["spec"]
     assert resources["source"]["path"] == "deploy/argocd/resources"
     assert "ServerSideApply=true" in resources["syncPolicy"]["syncOptions"]

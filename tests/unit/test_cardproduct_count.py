@@ -62,3 +62,32 @@ def test_a_product_whose_cards_all_closed_counts_zero() -> None:
     """Closing the last card brings the count to 0 (the bug counted every card object)."""
     index = _index(("shop", "a", "standard", "Closed"), ("shop", "b", "standard", "Rejected"))
     assert _count(index, {"cards": 2}) == 0
+
+
+def test_a_product_whose_deletion_waits_keeps_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf stops count_cards' timer once deletion is requested; the deletion handler, which
+    runs every 10 s while cards hold the product, keeps ``status.cards`` current instead (the
+    CARDS column stayed at 4 while 7 cards used a product whose deletion waited)."""
+    monkeypatch.setattr(kopf, "warn", lambda *args, **kwargs: None)
+    index = _index(
+        ("shop", "a", "standard", "Active"),
+        ("shop", "b", "standard", "Frozen"),
+        ("shop", "c", "standard", "PendingReview"),
+    )
+    body = kopf.Body({"metadata": {"generation": 1}, "status": {"cards": 4}})
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError):
+        asyncio.run(
+            cardproduct.protect(
+                body=body,
+                namespace="shop",
+                name="standard",
+                patch=patch,
+                memo=None,  # type: ignore[arg-type]
+                cards=index,
+                # A live product of the namespace keeps the refresh: the stand-in does nothing.
+                product_names={"shop": [("gold", False), ("standard", True)]},
+            )
+        )
+    assert patch.status["cards"] == 2
+    assert patch.status["reason"] == "InUse"
