@@ -167,11 +167,8 @@ async def issue(
     indexes kopf hands to handlers.
     """
     ref, ports = _ref(body), _ports(memo)
-    try:
-        card = api.CardSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        reason, message = api.CardReason.INVALID_SPEC, api.format_validation_error(exc)
-        await _reject(body, patch, ports, issuance.RejectCard(ref, reason, message, None))
+    card = await _spec_or_reject(body, spec, patch, ports)
+    if card is None:
         return
     if card.state is api.CardState.CLOSED:
         await _change_state(body, patch, memo, api.CardState.CLOSED)
@@ -202,7 +199,7 @@ async def resume(body: kopf.Body, spec: kopf.Spec, memo: OperatorMemo) -> None:
     outcome = await card_state.resume_card(
         issued_card(body),
         None if not token else str(token),
-        api.CardSpec.model_validate(dict(spec)) if token else None,
+        _spec_or_warning(body, spec) if token else None,
         stores.Cards(memo.pool),
         spec_state=spec.get("state"),
     )
@@ -223,6 +220,40 @@ async def _reject(
     body: kopf.Body, patch: kopf.Patch, ports: issuance.Ports, command: issuance.RejectCard
 ) -> None:
     _render_issuance(body, patch, await issuance.reject_card(command, ports), None)
+
+
+# A card stored before a schema rule it now breaks (an upgrade's stricter CEL rule: the API
+# server keeps such objects, and with validation ratcheting even lets them be edited) would make
+# every handler that parses its spec raise, and kopf would retry it forever with a traceback.
+# Instead, one that is not issued yet ends Rejected InvalidSpec, as a new one would; an issued
+# one, which has an account and money, keeps its phase and says what to fix in a Warning.
+
+
+async def _spec_or_reject(
+    body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, ports: issuance.Ports
+) -> api.CardSpec | None:
+    """The card's spec, or None once the card is Rejected InvalidSpec naming the field."""
+    try:
+        return api.CardSpec.model_validate(dict(spec))
+    except pydantic.ValidationError as exc:
+        reason, message = api.CardReason.INVALID_SPEC, api.format_validation_error(exc)
+        await _reject(body, patch, ports, issuance.RejectCard(_ref(body), reason, message, None))
+        return None
+
+
+def _spec_or_warning(body: kopf.Body, spec: kopf.Spec) -> api.CardSpec | None:
+    """An issued card's spec, or None with a Warning ``InvalidSpec`` naming the field (the
+    message never repeats the value: it may be the card number the rule keeps out)."""
+    try:
+        return api.CardSpec.model_validate(dict(spec))
+    except pydantic.ValidationError as exc:
+        message = api.format_validation_error(exc)
+        kopf.warn(body, reason=api.CardReason.INVALID_SPEC, message=message[:1024])
+        log.warning(
+            "an issued card's spec does not parse: left as it is",
+            extra={"card": f"{body.metadata.namespace}/{body.metadata.name}", "error": message},
+        )
+        return None
 
 
 async def _assess(
@@ -406,7 +437,9 @@ async def holder_changed(
     ref, ports = _ref(body), _ports(memo)
     if await stores.Cards(memo.pool).find_review(ref.uid) is not None:
         return
-    card = api.CardSpec.model_validate(dict(spec))
+    card = await _spec_or_reject(body, spec, patch, ports)
+    if card is None:
+        return
     product = indexes.first(kwargs["cardproducts"], (ref.namespace, card.product))
     if product is None:
         message, reason = f"card product {card.product!r} is gone", api.CardReason.PRODUCT_NOT_FOUND
@@ -442,7 +475,9 @@ async def apply_review(
         ),
     )
     who = f"{review.decision} by {review.reviewer} (CardReview {review.review}): {review.comment}"
-    card = api.CardSpec.model_validate(dict(spec))
+    card = await _spec_or_reject(body, spec, patch, ports)
+    if card is None:
+        return
     if review.decision != api.ReviewDecision.APPROVE.value:
         reason = api.CardReason.REVIEW_REJECTED
         await _reject(body, patch, ports, issuance.RejectCard(ref, reason, who, card))
@@ -494,7 +529,9 @@ async def spend_limit_changed(
     """A new spend limit reaches the real-time gateway's mirror (issue 13)."""
     if body.status.get("phase") not in ISSUED_PHASES:
         return  # not issued: its limit is mirrored with its issuance
-    card = api.CardSpec.model_validate(dict(spec))
+    card = _spec_or_warning(body, spec)
+    if card is None:
+        return  # the mirror keeps the last limit that parsed
     await card_state.change_spend_limit(
         issued_card(body), card.spend_limit, stores.Cards(memo.pool)
     )
