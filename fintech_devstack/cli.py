@@ -82,12 +82,19 @@ _PART_PORTS = {
 
 def _stack_status(plat: platform.Platform, _: argparse.Namespace) -> int:
     states = plat.status()
+    # A state directory never started has no ports yet: plat.ports would pick new free ones on
+    # every call, so none is shown rather than numbers that change each time.
+    started = (plat.state_dir / ports.PORTS_FILE).exists()
     for name, state in states.items():
         # The controller-manager only talks to the API server: it listens on nothing.
         where = (
-            f"127.0.0.1:{getattr(plat.ports, _PART_PORTS[name])}" if name in _PART_PORTS else "-"
+            f"127.0.0.1:{getattr(plat.ports, _PART_PORTS[name])}"
+            if name in _PART_PORTS and started
+            else "-"
         )
         print(f"{name:18} {state:8} {where}")
+    if not started:
+        print(f"not started yet ({plat.state_dir})", file=sys.stderr)
     return 0 if all(v == "running" for v in states.values()) else 1
 
 

@@ -300,6 +300,7 @@ class Platform:
                     proc.wait(timeout=STOP_TIMEOUT_SECONDS)
         pgdata = self.state_dir / "pg" / "data"
         if (pgdata / "postmaster.pid").exists():
+            _say(f"stopping postgres ({pgdata})")  # said like the others: pg_ctl stops it
             _pg(["pg_ctl", "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=False)
         self.pids = {}
         if self.state_dir.exists():

@@ -225,3 +225,21 @@ def test_a_crash_looping_operator_makes_dev_give_up_naming_it(
     assert "[dev] giving up: operator is crash-looping" in log
     assert "no card tokenizer configured" in log
     assert not any(_alive(pid) for pid in dev.child_pids())
+
+
+def test_status_of_a_state_directory_never_started_shows_no_ports(tmp_path: Path) -> None:
+    """Ports are chosen at the first start: before it, `stack status` shows none (not numbers
+    that change on every call), says so, and writes nothing into the directory."""
+    state = tmp_path / "never"
+    state.mkdir()
+    first = _stack("status", "--state-dir", str(state))
+    second = _stack("status", "--state-dir", str(state))
+    assert first.returncode == 1
+    assert first.stdout == second.stdout
+    lines = first.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "etcd", "apiserver", "controller-manager", "kafka", "postgres"
+    ]  # fmt: skip
+    assert all(line.split()[1:] == ["stopped", "-"] for line in lines), first.stdout
+    assert f"not started yet ({state})" in first.stderr
+    assert list(state.iterdir()) == []
