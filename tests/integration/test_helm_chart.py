@@ -898,8 +898,9 @@ def test_helm_test_hook_asks_the_operator_service(helm: Helm) -> None:
     pod = one(docs, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     service = one(docs, "Service", "-operator")
-    url = pod["spec"]["containers"][0]["env"][0]["value"]
-    assert url == f"http://{service['metadata']['name']}.fin.svc:8080/healthz"
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["HEALTH_URL"] == f"http://{service['metadata']['name']}.fin.svc:8080/healthz"
+    assert env["TIMEOUT_SECONDS"] == "120"
     assert service["spec"]["ports"][0]["targetPort"] == "health"
 
 
