@@ -757,6 +757,22 @@ def test_default_product_goes_where_the_operator_watches(helm: Helm) -> None:
     assert places({}) == ["fintech-system"]
     assert places(external(["payments", "treasury"])) == ["payments", "treasury"]
     assert places({"defaults": {"namespaces": ["cards-eu"]}}) == ["cards-eu"]
+    assert places(
+        external(["payments", "treasury"]) | {"defaults": {"namespaces": ["treasury"]}}
+    ) == ["treasury"]
+
+
+def test_default_product_outside_the_watched_namespaces_is_refused(helm: Helm) -> None:
+    """In namespace scope a default CardProduct in a namespace the operator does not watch
+    would never become Ready (no Role there, no watch): the render stops naming both lists.
+    Without the check the chart installed it there, and it stayed without a phase."""
+    values = external(["payments", "treasury"]) | {"defaults": {"namespaces": ["cards-eu"]}}
+    result = helm("template", "fin", str(CHART), "-f", helm.values_file(values), check=False)
+    assert result.returncode != 0, result.stdout[:500]
+    assert (
+        "defaults.namespaces: cards-eu is not one of watchNamespaces (payments, treasury)"
+        in result.stderr
+    ), result.stderr
 
 
 def test_every_pod_is_hardened_and_bounded(helm: Helm) -> None:
@@ -882,8 +898,9 @@ def test_helm_test_hook_asks_the_operator_service(helm: Helm) -> None:
     pod = one(docs, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     service = one(docs, "Service", "-operator")
-    url = pod["spec"]["containers"][0]["env"][0]["value"]
-    assert url == f"http://{service['metadata']['name']}.fin.svc:8080/healthz"
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["HEALTH_URL"] == f"http://{service['metadata']['name']}.fin.svc:8080/healthz"
+    assert env["TIMEOUT_SECONDS"] == "120"
     assert service["spec"]["ports"][0]["targetPort"] == "health"
 
 
