@@ -276,8 +276,10 @@ class WebhookStatus(common.StatusModel):
     phase: WebhookPhase | None = pydantic.Field(
         default=None,
         description="Pending until a notifier serves the Webhook; Active while deliveries "
-        "succeed or are retried; Failing when the circuit is open or the Secret is unusable; "
-        "Suspended by spec.suspend; Rejected for an invalid spec.",
+        "succeed or are retried; Failing when the circuit is open, the Secret is unusable or "
+        "the notifier refuses the URL's destination (reason DestinationRefused, shown as soon "
+        "as a notifier serves the Webhook); Suspended by spec.suspend; Rejected for an "
+        "invalid spec.",
     )
     reason: common.Reason | None = pydantic.Field(
         default=None, description="CamelCase cause of the phase."

@@ -19,9 +19,13 @@ unless the operator of the notifier allows more (``FINTECH_WEBHOOK_ALLOWED_CIDRS
   the URL's host name as SNI and verifies the certificate against it (it passes the
   origin's host, not our address, as ``server_hostname``). A refusal raises
   :class:`DestinationRefused` before any socket is opened.
-- :func:`new_client`: the notifier's ``httpx.AsyncClient`` over that backend: no redirects,
-  no proxies from the environment (a proxy would make the connection for us, unguarded),
-  HTTP/1.1 only, bounded pool.
+- :func:`new_client`: the notifier's ``httpx.AsyncClient`` (a :class:`GuardedClient`) over
+  that backend: no redirects, no proxies from the environment (a proxy would make the
+  connection for us, unguarded), HTTP/1.1 only, bounded pool.
+- :func:`judge` (and :meth:`GuardedClient.judge`): the guard's verdict on a URL without
+  connecting, through the very :meth:`GuardedBackend.vetted` a connection to it runs (same
+  host and port, same resolver, same allow-list), so a Webhook can show a refused
+  destination before its first event.
 
 Pooled keep-alive connections stay bound to the address vetted when they were opened; the
 allow-list only changes with a restart, so no connection outlives the policy that let it
@@ -297,6 +301,32 @@ def _httpx_errors() -> Iterator[None]:
         raise mapped(str(exc)) from exc
 
 
+def core_url(url: httpx.URL) -> httpcore.URL:
+    """The httpcore URL the transport sends a request for ``url`` to; its ``origin`` is the
+    host and port a connection opens (and :meth:`GuardedBackend.vetted` judges)."""
+    return httpcore.URL(
+        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+    )
+
+
+async def judge(backend: GuardedBackend, url: str, connect_seconds: float) -> str | None:
+    """Why the guard refuses a delivery to ``url``, or None when it would let one through now.
+
+    No connection is opened: the host is resolved and every address vetted exactly as a
+    delivery's connection does (:meth:`GuardedBackend.vetted`, within ``connect_seconds``).
+    A name that cannot be resolved now raises ``httpx.ConnectError`` or
+    ``httpx.ConnectTimeout``, as a delivery attempt fails on it (to be retried): it is not a
+    refusal. ``httpx.InvalidURL`` when ``url`` has no usable host or port.
+    """
+    origin = core_url(httpx.URL(url)).origin
+    try:
+        with _httpx_errors():
+            await backend.vetted(origin.host.decode("ascii"), origin.port, connect_seconds)
+    except DestinationRefused as exc:
+        return str(exc)
+    return None
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, stream: AsyncIterable[bytes]) -> None:
         self._stream = stream
@@ -339,12 +369,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             raise TypeError("the notifier sends async requests only")
         core = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
+            url=core_url(request.url),
             headers=request.headers.raw,
             content=request.stream,
             extensions=request.extensions,
@@ -364,12 +389,25 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
+class GuardedClient(httpx.AsyncClient):
+    """The notifier's client, with the guard under its connections at hand, so that judging
+    a URL ahead of any delivery and delivering to it can never use different rules."""
+
+    def __init__(self, guard: GuardedBackend, **options: Any) -> None:
+        super().__init__(**options)
+        self.guard = guard
+
+    async def judge(self, url: str, connect_seconds: float) -> str | None:
+        """:func:`judge` with this client's guard."""
+        return await judge(self.guard, url, connect_seconds)
+
+
 def new_client(
     allow: Sequence[IPNetwork],
     max_connections: int,
     resolver: Resolver = system_resolver,
     tls: ssl.SSLContext | None = None,
-) -> httpx.AsyncClient:
+) -> GuardedClient:
     """The notifier's client: guarded connections, no redirects, no environment proxies.
 
     Each request passes its own timeouts (the Webhook's); the client's are a backstop.
@@ -381,9 +419,10 @@ def new_client(
         keepalive_expiry=30.0,
     )
     context = tls if tls is not None else httpx.create_ssl_context(verify=True, trust_env=False)
-    transport = GuardedTransport(GuardedBackend(allow, resolver), limits, context)
-    return httpx.AsyncClient(
-        transport=transport,
+    guard = GuardedBackend(allow, resolver)
+    return GuardedClient(
+        guard,
+        transport=GuardedTransport(guard, limits, context),
         follow_redirects=False,
         max_redirects=0,
         trust_env=False,

@@ -43,7 +43,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
@@ -187,7 +186,7 @@ class Notifier:
         self,
         settings: config.Settings,
         pool: AsyncConnectionPool[Any],
-        client: httpx.AsyncClient,
+        client: destination.GuardedClient,
         source: Any,
     ) -> None:
         self.settings = settings

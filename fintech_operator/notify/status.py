@@ -45,7 +45,14 @@ def phase_of(report: store.EndpointReport | None, suspended: bool) -> tuple[str,
             f"{report.consecutive_failures} consecutive failures; last: "
             f"{report.last_error or 'unknown'}"[:MESSAGE_MAX_CHARS],
         )
-    return "Active", "Delivering", "deliveries succeed"
+    return "Active", "Delivering", _delivering(report)
+
+
+def _delivering(report: store.EndpointReport) -> str:
+    """The message of an endpoint served without a problem or a failure since its last
+    success. Before any success (a new Webhook, not refused: a refusal is a problem) nothing
+    has reached the receiver, so it does not claim that deliveries succeed."""
+    return "no event delivered yet" if report.last_success_at is None else "deliveries succeed"
 
 
 def fields(report: store.EndpointReport | None, suspended: bool) -> dict[str, Any]:

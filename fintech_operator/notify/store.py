@@ -44,10 +44,11 @@ WITH expired AS (
 )
 SELECT count(*) FROM expired
 """
-# A refused destination is found by the worker when it delivers (it needs DNS), not by the
-# refresh that registers the endpoint: registering keeps that problem while the Webhook's
-# generation is the same (its URL did not change) and nothing else is wrong. A new
-# generation clears it; the next attempt then judges the new URL.
+# A refused destination is found by the worker (it needs DNS), not by the refresh that
+# registers the endpoint: when it starts serving a configuration (:func:`record_judgement`)
+# and at each delivery attempt (:func:`record_attempt`). Registering keeps that problem while
+# the Webhook's generation is the same (its URL did not change) and nothing else is wrong. A
+# new generation clears it; the worker then judges the new URL.
 _REGISTER: Final = """
 INSERT INTO webhook_endpoints (webhook_uid, namespace, name, generation, owner, problem)
 VALUES (%s, %s, %s, %s, %s, %s)
@@ -179,6 +180,31 @@ async def register(conn: psycopg.AsyncConnection[Any], endpoint: Registered, own
             None if problem is None else problem[:1000],
         ),
     )
+
+
+# The worker's verdict on a configuration's destination, before any event. It only replaces
+# no problem or a refusal: a Secret problem (the refresh's) stays, and a verdict on an older
+# generation (the Webhook changed meanwhile) changes nothing.
+_JUDGED: Final = """
+UPDATE webhook_endpoints
+   SET problem = left(%(problem)s::text, 1000), updated_at = now()
+ WHERE webhook_uid = %(uid)s AND generation = %(generation)s
+   AND (problem IS NULL OR problem LIKE 'DestinationRefused:%%')
+   AND problem IS DISTINCT FROM left(%(problem)s::text, 1000)
+"""
+
+
+async def record_judgement(
+    conn: psycopg.AsyncConnection[Any], endpoint: Registered, refusal: str | None
+) -> bool:
+    """Record the guard's verdict on ``endpoint``'s URL: ``refusal`` (the text a refused
+    delivery records, ``DestinationRefused: ...``) becomes its problem, None clears a refusal,
+    as an attempt that passed the guard does. Return whether the row changed."""
+    cur = await conn.execute(
+        _JUDGED,
+        {"problem": refusal, "uid": endpoint.uid, "generation": endpoint.generation},
+    )
+    return cur.rowcount > 0
 
 
 @dataclass(frozen=True)

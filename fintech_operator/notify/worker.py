@@ -16,7 +16,12 @@ endpoint's breaker are written in one transaction after each request; a crash be
 Every request goes through the destination guard (:mod:`destination`, in the client the
 process builds): a URL whose host is or resolves to a non-public address is refused before
 any connection, and that delivery fails at once (a refusal is not the endpoint's failure,
-so it does not count toward the circuit breaker). Bounds per request: the Webhook's
+so it does not count toward the circuit breaker). The worker does not wait for an event to
+find that out: before its first round with a configuration (a new Webhook, an edit, a fixed
+Secret) it asks the same guard about the URL (:func:`destination.judge`) and records a
+refusal as the endpoint's problem, with the text a refused delivery records, so the Webhook
+shows it at once. A name that does not resolve yet is no refusal (a delivery retries it):
+it is judged again ``JUDGE_AGAIN_SECONDS`` later. Bounds per request: the Webhook's
 ``timeoutSeconds`` over all of it (DNS, connect, TLS, send, answer), connect at most
 ``CONNECT_TIMEOUT_SECONDS_MAX``, and at most ``RESPONSE_BYTES_MAX`` of the answer read.
 """
@@ -48,6 +53,8 @@ EXCERPT_CHARS_MAX: Final = 200
 CONNECT_TIMEOUT_SECONDS_MAX: Final = 10.0
 USER_AGENT: Final = "fintech-operator-notifier/1"
 EXPIRE_EVERY_SECONDS: Final = 30.0
+# After a failed name resolution, how long until the destination is judged again.
+JUDGE_AGAIN_SECONDS: Final = 30.0
 
 
 class EndpointWorker:
@@ -57,7 +64,7 @@ class EndpointWorker:
         self,
         endpoint: endpoints.Endpoint,
         pool: AsyncConnectionPool[Any],
-        client: httpx.AsyncClient,
+        client: destination.GuardedClient,
         in_flight: asyncio.Semaphore,
         poll_seconds: float,
         clock: Callable[[], float] = time.time,
@@ -74,6 +81,8 @@ class EndpointWorker:
         self._bucket = policy.TokenBucket.full(endpoint.rate_per_second, endpoint.burst, clock())
         self._last_expire = 0.0
         self._resume_at = 0.0  # Epoch seconds; a receiver's Retry-After pauses the endpoint.
+        self._judged: endpoints.Endpoint | None = None  # The configuration last judged.
+        self._judge_after = 0.0  # Epoch seconds; set after a name did not resolve.
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -97,6 +106,7 @@ class EndpointWorker:
         )
         self._bucket = self._bucket.reconfigured(endpoint.rate_per_second, endpoint.burst, now)
         self.endpoint = endpoint
+        self._judge_after = 0.0  # A new configuration is judged at once (the next round).
         self._wake.set()
 
     async def _run(self) -> None:
@@ -119,6 +129,7 @@ class EndpointWorker:
     async def _round(self) -> float:
         """Deliver what is due; return how long to sleep before the next round."""
         endpoint = self.endpoint
+        await self._judge_destination(endpoint)
         await self._expire_old(endpoint)
         held = self._held_seconds(endpoint)
         if held is not None:
@@ -151,6 +162,36 @@ class EndpointWorker:
         if not allowed:
             return max(0.05, self._breaker.seconds_until_allowed(self._clock()))
         return None
+
+    async def _judge_destination(self, endpoint: endpoints.Endpoint) -> None:
+        """Record whether the guard refuses this configuration's URL, once per configuration
+        (see the module docstring); a name that does not resolve is judged again later."""
+        if self._judged is endpoint or self._clock() < self._judge_after:
+            return
+        connect_seconds = min(endpoint.timeout_seconds, CONNECT_TIMEOUT_SECONDS_MAX)
+        try:
+            async with self._in_flight:
+                reason = await self._client.judge(endpoint.url, connect_seconds)
+        except httpx.InvalidURL as exc:  # Deliveries fail on it too, with their own message.
+            log.warning("webhook %s: cannot judge its URL: %s", endpoint.ref, exc)
+            self._judged = endpoint
+            return
+        except httpx.HTTPError as exc:  # DNS: an attempt would fail and be retried, not refused.
+            self._judge_after = self._clock() + JUDGE_AGAIN_SECONDS
+            log.info(
+                "webhook %s: destination not judged yet (%s: %s); again in %.0fs",
+                endpoint.ref,
+                type(exc).__name__,
+                exc,
+                JUDGE_AGAIN_SECONDS,
+            )
+            return
+        refusal = None if reason is None else policy.refused(reason).error
+        async with self._pool.connection() as conn:
+            changed = await store.record_judgement(conn, endpoint, refusal)
+        self._judged = endpoint
+        if refusal is not None and changed:
+            log.warning("webhook %s: %s; every delivery will fail at once", endpoint.ref, refusal)
 
     async def _expire_old(self, endpoint: endpoints.Endpoint) -> None:
         now = self._clock()

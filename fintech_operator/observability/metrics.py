@@ -55,6 +55,11 @@ POSTING_TYPES: Final = frozenset(t.value for t in api.PostingType)
 POSTING_OUTCOMES: Final = frozenset({"posted", "replayed", "rejected"})
 WEBHOOK_OUTCOMES: Final = frozenset({"delivered", "failed", "exhausted"})
 PRODUCE_OUTCOMES: Final = frozenset({"ok", "error"})
+# The counts a consumer's batch result may carry, each an ``outcome`` of
+# fintech_consumer_events_total (``error`` is counted when the batch raises). ``ignored``:
+# records the consumer read and skipped on purpose (the rewards consumer's authorization steps
+# that earn nothing).
+CONSUMER_BATCH_OUTCOMES: Final = ("applied", "duplicates", "dead_lettered", "ignored")
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 # Reasons and kinds are CamelCase words from fixed sets in the code; anything else is a bug
@@ -109,7 +114,8 @@ kafka_produced_total = Counter(
 )
 consumer_events_total = Counter(
     "fintech_consumer_events_total",
-    "Kafka records handled by a consumer, by outcome (applied, duplicates, dead_lettered, error).",
+    "Kafka records handled by a consumer, by outcome (applied, duplicates, dead_lettered, "
+    "ignored, error).",
     ["consumer", "outcome"],
     registry=REGISTRY,
 )
@@ -427,6 +433,7 @@ def sample(name: str, labels: Mapping[str, str] | None = None) -> float | None:
 
 
 __all__ = [
+    "CONSUMER_BATCH_OUTCOMES",
     "REGISTRY",
     "SNAPSHOT",
     "MetricsServerError",

@@ -398,7 +398,8 @@ def kafka_process(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P
     record carries the same one, linked to each otherwise. The records' positions and event
     ids are bound to the log lines written meanwhile. The result is counted in
     ``fintech_consumer_events_total{consumer,outcome}``: a string is one record's outcome;
-    an object with ``applied``, ``duplicates`` and ``dead_lettered`` counts is a batch's.
+    an object with ``applied``, ``duplicates``, ``dead_lettered`` and (optionally) ``ignored``
+    counts is a batch's.
     """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -453,7 +454,7 @@ def _count_outcome(name: str, result: object) -> None:
     if isinstance(result, str):
         metrics.consumer_event(name, result)
         return
-    for outcome in ("applied", "duplicates", "dead_lettered"):
+    for outcome in metrics.CONSUMER_BATCH_OUTCOMES:
         count = getattr(result, outcome, None)
         if type(count) is int and count > 0:
             metrics.consumer_event(name, outcome, count)

@@ -68,6 +68,9 @@ class Outcome:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    # Authorization steps that move no money (holds, declines, increments, voids, expiries):
+    # they earn nothing, so they are neither recorded nor dead-lettered, but they were handled.
+    ignored: int = 0
 
 
 def plan(record: Any) -> Planned | deadletter.Poison | None:
@@ -158,17 +161,19 @@ def _plan_capture(
 
 @dataclass
 class Decoded:
-    """A batch's records sorted out: the rows to apply (with the record of each), the poison."""
+    """A batch's records sorted out: the rows to apply (with the record of each), the poison,
+    and how many records earn nothing and are skipped (``ignored``)."""
 
     rows: list[store.Row]
     sources: list[Any]
     poisons: list[deadletter.Poison]
+    ignored: int = 0
 
 
 def decode_batch(records: Sequence[Any]) -> Decoded:
     """Each record's row (pure): the relay's canonical posting events by one regular
     expression each, anything else through :func:`plan`; authorization steps that move no
-    money give no row."""
+    money give no row and count as ignored."""
     decoded = Decoded([], [], [])
     for record in records:
         row = _canonical_row(record.value)
@@ -178,6 +183,7 @@ def decode_batch(records: Sequence[Any]) -> Decoded:
                 decoded.poisons.append(result)
                 continue
             if result is None:
+                decoded.ignored += 1
                 continue
             row = result.entry.row
         decoded.rows.append(row)
@@ -282,6 +288,7 @@ async def process(
         applied=applied,
         duplicates=len(decoded.rows) - len(refused) - applied,
         dead_lettered=len(poisons),
+        ignored=decoded.ignored,
     )
 
 
@@ -370,11 +377,12 @@ async def _apply_and_commit(
         on_failure="the batch will be redelivered and skipped",
     )
     log.info(
-        "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+        "batch of %d: %d applied, %d duplicates, %d dead-lettered, %d ignored",
         len(records),
         outcome.applied,
         outcome.duplicates,
         outcome.dead_lettered,
+        outcome.ignored,
         extra={"consumer": CONSUMER_NAME},  # docs/operations.md: consumer lines carry it
     )
 

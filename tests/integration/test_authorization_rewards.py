@@ -4,6 +4,8 @@ back, and a redelivered batch changes nothing (issue 13, item 5)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from typing import Any
 
@@ -12,7 +14,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from fintech_operator.authorizations import contract
 from fintech_operator.authorizations.store import PostgresStore
-from fintech_operator.rewards import store
+from fintech_operator.observability import metrics
+from fintech_operator.rewards import consumer, store
 from tests.conftest import RunningPlatform
 from tests.integration.authz_support import (
     authorize_request,
@@ -98,6 +101,54 @@ async def test_points_accrue_on_captured_amounts_once_through_the_real_consumer(
                 )
             ).fetchone()
         assert count == (5,)
+
+
+async def test_steps_that_earn_nothing_are_counted_and_logged_as_ignored(
+    platform_running: RunningPlatform,
+    migrated_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two holds approved, one declined and one voided earn nothing: the real consumer reads
+    those four records from Kafka, records none of them, and counts each as ``ignored`` in
+    its batch summaries and in fintech_consumer_events_total; the capture behind them is the
+    only one applied. Every record read is accounted for under one outcome."""
+    settings = settings_for(platform_running, migrated_database_url, new_prefix())
+    ignored_before = _consumed("ignored")
+    async with (
+        autocommit_pool(migrated_database_url, 4) as fast,
+        open_pool(migrated_database_url) as pool,
+    ):
+        card = await new_card(fast, limit_minor=10_000)
+        held = body(await _authorize(fast, authorize_request(card, 1_000)))["authorization"]
+        voided = body(await _authorize(fast, authorize_request(card, 2_000)))["authorization"]
+        declined = body(await _authorize(fast, authorize_request(card, 50_000)))
+        assert not declined["approved"], declined
+        async with fast.connection() as conn:
+            await STORE.void(conn, voided, contract.VoidRequest(id=f"v_{uuid.uuid4().hex}"))
+        # Last, on the same card (so the same partition): once it is applied, the consumer has
+        # read the four steps before it.
+        await _capture(fast, held, 1_000, True)
+        before = await processed(migrated_database_url)
+        with caplog.at_level(logging.INFO, logger=consumer.__name__):
+            async with running_relay(settings, pool), running_consumer(settings, "g-ignored"):
+                await eventually(
+                    "the capture applied", lambda: _at_least(migrated_database_url, before + 1)
+                )
+        async with pool.connection() as conn:
+            assert await store.points_balance(conn, card.ref) == 10
+    batches = re.findall(
+        r"batch of (\d+): (\d+) applied, (\d+) duplicates, (\d+) dead-lettered, (\d+) ignored",
+        caplog.text,
+    )
+    assert batches, caplog.text
+    read, applied, duplicates, dead, ignored = (sum(int(b[i]) for b in batches) for i in range(5))
+    assert (read, applied, duplicates, dead, ignored) == (5, 1, 0, 0, 4)
+    assert _consumed("ignored") == ignored_before + 4
+
+
+def _consumed(outcome: str) -> float:
+    labels = {"consumer": consumer.CONSUMER_NAME, "outcome": outcome}
+    return metrics.sample("fintech_consumer_events_total", labels) or 0.0
 
 
 async def _authorize(pool: AsyncConnectionPool[Any], req: contract.AuthorizeRequest) -> Any:

@@ -8,6 +8,7 @@ database, so the operator's relay publishes them and the notifier delivers them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import Iterator
@@ -165,7 +166,7 @@ def _ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 
 
-async def test_a_refused_destination_fails_without_a_connection_and_shows_on_the_webhook(
+async def test_a_refused_destination_shows_before_any_event_and_fails_without_a_connection(
     platform_running: RunningPlatform,
     operator_processes: OperatorProcesses,
     operator_env: dict[str, str],
@@ -174,38 +175,60 @@ async def test_a_refused_destination_fails_without_a_connection_and_shows_on_the
     receiver: Receiver,
     tmp_path: Path,
 ) -> None:
-    """With nothing allowed beyond public addresses, a Webhook whose URL is the receiver on
-    127.0.0.1 is refused before any connection: the receiver accepts no TCP connection, each
-    delivery fails after exactly one attempt (never retried, although retries are due every
-    second) with the reason in the delivery log, and the Webhook is Failing with
-    Ready=False, reason DestinationRefused. Editing the URL clears the stale reason."""
+    """With only 127.0.0.2 allowed beyond public addresses, a Webhook whose URL is the
+    receiver on 127.0.0.1, and one that names it ``localhost`` (resolved like any host, here
+    by the hosts file), are Failing with reason DestinationRefused, Ready=False and a Warning
+    Event as soon as the notifier serves them, before any event. Events then fail after
+    exactly one attempt each (never retried, although retries are due every second), with
+    the words of the status in the delivery log, and the receiver accepts no TCP connection.
+    Editing the URL to an allowed address clears the reason: Active, Delivering, "no event
+    delivered yet"."""
     database_url = operator_env["DATABASE_URL"]
     settings = settings_for(platform_running, database_url, operator_env["FINTECH_TOPIC_PREFIX"])
     webhook = f"{op_namespace}/local"
+    fast_retry = {"retry": {"initialDelaySeconds": 1, "maxDelaySeconds": 1}}
     _apply(
         kubectl,
         op_namespace,
         secret_object("hook-secret", SECRET),
-        webhook_object(
-            "local", f"{receiver.url}/ok", retry={"initialDelaySeconds": 1, "maxDelaySeconds": 1}
-        ),
+        webhook_object("local", f"{receiver.url}/ok", **fast_retry),
+        webhook_object("named", f"{receiver.url.replace('127.0.0.1', 'localhost')}/ok"),
+    )
+    refusal = (
+        "127.0.0.1: loopback address, not allowed by the notifier's FINTECH_WEBHOOK_ALLOWED_CIDRS"
     )
     async with (
         notifier_process(
-            platform_running, settings, op_namespace, "g-refused", tmp_path, allowed_cidrs=""
+            platform_running,
+            settings,
+            op_namespace,
+            "g-refused",
+            tmp_path,
+            allowed_cidrs="127.0.0.2/32",
         ),
         open_pool(database_url) as pool,
     ):
-        await eventually(
-            "the operator to see the webhook",
-            lambda: _status_when(kubectl, op_namespace, "local", phase="Active"),
-            90,
+        shown: dict[str, dict[str, Any]] = {}
+        for name in ("local", "named"):
+            shown[name] = await eventually(
+                f"{name} to show the refusal before any event",
+                functools.partial(
+                    _status_when, kubectl, op_namespace, name, reason="DestinationRefused"
+                ),
+                90,
+            )
+        warned = await eventually(
+            "the Warning Event", lambda: _warning(kubectl, op_namespace, "local"), 30
         )
+        queued = await scalar(
+            database_url, "SELECT count(*) FROM webhook_deliveries WHERE webhook = %s", webhook
+        )
+        assert queued == 0, "the refusal was shown only after an event"
         await open_cards(pool, op_namespace, ("alice",))
         for _ in range(2):
             await post(pool, op_namespace, "alice")
         refused = await eventually(
-            "the Webhook to show the refusal",
+            "both events failed at once",
             lambda: _status_when(
                 kubectl, op_namespace, "local", reason="DestinationRefused", failedTotal=2
             ),
@@ -221,19 +244,26 @@ async def test_a_refused_destination_fails_without_a_connection_and_shows_on_the
             "local",
             "--type=merge",
             "-p",
-            json.dumps({"spec": {"url": f"{receiver.url}/elsewhere"}}),
+            json.dumps({"spec": {"url": receiver.url.replace("127.0.0.1", "127.0.0.2")}}),
         )
         edited = await eventually(
-            "the stale reason cleared by the edit",
+            "the reason cleared by the edit",
             lambda: _status_when(kubectl, op_namespace, "local", phase="Active"),
             30,
         )
     assert receiver.connections == 0, "a refused destination was connected to"
     assert receiver.seen == []
+    for name, status in shown.items():
+        assert status["phase"] == "Failing", name
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "DestinationRefused"), name
+    assert shown["local"]["message"] == refusal
+    assert shown["named"]["message"].startswith("localhost resolves to ")
+    assert warned["message"] == refusal
     assert len(rows) == 2
     for state, attempts, error in rows:
         assert (state, attempts) == ("failed", 1)
-        assert str(error).startswith("DestinationRefused: 127.0.0.1: loopback address")
+        assert error == f"DestinationRefused: {refusal}"  # The status's words, the same.
     attempts = await scalar(
         database_url,
         "SELECT count(*) FROM webhook_delivery_attempts a JOIN webhook_deliveries d"
@@ -242,12 +272,16 @@ async def test_a_refused_destination_fails_without_a_connection_and_shows_on_the
         webhook,
     )
     assert attempts == 2
-    assert refused["phase"] == "Failing"
-    assert "127.0.0.1: loopback address" in refused["message"]
+    assert (refused["phase"], refused["message"]) == ("Failing", refusal)
     assert refused["circuit"] == "Closed", "a refusal must not open the circuit"
-    ready = next(c for c in refused["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "DestinationRefused")
-    assert edited["reason"] != "DestinationRefused"
+    assert (edited["reason"], edited["message"]) == ("Delivering", "no event delivered yet")
+
+
+async def _warning(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
+    selector = f"involvedObject.name={name},type=Warning,reason=DestinationRefused"
+    out = kubectl("get", "events", "-n", namespace, "--field-selector", selector, "-o", "json")
+    items: list[dict[str, Any]] = json.loads(out.stdout).get("items") or []
+    return items[0] if items else None
 
 
 async def _deliveries(database_url: str, webhook: str) -> list[tuple[Any, ...]]:

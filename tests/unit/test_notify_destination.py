@@ -18,7 +18,7 @@ import httpcore
 import httpx
 import pytest
 
-from fintech_operator.notify import destination, status, store
+from fintech_operator.notify import destination, policy, status, store
 
 PUBLIC = [
     "8.8.8.8",
@@ -284,6 +284,93 @@ async def test_httpcore_errors_become_httpx_errors() -> None:
     async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
         with pytest.raises(httpx.ConnectError):
             await client.post("http://hooks.example.test/", content=b"{}")
+
+
+# --- Judging a URL before any event --------------------------------------------------------
+
+
+async def _delivery_refusal(client: httpx.AsyncClient, url: str) -> str:
+    """What a delivery to ``url`` records when the guard refuses it (worker._send's path)."""
+    with pytest.raises(destination.DestinationRefused) as refused:
+        await client.post(url, content=b"{}")
+    error = policy.refused(str(refused.value)).error
+    assert error is not None
+    return error
+
+
+@pytest.mark.parametrize(
+    ("url", "answer", "asked"),
+    [
+        ("http://127.0.0.1:8080/ok", ["127.0.0.1"], ("127.0.0.1", 8080)),
+        ("https://hooks.example.test/x", ["10.0.0.7"], ("hooks.example.test", 443)),
+        ("http://hooks.example.test/x", ["8.8.8.8", "169.254.169.254"], ("hooks.example.test", 80)),
+        ("http://[::1]:9/", ["::1"], ("::1", 9)),
+    ],
+)  # fmt: skip
+async def test_judging_a_url_refuses_it_exactly_as_its_delivery_would(
+    url: str, answer: list[str], asked: tuple[str, int]
+) -> None:
+    """judge() asks the guard under the notifier's client about the host and port the
+    connection would open (default ports by scheme), connects to nothing, and its refusal,
+    recorded the way a refused delivery is, is the same text, word for word."""
+    inner, resolver = Recorder(), Resolver(answer)
+    guard = destination.GuardedBackend((), resolver, inner)
+    client = destination.GuardedClient(
+        guard,
+        transport=destination.GuardedTransport(guard, httpx.Limits(), httpx.create_ssl_context()),
+        trust_env=False,
+    )
+    async with client:
+        reason = await client.judge(url, 5)
+        assert reason is not None
+        assert resolver.asked == [asked]
+        judged = policy.refused(reason).error
+        assert judged is not None
+        assert judged.startswith("DestinationRefused: ")
+        assert judged == await _delivery_refusal(client, url)
+    assert inner.connects == []
+
+
+async def test_judging_an_allowed_url_connects_to_nothing() -> None:
+    """A public address, or a private one the allow-list covers, is no refusal."""
+    inner = Recorder()
+    public = destination.GuardedBackend((), Resolver(["93.184.216.34"]), inner)
+    assert await destination.judge(public, "https://hooks.example.test/", 5) is None
+    allowed = destination.GuardedBackend(ALLOW, Resolver(["127.0.0.1"]), inner)
+    assert await destination.judge(allowed, "http://receiver.example.test:8080/", 5) is None
+    assert inner.connects == []
+
+
+async def test_judging_a_name_that_does_not_resolve_is_not_a_refusal() -> None:
+    """An unknown name, an empty answer or a DNS slower than the connect bound raise the
+    httpx errors a delivery attempt fails on (and retries), never a refusal."""
+
+    async def unknown(host: str, port: int) -> Sequence[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def slow(host: str, port: int) -> Sequence[str]:
+        await asyncio.sleep(10)
+        return ["10.0.0.1"]
+
+    inner, url = Recorder(), "https://hooks.example.test/"
+    with pytest.raises(httpx.ConnectError, match="cannot resolve"):
+        await destination.judge(destination.GuardedBackend((), unknown, inner), url, 5)
+    with pytest.raises(httpx.ConnectError, match="no address"):
+        await destination.judge(destination.GuardedBackend((), Resolver([]), inner), url, 5)
+    with pytest.raises(httpx.ConnectTimeout, match="resolving"):
+        await destination.judge(destination.GuardedBackend((), slow, inner), url, 0.05)
+    assert inner.connects == []
+
+
+async def test_the_notifiers_client_judges_with_the_guard_it_connects_through() -> None:
+    """The client new_client builds (the notifier's) asks one resolver and one allow-list
+    both when it judges and when it delivers; both refuse 10.0.0.1 alike."""
+    resolver, url = Resolver(["10.0.0.1"]), "https://hooks.example.test/"
+    async with destination.new_client((), 4, resolver=resolver) as client:
+        reason = await client.judge(url, 5)
+        assert reason is not None
+        assert policy.refused(reason).error == await _delivery_refusal(client, url)
+    assert resolver.asked == [("hooks.example.test", 443)] * 2
 
 
 def test_a_refused_destination_is_the_webhook_status_reason() -> None:

@@ -212,6 +212,17 @@ def test_status_phases(
     assert status.phase_of(endpoint, suspended)[:2] == (phase, reason)
 
 
+def test_an_active_endpoint_says_whether_anything_was_delivered_yet() -> None:
+    """Served and not refused, but nothing delivered yet (a new Webhook, or only failures so
+    far): Active, Delivering, without claiming that deliveries succeed."""
+    fresh = report(
+        last_attempt_at=None, last_success_at=None, last_event_id=None, last_event_type=None,
+        last_outcome=None, last_status_code=None, delivered_total=0,
+    )  # fmt: skip
+    assert status.phase_of(fresh, False) == ("Active", "Delivering", "no event delivered yet")
+    assert status.phase_of(report(), False) == ("Active", "Delivering", "deliveries succeed")
+
+
 def test_status_fields_and_change_detection() -> None:
     """Status carries the last delivery and counters; only differences are patched."""
     wanted = status.fields(report(), suspended=False)

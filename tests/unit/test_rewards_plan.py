@@ -224,3 +224,26 @@ def test_poison_in_the_middle_of_a_batch_is_set_aside_and_the_rest_keeps_its_ord
     assert [row[0] for row in decoded.rows] == [first["id"], last["id"]]
     assert [p.record.offset for p in decoded.poisons] == [1, 2]
     assert all(p.reason.startswith("invalid event") for p in decoded.poisons)
+
+
+def test_a_batch_counts_the_authorization_steps_it_skips_as_ignored() -> None:
+    """Steps that move no money give no row and no poison, and are counted as ignored, so the
+    batch's summary and fintech_consumer_events_total account for every record."""
+    capture = authorization_event(
+        "captured", stepAmount=500, journalId=13, final=True, forcePost=False,
+        rewardsRateBps=100, earnOn=["Purchase"],
+    )  # fmt: skip
+    steps = [authorization_event(step) for step in ("approved", "declined", "voided")]
+    records = [
+        Record(json.dumps(event).encode(), topic="authorizations", offset=offset)
+        for offset, event in enumerate([*steps, capture])
+    ]
+    decoded = consumer.decode_batch([*records, canonical_record(wire(posted()), 4)])
+    assert decoded.ignored == 3
+    assert [r.offset for r in decoded.sources] == [3, 4]
+    assert decoded.poisons == []
+
+
+def test_a_batch_without_skipped_steps_ignores_nothing() -> None:
+    decoded = consumer.decode_batch([canonical_record(wire(posted()))])
+    assert (decoded.ignored, len(decoded.rows)) == (0, 1)

@@ -205,6 +205,7 @@ class _Outcome:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    ignored: int = 0
 
 
 def _carrying(name: str) -> tuple[trace.SpanContext, tuple[tuple[str, bytes], ...]]:
@@ -302,6 +303,18 @@ async def test_processing_a_batch_joins_the_producers_trace(spans: InMemorySpanE
     assert seen == {"consumer": "rewards"}
     assert _consumed("applied") == applied + 2
     assert _consumed("duplicates") == duplicates + 1
+
+
+async def test_a_batch_counts_its_ignored_records(spans: InMemorySpanExporter) -> None:
+    """Records a consumer skipped on purpose are counted under outcome ``ignored``."""
+
+    @tracing.kafka_process("rewards")
+    async def process(pool: object, records: list[_Record], *, prefix: str) -> _Outcome:
+        return _Outcome(applied=1, ignored=2)
+
+    applied, ignored = _consumed("applied"), _consumed("ignored")
+    await process(None, [_Record("authorizations", 0, n, ()) for n in (1, 2, 3)], prefix="")
+    assert (_consumed("applied"), _consumed("ignored")) == (applied + 1, ignored + 2)
 
 
 async def test_processing_one_record_binds_its_position(spans: InMemorySpanExporter) -> None:
