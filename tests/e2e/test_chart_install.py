@@ -419,10 +419,12 @@ def test_helm_test_hook_command_passes_against_the_operator(release: Release, po
     args = pods.procs["operator-a"].args
     assert isinstance(args, list)
     url = f"http://127.0.0.1:{args[args.index('--liveness-port') + 1]}/healthz"
-    # The image's `python` is this interpreter; only the Service address becomes loopback.
+    # The image's `python` is this interpreter, with the hook's own environment (its
+    # TIMEOUT_SECONDS too); only the Service address becomes loopback.
+    hook_env = {e["name"]: e["value"] for e in container["env"]}
     result = subprocess.run(
         [sys.executable, *container["command"][1:]],
-        env={"PATH": os.environ["PATH"], "HEALTH_URL": url},
+        env={**hook_env, "PATH": os.environ["PATH"], "HEALTH_URL": url},
         capture_output=True,
         text=True,
         timeout=60,
