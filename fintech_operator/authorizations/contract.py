@@ -125,7 +125,7 @@ class Answer:
 
 class StoreConnection(psycopg.AsyncConnection[Any]):
     """The gateway's connections (``AsyncConnectionPool(connection_class=...)``): each keeps one
-    binary cursor, which the store reuses for its answers.
+    binary cursor, which the store reuses for every call.
 
     A new cursor per call sets up its adaptation state (the parameters' dumpers, the row's
     loaders) again: about 25 us of the client's CPU per call, a sixth of a store call's
@@ -139,7 +139,7 @@ class StoreConnection(psycopg.AsyncConnection[Any]):
         self._answer_cursor: psycopg.AsyncCursor[Any] | None = None
 
     def answer_cursor(self) -> psycopg.AsyncCursor[Any]:
-        """This connection's binary cursor for the store's answers, made on first use."""
+        """This connection's binary cursor for the store's calls, made on first use."""
         cursor = self._answer_cursor
         if cursor is None or cursor.closed:
             cursor = self._answer_cursor = self.cursor(binary=True)
