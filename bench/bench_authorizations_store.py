@@ -220,7 +220,7 @@ async def client(url: str, tokens: list[str], stop_at: float, tally: Tally) -> N
     store = PostgresStore()
     rng = random.Random()  # noqa: S311 - picks cards and operations, not secrets
     pending: list[str] = []
-    # The gateway's connection class (its pool's): the store reuses one cursor per connection.
+    # The gateway's connection class (its pool's): the store calls prepared statements on it.
     async with await contract.StoreConnection.connect(url, autocommit=True) as conn:
         while time.monotonic() < stop_at:
             roll = rng.random()

@@ -124,26 +124,21 @@ class Answer:
 
 
 class StoreConnection(psycopg.AsyncConnection[Any]):
-    """The gateway's connections (``AsyncConnectionPool(connection_class=...)``): each keeps one
-    binary cursor, which the store reuses for every call.
+    """The gateway's connections (``AsyncConnectionPool(connection_class=...)``): the store calls
+    its functions on them through libpq's prepared statements directly, not through a cursor.
 
-    A new cursor per call sets up its adaptation state (the parameters' dumpers, the row's
-    loaders) again: about 25 us of the client's CPU per call, a sixth of a store call's
-    (bench/RESULTS.md, issue 13, "One cursor per connection"). A connection serves one request
-    at a time (the pool lends it to one), so its cursor is never used by two calls at once;
-    each ``execute`` starts it afresh, also after a call that failed or was cancelled.
+    A cursor's ``execute`` adapts the parameters, looks the statement up in psycopg's prepared
+    cache and builds its result loaders on every call: about 25 us of the client's CPU per
+    call, a fifth of a store call's (bench/RESULTS.md, issue 13, "The store's calls through
+    libpq"). The store prepares each of its statements once per connection, under a name of its
+    own, and records the name here; a connection serves one request at a time (the pool lends
+    it to one, and the store holds the connection's lock while it talks to the server).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._answer_cursor: psycopg.AsyncCursor[Any] | None = None
-
-    def answer_cursor(self) -> psycopg.AsyncCursor[Any]:
-        """This connection's binary cursor for the store's calls, made on first use."""
-        cursor = self._answer_cursor
-        if cursor is None or cursor.closed:
-            cursor = self._answer_cursor = self.cursor(binary=True)
-        return cursor
+        # The names this connection's session has prepared (store._call_answer's).
+        self.prepared_names: set[bytes] = set()
 
 
 class Store(Protocol):

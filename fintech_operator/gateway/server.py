@@ -64,7 +64,7 @@ def _pool(
         max_size=config.gateway.db_pool_max_size,
         open=False,
         timeout=config.gateway.deadline_ms / 1000,
-        # Each connection keeps the cursor the store reuses (contract.StoreConnection).
+        # The store calls its prepared statements on these directly (contract.StoreConnection).
         connection_class=contract.StoreConnection,
         # Autocommit: each store call is one statement, its own transaction, one round trip.
         kwargs={

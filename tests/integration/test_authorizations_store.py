@@ -223,33 +223,45 @@ async def test_retries_return_the_first_answer_byte_for_byte_and_change_nothing(
     assert held(raw, card) == 0
 
 
-async def test_a_store_connection_reuses_one_cursor_and_answers_as_a_plain_one(
+async def test_a_store_connection_calls_prepared_statements_and_answers_as_a_plain_one(
     fast: AsyncConnectionPool[Any], migrated_database_url: str, raw: psycopg.Connection[Any]
 ) -> None:
-    """The gateway's connections (contract.StoreConnection) keep one cursor for the store's
-    answers: the same answers as through a plain connection, replays byte for byte, and a call
-    that fails on the server leaves the cursor usable for the next one."""
+    """The gateway's connections (contract.StoreConnection) call the store's functions through
+    libpq's prepared statements: the same answers as through a plain connection's cursor,
+    replays byte for byte; a call that fails on the server, a session that lost its prepared
+    statements and a parameter libpq would cut short each leave the connection usable."""
     card = await new_card(fast, limit_minor=10_000)
     async with await contract.StoreConnection.connect(
         migrated_database_url, autocommit=True
     ) as conn:
         req = authorize_request(card, 1_000)
         first = await STORE.authorize(conn, req)
-        cursor = conn.answer_cursor()
         cap = await STORE.capture(
             conn, req.id, contract.CaptureRequest(id=f"cap_{uuid.uuid4().hex}", amount=400)
         )
-        assert conn.answer_cursor() is cursor
-        # An amount past bigint reaches the server as numeric: no such function, an error.
+        assert conn.prepared_names == {
+            b"fo_authorization_authorize",
+            b"fo_authorization_capture",
+        }
+        # An amount past bigint: the server refuses it for the function's bigint parameter.
         bad = req.model_copy(update={"amount": 2**70})
-        with pytest.raises(errors.UndefinedFunction):
+        with pytest.raises(errors.NumericValueOutOfRange):
             await STORE.authorize(conn, bad)
+        # A NUL byte: libpq would send the text up to it; refused before it is sent.
+        nul = authorize_request(card, 1_000).model_copy(update={"id": "a\x00b"})
+        with pytest.raises(psycopg.DataError, match="NUL"):
+            await STORE.authorize(conn, nul)
+        # The session loses its prepared statements: the next call prepares again.
+        await conn.execute("DEALLOCATE ALL")
         again = await STORE.authorize(conn, req)
         voided = await STORE.void(conn, req.id, contract.VoidRequest(id=f"v_{uuid.uuid4().hex}"))
-        assert conn.answer_cursor() is cursor
     async with fast.connection() as plain:
         plain_again = await STORE.authorize(plain, req)
         plain_get = await STORE.get(plain, req.id)
+    # Cut short at its NUL, the id would have been 'a': nothing was stored under it.
+    assert raw.execute(
+        "SELECT count(*) FROM authorization_requests WHERE request_id = 'a'"
+    ).fetchone() == (0,)
     assert first.status_code == 200
     assert b'"approved": true' in first.body
     assert (again.body, again.replayed) == (first.body, True)
