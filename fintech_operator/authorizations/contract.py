@@ -33,6 +33,13 @@ RequestId = Annotated[
     pydantic.Field(min_length=1, max_length=REQUEST_ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$"),
 ]
 Currency = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{3}$")]
+# Free text (a merchant's name, a card's token): no control characters. A NUL byte could not be
+# stored (PostgreSQL's text refuses it) and would otherwise reach the store as a server error,
+# declined IssuerUnavailable; a card network's text fields never carry control characters.
+_NO_CONTROL: Final = r"^[^\x00-\x1f\x7f]+$"
+CardToken = Annotated[
+    str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH, pattern=_NO_CONTROL)
+]
 Mcc = Annotated[str, pydantic.Field(pattern=r"^[0-9]{4}$")]
 Country = Annotated[str, pydantic.Field(pattern=r"^[A-Z]{2}$")]
 
@@ -42,7 +49,9 @@ class _Request(pydantic.BaseModel):
 
 
 class Merchant(_Request):
-    name: Annotated[str, pydantic.Field(min_length=1, max_length=MERCHANT_NAME_MAX_LENGTH)]
+    name: Annotated[
+        str, pydantic.Field(min_length=1, max_length=MERCHANT_NAME_MAX_LENGTH, pattern=_NO_CONTROL)
+    ]
     mcc: Mcc
     country: Country
 
@@ -51,7 +60,7 @@ class AuthorizeRequest(_Request):
     """``POST /v1/authorizations``: the network asks whether a purchase may go ahead."""
 
     id: RequestId
-    card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)]
+    card: CardToken
     amount: PositiveAmountMinor
     currency: Currency
     merchant: Merchant
@@ -81,9 +90,7 @@ class CaptureRequest(_Request):
     # it was made with: else 409 CardMismatch (migration 0074). ``currency``, when given, must
     # be the authorization's (or, for a force post, the card's): else 409 CurrencyMismatch
     # (migration 0073).
-    card: Annotated[str, pydantic.Field(min_length=1, max_length=CARD_TOKEN_MAX_LENGTH)] | None = (
-        None
-    )
+    card: CardToken | None = None
     currency: Currency | None = None
 
 

@@ -129,6 +129,8 @@ async def test_invalid_fields_are_422_naming_them_with_nothing_written(
         ({"amount": 10.5}, "amount"),
         ({"currency": "dollars"}, "currency"),
         ({"merchant": {"name": "x", "mcc": "12345", "country": "US"}}, "merchant.mcc"),
+        # A NUL byte, which PostgreSQL's text cannot hold: refused as input, not a server error.
+        ({"merchant": {"name": "Cafe\u0000", "mcc": "5812", "country": "US"}}, "merchant.name"),
     ):
         response = gateway.post("/v1/authorizations", {**auth_payload(card, 100), **change})
         assert response.status_code == 422, response.text

@@ -216,6 +216,10 @@ async def test_a_streamed_oversized_body_without_length_is_413(tmp_path: Path) -
         ({"merchant": {"name": "x", "mcc": "58", "country": "US"}}, "merchant.mcc"),
         ({"id": "has space"}, "id"),
         ({"extra": 1}, "extra"),
+        ({"card": "tok_\u0000"}, "card"),
+        ({"card": "tok\n1"}, "card"),
+        ({"merchant": {"name": "Cafe\u0000", "mcc": "5812", "country": "US"}}, "merchant.name"),
+        ({"merchant": {"name": "Cafe\u007f", "mcc": "5812", "country": "US"}}, "merchant.name"),
     ],
 )
 async def test_invalid_fields_are_422_naming_the_field(
