@@ -36,12 +36,20 @@ With ``--history N`` every card first gets N Purchase journals posted today (as 
 used N times this day), so a Daily limit's spend window has something to count: the running
 windows of migration 0054 read one row however long that history is.
 
-WARM-UP: before the runs, the store mix runs for ``--warmup-seconds`` (default 5) and then
-``ANALYZE``, so that every run measures a ledger in use, as pgbench's initialisation leaves its
-own tables analyzed. Without it the first run met the statistics of empty ledger tables (the
-seeding analyzes them before the first journal): plpgsql's cached plans made for empty tables
-cost about 30% more server CPU per operation (1,625 against 1,229 us, same server, same mix,
-before and after one ANALYZE) until autovacuum's next analyze replaced them.
+FRESH STATE: each client count gets a new ledger database (migrated, seeded, warmed up), as it
+gets new TPC-B tables (``pgbench -i``). Before, one ledger served every client count, so the
+8-client rounds met a ledger grown by the 4-client rounds (about 200,000 operations more, the
+outbox's unpublished rows among them: no relay runs here) and autovacuum working on it, while
+TPC-B started afresh: 0.48 at 8 clients after the 4-client rounds, 0.56 and 0.61 with 8 clients
+alone, the same code, minutes apart (bench/RESULTS.md, "Each client count on a fresh ledger").
+
+WARM-UP: before each client count's rounds, the store mix runs for ``--warmup-seconds``
+(default 5) with that many clients and then ``ANALYZE``, so that every run measures a ledger in
+use, as pgbench's initialisation leaves its own tables analyzed. Without it the first run met
+the statistics of empty ledger tables (the seeding analyzes them before the first journal):
+plpgsql's cached plans made for empty tables cost about 30% more server CPU per operation
+(1,625 against 1,229 us, same server, same mix, before and after one ANALYZE) until
+autovacuum's next analyze replaced them.
 
 PROCESSES: the store's clients run in ``--processes`` processes (default 2), each on its own
 event loop with its share of the connections, started together: the chart runs the gateway
@@ -513,34 +521,44 @@ def bench(args: argparse.Namespace, base: str) -> int:
     run = uuid.uuid4().hex[:6]
     authz_db, tpcb_db = f"bench_authz_{run}", f"bench_tpcb_{run}"
     try:
-        url = create_db(base, authz_db)
-        migrate.apply(url)
-        tokens = seed_cards(url)
-        started = time.monotonic()
-        seed_history(url, args.history)
         tpcb = create_db(base, tpcb_db)
         with psycopg.connect(base) as conn:
             fsync = conn.execute("SHOW fsync").fetchone()
             sync = conn.execute("SHOW synchronous_commit").fetchone()
-        settings = f"fsync={fsync and fsync[0]} synchronous_commit={sync and sync[0]}"
-        print(
-            f"server {settings}, {CARDS} cards, {args.history} purchases per card before"
-            f" (seeded in {time.monotonic() - started:.0f}s)"
-        )
-        with psycopg.connect(base) as conn:
             postmaster = server_cpu.postmaster_of(conn)
-        if args.warmup_seconds:
-            warm = run_store(url, tokens, max(args.clients), args.warmup_seconds, args.processes)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("ANALYZE")
-            print(f"warm-up {warm.line.removeprefix('store').strip()}, then ANALYZE", flush=True)
+        settings = f"fsync={fsync and fsync[0]} synchronous_commit={sync and sync[0]}"
         for clients in args.clients:
+            # FRESH STATE: each client count starts from the same ledger, as TPC-B starts from
+            # the same `pgbench -i` tables.
+            drop_db(base, authz_db)
+            url, tokens = new_ledger(args, base, authz_db, clients, settings)
             init_tpcb(tpcb, clients)
             compare(args, url, tpcb, tokens, clients, postmaster)
     finally:
         drop_db(base, authz_db)
         drop_db(base, tpcb_db)
     return 0
+
+
+def new_ledger(
+    args: argparse.Namespace, base: str, name: str, clients: int, settings: str
+) -> tuple[str, list[str]]:
+    """A migrated, seeded ledger database, warmed up with ``clients`` clients and analyzed."""
+    url = create_db(base, name)
+    migrate.apply(url)
+    tokens = seed_cards(url)
+    started = time.monotonic()
+    seed_history(url, args.history)
+    print(
+        f"server {settings}, {CARDS} cards, {args.history} purchases per card before"
+        f" (seeded in {time.monotonic() - started:.0f}s)"
+    )
+    if args.warmup_seconds:
+        warm = run_store(url, tokens, clients, args.warmup_seconds, args.processes)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+        print(f"warm-up {warm.line.removeprefix('store').strip()}, then ANALYZE", flush=True)
+    return url, tokens
 
 
 if __name__ == "__main__":
