@@ -135,16 +135,16 @@ class StoreConnection(psycopg.AsyncConnection[Any]):
     its functions on them through libpq's prepared statements directly, not through a cursor.
 
     A cursor's ``execute`` adapts the parameters, looks the statement up in psycopg's prepared
-    cache and builds its result loaders on every call: about 25 us of the client's CPU per
-    call, a fifth of a store call's (bench/RESULTS.md, issue 13, "The store's calls through
-    libpq"). The store prepares each of its statements once per connection, under a name of its
-    own, and records the name here; a connection serves one request at a time (the pool lends
-    it to one, and the store holds the connection's lock while it talks to the server).
+    cache and builds its result loaders on every call: 12% of the client's instructions per
+    store call (bench/RESULTS.md, issue 13, "The store's calls through libpq"). The store
+    prepares each of its statements once per connection, under a name of its own, and records
+    the name here; a connection serves one request at a time (the pool lends it to one, and the
+    store holds the connection's lock while it talks to the server).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The names this connection's session has prepared (store._call_answer's).
+        # The names this connection's session has prepared (store._call_prepared's).
         self.prepared_names: set[bytes] = set()
 
 

@@ -186,9 +186,8 @@ async def _call_answer(
     connection takes psycopg's cursor, in a transaction of its own or a savepoint of the
     caller's."""
     if isinstance(conn, contract.StoreConnection) and conn.autocommit:
-        status_code, body, replayed = await _call_prepared(conn, query, params)
-    else:
-        status_code, body, replayed = await _execute(conn, query, params)
+        return await _call_prepared(conn, query, params)
+    status_code, body, replayed = await _execute(conn, query, params)
     return contract.Answer(int(status_code), bytes(body), bool(replayed))
 
 
@@ -208,7 +207,7 @@ def _statement(query: LiteralString) -> tuple[bytes, bytes]:
 
 async def _call_prepared(
     conn: contract.StoreConnection, query: LiteralString, params: tuple[object, ...]
-) -> tuple[int, bytes, bool]:
+) -> contract.Answer:
     """One round trip: ``EXECUTE`` of the query's prepared statement, binary results.
 
     The statement is prepared on the connection's first call (a second round trip, once).
@@ -249,7 +248,7 @@ def _one_result(results: list[pq.abc.PGresult], expected: pq.ExecStatus) -> pq.a
     return results[0]
 
 
-def _answer_row(result: pq.abc.PGresult, name: bytes) -> tuple[int, bytes, bool]:
+def _answer_row(result: pq.abc.PGresult, name: bytes) -> contract.Answer:
     """The answer's one row, read from its binary values after checking its shape."""
     types = tuple(result.ftype(column) for column in range(result.nfields))
     if result.ntuples != 1 or types != _ANSWER_TYPES:
@@ -259,7 +258,9 @@ def _answer_row(result: pq.abc.PGresult, name: bytes) -> tuple[int, bytes, bool]
     status_code, body, replayed = (result.get_value(0, column) for column in range(3))
     if status_code is None or body is None or replayed is None:
         raise InvariantViolation(f"{name.decode()} answered a NULL")
-    return int.from_bytes(status_code, "big", signed=True), bytes(body), replayed == b"\x01"
+    return contract.Answer(
+        int.from_bytes(status_code, "big", signed=True), bytes(body), replayed == b"\x01"
+    )
 
 
 def _text_value(value: object) -> bytes | None:
