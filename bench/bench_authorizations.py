@@ -18,7 +18,16 @@ On a private platform (PostgreSQL with fsync on, as in production) it migrates, 
    request built and signed before the clock starts, and it runs ``--nice`` (after the gateway
    started, which keeps the normal priority): on 2 shared cores the load generator must not
    take the CPU of what it measures.
-3. ``pgbench``: PostgreSQL's own TPC-B-like benchmark (``-M prepared``) with the same client
+3. ``burst``: with the same gateway, ``--burst`` authorizations (default 1,000) all due at the
+   same instant, twice: first over the steady phase's ``--connections`` keep-alive connections
+   (a processor whose connection pool queues the burst on its side), then over as many
+   connections as requests (the whole burst at the gateway at once, where its in-flight limit
+   answers what is beyond it ``Overloaded``). Latency counts from that instant. Each burst
+   reports its answers by reason, p50/p99/max, the time until the last answer, and its drain
+   rate (answers per second) against the store phase's closed-loop rate, its anchor. A burst
+   starts once the previous phase's answers are all in and the gateway has settled for
+   ``BURST_PAUSE_SECONDS``; ``--burst 0`` skips it.
+4. ``pgbench``: PostgreSQL's own TPC-B-like benchmark (``-M prepared``) with the same client
    count as the store phase, on the same server, for ``--pgbench-seconds``.
 
 Everything runs on uvloop, the gateway's event loop. The ``store / pgbench`` ratio here is one
@@ -82,6 +91,8 @@ SECONDS_MAX = 3600
 CARDS_MAX = 100_000
 CLIENTS_MAX = 64
 HTTP_CONNECTIONS = 64
+BURST_MAX = 1000  # a connection each in the second burst: within the default 1,024 open files
+BURST_PAUSE_SECONDS = 2.0
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,6 +118,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--store-seconds", type=float, default=20.0)
     parser.add_argument(
+        "--burst", type=int, default=1000,
+        help="authorizations sent at one instant after the steady phase (0: no burst phase)",
+    )  # fmt: skip
+    parser.add_argument(
         "--warmup-seconds", type=float, default=5.0,
         help="store mix before the phases, then ANALYZE (0: none); see WARM-UP in the docstring",
     )  # fmt: skip
@@ -123,6 +138,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--pool in 1..{CLIENTS_MAX}, --connections in 1..1024")
     if not 1 <= args.workers <= min(args.pool, 32):
         parser.error("--workers in 1..min(--pool, 32)")
+    if not 0 <= args.burst <= BURST_MAX:
+        parser.error(f"--burst in 0..{BURST_MAX}")
     if not 0 <= args.nice <= 19:
         parser.error("--nice in 0..19")
     if not 0 <= args.warmup_seconds <= SECONDS_MAX:
@@ -326,6 +343,22 @@ def plan(tokens: list[str], rate: float, seconds: float, wall_start: float) -> l
     return out
 
 
+def plan_burst(tokens: list[str], count: int, wall_start: float, seed: int) -> list[Planned]:
+    """``count`` authorizations, all due at the burst's instant, on cards chosen at random."""
+    rng = random.Random(seed)  # noqa: S311
+    out = []
+    for _ in range(count):
+        body = {
+            "id": f"b_{uuid.uuid4().hex}",
+            "card": rng.choice(tokens),
+            "amount": rng.randrange(100, 20_000),
+            "currency": "USD",
+            "merchant": {"name": "Bench Shop", "mcc": "5812", "country": "US"},
+        }
+        out.append(Planned(0.0, "authorize", wire("/v1/authorizations", body, int(wall_start))))
+    return out
+
+
 def wire(path: str, body: dict[str, Any], timestamp: int) -> bytes:
     """A signed HTTP/1.1 keep-alive POST, as bytes."""
     content = orjson.dumps(body)
@@ -359,9 +392,14 @@ async def http_phase(port: int, planned: list[Planned], connections: int) -> Htt
     """
     result = HttpResult(offered=len(planned))
     queue: asyncio.Queue[tuple[Planned, float] | None] = asyncio.Queue()
+    opened: list[None] = []
+    all_open = asyncio.Event()
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened.append(None)
+        if len(opened) == connections:
+            all_open.set()
         try:
             while (item := await queue.get()) is not None:
                 request, due = item
@@ -384,7 +422,8 @@ async def http_phase(port: int, planned: list[Planned], connections: int) -> Htt
 
     cpu_before = time.process_time()
     tasks = [asyncio.create_task(connection()) for _ in range(connections)]
-    await asyncio.sleep(0.2)  # connected before the clock starts
+    # Every connection open before the clock starts (a burst opens up to BURST_MAX of them).
+    await asyncio.wait_for(all_open.wait(), timeout=60)
     start = time.monotonic() + 0.3
     for request in planned:
         due = start + request.at
@@ -418,7 +457,30 @@ def report_http(rate: float, result: HttpResult) -> None:
     print(f"      load generator CPU {per_request:.3f} ms per request")
 
 
-# ---- phase 3: pgbench -----------------------------------------------------------------------
+def report_burst(label: str, result: HttpResult, store_rate: float) -> None:
+    """One burst: its answers, latency from the burst's instant, and its drain rate against
+    the store's closed-loop rate (the anchor: what the ledger does with no HTTP and no queue)."""
+    done = len(result.latencies_ms)
+    q = statistics.quantiles(result.latencies_ms, n=100) if done > 1 else [0.0] * 99
+    last_s = max(result.latencies_ms, default=0.0) / 1000
+    drain = done / last_s if last_s > 0 else 0.0
+    print(
+        f"burst ({label}): {result.offered} authorizations at one instant, {done} answered, "
+        f"the last after {last_s * 1000:.0f} ms; latency p50={q[49]:.1f}ms p99={q[98]:.1f}ms; "
+        f"drained at {drain:.0f}/s = {drain / store_rate:.2f} x the store's closed-loop rate"
+    )
+    print(f"      statuses {dict(result.statuses)}  errors {dict(result.errors)}")
+    print(f"      answers by reason {dict(sorted(result.reasons.items()))}")
+
+
+async def burst_phase(port: int, tokens: list[str], count: int, connections: int) -> HttpResult:
+    """One burst of ``count`` authorizations over ``connections`` connections."""
+    await asyncio.sleep(BURST_PAUSE_SECONDS)
+    planned = plan_burst(tokens, count, time.time() + 0.5, seed=connections)
+    return await http_phase(port, planned, connections)
+
+
+# ---- phase 4: pgbench -----------------------------------------------------------------------
 
 
 def pgbench_tps(plat: platform.Platform, clients: int, seconds: int) -> tuple[float, float]:
@@ -556,10 +618,17 @@ async def run(args: argparse.Namespace, plat: platform.Platform | None, dsn: str
         wal_before = wal_lsn(dsn)
         result = await http_phase(port, planned, args.connections)
         http_wal = (wal_lsn(dsn) - wal_before) / max(len(result.latencies_ms), 1)
+        bursts = []
+        if args.burst:
+            for connections in (min(args.connections, args.burst), args.burst):
+                label = f"{connections} connections"
+                bursts.append((label, await burst_phase(port, tokens, args.burst, connections)))
         with contextlib.suppress(PermissionError):
             os.setpriority(os.PRIO_PROCESS, 0, niceness)  # pgbench at the store's priority
     report_http(args.rate, result)
     print(f"      WAL {http_wal:.0f} B per request; load average {os.getloadavg()}")
+    for label, burst in bursts:
+        report_burst(label, burst, store_rate)
     if plat is not None:
         tps, pgbench_wal = await asyncio.to_thread(
             pgbench_tps, plat, args.clients, args.pgbench_seconds

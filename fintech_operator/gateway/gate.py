@@ -1,10 +1,17 @@
 """The gateway's two limits on work: a global in-flight limit and a per-answer deadline.
 
 Every signed, valid request takes one slot out of ``in_flight_max`` before it touches the
-database; with none free it is declined at once with ``Overloaded`` (nothing written, so a
-retry may be approved). A slot is held until the request's database work is over, not just
-until it is answered, so a stalled PostgreSQL fills the slots and then every further request
-is declined in microseconds: no queue grows behind a database that does not answer.
+database. With none free it waits for one in a FIFO queue of at most ``queue_max`` requests,
+for at most ``queue_wait_seconds``; a request that finds the queue full, or whose wait ends
+without a slot, is declined ``Overloaded`` (nothing written, so a retry may be approved). A
+slot freed while requests wait passes to the oldest of them. The queue is what lets a burst
+be answered: a thousand authorizations arriving together are worked through at the ledger's
+rate inside their deadline, where a limit without a queue declined all but ``in_flight_max``
+of them (bench/RESULTS.md, "Bursts at the gateway"). A slot is held until the request's
+database work is over, not just until it is answered, so a stalled PostgreSQL fills the slots,
+then the queue; its waiters are declined when their wait ends, and every request beyond the
+queue at once: nothing waits longer than ``queue_wait_seconds`` for a database that does not
+answer, and the queue never holds more than ``queue_max``.
 
 The store's work runs in its own task. If it has not answered when the request's deadline
 passes, the request is declined with ``IssuerUnavailable`` at once, and in the background the
@@ -24,11 +31,13 @@ approval answered a moment before the retry arrived.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
@@ -48,6 +57,21 @@ SETTLE_BACKOFF_FIRST_SECONDS: Final = 0.05
 SETTLE_BACKOFF_MAX_SECONDS: Final = 5.0
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much work a gate takes on and how long it gives it (see the module's docstring)."""
+
+    deadline_seconds: float
+    in_flight_max: int
+    settle_timeout_seconds: float
+    queue_max: int = 0
+    queue_wait_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.in_flight_max < 1 or self.queue_max < 0 or self.queue_wait_seconds < 0:
+            raise ValueError("in_flight_max >= 1, queue_max >= 0 and queue_wait_seconds >= 0")
+
+
 class Gate:
     """Runs store calls under the in-flight limit and the deadline; owns the settle tasks."""
 
@@ -55,24 +79,30 @@ class Gate:
         self,
         store: contract.Store,
         connect: Connect,
+        limits: Limits,
         *,
-        deadline_seconds: float,
-        in_flight_max: int,
-        settle_timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._connect = connect
-        self._deadline_seconds = deadline_seconds
-        self._in_flight_max = in_flight_max
-        self._settle_timeout_seconds = settle_timeout_seconds
+        self._deadline_seconds = limits.deadline_seconds
+        self._in_flight_max = limits.in_flight_max
+        self._queue_max = limits.queue_max
+        self._queue_wait_seconds = limits.queue_wait_seconds
+        self._settle_timeout_seconds = limits.settle_timeout_seconds
         self._clock = clock
         self._in_flight = 0
+        # Requests waiting for a slot, oldest first; a slot is handed over by resolving one.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._background: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     @property
     def store(self) -> contract.Store:
@@ -86,9 +116,8 @@ class Gate:
         ``settle`` is False for reads: a late read wrote nothing, and ``request_id`` is then
         the id of an existing authorization, which settling would release.
         """
-        if self._in_flight >= self._in_flight_max:
+        if not await self._slot(started):
             return self._declined(request_id, contract.Reason.OVERLOADED, settle=settle)
-        self._take()
         remaining = self._deadline_seconds - (self._clock() - started)
         task = asyncio.create_task(self._with_connection(work, max(remaining, 0.001)))
         try:
@@ -126,11 +155,45 @@ class Gate:
         async with self._connect(wait_seconds) as conn:
             return await work(conn)
 
-    def _take(self) -> None:
-        self._in_flight += 1
-        metrics.gateway_in_flight.set(self._in_flight)
+    async def _slot(self, started: float) -> bool:
+        """Whether this request got a slot: a free one at once, or one handed over while it
+        waited in the queue (no longer than the queue's wait, nor past its own deadline)."""
+        if self._in_flight < self._in_flight_max:
+            self._in_flight += 1
+            metrics.gateway_in_flight.set(self._in_flight)
+            return True
+        wait_seconds = min(
+            self._queue_wait_seconds, self._deadline_seconds - (self._clock() - started)
+        )
+        if len(self._waiters) >= self._queue_max or wait_seconds <= 0:
+            return False
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(handed)
+        metrics.gateway_waiting.set(len(self._waiters))
+        try:
+            await asyncio.wait({handed}, timeout=wait_seconds)
+        except asyncio.CancelledError:
+            # The caller went away (shutdown). A slot handed over meanwhile passes on.
+            if handed.done():
+                self._release()
+            raise
+        finally:
+            if not handed.done():
+                handed.cancel()
+                self._waiters.remove(handed)
+                metrics.gateway_waiting.set(len(self._waiters))
+        return handed.done() and not handed.cancelled()
 
     def _release(self) -> None:
+        """Free a slot: to the oldest waiter (which then counts as in flight), or to the pool."""
+        while self._waiters:
+            # A waiter leaves the queue itself when its wait ends, so each one here still
+            # waits; a done one would be skipped all the same.
+            handed = self._waiters.popleft()
+            metrics.gateway_waiting.set(len(self._waiters))
+            if not handed.done():
+                handed.set_result(None)
+                return
         self._in_flight -= 1
         metrics.gateway_in_flight.set(self._in_flight)
 

@@ -42,9 +42,7 @@ def document() -> dict[str, Any]:
     """The document the gateway serves at ``/openapi.json``."""
     store: contract.Store = _NoStore()
     deps = app.Deps(
-        gate=gate.Gate(
-            store, _no_connection, deadline_seconds=1, in_flight_max=1, settle_timeout_seconds=1
-        ),
+        gate=gate.Gate(store, _no_connection, gate.Limits(1, 1, 1)),
         secrets=trust.SecretSource("/nonexistent", 0),
         limits=app.Limits(8192, 300),
         ready=_never_ready,

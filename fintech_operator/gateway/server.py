@@ -90,9 +90,13 @@ def build(config: settings.GatewayProcessSettings, store: contract.Store) -> fas
     the_gate = gate.Gate(
         store,
         connect,
-        deadline_seconds=config.gateway.deadline_ms / 1000,
-        in_flight_max=config.gateway.in_flight_max,
-        settle_timeout_seconds=config.gateway.settle_timeout_seconds,
+        gate.Limits(
+            deadline_seconds=config.gateway.deadline_ms / 1000,
+            in_flight_max=config.gateway.in_flight_max,
+            settle_timeout_seconds=config.gateway.settle_timeout_seconds,
+            queue_max=config.gateway.queue_max,
+            queue_wait_seconds=config.gateway.queue_wait_seconds,
+        ),
     )
 
     async def ready() -> bool:

@@ -75,10 +75,31 @@ class GatewaySettings(config.Group):
         Field(
             ge=1,
             le=10_000,
-            description="Signed requests worked on at once; more are declined at once with "
-            "Overloaded. Default 64.",
+            description="Signed requests worked on at once; more wait in the queue "
+            "(queue_max, queue_wait_ms). Default 64.",
         ),
     ] = 64
+    queue_max: Annotated[
+        int,
+        _env("queue_max"),
+        Field(
+            ge=0,
+            le=100_000,
+            description="Requests that may wait for an in-flight slot, oldest first; one that "
+            "finds the queue full is declined Overloaded at once. 0: no queue. Default 1024.",
+        ),
+    ] = 1024
+    queue_wait_ms: Annotated[
+        int | None,
+        _env("queue_wait_ms"),
+        Field(
+            ge=0,
+            le=30_000,
+            description="Longest wait for an in-flight slot; a request still waiting then is "
+            "declined Overloaded. Less than deadline_ms. Default: two thirds of deadline_ms "
+            "(1000 of the default 1500).",
+        ),
+    ] = None
     body_bytes_max: Annotated[
         int,
         _env("body_bytes_max"),
@@ -169,6 +190,23 @@ class GatewaySettings(config.Group):
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError(
                 f"{env_name('db_pool_min_size')} must not exceed {env_name('db_pool_max_size')}"
+            )
+        return self
+
+    @property
+    def queue_wait_seconds(self) -> float:
+        """The queue's wait: as set, or two thirds of the deadline (a third left for the work)."""
+        wait_ms = (
+            self.queue_wait_ms if self.queue_wait_ms is not None else self.deadline_ms * 2 // 3
+        )
+        return wait_ms / 1000
+
+    @pydantic.model_validator(mode="after")
+    def _queue_wait_within_deadline(self) -> GatewaySettings:
+        # A request granted a slot at the end of its wait still needs time for its work.
+        if self.queue_wait_ms is not None and self.queue_wait_ms >= self.deadline_ms:
+            raise ValueError(
+                f"{env_name('queue_wait_ms')} must be less than {env_name('deadline_ms')}"
             )
         return self
 

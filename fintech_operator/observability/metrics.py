@@ -197,6 +197,12 @@ gateway_in_flight = Gauge(
     # With several gateway worker processes: the sum over the live ones.
     multiprocess_mode="livesum",
 )
+gateway_waiting = Gauge(
+    "fintech_gateway_waiting",
+    "Signed requests waiting for an in-flight slot now (bounded by FINTECH_GATEWAY_QUEUE_MAX).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 gateway_settle_total = Counter(
     "fintech_gateway_settle_total",
     "Requests that missed their deadline and were settled afterwards, by outcome "

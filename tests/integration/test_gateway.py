@@ -365,9 +365,11 @@ async def test_overload_is_declined_at_once(
     raw: psycopg.Connection[Any],
     tmp_path: Path,
 ) -> None:
-    """With its one in-flight slot taken by a request stuck on a row lock, the gateway
-    declines the next request (another card) Overloaded at once, writing nothing for it."""
-    process = gw.Gateway(gateway_url, tmp_path, in_flight_max="1", deadline_ms="10000").start()
+    """With its one in-flight slot taken by a request stuck on a row lock and no queue, the
+    gateway declines the next request (another card) Overloaded at once, writing nothing."""
+    process = gw.Gateway(
+        gateway_url, tmp_path, in_flight_max="1", queue_max="0", deadline_ms="10000"
+    ).start()
     try:
         stuck_card = await authz.new_card(pool, limit_minor=100_000)
         other_card = await authz.new_card(pool, limit_minor=100_000)
@@ -396,6 +398,56 @@ async def test_overload_is_declined_at_once(
         assert _stored(raw, other["id"]) is None
         again = process.post("/v1/authorizations", other)
         assert again.json()["approved"] is True
+    finally:
+        process.stop()
+
+
+async def test_a_queued_request_is_answered_when_the_slot_frees(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """With its one slot taken by a request stuck on a row lock, the next requests (another
+    card) wait in the queue: one whose wait ends first is declined Overloaded with nothing
+    written, and one still waiting when the lock goes is approved, as the stuck one is."""
+    process = gw.Gateway(
+        gateway_url, tmp_path, in_flight_max="1", queue_max="8", queue_wait_ms="3000",
+        deadline_ms="10000",
+    ).start()  # fmt: skip
+    try:
+        stuck_card = await authz.new_card(pool, limit_minor=100_000)
+        other_card = await authz.new_card(pool, limit_minor=100_000)
+        with psycopg.connect(migrated_database_url) as blocker:
+            blocker.execute(
+                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (stuck_card.account,)
+            )
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
+
+                def send(payload: dict[str, Any]) -> asyncio.Task[httpx.Response]:
+                    body = json.dumps(payload).encode()
+                    request = client.post("/v1/authorizations", content=body,
+                                          headers=gw.signed(body))  # fmt: skip
+                    return asyncio.create_task(request)
+
+                stuck = send(auth_payload(stuck_card, 100))
+                await asyncio.to_thread(wait_for, "the lock wait", lambda: _waiting(raw), 30)
+                timed_out = auth_payload(other_card, 100)
+                started = time.monotonic()
+                declined = await send(timed_out)
+                waited = time.monotonic() - started
+                queued = auth_payload(other_card, 200)
+                approved = send(queued)
+                await asyncio.sleep(1.0)  # inside its 3 s wait
+                blocker.rollback()
+                assert (await stuck).json()["approved"] is True
+                answer = (await approved).json()
+        assert declined.json()["reason"] == "Overloaded"
+        assert 3.0 <= waited < 5.0, waited
+        assert _stored(raw, timed_out["id"]) is None
+        assert answer["approved"] is True, answer
+        assert _stored(raw, queued["id"]) is not None
     finally:
         process.stop()
 

@@ -976,6 +976,9 @@ def test_gateway_is_two_stateless_replicas_without_api_token_or_kafka(helm: Helm
         8088,
         1500,
     )
+    assert (loaded.gateway.in_flight_max, loaded.gateway.queue_max) == (64, 1024)
+    assert "FINTECH_GATEWAY_QUEUE_WAIT_MS" not in env  # two thirds of the deadline
+    assert loaded.gateway.queue_wait_seconds == 1.0
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert loaded.gateway.signing_secret_file == mounts["signing"] + "/secret"
 
@@ -991,6 +994,22 @@ def test_gateway_autoscaler_below_its_minimum_is_refused_before_install(helm: He
     equal = {"gateway": {"replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 3}}}
     hpa = one(helm.template(equal), "HorizontalPodAutoscaler", "-gateway")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 3)
+
+
+def test_gateway_queue_wait_at_or_past_the_deadline_is_refused_before_install(
+    helm: Helm,
+) -> None:
+    """A queue wait the deadline leaves no time after stops the render with both names (the
+    gateway itself would refuse to start on it); below the deadline both reach its env."""
+    for wait in (1500, 2000):
+        late = {"gateway": {"deadlineMs": 1500, "queueWaitMs": wait}}
+        result = helm("template", "fin", str(CHART), "-f", helm.values_file(late), check=False)
+        assert result.returncode != 0, result.stdout[:500]
+        expected = f"gateway.queueWaitMs ({wait}) must be less than gateway.deadlineMs (1500)"
+        assert expected in result.stderr
+    fine = {"gateway": {"deadlineMs": 1500, "queueWaitMs": 1499, "queueMax": 0}}
+    env = gateway_env(one(helm.template(fine), "Deployment", "-gateway"))
+    assert (env["FINTECH_GATEWAY_QUEUE_WAIT_MS"], env["FINTECH_GATEWAY_QUEUE_MAX"]) == ("1499", "0")
 
 
 def _notes(helm: Helm, values: dict[str, Any]) -> str:

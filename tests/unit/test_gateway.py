@@ -13,7 +13,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,8 @@ def make_app(
     *,
     deadline_seconds: float = 1.5,
     in_flight_max: int = 8,
+    queue_max: int = 0,
+    queue_wait_seconds: float = 0.0,
     dispatcher: bool = True,
 ) -> tuple[Any, gate.Gate]:
     secret_file = tmp_path / "secret"
@@ -105,9 +107,13 @@ def make_app(
     the_gate = gate.Gate(
         store,
         fake_connection,
-        deadline_seconds=deadline_seconds,
-        in_flight_max=in_flight_max,
-        settle_timeout_seconds=5,
+        gate.Limits(
+            deadline_seconds=deadline_seconds,
+            in_flight_max=in_flight_max,
+            settle_timeout_seconds=5,
+            queue_max=queue_max,
+            queue_wait_seconds=queue_wait_seconds,
+        ),
     )
     deps = app.Deps(
         gate=the_gate,
@@ -283,7 +289,8 @@ async def test_a_card_number_in_the_path_is_refused(tmp_path: Path) -> None:
 
 
 async def test_overload_declines_at_once_with_overloaded(tmp_path: Path) -> None:
-    """With every slot taken, the next request is declined Overloaded without waiting."""
+    """With every slot taken and no queue, the next request is declined Overloaded without
+    waiting."""
     store = FakeStore()
     store.block = True
     application, the_gate = make_app(tmp_path, store, in_flight_max=2)
@@ -308,6 +315,157 @@ async def test_overload_declines_at_once_with_overloaded(tmp_path: Path) -> None
     for task in first:
         assert (await task).json()["approved"] is True
     assert the_gate.in_flight == 0
+
+
+async def _until_waiting(the_gate: gate.Gate, count: int) -> None:
+    async with asyncio.timeout(5):
+        while the_gate.waiting < count:  # noqa: ASYNC110 - the gate's count has no event
+            await asyncio.sleep(0.005)
+
+
+async def test_requests_wait_for_a_slot_and_take_it_oldest_first(tmp_path: Path) -> None:
+    """With every slot taken, requests wait in the queue and are worked on in arrival order as
+    slots free: all of them answered, none declined."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(
+        tmp_path, store, in_flight_max=1, queue_max=5, queue_wait_seconds=5
+    )
+    tasks = []
+    for i in range(4):
+        payload = {**AUTH, "id": f"q{i}"}
+        tasks.append(asyncio.create_task(post(application, "/v1/authorizations", payload)))
+        await _until_waiting(the_gate, i)  # arrivals in this order
+    assert store.calls == [("authorize", "q0")]
+    assert (the_gate.in_flight, the_gate.waiting) == (1, 3)
+    store.release.set()
+    answers = [(await task).json() for task in tasks]
+    assert [a["approved"] for a in answers] == [True] * 4
+    assert store.calls == [("authorize", f"q{i}") for i in range(4)]
+    assert (the_gate.in_flight, the_gate.waiting) == (0, 0)
+
+
+async def test_a_full_queue_declines_overloaded_at_once(tmp_path: Path) -> None:
+    """Beyond the queue's bound a request is declined Overloaded at once, nothing called."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(
+        tmp_path, store, in_flight_max=1, queue_max=1, queue_wait_seconds=5
+    )
+    first = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "f1"}))
+    await asyncio.wait_for(store.called.wait(), 5)
+    queued = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "f2"}))
+    await _until_waiting(the_gate, 1)
+    started = time.monotonic()
+    response = await post(application, "/v1/authorizations", {**AUTH, "id": "f3"})
+    assert time.monotonic() - started < 1.0
+    assert response.json() == {
+        "held": 0, "reason": "Overloaded", "status": "declined", "approved": False,
+        "authorization": "f3",
+    }  # fmt: skip
+    store.release.set()
+    assert (await first).json()["approved"] is True
+    assert (await queued).json()["approved"] is True
+    assert ("authorize", "f3") not in store.calls
+    assert (the_gate.in_flight, the_gate.waiting) == (0, 0)
+
+
+async def test_a_wait_that_ends_without_a_slot_is_declined_overloaded(tmp_path: Path) -> None:
+    """A stalled store fills the slots: a queued request is declined Overloaded when its wait
+    ends, within its deadline, and leaves the queue; the slot's holder is unaffected."""
+    store = FakeStore()
+    store.block = True
+    application, the_gate = make_app(
+        tmp_path, store, in_flight_max=1, queue_max=5, queue_wait_seconds=0.2
+    )
+    first = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "w1"}))
+    await asyncio.wait_for(store.called.wait(), 5)
+    started = time.monotonic()
+    response = await post(application, "/v1/authorizations", {**AUTH, "id": "w2"})
+    elapsed = time.monotonic() - started
+    assert response.json()["reason"] == "Overloaded"
+    assert 0.2 <= elapsed < 1.0, elapsed
+    assert the_gate.waiting == 0
+    assert store.calls == [("authorize", "w1")]
+    store.release.set()
+    assert (await first).json()["approved"] is True
+    assert the_gate.in_flight == 0
+
+
+async def test_a_wait_never_outlasts_the_deadline(tmp_path: Path) -> None:
+    """A queue wait longer than what is left of the request's deadline is cut to it: the
+    request is declined Overloaded when its deadline comes, not after the queue's wait."""
+    store = FakeStore()
+    store.block = True
+    _, the_gate = make_app(
+        tmp_path, store, deadline_seconds=5, in_flight_max=1, queue_max=5, queue_wait_seconds=30
+    )
+
+    async def work(conn: Any) -> contract.Answer:
+        return await store._answer("authorize", "holder")
+
+    holder = asyncio.create_task(the_gate.run("holder", work, started=time.monotonic()))
+    await asyncio.wait_for(store.called.wait(), 5)
+    started = time.monotonic()
+    # Received 4.8 s ago: 0.2 s of its deadline left, far less than the queue's 30 s.
+    answer = await the_gate.run("late", work, started=started - 4.8)
+    elapsed = time.monotonic() - started
+    assert orjson.loads(answer.body)["reason"] == "Overloaded"
+    assert 0.15 <= elapsed < 2.0, elapsed
+    assert the_gate.waiting == 0
+    store.release.set()
+    assert orjson.loads((await holder).body)["approved"] is True
+    assert store.calls == [("authorize", "holder")]
+    assert (the_gate.in_flight, the_gate.waiting) == (0, 0)
+
+
+async def test_a_cancelled_waiter_passes_its_place_on(tmp_path: Path) -> None:
+    """A waiter whose caller goes away leaves the queue; the slot goes to the next one and no
+    slot is lost, whichever of the cancel and the hand-over comes first."""
+    store = FakeStore()
+    store.block = True
+    _, the_gate = make_app(tmp_path, store, in_flight_max=1, queue_max=5, queue_wait_seconds=5)
+
+    def run(key: str) -> asyncio.Task[contract.Answer]:
+        async def work(conn: Any) -> contract.Answer:
+            return await store._answer("authorize", key)
+
+        return asyncio.create_task(the_gate.run(key, work, started=time.monotonic()))
+
+    for release_first in (False, True):
+        store.release.clear()
+        store.calls.clear()
+        holder = run("c1")
+        await asyncio.wait_for(store.called.wait(), 5)
+        gone, kept = run("c2"), run("c3")
+        await _until_waiting(the_gate, 2)
+        if release_first:
+            store.release.set()
+            gone.cancel()
+        else:
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            assert the_gate.waiting == 1
+            store.release.set()
+        for task in (holder, kept):
+            assert orjson.loads((await task).body)["approved"] is True
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert ("authorize", "c2") not in store.calls
+        assert (the_gate.in_flight, the_gate.waiting) == (0, 0)
+
+
+def test_gate_limits_refuse_nonsense() -> None:
+    """A gate needs a slot, and neither a negative queue nor a negative wait means anything."""
+    assert gate.Limits(1, 1, 1, queue_max=0, queue_wait_seconds=0).queue_max == 0
+    bad: list[Callable[[], gate.Limits]] = [
+        lambda: gate.Limits(1, 0, 1),
+        lambda: gate.Limits(1, 1, 1, queue_max=-1),
+        lambda: gate.Limits(1, 1, 1, queue_wait_seconds=-0.1),
+    ]
+    for make in bad:
+        with pytest.raises(ValueError, match="in_flight_max >= 1"):
+            make()
 
 
 async def test_a_late_store_is_declined_issuer_unavailable_then_settled(tmp_path: Path) -> None:
@@ -434,6 +592,27 @@ def test_settings_refuse_bad_values_naming_the_variable() -> None:
     assert settings.load(base).gateway.deadline_ms == 1500
     with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_DEADLINE_MS"):
         settings.load({**base, "FINTECH_GATEWAY_DEADLINE_MS": "0"})
+    defaults = settings.load(base).gateway
+    assert (defaults.in_flight_max, defaults.queue_max, defaults.queue_wait_seconds) == (
+        64,
+        1024,
+        1,
+    )
+    short = settings.load({**base, "FINTECH_GATEWAY_DEADLINE_MS": "300"}).gateway
+    assert short.queue_wait_seconds == 0.2  # two thirds of any deadline by default
+    assert (
+        settings.load({**base, "FINTECH_GATEWAY_QUEUE_WAIT_MS": "0"}).gateway.queue_wait_seconds
+        == 0
+    )
+    assert settings.load({**base, "FINTECH_GATEWAY_QUEUE_MAX": "0"}).gateway.queue_max == 0
+    for name, value in (("QUEUE_MAX", "-1"), ("QUEUE_MAX", "100001"), ("QUEUE_WAIT_MS", "-1")):
+        with pytest.raises(settings.GatewaySettingsError, match=f"FINTECH_GATEWAY_{name}"):
+            settings.load({**base, f"FINTECH_GATEWAY_{name}": value})
+    with pytest.raises(
+        settings.GatewaySettingsError,
+        match="FINTECH_GATEWAY_QUEUE_WAIT_MS must be less than FINTECH_GATEWAY_DEADLINE_MS",
+    ):
+        settings.load({**base, "FINTECH_GATEWAY_QUEUE_WAIT_MS": "1500"})
     assert settings.load({**base, "FINTECH_GATEWAY_WORKERS": "4"}).gateway.workers == 4
     for workers in ("0", "33", "two"):
         with pytest.raises(settings.GatewaySettingsError, match="FINTECH_GATEWAY_WORKERS"):

@@ -359,6 +359,12 @@ secret as a file. No Kafka and no `config` settings: the gateway reads only its 
   value: {{ $gw.deadlineMs | toString | quote }}
 - name: FINTECH_GATEWAY_IN_FLIGHT_MAX
   value: {{ $gw.inFlightMax | toString | quote }}
+- name: FINTECH_GATEWAY_QUEUE_MAX
+  value: {{ $gw.queueMax | toString | quote }}
+{{- if not (kindIs "invalid" $gw.queueWaitMs) }}
+- name: FINTECH_GATEWAY_QUEUE_WAIT_MS
+  value: {{ $gw.queueWaitMs | toString | quote }}
+{{- end }}
 - name: FINTECH_GATEWAY_BODY_BYTES_MAX
   value: {{ $gw.bodyBytesMax | toString | quote }}
 - name: FINTECH_GATEWAY_DB_POOL_MAX_SIZE
