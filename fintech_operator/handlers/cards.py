@@ -330,7 +330,11 @@ def _show_assessment(
             compliance=lifecycle.compliance_decision(assessment.policy_ref, assessment.checks, now),
         ),
     )
-    normal_event(body, reason="RiskAssessed", message=assessment.risk.summary()[:1024])
+    # A card that waits after its assessment (for the card processor, say) is tried again and
+    # shows the same recorded assessment at each try: its Event is posted when the status does
+    # not show that record yet, so the card gets one per assessment, not one per try.
+    if (body.status.get("risk") or {}).get("recordId") != str(assessment.risk_record_id):
+        normal_event(body, reason="RiskAssessed", message=assessment.risk.summary()[:1024])
     generation = _generation(body)
     conditions = report.condition(
         body.status,

@@ -24,6 +24,7 @@ from tests.e2e.test_cards_lifecycle import (
     card_events,
     condition,
     db_rows,
+    events,
     get,
     outbox_types,
     phase_in,
@@ -98,6 +99,12 @@ def test_processor_token_outage_retried_with_the_same_key_and_refusal_rejects(
     # The outage was retried (same key, above), not turned into a rejection.
     assert len(requests_for(processor, f"{ns}/flaky")) == 2
     assert len(requests_for(processor, f"{ns}/plain")) == 1
+    # The card was assessed once (docs/cards.md, "Crash safety") and shows it once: each try
+    # after the outage shows the recorded assessment again, but posts no second Event for it.
+    # kopf posts Events in order, so once Issued is there every RiskAssessed before it is too.
+    wait_event(kubectl, ns, "flaky", "Normal", "Issued")
+    assessed = [e for e in events(kubectl, ns, "flaky") if e[:2] == ("Normal", "RiskAssessed")]
+    assert len(assessed) == 1, assessed
 
     blocked = wait_status(kubectl, procs, ns, "card", "blocked", "refused", phase_in("Rejected"))
     expected = (
