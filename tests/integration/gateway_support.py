@@ -121,7 +121,8 @@ class Gateway:
             text = client.get("/metrics").text
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
-            if line.startswith(f"{name}{{") and _labels(line) == wanted:
+            unlabelled = not labels and line.startswith(f"{name} ")
+            if unlabelled or (line.startswith(f"{name}{{") and _labels(line) == wanted):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 

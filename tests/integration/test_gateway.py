@@ -6,6 +6,7 @@ between commit and answer is answered on retry, and overload is declined at once
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import os
@@ -448,6 +449,56 @@ async def test_a_queued_request_is_answered_when_the_slot_frees(
         assert _stored(raw, timed_out["id"]) is None
         assert answer["approved"] is True, answer
         assert _stored(raw, queued["id"]) is not None
+    finally:
+        process.stop()
+
+
+async def test_a_burst_beyond_the_in_flight_limit_is_answered_not_declined(
+    gateway_url: str,
+    pool: AsyncConnectionPool[Any],
+    migrated_database_url: str,
+    raw: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """120 authorizations sent at once on 120 connections to a gateway working on 4 at a time:
+    while a row lock keeps the first ones working, the others wait in the queue (its gauge
+    shows them); once the lock goes, every one is approved and held, none Overloaded, and the
+    queue and the slots are empty after."""
+    process = gw.Gateway(
+        gateway_url, tmp_path, in_flight_max="4", queue_wait_ms="20000", deadline_ms="30000"
+    ).start()
+    try:
+        cards = [await authz.new_card(pool, limit_minor=1_000_000) for _ in range(12)]
+        payloads = [auth_payload(cards[i % len(cards)], 100) for i in range(120)]
+        limits = httpx.Limits(max_connections=len(payloads))
+        with psycopg.connect(migrated_database_url) as blocker:
+            blocker.execute(
+                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (cards[0].account,)
+            )
+            async with httpx.AsyncClient(
+                base_url=process.base_url, timeout=60, limits=limits
+            ) as client:
+
+                async def send(payload: dict[str, Any]) -> httpx.Response:
+                    body = json.dumps(payload).encode()
+                    return await client.post(
+                        "/v1/authorizations", content=body, headers=gw.signed(body)
+                    )
+
+                burst = asyncio.gather(*(send(payload) for payload in payloads))
+
+                def waiting() -> float:
+                    return process.metric("fintech_gateway_waiting", {})
+
+                seen = await asyncio.to_thread(wait_for, "requests waiting", waiting, 30)
+                blocker.rollback()
+                answers = await burst
+        assert seen > 0
+        reasons = collections.Counter(answer.json()["reason"] for answer in answers)
+        assert reasons == {"Approved": 120}, reasons
+        assert sum(authz.held(raw, card) for card in cards) == 120 * 100
+        assert process.metric("fintech_gateway_waiting", {}) == 0
+        assert process.metric("fintech_gateway_in_flight", {}) == 0
     finally:
         process.stop()
 
