@@ -216,7 +216,8 @@ def _refusal(url: str, response: httpx.Response) -> str:
 def _body(response: httpx.Response, url: str) -> Iterator[str]:
     try:
         yield from response.iter_text(HTTP_CHUNK_CHARS)
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        # DecodingError: a Content-Encoding (gzip, ...) whose body does not decode.
         raise model.SourceError(
             "SourceUnreachable", f"reading {url} failed part way: {type(exc).__name__}: {exc}"
         ) from None

@@ -38,7 +38,8 @@ TOKEN = "s3cret-token"
 
 class _Files(http.server.BaseHTTPRequestHandler):
     """Serves files from ``root``; paths under /private/ need the bearer token; /hop/N/FILE
-    redirects N times before it serves FILE; /stuck/FILE answers 302 with no Location."""
+    redirects N times before it serves FILE; /stuck/FILE answers 302 with no Location;
+    /garbled/FILE claims a gzip body that is not one."""
 
     root: Path
 
@@ -51,6 +52,13 @@ class _Files(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+        if self.path.startswith("/garbled/"):
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b"not gzip at all"[:12])
+            return
         if self.path.startswith("/stuck/"):
             self.send_response(302)
             self.send_header("Content-Length", "0")
@@ -195,8 +203,9 @@ def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
 ) -> None:
     """docs/reconciliation.md: an http source's redirects are followed, up to 5. A sixth (a
     redirect loop, say) fails the run at once as SourceUnreachable, without the retries a
-    connection failure gets (a loop stays a loop), and so does a redirect with no Location:
-    neither becomes a handler error that kopf retries every minute with the run left Running."""
+    connection failure gets (a loop stays a loop), and so do a redirect with no Location and a
+    body whose Content-Encoding does not decode: none becomes a handler error that kopf retries
+    every minute with the run left Running."""
     base, root = files
     (root / "hops.csv").write_text(HEADER + "R-1,100,USD,2024-09-01T10:00:00Z\n")
     followed = execute(
@@ -208,6 +217,7 @@ def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
     for path, fragment in [
         ("hop/6/hops.csv", "redirected more than 5 times"),
         ("stuck/hops.csv", "answered 302 Found with no Location to follow"),
+        ("garbled/hops.csv", "failed part way: DecodingError"),
     ]:
         started = time.monotonic()
         outcome = execute(
@@ -218,7 +228,7 @@ def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
         assert (outcome.state, outcome.reason) == ("failed", "SourceUnreachable"), outcome
         assert outcome.message is not None
         assert fragment in outcome.message, outcome.message
-        assert f"GET {base}/{path}" in outcome.message, outcome.message
+        assert f"{base}/{path}" in outcome.message, outcome.message
         assert time.monotonic() - started < 1.0, "not retried: the 1 s backoff never ran"
 
 
