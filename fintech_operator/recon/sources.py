@@ -192,6 +192,12 @@ def _http_chunks(namespace: str, source: run_api.HttpSource) -> Iterator[str]:
                     else:
                         yield from _body(response, source.url)
                         return
+            except httpx.InvalidURL as exc:
+                # The schema's pattern lets through what httpx cannot parse (a port that is
+                # not a number): final, since no retry makes it a URL.
+                raise model.SourceError(
+                    "SourceUnreachable", f"GET {source.url}: not a URL that can be fetched: {exc}"
+                ) from None
             except httpx.TooManyRedirects:
                 # Final, like a 4xx: asking again follows the same loop. Left to kopf, it was a
                 # handler error retried every minute with the run shown Running for ever.

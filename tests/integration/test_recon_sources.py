@@ -203,9 +203,10 @@ def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
 ) -> None:
     """docs/reconciliation.md: an http source's redirects are followed, up to 5. A sixth (a
     redirect loop, say) fails the run at once as SourceUnreachable, without the retries a
-    connection failure gets (a loop stays a loop), and so do a redirect with no Location and a
-    body whose Content-Encoding does not decode: none becomes a handler error that kopf retries
-    every minute with the run left Running."""
+    connection failure gets (a loop stays a loop), and so do a redirect with no Location, a
+    body whose Content-Encoding does not decode and a URL the schema's pattern lets through but
+    httpx cannot parse: none becomes a handler error that kopf retries every minute with the
+    run left Running."""
     base, root = files
     (root / "hops.csv").write_text(HEADER + "R-1,100,USD,2024-09-01T10:00:00Z\n")
     followed = execute(
@@ -214,21 +215,20 @@ def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
     assert followed.state == "succeeded", followed
     assert followed.summary is not None
     assert followed.summary["recordsRead"] == 1, followed
-    for path, fragment in [
-        ("hop/6/hops.csv", "redirected more than 5 times"),
-        ("stuck/hops.csv", "answered 302 Found with no Location to follow"),
-        ("garbled/hops.csv", "failed part way: DecodingError"),
+    for url, fragment in [
+        (f"{base}/hop/6/hops.csv", "redirected more than 5 times"),
+        (f"{base}/stuck/hops.csv", "answered 302 Found with no Location to follow"),
+        (f"{base}/garbled/hops.csv", "failed part way: DecodingError"),
+        ("http://127.0.0.1:port/hops.csv", "not a URL that can be fetched: Invalid port"),
     ]:
         started = time.monotonic()
         outcome = execute(
-            migrated_database_url,
-            namespace,
-            {"source": {"http": {"url": f"{base}/{path}", "attempts": 3}}},
+            migrated_database_url, namespace, {"source": {"http": {"url": url, "attempts": 3}}}
         )
         assert (outcome.state, outcome.reason) == ("failed", "SourceUnreachable"), outcome
         assert outcome.message is not None
         assert fragment in outcome.message, outcome.message
-        assert f"{base}/{path}" in outcome.message, outcome.message
+        assert url in outcome.message, outcome.message
         assert time.monotonic() - started < 1.0, "not retried: the 1 s backoff never ran"
 
 
