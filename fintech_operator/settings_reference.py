@@ -51,7 +51,11 @@ sets the `FINTECH_*` settings of the operator and its consumers in camelCase
 fails `helm install`. The chart sets the others from values of their own, so they are not
 `config` keys: the database roles and migration credentials, Kafka security, the probe's host
 and port, peering, the metrics port and the tokenizer (docs/install.md);
-`FINTECH_PEERING_PRIORITY` stays random.
+`FINTECH_PEERING_PRIORITY` stays random. Three rules join two settings and are checked when a
+process starts, not by `helm install`: `FINTECH_DB_POOL_MIN_SIZE` must not exceed
+`FINTECH_DB_POOL_MAX_SIZE`, `FINTECH_NOTIFIER_ROUTE_HOLD_MAX_SECONDS` must exceed
+`FINTECH_NOTIFIER_CLOCK_SKEW_SECONDS`, and (the operator's) `FINTECH_POSTING_WORKERS` must be
+below `FINTECH_DB_POOL_MAX_SIZE`.
 
 The operator's settings are grouped by concern; the group and field name each variable is read
 into (`settings.database.pool_size_max`) are in the second column. Bounds are inclusive

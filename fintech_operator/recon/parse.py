@@ -250,22 +250,26 @@ def _array_too_large(document_chars_max: int) -> model.SourceError:
 
 def _json_records(lines: Iterator[str], document_chars_max: int) -> Iterator[model.Record]:
     in_array = False
+    records_seen = False
     try:
         for line_no, line in enumerate(lines, start=1):
             text = line.strip()
             if not text:
                 continue
-            if text.startswith("["):
+            # A source is JSON Lines or ONE array: only its first record may open an array; a
+            # later line that does is a bad JSON Lines record (_json_object names its line).
+            if text.startswith("[") and not records_seen:
                 in_array = True
                 yield from _json_array(line_no, text, lines, document_chars_max)
                 return
             if len(line.rstrip("\r\n")) > LINE_CHARS_MAX:
                 raise LineTooLong(line_no, LINE_CHARS_MAX, line)
+            records_seen = True
             yield record(line_no, _json_object(line_no, text))
     except LineTooLong as exc:
         # A line past the array bound: an array (begun, or beginning on it) is too large; a
         # JSON Lines line is held to the line bound, as a CSV line is.
-        if in_array or exc.head.lstrip().startswith("["):
+        if in_array or (exc.head.lstrip().startswith("[") and not records_seen):
             raise _array_too_large(document_chars_max) from None
         if exc.line_no is not None and f"than {LINE_CHARS_MAX} " not in exc.message:
             raise LineTooLong(exc.line_no, LINE_CHARS_MAX, exc.head) from None

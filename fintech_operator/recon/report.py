@@ -13,7 +13,10 @@ import csv
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from fintech_operator.recon import store as store_types
 
 TABLE_WIDTHS = (12, 18, 8, 36, 6, 40, 40)
 # The checks' names as `--check` takes them (``api.CheckName``, not imported: `--help` stays fast).
@@ -93,33 +96,44 @@ def _cell(value: Any, width: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fintech_operator.recon import model, store  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415
+
+    from fintech_operator.recon import store  # noqa: PLC0415
 
     if not args.database_url:
         print("recon report: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
-    with store.connect(args.database_url, store.Limits()) as conn:
-        run = store.latest_run(conn, args.namespace, args.run)
-        if run is None:
-            print(
-                f"no ReconciliationRun {args.namespace}/{args.run} in the ledger", file=sys.stderr
-            )
-            return 1
-        if run.state != "succeeded" or run.summary is None:
-            detail = f": {run.reason}: {run.message}" if run.state == "failed" else ""
-            print(f"{args.namespace}/{args.run} is {run.state}{detail}", file=sys.stderr)
-            return 2
-        print(
-            f"{args.namespace}/{args.run} attempt {run.attempt}: {model.summary_line(run.summary)}",
-            file=sys.stderr,
-        )
-        rows = store.exceptions(
-            conn, run.run_id, include_info=not args.errors_only, check=args.check
-        )
-        write = write_csv if args.format == "csv" else write_table
-        if args.output:
-            with open(args.output, "w", encoding="utf-8", newline="") as out:
-                write(rows, out)
-        else:
-            write(rows, sys.stdout)
+    try:
+        conn = store.connect(args.database_url, store.Limits())
+    except psycopg.OperationalError as exc:
+        # Status 1 means "no such run": a ledger that cannot be read must not look like one.
+        # psycopg's text names the host and port, never the password.
+        print(f"recon report: cannot read the ledger database: {exc}", file=sys.stderr)
+        return 2
+    with conn:
+        return _report(conn, args)
+
+
+def _report(conn: store_types.Connection, args: argparse.Namespace) -> int:
+    from fintech_operator.recon import model, store  # noqa: PLC0415
+
+    run = store.latest_run(conn, args.namespace, args.run)
+    if run is None:
+        print(f"no ReconciliationRun {args.namespace}/{args.run} in the ledger", file=sys.stderr)
+        return 1
+    if run.state != "succeeded" or run.summary is None:
+        detail = f": {run.reason}: {run.message}" if run.state == "failed" else ""
+        print(f"{args.namespace}/{args.run} is {run.state}{detail}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.namespace}/{args.run} attempt {run.attempt}: {model.summary_line(run.summary)}",
+        file=sys.stderr,
+    )
+    rows = store.exceptions(conn, run.run_id, include_info=not args.errors_only, check=args.check)
+    write = write_csv if args.format == "csv" else write_table
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            write(rows, out)
+    else:
+        write(rows, sys.stdout)
     return 0

@@ -26,6 +26,7 @@ from fintech_operator.recon import model, parse
 KUBE_TIMEOUT_SECONDS: Final = 30
 HTTP_CHUNK_CHARS: Final = 65_536
 _HTTP_BACKOFF_SECONDS: Final = (1.0, 2.0, 4.0)
+HTTP_REDIRECTS_MAX: Final = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,21 +178,33 @@ def _http_chunks(namespace: str, source: run_api.HttpSource) -> Iterator[str]:
     auth = credentials if isinstance(credentials, httpx.Auth) else None
     timeout = httpx.Timeout(source.timeout_seconds)
     last_error = ""
-    with httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=5) as client:
+    with httpx.Client(
+        timeout=timeout, follow_redirects=True, max_redirects=HTTP_REDIRECTS_MAX
+    ) as client:
         for attempt in range(1, source.attempts + 1):
             try:
                 with client.stream("GET", source.url, headers=headers, auth=auth) as response:
                     if response.status_code >= 500:
                         last_error = f"GET {source.url} answered {response.status_code}"
-                    elif response.status_code >= 400:
-                        raise model.SourceError(
-                            "SourceUnreachable",
-                            f"GET {source.url} answered {response.status_code} "
-                            f"{response.reason_phrase}",
-                        )
+                    elif response.status_code >= 300:
+                        # A 3xx still here had no Location to follow: its body is not the file.
+                        raise model.SourceError("SourceUnreachable", _refusal(source.url, response))
                     else:
                         yield from _body(response, source.url)
                         return
+            except httpx.InvalidURL as exc:
+                # The schema's pattern lets through what httpx cannot parse (a port that is
+                # not a number): final, since no retry makes it a URL.
+                raise model.SourceError(
+                    "SourceUnreachable", f"GET {source.url}: not a URL that can be fetched: {exc}"
+                ) from None
+            except httpx.TooManyRedirects:
+                # Final, like a 4xx: asking again follows the same loop. Left to kopf, it was a
+                # handler error retried every minute with the run shown Running for ever.
+                raise model.SourceError(
+                    "SourceUnreachable",
+                    f"GET {source.url} was redirected more than {HTTP_REDIRECTS_MAX} times",
+                ) from None
             except httpx.TransportError as exc:
                 last_error = f"cannot reach {source.url}: {type(exc).__name__}: {exc}"
             if attempt < source.attempts:
@@ -199,10 +212,18 @@ def _http_chunks(namespace: str, source: run_api.HttpSource) -> Iterator[str]:
     raise model.SourceError("SourceUnreachable", f"{last_error} (after {source.attempts} attempts)")
 
 
+def _refusal(url: str, response: httpx.Response) -> str:
+    answer = f"GET {url} answered {response.status_code} {response.reason_phrase}"
+    if response.status_code < 400:
+        return f"{answer} with no Location to follow"
+    return answer
+
+
 def _body(response: httpx.Response, url: str) -> Iterator[str]:
     try:
         yield from response.iter_text(HTTP_CHUNK_CHARS)
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        # DecodingError: a Content-Encoding (gzip, ...) whose body does not decode.
         raise model.SourceError(
             "SourceUnreachable", f"reading {url} failed part way: {type(exc).__name__}: {exc}"
         ) from None

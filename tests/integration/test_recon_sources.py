@@ -37,11 +37,33 @@ TOKEN = "s3cret-token"
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``root``; paths under /private/ need the bearer token."""
+    """Serves files from ``root``; paths under /private/ need the bearer token; /hop/N/FILE
+    redirects N times before it serves FILE; /stuck/FILE answers 302 with no Location;
+    /garbled/FILE claims a gzip body that is not one."""
 
     root: Path
 
     def do_GET(self) -> None:
+        if self.path.startswith("/hop/"):
+            _, _, hops, name = self.path.split("/", 3)
+            if int(hops) > 0:
+                self.send_response(302)
+                self.send_header("Location", f"/hop/{int(hops) - 1}/{name}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if self.path.startswith("/garbled/"):
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b"not gzip at all"[:12])
+            return
+        if self.path.startswith("/stuck/"):
+            self.send_response(302)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith("/private/") and (
             self.headers.get("Authorization") != f"Bearer {TOKEN}"
         ):
@@ -173,6 +195,42 @@ def test_bad_sources_fail_with_a_clear_reason(
         assert fragment in outcome.message, outcome.message
         assert outcome.completed_at is not None
         assert exception_count(migrated_database_url, outcome.run_id) == 0
+
+
+@pytest.mark.usefixtures("kube")
+def test_redirects_are_followed_up_to_five_and_more_fail_at_once(
+    migrated_database_url: str, namespace: str, files: tuple[str, Path]
+) -> None:
+    """docs/reconciliation.md: an http source's redirects are followed, up to 5. A sixth (a
+    redirect loop, say) fails the run at once as SourceUnreachable, without the retries a
+    connection failure gets (a loop stays a loop), and so do a redirect with no Location, a
+    body whose Content-Encoding does not decode and a URL the schema's pattern lets through but
+    httpx cannot parse: none becomes a handler error that kopf retries every minute with the
+    run left Running."""
+    base, root = files
+    (root / "hops.csv").write_text(HEADER + "R-1,100,USD,2024-09-01T10:00:00Z\n")
+    followed = execute(
+        migrated_database_url, namespace, {"source": {"http": {"url": f"{base}/hop/5/hops.csv"}}}
+    )
+    assert followed.state == "succeeded", followed
+    assert followed.summary is not None
+    assert followed.summary["recordsRead"] == 1, followed
+    for url, fragment in [
+        (f"{base}/hop/6/hops.csv", "redirected more than 5 times"),
+        (f"{base}/stuck/hops.csv", "answered 302 Found with no Location to follow"),
+        (f"{base}/garbled/hops.csv", "failed part way: DecodingError"),
+        ("http://127.0.0.1:port/hops.csv", "not a URL that can be fetched: Invalid port"),
+    ]:
+        started = time.monotonic()
+        outcome = execute(
+            migrated_database_url, namespace, {"source": {"http": {"url": url, "attempts": 3}}}
+        )
+        assert (outcome.state, outcome.reason) == ("failed", "SourceUnreachable"), outcome
+        assert outcome.message is not None
+        assert fragment in outcome.message, outcome.message
+        assert url in outcome.message, outcome.message
+        # Retried, the three attempts would wait 1 s and 2 s between them: 3 s at least.
+        assert time.monotonic() - started < 2.5, "tried once: no backoff ran"
 
 
 @pytest.mark.usefixtures("kube")

@@ -167,6 +167,20 @@ def test_bad_json_records_fail(text: str, fragment: str | None) -> None:
     assert fragment in caught.value.message
 
 
+def test_a_json_array_after_json_lines_records_is_a_bad_line_not_a_second_source() -> None:
+    """docs/reconciliation.md: a JSON source is JSON Lines or ONE array. An array on a later
+    line of a JSON Lines file is that line's bad record, named by its line: before, it was read
+    as an array source, so its objects were loaded too (numbered "item 1", "item 2" again, line
+    numbers the file had already used) and a non-object in it was blamed on "item 1"."""
+    one = obj("5", "R-1")
+    with pytest.raises(model.SourceError) as caught:
+        list(parse.parse("json", [f"{one}\n[1, 2]\n"], 10))
+    assert caught.value.message == "line 2: a record must be a JSON object, got list"
+    with pytest.raises(model.SourceError) as caught:
+        list(parse.parse("json", [f"{one}\n\n[{obj('6', 'R-2')}]\n"], 10))
+    assert caught.value.message == "line 3: a record must be a JSON object, got list"
+
+
 def test_a_large_json_array_is_refused() -> None:
     """A JSON array bigger than the document bound is refused with advice to use JSON Lines."""
     item = obj("1") + ",\n"
