@@ -283,8 +283,9 @@ def save(state_dir: Path, ports: Ports) -> Path:
     return path
 
 
-def check_free(ports: Ports, names: Iterable[str], where: str) -> None:
-    """Raise :class:`PortTaken` naming every port of ``names`` that is in use, and by what."""
+def check_free(ports: Ports, names: Iterable[str], where: str, state_dir: Path) -> None:
+    """Raise :class:`PortTaken` naming every port of ``names`` that is in use, and by what,
+    and how ``state_dir`` gets other ports when the holder is to keep them."""
     taken = [(name, getattr(ports, name)) for name in names]
     taken = [(name, port) for name, port in taken if not is_free(port)]
     if not taken:
@@ -295,8 +296,10 @@ def check_free(ports: Ports, names: Iterable[str], where: str) -> None:
         for name, port in taken
     )
     raise PortTaken(
-        f"{where}: {described}. Stop that process, or use another --state-dir "
-        f"(a new state directory chooses free ports; its {PORTS_FILE} remembers them)"
+        f"{where}: {described}. Stop that process; or, if it is not this state directory's own "
+        f"(another platform's, say), give this directory new ports: delete "
+        f"{state_dir / PORTS_FILE} and start again (its data stays); or use another "
+        f"--state-dir (a new state directory chooses free ports; its {PORTS_FILE} remembers them)"
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import socket
 import time
 import types
 from pathlib import Path
@@ -242,3 +244,19 @@ def test_default_style_directories_filling_at_once_never_share_a_port(
     every = [port for numbers in chosen for port in numbers]
     assert len(every) == len(set(every)), chosen
     assert sum(1 for numbers in chosen if set(numbers) & DOCUMENTED) == 1
+
+
+def test_a_taken_port_says_how_the_directory_gets_new_ports(tmp_path: Path) -> None:
+    """A remembered port another process holds is refused naming the port and its holder,
+    and the message names the one file to delete for new ports, so a directory that
+    remembered another platform's ports is not stuck on them."""
+    chosen = ports.Ports.free()
+    with socket.socket() as squatter:
+        squatter.bind((ports.LOOPBACK, chosen.postgres))
+        squatter.listen()
+        with pytest.raises(ports.PortTaken) as refused:
+            ports.check_free(chosen, ports.PLATFORM_PORTS, f"platform {tmp_path}", tmp_path)
+    message = str(refused.value)
+    assert f"port {chosen.postgres} (postgres) is taken by pid {os.getpid()} (" in message
+    assert f"delete {tmp_path / ports.PORTS_FILE} and start again" in message
+    assert "another --state-dir" in message
