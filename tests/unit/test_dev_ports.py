@@ -8,6 +8,8 @@ import os
 import socket
 import time
 import types
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -210,12 +212,17 @@ def test_a_reservation_owned_by_an_older_pick_is_not_taken_for_the_owner(
     assert again.apiserver == ports.Ports().apiserver
 
 
-def _fill_in_process(machine: str, state: str, start: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _free_after_a_while(port: int) -> bool:
+    time.sleep(0.02)
+    return True
+
+
+def _fill_in_process(machine: str, state: str, start: Barrier, out: Queue[list[int]]) -> None:
     ports.machine_dir = lambda: Path(machine)  # type: ignore[method-assign]
-    # Every documented port looks free, as before any platform listens on it.
-    ports.is_free = lambda port: True  # type: ignore[method-assign]
-    while time.time() < start:
-        time.sleep(0.001)
+    # Every documented port looks free, as before any platform listens on it; each look takes
+    # a while, so fills that were not one after the other would overlap.
+    ports.is_free = _free_after_a_while  # type: ignore[method-assign]
+    start.wait(timeout=60)
     chosen = ports.load(Path(state), prefer_defaults=True)
     out.put([port for _, port in chosen.items()])
 
@@ -224,16 +231,18 @@ def test_default_style_directories_filling_at_once_never_share_a_port(
     tmp_path: Path, machine: Path
 ) -> None:
     """Processes filling the ports of different default-style directories at the same moment
-    (two `make dev`s started together) never get the same port."""
+    (two `make dev`s started together) never get the same port, and only one of them gets
+    documented ones."""
     context = multiprocessing.get_context("spawn")
-    out: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
-    start = time.time() + 2.0
+    out: Queue[list[int]] = context.Queue()
+    count = 4
+    start = context.Barrier(count)
     workers = [
         context.Process(
             target=_fill_in_process,
             args=(str(machine), str(tmp_path / f"d{i}"), start, out),
         )
-        for i in range(4)
+        for i in range(count)
     ]
     for worker in workers:
         worker.start()
