@@ -4,9 +4,13 @@ checked before use.
 A state directory remembers its ports in ``ports.json``, so a restarted platform comes back
 where its clients (the env file, a kubeconfig, a shell) expect it. The default state
 directory prefers the documented ports below; any other state directory takes ports the
-kernel picks, so a second platform never races the first for the same numbers. A port that
-is taken when a part is about to listen on it is reported with the process holding it,
-read from ``/proc/net/tcp`` and ``/proc/*/fd``.
+kernel picks. Every port chosen for a state directory is reserved for it for a while, in a
+file of this user's and under its lock, and no other directory is given it meanwhile: two
+default directories (``FINTECH_STACK_DIR`` differing between two shells) starting at once
+never both take a documented port before either listens on it, while the same directory,
+deleted and started again, gets its own ports back. A port that is taken when a part is about
+to listen on it is reported with the process holding it, read from
+``/proc/net/tcp`` and ``/proc/*/fd``, and with how the directory gets new ports.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ _TCP_LISTEN: Final = "0A"
 PROCESSES_SCANNED_MAX: Final = 5000
 FDS_SCANNED_MAX: Final = 100_000
 COMMAND_CHARS_MAX: Final = 120
-# A port the kernel hands out stays free only until its listener binds it, which for Kafka's
-# is half a minute later; a platform starting meanwhile (pytest-xdist workers start theirs
-# together) could be handed the same number, and one of the two would fail to start. So every
-# pick is written to a file of this user's, under a lock, and later picks skip it until its
-# listener has long had time to bind: once bound, the kernel never hands it out again.
+# A port chosen stays free only until its listener binds it, which for Kafka's is half a
+# minute later; a platform starting meanwhile (pytest-xdist workers start theirs together, two
+# shells may each `make dev`) could be handed the same number, and one of the two would fail
+# to start. So every choice, the kernel's or a documented port, is written to a file of this
+# user's, under a lock, and later choices for any other owner skip it until its listener has
+# long had time to bind: once bound, the kernel never hands it out again, and is_free says no.
 RESERVATIONS_FILE: Final = "port-reservations.json"
 RESERVATION_SECONDS: Final = 900.0
 # Which state directory each reservation was made for, in a file of its own: the reservations
