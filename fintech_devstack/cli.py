@@ -389,7 +389,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         plat.start()
     # A platform started before dev's ports existed gets them now, remembered like the rest.
     ports.save(plat.state_dir, plat.ports)
-    ports.check_free(plat.ports, ports.DEV_PORTS, f"dev {plat.state_dir}")
+    ports.check_free(plat.ports, ports.DEV_PORTS, f"dev {plat.state_dir}", plat.state_dir)
     env = _dev_env(plat)
     exe = [sys.executable, "-m", "fintech_operator"]
     subprocess.run([*exe, "migrate"], env=env, check=True)

@@ -270,7 +270,8 @@ class Platform:
         # Said before anything starts, with the holder's pid: a part that cannot bind would
         # only exit with its own, less clear, message.
         try:
-            ports.check_free(self.ports, ports.PLATFORM_PORTS, f"platform {self.state_dir}")
+            where = f"platform {self.state_dir}"
+            ports.check_free(self.ports, ports.PLATFORM_PORTS, where, self.state_dir)
         except ports.PortTaken as exc:
             raise PlatformError(str(exc)) from None
         try:
@@ -339,7 +340,8 @@ class Platform:
     @classmethod
     def load(cls, state_dir: Path) -> Platform:
         """The platform recorded in ``state_dir``, on its remembered ports (new ones chosen
-        for a new state directory: the documented ones for the default directory when free)."""
+        for a new state directory: the documented ones for the default directory when free
+        and not reserved for another directory; see :func:`ports.fill`)."""
         prefer_defaults = state_dir.resolve() == default_state_dir().resolve()
         chosen = ports.load(state_dir, prefer_defaults=prefer_defaults)
         return cls(state_dir, chosen, reapable=False)

@@ -4,9 +4,13 @@ checked before use.
 A state directory remembers its ports in ``ports.json``, so a restarted platform comes back
 where its clients (the env file, a kubeconfig, a shell) expect it. The default state
 directory prefers the documented ports below; any other state directory takes ports the
-kernel picks, so a second platform never races the first for the same numbers. A port that
-is taken when a part is about to listen on it is reported with the process holding it,
-read from ``/proc/net/tcp`` and ``/proc/*/fd``.
+kernel picks. Every port chosen for a state directory is reserved for it for a while, in a
+file of this user's and under its lock, and no other directory is given it meanwhile: two
+default directories (``FINTECH_STACK_DIR`` differing between two shells) starting at once
+never both take a documented port before either listens on it, while the same directory,
+deleted and started again, gets its own ports back. A port that is taken when a part is about
+to listen on it is reported with the process holding it, read from
+``/proc/net/tcp`` and ``/proc/*/fd``, and with how the directory gets new ports.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Final
@@ -32,13 +36,18 @@ _TCP_LISTEN: Final = "0A"
 PROCESSES_SCANNED_MAX: Final = 5000
 FDS_SCANNED_MAX: Final = 100_000
 COMMAND_CHARS_MAX: Final = 120
-# A port the kernel hands out stays free only until its listener binds it, which for Kafka's
-# is half a minute later; a platform starting meanwhile (pytest-xdist workers start theirs
-# together) could be handed the same number, and one of the two would fail to start. So every
-# pick is written to a file of this user's, under a lock, and later picks skip it until its
-# listener has long had time to bind: once bound, the kernel never hands it out again.
+# A port chosen stays free only until its listener binds it, which for Kafka's is half a
+# minute later; a platform starting meanwhile (pytest-xdist workers start theirs together, two
+# shells may each `make dev`) could be handed the same number, and one of the two would fail
+# to start. So every choice, the kernel's or a documented port, is written to a file of this
+# user's, under a lock, and later choices for any other owner skip it until its listener has
+# long had time to bind: once bound, the kernel never hands it out again, and is_free says no.
 RESERVATIONS_FILE: Final = "port-reservations.json"
 RESERVATION_SECONDS: Final = 900.0
+# Which state directory each reservation was made for, in a file of its own: the reservations
+# file keeps its format (port -> end time), which older checkouts on the machine read and
+# rewrite, and a reservation they made (no owner here) keeps every directory off its port.
+RESERVATION_OWNERS_FILE: Final = "port-reservation-owners.json"
 # Each attempt collides with a reservation with a chance of well under 1 %.
 PICK_ATTEMPTS_MAX: Final = 20
 
@@ -107,24 +116,74 @@ def machine_dir() -> Path:
 
 
 def _kernel_ports(count: int) -> list[int]:
-    """``count`` distinct ports the kernel picks, none reserved by another recent pick."""
+    """``count`` distinct ports the kernel picks, none reserved by another recent pick; they
+    are reserved by nobody in particular, so every later pick skips them."""
+    with _reservations_locked() as book:
+        picked = _pick(book, count, owner="", avoid=set())
+        book.reserve(picked, owner="")
+    return picked
+
+
+@dataclass
+class _Book:
+    """The live reservations: port -> when it ends, and port -> (owner, that same end) for
+    those made for a state directory. A reservation without an owner keeps everyone off its
+    port; so does one whose owner entry is of an earlier reservation (an older version picked
+    the port again since, writing no owner): such entries are dropped when read."""
+
+    until: dict[int, float]
+    owners: dict[int, tuple[str, float]]
+
+    def blocks(self, port: int, owner: str) -> bool:
+        """True when ``port`` is reserved for anyone but ``owner`` (``""``: for anyone)."""
+        if port not in self.until:
+            return False
+        holder = self.owners[port][0] if port in self.owners else ""
+        return not owner or holder != owner
+
+    def reserve(self, picked: Iterable[int], owner: str) -> None:
+        until = time.time() + RESERVATION_SECONDS
+        for port in picked:
+            self.until[port] = until
+            if owner:
+                self.owners[port] = (owner, until)
+            else:
+                self.owners.pop(port, None)
+
+
+@contextlib.contextmanager
+def _reservations_locked() -> Iterator[_Book]:
+    """This user's live reservations, under the machine-wide lock; written back on success."""
     path = machine_dir() / RESERVATIONS_FILE
+    owners_path = machine_dir() / RESERVATION_OWNERS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.with_suffix(".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         now = time.time()
-        reserved = {port: until for port, until in _reservations(path).items() if until > now}
-        for _ in range(PICK_ATTEMPTS_MAX):
-            picked = _bound_together(count)
-            if not reserved.keys() & set(picked):
-                break
-        else:
-            raise RuntimeError(f"no {count} unreserved loopback ports in {PICK_ATTEMPTS_MAX} tries")
-        reserved.update(dict.fromkeys(picked, now + RESERVATION_SECONDS))
-        staged = path.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_text(json.dumps({str(port): until for port, until in reserved.items()}))
-        staged.replace(path)
-    return picked
+        until = {port: end for port, end in _reservations(path).items() if end > now}
+        owners = {
+            port: held for port, held in _owners(owners_path).items() if until.get(port) == held[1]
+        }
+        book = _Book(until, owners)
+        yield book
+        owned = {str(port): {"owner": o, "until": end} for port, (o, end) in book.owners.items()}
+        _replace(owners_path, owned)
+        _replace(path, {str(port): end for port, end in book.until.items()})
+
+
+def _replace(path: Path, data: object) -> None:
+    staged = path.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(data))
+    staged.replace(path)
+
+
+def _pick(book: _Book, count: int, *, owner: str, avoid: set[int]) -> list[int]:
+    """``count`` distinct kernel-picked ports, none in ``avoid`` nor reserved for another."""
+    for _ in range(PICK_ATTEMPTS_MAX):
+        picked = _bound_together(count)
+        if not any(port in avoid or book.blocks(port, owner) for port in picked):
+            return picked
+    raise RuntimeError(f"no {count} unreserved loopback ports in {PICK_ATTEMPTS_MAX} tries")
 
 
 def _reservations(path: Path) -> dict[int, float]:
@@ -132,7 +191,18 @@ def _reservations(path: Path) -> dict[int, float]:
     try:
         data = json.loads(path.read_text())
         return {int(port): float(until) for port, until in data.items()}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _owners(path: Path) -> dict[int, tuple[str, float]]:
+    """Port -> (owner, end of the reservation it owns); an unreadable file names no owner."""
+    try:
+        data = json.loads(path.read_text())
+        return {
+            int(port): (str(held["owner"]), float(held["until"])) for port, held in data.items()
+        }
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return {}
 
 
@@ -165,18 +235,31 @@ def is_free(port: int) -> bool:
     return True
 
 
-def fill(remembered: dict[str, int], *, prefer_defaults: bool) -> Ports:
-    """Remembered ports as they are; each missing one its default when preferred and free,
-    else one the kernel picks."""
+def fill(remembered: dict[str, int], *, prefer_defaults: bool, owner: str) -> Ports:
+    """Remembered ports as they are; each missing one its default when preferred, free and not
+    reserved for another owner, else one the kernel picks. Every missing port is decided and
+    reserved for ``owner`` (a state directory's resolved path) under the reservations' lock, so
+    two directories choosing at once never both take a documented port before either listens."""
     defaults = Ports()
-    missing = [name for name, _ in defaults.items() if name not in remembered]
-    picked = iter(_kernel_ports(len(missing)))
+    names = [name for name, _ in defaults.items()]
     chosen = dict(remembered)
-    for name in missing:
-        default = getattr(defaults, name)
-        wanted = prefer_defaults and default not in chosen.values() and is_free(default)
-        chosen[name] = default if wanted else next(picked)
-    return Ports(**{name: int(chosen[name]) for name, _ in defaults.items()})
+    missing = [name for name in names if name not in chosen]
+    if missing:
+        with _reservations_locked() as book:
+            for name in missing:
+                default = getattr(defaults, name)
+                if (
+                    prefer_defaults
+                    and default not in chosen.values()
+                    and not book.blocks(default, owner)
+                    and is_free(default)
+                ):
+                    chosen[name] = default
+            kernel = [name for name in missing if name not in chosen]
+            picked = _pick(book, len(kernel), owner=owner, avoid=set(chosen.values()))
+            chosen.update(zip(kernel, picked, strict=True))
+            book.reserve([chosen[name] for name in missing], owner=owner)
+    return Ports(**{name: int(chosen[name]) for name in names})
 
 
 def remembered(state_dir: Path) -> dict[str, int]:
@@ -192,8 +275,10 @@ def remembered(state_dir: Path) -> dict[str, int]:
 
 
 def load(state_dir: Path, *, prefer_defaults: bool) -> Ports:
-    """The ports of ``state_dir``: the remembered ones, completed by :func:`fill`."""
-    return fill(remembered(state_dir), prefer_defaults=prefer_defaults)
+    """The ports of ``state_dir``: the remembered ones, completed by :func:`fill` for the
+    directory's resolved path."""
+    owner = str(state_dir.resolve())
+    return fill(remembered(state_dir), prefer_defaults=prefer_defaults, owner=owner)
 
 
 def save(state_dir: Path, ports: Ports) -> Path:
@@ -203,8 +288,9 @@ def save(state_dir: Path, ports: Ports) -> Path:
     return path
 
 
-def check_free(ports: Ports, names: Iterable[str], where: str) -> None:
-    """Raise :class:`PortTaken` naming every port of ``names`` that is in use, and by what."""
+def check_free(ports: Ports, names: Iterable[str], where: str, state_dir: Path) -> None:
+    """Raise :class:`PortTaken` naming every port of ``names`` that is in use, and by what,
+    and how ``state_dir`` gets other ports when the holder is to keep them."""
     taken = [(name, getattr(ports, name)) for name in names]
     taken = [(name, port) for name, port in taken if not is_free(port)]
     if not taken:
@@ -215,8 +301,10 @@ def check_free(ports: Ports, names: Iterable[str], where: str) -> None:
         for name, port in taken
     )
     raise PortTaken(
-        f"{where}: {described}. Stop that process, or use another --state-dir "
-        f"(a new state directory chooses free ports; its {PORTS_FILE} remembers them)"
+        f"{where}: {described}. Stop that process; or, if it is not this state directory's own "
+        f"(another platform's, say), give this directory new ports: delete "
+        f"{state_dir / PORTS_FILE} and start again (its data stays); or use another "
+        f"--state-dir (a new state directory chooses free ports; its {PORTS_FILE} remembers them)"
     )
 
 
