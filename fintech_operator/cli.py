@@ -62,9 +62,10 @@ _EXPIRY_OPTIONS = {"interval_seconds": "--interval-seconds", "batch_max": "--bat
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
+    from fintech_operator import config  # noqa: PLC0415
     from fintech_operator.ledger import migrate  # noqa: PLC0415
 
-    applied = migrate.apply_configured(_settings().database)
+    applied = migrate.apply_configured(config.load_migrate().database)
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
 

@@ -846,6 +846,15 @@ class Settings(BaseModel):
     tokenizer: TokenizerSettings = TokenizerSettings()
 
 
+class MigrateSettings(BaseModel):
+    """What ``fintech-operator migrate`` reads: the ``database`` group alone. It talks to
+    PostgreSQL only, so a missing Kafka or tokenizer setting does not stop it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database: DatabaseSettings
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingField:
     """One setting: where it lives in :class:`Settings` and its environment variable."""
@@ -910,6 +919,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     _check_kafka_security(settings.kafka)
     _check_tokenizer(settings.tokenizer)
     return settings
+
+
+def load_migrate(environ: Mapping[str, str] | None = None) -> MigrateSettings:
+    """``migrate``'s settings (the ``database`` group), failing with the variable's name."""
+    return load_groups(MigrateSettings, environ)
 
 
 def load_groups(process: type[_P], environ: Mapping[str, str] | None = None) -> _P:

@@ -44,7 +44,8 @@ fintech_operator/gateway/settings.py: edit the models' descriptions, then run it
 
 Every process reads its settings from the environment once, at start (`fintech-operator run`,
 `rewards`, `notifier`, `authorization-expiry`, `migrate`, `gateway`), and stops at once with a
-message naming the variable when one is missing or out of bounds. In the Helm chart, `config:`
+message naming the variable when one is missing or out of bounds. `migrate` reads only the
+`database` group below: it needs no Kafka. In the Helm chart, `config:`
 sets the `FINTECH_*` settings of the operator and its consumers in camelCase
 (`config: {{dbPoolMaxSize: 16}}` is `FINTECH_DB_POOL_MAX_SIZE=16`, `{{reconWorkersMax: 4}}` is
 `FINTECH_RECON_WORKERS_MAX=4`), with the bounds below; a misspelt key or a value out of bounds

@@ -7,7 +7,7 @@ import argparse
 import pytest
 from aiokafka import errors as aiokafka_errors
 
-from fintech_operator import cli
+from fintech_operator import cli, config
 from fintech_operator.events import kafka
 from fintech_operator.observability import tracing
 
@@ -84,3 +84,21 @@ def test_a_bad_expiry_limit_stops_the_worker_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"fintech-operator authorization-expiry: {option}: ")
     assert err.count("\n") == 1
+
+
+def test_migrate_needs_only_the_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`migrate` reads the database group alone: without Kafka it starts (the operator's full
+    settings would refuse it), and without DATABASE_URL it stops with one line naming it."""
+    environ = {"DATABASE_URL": "postgresql://owner@127.0.0.1:1/ledger"}
+    assert config.load_migrate(environ).database.url == environ["DATABASE_URL"]
+    with pytest.raises(config.SettingsError, match="KAFKA_BOOTSTRAP_SERVERS"):
+        config.load(environ)
+    for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fintech-operator migrate: "), err
+    assert "DATABASE_URL" in err
+    assert "KAFKA" not in err
