@@ -24,10 +24,12 @@ from fintech_devstack import platform, ports, supervise
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _platform(args: argparse.Namespace) -> platform.Platform:
-
+def _platform(args: argparse.Namespace, *, starts: bool) -> platform.Platform:
+    """The platform of ``--state-dir`` (or the default one). Only a command that ``starts`` it
+    reserves the ports it chooses for a new directory: looking at one must not keep another
+    directory off the documented ports for the reservations' 15 minutes."""
     state_dir = Path(args.state_dir) if args.state_dir else platform.default_state_dir()
-    return platform.Platform.load(state_dir)
+    return platform.Platform.load(state_dir, reserve=starts)
 
 
 def _running(plat: platform.Platform) -> bool:
@@ -144,8 +146,12 @@ _STACK_ACTIONS = {
 }
 
 
+# The `stack` actions that start a platform (`node up` needs one already running).
+_STARTS = frozenset({"up"})
+
+
 def _cmd_stack(args: argparse.Namespace) -> int:
-    return _STACK_ACTIONS[args.action](_platform(args), args)
+    return _STACK_ACTIONS[args.action](_platform(args, starts=args.action in _STARTS), args)
 
 
 SERVED_TIMEOUT_SECONDS = 60
@@ -383,7 +389,7 @@ def _dev_env(plat: platform.Platform) -> dict[str, str]:
 def _cmd_dev(args: argparse.Namespace) -> int:
     """Bring the platform up, migrate, install CRDs, then run and supervise the operator and
     the consumers."""
-    plat = _platform(args)
+    plat = _platform(args, starts=True)
     if not _running(plat):
         plat.stop()
         plat.start()

@@ -104,7 +104,7 @@ def _reap_unlocked(base: Path, keep: tuple[str, ...]) -> list[Path]:
             continue
         if owner <= 0 or Path(f"/proc/{owner}").exists():
             continue
-        Platform.load(state_dir).stop()
+        Platform.load(state_dir, reserve=False).stop()
         shutil.rmtree(state_dir, ignore_errors=True)
         reaped.append(state_dir)
     return reaped
@@ -338,12 +338,13 @@ class Platform:
         return pids
 
     @classmethod
-    def load(cls, state_dir: Path) -> Platform:
+    def load(cls, state_dir: Path, *, reserve: bool = True) -> Platform:
         """The platform recorded in ``state_dir``, on its remembered ports (new ones chosen
         for a new state directory: the documented ones for the default directory when free
-        and not reserved for another directory; see :func:`ports.fill`)."""
+        and not reserved for another directory; see :func:`ports.fill`). ``reserve=False``
+        for a caller that will not start it: new ports are then not reserved."""
         prefer_defaults = state_dir.resolve() == default_state_dir().resolve()
-        chosen = ports.load(state_dir, prefer_defaults=prefer_defaults)
+        chosen = ports.load(state_dir, prefer_defaults=prefer_defaults, reserve=reserve)
         return cls(state_dir, chosen, reapable=False)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:

@@ -235,11 +235,16 @@ def is_free(port: int) -> bool:
     return True
 
 
-def fill(remembered: dict[str, int], *, prefer_defaults: bool, owner: str) -> Ports:
+def fill(
+    remembered: dict[str, int], *, prefer_defaults: bool, owner: str, reserve: bool = True
+) -> Ports:
     """Remembered ports as they are; each missing one its default when preferred, free and not
     reserved for another owner, else one the kernel picks. Every missing port is decided and
     reserved for ``owner`` (a state directory's resolved path) under the reservations' lock, so
-    two directories choosing at once never both take a documented port before either listens."""
+    two directories choosing at once never both take a documented port before either listens.
+    ``reserve=False`` (a command that starts nothing: ``stack status``, ``ports``, ``down``)
+    decides the same way and reserves nothing, so looking at a directory never started keeps
+    no other directory off the documented ports."""
     defaults = Ports()
     names = [name for name, _ in defaults.items()]
     chosen = dict(remembered)
@@ -258,7 +263,8 @@ def fill(remembered: dict[str, int], *, prefer_defaults: bool, owner: str) -> Po
             kernel = [name for name in missing if name not in chosen]
             picked = _pick(book, len(kernel), owner=owner, avoid=set(chosen.values()))
             chosen.update(zip(kernel, picked, strict=True))
-            book.reserve([chosen[name] for name in missing], owner=owner)
+            if reserve:
+                book.reserve([chosen[name] for name in missing], owner=owner)
     return Ports(**{name: int(chosen[name]) for name in names})
 
 
@@ -274,11 +280,13 @@ def remembered(state_dir: Path) -> dict[str, int]:
     return {}
 
 
-def load(state_dir: Path, *, prefer_defaults: bool) -> Ports:
+def load(state_dir: Path, *, prefer_defaults: bool, reserve: bool = True) -> Ports:
     """The ports of ``state_dir``: the remembered ones, completed by :func:`fill` for the
-    directory's resolved path."""
+    directory's resolved path (reserved for it only with ``reserve``)."""
     owner = str(state_dir.resolve())
-    return fill(remembered(state_dir), prefer_defaults=prefer_defaults, owner=owner)
+    return fill(
+        remembered(state_dir), prefer_defaults=prefer_defaults, owner=owner, reserve=reserve
+    )
 
 
 def save(state_dir: Path, ports: Ports) -> Path:

@@ -269,3 +269,28 @@ def test_a_taken_port_says_how_the_directory_gets_new_ports(tmp_path: Path) -> N
     assert f"port {chosen.postgres} (postgres) is taken by pid {os.getpid()} (" in message
     assert f"delete {tmp_path / ports.PORTS_FILE} and start again" in message
     assert "another --state-dir" in message
+
+
+def test_looking_at_a_directory_never_started_reserves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stack status` and `stack ports` on a default directory never started choose its ports
+    without reserving them: another default directory starting right after still gets the
+    documented ones. Only a start (`stack up`, `dev`) reserves."""
+    from fintech_devstack import platform  # noqa: PLC0415
+    from fintech_operator import cli  # noqa: PLC0415
+
+    monkeypatch.setattr(ports, "is_free", lambda port: True)
+    looked_at = tmp_path / "looked-at"
+    monkeypatch.setattr(platform, "default_state_dir", lambda: looked_at)
+    for action in ("status", "ports"):
+        assert cli.main(["stack", action]) in (0, 1)
+        assert not (looked_at / ports.PORTS_FILE).exists()
+    assert "not started yet" in capsys.readouterr().err
+    starting = tmp_path / "starting"
+    monkeypatch.setattr(platform, "default_state_dir", lambda: starting)
+    assert ports.load(starting, prefer_defaults=True) == ports.Ports()
+    # The same choice with reserve (a start) keeps the next directory off the documented ones.
+    monkeypatch.setattr(platform, "default_state_dir", lambda: looked_at)
+    assert platform.Platform.load(looked_at).ports != ports.Ports()
+    assert not _numbers(platform.Platform.load(tmp_path / "third").ports) & DOCUMENTED
