@@ -263,6 +263,7 @@ async def until_reachable(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> list[str]:
     """:func:`ensure_topics`, retried while the broker cannot be reached; the topics it made.
 
@@ -270,7 +271,8 @@ async def until_reachable(
     rollout, a fault campaign) used to fail at once and wait for its supervisor's growing
     backoff (30 s and more); it now retries with a short, capped backoff and is ready about
     as soon as the broker is. A refusal (login, certificate, topic creation) is not an outage
-    and is raised at once; so is the last error after ``timeout_seconds``.
+    and is raised at once; so is the last error after ``timeout_seconds``. Once ``stopped()``
+    says so, a failed attempt ends the wait as cancelled instead of retrying.
     """
     if not 0 < timeout_seconds <= 3600:
         raise ValueError(f"timeout_seconds must be in (0, 3600], got {timeout_seconds}")
@@ -284,6 +286,10 @@ async def until_reachable(
         except (KafkaAccessError, TopicCreationError):
             raise
         except (KafkaError, OSError, TimeoutError) as exc:
+            if stopped():
+                # A cancellation that reached aiokafka mid-attempt can come back as a
+                # connection error (seen: SIGTERM ignored for 60 s while the retries went on).
+                raise asyncio.CancelledError from exc
             if clock() + delay >= give_up_at:
                 raise
             log.info(
@@ -306,7 +312,7 @@ async def until_reachable_or_stopped(settings: config.Settings, stop: asyncio.Ev
     """
     if stop.is_set():
         return False
-    waiting = asyncio.ensure_future(until_reachable(settings))
+    waiting = asyncio.ensure_future(until_reachable(settings, stopped=stop.is_set))
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
+from fintech_operator import config
 from fintech_operator.events import kafka
 
 
@@ -78,3 +81,36 @@ async def test_cancelling_stop_all_itself_still_cancels_it() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not last.stopped
+
+
+async def test_a_stop_ends_the_wait_for_kafka_even_when_the_attempt_swallows_the_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM while the broker is down: the attempt in flight may turn its cancellation into a
+    connection error (aiokafka's bootstrap does, now and then: the relay then retried for 60 s
+    after SIGTERM in CI). The wait still ends as stopped, at the attempt's end, not retried."""
+    attempts: list[float] = []
+    third = asyncio.Event()
+
+    async def swallowing_attempt(_settings: object, _timeout_seconds: float) -> list[str]:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) == 3:
+            third.set()
+        # What the broker client does with a cancellation: a connection failure.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        raise KafkaConnectionError("Unable to bootstrap")
+
+    monkeypatch.setattr(kafka, "ensure_topics", swallowing_attempt)
+    monkeypatch.setattr(kafka, "REACHABLE_BACKOFF_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr(kafka, "REACHABLE_BACKOFF_MAX_SECONDS", 0.01)
+    settings = config.load({"DATABASE_URL": "postgresql://x", "KAFKA_BOOTSTRAP_SERVERS": "b:1"})
+    stop = asyncio.Event()
+    waiting = asyncio.ensure_future(kafka.until_reachable_or_stopped(settings, stop))
+    await asyncio.wait_for(third.wait(), timeout=5)
+    await asyncio.sleep(0.05)  # inside the third attempt
+    stop.set()
+    assert await asyncio.wait_for(waiting, timeout=5) is False
+    settled = len(attempts)
+    await asyncio.sleep(0.3)
+    assert len(attempts) == settled  # no attempt after the stop
