@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,22 @@ def signed(body: bytes, *, stamp: int | None = None, key: bytes = KEY) -> dict[s
     now = int(time.time()) if stamp is None else stamp
     headers = signing.headers(key, f"msg_{uuid.uuid4().hex}", now, body)
     return {**headers, "content-type": "application/json"}
+
+
+async def post_signed(client: httpx.AsyncClient, path: str, payload: object) -> httpx.Response:
+    """A signed POST of ``payload`` as JSON, as the processor sends it."""
+    body = json.dumps(payload).encode()
+    return await client.post(path, content=body, headers=signed(body))
+
+
+@contextmanager
+def account_locked(database_url: str, account: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another connection holding the account's row lock (FOR UPDATE), as a slow transaction
+    would: a request on its card waits until ``rollback()`` of the yielded connection, or the
+    end of the block."""
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (account,))
+        yield blocker
 
 
 class Gateway:

@@ -223,13 +223,9 @@ async def test_a_gateway_killed_between_commit_and_answer_is_answered_on_retry(
     first = gw.Gateway(gateway_url, tmp_path / "a", deadline_ms="20000").start()
     card = await authz.new_card(pool, limit_minor=100_000)
     auth = auth_payload(card, 4200)
-    with psycopg.connect(migrated_database_url) as blocker:
-        blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+    with gw.account_locked(migrated_database_url, card.account) as blocker:
         async with httpx.AsyncClient(base_url=first.base_url, timeout=30) as client:
-            body = json.dumps(auth).encode()
-            sent = asyncio.create_task(
-                client.post("/v1/authorizations", content=body, headers=gw.signed(body))
-            )
+            sent = asyncio.create_task(gw.post_signed(client, "/v1/authorizations", auth))
             await asyncio.to_thread(
                 wait_for, "the request to wait on the card lock", lambda: _waiting(raw), 30
             )
@@ -269,8 +265,7 @@ async def test_a_declined_request_cannot_commit_a_hold_after_the_gateway_died(
     ).start()
     card = await authz.new_card(pool, limit_minor=100_000)
     auth = auth_payload(card, 4300)
-    with psycopg.connect(migrated_database_url) as blocker:
-        blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+    with gw.account_locked(migrated_database_url, card.account) as blocker:
         try:
             answer = await asyncio.to_thread(process.post, "/v1/authorizations", auth)
         finally:
@@ -307,8 +302,7 @@ async def test_a_capture_and_a_void_cut_off_by_the_deadline_are_answered_the_sam
             "captures": {"id": f"cap_{uuid.uuid4().hex}", "amount": 3000, "final": True},
             "void": {"id": f"void_{uuid.uuid4().hex}"},
         }
-        with psycopg.connect(migrated_database_url) as blocker:
-            blocker.execute("SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (card.account,))
+        with gw.account_locked(migrated_database_url, card.account) as blocker:
             first = {
                 segment: await asyncio.to_thread(process.post, f"{path}/{segment}", payload)
                 for segment, payload in follow_ups.items()
@@ -374,23 +368,15 @@ async def test_overload_is_declined_at_once(
     try:
         stuck_card = await authz.new_card(pool, limit_minor=100_000)
         other_card = await authz.new_card(pool, limit_minor=100_000)
-        with psycopg.connect(migrated_database_url) as blocker:
-            blocker.execute(
-                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (stuck_card.account,)
-            )
+        with gw.account_locked(migrated_database_url, stuck_card.account) as blocker:
             async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
-                stuck_body = json.dumps(auth_payload(stuck_card, 100)).encode()
                 stuck = asyncio.create_task(
-                    client.post("/v1/authorizations", content=stuck_body,
-                                headers=gw.signed(stuck_body))
-                )  # fmt: skip
+                    gw.post_signed(client, "/v1/authorizations", auth_payload(stuck_card, 100))
+                )
                 await asyncio.to_thread(wait_for, "the lock wait", lambda: _waiting(raw), 30)
                 other = auth_payload(other_card, 100)
-                body = json.dumps(other).encode()
                 started = time.monotonic()
-                declined = await client.post(
-                    "/v1/authorizations", content=body, headers=gw.signed(body)
-                )
+                declined = await gw.post_signed(client, "/v1/authorizations", other)
                 elapsed = time.monotonic() - started
                 blocker.rollback()
                 assert (await stuck).json()["approved"] is True
@@ -420,17 +406,13 @@ async def test_a_queued_request_is_answered_when_the_slot_frees(
     try:
         stuck_card = await authz.new_card(pool, limit_minor=100_000)
         other_card = await authz.new_card(pool, limit_minor=100_000)
-        with psycopg.connect(migrated_database_url) as blocker:
-            blocker.execute(
-                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (stuck_card.account,)
-            )
+        with gw.account_locked(migrated_database_url, stuck_card.account) as blocker:
             async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
 
                 def send(payload: dict[str, Any]) -> asyncio.Task[httpx.Response]:
-                    body = json.dumps(payload).encode()
-                    request = client.post("/v1/authorizations", content=body,
-                                          headers=gw.signed(body))  # fmt: skip
-                    return asyncio.create_task(request)
+                    return asyncio.create_task(
+                        gw.post_signed(client, "/v1/authorizations", payload)
+                    )
 
                 stuck = send(auth_payload(stuck_card, 100))
                 await asyncio.to_thread(wait_for, "the lock wait", lambda: _waiting(raw), 30)
@@ -471,21 +453,13 @@ async def test_a_burst_beyond_the_in_flight_limit_is_answered_not_declined(
         cards = [await authz.new_card(pool, limit_minor=1_000_000) for _ in range(12)]
         payloads = [auth_payload(cards[i % len(cards)], 100) for i in range(120)]
         limits = httpx.Limits(max_connections=len(payloads))
-        with psycopg.connect(migrated_database_url) as blocker:
-            blocker.execute(
-                "SELECT 1 FROM accounts WHERE code = %s FOR UPDATE", (cards[0].account,)
-            )
+        with gw.account_locked(migrated_database_url, cards[0].account) as blocker:
             async with httpx.AsyncClient(
                 base_url=process.base_url, timeout=60, limits=limits
             ) as client:
-
-                async def send(payload: dict[str, Any]) -> httpx.Response:
-                    body = json.dumps(payload).encode()
-                    return await client.post(
-                        "/v1/authorizations", content=body, headers=gw.signed(body)
-                    )
-
-                burst = asyncio.gather(*(send(payload) for payload in payloads))
+                burst = asyncio.gather(
+                    *(gw.post_signed(client, "/v1/authorizations", p) for p in payloads)
+                )
 
                 def waiting() -> float:
                     return process.metric("fintech_gateway_waiting", {})
