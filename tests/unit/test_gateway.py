@@ -345,15 +345,27 @@ async def test_requests_wait_for_a_slot_and_take_it_oldest_first(tmp_path: Path)
     assert (the_gate.in_flight, the_gate.waiting) == (0, 0)
 
 
-async def test_a_full_queue_declines_overloaded_at_once(tmp_path: Path) -> None:
-    """Beyond the queue's bound a request is declined Overloaded at once, nothing called."""
+async def _one_slot_held(
+    tmp_path: Path, first_id: str, *, queue_max: int, queue_wait_seconds: float
+) -> tuple[FakeStore, Any, gate.Gate, asyncio.Task[httpx.Response]]:
+    """An app with one in-flight slot, held by a request ``first_id`` that the blocked store
+    keeps working until ``store.release`` is set."""
     store = FakeStore()
     store.block = True
     application, the_gate = make_app(
-        tmp_path, store, in_flight_max=1, queue_max=1, queue_wait_seconds=5
-    )
-    first = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "f1"}))
+        tmp_path, store, in_flight_max=1, queue_max=queue_max,
+        queue_wait_seconds=queue_wait_seconds,
+    )  # fmt: skip
+    first = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": first_id}))
     await asyncio.wait_for(store.called.wait(), 5)
+    return store, application, the_gate, first
+
+
+async def test_a_full_queue_declines_overloaded_at_once(tmp_path: Path) -> None:
+    """Beyond the queue's bound a request is declined Overloaded at once, nothing called."""
+    store, application, the_gate, first = await _one_slot_held(
+        tmp_path, "f1", queue_max=1, queue_wait_seconds=5
+    )
     queued = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "f2"}))
     await _until_waiting(the_gate, 1)
     started = time.monotonic()
@@ -373,13 +385,9 @@ async def test_a_full_queue_declines_overloaded_at_once(tmp_path: Path) -> None:
 async def test_a_wait_that_ends_without_a_slot_is_declined_overloaded(tmp_path: Path) -> None:
     """A stalled store fills the slots: a queued request is declined Overloaded when its wait
     ends, within its deadline, and leaves the queue; the slot's holder is unaffected."""
-    store = FakeStore()
-    store.block = True
-    application, the_gate = make_app(
-        tmp_path, store, in_flight_max=1, queue_max=5, queue_wait_seconds=0.2
+    store, application, the_gate, first = await _one_slot_held(
+        tmp_path, "w1", queue_max=5, queue_wait_seconds=0.2
     )
-    first = asyncio.create_task(post(application, "/v1/authorizations", {**AUTH, "id": "w1"}))
-    await asyncio.wait_for(store.called.wait(), 5)
     started = time.monotonic()
     response = await post(application, "/v1/authorizations", {**AUTH, "id": "w2"})
     elapsed = time.monotonic() - started
