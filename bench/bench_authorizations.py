@@ -392,14 +392,12 @@ async def http_phase(port: int, planned: list[Planned], connections: int) -> Htt
     """
     result = HttpResult(offered=len(planned))
     queue: asyncio.Queue[tuple[Planned, float] | None] = asyncio.Queue()
-    opened: list[None] = []
-    all_open = asyncio.Event()
+    # Each connection task and this one meet here once its connection is open.
+    all_open = asyncio.Barrier(connections + 1)
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        opened.append(None)
-        if len(opened) == connections:
-            all_open.set()
+        await all_open.wait()
         try:
             while (item := await queue.get()) is not None:
                 request, due = item
